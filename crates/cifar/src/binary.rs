@@ -1,0 +1,164 @@
+//! The CIFAR binary record format. CIFAR-10: 1 label byte + 3,072 pixel bytes per record;
+//! CIFAR-100: coarse label byte, fine label byte, 3,072 pixel bytes.
+
+use crate::{DataError, Result, IMAGE_BYTES};
+use domain::LabelKind;
+use std::fs;
+use std::path::Path;
+
+/// A split in memory: `pixels` holds `len()` images of [`IMAGE_BYTES`] each.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Images {
+    pub pixels: Vec<u8>,
+    pub labels: Vec<u32>,
+}
+
+impl Images {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn image(&self, i: usize) -> &[u8] {
+        &self.pixels[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES]
+    }
+
+    pub fn push(&mut self, image: &[u8], label: u32) {
+        self.pixels.extend_from_slice(image);
+        self.labels.push(label);
+    }
+
+    /// The images at `indices`, in that order.
+    pub fn select(&self, indices: &[u32]) -> Images {
+        let mut out = Images::default();
+        for &i in indices {
+            out.push(self.image(i as usize), self.labels[i as usize]);
+        }
+        out
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    Cifar10,
+    Cifar100,
+}
+
+impl Layout {
+    pub fn label_bytes(self) -> usize {
+        match self {
+            Self::Cifar10 => 1,
+            Self::Cifar100 => 2,
+        }
+    }
+
+    pub fn record_bytes(self) -> usize {
+        self.label_bytes() + IMAGE_BYTES
+    }
+}
+
+/// Parses the records of one file, appending them to `out`; returns the file's bytes so
+/// the caller can fingerprint them.
+pub(crate) fn read_records(
+    path: &Path,
+    layout: Layout,
+    labels: LabelKind,
+    classes: u32,
+    out: &mut Images,
+) -> Result<Vec<u8>> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(DataError::Missing {
+                path: path.to_path_buf(),
+                what: "a CIFAR binary batch file".into(),
+            })
+        }
+        Err(e) => return Err(DataError::io(path)(e)),
+    };
+    let record = layout.record_bytes();
+    let whole = bytes.len() / record * record;
+    if whole != bytes.len() {
+        return Err(DataError::Truncated {
+            path: path.to_path_buf(),
+            offset: whole as u64,
+            remaining: (bytes.len() - whole) as u64,
+            record: record as u64,
+        });
+    }
+    out.pixels.reserve(whole / record * IMAGE_BYTES);
+    for (r, chunk) in bytes.chunks_exact(record).enumerate() {
+        let label_at = match (layout, labels) {
+            (Layout::Cifar100, LabelKind::Fine) => 1,
+            _ => 0,
+        };
+        let label = chunk[label_at] as u32;
+        if label >= classes {
+            return Err(DataError::BadLabel {
+                path: path.to_path_buf(),
+                offset: (r * record + label_at) as u64,
+                label,
+                classes,
+            });
+        }
+        out.push(&chunk[layout.label_bytes()..], label);
+    }
+    Ok(bytes)
+}
+
+/// Reads a label-names file: one name per line, blank lines ignored.
+pub(crate) fn read_names(path: &Path) -> Result<Vec<String>> {
+    let text = fs::read_to_string(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => DataError::Missing {
+            path: path.to_path_buf(),
+            what: "the label names file".into(),
+        },
+        _ => DataError::io(path)(e),
+    })?;
+    let names: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    if names.is_empty() || names.len() > 256 {
+        return Err(DataError::Malformed {
+            path: path.to_path_buf(),
+            reason: format!("{} class names; expected 1 to 256", names.len()),
+        });
+    }
+    Ok(names)
+}
+
+/// Writes a dataset in the CIFAR-10 layout: the training split over `data_batch_1..5.bin`,
+/// the test split in `test_batch.bin`, class names in `batches.meta.txt`.
+pub fn write_cifar10(dir: &Path, train: &Images, test: &Images, names: &[String]) -> Result<()> {
+    assert!(
+        names.len() <= 256,
+        "the CIFAR-10 layout stores labels in one byte"
+    );
+    fs::create_dir_all(dir).map_err(DataError::io(dir))?;
+    let write = |file: &str, images: &Images, range: std::ops::Range<usize>| -> Result<()> {
+        let path = dir.join(file);
+        let mut bytes = Vec::with_capacity(range.len() * Layout::Cifar10.record_bytes());
+        for i in range {
+            bytes.push(images.labels[i] as u8);
+            bytes.extend_from_slice(images.image(i));
+        }
+        fs::write(&path, bytes).map_err(DataError::io(path))
+    };
+    let n = train.len();
+    for part in 0..5 {
+        write(
+            &format!("data_batch_{}.bin", part + 1),
+            train,
+            n * part / 5..n * (part + 1) / 5,
+        )?;
+    }
+    write("test_batch.bin", test, 0..test.len())?;
+    let meta = dir.join("batches.meta.txt");
+    fs::write(&meta, names.join("\n") + "\n").map_err(DataError::io(meta))
+}

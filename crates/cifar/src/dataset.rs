@@ -1,0 +1,190 @@
+//! Opening a dataset directory, its identity, and resolving dataset names.
+
+use crate::binary::{read_names, read_records, Layout};
+use crate::{synth, DataError, Images, Result};
+use domain::{DatasetIdentity, LabelKind};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Written beside the binary files by `synth` and `import`: the dataset's name and origin.
+pub const MANIFEST: &str = "stepwise-dataset.json";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Generator settings of a synthetic dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<serde_json::Value>,
+}
+
+impl Manifest {
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(MANIFEST);
+        let text = serde_json::to_string_pretty(self).expect("a manifest serialises");
+        fs::write(&path, text + "\n").map_err(DataError::io(path))
+    }
+
+    fn read(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(MANIFEST);
+        match fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| DataError::Malformed {
+                    path,
+                    reason: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(DataError::io(path)(e)),
+        }
+    }
+}
+
+/// A dataset in memory with its identity.
+#[derive(Debug)]
+pub struct Dataset {
+    pub identity: DatasetIdentity,
+    pub class_names: Vec<String>,
+    pub train: Images,
+    pub test: Images,
+    /// The directory holding the binary files.
+    pub dir: PathBuf,
+}
+
+impl Dataset {
+    /// Reads a dataset directory (the files themselves, or the folder the official tarball
+    /// unpacks to inside it). `labels` picks CIFAR-100's fine or coarse labels.
+    pub fn open(dir: &Path, labels: LabelKind) -> Result<Self> {
+        let (files_dir, layout) = find_layout(dir)?;
+        let manifest = Manifest::read(&files_dir)?.or(Manifest::read(dir)?);
+        let (train_files, test_file, names_file, default_name) = match layout {
+            Layout::Cifar10 => (
+                (1..=5).map(|i| format!("data_batch_{i}.bin")).collect(),
+                "test_batch.bin",
+                "batches.meta.txt",
+                "cifar10",
+            ),
+            Layout::Cifar100 => (
+                vec!["train.bin".to_string()],
+                "test.bin",
+                match labels {
+                    LabelKind::Fine => "fine_label_names.txt",
+                    LabelKind::Coarse => "coarse_label_names.txt",
+                },
+                "cifar100",
+            ),
+        };
+        if layout == Layout::Cifar10 && labels == LabelKind::Coarse {
+            return Err(DataError::Malformed {
+                path: files_dir,
+                reason: "coarse labels exist only in CIFAR-100".into(),
+            });
+        }
+        let class_names = read_names(&files_dir.join(names_file))?;
+        let classes = class_names.len() as u32;
+        // Fingerprint: names and contents of every data file and of the label names.
+        let mut hasher = Sha256::new();
+        hasher.update(names_file.as_bytes());
+        hasher.update(class_names.join("\n").as_bytes());
+        let mut read_split = |files: &[String]| -> Result<Images> {
+            let mut images = Images::default();
+            for file in files {
+                let bytes =
+                    read_records(&files_dir.join(file), layout, labels, classes, &mut images)?;
+                hasher.update(file.as_bytes());
+                hasher.update(Sha256::digest(&bytes));
+            }
+            Ok(images)
+        };
+        let train = read_split(&train_files)?;
+        let test = read_split(&[test_file.to_string()])?;
+        for (split, images) in [("training", &train), ("test", &test)] {
+            if images.is_empty() {
+                return Err(DataError::Malformed {
+                    path: files_dir.clone(),
+                    reason: format!("the {split} split holds no images"),
+                });
+            }
+        }
+        let name = manifest.map_or(default_name.to_string(), |m| m.name);
+        Ok(Self {
+            identity: DatasetIdentity {
+                name,
+                fingerprint: format!("sha256:{}", hex::encode(hasher.finalize())),
+                classes,
+                train_examples: train.len() as u32,
+                test_examples: test.len() as u32,
+            },
+            class_names,
+            train,
+            test,
+            dir: files_dir,
+        })
+    }
+}
+
+fn find_layout(dir: &Path) -> Result<(PathBuf, Layout)> {
+    if !dir.is_dir() {
+        return Err(DataError::Missing {
+            path: dir.to_path_buf(),
+            what: "a dataset directory".into(),
+        });
+    }
+    for candidate in [
+        dir.to_path_buf(),
+        dir.join("cifar-10-batches-bin"),
+        dir.join("cifar-100-binary"),
+    ] {
+        if candidate.join("test_batch.bin").exists() || candidate.join("data_batch_1.bin").exists()
+        {
+            return Ok((candidate, Layout::Cifar10));
+        }
+        if candidate.join("train.bin").exists() || candidate.join("test.bin").exists() {
+            return Ok((candidate, Layout::Cifar100));
+        }
+    }
+    Err(DataError::NotADataset {
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// Resolves `data` — an existing directory, or a dataset name looked up under `data_dir` —
+/// to a dataset directory. `shapes10` is generated there on first use.
+pub fn locate(data: &str, data_dir: &Path) -> Result<PathBuf> {
+    let path = Path::new(data);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    if data.contains(std::path::MAIN_SEPARATOR) || data.starts_with('.') {
+        return Err(DataError::Missing {
+            path: path.to_path_buf(),
+            what: "a dataset directory".into(),
+        });
+    }
+    let dir = data_dir.join(data);
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let unknown = |hint: String| DataError::Unknown {
+        name: data.to_string(),
+        dir: data_dir.to_path_buf(),
+        hint,
+    };
+    match data {
+        synth::NAME => {
+            synth::generate(&dir, &synth::SynthConfig::default())?;
+            Ok(dir)
+        }
+        "cifar10" | "cifar100" => Err(unknown(format!(
+            "download it with `stepwise data fetch {data} --out {}`",
+            dir.display()
+        ))),
+        _ => Err(unknown(format!(
+            "import it with `stepwise data import --from IMAGE_FOLDERS --out {}`",
+            dir.display()
+        ))),
+    }
+}

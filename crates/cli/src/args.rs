@@ -1,0 +1,274 @@
+//! Command-line arguments. Every model and training flag maps onto one field of the run
+//! spec (domain::RunSpec); ranges are checked by the spec's validation, which names the field.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use domain::{Arch, DeviceSpec, ModelSpec, Precision, SchedulePreset, Sharing, Split};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "stepwise",
+    version,
+    about = "Block-wise study of residual networks (Jastrzębski et al., ICLR 2018)"
+)]
+pub struct Cli {
+    /// Where datasets are looked up by name (shapes10 is generated here on first use).
+    #[arg(long, global = true, env = "STEPWISE_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Inspect a model: parameter counts and its blocks.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Create, download or import datasets.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Train a model (or resume a run) and write checkpoints and metrics.
+    Train(Box<TrainArgs>),
+    /// Loss and accuracy of a checkpoint on a split.
+    Eval(EvalArgs),
+    /// Measure throughput.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+pub enum ModelCommand {
+    /// Trainable and Keras-style parameter counts and the list of blocks.
+    Summary {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Generate the synthetic shapes10 dataset in the CIFAR-10 binary layout.
+    Synth {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        train: u32,
+        #[arg(long, default_value_t = 2_000)]
+        test: u32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download an official binary release, verify its size and MD5, unpack it.
+    Fetch {
+        #[arg(value_enum)]
+        dataset: FetchName,
+        /// Default: DATA_DIR/<dataset>.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// A mirror of the same archive (it must still match the published size and MD5).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Convert image folders (train/<class>/*, test/<class>/*; PNG or JPEG, 32×32).
+    Import {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Dataset name recorded with every run (default: the --out folder's name).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum FetchName {
+    Cifar10,
+    Cifar100,
+}
+
+impl FetchName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cifar10 => "cifar10",
+            Self::Cifar100 => "cifar100",
+        }
+    }
+}
+
+/// Model flags; each overrides the same field of a spec file.
+#[derive(Args, Clone, Default)]
+pub struct ModelArgs {
+    #[arg(long, value_enum)]
+    pub arch: Option<ArchArg>,
+    /// Depth 6n+2 (resnet).
+    #[arg(long)]
+    pub depth: Option<u32>,
+    #[arg(long)]
+    pub classes: Option<u32>,
+    /// Channels of the first stage.
+    #[arg(long)]
+    pub width: Option<u32>,
+    /// Blocks per stage: one number for all stages, or a comma-separated list.
+    #[arg(long, value_delimiter = ',')]
+    pub blocks: Option<Vec<u32>>,
+    #[arg(long, value_enum)]
+    pub sharing: Option<SharingArg>,
+    /// Unshared blocks at the start of every stage (with --sharing).
+    #[arg(long)]
+    pub unshared: Option<u32>,
+    #[arg(long, value_enum)]
+    pub dtype: Option<DtypeArg>,
+}
+
+impl ModelArgs {
+    /// Applies the flags to `spec` (which may come from a spec file).
+    pub fn apply(&self, spec: &mut ModelSpec) {
+        if let Some(a) = self.arch {
+            spec.arch = a.into();
+        }
+        if self.depth.is_some() {
+            spec.depth = self.depth;
+        }
+        if let Some(c) = self.classes {
+            spec.classes = c;
+        }
+        if self.width.is_some() {
+            spec.width = self.width;
+        }
+        if self.blocks.is_some() {
+            spec.blocks = self.blocks.clone();
+        }
+        if let Some(s) = self.sharing {
+            spec.sharing = s.into();
+        }
+        if let Some(u) = self.unshared {
+            spec.unshared_blocks = u;
+        }
+        if let Some(d) = self.dtype {
+            spec.dtype = d.into();
+        }
+    }
+
+    /// A model spec from the flags alone.
+    pub fn to_spec(&self) -> anyhow::Result<ModelSpec> {
+        let arch = self.arch.ok_or_else(|| {
+            anyhow::anyhow!("--arch is required (resnet, single, avgpool or wide)")
+        })?;
+        let mut spec = ModelSpec::new(arch.into());
+        self.apply(&mut spec);
+        Ok(spec)
+    }
+}
+
+macro_rules! value_enum {
+    ($arg:ident => $domain:ident { $($variant:ident),* }) => {
+        #[derive(Clone, Copy, ValueEnum)]
+        pub enum $arg { $($variant),* }
+        impl From<$arg> for $domain {
+            fn from(a: $arg) -> Self {
+                match a { $($arg::$variant => $domain::$variant),* }
+            }
+        }
+    };
+}
+
+value_enum!(ArchArg => Arch { Resnet, Single, Avgpool, Wide });
+value_enum!(SharingArg => Sharing { None, Naive, Ubn });
+value_enum!(DtypeArg => Precision { F32, Bf16 });
+value_enum!(ScheduleArg => SchedulePreset { Paper, Scaled, Constant });
+value_enum!(SplitArg => Split { Train, Test });
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// A TOML run spec; flags override its fields.
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Dataset name (looked up in the data directory) or a dataset directory.
+    #[arg(long)]
+    pub data: Option<String>,
+    #[arg(long)]
+    pub epochs: Option<u32>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub batch: Option<u32>,
+    /// Initial learning rate (presets scale their values by lr / 0.1).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Learning-rate schedule preset (custom schedules go in a spec file).
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleArg>,
+    #[arg(long)]
+    pub warmup_epochs: Option<u32>,
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    #[arg(long)]
+    pub nesterov: bool,
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Turn off crop and flip augmentation.
+    #[arg(long)]
+    pub no_augment: bool,
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Run directory: checkpoints/, metrics.jsonl, spec.toml. Default: runs/<arch><depth>-seed<seed>,
+    /// or the run directory of --resume.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue from this checkpoint (its spec is used; --epochs may extend the run).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Print a JSON summary on stdout and no progress bar.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Dataset name or directory (default: the dataset the checkpoint was trained on).
+    #[arg(long)]
+    pub data: Option<String>,
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: SplitArg,
+    #[arg(long, default_value_t = 250)]
+    pub batch: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Training steps per second (forward, backward, SGD) on random data on the device.
+    Train {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// Timed steps (the median is reported).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+        #[arg(long)]
+        json: bool,
+    },
+}

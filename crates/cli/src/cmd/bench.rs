@@ -1,0 +1,37 @@
+use crate::args::BenchCommand;
+use anyhow::Result;
+use resnet::candle_device;
+use std::process::ExitCode;
+use train::bench::bench_train;
+
+pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
+    let BenchCommand::Train {
+        model,
+        batch,
+        steps,
+        warmup,
+        device,
+        json,
+    } = cmd;
+    anyhow::ensure!(steps > 0, "--steps must be at least 1");
+    anyhow::ensure!(batch > 0, "--batch must be at least 1");
+    let spec = model.to_spec()?;
+    let device = candle_device(device)?;
+    let r = bench_train(&spec, batch, warmup, steps, &device)?;
+    if json {
+        super::print_json(&r)?;
+    } else {
+        println!(
+            "{} depth {} {} batch {} on {}: {:.1} ms/step (median of {}), {:.0} images/s",
+            r.arch,
+            r.depth,
+            r.dtype,
+            r.batch,
+            r.device,
+            r.ms_per_step,
+            r.steps,
+            r.images_per_second
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,86 @@
+use crate::args::EvalArgs;
+use anyhow::{bail, Result};
+use cifar::{locate, Dataset};
+use domain::{DatasetIdentity, Split};
+use resnet::candle_device;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use train::eval::evaluate;
+use train::load_model;
+
+#[derive(Serialize)]
+struct Report {
+    checkpoint: PathBuf,
+    split: Split,
+    loss: f64,
+    accuracy: f64,
+    n: usize,
+    dataset: DatasetIdentity,
+    /// Present when the evaluation data differs from the training data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trained_on: Option<DatasetIdentity>,
+}
+
+pub fn run(args: EvalArgs, data_dir: &Path) -> Result<ExitCode> {
+    anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
+    let device = candle_device(args.device)?;
+    let ck = resnet::checkpoint::read(&args.checkpoint)?;
+    let (model, spec) = load_model(&ck, &device)?;
+    let data = args
+        .data
+        .clone()
+        .unwrap_or_else(|| spec.data.dataset.clone());
+    let dataset = Dataset::open(&locate(&data, data_dir)?, spec.data.labels)?;
+    if dataset.identity.classes != spec.model.classes {
+        bail!(
+            "{} has {} classes; the model predicts {}",
+            dataset.identity.name,
+            dataset.identity.classes,
+            spec.model.classes
+        );
+    }
+    let trained_on = spec
+        .data
+        .identity
+        .clone()
+        .filter(|t| *t != dataset.identity);
+    if let Some(t) = &trained_on {
+        eprintln!(
+            "note: evaluating on {} ({}), the model was trained on {} ({})",
+            dataset.identity.name, dataset.identity.fingerprint, t.name, t.fingerprint
+        );
+    }
+    let split: Split = args.split.into();
+    let images = match split {
+        Split::Train => &dataset.train,
+        Split::Test => &dataset.test,
+    };
+    let normalization = spec
+        .data
+        .normalization
+        .expect("a trained spec records its normalisation");
+    let (result, _) = evaluate(&model, images, &normalization, args.batch, &[])?;
+    let report = Report {
+        checkpoint: args.checkpoint,
+        split,
+        loss: result.loss,
+        accuracy: result.accuracy,
+        n: result.n,
+        dataset: dataset.identity,
+        trained_on,
+    };
+    if args.json {
+        super::print_json(&report)?;
+    } else {
+        println!(
+            "{} {}: loss {:.4}, accuracy {:.2}% over {} images",
+            report.dataset.name,
+            split,
+            report.loss,
+            100.0 * report.accuracy,
+            report.n
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,282 @@
+use crate::args::TrainArgs;
+use crate::progress::RunSink;
+use anyhow::{bail, Context, Result};
+use cifar::{locate, Dataset};
+use domain::{DataSpec, LabelKind, MetricName, RunSpec, Split};
+use resnet::candle_device;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use train::{Outcome, Trainer, META_SPEC};
+
+pub fn run(args: TrainArgs, data_dir: &Path) -> Result<ExitCode> {
+    let device = candle_device(args.device)?;
+    let (mut trainer, run_dir) = match &args.resume {
+        Some(checkpoint) => resume(&args, checkpoint, data_dir, &device)?,
+        None => fresh(&args, data_dir, &device)?,
+    };
+    let spec_path = run_dir.join("spec.toml");
+    resnet::checkpoint::write_atomic(&spec_path, trainer.spec().to_toml().as_bytes())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    install_interrupt(stop.clone(), args.json)?;
+    let mut sink = RunSink::open(
+        &run_dir,
+        trainer.state().epoch,
+        trainer.spec().epochs(),
+        args.json,
+    )?;
+    if !args.json {
+        let id = trainer
+            .spec()
+            .data
+            .identity
+            .as_ref()
+            .expect("bound at start");
+        eprintln!(
+            "training {} on {} ({} train / {} test) into {}",
+            describe(trainer.spec()),
+            id.name,
+            id.train_examples,
+            id.test_examples,
+            run_dir.display()
+        );
+    }
+    let outcome = trainer.run(&mut sink, &stop);
+    sink.finish();
+    let outcome = outcome?;
+    let checkpoint = sink
+        .last_checkpoint
+        .as_ref()
+        .map(|name| run_dir.join("checkpoints").join(name));
+    let value = |name, split| {
+        sink.last_records
+            .iter()
+            .find(|r| r.name == name && r.split == split && r.block.is_none())
+            .map(|r| r.value)
+    };
+    let summary = Summary {
+        outcome: match outcome {
+            Outcome::Finished => "finished",
+            Outcome::Stopped { .. } => "stopped",
+        },
+        run_dir: run_dir.clone(),
+        checkpoint: checkpoint.clone(),
+        epochs_completed: trainer.state().epoch,
+        steps: trainer.state().step,
+        train_loss: value(MetricName::Loss, Some(Split::Train)),
+        test_loss: value(MetricName::Loss, Some(Split::Test)),
+        test_accuracy: value(MetricName::Accuracy, Some(Split::Test)),
+        spec: trainer.spec(),
+    };
+    if args.json {
+        super::print_json(&summary)?;
+    } else if let Some(checkpoint) = &checkpoint {
+        match outcome {
+            Outcome::Finished => eprintln!(
+                "finished {} epochs; final checkpoint {}",
+                summary.epochs_completed,
+                checkpoint.display()
+            ),
+            Outcome::Stopped { .. } => eprintln!(
+                "stopped after step {}; resume with: stepwise train --resume {}",
+                summary.steps,
+                checkpoint.display()
+            ),
+        }
+    }
+    Ok(match outcome {
+        Outcome::Finished => ExitCode::SUCCESS,
+        Outcome::Stopped { .. } => ExitCode::from(130),
+    })
+}
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    outcome: &'static str,
+    run_dir: PathBuf,
+    checkpoint: Option<PathBuf>,
+    epochs_completed: u32,
+    steps: u64,
+    train_loss: Option<f64>,
+    test_loss: Option<f64>,
+    test_accuracy: Option<f64>,
+    spec: &'a RunSpec,
+}
+
+fn describe(spec: &RunSpec) -> String {
+    let m = &spec.model;
+    let depth = m
+        .layout()
+        .map(|l| domain::ModelSpec::depth_of(&l))
+        .unwrap_or(0);
+    format!(
+        "{}-{depth} ({} epochs, batch {}, seed {})",
+        m.arch,
+        spec.epochs(),
+        spec.train.batch_size,
+        spec.train.seed
+    )
+}
+
+/// Ctrl-C asks the loop to checkpoint and stop; a second one exits at once.
+fn install_interrupt(stop: Arc<AtomicBool>, quiet: bool) -> Result<()> {
+    ctrlc::set_handler(move || {
+        if stop.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        if !quiet {
+            eprintln!(
+                "\ninterrupted: writing a checkpoint after this step (Ctrl-C again to quit now)"
+            );
+        }
+    })
+    .context("installing the Ctrl-C handler")
+}
+
+fn open_dataset(data: &str, data_dir: &Path, labels: LabelKind) -> Result<Dataset> {
+    let dir = locate(data, data_dir)?;
+    Ok(Dataset::open(&dir, labels)?)
+}
+
+fn fresh(
+    args: &TrainArgs,
+    data_dir: &Path,
+    device: &candle_core::Device,
+) -> Result<(Trainer, PathBuf)> {
+    let spec = spec_from_args(args)?;
+    let run_dir = args.out.clone().unwrap_or_else(|| {
+        let depth = spec
+            .model
+            .layout()
+            .map(|l| domain::ModelSpec::depth_of(&l))
+            .unwrap_or(0);
+        PathBuf::from("runs").join(format!(
+            "{}{depth}-seed{}",
+            spec.model.arch, spec.train.seed
+        ))
+    });
+    if run_dir.join("metrics.jsonl").exists() || run_dir.join("checkpoints").exists() {
+        bail!(
+            "{} already holds a run: resume it with --resume CHECKPOINT or choose another --out",
+            run_dir.display()
+        );
+    }
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    // The spec names the dataset; --data may instead give a directory, whose own identity
+    // then names it in the spec.
+    let data = args.data.as_deref().unwrap_or(&spec.data.dataset);
+    let dataset = open_dataset(data, data_dir, spec.data.labels)?;
+    let trainer = Trainer::new(spec, dataset, device, run_dir.join("checkpoints"))?;
+    Ok((trainer, run_dir))
+}
+
+/// A run spec from `--spec` (if any) with every given flag applied on top.
+fn spec_from_args(args: &TrainArgs) -> Result<RunSpec> {
+    let mut spec = match &args.spec {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let mut spec =
+                RunSpec::from_toml(&text).with_context(|| format!("spec {}", path.display()))?;
+            args.model.apply(&mut spec.model);
+            spec
+        }
+        None => RunSpec::new(args.model.to_spec()?, DataSpec::new(cifar::synth::NAME)),
+    };
+    let t = &mut spec.train;
+    if args.epochs.is_some() {
+        t.epochs = args.epochs;
+    }
+    if let Some(seed) = args.seed {
+        t.seed = seed;
+    }
+    if let Some(batch) = args.batch {
+        t.batch_size = batch;
+    }
+    if args.lr.is_some() {
+        t.schedule.lr = args.lr;
+    }
+    if let Some(preset) = args.schedule {
+        t.schedule.preset = preset.into();
+    }
+    if let Some(w) = args.warmup_epochs {
+        t.schedule.warmup_epochs = w;
+    }
+    if let Some(m) = args.momentum {
+        t.momentum = m;
+    }
+    if args.nesterov {
+        t.nesterov = true;
+    }
+    if let Some(wd) = args.weight_decay {
+        t.weight_decay = wd;
+    }
+    if args.no_augment {
+        spec.data.augment = false;
+    }
+    if args.name.is_some() {
+        spec.name = args.name.clone();
+    }
+    spec.tags.extend(args.tags.iter().cloned());
+    spec.validate().context("invalid spec")?;
+    Ok(spec)
+}
+
+fn resume(
+    args: &TrainArgs,
+    checkpoint: &Path,
+    data_dir: &Path,
+    device: &candle_core::Device,
+) -> Result<(Trainer, PathBuf)> {
+    let m = &args.model;
+    let changes_spec = args.spec.is_some()
+        || m.arch.is_some()
+        || m.depth.is_some()
+        || m.classes.is_some()
+        || m.width.is_some()
+        || m.blocks.is_some()
+        || m.sharing.is_some()
+        || m.unshared.is_some()
+        || m.dtype.is_some()
+        || args.seed.is_some()
+        || args.batch.is_some()
+        || args.lr.is_some()
+        || args.schedule.is_some()
+        || args.warmup_epochs.is_some()
+        || args.momentum.is_some()
+        || args.nesterov
+        || args.weight_decay.is_some()
+        || args.no_augment;
+    if changes_spec {
+        bail!("a resumed run keeps the spec in its checkpoint: only --epochs, --data, --out, --device and --json go with --resume");
+    }
+    let ck = resnet::checkpoint::read(checkpoint)?;
+    let spec: RunSpec = ck.meta_json(META_SPEC)?;
+    let data = args
+        .data
+        .clone()
+        .unwrap_or_else(|| spec.data.dataset.clone());
+    let dataset = open_dataset(&data, data_dir, spec.data.labels)?;
+    let run_dir = match &args.out {
+        Some(out) => out.clone(),
+        None => {
+            let parent = checkpoint.parent().unwrap_or(Path::new("."));
+            if parent.file_name().is_some_and(|n| n == "checkpoints") {
+                parent.parent().unwrap_or(Path::new(".")).to_path_buf()
+            } else {
+                parent.to_path_buf()
+            }
+        }
+    };
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let trainer = Trainer::resume(
+        &ck,
+        args.epochs,
+        dataset,
+        device,
+        run_dir.join("checkpoints"),
+    )?;
+    Ok((trainer, run_dir))
+}

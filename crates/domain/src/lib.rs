@@ -1,0 +1,22 @@
+//! Serde types shared by every stepwise crate: run specs and their validation, the resolved
+//! model layout, block ids, dataset identity and metric records. No tensors live here.
+
+pub mod block;
+pub mod dataset;
+pub mod device;
+pub mod layout;
+pub mod metric;
+pub mod spec;
+
+pub use block::BlockId;
+pub use dataset::{DatasetIdentity, Normalization};
+pub use device::DeviceSpec;
+pub use layout::{BlockInfo, BlockKind, ModelLayout, StageLayout};
+pub use metric::{MetricName, MetricRecord, Split};
+pub use spec::{
+    Arch, CheckpointPolicy, DataSpec, DecayScope, FieldError, LabelKind, ModelSpec, MonitorSpec,
+    Precision, RunSpec, Schedule, SchedulePreset, ScheduleSpec, Sharing, SpecError, TrainSpec,
+};
+
+/// Identifies the code that wrote a checkpoint or a report.
+pub const CODE_VERSION: &str = concat!("stepwise ", env!("CARGO_PKG_VERSION"));

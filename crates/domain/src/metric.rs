@@ -1,0 +1,123 @@
+//! Metric records: one name per metric everywhere (metrics.jsonl, database, API, CSV).
+
+use crate::BlockId;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricName {
+    /// Mean cross-entropy. Split `train`: running mean over the epoch's augmented
+    /// mini-batches with BatchNorm in training mode; split `test`: inference mode.
+    Loss,
+    /// Top-1 accuracy in [0, 1], with the same split convention as `loss`.
+    Accuracy,
+    /// The trained head applied to the output of one block of the last stage.
+    IntermediateAccuracy,
+    IntermediateLoss,
+    /// Mean ‖∂L/∂h‖ at the first block over the mean at the first block of the last stage.
+    GradNormRatio,
+    LearningRate,
+    /// Training throughput of the epoch (optimizer steps only).
+    ImagesPerSecond,
+    EpochSeconds,
+}
+
+impl MetricName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Loss => "loss",
+            Self::Accuracy => "accuracy",
+            Self::IntermediateAccuracy => "intermediate_accuracy",
+            Self::IntermediateLoss => "intermediate_loss",
+            Self::GradNormRatio => "grad_norm_ratio",
+            Self::LearningRate => "learning_rate",
+            Self::ImagesPerSecond => "images_per_second",
+            Self::EpochSeconds => "epoch_seconds",
+        }
+    }
+}
+
+impl fmt::Display for MetricName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    Train,
+    Test,
+}
+
+impl Split {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Train => "train",
+            Self::Test => "test",
+        }
+    }
+}
+
+impl fmt::Display for Split {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One value of one metric at the end of one epoch (epochs count from 1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricRecord {
+    pub name: MetricName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
+    pub epoch: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block: Option<BlockId>,
+    /// The block's 0-based global index, present whenever `block` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_index: Option<u32>,
+    pub value: f64,
+}
+
+impl MetricRecord {
+    pub fn new(name: MetricName, split: Option<Split>, epoch: u32, value: f64) -> Self {
+        Self {
+            name,
+            split,
+            epoch,
+            block: None,
+            block_index: None,
+            value,
+        }
+    }
+
+    pub fn at_block(mut self, block: BlockId, index: u32) -> Self {
+        self.block = Some(block);
+        self.block_index = Some(index);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serialises_with_the_shared_names() {
+        let r = MetricRecord::new(MetricName::IntermediateAccuracy, Some(Split::Test), 3, 0.5)
+            .at_block(BlockId::new(2, 4), 40);
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            json,
+            r#"{"name":"intermediate_accuracy","split":"test","epoch":3,"block":"s2.b4","block_index":40,"value":0.5}"#
+        );
+        assert_eq!(serde_json::from_str::<MetricRecord>(&json).unwrap(), r);
+        let plain = MetricRecord::new(MetricName::LearningRate, None, 1, 0.1);
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            r#"{"name":"learning_rate","epoch":1,"value":0.1}"#
+        );
+    }
+}

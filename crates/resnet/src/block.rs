@@ -1,0 +1,52 @@
+//! One pre-activation residual block: `h_{i+1} = shortcut(h_i) + F_i(h_i)` with
+//! `F(h) = conv2(relu(bn2(conv1(relu(bn1(h))))))` and no activation after the addition.
+
+use crate::layers::{BatchNorm, BnMode, Conv2d};
+use crate::Result;
+use candle_core::Tensor;
+use domain::BlockInfo;
+use std::sync::Arc;
+
+pub struct Block {
+    pub info: BlockInfo,
+    /// Shared between steps under naive sharing.
+    pub(crate) bn1: Arc<BatchNorm>,
+    /// Shared between steps under both kinds of sharing.
+    pub(crate) conv1: Arc<Conv2d>,
+    pub(crate) bn2: Arc<BatchNorm>,
+    pub(crate) conv2: Arc<Conv2d>,
+    /// The 1×1 projection of a projection block, applied to the raw input.
+    pub(crate) projection: Option<Conv2d>,
+}
+
+impl Block {
+    /// The residual branch F(h).
+    pub fn residual(&self, h: &Tensor, mode: BnMode) -> Result<Tensor> {
+        let a = self.bn1.forward(h, mode)?.relu()?;
+        let a = self.conv1.forward(&a)?;
+        let a = self.bn2.forward(&a, mode)?.relu()?;
+        self.conv2.forward(&a)
+    }
+
+    /// The shortcut: `h` itself, or its 1×1 projection for a projection block.
+    pub fn shortcut(&self, h: &Tensor) -> Result<Tensor> {
+        match &self.projection {
+            Some(p) => p.forward(h),
+            None => Ok(h.clone()),
+        }
+    }
+
+    pub fn forward(&self, h: &Tensor, mode: BnMode) -> Result<Tensor> {
+        Ok((self.shortcut(h)? + self.residual(h, mode)?)?)
+    }
+
+    /// `shortcut(h) + α·F(h)`: re-applying a block with a step size (unrolling).
+    pub fn forward_scaled(&self, h: &Tensor, alpha: f64, mode: BnMode) -> Result<Tensor> {
+        Ok((self.shortcut(h)? + (self.residual(h, mode)? * alpha)?)?)
+    }
+
+    /// The block's output with its residual branch skipped (block dropping).
+    pub fn forward_skipped(&self, h: &Tensor) -> Result<Tensor> {
+        self.shortcut(h)
+    }
+}

@@ -1,0 +1,184 @@
+//! Layers with PyTorch semantics: every convolution has a bias, BatchNorm keeps running
+//! statistics PyTorch-style, and the BatchNorm mode is always passed explicitly.
+
+use crate::{Init, Result};
+use candle_core::{DType, Tensor, Var, D};
+use std::sync::atomic::{AtomicI64, Ordering};
+
+/// Whether BatchNorm normalises with batch statistics (and updates its running ones) or
+/// with its running statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BnMode {
+    Train,
+    Eval,
+}
+
+/// Casts a parameter to the dtype of the activations it meets (bf16 compute).
+fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    if t.dtype() == dtype {
+        Ok(t.clone())
+    } else {
+        Ok(t.to_dtype(dtype)?)
+    }
+}
+
+/// The dtype convolutions and matrix products run in for activations `x`: their own, but
+/// f32 for bf16 on the CPU, where candle has no bf16 GEMM (bf16 storage with f32
+/// accumulation, as GPU tensor cores do it).
+fn gemm_dtype(x: &Tensor) -> DType {
+    if x.dtype() == DType::BF16 && x.device().is_cpu() {
+        DType::F32
+    } else {
+        x.dtype()
+    }
+}
+
+pub struct Conv2d {
+    pub weight: Var,
+    pub bias: Var,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv2d {
+    /// A `k×k` convolution with `k/2` zero padding, He-normal weights and zero bias.
+    pub fn new(
+        init: &mut Init,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: init.he_normal(&[c_out, c_in, k, k], c_in * k * k)?,
+            bias: init.constant(&[c_out], 0.0)?,
+            stride,
+            padding: k / 2,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let work = gemm_dtype(x);
+        let w = cast(self.weight.as_tensor(), work)?;
+        let b = cast(self.bias.as_tensor(), work)?;
+        let y = cast(x, work)?.conv2d(&w, self.padding, self.stride, 1, 1)?;
+        cast(&y.broadcast_add(&b.reshape((1, (), 1, 1))?)?, x.dtype())
+    }
+}
+
+pub struct Linear {
+    pub weight: Var,
+    pub bias: Var,
+}
+
+impl Linear {
+    pub fn new(init: &mut Init, inputs: usize, outputs: usize) -> Result<Self> {
+        Ok(Self {
+            weight: init.he_normal(&[outputs, inputs], inputs)?,
+            bias: init.constant(&[outputs], 0.0)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let work = gemm_dtype(x);
+        let w = cast(self.weight.as_tensor(), work)?;
+        let b = cast(self.bias.as_tensor(), work)?;
+        let y = cast(x, work)?.matmul(&w.t()?)?.broadcast_add(&b)?;
+        cast(&y, x.dtype())
+    }
+}
+
+pub const BN_EPS: f64 = 1e-5;
+pub const BN_MOMENTUM: f64 = 0.1;
+
+/// BatchNorm over (N, H, W) per channel, computed in the parameter dtype.
+pub struct BatchNorm {
+    pub weight: Var,
+    pub bias: Var,
+    pub running_mean: Var,
+    pub running_var: Var,
+    num_batches_tracked: AtomicI64,
+}
+
+impl BatchNorm {
+    pub fn new(init: &mut Init, channels: usize, gamma: f64) -> Result<Self> {
+        Ok(Self {
+            weight: init.constant(&[channels], gamma)?,
+            bias: init.constant(&[channels], 0.0)?,
+            running_mean: init.constant(&[channels], 0.0)?,
+            running_var: init.constant(&[channels], 1.0)?,
+            num_batches_tracked: AtomicI64::new(0),
+        })
+    }
+
+    pub fn channels(&self) -> usize {
+        self.weight.as_tensor().elem_count()
+    }
+
+    pub fn num_batches_tracked(&self) -> i64 {
+        self.num_batches_tracked.load(Ordering::Relaxed)
+    }
+
+    pub fn set_num_batches_tracked(&self, n: i64) {
+        self.num_batches_tracked.store(n, Ordering::Relaxed);
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
+        let input_dtype = x.dtype();
+        let x = cast(x, self.weight.dtype())?;
+        let per_channel = |t: &Tensor| t.reshape((1, (), 1, 1));
+        let normalised = match mode {
+            BnMode::Train => {
+                let (n, _, h, w) = x.dims4()?;
+                let count = (n * h * w) as f64;
+                let mean = x.mean_keepdim((0, 2, 3))?;
+                let centred = x.broadcast_sub(&mean)?;
+                let var = centred.sqr()?.mean_keepdim((0, 2, 3))?;
+                self.update_running(&mean, &var, count)?;
+                centred.broadcast_div(&(var + BN_EPS)?.sqrt()?)?
+            }
+            BnMode::Eval => {
+                let mean = per_channel(self.running_mean.as_tensor())?.detach();
+                let std = (per_channel(self.running_var.as_tensor())? + BN_EPS)?
+                    .sqrt()?
+                    .detach();
+                x.broadcast_sub(&mean)?.broadcast_div(&std)?
+            }
+        };
+        let y = normalised
+            .broadcast_mul(&per_channel(self.weight.as_tensor())?)?
+            .broadcast_add(&per_channel(self.bias.as_tensor())?)?;
+        cast(&y, input_dtype)
+    }
+
+    /// running ← (1 − m)·running + m·batch, with the unbiased batch variance.
+    fn update_running(&self, mean: &Tensor, var: &Tensor, count: f64) -> Result<()> {
+        let unbias = if count > 1.0 {
+            count / (count - 1.0)
+        } else {
+            1.0
+        };
+        let mean = mean.detach().flatten_all()?;
+        let var = (var.detach().flatten_all()? * unbias)?;
+        let m = BN_MOMENTUM;
+        let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?;
+        let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (var * m)?)?;
+        self.running_mean.set(&rm)?;
+        self.running_var.set(&rv)?;
+        self.num_batches_tracked.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Per-example ℓ2 norms of a batch: `‖x_n‖` over all but the batch dimension.
+pub fn per_example_norm(x: &Tensor) -> Result<Tensor> {
+    let x = cast(
+        x,
+        if x.dtype() == DType::BF16 {
+            DType::F32
+        } else {
+            x.dtype()
+        },
+    )?;
+    Ok(x.flatten_from(1)?.sqr()?.sum(D::Minus1)?.sqrt()?)
+}

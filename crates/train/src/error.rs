@@ -1,0 +1,32 @@
+use domain::DatasetIdentity;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Model(#[from] resnet::Error),
+    #[error(transparent)]
+    Data(#[from] cifar::DataError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("invalid spec: {0}")]
+    Spec(#[from] domain::SpecError),
+    #[error("diverged at epoch {epoch} step {step}: the loss is {loss}; the last good checkpoint is kept")]
+    Diverged { epoch: u32, step: u64, loss: f64 },
+    #[error("the run was trained on {expected} ({expected_fp}) but the data found is {found} ({found_fp})", expected = .expected.name, expected_fp = .expected.fingerprint, found = .found.name, found_fp = .found.fingerprint)]
+    DatasetMismatch {
+        expected: Box<DatasetIdentity>,
+        found: Box<DatasetIdentity>,
+    },
+    #[error("{path}: cannot resume: {reason}")]
+    Resume { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("event sink: {0}")]
+    Sink(#[from] crate::SinkError),
+}
+
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;

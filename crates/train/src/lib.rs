@@ -1,0 +1,21 @@
+//! Training: [`Sgd`] with saved momentum, the loop in [`Trainer`] (events to an
+//! [`EventSink`], evaluation per epoch, checkpoints by policy, stop and exact resume), and
+//! [`bench::bench_train`] for throughput.
+
+pub mod bench;
+mod checkpoints;
+mod error;
+pub mod eval;
+mod events;
+mod optim;
+mod state;
+mod trainer;
+
+pub use checkpoints::{checkpoint_name, CheckpointStore};
+pub use error::{Result, TrainError};
+pub use events::{EventSink, SinkError, TrainEvent};
+pub use optim::{Sgd, SgdConfig};
+pub use state::{
+    RunningTotals, TrainState, META_CODE_VERSION, META_METRICS, META_SPEC, META_TRAIN_STATE,
+};
+pub use trainer::{load_model, Outcome, Trainer};

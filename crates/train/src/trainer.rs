@@ -1,0 +1,383 @@
+//! The training loop: one optimizer step per batch, evaluation and metrics per epoch,
+//! checkpoints by policy, a clean stop on request, exact resume.
+
+use crate::checkpoints::CheckpointStore;
+use crate::eval::{batch_tensors, evaluate, grad_norm_ratio, scalar};
+use crate::state::{RngState, RunningTotals, TrainState, META_SPEC, META_TRAIN_STATE};
+use crate::{EventSink, Result, Sgd, SgdConfig, TrainError, TrainEvent};
+use candle_core::{Device, Tensor};
+use cifar::augment::channel_stats;
+use cifar::batch::fixed_subset;
+use cifar::rng::{rng, Stream};
+use cifar::{BatchPlan, Dataset, Images};
+use domain::{MetricName as M, MetricRecord, RunSpec, Split};
+use resnet::checkpoint::Checkpoint;
+use resnet::loss::{correct, cross_entropy};
+use resnet::{BnMode, Dtypes, ResNet, WrittenFile};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// How a call to [`Trainer::run`] ended (errors, divergence included, are `Err`).
+#[derive(Debug)]
+pub enum Outcome {
+    Finished,
+    /// Stopped on request after writing this checkpoint.
+    Stopped {
+        file_name: String,
+        file: WrittenFile,
+    },
+}
+
+pub struct Trainer {
+    spec: RunSpec,
+    model: ResNet,
+    optimizer: Sgd,
+    train: Arc<Images>,
+    test: Images,
+    plan: BatchPlan,
+    state: TrainState,
+    store: CheckpointStore,
+}
+
+/// Builds the model a spec describes, initialised from the spec's seed.
+fn build_model(spec: &RunSpec, device: &Device) -> Result<ResNet> {
+    let layout = spec.model.layout()?;
+    let mut init = rng(spec.train.seed, Stream::Init, 0, 0);
+    Ok(ResNet::new(
+        &layout,
+        &mut init,
+        device,
+        Dtypes::for_precision(spec.model.dtype),
+    )?)
+}
+
+/// The model stored in a checkpoint, with the spec it was trained under.
+pub fn load_model(checkpoint: &Checkpoint, device: &Device) -> Result<(ResNet, RunSpec)> {
+    let spec: RunSpec = checkpoint.meta_json(META_SPEC)?;
+    let model = build_model(&spec, device)?;
+    model
+        .load_state_dict(&checkpoint.tensors)
+        .map_err(|e| TrainError::Resume {
+            path: checkpoint.path.clone(),
+            reason: e.to_string(),
+        })?;
+    Ok((model, spec))
+}
+
+/// Checks that `dataset` is what the spec says and fills in identity and normalisation.
+fn bind_dataset(spec: &mut RunSpec, dataset: &Dataset) -> Result<()> {
+    match &spec.data.identity {
+        Some(expected) if *expected != dataset.identity => {
+            return Err(TrainError::DatasetMismatch {
+                expected: Box::new(expected.clone()),
+                found: Box::new(dataset.identity.clone()),
+            })
+        }
+        _ => spec.data.identity = Some(dataset.identity.clone()),
+    }
+    spec.data.dataset = dataset.identity.name.clone();
+    if spec.model.classes != dataset.identity.classes {
+        return Err(domain::SpecError::one(
+            "model.classes",
+            format!(
+                "{} but dataset {} has {} classes",
+                spec.model.classes, dataset.identity.name, dataset.identity.classes
+            ),
+        )
+        .into());
+    }
+    if spec.data.normalization.is_none() {
+        spec.data.normalization = Some(channel_stats(&dataset.train));
+    }
+    Ok(())
+}
+
+impl Trainer {
+    /// A fresh run of `spec` on `dataset`, checkpointing into `checkpoint_dir`.
+    pub fn new(
+        mut spec: RunSpec,
+        dataset: Dataset,
+        device: &Device,
+        checkpoint_dir: PathBuf,
+    ) -> Result<Self> {
+        spec.validate()?;
+        bind_dataset(&mut spec, &dataset)?;
+        let model = build_model(&spec, device)?;
+        let state = TrainState {
+            epoch: 0,
+            batch: 0,
+            step: 0,
+            lr: 0.0,
+            schedule: spec.train.schedule(spec.model.arch),
+            rng: RngState::new(spec.train.seed),
+            running: None,
+        };
+        Self::assemble(spec, model, None, state, dataset, checkpoint_dir)
+    }
+
+    /// Continues the run saved in `checkpoint`, writing new checkpoints into
+    /// `checkpoint_dir`. `epochs` may extend (or shorten) the run.
+    pub fn resume(
+        checkpoint: &Checkpoint,
+        epochs: Option<u32>,
+        dataset: Dataset,
+        device: &Device,
+        checkpoint_dir: PathBuf,
+    ) -> Result<Self> {
+        let path = &checkpoint.path;
+        let (model, mut spec) = load_model(checkpoint, device)?;
+        let mut state: TrainState = checkpoint.meta_json(META_TRAIN_STATE)?;
+        if let Some(epochs) = epochs {
+            spec.train.epochs = Some(epochs);
+            spec.validate()?;
+            state.schedule = spec.train.schedule(spec.model.arch);
+        }
+        if state.epoch >= spec.epochs() {
+            return Err(TrainError::Resume {
+                path: path.clone(),
+                reason: format!(
+                    "it already completed all {} epochs (pass more epochs to extend it)",
+                    spec.epochs()
+                ),
+            });
+        }
+        bind_dataset(&mut spec, &dataset)?;
+        Self::assemble(
+            spec,
+            model,
+            Some(checkpoint),
+            state,
+            dataset,
+            checkpoint_dir,
+        )
+        .map_err(|e| match e {
+            TrainError::Resume { reason, .. } => TrainError::Resume {
+                path: path.clone(),
+                reason,
+            },
+            e => e,
+        })
+    }
+
+    fn assemble(
+        spec: RunSpec,
+        model: ResNet,
+        checkpoint: Option<&Checkpoint>,
+        state: TrainState,
+        dataset: Dataset,
+        checkpoint_dir: PathBuf,
+    ) -> Result<Self> {
+        let mut optimizer = Sgd::new(model.parameters(), SgdConfig::from_spec(&spec.train))?;
+        if let Some(ck) = checkpoint {
+            optimizer.load_state(&ck.tensors)?;
+        }
+        let plan = BatchPlan {
+            seed: spec.train.seed,
+            batch_size: spec.train.batch_size as usize,
+            augment: spec.data.augment,
+            normalization: spec.data.normalization.expect("bound to the dataset"),
+        };
+        let store =
+            CheckpointStore::new(checkpoint_dir, spec.train.checkpoint.clone(), spec.epochs());
+        Ok(Self {
+            spec,
+            model,
+            optimizer,
+            train: Arc::new(dataset.train),
+            test: dataset.test,
+            plan,
+            state,
+            store,
+        })
+    }
+
+    /// The resolved spec (dataset identity and normalisation filled in).
+    pub fn spec(&self) -> &RunSpec {
+        &self.spec
+    }
+
+    pub fn model(&self) -> &ResNet {
+        &self.model
+    }
+
+    pub fn state(&self) -> &TrainState {
+        &self.state
+    }
+
+    /// Trains until the last epoch, or until `stop` is set: then the current position is
+    /// checkpointed and the run can be resumed from it.
+    pub fn run(&mut self, sink: &mut dyn EventSink, stop: &AtomicBool) -> Result<Outcome> {
+        let epochs = self.spec.epochs();
+        let per_epoch = self.plan.batches_per_epoch(self.train.len());
+        sink.event(&TrainEvent::Started {
+            spec: &self.spec,
+            steps_per_epoch: per_epoch,
+            start_step: self.state.step,
+            total_steps: epochs as u64 * per_epoch as u64,
+        })?;
+        while self.state.epoch < epochs {
+            let epoch = self.state.epoch;
+            let start = self.state.batch as usize;
+            let mut totals = self.state.running.take().unwrap_or_default();
+            let batches = self.plan.epoch(self.train.clone(), epoch, start);
+            for (index, batch) in (start..).zip(batches) {
+                let started = Instant::now();
+                let lr = self.state.schedule.lr(epoch, index, per_epoch);
+                let n = batch.len();
+                let (x, y) = batch_tensors(batch, self.model.device())?;
+                let (loss, hits) = train_step(&self.model, &mut self.optimizer, &x, &y, lr)?;
+                self.state.step += 1;
+                if !loss.is_finite() {
+                    return Err(TrainError::Diverged {
+                        epoch: epoch + 1,
+                        step: self.state.step,
+                        loss,
+                    });
+                }
+                self.state.batch = index as u32 + 1;
+                self.state.lr = lr;
+                totals.loss_sum += loss * n as f64;
+                totals.correct += hits as u64;
+                totals.seen += n as u64;
+                totals.seconds += started.elapsed().as_secs_f64();
+                sink.event(&TrainEvent::Step {
+                    epoch: epoch + 1,
+                    step: self.state.step,
+                    loss,
+                    lr,
+                })?;
+                if stop.load(Ordering::SeqCst) && index + 1 < per_epoch {
+                    self.state.running = Some(totals);
+                    let (file_name, file) = self.checkpoint(sink, &[])?;
+                    return Ok(Outcome::Stopped { file_name, file });
+                }
+            }
+            self.state.epoch += 1;
+            self.state.batch = 0;
+            sink.event(&TrainEvent::Evaluating { epoch: epoch + 1 })?;
+            let records = self.epoch_records(epoch + 1, &totals)?;
+            sink.event(&TrainEvent::Epoch {
+                epoch: epoch + 1,
+                records: &records,
+            })?;
+            let stopping = stop.load(Ordering::SeqCst) && self.state.epoch < epochs;
+            if self.store.due(self.state.epoch) || stopping {
+                let (file_name, file) = self.checkpoint(sink, &records)?;
+                if stopping {
+                    return Ok(Outcome::Stopped { file_name, file });
+                }
+            }
+        }
+        Ok(Outcome::Finished)
+    }
+
+    fn checkpoint(
+        &self,
+        sink: &mut dyn EventSink,
+        records: &[MetricRecord],
+    ) -> Result<(String, WrittenFile)> {
+        let (name, file) = self.store.write(
+            &self.model,
+            &self.optimizer,
+            &self.spec,
+            &self.state,
+            records,
+        )?;
+        sink.event(&TrainEvent::Checkpoint {
+            epoch: self.state.epoch,
+            step: self.state.step,
+            file_name: &name,
+            file: &file,
+        })?;
+        for removed in self.store.prune()? {
+            sink.event(&TrainEvent::CheckpointRemoved {
+                file_name: &removed,
+            })?;
+        }
+        Ok((name, file))
+    }
+
+    /// The metrics of a finished epoch (1-based).
+    fn epoch_records(&self, epoch: u32, totals: &RunningTotals) -> Result<Vec<MetricRecord>> {
+        let monitor = &self.spec.train.monitor;
+        let norm = self.plan.normalization;
+        let eval_batch = monitor.eval_batch_size as usize;
+        let layout = self.model.layout();
+        let blocks = layout.blocks();
+        let last_stage: Vec<_> = blocks
+            .iter()
+            .filter(|b| b.id.stage == layout.last_stage())
+            .collect();
+        let taps: Vec<usize> = if monitor.intermediate_accuracy {
+            last_stage.iter().map(|b| b.index as usize).collect()
+        } else {
+            vec![]
+        };
+        let (test, at_blocks) = evaluate(&self.model, &self.test, &norm, eval_batch, &taps)?;
+        let seen = totals.seen.max(1) as f64;
+        let record = |name, split, value| MetricRecord::new(name, split, epoch, value);
+        let mut records = vec![
+            record(M::Loss, Some(Split::Train), totals.loss_sum / seen),
+            record(
+                M::Accuracy,
+                Some(Split::Train),
+                totals.correct as f64 / seen,
+            ),
+            record(M::Loss, Some(Split::Test), test.loss),
+            record(M::Accuracy, Some(Split::Test), test.accuracy),
+        ];
+        for (block, result) in last_stage.iter().zip(&at_blocks) {
+            let split = Some(Split::Test);
+            records.push(
+                record(M::IntermediateAccuracy, split, result.accuracy)
+                    .at_block(block.id, block.index),
+            );
+            records.push(
+                record(M::IntermediateLoss, split, result.loss).at_block(block.id, block.index),
+            );
+        }
+        if self.spec.train.grad_norm_ratio_for(self.spec.model.sharing) {
+            let deep = last_stage[0].index as usize;
+            let n = monitor.grad_norm_examples as usize;
+            let seed = self.spec.train.seed;
+            for (split, images, id) in [
+                (Split::Train, &*self.train, 0),
+                (Split::Test, &self.test, 1),
+            ] {
+                let subset = fixed_subset(images, n, seed, id);
+                let ratio = grad_norm_ratio(&self.model, &subset, &norm, eval_batch, deep)?;
+                records.push(record(M::GradNormRatio, Some(split), ratio));
+            }
+        }
+        records.push(record(M::LearningRate, None, self.state.lr));
+        records.push(record(
+            M::ImagesPerSecond,
+            None,
+            totals.seen as f64 / totals.seconds.max(1e-9),
+        ));
+        records.push(record(M::EpochSeconds, None, totals.seconds));
+        Ok(records)
+    }
+}
+
+/// Forward, loss, backward and one SGD update with BatchNorm in training mode; returns the
+/// batch's mean loss and number of correct predictions.
+pub(crate) fn train_step(
+    model: &ResNet,
+    optimizer: &mut Sgd,
+    x: &Tensor,
+    y: &Tensor,
+    lr: f64,
+) -> Result<(f64, usize)> {
+    let logits = model.forward(x, BnMode::Train)?;
+    let loss = cross_entropy(&logits, y)?;
+    let value = scalar(&loss)?;
+    if !value.is_finite() {
+        return Ok((value, 0));
+    }
+    let grads = loss.backward()?;
+    optimizer.step(&grads, lr)?;
+    Ok((value, correct(&logits, y)?))
+}
