@@ -233,7 +233,7 @@ impl Trainer {
                     return Err(TrainError::Diverged {
                         epoch: epoch + 1,
                         step: self.state.step,
-                        loss,
+                        cause: format!("the loss is {loss}"),
                     });
                 }
                 self.state.batch = index as u32 + 1;
@@ -249,11 +249,13 @@ impl Trainer {
                     lr,
                 })?;
                 if stop.load(Ordering::SeqCst) && index + 1 < per_epoch {
+                    self.check_parameters(epoch + 1)?;
                     self.state.running = Some(totals);
                     let (file_name, file) = self.checkpoint(sink, &[])?;
                     return Ok(Outcome::Stopped { file_name, file });
                 }
             }
+            self.check_parameters(epoch + 1)?;
             self.state.epoch += 1;
             self.state.batch = 0;
             sink.event(&TrainEvent::Evaluating { epoch: epoch + 1 })?;
@@ -271,6 +273,22 @@ impl Trainer {
             }
         }
         Ok(Outcome::Finished)
+    }
+
+    /// A finite loss does not prove finite weights (candle's ReLU maps NaN to 0), so no
+    /// checkpoint is written before every parameter has been checked.
+    fn check_parameters(&self, epoch: u32) -> Result<()> {
+        for p in self.model.parameters() {
+            // Any NaN or infinity makes the (f64) sum non-finite.
+            if !scalar(&p.var.as_tensor().sum_all()?)?.is_finite() {
+                return Err(TrainError::Diverged {
+                    epoch,
+                    step: self.state.step,
+                    cause: format!("parameter {} is not finite", p.name),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn checkpoint(

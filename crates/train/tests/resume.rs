@@ -1,0 +1,274 @@
+//! The training loop end to end on a tiny model: determinism, exact resume (at an epoch
+//! boundary and in the middle of an epoch), divergence, and dataset identity checks.
+
+use candle_core::{Device, Tensor};
+use cifar::synth::{generate, SynthConfig};
+use cifar::Dataset;
+use domain::{
+    Arch, DataSpec, LabelKind, MetricName, MetricRecord, ModelSpec, RunSpec, SchedulePreset,
+    ScheduleSpec, Sharing,
+};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use train::{EventSink, Outcome, SinkError, TrainError, TrainEvent, Trainer};
+
+fn dataset(dir: &Path) -> Dataset {
+    let path = dir.join("shapes");
+    if !path.exists() {
+        generate(&path, &SynthConfig { train: 48, test: 20, seed: 5 }).unwrap();
+    }
+    Dataset::open(&path, LabelKind::Fine).unwrap()
+}
+
+fn spec(epochs: u32) -> RunSpec {
+    let mut spec = RunSpec::new(
+        ModelSpec {
+            width: Some(4),
+            blocks: Some(vec![1]),
+            ..ModelSpec::new(Arch::Resnet)
+        },
+        DataSpec::new("shapes10"),
+    );
+    spec.train.epochs = Some(epochs);
+    spec.train.batch_size = 16;
+    spec.train.seed = 11;
+    spec.train.monitor.eval_batch_size = 8;
+    spec.train.schedule = ScheduleSpec {
+        preset: SchedulePreset::Custom,
+        boundaries: vec![2],
+        values: vec![0.05, 0.01],
+        ..ScheduleSpec::default()
+    };
+    spec
+}
+
+/// Collects epoch records and optionally requests a stop after a given step.
+#[derive(Default)]
+struct Recorder {
+    records: Vec<MetricRecord>,
+    stop_after: Option<(u64, Arc<AtomicBool>)>,
+}
+
+impl EventSink for Recorder {
+    fn event(&mut self, event: &TrainEvent<'_>) -> Result<(), SinkError> {
+        match event {
+            TrainEvent::Epoch { records, .. } => self.records.extend(records.iter().cloned()),
+            TrainEvent::Step { step, .. } => {
+                if let Some((at, stop)) = &self.stop_after {
+                    if step == at {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Records that must be reproduced exactly (timings excluded).
+fn deterministic(records: &[MetricRecord]) -> Vec<MetricRecord> {
+    records
+        .iter()
+        .filter(|r| !matches!(r.name, MetricName::ImagesPerSecond | MetricName::EpochSeconds))
+        .cloned()
+        .collect()
+}
+
+fn bits(trainer: &Trainer) -> Vec<(String, Vec<u8>)> {
+    trainer
+        .model()
+        .state_dict()
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| {
+            let t = t.flatten_all().unwrap();
+            let bytes = match t.dtype() {
+                candle_core::DType::I64 => {
+                    t.to_vec1::<i64>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect()
+                }
+                _ => t.to_vec1::<f32>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect(),
+            };
+            (k, bytes)
+        })
+        .collect()
+}
+
+fn uninterrupted(dir: &Path, spec: RunSpec) -> (Trainer, Vec<MetricRecord>) {
+    let mut t = Trainer::new(spec, dataset(dir), &Device::Cpu, dir.join("full")).unwrap();
+    let mut rec = Recorder::default();
+    let outcome = t.run(&mut rec, &AtomicBool::new(false)).unwrap();
+    assert!(matches!(outcome, Outcome::Finished));
+    (t, rec.records)
+}
+
+#[test]
+fn same_seed_same_run_and_metrics_are_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, ra) = uninterrupted(dir.path(), spec(2));
+    let again = tempfile::tempdir().unwrap();
+    let (b, rb) = uninterrupted(again.path(), spec(2));
+    assert_eq!(bits(&a), bits(&b));
+    assert_eq!(deterministic(&ra), deterministic(&rb));
+    // Per epoch: train and test loss and accuracy, the head at both blocks of the last
+    // stage, learning rate, throughput, time.
+    let epoch1: Vec<_> = ra.iter().filter(|r| r.epoch == 1).collect();
+    assert_eq!(epoch1.len(), 4 + 2 * 1 + 3);
+    let inter: Vec<_> = epoch1
+        .iter()
+        .filter(|r| r.name == MetricName::IntermediateAccuracy)
+        .map(|r| r.block.unwrap().to_string())
+        .collect();
+    assert_eq!(inter, ["s2.b0"]);
+    let lr = |e| ra.iter().find(|r| r.name == MetricName::LearningRate && r.epoch == e).unwrap().value;
+    assert_eq!((lr(1), lr(2)), (0.05, 0.05));
+    // The final intermediate accuracy is the network's own test accuracy.
+    let acc = |name| ra.iter().find(|r| r.name == name && r.epoch == 2 && r.split == Some(domain::Split::Test)).unwrap().value;
+    assert_eq!(acc(MetricName::IntermediateAccuracy), acc(MetricName::Accuracy));
+}
+
+#[test]
+fn resume_at_an_epoch_boundary_is_bit_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let (full, full_records) = uninterrupted(dir.path(), spec(3));
+
+    let mut first = Trainer::new(spec(1), dataset(dir.path()), &Device::Cpu, dir.path().join("a")).unwrap();
+    let mut rec = Recorder::default();
+    first.run(&mut rec, &AtomicBool::new(false)).unwrap();
+    let ck = resnet::checkpoint::read(&dir.path().join("a/epoch-0001.safetensors")).unwrap();
+    let mut second =
+        Trainer::resume(&ck, Some(3), dataset(dir.path()), &Device::Cpu, dir.path().join("b")).unwrap();
+    second.run(&mut rec, &AtomicBool::new(false)).unwrap();
+
+    assert_eq!(bits(&full), bits(&second));
+    assert_eq!(deterministic(&full_records), deterministic(&rec.records));
+    assert_eq!(full.state().step, second.state().step);
+}
+
+#[test]
+fn stop_mid_epoch_then_resume_is_bit_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let (full, full_records) = uninterrupted(dir.path(), spec(3));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut rec = Recorder {
+        stop_after: Some((5, stop.clone())),
+        ..Recorder::default()
+    };
+    let mut pruning = spec(3);
+    pruning.train.checkpoint.keep_last = 2;
+    let mut first = Trainer::new(pruning, dataset(dir.path()), &Device::Cpu, dir.path().join("a")).unwrap();
+    let outcome = first.run(&mut rec, &stop).unwrap();
+    let Outcome::Stopped { file_name, .. } = outcome else {
+        panic!("expected a stop, got {outcome:?}");
+    };
+    // 3 batches per epoch: step 5 is batch 2 of epoch 2.
+    assert_eq!(file_name, "epoch-0001-batch-00002.safetensors");
+    let ck = resnet::checkpoint::read(&dir.path().join("a").join(&file_name)).unwrap();
+    let mut rest = Recorder::default();
+    let mut second = Trainer::resume(&ck, None, dataset(dir.path()), &Device::Cpu, dir.path().join("a")).unwrap();
+    assert!(matches!(second.run(&mut rest, &AtomicBool::new(false)).unwrap(), Outcome::Finished));
+
+    assert_eq!(bits(&full), bits(&second));
+    let mut all = rec.records;
+    all.extend(rest.records);
+    assert_eq!(deterministic(&full_records), deterministic(&all));
+    // keep_last = 2 pruned the mid-epoch checkpoint once two later ones existed.
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("a"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!left.contains(&file_name), "{left:?}");
+    assert_eq!(left.len(), 2, "{left:?}");
+}
+
+#[test]
+fn checkpoints_are_self_describing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, _) = uninterrupted(dir.path(), spec(1));
+    let ck = resnet::checkpoint::read(&dir.path().join("full/epoch-0001.safetensors")).unwrap();
+    let spec: RunSpec = ck.meta_json(train::META_SPEC).unwrap();
+    assert_eq!(&spec, t.spec());
+    let identity = spec.data.identity.as_ref().unwrap();
+    assert_eq!(identity.name, "shapes10");
+    assert!(identity.fingerprint.starts_with("sha256:"));
+    assert!(spec.data.normalization.is_some());
+    let state: train::TrainState = ck.meta_json(train::META_TRAIN_STATE).unwrap();
+    assert_eq!((state.epoch, state.batch, state.step), (1, 0, 3));
+    assert_eq!(state.rng.seed, 11);
+    let metrics: Vec<MetricRecord> = ck.meta_json(train::META_METRICS).unwrap();
+    assert!(metrics.iter().any(|r| r.name == MetricName::Accuracy));
+    assert!(ck.meta(train::META_CODE_VERSION).unwrap().starts_with("stepwise "));
+    assert!(ck.tensors.contains_key("optimizer.momentum.stem.weight"));
+    assert!(ck.tensors.contains_key("stages.0.blocks.0.bn1.num_batches_tracked"));
+    let (model, _) = train::load_model(&ck, &Device::Cpu).unwrap();
+    let x = Tensor::zeros((1, 3, 32, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let a = model.infer(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = t.model().infer(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn divergence_is_an_error_naming_epoch_and_step_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut good = Trainer::new(spec(1), dataset(dir.path()), &Device::Cpu, run.clone()).unwrap();
+    good.run(&mut Recorder::default(), &AtomicBool::new(false)).unwrap();
+    let kept = run.join("epoch-0001.safetensors");
+    let sha = resnet::checkpoint::sha256_file(&kept).unwrap();
+
+    // A normalisation this extreme turns every pixel into -inf; the first convolution
+    // then adds infinities of both signs and NaN reaches the weights.
+    let mut poisoned = spec(2);
+    poisoned.data.normalization = Some(domain::Normalization {
+        mean: [1e30; 3],
+        std: [1e-30; 3],
+    });
+    let mut t = Trainer::new(poisoned, dataset(dir.path()), &Device::Cpu, run.clone()).unwrap();
+    let err = t.run(&mut Recorder::default(), &AtomicBool::new(false)).unwrap_err();
+    let msg = err.to_string();
+    let TrainError::Diverged { epoch, .. } = err else {
+        panic!("expected divergence, got {err}");
+    };
+    assert_eq!(epoch, 1);
+    assert!(msg.starts_with("diverged at epoch 1 step "), "{msg}");
+    assert!(msg.contains("not finite") || msg.contains("NaN"), "{msg}");
+    // Nothing was written or pruned: the last good checkpoint is intact.
+    let names: Vec<_> = std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["epoch-0001.safetensors"]);
+    assert_eq!(resnet::checkpoint::sha256_file(&kept).unwrap(), sha);
+}
+
+#[test]
+fn resuming_on_other_data_or_classes_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    uninterrupted(dir.path(), spec(1));
+    let ck = resnet::checkpoint::read(&dir.path().join("full/epoch-0001.safetensors")).unwrap();
+    let other = dir.path().join("other");
+    generate(&other, &SynthConfig { train: 48, test: 20, seed: 6 }).unwrap();
+    let other = Dataset::open(&other, LabelKind::Fine).unwrap();
+    let err = Trainer::resume(&ck, Some(2), other, &Device::Cpu, dir.path().join("b")).err().unwrap();
+    assert!(matches!(err, TrainError::DatasetMismatch { .. }), "{err}");
+    let done = Trainer::resume(&ck, None, dataset(dir.path()), &Device::Cpu, dir.path().join("b")).err().unwrap();
+    assert!(done.to_string().contains("already completed"), "{done}");
+
+    let mut wrong = spec(1);
+    wrong.model.classes = 100;
+    let err = Trainer::new(wrong, dataset(dir.path()), &Device::Cpu, dir.path().join("c")).err().unwrap();
+    assert!(err.to_string().contains("model.classes"), "{err}");
+}
+
+#[test]
+fn sharing_runs_report_the_gradient_norm_ratio() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = spec(1);
+    spec.model.blocks = Some(vec![2]);
+    spec.model.sharing = Sharing::Ubn;
+    spec.model.unshared_blocks = 1;
+    spec.train.monitor.grad_norm_examples = 10;
+    let (_, records) = uninterrupted(dir.path(), spec);
+    let ratios: Vec<_> = records.iter().filter(|r| r.name == MetricName::GradNormRatio).collect();
+    assert_eq!(ratios.len(), 2);
+    assert!(ratios.iter().all(|r| r.value.is_finite() && r.value > 0.0));
+}
