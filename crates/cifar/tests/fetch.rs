@@ -43,7 +43,9 @@ fn tarball(folder: &str) -> Vec<u8> {
     write_cifar10(&tmp.path().join(folder), &train, &test, &names).unwrap();
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut builder = tar::Builder::new(gz);
-    builder.append_dir_all(folder, tmp.path().join(folder)).unwrap();
+    builder
+        .append_dir_all(folder, tmp.path().join(folder))
+        .unwrap();
     builder.into_inner().unwrap().finish().unwrap()
 }
 
@@ -59,7 +61,10 @@ fn release(base: &str, path: &str, bytes: &[u8]) -> Release {
 
 fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names
@@ -79,7 +84,11 @@ fn fetches_verifies_and_unpacks_then_keeps_what_is_there() {
     assert_eq!(ds.identity.train_examples, 12);
     assert_eq!(entries(out.path()), ["cifar-10-batches-bin"]);
     fetch(&r, out.path(), &mut |_, _| {}).unwrap();
-    assert_eq!(hits.load(Ordering::SeqCst), 1, "a present dataset is not downloaded again");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "a present dataset is not downloaded again"
+    );
 }
 
 #[test]
@@ -97,15 +106,34 @@ fn a_corrupted_download_is_rejected_and_nothing_is_left() {
     let out = tempfile::tempdir().unwrap();
 
     // Published size and MD5 are those of the good archive.
-    let err = fetch(&release(&base, "/corrupt.tar.gz", &good), out.path(), &mut |_, _| {}).unwrap_err();
+    let err = fetch(
+        &release(&base, "/corrupt.tar.gz", &good),
+        out.path(),
+        &mut |_, _| {},
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("MD5"), "{err}");
     assert!(entries(out.path()).is_empty(), "{:?}", entries(out.path()));
 
-    let err = fetch(&release(&base, "/short.tar.gz", &good), out.path(), &mut |_, _| {}).unwrap_err();
-    assert!(err.to_string().contains(&format!("expected {}", good.len())), "{err}");
+    let err = fetch(
+        &release(&base, "/short.tar.gz", &good),
+        out.path(),
+        &mut |_, _| {},
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("expected {}", good.len())),
+        "{err}"
+    );
     assert!(entries(out.path()).is_empty());
 
-    let err = fetch(&release(&base, "/absent.tar.gz", &good), out.path(), &mut |_, _| {}).unwrap_err();
+    let err = fetch(
+        &release(&base, "/absent.tar.gz", &good),
+        out.path(),
+        &mut |_, _| {},
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("404"), "{err}");
     assert!(entries(out.path()).is_empty());
 }
@@ -123,10 +151,18 @@ fn an_archive_that_does_not_unpack_leaves_nothing_half_unpacked() {
         ("/wrong.tar.gz".to_string(), wrong_folder.clone()),
     ]));
     let out = tempfile::tempdir().unwrap();
-    for (path, bytes) in [("/garbage.tar.gz", &garbage), ("/cut.tar.gz", &cut), ("/wrong.tar.gz", &wrong_folder)] {
+    for (path, bytes) in [
+        ("/garbage.tar.gz", &garbage),
+        ("/cut.tar.gz", &cut),
+        ("/wrong.tar.gz", &wrong_folder),
+    ] {
         let err = fetch(&release(&base, path, bytes), out.path(), &mut |_, _| {}).unwrap_err();
         assert!(!err.to_string().is_empty());
-        assert!(entries(out.path()).is_empty(), "{path}: {:?}", entries(out.path()));
+        assert!(
+            entries(out.path()).is_empty(),
+            "{path}: {:?}",
+            entries(out.path())
+        );
     }
 }
 

@@ -41,7 +41,12 @@ fn imports_png_and_jpeg_class_folders() {
     assert_eq!(img[31], 0);
     // JPEG is lossy but close.
     let jpeg = ds.train.image(2);
-    assert!(jpeg[1024] > 150 && jpeg[0] < 60, "{} {}", jpeg[0], jpeg[1024]);
+    assert!(
+        jpeg[1024] > 150 && jpeg[0] < 60,
+        "{} {}",
+        jpeg[0],
+        jpeg[1024]
+    );
     assert_eq!(ds.test.labels, [1]);
 
     let err = import(&from, &out, "again").unwrap_err();
@@ -57,7 +62,10 @@ fn refuses_images_of_the_wrong_size_and_leaves_nothing() {
     save(&from.join("test/dog/t.png"), [1, 2, 3], 32);
     let out = tmp.path().join("out");
     let err = import(&from, &out, "x").unwrap_err();
-    assert!(err.to_string().contains("big.png") && err.to_string().contains("64×64"), "{err}");
+    assert!(
+        err.to_string().contains("big.png") && err.to_string().contains("64×64"),
+        "{err}"
+    );
     assert!(!out.exists());
 
     let lone = tmp.path().join("lone");

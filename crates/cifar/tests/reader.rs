@@ -47,14 +47,21 @@ fn reads_the_cifar10_layout_directly_or_in_its_folder() {
     for dir in [tmp.path(), folder.as_path()] {
         let ds = Dataset::open(dir, LabelKind::Fine).unwrap();
         assert_eq!(ds.identity.name, "cifar10");
-        assert_eq!((ds.identity.train_examples, ds.identity.test_examples), (23, 7));
+        assert_eq!(
+            (ds.identity.train_examples, ds.identity.test_examples),
+            (23, 7)
+        );
         assert_eq!(ds.identity.classes, 10);
         assert_eq!(ds.train.labels[..3], [0, 1, 2]);
         assert_eq!(ds.train.image(1)[0], 31);
         assert_eq!(ds.class_names[9], "class9");
     }
     let err = Dataset::open(tmp.path(), LabelKind::Coarse).unwrap_err();
-    assert!(err.to_string().contains("coarse labels exist only in CIFAR-100"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("coarse labels exist only in CIFAR-100"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -78,14 +85,20 @@ fn the_fingerprint_follows_the_content() {
     let tmp = tempfile::tempdir().unwrap();
     write10(&tmp.path().join("a"));
     write10(&tmp.path().join("b"));
-    let a = Dataset::open(&tmp.path().join("a"), LabelKind::Fine).unwrap().identity;
-    let b = Dataset::open(&tmp.path().join("b"), LabelKind::Fine).unwrap().identity;
+    let a = Dataset::open(&tmp.path().join("a"), LabelKind::Fine)
+        .unwrap()
+        .identity;
+    let b = Dataset::open(&tmp.path().join("b"), LabelKind::Fine)
+        .unwrap()
+        .identity;
     assert_eq!(a.fingerprint, b.fingerprint);
     let path = tmp.path().join("b/data_batch_3.bin");
     let mut bytes = fs::read(&path).unwrap();
     bytes[100] ^= 1;
     fs::write(&path, bytes).unwrap();
-    let changed = Dataset::open(&tmp.path().join("b"), LabelKind::Fine).unwrap().identity;
+    let changed = Dataset::open(&tmp.path().join("b"), LabelKind::Fine)
+        .unwrap()
+        .identity;
     assert_ne!(a.fingerprint, changed.fingerprint);
 }
 
@@ -112,13 +125,19 @@ fn a_truncated_file_names_the_byte_offset() {
     let err = Dataset::open(tmp.path(), LabelKind::Fine).unwrap_err();
     let record = 3073;
     match &err {
-        DataError::Truncated { path: p, offset, .. } => {
+        DataError::Truncated {
+            path: p, offset, ..
+        } => {
             assert_eq!(p, &path);
             assert_eq!(*offset, 6 * record);
         }
         other => panic!("expected truncation, got {other}"),
     }
-    assert!(err.to_string().contains("test_batch.bin: truncated at byte offset 18438"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("test_batch.bin: truncated at byte offset 18438"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -131,7 +150,8 @@ fn a_label_out_of_range_names_the_byte_offset() {
     fs::write(&path, bytes).unwrap();
     let err = Dataset::open(tmp.path(), LabelKind::Fine).unwrap_err();
     assert!(
-        err.to_string().contains("data_batch_2.bin: byte offset 6146: label 42 is out of range"),
+        err.to_string()
+            .contains("data_batch_2.bin: byte offset 6146: label 42 is out of range"),
         "{err}"
     );
 }
@@ -149,19 +169,32 @@ fn a_directory_without_a_dataset_says_what_it_expected() {
 fn names_resolve_under_the_data_directory_and_shapes10_is_generated_once() {
     let tmp = tempfile::tempdir().unwrap();
     let err = cifar::locate("cifar10", tmp.path()).unwrap_err();
-    assert!(err.to_string().contains("stepwise data fetch cifar10"), "{err}");
+    assert!(
+        err.to_string().contains("stepwise data fetch cifar10"),
+        "{err}"
+    );
     let err = cifar::locate("mine", tmp.path()).unwrap_err();
     assert!(err.to_string().contains("stepwise data import"), "{err}");
     write10(&tmp.path().join("mine"));
-    assert_eq!(cifar::locate("mine", tmp.path()).unwrap(), tmp.path().join("mine"));
+    assert_eq!(
+        cifar::locate("mine", tmp.path()).unwrap(),
+        tmp.path().join("mine")
+    );
     let explicit = tmp.path().join("mine");
-    assert_eq!(cifar::locate(explicit.to_str().unwrap(), Path::new("/nonexistent")).unwrap(), explicit);
+    assert_eq!(
+        cifar::locate(explicit.to_str().unwrap(), Path::new("/nonexistent")).unwrap(),
+        explicit
+    );
 }
 
 #[test]
 fn synthetic_data_is_deterministic_and_balanced() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = cifar::synth::SynthConfig { train: 40, test: 20, seed: 3 };
+    let cfg = cifar::synth::SynthConfig {
+        train: 40,
+        test: 20,
+        seed: 3,
+    };
     cifar::synth::generate(&tmp.path().join("a"), &cfg).unwrap();
     cifar::synth::generate(&tmp.path().join("b"), &cfg).unwrap();
     let a = Dataset::open(&tmp.path().join("a"), LabelKind::Fine).unwrap();

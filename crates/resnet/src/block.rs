@@ -22,9 +22,9 @@ pub struct Block {
 impl Block {
     /// The residual branch F(h).
     pub fn residual(&self, h: &Tensor, mode: BnMode) -> Result<Tensor> {
-        let a = self.bn1.forward(h, mode)?.relu()?;
+        let a = self.bn1.forward_relu(h, mode)?;
         let a = self.conv1.forward(&a)?;
-        let a = self.bn2.forward(&a, mode)?.relu()?;
+        let a = self.bn2.forward_relu(&a, mode)?;
         self.conv2.forward(&a)
     }
 

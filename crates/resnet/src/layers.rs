@@ -1,7 +1,7 @@
 //! Layers with PyTorch semantics: every convolution has a bias, BatchNorm keeps running
 //! statistics PyTorch-style, and the BatchNorm mode is always passed explicitly.
 
-use crate::{Init, Result};
+use crate::{ops, Init, Result};
 use candle_core::{DType, Tensor, Var, D};
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -61,9 +61,27 @@ impl Conv2d {
         let work = gemm_dtype(x);
         let w = cast(self.weight.as_tensor(), work)?;
         let b = cast(self.bias.as_tensor(), work)?;
-        let y = cast(x, work)?.conv2d(&w, self.padding, self.stride, 1, 1)?;
-        cast(&y.broadcast_add(&b.reshape((1, (), 1, 1))?)?, x.dtype())
+        let xw = cast(x, work)?;
+        let y = if ops::has_kernels(&xw) {
+            ops::conv2d(&xw, &w, &b, self.stride, self.padding)?
+        } else {
+            conv2d_reference(&xw, &w, &b, self.stride, self.padding)?
+        };
+        cast(&y, x.dtype())
     }
+}
+
+/// candle's own convolution plus a broadcast bias: the path for devices and dtypes without
+/// stepwise kernels, and the reference the kernels are tested against.
+pub fn conv2d_reference(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
+    let y = x.conv2d(w, pad, stride, 1, 1)?;
+    Ok(y.broadcast_add(&b.reshape((1, (), 1, 1))?)?)
 }
 
 pub struct Linear {
@@ -123,7 +141,49 @@ impl BatchNorm {
         self.num_batches_tracked.store(n, Ordering::Relaxed);
     }
 
-    pub fn forward(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
+    /// `relu(bn(x))`: in these networks every BatchNorm is followed by a ReLU, so the
+    /// CPU kernels fuse the two.
+    pub fn forward_relu(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
+        if ops::has_kernels(x) && x.dtype() == self.weight.dtype() {
+            self.fused_relu(x, mode)
+        } else {
+            Ok(self.forward_reference(x, mode)?.relu()?)
+        }
+    }
+
+    fn fused_relu(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
+        let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
+        match mode {
+            BnMode::Train => {
+                let (y, stats) = ops::batch_norm_relu_train(x, w, b, BN_EPS)?;
+                let (n, _, h, wd) = x.dims4()?;
+                let per_channel = |v: Vec<f64>| -> Result<Tensor> {
+                    Ok(Tensor::from_vec(v, self.channels(), x.device())?
+                        .to_dtype(self.weight.dtype())?)
+                };
+                self.update_running(
+                    &per_channel(stats.mean)?,
+                    &per_channel(stats.var)?,
+                    (n * h * wd) as f64,
+                )?;
+                Ok(y)
+            }
+            BnMode::Eval => {
+                let host = |v: &Var| -> Result<Vec<f64>> {
+                    Ok(v.as_tensor().to_dtype(DType::F64)?.to_vec1::<f64>()?)
+                };
+                let running = ops::BatchStats {
+                    mean: host(&self.running_mean)?,
+                    var: host(&self.running_var)?,
+                };
+                Ok(ops::batch_norm_relu_eval(x, w, b, running, BN_EPS)?)
+            }
+        }
+    }
+
+    /// BatchNorm alone from candle ops, computed in the parameter dtype: the path for
+    /// devices and dtypes without stepwise kernels, and the kernels' reference.
+    pub fn forward_reference(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
         let input_dtype = x.dtype();
         let x = cast(x, self.weight.dtype())?;
         let per_channel = |t: &Tensor| t.reshape((1, (), 1, 1));
@@ -151,7 +211,8 @@ impl BatchNorm {
         cast(&y, input_dtype)
     }
 
-    /// running ← (1 − m)·running + m·batch, with the unbiased batch variance.
+    /// running ← (1 − m)·running + m·batch, with the unbiased batch variance (`var` is the
+    /// biased one, per channel in any shape).
     fn update_running(&self, mean: &Tensor, var: &Tensor, count: f64) -> Result<()> {
         let unbias = if count > 1.0 {
             count / (count - 1.0)

@@ -14,6 +14,7 @@ mod init;
 pub mod layers;
 pub mod loss;
 pub mod model;
+pub mod ops;
 
 pub use block::Block;
 pub use checkpoint::{Checkpoint, WrittenFile};

@@ -51,7 +51,7 @@ pub struct Head {
 impl Head {
     /// Logits in the parameter dtype.
     pub fn forward(&self, h: &Tensor, mode: BnMode) -> Result<Tensor> {
-        let a = self.bn.forward(h, mode)?.relu()?;
+        let a = self.bn.forward_relu(h, mode)?;
         let pooled = a.avg_pool2d(HEAD_POOL as usize)?.flatten_from(1)?;
         let logits = self.fc.forward(&pooled)?;
         Ok(logits.to_dtype(self.fc.weight.dtype())?)

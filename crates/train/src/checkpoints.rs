@@ -115,7 +115,9 @@ impl CheckpointStore {
             let boundary = batch == 0;
             let keep = i >= newest
                 || (boundary && epoch == self.epochs)
-                || (boundary && self.policy.keep_every > 0 && epoch.is_multiple_of(self.policy.keep_every));
+                || (boundary
+                    && self.policy.keep_every > 0
+                    && epoch.is_multiple_of(self.policy.keep_every));
             if !keep {
                 let path = self.dir.join(&name);
                 std::fs::remove_file(&path).map_err(|source| TrainError::Io { path, source })?;

@@ -12,7 +12,11 @@ pub enum TrainError {
     #[error("invalid spec: {0}")]
     Spec(#[from] domain::SpecError),
     #[error("diverged at epoch {epoch} step {step}: {cause}; the last good checkpoint is kept")]
-    Diverged { epoch: u32, step: u64, cause: String },
+    Diverged {
+        epoch: u32,
+        step: u64,
+        cause: String,
+    },
     #[error("the run was trained on {expected} ({expected_fp}) but the data found is {found} ({found_fp})", expected = .expected.name, expected_fp = .expected.fingerprint, found = .found.name, found_fp = .found.fingerprint)]
     DatasetMismatch {
         expected: Box<DatasetIdentity>,

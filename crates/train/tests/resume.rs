@@ -16,7 +16,15 @@ use train::{EventSink, Outcome, SinkError, TrainError, TrainEvent, Trainer};
 fn dataset(dir: &Path) -> Dataset {
     let path = dir.join("shapes");
     if !path.exists() {
-        generate(&path, &SynthConfig { train: 48, test: 20, seed: 5 }).unwrap();
+        generate(
+            &path,
+            &SynthConfig {
+                train: 48,
+                test: 20,
+                seed: 5,
+            },
+        )
+        .unwrap();
     }
     Dataset::open(&path, LabelKind::Fine).unwrap()
 }
@@ -71,7 +79,12 @@ impl EventSink for Recorder {
 fn deterministic(records: &[MetricRecord]) -> Vec<MetricRecord> {
     records
         .iter()
-        .filter(|r| !matches!(r.name, MetricName::ImagesPerSecond | MetricName::EpochSeconds))
+        .filter(|r| {
+            !matches!(
+                r.name,
+                MetricName::ImagesPerSecond | MetricName::EpochSeconds
+            )
+        })
         .cloned()
         .collect()
 }
@@ -85,10 +98,18 @@ fn bits(trainer: &Trainer) -> Vec<(String, Vec<u8>)> {
         .map(|(k, t)| {
             let t = t.flatten_all().unwrap();
             let bytes = match t.dtype() {
-                candle_core::DType::I64 => {
-                    t.to_vec1::<i64>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect()
-                }
-                _ => t.to_vec1::<f32>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect(),
+                candle_core::DType::I64 => t
+                    .to_vec1::<i64>()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+                _ => t
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
             };
             (k, bytes)
         })
@@ -121,11 +142,24 @@ fn same_seed_same_run_and_metrics_are_complete() {
         .map(|r| r.block.unwrap().to_string())
         .collect();
     assert_eq!(inter, ["s2.b0"]);
-    let lr = |e| ra.iter().find(|r| r.name == MetricName::LearningRate && r.epoch == e).unwrap().value;
+    let lr = |e| {
+        ra.iter()
+            .find(|r| r.name == MetricName::LearningRate && r.epoch == e)
+            .unwrap()
+            .value
+    };
     assert_eq!((lr(1), lr(2)), (0.05, 0.05));
     // The final intermediate accuracy is the network's own test accuracy.
-    let acc = |name| ra.iter().find(|r| r.name == name && r.epoch == 2 && r.split == Some(domain::Split::Test)).unwrap().value;
-    assert_eq!(acc(MetricName::IntermediateAccuracy), acc(MetricName::Accuracy));
+    let acc = |name| {
+        ra.iter()
+            .find(|r| r.name == name && r.epoch == 2 && r.split == Some(domain::Split::Test))
+            .unwrap()
+            .value
+    };
+    assert_eq!(
+        acc(MetricName::IntermediateAccuracy),
+        acc(MetricName::Accuracy)
+    );
 }
 
 #[test]
@@ -133,12 +167,24 @@ fn resume_at_an_epoch_boundary_is_bit_exact() {
     let dir = tempfile::tempdir().unwrap();
     let (full, full_records) = uninterrupted(dir.path(), spec(3));
 
-    let mut first = Trainer::new(spec(1), dataset(dir.path()), &Device::Cpu, dir.path().join("a")).unwrap();
+    let mut first = Trainer::new(
+        spec(1),
+        dataset(dir.path()),
+        &Device::Cpu,
+        dir.path().join("a"),
+    )
+    .unwrap();
     let mut rec = Recorder::default();
     first.run(&mut rec, &AtomicBool::new(false)).unwrap();
     let ck = resnet::checkpoint::read(&dir.path().join("a/epoch-0001.safetensors")).unwrap();
-    let mut second =
-        Trainer::resume(&ck, Some(3), dataset(dir.path()), &Device::Cpu, dir.path().join("b")).unwrap();
+    let mut second = Trainer::resume(
+        &ck,
+        Some(3),
+        dataset(dir.path()),
+        &Device::Cpu,
+        dir.path().join("b"),
+    )
+    .unwrap();
     second.run(&mut rec, &AtomicBool::new(false)).unwrap();
 
     assert_eq!(bits(&full), bits(&second));
@@ -158,7 +204,13 @@ fn stop_mid_epoch_then_resume_is_bit_exact() {
     };
     let mut pruning = spec(3);
     pruning.train.checkpoint.keep_last = 2;
-    let mut first = Trainer::new(pruning, dataset(dir.path()), &Device::Cpu, dir.path().join("a")).unwrap();
+    let mut first = Trainer::new(
+        pruning,
+        dataset(dir.path()),
+        &Device::Cpu,
+        dir.path().join("a"),
+    )
+    .unwrap();
     let outcome = first.run(&mut rec, &stop).unwrap();
     let Outcome::Stopped { file_name, .. } = outcome else {
         panic!("expected a stop, got {outcome:?}");
@@ -167,8 +219,18 @@ fn stop_mid_epoch_then_resume_is_bit_exact() {
     assert_eq!(file_name, "epoch-0001-batch-00002.safetensors");
     let ck = resnet::checkpoint::read(&dir.path().join("a").join(&file_name)).unwrap();
     let mut rest = Recorder::default();
-    let mut second = Trainer::resume(&ck, None, dataset(dir.path()), &Device::Cpu, dir.path().join("a")).unwrap();
-    assert!(matches!(second.run(&mut rest, &AtomicBool::new(false)).unwrap(), Outcome::Finished));
+    let mut second = Trainer::resume(
+        &ck,
+        None,
+        dataset(dir.path()),
+        &Device::Cpu,
+        dir.path().join("a"),
+    )
+    .unwrap();
+    assert!(matches!(
+        second.run(&mut rest, &AtomicBool::new(false)).unwrap(),
+        Outcome::Finished
+    ));
 
     assert_eq!(bits(&full), bits(&second));
     let mut all = rec.records;
@@ -199,13 +261,31 @@ fn checkpoints_are_self_describing() {
     assert_eq!(state.rng.seed, 11);
     let metrics: Vec<MetricRecord> = ck.meta_json(train::META_METRICS).unwrap();
     assert!(metrics.iter().any(|r| r.name == MetricName::Accuracy));
-    assert!(ck.meta(train::META_CODE_VERSION).unwrap().starts_with("stepwise "));
+    assert!(ck
+        .meta(train::META_CODE_VERSION)
+        .unwrap()
+        .starts_with("stepwise "));
     assert!(ck.tensors.contains_key("optimizer.momentum.stem.weight"));
-    assert!(ck.tensors.contains_key("stages.0.blocks.0.bn1.num_batches_tracked"));
+    assert!(ck
+        .tensors
+        .contains_key("stages.0.blocks.0.bn1.num_batches_tracked"));
     let (model, _) = train::load_model(&ck, &Device::Cpu).unwrap();
     let x = Tensor::zeros((1, 3, 32, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
-    let a = model.infer(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let b = t.model().infer(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let a = model
+        .infer(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let b = t
+        .model()
+        .infer(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert_eq!(a, b);
 }
 
@@ -214,7 +294,8 @@ fn divergence_is_an_error_naming_epoch_and_step_and_keeps_the_last_checkpoint() 
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let mut good = Trainer::new(spec(1), dataset(dir.path()), &Device::Cpu, run.clone()).unwrap();
-    good.run(&mut Recorder::default(), &AtomicBool::new(false)).unwrap();
+    good.run(&mut Recorder::default(), &AtomicBool::new(false))
+        .unwrap();
     let kept = run.join("epoch-0001.safetensors");
     let sha = resnet::checkpoint::sha256_file(&kept).unwrap();
 
@@ -226,7 +307,9 @@ fn divergence_is_an_error_naming_epoch_and_step_and_keeps_the_last_checkpoint() 
         std: [1e-30; 3],
     });
     let mut t = Trainer::new(poisoned, dataset(dir.path()), &Device::Cpu, run.clone()).unwrap();
-    let err = t.run(&mut Recorder::default(), &AtomicBool::new(false)).unwrap_err();
+    let err = t
+        .run(&mut Recorder::default(), &AtomicBool::new(false))
+        .unwrap_err();
     let msg = err.to_string();
     let TrainError::Diverged { epoch, .. } = err else {
         panic!("expected divergence, got {err}");
@@ -235,7 +318,10 @@ fn divergence_is_an_error_naming_epoch_and_step_and_keeps_the_last_checkpoint() 
     assert!(msg.starts_with("diverged at epoch 1 step "), "{msg}");
     assert!(msg.contains("not finite") || msg.contains("NaN"), "{msg}");
     // Nothing was written or pruned: the last good checkpoint is intact.
-    let names: Vec<_> = std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, ["epoch-0001.safetensors"]);
     assert_eq!(resnet::checkpoint::sha256_file(&kept).unwrap(), sha);
 }
@@ -246,16 +332,41 @@ fn resuming_on_other_data_or_classes_is_refused() {
     uninterrupted(dir.path(), spec(1));
     let ck = resnet::checkpoint::read(&dir.path().join("full/epoch-0001.safetensors")).unwrap();
     let other = dir.path().join("other");
-    generate(&other, &SynthConfig { train: 48, test: 20, seed: 6 }).unwrap();
+    generate(
+        &other,
+        &SynthConfig {
+            train: 48,
+            test: 20,
+            seed: 6,
+        },
+    )
+    .unwrap();
     let other = Dataset::open(&other, LabelKind::Fine).unwrap();
-    let err = Trainer::resume(&ck, Some(2), other, &Device::Cpu, dir.path().join("b")).err().unwrap();
+    let err = Trainer::resume(&ck, Some(2), other, &Device::Cpu, dir.path().join("b"))
+        .err()
+        .unwrap();
     assert!(matches!(err, TrainError::DatasetMismatch { .. }), "{err}");
-    let done = Trainer::resume(&ck, None, dataset(dir.path()), &Device::Cpu, dir.path().join("b")).err().unwrap();
+    let done = Trainer::resume(
+        &ck,
+        None,
+        dataset(dir.path()),
+        &Device::Cpu,
+        dir.path().join("b"),
+    )
+    .err()
+    .unwrap();
     assert!(done.to_string().contains("already completed"), "{done}");
 
     let mut wrong = spec(1);
     wrong.model.classes = 100;
-    let err = Trainer::new(wrong, dataset(dir.path()), &Device::Cpu, dir.path().join("c")).err().unwrap();
+    let err = Trainer::new(
+        wrong,
+        dataset(dir.path()),
+        &Device::Cpu,
+        dir.path().join("c"),
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("model.classes"), "{err}");
 }
 
@@ -268,7 +379,10 @@ fn sharing_runs_report_the_gradient_norm_ratio() {
     spec.model.unshared_blocks = 1;
     spec.train.monitor.grad_norm_examples = 10;
     let (_, records) = uninterrupted(dir.path(), spec);
-    let ratios: Vec<_> = records.iter().filter(|r| r.name == MetricName::GradNormRatio).collect();
+    let ratios: Vec<_> = records
+        .iter()
+        .filter(|r| r.name == MetricName::GradNormRatio)
+        .collect();
     assert_eq!(ratios.len(), 2);
     assert!(ratios.iter().all(|r| r.value.is_finite() && r.value > 0.0));
 }

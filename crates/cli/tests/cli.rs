@@ -1,0 +1,291 @@
+//! The `stepwise` binary end to end on tiny data: summaries, spec errors, train, stop with
+//! Ctrl-C, resume, evaluate.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn stepwise(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        .args(args)
+        .current_dir(dir)
+        .env("STEPWISE_DATA_DIR", dir.join("data"))
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn failed(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "unexpected success: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+const TINY: &[&str] = &[
+    "--arch", "resnet", "--width", "4", "--blocks", "1", "--batch", "16",
+];
+
+fn synth(dir: &Path) {
+    ok(&stepwise(
+        dir,
+        &[
+            "data",
+            "synth",
+            "--out",
+            "data/shapes10",
+            "--train",
+            "48",
+            "--test",
+            "20",
+        ],
+    ));
+}
+
+#[test]
+fn model_summary_reports_the_paper_counts_and_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = json(&ok(&stepwise(
+        dir.path(),
+        &[
+            "model", "summary", "--arch", "resnet", "--depth", "110", "--json",
+        ],
+    )));
+    assert_eq!(out["trainable_params"], 1_734_666);
+    assert_eq!(out["keras_params"], 1_742_762);
+    assert_eq!(out["depth"], 110);
+    let blocks = out["blocks"].as_array().unwrap();
+    assert_eq!(blocks.len(), 54);
+    assert_eq!(blocks[18]["id"], "s1.b0");
+    assert_eq!(blocks[18]["kind"], "projection");
+    assert_eq!(blocks[18]["in_shape"], serde_json::json!([16, 32, 32]));
+    let ubn = json(&ok(&stepwise(
+        dir.path(),
+        &[
+            "model",
+            "summary",
+            "--arch",
+            "resnet",
+            "--depth",
+            "110",
+            "--sharing",
+            "ubn",
+            "--classes",
+            "100",
+            "--json",
+        ],
+    )));
+    assert_eq!(ubn["trainable_params"], 576_612);
+    assert_eq!(ubn["blocks"][5]["shared"], true);
+    let text = ok(&stepwise(
+        dir.path(),
+        &["model", "summary", "--arch", "single"],
+    ));
+    assert!(text.contains("1825010"), "{text}");
+}
+
+#[test]
+fn bad_flags_and_specs_name_the_field_and_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = failed(&stepwise(
+        dir.path(),
+        &["train", "--arch", "resnet", "--depth", "111", "--out", "r"],
+    ));
+    assert!(err.contains("model.depth") && err.contains("6n+2"), "{err}");
+    let err = failed(&stepwise(
+        dir.path(),
+        &["train", "--arch", "resnet", "--batch", "0", "--out", "r"],
+    ));
+    assert!(
+        err.contains("train.batch_size: 0 is out of range 1..=4096"),
+        "{err}"
+    );
+    let err = failed(&stepwise(
+        dir.path(),
+        &["train", "--arch", "resnet", "--lr=-1", "--out", "r"],
+    ));
+    assert!(err.contains("train.schedule.lr"), "{err}");
+    let err = failed(&stepwise(dir.path(), &["train", "--depth", "20"]));
+    assert!(err.contains("--arch is required"), "{err}");
+    let err = failed(&stepwise(
+        dir.path(),
+        &["model", "summary", "--arch", "vgg"],
+    ));
+    assert!(err.contains("vgg"), "{err}");
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[model]\narch = \"resnet\"\nwidht = 4\n[data]\ndataset = \"shapes10\"\n",
+    )
+    .unwrap();
+    let err = failed(&stepwise(
+        dir.path(),
+        &["train", "--spec", "bad.toml", "--out", "r"],
+    ));
+    assert!(
+        err.contains("model.widht") && err.contains("unknown field"),
+        "{err}"
+    );
+    let err = failed(&stepwise(
+        dir.path(),
+        &[
+            "train",
+            "--arch",
+            "resnet",
+            "--data",
+            "nothing-here",
+            "--out",
+            "r",
+        ],
+    ));
+    assert!(
+        err.contains("nothing-here") && err.contains("stepwise data import"),
+        "{err}"
+    );
+    let err = failed(&stepwise(
+        dir.path(),
+        &["bench", "train", "--arch", "resnet", "--device", "cuda"],
+    ));
+    assert!(
+        err.contains("without CUDA") || err.contains("CUDA"),
+        "{err}"
+    );
+    assert!(!dir.path().join("r").join("checkpoints").exists());
+}
+
+#[test]
+fn train_resume_and_evaluate() {
+    let dir = tempfile::tempdir().unwrap();
+    synth(dir.path());
+    let mut args = vec![
+        "train", "--epochs", "1", "--out", "runs/a", "--json", "--seed", "3",
+    ];
+    args.extend(TINY);
+    let summary = json(&ok(&stepwise(dir.path(), &args)));
+    assert_eq!(summary["outcome"], "finished");
+    assert_eq!(summary["epochs_completed"], 1);
+    assert_eq!(summary["spec"]["data"]["identity"]["name"], "shapes10");
+    let checkpoint = summary["checkpoint"].as_str().unwrap().to_string();
+    assert!(
+        checkpoint.ends_with("runs/a/checkpoints/epoch-0001.safetensors"),
+        "{checkpoint}"
+    );
+    assert!(dir.path().join("runs/a/spec.toml").exists());
+
+    // Training again into the same directory is refused; resuming extends it.
+    let err = failed(&stepwise(dir.path(), &args));
+    assert!(err.contains("already holds a run"), "{err}");
+    let err = failed(&stepwise(
+        dir.path(),
+        &["train", "--resume", &checkpoint, "--depth", "20"],
+    ));
+    assert!(err.contains("keeps the spec"), "{err}");
+    let resumed = json(&ok(&stepwise(
+        dir.path(),
+        &["train", "--resume", &checkpoint, "--epochs", "2", "--json"],
+    )));
+    assert_eq!(resumed["epochs_completed"], 2);
+    assert_eq!(resumed["steps"], 6);
+    let metrics = std::fs::read_to_string(dir.path().join("runs/a/metrics.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = metrics.lines().map(json).collect();
+    assert!(records.iter().any(|r| r["epoch"] == 1) && records.iter().any(|r| r["epoch"] == 2));
+    assert!(records
+        .iter()
+        .any(|r| r["name"] == "intermediate_accuracy" && r["block"] == "s2.b0"));
+
+    let last = resumed["checkpoint"].as_str().unwrap();
+    let eval = json(&ok(&stepwise(
+        dir.path(),
+        &["eval", "--checkpoint", last, "--json"],
+    )));
+    assert_eq!(eval["n"], 20);
+    assert_eq!(eval["split"], "test");
+    assert_eq!(eval["dataset"]["name"], "shapes10");
+    let acc = eval["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    // The test evaluation equals the one recorded at the end of training.
+    assert_eq!(eval["accuracy"], resumed["test_accuracy"]);
+    let train_eval = json(&ok(&stepwise(
+        dir.path(),
+        &["eval", "--checkpoint", last, "--split", "train", "--json"],
+    )));
+    assert_eq!(train_eval["n"], 48);
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_checkpoints_and_the_run_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    synth(dir.path());
+    let mut args = vec!["train", "--epochs", "500", "--out", "runs/b"];
+    args.extend(TINY);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        .args(&args)
+        .current_dir(dir.path())
+        .env("STEPWISE_DATA_DIR", dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = dir.path().join("runs/b/metrics.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&metrics).is_ok_and(|m| !m.is_empty()) {
+        assert!(Instant::now() < deadline, "no epoch finished in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let checkpoint = stderr
+        .lines()
+        .find_map(|l| l.split("resume with: stepwise train --resume ").nth(1))
+        .unwrap_or_else(|| panic!("no resume hint in: {stderr}"))
+        .trim()
+        .to_string();
+    assert!(dir.path().join(&checkpoint).exists(), "{checkpoint}");
+    let done = json(&ok(&stepwise(
+        dir.path(),
+        &["train", "--resume", &checkpoint, "--epochs", "3", "--json"],
+    )));
+    assert_eq!(done["outcome"], "finished");
+    assert_eq!(done["epochs_completed"], 3);
+}
+
+#[test]
+fn a_failed_download_reports_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let url = format!("http://127.0.0.1:{port}/cifar-10-binary.tar.gz");
+    let err = failed(&stepwise(
+        dir.path(),
+        &["data", "fetch", "cifar10", "--out", "d", "--url", &url],
+    ));
+    assert!(err.contains(&url), "{err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("d"))
+        .map(|r| r.count())
+        .into_iter()
+        .collect();
+    assert!(left.is_empty() || left == [0], "{left:?}");
+}

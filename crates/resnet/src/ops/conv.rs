@@ -1,0 +1,372 @@
+//! Convolution kernels on the CPU (NCHW, square kernels, no dilation or groups) as im2col +
+//! GEMM. Images are processed in parallel, one single-threaded GEMM each; the weight
+//! gradient sums images in fixed chunks reduced in a fixed order, so results do not depend
+//! on thread scheduling.
+
+use super::gemm::{matmul, Shape2};
+use super::Real;
+use rayon::prelude::*;
+
+/// The shapes of one convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub co: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl ConvGeom {
+    pub fn ho(&self) -> usize {
+        (self.h + 2 * self.pad - self.k) / self.stride + 1
+    }
+
+    pub fn wo(&self) -> usize {
+        (self.w + 2 * self.pad - self.k) / self.stride + 1
+    }
+
+    /// Output positions per image.
+    pub fn p(&self) -> usize {
+        self.ho() * self.wo()
+    }
+
+    /// Rows of the im2col matrix: C·k·k (the weight's row length in OIHW).
+    pub fn kk(&self) -> usize {
+        self.c * self.k * self.k
+    }
+
+    fn image(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    /// A 1×1, stride-1 convolution reads the image itself as its im2col matrix.
+    fn pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// Output columns `ox` whose input column `ox·s + kx − pad` lies inside the image.
+    fn valid_ox(&self, kx: usize) -> std::ops::Range<usize> {
+        let s = self.stride;
+        let lo = self.pad.saturating_sub(kx).div_ceil(s);
+        let hi = (self.w + self.pad)
+            .saturating_sub(kx)
+            .div_ceil(s)
+            .min(self.wo());
+        lo..hi.max(lo)
+    }
+}
+
+/// Unfolds one image (C, H, W) into `cols` (C·k·k, Ho·Wo).
+fn im2col<T: Real>(g: &ConvGeom, x: &[T], cols: &mut [T]) {
+    let (wo, p) = (g.wo(), g.p());
+    for c in 0..g.c {
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..g.k {
+            for kx in 0..g.k {
+                let row = &mut cols[((c * g.k + ky) * g.k + kx) * p..][..p];
+                let valid = g.valid_ox(kx);
+                for oy in 0..g.ho() {
+                    let out = &mut row[oy * wo..(oy + 1) * wo];
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        out.fill(T::zero());
+                        continue;
+                    }
+                    let src = &plane[iy as usize * g.w..][..g.w];
+                    out[..valid.start].fill(T::zero());
+                    out[valid.end..].fill(T::zero());
+                    let first = valid.start * g.stride + kx - g.pad;
+                    if g.stride == 1 {
+                        out[valid.clone()].copy_from_slice(&src[first..first + valid.len()]);
+                    } else {
+                        for (o, v) in out[valid.clone()]
+                            .iter_mut()
+                            .zip(src[first..].iter().step_by(g.stride))
+                        {
+                            *o = *v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Folds `cols` back onto one image, adding overlapping contributions (the adjoint of
+/// [`im2col`]).
+fn col2im<T: Real>(g: &ConvGeom, cols: &[T], dx: &mut [T]) {
+    let (wo, p) = (g.wo(), g.p());
+    dx.fill(T::zero());
+    for c in 0..g.c {
+        let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..g.k {
+            for kx in 0..g.k {
+                let row = &cols[((c * g.k + ky) * g.k + kx) * p..][..p];
+                let valid = g.valid_ox(kx);
+                for oy in 0..g.ho() {
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let dst = &mut plane[iy as usize * g.w..][..g.w];
+                    let src = &row[oy * wo..(oy + 1) * wo][valid.clone()];
+                    let first = valid.start * g.stride + kx - g.pad;
+                    for (d, v) in dst[first..].iter_mut().step_by(g.stride).zip(src) {
+                        *d = *d + *v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// y (N, Co, Ho, Wo) = conv(x, w) + b.
+pub fn forward<T: Real>(g: &ConvGeom, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
+    let (p, kk, co) = (g.p(), g.kk(), g.co);
+    let mut y = vec![T::zero(); g.n * co * p];
+    y.par_chunks_mut(co * p).enumerate().for_each_init(
+        || vec![T::zero(); if g.pointwise() { 0 } else { kk * p }],
+        |cols, (n, y_n)| {
+            let x_n = &x[n * g.image()..(n + 1) * g.image()];
+            let src: &[T] = if g.pointwise() {
+                x_n
+            } else {
+                im2col(g, x_n, cols);
+                cols
+            };
+            for (o, row) in y_n.chunks_exact_mut(p).enumerate() {
+                row.fill(b[o]);
+            }
+            let (d, l, r) = (
+                Shape2::row_major(co, p),
+                Shape2::row_major(co, kk),
+                Shape2::row_major(kk, p),
+            );
+            matmul(y_n, d, w, l, src, r, true);
+        },
+    );
+    y
+}
+
+/// dx (N, C, H, W) = convᵀ(dy, w).
+pub fn backward_data<T: Real>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
+    let (p, kk, co) = (g.p(), g.kk(), g.co);
+    let mut dx = vec![T::zero(); g.n * g.image()];
+    let wt = Shape2::transposed(kk, co);
+    dx.par_chunks_mut(g.image()).enumerate().for_each_init(
+        || vec![T::zero(); if g.pointwise() { 0 } else { kk * p }],
+        |dcols, (n, dx_n)| {
+            let dy_n = &dy[n * co * p..(n + 1) * co * p];
+            if g.pointwise() {
+                matmul(
+                    dx_n,
+                    Shape2::row_major(kk, p),
+                    w,
+                    wt,
+                    dy_n,
+                    Shape2::row_major(co, p),
+                    false,
+                );
+            } else {
+                matmul(
+                    dcols,
+                    Shape2::row_major(kk, p),
+                    w,
+                    wt,
+                    dy_n,
+                    Shape2::row_major(co, p),
+                    false,
+                );
+                col2im(g, dcols, dx_n);
+            }
+        },
+    );
+    dx
+}
+
+/// Elements of partial weight gradients held at once, across chunks.
+const PARTIALS_BUDGET: usize = 1 << 24;
+const MAX_CHUNKS: usize = 16;
+
+/// Splits `n` images into contiguous chunks; the count depends only on the shapes.
+pub(crate) fn chunks(n: usize, partial_len: usize) -> Vec<std::ops::Range<usize>> {
+    let count = MAX_CHUNKS
+        .min(n)
+        .min((PARTIALS_BUDGET / partial_len.max(1)).max(1))
+        .max(1);
+    (0..count)
+        .map(|i| n * i / count..n * (i + 1) / count)
+        .collect()
+}
+
+/// The weight gradient (Co, C·k·k) followed by the bias gradient (Co), packed.
+pub fn backward_filter<T: Real>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
+    let (p, kk, co) = (g.p(), g.kk(), g.co);
+    let len = co * kk + co;
+    let partials: Vec<Vec<T>> = chunks(g.n, len)
+        .into_par_iter()
+        .map(|range| {
+            let mut acc = vec![T::zero(); len];
+            let mut cols = vec![T::zero(); if g.pointwise() { 0 } else { kk * p }];
+            for n in range {
+                let x_n = &x[n * g.image()..(n + 1) * g.image()];
+                let dy_n = &dy[n * co * p..(n + 1) * co * p];
+                let src: &[T] = if g.pointwise() {
+                    x_n
+                } else {
+                    im2col(g, x_n, &mut cols);
+                    &cols
+                };
+                let (dw, db) = acc.split_at_mut(co * kk);
+                let (d, l, r) = (
+                    Shape2::row_major(co, kk),
+                    Shape2::row_major(co, p),
+                    Shape2::transposed(p, kk),
+                );
+                matmul(dw, d, dy_n, l, src, r, true);
+                for (o, row) in dy_n.chunks_exact(p).enumerate() {
+                    db[o] = row.iter().fold(db[o], |s, &v| s + v);
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut parts = partials.into_iter();
+    let mut out = parts.next().expect("at least one chunk");
+    for part in parts {
+        for (o, v) in out.iter_mut().zip(part) {
+            *o = *o + v;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct convolution, the definition.
+    fn direct(g: &ConvGeom, x: &[f64], w: &[f64], b: &[f64]) -> Vec<f64> {
+        let mut y = vec![0.0; g.n * g.co * g.p()];
+        for n in 0..g.n {
+            for o in 0..g.co {
+                for oy in 0..g.ho() {
+                    for ox in 0..g.wo() {
+                        let mut s = b[o];
+                        for c in 0..g.c {
+                            for ky in 0..g.k {
+                                for kx in 0..g.k {
+                                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                                    let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                                    if iy >= 0
+                                        && ix >= 0
+                                        && (iy as usize) < g.h
+                                        && (ix as usize) < g.w
+                                    {
+                                        s += x[((n * g.c + c) * g.h + iy as usize) * g.w
+                                            + ix as usize]
+                                            * w[((o * g.c + c) * g.k + ky) * g.k + kx];
+                                    }
+                                }
+                            }
+                        }
+                        y[((n * g.co + o) * g.ho() + oy) * g.wo() + ox] = s;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn values(n: usize, seed: u64) -> Vec<f64> {
+        (0..n)
+            .map(|i| (((i as u64 * 2654435761 + seed) % 1000) as f64 / 500.0) - 1.0)
+            .collect()
+    }
+
+    fn geoms() -> Vec<ConvGeom> {
+        let g = |n, c, h, w, co, k, stride, pad| ConvGeom {
+            n,
+            c,
+            h,
+            w,
+            co,
+            k,
+            stride,
+            pad,
+        };
+        vec![
+            g(2, 3, 5, 5, 4, 3, 1, 1),
+            g(3, 2, 6, 6, 3, 3, 2, 1),
+            g(2, 3, 7, 5, 2, 3, 2, 1),
+            g(2, 4, 4, 4, 3, 1, 1, 0),
+            g(2, 4, 6, 6, 5, 1, 2, 0),
+            g(1, 1, 3, 3, 1, 3, 1, 0),
+        ]
+    }
+
+    #[test]
+    fn forward_matches_the_direct_convolution() {
+        for g in geoms() {
+            let x = values(g.n * g.image(), 1);
+            let w = values(g.co * g.kk(), 2);
+            let b = values(g.co, 3);
+            let got = forward(&g, &x, &w, &b);
+            let want = direct(&g, &x, &w, &b);
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-12, "{g:?}");
+            }
+        }
+    }
+
+    /// ⟨dy, conv(x, w)⟩ is bilinear: its gradients are backward_data and backward_filter.
+    #[test]
+    fn gradients_are_the_adjoints_of_the_forward() {
+        for g in geoms() {
+            let x = values(g.n * g.image(), 4);
+            let w = values(g.co * g.kk(), 5);
+            let dy = values(g.n * g.co * g.p(), 6);
+            let zero_b = vec![0.0; g.co];
+            let inner = |x: &[f64], w: &[f64]| -> f64 {
+                direct(&g, x, w, &zero_b)
+                    .iter()
+                    .zip(&dy)
+                    .map(|(a, b)| a * b)
+                    .sum()
+            };
+            let dx = backward_data(&g, &dy, &w);
+            let packed = backward_filter(&g, &x, &dy);
+            for i in 0..x.len() {
+                let mut e = vec![0.0; x.len()];
+                e[i] = 1.0;
+                assert!((inner(&e, &w) - dx[i]).abs() < 1e-12, "{g:?} dx[{i}]");
+            }
+            for i in 0..w.len() {
+                let mut e = vec![0.0; w.len()];
+                e[i] = 1.0;
+                assert!((inner(&x, &e) - packed[i]).abs() < 1e-12, "{g:?} dw[{i}]");
+            }
+            for o in 0..g.co {
+                let s: f64 = (0..g.n)
+                    .flat_map(|n| dy[(n * g.co + o) * g.p()..][..g.p()].to_vec())
+                    .sum();
+                assert!((packed[g.co * g.kk() + o] - s).abs() < 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_cover_every_image_once() {
+        for (n, len) in [(1, 10), (7, 10), (128, 10), (128, 1 << 22), (3, 1 << 30)] {
+            let c = chunks(n, len);
+            assert_eq!(c.first().unwrap().start, 0);
+            assert_eq!(c.last().unwrap().end, n);
+            assert!(c.windows(2).all(|w| w[0].end == w[1].start));
+            assert!(c.len() <= MAX_CHUNKS);
+        }
+    }
+}

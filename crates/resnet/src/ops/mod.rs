@@ -1,0 +1,365 @@
+//! Custom candle operations with fast CPU kernels: convolution (forward, input gradient,
+//! weight and bias gradient) and BatchNorm fused with the ReLU that always follows it in
+//! these networks. They serve f32 and f64 tensors on the CPU; other devices and dtypes use
+//! the reference compositions of candle ops in `layers`, against which they are tested.
+
+pub mod batchnorm;
+pub mod conv;
+mod gemm;
+
+use batchnorm::{BnBackward, BnGeom};
+use candle_core::{
+    bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
+};
+use conv::ConvGeom;
+use std::sync::{Arc, Mutex};
+
+/// Element types of the CPU kernels.
+pub trait Real: WithDType + Send + Sync + 'static {}
+impl Real for f32 {}
+impl Real for f64 {}
+
+/// Whether the CPU kernels serve tensors like `x`.
+pub fn has_kernels(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&s.as_slice::<T>()?[start..end]),
+        None => bail!("stepwise CPU kernels need contiguous tensors"),
+    }
+}
+
+/// Runs `f` on the f32 or f64 contents of the storages.
+macro_rules! by_dtype {
+    ($name:expr, $first:expr, |$t:ident| $body:expr) => {
+        match $first {
+            CpuStorage::F32(_) => {
+                type $t = f32;
+                $body
+            }
+            CpuStorage::F64(_) => {
+                type $t = f64;
+                $body
+            }
+            _ => bail!("{}: the CPU kernels take f32 or f64", $name),
+        }
+    };
+}
+
+fn dims4(l: &Layout) -> Result<[usize; 4]> {
+    match l.dims() {
+        &[a, b, c, d] => Ok([a, b, c, d]),
+        dims => bail!("expected a 4-d tensor, got {dims:?}"),
+    }
+}
+
+/// `conv(x, w) + b` with a square kernel, zero padding `pad` and stride `stride`.
+pub fn conv2d(x: &Tensor, w: &Tensor, b: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, Conv2d { stride, pad })
+}
+
+struct Conv2d {
+    stride: usize,
+    pad: usize,
+}
+
+impl Conv2d {
+    fn geom(&self, x: [usize; 4], w: [usize; 4]) -> Result<ConvGeom> {
+        let [n, c, h, wd] = x;
+        let [co, ci, kh, kw] = w;
+        if ci != c || kh != kw || h + 2 * self.pad < kh || wd + 2 * self.pad < kw {
+            bail!("conv2d: input {x:?} does not fit weight {w:?}");
+        }
+        Ok(ConvGeom {
+            n,
+            c,
+            h,
+            w: wd,
+            co,
+            k: kh,
+            stride: self.stride,
+            pad: self.pad,
+        })
+    }
+}
+
+impl CustomOp3 for Conv2d {
+    fn name(&self) -> &'static str {
+        "stepwise-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.geom(dims4(xl)?, dims4(wl)?)?;
+        let shape = Shape::from((g.n, g.co, g.ho(), g.wo()));
+        by_dtype!(self.name(), xs, |T| {
+            let y = conv::forward::<T>(&g, slice(xs, xl)?, slice(ws, wl)?, slice(bs, bl)?);
+            Ok((T::to_cpu_storage_owned(y), shape))
+        })
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = self.geom(x.dims4()?.into(), w.dims4()?.into())?;
+        let dy = dy.contiguous()?;
+        // An input that needs no gradient (the images) is skipped.
+        let dx = if x.track_op() {
+            Some(dy.apply_op2_no_bwd(w, &ConvBackwardData(g))?)
+        } else {
+            None
+        };
+        let packed = x.apply_op2_no_bwd(&dy, &ConvBackwardFilter(g))?;
+        let dw = packed.narrow(0, 0, g.co * g.kk())?.reshape(w.shape())?;
+        let db = packed.narrow(0, g.co * g.kk(), g.co)?.reshape(b.shape())?;
+        Ok((dx, Some(dw), Some(db)))
+    }
+}
+
+struct ConvBackwardData(ConvGeom);
+
+impl CustomOp2 for ConvBackwardData {
+    fn name(&self) -> &'static str {
+        "stepwise-conv2d-backward-data"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ds: &CpuStorage,
+        dl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        let shape = Shape::from((g.n, g.c, g.h, g.w));
+        by_dtype!(self.name(), ds, |T| {
+            let dx = conv::backward_data::<T>(g, slice(ds, dl)?, slice(ws, wl)?);
+            Ok((T::to_cpu_storage_owned(dx), shape))
+        })
+    }
+}
+
+struct ConvBackwardFilter(ConvGeom);
+
+impl CustomOp2 for ConvBackwardFilter {
+    fn name(&self) -> &'static str {
+        "stepwise-conv2d-backward-filter"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        let shape = Shape::from(g.co * g.kk() + g.co);
+        by_dtype!(self.name(), xs, |T| {
+            let packed = conv::backward_filter::<T>(g, slice(xs, xl)?, slice(ds, dl)?);
+            Ok((T::to_cpu_storage_owned(packed), shape))
+        })
+    }
+}
+
+/// Batch statistics of a training-mode BatchNorm call, for its running averages.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BatchStats {
+    pub mean: Vec<f64>,
+    /// Biased variance.
+    pub var: Vec<f64>,
+}
+
+/// `relu(γ·(x − μ)/√(σ² + ε) + β)` with the batch's statistics; also returns them.
+pub fn batch_norm_relu_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, BatchStats)> {
+    let op = BatchNormRelu {
+        eps,
+        running: None,
+        saved: Arc::new(Mutex::new(BatchStats::default())),
+    };
+    let saved = op.saved.clone();
+    let y = x
+        .contiguous()?
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    let stats = saved
+        .lock()
+        .expect("the forward pass does not panic")
+        .clone();
+    Ok((y, stats))
+}
+
+/// `relu(γ·(x − μ)/√(σ² + ε) + β)` with given (running) statistics.
+pub fn batch_norm_relu_eval(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running: BatchStats,
+    eps: f64,
+) -> Result<Tensor> {
+    let op = BatchNormRelu {
+        eps,
+        running: Some(running),
+        saved: Arc::new(Mutex::new(BatchStats::default())),
+    };
+    x.contiguous()?
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)
+}
+
+struct BatchNormRelu {
+    eps: f64,
+    /// Inference mode: normalise with these.
+    running: Option<BatchStats>,
+    /// Training mode: the batch statistics, written by the forward pass.
+    saved: Arc<Mutex<BatchStats>>,
+}
+
+fn bn_geom(l: &Layout) -> Result<BnGeom> {
+    let [n, c, h, w] = dims4(l)?;
+    Ok(BnGeom { n, c, hw: h * w })
+}
+
+fn host_f64(t: &Tensor) -> Result<Vec<f64>> {
+    t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
+}
+
+impl BatchNormRelu {
+    fn stats(&self) -> BatchStats {
+        match &self.running {
+            Some(r) => r.clone(),
+            None => self
+                .saved
+                .lock()
+                .expect("the forward pass does not panic")
+                .clone(),
+        }
+    }
+
+    fn invstd(&self, var: &[f64]) -> Vec<f64> {
+        var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect()
+    }
+}
+
+impl CustomOp3 for BatchNormRelu {
+    fn name(&self) -> &'static str {
+        "stepwise-batch-norm-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = bn_geom(xl)?;
+        by_dtype!(self.name(), xs, |T| {
+            let x = slice::<T>(xs, xl)?;
+            let stats = match &self.running {
+                Some(r) => r.clone(),
+                None => {
+                    let (mean, var) = batchnorm::channel_stats(&g, x);
+                    let stats = BatchStats { mean, var };
+                    *self.saved.lock().expect("not poisoned") = stats.clone();
+                    stats
+                }
+            };
+            let gamma = slice::<T>(gs, gl)?;
+            let beta = slice::<T>(bs, bl)?;
+            if stats.mean.len() != g.c || gamma.len() != g.c || beta.len() != g.c {
+                bail!(
+                    "batch-norm: {} channels but {} parameters",
+                    g.c,
+                    gamma.len()
+                );
+            }
+            let invstd = self.invstd(&stats.var);
+            let scale: Vec<T> = (0..g.c)
+                .map(|c| T::from_f64(gamma[c].to_f64() * invstd[c]))
+                .collect();
+            let shift: Vec<T> = (0..g.c)
+                .map(|c| {
+                    T::from_f64(beta[c].to_f64() - stats.mean[c] * gamma[c].to_f64() * invstd[c])
+                })
+                .collect();
+            let y = batchnorm::scale_shift_relu(&g, x, &scale, &shift);
+            Ok((T::to_cpu_storage_owned(y), xl.shape().clone()))
+        })
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let stats = self.stats();
+        let saved = BnBackward {
+            gamma: host_f64(gamma)?,
+            invstd: self.invstd(&stats.var),
+            mean: stats.mean,
+            batch_stats: self.running.is_none(),
+        };
+        let c = saved.gamma.len();
+        let packed = x.apply_op3_no_bwd(y, &dy.contiguous()?, &BatchNormReluBackward(saved))?;
+        let n = x.elem_count();
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dgamma = packed.narrow(0, n, c)?;
+        let dbeta = packed.narrow(0, n + c, c)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+struct BatchNormReluBackward(BnBackward);
+
+impl CustomOp3 for BatchNormReluBackward {
+    fn name(&self) -> &'static str {
+        "stepwise-batch-norm-relu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ys: &CpuStorage,
+        yl: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = bn_geom(xl)?;
+        let shape = Shape::from(xl.shape().elem_count() + 2 * g.c);
+        by_dtype!(self.name(), xs, |T| {
+            let packed = batchnorm::backward::<T>(
+                &g,
+                &self.0,
+                slice(xs, xl)?,
+                slice(ys, yl)?,
+                slice(ds, dl)?,
+            );
+            Ok((T::to_cpu_storage_owned(packed), shape))
+        })
+    }
+}

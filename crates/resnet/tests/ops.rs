@@ -1,0 +1,329 @@
+//! The CPU kernels against candle's own operations (the reference path) and against
+//! central finite differences.
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use resnet::layers::conv2d_reference;
+use resnet::ops::{self, BatchStats};
+
+fn random(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| r.random_range(-1.0..1.0)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let b = b
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+        / scale
+}
+
+/// (input, weight, stride, padding) shapes of every convolution in the paper's models.
+const CONVS: [([usize; 4], [usize; 4], usize, usize); 6] = [
+    ([4, 3, 32, 32], [16, 3, 3, 3], 1, 1),
+    ([4, 16, 32, 32], [16, 16, 3, 3], 1, 1),
+    ([4, 16, 32, 32], [32, 16, 3, 3], 2, 1),
+    ([4, 16, 32, 32], [32, 16, 1, 1], 2, 0),
+    ([3, 16, 8, 8], [40, 16, 1, 1], 1, 0),
+    ([5, 8, 16, 16], [8, 8, 3, 3], 1, 1),
+];
+
+#[test]
+fn convolution_matches_candle_forward_and_backward() {
+    for (i, (xs, ws, stride, pad)) in CONVS.into_iter().enumerate() {
+        let x = Var::from_tensor(&random(&xs, i as u64, DType::F32)).unwrap();
+        let w = Var::from_tensor(&random(&ws, 100 + i as u64, DType::F32)).unwrap();
+        let b = Var::from_tensor(&random(&[ws[0]], 200 + i as u64, DType::F32)).unwrap();
+        let ours = ops::conv2d(x.as_tensor(), w.as_tensor(), b.as_tensor(), stride, pad).unwrap();
+        let theirs =
+            conv2d_reference(x.as_tensor(), w.as_tensor(), b.as_tensor(), stride, pad).unwrap();
+        assert_eq!(ours.dims(), theirs.dims());
+        assert!(max_rel_diff(&ours, &theirs) < 1e-5, "forward {xs:?} {ws:?}");
+        // A loss with a non-uniform upstream gradient.
+        let up = random(ours.dims(), 300 + i as u64, DType::F32);
+        let g1 = (&ours * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (&theirs * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, v) in [("x", &x), ("w", &w), ("b", &b)] {
+            let (a, b) = (
+                g1.get(v.as_tensor()).unwrap(),
+                g2.get(v.as_tensor()).unwrap(),
+            );
+            assert!(
+                max_rel_diff(a, b) < 1e-5,
+                "d{name} {xs:?} {ws:?}: {}",
+                max_rel_diff(a, b)
+            );
+        }
+    }
+}
+
+/// BatchNorm + ReLU from candle ops, the definition.
+fn bn_relu_reference(x: &Tensor, g: &Tensor, b: &Tensor, mean: &Tensor, var: &Tensor) -> Tensor {
+    let c = |t: &Tensor| t.reshape((1, (), 1, 1)).unwrap();
+    x.broadcast_sub(&c(mean))
+        .unwrap()
+        .broadcast_div(&c(&(var + 1e-5).unwrap().sqrt().unwrap()))
+        .unwrap()
+        .broadcast_mul(&c(g))
+        .unwrap()
+        .broadcast_add(&c(b))
+        .unwrap()
+        .relu()
+        .unwrap()
+}
+
+#[test]
+fn batch_norm_relu_matches_candle_in_both_modes() {
+    for dtype in [DType::F32, DType::F64] {
+        let tol = if dtype == DType::F32 { 1e-4 } else { 1e-10 };
+        let x = Var::from_tensor(&(random(&[6, 5, 7, 7], 1, dtype) * 3.0).unwrap()).unwrap();
+        let g = Var::from_tensor(&random(&[5], 2, dtype)).unwrap();
+        let b = Var::from_tensor(&random(&[5], 3, dtype)).unwrap();
+        let up = random(&[6, 5, 7, 7], 4, dtype);
+
+        // Training mode: batch statistics, which depend on x.
+        let (ours, stats) =
+            ops::batch_norm_relu_train(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5).unwrap();
+        let mean = x
+            .as_tensor()
+            .mean_keepdim((0, 2, 3))
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        let centred = x
+            .as_tensor()
+            .broadcast_sub(&mean.reshape((1, 5, 1, 1)).unwrap())
+            .unwrap();
+        let var = centred
+            .sqr()
+            .unwrap()
+            .mean_keepdim((0, 2, 3))
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        let theirs = bn_relu_reference(x.as_tensor(), g.as_tensor(), b.as_tensor(), &mean, &var);
+        assert!(max_rel_diff(&ours, &theirs) < tol);
+        let host = |t: &Tensor| {
+            Tensor::new(
+                t.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap(),
+                &Device::Cpu,
+            )
+            .unwrap()
+        };
+        assert!(
+            max_rel_diff(
+                &Tensor::new(stats.mean.clone(), &Device::Cpu).unwrap(),
+                &host(&mean)
+            ) < tol
+        );
+        assert!(
+            max_rel_diff(
+                &Tensor::new(stats.var.clone(), &Device::Cpu).unwrap(),
+                &host(&var)
+            ) < tol
+        );
+        let g1 = (&ours * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (&theirs * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, v) in [("x", &x), ("gamma", &g), ("beta", &b)] {
+            let d = max_rel_diff(
+                g1.get(v.as_tensor()).unwrap(),
+                g2.get(v.as_tensor()).unwrap(),
+            );
+            assert!(d < tol, "train d{name} {dtype:?}: {d}");
+        }
+
+        // Inference mode: fixed statistics.
+        let rm = random(&[5], 5, dtype);
+        let rv = (random(&[5], 6, dtype).abs().unwrap() + 0.5).unwrap();
+        let running = BatchStats {
+            mean: rm.to_dtype(DType::F64).unwrap().to_vec1().unwrap(),
+            var: rv.to_dtype(DType::F64).unwrap().to_vec1().unwrap(),
+        };
+        let ours =
+            ops::batch_norm_relu_eval(x.as_tensor(), g.as_tensor(), b.as_tensor(), running, 1e-5)
+                .unwrap();
+        let theirs = bn_relu_reference(x.as_tensor(), g.as_tensor(), b.as_tensor(), &rm, &rv);
+        assert!(max_rel_diff(&ours, &theirs) < tol);
+        let g1 = (&ours * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (&theirs * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, v) in [("x", &x), ("gamma", &g), ("beta", &b)] {
+            let d = max_rel_diff(
+                g1.get(v.as_tensor()).unwrap(),
+                g2.get(v.as_tensor()).unwrap(),
+            );
+            assert!(d < tol, "eval d{name} {dtype:?}: {d}");
+        }
+    }
+}
+
+/// d/dθ of Σ up ⊙ op(θ) by central differences, in f64, for a few coordinates.
+fn check_fd(f: &dyn Fn(&Tensor) -> Tensor, at: &Tensor, grad: &Tensor, seed: u64) {
+    let base = at.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let g = grad.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    for _ in 0..6 {
+        let k = r.random_range(0..base.len());
+        let eval = |d: f64| {
+            let mut v = base.clone();
+            v[k] += d;
+            let t = Tensor::from_vec(v, at.shape(), &Device::Cpu).unwrap();
+            f(&t).sum_all().unwrap().to_scalar::<f64>().unwrap()
+        };
+        let eps = 1e-6;
+        let numeric = (eval(eps) - eval(-eps)) / (2.0 * eps);
+        assert!(
+            (numeric - g[k]).abs() < 1e-6 * (1.0 + numeric.abs()),
+            "coord {k}: {} vs {numeric}",
+            g[k]
+        );
+    }
+}
+
+#[test]
+fn kernels_match_finite_differences_in_f64() {
+    let x = random(&[3, 4, 6, 6], 1, DType::F64);
+    let w = random(&[5, 4, 3, 3], 2, DType::F64);
+    let b = random(&[5], 3, DType::F64);
+    let up = random(&[3, 5, 3, 3], 4, DType::F64);
+    let conv =
+        |x: &Tensor, w: &Tensor, b: &Tensor| (ops::conv2d(x, w, b, 2, 1).unwrap() * &up).unwrap();
+    let (xv, wv, bv) = (
+        Var::from_tensor(&x).unwrap(),
+        Var::from_tensor(&w).unwrap(),
+        Var::from_tensor(&b).unwrap(),
+    );
+    let grads = conv(xv.as_tensor(), wv.as_tensor(), bv.as_tensor())
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    check_fd(
+        &|t| conv(t, &w, &b),
+        &x,
+        grads.get(xv.as_tensor()).unwrap(),
+        5,
+    );
+    check_fd(
+        &|t| conv(&x, t, &b),
+        &w,
+        grads.get(wv.as_tensor()).unwrap(),
+        6,
+    );
+    check_fd(
+        &|t| conv(&x, &w, t),
+        &b,
+        grads.get(bv.as_tensor()).unwrap(),
+        7,
+    );
+
+    let g = (random(&[4], 8, DType::F64) + 1.5).unwrap();
+    let beta = random(&[4], 9, DType::F64);
+    let up = random(&[3, 4, 6, 6], 10, DType::F64);
+    let bn = |x: &Tensor, g: &Tensor, b: &Tensor| {
+        (ops::batch_norm_relu_train(x, g, b, 1e-5).unwrap().0 * &up).unwrap()
+    };
+    let (xv, gv, bv) = (
+        Var::from_tensor(&x).unwrap(),
+        Var::from_tensor(&g).unwrap(),
+        Var::from_tensor(&beta).unwrap(),
+    );
+    let grads = bn(xv.as_tensor(), gv.as_tensor(), bv.as_tensor())
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    check_fd(
+        &|t| bn(t, &g, &beta),
+        &x,
+        grads.get(xv.as_tensor()).unwrap(),
+        11,
+    );
+    check_fd(
+        &|t| bn(&x, t, &beta),
+        &g,
+        grads.get(gv.as_tensor()).unwrap(),
+        12,
+    );
+    check_fd(
+        &|t| bn(&x, &g, t),
+        &beta,
+        grads.get(bv.as_tensor()).unwrap(),
+        13,
+    );
+}
+
+#[test]
+fn kernels_are_deterministic() {
+    let x = Var::from_tensor(&random(&[33, 8, 16, 16], 1, DType::F32)).unwrap();
+    let w = random(&[8, 8, 3, 3], 2, DType::F32);
+    let b = random(&[8], 3, DType::F32);
+    let run = || {
+        let y = ops::conv2d(x.as_tensor(), &w, &b, 1, 1).unwrap();
+        let (z, _) = ops::batch_norm_relu_train(&y, &b, &b, 1e-5).unwrap();
+        let grads = z.sum_all().unwrap().backward().unwrap();
+        grads
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let first = run();
+    for _ in 0..3 {
+        assert_eq!(first, run());
+    }
+}
