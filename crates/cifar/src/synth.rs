@@ -132,7 +132,7 @@ pub fn draw(r: &mut impl Rng, class: u32) -> Vec<u8> {
     let stripe_angle = r.random_range(0.0..TAU);
     let stripe_freq = r.random_range(0.3..1.2);
     let stripe_phase = r.random_range(0.0..TAU);
-    let stripe_amp = r.random_range(0.0..45.0);
+    let stripe_amp = r.random_range(0.0..15.0);
     let background = |x: f64, y: f64, c: usize| {
         let t = ((x - 15.5) * grad_angle.cos() + (y - 15.5) * grad_angle.sin()) / 45.0 + 0.5;
         let s =
@@ -147,17 +147,17 @@ pub fn draw(r: &mut impl Rng, class: u32) -> Vec<u8> {
             .map(|c| (fg[c] - bg_mean[c]).powi(2))
             .sum::<f64>()
             .sqrt();
-        if d >= 90.0 {
+        if d >= 120.0 {
             break;
         }
         fg = colour(r);
     }
-    let radius = r.random_range(6.0..13.0);
-    let margin = radius * 0.7;
+    let radius = r.random_range(9.0..14.0);
+    let margin = radius * 0.9;
     let cx = r.random_range(margin..32.0 - margin);
     let cy = r.random_range(margin..32.0 - margin);
     let rotation = r.random_range(0.0..TAU);
-    let noise = Normal::new(0.0, r.random_range(4.0..18.0)).expect("positive std");
+    let noise = Normal::new(0.0, r.random_range(2.0..8.0)).expect("positive std");
     let (sin, cos) = rotation.sin_cos();
 
     let mut out = vec![0u8; IMAGE_BYTES];

@@ -64,29 +64,33 @@ fn convolution_matches_candle_forward_and_backward() {
         assert!(max_rel_diff(&ours, &theirs) < 1e-5, "forward {xs:?} {ws:?}");
         // A loss with a non-uniform upstream gradient.
         let up = random(ours.dims(), 300 + i as u64, DType::F32);
-        let g1 = (&ours * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = (&theirs * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for (name, v) in [("x", &x), ("w", &w), ("b", &b)] {
-            let (a, b) = (
-                g1.get(v.as_tensor()).unwrap(),
-                g2.get(v.as_tensor()).unwrap(),
-            );
-            assert!(
-                max_rel_diff(a, b) < 1e-5,
-                "d{name} {xs:?} {ws:?}: {}",
-                max_rel_diff(a, b)
-            );
-        }
+        let vars = [("x", &x), ("w", &w), ("b", &b)];
+        assert_same_gradients(&ours, &theirs, &up, &vars, 1e-5, &format!("{xs:?} {ws:?}"));
+    }
+}
+
+/// Gradients of Σ up ⊙ ours and Σ up ⊙ theirs with respect to `vars` agree within `tol`.
+fn assert_same_gradients(
+    ours: &Tensor,
+    theirs: &Tensor,
+    up: &Tensor,
+    vars: &[(&str, &Var)],
+    tol: f64,
+    what: &str,
+) {
+    let g1 = (ours * up).unwrap().sum_all().unwrap().backward().unwrap();
+    let g2 = (theirs * up)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for (name, v) in vars {
+        let d = max_rel_diff(
+            g1.get(v.as_tensor()).unwrap(),
+            g2.get(v.as_tensor()).unwrap(),
+        );
+        assert!(d < tol, "{what}: d{name} differs by {d}");
     }
 }
 
@@ -155,25 +159,8 @@ fn batch_norm_relu_matches_candle_in_both_modes() {
                 &host(&var)
             ) < tol
         );
-        let g1 = (&ours * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = (&theirs * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for (name, v) in [("x", &x), ("gamma", &g), ("beta", &b)] {
-            let d = max_rel_diff(
-                g1.get(v.as_tensor()).unwrap(),
-                g2.get(v.as_tensor()).unwrap(),
-            );
-            assert!(d < tol, "train d{name} {dtype:?}: {d}");
-        }
+        let vars = [("x", &x), ("gamma", &g), ("beta", &b)];
+        assert_same_gradients(&ours, &theirs, &up, &vars, tol, &format!("train {dtype:?}"));
 
         // Inference mode: fixed statistics.
         let rm = random(&[5], 5, dtype);
@@ -187,25 +174,8 @@ fn batch_norm_relu_matches_candle_in_both_modes() {
                 .unwrap();
         let theirs = bn_relu_reference(x.as_tensor(), g.as_tensor(), b.as_tensor(), &rm, &rv);
         assert!(max_rel_diff(&ours, &theirs) < tol);
-        let g1 = (&ours * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = (&theirs * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for (name, v) in [("x", &x), ("gamma", &g), ("beta", &b)] {
-            let d = max_rel_diff(
-                g1.get(v.as_tensor()).unwrap(),
-                g2.get(v.as_tensor()).unwrap(),
-            );
-            assert!(d < tol, "eval d{name} {dtype:?}: {d}");
-        }
+        let vars = [("x", &x), ("gamma", &g), ("beta", &b)];
+        assert_same_gradients(&ours, &theirs, &up, &vars, tol, &format!("eval {dtype:?}"));
     }
 }
 

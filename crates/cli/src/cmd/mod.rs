@@ -4,8 +4,12 @@ pub mod eval;
 pub mod model;
 pub mod train;
 
-/// Pretty JSON on stdout, for `--json`.
+/// Pretty JSON on stdout, for `--json`. A closed pipe (`| head`) is not an error.
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(value)?;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
