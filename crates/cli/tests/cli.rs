@@ -74,6 +74,8 @@ fn model_summary_reports_the_paper_counts_and_blocks() {
     assert_eq!(blocks.len(), 54);
     assert_eq!(blocks[18]["id"], "s1.b0");
     assert_eq!(blocks[18]["kind"], "projection");
+    assert_eq!(blocks[18]["stage"], 1);
+    assert_eq!(blocks[18]["index"], 18);
     assert_eq!(blocks[18]["in_shape"], serde_json::json!([16, 32, 32]));
     let ubn = json(&ok(&stepwise(
         dir.path(),

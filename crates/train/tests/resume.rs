@@ -371,6 +371,34 @@ fn resuming_on_other_data_or_classes_is_refused() {
 }
 
 #[test]
+fn bf16_runs_train_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut half = spec(1);
+    half.model.dtype = domain::Precision::Bf16;
+    let (t, records) = uninterrupted(dir.path(), half);
+    let loss = records
+        .iter()
+        .find(|r| r.name == MetricName::Loss && r.split == Some(domain::Split::Test))
+        .unwrap();
+    assert!(loss.value.is_finite());
+    let ck = resnet::checkpoint::read(&dir.path().join("full/epoch-0001.safetensors")).unwrap();
+    // Parameters stay f32 in the checkpoint; computation was bf16.
+    assert_eq!(ck.tensors["stem.weight"].dtype(), candle_core::DType::F32);
+    let mut more = Trainer::resume(
+        &ck,
+        Some(2),
+        dataset(dir.path()),
+        &Device::Cpu,
+        dir.path().join("b"),
+    )
+    .unwrap();
+    more.run(&mut Recorder::default(), &AtomicBool::new(false))
+        .unwrap();
+    assert_eq!(more.state().epoch, 2);
+    assert_eq!(t.spec().model.dtype, domain::Precision::Bf16);
+}
+
+#[test]
 fn sharing_runs_report_the_gradient_norm_ratio() {
     let dir = tempfile::tempdir().unwrap();
     let mut spec = spec(1);

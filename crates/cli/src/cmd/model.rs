@@ -14,7 +14,15 @@ struct Summary {
     trainable_params: usize,
     keras_params: usize,
     head_features: u32,
-    blocks: Vec<BlockInfo>,
+    blocks: Vec<BlockRow>,
+}
+
+/// A block with its stage spelled out, for readers of the JSON.
+#[derive(Serialize)]
+struct BlockRow {
+    #[serde(flatten)]
+    info: BlockInfo,
+    stage: u32,
 }
 
 pub fn run(cmd: ModelCommand) -> Result<ExitCode> {
@@ -33,7 +41,14 @@ pub fn run(cmd: ModelCommand) -> Result<ExitCode> {
         trainable_params: net.trainable_count(),
         keras_params: net.keras_count(),
         head_features: layout.head_features(),
-        blocks: layout.blocks(),
+        blocks: layout
+            .blocks()
+            .into_iter()
+            .map(|info| BlockRow {
+                stage: info.id.stage,
+                info,
+            })
+            .collect(),
         model: spec,
     };
     if json {
@@ -57,7 +72,7 @@ pub fn run(cmd: ModelCommand) -> Result<ExitCode> {
         "{:>5}  {:<8} {:<10} {:<6} {:>14}  {:>14}",
         "index", "block", "kind", "shared", "input", "output"
     );
-    for b in &summary.blocks {
+    for BlockRow { info: b, .. } in &summary.blocks {
         let shape = |s: [u32; 3]| format!("{}×{}×{}", s[0], s[1], s[2]);
         println!(
             "{:>5}  {:<8} {:<10} {:<6} {:>14}  {:>14}",
