@@ -9,6 +9,7 @@ paper.md (He-normal N(0, 2/fan_in) for conv and linear weights, zero biases, BN 
 
   reference.py eval  --summary S.json --checkpoint C.safetensors --data DIR [--split test]
   reference.py train --summary S.json --data DIR --epochs E [--lr ...] [--milestones ...]
+  reference.py bench --summary S.json --batch B --steps N [--warmup W] [--device cpu]
 """
 import argparse
 import json
@@ -225,6 +226,35 @@ def cmd_train(args):
                           "images_per_second": seen / (time.time() - start)}), flush=True)
 
 
+def cmd_bench(args):
+    """Median time of a training step (forward, backward, SGD) on random data, as
+    `stepwise bench train` measures it."""
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    summary = json.load(open(args.summary))
+    net = Net(summary).to(device).train()
+    classes = summary["model"]["classes"]
+    x = torch.randn(args.batch, 3, 32, 32, device=device)
+    y = torch.randint(0, classes, (args.batch,), device=device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    times = []
+    for i in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append((time.perf_counter() - start) * 1e3)
+    times.sort()
+    median = times[len(times) // 2]
+    print(json.dumps({"ms_per_step": median, "images_per_second": args.batch / (median / 1e3),
+                      "min_ms": times[0], "max_ms": times[-1], "steps": args.steps,
+                      "threads": torch.get_num_threads(), "torch": torch.__version__}))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -242,9 +272,15 @@ def main():
     t.add_argument("--milestones", type=int, nargs="*", default=[3, 4])
     t.add_argument("--gamma", type=float, default=0.2)
     t.add_argument("--seed", type=int, default=0)
+    b = sub.add_parser("bench")
+    b.add_argument("--summary", required=True)
+    b.add_argument("--batch", type=int, default=128)
+    b.add_argument("--steps", type=int, default=10)
+    b.add_argument("--warmup", type=int, default=2)
+    b.add_argument("--device", default="cpu")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", torch.get_num_threads())))
-    {"eval": cmd_eval, "train": cmd_train}[args.cmd](args)
+    {"eval": cmd_eval, "train": cmd_train, "bench": cmd_bench}[args.cmd](args)
 
 
 if __name__ == "__main__":
