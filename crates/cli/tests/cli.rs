@@ -236,7 +236,7 @@ fn ctrl_c_checkpoints_and_the_run_resumes() {
     synth(dir.path());
     let mut args = vec!["train", "--epochs", "500", "--out", "runs/b"];
     args.extend(TINY);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stepwise"))
+    let child = Command::new(env!("CARGO_BIN_EXE_stepwise"))
         .args(&args)
         .current_dir(dir.path())
         .env("STEPWISE_DATA_DIR", dir.path().join("data"))

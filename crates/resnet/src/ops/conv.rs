@@ -116,7 +116,7 @@ fn col2im<T: Real>(g: &ConvGeom, cols: &[T], dx: &mut [T]) {
                     let src = &row[oy * wo..(oy + 1) * wo][valid.clone()];
                     let first = valid.start * g.stride + kx - g.pad;
                     for (d, v) in dst[first..].iter_mut().step_by(g.stride).zip(src) {
-                        *d = *d + *v;
+                        *d += *v;
                     }
                 }
             }
@@ -239,7 +239,7 @@ pub fn backward_filter<T: Real>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
     let mut out = parts.next().expect("at least one chunk");
     for part in parts {
         for (o, v) in out.iter_mut().zip(part) {
-            *o = *o + v;
+            *o += v;
         }
     }
     out
