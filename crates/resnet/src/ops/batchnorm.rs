@@ -1,6 +1,7 @@
 //! BatchNorm followed by ReLU, fused, on the CPU (NCHW). Statistics are reduced per channel
-//! in f64 in a fixed order (channels in parallel), the elementwise passes run per image in
-//! parallel. ReLU lets NaN through, as PyTorch's does, so divergence stays visible.
+//! in a fixed order (channels in parallel; each row summed in the tensor's type, rows in
+//! f64), the elementwise passes run per image in parallel. ReLU lets NaN through, as
+//! PyTorch's does, so divergence stays visible.
 
 use super::Real;
 use rayon::prelude::*;
@@ -25,26 +26,35 @@ impl BnGeom {
     }
 }
 
-/// Per-channel batch mean and biased variance (two passes).
+/// Sums one row in `T` (a vectorisable loop) and returns it as f64: rows are summed in
+/// f64, so precision holds over large batches and the order is fixed.
+fn row_sum<T: Real>(row: impl Iterator<Item = T>) -> f64 {
+    row.fold(T::zero(), |s, v| s + v).to_f64()
+}
+
+/// Per-channel batch mean and biased variance (two passes: mean, then squared deviations).
 pub fn channel_stats<T: Real>(g: &BnGeom, x: &[T]) -> (Vec<f64>, Vec<f64>) {
     let m = g.count() as f64;
     (0..g.c)
         .into_par_iter()
         .map(|ch| {
-            let sum: f64 = g.channel(x, ch).flatten().map(|v| v.to_f64()).sum();
-            let mean = sum / m;
+            let mean = g
+                .channel(x, ch)
+                .map(|r| row_sum(r.iter().copied()))
+                .sum::<f64>()
+                / m;
+            let mu = T::from_f64(mean);
             let sq: f64 = g
                 .channel(x, ch)
-                .flatten()
-                .map(|v| (v.to_f64() - mean).powi(2))
+                .map(|r| row_sum(r.iter().map(|&v| (v - mu) * (v - mu))))
                 .sum();
             (mean, sq / m)
         })
         .unzip()
 }
 
+/// ReLU that lets NaN through, as PyTorch's does (`NaN <= 0` is false).
 fn relu<T: Real>(v: T) -> T {
-    // `NaN <= 0` is false: NaN passes through.
     if v <= T::zero() {
         T::zero()
     } else {
@@ -80,60 +90,63 @@ pub struct BnBackward {
 }
 
 /// dx (N, C, HW) followed by dγ (C) and dβ (C), packed.
+///
+/// With dz = dy where the ReLU was open and x̂ = (x − μ)·s (s = 1/σ):
+/// dβ = Σ dz, dγ = Σ dz·x̂, and dx = γs·(dz − dβ/M − x̂·dγ/M) for batch statistics
+/// (γs·dz for running ones), which is dx = a·dz + b·x + c per channel.
 pub fn backward<T: Real>(g: &BnGeom, s: &BnBackward, x: &[T], y: &[T], dy: &[T]) -> Vec<T> {
     let m = g.count() as f64;
-    // dz = dy where the ReLU was open.
-    let (sum_dz, sum_dz_xhat): (Vec<f64>, Vec<f64>) = (0..g.c)
+    let open = |yv: T, dv: T| if yv > T::zero() { dv } else { T::zero() };
+    let (dbeta, dgamma): (Vec<f64>, Vec<f64>) = (0..g.c)
         .into_par_iter()
         .map(|ch| {
-            let (mean, invstd) = (s.mean[ch], s.invstd[ch]);
-            let mut sum = 0.0;
-            let mut dot = 0.0;
+            let mu = T::from_f64(s.mean[ch]);
+            let (mut sum, mut dot) = (0.0, 0.0);
             for ((xr, yr), dr) in g
                 .channel(x, ch)
                 .zip(g.channel(y, ch))
                 .zip(g.channel(dy, ch))
             {
-                for ((&xv, &yv), &dv) in xr.iter().zip(yr).zip(dr) {
-                    if yv > T::zero() {
-                        let d = dv.to_f64();
-                        sum += d;
-                        dot += d * (xv.to_f64() - mean) * invstd;
-                    }
-                }
+                let dz = || yr.iter().zip(dr).map(|(&yv, &dv)| open(yv, dv));
+                sum += row_sum(dz());
+                dot += row_sum(dz().zip(xr).map(|(d, &xv)| d * (xv - mu)));
             }
-            (sum, dot)
+            (sum, dot * s.invstd[ch])
         })
         .unzip();
+    let coefficients: Vec<(T, T, T)> = (0..g.c)
+        .map(|ch| {
+            let k = s.gamma[ch] * s.invstd[ch];
+            if s.batch_stats {
+                let slope = -k * s.invstd[ch] * dgamma[ch] / m;
+                let offset = -k * dbeta[ch] / m - slope * s.mean[ch];
+                (T::from_f64(k), T::from_f64(slope), T::from_f64(offset))
+            } else {
+                (T::from_f64(k), T::zero(), T::zero())
+            }
+        })
+        .collect();
     let mut out = vec![T::zero(); x.len() + 2 * g.c];
     let (dx, dparams) = out.split_at_mut(x.len());
-    dx.par_chunks_mut(g.c * g.hw)
-        .zip(x.par_chunks(g.c * g.hw))
-        .zip(y.par_chunks(g.c * g.hw).zip(dy.par_chunks(g.c * g.hw)))
+    let image = g.c * g.hw;
+    dx.par_chunks_mut(image)
+        .zip(x.par_chunks(image))
+        .zip(y.par_chunks(image).zip(dy.par_chunks(image)))
         .for_each(|((dx_n, x_n), (y_n, dy_n))| {
-            for ch in 0..g.c {
-                let k = s.gamma[ch] * s.invstd[ch];
-                let (mean, invstd) = (s.mean[ch], s.invstd[ch]);
-                let (mean_dz, mean_dot) = if s.batch_stats {
-                    (sum_dz[ch] / m, sum_dz_xhat[ch] / m)
-                } else {
-                    (0.0, 0.0)
-                };
+            for (ch, &(a, b, c)) in coefficients.iter().enumerate() {
                 let range = ch * g.hw..(ch + 1) * g.hw;
-                for i in range {
-                    let dz = if y_n[i] > T::zero() {
-                        dy_n[i].to_f64()
-                    } else {
-                        0.0
-                    };
-                    let xhat = (x_n[i].to_f64() - mean) * invstd;
-                    dx_n[i] = T::from_f64(k * (dz - mean_dz - xhat * mean_dot));
+                let rows = x_n[range.clone()]
+                    .iter()
+                    .zip(&y_n[range.clone()])
+                    .zip(&dy_n[range.clone()]);
+                for (o, ((&xv, &yv), &dv)) in dx_n[range].iter_mut().zip(rows) {
+                    *o = a * open(yv, dv) + b * xv + c;
                 }
             }
         });
     for ch in 0..g.c {
-        dparams[ch] = T::from_f64(sum_dz_xhat[ch]);
-        dparams[g.c + ch] = T::from_f64(sum_dz[ch]);
+        dparams[ch] = T::from_f64(dgamma[ch]);
+        dparams[g.c + ch] = T::from_f64(dbeta[ch]);
     }
     out
 }
