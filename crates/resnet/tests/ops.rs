@@ -202,6 +202,19 @@ fn check_fd(f: &dyn Fn(&Tensor) -> Tensor, at: &Tensor, grad: &Tensor, seed: u64
     }
 }
 
+type Op3<'a> = dyn Fn(&Tensor, &Tensor, &Tensor) -> Tensor + 'a;
+
+/// Autograd gradients of Σ op(a, b, c) with respect to each argument, against central
+/// differences.
+fn check_gradients(op: &Op3<'_>, [a, b, c]: [&Tensor; 3], seed: u64) {
+    let vars = [a, b, c].map(|t| Var::from_tensor(t).unwrap());
+    let [va, vb, vc] = vars.each_ref().map(|v| v.as_tensor());
+    let grads = op(va, vb, vc).sum_all().unwrap().backward().unwrap();
+    check_fd(&|t| op(t, b, c), a, grads.get(va).unwrap(), seed);
+    check_fd(&|t| op(a, t, c), b, grads.get(vb).unwrap(), seed + 1);
+    check_fd(&|t| op(a, b, t), c, grads.get(vc).unwrap(), seed + 2);
+}
+
 #[test]
 fn kernels_match_finite_differences_in_f64() {
     let x = random(&[3, 4, 6, 6], 1, DType::F64);
@@ -210,69 +223,15 @@ fn kernels_match_finite_differences_in_f64() {
     let up = random(&[3, 5, 3, 3], 4, DType::F64);
     let conv =
         |x: &Tensor, w: &Tensor, b: &Tensor| (ops::conv2d(x, w, b, 2, 1).unwrap() * &up).unwrap();
-    let (xv, wv, bv) = (
-        Var::from_tensor(&x).unwrap(),
-        Var::from_tensor(&w).unwrap(),
-        Var::from_tensor(&b).unwrap(),
-    );
-    let grads = conv(xv.as_tensor(), wv.as_tensor(), bv.as_tensor())
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    check_fd(
-        &|t| conv(t, &w, &b),
-        &x,
-        grads.get(xv.as_tensor()).unwrap(),
-        5,
-    );
-    check_fd(
-        &|t| conv(&x, t, &b),
-        &w,
-        grads.get(wv.as_tensor()).unwrap(),
-        6,
-    );
-    check_fd(
-        &|t| conv(&x, &w, t),
-        &b,
-        grads.get(bv.as_tensor()).unwrap(),
-        7,
-    );
+    check_gradients(&conv, [&x, &w, &b], 5);
 
-    let g = (random(&[4], 8, DType::F64) + 1.5).unwrap();
+    let gamma = (random(&[4], 8, DType::F64) + 1.5).unwrap();
     let beta = random(&[4], 9, DType::F64);
     let up = random(&[3, 4, 6, 6], 10, DType::F64);
     let bn = |x: &Tensor, g: &Tensor, b: &Tensor| {
         (ops::batch_norm_relu_train(x, g, b, 1e-5).unwrap().0 * &up).unwrap()
     };
-    let (xv, gv, bv) = (
-        Var::from_tensor(&x).unwrap(),
-        Var::from_tensor(&g).unwrap(),
-        Var::from_tensor(&beta).unwrap(),
-    );
-    let grads = bn(xv.as_tensor(), gv.as_tensor(), bv.as_tensor())
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    check_fd(
-        &|t| bn(t, &g, &beta),
-        &x,
-        grads.get(xv.as_tensor()).unwrap(),
-        11,
-    );
-    check_fd(
-        &|t| bn(&x, t, &beta),
-        &g,
-        grads.get(gv.as_tensor()).unwrap(),
-        12,
-    );
-    check_fd(
-        &|t| bn(&x, &g, t),
-        &beta,
-        grads.get(bv.as_tensor()).unwrap(),
-        13,
-    );
+    check_gradients(&bn, [&x, &gamma, &beta], 11);
 }
 
 #[test]

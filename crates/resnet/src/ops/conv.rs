@@ -184,26 +184,11 @@ pub fn backward_data<T: Real>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
         || vec![T::zero(); if g.pointwise() { 0 } else { kk * p }],
         |dcols, (n, dx_n)| {
             let dy_n = &dy[n * co * p..(n + 1) * co * p];
-            if g.pointwise() {
-                matmul(
-                    dx_n,
-                    Shape2::row_major(kk, p),
-                    w,
-                    wt,
-                    dy_n,
-                    Shape2::row_major(co, p),
-                    false,
-                );
-            } else {
-                matmul(
-                    dcols,
-                    Shape2::row_major(kk, p),
-                    w,
-                    wt,
-                    dy_n,
-                    Shape2::row_major(co, p),
-                    false,
-                );
+            // A pointwise convolution's column matrix is the image itself.
+            let dst: &mut [T] = if g.pointwise() { dx_n } else { dcols };
+            let (d, r) = (Shape2::row_major(kk, p), Shape2::row_major(co, p));
+            matmul(dst, d, w, wt, dy_n, r, false);
+            if !g.pointwise() {
                 col2im(g, dcols, dx_n);
             }
         },
