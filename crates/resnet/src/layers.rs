@@ -13,7 +13,7 @@ pub enum BnMode {
     Eval,
 }
 
-/// Casts a parameter to the dtype of the activations it meets (bf16 compute).
+/// `t` in `dtype`, without a copy when it already is (bf16 compute, f32 GEMMs on the CPU).
 fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
     if t.dtype() == dtype {
         Ok(t.clone())
