@@ -20,6 +20,13 @@ pub struct Batch {
     pub labels: Vec<u32>,
 }
 
+/// The (images, labels) pair the model side takes.
+impl From<Batch> for (Vec<f32>, Vec<u32>) {
+    fn from(b: Batch) -> Self {
+        (b.images, b.labels)
+    }
+}
+
 impl Batch {
     pub fn len(&self) -> usize {
         self.labels.len()

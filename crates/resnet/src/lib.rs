@@ -10,6 +10,7 @@ pub mod block;
 pub mod checkpoint;
 pub mod device;
 mod error;
+pub mod eval;
 mod init;
 pub mod layers;
 pub mod loss;

@@ -5,7 +5,6 @@
 pub mod bench;
 mod checkpoints;
 mod error;
-pub mod eval;
 mod events;
 mod optim;
 mod state;

@@ -2,16 +2,16 @@
 //! checkpoints by policy, a clean stop on request, exact resume.
 
 use crate::checkpoints::CheckpointStore;
-use crate::eval::{batch_tensors, evaluate, grad_norm_ratio, scalar};
 use crate::state::{RngState, RunningTotals, TrainState, META_SPEC, META_TRAIN_STATE};
 use crate::{EventSink, Result, Sgd, SgdConfig, TrainError, TrainEvent};
 use candle_core::{Device, Tensor};
 use cifar::augment::channel_stats;
-use cifar::batch::fixed_subset;
+use cifar::batch::{fixed_subset, in_order};
 use cifar::rng::{rng, Stream};
 use cifar::{BatchPlan, Dataset, Images};
 use domain::{MetricName as M, MetricRecord, RunSpec, Split};
 use resnet::checkpoint::Checkpoint;
+use resnet::eval::{evaluate, grad_norm_ratio, scalar, to_device};
 use resnet::loss::{correct, cross_entropy};
 use resnet::{BnMode, Dtypes, ResNet, WrittenFile};
 use std::path::PathBuf;
@@ -226,7 +226,7 @@ impl Trainer {
                 let started = Instant::now();
                 let lr = self.state.schedule.lr(epoch, index, per_epoch);
                 let n = batch.len();
-                let (x, y) = batch_tensors(batch, self.model.device())?;
+                let (x, y) = to_device(batch.into(), self.model.device())?;
                 let (loss, hits) = train_step(&self.model, &mut self.optimizer, &x, &y, lr)?;
                 self.state.step += 1;
                 if !loss.is_finite() {
@@ -333,7 +333,8 @@ impl Trainer {
         } else {
             vec![]
         };
-        let (test, at_blocks) = evaluate(&self.model, &self.test, &norm, eval_batch, &taps)?;
+        let batches = in_order(&self.test, &norm, eval_batch).map(Into::into);
+        let (test, at_blocks) = evaluate(&self.model, batches, &taps)?;
         let seen = totals.seen.max(1) as f64;
         let record = |name, split, value| MetricRecord::new(name, split, epoch, value);
         let mut records = vec![
@@ -365,7 +366,8 @@ impl Trainer {
                 (Split::Test, &self.test, 1),
             ] {
                 let subset = fixed_subset(images, n, seed, id);
-                let ratio = grad_norm_ratio(&self.model, &subset, &norm, eval_batch, deep)?;
+                let batches = in_order(&subset, &norm, eval_batch).map(Into::into);
+                let ratio = grad_norm_ratio(&self.model, batches, deep)?;
                 records.push(record(M::GradNormRatio, Some(split), ratio));
             }
         }

@@ -1,12 +1,13 @@
 use crate::args::EvalArgs;
 use anyhow::{bail, Result};
+use cifar::batch::in_order;
 use cifar::{locate, Dataset};
 use domain::{DatasetIdentity, Split};
 use resnet::candle_device;
+use resnet::eval::evaluate;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use train::eval::evaluate;
 use train::load_model;
 
 #[derive(Serialize)]
@@ -60,7 +61,8 @@ pub fn run(args: EvalArgs, data_dir: &Path) -> Result<ExitCode> {
         .data
         .normalization
         .expect("a trained spec records its normalisation");
-    let (result, _) = evaluate(&model, images, &normalization, args.batch, &[])?;
+    let batches = in_order(images, &normalization, args.batch).map(Into::into);
+    let (result, _) = evaluate(&model, batches, &[])?;
     let report = Report {
         checkpoint: args.checkpoint,
         split,
