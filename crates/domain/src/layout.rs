@@ -22,6 +22,15 @@ pub enum BlockKind {
     Projection,
 }
 
+impl BlockKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Identity => "identity",
+            Self::Projection => "projection",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageLayout {
     pub channels: u32,

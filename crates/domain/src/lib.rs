@@ -1,6 +1,7 @@
 //! Serde types shared by every stepwise crate: run specs and their validation, the resolved
 //! model layout, block ids, dataset identity and metric records. No tensors live here.
 
+pub mod analysis;
 pub mod block;
 pub mod dataset;
 pub mod device;
@@ -8,6 +9,7 @@ pub mod layout;
 pub mod metric;
 pub mod spec;
 
+pub use analysis::{AnalysisKind, AnalysisRecord, AnalysisSpec, GradientKind, Group, Stat};
 pub use block::BlockId;
 pub use dataset::{DatasetIdentity, Normalization};
 pub use device::DeviceSpec;

@@ -21,6 +21,33 @@ pub enum MetricName {
     /// Training throughput of the epoch (optimizer steps only).
     ImagesPerSecond,
     EpochSeconds,
+    // Block-wise analysis of a checkpoint (see paper.md; projection blocks use the shortcut
+    // output P(h_i) in place of h_i and are marked by their kind).
+    /// cos(F_i(h_i), ∂L/∂h_i) per example.
+    Cosine,
+    /// ‖F_i(h_i)‖ / ‖h_i‖ per example.
+    L2Ratio,
+    /// Accuracy and loss of the network with block i's residual branch skipped.
+    DropAccuracy,
+    DropLoss,
+    /// The head along the last blocks, for borderline / correct / all examples.
+    BorderlineLoss,
+    BorderlineAccuracy,
+    BorderlineEntropy,
+    /// Unrolling the last block: h ← h + α·F(h), per step and α.
+    UnrollLoss,
+    UnrollAccuracy,
+    UnrollEntropy,
+    UnrollCosine,
+    UnrollL2Ratio,
+    /// ‖h_i‖ per example in a freshly initialised model.
+    ActivationNorm,
+    /// ℓ(h_{i+1}) − ℓ(h_i) with ℓ the head's loss, and its first-order prediction
+    /// ⟨F_i(h_i), ∇ℓ(h_i)⟩, per example; how often their signs agree, and their correlation.
+    TaylorActual,
+    TaylorPredicted,
+    TaylorSignAgreement,
+    TaylorCorrelation,
 }
 
 impl MetricName {
@@ -34,6 +61,23 @@ impl MetricName {
             Self::LearningRate => "learning_rate",
             Self::ImagesPerSecond => "images_per_second",
             Self::EpochSeconds => "epoch_seconds",
+            Self::Cosine => "cosine",
+            Self::L2Ratio => "l2_ratio",
+            Self::DropAccuracy => "drop_accuracy",
+            Self::DropLoss => "drop_loss",
+            Self::BorderlineLoss => "borderline_loss",
+            Self::BorderlineAccuracy => "borderline_accuracy",
+            Self::BorderlineEntropy => "borderline_entropy",
+            Self::UnrollLoss => "unroll_loss",
+            Self::UnrollAccuracy => "unroll_accuracy",
+            Self::UnrollEntropy => "unroll_entropy",
+            Self::UnrollCosine => "unroll_cosine",
+            Self::UnrollL2Ratio => "unroll_l2_ratio",
+            Self::ActivationNorm => "activation_norm",
+            Self::TaylorActual => "taylor_actual",
+            Self::TaylorPredicted => "taylor_predicted",
+            Self::TaylorSignAgreement => "taylor_sign_agreement",
+            Self::TaylorCorrelation => "taylor_correlation",
         }
     }
 }
@@ -103,6 +147,23 @@ impl MetricRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn as_str_is_the_serde_name() {
+        for name in [
+            MetricName::Loss,
+            MetricName::IntermediateAccuracy,
+            MetricName::L2Ratio,
+            MetricName::DropAccuracy,
+            MetricName::UnrollCosine,
+            MetricName::TaylorSignAgreement,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&name).unwrap(),
+                format!("\"{}\"", name.as_str())
+            );
+        }
+    }
 
     #[test]
     fn serialises_with_the_shared_names() {

@@ -785,23 +785,23 @@ impl fmt::Display for SpecError {
 }
 
 #[derive(Default)]
-struct Errors(Vec<FieldError>);
+pub(crate) struct Errors(Vec<FieldError>);
 
 impl Errors {
-    fn push(&mut self, field: &str, message: impl Into<String>) {
+    pub(crate) fn push(&mut self, field: &str, message: impl Into<String>) {
         self.0.push(FieldError {
             field: field.to_string(),
             message: message.into(),
         });
     }
 
-    fn range(&mut self, field: &str, value: u32, min: u32, max: u32) {
+    pub(crate) fn range(&mut self, field: &str, value: u32, min: u32, max: u32) {
         if !(min..=max).contains(&value) {
             self.push(field, format!("{value} is out of range {min}..={max}"));
         }
     }
 
-    fn real(&mut self, field: &str, value: f64, min: f64, max: f64) {
+    pub(crate) fn real(&mut self, field: &str, value: f64, min: f64, max: f64) {
         if !(value.is_finite() && min <= value && value <= max) {
             self.push(field, format!("{value} is out of range [{min}, {max}]"));
         }
@@ -811,7 +811,7 @@ impl Errors {
         self.0.is_empty()
     }
 
-    fn finish(self) -> Result<(), SpecError> {
+    pub(crate) fn finish(self) -> Result<(), SpecError> {
         if self.0.is_empty() {
             Ok(())
         } else {

@@ -131,6 +131,8 @@ pub struct Probed {
     /// The block's output (before the next stage's pooling, if any).
     pub outputs: Vec<Tensor>,
     probes: Vec<Var>,
+    /// A probe on the hidden state entering the head.
+    output_probe: Option<Var>,
 }
 
 impl Probed {
@@ -143,11 +145,26 @@ impl Probed {
         }
         self.probes
             .iter()
-            .map(|z| match grads.get(z.as_tensor()) {
-                Some(g) => Ok(g.clone()),
-                None => Ok(z.as_tensor().zeros_like()?),
-            })
+            .map(|z| probe_gradient(z, grads))
             .collect()
+    }
+
+    /// ∂L/∂h of the hidden state entering the head (the last block's output).
+    pub fn output_gradient(&self, grads: &GradStore) -> Result<Tensor> {
+        match &self.output_probe {
+            Some(z) => probe_gradient(z, grads),
+            None => Err(Error::StateDict(
+                "the output gradient needs ProbeOptions::gradients".into(),
+            )),
+        }
+    }
+}
+
+/// A probe's gradient; zero where the loss does not depend on it.
+fn probe_gradient(z: &Var, grads: &GradStore) -> Result<Tensor> {
+    match grads.get(z.as_tensor()) {
+        Some(g) => Ok(g.clone()),
+        None => Ok(z.as_tensor().zeros_like()?),
     }
 }
 
@@ -316,9 +333,26 @@ impl ResNet {
     /// Logits of the network run from block `start` on, given that block's input `h`
     /// (already pooled if the block opens a pooled stage), with the full graph.
     pub fn forward_from(&self, start: usize, h: &Tensor, mode: BnMode) -> Result<Tensor> {
-        Ok(self.walk(h.clone(), start, mode, false, &[])?.0)
+        let block = self
+            .block(start)
+            .ok_or_else(|| Error::StateDict(format!("no block {start}")))?;
+        self.forward_after(start, &block.forward(h, mode)?, mode)
     }
 
+    /// Logits of the network continued after block `index`, given that block's output.
+    pub fn forward_after(&self, index: usize, output: &Tensor, mode: BnMode) -> Result<Tensor> {
+        Ok(self.walk(output.clone(), index + 1, mode, false, &[])?.0)
+    }
+
+    /// Like [`Self::forward_after`] in inference mode, keeping no graph.
+    pub fn infer_after(&self, index: usize, output: &Tensor) -> Result<Tensor> {
+        Ok(self
+            .walk(output.clone(), index + 1, BnMode::Eval, true, &[])?
+            .0)
+    }
+
+    /// Runs the blocks from `start` on, `h` being what enters that position (pooled there
+    /// if the block opens a pooled stage), then the head.
     fn walk(
         &self,
         mut h: Tensor,
@@ -331,7 +365,7 @@ impl ResNet {
         let mut tapped = Vec::with_capacity(taps.len());
         h = keep(h);
         for (index, (pool, block)) in self.blocks_with_pooling().enumerate().skip(start) {
-            if pool && index > start {
+            if pool {
                 h = h.avg_pool2d(2)?;
             }
             h = keep(block.forward(&h, mode)?);
@@ -384,12 +418,20 @@ impl ResNet {
             h = keep(next);
             outputs.push(h.clone());
         }
+        let output_probe = if opts.gradients {
+            let z = Var::zeros(h.shape(), h.dtype(), &self.device)?;
+            h = (h + z.as_tensor())?;
+            Some(z)
+        } else {
+            None
+        };
         Ok(Probed {
             logits: self.head.forward(&h, opts.mode)?,
             inputs,
             residuals,
             outputs,
             probes,
+            output_probe,
         })
     }
 

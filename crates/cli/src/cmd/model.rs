@@ -2,7 +2,7 @@ use crate::args::ModelCommand;
 use anyhow::Result;
 use candle_core::Device;
 use cifar::rng::{rng, Stream};
-use domain::{BlockInfo, BlockKind, ModelSpec};
+use domain::{BlockInfo, ModelSpec};
 use resnet::{Dtypes, ResNet};
 use serde::Serialize;
 use std::process::ExitCode;
@@ -78,10 +78,7 @@ pub fn run(cmd: ModelCommand) -> Result<ExitCode> {
             "{:>5}  {:<8} {:<10} {:<6} {:>14}  {:>14}",
             b.index,
             b.id.to_string(),
-            match b.kind {
-                BlockKind::Identity => "identity",
-                BlockKind::Projection => "projection",
-            },
+            b.kind.as_str(),
             if b.shared { "yes" } else { "" },
             shape(b.in_shape),
             shape(b.out_shape)

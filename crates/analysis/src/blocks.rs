@@ -1,0 +1,193 @@
+//! Metrics with one value per block: cosine and ℓ2 ratio, block dropping, intermediate
+//! accuracy, and the sharing diagnostics.
+
+use crate::stats::{cosines, host, norms, ratios};
+use crate::{is_projection, Ctx, Error, Result};
+use candle_core::{Tensor, Var};
+use cifar::rng::{rng, Stream};
+use domain::{AnalysisKind, GradientKind, MetricName as M, RunSpec};
+use resnet::eval::{evaluate, grad_norm_ratio, EvalSums};
+use resnet::loss::cross_entropy_per_example;
+use resnet::{BnMode, Dtypes, ProbeOptions, ResNet};
+
+/// The summed cross-entropy, whose gradient holds every example's own gradient (BatchNorm
+/// in inference mode keeps examples independent).
+fn summed_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    Ok(cross_entropy_per_example(logits, labels)?.sum_all()?)
+}
+
+/// ∂L/∂b of the network with block `index` removed, b being what then leaves the block
+/// (h_i, or P(h_i) for a projection block).
+fn skip_gradient(model: &ResNet, index: usize, base: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let z = Var::from_tensor(base)?;
+    let logits = model.forward_after(index, z.as_tensor(), BnMode::Eval)?;
+    let grads = summed_loss(&logits, labels)?.backward()?;
+    match grads.get(z.as_tensor()) {
+        Some(g) => Ok(g.clone()),
+        None => Ok(base.zeros_like()?),
+    }
+}
+
+/// cos(F_i(h_i), ∂L/∂h_i) and ‖F_i(h_i)‖/‖h_i‖ per example and block. A projection block
+/// is measured against its shortcut output P(h_i) and the gradient there.
+pub(crate) fn cosine_and_l2(ctx: &mut Ctx) -> Result<()> {
+    let want_cosine = ctx.spec.wants(AnalysisKind::Cosine);
+    let want_l2 = ctx.spec.wants(AnalysisKind::L2);
+    let full = want_cosine && ctx.spec.gradient == GradientKind::Full;
+    let n = ctx.blocks.len();
+    let (mut cos, mut l2) = (vec![vec![]; n], vec![vec![]; n]);
+    let options = if full {
+        ProbeOptions::eval().with_gradients()
+    } else {
+        ProbeOptions::eval()
+    };
+    for batch in &ctx.batches {
+        let (x, y) = ctx.to_device(batch)?;
+        let probed = ctx.model.forward_probed(&x, &options)?;
+        let grads = if full {
+            let g = summed_loss(&probed.logits, &y)?.backward()?;
+            Some((probed.input_gradients(&g)?, probed.output_gradient(&g)?))
+        } else {
+            None
+        };
+        for (i, info) in ctx.blocks.iter().enumerate() {
+            let f = probed.residuals[i]
+                .as_ref()
+                .expect("no block is skipped")
+                .detach();
+            let h = probed.inputs[i].detach();
+            let block = ctx.model.block(i).expect("the layout's block");
+            let base = if is_projection(info) {
+                block.shortcut(&h)?.detach()
+            } else {
+                h
+            };
+            if want_l2 {
+                l2[i].extend(ratios(&norms(&f)?, &norms(&base)?));
+            }
+            if !want_cosine {
+                continue;
+            }
+            let g = match (&grads, is_projection(info)) {
+                (Some((inputs, _)), false) => inputs[i].clone(),
+                // The gradient at a projection block's output, which is also the gradient
+                // at its shortcut output: the next block's input, or the head's.
+                (Some((inputs, output)), true) => match ctx.blocks.get(i + 1) {
+                    Some(next) if next.in_shape == info.out_shape => inputs[i + 1].clone(),
+                    Some(_) => {
+                        return Err(Error::Unsupported(format!(
+                            "cosine: pooling after projection block {}",
+                            info.id
+                        )))
+                    }
+                    None => output.clone(),
+                },
+                (None, _) => skip_gradient(ctx.model, i, &base, &y)?,
+            };
+            cos[i].extend(cosines(&f, &g)?);
+        }
+    }
+    for i in 0..n {
+        ctx.summarise(M::Cosine, i, &cos[i]);
+        ctx.summarise(M::L2Ratio, i, &l2[i]);
+    }
+    Ok(())
+}
+
+/// Accuracy and loss with each block's residual branch skipped in turn (a projection
+/// block keeps its shortcut), nothing retrained; and the intact network's.
+pub(crate) fn dropping(ctx: &mut Ctx) -> Result<()> {
+    let n = ctx.blocks.len();
+    let mut intact = EvalSums::default();
+    let mut dropped = vec![EvalSums::default(); n];
+    for batch in &ctx.batches {
+        let (x, y) = ctx.to_device(batch)?;
+        // One pass yields every block's input; each drop then runs only what follows it.
+        let probed = ctx.model.forward_probed(&x, &ProbeOptions::eval())?;
+        intact.add(&probed.logits, &y)?;
+        for (i, sums) in dropped.iter_mut().enumerate() {
+            let block = ctx.model.block(i).expect("the layout's block");
+            let out = block.forward_skipped(&probed.inputs[i])?;
+            sums.add(&ctx.model.infer_after(i, &out)?, &y)?;
+        }
+    }
+    let whole = intact.result();
+    ctx.records
+        .push(ctx.record(M::Accuracy, whole.accuracy, whole.n));
+    ctx.records.push(ctx.record(M::Loss, whole.loss, whole.n));
+    for (i, sums) in dropped.iter().enumerate() {
+        let r = sums.result();
+        let acc = ctx.at_block(ctx.record(M::DropAccuracy, r.accuracy, r.n), i);
+        let loss = ctx.at_block(ctx.record(M::DropLoss, r.loss, r.n), i);
+        ctx.records.extend([acc, loss]);
+    }
+    Ok(())
+}
+
+/// The trained head at the output of every block of the last stage.
+pub(crate) fn intermediate(ctx: &mut Ctx) -> Result<()> {
+    let last = ctx.blocks.last().expect("a model has blocks").id.stage;
+    let taps: Vec<usize> = ctx
+        .blocks
+        .iter()
+        .filter(|b| b.id.stage == last)
+        .map(|b| b.index as usize)
+        .collect();
+    let (_, at) = evaluate(ctx.model, ctx.batches.clone(), &taps)?;
+    for (&i, r) in taps.iter().zip(at) {
+        let acc = ctx.at_block(ctx.record(M::IntermediateAccuracy, r.accuracy, r.n), i);
+        let loss = ctx.at_block(ctx.record(M::IntermediateLoss, r.loss, r.n), i);
+        ctx.records.extend([acc, loss]);
+    }
+    Ok(())
+}
+
+/// The gradient-norm ratio of paper.md, and ‖h_i‖ per block of a freshly initialised model
+/// (the run's seed and spec; BatchNorm in inference mode with its initial statistics).
+pub(crate) fn sharing(ctx: &mut Ctx, run: &RunSpec) -> Result<()> {
+    let last = ctx.blocks.last().expect("a model has blocks").id.stage;
+    let deep = ctx
+        .blocks
+        .iter()
+        .position(|b| b.id.stage == last)
+        .expect("the last stage has blocks");
+    let n = ctx.batches.iter().map(|b| b.1.len()).sum();
+    let ratio = grad_norm_ratio(ctx.model, ctx.batches.clone(), deep)?;
+    ctx.records.push(ctx.record(M::GradNormRatio, ratio, n));
+
+    let fresh = ResNet::new(
+        ctx.model.layout(),
+        &mut rng(run.train.seed, Stream::Init, 0, 0),
+        ctx.model.device(),
+        Dtypes::for_precision(run.model.dtype),
+    )?;
+    let mut norms_at = vec![vec![]; ctx.blocks.len()];
+    for batch in &ctx.batches {
+        let (x, _) = ctx.to_device(batch)?;
+        let probed = fresh.forward_probed(&x, &ProbeOptions::eval())?;
+        for (i, h) in probed.inputs.iter().enumerate() {
+            norms_at[i].extend(norms(h)?);
+        }
+    }
+    for (i, values) in norms_at.iter().enumerate() {
+        ctx.summarise(M::ActivationNorm, i, values);
+    }
+    Ok(())
+}
+
+/// Per-example cross-entropy of the head at hidden state `h`, and its gradient there.
+pub(crate) fn head_loss_and_gradient(
+    model: &ResNet,
+    h: &Tensor,
+    labels: &Tensor,
+) -> Result<(Vec<f64>, Tensor)> {
+    let z = Var::from_tensor(&h.detach())?;
+    let logits = model.head().forward(z.as_tensor(), BnMode::Eval)?;
+    let per_example = cross_entropy_per_example(&logits, labels)?;
+    let grads = per_example.sum_all()?.backward()?;
+    let g = match grads.get(z.as_tensor()) {
+        Some(g) => g.clone(),
+        None => h.zeros_like()?,
+    };
+    Ok((host(&per_example)?, g))
+}

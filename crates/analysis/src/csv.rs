@@ -1,0 +1,43 @@
+//! Analysis records as CSV: one row per record, every column always present.
+
+use domain::AnalysisRecord;
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct Row<'a> {
+    name: &'a str,
+    split: &'a str,
+    epoch: u32,
+    block: Option<String>,
+    block_index: Option<u32>,
+    kind: Option<&'a str>,
+    group: Option<&'a str>,
+    alpha: Option<f64>,
+    step: Option<u32>,
+    stat: Option<&'a str>,
+    value: f64,
+    n: u32,
+}
+
+/// The records as CSV text with a header row.
+pub fn to_csv(records: &[AnalysisRecord]) -> String {
+    let mut w = csv::Writer::from_writer(vec![]);
+    for r in records {
+        let row = Row {
+            name: r.name.as_str(),
+            split: r.split.as_str(),
+            epoch: r.epoch,
+            block: r.block.map(|b| b.to_string()),
+            block_index: r.block_index,
+            kind: r.kind.map(|k| k.as_str()),
+            group: r.group.map(|g| g.as_str()),
+            alpha: r.alpha,
+            step: r.step,
+            stat: r.stat.map(|s| s.as_str()),
+            value: r.value,
+            n: r.n,
+        };
+        w.serialize(row).expect("rows serialise to memory");
+    }
+    String::from_utf8(w.into_inner().expect("in memory")).expect("CSV is UTF-8")
+}

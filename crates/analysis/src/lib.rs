@@ -1,0 +1,213 @@
+//! The block-wise metrics of paper.md computed from a trained model, with BatchNorm in
+//! inference mode, on fixed seeded subsets of the chosen splits, in batches that bound
+//! memory. Results are [`domain::AnalysisRecord`]s keyed by block id.
+//!
+//! - [`blocks`]: cosine and ℓ2 ratio per block, block dropping, intermediate accuracy,
+//!   sharing diagnostics;
+//! - [`paths`]: borderline examples over the last blocks, unrolling the last block;
+//! - [`taylor`]: the first-order check of each last-stage block.
+
+mod blocks;
+mod csv;
+mod paths;
+mod stats;
+mod taylor;
+
+pub use csv::to_csv;
+
+use candle_core::Tensor;
+use cifar::batch::{fixed_subset, in_order};
+use cifar::Images;
+use domain::{
+    AnalysisKind, AnalysisRecord, AnalysisSpec, BlockId, BlockInfo, BlockKind, MetricName, RunSpec,
+    Split, Stat,
+};
+use resnet::eval::HostBatch;
+use resnet::ResNet;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Model(#[from] resnet::Error),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("invalid analysis: {0}")]
+    Spec(#[from] domain::SpecError),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A trained model and the data to analyse it on.
+pub struct Input<'a> {
+    pub model: &'a ResNet,
+    /// The run the model comes from: its normalisation, seed (for the fresh model of the
+    /// sharing diagnostics) and model spec.
+    pub run: &'a RunSpec,
+    /// Epochs the model was trained for.
+    pub epoch: u32,
+    pub train: &'a Images,
+    pub test: &'a Images,
+}
+
+/// The examples analysed on one split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SplitExamples {
+    pub split: Split,
+    pub examples: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Analysis {
+    pub spec: AnalysisSpec,
+    pub epoch: u32,
+    pub examples: Vec<SplitExamples>,
+    /// The blocks the borderline analysis follows.
+    pub window: Vec<BlockId>,
+    /// paper.md's rule: the α with the lowest mean train loss after the last unrolling step
+    /// among those whose hidden states stay finite.
+    pub selected_alpha: Option<f64>,
+    /// What could not be computed for this model, and why.
+    pub notes: Vec<String>,
+    pub seconds: f64,
+    pub records: Vec<AnalysisRecord>,
+}
+
+/// What every metric needs: the model, one split's batches, where to put results.
+pub(crate) struct Ctx<'a> {
+    pub model: &'a ResNet,
+    pub spec: &'a AnalysisSpec,
+    pub split: Split,
+    pub epoch: u32,
+    pub blocks: Vec<BlockInfo>,
+    pub batches: Vec<HostBatch>,
+    pub records: Vec<AnalysisRecord>,
+    pub notes: Vec<String>,
+}
+
+impl Ctx<'_> {
+    pub fn record(&self, name: MetricName, value: f64, n: usize) -> AnalysisRecord {
+        AnalysisRecord::new(name, self.split, self.epoch, value, n)
+    }
+
+    pub fn at_block(&self, r: AnalysisRecord, index: usize) -> AnalysisRecord {
+        let b = &self.blocks[index];
+        r.at_block(b.id, b.index, b.kind)
+    }
+
+    /// Mean and median records of per-example values at a block (nothing if none is
+    /// defined).
+    pub fn summarise(&mut self, name: MetricName, index: usize, values: &[f64]) {
+        if let Some((mean, median, n)) = stats::mean_median(values) {
+            for (stat, v) in [(Stat::Mean, mean), (Stat::Median, median)] {
+                let r = self
+                    .at_block(self.record(name, v, n), index)
+                    .with_stat(stat);
+                self.records.push(r);
+            }
+        }
+    }
+
+    pub fn to_device(&self, batch: &HostBatch) -> Result<(Tensor, Tensor)> {
+        Ok(resnet::eval::to_device(batch.clone(), self.model.device())?)
+    }
+
+    /// Blocks of the last stage whose input has the head's input shape (the head can be
+    /// plugged in there), in order.
+    pub fn head_compatible(&self) -> Vec<usize> {
+        let last = self.blocks.last().expect("a model has blocks");
+        self.blocks
+            .iter()
+            .filter(|b| b.id.stage == last.id.stage && b.in_shape == last.out_shape)
+            .map(|b| b.index as usize)
+            .collect()
+    }
+}
+
+/// Runs the analyses `spec` asks for.
+pub fn analyze(input: &Input, spec: &AnalysisSpec) -> Result<Analysis> {
+    spec.validate()?;
+    let started = Instant::now();
+    let normalization = input.run.data.normalization.ok_or_else(|| {
+        Error::Unsupported("the run records no normalisation (was it trained?)".into())
+    })?;
+    let mut out = Analysis {
+        spec: spec.clone(),
+        epoch: input.epoch,
+        examples: vec![],
+        window: vec![],
+        selected_alpha: None,
+        notes: vec![],
+        seconds: 0.0,
+        records: vec![],
+    };
+    let mut final_train_losses = None;
+    for &split in &spec.splits {
+        let (images, id) = match split {
+            Split::Train => (input.train, 0),
+            Split::Test => (input.test, 1),
+        };
+        let subset = fixed_subset(images, spec.max_examples as usize, spec.seed, id);
+        out.examples.push(SplitExamples {
+            split,
+            examples: subset.len() as u32,
+        });
+        let mut ctx = Ctx {
+            model: input.model,
+            spec,
+            split,
+            epoch: input.epoch,
+            blocks: input.model.layout().blocks(),
+            batches: in_order(&subset, &normalization, spec.eval_batch as usize)
+                .map(Into::into)
+                .collect(),
+            records: vec![],
+            notes: vec![],
+        };
+        if spec.wants(AnalysisKind::Cosine) || spec.wants(AnalysisKind::L2) {
+            blocks::cosine_and_l2(&mut ctx)?;
+        }
+        if spec.wants(AnalysisKind::Drop) {
+            blocks::dropping(&mut ctx)?;
+        }
+        if spec.wants(AnalysisKind::Intermediate) {
+            blocks::intermediate(&mut ctx)?;
+        }
+        if spec.wants(AnalysisKind::Borderline) {
+            out.window = paths::borderline(&mut ctx)?;
+        }
+        if spec.wants(AnalysisKind::Unroll) {
+            let losses = paths::unroll(&mut ctx)?;
+            if split == Split::Train {
+                final_train_losses = losses;
+            }
+        }
+        if spec.wants(AnalysisKind::Sharing) {
+            blocks::sharing(&mut ctx, input.run)?;
+        }
+        if spec.wants(AnalysisKind::Taylor) {
+            taylor::taylor(&mut ctx)?;
+        }
+        out.records.append(&mut ctx.records);
+        for note in ctx.notes {
+            if !out.notes.contains(&note) {
+                out.notes.push(note);
+            }
+        }
+    }
+    out.selected_alpha = final_train_losses.and_then(|losses| paths::select_alpha(&losses));
+    if spec.wants(AnalysisKind::Unroll) && !spec.splits.contains(&Split::Train) {
+        out.notes
+            .push("unroll: no α selected, the rule needs the train split".into());
+    }
+    out.seconds = started.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+/// Whether a block is measured against its shortcut output (see [`AnalysisRecord::kind`]).
+pub(crate) fn is_projection(b: &BlockInfo) -> bool {
+    b.kind == BlockKind::Projection
+}

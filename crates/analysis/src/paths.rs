@@ -1,0 +1,223 @@
+//! The head along a path of hidden states: through the last blocks (borderline examples)
+//! and through repeated applications of the last block (unrolling). Examples are grouped
+//! once, by the head's margin at the path's start.
+
+use crate::blocks::head_loss_and_gradient;
+use crate::stats::{cosines, head_stats, mean_median, norms, ratios, HeadStats};
+use crate::{is_projection, Ctx, Result};
+use domain::{BlockId, Group, MetricName as M};
+use resnet::{BnMode, ProbeOptions};
+use std::collections::BTreeMap;
+
+const GROUPS: [Group; 3] = [Group::All, Group::Borderline, Group::Correct];
+
+/// Which groups an example with head margin `m` at the path's start belongs to.
+fn groups_of(m: f64, threshold: f64) -> impl Iterator<Item = Group> {
+    let borderline = m.abs() < threshold;
+    let correct = m >= threshold;
+    GROUPS.into_iter().filter(move |g| match g {
+        Group::All => true,
+        Group::Borderline => borderline,
+        Group::Correct => correct,
+    })
+}
+
+/// Loss, accuracy and entropy sums per (position, group).
+#[derive(Default)]
+struct GroupSums(BTreeMap<(u32, Group), [f64; 4]>);
+
+impl GroupSums {
+    fn add(&mut self, position: u32, stats: &HeadStats, margins: &[f64], threshold: f64) {
+        for (k, &m) in margins.iter().enumerate() {
+            for g in groups_of(m, threshold) {
+                let s = self.0.entry((position, g)).or_default();
+                s[0] += stats.loss[k];
+                s[1] += stats.correct[k];
+                s[2] += stats.entropy[k];
+                s[3] += 1.0;
+            }
+        }
+    }
+
+    /// (position, group, mean loss, mean accuracy, mean entropy, n).
+    fn means(&self) -> impl Iterator<Item = (u32, Group, [f64; 3], usize)> + '_ {
+        self.0
+            .iter()
+            .map(|(&(p, g), s)| (p, g, [s[0] / s[3], s[1] / s[3], s[2] / s[3]], s[3] as usize))
+    }
+}
+
+/// Blocks of the borderline window: the last `window` blocks the head can follow.
+fn window(ctx: &Ctx) -> Vec<usize> {
+    let candidates = ctx.head_compatible();
+    let take = (ctx.spec.window as usize).min(candidates.len());
+    candidates[candidates.len() - take..].to_vec()
+}
+
+/// Loss, accuracy and entropy of the head at the window's input (position 0) and after
+/// each window block (position s), for all, borderline and already-correct examples
+/// (grouped by the margin at position 0). Returns the window.
+pub(crate) fn borderline(ctx: &mut Ctx) -> Result<Vec<BlockId>> {
+    let blocks = window(ctx);
+    if blocks.is_empty() {
+        ctx.notes
+            .push("borderline: no block of the last stage takes the head's input shape".into());
+        return Ok(vec![]);
+    }
+    let mut sums = GroupSums::default();
+    for batch in &ctx.batches {
+        let (x, _) = ctx.to_device(batch)?;
+        let probed = ctx.model.forward_probed(&x, &ProbeOptions::eval())?;
+        let mut path = vec![&probed.inputs[blocks[0]]];
+        path.extend(blocks.iter().map(|&i| &probed.outputs[i]));
+        let mut margins = vec![];
+        for (position, h) in path.into_iter().enumerate() {
+            let logits = ctx.model.head().forward(h, BnMode::Eval)?;
+            let stats = head_stats(&logits, &batch.1)?;
+            if position == 0 {
+                margins = stats.margin.clone();
+            }
+            sums.add(position as u32, &stats, &margins, ctx.spec.margin);
+        }
+    }
+    for (position, group, [loss, acc, entropy], n) in sums.means() {
+        for (name, v) in [
+            (M::BorderlineLoss, loss),
+            (M::BorderlineAccuracy, acc),
+            (M::BorderlineEntropy, entropy),
+        ] {
+            let mut r = ctx.record(name, v, n).with_group(group);
+            r.step = Some(position);
+            if position > 0 {
+                r = ctx.at_block(r, blocks[position as usize - 1]);
+            }
+            ctx.records.push(r);
+        }
+    }
+    Ok(blocks.iter().map(|&i| ctx.blocks[i].id).collect())
+}
+
+/// Per α: the mean loss after the last step, and whether every hidden state stayed finite.
+pub(crate) type FinalLosses = Vec<(f64, f64, bool)>;
+
+/// Applies the last block again `unroll_steps` times, h ← h + α·F(h), for every α; per
+/// step the head's loss, accuracy and entropy per group (by the margin before unrolling),
+/// the cosine between F(h) and the gradient of the head's loss at h, and ‖F(h)‖/‖h‖.
+/// An α whose hidden states stop being finite is recorded up to the last finite step.
+pub(crate) fn unroll(ctx: &mut Ctx) -> Result<Option<FinalLosses>> {
+    let last = ctx.blocks.len() - 1;
+    if is_projection(&ctx.blocks[last]) {
+        ctx.notes.push(format!(
+            "unroll: the last block {} is a projection block and cannot be re-applied",
+            ctx.blocks[last].id
+        ));
+        return Ok(None);
+    }
+    let block = ctx.model.block(last).expect("the layout's block");
+    let steps = ctx.spec.unroll_steps;
+    let alphas = ctx.spec.alphas.clone();
+    let mut sums: Vec<GroupSums> = alphas.iter().map(|_| GroupSums::default()).collect();
+    let mut cos: Vec<BTreeMap<u32, Vec<f64>>> = vec![BTreeMap::new(); alphas.len()];
+    let mut l2: Vec<BTreeMap<u32, Vec<f64>>> = vec![BTreeMap::new(); alphas.len()];
+    let mut finite = vec![true; alphas.len()];
+    for batch in &ctx.batches {
+        let (x, y) = ctx.to_device(batch)?;
+        let start = ctx.model.infer_tapped(&x, &[last])?.1.remove(0);
+        let margins =
+            head_stats(&ctx.model.head().forward(&start, BnMode::Eval)?, &batch.1)?.margin;
+        for (a, &alpha) in alphas.iter().enumerate() {
+            let mut h = start.clone();
+            for step in 0..=steps {
+                if !norms(&h)?.iter().all(|v| v.is_finite()) {
+                    finite[a] = false;
+                    break;
+                }
+                let logits = ctx.model.head().forward(&h, BnMode::Eval)?.detach();
+                sums[a].add(
+                    step,
+                    &head_stats(&logits, &batch.1)?,
+                    &margins,
+                    ctx.spec.margin,
+                );
+                let f = block.residual(&h, BnMode::Eval)?.detach();
+                let (_, g) = head_loss_and_gradient(ctx.model, &h, &y)?;
+                cos[a].entry(step).or_default().extend(cosines(&f, &g)?);
+                l2[a]
+                    .entry(step)
+                    .or_default()
+                    .extend(ratios(&norms(&f)?, &norms(&h)?));
+                if step < steps {
+                    h = (h + (f * alpha)?)?.detach();
+                }
+            }
+        }
+    }
+    let mut finals = vec![];
+    for (a, &alpha) in alphas.iter().enumerate() {
+        let mut final_loss = f64::NAN;
+        for (step, group, [loss, acc, entropy], n) in sums[a].means() {
+            for (name, v) in [
+                (M::UnrollLoss, loss),
+                (M::UnrollAccuracy, acc),
+                (M::UnrollEntropy, entropy),
+            ] {
+                ctx.records.push(
+                    ctx.record(name, v, n)
+                        .with_group(group)
+                        .at_step(alpha, step),
+                );
+            }
+            if group == Group::All && step == steps {
+                final_loss = loss;
+            }
+        }
+        for (name, series) in [(M::UnrollCosine, &cos[a]), (M::UnrollL2Ratio, &l2[a])] {
+            for (&step, values) in series {
+                if let Some((mean, _, n)) = mean_median(values) {
+                    let r = ctx
+                        .record(name, mean, n)
+                        .with_group(Group::All)
+                        .at_step(alpha, step);
+                    ctx.records.push(r.with_stat(domain::Stat::Mean));
+                }
+            }
+        }
+        if !finite[a] {
+            ctx.notes.push(format!(
+                "unroll: with α = {alpha} the hidden state stopped being finite"
+            ));
+        }
+        finals.push((alpha, final_loss, finite[a] && final_loss.is_finite()));
+    }
+    Ok(Some(finals))
+}
+
+/// The α with the lowest final train loss among those that stayed finite.
+pub(crate) fn select_alpha(finals: &FinalLosses) -> Option<f64> {
+    finals
+        .iter()
+        .filter(|(_, _, finite)| *finite)
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(alpha, _, _)| *alpha)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_follow_the_margin() {
+        let g = |m| groups_of(m, 0.1).collect::<Vec<_>>();
+        assert_eq!(g(0.05), [Group::All, Group::Borderline]);
+        assert_eq!(g(-0.05), [Group::All, Group::Borderline]);
+        assert_eq!(g(0.1), [Group::All, Group::Correct]);
+        assert_eq!(g(-0.5), [Group::All]);
+    }
+
+    #[test]
+    fn selection_skips_exploding_step_sizes() {
+        let finals = vec![(1.0, 0.01, false), (0.5, 0.3, true), (0.1, 0.2, true)];
+        assert_eq!(select_alpha(&finals), Some(0.1));
+        assert_eq!(select_alpha(&vec![(1.0, 0.1, false)]), None);
+    }
+}

@@ -1,0 +1,152 @@
+//! Per-example quantities on the host, and their summaries.
+
+use crate::Result;
+use candle_core::{DType, Tensor, D};
+
+/// A batch of scalars (any float dtype) as host f64.
+pub(crate) fn host(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
+}
+
+fn flat(t: &Tensor) -> Result<Tensor> {
+    Ok(t.to_dtype(DType::F32)?.flatten_from(1)?)
+}
+
+/// ‖x_n‖ per example.
+pub(crate) fn norms(x: &Tensor) -> Result<Vec<f64>> {
+    host(&flat(x)?.sqr()?.sum(D::Minus1)?.sqrt()?)
+}
+
+/// ⟨a_n, b_n⟩ per example.
+pub(crate) fn dots(a: &Tensor, b: &Tensor) -> Result<Vec<f64>> {
+    host(&(flat(a)? * flat(b)?)?.sum(D::Minus1)?)
+}
+
+/// a / b elementwise; NaN where b is zero (excluded from summaries).
+pub(crate) fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| if *y == 0.0 { f64::NAN } else { x / y })
+        .collect()
+}
+
+/// cos(a_n, b_n) per example; NaN where either vector is zero.
+pub(crate) fn cosines(a: &Tensor, b: &Tensor) -> Result<Vec<f64>> {
+    let products: Vec<f64> = norms(a)?
+        .iter()
+        .zip(norms(b)?)
+        .map(|(x, y)| x * y)
+        .collect();
+    Ok(ratios(&dots(a, b)?, &products))
+}
+
+/// What the head's output says about each example.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HeadStats {
+    /// Cross-entropy −log p_y.
+    pub loss: Vec<f64>,
+    /// 1 if the arg-max is the label, else 0.
+    pub correct: Vec<f64>,
+    /// Predictive entropy −Σ p log p.
+    pub entropy: Vec<f64>,
+    /// p_y − max_{c≠y} p_c.
+    pub margin: Vec<f64>,
+}
+
+/// Softmax statistics of logits (N, C), computed in f64.
+pub(crate) fn head_stats(logits: &Tensor, labels: &[u32]) -> Result<HeadStats> {
+    let classes = logits.dim(1)?;
+    let values = host(logits)?;
+    let mut out = HeadStats::default();
+    for (row, &y) in values.chunks_exact(classes).zip(labels) {
+        let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let log_z = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+        let log_p: Vec<f64> = row.iter().map(|v| v - log_z).collect();
+        let y = y as usize;
+        let best_other = (0..classes)
+            .filter(|&c| c != y)
+            .map(|c| log_p[c].exp())
+            .fold(0.0, f64::max);
+        let argmax = (0..classes).fold(0, |b, c| if row[c] > row[b] { c } else { b });
+        out.loss.push(-log_p[y]);
+        out.correct.push(if argmax == y { 1.0 } else { 0.0 });
+        out.entropy
+            .push(-log_p.iter().map(|l| l.exp() * l).sum::<f64>());
+        out.margin.push(log_p[y].exp() - best_other);
+    }
+    Ok(out)
+}
+
+/// Mean and median of the finite values, and how many there are.
+pub(crate) fn mean_median(values: &[f64]) -> Option<(f64, f64, usize)> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some((v.iter().sum::<f64>() / n as f64, median, n))
+}
+
+/// Pearson correlation of paired finite values (NaN with fewer than two or no variance).
+pub(crate) fn pearson(x: &[f64], y: &[f64]) -> f64 {
+    let pairs: Vec<(f64, f64)> = x
+        .iter()
+        .zip(y)
+        .filter(|(a, b)| a.is_finite() && b.is_finite())
+        .map(|(a, b)| (*a, *b))
+        .collect();
+    let n = pairs.len() as f64;
+    if pairs.len() < 2 {
+        return f64::NAN;
+    }
+    let (mx, my) = (
+        pairs.iter().map(|p| p.0).sum::<f64>() / n,
+        pairs.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let cov: f64 = pairs.iter().map(|(a, b)| (a - mx) * (b - my)).sum();
+    let vx: f64 = pairs.iter().map(|(a, _)| (a - mx).powi(2)).sum();
+    let vy: f64 = pairs.iter().map(|(_, b)| (b - my).powi(2)).sum();
+    cov / (vx * vy).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn summaries_ignore_undefined_values() {
+        assert_eq!(mean_median(&[3.0, f64::NAN, 1.0, 2.0]), Some((2.0, 2.0, 3)));
+        assert_eq!(mean_median(&[1.0, 4.0]), Some((2.5, 2.5, 2)));
+        assert_eq!(mean_median(&[f64::NAN]), None);
+        assert!((pearson(&[1.0, 2.0, 3.0], &[2.0, 4.0, 6.5]) - 0.9986).abs() < 1e-3);
+        assert!(pearson(&[1.0], &[1.0]).is_nan());
+    }
+
+    #[test]
+    fn head_statistics_of_known_logits() {
+        let logits = Tensor::new(&[[0.0f32, 0.0], [10.0, 0.0]], &Device::Cpu).unwrap();
+        let s = head_stats(&logits, &[0, 1]).unwrap();
+        assert!((s.loss[0] - std::f64::consts::LN_2).abs() < 1e-9);
+        assert!((s.entropy[0] - std::f64::consts::LN_2).abs() < 1e-9);
+        assert_eq!(s.margin[0], 0.0);
+        assert_eq!(s.correct, [1.0, 0.0]);
+        assert!(s.margin[1] < -0.99 && s.loss[1] > 9.9);
+    }
+
+    #[test]
+    fn cosines_and_norms_per_example() {
+        let a = Tensor::new(&[[1.0f32, 0.0], [0.0, 2.0], [0.0, 0.0]], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[[2.0f32, 0.0], [0.0, -1.0], [1.0, 1.0]], &Device::Cpu).unwrap();
+        let c = cosines(&a, &b).unwrap();
+        assert_eq!(c[..2], [1.0, -1.0]);
+        assert!(c[2].is_nan());
+        assert_eq!(norms(&a).unwrap(), [1.0, 2.0, 0.0]);
+    }
+}

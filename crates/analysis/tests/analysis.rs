@@ -1,0 +1,397 @@
+//! The analysis against independent computations: block dropping against a model rebuilt
+//! without the block, unrolling with α = 0 against plain inference, the `skip` gradient
+//! against finite differences, and BatchNorm statistics untouched.
+
+use analysis::{analyze, Input};
+use candle_core::{DType, Device, Tensor};
+use cifar::batch::{fixed_subset, in_order};
+use cifar::synth::{draw, CLASSES};
+use cifar::Images;
+use domain::{
+    AnalysisKind, AnalysisRecord, AnalysisSpec, Arch, BlockKind, DataSpec, GradientKind, Group,
+    MetricName as M, ModelSpec, Normalization, RunSpec, Split, Stat,
+};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use resnet::eval::evaluate;
+use resnet::{BnMode, Dtypes, ResNet};
+use std::collections::HashMap;
+
+fn images(n: u32, seed: u64) -> Images {
+    let mut out = Images::default();
+    for i in 0..n {
+        let class = i % CLASSES.len() as u32;
+        out.push(
+            &draw(
+                &mut ChaCha8Rng::seed_from_u64(seed * 1000 + i as u64),
+                class,
+            ),
+            class,
+        );
+    }
+    out
+}
+
+const NORM: Normalization = Normalization {
+    mean: [0.5; 3],
+    std: [0.25; 3],
+};
+
+fn run_spec(model: ModelSpec) -> RunSpec {
+    let mut run = RunSpec::new(model, DataSpec::new("shapes10"));
+    run.data.normalization = Some(NORM);
+    run
+}
+
+/// A model with BatchNorm statistics warmed on some data, so that inference mode is not the
+/// identity.
+fn model(spec: &ModelSpec, dtype: DType, train: &Images) -> ResNet {
+    let m = ResNet::new(
+        &spec.layout().unwrap(),
+        &mut ChaCha8Rng::seed_from_u64(3),
+        &Device::Cpu,
+        Dtypes::uniform(dtype),
+    )
+    .unwrap();
+    for (x, _) in
+        in_order(train, &NORM, 16).map(|b| resnet::eval::to_device(b.into(), &Device::Cpu).unwrap())
+    {
+        m.forward(&x.to_dtype(dtype).unwrap(), BnMode::Train)
+            .unwrap();
+    }
+    m
+}
+
+fn small(blocks: u32) -> ModelSpec {
+    ModelSpec {
+        width: Some(4),
+        blocks: Some(vec![blocks]),
+        ..ModelSpec::new(Arch::Resnet)
+    }
+}
+
+fn spec(metrics: &[AnalysisKind]) -> AnalysisSpec {
+    AnalysisSpec {
+        metrics: metrics.to_vec(),
+        max_examples: 24,
+        eval_batch: 10,
+        unroll_steps: 3,
+        ..AnalysisSpec::default()
+    }
+}
+
+fn find<'a>(
+    records: &'a [AnalysisRecord],
+    f: impl Fn(&AnalysisRecord) -> bool,
+) -> Vec<&'a AnalysisRecord> {
+    records.iter().filter(|r| f(r)).collect()
+}
+
+#[test]
+fn dropping_a_block_equals_the_model_rebuilt_without_it() {
+    let (train, test) = (images(30, 1), images(30, 2));
+    let full_spec = small(3);
+    let full = model(&full_spec, DType::F32, &train);
+    let run = run_spec(full_spec.clone());
+    let input = Input {
+        model: &full,
+        run: &run,
+        epoch: 1,
+        train: &train,
+        test: &test,
+    };
+    let result = analyze(&input, &spec(&[AnalysisKind::Drop])).unwrap();
+
+    // Rebuild with stage 1 one block shorter, carrying every tensor but s1.b1's over.
+    let short_spec = ModelSpec {
+        blocks: Some(vec![3, 2, 3]),
+        ..full_spec
+    };
+    let short = model(&short_spec, DType::F32, &train);
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for (k, t) in full.state_dict().unwrap() {
+        let renamed = if let Some(rest) = k.strip_prefix("stages.1.blocks.2.") {
+            format!("stages.1.blocks.1.{rest}")
+        } else if k.starts_with("stages.1.blocks.1.") {
+            continue;
+        } else {
+            k
+        };
+        tensors.insert(renamed, t);
+    }
+    short.load_state_dict(&tensors).unwrap();
+    for (split, images) in [(Split::Train, &train), (Split::Test, &test)] {
+        let subset = fixed_subset(images, 24, 0, if split == Split::Train { 0 } else { 1 });
+        let batches = in_order(&subset, &NORM, 10).map(Into::into);
+        let (want, _) = evaluate(&short, batches, &[]).unwrap();
+        let get = |name| {
+            find(&result.records, |r| {
+                r.name == name
+                    && r.split == split
+                    && r.block.map(|b| b.to_string()) == Some("s1.b1".into())
+            })[0]
+                .value
+        };
+        assert!((get(M::DropAccuracy) - want.accuracy).abs() < 1e-12);
+        assert!(
+            (get(M::DropLoss) - want.loss).abs() < 1e-5,
+            "{} vs {}",
+            get(M::DropLoss),
+            want.loss
+        );
+    }
+    // Every block is dropped once per split, projection blocks included, plus the intact
+    // network's accuracy and loss.
+    let drops = find(&result.records, |r| {
+        r.name == M::DropAccuracy && r.split == Split::Test
+    });
+    assert_eq!(drops.len(), 9);
+    assert_eq!(
+        drops
+            .iter()
+            .filter(|r| r.kind == Some(BlockKind::Projection))
+            .count(),
+        2
+    );
+    assert_eq!(find(&result.records, |r| r.name == M::Accuracy).len(), 2);
+}
+
+#[test]
+fn unrolling_with_alpha_zero_is_plain_inference() {
+    let (train, test) = (images(20, 3), images(20, 4));
+    let spec_model = ModelSpec {
+        width: Some(4),
+        blocks: Some(vec![3]),
+        ..ModelSpec::new(Arch::Single)
+    };
+    let m = model(&spec_model, DType::F32, &train);
+    let run = run_spec(spec_model);
+    let input = Input {
+        model: &m,
+        run: &run,
+        epoch: 2,
+        train: &train,
+        test: &test,
+    };
+    let mut s = spec(&[AnalysisKind::Unroll, AnalysisKind::Drop]);
+    s.alphas = vec![0.0, 0.5];
+    let result = analyze(&input, &s).unwrap();
+    for split in [Split::Train, Split::Test] {
+        let plain = find(&result.records, |r| r.name == M::Loss && r.split == split)[0].value;
+        let zero: Vec<_> = find(&result.records, |r| {
+            r.name == M::UnrollLoss
+                && r.split == split
+                && r.alpha == Some(0.0)
+                && r.group == Some(Group::All)
+        });
+        assert_eq!(zero.len(), 4, "steps 0..=3");
+        for r in zero {
+            assert!(
+                (r.value - plain).abs() < 1e-6,
+                "step {:?}: {} vs {plain}",
+                r.step,
+                r.value
+            );
+        }
+        let cosines = find(&result.records, |r| {
+            r.name == M::UnrollCosine && r.split == split
+        });
+        assert_eq!(cosines.len(), 8);
+    }
+    assert!(result.selected_alpha.is_some());
+}
+
+#[test]
+fn the_skip_gradient_matches_finite_differences() {
+    let (train, test) = (images(8, 5), images(8, 6));
+    let spec_model = ModelSpec {
+        width: Some(3),
+        blocks: Some(vec![2]),
+        ..ModelSpec::new(Arch::Single)
+    };
+    let m = model(&spec_model, DType::F64, &train);
+    let run = run_spec(spec_model);
+    let input = Input {
+        model: &m,
+        run: &run,
+        epoch: 1,
+        train: &train,
+        test: &test,
+    };
+    let mut s = spec(&[AnalysisKind::Cosine]);
+    s.splits = vec![Split::Test];
+    s.max_examples = 1;
+    s.gradient = GradientKind::Skip;
+    let result = analyze(&input, &s).unwrap();
+    let cos = |block: &str| {
+        find(&result.records, |r| {
+            r.name == M::Cosine
+                && r.stat == Some(Stat::Mean)
+                && r.block.unwrap().to_string() == block
+        })[0]
+            .value
+    };
+
+    // The same cosine from a finite-difference gradient of the network without block 0.
+    let subset = fixed_subset(&test, 1, 0, 1);
+    let (x, y) = resnet::eval::to_device(
+        in_order(&subset, &NORM, 1).next().unwrap().into(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let x = x.to_dtype(DType::F64).unwrap();
+    let h = m.stem(&x).unwrap();
+    let f = m.block(0).unwrap().residual(&h, BnMode::Eval).unwrap();
+    let loss = |h: &Tensor| -> f64 {
+        let logits = m.forward_after(0, h, BnMode::Eval).unwrap();
+        resnet::loss::cross_entropy_per_example(&logits, &y)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let base = h.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let fv = f.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let eps = 1e-6;
+    let grad: Vec<f64> = (0..base.len())
+        .map(|k| {
+            let at = |d: f64| {
+                let mut v = base.clone();
+                v[k] += d;
+                loss(&Tensor::from_vec(v, h.shape(), &Device::Cpu).unwrap())
+            };
+            (at(eps) - at(-eps)) / (2.0 * eps)
+        })
+        .collect();
+    let dot: f64 = grad.iter().zip(&fv).map(|(a, b)| a * b).sum();
+    let norm = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
+    let want = dot / (norm(&grad) * norm(&fv));
+    assert!(
+        (cos("s0.b0") - want).abs() < 1e-6,
+        "{} vs {want}",
+        cos("s0.b0")
+    );
+}
+
+fn running_stats(m: &ResNet) -> Vec<Vec<f32>> {
+    m.state_dict()
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| k.contains("running") || k.contains("num_batches"))
+        .map(|(_, t)| {
+            t.to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn every_analysis_runs_and_leaves_batchnorm_statistics_unchanged() {
+    let (train, test) = (images(30, 7), images(30, 8));
+    let spec_model = ModelSpec {
+        sharing: domain::Sharing::Ubn,
+        unshared_blocks: 1,
+        ..small(3)
+    };
+    let m = model(&spec_model, DType::F32, &train);
+    let before = running_stats(&m);
+    let run = run_spec(spec_model);
+    let input = Input {
+        model: &m,
+        run: &run,
+        epoch: 4,
+        train: &train,
+        test: &test,
+    };
+    let result = analyze(&input, &spec(&AnalysisKind::ALL)).unwrap();
+    assert_eq!(before, running_stats(&m));
+    assert!(result
+        .records
+        .iter()
+        .all(|r| r.value.is_finite() && r.epoch == 4));
+    assert_eq!(result.examples.len(), 2);
+    assert_eq!(result.examples[0].examples, 24);
+    // Projection blocks are reported, marked as such.
+    let projection_cos = find(&result.records, |r| {
+        r.name == M::Cosine && r.kind == Some(BlockKind::Projection)
+    });
+    assert_eq!(
+        projection_cos.len(),
+        2 * 2 * 2,
+        "2 blocks × mean/median × 2 splits"
+    );
+    // The borderline window is the last stage's blocks the head can take (2 of 3 here).
+    let window: Vec<_> = result.window.iter().map(|b| b.to_string()).collect();
+    assert_eq!(window, ["s2.b1", "s2.b2"]);
+    for name in [
+        M::L2Ratio,
+        M::IntermediateAccuracy,
+        M::BorderlineEntropy,
+        M::UnrollL2Ratio,
+        M::GradNormRatio,
+        M::ActivationNorm,
+        M::TaylorPredicted,
+    ] {
+        assert!(
+            result.records.iter().any(|r| r.name == name),
+            "{name} missing"
+        );
+    }
+    // Groups partition nothing away: all = at least borderline + correct.
+    let size = |g| {
+        find(&result.records, |r| {
+            r.name == M::BorderlineLoss
+                && r.split == Split::Test
+                && r.step == Some(0)
+                && r.group == Some(g)
+        })
+        .first()
+        .map_or(0, |r| r.n)
+    };
+    assert!(size(Group::All) >= size(Group::Borderline) + size(Group::Correct));
+    assert_eq!(size(Group::All), 24);
+    let csv = analysis::to_csv(&result.records);
+    assert!(
+        csv.starts_with("name,split,epoch,block,block_index,kind,group,alpha,step,stat,value,n\n")
+    );
+    assert_eq!(csv.lines().count(), result.records.len() + 1);
+}
+
+#[test]
+fn a_projection_last_block_is_noted_not_unrolled() {
+    let (train, test) = (images(10, 9), images(10, 10));
+    let spec_model = small(1);
+    let m = model(&spec_model, DType::F32, &train);
+    let run = run_spec(spec_model);
+    let input = Input {
+        model: &m,
+        run: &run,
+        epoch: 1,
+        train: &train,
+        test: &test,
+    };
+    let result = analyze(
+        &input,
+        &spec(&[
+            AnalysisKind::Unroll,
+            AnalysisKind::Borderline,
+            AnalysisKind::Taylor,
+        ]),
+    )
+    .unwrap();
+    assert!(
+        result
+            .notes
+            .iter()
+            .any(|n| n.contains("s2.b0 is a projection block")),
+        "{:?}",
+        result.notes
+    );
+    assert!(result.notes.iter().any(|n| n.starts_with("borderline:")));
+    assert!(result.records.is_empty());
+}
