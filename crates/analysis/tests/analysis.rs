@@ -80,10 +80,7 @@ fn spec(metrics: &[AnalysisKind]) -> AnalysisSpec {
     }
 }
 
-fn find<'a>(
-    records: &'a [AnalysisRecord],
-    f: impl Fn(&AnalysisRecord) -> bool,
-) -> Vec<&'a AnalysisRecord> {
+fn find(records: &[AnalysisRecord], f: impl Fn(&AnalysisRecord) -> bool) -> Vec<&AnalysisRecord> {
     records.iter().filter(|r| f(r)).collect()
 }
 
