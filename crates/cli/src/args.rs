@@ -2,7 +2,10 @@
 //! spec (domain::RunSpec); ranges are checked by the spec's validation, which names the field.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use domain::{Arch, DeviceSpec, ModelSpec, Precision, SchedulePreset, Sharing, Split};
+use domain::{
+    AnalysisKind, AnalysisSpec, Arch, DeviceSpec, GradientKind, ModelSpec, Precision,
+    SchedulePreset, Sharing, Split,
+};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -31,6 +34,8 @@ pub enum Command {
     Train(Box<TrainArgs>),
     /// Loss and accuracy of a checkpoint on a split.
     Eval(EvalArgs),
+    /// Block-wise metrics of a checkpoint, or of every checkpoint of a run.
+    Analyze(Box<AnalyzeArgs>),
     /// Measure throughput.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -184,6 +189,7 @@ value_enum!(SharingArg => Sharing { None, Naive, Ubn });
 value_enum!(DtypeArg => Precision { F32, Bf16 });
 value_enum!(ScheduleArg => SchedulePreset { Paper, Scaled, Constant });
 value_enum!(SplitArg => Split { Train, Test });
+value_enum!(GradientArg => GradientKind { Full, Skip });
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -271,4 +277,80 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args)]
+pub struct AnalyzeArgs {
+    /// One checkpoint.
+    #[arg(long, required_unless_present = "run", conflicts_with = "run")]
+    pub checkpoint: Option<PathBuf>,
+    /// Every epoch checkpoint of a run directory, in order.
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Dataset name or directory (default: the one the model was trained on).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Analyses to run (default: all): cosine, l2, drop, intermediate, borderline, unroll,
+    /// sharing, taylor.
+    #[arg(long, value_delimiter = ',')]
+    pub metrics: Option<Vec<AnalysisKind>>,
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub splits: Option<Vec<SplitArg>>,
+    /// Examples per split (a fixed seeded subset).
+    #[arg(long)]
+    pub max_examples: Option<u32>,
+    /// Examples per forward pass; bounds memory.
+    #[arg(long)]
+    pub eval_batch: Option<u32>,
+    /// Gradient of the cosine: of the full network, or of the network without the block.
+    #[arg(long, value_enum)]
+    pub gradient: Option<GradientArg>,
+    /// Blocks followed by the borderline analysis.
+    #[arg(long)]
+    pub window: Option<u32>,
+    #[arg(long)]
+    pub unroll_steps: Option<u32>,
+    /// Step sizes of the unrolling, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub alphas: Option<Vec<f64>>,
+    /// Borderline margin threshold.
+    #[arg(long)]
+    pub margin: Option<f64>,
+    /// Seed of the example subsets.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Output directory (default: the run directory's analysis/).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the analyses as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl AnalyzeArgs {
+    /// The analysis spec: defaults (paper.md's) with the given flags applied.
+    pub fn spec(&self) -> AnalysisSpec {
+        let mut s = AnalysisSpec::default();
+        if let Some(m) = &self.metrics {
+            s.metrics = m.clone();
+        }
+        if let Some(splits) = &self.splits {
+            s.splits = splits.iter().map(|&x| x.into()).collect();
+        }
+        s.max_examples = self.max_examples.unwrap_or(s.max_examples);
+        s.eval_batch = self.eval_batch.unwrap_or(s.eval_batch);
+        if let Some(g) = self.gradient {
+            s.gradient = g.into();
+        }
+        s.window = self.window.unwrap_or(s.window);
+        s.unroll_steps = self.unroll_steps.unwrap_or(s.unroll_steps);
+        if let Some(a) = &self.alphas {
+            s.alphas = a.clone();
+        }
+        s.margin = self.margin.unwrap_or(s.margin);
+        s.seed = self.seed.unwrap_or(s.seed);
+        s
+    }
 }

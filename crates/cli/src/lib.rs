@@ -23,6 +23,7 @@ pub fn main() -> ExitCode {
         Command::Data(cmd) => cmd::data::run(cmd, &cli.data_dir),
         Command::Train(cmd) => cmd::train::run(*cmd, &cli.data_dir),
         Command::Eval(cmd) => cmd::eval::run(cmd, &cli.data_dir),
+        Command::Analyze(cmd) => cmd::analyze::run(*cmd, &cli.data_dir),
         Command::Bench(cmd) => cmd::bench::run(cmd),
     };
     match result {

@@ -229,6 +229,55 @@ fn train_resume_and_evaluate() {
     assert_eq!(train_eval["n"], 48);
 }
 
+#[test]
+fn analyze_a_run_writes_every_epoch_and_a_combined_table() {
+    let dir = tempfile::tempdir().unwrap();
+    synth(dir.path());
+    let mut args = vec!["train", "--epochs", "2", "--out", "runs/c", "--json"];
+    args.extend(TINY);
+    ok(&stepwise(dir.path(), &args));
+    let out = json(&ok(&stepwise(
+        dir.path(),
+        &[
+            "analyze",
+            "--run",
+            "runs/c",
+            "--max-examples",
+            "12",
+            "--eval-batch",
+            "6",
+            "--unroll-steps",
+            "2",
+            "--json",
+        ],
+    )));
+    let analyses = out.as_array().unwrap();
+    assert_eq!(analyses.len(), 2);
+    assert_eq!(analyses[1]["epoch"], 2);
+    assert_eq!(analyses[0]["examples"][0]["examples"], 12);
+    for epoch in ["epoch-0001", "epoch-0002"] {
+        let d = dir.path().join("runs/c/analysis").join(epoch);
+        let text = std::fs::read_to_string(d.join("analysis.json")).unwrap();
+        assert!(json(&text)["records"].as_array().unwrap().len() > 10);
+        assert!(d.join("analysis.csv").exists());
+    }
+    let table = std::fs::read_to_string(dir.path().join("runs/c/analysis/analysis.csv")).unwrap();
+    assert!(table.starts_with("name,split,epoch,block,"));
+    assert!(table
+        .lines()
+        .any(|l| l.starts_with("cosine,test,2,s0.b0,0,identity")));
+    let err = failed(&stepwise(
+        dir.path(),
+        &["analyze", "--run", "runs/c", "--metrics", "cosin"],
+    ));
+    assert!(err.contains("unknown analysis"), "{err}");
+    let err = failed(&stepwise(
+        dir.path(),
+        &["analyze", "--run", "runs/c", "--alphas", "20"],
+    ));
+    assert!(err.contains("analysis.alphas"), "{err}");
+}
+
 #[cfg(unix)]
 #[test]
 fn ctrl_c_checkpoints_and_the_run_resumes() {

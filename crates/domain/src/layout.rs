@@ -13,7 +13,7 @@ pub const INPUT_SIZE: u32 = 32;
 /// The head average-pools with an 8×8 window and stride 8.
 pub const HEAD_POOL: u32 = 8;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BlockKind {
     /// `h + F(h)`: the metrics of paper.md are defined for these.

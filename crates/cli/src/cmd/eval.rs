@@ -1,7 +1,6 @@
 use crate::args::EvalArgs;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use cifar::batch::in_order;
-use cifar::{locate, Dataset};
 use domain::{DatasetIdentity, Split};
 use resnet::candle_device;
 use resnet::eval::evaluate;
@@ -28,30 +27,7 @@ pub fn run(args: EvalArgs, data_dir: &Path) -> Result<ExitCode> {
     let device = candle_device(args.device)?;
     let ck = resnet::checkpoint::read(&args.checkpoint)?;
     let (model, spec) = load_model(&ck, &device)?;
-    let data = args
-        .data
-        .clone()
-        .unwrap_or_else(|| spec.data.dataset.clone());
-    let dataset = Dataset::open(&locate(&data, data_dir)?, spec.data.labels)?;
-    if dataset.identity.classes != spec.model.classes {
-        bail!(
-            "{} has {} classes; the model predicts {}",
-            dataset.identity.name,
-            dataset.identity.classes,
-            spec.model.classes
-        );
-    }
-    let trained_on = spec
-        .data
-        .identity
-        .clone()
-        .filter(|t| *t != dataset.identity);
-    if let Some(t) = &trained_on {
-        eprintln!(
-            "note: evaluating on {} ({}), the model was trained on {} ({})",
-            dataset.identity.name, dataset.identity.fingerprint, t.name, t.fingerprint
-        );
-    }
+    let (dataset, trained_on) = super::data_for(&spec, args.data.as_deref(), data_dir)?;
     let split: Split = args.split.into();
     let images = match split {
         Split::Train => &dataset.train,
@@ -60,7 +36,7 @@ pub fn run(args: EvalArgs, data_dir: &Path) -> Result<ExitCode> {
     let normalization = spec
         .data
         .normalization
-        .expect("a trained spec records its normalisation");
+        .ok_or_else(|| anyhow::anyhow!("the checkpoint's spec records no normalisation"))?;
     let batches = in_order(images, &normalization, args.batch).map(Into::into);
     let (result, _) = evaluate(&model, batches, &[])?;
     let report = Report {

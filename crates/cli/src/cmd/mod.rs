@@ -1,3 +1,4 @@
+pub mod analyze;
 pub mod bench;
 pub mod data;
 pub mod eval;
@@ -12,4 +13,47 @@ pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
     }
+}
+
+/// A dataset by name (under the data directory) or by path.
+pub fn open_dataset(
+    data: &str,
+    data_dir: &std::path::Path,
+    labels: domain::LabelKind,
+) -> anyhow::Result<cifar::Dataset> {
+    let dir = cifar::locate(data, data_dir)?;
+    Ok(cifar::Dataset::open(&dir, labels)?)
+}
+
+/// The data a trained model is applied to: its own dataset unless `data` names another,
+/// which must have as many classes; a different identity is said on stderr and returned.
+pub fn data_for(
+    spec: &domain::RunSpec,
+    data: Option<&str>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(cifar::Dataset, Option<domain::DatasetIdentity>)> {
+    let dataset = open_dataset(
+        data.unwrap_or(&spec.data.dataset),
+        data_dir,
+        spec.data.labels,
+    )?;
+    anyhow::ensure!(
+        dataset.identity.classes == spec.model.classes,
+        "{} has {} classes; the model predicts {}",
+        dataset.identity.name,
+        dataset.identity.classes,
+        spec.model.classes
+    );
+    let trained_on = spec
+        .data
+        .identity
+        .clone()
+        .filter(|t| *t != dataset.identity);
+    if let Some(t) = &trained_on {
+        eprintln!(
+            "note: using {} ({}); the model was trained on {} ({})",
+            dataset.identity.name, dataset.identity.fingerprint, t.name, t.fingerprint
+        );
+    }
+    Ok((dataset, trained_on))
 }

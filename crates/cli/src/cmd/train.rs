@@ -1,8 +1,8 @@
+use super::open_dataset;
 use crate::args::TrainArgs;
 use crate::progress::RunSink;
 use anyhow::{bail, Context, Result};
-use cifar::{locate, Dataset};
-use domain::{DataSpec, LabelKind, MetricName, RunSpec, Split};
+use domain::{DataSpec, MetricName, RunSpec, Split};
 use resnet::candle_device;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -133,11 +133,6 @@ fn install_interrupt(stop: Arc<AtomicBool>, quiet: bool) -> Result<()> {
         }
     })
     .context("installing the Ctrl-C handler")
-}
-
-fn open_dataset(data: &str, data_dir: &Path, labels: LabelKind) -> Result<Dataset> {
-    let dir = locate(data, data_dir)?;
-    Ok(Dataset::open(&dir, labels)?)
 }
 
 fn fresh(
