@@ -26,7 +26,9 @@ pub fn open_dataset(
 }
 
 /// The data a trained model is applied to: its own dataset unless `data` names another,
-/// which must have as many classes; a different identity is said on stderr and returned.
+/// which must have as many classes. Found by name, the dataset must be the one the model
+/// was trained on (same fingerprint); given explicitly, a different one is allowed, said
+/// on stderr and returned.
 pub fn data_for(
     spec: &domain::RunSpec,
     data: Option<&str>,
@@ -50,6 +52,16 @@ pub fn data_for(
         .clone()
         .filter(|t| *t != dataset.identity);
     if let Some(t) = &trained_on {
+        anyhow::ensure!(
+            data.is_some(),
+            "the model was trained on {} ({}), but {} in {} is {}; pass --data with the \
+             training data's directory (or another dataset on purpose)",
+            t.name,
+            t.fingerprint,
+            spec.data.dataset,
+            data_dir.display(),
+            dataset.identity.fingerprint
+        );
         eprintln!(
             "note: using {} ({}); the model was trained on {} ({})",
             dataset.identity.name, dataset.identity.fingerprint, t.name, t.fingerprint
