@@ -228,19 +228,30 @@ def cmd_train(args):
 
 def cmd_bench(args):
     """Median time of a training step (forward, backward, SGD) on random data, as
-    `stepwise bench train` measures it."""
+    `stepwise bench train` measures it. On CUDA: `cudnn.benchmark` on; `--precision`
+    `default` leaves PyTorch's TF32 settings as they are, `fp32` turns TF32 off, `bf16` runs
+    under autocast with channels-last tensors."""
     torch.manual_seed(0)
     device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        if args.precision == "fp32":
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
     summary = json.load(open(args.summary))
     net = Net(summary).to(device).train()
     classes = summary["model"]["classes"]
     x = torch.randn(args.batch, 3, 32, 32, device=device)
     y = torch.randint(0, classes, (args.batch,), device=device)
+    if args.precision == "bf16":
+        net = net.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     times = []
     for i in range(args.warmup + args.steps):
         start = time.perf_counter()
-        loss = F.cross_entropy(net(x), y)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            loss = F.cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -250,9 +261,14 @@ def cmd_bench(args):
             times.append((time.perf_counter() - start) * 1e3)
     times.sort()
     median = times[len(times) // 2]
-    print(json.dumps({"ms_per_step": median, "images_per_second": args.batch / (median / 1e3),
-                      "min_ms": times[0], "max_ms": times[-1], "steps": args.steps,
-                      "threads": torch.get_num_threads(), "torch": torch.__version__}))
+    out = {"ms_per_step": median, "images_per_second": args.batch / (median / 1e3),
+           "min_ms": times[0], "max_ms": times[-1], "steps": args.steps,
+           "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "precision": args.precision}
+    if device.type == "cuda":
+        out["max_memory_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
+        out["max_memory_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    print(json.dumps(out))
 
 
 def main():
@@ -278,6 +294,7 @@ def main():
     b.add_argument("--steps", type=int, default=10)
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--device", default="cpu")
+    b.add_argument("--precision", default="default", choices=["default", "fp32", "bf16"])
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", torch.get_num_threads())))
     {"eval": cmd_eval, "train": cmd_train, "bench": cmd_bench}[args.cmd](args)

@@ -39,6 +39,13 @@ pub enum Command {
     /// Measure throughput.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Check a device: every op against the CPU kernels, then a short run that must learn.
+    Selftest {
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]

@@ -25,6 +25,7 @@ pub fn main() -> ExitCode {
         Command::Eval(cmd) => cmd::eval::run(cmd, &cli.data_dir),
         Command::Analyze(cmd) => cmd::analyze::run(*cmd, &cli.data_dir),
         Command::Bench(cmd) => cmd::bench::run(cmd),
+        Command::Selftest { device, json } => cmd::selftest::run(device, json),
     };
     match result {
         Ok(code) => code,

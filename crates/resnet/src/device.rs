@@ -1,4 +1,4 @@
-use crate::{Error, Result};
+use crate::Result;
 use candle_core::Device;
 use domain::DeviceSpec;
 
@@ -6,8 +6,10 @@ use domain::DeviceSpec;
 pub fn candle_device(spec: DeviceSpec) -> Result<Device> {
     match spec {
         DeviceSpec::Cpu => Ok(Device::Cpu),
-        DeviceSpec::Cuda(ordinal) if cfg!(feature = "cuda") => Ok(Device::new_cuda(ordinal)?),
-        DeviceSpec::Cuda(_) => Err(Error::NoCuda(spec)),
+        #[cfg(feature = "cuda")]
+        DeviceSpec::Cuda(ordinal) => Ok(crate::ops::cuda::new_device(ordinal)?),
+        #[cfg(not(feature = "cuda"))]
+        DeviceSpec::Cuda(_) => Err(crate::Error::NoCuda(spec)),
     }
 }
 

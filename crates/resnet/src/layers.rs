@@ -144,6 +144,10 @@ impl BatchNorm {
     /// `relu(bn(x))`: in these networks every BatchNorm is followed by a ReLU, so the
     /// CPU kernels fuse the two.
     pub fn forward_relu(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if ops::has_cuda_kernels(x) && x.dtype() == self.weight.dtype() {
+            return self.fused_relu_cuda(x, mode);
+        }
         if ops::has_kernels(x) && x.dtype() == self.weight.dtype() {
             self.fused_relu(x, mode)
         } else {
@@ -179,6 +183,25 @@ impl BatchNorm {
                 Ok(ops::batch_norm_relu_eval(x, w, b, running, BN_EPS)?)
             }
         }
+    }
+
+    /// The CUDA kernels: statistics (and the running update) in one kernel, the
+    /// normalisation with ReLU in another, all on the device.
+    #[cfg(feature = "cuda")]
+    fn fused_relu_cuda(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
+        let train = mode == BnMode::Train;
+        let y = ops::cuda::batch_norm_relu(
+            x,
+            self.weight.as_tensor(),
+            self.bias.as_tensor(),
+            self.running_mean.as_tensor(),
+            self.running_var.as_tensor(),
+            train,
+        )?;
+        if train {
+            self.num_batches_tracked.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(y)
     }
 
     /// BatchNorm alone from candle ops, computed in the parameter dtype: the path for

@@ -7,6 +7,7 @@ mod checkpoints;
 mod error;
 mod events;
 mod optim;
+pub mod selftest;
 mod state;
 mod trainer;
 

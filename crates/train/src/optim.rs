@@ -72,8 +72,20 @@ impl Sgd {
                 continue;
             };
             let value = p.var.as_tensor();
-            let mut d = if weight_decay > 0.0 && self.decays(p.role) {
-                (grad + (value * weight_decay)?)?
+            let decay = if self.decays(p.role) {
+                weight_decay
+            } else {
+                0.0
+            };
+            #[cfg(feature = "cuda")]
+            if resnet::ops::has_cuda_kernels(value) {
+                // One fused kernel updating parameter and buffer in place.
+                let buf = &self.momentum[i];
+                resnet::ops::cuda::sgd_step(value, grad, buf, lr, momentum, decay, nesterov)?;
+                continue;
+            }
+            let mut d = if decay > 0.0 {
+                (grad + (value * decay)?)?
             } else {
                 grad.clone()
             };

@@ -393,11 +393,13 @@ pub(crate) fn train_step(
 ) -> Result<(f64, usize)> {
     let logits = model.forward(x, BnMode::Train)?;
     let loss = cross_entropy(&logits, y)?;
+    // The backward pass is queued before the loss is read, so that a GPU keeps working while
+    // the host waits; a non-finite loss still leaves the parameters untouched.
+    let grads = loss.backward()?;
     let value = scalar(&loss)?;
     if !value.is_finite() {
         return Ok((value, 0));
     }
-    let grads = loss.backward()?;
     optimizer.step(&grads, lr)?;
     Ok((value, correct(&logits, y)?))
 }

@@ -3,6 +3,7 @@ pub mod bench;
 pub mod data;
 pub mod eval;
 pub mod model;
+pub mod selftest;
 pub mod train;
 
 /// Pretty JSON on stdout, for `--json`. A closed pipe (`| head`) is not an error.

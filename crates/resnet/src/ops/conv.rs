@@ -8,7 +8,7 @@ use super::Real;
 use rayon::prelude::*;
 
 /// The shapes of one convolution.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConvGeom {
     pub n: usize,
     pub c: usize,

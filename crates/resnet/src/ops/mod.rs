@@ -1,13 +1,18 @@
-//! Custom candle operations with fast CPU kernels: convolution (forward, input gradient,
+//! Custom candle operations with fast kernels: convolution (forward, input gradient,
 //! weight and bias gradient) and BatchNorm fused with the ReLU that always follows it in
-//! these networks. They serve f32 and f64 tensors on the CPU; other devices and dtypes use
-//! the reference compositions of candle ops in `layers`, against which they are tested.
+//! these networks. They serve f32 and f64 tensors on the CPU and, with the `cuda` feature,
+//! f32 on CUDA ([`cuda`]: cuDNN and stepwise's own kernels); other dtypes use the reference
+//! compositions of candle ops in `layers`, against which they are tested.
 
 pub mod batchnorm;
 pub mod conv;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod gemm;
 
 use batchnorm::{BnBackward, BnGeom};
+#[cfg(feature = "cuda")]
+use candle_core::cuda_backend::CudaStorage;
 use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
 };
@@ -19,9 +24,22 @@ pub trait Real: WithDType + Send + Sync + 'static {}
 impl Real for f32 {}
 impl Real for f64 {}
 
-/// Whether the CPU kernels serve tensors like `x`.
+/// Whether stepwise's convolution serves tensors like `x`: the CPU kernels in f32 and f64,
+/// cuDNN in f32 (with the `cuda` feature).
 pub fn has_kernels(x: &Tensor) -> bool {
-    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+    let cpu = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
+    cpu || has_cuda_kernels(x)
+}
+
+/// Whether the CUDA kernels serve tensors like `x`.
+pub fn has_cuda_kernels(x: &Tensor) -> bool {
+    #[cfg(feature = "cuda")]
+    return cuda::serves(x);
+    #[cfg(not(feature = "cuda"))]
+    return {
+        let _ = x;
+        false
+    };
 }
 
 fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
@@ -108,6 +126,21 @@ impl CustomOp3 for Conv2d {
         })
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        ws: &CudaStorage,
+        wl: &Layout,
+        bs: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let g = self.geom(dims4(xl)?, dims4(wl)?)?;
+        let y = cuda::conv::forward(&g, (xs, xl), (ws, wl), (bs, bl))?;
+        Ok((y, Shape::from((g.n, g.co, g.ho(), g.wo()))))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -152,6 +185,19 @@ impl CustomOp2 for ConvBackwardData {
             Ok((T::to_cpu_storage_owned(dx), shape))
         })
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        ds: &CudaStorage,
+        dl: &Layout,
+        ws: &CudaStorage,
+        wl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let g = &self.0;
+        let dx = cuda::conv::backward_data(g, (ds, dl), (ws, wl))?;
+        Ok((dx, Shape::from((g.n, g.c, g.h, g.w))))
+    }
 }
 
 struct ConvBackwardFilter(ConvGeom);
@@ -174,6 +220,19 @@ impl CustomOp2 for ConvBackwardFilter {
             let packed = conv::backward_filter::<T>(g, slice(xs, xl)?, slice(ds, dl)?);
             Ok((T::to_cpu_storage_owned(packed), shape))
         })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        ds: &CudaStorage,
+        dl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let g = &self.0;
+        let packed = cuda::conv::backward_filter(g, (xs, xl), (ds, dl))?;
+        Ok((packed, Shape::from(g.co * g.kk() + g.co)))
     }
 }
 

@@ -1,0 +1,179 @@
+// stepwise's own CUDA kernels (f32, NCHW; sizes below 2³¹ elements, checked by the caller).
+// Compiled to PTX by build.rs for the `cuda` feature and loaded once per device.
+// Per-channel reductions accumulate in double.
+#include <stdint.h>
+
+// Sums `a` and `b` over the block; the result is valid in thread 0.
+__device__ void block_sum2(double &a, double &b) {
+  __shared__ double sa[32], sb[32];
+  for (int o = 16; o > 0; o >>= 1) {
+    a += __shfl_down_sync(0xffffffffu, a, o);
+    b += __shfl_down_sync(0xffffffffu, b, o);
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) { sa[warp] = a; sb[warp] = b; }
+  __syncthreads();
+  if (warp == 0) {
+    const int warps = (blockDim.x + 31) >> 5;
+    a = lane < warps ? sa[lane] : 0.0;
+    b = lane < warps ? sb[lane] : 0.0;
+    for (int o = 16; o > 0; o >>= 1) {
+      a += __shfl_down_sync(0xffffffffu, a, o);
+      b += __shfl_down_sync(0xffffffffu, b, o);
+    }
+  }
+}
+
+// Per-channel reductions run on a (splits, channels) grid: each block sums a contiguous
+// share of its channel's N·HW elements, writes the partial sums to `partials`, and the last
+// block of the channel to finish (counted in `counters`, which it resets to zero) adds the
+// partials in split order — so results do not depend on block scheduling.
+
+// Element `j` (over images and positions) of channel `ch`.
+__device__ __forceinline__ uint32_t at(uint32_t j, uint32_t ch, uint32_t c, uint32_t hw) {
+  const uint32_t img = j / hw;
+  return (img * c + ch) * hw + (j - img * hw);
+}
+
+// This block's range of its channel's `m` elements.
+__device__ __forceinline__ void share(uint32_t m, uint32_t &begin, uint32_t &end) {
+  const uint32_t chunk = (m + gridDim.x - 1) / gridDim.x;
+  begin = min(m, blockIdx.x * chunk);
+  end = min(m, begin + chunk);
+}
+
+// After each thread has its partial (a, b): true in thread 0 of the channel's last block,
+// with (a, b) the channel totals.
+__device__ bool finish_channel(double &a, double &b, double *partials, uint32_t *counters) {
+  __shared__ bool last;
+  block_sum2(a, b);
+  const uint32_t ch = blockIdx.y, splits = gridDim.x;
+  double *mine = partials + 2 * ((size_t)ch * splits + blockIdx.x);
+  if (threadIdx.x == 0) {
+    mine[0] = a;
+    mine[1] = b;
+    __threadfence();
+    last = atomicAdd(&counters[ch], 1u) == splits - 1;
+  }
+  __syncthreads();
+  if (!last || threadIdx.x != 0) return false;
+  __threadfence();
+  const volatile double *all = partials + 2 * (size_t)ch * splits;
+  a = 0.0;
+  b = 0.0;
+  for (uint32_t k = 0; k < splits; ++k) {
+    a += all[2 * k];
+    b += all[2 * k + 1];
+  }
+  counters[ch] = 0;
+  return true;
+}
+
+// stats[ch] = batch mean, stats[c + ch] = biased batch variance; with `running_mean`
+// non-null also the running averages (unbiased variance), as PyTorch.
+extern "C" __global__ void bn_stats_f32(const float *x, uint32_t n, uint32_t c, uint32_t hw,
+                                        float *stats, float *running_mean, float *running_var,
+                                        float momentum, double *partials, uint32_t *counters) {
+  const uint32_t ch = blockIdx.y, m = n * hw;
+  uint32_t begin, end;
+  share(m, begin, end);
+  double s = 0.0, ss = 0.0;
+  for (uint32_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
+    const double v = x[at(j, ch, c, hw)];
+    s += v;
+    ss += v * v;
+  }
+  if (!finish_channel(s, ss, partials, counters)) return;
+  const double mean = s / m;
+  const double var = fmax(ss / m - mean * mean, 0.0);
+  stats[ch] = (float)mean;
+  stats[c + ch] = (float)var;
+  if (running_mean != nullptr) {
+    const double unbiased = m > 1 ? var * m / (m - 1) : var;
+    running_mean[ch] = (float)((1.0 - momentum) * running_mean[ch] + momentum * mean);
+    running_var[ch] = (float)((1.0 - momentum) * running_var[ch] + momentum * unbiased);
+  }
+}
+
+// sums[ch] = Σ over images and positions of dy: the gradient of a convolution's bias.
+extern "C" __global__ void channel_sum_f32(const float *dy, uint32_t n, uint32_t c, uint32_t hw,
+                                           float *sums, double *partials, uint32_t *counters) {
+  const uint32_t ch = blockIdx.y;
+  uint32_t begin, end;
+  share(n * hw, begin, end);
+  double s = 0.0, unused = 0.0;
+  for (uint32_t j = begin + threadIdx.x; j < end; j += blockDim.x) s += dy[at(j, ch, c, hw)];
+  if (finish_channel(s, unused, partials, counters)) sums[ch] = (float)s;
+}
+
+__device__ __forceinline__ float relu(float v) { return v <= 0.f ? 0.f : v; }  // keeps NaN
+
+// y = relu(γ·(x − μ)/√(σ² + ε) + β) with stats = (μ, σ²).
+extern "C" __global__ void bn_relu_fwd_f32(const float *x, const float *stats,
+                                           const float *gamma, const float *beta, float eps,
+                                           uint32_t c, uint32_t hw, uint32_t total, float *y) {
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
+       i += gridDim.x * blockDim.x) {
+    const uint32_t ch = (i / hw) % c;
+    const float scale = gamma[ch] / sqrtf(stats[c + ch] + eps);
+    const float shift = beta[ch] - stats[ch] * scale;
+    y[i] = relu(x[i] * scale + shift);
+  }
+}
+
+// dbeta = Σ dz, dgamma = Σ dz·x̂ with dz = dy where y > 0.
+extern "C" __global__ void bn_relu_bwd_reduce_f32(const float *x, const float *y,
+                                                  const float *dy, const float *stats,
+                                                  float eps, uint32_t n, uint32_t c, uint32_t hw,
+                                                  float *dgamma, float *dbeta,
+                                                  double *partials, uint32_t *counters) {
+  const uint32_t ch = blockIdx.y;
+  uint32_t begin, end;
+  share(n * hw, begin, end);
+  const float mean = stats[ch];
+  double s = 0.0, dot = 0.0;
+  for (uint32_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
+    const uint32_t i = at(j, ch, c, hw);
+    const float dz = y[i] > 0.f ? dy[i] : 0.f;
+    s += dz;
+    dot += (double)dz * (x[i] - mean);
+  }
+  if (!finish_channel(s, dot, partials, counters)) return;
+  dbeta[ch] = (float)s;
+  dgamma[ch] = (float)(dot / sqrt((double)stats[c + ch] + eps));
+}
+
+// dx of BatchNorm+ReLU; with batch statistics the mean and variance terms included.
+extern "C" __global__ void bn_relu_bwd_dx_f32(const float *x, const float *y, const float *dy,
+                                              const float *stats, const float *gamma,
+                                              const float *dgamma, const float *dbeta,
+                                              float eps, uint32_t c, uint32_t hw,
+                                              uint32_t total, int batch_stats, float *dx) {
+  const float m = (float)(total / c);
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
+       i += gridDim.x * blockDim.x) {
+    const uint32_t ch = (i / hw) % c;
+    const float invstd = 1.f / sqrtf(stats[c + ch] + eps);
+    const float k = gamma[ch] * invstd;
+    const float dz = y[i] > 0.f ? dy[i] : 0.f;
+    if (batch_stats) {
+      const float xhat = (x[i] - stats[ch]) * invstd;
+      dx[i] = k * (dz - dbeta[ch] / m - xhat * dgamma[ch] / m);
+    } else {
+      dx[i] = k * dz;
+    }
+  }
+}
+
+// PyTorch's SGD step in place: d = g + wd·p; buf = μ·buf + d; p −= lr·(nesterov ? d + μ·buf : buf).
+extern "C" __global__ void sgd_momentum_f32(float *p, const float *g, float *buf, uint32_t n,
+                                            float lr, float momentum, float wd,
+                                            int nesterov) {
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += gridDim.x * blockDim.x) {
+    const float d = g[i] + wd * p[i];
+    const float b = momentum * buf[i] + d;
+    if (momentum != 0.f) buf[i] = b;  // PyTorch keeps no buffer without momentum
+    p[i] -= lr * (nesterov ? d + momentum * b : b);
+  }
+}

@@ -1,0 +1,472 @@
+//! The custom ops on CUDA (f32): convolution through cuDNN ([`conv`]), and BatchNorm+ReLU
+//! and the SGD-momentum update as stepwise's own kernels (`kernels.cu`, compiled to PTX by
+//! build.rs). Everything runs on the device's one stream, without host synchronisation.
+//!
+//! Raw device pointers: kernels receive the addresses of candle storages. Kernels that
+//! update state in place (running statistics, parameters, momentum) write through the
+//! address of a storage held under its read guard; this is sound because candle issues all
+//! work of a device on that one stream, so the write is ordered after every earlier read and
+//! before every later one, and no host code reads device memory directly.
+#![allow(unsafe_code)]
+
+pub mod conv;
+
+use candle_core::cuda_backend::cudarc::driver::{
+    sys::CUdeviceptr, CudaFunction, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaDevice, CudaStorage, DeviceId, WrapErr};
+use candle_core::op::BackpropOp;
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
+};
+use std::sync::Mutex;
+
+use crate::layers::{BN_EPS, BN_MOMENTUM};
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
+
+/// CUDA device `ordinal`, without cudarc's per-buffer event tracking: candle issues all of
+/// a device's work on one stream, so stream order already synchronises every access, and the
+/// events would cost a driver call per kernel argument.
+pub fn new_device(ordinal: usize) -> Result<candle_core::Device> {
+    let device = candle_core::Device::new_cuda(ordinal)?;
+    if let candle_core::Device::Cuda(d) = &device {
+        // Safety: one stream per device (above); tensors are created after this call.
+        unsafe { d.disable_event_tracking() };
+    }
+    Ok(device)
+}
+
+/// Whether the CUDA kernels serve tensors like `x`.
+pub fn serves(x: &Tensor) -> bool {
+    x.device().is_cuda() && x.dtype() == DType::F32
+}
+
+fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
+    Ok(dev
+        .get_or_load_custom_func(name, "stepwise-kernels", PTX)?
+        .into_cuda_function())
+}
+
+/// The device address of a storage's contiguous f32 contents under `layout`. The event
+/// guard cudarc returns is dropped at once: all work is on one stream, whose order is the
+/// only synchronisation needed (see `resnet::device`, which turns event tracking off).
+fn address(s: &CudaStorage, l: &Layout) -> Result<CUdeviceptr> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        bail!("stepwise CUDA kernels need contiguous tensors");
+    };
+    let slice = s.as_cuda_slice::<f32>()?.slice(start..end);
+    let stream = s.device.cuda_stream();
+    let (ptr, _record) = slice.device_ptr(&stream);
+    Ok(ptr)
+}
+
+/// [`address`] of a tensor's storage.
+fn tensor_address(t: &Tensor) -> Result<CUdeviceptr> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cuda(s) => address(s, layout),
+        _ => bail!("expected a CUDA tensor"),
+    }
+}
+
+fn alloc(dev: &CudaDevice, len: usize) -> Result<(CudaStorage, CUdeviceptr)> {
+    // Safety: every element is written by the kernel that follows.
+    let slice = unsafe { dev.alloc::<f32>(len)? };
+    let storage = CudaStorage::wrap_cuda_slice(slice, dev.clone());
+    let ptr = address(&storage, &Layout::contiguous(len))?;
+    Ok((storage, ptr))
+}
+
+/// A grid-stride launch over `n` elements.
+fn elementwise(n: usize) -> LaunchConfig {
+    const THREADS: u32 = 256;
+    let blocks = n.div_ceil(THREADS as usize).clamp(1, 65_536) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Scratch memory of the per-channel reductions (see kernels.cu): partial sums, and per
+/// channel a counter of finished blocks that the last block resets to zero. Reused by every
+/// reduction of the device, which one stream runs one after another.
+struct Scratch {
+    partials: CudaSlice<f64>,
+    counters: CudaSlice<u32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<HashMap<DeviceId, Scratch>> = RefCell::new(HashMap::new());
+}
+
+/// Launch geometry and scratch addresses of a reduction over `c` channels of `m` elements
+/// each: enough splits per channel to fill the GPU, each of at least a few thousand elements.
+fn reduction(dev: &CudaDevice, c: usize, m: usize) -> Result<(LaunchConfig, u64, u64)> {
+    let splits = (m / 4096).clamp(1, 128);
+    let (partials_len, counters_len) = (2 * c * splits, c);
+    SCRATCH.with(|all| {
+        let mut all = all.borrow_mut();
+        let grow = all
+            .get(&dev.id())
+            .is_none_or(|s| s.partials.len() < partials_len || s.counters.len() < counters_len);
+        if grow {
+            let stream = dev.cuda_stream();
+            all.insert(
+                dev.id(),
+                Scratch {
+                    partials: stream.alloc_zeros::<f64>(partials_len.max(4096)).w()?,
+                    counters: stream.alloc_zeros::<u32>(counters_len.max(1024)).w()?,
+                },
+            );
+        }
+        let s = &all[&dev.id()];
+        let stream = dev.cuda_stream();
+        let (partials, _) = s.partials.device_ptr(&stream);
+        let (counters, _) = s.counters.device_ptr(&stream);
+        let config = LaunchConfig {
+            grid_dim: (splits as u32, c as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        Ok((config, partials, counters))
+    })
+}
+
+/// Sizes as the kernels take them: 32-bit, below 2³¹ elements.
+fn u32_size(n: usize) -> Result<u32> {
+    match u32::try_from(n) {
+        Ok(v) if v < 1 << 31 => Ok(v),
+        _ => bail!("tensor of {n} elements: the CUDA kernels take fewer than 2^31"),
+    }
+}
+
+/// `sums[ch]` = the sum of `dy` (N, C, HW) over images and positions.
+pub(super) fn channel_sum(
+    dev: &CudaDevice,
+    dy: CUdeviceptr,
+    (n, c, hw): (usize, usize, usize),
+    sums: CUdeviceptr,
+) -> Result<()> {
+    let (config, partials, counters) = reduction(dev, c, n * hw)?;
+    let f = function(dev, "channel_sum_f32")?;
+    let stream = dev.cuda_stream();
+    let (n, c, hw) = (u32_size(n)?, u32_size(c)?, u32_size(hw)?);
+    let mut b = stream.launch_builder(&f);
+    b.arg(&dy)
+        .arg(&n)
+        .arg(&c)
+        .arg(&hw)
+        .arg(&sums)
+        .arg(&partials)
+        .arg(&counters);
+    // Safety: `dy` holds N·C·HW and `sums` C f32 values; scratch as `reduction` sized it.
+    unsafe { b.launch(config) }.w()?;
+    Ok(())
+}
+
+fn dims4(l: &Layout) -> Result<(usize, usize, usize)> {
+    match l.dims() {
+        &[n, c, h, w] => Ok((n, c, h * w)),
+        dims => bail!("batch-norm: expected a 4-d tensor, got {dims:?}"),
+    }
+}
+
+fn no_cpu<T>(name: &str) -> Result<T> {
+    bail!("{name} runs on CUDA only")
+}
+
+/// `relu(bn(x))` on CUDA, with PyTorch's ε and momentum ([`BN_EPS`], [`BN_MOMENTUM`]). In
+/// training mode with the batch's statistics, updating `running_mean` and `running_var` in
+/// place; otherwise with them.
+pub fn batch_norm_relu(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    train: bool,
+) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let stats = if train {
+        x.apply_op1_no_bwd(&BatchStats {
+            running_mean: running_mean.clone(),
+            running_var: running_var.clone(),
+            momentum: BN_MOMENTUM,
+        })?
+    } else {
+        Tensor::stack(&[running_mean, running_var], 0)?
+    };
+    x.apply_op3(
+        &gamma.contiguous()?,
+        &beta.contiguous()?,
+        BatchNormRelu {
+            stats,
+            eps: BN_EPS,
+            batch_stats: train,
+        },
+    )
+}
+
+/// (2, C): the batch mean and biased variance per channel; updates the running averages.
+struct BatchStats {
+    running_mean: Tensor,
+    running_var: Tensor,
+    momentum: f64,
+}
+
+impl CustomOp1 for BatchStats {
+    fn name(&self) -> &'static str {
+        "stepwise-batch-stats"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+
+    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (n, c, hw) = dims4(xl)?;
+        let dev = &xs.device;
+        let x = address(xs, xl)?;
+        let (stats, out) = alloc(dev, 2 * c)?;
+        let (rm, rv) = (
+            tensor_address(&self.running_mean)?,
+            tensor_address(&self.running_var)?,
+        );
+        let (config, partials, counters) = reduction(dev, c, n * hw)?;
+        let f = function(dev, "bn_stats_f32")?;
+        let stream = dev.cuda_stream();
+        let (n, c32, hw) = (u32_size(n)?, u32_size(c)?, u32_size(hw)?);
+        let m = self.momentum as f32;
+        let mut b = stream.launch_builder(&f);
+        b.arg(&x)
+            .arg(&n)
+            .arg(&c32)
+            .arg(&hw)
+            .arg(&out)
+            .arg(&rm)
+            .arg(&rv);
+        b.arg(&m).arg(&partials).arg(&counters);
+        // Safety: the arguments match the kernel's signature; sizes come from the layout.
+        unsafe { b.launch(config) }.w()?;
+        Ok((stats, Shape::from((2, c))))
+    }
+}
+
+struct BatchNormRelu {
+    /// (2, C) mean and biased variance.
+    stats: Tensor,
+    eps: f64,
+    /// Whether `stats` are the batch's own (their gradient terms are then included).
+    batch_stats: bool,
+}
+
+impl CustomOp3 for BatchNormRelu {
+    fn name(&self) -> &'static str {
+        "stepwise-batch-norm-relu-cuda"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        gs: &CudaStorage,
+        gl: &Layout,
+        bs: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (_, c, hw) = dims4(xl)?;
+        if gl.shape().elem_count() != c || bl.shape().elem_count() != c {
+            bail!("batch-norm: {c} channels but {:?} parameters", gl.dims());
+        }
+        let dev = &xs.device;
+        let total = xl.shape().elem_count();
+        let (x, gamma, beta) = (address(xs, xl)?, address(gs, gl)?, address(bs, bl)?);
+        let stats = tensor_address(&self.stats)?;
+        let (y, out) = alloc(dev, total)?;
+        let f = function(dev, "bn_relu_fwd_f32")?;
+        let stream = dev.cuda_stream();
+        let (eps, c32, hw, total32) = (
+            self.eps as f32,
+            u32_size(c)?,
+            u32_size(hw)?,
+            u32_size(total)?,
+        );
+        let mut b = stream.launch_builder(&f);
+        b.arg(&x).arg(&stats).arg(&gamma).arg(&beta).arg(&eps);
+        b.arg(&c32).arg(&hw).arg(&total32).arg(&out);
+        // Safety: as in `BatchStats`.
+        unsafe { b.launch(elementwise(total)) }.w()?;
+        Ok((y, xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = gamma.elem_count();
+        let op = BatchNormReluBackward {
+            stats: self.stats.clone(),
+            gamma: gamma.clone(),
+            eps: self.eps,
+            batch_stats: self.batch_stats,
+            params: Mutex::new(None),
+        };
+        let dx = x.apply_op3_no_bwd(y, &dy.contiguous()?, &op)?;
+        let params = op
+            .params
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .expect("written by the op");
+        let params = Tensor::from_storage(Storage::Cuda(params), 2 * c, BackpropOp::none(), false);
+        let dgamma = params.narrow(0, 0, c)?;
+        let dbeta = params.narrow(0, c, c)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// dx; dγ and dβ go to a storage of their own, so that holding the small parameter
+/// gradients until the optimizer step does not keep the activation-sized dx alive.
+struct BatchNormReluBackward {
+    stats: Tensor,
+    gamma: Tensor,
+    eps: f64,
+    batch_stats: bool,
+    /// (dγ, dβ), written by the forward pass.
+    params: Mutex<Option<CudaStorage>>,
+}
+
+impl CustomOp3 for BatchNormReluBackward {
+    fn name(&self) -> &'static str {
+        "stepwise-batch-norm-relu-backward-cuda"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        ys: &CudaStorage,
+        yl: &Layout,
+        ds: &CudaStorage,
+        dl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (n, c, hw) = dims4(xl)?;
+        let dev = &xs.device;
+        let total = xl.shape().elem_count();
+        let (x, y, dy) = (address(xs, xl)?, address(ys, yl)?, address(ds, dl)?);
+        let (stats, gamma) = (tensor_address(&self.stats)?, tensor_address(&self.gamma)?);
+        let (dx_storage, dx) = alloc(dev, total)?;
+        let (params, dgamma) = alloc(dev, 2 * c)?;
+        let dbeta = dgamma + 4 * c as u64;
+        let (config, partials, counters) = reduction(dev, c, n * hw)?;
+        let stream = dev.cuda_stream();
+        let (eps, n32, c32, hw32) = (self.eps as f32, u32_size(n)?, u32_size(c)?, u32_size(hw)?);
+        let reduce = function(dev, "bn_relu_bwd_reduce_f32")?;
+        let mut b = stream.launch_builder(&reduce);
+        b.arg(&x).arg(&y).arg(&dy).arg(&stats).arg(&eps);
+        b.arg(&n32).arg(&c32).arg(&hw32).arg(&dgamma).arg(&dbeta);
+        b.arg(&partials).arg(&counters);
+        // Safety: as in `BatchStats`; dβ follows dγ in `params`.
+        unsafe { b.launch(config) }.w()?;
+        let apply = function(dev, "bn_relu_bwd_dx_f32")?;
+        let (total32, batch_stats) = (u32_size(total)?, i32::from(self.batch_stats));
+        let mut b = stream.launch_builder(&apply);
+        b.arg(&x)
+            .arg(&y)
+            .arg(&dy)
+            .arg(&stats)
+            .arg(&gamma)
+            .arg(&dgamma);
+        b.arg(&dbeta).arg(&eps).arg(&c32).arg(&hw32).arg(&total32);
+        b.arg(&batch_stats).arg(&dx);
+        // Safety: as above.
+        unsafe { b.launch(elementwise(total)) }.w()?;
+        *self.params.lock().expect("not poisoned") = Some(params);
+        Ok((dx_storage, xl.shape().clone()))
+    }
+}
+
+/// PyTorch's SGD-momentum step on `param` and `momentum_buffer` in place, in one kernel.
+pub fn sgd_step(
+    param: &Tensor,
+    grad: &Tensor,
+    momentum_buffer: &Tensor,
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
+    nesterov: bool,
+) -> Result<()> {
+    let Some(dev) = cuda_device(param) else {
+        bail!("sgd_step: expected a CUDA tensor");
+    };
+    let grad = grad.contiguous()?;
+    let n = param.elem_count();
+    if grad.elem_count() != n || momentum_buffer.elem_count() != n {
+        bail!("sgd_step: parameter, gradient and buffer sizes differ");
+    }
+    let (p, g, buf) = (
+        tensor_address(param)?,
+        tensor_address(&grad)?,
+        tensor_address(momentum_buffer)?,
+    );
+    let f = function(&dev, "sgd_momentum_f32")?;
+    let stream = dev.cuda_stream();
+    let (n32, lr, mu, wd, nest) = (
+        u32_size(n)?,
+        lr as f32,
+        momentum as f32,
+        weight_decay as f32,
+        i32::from(nesterov),
+    );
+    let mut b = stream.launch_builder(&f);
+    b.arg(&p)
+        .arg(&g)
+        .arg(&buf)
+        .arg(&n32)
+        .arg(&lr)
+        .arg(&mu)
+        .arg(&wd)
+        .arg(&nest);
+    // Safety: three f32 buffers of `n` elements; see the module comment on in-place writes.
+    unsafe { b.launch(elementwise(n)) }.w()?;
+    Ok(())
+}
+
+fn cuda_device(t: &Tensor) -> Option<CudaDevice> {
+    match t.device() {
+        candle_core::Device::Cuda(d) => Some(d.clone()),
+        _ => None,
+    }
+}
