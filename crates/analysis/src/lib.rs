@@ -8,6 +8,7 @@
 //! - [`taylor`]: the first-order check of each last-stage block.
 
 mod blocks;
+pub mod claims;
 mod csv;
 mod paths;
 mod stats;

@@ -39,6 +39,18 @@ pub enum Command {
     /// Measure throughput.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// An experiment end to end: train every configuration × seed (resuming where a
+    /// previous invocation stopped), analyse, draw the figures, write report.md.
+    Run(RunArgs),
+    /// The paper's figures (SVG and PNG) from run directories; runs of one configuration
+    /// are drawn as mean ± standard deviation over seeds.
+    Figures {
+        /// A run directory (repeat for several runs).
+        #[arg(long, required = true)]
+        run: Vec<PathBuf>,
+        #[arg(long, default_value = "figures")]
+        out: PathBuf,
+    },
     /// Check a device: every op against the CPU kernels, then a short run that must learn.
     Selftest {
         #[arg(long, default_value = "cpu")]
@@ -360,4 +372,15 @@ impl AnalyzeArgs {
         s.seed = self.seed.unwrap_or(s.seed);
         s
     }
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Experiment spec (TOML): configurations, seeds, data, training, analysis.
+    pub spec: PathBuf,
+    /// Output directory: runs/, figures/, summary.csv, report.md.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
 }

@@ -26,6 +26,8 @@ pub fn main() -> ExitCode {
         Command::Analyze(cmd) => cmd::analyze::run(*cmd, &cli.data_dir),
         Command::Bench(cmd) => cmd::bench::run(cmd),
         Command::Selftest { device, json } => cmd::selftest::run(device, json),
+        Command::Figures { run, out } => cmd::figures::run(&run, &out),
+        Command::Run(cmd) => cmd::run::run(cmd, &cli.data_dir),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,5 @@
 //! The `stepwise` binary end to end on tiny data: summaries, spec errors, train, stop with
-//! Ctrl-C, resume, evaluate.
+//! Ctrl-C, resume, evaluate, analyse, an experiment with figures and report.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -276,6 +276,54 @@ fn analyze_a_run_writes_every_epoch_and_a_combined_table() {
         &["analyze", "--run", "runs/c", "--alphas", "20"],
     ));
     assert!(err.contains("analysis.alphas"), "{err}");
+}
+
+#[test]
+fn the_smoke_experiment_trains_analyses_draws_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    synth(dir.path());
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/smoke/smoke.toml");
+    let spec = spec.to_str().unwrap();
+    ok(&stepwise(dir.path(), &["run", spec, "--out", "exp"]));
+    let out = dir.path().join("exp");
+    for run in ["resnet-8-seed0", "single-narrow-seed0"] {
+        let analysis = out
+            .join("runs")
+            .join(run)
+            .join("analysis/epoch-0001/analysis.json");
+        assert!(analysis.exists(), "{}", analysis.display());
+    }
+    for name in [
+        "fig2_cosine",
+        "fig3_l2_ratio",
+        "fig4_drop",
+        "fig5_intermediate_single-narrow",
+    ] {
+        for ext in ["svg", "png"] {
+            let f = out.join("figures").join(format!("{name}.{ext}"));
+            assert!(
+                std::fs::metadata(&f).unwrap().len() > 1000,
+                "{}",
+                f.display()
+            );
+        }
+    }
+    let svg = std::fs::read_to_string(out.join("figures/fig2_cosine.svg")).unwrap();
+    assert!(
+        svg.contains("single-narrow (test)"),
+        "the legend names the configuration"
+    );
+    let summary = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert_eq!(summary.lines().count(), 3, "{summary}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("| resnet-8 | 5250 |"), "{report}");
+    assert!(report.contains("| C1 | single-narrow |"), "{report}");
+    assert!(report.contains("![figures/fig2_cosine.svg](figures/fig2_cosine.svg)"));
+    // A second invocation finds the runs finished and only redraws.
+    let again = stepwise(dir.path(), &["run", spec, "--out", "exp"]);
+    ok(&again);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(stderr.matches("finished earlier").count(), 2, "{stderr}");
 }
 
 #[cfg(unix)]

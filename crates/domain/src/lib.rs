@@ -5,6 +5,7 @@ pub mod analysis;
 pub mod block;
 pub mod dataset;
 pub mod device;
+pub mod experiment;
 pub mod layout;
 pub mod metric;
 pub mod spec;
@@ -13,6 +14,7 @@ pub use analysis::{AnalysisKind, AnalysisRecord, AnalysisSpec, GradientKind, Gro
 pub use block::BlockId;
 pub use dataset::{DatasetIdentity, Normalization};
 pub use device::DeviceSpec;
+pub use experiment::{ConfigSpec, ExperimentRun, ExperimentSpec};
 pub use layout::{BlockInfo, BlockKind, ModelLayout, StageLayout};
 pub use metric::{MetricName, MetricRecord, Split};
 pub use spec::{

@@ -146,6 +146,22 @@ fn default_unshared() -> u32 {
 }
 
 impl ModelSpec {
+    /// A configuration's short name: the architecture, with the depth for `resnet`, and
+    /// the sharing (`resnet-110`, `single`, `resnet-110-ubn`).
+    pub fn label(&self) -> String {
+        let mut out = self.arch.to_string();
+        if self.arch == Arch::Resnet {
+            if let Ok(layout) = self.layout() {
+                out = format!("{out}-{}", Self::depth_of(&layout));
+            }
+        }
+        match self.sharing {
+            Sharing::None => out,
+            Sharing::Naive => format!("{out}-naive"),
+            Sharing::Ubn => format!("{out}-ubn"),
+        }
+    }
+
     pub fn new(arch: Arch) -> Self {
         Self {
             arch,
@@ -698,11 +714,7 @@ impl RunSpec {
 
     /// Parses a TOML spec, naming the field of any error (`model.depth: …`).
     pub fn from_toml(text: &str) -> Result<Self, SpecError> {
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| SpecError::one("spec", e.message().trim().to_string()))?;
-        let spec: Self = serde_path_to_error::deserialize(de).map_err(|e| {
-            SpecError::one(e.path().to_string(), e.inner().message().trim().to_string())
-        })?;
+        let spec: Self = parse_toml(text, "spec")?;
         spec.validate()?;
         Ok(spec)
     }
@@ -749,6 +761,17 @@ impl RunSpec {
     pub fn epochs(&self) -> u32 {
         self.train.epochs_for(self.model.arch)
     }
+}
+
+/// Deserialises TOML, naming the field of any error by its path (`root` for syntax errors).
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    root: &str,
+) -> Result<T, SpecError> {
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| SpecError::one(root, e.message().trim().to_string()))?;
+    serde_path_to_error::deserialize(de)
+        .map_err(|e| SpecError::one(e.path().to_string(), e.inner().message().trim().to_string()))
 }
 
 /// One invalid field and why.
@@ -809,6 +832,18 @@ impl Errors {
 
     fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    pub(crate) fn extend(&mut self, errors: SpecError) {
+        self.0.extend(errors.0);
+    }
+
+    /// Adds `errors` of a nested spec with `prefix` before their field paths.
+    pub(crate) fn extend_prefixed(&mut self, prefix: &str, errors: SpecError) {
+        for mut err in errors.0 {
+            err.field = format!("{prefix}{}", err.field);
+            self.0.push(err);
+        }
     }
 
     pub(crate) fn finish(self) -> Result<(), SpecError> {

@@ -1,7 +1,7 @@
 use crate::args::AnalyzeArgs;
 use analysis::{analyze, Analysis, Input};
 use anyhow::{bail, Context, Result};
-use domain::{MetricName, RunSpec, Split, Stat};
+use domain::{AnalysisSpec, MetricName, RunSpec, Split, Stat};
 use resnet::candle_device;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,17 +27,8 @@ pub fn run(args: AnalyzeArgs, data_dir: &Path) -> Result<ExitCode> {
             dataset = Some(super::data_for(&run, args.data.as_deref(), data_dir)?.0);
         }
         let data = dataset.as_ref().expect("opened above");
-        let (model, _) = load_model(&ck, &device)?;
-        let state: train::TrainState = ck.meta_json(train::META_TRAIN_STATE)?;
-        let input = Input {
-            model: &model,
-            run: &run,
-            epoch: state.epoch,
-            train: &data.train,
-            test: &data.test,
-        };
-        let result = analyze(&input, &spec)?;
-        let dir = out.join(format!("epoch-{:04}", state.epoch));
+        let result = analyse_checkpoint(&ck, data, &spec, &device)?;
+        let dir = out.join(format!("epoch-{:04}", result.epoch));
         write(&dir, &result)?;
         if !args.json {
             report(path, &dir, &result);
@@ -56,6 +47,25 @@ pub fn run(args: AnalyzeArgs, data_dir: &Path) -> Result<ExitCode> {
         super::print_json(&analyses)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The analysis of a checkpoint's model on `data`.
+pub(crate) fn analyse_checkpoint(
+    ck: &resnet::Checkpoint,
+    data: &cifar::Dataset,
+    spec: &AnalysisSpec,
+    device: &candle_core::Device,
+) -> Result<Analysis> {
+    let (model, run) = load_model(ck, device)?;
+    let state: train::TrainState = ck.meta_json(train::META_TRAIN_STATE)?;
+    let input = Input {
+        model: &model,
+        run: &run,
+        epoch: state.epoch,
+        train: &data.train,
+        test: &data.test,
+    };
+    Ok(analyze(&input, spec)?)
 }
 
 /// The run directory a checkpoint belongs to (`RUN/checkpoints/x.safetensors` → `RUN`).
@@ -84,7 +94,7 @@ fn epoch_checkpoints(run: &Path) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-fn write(dir: &Path, result: &Analysis) -> Result<()> {
+pub(crate) fn write(dir: &Path, result: &Analysis) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let json = serde_json::to_string_pretty(result)?;
     resnet::checkpoint::write_atomic(&dir.join("analysis.json"), json.as_bytes())?;

@@ -2,7 +2,9 @@ pub mod analyze;
 pub mod bench;
 pub mod data;
 pub mod eval;
+pub mod figures;
 pub mod model;
+pub mod run;
 pub mod selftest;
 pub mod train;
 

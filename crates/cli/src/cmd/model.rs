@@ -25,17 +25,22 @@ struct BlockRow {
     stage: u32,
 }
 
+/// The model of a spec on the CPU: parameters are counted on the built model itself, so
+/// the numbers are those of what trains.
+pub fn build(spec: &ModelSpec) -> Result<ResNet> {
+    Ok(ResNet::new(
+        &spec.layout()?,
+        &mut rng(0, Stream::Init, 0, 0),
+        &Device::Cpu,
+        Dtypes::for_precision(spec.dtype),
+    )?)
+}
+
 pub fn run(cmd: ModelCommand) -> Result<ExitCode> {
     let ModelCommand::Summary { model, json } = cmd;
     let spec = model.to_spec()?;
     let layout = spec.layout()?;
-    // Counted on the built model itself, so the numbers are those of what trains.
-    let net = ResNet::new(
-        &layout,
-        &mut rng(0, Stream::Init, 0, 0),
-        &Device::Cpu,
-        Dtypes::for_precision(spec.dtype),
-    )?;
+    let net = build(&spec)?;
     let summary = Summary {
         depth: ModelSpec::depth_of(&layout),
         trainable_params: net.trainable_count(),

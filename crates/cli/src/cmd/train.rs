@@ -121,7 +121,7 @@ fn describe(spec: &RunSpec) -> String {
 }
 
 /// Ctrl-C asks the loop to checkpoint and stop; a second one exits at once.
-fn install_interrupt(stop: Arc<AtomicBool>, quiet: bool) -> Result<()> {
+pub(crate) fn install_interrupt(stop: Arc<AtomicBool>, quiet: bool) -> Result<()> {
     ctrlc::set_handler(move || {
         if stop.swap(true, Ordering::SeqCst) {
             std::process::exit(130);

@@ -52,7 +52,7 @@ fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
 
 /// The device address of a storage's contiguous f32 contents under `layout`. The event
 /// guard cudarc returns is dropped at once: all work is on one stream, whose order is the
-/// only synchronisation needed (see `resnet::device`, which turns event tracking off).
+/// only synchronisation needed (see [`new_device`], which turns event tracking off).
 fn address(s: &CudaStorage, l: &Layout) -> Result<CUdeviceptr> {
     let Some((start, end)) = l.contiguous_offsets() else {
         bail!("stepwise CUDA kernels need contiguous tensors");

@@ -1,0 +1,426 @@
+//! paper.md's claims C1–C7 as predicates over analysis records, evaluated with the
+//! thresholds fixed there (never tuned). Values of several seeds are averaged first.
+
+use domain::{AnalysisRecord, Arch, BlockKind, Group, MetricName, Sharing, Split, Stat};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// The analysed seeds of one configuration.
+pub struct Config<'a> {
+    pub label: &'a str,
+    pub arch: Arch,
+    pub sharing: Sharing,
+    /// Network depth (6n+2 for `resnet`).
+    pub depth: u32,
+    /// One analysis per seed: its records and selected unrolling step size.
+    pub seeds: Vec<(&'a [AnalysisRecord], Option<f64>)>,
+    /// Final test error of each seed, in [0, 1].
+    pub test_errors: Vec<f64>,
+}
+
+/// One claim for one configuration (or pair).
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    pub claim: &'static str,
+    pub subject: String,
+    /// None when the records cannot decide it (e.g. the analysis was not run).
+    pub holds: Option<bool>,
+    /// The measured value(s) behind the verdict.
+    pub measured: String,
+}
+
+/// Per block index: mean over seeds of the matching records' values, the block's id
+/// stage and whether it is a projection block.
+fn per_block(c: &Config, keep: impl Fn(&AnalysisRecord) -> bool) -> Vec<(u32, u32, bool, f64)> {
+    let mut m: BTreeMap<u32, (u32, bool, Vec<f64>)> = BTreeMap::new();
+    for (records, _) in &c.seeds {
+        for r in records.iter().filter(|r| keep(r)) {
+            if let (Some(i), Some(b)) = (r.block_index, r.block) {
+                let e = m.entry(i).or_insert((b.stage, false, vec![]));
+                e.1 |= r.kind == Some(BlockKind::Projection);
+                e.2.push(r.value);
+            }
+        }
+    }
+    m.into_iter()
+        .map(|(i, (stage, proj, v))| (i, stage, proj, v.iter().sum::<f64>() / v.len() as f64))
+        .collect()
+}
+
+fn last_stage(rows: &[(u32, u32, bool, f64)]) -> Vec<(u32, u32, bool, f64)> {
+    let last = rows.iter().map(|r| r.1).max().unwrap_or(0);
+    rows.iter().copied().filter(|r| r.1 == last).collect()
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len() as f64
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Ranks with ties averaged (1-based).
+fn ranks(values: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    let mut r = vec![0.0; values.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && values[order[j + 1]] == values[order[i]] {
+            j += 1;
+        }
+        let rank = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &order[i..=j] {
+            r[k] = rank;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+/// Spearman's rank correlation: Pearson's on the ranks; None under 3 points or no spread.
+pub fn spearman(x: &[f64], y: &[f64]) -> Option<f64> {
+    if x.len() < 3 || x.len() != y.len() {
+        return None;
+    }
+    let (rx, ry) = (ranks(x), ranks(y));
+    let (mx, my) = (mean(&rx), mean(&ry));
+    let cov: f64 = rx.iter().zip(&ry).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let vx: f64 = rx.iter().map(|a| (a - mx).powi(2)).sum();
+    let vy: f64 = ry.iter().map(|b| (b - my).powi(2)).sum();
+    (vx > 0.0 && vy > 0.0).then(|| cov / (vx * vy).sqrt())
+}
+
+fn verdict(claim: &'static str, subject: &str, holds: Option<bool>, measured: String) -> Verdict {
+    Verdict {
+        claim,
+        subject: subject.to_string(),
+        holds,
+        measured,
+    }
+}
+
+fn undecided(claim: &'static str, subject: &str, why: &str) -> Verdict {
+    verdict(claim, subject, None, why.to_string())
+}
+
+fn is_cosine(r: &AnalysisRecord) -> bool {
+    r.name == MetricName::Cosine && r.stat == Some(Stat::Mean) && r.split == Split::Test
+}
+
+fn c1(c: &Config) -> Verdict {
+    let rows: Vec<_> = per_block(c, is_cosine)
+        .into_iter()
+        .filter(|r| !r.2)
+        .collect();
+    if rows.is_empty() {
+        return undecided("C1", c.label, "no cosine records");
+    }
+    let negative = rows.iter().filter(|r| r.3 < 0.0).count();
+    let share = negative as f64 / rows.len() as f64;
+    verdict(
+        "C1",
+        c.label,
+        Some(share >= 0.8),
+        format!(
+            "{negative} of {} identity blocks negative ({:.0}%)",
+            rows.len(),
+            100.0 * share
+        ),
+    )
+}
+
+fn c2(c: &Config) -> Verdict {
+    let rows = last_stage(&per_block(c, is_cosine));
+    let x: Vec<f64> = rows.iter().map(|r| r.0 as f64).collect();
+    let y: Vec<f64> = rows.iter().map(|r| r.3).collect();
+    match spearman(&x, &y) {
+        Some(rho) => verdict(
+            "C2",
+            c.label,
+            Some(rho < 0.0),
+            format!("ρ = {rho:.2} over {} last-stage blocks", x.len()),
+        ),
+        None => undecided("C2", c.label, "fewer than 3 last-stage blocks with cosines"),
+    }
+}
+
+fn c3(c: &Config) -> Verdict {
+    let rows = per_block(c, |r| {
+        r.name == MetricName::L2Ratio && r.stat == Some(Stat::Mean) && r.split == Split::Test
+    });
+    if rows.len() < 2 {
+        return undecided("C3", c.label, "no ℓ2 ratios");
+    }
+    let first = rows[0].3;
+    let others = median(&rows[1..].iter().map(|r| r.3).collect::<Vec<_>>());
+    verdict(
+        "C3",
+        c.label,
+        Some(first >= 2.0 * others),
+        format!("block 0: {first:.3}; median of the others: {others:.3}"),
+    )
+}
+
+fn c4(c: &Config) -> Verdict {
+    let full: Vec<f64> = c
+        .seeds
+        .iter()
+        .flat_map(|(rs, _)| rs.iter())
+        .filter(|r| r.name == MetricName::Accuracy && r.split == Split::Test && r.block.is_none())
+        .map(|r| r.value)
+        .collect();
+    let rows = per_block(c, |r| {
+        r.name == MetricName::DropAccuracy && r.split == Split::Test
+    });
+    if full.is_empty() || rows.len() < 3 {
+        return undecided("C4", c.label, "no dropping records");
+    }
+    let full = mean(&full);
+    let cost = |r: &(u32, u32, bool, f64)| 100.0 * (full - r.3);
+    match c.arch {
+        Arch::Single | Arch::Avgpool => {
+            let first = cost(&rows[0]);
+            let later = median(&rows[2..].iter().map(cost).collect::<Vec<_>>());
+            verdict(
+                "C4",
+                c.label,
+                Some(first - later >= 20.0),
+                format!(
+                    "dropping block 0 costs {first:.1} points; median of blocks 2…: {later:.1}"
+                ),
+            )
+        }
+        Arch::Resnet | Arch::Wide => {
+            let worst = rows
+                .iter()
+                .filter(|r| !r.2)
+                .map(cost)
+                .fold(f64::NEG_INFINITY, f64::max);
+            verdict(
+                "C4",
+                c.label,
+                Some(worst < 20.0),
+                format!("largest cost of dropping an identity block: {worst:.1} points"),
+            )
+        }
+    }
+}
+
+fn c5(c: &Config) -> Verdict {
+    let rows = per_block(c, |r| {
+        r.name == MetricName::IntermediateAccuracy && r.split == Split::Test
+    });
+    let x: Vec<f64> = rows.iter().map(|r| r.0 as f64).collect();
+    let y: Vec<f64> = rows.iter().map(|r| r.3).collect();
+    match spearman(&x, &y) {
+        Some(rho) => verdict(
+            "C5",
+            c.label,
+            Some(rho > 0.8),
+            format!("ρ = {rho:.2} over {} blocks", x.len()),
+        ),
+        None => undecided(
+            "C5",
+            c.label,
+            "fewer than 3 blocks with intermediate accuracy",
+        ),
+    }
+}
+
+/// Mean over seeds of an unrolling series (per step) at step size `alpha`.
+fn unroll(c: &Config, name: MetricName, group: Group, split: Split, alpha: f64) -> Vec<f64> {
+    let mut m: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+    for (records, _) in &c.seeds {
+        for r in records.iter() {
+            if r.name == name
+                && r.group == Some(group)
+                && r.split == split
+                && r.alpha == Some(alpha)
+            {
+                if let Some(s) = r.step {
+                    m.entry(s).or_default().push(r.value);
+                }
+            }
+        }
+    }
+    m.into_values().map(|v| mean(&v)).collect()
+}
+
+fn c6(c: &Config) -> Verdict {
+    let Some(alpha) = c.seeds.first().and_then(|s| s.1) else {
+        return undecided("C6", c.label, "no unrolling records");
+    };
+    let cos = unroll(c, MetricName::UnrollCosine, Group::All, Split::Test, alpha);
+    let acc = unroll(
+        c,
+        MetricName::UnrollAccuracy,
+        Group::Borderline,
+        Split::Test,
+        alpha,
+    );
+    let cos1 = unroll(c, MetricName::UnrollCosine, Group::All, Split::Test, 1.0);
+    if cos.len() < 2 || acc.len() < 2 || cos1.len() < 2 {
+        return undecided(
+            "C6",
+            c.label,
+            "unrolling records incomplete (α = 1 needed too)",
+        );
+    }
+    // Step 0 is before unrolling; the cosine exists from step 1.
+    let stays_negative = cos[1..].iter().all(|v| *v < 0.0);
+    let rises = acc[acc.len() - 1] > acc[0];
+    let alpha1_positive = cos1[1..cos1.len().min(6)].iter().any(|v| *v > 0.0);
+    let max_cos = cos[1..].iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    verdict(
+        "C6",
+        c.label,
+        Some(stays_negative && rises && alpha1_positive),
+        format!(
+            "α = {alpha}: largest cosine {max_cos:.3}; borderline test accuracy {:.3} → {:.3}; α = 1 positive within 5 steps: {alpha1_positive}",
+            acc[0],
+            acc[acc.len() - 1]
+        ),
+    )
+}
+
+/// Slope of log10 mean activation norm at initialisation against block index.
+fn norm_growth(c: &Config) -> Option<f64> {
+    let rows = per_block(c, |r| {
+        r.name == MetricName::ActivationNorm && r.stat == Some(Stat::Mean) && r.split == Split::Test
+    });
+    if rows.len() < 2 {
+        return None;
+    }
+    let x: Vec<f64> = rows.iter().map(|r| r.0 as f64).collect();
+    let y: Vec<f64> = rows.iter().map(|r| r.3.log10()).collect();
+    let (mx, my) = (mean(&x), mean(&y));
+    let cov: f64 = x.iter().zip(&y).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let var: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
+    Some(cov / var)
+}
+
+fn c7(configs: &[Config]) -> Vec<Verdict> {
+    let mut out = vec![];
+    for naive in configs.iter().filter(|c| c.sharing == Sharing::Naive) {
+        let subject = naive.label;
+        let ubn = configs
+            .iter()
+            .find(|c| c.sharing == Sharing::Ubn && c.depth == naive.depth);
+        let unshared = configs
+            .iter()
+            .find(|c| c.sharing == Sharing::None && c.depth == naive.depth);
+        let (Some(ubn), Some(unshared)) = (ubn, unshared) else {
+            out.push(undecided(
+                "C7",
+                subject,
+                "needs UBN and unshared runs of the same depth",
+            ));
+            continue;
+        };
+        let (e_naive, e_ubn) = (mean(&naive.test_errors), mean(&ubn.test_errors));
+        let (Some(g_naive), Some(g_plain)) = (norm_growth(naive), norm_growth(unshared)) else {
+            out.push(undecided("C7", subject, "no activation norms"));
+            continue;
+        };
+        out.push(verdict(
+            "C7",
+            subject,
+            Some(e_naive > e_ubn && g_naive > g_plain),
+            format!(
+                "test error naive {:.2}% vs UBN {:.2}%; log10 norm growth per block naive {g_naive:.3} vs unshared {g_plain:.3}",
+                100.0 * e_naive,
+                100.0 * e_ubn
+            ),
+        ));
+    }
+    out
+}
+
+/// Every claim that applies to the configurations.
+pub fn evaluate(configs: &[Config]) -> Vec<Verdict> {
+    let mut out = vec![];
+    for c in configs {
+        out.push(c1(c));
+        out.push(c2(c));
+        if matches!(c.arch, Arch::Single | Arch::Avgpool) {
+            out.push(c3(c));
+        }
+        out.push(c4(c));
+        out.push(c5(c));
+        out.push(c6(c));
+    }
+    out.extend(c7(configs));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spearman_of_monotone_and_reversed_series() {
+        let x = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(spearman(&x, &[10.0, 20.0, 25.0, 100.0]), Some(1.0));
+        assert_eq!(spearman(&x, &[4.0, 3.0, 2.0, 1.0]), Some(-1.0));
+        assert_eq!(spearman(&x[..2], &[1.0, 2.0]), None);
+        assert_eq!(spearman(&x, &[1.0, 1.0, 1.0, 1.0]), None);
+    }
+
+    #[test]
+    fn ties_share_their_rank() {
+        assert_eq!(ranks(&[3.0, 1.0, 3.0]), vec![2.5, 1.0, 2.5]);
+    }
+
+    fn cosine(block: u32, stage: u32, value: f64) -> AnalysisRecord {
+        let mut r = AnalysisRecord::new(MetricName::Cosine, Split::Test, 1, value, 10);
+        r.block = Some(domain::BlockId::new(stage, block));
+        r.block_index = Some(stage * 3 + block);
+        r.kind = Some(BlockKind::Identity);
+        r.stat = Some(Stat::Mean);
+        r
+    }
+
+    #[test]
+    fn cosine_claims_follow_their_thresholds() {
+        // 5 of 6 blocks negative (83%), last stage ever more negative.
+        let records: Vec<AnalysisRecord> = vec![
+            cosine(0, 0, 0.01),
+            cosine(1, 0, -0.01),
+            cosine(2, 0, -0.02),
+            cosine(0, 1, -0.01),
+            cosine(1, 1, -0.05),
+            cosine(2, 1, -0.10),
+        ];
+        let c = Config {
+            label: "r",
+            arch: Arch::Resnet,
+            sharing: Sharing::None,
+            depth: 20,
+            seeds: vec![(&records, None)],
+            test_errors: vec![0.1],
+        };
+        let v = c1(&c);
+        assert_eq!(v.holds, Some(true), "{}", v.measured);
+        let v = c2(&c);
+        assert_eq!(v.holds, Some(true), "{}", v.measured);
+        // One more positive block: 4 of 6 is below 80%.
+        let mut fewer = records.clone();
+        fewer[1].value = 0.02;
+        let c = Config {
+            seeds: vec![(&fewer, None)],
+            ..c
+        };
+        assert_eq!(c1(&c).holds, Some(false));
+        assert_eq!(c6(&c).holds, None);
+    }
+}

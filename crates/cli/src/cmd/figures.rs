@@ -1,0 +1,108 @@
+//! `stepwise figures`: the paper's figures from run directories — their training metrics
+//! and the analysis of their latest analysed epoch (`stepwise analyze`). Runs with the same
+//! label are seeds of one configuration.
+
+use analysis::Analysis;
+use anyhow::{bail, Context, Result};
+use domain::{MetricRecord, RunSpec};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// What `stepwise figures` reads of one run directory.
+pub struct RunData {
+    /// The model's label (`resnet-110`); experiments use their configurations' labels.
+    pub label: String,
+    pub training: Vec<MetricRecord>,
+    pub analysis: Option<Analysis>,
+}
+
+/// The spec, training metrics and latest analysis of a run directory.
+pub fn read_run(dir: &Path) -> Result<RunData> {
+    let spec_path = dir.join("spec.toml");
+    let text = std::fs::read_to_string(&spec_path)
+        .with_context(|| format!("reading {}", spec_path.display()))?;
+    let spec = RunSpec::from_toml(&text).with_context(|| format!("{}", spec_path.display()))?;
+    let metrics = dir.join("metrics.jsonl");
+    let training = match std::fs::read_to_string(&metrics) {
+        Ok(text) => text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("parsing {}", metrics.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+        Err(e) => return Err(e).with_context(|| format!("reading {}", metrics.display())),
+    };
+    let analysis = match latest_analysis(dir)? {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Some(
+                serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    Ok(RunData {
+        label: spec.model.label(),
+        training,
+        analysis,
+    })
+}
+
+/// `RUN/analysis/epoch-EEEE/analysis.json` of the highest epoch, if any.
+fn latest_analysis(dir: &Path) -> Result<Option<PathBuf>> {
+    let root = dir.join("analysis");
+    let entries = match std::fs::read_dir(&root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", root.display())),
+    };
+    let mut best: Option<PathBuf> = None;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", root.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path().join("analysis.json");
+        if name.starts_with("epoch-") && path.exists() && best.as_ref().is_none_or(|b| *b < path) {
+            best = Some(path);
+        }
+    }
+    Ok(best)
+}
+
+/// Renders every figure the runs support into `out`; returns the files written.
+pub fn render(runs: &[RunData], out: &Path) -> Result<Vec<PathBuf>> {
+    let views: Vec<figures::Run> = runs
+        .iter()
+        .map(|r| figures::Run {
+            label: &r.label,
+            analysis: r.analysis.as_ref().map_or(&[][..], |a| &a.records[..]),
+            training: &r.training,
+            selected_alpha: r.analysis.as_ref().and_then(|a| a.selected_alpha),
+        })
+        .collect();
+    let mut written = vec![];
+    for (name, figure) in figures::figures(&views) {
+        written.extend(figures::write(&figure, out, &name)?);
+    }
+    Ok(written)
+}
+
+pub fn run(runs: &[PathBuf], out: &Path) -> Result<ExitCode> {
+    if runs.is_empty() {
+        bail!("give at least one --run");
+    }
+    let data = runs
+        .iter()
+        .map(|r| read_run(r))
+        .collect::<Result<Vec<_>>>()?;
+    let written = render(&data, out)?;
+    if written.is_empty() {
+        bail!("the runs hold no metrics to draw (train them, then run stepwise analyze)");
+    }
+    for path in written {
+        println!("{}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

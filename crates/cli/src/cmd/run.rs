@@ -1,0 +1,359 @@
+//! `stepwise run`: an experiment end to end. Every configuration × seed is trained into
+//! `OUT/runs/<label>-seed<seed>` (a finished run is kept, an interrupted one resumed), its
+//! final checkpoint analysed, then `OUT/figures/`, `OUT/summary.csv` and `OUT/report.md`
+//! (our numbers beside the paper's, and claims C1–C7) are written. Rerunning the command
+//! after a stop continues where it left off.
+
+use super::figures::{read_run, render, RunData};
+use super::open_dataset;
+use crate::args::RunArgs;
+use crate::progress::RunSink;
+use analysis::claims::{self, Verdict};
+use anyhow::{Context, Result};
+use domain::{ExperimentRun, ExperimentSpec, MetricName, ModelSpec, Split};
+use resnet::candle_device;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use train::{CheckpointStore, Outcome, Trainer, META_TRAIN_STATE};
+
+pub fn run(args: RunArgs, data_dir: &Path) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.spec)
+        .with_context(|| format!("reading {}", args.spec.display()))?;
+    let spec = ExperimentSpec::from_toml(&text)
+        .with_context(|| format!("experiment {}", args.spec.display()))?;
+    let out = &args.out;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    resnet::checkpoint::write_atomic(&out.join("experiment.toml"), text.as_bytes())?;
+    let device = candle_device(args.device)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    super::train::install_interrupt(stop.clone(), false)?;
+    let runs = spec.runs();
+    let started = std::time::Instant::now();
+    for (k, run) in runs.iter().enumerate() {
+        let dir = out.join("runs").join(run.dir_name());
+        eprintln!("[{}/{}] {} seed {}", k + 1, runs.len(), run.label, run.seed);
+        let Some(checkpoint) = train_to_end(run, &dir, data_dir, &device, &stop)? else {
+            eprintln!("stopped; run the same command again to continue");
+            return Ok(ExitCode::from(130));
+        };
+        analyse(&spec, &checkpoint, &dir, data_dir, &device)?;
+    }
+    let mut data = vec![];
+    for r in &runs {
+        let mut d = read_run(&out.join("runs").join(r.dir_name()))?;
+        d.label = r.label.clone();
+        data.push(d);
+    }
+    let figures = render(&data, &out.join("figures"))?;
+    let summary = summary_csv(&runs, &data);
+    resnet::checkpoint::write_atomic(&out.join("summary.csv"), summary.as_bytes())?;
+    let report = report(
+        &spec,
+        &runs,
+        &data,
+        &figures,
+        out,
+        started.elapsed().as_secs_f64(),
+    );
+    resnet::checkpoint::write_atomic(&out.join("report.md"), report.as_bytes())?;
+    eprintln!(
+        "{} runs; {} figure files in {}; report {}",
+        runs.len(),
+        figures.len(),
+        out.join("figures").display(),
+        out.join("report.md").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Trains `run` into `dir` to its last epoch: fresh, resumed from the newest checkpoint, or
+/// not at all when finished. Returns the final checkpoint, or None when stopped.
+fn train_to_end(
+    run: &ExperimentRun,
+    dir: &Path,
+    data_dir: &Path,
+    device: &candle_core::Device,
+    stop: &AtomicBool,
+) -> Result<Option<PathBuf>> {
+    let epochs = run.spec.epochs();
+    let ckpt_dir = dir.join("checkpoints");
+    let store = CheckpointStore::new(&ckpt_dir, Default::default(), epochs);
+    let newest = if ckpt_dir.exists() {
+        store.list()?.last().map(|(_, _, name)| ckpt_dir.join(name))
+    } else {
+        None
+    };
+    let dataset = open_dataset(&run.spec.data.dataset, data_dir, run.spec.data.labels)?;
+    let mut trainer = match &newest {
+        Some(path) => {
+            let ck = resnet::checkpoint::read(path)?;
+            let state: train::TrainState = ck.meta_json(META_TRAIN_STATE)?;
+            if state.epoch >= epochs && state.batch == 0 {
+                eprintln!("  finished earlier: {}", path.display());
+                return Ok(Some(path.clone()));
+            }
+            Trainer::resume(&ck, None, dataset, device, ckpt_dir.clone())?
+        }
+        None => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            Trainer::new(run.spec.clone(), dataset, device, ckpt_dir.clone())?
+        }
+    };
+    let spec_path = dir.join("spec.toml");
+    resnet::checkpoint::write_atomic(&spec_path, trainer.spec().to_toml().as_bytes())?;
+    let mut sink = RunSink::open(dir, trainer.state().epoch, epochs, false)?;
+    let outcome = trainer.run(&mut sink, stop);
+    sink.finish();
+    Ok(match outcome? {
+        Outcome::Finished => sink.last_checkpoint.map(|name| ckpt_dir.join(name)),
+        Outcome::Stopped { .. } => None,
+    })
+}
+
+/// Analyses a final checkpoint into `dir/analysis/epoch-EEEE/`, unless already done.
+fn analyse(
+    spec: &ExperimentSpec,
+    checkpoint: &Path,
+    dir: &Path,
+    data_dir: &Path,
+    device: &candle_core::Device,
+) -> Result<()> {
+    let ck = resnet::checkpoint::read(checkpoint)?;
+    let state: train::TrainState = ck.meta_json(META_TRAIN_STATE)?;
+    let out = dir
+        .join("analysis")
+        .join(format!("epoch-{:04}", state.epoch));
+    if out.join("analysis.json").exists() {
+        return Ok(());
+    }
+    let run: domain::RunSpec = ck.meta_json(train::META_SPEC)?;
+    let data = open_dataset(&run.data.dataset, data_dir, run.data.labels)?;
+    let result = super::analyze::analyse_checkpoint(&ck, &data, &spec.analysis, device)?;
+    eprintln!("  analysed in {:.1} s", result.seconds);
+    super::analyze::write(&out, &result)
+}
+
+/// The last value of a training metric over the whole split.
+fn final_metric(data: &RunData, name: MetricName, split: Split) -> Option<f64> {
+    data.training
+        .iter()
+        .rfind(|r| r.name == name && r.split == Some(split) && r.block.is_none())
+        .map(|r| r.value)
+}
+
+/// Accuracy of the analysed subset of a split (inference-mode BatchNorm).
+fn analysed_accuracy(data: &RunData, split: Split) -> Option<(f64, u32)> {
+    data.analysis.as_ref().and_then(|a| {
+        a.records
+            .iter()
+            .find(|r| r.name == MetricName::Accuracy && r.split == split && r.block.is_none())
+            .map(|r| (r.value, r.n))
+    })
+}
+
+fn summary_csv(runs: &[ExperimentRun], data: &[RunData]) -> String {
+    let mut out =
+        String::from("label,seed,epochs,test_accuracy,test_loss,train_accuracy_analysed\n");
+    for (run, d) in runs.iter().zip(data) {
+        let cell = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{}",
+            run.label,
+            run.seed,
+            run.spec.epochs(),
+            cell(final_metric(d, MetricName::Accuracy, Split::Test)),
+            cell(final_metric(d, MetricName::Loss, Split::Test)),
+            cell(analysed_accuracy(d, Split::Train).map(|a| a.0)),
+        );
+    }
+    out
+}
+
+/// Mean ± sample standard deviation (with n) of percentages.
+fn pct(values: &[f64]) -> String {
+    if values.is_empty() {
+        return "—".into();
+    }
+    let n = values.len() as f64;
+    let m = values.iter().sum::<f64>() / n;
+    if values.len() < 2 {
+        return format!("{:.2} (n=1)", 100.0 * m);
+    }
+    let sd = (values.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+    format!("{:.2} ± {:.2} (n={})", 100.0 * m, 100.0 * sd, values.len())
+}
+
+/// The paper's Table 1 values (paper.md) for a model of the paper's own shape (no width,
+/// block or unshared-count changes): trainable parameters, and train / test error in % on
+/// CIFAR-10 or CIFAR-100, where it gives them.
+fn paper_reference(model: &ModelSpec) -> (Option<u64>, Option<(f64, f64)>) {
+    let paper_shape = model.width.is_none()
+        && model.blocks.is_none()
+        && (model.sharing == domain::Sharing::None || model.unshared_blocks == 5)
+        && model.dtype == domain::Precision::F32;
+    if !paper_shape {
+        return (None, None);
+    }
+    let c100 = model.classes == 100;
+    let label = model.label();
+    let label = label.as_str();
+    let params = match (label, c100) {
+        ("resnet-32", false) => Some(467_946),
+        ("resnet-32", true) => Some(473_796),
+        ("resnet-38", false) => Some(565_386),
+        ("resnet-38", true) => Some(571_236),
+        ("resnet-56", false) => Some(857_706),
+        ("resnet-56", true) => Some(863_556),
+        ("resnet-110", false) => Some(1_734_666),
+        ("resnet-110", true) => Some(1_740_516),
+        ("single", false) => Some(1_825_010),
+        ("avgpool", false) => Some(12_183_010),
+        ("wide", false) => Some(45_711_050),
+        ("resnet-110-naive", false) => Some(565_386),
+        ("resnet-110-ubn", false) => Some(570_762),
+        ("resnet-146-ubn", false) => Some(573_450),
+        ("resnet-182-ubn", false) => Some(576_138),
+        ("resnet-110-ubn", true) => Some(576_612),
+        ("resnet-146-ubn", true) => Some(579_300),
+        ("resnet-182-ubn", true) => Some(581_988),
+        _ => None,
+    };
+    let errors = match (label, c100) {
+        ("resnet-32", false) => Some((1.53, 7.14)),
+        ("resnet-32", true) => Some((12.62, 30.08)),
+        ("resnet-38", false) => Some((1.20, 6.99)),
+        ("resnet-38", true) => Some((10.04, 29.66)),
+        ("resnet-56", false) => Some((0.58, 6.53)),
+        ("resnet-56", true) => Some((5.19, 28.99)),
+        ("resnet-110", false) => Some((0.22, 6.13)),
+        ("resnet-110", true) => Some((1.26, 27.54)),
+        ("resnet-110-ubn", false) => Some((0.63, 6.62)),
+        ("resnet-110-ubn", true) => Some((7.75, 29.94)),
+        ("resnet-146-ubn", false) => Some((0.68, 6.82)),
+        ("resnet-146-ubn", true) => Some((7.21, 29.49)),
+        ("resnet-182-ubn", false) => Some((0.48, 6.97)),
+        ("resnet-182-ubn", true) => Some((6.42, 29.33)),
+        _ => None,
+    };
+    (params, errors)
+}
+
+fn report(
+    spec: &ExperimentSpec,
+    runs: &[ExperimentRun],
+    data: &[RunData],
+    figures: &[PathBuf],
+    out: &Path,
+    seconds: f64,
+) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# Experiment `{}`\n", spec.name);
+    if let Some(d) = &spec.description {
+        let _ = writeln!(md, "{d}\n");
+    }
+    let dataset = &spec.data.dataset;
+    let _ = writeln!(
+        md,
+        "Data: `{dataset}`. Seeds: {:?}. Written by {} in {:.0} s (this invocation; runs \
+         finished earlier are not retrained). The paper's numbers are for CIFAR; on other \
+         data only the parameter counts are comparable.\n",
+        spec.seeds,
+        domain::CODE_VERSION,
+        seconds
+    );
+    let _ = writeln!(md, "## Table 1: parameters and errors\n");
+    let _ = writeln!(
+        md,
+        "Errors in %, mean ± sample standard deviation over seeds. Test error: the whole test \
+         set after the last epoch. Train error: inference-mode BatchNorm on the analysed \
+         subset of the un-augmented training set.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| configuration | parameters | paper | train error | test error | paper train / test |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    let mut labels: Vec<&str> = vec![];
+    for r in runs {
+        if !labels.contains(&r.label.as_str()) {
+            labels.push(&r.label);
+        }
+    }
+    let mut configs = vec![];
+    for label in &labels {
+        let members: Vec<(&ExperimentRun, &RunData)> = runs
+            .iter()
+            .zip(data)
+            .filter(|(r, _)| r.label == *label)
+            .collect();
+        let model = &members[0].0.spec.model;
+        let params = super::model::build(model)
+            .map(|net| net.trainable_count().to_string())
+            .unwrap_or_else(|_| "—".into());
+        let test_err: Vec<f64> = members
+            .iter()
+            .filter_map(|(_, d)| {
+                final_metric(d, MetricName::Accuracy, Split::Test).map(|a| 1.0 - a)
+            })
+            .collect();
+        let train_err: Vec<f64> = members
+            .iter()
+            .filter_map(|(_, d)| analysed_accuracy(d, Split::Train).map(|a| 1.0 - a.0))
+            .collect();
+        let (paper_params, paper_err) = paper_reference(model);
+        let _ = writeln!(
+            md,
+            "| {label} | {params} | {} | {} | {} | {} |",
+            paper_params.map_or("—".into(), |p| p.to_string()),
+            pct(&train_err),
+            pct(&test_err),
+            paper_err.map_or("—".into(), |(a, b)| format!("{a:.2} / {b:.2}")),
+        );
+        configs.push(claims::Config {
+            label,
+            arch: model.arch,
+            sharing: model.sharing,
+            depth: model
+                .layout()
+                .map(|l| domain::ModelSpec::depth_of(&l))
+                .unwrap_or(0),
+            seeds: members
+                .iter()
+                .filter_map(|(_, d)| d.analysis.as_ref())
+                .map(|a| (&a.records[..], a.selected_alpha))
+                .collect(),
+            test_errors: test_err,
+        });
+    }
+    let _ = writeln!(md, "\n## Claims (paper.md, thresholds fixed in advance)\n");
+    let _ = writeln!(md, "| claim | configuration | holds | measured |");
+    let _ = writeln!(md, "|---|---|---|---|");
+    for Verdict {
+        claim,
+        subject,
+        holds,
+        measured,
+    } in claims::evaluate(&configs)
+    {
+        let holds = match holds {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "undecided",
+        };
+        let _ = writeln!(md, "| {claim} | {subject} | {holds} | {measured} |");
+    }
+    let _ = writeln!(md, "\nC1 cosine < 0 for ≥ 80% of identity blocks · C2 Spearman ρ(block, cosine) < 0 over the last stage · C3 (`single`, `avgpool`) ℓ2 ratio of block 0 ≥ 2× the median of the others · C4 dropping: block 0 costs ≥ 20 points more than the median of blocks 2… (`single`, `avgpool`), no identity block costs ≥ 20 points (`resnet`, `wide`) · C5 ρ(block, intermediate accuracy) > 0.8 over the last stage · C6 with the selected α the cosine stays < 0 for all steps and borderline accuracy rises, with α = 1 it turns positive within 5 steps · C7 naive sharing: higher test error than UBN and faster activation-norm growth at initialisation than unshared. All on the test split of the analysed subset.\n");
+    let _ = writeln!(md, "## Figures\n");
+    for f in figures
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "svg"))
+    {
+        let rel = f.strip_prefix(out).unwrap_or(f);
+        let _ = writeln!(md, "![{}]({})", rel.display(), rel.display());
+    }
+    md
+}

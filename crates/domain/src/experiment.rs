@@ -1,0 +1,196 @@
+//! An experiment: configurations (one model each) × seeds, trained with shared data and
+//! training settings, analysed, drawn and compared with the paper together.
+
+use crate::spec::{parse_toml, Errors};
+use crate::{AnalysisSpec, DataSpec, ModelSpec, RunSpec, SpecError, TrainSpec};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Every configuration is trained once per seed.
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    pub data: DataSpec,
+    /// Training shared by every configuration (its `seed` is replaced by each seed).
+    #[serde(default)]
+    pub train: TrainSpec,
+    /// How each run's final checkpoint is analysed.
+    #[serde(default)]
+    pub analysis: AnalysisSpec,
+    pub configs: Vec<ConfigSpec>,
+}
+
+/// One configuration of an experiment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSpec {
+    /// Default: the model's label (`resnet-110`, `single`, `resnet-110-ubn`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    pub model: ModelSpec,
+    /// Replaces the experiment's training settings for this configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<TrainSpec>,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+
+/// One run of an experiment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExperimentRun {
+    pub label: String,
+    pub seed: u64,
+    pub spec: RunSpec,
+}
+
+impl ExperimentRun {
+    /// The run's directory name inside the experiment's output.
+    pub fn dir_name(&self) -> String {
+        format!("{}-seed{}", self.label, self.seed)
+    }
+}
+
+impl ExperimentSpec {
+    /// Parses a TOML experiment, naming the field of any error.
+    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
+        let spec: Self = parse_toml(text, "experiment")?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Every run: configurations in order, each with every seed.
+    pub fn runs(&self) -> Vec<ExperimentRun> {
+        let mut out = vec![];
+        for config in &self.configs {
+            let label = config.label.clone().unwrap_or_else(|| config.model.label());
+            for &seed in &self.seeds {
+                let mut train = config.train.clone().unwrap_or_else(|| self.train.clone());
+                train.seed = seed;
+                let spec = RunSpec {
+                    name: Some(format!("{}/{label}/seed{seed}", self.name)),
+                    tags: vec![self.name.clone()],
+                    model: config.model.clone(),
+                    data: self.data.clone(),
+                    train,
+                };
+                out.push(ExperimentRun {
+                    label: label.clone(),
+                    seed,
+                    spec,
+                });
+            }
+        }
+        out
+    }
+
+    /// Checks every field and every run, reporting all problems at once.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let mut e = Errors::default();
+        let tag_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if self.name.is_empty() || self.name.len() > 64 || !self.name.chars().all(tag_char) {
+            e.push("name", "1-64 of A-Z, a-z, 0-9, '.', '_', '-'");
+        }
+        if self.seeds.is_empty() || self.seeds.len() > 32 {
+            e.push("seeds", "give 1 to 32 seeds");
+        }
+        let mut seeds = self.seeds.clone();
+        seeds.sort_unstable();
+        seeds.dedup();
+        if seeds.len() != self.seeds.len() {
+            e.push("seeds", "seeds must differ");
+        }
+        if self.configs.is_empty() || self.configs.len() > 64 {
+            e.push("configs", "give 1 to 64 configurations");
+        }
+        let mut labels: Vec<String> = vec![];
+        for (i, config) in self.configs.iter().enumerate() {
+            let label = config.label.clone().unwrap_or_else(|| config.model.label());
+            if label.is_empty() || label.len() > 64 || !label.chars().all(tag_char) {
+                e.push(
+                    &format!("configs[{i}].label"),
+                    "1-64 of A-Z, a-z, 0-9, '.', '_', '-'",
+                );
+            }
+            if labels.contains(&label) {
+                e.push(
+                    &format!("configs[{i}].label"),
+                    format!("{label:?} is used twice; give the configurations labels"),
+                );
+            }
+            labels.push(label);
+        }
+        if let Err(bad) = self.analysis.validate() {
+            e.extend(bad);
+        }
+        // Each configuration's run spec, once (the seed does not change its validity).
+        for (i, run) in self
+            .runs()
+            .iter()
+            .step_by(self.seeds.len().max(1))
+            .enumerate()
+        {
+            if let Err(bad) = run.spec.validate() {
+                e.extend_prefixed(&format!("configs[{i}]."), bad);
+            }
+        }
+        e.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QUICK: &str = r#"
+name = "demo"
+seeds = [0, 1]
+[data]
+dataset = "shapes10"
+[train]
+epochs = 2
+[[configs]]
+model = { arch = "resnet", depth = 8, width = 8 }
+[[configs]]
+label = "narrow"
+model = { arch = "resnet", depth = 8, width = 4 }
+"#;
+
+    #[test]
+    fn runs_are_configurations_times_seeds() {
+        let spec = ExperimentSpec::from_toml(QUICK).unwrap();
+        let runs = spec.runs();
+        let names: Vec<String> = runs.iter().map(ExperimentRun::dir_name).collect();
+        assert_eq!(
+            names,
+            [
+                "resnet-8-seed0",
+                "resnet-8-seed1",
+                "narrow-seed0",
+                "narrow-seed1"
+            ]
+        );
+        assert_eq!(runs[1].spec.train.seed, 1);
+        assert_eq!(runs[1].spec.train.epochs, Some(2));
+        assert_eq!(runs[3].spec.model.width, Some(4));
+    }
+
+    #[test]
+    fn errors_name_the_configuration_and_field() {
+        let bad = QUICK.replace("depth = 8, width = 4", "depth = 9, width = 4");
+        let err = ExperimentSpec::from_toml(&bad).unwrap_err().to_string();
+        assert!(err.contains("configs[1].model.depth"), "{err}");
+        let twice = QUICK
+            .replace("label = \"narrow\"\n", "")
+            .replace("width = 4", "width = 8");
+        let err = ExperimentSpec::from_toml(&twice).unwrap_err().to_string();
+        assert!(err.contains("used twice"), "{err}");
+        let seeds = QUICK.replace("seeds = [0, 1]", "seeds = [1, 1]");
+        assert!(ExperimentSpec::from_toml(&seeds).is_err());
+    }
+}

@@ -1,0 +1,327 @@
+//! A small line-chart model and its rendering with plotters, to SVG and PNG. A figure is a
+//! row of panels; a series maps each x to the values of several seeds, drawn as their mean
+//! with a mean ± sample-standard-deviation band when there are two or more.
+
+use crate::{FigureError, Result};
+use plotters::coord::Shift;
+use plotters::element::DashedPathElement;
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+/// Family name under which the bundled font is registered.
+const FONT: &str = "sans-serif";
+
+/// PNG text needs a font file, and a bare machine may have none: DejaVu Sans is bundled
+/// (its licence is in assets/).
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let bytes = include_bytes!("../assets/DejaVuSans.ttf");
+        plotters::style::register_font(FONT, FontStyle::Normal, bytes)
+            .unwrap_or_else(|_| panic!("the bundled font is a valid TrueType file"));
+    });
+}
+
+#[derive(Clone, Debug)]
+pub struct Point {
+    pub x: f64,
+    /// One value per seed.
+    pub values: Vec<f64>,
+    /// Drawn with a hollow marker (projection blocks).
+    pub hollow: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Series {
+    pub label: String,
+    pub color: RGBColor,
+    pub dashed: bool,
+    pub points: Vec<Point>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Panel {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub series: Vec<Series>,
+    /// A dotted horizontal line (e.g. y = 0 for cosines).
+    pub reference_y: Option<f64>,
+    /// A note after the x axis label (e.g. what hollow markers mean).
+    pub note: Option<String>,
+    /// Values above this run off the top (a diverging curve would flatten the others).
+    pub y_max: Option<f64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Figure {
+    pub panels: Vec<Panel>,
+}
+
+/// Mean and sample standard deviation (0 for one value).
+pub fn mean_std(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    if values.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt())
+}
+
+/// Qualitative colours (Tableau 10), for architectures, groups and step sizes.
+pub fn palette(i: usize) -> RGBColor {
+    const COLORS: [(u8, u8, u8); 10] = [
+        (31, 119, 180),
+        (255, 127, 14),
+        (44, 160, 44),
+        (214, 39, 40),
+        (148, 103, 189),
+        (140, 86, 75),
+        (227, 119, 194),
+        (127, 127, 127),
+        (188, 189, 34),
+        (23, 190, 207),
+    ];
+    let (r, g, b) = COLORS[i % COLORS.len()];
+    RGBColor(r, g, b)
+}
+
+/// Blue (t = 0) to red (t = 1), for blocks ordered by depth.
+pub fn blue_to_red(t: f64) -> RGBColor {
+    let t = t.clamp(0.0, 1.0);
+    let lerp = |a: f64, b: f64| (a + (b - a) * t).round() as u8;
+    RGBColor(lerp(33.0, 214.0), lerp(102.0, 39.0), lerp(172.0, 40.0))
+}
+
+/// A tick label: integers as such, very large or small magnitudes in scientific notation,
+/// others with three decimals at most.
+fn tick(v: &f64) -> String {
+    let a = v.abs();
+    if (v - v.round()).abs() < 1e-9 && a < 1e5 {
+        format!("{}", v.round() as i64)
+    } else if a >= 1e5 || a < 1e-3 {
+        format!("{v:.1e}")
+    } else {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+const PANEL_WIDTH: u32 = 640;
+const HEIGHT: u32 = 480;
+
+/// Writes `dir/name.svg` and `dir/name.png`.
+pub fn write(figure: &Figure, dir: &Path, name: &str) -> Result<Vec<PathBuf>> {
+    register_font();
+    std::fs::create_dir_all(dir).map_err(|source| FigureError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let size = (PANEL_WIDTH * figure.panels.len().max(1) as u32, HEIGHT);
+    let svg = dir.join(format!("{name}.svg"));
+    let png = dir.join(format!("{name}.png"));
+    draw_all(SVGBackend::new(&svg, size).into_drawing_area(), figure)
+        .map_err(|e| FigureError::Draw(format!("{}: {e}", svg.display())))?;
+    draw_all(BitMapBackend::new(&png, size).into_drawing_area(), figure)
+        .map_err(|e| FigureError::Draw(format!("{}: {e}", png.display())))?;
+    Ok(vec![svg, png])
+}
+
+fn draw_all<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, figure: &Figure) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let areas = root.split_evenly((1, figure.panels.len().max(1)));
+    for (panel, area) in figure.panels.iter().zip(areas) {
+        draw_panel(&area, panel).map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
+/// The x and y ranges of everything drawn, padded.
+fn bounds(panel: &Panel) -> ((f64, f64), (f64, f64)) {
+    let mut points = vec![];
+    for s in &panel.series {
+        for p in &s.points {
+            let finite: Vec<f64> = p.values.iter().copied().filter(|v| v.is_finite()).collect();
+            if !finite.is_empty() {
+                let (m, sd) = mean_std(&finite);
+                points.push((p.x, m, sd));
+            }
+        }
+    }
+    let limit = panel.y_max.unwrap_or(f64::INFINITY);
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, m, sd) in &points {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        if m <= limit {
+            y0 = y0.min(m - sd);
+            y1 = y1.max((m + sd).min(limit));
+        }
+    }
+    if let Some(r) = panel.reference_y {
+        y0 = y0.min(r);
+        y1 = y1.max(r);
+    }
+    if x0 > x1 {
+        return ((0.0, 1.0), (0.0, 1.0));
+    }
+    let pad = |lo: f64, hi: f64| {
+        let span = if hi > lo { hi - lo } else { hi.abs().max(1.0) };
+        (lo - 0.05 * span, hi + 0.05 * span)
+    };
+    (pad(x0, x1), pad(y0, y1))
+}
+
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panel: &Panel,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let ((x0, x1), (y0, y1)) = bounds(panel);
+    let mut chart = ChartBuilder::on(area)
+        .caption(&panel.title, (FONT, 20))
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x0..x1, y0..y1)?;
+    // Block indices, steps and epochs are integers: ticks between them stay blank.
+    let integral_x = |v: &f64| {
+        if (v - v.round()).abs() < 1e-9 {
+            format!("{}", v.round() as i64)
+        } else {
+            String::new()
+        }
+    };
+    let x_desc = match &panel.note {
+        Some(note) => format!("{}   ({note})", panel.x_label),
+        None => panel.x_label.clone(),
+    };
+    chart
+        .configure_mesh()
+        .x_label_formatter(&integral_x)
+        .y_label_formatter(&tick)
+        .x_desc(x_desc)
+        .y_desc(panel.y_label.as_str())
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 15))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()?;
+    if let Some(y) = panel.reference_y {
+        chart.draw_series(DashedLineSeries::new(
+            [(x0, y), (x1, y)],
+            4,
+            4,
+            BLACK.mix(0.5).stroke_width(1),
+        ))?;
+    }
+    for s in &panel.series {
+        let stats: Vec<(f64, f64, f64, bool)> = s
+            .points
+            .iter()
+            .filter_map(|p| {
+                let finite: Vec<f64> = p.values.iter().copied().filter(|v| v.is_finite()).collect();
+                (!finite.is_empty()).then(|| {
+                    let (m, sd) = mean_std(&finite);
+                    (p.x, m, sd, p.hollow)
+                })
+            })
+            .collect();
+        if stats.iter().any(|&(_, _, sd, _)| sd > 0.0) {
+            let upper = stats.iter().map(|&(x, m, sd, _)| (x, m + sd));
+            let lower = stats.iter().rev().map(|&(x, m, sd, _)| (x, m - sd));
+            chart.draw_series(std::iter::once(Polygon::new(
+                upper.chain(lower).collect::<Vec<_>>(),
+                s.color.mix(0.18).filled(),
+            )))?;
+        }
+        let line: Vec<(f64, f64)> = stats.iter().map(|&(x, m, _, _)| (x, m)).collect();
+        let style = s.color.stroke_width(2);
+        let color = s.color;
+        let labelled = !s.label.is_empty();
+        if s.dashed {
+            let drawn = chart.draw_series(DashedLineSeries::new(line, 6, 4, style))?;
+            if labelled {
+                drawn.label(s.label.as_str()).legend(move |(x, y)| {
+                    DashedPathElement::new([(x, y), (x + 20, y)], 5, 3, color.stroke_width(2))
+                });
+            }
+        } else {
+            let drawn = chart.draw_series(LineSeries::new(line, style))?;
+            if labelled {
+                drawn.label(s.label.as_str()).legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            }
+        }
+        if stats.len() <= 60 {
+            chart.draw_series(stats.iter().map(|&(x, m, _, hollow)| {
+                if hollow {
+                    Circle::new((x, m), 5, s.color.stroke_width(2))
+                } else {
+                    Circle::new((x, m), 3, s.color.filled())
+                }
+            }))?;
+        }
+    }
+    if panel.series.iter().any(|s| !s.label.is_empty()) {
+        chart
+            .configure_series_labels()
+            .label_font((FONT, 13))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_and_sample_std() {
+        assert_eq!(mean_std(&[2.0]), (2.0, 0.0));
+        let (m, sd) = mean_std(&[1.0, 2.0, 3.0]);
+        assert_eq!(m, 2.0);
+        assert!((sd - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn ticks_read_naturally() {
+        assert_eq!(tick(&10.0), "10");
+        assert_eq!(tick(&0.25), "0.25");
+        assert_eq!(tick(&-0.1), "-0.1");
+        assert_eq!(tick(&3e8), "3.0e8");
+        assert_eq!(tick(&0.0004), "4.0e-4");
+    }
+
+    #[test]
+    fn values_above_the_cap_do_not_set_the_range() {
+        let series = |values: &[f64]| Series {
+            label: "s".into(),
+            color: palette(0),
+            dashed: false,
+            points: values
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| Point {
+                    x: i as f64,
+                    values: vec![v],
+                    hollow: false,
+                })
+                .collect(),
+        };
+        let panel = Panel {
+            series: vec![series(&[1.0, 0.9, 0.8]), series(&[1.0, 5.0, 1e9])],
+            y_max: Some(6.0),
+            ..Panel::default()
+        };
+        let (_, (_, y1)) = bounds(&panel);
+        assert!(y1 < 10.0, "{y1}");
+    }
+}

@@ -1,0 +1,461 @@
+//! The paper's figures (2–8) and the Taylor check, built from runs' metric records. Runs with
+//! the same label (architecture) are seeds of one configuration: their values are drawn as
+//! mean ± standard deviation.
+
+use crate::chart::{blue_to_red, palette, Figure, Panel, Point, Series};
+use domain::{AnalysisRecord, BlockKind, Group, MetricName, MetricRecord, Split, Stat};
+use std::collections::BTreeMap;
+
+/// One trained run: its label (runs sharing a label are seeds), the analysis of its final
+/// checkpoint and its training metrics.
+pub struct Run<'a> {
+    pub label: &'a str,
+    pub analysis: &'a [AnalysisRecord],
+    pub training: &'a [MetricRecord],
+    /// The unrolling step size selected by paper.md's rule, if unrolling was analysed.
+    pub selected_alpha: Option<f64>,
+}
+
+/// Labels in order of first appearance, each with its runs.
+fn by_label<'r, 'a>(runs: &'r [Run<'a>]) -> Vec<(&'a str, Vec<&'r Run<'a>>)> {
+    let mut out: Vec<(&str, Vec<&Run>)> = vec![];
+    for run in runs {
+        match out.iter_mut().find(|(l, _)| *l == run.label) {
+            Some((_, group)) => group.push(run),
+            None => out.push((run.label, vec![run])),
+        }
+    }
+    out
+}
+
+/// Per x (ordered), the values of every seed, and whether the point is a projection block.
+type Collected = BTreeMap<i64, (f64, Vec<f64>, bool)>;
+
+fn points(collected: Collected) -> Vec<Point> {
+    collected
+        .into_values()
+        .map(|(x, values, hollow)| Point { x, values, hollow })
+        .collect()
+}
+
+/// Values of analysis records matching `keep`, per block index.
+fn per_block(seeds: &[&Run], keep: impl Fn(&AnalysisRecord) -> bool) -> Vec<Point> {
+    let mut c = Collected::new();
+    for run in seeds {
+        for r in run.analysis.iter().filter(|r| keep(r)) {
+            let Some(i) = r.block_index else { continue };
+            let e = c.entry(i as i64).or_insert((i as f64, vec![], false));
+            e.1.push(r.value);
+            e.2 |= r.kind == Some(BlockKind::Projection);
+        }
+    }
+    points(c)
+}
+
+/// Values of analysis records matching `keep`, per path step.
+fn per_step(seeds: &[&Run], keep: impl Fn(&AnalysisRecord) -> bool) -> Vec<Point> {
+    let mut c = Collected::new();
+    for run in seeds {
+        for r in run.analysis.iter().filter(|r| keep(r)) {
+            let Some(s) = r.step else { continue };
+            c.entry(s as i64)
+                .or_insert((s as f64, vec![], false))
+                .1
+                .push(r.value);
+        }
+    }
+    points(c)
+}
+
+/// Values of training records matching `keep`, per epoch.
+fn per_epoch(seeds: &[&Run], keep: impl Fn(&MetricRecord) -> bool) -> Vec<Point> {
+    let mut c = Collected::new();
+    for run in seeds {
+        for r in run.training.iter().filter(|r| keep(r)) {
+            c.entry(r.epoch as i64)
+                .or_insert((r.epoch as f64, vec![], false))
+                .1
+                .push(r.value);
+        }
+    }
+    points(c)
+}
+
+fn split_name(split: Split) -> &'static str {
+    match split {
+        Split::Train => "train",
+        Split::Test => "test",
+    }
+}
+
+fn group_name(group: Group) -> &'static str {
+    match group {
+        Group::All => "all",
+        Group::Borderline => "borderline",
+        Group::Correct => "already correct",
+    }
+}
+
+const PROJECTION_NOTE: &str = "hollow: projection blocks, against the shortcut P(h)";
+
+/// A block-wise panel: one curve per label and split (test solid, train dashed).
+fn blockwise(
+    groups: &[(&str, Vec<&Run>)],
+    name: MetricName,
+    stat: Option<Stat>,
+    splits: &[Split],
+    panel: Panel,
+) -> Option<Figure> {
+    let mut series = vec![];
+    for (i, (label, seeds)) in groups.iter().enumerate() {
+        for &split in splits {
+            let pts = per_block(seeds, |r| {
+                r.name == name && r.split == split && r.stat == stat
+            });
+            if pts.is_empty() {
+                continue;
+            }
+            series.push(Series {
+                label: format!("{label} ({})", split_name(split)),
+                color: palette(i),
+                dashed: split == Split::Train,
+                points: pts,
+            });
+        }
+    }
+    (!series.is_empty()).then(|| Figure {
+        panels: vec![Panel { series, ..panel }],
+    })
+}
+
+/// Every figure the records support, as (file stem, figure).
+pub fn figures(runs: &[Run]) -> Vec<(String, Figure)> {
+    let groups = by_label(runs);
+    let both = [Split::Test, Split::Train];
+    let mut out = vec![];
+    let mut add = |name: String, figure: Option<Figure>| {
+        if let Some(f) = figure {
+            out.push((name, f));
+        }
+    };
+    add(
+        "fig2_cosine".into(),
+        blockwise(
+            &groups,
+            MetricName::Cosine,
+            Some(Stat::Mean),
+            &both,
+            Panel {
+                title: "Cosine loss per block (Fig. 2)".into(),
+                x_label: "block".into(),
+                y_label: "mean cos(F_i(h_i), ∂L/∂h_i)".into(),
+                reference_y: Some(0.0),
+                note: Some(PROJECTION_NOTE.into()),
+                ..Panel::default()
+            },
+        ),
+    );
+    add(
+        "fig3_l2_ratio".into(),
+        blockwise(
+            &groups,
+            MetricName::L2Ratio,
+            Some(Stat::Mean),
+            &both,
+            Panel {
+                title: "Relative change per block (Fig. 3)".into(),
+                x_label: "block".into(),
+                y_label: "mean ‖F_i(h_i)‖ / ‖h_i‖".into(),
+                note: Some(PROJECTION_NOTE.into()),
+                ..Panel::default()
+            },
+        ),
+    );
+    add(
+        "fig4_drop".into(),
+        blockwise(
+            &groups,
+            MetricName::DropAccuracy,
+            None,
+            &[Split::Test],
+            Panel {
+                title: "Test accuracy with one block dropped (Fig. 4)".into(),
+                x_label: "dropped block".into(),
+                y_label: "test accuracy".into(),
+                note: Some("hollow: projection blocks, shortcut kept".into()),
+                ..Panel::default()
+            },
+        ),
+    );
+    for (label, seeds) in &groups {
+        add(
+            format!("fig5_intermediate_{label}"),
+            intermediate(label, seeds),
+        );
+        add(format!("fig6_borderline_{label}"), borderline(label, seeds));
+        add(format!("fig7_unrolling_{label}"), unrolling(label, seeds));
+    }
+    add("fig8_sharing".into(), sharing(&groups));
+    add("taylor".into(), taylor(&groups));
+    out
+}
+
+/// Intermediate test accuracy of every last-stage block across epochs, blue → red by depth.
+fn intermediate(label: &str, seeds: &[&Run]) -> Option<Figure> {
+    let mut blocks: BTreeMap<u32, String> = BTreeMap::new();
+    for run in seeds {
+        for r in run.training {
+            if r.name == MetricName::IntermediateAccuracy {
+                if let (Some(i), Some(b)) = (r.block_index, &r.block) {
+                    blocks.insert(i, b.to_string());
+                }
+            }
+        }
+    }
+    if blocks.is_empty() {
+        return None;
+    }
+    let last = blocks.len().saturating_sub(1).max(1) as f64;
+    let series = blocks
+        .iter()
+        .enumerate()
+        .map(|(k, (&index, id))| {
+            // Label the shallowest, middle and deepest blocks; the colour tells the rest.
+            let labelled = k == 0 || k == blocks.len() - 1 || k == blocks.len() / 2;
+            Series {
+                label: if labelled { id.clone() } else { String::new() },
+                color: blue_to_red(k as f64 / last),
+                dashed: false,
+                points: per_epoch(seeds, |r| {
+                    r.name == MetricName::IntermediateAccuracy
+                        && r.split == Some(Split::Test)
+                        && r.block_index == Some(index)
+                }),
+            }
+        })
+        .collect();
+    Some(Figure {
+        panels: vec![Panel {
+            title: format!("{label}: head on each last-stage block (Fig. 5)"),
+            x_label: "epoch".into(),
+            y_label: "test accuracy".into(),
+            series,
+            note: Some("blue: first block of the stage … red: last".into()),
+            ..Panel::default()
+        }],
+    })
+}
+
+/// Loss, accuracy and entropy along the last blocks for borderline / correct / all.
+fn borderline(label: &str, seeds: &[&Run]) -> Option<Figure> {
+    let metrics = [
+        (MetricName::BorderlineLoss, "loss"),
+        (MetricName::BorderlineAccuracy, "accuracy"),
+        (MetricName::BorderlineEntropy, "entropy"),
+    ];
+    let mut panels = vec![];
+    for (name, what) in metrics {
+        let mut series = vec![];
+        for (gi, group) in [Group::Borderline, Group::Correct, Group::All]
+            .into_iter()
+            .enumerate()
+        {
+            for split in [Split::Test, Split::Train] {
+                let pts = per_step(seeds, |r| {
+                    r.name == name && r.group == Some(group) && r.split == split
+                });
+                if pts.is_empty() {
+                    continue;
+                }
+                series.push(Series {
+                    label: format!("{} ({})", group_name(group), split_name(split)),
+                    color: palette(gi),
+                    dashed: split == Split::Train,
+                    points: pts,
+                });
+            }
+        }
+        if !series.is_empty() {
+            panels.push(Panel {
+                title: format!("{label}: {what} (Fig. 6)"),
+                x_label: "position in the last blocks (0 = window input)".into(),
+                y_label: what.into(),
+                series,
+                ..Panel::default()
+            });
+        }
+    }
+    (!panels.is_empty()).then_some(Figure { panels })
+}
+
+/// Unrolling the last block: loss, borderline accuracy and cosine per step, per α.
+fn unrolling(label: &str, seeds: &[&Run]) -> Option<Figure> {
+    let mut alphas: Vec<f64> = vec![];
+    for run in seeds {
+        for r in run
+            .analysis
+            .iter()
+            .filter(|r| r.name == MetricName::UnrollLoss)
+        {
+            if let Some(a) = r.alpha {
+                if !alphas.contains(&a) {
+                    alphas.push(a);
+                }
+            }
+        }
+    }
+    if alphas.is_empty() {
+        return None;
+    }
+    alphas.sort_by(|a, b| b.total_cmp(a));
+    let selected = seeds.first().and_then(|r| r.selected_alpha);
+    // Losses of diverging step sizes run off the top, above 5× the loss before unrolling.
+    let start_loss = seeds
+        .iter()
+        .flat_map(|r| r.analysis.iter())
+        .filter(|r| r.name == MetricName::UnrollLoss && r.step == Some(0))
+        .map(|r| r.value)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let panel = |name: MetricName, group: Group, split: Split, title: &str, y: &str| Panel {
+        title: format!("{label}: {title} (Fig. 7)"),
+        x_label: "unrolling step k".into(),
+        y_label: y.into(),
+        reference_y: (name == MetricName::UnrollCosine).then_some(0.0),
+        y_max: (name == MetricName::UnrollLoss && start_loss.is_finite()).then(|| 5.0 * start_loss),
+        series: alphas
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| Series {
+                label: if Some(a) == selected {
+                    format!("α = {a} (selected)")
+                } else {
+                    format!("α = {a}")
+                },
+                color: palette(i),
+                dashed: false,
+                points: per_step(seeds, |r| {
+                    r.name == name
+                        && r.alpha == Some(a)
+                        && r.group == Some(group)
+                        && r.split == split
+                }),
+            })
+            .collect(),
+        ..Panel::default()
+    };
+    Some(Figure {
+        panels: vec![
+            panel(
+                MetricName::UnrollLoss,
+                Group::All,
+                Split::Train,
+                "train loss",
+                "loss",
+            ),
+            panel(
+                MetricName::UnrollAccuracy,
+                Group::Borderline,
+                Split::Test,
+                "borderline test accuracy",
+                "accuracy",
+            ),
+            panel(
+                MetricName::UnrollCosine,
+                Group::All,
+                Split::Test,
+                "cosine",
+                "mean cosine",
+            ),
+        ],
+    })
+}
+
+/// Activation norms of freshly initialised models per block, and the gradient-norm ratio
+/// across training (Fig. 8).
+fn sharing(groups: &[(&str, Vec<&Run>)]) -> Option<Figure> {
+    let mut norms = vec![];
+    let mut ratios = vec![];
+    for (i, (label, seeds)) in groups.iter().enumerate() {
+        let mut pts = per_block(seeds, |r| {
+            r.name == MetricName::ActivationNorm
+                && r.stat == Some(Stat::Mean)
+                && r.split == Split::Test
+        });
+        for p in &mut pts {
+            p.values.iter_mut().for_each(|v| *v = v.log10());
+        }
+        if !pts.is_empty() {
+            norms.push(Series {
+                label: label.to_string(),
+                color: palette(i),
+                dashed: false,
+                points: pts,
+            });
+        }
+        let pts = per_epoch(seeds, |r| {
+            r.name == MetricName::GradNormRatio && r.split == Some(Split::Test)
+        });
+        if !pts.is_empty() {
+            ratios.push(Series {
+                label: label.to_string(),
+                color: palette(i),
+                dashed: false,
+                points: pts,
+            });
+        }
+    }
+    let mut panels = vec![];
+    if !norms.is_empty() {
+        panels.push(Panel {
+            title: "Activation norms at initialisation (Fig. 8)".into(),
+            x_label: "block".into(),
+            y_label: "log10 mean ‖h_i‖".into(),
+            series: norms,
+            ..Panel::default()
+        });
+    }
+    if !ratios.is_empty() {
+        panels.push(Panel {
+            title: "Gradient-norm ratio during training (Fig. 8)".into(),
+            x_label: "epoch".into(),
+            y_label: "‖∂L/∂h_1‖ / ‖∂L/∂h_last stage‖".into(),
+            series: ratios,
+            ..Panel::default()
+        });
+    }
+    (!panels.is_empty()).then_some(Figure { panels })
+}
+
+/// Our Taylor check: actual change of the head's loss across each last-stage block against
+/// its first-order prediction.
+fn taylor(groups: &[(&str, Vec<&Run>)]) -> Option<Figure> {
+    let mut series = vec![];
+    for (i, (label, seeds)) in groups.iter().enumerate() {
+        for (name, what, dashed) in [
+            (MetricName::TaylorActual, "actual", false),
+            (MetricName::TaylorPredicted, "first-order", true),
+        ] {
+            let pts = per_block(seeds, |r| {
+                r.name == name && r.stat == Some(Stat::Mean) && r.split == Split::Test
+            });
+            if !pts.is_empty() {
+                series.push(Series {
+                    label: format!("{label} {what}"),
+                    color: palette(i),
+                    dashed,
+                    points: pts,
+                });
+            }
+        }
+    }
+    (!series.is_empty()).then(|| Figure {
+        panels: vec![Panel {
+            title: "Taylor check: change of the head's loss per block".into(),
+            x_label: "block (last stage)".into(),
+            y_label: "mean ℓ(h_{i+1}) − ℓ(h_i)".into(),
+            reference_y: Some(0.0),
+            series,
+            ..Panel::default()
+        }],
+    })
+}
