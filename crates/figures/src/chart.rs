@@ -101,7 +101,7 @@ fn tick(v: &f64) -> String {
     let a = v.abs();
     if (v - v.round()).abs() < 1e-9 && a < 1e5 {
         format!("{}", v.round() as i64)
-    } else if a >= 1e5 || a < 1e-3 {
+    } else if !(1e-3..1e5).contains(&a) {
         format!("{v:.1e}")
     } else {
         let s = format!("{v:.3}");
@@ -218,18 +218,26 @@ fn draw_panel<DB: DrawingBackend>(
             BLACK.mix(0.5).stroke_width(1),
         ))?;
     }
-    for s in &panel.series {
-        let stats: Vec<(f64, f64, f64, bool)> = s
-            .points
-            .iter()
-            .filter_map(|p| {
-                let finite: Vec<f64> = p.values.iter().copied().filter(|v| v.is_finite()).collect();
-                (!finite.is_empty()).then(|| {
-                    let (m, sd) = mean_std(&finite);
-                    (p.x, m, sd, p.hollow)
+    // Mean and standard deviation per point, per series.
+    let stats: Vec<Vec<(f64, f64, f64, bool)>> = panel
+        .series
+        .iter()
+        .map(|s| {
+            s.points
+                .iter()
+                .filter_map(|p| {
+                    let finite: Vec<f64> =
+                        p.values.iter().copied().filter(|v| v.is_finite()).collect();
+                    (!finite.is_empty()).then(|| {
+                        let (m, sd) = mean_std(&finite);
+                        (p.x, m, sd, p.hollow)
+                    })
                 })
-            })
-            .collect();
+                .collect()
+        })
+        .collect();
+    // Every band first, so that no band hides another series' line.
+    for (s, stats) in panel.series.iter().zip(&stats) {
         if stats.iter().any(|&(_, _, sd, _)| sd > 0.0) {
             let upper = stats.iter().map(|&(x, m, sd, _)| (x, m + sd));
             let lower = stats.iter().rev().map(|&(x, m, sd, _)| (x, m - sd));
@@ -238,6 +246,8 @@ fn draw_panel<DB: DrawingBackend>(
                 s.color.mix(0.18).filled(),
             )))?;
         }
+    }
+    for (s, stats) in panel.series.iter().zip(&stats) {
         let line: Vec<(f64, f64)> = stats.iter().map(|&(x, m, _, _)| (x, m)).collect();
         let style = s.color.stroke_width(2);
         let color = s.color;

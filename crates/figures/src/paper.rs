@@ -321,7 +321,8 @@ fn unrolling(label: &str, seeds: &[&Run]) -> Option<Figure> {
         x_label: "unrolling step k".into(),
         y_label: y.into(),
         reference_y: (name == MetricName::UnrollCosine).then_some(0.0),
-        y_max: (name == MetricName::UnrollLoss && start_loss.is_finite()).then(|| 5.0 * start_loss),
+        y_max: (name == MetricName::UnrollLoss && start_loss.is_finite())
+            .then_some(5.0 * start_loss),
         series: alphas
             .iter()
             .enumerate()

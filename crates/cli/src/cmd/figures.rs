@@ -101,8 +101,7 @@ pub fn run(runs: &[PathBuf], out: &Path) -> Result<ExitCode> {
     if written.is_empty() {
         bail!("the runs hold no metrics to draw (train them, then run stepwise analyze)");
     }
-    for path in written {
-        println!("{}", path.display());
-    }
+    let listing: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+    super::print_text(&listing.join("\n"))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -8,10 +8,14 @@ pub mod run;
 pub mod selftest;
 pub mod train;
 
-/// Pretty JSON on stdout, for `--json`. A closed pipe (`| head`) is not an error.
+/// Pretty JSON on stdout, for `--json`.
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    print_text(&serde_json::to_string_pretty(value)?)
+}
+
+/// A line on stdout; a closed pipe (`| head`) is not an error.
+pub fn print_text(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
-    let text = serde_json::to_string_pretty(value)?;
     match writeln!(std::io::stdout().lock(), "{text}") {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
