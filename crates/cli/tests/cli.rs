@@ -324,6 +324,16 @@ fn the_smoke_experiment_trains_analyses_draws_and_reports() {
     ok(&again);
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert_eq!(stderr.matches("finished earlier").count(), 2, "{stderr}");
+    // The same output directory with a changed experiment is refused, not mixed.
+    let changed = std::fs::read_to_string(spec)
+        .unwrap()
+        .replace("epochs = 1", "epochs = 2");
+    std::fs::write(dir.path().join("changed.toml"), changed).unwrap();
+    let err = failed(&stepwise(
+        dir.path(),
+        &["run", "changed.toml", "--out", "exp"],
+    ));
+    assert!(err.contains("different spec"), "{err}");
 }
 
 #[cfg(unix)]

@@ -9,7 +9,7 @@ use super::open_dataset;
 use crate::args::RunArgs;
 use crate::progress::RunSink;
 use analysis::claims::{self, Verdict};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use domain::{ExperimentRun, ExperimentSpec, MetricName, ModelSpec, Split};
 use resnet::candle_device;
 use std::fmt::Write as _;
@@ -26,7 +26,6 @@ pub fn run(args: RunArgs, data_dir: &Path) -> Result<ExitCode> {
         .with_context(|| format!("experiment {}", args.spec.display()))?;
     let out = &args.out;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    resnet::checkpoint::write_atomic(&out.join("experiment.toml"), text.as_bytes())?;
     let device = candle_device(args.device)?;
     let stop = Arc::new(AtomicBool::new(false));
     super::train::install_interrupt(stop.clone(), false)?;
@@ -41,6 +40,8 @@ pub fn run(args: RunArgs, data_dir: &Path) -> Result<ExitCode> {
         };
         analyse(&spec, &checkpoint, &dir, data_dir, &device)?;
     }
+    // Written once every run matches it (a different experiment is refused above).
+    resnet::checkpoint::write_atomic(&out.join("experiment.toml"), text.as_bytes())?;
     let mut data = vec![];
     for r in &runs {
         let mut d = read_run(&out.join("runs").join(r.dir_name()))?;
@@ -90,6 +91,18 @@ fn train_to_end(
     let mut trainer = match &newest {
         Some(path) => {
             let ck = resnet::checkpoint::read(path)?;
+            // A changed experiment must not silently continue runs of the old one.
+            let stored: domain::RunSpec = ck.meta_json(train::META_SPEC)?;
+            if stored.model != run.spec.model
+                || stored.train != run.spec.train
+                || stored.data.dataset != run.spec.data.dataset
+            {
+                bail!(
+                    "{} holds a run of a different spec than the experiment's {}: choose another --out",
+                    dir.display(),
+                    run.dir_name()
+                );
+            }
             let state: train::TrainState = ck.meta_json(META_TRAIN_STATE)?;
             if state.epoch >= epochs && state.batch == 0 {
                 eprintln!("  finished earlier: {}", path.display());
