@@ -191,12 +191,10 @@ fn pct(values: &[f64]) -> String {
     if values.is_empty() {
         return "—".into();
     }
-    let n = values.len() as f64;
-    let m = values.iter().sum::<f64>() / n;
+    let (m, sd) = figures::chart::mean_std(values);
     if values.len() < 2 {
         return format!("{:.2} (n=1)", 100.0 * m);
     }
-    let sd = (values.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
     format!("{:.2} ± {:.2} (n={})", 100.0 * m, 100.0 * sd, values.len())
 }
 
