@@ -8,6 +8,7 @@ pub mod device;
 pub mod experiment;
 pub mod layout;
 pub mod metric;
+pub mod service;
 pub mod spec;
 
 pub use analysis::{AnalysisKind, AnalysisRecord, AnalysisSpec, GradientKind, Group, Stat};

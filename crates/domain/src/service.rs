@@ -1,0 +1,588 @@
+//! The messages of the REST API, shared by the server (`api`), its client (`client`), the
+//! workers and the CLI: submissions, the views users read, and the worker protocol (claim,
+//! heartbeat, events, checkpoint registration, completion, failure).
+
+use crate::spec::{Errors, SpecError};
+use crate::{AnalysisRecord, AnalysisSpec, ExperimentSpec, MetricRecord, RunSpec, Split};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Timestamps on the wire are RFC 3339 in UTC.
+pub use chrono::{DateTime, Utc};
+
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| {
+                    let all: Vec<_> = Self::ALL.iter().map(|v| v.as_str()).collect();
+                    format!("{s:?} is not one of {}", all.join(", "))
+                })
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// The life of a job (and of a run: the state of its train job).
+    JobState {
+        Queued => "queued",
+        Running => "running",
+        Cancelling => "cancelling",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+);
+
+impl JobState {
+    /// Whether the job will not change again without a retry.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+string_enum!(
+    JobKind {
+        Train => "train",
+        Analyze => "analyze",
+    }
+);
+
+string_enum!(
+    /// Why a job failed. Only `infrastructure` failures are retried.
+    FailureKind {
+        /// The worker was lost or its lease expired: retried, resuming from the latest
+        /// registered checkpoint, up to the configured number of attempts.
+        Infrastructure => "infrastructure",
+        /// The loss or a parameter became non-finite.
+        Diverged => "diverged",
+        /// The job cannot run as specified (e.g. its dataset is missing on the worker).
+        Invalid => "invalid",
+        /// A bug or an unexpected error.
+        Internal => "internal",
+    }
+);
+
+impl FailureKind {
+    pub fn is_retried(self) -> bool {
+        self == Self::Infrastructure
+    }
+}
+
+/// Which of a run's checkpoints are analysed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum CheckpointSelection {
+    /// The checkpoint after the last epoch.
+    #[default]
+    Final,
+    /// Every k epochs (and the final one).
+    Every(u32),
+    /// These epochs (1-based).
+    Epochs(Vec<u32>),
+}
+
+/// A run's analysis plan: which checkpoints, and what analysis (metrics, splits, example
+/// counts) of each.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisPlan {
+    #[serde(default)]
+    pub checkpoints: CheckpointSelection,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub spec: AnalysisSpec,
+}
+
+impl AnalysisPlan {
+    /// Whether the checkpoint at the end of `epoch` of a run of `epochs` is analysed.
+    pub fn wants(&self, epoch: u32, epochs: u32) -> bool {
+        let selected = match &self.checkpoints {
+            CheckpointSelection::Final => false,
+            CheckpointSelection::Every(k) => epoch.is_multiple_of(*k),
+            CheckpointSelection::Epochs(list) => list.contains(&epoch),
+        };
+        epoch == epochs || (selected && epoch <= epochs)
+    }
+
+    /// The epochs analysed in a run of `epochs` epochs.
+    pub fn epochs(&self, epochs: u32) -> Vec<u32> {
+        (1..=epochs).filter(|&e| self.wants(e, epochs)).collect()
+    }
+
+    pub fn validate(&self, epochs: u32) -> Result<(), SpecError> {
+        let mut e = Errors::default();
+        match &self.checkpoints {
+            CheckpointSelection::Final => {}
+            CheckpointSelection::Every(k) => e.range("analysis.checkpoints.every", *k, 1, epochs),
+            CheckpointSelection::Epochs(list) => {
+                if list.is_empty() || list.len() > 1000 {
+                    e.push("analysis.checkpoints.epochs", "give 1 to 1000 epochs");
+                }
+                for &epoch in list {
+                    e.range("analysis.checkpoints.epochs", epoch, 1, epochs);
+                }
+            }
+        }
+        if let Err(bad) = self.spec.validate() {
+            e.extend(bad);
+        }
+        e.finish()
+    }
+}
+
+/// `POST /v1/runs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunSubmission {
+    #[schema(value_type = Object)]
+    pub spec: RunSpec,
+    /// Without a plan, no checkpoint is analysed (one can be asked for later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisPlan>,
+}
+
+impl RunSubmission {
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let mut e = Errors::default();
+        if let Err(bad) = self.spec.validate() {
+            e.extend_prefixed("spec.", bad);
+        }
+        if let Some(plan) = &self.analysis {
+            if let Err(bad) = plan.validate(self.spec.epochs()) {
+                e.extend(bad);
+            }
+        }
+        e.finish()
+    }
+}
+
+/// `POST /v1/experiments`: every configuration × seed becomes a run, analysed at its final
+/// checkpoint with the experiment's analysis.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentSubmission {
+    #[schema(value_type = Object)]
+    pub spec: ExperimentSpec,
+}
+
+/// `POST /v1/runs/{id}/analyses`: analyse one registered checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisRequest {
+    /// Default: the run's latest epoch checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u32>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub spec: AnalysisSpec,
+}
+
+/// A run as users see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RunView {
+    pub id: Uuid,
+    pub experiment_id: Option<Uuid>,
+    pub label: String,
+    pub name: Option<String>,
+    pub tags: Vec<String>,
+    pub arch: String,
+    pub dataset: String,
+    pub status: JobState,
+    pub epochs: u32,
+    pub epochs_done: u32,
+    pub step: u64,
+    pub total_steps: u64,
+    /// Seconds to the end of training at the recent pace, while running.
+    pub eta_seconds: Option<f64>,
+    pub best_test_accuracy: Option<f64>,
+    /// Claims of the train job so far.
+    pub attempts: u32,
+    pub failure_kind: Option<FailureKind>,
+    pub last_error: Option<String>,
+    #[schema(value_type = Object)]
+    pub spec: RunSpec,
+    /// The spec with the dataset identity and normalisation filled in by the trainer.
+    #[schema(value_type = Option<Object>)]
+    pub resolved_spec: Option<RunSpec>,
+    pub analysis: Option<AnalysisPlan>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One page of a list, newest first; pass `next_cursor` as `cursor` for the next.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CheckpointView {
+    pub id: Uuid,
+    pub run_id: Uuid,
+    pub attempt: u32,
+    pub file_name: String,
+    pub epoch: u32,
+    pub batch: u32,
+    pub step: u64,
+    pub sha256: String,
+    pub size: u64,
+    /// Deleted by the run's retention policy: listed, no longer downloadable.
+    pub removed: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AnalysisView {
+    pub id: Uuid,
+    pub run_id: Uuid,
+    pub checkpoint_id: Uuid,
+    pub epoch: u32,
+    pub status: JobState,
+    #[schema(value_type = Object)]
+    pub spec: AnalysisSpec,
+    pub failure_kind: Option<FailureKind>,
+    pub last_error: Option<String>,
+    pub selected_alpha: Option<f64>,
+    pub notes: Vec<String>,
+    #[schema(value_type = Object)]
+    pub examples: serde_json::Value,
+    pub seconds: Option<f64>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Per-block results (empty until the analysis succeeded).
+    #[schema(value_type = Vec<Object>)]
+    pub records: Vec<AnalysisRecord>,
+}
+
+/// One configuration of an experiment, over its seeds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ConfigSummary {
+    pub label: String,
+    pub runs: u32,
+    pub succeeded: u32,
+    /// Final test accuracy, mean and sample standard deviation over finished seeds.
+    pub test_accuracy_mean: Option<f64>,
+    pub test_accuracy_sd: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExperimentView {
+    pub id: Uuid,
+    pub name: String,
+    #[schema(value_type = Object)]
+    pub spec: ExperimentSpec,
+    pub created_at: DateTime<Utc>,
+    pub configs: Vec<ConfigSummary>,
+    pub runs: Vec<RunView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LogLine {
+    pub at: DateTime<Utc>,
+    pub attempt: Option<u32>,
+    pub level: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DatasetView {
+    pub name: String,
+    /// Present under the data directory (`shapes10` is also generated on first use).
+    pub present: bool,
+}
+
+/// A training metric as served: the record, flattened.
+pub type MetricView = MetricRecord;
+
+/// Query of `GET /v1/runs/{id}/metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricQuery {
+    pub name: Option<String>,
+    pub split: Option<Split>,
+}
+
+// ---- The worker protocol ----
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    pub kinds: Vec<JobKind>,
+    /// A name for logs (host and process).
+    pub worker: String,
+}
+
+/// A registered checkpoint, by its place in the checkpoint store.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CheckpointRef {
+    pub id: Uuid,
+    /// Relative to the checkpoint store: `runs/<run>/attempt-<n>`.
+    pub directory: String,
+    pub file_name: String,
+    pub epoch: u32,
+    pub batch: u32,
+}
+
+impl CheckpointRef {
+    pub fn path(&self) -> String {
+        format!("{}/{}", self.directory, self.file_name)
+    }
+}
+
+/// The reply to a successful claim: the job, its lease, and where it may write.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Claim {
+    pub job_id: Uuid,
+    pub kind: JobKind,
+    pub run_id: Uuid,
+    /// 1-based claim number of this job.
+    pub attempt: u32,
+    /// Every write of this attempt carries it; a stale token is answered 409.
+    pub lease_token: Uuid,
+    pub lease_ttl_seconds: f64,
+    pub heartbeat_seconds: f64,
+    /// The only directory (relative to the checkpoint store) this attempt may write.
+    pub directory: String,
+    /// The spec to train (or the spec of the analysed run).
+    #[schema(value_type = Object)]
+    pub spec: RunSpec,
+    /// Train jobs: the latest registered checkpoint of an earlier attempt.
+    pub resume_from: Option<CheckpointRef>,
+    /// Train jobs: epochs whose checkpoints the analysis plan needs (never pruned).
+    pub keep_epochs: Vec<u32>,
+    /// Analyze jobs: what to analyse.
+    pub analysis: Option<AnalysisTask>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AnalysisTask {
+    pub analysis_id: Uuid,
+    pub checkpoint: CheckpointRef,
+    #[schema(value_type = Object)]
+    pub spec: AnalysisSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseProof {
+    pub lease_token: Uuid,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatReply {
+    /// The user cancelled the job: checkpoint, stop, and complete it.
+    pub cancel: bool,
+    pub lease_expires_at: DateTime<Utc>,
+}
+
+/// Something a worker reports while it works.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WorkerEvent {
+    /// Training started: the spec with dataset identity and normalisation resolved.
+    Started {
+        #[schema(value_type = Object)]
+        resolved_spec: RunSpec,
+        step: u64,
+        total_steps: u64,
+    },
+    Progress {
+        epoch: u32,
+        step: u64,
+        total_steps: u64,
+    },
+    /// The metrics of a finished epoch.
+    Epoch {
+        epoch: u32,
+        #[schema(value_type = Vec<Object>)]
+        records: Vec<MetricRecord>,
+    },
+    Log {
+        level: String,
+        message: String,
+    },
+    /// The retention policy deleted a checkpoint of this attempt.
+    CheckpointRemoved {
+        file_name: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventBatch {
+    pub lease_token: Uuid,
+    pub events: Vec<WorkerEvent>,
+}
+
+/// A checkpoint written (durably) into the attempt's directory.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointRegistration {
+    pub lease_token: Uuid,
+    /// A plain file name inside the attempt's directory.
+    pub file_name: String,
+    pub epoch: u32,
+    pub batch: u32,
+    pub step: u64,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// The results of an analyze job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisResult {
+    pub selected_alpha: Option<f64>,
+    pub notes: Vec<String>,
+    #[schema(value_type = Object)]
+    pub examples: serde_json::Value,
+    pub seconds: f64,
+    #[schema(value_type = Vec<Object>)]
+    pub records: Vec<AnalysisRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Completion {
+    pub lease_token: Uuid,
+    /// Analyze jobs: the results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisResult>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailureReport {
+    pub lease_token: Uuid,
+    pub kind: FailureKind,
+    pub error: String,
+}
+
+/// Whether `name` may be registered as a file of an attempt: a plain file name, no path.
+pub fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// Parses JSON into `T`, naming the field of the first error (`spec.model.depth`).
+pub fn parse_json<T: serde::de::DeserializeOwned>(text: &[u8]) -> Result<T, JsonError> {
+    let de = &mut serde_json::Deserializer::from_slice(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let syntax = matches!(
+            e.inner().classify(),
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+        );
+        let field = e.path().to_string();
+        let message = e.inner().to_string();
+        if syntax {
+            JsonError::Malformed(message)
+        } else {
+            JsonError::Invalid(SpecError::one(field, message))
+        }
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JsonError {
+    #[error("malformed JSON: {0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Invalid(SpecError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_select_epochs() {
+        let every = AnalysisPlan {
+            checkpoints: CheckpointSelection::Every(3),
+            ..Default::default()
+        };
+        assert_eq!(every.epochs(10), [3, 6, 9, 10]);
+        let listed = AnalysisPlan {
+            checkpoints: CheckpointSelection::Epochs(vec![2, 4]),
+            ..Default::default()
+        };
+        assert_eq!(listed.epochs(5), [2, 4, 5]);
+        assert_eq!(AnalysisPlan::default().epochs(5), [5]);
+        assert!(listed.validate(3).is_err());
+    }
+
+    #[test]
+    fn selections_serialise_as_documented() {
+        let json = |s: &CheckpointSelection| serde_json::to_string(s).unwrap();
+        assert_eq!(json(&CheckpointSelection::Final), r#""final""#);
+        assert_eq!(json(&CheckpointSelection::Every(5)), r#"{"every":5}"#);
+        assert_eq!(
+            json(&CheckpointSelection::Epochs(vec![1, 2])),
+            r#"{"epochs":[1,2]}"#
+        );
+    }
+
+    #[test]
+    fn file_names_are_plain() {
+        assert!(is_plain_file_name("epoch-0003.safetensors"));
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            ".hidden",
+            "a\\b",
+            "x\0",
+            &"a".repeat(129),
+        ] {
+            assert!(!is_plain_file_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn json_errors_name_the_field_or_say_malformed() {
+        let bad = br#"{"spec": {"model": {"arch": "resnet", "depth": "x"}, "data": {"dataset": "shapes10"}}}"#;
+        match parse_json::<RunSubmission>(bad) {
+            Err(JsonError::Invalid(e)) => assert_eq!(e.0[0].field, "spec.model.depth"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_json::<RunSubmission>(b"{\"spec\": "),
+            Err(JsonError::Malformed(_))
+        ));
+        let unknown =
+            br#"{"spec": {"model": {"arch": "resnet"}, "data": {"dataset": "shapes10"}}, "x": 1}"#;
+        assert!(matches!(
+            parse_json::<RunSubmission>(unknown),
+            Err(JsonError::Invalid(_))
+        ));
+    }
+}

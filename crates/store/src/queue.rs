@@ -1,0 +1,607 @@
+//! The job queue. A claim takes the oldest queued job (`FOR UPDATE SKIP LOCKED`, so
+//! concurrent claims never take the same one) and hands out a lease: a fresh token, an
+//! expiry, and the one directory the attempt may write. Every later write checks the token
+//! and the expiry under a row lock; the reaper requeues jobs whose lease expired.
+
+use crate::rows::{CheckpointRow, CHECKPOINT_COLUMNS};
+use crate::runs::{insert_analysis, run_directory, sync_statuses};
+use crate::{Result, Store, StoreError};
+use chrono::{DateTime, Utc};
+use domain::service::{
+    AnalysisPlan, AnalysisResult, AnalysisTask, CheckpointRegistration, CheckpointView, Claim,
+    FailureKind, HeartbeatReply, JobKind, JobState, WorkerEvent,
+};
+use sqlx::types::Json;
+use sqlx::PgConnection;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Lease settings of the API (from its environment).
+#[derive(Clone, Debug)]
+pub struct LeaseConfig {
+    /// How long a claim or heartbeat keeps the job.
+    pub ttl: Duration,
+    /// How often workers are told to heartbeat (well under `ttl`).
+    pub heartbeat: Duration,
+    /// Attempts of a job failing for infrastructure reasons before it is failed.
+    pub max_attempts: u32,
+}
+
+/// A job under a valid lease, as a write found it.
+#[derive(Clone, Debug)]
+pub struct LeasedJob {
+    pub id: Uuid,
+    pub kind: JobKind,
+    pub run_id: Uuid,
+    pub analysis_id: Option<Uuid>,
+    pub attempt: u32,
+    pub state: JobState,
+    /// The attempt's directory, relative to the checkpoint store.
+    pub directory: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: Uuid,
+    kind: String,
+    run_id: Uuid,
+    analysis_id: Option<Uuid>,
+    attempt: i32,
+    state: String,
+}
+
+fn attempt_directory(run: Uuid, attempt: u32) -> String {
+    format!("{}/attempt-{attempt}", run_directory(run))
+}
+
+impl Store {
+    /// Claims the oldest queued job of one of `kinds`, or returns `None`.
+    pub async fn claim(
+        &self,
+        kinds: &[JobKind],
+        worker: &str,
+        lease: &LeaseConfig,
+    ) -> Result<Option<Claim>> {
+        let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+        let mut tx = self.pool.begin().await?;
+        let token = Uuid::new_v4();
+        let row: Option<JobRow> = sqlx::query_as(
+            "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = $2,
+                    lease_expires_at = now() + $3 * interval '1 millisecond', worker = $4,
+                    updated_at = now()
+              WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND kind = ANY ($1)
+                           ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+              RETURNING id, kind, run_id, analysis_id, attempt, state",
+        )
+        .bind(&kinds)
+        .bind(token)
+        .bind(lease.ttl.as_millis() as f64)
+        .bind(worker)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(job) = row else {
+            return Ok(None);
+        };
+        let kind: JobKind = job
+            .kind
+            .parse()
+            .map_err(|_| StoreError::Invalid(job.kind.clone()))?;
+        let attempt = job.attempt as u32;
+        let (spec, plan, epochs): (Json<domain::RunSpec>, Option<Json<AnalysisPlan>>, i32) =
+            sqlx::query_as("SELECT spec, analysis_plan, epochs FROM runs WHERE id = $1")
+                .bind(job.run_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let (resume_from, analysis) = match kind {
+            JobKind::Train => (latest_checkpoint(&mut tx, job.run_id).await?, None),
+            JobKind::Analyze => {
+                let analysis_id = job
+                    .analysis_id
+                    .ok_or_else(|| StoreError::Invalid("analyze job without analysis".into()))?;
+                let (checkpoint_id, spec): (Uuid, Json<domain::AnalysisSpec>) =
+                    sqlx::query_as("SELECT checkpoint_id, spec FROM analyses WHERE id = $1")
+                        .bind(analysis_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                let checkpoint: CheckpointRow = sqlx::query_as(&format!(
+                    "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE id = $1"
+                ))
+                .bind(checkpoint_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                let task = AnalysisTask {
+                    analysis_id,
+                    checkpoint: checkpoint.reference(),
+                    spec: spec.0,
+                };
+                (None, Some(task))
+            }
+        };
+        if kind == JobKind::Train {
+            sqlx::query(
+                "UPDATE runs SET attempt_started_at = NULL, attempt_start_step = NULL WHERE id = $1",
+            )
+            .bind(job.run_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sync_statuses(&mut tx, job.run_id).await?;
+        log(
+            &mut tx,
+            job.run_id,
+            job.id,
+            attempt,
+            "info",
+            &format!("{kind} job claimed by {worker} (attempt {attempt})"),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(Claim {
+            job_id: job.id,
+            kind,
+            run_id: job.run_id,
+            attempt,
+            lease_token: token,
+            lease_ttl_seconds: lease.ttl.as_secs_f64(),
+            heartbeat_seconds: lease.heartbeat.as_secs_f64(),
+            directory: attempt_directory(job.run_id, attempt),
+            keep_epochs: plan.map_or(vec![], |p| p.0.epochs(epochs as u32)),
+            spec: spec.0,
+            resume_from,
+            analysis,
+        }))
+    }
+
+    /// Checks a lease without changing anything (before the caller touches files).
+    pub async fn check_lease(&self, job: Uuid, token: Uuid) -> Result<LeasedJob> {
+        let mut conn = self.pool.acquire().await?;
+        leased(&mut conn, job, token, false).await
+    }
+
+    /// Extends the lease; says whether the user asked to cancel.
+    pub async fn heartbeat(
+        &self,
+        job: Uuid,
+        token: Uuid,
+        lease: &LeaseConfig,
+    ) -> Result<HeartbeatReply> {
+        let mut tx = self.pool.begin().await?;
+        let leased = leased(&mut tx, job, token, true).await?;
+        let expires: DateTime<Utc> = sqlx::query_scalar(
+            "UPDATE jobs SET lease_expires_at = now() + $2 * interval '1 millisecond'
+              WHERE id = $1 RETURNING lease_expires_at",
+        )
+        .bind(job)
+        .bind(lease.ttl.as_millis() as f64)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(HeartbeatReply {
+            cancel: leased.state == JobState::Cancelling,
+            lease_expires_at: expires,
+        })
+    }
+
+    /// Records what a worker reported: resolved spec, progress, epoch metrics, logs.
+    pub async fn record_events(
+        &self,
+        job: Uuid,
+        token: Uuid,
+        events: &[WorkerEvent],
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let leased = leased(&mut tx, job, token, true).await?;
+        let run = leased.run_id;
+        for event in events {
+            match event {
+                WorkerEvent::Started {
+                    resolved_spec,
+                    step,
+                    total_steps,
+                } => {
+                    sqlx::query(
+                        "UPDATE runs SET resolved_spec = $2, step = $3, total_steps = $4,
+                                attempt_started_at = now(), attempt_start_step = $3,
+                                progress_at = now(), updated_at = now()
+                          WHERE id = $1",
+                    )
+                    .bind(run)
+                    .bind(Json(resolved_spec))
+                    .bind(*step as i64)
+                    .bind(*total_steps as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                WorkerEvent::Progress {
+                    step, total_steps, ..
+                } => {
+                    sqlx::query(
+                        "UPDATE runs SET step = $2, total_steps = $3, progress_at = now()
+                          WHERE id = $1",
+                    )
+                    .bind(run)
+                    .bind(*step as i64)
+                    .bind(*total_steps as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                WorkerEvent::Epoch { epoch, records } => {
+                    insert_metrics(&mut tx, run, records).await?;
+                    sqlx::query(
+                        "UPDATE runs SET epochs_done = greatest(epochs_done, $2), updated_at = now()
+                          WHERE id = $1",
+                    )
+                    .bind(run)
+                    .bind(*epoch as i32)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                WorkerEvent::Log { level, message } => {
+                    log(&mut tx, run, job, leased.attempt, level, message).await?;
+                }
+                WorkerEvent::CheckpointRemoved { file_name } => {
+                    sqlx::query(
+                        "UPDATE checkpoints SET removed = true
+                          WHERE directory = $1 AND file_name = $2",
+                    )
+                    .bind(&leased.directory)
+                    .bind(file_name)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Registers a checkpoint the caller has verified on disk; queues the analyses the
+    /// run's plan asks of it. The row is the commit point: unregistered files are ignored.
+    pub async fn register_checkpoint(
+        &self,
+        job: Uuid,
+        registration: &CheckpointRegistration,
+        lease: &LeaseConfig,
+    ) -> Result<CheckpointView> {
+        let mut tx = self.pool.begin().await?;
+        let leased = leased(&mut tx, job, registration.lease_token, true).await?;
+        if leased.kind != JobKind::Train {
+            return Err(StoreError::Conflict(
+                "only train jobs write checkpoints".into(),
+            ));
+        }
+        let row: CheckpointRow = sqlx::query_as(&format!(
+            "INSERT INTO checkpoints (id, run_id, attempt, directory, file_name, epoch, batch,
+                                      step, sha256, size)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (directory, file_name) DO UPDATE
+                SET epoch = excluded.epoch, batch = excluded.batch, step = excluded.step,
+                    sha256 = excluded.sha256, size = excluded.size, removed = false
+             RETURNING {CHECKPOINT_COLUMNS}"
+        ))
+        .bind(Uuid::now_v7())
+        .bind(leased.run_id)
+        .bind(leased.attempt as i32)
+        .bind(&leased.directory)
+        .bind(&registration.file_name)
+        .bind(registration.epoch as i32)
+        .bind(registration.batch as i32)
+        .bind(registration.step as i64)
+        .bind(&registration.sha256)
+        .bind(registration.size as i64)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (plan, epochs): (Option<Json<AnalysisPlan>>, i32) =
+            sqlx::query_as("SELECT analysis_plan, epochs FROM runs WHERE id = $1")
+                .bind(leased.run_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if let Some(plan) = plan {
+            let epoch = registration.epoch;
+            let done: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM analyses WHERE run_id = $1 AND epoch = $2)",
+            )
+            .bind(leased.run_id)
+            .bind(epoch as i32)
+            .fetch_one(&mut *tx)
+            .await?;
+            if registration.batch == 0 && plan.0.wants(epoch, epochs as u32) && !done {
+                insert_analysis(
+                    &mut tx,
+                    leased.run_id,
+                    row.id,
+                    epoch,
+                    &plan.0.spec,
+                    lease.max_attempts,
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(row.view())
+    }
+
+    /// Ends a job: `succeeded`, or `cancelled` when the user cancelled it meanwhile.
+    pub async fn complete(
+        &self,
+        job: Uuid,
+        token: Uuid,
+        analysis: Option<&AnalysisResult>,
+    ) -> Result<JobState> {
+        let mut tx = self.pool.begin().await?;
+        let leased = leased(&mut tx, job, token, true).await?;
+        let state = if leased.state == JobState::Cancelling {
+            JobState::Cancelled
+        } else {
+            JobState::Succeeded
+        };
+        match (leased.kind, leased.analysis_id, analysis) {
+            (JobKind::Analyze, Some(id), Some(result)) => {
+                store_analysis(&mut tx, id, result).await?
+            }
+            (JobKind::Analyze, _, None) if state == JobState::Succeeded => {
+                return Err(StoreError::Invalid(
+                    "an analyze job completes with its results".into(),
+                ))
+            }
+            (JobKind::Train, _, Some(_)) => {
+                return Err(StoreError::Invalid(
+                    "a train job has no analysis results".into(),
+                ))
+            }
+            _ => {}
+        }
+        end_job(&mut tx, &leased, state, None).await?;
+        tx.commit().await?;
+        Ok(state)
+    }
+
+    /// Ends a job that failed; `infrastructure` failures are requeued while attempts remain.
+    pub async fn fail(
+        &self,
+        job: Uuid,
+        token: Uuid,
+        kind: FailureKind,
+        error: &str,
+    ) -> Result<JobState> {
+        let mut tx = self.pool.begin().await?;
+        let leased = leased(&mut tx, job, token, true).await?;
+        let state = if leased.state == JobState::Cancelling {
+            JobState::Cancelled
+        } else if kind.is_retried() {
+            retry_state(&mut tx, job).await?
+        } else {
+            JobState::Failed
+        };
+        end_job(&mut tx, &leased, state, Some((kind, error))).await?;
+        tx.commit().await?;
+        Ok(state)
+    }
+
+    /// Gives a job back without counting a failure (a worker shutting down after it
+    /// checkpointed): it is queued again, or cancelled if the user cancelled it.
+    pub async fn release(&self, job: Uuid, token: Uuid) -> Result<JobState> {
+        let mut tx = self.pool.begin().await?;
+        let leased = leased(&mut tx, job, token, true).await?;
+        let state = if leased.state == JobState::Cancelling {
+            JobState::Cancelled
+        } else {
+            JobState::Queued
+        };
+        end_job(&mut tx, &leased, state, None).await?;
+        tx.commit().await?;
+        Ok(state)
+    }
+
+    /// Requeues (or fails) jobs whose lease expired: their worker is gone or stalled. A
+    /// stalled worker that wakes finds its token refused. Returns the jobs reaped.
+    pub async fn reap_expired(&self) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let expired: Vec<JobRow> = sqlx::query_as(
+            "SELECT id, kind, run_id, analysis_id, attempt, state FROM jobs
+              WHERE state IN ('running', 'cancelling') AND lease_expires_at < now()
+              FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for job in &expired {
+            let leased = job_of(job)?;
+            let (state, reason) = if leased.state == JobState::Cancelling {
+                (JobState::Cancelled, None)
+            } else {
+                let error = "the lease expired: the worker was lost or stalled";
+                let state = retry_state(&mut tx, job.id).await?;
+                (state, Some((FailureKind::Infrastructure, error)))
+            };
+            end_job(&mut tx, &leased, state, reason).await?;
+        }
+        tx.commit().await?;
+        Ok(expired.len() as u64)
+    }
+}
+
+/// `queued` if an infrastructure failure leaves attempts, else `failed`; counts it.
+async fn retry_state(conn: &mut PgConnection, job: Uuid) -> Result<JobState> {
+    let (failures, max): (i32, i32) = sqlx::query_as(
+        "UPDATE jobs SET failures = failures + 1 WHERE id = $1 RETURNING failures, max_attempts",
+    )
+    .bind(job)
+    .fetch_one(conn)
+    .await?;
+    Ok(if failures < max {
+        JobState::Queued
+    } else {
+        JobState::Failed
+    })
+}
+
+async fn end_job(
+    conn: &mut PgConnection,
+    job: &LeasedJob,
+    state: JobState,
+    failure: Option<(FailureKind, &str)>,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET state = $2, lease_token = NULL, lease_expires_at = NULL,
+                failure_kind = coalesce($3, failure_kind), last_error = coalesce($4, last_error),
+                updated_at = now()
+          WHERE id = $1",
+    )
+    .bind(job.id)
+    .bind(state.as_str())
+    .bind(failure.map(|f| f.0.as_str()))
+    .bind(failure.map(|f| f.1))
+    .execute(&mut *conn)
+    .await?;
+    let message = match failure {
+        Some((kind, error)) => format!("{} job {state} ({kind}): {error}", job.kind),
+        None => format!("{} job {state}", job.kind),
+    };
+    let level = if failure.is_some() { "error" } else { "info" };
+    log(conn, job.run_id, job.id, job.attempt, level, &message).await?;
+    sync_statuses(conn, job.run_id).await
+}
+
+fn job_of(row: &JobRow) -> Result<LeasedJob> {
+    Ok(LeasedJob {
+        id: row.id,
+        kind: row
+            .kind
+            .parse()
+            .map_err(|_| StoreError::Invalid(row.kind.clone()))?,
+        run_id: row.run_id,
+        analysis_id: row.analysis_id,
+        attempt: row.attempt as u32,
+        state: crate::rows::state(&row.state)?,
+        directory: attempt_directory(row.run_id, row.attempt as u32),
+    })
+}
+
+/// The job, if `token` holds its unexpired lease; locks the row when `lock`.
+async fn leased(conn: &mut PgConnection, job: Uuid, token: Uuid, lock: bool) -> Result<LeasedJob> {
+    let row: Option<JobRow> = sqlx::query_as(&format!(
+        "SELECT id, kind, run_id, analysis_id, attempt, state FROM jobs
+          WHERE id = $1 AND lease_token = $2 AND lease_expires_at > now()
+            AND state IN ('running', 'cancelling'){}",
+        if lock { " FOR UPDATE" } else { "" }
+    ))
+    .bind(job)
+    .bind(token)
+    .fetch_optional(conn)
+    .await?;
+    match row {
+        Some(row) => job_of(&row),
+        None => Err(StoreError::LeaseLost(job)),
+    }
+}
+
+/// The run's newest registered checkpoint that is still on disk.
+async fn latest_checkpoint(
+    conn: &mut PgConnection,
+    run: Uuid,
+) -> Result<Option<domain::service::CheckpointRef>> {
+    let row: Option<CheckpointRow> = sqlx::query_as(&format!(
+        "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE run_id = $1 AND NOT removed
+          ORDER BY step DESC, created_at DESC LIMIT 1"
+    ))
+    .bind(run)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| r.reference()))
+}
+
+async fn insert_metrics(
+    conn: &mut PgConnection,
+    run: Uuid,
+    records: &[domain::MetricRecord],
+) -> Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = records.iter().map(|r| r.name.as_str()).collect();
+    let splits: Vec<&str> = records
+        .iter()
+        .map(|r| r.split.map_or("", |s| s.as_str()))
+        .collect();
+    let epochs: Vec<i32> = records.iter().map(|r| r.epoch as i32).collect();
+    let blocks: Vec<String> = records
+        .iter()
+        .map(|r| r.block.map_or(String::new(), |b| b.to_string()))
+        .collect();
+    let indices: Vec<Option<i32>> = records
+        .iter()
+        .map(|r| r.block_index.map(|i| i as i32))
+        .collect();
+    let values: Vec<f64> = records.iter().map(|r| r.value).collect();
+    sqlx::query(
+        "INSERT INTO metrics (run_id, name, split, epoch, block, block_index, value)
+         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::int[], $5::text[], $6::int[],
+                                  $7::float8[])
+         ON CONFLICT (run_id, name, split, block, epoch) DO UPDATE SET value = excluded.value",
+    )
+    .bind(run)
+    .bind(&names)
+    .bind(&splits)
+    .bind(&epochs)
+    .bind(&blocks)
+    .bind(&indices)
+    .bind(&values)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn store_analysis(conn: &mut PgConnection, id: Uuid, result: &AnalysisResult) -> Result<()> {
+    sqlx::query(
+        "UPDATE analyses SET selected_alpha = $2, notes = $3, examples = $4, seconds = $5
+          WHERE id = $1",
+    )
+    .bind(id)
+    .bind(result.selected_alpha)
+    .bind(Json(&result.notes))
+    .bind(Json(&result.examples))
+    .bind(result.seconds)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM analysis_records WHERE analysis_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    let seqs: Vec<i32> = (0..result.records.len() as i32).collect();
+    let records: Vec<serde_json::Value> = result
+        .records
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()?;
+    sqlx::query(
+        "INSERT INTO analysis_records (analysis_id, seq, record)
+         SELECT $1, * FROM unnest($2::int[], $3::jsonb[])",
+    )
+    .bind(id)
+    .bind(&seqs)
+    .bind(&records)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn log(
+    conn: &mut PgConnection,
+    run: Uuid,
+    job: Uuid,
+    attempt: u32,
+    level: &str,
+    message: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO logs (run_id, job_id, attempt, level, message) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(run)
+    .bind(job)
+    .bind(attempt as i32)
+    .bind(level)
+    .bind(message)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! What users read of a run: metric series, logs, checkpoints, analyses.
+
+use crate::rows::{AnalysisRow, CheckpointRow, LogRow, ANALYSIS_VIEW, CHECKPOINT_COLUMNS};
+use crate::runs::{insert_analysis, not_found};
+use crate::{Result, Store, StoreError};
+use domain::service::{AnalysisView, CheckpointView, LogLine};
+use domain::{AnalysisRecord, AnalysisSpec, BlockId, MetricName, MetricRecord, Split};
+use sqlx::types::Json;
+use uuid::Uuid;
+
+impl Store {
+    /// A run's training metrics, by epoch; optionally one name and one split.
+    pub async fn metrics(
+        &self,
+        run: Uuid,
+        name: Option<MetricName>,
+        split: Option<Split>,
+    ) -> Result<Vec<MetricRecord>> {
+        self.run_exists(run).await?;
+        let rows: Vec<(String, String, i32, String, Option<i32>, f64)> = sqlx::query_as(
+            "SELECT name, split, epoch, block, block_index, value FROM metrics
+              WHERE run_id = $1 AND ($2::text IS NULL OR name = $2)
+                AND ($3::text IS NULL OR split = $3)
+              ORDER BY name, split, block_index NULLS FIRST, epoch",
+        )
+        .bind(run)
+        .bind(name.map(|n| n.as_str()))
+        .bind(split.map(|s| s.as_str()))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(name, split, epoch, block, block_index, value)| {
+                let parse = |what: &str, v: &str| {
+                    StoreError::Invalid(format!("stored {what} {v:?} is not known"))
+                };
+                Ok(MetricRecord {
+                    name: serde_json::from_value(serde_json::Value::String(name.clone()))
+                        .map_err(|_| parse("metric", &name))?,
+                    split: match split.as_str() {
+                        "" => None,
+                        s => Some(
+                            serde_json::from_value(serde_json::Value::String(s.into()))
+                                .map_err(|_| parse("split", s))?,
+                        ),
+                    },
+                    epoch: epoch as u32,
+                    block: match block.as_str() {
+                        "" => None,
+                        b => Some(b.parse::<BlockId>().map_err(|_| parse("block", b))?),
+                    },
+                    block_index: block_index.map(|i| i as u32),
+                    value,
+                })
+            })
+            .collect()
+    }
+
+    /// Log lines of a run, oldest first, after line `after` (an id from an earlier page).
+    pub async fn logs(&self, run: Uuid, limit: u32) -> Result<Vec<LogLine>> {
+        self.run_exists(run).await?;
+        let rows: Vec<LogRow> = sqlx::query_as(
+            "SELECT at, attempt, level, message FROM
+               (SELECT id, at, attempt, level, message FROM logs WHERE run_id = $1
+                 ORDER BY id DESC LIMIT $2) newest
+              ORDER BY id",
+        )
+        .bind(run)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    pub async fn checkpoints(&self, run: Uuid) -> Result<Vec<CheckpointView>> {
+        self.run_exists(run).await?;
+        let rows: Vec<CheckpointRow> = sqlx::query_as(&format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE run_id = $1 ORDER BY step, created_at"
+        ))
+        .bind(run)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(CheckpointRow::view).collect())
+    }
+
+    /// A checkpoint and its path relative to the checkpoint store.
+    pub async fn checkpoint_file(&self, id: Uuid) -> Result<(CheckpointView, String)> {
+        let row: Option<CheckpointRow> = sqlx::query_as(&format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let row = row.ok_or_else(|| not_found("checkpoint", id))?;
+        Ok((row.view(), row.reference().path()))
+    }
+
+    /// Queues an analysis of the run's checkpoint after `epoch` (default: the latest
+    /// epoch checkpoint).
+    pub async fn request_analysis(
+        &self,
+        run: Uuid,
+        epoch: Option<u32>,
+        spec: &AnalysisSpec,
+        max_attempts: u32,
+    ) -> Result<AnalysisView> {
+        self.run_exists(run).await?;
+        let mut tx = self.pool.begin().await?;
+        let checkpoint: Option<(Uuid, i32)> = sqlx::query_as(
+            "SELECT id, epoch FROM checkpoints
+              WHERE run_id = $1 AND batch = 0 AND NOT removed AND ($2::int IS NULL OR epoch = $2)
+              ORDER BY epoch DESC, created_at DESC LIMIT 1",
+        )
+        .bind(run)
+        .bind(epoch.map(|e| e as i32))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (checkpoint, epoch) = checkpoint.ok_or_else(|| {
+            StoreError::Conflict(match epoch {
+                Some(e) => format!("run {run} has no checkpoint after epoch {e} on disk"),
+                None => format!("run {run} has no epoch checkpoint yet"),
+            })
+        })?;
+        let id =
+            insert_analysis(&mut tx, run, checkpoint, epoch as u32, spec, max_attempts).await?;
+        tx.commit().await?;
+        self.analysis(id).await
+    }
+
+    pub async fn analysis(&self, id: Uuid) -> Result<AnalysisView> {
+        let row: Option<AnalysisRow> = sqlx::query_as(&format!("{ANALYSIS_VIEW} WHERE a.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let row = row.ok_or_else(|| not_found("analysis", id))?;
+        let records = self.analysis_records(id).await?;
+        row.view(records)
+    }
+
+    /// A run's analyses, oldest epoch first, without their records.
+    pub async fn analyses_of_run(&self, run: Uuid) -> Result<Vec<AnalysisView>> {
+        self.run_exists(run).await?;
+        let rows: Vec<AnalysisRow> = sqlx::query_as(&format!(
+            "{ANALYSIS_VIEW} WHERE a.run_id = $1 ORDER BY a.epoch, a.id"
+        ))
+        .bind(run)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(|r| r.view(vec![])).collect()
+    }
+
+    /// The succeeded analysis of the highest epoch of a run, with its records.
+    pub async fn latest_analysis(&self, run: Uuid) -> Result<Option<AnalysisView>> {
+        let id: Option<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM analyses WHERE run_id = $1 AND status = 'succeeded'
+              ORDER BY epoch DESC, finished_at DESC LIMIT 1",
+        )
+        .bind(run)
+        .fetch_optional(&self.pool)
+        .await?;
+        match id {
+            Some(id) => Ok(Some(self.analysis(id).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn analysis_records(&self, id: Uuid) -> Result<Vec<AnalysisRecord>> {
+        let rows: Vec<Json<AnalysisRecord>> = sqlx::query_scalar(
+            "SELECT record FROM analysis_records WHERE analysis_id = $1 ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|j| j.0).collect())
+    }
+
+    async fn run_exists(&self, run: Uuid) -> Result<()> {
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM runs WHERE id = $1)")
+            .bind(run)
+            .fetch_one(&self.pool)
+            .await?;
+        if exists {
+            Ok(())
+        } else {
+            Err(not_found("run", run))
+        }
+    }
+}

@@ -1,0 +1,499 @@
+//! Runs and experiments: submission (with idempotency keys), listing, cancel, retry, delete.
+
+use crate::rows::{RunRow, RUN_VIEW};
+use crate::{Result, Store, StoreError};
+use domain::service::{ConfigSummary, ExperimentView, JobState, Page, RunSubmission, RunView};
+use domain::{AnalysisSpec, ExperimentSpec, RunSpec};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sqlx::types::Json;
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+/// An `Idempotency-Key` and a digest of the request it came with.
+#[derive(Clone, Debug)]
+pub struct Idempotency {
+    pub key: String,
+    pub request_sha256: String,
+}
+
+/// The result of a submission: created now, or the first response replayed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Submitted<T> {
+    Created(T),
+    Replayed(T),
+}
+
+impl<T> Submitted<T> {
+    pub fn into_inner(self) -> T {
+        match self {
+            Self::Created(v) | Self::Replayed(v) => v,
+        }
+    }
+}
+
+/// Filters of `GET /v1/runs`.
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    pub status: Option<JobState>,
+    pub arch: Option<String>,
+    pub tag: Option<String>,
+    pub experiment: Option<Uuid>,
+}
+
+type Tx = Transaction<'static, Postgres>;
+
+enum Replay<T> {
+    Stored(T),
+    New(Tx),
+}
+
+/// Stores the response under the idempotency key (if any) and commits the submission.
+async fn remember<T: Serialize>(
+    mut tx: Tx,
+    route: &str,
+    idempotency: Option<&Idempotency>,
+    response: &T,
+) -> Result<()> {
+    if let Some(idem) = idempotency {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (route, key, request_sha256, status, response)
+             VALUES ($1, $2, $3, 201, $4)",
+        )
+        .bind(route)
+        .bind(&idem.key)
+        .bind(&idem.request_sha256)
+        .bind(Json(serde_json::to_value(response)?))
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+impl Store {
+    /// Stores a run and its train job. With an idempotency key, concurrent and repeated
+    /// submissions of the same request create one run; another request under the same key
+    /// is refused.
+    pub async fn submit_run(
+        &self,
+        submission: &RunSubmission,
+        idempotency: Option<&Idempotency>,
+        max_attempts: u32,
+    ) -> Result<Submitted<RunView>> {
+        let route = "POST /v1/runs";
+        let mut tx = match self.replay(route, idempotency).await? {
+            Replay::Stored(view) => return Ok(Submitted::Replayed(view)),
+            Replay::New(tx) => tx,
+        };
+        let id = insert_run(
+            &mut tx,
+            None,
+            &submission.spec.model.label(),
+            &submission.spec,
+            submission.analysis.as_ref(),
+            max_attempts,
+        )
+        .await?;
+        let view = run_in(&mut tx, id).await?;
+        remember(tx, route, idempotency, &view).await?;
+        Ok(Submitted::Created(view))
+    }
+
+    /// Stores an experiment and one run per configuration and seed, each analysed at its
+    /// final checkpoint with the experiment's analysis.
+    pub async fn submit_experiment(
+        &self,
+        spec: &ExperimentSpec,
+        idempotency: Option<&Idempotency>,
+        max_attempts: u32,
+    ) -> Result<Submitted<ExperimentView>> {
+        let route = "POST /v1/experiments";
+        let mut tx = match self.replay(route, idempotency).await? {
+            Replay::Stored(view) => return Ok(Submitted::Replayed(view)),
+            Replay::New(tx) => tx,
+        };
+        let id = Uuid::now_v7();
+        sqlx::query("INSERT INTO experiments (id, name, spec) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(&spec.name)
+            .bind(Json(spec))
+            .execute(&mut *tx)
+            .await?;
+        let plan = domain::service::AnalysisPlan {
+            checkpoints: domain::service::CheckpointSelection::Final,
+            spec: spec.analysis.clone(),
+        };
+        for run in spec.runs() {
+            insert_run(
+                &mut tx,
+                Some(id),
+                &run.label,
+                &run.spec,
+                Some(&plan),
+                max_attempts,
+            )
+            .await?;
+        }
+        let view = experiment_in(&mut tx, id).await?;
+        remember(tx, route, idempotency, &view).await?;
+        Ok(Submitted::Created(view))
+    }
+
+    /// Opens the transaction of a submission. Under an idempotency key it first takes an
+    /// advisory lock on the key, which serialises concurrent duplicates until the first
+    /// commits, and returns the stored response of an earlier request instead.
+    async fn replay<T: DeserializeOwned>(
+        &self,
+        route: &str,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Replay<T>> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(idem) = idempotency {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || ' ' || $2, 0))")
+                .bind(route)
+                .bind(&idem.key)
+                .execute(&mut *tx)
+                .await?;
+            let stored: Option<(String, Json<serde_json::Value>)> = sqlx::query_as(
+                "SELECT request_sha256, response FROM idempotency_keys
+                  WHERE route = $1 AND key = $2",
+            )
+            .bind(route)
+            .bind(&idem.key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((digest, response)) = stored {
+                if digest != idem.request_sha256 {
+                    return Err(StoreError::IdempotencyMismatch(idem.key.clone()));
+                }
+                return Ok(Replay::Stored(serde_json::from_value(response.0)?));
+            }
+        }
+        Ok(Replay::New(tx))
+    }
+
+    pub async fn run(&self, id: Uuid) -> Result<RunView> {
+        let mut conn = self.pool.acquire().await?;
+        run_in(&mut conn, id).await
+    }
+
+    /// Runs newest first, `limit` per page, after the cursor (a run id) when given.
+    pub async fn list_runs(
+        &self,
+        filter: &RunFilter,
+        cursor: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Page<RunView>> {
+        let rows: Vec<RunRow> = sqlx::query_as(&format!(
+            "{RUN_VIEW}
+              WHERE ($1::uuid IS NULL OR r.id < $1)
+                AND ($2::text IS NULL OR r.status = $2)
+                AND ($3::text IS NULL OR r.arch = $3)
+                AND ($4::text IS NULL OR $4 = ANY (r.tags))
+                AND ($5::uuid IS NULL OR r.experiment_id = $5)
+              ORDER BY r.id DESC
+              LIMIT $6"
+        ))
+        .bind(cursor)
+        .bind(filter.status.map(|s| s.as_str()))
+        .bind(&filter.arch)
+        .bind(&filter.tag)
+        .bind(filter.experiment)
+        .bind(limit as i64 + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let more = rows.len() > limit as usize;
+        let items = rows
+            .into_iter()
+            .take(limit as usize)
+            .map(RunRow::view)
+            .collect::<Result<Vec<_>>>()?;
+        let next_cursor = if more {
+            items.last().map(|r| r.id.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    pub async fn experiment(&self, id: Uuid) -> Result<ExperimentView> {
+        let mut conn = self.pool.acquire().await?;
+        experiment_in(&mut conn, id).await
+    }
+
+    /// Cancels a run's unfinished jobs: queued ones at once, running ones at their
+    /// worker's next heartbeat (`cancelling`).
+    pub async fn cancel_run(&self, id: Uuid) -> Result<RunView> {
+        let mut tx = self.pool.begin().await?;
+        let status = lock_run(&mut tx, id).await?;
+        if status.is_final() {
+            return Err(StoreError::Conflict(format!(
+                "run {id} is {status}; only queued or running runs can be cancelled"
+            )));
+        }
+        sqlx::query(
+            "UPDATE jobs SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE 'cancelling' END,
+                    updated_at = now()
+              WHERE run_id = $1 AND state IN ('queued', 'running')",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sync_statuses(&mut tx, id).await?;
+        let view = run_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(view)
+    }
+
+    /// Queues a failed or cancelled run again; it resumes from its latest checkpoint with
+    /// a fresh allowance of attempts.
+    pub async fn retry_run(&self, id: Uuid, max_attempts: u32) -> Result<RunView> {
+        let mut tx = self.pool.begin().await?;
+        let status = lock_run(&mut tx, id).await?;
+        if !matches!(status, JobState::Failed | JobState::Cancelled) {
+            return Err(StoreError::Conflict(format!(
+                "run {id} is {status}; only failed or cancelled runs can be retried"
+            )));
+        }
+        sqlx::query(
+            "UPDATE jobs SET state = 'queued', failures = 0, max_attempts = $2,
+                    failure_kind = NULL, last_error = NULL, updated_at = now()
+              WHERE run_id = $1 AND state IN ('failed', 'cancelled')",
+        )
+        .bind(id)
+        .bind(max_attempts as i32)
+        .execute(&mut *tx)
+        .await?;
+        sync_statuses(&mut tx, id).await?;
+        let view = run_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(view)
+    }
+
+    /// Deletes a run that is not running, with everything recorded about it. Returns the
+    /// run's directory in the checkpoint store, for the caller to remove.
+    pub async fn delete_run(&self, id: Uuid) -> Result<String> {
+        let mut tx = self.pool.begin().await?;
+        lock_run(&mut tx, id).await?;
+        let active: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE run_id = $1 AND state IN ('running', 'cancelling')",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if active > 0 {
+            return Err(StoreError::Conflict(format!(
+                "run {id} has a job running; cancel it and wait until it stops"
+            )));
+        }
+        sqlx::query("DELETE FROM runs WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(run_directory(id))
+    }
+
+    /// Counts of jobs by kind and state, for `/metrics`.
+    pub async fn job_counts(&self) -> Result<Vec<(String, String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT kind, state, count(*) FROM jobs GROUP BY kind, state ORDER BY kind, state",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+/// A run's directory in the checkpoint store; attempts write below it.
+pub(crate) fn run_directory(run: Uuid) -> String {
+    format!("runs/{run}")
+}
+
+async fn insert_run(
+    tx: &mut Tx,
+    experiment: Option<Uuid>,
+    label: &str,
+    spec: &RunSpec,
+    plan: Option<&domain::service::AnalysisPlan>,
+    max_attempts: u32,
+) -> Result<Uuid> {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO runs (id, experiment_id, label, name, tags, arch, dataset, spec,
+                           analysis_plan, status, epochs)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', $10)",
+    )
+    .bind(id)
+    .bind(experiment)
+    .bind(label)
+    .bind(&spec.name)
+    .bind(&spec.tags)
+    .bind(spec.model.arch.as_str())
+    .bind(&spec.data.dataset)
+    .bind(Json(spec))
+    .bind(plan.map(Json))
+    .bind(spec.epochs() as i32)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO jobs (id, kind, run_id, state, max_attempts)
+         VALUES ($1, 'train', $2, 'queued', $3)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(id)
+    .bind(max_attempts as i32)
+    .execute(&mut **tx)
+    .await?;
+    Ok(id)
+}
+
+pub(crate) async fn run_in(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<RunView> {
+    let row: Option<RunRow> = sqlx::query_as(&format!("{RUN_VIEW} WHERE r.id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    row.ok_or_else(|| not_found("run", id))?.view()
+}
+
+async fn experiment_in(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<ExperimentView> {
+    let row: Option<(String, Json<ExperimentSpec>, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT name, spec, created_at FROM experiments WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let (name, spec, created_at) = row.ok_or_else(|| not_found("experiment", id))?;
+    let rows: Vec<RunRow> = sqlx::query_as(&format!(
+        "{RUN_VIEW} WHERE r.experiment_id = $1 ORDER BY r.id"
+    ))
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let runs = rows
+        .into_iter()
+        .map(RunRow::view)
+        .collect::<Result<Vec<_>>>()?;
+    let finals: Vec<(Uuid, f64)> = sqlx::query_as(
+        "SELECT m.run_id, m.value FROM metrics m JOIN runs r ON r.id = m.run_id
+          WHERE r.experiment_id = $1 AND m.name = 'accuracy' AND m.split = 'test'
+            AND m.block = '' AND m.epoch = r.epochs",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut configs: Vec<ConfigSummary> = vec![];
+    for run in &runs {
+        let index = match configs.iter().position(|c| c.label == run.label) {
+            Some(i) => i,
+            None => {
+                configs.push(ConfigSummary {
+                    label: run.label.clone(),
+                    runs: 0,
+                    succeeded: 0,
+                    test_accuracy_mean: None,
+                    test_accuracy_sd: None,
+                });
+                configs.len() - 1
+            }
+        };
+        let c = &mut configs[index];
+        c.runs += 1;
+        c.succeeded += (run.status == JobState::Succeeded) as u32;
+    }
+    for c in &mut configs {
+        let values: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.label == c.label && r.status == JobState::Succeeded)
+            .filter_map(|r| finals.iter().find(|(id, _)| *id == r.id).map(|f| f.1))
+            .collect();
+        if !values.is_empty() {
+            let n = values.len() as f64;
+            let mean = values.iter().sum::<f64>() / n;
+            c.test_accuracy_mean = Some(mean);
+            c.test_accuracy_sd = (values.len() > 1).then(|| {
+                (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+            });
+        }
+    }
+    Ok(ExperimentView {
+        id,
+        name,
+        spec: spec.0,
+        created_at,
+        configs,
+        runs,
+    })
+}
+
+/// Locks a run's row for a state change and returns its status.
+async fn lock_run(tx: &mut Tx, id: Uuid) -> Result<JobState> {
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM runs WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    crate::rows::state(&status.ok_or_else(|| not_found("run", id))?)
+}
+
+/// Copies job states to their run (the train job's) and analyses (their analyze job's).
+pub(crate) async fn sync_statuses(conn: &mut sqlx::PgConnection, run: Uuid) -> Result<()> {
+    sqlx::query(
+        "UPDATE runs r SET status = j.state, updated_at = now()
+           FROM jobs j WHERE j.run_id = r.id AND j.kind = 'train' AND r.id = $1
+            AND r.status <> j.state",
+    )
+    .bind(run)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE analyses a SET status = j.state,
+                finished_at = CASE WHEN j.state IN ('succeeded', 'failed', 'cancelled')
+                                   THEN coalesce(a.finished_at, now()) END
+           FROM jobs j WHERE j.analysis_id = a.id AND a.run_id = $1 AND a.status <> j.state",
+    )
+    .bind(run)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub(crate) fn not_found(what: &'static str, id: impl ToString) -> StoreError {
+    StoreError::NotFound {
+        what,
+        id: id.to_string(),
+    }
+}
+
+/// An analyze job for a checkpoint (the plan's, or one a user asked for).
+pub(crate) async fn insert_analysis(
+    conn: &mut sqlx::PgConnection,
+    run: Uuid,
+    checkpoint: Uuid,
+    epoch: u32,
+    spec: &AnalysisSpec,
+    max_attempts: u32,
+) -> Result<Uuid> {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO analyses (id, run_id, checkpoint_id, epoch, spec, status)
+         VALUES ($1, $2, $3, $4, $5, 'queued')",
+    )
+    .bind(id)
+    .bind(run)
+    .bind(checkpoint)
+    .bind(epoch as i32)
+    .bind(Json(spec))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO jobs (id, kind, run_id, analysis_id, state, max_attempts)
+         VALUES ($1, 'analyze', $2, $3, 'queued', $4)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(run)
+    .bind(id)
+    .bind(max_attempts as i32)
+    .execute(&mut *conn)
+    .await?;
+    Ok(id)
+}

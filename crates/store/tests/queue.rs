@@ -1,0 +1,473 @@
+//! The queue against a real Postgres: one fresh database per test (`#[sqlx::test]`, needs
+//! DATABASE_URL with a role that may create databases; `scripts/postgres start` gives one).
+
+use domain::service::{
+    AnalysisPlan, AnalysisResult, CheckpointRegistration, CheckpointSelection, FailureKind,
+    JobKind, JobState, RunSubmission, WorkerEvent,
+};
+use domain::{Arch, DataSpec, ExperimentSpec, MetricName, MetricRecord, ModelSpec, RunSpec, Split};
+use sqlx::PgPool;
+use std::collections::HashSet;
+use std::time::Duration;
+use store::{Idempotency, LeaseConfig, RunFilter, Store, StoreError, Submitted};
+
+fn lease(ttl_ms: u64) -> LeaseConfig {
+    LeaseConfig {
+        ttl: Duration::from_millis(ttl_ms),
+        heartbeat: Duration::from_millis(ttl_ms / 3),
+        max_attempts: 3,
+    }
+}
+
+fn submission(epochs: u32, plan: Option<AnalysisPlan>) -> RunSubmission {
+    let mut model = ModelSpec::new(Arch::Resnet);
+    model.depth = Some(8);
+    model.width = Some(4);
+    let mut spec = RunSpec::new(model, DataSpec::new("shapes10"));
+    spec.train.epochs = Some(epochs);
+    spec.tags = vec!["demo".into()];
+    RunSubmission {
+        spec,
+        analysis: plan,
+    }
+}
+
+fn registration(token: uuid::Uuid, epoch: u32) -> CheckpointRegistration {
+    CheckpointRegistration {
+        lease_token: token,
+        file_name: format!("epoch-{epoch:04}.safetensors"),
+        epoch,
+        batch: 0,
+        step: epoch as u64 * 10,
+        sha256: "00".repeat(32),
+        size: 1,
+    }
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_run_is_claimed_trained_and_analysed_by_plan(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    let lease = lease(60_000);
+    let plan = AnalysisPlan {
+        checkpoints: CheckpointSelection::Every(2),
+        ..Default::default()
+    };
+    let run = store
+        .submit_run(&submission(3, Some(plan)), None, 3)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(run.status, JobState::Queued);
+    assert!(store
+        .claim(&[JobKind::Analyze], "w", &lease)
+        .await
+        .unwrap()
+        .is_none());
+    let claim = store
+        .claim(&[JobKind::Train], "w", &lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.run_id, run.id);
+    assert_eq!(claim.attempt, 1);
+    assert_eq!(claim.directory, format!("runs/{}/attempt-1", run.id));
+    assert_eq!(claim.keep_epochs, [2, 3]);
+    assert!(claim.resume_from.is_none());
+    assert_eq!(store.run(run.id).await.unwrap().status, JobState::Running);
+
+    let token = claim.lease_token;
+    for epoch in 1..=3 {
+        let records = [MetricRecord::new(
+            MetricName::Accuracy,
+            Some(Split::Test),
+            epoch,
+            0.5 + epoch as f64 / 10.0,
+        )];
+        let events = [WorkerEvent::Epoch {
+            epoch,
+            records: records.to_vec(),
+        }];
+        // Sent twice (a retried request): still one row per epoch.
+        store
+            .record_events(claim.job_id, token, &events)
+            .await
+            .unwrap();
+        store
+            .record_events(claim.job_id, token, &events)
+            .await
+            .unwrap();
+        store
+            .register_checkpoint(claim.job_id, &registration(token, epoch), &lease)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store.complete(claim.job_id, token, None).await.unwrap(),
+        JobState::Succeeded
+    );
+    let run = store.run(run.id).await.unwrap();
+    assert_eq!(run.status, JobState::Succeeded);
+    assert_eq!(run.epochs_done, 3);
+    assert_eq!(run.best_test_accuracy, Some(0.8));
+    let metrics = store
+        .metrics(run.id, Some(MetricName::Accuracy), Some(Split::Test))
+        .await
+        .unwrap();
+    assert_eq!(
+        metrics.iter().map(|m| m.epoch).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(store.checkpoints(run.id).await.unwrap().len(), 3);
+
+    // The plan asked for epochs 2 and 3: two analyze jobs.
+    let mut epochs = vec![];
+    while let Some(job) = store.claim(&[JobKind::Analyze], "a", &lease).await.unwrap() {
+        let task = job.analysis.clone().unwrap();
+        epochs.push(task.checkpoint.epoch);
+        let result = AnalysisResult {
+            selected_alpha: Some(0.5),
+            notes: vec![],
+            examples: serde_json::json!([]),
+            seconds: 1.0,
+            records: vec![domain::AnalysisRecord::new(
+                MetricName::Cosine,
+                Split::Test,
+                task.checkpoint.epoch,
+                -0.1,
+                10,
+            )],
+        };
+        store
+            .complete(job.job_id, job.lease_token, Some(&result))
+            .await
+            .unwrap();
+    }
+    assert_eq!(epochs, [2, 3]);
+    let latest = store.latest_analysis(run.id).await.unwrap().unwrap();
+    assert_eq!(latest.epoch, 3);
+    assert_eq!(latest.status, JobState::Succeeded);
+    assert_eq!(latest.records.len(), 1);
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn an_expired_lease_is_refused_reaped_and_resumed_until_attempts_run_out(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    let short = lease(200);
+    let run = store
+        .submit_run(&submission(5, None), None, 2)
+        .await
+        .unwrap()
+        .into_inner();
+    let first = store
+        .claim(&[JobKind::Train], "w1", &short)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .register_checkpoint(first.job_id, &registration(first.lease_token, 1), &short)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The stalled worker wakes: every write is refused, before and after the reaper ran.
+    let err = store
+        .heartbeat(first.job_id, first.lease_token, &short)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::LeaseLost(_)), "{err}");
+    assert_eq!(store.reap_expired().await.unwrap(), 1);
+    let err = store
+        .register_checkpoint(first.job_id, &registration(first.lease_token, 2), &short)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::LeaseLost(_)), "{err}");
+    let view = store.run(run.id).await.unwrap();
+    assert_eq!(view.status, JobState::Queued);
+    assert_eq!(view.failure_kind, Some(FailureKind::Infrastructure));
+
+    let second = store
+        .claim(&[JobKind::Train], "w2", &short)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.attempt, 2);
+    assert_eq!(second.directory, format!("runs/{}/attempt-2", run.id));
+    let resume = second.resume_from.unwrap();
+    assert_eq!(
+        (resume.directory.as_str(), resume.epoch),
+        (first.directory.as_str(), 1)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    store.reap_expired().await.unwrap();
+    // Two infrastructure failures with max_attempts 2: failed, not queued again.
+    assert_eq!(store.run(run.id).await.unwrap().status, JobState::Failed);
+    assert!(store
+        .claim(&[JobKind::Train], "w3", &short)
+        .await
+        .unwrap()
+        .is_none());
+    // A retry queues it again with a fresh allowance.
+    let retried = store.retry_run(run.id, 2).await.unwrap();
+    assert_eq!(retried.status, JobState::Queued);
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn divergence_fails_at_once_and_release_does_not_count(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    let lease = lease(60_000);
+    let run = store
+        .submit_run(&submission(2, None), None, 1)
+        .await
+        .unwrap()
+        .into_inner();
+    let claim = store
+        .claim(&[JobKind::Train], "w", &lease)
+        .await
+        .unwrap()
+        .unwrap();
+    // A graceful shutdown gives the job back; with max_attempts 1 it still runs again.
+    assert_eq!(
+        store
+            .release(claim.job_id, claim.lease_token)
+            .await
+            .unwrap(),
+        JobState::Queued
+    );
+    let claim = store
+        .claim(&[JobKind::Train], "w", &lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.attempt, 2);
+    let state = store
+        .fail(
+            claim.job_id,
+            claim.lease_token,
+            FailureKind::Diverged,
+            "loss is NaN",
+        )
+        .await
+        .unwrap();
+    assert_eq!(state, JobState::Failed);
+    let view = store.run(run.id).await.unwrap();
+    assert_eq!(view.failure_kind, Some(FailureKind::Diverged));
+    assert_eq!(view.last_error.as_deref(), Some("loss is NaN"));
+    let logs = store.logs(run.id, 100).await.unwrap();
+    assert!(
+        logs.iter().any(|l| l.message.contains("diverged")),
+        "{logs:?}"
+    );
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn cancel_is_immediate_when_queued_and_seen_at_the_heartbeat_when_running(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    let lease = lease(60_000);
+    let queued = store
+        .submit_run(&submission(2, None), None, 3)
+        .await
+        .unwrap()
+        .into_inner();
+    let running = store
+        .submit_run(&submission(2, None), None, 3)
+        .await
+        .unwrap()
+        .into_inner();
+    let claim = store
+        .claim(&[JobKind::Train], "w", &lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.run_id, queued.id, "oldest first");
+    // Cancel the other (queued) one, and the claimed one.
+    assert_eq!(
+        store.cancel_run(running.id).await.unwrap().status,
+        JobState::Cancelled
+    );
+    assert_eq!(
+        store.cancel_run(queued.id).await.unwrap().status,
+        JobState::Cancelling
+    );
+    assert!(
+        store
+            .heartbeat(claim.job_id, claim.lease_token, &lease)
+            .await
+            .unwrap()
+            .cancel
+    );
+    assert_eq!(
+        store
+            .complete(claim.job_id, claim.lease_token, None)
+            .await
+            .unwrap(),
+        JobState::Cancelled
+    );
+    assert!(matches!(
+        store.cancel_run(queued.id).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.retry_run(queued.id, 3).await.unwrap().status,
+        JobState::Queued
+    );
+    let dir = store.delete_run(running.id).await.unwrap();
+    assert_eq!(dir, format!("runs/{}", running.id));
+    assert!(matches!(
+        store.run(running.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn idempotency_keys_replay_or_refuse(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    let key = |digest: &str| Idempotency {
+        key: "k1".into(),
+        request_sha256: digest.into(),
+    };
+    let sub = submission(2, None);
+    let first = store.submit_run(&sub, Some(&key("a")), 3).await.unwrap();
+    let again = store.submit_run(&sub, Some(&key("a")), 3).await.unwrap();
+    let (Submitted::Created(first), Submitted::Replayed(again)) = (first, again) else {
+        panic!("expected created then replayed");
+    };
+    assert_eq!(first, again);
+    assert!(matches!(
+        store.submit_run(&sub, Some(&key("b")), 3).await,
+        Err(StoreError::IdempotencyMismatch(_))
+    ));
+    // Concurrent duplicates make one run.
+    let mut tasks = vec![];
+    for _ in 0..20 {
+        let store = store.clone();
+        let sub = sub.clone();
+        tasks.push(tokio::spawn(async move {
+            let idem = Idempotency {
+                key: "k2".into(),
+                request_sha256: "c".into(),
+            };
+            store
+                .submit_run(&sub, Some(&idem), 3)
+                .await
+                .unwrap()
+                .into_inner()
+                .id
+        }));
+    }
+    let mut ids = HashSet::new();
+    for t in tasks {
+        ids.insert(t.await.unwrap());
+    }
+    assert_eq!(ids.len(), 1);
+    let page = store
+        .list_runs(&RunFilter::default(), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 2);
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn concurrent_claims_never_share_a_job_and_pages_cover_every_run(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    let lease = lease(60_000);
+    for _ in 0..40 {
+        store
+            .submit_run(&submission(1, None), None, 3)
+            .await
+            .unwrap();
+    }
+    let mut tasks = vec![];
+    for w in 0..6 {
+        let store = store.clone();
+        let lease = lease.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = vec![];
+            while let Some(c) = store
+                .claim(&[JobKind::Train], &format!("w{w}"), &lease)
+                .await
+                .unwrap()
+            {
+                got.push(c.job_id);
+            }
+            got
+        }));
+    }
+    let mut all = vec![];
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!((all.len(), unique.len()), (40, 40));
+
+    let mut seen = HashSet::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_runs(&RunFilter::default(), cursor, 7)
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 7);
+        seen.extend(page.items.iter().map(|r| r.id));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c.parse().unwrap()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 40);
+    let filtered = RunFilter {
+        status: Some(JobState::Queued),
+        ..Default::default()
+    };
+    assert!(store
+        .list_runs(&filtered, None, 100)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn an_experiment_is_configurations_times_seeds(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    let spec = ExperimentSpec::from_toml(
+        r#"
+name = "demo"
+seeds = [0, 1]
+[data]
+dataset = "shapes10"
+[train]
+epochs = 1
+[[configs]]
+model = { arch = "resnet", depth = 8, width = 4 }
+[[configs]]
+label = "narrow"
+model = { arch = "resnet", depth = 8, width = 2 }
+"#,
+    )
+    .unwrap();
+    let view = store
+        .submit_experiment(&spec, None, 3)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(view.runs.len(), 4);
+    let labels: Vec<_> = view
+        .configs
+        .iter()
+        .map(|c| (c.label.as_str(), c.runs))
+        .collect();
+    assert_eq!(labels, [("resnet-8", 2), ("narrow", 2)]);
+    assert!(view.runs.iter().all(|r| r.analysis.is_some()));
+    let filter = RunFilter {
+        experiment: Some(view.id),
+        ..Default::default()
+    };
+    assert_eq!(
+        store
+            .list_runs(&filter, None, 10)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        4
+    );
+}
