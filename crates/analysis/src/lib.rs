@@ -9,12 +9,9 @@
 
 mod blocks;
 pub mod claims;
-mod csv;
 mod paths;
 mod stats;
 mod taylor;
-
-pub use csv::to_csv;
 
 use candle_core::Tensor;
 use cifar::batch::{fixed_subset, in_order};

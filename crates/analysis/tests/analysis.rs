@@ -352,7 +352,7 @@ fn every_analysis_runs_and_leaves_batchnorm_statistics_unchanged() {
     };
     assert!(size(Group::All) >= size(Group::Borderline) + size(Group::Correct));
     assert_eq!(size(Group::All), 24);
-    let csv = analysis::to_csv(&result.records);
+    let csv = domain::csv::analysis_csv(&result.records);
     assert!(
         csv.starts_with("name,split,epoch,block,block_index,kind,group,alpha,step,stat,value,n\n")
     );

@@ -112,6 +112,16 @@ fn tick(v: &f64) -> String {
 const PANEL_WIDTH: u32 = 640;
 const HEIGHT: u32 = 480;
 
+/// The figure as an SVG document (served by the API).
+pub fn svg(figure: &Figure) -> Result<String> {
+    register_font();
+    let size = (PANEL_WIDTH * figure.panels.len().max(1) as u32, HEIGHT);
+    let mut out = String::new();
+    draw_all(SVGBackend::with_string(&mut out, size).into_drawing_area(), figure)
+        .map_err(FigureError::Draw)?;
+    Ok(out)
+}
+
 /// Writes `dir/name.svg` and `dir/name.png`.
 pub fn write(figure: &Figure, dir: &Path, name: &str) -> Result<Vec<PathBuf>> {
     register_font();

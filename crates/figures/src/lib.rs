@@ -20,5 +20,5 @@ pub enum FigureError {
 
 pub type Result<T, E = FigureError> = std::result::Result<T, E>;
 
-pub use chart::{write, Figure};
+pub use chart::{svg, write, Figure};
 pub use paper::{figures, Run};

@@ -38,7 +38,7 @@ pub fn run(args: AnalyzeArgs, data_dir: &Path) -> Result<ExitCode> {
     if args.run.is_some() {
         let all: Vec<_> = analyses.iter().flat_map(|a| a.records.clone()).collect();
         let path = out.join("analysis.csv");
-        resnet::checkpoint::write_atomic(&path, analysis::to_csv(&all).as_bytes())?;
+        resnet::checkpoint::write_atomic(&path, domain::csv::analysis_csv(&all).as_bytes())?;
         if !args.json {
             eprintln!("all epochs: {}", path.display());
         }
@@ -100,7 +100,7 @@ pub(crate) fn write(dir: &Path, result: &Analysis) -> Result<()> {
     resnet::checkpoint::write_atomic(&dir.join("analysis.json"), json.as_bytes())?;
     resnet::checkpoint::write_atomic(
         &dir.join("analysis.csv"),
-        analysis::to_csv(&result.records).as_bytes(),
+        domain::csv::analysis_csv(&result.records).as_bytes(),
     )?;
     Ok(())
 }

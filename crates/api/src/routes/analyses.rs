@@ -1,0 +1,65 @@
+//! Analyses of checkpoints: ask for one, list a run's, read one (CSV with `Accept: text/csv`).
+
+use super::{typed, wants};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{Id, JsonBody};
+use crate::AppState;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use domain::service::{AnalysisRequest, AnalysisView};
+
+#[utoipa::path(post, path = "/v1/runs/{id}/analyses", tag = "analyses",
+    params(("id" = uuid::Uuid, Path)), request_body = AnalysisRequest,
+    responses((status = 201, body = AnalysisView), (status = 409, body = Problem),
+        (status = 422, body = Problem)))]
+pub async fn request(
+    State(state): State<AppState>,
+    Id(run): Id,
+    body: JsonBody<AnalysisRequest>,
+) -> ApiResult<Response> {
+    let req = body.value;
+    req.spec.validate().map_err(ApiError::invalid)?;
+    let view = state
+        .store
+        .request_analysis(run, req.epoch, &req.spec, state.config.lease.max_attempts)
+        .await?;
+    let location = HeaderValue::from_str(&format!("/v1/analyses/{}", view.id))
+        .map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(view),
+    )
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/v1/runs/{id}/analyses", tag = "analyses",
+    params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, description = "without their records", body = Vec<AnalysisView>)))]
+pub async fn of_run(
+    State(state): State<AppState>,
+    Id(run): Id,
+) -> ApiResult<Json<Vec<AnalysisView>>> {
+    Ok(Json(state.store.analyses_of_run(run).await?))
+}
+
+#[utoipa::path(get, path = "/v1/analyses/{id}", tag = "analyses",
+    params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, description = "with its per-block records; CSV of the records with Accept: text/csv",
+        body = AnalysisView), (status = 404, body = Problem)))]
+pub async fn get(
+    State(state): State<AppState>,
+    Id(id): Id,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let view = state.store.analysis(id).await?;
+    if wants(&headers, "text/csv") {
+        return Ok(typed(
+            "text/csv; charset=utf-8",
+            domain::csv::analysis_csv(&view.records),
+        ));
+    }
+    Ok(Json(view).into_response())
+}

@@ -1,0 +1,135 @@
+//! The paper's figures as SVG, drawn from stored results: a run's (its training metrics
+//! and its latest analysis) or an experiment's (every run, seeds of a configuration as
+//! mean ± sd).
+
+use super::typed;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::AppState;
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::Json;
+use domain::service::AnalysisView;
+use domain::MetricRecord;
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// The stored results of one run that figures are drawn from.
+struct RunResults {
+    label: String,
+    training: Vec<MetricRecord>,
+    analysis: Option<AnalysisView>,
+}
+
+async fn results(state: &AppState, run: Uuid, label: String) -> ApiResult<RunResults> {
+    Ok(RunResults {
+        label,
+        training: state.store.metrics(run, None, None).await?,
+        analysis: state.store.latest_analysis(run).await?,
+    })
+}
+
+/// Every figure the results support, drawn off the async threads.
+async fn draw(runs: Vec<RunResults>, wanted: Option<String>) -> ApiResult<Vec<(String, Option<String>)>> {
+    tokio::task::spawn_blocking(move || {
+        let views: Vec<figures::Run> = runs
+            .iter()
+            .map(|r| figures::Run {
+                label: &r.label,
+                analysis: r.analysis.as_ref().map_or(&[][..], |a| &a.records[..]),
+                training: &r.training,
+                selected_alpha: r.analysis.as_ref().and_then(|a| a.selected_alpha),
+            })
+            .collect();
+        figures::figures(&views)
+            .into_iter()
+            .map(|(name, figure)| {
+                let svg = if wanted.as_deref() == Some(name.as_str()) {
+                    Some(figures::svg(&figure).map_err(ApiError::internal)?)
+                } else {
+                    None
+                };
+                Ok((name, svg))
+            })
+            .collect()
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FigureList {
+    /// Names to fetch as `…/figures/{name}.svg`.
+    pub figures: Vec<String>,
+}
+
+async fn list(runs: Vec<RunResults>) -> ApiResult<Json<FigureList>> {
+    let names = draw(runs, None).await?.into_iter().map(|(n, _)| n).collect();
+    Ok(Json(FigureList { figures: names }))
+}
+
+async fn one(runs: Vec<RunResults>, file: &str) -> ApiResult<Response> {
+    let name = file
+        .strip_suffix(".svg")
+        .ok_or_else(|| ApiError::not_found("figures are served as {name}.svg"))?;
+    let drawn = draw(runs, Some(name.to_string())).await?;
+    match drawn.into_iter().find(|(n, _)| n == name) {
+        Some((_, Some(svg))) => Ok(typed("image/svg+xml", svg)),
+        _ => Err(ApiError::not_found(format!(
+            "no figure {name:?} for these results (GET …/figures lists those available)"
+        ))),
+    }
+}
+
+async fn run_results(state: &AppState, raw: &str) -> ApiResult<Vec<RunResults>> {
+    let id = crate::extract::parse_id(raw)?;
+    let run = state.store.run(id).await?;
+    Ok(vec![results(state, id, run.label).await?])
+}
+
+async fn experiment_results(state: &AppState, raw: &str) -> ApiResult<Vec<RunResults>> {
+    let id = crate::extract::parse_id(raw)?;
+    let experiment = state.store.experiment(id).await?;
+    let mut out = vec![];
+    for run in experiment.runs {
+        out.push(results(state, run.id, run.label).await?);
+    }
+    Ok(out)
+}
+
+#[utoipa::path(get, path = "/v1/runs/{id}/figures", tag = "figures",
+    params(("id" = uuid::Uuid, Path)), responses((status = 200, body = FigureList)))]
+pub async fn run_list(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<FigureList>> {
+    list(run_results(&state, &id).await?).await
+}
+
+#[utoipa::path(get, path = "/v1/runs/{id}/figures/{name}.svg", tag = "figures",
+    params(("id" = uuid::Uuid, Path), ("name" = String, Path)),
+    responses((status = 200, content_type = "image/svg+xml", body = String),
+        (status = 404, body = Problem)))]
+pub async fn run_figure(
+    State(state): State<AppState>,
+    Path((id, file)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    one(run_results(&state, &id).await?, &file).await
+}
+
+#[utoipa::path(get, path = "/v1/experiments/{id}/figures", tag = "figures",
+    params(("id" = uuid::Uuid, Path)), responses((status = 200, body = FigureList)))]
+pub async fn experiment_list(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<FigureList>> {
+    list(experiment_results(&state, &id).await?).await
+}
+
+#[utoipa::path(get, path = "/v1/experiments/{id}/figures/{name}.svg", tag = "figures",
+    params(("id" = uuid::Uuid, Path), ("name" = String, Path)),
+    responses((status = 200, content_type = "image/svg+xml", body = String),
+        (status = 404, body = Problem)))]
+pub async fn experiment_figure(
+    State(state): State<AppState>,
+    Path((id, file)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    one(experiment_results(&state, &id).await?, &file).await
+}

@@ -1,0 +1,204 @@
+//! `/v1/runs`: submit, list, read, cancel, retry, delete; metric series, logs, checkpoints.
+
+use super::{created, idempotency, typed, wants};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{Id, JsonBody, Query};
+use crate::AppState;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use domain::service::{
+    CheckpointView, JobState, LogLine, Page, RunSubmission, RunView,
+};
+use domain::{MetricName, MetricRecord, Split};
+use serde::Deserialize;
+use store::RunFilter;
+use utoipa::IntoParams;
+
+#[utoipa::path(post, path = "/v1/runs", tag = "runs", request_body = RunSubmission,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "the same key and body replay the first response; another body is 422")),
+    responses((status = 201, body = RunView), (status = 200, description = "replayed", body = RunView),
+        (status = 400, body = Problem), (status = 422, body = Problem)))]
+pub async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: JsonBody<RunSubmission>,
+) -> ApiResult<Response> {
+    let submission = body.value;
+    submission.validate().map_err(ApiError::invalid)?;
+    super::datasets::check(
+        &state,
+        &submission.spec.data,
+        submission.spec.model.classes,
+        "spec.",
+    )
+    .await?;
+    let idem = idempotency(&headers, &body.sha256)?;
+    let submitted = state
+        .store
+        .submit_run(&submission, idem.as_ref(), state.config.lease.max_attempts)
+        .await?;
+    Ok(created(submitted, |r| format!("/v1/runs/{}", r.id)))
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// queued, running, cancelling, succeeded, failed or cancelled
+    status: Option<String>,
+    arch: Option<String>,
+    tag: Option<String>,
+    experiment: Option<String>,
+    /// `next_cursor` of the previous page
+    cursor: Option<String>,
+    /// 1 to 200 (default 50; larger values are clamped)
+    limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/v1/runs", tag = "runs", params(ListQuery),
+    responses((status = 200, body = Page<RunView>), (status = 400, body = Problem)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Page<RunView>>> {
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| s.parse::<JobState>())
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("status: {e}")))?;
+    let filter = RunFilter {
+        status,
+        arch: q.arch,
+        tag: q.tag,
+        experiment: q.experiment.as_deref().map(crate::extract::parse_id).transpose()?,
+    };
+    let cursor = q
+        .cursor
+        .as_deref()
+        .map(|c| crate::extract::parse_id(c).map_err(|_| ApiError::bad_request("cursor: not a cursor this API gave")))
+        .transpose()?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 200);
+    Ok(Json(state.store.list_runs(&filter, cursor, limit).await?))
+}
+
+#[utoipa::path(get, path = "/v1/runs/{id}", tag = "runs", params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, body = RunView), (status = 404, body = Problem)))]
+pub async fn get(State(state): State<AppState>, Id(id): Id) -> ApiResult<Json<RunView>> {
+    Ok(Json(state.store.run(id).await?))
+}
+
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "runs", params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, description = "cancelled, or cancelling until the worker's next heartbeat", body = RunView),
+        (status = 409, body = Problem)))]
+pub async fn cancel(State(state): State<AppState>, Id(id): Id) -> ApiResult<Json<RunView>> {
+    Ok(Json(state.store.cancel_run(id).await?))
+}
+
+#[utoipa::path(post, path = "/v1/runs/{id}/retry", tag = "runs", params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, description = "queued again; resumes from its latest checkpoint", body = RunView),
+        (status = 409, body = Problem)))]
+pub async fn retry(State(state): State<AppState>, Id(id): Id) -> ApiResult<Json<RunView>> {
+    Ok(Json(
+        state
+            .store
+            .retry_run(id, state.config.lease.max_attempts)
+            .await?,
+    ))
+}
+
+#[utoipa::path(delete, path = "/v1/runs/{id}", tag = "runs", params(("id" = uuid::Uuid, Path)),
+    responses((status = 204, description = "deleted with its files"), (status = 409, body = Problem)))]
+pub async fn delete(State(state): State<AppState>, Id(id): Id) -> ApiResult<StatusCode> {
+    let dir = state.store.delete_run(id).await?;
+    let path = state.config.checkpoint_dir.join(dir);
+    match tokio::fs::remove_dir_all(&path).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        // The rows are gone; files left behind are unreachable, so say so and go on.
+        Err(e) => tracing::warn!("deleting {}: {e}", path.display()),
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsQuery {
+    /// loss, accuracy, intermediate_accuracy, grad_norm_ratio, …
+    name: Option<String>,
+    /// train or test
+    split: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/runs/{id}/metrics", tag = "runs",
+    params(("id" = uuid::Uuid, Path), MetricsQuery),
+    responses((status = 200, description = "per-epoch records; CSV with Accept: text/csv",
+        body = Vec<Object>), (status = 404, body = Problem)))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    Id(id): Id,
+    Query(q): Query<MetricsQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let name: Option<MetricName> = q
+        .name
+        .as_deref()
+        .map(|n| serde_json::from_value(serde_json::Value::String(n.into())))
+        .transpose()
+        .map_err(|_| ApiError::bad_request(format!("name: unknown metric {:?}", q.name.unwrap_or_default())))?;
+    let split: Option<Split> = q
+        .split
+        .as_deref()
+        .map(|s| serde_json::from_value(serde_json::Value::String(s.into())))
+        .transpose()
+        .map_err(|_| ApiError::bad_request("split: train or test"))?;
+    let records: Vec<MetricRecord> = state.store.metrics(id, name, split).await?;
+    if wants(&headers, "text/csv") {
+        return Ok(typed("text/csv; charset=utf-8", domain::csv::metrics_csv(&records)));
+    }
+    Ok(Json(records).into_response())
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    /// The newest lines, 1 to 10000 (default 200).
+    limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/v1/runs/{id}/logs", tag = "runs",
+    params(("id" = uuid::Uuid, Path), LogsQuery),
+    responses((status = 200, description = "JSON, or lines with Accept: text/plain", body = Vec<LogLine>)))]
+pub async fn logs(
+    State(state): State<AppState>,
+    Id(id): Id,
+    Query(q): Query<LogsQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let lines = state
+        .store
+        .logs(id, q.limit.unwrap_or(200).clamp(1, 10_000))
+        .await?;
+    if wants(&headers, "text/plain") {
+        let text: String = lines
+            .iter()
+            .map(|l| {
+                let attempt = l.attempt.map_or(String::new(), |a| format!(" attempt {a}"));
+                format!("{} {}{attempt}: {}\n", l.at.to_rfc3339(), l.level, l.message)
+            })
+            .collect();
+        return Ok(typed("text/plain; charset=utf-8", text));
+    }
+    Ok(Json(lines).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/runs/{id}/checkpoints", tag = "runs",
+    params(("id" = uuid::Uuid, Path)), responses((status = 200, body = Vec<CheckpointView>)))]
+pub async fn checkpoints(
+    State(state): State<AppState>,
+    Id(id): Id,
+) -> ApiResult<Json<Vec<CheckpointView>>> {
+    Ok(Json(state.store.checkpoints(id).await?))
+}
