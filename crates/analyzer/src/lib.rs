@@ -1,1 +1,120 @@
+//! `stepwise-analyzer`: claims analyze jobs from the API, computes the block-wise metrics
+//! of the named checkpoint with `analysis::analyze`, and completes the job with the
+//! records. [`analyse_checkpoint`] is also what `stepwise analyze` and `stepwise run` use.
 
+use analysis::{analyze, Analysis, Input};
+use candle_core::Device;
+use client::worker::{JobEnd, LeaseKeeper, WorkerConfig};
+use domain::service::{AnalysisResult, Claim, FailureKind};
+use domain::{AnalysisSpec, RunSpec};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyzeError {
+    #[error(transparent)]
+    Train(#[from] train::TrainError),
+    #[error(transparent)]
+    Analysis(#[from] analysis::Error),
+    #[error(transparent)]
+    Model(#[from] resnet::Error),
+    #[error(transparent)]
+    Data(#[from] cifar::DataError),
+    #[error("the run was trained on {expected} but {found} was found under that name")]
+    OtherData { expected: String, found: String },
+}
+
+/// The analysis of a checkpoint's model on `data`.
+pub fn analyse_checkpoint(
+    checkpoint: &resnet::Checkpoint,
+    data: &cifar::Dataset,
+    spec: &AnalysisSpec,
+    device: &Device,
+) -> Result<Analysis, AnalyzeError> {
+    let (model, run) = train::load_model(checkpoint, device)?;
+    let state: train::TrainState = checkpoint.meta_json(train::META_TRAIN_STATE)?;
+    let input = Input {
+        model: &model,
+        run: &run,
+        epoch: state.epoch,
+        train: &data.train,
+        test: &data.test,
+    };
+    Ok(analyze(&input, spec)?)
+}
+
+/// Runs one claimed analyze job. The analysis runs on its own thread so that a shutdown
+/// releases the job at once instead of after the analysis.
+pub fn run_job(
+    config: &WorkerConfig,
+    claim: &Claim,
+    keeper: &LeaseKeeper,
+    shutdown: &AtomicBool,
+) -> JobEnd {
+    let Some(task) = claim.analysis.clone() else {
+        return JobEnd::Failed(
+            FailureKind::Internal,
+            "an analyze job without a task".into(),
+        );
+    };
+    let config = config.clone();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(analyse_task(&config, &task.checkpoint.path(), &task.spec));
+    });
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(result) => {
+                return match result {
+                    _ if keeper.lost() => JobEnd::Abandoned,
+                    Ok(analysis) => JobEnd::Completed(Some(Box::new(AnalysisResult {
+                        selected_alpha: analysis.selected_alpha,
+                        notes: analysis.notes,
+                        examples: serde_json::to_value(&analysis.examples)
+                            .unwrap_or(serde_json::Value::Null),
+                        seconds: analysis.seconds,
+                        records: analysis.records,
+                    }))),
+                    Err(e) => {
+                        let kind = match &e {
+                            AnalyzeError::OtherData { .. } | AnalyzeError::Data(_) => {
+                                FailureKind::Invalid
+                            }
+                            _ => FailureKind::Internal,
+                        };
+                        JobEnd::Failed(kind, e.to_string())
+                    }
+                };
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if shutdown.load(Ordering::SeqCst) => {
+                return JobEnd::Stopped
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return JobEnd::Failed(FailureKind::Internal, "the analysis thread panicked".into())
+            }
+        }
+    }
+}
+
+fn analyse_task(
+    config: &WorkerConfig,
+    checkpoint: &str,
+    spec: &AnalysisSpec,
+) -> Result<Analysis, AnalyzeError> {
+    let device = resnet::candle_device(config.device)?;
+    let checkpoint = resnet::checkpoint::read(&config.checkpoint_dir.join(checkpoint))?;
+    let run: RunSpec = checkpoint.meta_json(train::META_SPEC)?;
+    let dir = cifar::locate(&run.data.dataset, &config.data_dir)?;
+    let data = cifar::Dataset::open(&dir, run.data.labels)?;
+    if let Some(expected) = &run.data.identity {
+        if *expected != data.identity {
+            return Err(AnalyzeError::OtherData {
+                expected: format!("{} ({})", expected.name, expected.fingerprint),
+                found: format!("{} ({})", data.identity.name, data.identity.fingerprint),
+            });
+        }
+    }
+    analyse_checkpoint(&checkpoint, &data, spec, &device)
+}

@@ -10,7 +10,13 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 pub async fn require_user(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    check(state.config.api_token.as_deref(), req, next, "STEPWISE_API_TOKEN").await
+    check(
+        state.config.api_token.as_deref(),
+        req,
+        next,
+        "STEPWISE_API_TOKEN",
+    )
+    .await
 }
 
 pub async fn require_worker(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -34,8 +40,11 @@ async fn check(expected: Option<&str>, req: Request, next: Next, which: &str) ->
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(token) if same(token, expected) => next.run(req).await,
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, format!("wrong bearer token ({which})"))
-            .into_response(),
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            format!("wrong bearer token ({which})"),
+        )
+        .into_response(),
         None => {
             let mut response = ApiError::new(
                 StatusCode::UNAUTHORIZED,

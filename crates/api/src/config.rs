@@ -147,8 +147,11 @@ mod tests {
 
     #[test]
     fn defaults_and_loopback_without_tokens() {
-        let c = config(&[("DATABASE_URL", "postgres://x"), ("STEPWISE_BIND", "0.0.0.0:9000")])
-            .unwrap();
+        let c = config(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("STEPWISE_BIND", "0.0.0.0:9000"),
+        ])
+        .unwrap();
         assert_eq!(c.lease.ttl, Duration::from_secs(60));
         assert_eq!(c.effective_bind().to_string(), "127.0.0.1:9000");
         let c = config(&[

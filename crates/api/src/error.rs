@@ -84,7 +84,9 @@ impl From<StoreError> for ApiError {
 impl From<domain::service::JsonError> for ApiError {
     fn from(e: domain::service::JsonError) -> Self {
         match e {
-            domain::service::JsonError::Malformed(m) => Self::bad_request(format!("malformed JSON: {m}")),
+            domain::service::JsonError::Malformed(m) => {
+                Self::bad_request(format!("malformed JSON: {m}"))
+            }
             domain::service::JsonError::Invalid(errors) => Self::invalid(errors),
         }
     }

@@ -50,7 +50,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/analyses/{id}", get(analyses::get))
         .route("/v1/experiments", post(experiments::submit))
         .route("/v1/experiments/{id}", get(experiments::get))
-        .route("/v1/experiments/{id}/figures", get(figures::experiment_list))
+        .route(
+            "/v1/experiments/{id}/figures",
+            get(figures::experiment_list),
+        )
         .route(
             "/v1/experiments/{id}/figures/{name}",
             get(figures::experiment_figure),
@@ -73,7 +76,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/worker/jobs/{id}/fail", post(worker::fail))
         .route("/v1/worker/jobs/{id}/release", post(worker::release))
         // Analysis results of a deep network run to a few MB.
-        .layer(DefaultBodyLimit::max(config.max_body_bytes.saturating_mul(64)))
+        .layer(DefaultBodyLimit::max(
+            config.max_body_bytes.saturating_mul(64),
+        ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_worker,
@@ -124,8 +129,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let bind = config.effective_bind();
     if config.is_open() {
         let open: Vec<&str> = [
-            config.api_token.is_none().then_some("users (STEPWISE_API_TOKEN)"),
-            config.worker_token.is_none().then_some("workers (STEPWISE_WORKER_TOKEN)"),
+            config
+                .api_token
+                .is_none()
+                .then_some("users (STEPWISE_API_TOKEN)"),
+            config
+                .worker_token
+                .is_none()
+                .then_some("workers (STEPWISE_WORKER_TOKEN)"),
         ]
         .into_iter()
         .flatten()
@@ -139,7 +150,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .with_context(|| format!("binding {bind}"))?;
-    tracing::info!("stepwise-api listening on http://{}", listener.local_addr()?);
+    tracing::info!(
+        "stepwise-api listening on http://{}",
+        listener.local_addr()?
+    );
     let reaper = tokio::spawn(reap(store.clone(), config.reaper_interval));
     let state = AppState::new(store, config);
     axum::serve(listener, app(state))

@@ -174,10 +174,13 @@ pub fn locate(data: &str, data_dir: &Path) -> Result<PathBuf> {
         hint,
     };
     match data {
-        synth::NAME => {
-            synth::generate(&dir, &synth::SynthConfig::default())?;
-            Ok(dir)
-        }
+        synth::NAME => match synth::generate(&dir, &synth::SynthConfig::default()) {
+            Ok(()) => Ok(dir),
+            // Another process (workers share the data directory) generated it meanwhile;
+            // generation is deterministic, so theirs is the same.
+            Err(_) if dir.is_dir() => Ok(dir),
+            Err(e) => Err(e),
+        },
         "cifar10" | "cifar100" => Err(unknown(format!(
             "download it with `stepwise data fetch {data} --out {}`",
             dir.display()

@@ -159,6 +159,7 @@ impl EventSink for RunSink {
             TrainEvent::CheckpointRemoved { file_name } => {
                 tracing::info!(file = %file_name, "checkpoint removed by the retention policy");
             }
+            TrainEvent::Checkpointing { .. } => {}
         }
         Ok(())
     }

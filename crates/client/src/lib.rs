@@ -1,1 +1,409 @@
+//! A typed, blocking HTTP client of the stepwise API ([`Client`]), used by the CLI and the
+//! workers, and what both workers share: their configuration ([`worker::WorkerConfig`]),
+//! the lease keeper that heartbeats beside the work ([`worker::LeaseKeeper`]) and the
+//! claim loop ([`worker::claim_loop`]). Blocking, because the workers' callers are plain
+//! threads doing tensor work; there is no async runtime to keep free.
 
+pub mod worker;
+
+use domain::service::{
+    AnalysisResult, AnalysisView, CheckpointRegistration, CheckpointView, Claim, ClaimRequest,
+    Completion, EventBatch, ExperimentSubmission, ExperimentView, FailureKind, FailureReport,
+    HeartbeatReply, JobKind, JobState, LeaseProof, Page, RunSubmission, RunView, WorkerEvent,
+};
+use domain::{ExperimentSpec, FieldError, MetricRecord};
+use reqwest::blocking::{RequestBuilder, Response};
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// An RFC 9457 problem as the API sends it.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Problem {
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub detail: String,
+    #[serde(default)]
+    pub errors: Vec<FieldError>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{url}: {source}")]
+    Http { url: String, source: reqwest::Error },
+    #[error("{status}: {}{}", .problem.detail, fields(&.problem.errors))]
+    Api {
+        status: StatusCode,
+        problem: Problem,
+    },
+    #[error("{url}: unexpected reply: {message}")]
+    Decode { url: String, message: String },
+}
+
+fn fields(errors: &[FieldError]) -> String {
+    if errors.len() <= 1 {
+        return String::new();
+    }
+    errors
+        .iter()
+        .map(|e| format!("\n  {}: {}", e.field, e.message))
+        .collect()
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Self::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// A worker's lease is gone (the API answered 409 Conflict to a worker write).
+    pub fn is_lease_lost(&self) -> bool {
+        self.status() == Some(StatusCode::CONFLICT)
+    }
+
+    /// Worth retrying: the API or its database is briefly unavailable.
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Http { source, .. } => source.is_connect() || source.is_timeout(),
+            Self::Api { status, .. } => {
+                status.is_server_error() || *status == StatusCode::REQUEST_TIMEOUT
+            }
+            Self::Decode { .. } => false,
+        }
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// Filters of [`Client::list_runs`].
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunQuery {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<JobState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct StateReply {
+    state: JobState,
+}
+
+#[derive(Deserialize)]
+struct FigureList {
+    figures: Vec<String>,
+}
+
+/// The API at one base URL with one bearer token.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::blocking::Client,
+    base: String,
+    token: Option<String>,
+    /// How long transient failures are retried before they are returned.
+    patience: Duration,
+}
+
+impl Client {
+    pub fn new(base: &str, token: Option<String>) -> Result<Self> {
+        let http = reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|source| ClientError::Http {
+                url: base.to_string(),
+                source,
+            })?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            patience: Duration::from_secs(30),
+        })
+    }
+
+    /// Retries transient failures (API restarting, database failing over) for this long.
+    pub fn with_patience(mut self, patience: Duration) -> Self {
+        self.patience = patience;
+        self
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends the request `build` makes, retrying transient failures with backoff.
+    fn send(&self, path: &str, build: impl Fn(&str) -> RequestBuilder) -> Result<Response> {
+        let url = self.url(path);
+        let started = Instant::now();
+        let mut wait = Duration::from_millis(100);
+        loop {
+            let mut request = build(&url);
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
+            }
+            let result = request
+                .send()
+                .map_err(|source| ClientError::Http {
+                    url: url.clone(),
+                    source,
+                })
+                .and_then(|r| check(&url, r));
+            match result {
+                Err(e) if e.is_transient() && started.elapsed() + wait < self.patience => {
+                    tracing::debug!("{e}; retrying in {wait:?}");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        json(self.send(path, |u| self.http.get(u))?)
+    }
+
+    fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        json(self.send(path, |u| self.http.post(u).json(body))?)
+    }
+
+    fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        json(self.send(path, |u| self.http.post(u))?)
+    }
+
+    // ---- users ----
+
+    /// Submits a run; with a key, repeating the call makes no second run.
+    pub fn submit_run(&self, submission: &RunSubmission, key: Option<&str>) -> Result<RunView> {
+        json(self.send("/v1/runs", |u| {
+            let r = self.http.post(u).json(submission);
+            match key {
+                Some(k) => r.header("Idempotency-Key", k),
+                None => r,
+            }
+        })?)
+    }
+
+    pub fn submit_experiment(
+        &self,
+        spec: &ExperimentSpec,
+        key: Option<&str>,
+    ) -> Result<ExperimentView> {
+        let body = ExperimentSubmission { spec: spec.clone() };
+        json(self.send("/v1/experiments", |u| {
+            let r = self.http.post(u).json(&body);
+            match key {
+                Some(k) => r.header("Idempotency-Key", k),
+                None => r,
+            }
+        })?)
+    }
+
+    pub fn list_runs(&self, query: &RunQuery) -> Result<Page<RunView>> {
+        json(self.send("/v1/runs", |u| self.http.get(u).query(query))?)
+    }
+
+    pub fn run(&self, id: Uuid) -> Result<RunView> {
+        self.get(&format!("/v1/runs/{id}"))
+    }
+
+    pub fn cancel(&self, id: Uuid) -> Result<RunView> {
+        self.post_empty(&format!("/v1/runs/{id}/cancel"))
+    }
+
+    pub fn retry(&self, id: Uuid) -> Result<RunView> {
+        self.post_empty(&format!("/v1/runs/{id}/retry"))
+    }
+
+    pub fn metrics(
+        &self,
+        id: Uuid,
+        name: Option<&str>,
+        split: Option<&str>,
+    ) -> Result<Vec<MetricRecord>> {
+        json(self.metrics_request(id, name, split, "application/json")?)
+    }
+
+    pub fn metrics_csv(&self, id: Uuid, name: Option<&str>, split: Option<&str>) -> Result<String> {
+        text(self.metrics_request(id, name, split, "text/csv")?)
+    }
+
+    fn metrics_request(
+        &self,
+        id: Uuid,
+        name: Option<&str>,
+        split: Option<&str>,
+        accept: &str,
+    ) -> Result<Response> {
+        let mut query = vec![];
+        if let Some(n) = name {
+            query.push(("name", n));
+        }
+        if let Some(s) = split {
+            query.push(("split", s));
+        }
+        self.send(&format!("/v1/runs/{id}/metrics"), |u| {
+            self.http.get(u).query(&query).header("Accept", accept)
+        })
+    }
+
+    pub fn checkpoints(&self, run: Uuid) -> Result<Vec<CheckpointView>> {
+        self.get(&format!("/v1/runs/{run}/checkpoints"))
+    }
+
+    pub fn analyses(&self, run: Uuid) -> Result<Vec<AnalysisView>> {
+        self.get(&format!("/v1/runs/{run}/analyses"))
+    }
+
+    pub fn experiment(&self, id: Uuid) -> Result<ExperimentView> {
+        self.get(&format!("/v1/experiments/{id}"))
+    }
+
+    /// Names of the figures of a run or an experiment (`owner` is `runs` or `experiments`).
+    pub fn figure_names(&self, owner: &str, id: Uuid) -> Result<Vec<String>> {
+        Ok(self
+            .get::<FigureList>(&format!("/v1/{owner}/{id}/figures"))?
+            .figures)
+    }
+
+    pub fn figure_svg(&self, owner: &str, id: Uuid, name: &str) -> Result<String> {
+        text(
+            self.send(&format!("/v1/{owner}/{id}/figures/{name}.svg"), |u| {
+                self.http.get(u)
+            })?,
+        )
+    }
+
+    // ---- workers ----
+
+    pub fn claim(&self, kinds: &[JobKind], worker: &str) -> Result<Option<Claim>> {
+        let body = ClaimRequest {
+            kinds: kinds.to_vec(),
+            worker: worker.to_string(),
+        };
+        let response = self.send("/v1/worker/claim", |u| self.http.post(u).json(&body))?;
+        if response.status() == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        json(response).map(Some)
+    }
+
+    pub fn heartbeat(&self, job: Uuid, lease_token: Uuid) -> Result<HeartbeatReply> {
+        self.post(
+            &format!("/v1/worker/jobs/{job}/heartbeat"),
+            &LeaseProof { lease_token },
+        )
+    }
+
+    pub fn events(&self, job: Uuid, lease_token: Uuid, events: Vec<WorkerEvent>) -> Result<()> {
+        let body = EventBatch {
+            lease_token,
+            events,
+        };
+        self.send(&format!("/v1/worker/jobs/{job}/events"), |u| {
+            self.http.post(u).json(&body)
+        })?;
+        Ok(())
+    }
+
+    pub fn register_checkpoint(
+        &self,
+        job: Uuid,
+        registration: &CheckpointRegistration,
+    ) -> Result<CheckpointView> {
+        self.post(&format!("/v1/worker/jobs/{job}/checkpoints"), registration)
+    }
+
+    pub fn complete(
+        &self,
+        job: Uuid,
+        lease_token: Uuid,
+        analysis: Option<AnalysisResult>,
+    ) -> Result<JobState> {
+        let body = Completion {
+            lease_token,
+            analysis,
+        };
+        Ok(self
+            .post::<_, StateReply>(&format!("/v1/worker/jobs/{job}/complete"), &body)?
+            .state)
+    }
+
+    pub fn fail(
+        &self,
+        job: Uuid,
+        lease_token: Uuid,
+        kind: FailureKind,
+        error: &str,
+    ) -> Result<JobState> {
+        let body = FailureReport {
+            lease_token,
+            kind,
+            error: error.to_string(),
+        };
+        Ok(self
+            .post::<_, StateReply>(&format!("/v1/worker/jobs/{job}/fail"), &body)?
+            .state)
+    }
+
+    pub fn release(&self, job: Uuid, lease_token: Uuid) -> Result<JobState> {
+        Ok(self
+            .post::<_, StateReply>(
+                &format!("/v1/worker/jobs/{job}/release"),
+                &LeaseProof { lease_token },
+            )?
+            .state)
+    }
+}
+
+/// A successful response, or the API's problem as an error.
+fn check(url: &str, response: Response) -> Result<Response> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body = response.text().unwrap_or_default();
+    let problem = serde_json::from_str(&body).unwrap_or_else(|_| Problem {
+        title: status.canonical_reason().unwrap_or("").to_string(),
+        detail: format!("{url}: {}", body.chars().take(500).collect::<String>()),
+        errors: vec![],
+    });
+    Err(ClientError::Api { status, problem })
+}
+
+fn json<T: DeserializeOwned>(response: Response) -> Result<T> {
+    let url = response.url().to_string();
+    let bytes = response.bytes().map_err(|source| ClientError::Http {
+        url: url.clone(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+        url,
+        message: e.to_string(),
+    })
+}
+
+fn text(response: Response) -> Result<String> {
+    let url = response.url().to_string();
+    response
+        .text()
+        .map_err(|source| ClientError::Http { url, source })
+}

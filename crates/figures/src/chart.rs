@@ -117,8 +117,11 @@ pub fn svg(figure: &Figure) -> Result<String> {
     register_font();
     let size = (PANEL_WIDTH * figure.panels.len().max(1) as u32, HEIGHT);
     let mut out = String::new();
-    draw_all(SVGBackend::with_string(&mut out, size).into_drawing_area(), figure)
-        .map_err(FigureError::Draw)?;
+    draw_all(
+        SVGBackend::with_string(&mut out, size).into_drawing_area(),
+        figure,
+    )
+    .map_err(FigureError::Draw)?;
     Ok(out)
 }
 

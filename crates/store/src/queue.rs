@@ -132,7 +132,7 @@ impl Store {
             job.id,
             attempt,
             "info",
-            &format!("{kind} job claimed by {worker} (attempt {attempt})"),
+            &format!("{kind} job claimed by {worker}"),
         )
         .await?;
         tx.commit().await?;

@@ -30,6 +30,8 @@ pub struct CheckpointStore {
     dir: PathBuf,
     policy: CheckpointPolicy,
     epochs: u32,
+    /// Epoch-boundary checkpoints never pruned.
+    kept: Vec<u32>,
 }
 
 impl CheckpointStore {
@@ -38,7 +40,13 @@ impl CheckpointStore {
             dir: dir.into(),
             policy,
             epochs,
+            kept: vec![],
         }
+    }
+
+    /// Never prunes the epoch-boundary checkpoints after these epochs.
+    pub fn keep_epochs(&mut self, epochs: &[u32]) {
+        self.kept = epochs.to_vec();
     }
 
     pub fn dir(&self) -> &Path {
@@ -103,7 +111,8 @@ impl CheckpointStore {
     }
 
     /// Deletes what the policy no longer keeps: beyond the newest `keep_last`, except
-    /// epoch-boundary checkpoints at multiples of `keep_every` and the final one.
+    /// epoch-boundary checkpoints at multiples of `keep_every`, those kept by
+    /// [`Self::keep_epochs`] and the final one.
     pub fn prune(&self) -> Result<Vec<String>> {
         if self.policy.keep_last == 0 {
             return Ok(vec![]);
@@ -114,7 +123,7 @@ impl CheckpointStore {
         for (i, (epoch, batch, name)) in all.into_iter().enumerate() {
             let boundary = batch == 0;
             let keep = i >= newest
-                || (boundary && epoch == self.epochs)
+                || (boundary && (epoch == self.epochs || self.kept.contains(&epoch)))
                 || (boundary
                     && self.policy.keep_every > 0
                     && epoch.is_multiple_of(self.policy.keep_every));
@@ -165,6 +174,8 @@ mod tests {
             std::fs::write(dir.path().join(checkpoint_name(e, b)), b"x").unwrap();
         }
         std::fs::write(dir.path().join("notes.txt"), b"x").unwrap();
+        let mut store = store;
+        store.keep_epochs(&[3]);
         let removed = store.prune().unwrap();
         assert_eq!(
             removed,
@@ -172,7 +183,6 @@ mod tests {
                 "epoch-0001.safetensors",
                 "epoch-0002.safetensors",
                 "epoch-0002-batch-00007.safetensors",
-                "epoch-0003.safetensors"
             ]
         );
         let left: Vec<_> = store
@@ -181,7 +191,7 @@ mod tests {
             .into_iter()
             .map(|(e, b, _)| (e, b))
             .collect();
-        assert_eq!(left, [(4, 0), (5, 0), (6, 0)]);
+        assert_eq!(left, [(3, 0), (4, 0), (5, 0), (6, 0)]);
         assert!(dir.path().join("notes.txt").exists());
     }
 }

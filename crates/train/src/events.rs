@@ -25,9 +25,14 @@ pub enum TrainEvent<'a> {
         epoch: u32,
         records: &'a [MetricRecord],
     },
+    /// A checkpoint is about to be written; an error from the sink prevents it (a worker
+    /// whose lease ran out must not write).
+    Checkpointing { epoch: u32, batch: u32 },
     /// A checkpoint was written (durably) into the run's checkpoint directory.
     Checkpoint {
+        /// Completed epochs, and batches of the next (0 at an epoch boundary).
         epoch: u32,
+        batch: u32,
         step: u64,
         file_name: &'a str,
         file: &'a WrittenFile,

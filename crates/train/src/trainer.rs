@@ -193,6 +193,12 @@ impl Trainer {
         })
     }
 
+    /// Keeps the checkpoints after these epochs whatever the retention policy says (those
+    /// an analysis plan still needs).
+    pub fn keep_epochs(&mut self, epochs: &[u32]) {
+        self.store.keep_epochs(epochs);
+    }
+
     /// The resolved spec (dataset identity and normalisation filled in).
     pub fn spec(&self) -> &RunSpec {
         &self.spec
@@ -296,6 +302,10 @@ impl Trainer {
         sink: &mut dyn EventSink,
         records: &[MetricRecord],
     ) -> Result<(String, WrittenFile)> {
+        sink.event(&TrainEvent::Checkpointing {
+            epoch: self.state.epoch,
+            batch: self.state.batch,
+        })?;
         let (name, file) = self.store.write(
             &self.model,
             &self.optimizer,
@@ -305,6 +315,7 @@ impl Trainer {
         )?;
         sink.event(&TrainEvent::Checkpoint {
             epoch: self.state.epoch,
+            batch: self.state.batch,
             step: self.state.step,
             file_name: &name,
             file: &file,

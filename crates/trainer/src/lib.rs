@@ -1,1 +1,222 @@
+//! `stepwise-trainer`: claims train jobs from the API and runs them with `train::Trainer`,
+//! reporting through [`ApiSink`]: the resolved spec, throttled progress, each epoch's
+//! metrics, and every checkpoint registered as soon as it is durable. Cancel (seen by the
+//! lease keeper's heartbeat) and SIGTERM stop at the next step with a checkpoint; a lost
+//! lease aborts before anything more is written.
 
+use client::worker::{JobEnd, LeaseKeeper, WorkerConfig};
+use client::Client;
+use domain::service::{CheckpointRegistration, Claim, FailureKind, WorkerEvent};
+use domain::MetricName;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use train::{EventSink, Outcome, SinkError, TrainError, TrainEvent, Trainer};
+
+/// How often progress is reported between epochs.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+#[error("the lease is lost; stopping without further writes")]
+struct LeaseLost;
+
+/// Reports training events to the API under a job's lease.
+pub struct ApiSink<'a> {
+    client: &'a Client,
+    keeper: &'a LeaseKeeper,
+    /// Set to make the trainer checkpoint and stop at its next step.
+    stop: &'a AtomicBool,
+    shutdown: &'a AtomicBool,
+    last_progress: Instant,
+    total_steps: u64,
+}
+
+impl ApiSink<'_> {
+    fn send(&self, events: Vec<WorkerEvent>) -> Result<(), SinkError> {
+        self.client
+            .events(self.keeper.job, self.keeper.lease_token, events)
+            .map_err(|e| self.refused(e))
+    }
+
+    /// A refused write: a 409 means the lease is gone.
+    fn refused(&self, e: client::ClientError) -> SinkError {
+        if e.is_lease_lost() {
+            self.keeper.mark_lost();
+            Box::new(LeaseLost)
+        } else {
+            Box::new(e)
+        }
+    }
+}
+
+impl EventSink for ApiSink<'_> {
+    fn event(&mut self, event: &TrainEvent<'_>) -> Result<(), SinkError> {
+        if self.keeper.lost() {
+            return Err(Box::new(LeaseLost));
+        }
+        if self.keeper.cancelled() || self.shutdown.load(Ordering::SeqCst) {
+            self.stop.store(true, Ordering::SeqCst);
+        }
+        match event {
+            TrainEvent::Started {
+                spec,
+                start_step,
+                total_steps,
+                ..
+            } => {
+                self.total_steps = *total_steps;
+                let identity = spec.data.identity.as_ref();
+                self.send(vec![
+                    WorkerEvent::Started {
+                        resolved_spec: (*spec).clone(),
+                        step: *start_step,
+                        total_steps: *total_steps,
+                    },
+                    log(format!(
+                        "training {} on {} ({}) from step {start_step} of {total_steps}",
+                        spec.model.label(),
+                        spec.data.dataset,
+                        identity.map_or("", |i| i.fingerprint.as_str()),
+                    )),
+                ])
+            }
+            TrainEvent::Step { epoch, step, .. } => {
+                if self.last_progress.elapsed() >= PROGRESS_EVERY {
+                    self.last_progress = Instant::now();
+                    self.send(vec![WorkerEvent::Progress {
+                        epoch: *epoch,
+                        step: *step,
+                        total_steps: self.total_steps,
+                    }])?;
+                }
+                Ok(())
+            }
+            TrainEvent::Evaluating { .. } | TrainEvent::Checkpointing { .. } => Ok(()),
+            TrainEvent::Epoch { epoch, records } => {
+                let value = |name, split| {
+                    records
+                        .iter()
+                        .find(|r| r.name == name && r.split == split && r.block.is_none())
+                        .map_or(f64::NAN, |r| r.value)
+                };
+                let test = Some(domain::Split::Test);
+                let summary = format!(
+                    "epoch {epoch}: train loss {:.4}, test loss {:.4}, test accuracy {:.4}",
+                    value(MetricName::Loss, Some(domain::Split::Train)),
+                    value(MetricName::Loss, test),
+                    value(MetricName::Accuracy, test),
+                );
+                self.send(vec![
+                    WorkerEvent::Epoch {
+                        epoch: *epoch,
+                        records: records.to_vec(),
+                    },
+                    log(summary),
+                ])
+            }
+            TrainEvent::Checkpoint {
+                epoch,
+                batch,
+                step,
+                file_name,
+                file,
+            } => {
+                let registration = CheckpointRegistration {
+                    lease_token: self.keeper.lease_token,
+                    file_name: file_name.to_string(),
+                    epoch: *epoch,
+                    batch: *batch,
+                    step: *step,
+                    sha256: file.sha256.clone(),
+                    size: file.size,
+                };
+                self.client
+                    .register_checkpoint(self.keeper.job, &registration)
+                    .map_err(|e| self.refused(e))?;
+                self.last_progress = Instant::now();
+                self.send(vec![WorkerEvent::Progress {
+                    epoch: *epoch,
+                    step: *step,
+                    total_steps: self.total_steps,
+                }])
+            }
+            TrainEvent::CheckpointRemoved { file_name } => {
+                self.send(vec![WorkerEvent::CheckpointRemoved {
+                    file_name: file_name.to_string(),
+                }])
+            }
+        }
+    }
+}
+
+fn log(message: String) -> WorkerEvent {
+    WorkerEvent::Log {
+        level: "info".into(),
+        message,
+    }
+}
+
+/// Runs one claimed train job to its end.
+pub fn run_job(
+    config: &WorkerConfig,
+    client: &Client,
+    claim: &Claim,
+    keeper: &LeaseKeeper,
+    shutdown: &AtomicBool,
+) -> JobEnd {
+    match train_claim(config, client, claim, keeper, shutdown) {
+        Ok(end) => end,
+        Err(_) if keeper.lost() => JobEnd::Abandoned,
+        Err(e) => {
+            let kind = match &e {
+                TrainError::Diverged { .. } => FailureKind::Diverged,
+                TrainError::Spec(_) | TrainError::DatasetMismatch { .. } | TrainError::Data(_) => {
+                    FailureKind::Invalid
+                }
+                // The checkpoint store failing (full, unmounted) is the machine's fault.
+                TrainError::Io { .. } | TrainError::Sink(_) => FailureKind::Infrastructure,
+                _ => FailureKind::Internal,
+            };
+            JobEnd::Failed(kind, e.to_string())
+        }
+    }
+}
+
+fn train_claim(
+    config: &WorkerConfig,
+    client: &Client,
+    claim: &Claim,
+    keeper: &LeaseKeeper,
+    shutdown: &AtomicBool,
+) -> Result<JobEnd, TrainError> {
+    let device = resnet::candle_device(config.device)?;
+    let spec = &claim.spec;
+    let data_dir = cifar::locate(&spec.data.dataset, &config.data_dir)?;
+    let dataset = cifar::Dataset::open(&data_dir, spec.data.labels)?;
+    let directory = config.checkpoint_dir.join(&claim.directory);
+    let mut trainer = match &claim.resume_from {
+        Some(from) => {
+            let path = config.checkpoint_dir.join(from.path());
+            tracing::info!("resuming from {}", path.display());
+            let checkpoint = resnet::checkpoint::read(&path)?;
+            Trainer::resume(&checkpoint, None, dataset, &device, directory)?
+        }
+        None => Trainer::new(spec.clone(), dataset, &device, directory)?,
+    };
+    trainer.keep_epochs(&claim.keep_epochs);
+    let stop = AtomicBool::new(false);
+    let mut sink = ApiSink {
+        client,
+        keeper,
+        stop: &stop,
+        shutdown,
+        last_progress: Instant::now(),
+        total_steps: 0,
+    };
+    Ok(match trainer.run(&mut sink, &stop)? {
+        Outcome::Finished => JobEnd::Completed(None),
+        Outcome::Stopped { file_name, .. } => {
+            tracing::info!("stopped after writing {file_name}");
+            JobEnd::Stopped
+        }
+    })
+}

@@ -25,8 +25,8 @@ pub async fn request(
         .store
         .request_analysis(run, req.epoch, &req.spec, state.config.lease.max_attempts)
         .await?;
-    let location = HeaderValue::from_str(&format!("/v1/analyses/{}", view.id))
-        .map_err(ApiError::internal)?;
+    let location =
+        HeaderValue::from_str(&format!("/v1/analyses/{}", view.id)).map_err(ApiError::internal)?;
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],

@@ -29,19 +29,26 @@ pub async fn file(State(state): State<AppState>, Id(id): Id) -> ApiResult<Respon
         if e.kind() == std::io::ErrorKind::NotFound {
             ApiError::new(
                 axum::http::StatusCode::GONE,
-                format!("{} is registered but missing from the checkpoint store", view.file_name),
+                format!(
+                    "{} is registered but missing from the checkpoint store",
+                    view.file_name
+                ),
             )
         } else {
             ApiError::internal(format!("{}: {e}", path.display()))
         }
     })?;
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
-    let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{}\"", view.file_name))
-        .map_err(ApiError::internal)?;
+    let disposition =
+        HeaderValue::from_str(&format!("attachment; filename=\"{}\"", view.file_name))
+            .map_err(ApiError::internal)?;
     let digest = HeaderValue::from_str(&view.sha256).map_err(ApiError::internal)?;
     Ok((
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
             (header::CONTENT_DISPOSITION, disposition),
             (header::CONTENT_LENGTH, HeaderValue::from(view.size)),
             (header::HeaderName::from_static("x-checksum-sha256"), digest),

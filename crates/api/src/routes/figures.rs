@@ -30,7 +30,10 @@ async fn results(state: &AppState, run: Uuid, label: String) -> ApiResult<RunRes
 }
 
 /// Every figure the results support, drawn off the async threads.
-async fn draw(runs: Vec<RunResults>, wanted: Option<String>) -> ApiResult<Vec<(String, Option<String>)>> {
+async fn draw(
+    runs: Vec<RunResults>,
+    wanted: Option<String>,
+) -> ApiResult<Vec<(String, Option<String>)>> {
     tokio::task::spawn_blocking(move || {
         let views: Vec<figures::Run> = runs
             .iter()
@@ -64,7 +67,11 @@ pub struct FigureList {
 }
 
 async fn list(runs: Vec<RunResults>) -> ApiResult<Json<FigureList>> {
-    let names = draw(runs, None).await?.into_iter().map(|(n, _)| n).collect();
+    let names = draw(runs, None)
+        .await?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     Ok(Json(FigureList { figures: names }))
 }
 
@@ -99,7 +106,10 @@ async fn experiment_results(state: &AppState, raw: &str) -> ApiResult<Vec<RunRes
 
 #[utoipa::path(get, path = "/v1/runs/{id}/figures", tag = "figures",
     params(("id" = uuid::Uuid, Path)), responses((status = 200, body = FigureList)))]
-pub async fn run_list(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<FigureList>> {
+pub async fn run_list(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<FigureList>> {
     list(run_results(&state, &id).await?).await
 }
 

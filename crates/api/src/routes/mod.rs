@@ -21,7 +21,13 @@ pub fn wants(headers: &HeaderMap, media: &str) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(media))
+        .any(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case(media)
+        })
 }
 
 /// A body with its content type.
@@ -34,7 +40,10 @@ pub fn typed(content_type: &'static str, body: String) -> Response {
 }
 
 /// The `Idempotency-Key` of a request, if any, with the body's digest.
-pub fn idempotency(headers: &HeaderMap, body_sha256: &str) -> Result<Option<Idempotency>, ApiError> {
+pub fn idempotency(
+    headers: &HeaderMap,
+    body_sha256: &str,
+) -> Result<Option<Idempotency>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };

@@ -14,9 +14,11 @@ pub async fn healthz() -> &'static str {
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, body = String), (status = 503, description = "the database does not answer")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    state.store.ping().await.map_err(|e| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}"))
-    })?;
+    state
+        .store
+        .ping()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}")))?;
     Ok("ready\n")
 }
 

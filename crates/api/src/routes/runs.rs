@@ -8,9 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use domain::service::{
-    CheckpointView, JobState, LogLine, Page, RunSubmission, RunView,
-};
+use domain::service::{CheckpointView, JobState, LogLine, Page, RunSubmission, RunView};
 use domain::{MetricName, MetricRecord, Split};
 use serde::Deserialize;
 use store::RunFilter;
@@ -73,12 +71,19 @@ pub async fn list(
         status,
         arch: q.arch,
         tag: q.tag,
-        experiment: q.experiment.as_deref().map(crate::extract::parse_id).transpose()?,
+        experiment: q
+            .experiment
+            .as_deref()
+            .map(crate::extract::parse_id)
+            .transpose()?,
     };
     let cursor = q
         .cursor
         .as_deref()
-        .map(|c| crate::extract::parse_id(c).map_err(|_| ApiError::bad_request("cursor: not a cursor this API gave")))
+        .map(|c| {
+            crate::extract::parse_id(c)
+                .map_err(|_| ApiError::bad_request("cursor: not a cursor this API gave"))
+        })
         .transpose()?;
     let limit = q.limit.unwrap_or(50).clamp(1, 200);
     Ok(Json(state.store.list_runs(&filter, cursor, limit).await?))
@@ -147,7 +152,12 @@ pub async fn metrics(
         .as_deref()
         .map(|n| serde_json::from_value(serde_json::Value::String(n.into())))
         .transpose()
-        .map_err(|_| ApiError::bad_request(format!("name: unknown metric {:?}", q.name.unwrap_or_default())))?;
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "name: unknown metric {:?}",
+                q.name.unwrap_or_default()
+            ))
+        })?;
     let split: Option<Split> = q
         .split
         .as_deref()
@@ -156,7 +166,10 @@ pub async fn metrics(
         .map_err(|_| ApiError::bad_request("split: train or test"))?;
     let records: Vec<MetricRecord> = state.store.metrics(id, name, split).await?;
     if wants(&headers, "text/csv") {
-        return Ok(typed("text/csv; charset=utf-8", domain::csv::metrics_csv(&records)));
+        return Ok(typed(
+            "text/csv; charset=utf-8",
+            domain::csv::metrics_csv(&records),
+        ));
     }
     Ok(Json(records).into_response())
 }
@@ -186,7 +199,12 @@ pub async fn logs(
             .iter()
             .map(|l| {
                 let attempt = l.attempt.map_or(String::new(), |a| format!(" attempt {a}"));
-                format!("{} {}{attempt}: {}\n", l.at.to_rfc3339(), l.level, l.message)
+                format!(
+                    "{} {}{attempt}: {}\n",
+                    l.at.to_rfc3339(),
+                    l.level,
+                    l.message
+                )
             })
             .collect();
         return Ok(typed("text/plain; charset=utf-8", text));

@@ -26,7 +26,10 @@ pub struct JobStateReply {
 
 #[utoipa::path(post, path = "/v1/worker/claim", tag = "worker", request_body = ClaimRequest,
     responses((status = 200, body = Claim), (status = 204, description = "nothing queued")))]
-pub async fn claim(State(state): State<AppState>, body: JsonBody<ClaimRequest>) -> ApiResult<Response> {
+pub async fn claim(
+    State(state): State<AppState>,
+    body: JsonBody<ClaimRequest>,
+) -> ApiResult<Response> {
     let req = body.value;
     if req.kinds.is_empty() || req.worker.is_empty() || req.worker.len() > 200 {
         return Err(ApiError::bad_request(

@@ -1,11 +1,11 @@
 use crate::args::AnalyzeArgs;
-use analysis::{analyze, Analysis, Input};
+use analysis::Analysis;
 use anyhow::{bail, Context, Result};
-use domain::{AnalysisSpec, MetricName, RunSpec, Split, Stat};
+use domain::{MetricName, RunSpec, Split, Stat};
 use resnet::candle_device;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use train::{load_model, CheckpointStore, META_SPEC};
+use train::{CheckpointStore, META_SPEC};
 
 pub fn run(args: AnalyzeArgs, data_dir: &Path) -> Result<ExitCode> {
     let spec = args.spec();
@@ -27,7 +27,7 @@ pub fn run(args: AnalyzeArgs, data_dir: &Path) -> Result<ExitCode> {
             dataset = Some(super::data_for(&run, args.data.as_deref(), data_dir)?.0);
         }
         let data = dataset.as_ref().expect("opened above");
-        let result = analyse_checkpoint(&ck, data, &spec, &device)?;
+        let result = analyzer::analyse_checkpoint(&ck, data, &spec, &device)?;
         let dir = out.join(format!("epoch-{:04}", result.epoch));
         write(&dir, &result)?;
         if !args.json {
@@ -47,25 +47,6 @@ pub fn run(args: AnalyzeArgs, data_dir: &Path) -> Result<ExitCode> {
         super::print_json(&analyses)?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The analysis of a checkpoint's model on `data`.
-pub(crate) fn analyse_checkpoint(
-    ck: &resnet::Checkpoint,
-    data: &cifar::Dataset,
-    spec: &AnalysisSpec,
-    device: &candle_core::Device,
-) -> Result<Analysis> {
-    let (model, run) = load_model(ck, device)?;
-    let state: train::TrainState = ck.meta_json(train::META_TRAIN_STATE)?;
-    let input = Input {
-        model: &model,
-        run: &run,
-        epoch: state.epoch,
-        train: &data.train,
-        test: &data.test,
-    };
-    Ok(analyze(&input, spec)?)
 }
 
 /// The run directory a checkpoint belongs to (`RUN/checkpoints/x.safetensors` → `RUN`).

@@ -144,7 +144,7 @@ fn analyse(
     }
     let run: domain::RunSpec = ck.meta_json(train::META_SPEC)?;
     let data = open_dataset(&run.data.dataset, data_dir, run.data.labels)?;
-    let result = super::analyze::analyse_checkpoint(&ck, &data, &spec.analysis, device)?;
+    let result = analyzer::analyse_checkpoint(&ck, &data, &spec.analysis, device)?;
     eprintln!("  analysed in {:.1} s", result.seconds);
     super::analyze::write(&out, &result)
 }

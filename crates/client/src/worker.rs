@@ -1,0 +1,288 @@
+//! What `stepwise-trainer` and `stepwise-analyzer` share: configuration from the
+//! environment, the claim loop, and the lease keeper that heartbeats on its own thread
+//! while the work runs on the caller's.
+
+use crate::Client;
+use domain::service::{AnalysisResult, Claim, FailureKind, JobKind};
+use domain::DeviceSpec;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// A worker's settings (documented in the README).
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// `STEPWISE_API_URL` (default `http://127.0.0.1:8080`).
+    pub api_url: String,
+    /// `STEPWISE_WORKER_TOKEN`.
+    pub token: Option<String>,
+    /// `STEPWISE_CHECKPOINT_DIR` (default `checkpoints`): the checkpoint store shared with
+    /// the API; attempts write only the directory their claim names.
+    pub checkpoint_dir: PathBuf,
+    /// `STEPWISE_DATA_DIR` (default `data`): datasets by name; `shapes10` is generated
+    /// there on first use.
+    pub data_dir: PathBuf,
+    /// `STEPWISE_DEVICE`: `cpu` (default), `cuda` or `cuda:N`.
+    pub device: DeviceSpec,
+    /// `STEPWISE_WORKER_NAME` (default host name and process id), shown in logs.
+    pub name: String,
+    /// `STEPWISE_POLL_SECS` (default 2): the wait between claims when nothing is queued.
+    pub poll: Duration,
+}
+
+impl WorkerConfig {
+    pub fn from_env() -> Result<Self, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let device = match var("STEPWISE_DEVICE") {
+            Some(d) => d.parse().map_err(|e| format!("STEPWISE_DEVICE: {e}"))?,
+            None => DeviceSpec::Cpu,
+        };
+        let poll = match var("STEPWISE_POLL_SECS") {
+            Some(p) => p
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0 && *s < 3600.0)
+                .map(Duration::from_secs_f64)
+                .ok_or(format!(
+                    "STEPWISE_POLL_SECS: {p:?} is not a number of seconds"
+                ))?,
+            None => Duration::from_secs(2),
+        };
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "worker".into());
+        Ok(Self {
+            api_url: var("STEPWISE_API_URL").unwrap_or_else(|| "http://127.0.0.1:8080".into()),
+            token: var("STEPWISE_WORKER_TOKEN"),
+            checkpoint_dir: var("STEPWISE_CHECKPOINT_DIR")
+                .map_or("checkpoints".into(), PathBuf::from),
+            data_dir: var("STEPWISE_DATA_DIR").map_or("data".into(), PathBuf::from),
+            device,
+            name: var("STEPWISE_WORKER_NAME")
+                .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
+            poll,
+        })
+    }
+}
+
+/// SIGTERM and SIGINT set the returned flag: finish or checkpoint the job, then exit.
+pub fn shutdown_flag() -> std::io::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, flag.clone())?;
+    }
+    Ok(flag)
+}
+
+/// How a job's work ended, as the worker reports it.
+#[derive(Debug)]
+pub enum JobEnd {
+    /// Done (an analyze job with its results).
+    Completed(Option<Box<AnalysisResult>>),
+    /// Stopped early after a checkpoint: cancelled by the user, or the worker is shutting
+    /// down (the job is released to another worker).
+    Stopped,
+    Failed(FailureKind, String),
+    /// The lease was lost: nothing more may be written or reported.
+    Abandoned,
+}
+
+/// Claims jobs of `kinds` until `shutdown` is set; `work` does each one with the lease
+/// kept alive beside it, and its result is reported.
+pub fn claim_loop(
+    config: &WorkerConfig,
+    client: &Client,
+    kinds: &[JobKind],
+    shutdown: &AtomicBool,
+    mut work: impl FnMut(&Claim, &LeaseKeeper) -> JobEnd,
+) {
+    tracing::info!(
+        "{} claiming {} jobs from {}",
+        config.name,
+        kinds
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join("/"),
+        client.base()
+    );
+    while !shutdown.load(Ordering::SeqCst) {
+        let asked = Instant::now();
+        let claim = match client.claim(kinds, &config.name) {
+            Ok(Some(claim)) => claim,
+            Ok(None) => {
+                sleep_unless(shutdown, config.poll);
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("claim: {e}");
+                sleep_unless(shutdown, config.poll);
+                continue;
+            }
+        };
+        tracing::info!(
+            "claimed {} job {} of run {} (attempt {})",
+            claim.kind,
+            claim.job_id,
+            claim.run_id,
+            claim.attempt
+        );
+        let keeper = LeaseKeeper::start(client.clone(), &claim, asked);
+        let end = work(&claim, &keeper);
+        let cancelled = keeper.cancelled();
+        keeper.stop();
+        report(client, &claim, end, cancelled);
+    }
+    tracing::info!("{} stopping", config.name);
+}
+
+fn report(client: &Client, claim: &Claim, end: JobEnd, cancelled: bool) {
+    let (job, token) = (claim.job_id, claim.lease_token);
+    let result = match end {
+        JobEnd::Completed(analysis) => client.complete(job, token, analysis.map(|a| *a)),
+        // Cancelled: completing turns `cancelling` into `cancelled`.
+        JobEnd::Stopped if cancelled => client.complete(job, token, None),
+        JobEnd::Stopped => client.release(job, token),
+        JobEnd::Failed(kind, error) => {
+            tracing::error!("job {job} failed ({kind}): {error}");
+            client.fail(job, token, kind, &error)
+        }
+        JobEnd::Abandoned => {
+            tracing::warn!("job {job}: lease lost; abandoned without further writes");
+            return;
+        }
+    };
+    match result {
+        Ok(state) => tracing::info!("job {job} is now {state}"),
+        Err(e) if e.is_lease_lost() => {
+            tracing::warn!("job {job}: lease lost before the report: {e}")
+        }
+        Err(e) => tracing::error!("job {job}: reporting failed: {e}"),
+    }
+}
+
+fn sleep_unless(flag: &AtomicBool, total: Duration) {
+    let end = Instant::now() + total;
+    while !flag.load(Ordering::SeqCst) {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
+}
+
+struct Shared {
+    cancel: AtomicBool,
+    lost: AtomicBool,
+    /// The lease is certainly held until then: the send time of the last good heartbeat
+    /// plus the TTL. A worker that was stalled (SIGSTOP, a long GC-like pause) sees this
+    /// pass before it can ask the API, and stops writing at once.
+    valid_until: Mutex<Instant>,
+    stopping: Mutex<bool>,
+    wake: Condvar,
+}
+
+/// Heartbeats a job's lease on its own thread; tells the work whether to cancel and
+/// whether the lease is still held.
+pub struct LeaseKeeper {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    pub job: Uuid,
+    pub lease_token: Uuid,
+}
+
+impl LeaseKeeper {
+    /// Starts heartbeating `claim`'s lease, claimed by a request sent at `asked`.
+    pub fn start(client: Client, claim: &Claim, asked: Instant) -> Self {
+        let ttl = Duration::from_secs_f64(claim.lease_ttl_seconds);
+        let every = Duration::from_secs_f64(claim.heartbeat_seconds);
+        let shared = Arc::new(Shared {
+            cancel: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
+            valid_until: Mutex::new(asked + ttl),
+            stopping: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        let (job, token) = (claim.job_id, claim.lease_token);
+        // A heartbeat must not outlive the lease it tries to extend.
+        let client = client.with_patience(every);
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("lease-{job}"))
+                .spawn(move || loop {
+                    {
+                        let stopping = shared.stopping.lock().expect("lease mutex");
+                        let (stopping, _) = shared
+                            .wake
+                            .wait_timeout_while(stopping, every, |s| !*s)
+                            .expect("lease mutex");
+                        if *stopping {
+                            return;
+                        }
+                    }
+                    let sent = Instant::now();
+                    match client.heartbeat(job, token) {
+                        Ok(reply) => {
+                            *shared.valid_until.lock().expect("lease mutex") = sent + ttl;
+                            if reply.cancel {
+                                shared.cancel.store(true, Ordering::SeqCst);
+                            }
+                        }
+                        Err(e) if e.is_lease_lost() => {
+                            tracing::warn!("job {job}: {e}");
+                            shared.lost.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                        Err(e) => tracing::warn!("job {job}: heartbeat: {e}"),
+                    }
+                })
+                .expect("spawning the lease thread")
+        };
+        Self {
+            shared,
+            thread: Some(thread),
+            job,
+            lease_token: token,
+        }
+    }
+
+    /// The user asked to cancel the job.
+    pub fn cancelled(&self) -> bool {
+        self.shared.cancel.load(Ordering::SeqCst)
+    }
+
+    /// The lease is gone, or may be: the API said so, or its time ran out unrenewed.
+    pub fn lost(&self) -> bool {
+        self.shared.lost.load(Ordering::SeqCst)
+            || Instant::now() >= *self.shared.valid_until.lock().expect("lease mutex")
+    }
+
+    /// Marks the lease lost after a write was refused with 409.
+    pub fn mark_lost(&self) {
+        self.shared.lost.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops heartbeating (the job is about to be reported).
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        *self.shared.stopping.lock().expect("lease mutex") = true;
+        self.shared.wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
