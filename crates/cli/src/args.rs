@@ -18,6 +18,22 @@ pub struct Cli {
     /// Where datasets are looked up by name (shapes10 is generated here on first use).
     #[arg(long, global = true, env = "STEPWISE_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
+    /// The stepwise API, for the client commands (submit, list, status, watch, …).
+    #[arg(
+        long,
+        global = true,
+        env = "STEPWISE_API_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub api_url: String,
+    /// Bearer token of the API's users.
+    #[arg(
+        long,
+        global = true,
+        env = "STEPWISE_API_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -42,15 +58,53 @@ pub enum Command {
     /// An experiment end to end: train every configuration × seed (resuming where a
     /// previous invocation stopped), analyse, draw the figures, write report.md.
     Run(RunArgs),
-    /// The paper's figures (SVG and PNG) from run directories; runs of one configuration
-    /// are drawn as mean ± standard deviation over seeds.
+    /// The paper's figures: of an experiment (or run) on the API as SVG, or from local run
+    /// directories as SVG and PNG. Runs of one configuration are drawn as mean ± standard
+    /// deviation over seeds.
     Figures {
-        /// A run directory (repeat for several runs).
-        #[arg(long, required = true)]
+        /// An experiment id (or run id) on the API.
+        #[arg(required_unless_present = "run", conflicts_with = "run")]
+        experiment: Option<String>,
+        /// A local run directory (repeat for several runs).
+        #[arg(long)]
         run: Vec<PathBuf>,
         #[arg(long, default_value = "figures")]
         out: PathBuf,
     },
+    /// Submit a run or an experiment (a TOML spec file) to the API.
+    Submit(SubmitArgs),
+    /// List runs on the API, newest first.
+    List(ListArgs),
+    /// A run's state on the API.
+    Status {
+        run: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a run on the API with a progress bar until it ends.
+    Watch {
+        run: String,
+        /// Seconds between polls.
+        #[arg(long, default_value_t = 1.0)]
+        every: f64,
+    },
+    /// A run's per-epoch metric series from the API.
+    Metrics {
+        run: String,
+        /// loss, accuracy, intermediate_accuracy, grad_norm_ratio, …
+        #[arg(long)]
+        name: Option<String>,
+        /// train or test
+        #[arg(long)]
+        split: Option<String>,
+        /// CSV instead of a table.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Cancel a run on the API (a running one checkpoints and stops at its next step).
+    Cancel { run: String },
+    /// Queue a failed or cancelled run again; it resumes from its latest checkpoint.
+    Retry { run: String },
     /// Check a device: every op against the CPU kernels, then a short run that must learn.
     Selftest {
         #[arg(long, default_value = "cpu")]
@@ -383,4 +437,41 @@ pub struct RunArgs {
     pub out: PathBuf,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
+}
+
+#[derive(Args)]
+pub struct SubmitArgs {
+    /// A run spec (like experiments/*.toml) or an experiment spec (with [[configs]]).
+    pub spec: PathBuf,
+    /// Which checkpoints of a run are analysed: final, every:K or epochs:A,B,…
+    /// (experiments analyse their final checkpoints).
+    #[arg(long, default_value = "final", conflicts_with = "no_analysis")]
+    pub analysis: String,
+    /// Analyse no checkpoint of the run.
+    #[arg(long)]
+    pub no_analysis: bool,
+    /// Examples per split of each analysis.
+    #[arg(long)]
+    pub analysis_examples: Option<u32>,
+    /// Makes the submission safe to repeat: the same key never creates a second run.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    #[arg(long)]
+    pub status: Option<String>,
+    #[arg(long)]
+    pub arch: Option<String>,
+    #[arg(long)]
+    pub tag: Option<String>,
+    #[arg(long)]
+    pub experiment: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    #[arg(long)]
+    pub json: bool,
 }

@@ -1,5 +1,5 @@
 //! The `stepwise` command line: local training, evaluation, benchmarks, datasets and model
-//! summaries. Each sub-command lives in [`cmd`]; this file only parses and dispatches.
+//! summaries, and the client commands of the API. Each sub-command lives in [`cmd`]; this file only parses and dispatches.
 
 mod args;
 mod cmd;
@@ -18,6 +18,10 @@ pub fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
+    let api = cmd::remote::Api {
+        url: cli.api_url.clone(),
+        token: cli.token.clone(),
+    };
     let result = match cli.command {
         Command::Model(cmd) => cmd::model::run(cmd),
         Command::Data(cmd) => cmd::data::run(cmd, &cli.data_dir),
@@ -26,7 +30,24 @@ pub fn main() -> ExitCode {
         Command::Analyze(cmd) => cmd::analyze::run(*cmd, &cli.data_dir),
         Command::Bench(cmd) => cmd::bench::run(cmd),
         Command::Selftest { device, json } => cmd::selftest::run(device, json),
-        Command::Figures { run, out } => cmd::figures::run(&run, &out),
+        Command::Figures {
+            experiment: Some(id),
+            out,
+            ..
+        } => cmd::remote::figures(&api, &id, &out),
+        Command::Figures { run, out, .. } => cmd::figures::run(&run, &out),
+        Command::Submit(args) => cmd::remote::submit(&api, args),
+        Command::List(args) => cmd::remote::list(&api, args),
+        Command::Status { run, json } => cmd::remote::status(&api, &run, json),
+        Command::Watch { run, every } => cmd::remote::watch(&api, &run, every),
+        Command::Metrics {
+            run,
+            name,
+            split,
+            csv,
+        } => cmd::remote::metrics(&api, &run, name.as_deref(), split.as_deref(), csv),
+        Command::Cancel { run } => cmd::remote::cancel(&api, &run),
+        Command::Retry { run } => cmd::remote::retry(&api, &run),
         Command::Run(cmd) => cmd::run::run(cmd, &cli.data_dir),
     };
     match result {

@@ -13,7 +13,7 @@ use domain::service::{
 };
 use domain::{ExperimentSpec, FieldError, MetricRecord};
 use reqwest::blocking::{RequestBuilder, Response};
-use reqwest::StatusCode;
+pub use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};

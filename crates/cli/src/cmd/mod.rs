@@ -4,6 +4,7 @@ pub mod data;
 pub mod eval;
 pub mod figures;
 pub mod model;
+pub mod remote;
 pub mod run;
 pub mod selftest;
 pub mod train;

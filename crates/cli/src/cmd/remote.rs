@@ -1,0 +1,307 @@
+//! The client commands: submit specs to the API, list and follow runs, read metrics,
+//! cancel, retry, and fetch an experiment's figures.
+
+use crate::args::{ListArgs, SubmitArgs};
+use anyhow::{bail, Context, Result};
+use client::{Client, RunQuery};
+use domain::service::{AnalysisPlan, CheckpointSelection, JobState, RunSubmission, RunView};
+use domain::{ExperimentSpec, RunSpec};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Where the API is and how to authenticate.
+pub struct Api {
+    pub url: String,
+    pub token: Option<String>,
+}
+
+impl Api {
+    fn client(&self) -> Result<Client> {
+        Ok(Client::new(&self.url, self.token.clone())?)
+    }
+}
+
+fn id(raw: &str) -> Result<Uuid> {
+    Uuid::parse_str(raw).with_context(|| format!("{raw:?} is not a run or experiment id"))
+}
+
+/// `final`, `every:K` or `epochs:A,B,…`.
+fn selection(text: &str) -> Result<CheckpointSelection> {
+    let bad = || format!("--analysis {text:?}: expected final, every:K or epochs:A,B,…");
+    match text.split_once(':') {
+        None if text == "final" => Ok(CheckpointSelection::Final),
+        Some(("every", k)) => Ok(CheckpointSelection::Every(k.parse().with_context(bad)?)),
+        Some(("epochs", list)) => Ok(CheckpointSelection::Epochs(
+            list.split(',')
+                .map(|e| e.trim().parse())
+                .collect::<Result<_, _>>()
+                .with_context(bad)?,
+        )),
+        _ => bail!(bad()),
+    }
+}
+
+pub fn submit(api: &Api, args: SubmitArgs) -> Result<ExitCode> {
+    let client = api.client()?;
+    let text = std::fs::read_to_string(&args.spec)
+        .with_context(|| format!("reading {}", args.spec.display()))?;
+    let is_experiment = toml::from_str::<toml::Table>(&text)
+        .with_context(|| format!("{} is not TOML", args.spec.display()))?
+        .contains_key("configs");
+    let key = args.idempotency_key.as_deref();
+    if is_experiment {
+        let mut spec =
+            ExperimentSpec::from_toml(&text).with_context(|| format!("{}", args.spec.display()))?;
+        if let Some(n) = args.analysis_examples {
+            spec.analysis.max_examples = n;
+        }
+        let view = client.submit_experiment(&spec, key)?;
+        if args.json {
+            return json(&view);
+        }
+        super::print_text(&format!(
+            "experiment {} ({}): {} runs",
+            view.id,
+            view.name,
+            view.runs.len()
+        ))?;
+        for run in &view.runs {
+            super::print_text(&format!(
+                "  run {} {}",
+                run.id,
+                run.name.as_deref().unwrap_or("")
+            ))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let spec = RunSpec::from_toml(&text).with_context(|| format!("{}", args.spec.display()))?;
+    let analysis = if args.no_analysis {
+        None
+    } else {
+        let mut plan = AnalysisPlan {
+            checkpoints: selection(&args.analysis)?,
+            ..Default::default()
+        };
+        if let Some(n) = args.analysis_examples {
+            plan.spec.max_examples = n;
+        }
+        Some(plan)
+    };
+    let view = client.submit_run(&RunSubmission { spec, analysis }, key)?;
+    if args.json {
+        return json(&view);
+    }
+    super::print_text(&format!("run {} ({}) {}", view.id, view.label, view.status))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn json(value: &impl serde::Serialize) -> Result<ExitCode> {
+    super::print_json(value)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn list(api: &Api, args: ListArgs) -> Result<ExitCode> {
+    let client = api.client()?;
+    let query = RunQuery {
+        status: args
+            .status
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: String| anyhow::anyhow!("--status: {e}"))?,
+        arch: args.arch,
+        tag: args.tag,
+        experiment: args.experiment.as_deref().map(id).transpose()?,
+        cursor: None,
+        limit: Some(args.limit),
+    };
+    let page = client.list_runs(&query)?;
+    if args.json {
+        return json(&page);
+    }
+    let mut lines = vec![format!(
+        "{:<36}  {:<16} {:<10} {:<11} {:>9} {:>9}",
+        "id", "label", "dataset", "status", "epochs", "best acc"
+    )];
+    for r in &page.items {
+        lines.push(format!(
+            "{:<36}  {:<16} {:<10} {:<11} {:>9} {:>9}",
+            r.id,
+            r.label,
+            r.dataset,
+            r.status.as_str(),
+            format!("{}/{}", r.epochs_done, r.epochs),
+            r.best_test_accuracy
+                .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a))
+        ));
+    }
+    if page.next_cursor.is_some() {
+        lines.push(format!("(more: raise --limit above {})", args.limit));
+    }
+    super::print_text(&lines.join("\n"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(r: &RunView) -> String {
+    let mut lines = vec![
+        format!(
+            "run {} ({}{})",
+            r.id,
+            r.label,
+            r.name.as_ref().map_or(String::new(), |n| format!(", {n}"))
+        ),
+        format!("  status    {}", r.status),
+        format!("  dataset   {}", r.dataset),
+        format!(
+            "  progress  epoch {}/{}, step {}/{}{}",
+            r.epochs_done,
+            r.epochs,
+            r.step,
+            r.total_steps,
+            r.eta_seconds
+                .map_or(String::new(), |s| format!(", about {:.0} s left", s))
+        ),
+        format!("  attempts  {}", r.attempts),
+    ];
+    if let Some(acc) = r.best_test_accuracy {
+        lines.push(format!("  best test accuracy {:.2}%", 100.0 * acc));
+    }
+    if let (Some(kind), Some(error)) = (r.failure_kind, &r.last_error) {
+        lines.push(format!("  last failure ({kind}): {error}"));
+    }
+    lines.join("\n")
+}
+
+pub fn status(api: &Api, run: &str, as_json: bool) -> Result<ExitCode> {
+    let view = api.client()?.run(id(run)?)?;
+    if as_json {
+        return json(&view);
+    }
+    super::print_text(&describe(&view))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Polls the run until its train job ends, then waits for its analyses.
+pub fn watch(api: &Api, run: &str, every: f64) -> Result<ExitCode> {
+    let client = api.client()?;
+    let run = id(run)?;
+    let every = Duration::from_secs_f64(every.clamp(0.1, 60.0));
+    let bar = ProgressBar::new(1).with_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    let view = loop {
+        let view = client.run(run)?;
+        bar.set_prefix(format!("{} {}", view.label, view.status));
+        bar.set_length(view.total_steps.max(1));
+        bar.set_position(view.step);
+        bar.set_message(format!(
+            "epoch {}/{}{}{}",
+            view.epochs_done,
+            view.epochs,
+            view.best_test_accuracy
+                .map_or(String::new(), |a| format!(", best test {:.2}%", 100.0 * a)),
+            view.eta_seconds
+                .map_or(String::new(), |s| format!(", ~{s:.0} s left"))
+        ));
+        if view.status.is_final() {
+            break view;
+        }
+        std::thread::sleep(every);
+    };
+    bar.finish();
+    if view.status == JobState::Succeeded {
+        loop {
+            let analyses = client.analyses(run)?;
+            let pending = analyses.iter().filter(|a| !a.status.is_final()).count();
+            if pending == 0 {
+                for a in &analyses {
+                    eprintln!("analysis {} of epoch {}: {}", a.id, a.epoch, a.status);
+                }
+                break;
+            }
+            bar.set_message(format!("{pending} analyses pending"));
+            std::thread::sleep(every);
+        }
+    }
+    super::print_text(&describe(&view))?;
+    Ok(if view.status == JobState::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub fn metrics(
+    api: &Api,
+    run: &str,
+    name: Option<&str>,
+    split: Option<&str>,
+    csv: bool,
+) -> Result<ExitCode> {
+    let client = api.client()?;
+    let run = id(run)?;
+    if csv {
+        let text = client.metrics_csv(run, name, split)?;
+        super::print_text(text.trim_end())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let records = client.metrics(run, name, split)?;
+    let mut lines = vec![format!(
+        "{:<24} {:<6} {:>6} {:<8} {:>12}",
+        "name", "split", "epoch", "block", "value"
+    )];
+    for r in &records {
+        lines.push(format!(
+            "{:<24} {:<6} {:>6} {:<8} {:>12.6}",
+            r.name.as_str(),
+            r.split.map_or("", |s| s.as_str()),
+            r.epoch,
+            r.block.map_or(String::new(), |b| b.to_string()),
+            r.value
+        ));
+    }
+    super::print_text(&lines.join("\n"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn cancel(api: &Api, run: &str) -> Result<ExitCode> {
+    let view = api.client()?.cancel(id(run)?)?;
+    super::print_text(&format!("run {} is {}", view.id, view.status))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn retry(api: &Api, run: &str) -> Result<ExitCode> {
+    let view = api.client()?.retry(id(run)?)?;
+    super::print_text(&format!("run {} is {}", view.id, view.status))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every figure of an experiment (or, given a run id, of a run) as SVG files in `out`.
+pub fn figures(api: &Api, raw: &str, out: &Path) -> Result<ExitCode> {
+    let client = api.client()?;
+    let target = id(raw)?;
+    let owner = match client.experiment(target) {
+        Ok(_) => "experiments",
+        Err(e) if e.status() == Some(client::StatusCode::NOT_FOUND) => "runs",
+        Err(e) => return Err(e.into()),
+    };
+    let names = client.figure_names(owner, target)?;
+    if names.is_empty() {
+        bail!("no results to draw yet: the runs have no metrics or analyses");
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut written = vec![];
+    for name in names {
+        let svg = client.figure_svg(owner, target, &name)?;
+        let path = out.join(format!("{name}.svg"));
+        resnet::checkpoint::write_atomic(&path, svg.as_bytes())?;
+        written.push(path.display().to_string());
+    }
+    super::print_text(&written.join("\n"))?;
+    Ok(ExitCode::SUCCESS)
+}
