@@ -1,0 +1,764 @@
+//! Handlers in process (`oneshot` on the router) against a fresh Postgres database per
+//! test (`#[sqlx::test]`; DATABASE_URL with a role that may create databases).
+
+use api::{AppState, Config};
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use tower::ServiceExt;
+
+struct TestApp {
+    router: Router,
+    checkpoints: tempfile::TempDir,
+    _data: tempfile::TempDir,
+}
+
+/// The API over `pool`, with its own checkpoint and data directories and `vars` set.
+fn spawn_app(pool: PgPool, vars: &[(&str, &str)]) -> TestApp {
+    let checkpoints = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut env: HashMap<String, String> = HashMap::from([
+        ("DATABASE_URL".into(), "unused: the pool is given".into()),
+        (
+            "STEPWISE_CHECKPOINT_DIR".into(),
+            checkpoints.path().display().to_string(),
+        ),
+        (
+            "STEPWISE_DATA_DIR".into(),
+            data.path().display().to_string(),
+        ),
+    ]);
+    for (k, v) in vars {
+        env.insert(k.to_string(), v.to_string());
+    }
+    let config = Config::from_lookup(|k| env.get(k).cloned()).unwrap();
+    let state = AppState::new(store::Store::from_pool(pool), config);
+    TestApp {
+        router: api::app(state),
+        checkpoints,
+        _data: data,
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("{e}: {}", String::from_utf8_lossy(&self.body));
+        })
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl TestApp {
+    async fn send(&self, request: Request<Body>) -> Reply {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map_or(String::new(), |v| v.to_str().unwrap().to_string());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            content_type,
+            body: body.to_vec(),
+        }
+    }
+
+    async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> Reply {
+        let mut builder = Request::builder().method(method).uri(uri);
+        let body = match body {
+            Some(v) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                Body::from(v.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.send(builder.body(body).unwrap()).await
+    }
+
+    async fn get(&self, uri: &str) -> Reply {
+        self.call(Method::GET, uri, None).await
+    }
+
+    async fn post(&self, uri: &str, body: Value) -> Reply {
+        self.call(Method::POST, uri, Some(body)).await
+    }
+}
+
+fn run_body(epochs: u32) -> Value {
+    json!({
+        "spec": {
+            "model": {"arch": "resnet", "depth": 8, "width": 4},
+            "data": {"dataset": "shapes10"},
+            "train": {"epochs": epochs}
+        },
+        "analysis": {"checkpoints": "final", "spec": {"max_examples": 50}}
+    })
+}
+
+fn assert_problem(reply: &Reply, status: StatusCode, what: &str) {
+    assert_eq!(reply.status, status, "{what}: {}", reply.text());
+    assert_eq!(reply.content_type, "application/problem+json", "{what}");
+    let problem = reply.json();
+    assert_eq!(problem["status"], status.as_u16(), "{what}");
+    assert!(problem["detail"].is_string(), "{what}");
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn bad_input_gets_the_right_4xx_problem_and_never_a_5xx(pool: PgPool) {
+    let app = spawn_app(pool, &[("STEPWISE_MAX_BODY_BYTES", "65536")]);
+    let raw = |method: Method, uri: &str, body: &str, content_type: &str| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let json_type = "application/json";
+    let huge = format!(r#"{{"spec": {{"name": "{}"}}}}"#, "x".repeat(100_000));
+    let cases: Vec<(&str, Request<Body>, StatusCode, Option<&str>)> = vec![
+        (
+            "malformed JSON",
+            raw(Method::POST, "/v1/runs", "{\"spec\": ", json_type),
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            "not JSON at all",
+            raw(Method::POST, "/v1/runs", "depth=8", json_type),
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            "wrong content type",
+            raw(Method::POST, "/v1/runs", "{}", "text/plain"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            None,
+        ),
+        (
+            "wrong type",
+            raw(
+                Method::POST,
+                "/v1/runs",
+                r#"{"spec": {"model": {"arch": "resnet", "depth": "deep"}, "data": {"dataset": "shapes10"}}}"#,
+                json_type,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("spec.model.depth"),
+        ),
+        (
+            "unknown field",
+            raw(
+                Method::POST,
+                "/v1/runs",
+                r#"{"spec": {"model": {"arch": "resnet", "colour": 1}, "data": {"dataset": "shapes10"}}}"#,
+                json_type,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("spec.model"),
+        ),
+        (
+            "unknown top-level field",
+            raw(
+                Method::POST,
+                "/v1/runs",
+                r#"{"spec": {"model": {"arch": "resnet", "depth": 8}, "data": {"dataset": "shapes10"}}, "priority": 1}"#,
+                json_type,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            None,
+        ),
+        (
+            "depth out of range",
+            raw(
+                Method::POST,
+                "/v1/runs",
+                r#"{"spec": {"model": {"arch": "resnet", "depth": 9}, "data": {"dataset": "shapes10"}}}"#,
+                json_type,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("spec.model.depth"),
+        ),
+        (
+            "negative epochs",
+            raw(
+                Method::POST,
+                "/v1/runs",
+                r#"{"spec": {"model": {"arch": "resnet", "depth": 8}, "data": {"dataset": "shapes10"}, "train": {"epochs": -1}}}"#,
+                json_type,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("spec.train.epochs"),
+        ),
+        (
+            "enormous epochs",
+            raw(
+                Method::POST,
+                "/v1/runs",
+                r#"{"spec": {"model": {"arch": "resnet", "depth": 8}, "data": {"dataset": "shapes10"}, "train": {"epochs": 100000000000000000000}}}"#,
+                json_type,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("spec.train.epochs"),
+        ),
+        (
+            "epochs above the limit",
+            raw(
+                Method::POST,
+                "/v1/runs",
+                r#"{"spec": {"model": {"arch": "resnet", "depth": 8}, "data": {"dataset": "shapes10"}, "train": {"epochs": 20000}}}"#,
+                json_type,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("spec.train.epochs"),
+        ),
+        (
+            "width too large",
+            raw(
+                Method::POST,
+                "/v1/runs",
+                r#"{"spec": {"model": {"arch": "resnet", "depth": 8, "width": 4096}, "data": {"dataset": "shapes10"}}}"#,
+                json_type,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("spec.model.width"),
+        ),
+        (
+            "unknown dataset",
+            raw(
+                Method::POST,
+                "/v1/runs",
+                r#"{"spec": {"model": {"arch": "resnet", "depth": 8}, "data": {"dataset": "imagenet"}}}"#,
+                json_type,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("spec.data.dataset"),
+        ),
+        (
+            "path-like dataset",
+            raw(
+                Method::POST,
+                "/v1/runs",
+                r#"{"spec": {"model": {"arch": "resnet", "depth": 8}, "data": {"dataset": "../../etc"}}}"#,
+                json_type,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("spec.data.dataset"),
+        ),
+        (
+            "classes do not fit",
+            raw(
+                Method::POST,
+                "/v1/runs",
+                r#"{"spec": {"model": {"arch": "resnet", "depth": 8, "classes": 100}, "data": {"dataset": "shapes10"}}}"#,
+                json_type,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("spec.model.classes"),
+        ),
+        (
+            "analysis epoch past the end",
+            raw(
+                Method::POST,
+                "/v1/runs",
+                r#"{"spec": {"model": {"arch": "resnet", "depth": 8}, "data": {"dataset": "shapes10"}, "train": {"epochs": 2}}, "analysis": {"checkpoints": {"epochs": [5]}}}"#,
+                json_type,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("analysis.checkpoints.epochs"),
+        ),
+        (
+            "huge body",
+            raw(Method::POST, "/v1/runs", &huge, json_type),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+        ),
+        (
+            "bad experiment",
+            raw(
+                Method::POST,
+                "/v1/experiments",
+                r#"{"spec": {"name": "x", "data": {"dataset": "shapes10"}, "configs": [{"model": {"arch": "resnet", "depth": 10}}]}}"#,
+                json_type,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("spec.configs[0].model.depth"),
+        ),
+        (
+            "path-like id",
+            raw(
+                Method::GET,
+                "/v1/runs/..%2F..%2Fetc%2Fpasswd",
+                "",
+                json_type,
+            ),
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            "not an id",
+            raw(Method::GET, "/v1/runs/42", "", json_type),
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            "unknown id",
+            raw(
+                Method::GET,
+                "/v1/runs/01a21a64-27b3-72c4-b1b6-317c64c6a598",
+                "",
+                json_type,
+            ),
+            StatusCode::NOT_FOUND,
+            None,
+        ),
+        (
+            "bad status filter",
+            raw(Method::GET, "/v1/runs?status=sleeping", "", json_type),
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            "unknown query parameter",
+            raw(Method::GET, "/v1/runs?colour=red", "", json_type),
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            "negative limit",
+            raw(Method::GET, "/v1/runs?limit=-5", "", json_type),
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            "bad cursor",
+            raw(Method::GET, "/v1/runs?cursor=zzz", "", json_type),
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            "unknown metric",
+            raw(
+                Method::GET,
+                "/v1/runs/01a21a64-27b3-72c4-b1b6-317c64c6a598/metrics?name=speed",
+                "",
+                json_type,
+            ),
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            "no such endpoint",
+            raw(Method::GET, "/v2/runs", "", json_type),
+            StatusCode::NOT_FOUND,
+            None,
+        ),
+        (
+            "wrong method",
+            raw(Method::PUT, "/v1/runs", "", json_type),
+            StatusCode::METHOD_NOT_ALLOWED,
+            None,
+        ),
+        (
+            "claim without kinds",
+            raw(
+                Method::POST,
+                "/v1/worker/claim",
+                r#"{"kinds": [], "worker": "w"}"#,
+                json_type,
+            ),
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            "heartbeat of nothing",
+            raw(
+                Method::POST,
+                "/v1/worker/jobs/01a21a64-27b3-72c4-b1b6-317c64c6a598/heartbeat",
+                r#"{"lease_token": "01a21a64-27b3-72c4-b1b6-317c64c6a598"}"#,
+                json_type,
+            ),
+            StatusCode::CONFLICT,
+            None,
+        ),
+        (
+            "heartbeat with a bad token",
+            raw(
+                Method::POST,
+                "/v1/worker/jobs/01a21a64-27b3-72c4-b1b6-317c64c6a598/heartbeat",
+                r#"{"lease_token": "x"}"#,
+                json_type,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("lease_token"),
+        ),
+    ];
+    for (what, request, status, field) in cases {
+        let reply = app.send(request).await;
+        assert_problem(&reply, status, what);
+        if let Some(field) = field {
+            let problem = reply.json();
+            let fields: Vec<&str> = problem["errors"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{what}: no errors in {problem}"))
+                .iter()
+                .map(|e| e["field"].as_str().unwrap())
+                .collect();
+            assert!(
+                fields.iter().any(|f| f.starts_with(field)),
+                "{what}: {fields:?} does not name {field}"
+            );
+        }
+    }
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn tokens_guard_users_and_workers_separately(pool: PgPool) {
+    let app = spawn_app(
+        pool,
+        &[
+            ("STEPWISE_API_TOKEN", "user-secret"),
+            ("STEPWISE_WORKER_TOKEN", "worker-secret"),
+        ],
+    );
+    let with = |uri: &str, token: Option<&str>| {
+        let mut b = Request::builder().uri(uri);
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        b.body(Body::empty()).unwrap()
+    };
+    assert_problem(
+        &app.send(with("/v1/runs", None)).await,
+        StatusCode::UNAUTHORIZED,
+        "no token",
+    );
+    assert_problem(
+        &app.send(with("/v1/runs", Some("worker-secret"))).await,
+        StatusCode::UNAUTHORIZED,
+        "worker token for users",
+    );
+    assert_eq!(
+        app.send(with("/v1/runs", Some("user-secret"))).await.status,
+        StatusCode::OK
+    );
+    let claim = |token: &str| {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/v1/worker/claim")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(r#"{"kinds": ["train"], "worker": "w"}"#))
+            .unwrap()
+    };
+    assert_problem(
+        &app.send(claim("user-secret")).await,
+        StatusCode::UNAUTHORIZED,
+        "user token for workers",
+    );
+    assert_eq!(
+        app.send(claim("worker-secret")).await.status,
+        StatusCode::NO_CONTENT
+    );
+    // Operations stay open for probes and scrapers.
+    assert_eq!(
+        app.send(with("/healthz", None)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(app.send(with("/readyz", None)).await.status, StatusCode::OK);
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn concurrent_submissions_with_one_idempotency_key_make_one_run(pool: PgPool) {
+    let app = spawn_app(pool, &[]);
+    let request = |body: &Value| {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/v1/runs")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", "submit-once")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let body = run_body(1);
+    let replies =
+        futures_join_all((0..50).map(|_| app.router.clone().oneshot(request(&body)))).await;
+    let mut ids = std::collections::HashSet::new();
+    let mut created = 0;
+    for response in replies {
+        let response = response.unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+        created += (response.status() == StatusCode::CREATED) as usize;
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        ids.insert(v["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!((ids.len(), created), (1, 1));
+    // The same key with another body is refused.
+    let other = app.send(request(&run_body(2))).await;
+    assert_problem(
+        &other,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "same key, other body",
+    );
+    let list = app.get("/v1/runs").await.json();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+}
+
+/// Drives futures concurrently on this test's runtime.
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = vec![];
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn workers_register_only_verified_files_inside_their_directory(pool: PgPool) {
+    let app = spawn_app(pool, &[]);
+    let run = app.post("/v1/runs", run_body(2)).await;
+    assert_eq!(run.status, StatusCode::CREATED, "{}", run.text());
+    let run_id = run.json()["id"].as_str().unwrap().to_string();
+    let claim = app
+        .post(
+            "/v1/worker/claim",
+            json!({"kinds": ["train"], "worker": "w"}),
+        )
+        .await
+        .json();
+    let job = claim["job_id"].as_str().unwrap();
+    let token = claim["lease_token"].as_str().unwrap();
+    let directory = claim["directory"].as_str().unwrap();
+    assert_eq!(directory, format!("runs/{run_id}/attempt-1"));
+    let dir = app.checkpoints.path().join(directory);
+    std::fs::create_dir_all(&dir).unwrap();
+    let content = b"not really safetensors";
+    std::fs::write(dir.join("epoch-0001.safetensors"), content).unwrap();
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(content));
+    let register = |file: &str, sha: &str, size: usize| {
+        json!({"lease_token": token, "file_name": file, "epoch": 1, "batch": 0, "step": 10,
+               "sha256": sha, "size": size})
+    };
+    let uri = format!("/v1/worker/jobs/{job}/checkpoints");
+    for bad in [
+        "../attempt-2/epoch-0001.safetensors",
+        "/etc/passwd",
+        ".hidden",
+        "a/b",
+        "",
+    ] {
+        let reply = app.post(&uri, register(bad, &digest, content.len())).await;
+        assert_problem(&reply, StatusCode::UNPROCESSABLE_ENTITY, bad);
+    }
+    let missing = app
+        .post(&uri, register("epoch-0002.safetensors", &digest, 1))
+        .await;
+    assert_problem(&missing, StatusCode::UNPROCESSABLE_ENTITY, "missing file");
+    let wrong = app
+        .post(
+            &uri,
+            register("epoch-0001.safetensors", &"0".repeat(64), content.len()),
+        )
+        .await;
+    assert_problem(&wrong, StatusCode::UNPROCESSABLE_ENTITY, "wrong digest");
+    let ok = app
+        .post(
+            &uri,
+            register("epoch-0001.safetensors", &digest, content.len()),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.text());
+    let checkpoint_id = ok.json()["id"].as_str().unwrap().to_string();
+    // A stale token is refused.
+    let stale = app
+        .post(&uri, json!({"lease_token": "01a21a64-27b3-72c4-b1b6-317c64c6a598", "file_name": "epoch-0001.safetensors",
+            "epoch": 1, "batch": 0, "step": 10, "sha256": digest, "size": content.len()}))
+        .await;
+    assert_problem(&stale, StatusCode::CONFLICT, "stale token");
+    // The file is served back byte for byte.
+    let file = app
+        .get(&format!("/v1/checkpoints/{checkpoint_id}/file"))
+        .await;
+    assert_eq!(file.status, StatusCode::OK);
+    assert_eq!(file.body, content);
+    // Metrics reported by the worker are served as JSON and CSV, and drawn.
+    let events = json!({"lease_token": token, "events": [
+        {"type": "epoch", "epoch": 1, "records": [
+            {"name": "accuracy", "split": "test", "epoch": 1, "value": 0.5},
+            {"name": "loss", "split": "test", "epoch": 1, "value": 1.5},
+            {"name": "intermediate_accuracy", "split": "test", "epoch": 1, "block": "s2.b0", "block_index": 2, "value": 0.4}]},
+        {"type": "log", "level": "info", "message": "epoch 1 done <b>"}]});
+    let reply = app
+        .post(&format!("/v1/worker/jobs/{job}/events"), events)
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text());
+    let metrics = app
+        .get(&format!(
+            "/v1/runs/{run_id}/metrics?name=accuracy&split=test"
+        ))
+        .await
+        .json();
+    assert_eq!(
+        metrics,
+        json!([{"name": "accuracy", "split": "test", "epoch": 1, "value": 0.5}])
+    );
+    let csv = app
+        .send(
+            Request::builder()
+                .uri(format!("/v1/runs/{run_id}/metrics?name=loss"))
+                .header(header::ACCEPT, "text/csv")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(csv.content_type.starts_with("text/csv"));
+    assert_eq!(
+        csv.text(),
+        "name,split,epoch,block,block_index,value\nloss,test,1,,,1.5\n"
+    );
+    let figures = app.get(&format!("/v1/runs/{run_id}/figures")).await.json();
+    let names = figures["figures"].as_array().unwrap();
+    assert!(
+        names.iter().any(|n| n == "fig5_intermediate_resnet-8"),
+        "{figures}"
+    );
+    let svg = app
+        .get(&format!(
+            "/v1/runs/{run_id}/figures/fig5_intermediate_resnet-8.svg"
+        ))
+        .await;
+    assert_eq!(svg.content_type, "image/svg+xml");
+    assert!(svg.text().starts_with("<svg"));
+    assert_problem(
+        &app.get(&format!("/v1/runs/{run_id}/figures/fig99.svg"))
+            .await,
+        StatusCode::NOT_FOUND,
+        "no figure",
+    );
+    let logs = app.get(&format!("/v1/runs/{run_id}/logs")).await.json();
+    assert!(logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["message"] == "epoch 1 done <b>"));
+    // Deleting a running run is refused; after cancel and completion it goes with its files.
+    assert_problem(
+        &app.call(Method::DELETE, &format!("/v1/runs/{run_id}"), None)
+            .await,
+        StatusCode::CONFLICT,
+        "delete running",
+    );
+    assert_eq!(
+        app.call(Method::POST, &format!("/v1/runs/{run_id}/cancel"), None)
+            .await
+            .json()["status"],
+        "cancelling"
+    );
+    let done = app
+        .post(
+            &format!("/v1/worker/jobs/{job}/complete"),
+            json!({"lease_token": token}),
+        )
+        .await;
+    assert_eq!(done.json()["state"], "cancelled");
+    let deleted = app
+        .call(Method::DELETE, &format!("/v1/runs/{run_id}"), None)
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert!(!app
+        .checkpoints
+        .path()
+        .join(format!("runs/{run_id}"))
+        .exists());
+    assert_problem(
+        &app.get(&format!("/v1/checkpoints/{checkpoint_id}/file"))
+            .await,
+        StatusCode::NOT_FOUND,
+        "deleted checkpoint",
+    );
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn openapi_docs_metrics_and_datasets_are_served(pool: PgPool) {
+    let app = spawn_app(pool, &[]);
+    let doc = app.get("/openapi.json").await.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/v1/runs",
+        "/v1/runs/{id}/metrics",
+        "/v1/worker/claim",
+        "/v1/experiments/{id}/figures/{name}.svg",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    let docs = app.get("/docs/").await;
+    assert_eq!(docs.status, StatusCode::OK);
+    assert!(docs.text().contains("swagger"), "{}", docs.text());
+    let datasets = app.get("/v1/datasets").await.json();
+    assert_eq!(datasets[0], json!({"name": "shapes10", "present": false}));
+    app.post("/v1/runs", run_body(1)).await;
+    let metrics = app.get("/metrics").await.text();
+    assert!(
+        metrics.contains(r#"stepwise_jobs{kind="train",state="queued"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"route="/v1/runs""#), "{metrics}");
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn experiments_aggregate_their_runs(pool: PgPool) {
+    let app = spawn_app(pool, &[]);
+    let body = json!({"spec": {
+        "name": "demo", "seeds": [0, 1],
+        "data": {"dataset": "shapes10"}, "train": {"epochs": 1},
+        "configs": [{"model": {"arch": "resnet", "depth": 8, "width": 4}}]}});
+    let created = app.post("/v1/experiments", body).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let view = app.get(&format!("/v1/experiments/{id}")).await.json();
+    assert_eq!(view["runs"].as_array().unwrap().len(), 2);
+    assert_eq!(view["configs"][0]["label"], "resnet-8");
+    let runs = app
+        .get(&format!("/v1/runs?experiment={id}&limit=1"))
+        .await
+        .json();
+    assert_eq!(runs["items"].as_array().unwrap().len(), 1);
+    let cursor = runs["next_cursor"].as_str().unwrap();
+    let rest = app
+        .get(&format!("/v1/runs?experiment={id}&cursor={cursor}"))
+        .await
+        .json();
+    assert_eq!(rest["items"].as_array().unwrap().len(), 1);
+    assert!(rest["next_cursor"].is_null());
+    let figures = app
+        .get(&format!("/v1/experiments/{id}/figures"))
+        .await
+        .json();
+    assert_eq!(figures, json!({"figures": []}));
+}
