@@ -6,7 +6,7 @@ use analysis::{analyze, Analysis, Input};
 use candle_core::Device;
 use client::worker::{JobEnd, LeaseKeeper, WorkerConfig};
 use domain::service::{AnalysisResult, Claim, FailureKind};
-use domain::{AnalysisSpec, RunSpec};
+use domain::{AnalysisSpec, DataSpec, RunSpec};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -59,9 +59,17 @@ pub fn run_job(
         );
     };
     let config = config.clone();
+    // By the name the run was submitted with: the checkpoint's spec holds the dataset's own
+    // name, which need not be its directory's.
+    let dataset = claim.spec.data.clone();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(analyse_task(&config, &task.checkpoint.path(), &task.spec));
+        let _ = tx.send(analyse_task(
+            &config,
+            &dataset,
+            &task.checkpoint.path(),
+            &task.spec,
+        ));
     });
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
@@ -100,13 +108,14 @@ pub fn run_job(
 
 fn analyse_task(
     config: &WorkerConfig,
+    dataset: &DataSpec,
     checkpoint: &str,
     spec: &AnalysisSpec,
 ) -> Result<Analysis, AnalyzeError> {
     let device = resnet::candle_device(config.device)?;
     let checkpoint = resnet::checkpoint::read(&config.checkpoint_dir.join(checkpoint))?;
     let run: RunSpec = checkpoint.meta_json(train::META_SPEC)?;
-    let dir = cifar::locate(&run.data.dataset, &config.data_dir)?;
+    let dir = cifar::locate(&dataset.dataset, &config.data_dir)?;
     let data = cifar::Dataset::open(&dir, run.data.labels)?;
     if let Some(expected) = &run.data.identity {
         if *expected != data.identity {
