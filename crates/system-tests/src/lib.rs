@@ -67,6 +67,7 @@ pub struct Stack {
     pub settings: Settings,
     api: Option<Child>,
     workers: Vec<Child>,
+    worker_logs: Vec<PathBuf>,
     logs: Vec<PathBuf>,
 }
 
@@ -125,6 +126,7 @@ impl Stack {
             settings,
             api: None,
             workers: vec![],
+            worker_logs: vec![],
             logs: vec![],
         };
         stack.start_api();
@@ -220,6 +222,8 @@ impl Stack {
             .spawn()
             .expect("starting a worker");
         self.workers.push(child);
+        self.worker_logs
+            .push(self.logs.last().expect("just created").clone());
         self.workers.len() - 1
     }
 
@@ -260,6 +264,11 @@ impl Stack {
             .status()
             .expect("stepwise data synth");
         assert!(status.success());
+    }
+
+    /// What a worker has logged so far.
+    pub fn worker_log(&self, index: usize) -> String {
+        std::fs::read_to_string(&self.worker_logs[index]).unwrap_or_default()
     }
 
     /// Everything the processes logged, for failure messages.
@@ -313,5 +322,20 @@ pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
             "timed out after {timeout:?} waiting for {what}"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A small run on a dataset of the stack's data directory: ResNet-8 at width 4.
+pub fn tiny_run(dataset: &str, epochs: u32) -> domain::service::RunSubmission {
+    let mut model = domain::ModelSpec::new(domain::Arch::Resnet);
+    model.depth = Some(8);
+    model.width = Some(4);
+    let mut spec = domain::RunSpec::new(model, domain::DataSpec::new(dataset));
+    spec.train.epochs = Some(epochs);
+    spec.train.batch_size = 64;
+    spec.train.monitor.eval_batch_size = 128;
+    domain::service::RunSubmission {
+        spec,
+        analysis: None,
     }
 }

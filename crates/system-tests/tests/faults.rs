@@ -1,0 +1,223 @@
+//! Faults with real processes: workers killed, paused past their lease, told to stop, runs
+//! cancelled or diverging.
+
+use domain::service::{FailureKind, JobState};
+use std::collections::BTreeSet;
+use std::time::Duration;
+use system_tests::{serial, tiny_run, wait_for, Settings, Stack};
+use uuid::Uuid;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn epochs_done(stack: &Stack, run: Uuid) -> u32 {
+    stack.client().run(run).unwrap().epochs_done
+}
+
+/// Files of an attempt's directory.
+fn files(stack: &Stack, run: Uuid, attempt: u32) -> BTreeSet<String> {
+    let dir = stack
+        .checkpoint_dir()
+        .join(format!("runs/{run}/attempt-{attempt}"));
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn trainers_killed_mid_run_are_replaced_and_the_run_ends_as_if_uninterrupted() {
+    let _serial = serial();
+    let mut stack = Stack::start(Settings::default());
+    stack.synth("tiny10", 1024, 256);
+    let client = stack.client();
+    let epochs = 8;
+    let run = client
+        .submit_run(&tiny_run("tiny10", epochs), None)
+        .unwrap()
+        .id;
+    let mut trainer = stack.spawn_worker("stepwise-trainer");
+    for kill_after in [2, 5] {
+        wait_for("epochs to pass", MINUTE, || {
+            epochs_done(&stack, run) >= kill_after
+        });
+        stack.signal(trainer, "KILL");
+        stack.wait_worker(trainer, MINUTE);
+        trainer = stack.spawn_worker("stepwise-trainer");
+    }
+    wait_for("the run to finish", 3 * MINUTE, || {
+        client.run(run).unwrap().status.is_final()
+    });
+    let view = client.run(run).unwrap();
+    assert_eq!(
+        view.status,
+        JobState::Succeeded,
+        "{view:?}\n{}",
+        stack.logs()
+    );
+    assert_eq!(view.attempts, 3);
+    assert_eq!(view.failure_kind, Some(FailureKind::Infrastructure));
+    // Every epoch recorded once.
+    let accuracy = client.metrics(run, Some("accuracy"), Some("test")).unwrap();
+    let recorded: Vec<u32> = accuracy.iter().map(|m| m.epoch).collect();
+    assert_eq!(recorded, (1..=epochs).collect::<Vec<_>>());
+    // Later attempts resumed instead of starting over: their first checkpoint is past epoch 1.
+    let checkpoints = client.checkpoints(run).unwrap();
+    for attempt in [2, 3] {
+        let first = checkpoints.iter().find(|c| c.attempt == attempt).unwrap();
+        assert!(
+            first.epoch > 1,
+            "attempt {attempt} started over: {checkpoints:?}"
+        );
+    }
+    // And the result is the uninterrupted run's, bit for bit (same machine, same threads).
+    let reference = client
+        .submit_run(&tiny_run("tiny10", epochs), None)
+        .unwrap()
+        .id;
+    wait_for("the reference run", 3 * MINUTE, || {
+        client.run(reference).unwrap().status.is_final()
+    });
+    let expected = client
+        .metrics(reference, Some("accuracy"), Some("test"))
+        .unwrap();
+    assert_eq!(accuracy, expected);
+    let loss = |r| client.metrics(r, Some("loss"), Some("train")).unwrap();
+    assert_eq!(loss(run), loss(reference));
+}
+
+#[test]
+fn a_trainer_paused_past_its_lease_writes_nothing_when_it_wakes() {
+    let _serial = serial();
+    let mut stack = Stack::start(Settings {
+        lease_ttl_secs: 2.0,
+        ..Settings::default()
+    });
+    stack.synth("tiny10", 1024, 256);
+    let client = stack.client();
+    let run = client.submit_run(&tiny_run("tiny10", 10), None).unwrap().id;
+    let paused = stack.spawn_worker("stepwise-trainer");
+    wait_for("a first epoch", MINUTE, || epochs_done(&stack, run) >= 1);
+    stack.signal(paused, "STOP");
+    let before = files(&stack, run, 1);
+    let registered = |attempt| {
+        client
+            .checkpoints(run)
+            .unwrap()
+            .iter()
+            .filter(|c| c.attempt == attempt)
+            .count()
+    };
+    let rows_before = registered(1);
+    // The lease expires, the reaper requeues the job and another trainer takes it over.
+    let successor = stack.spawn_worker("stepwise-trainer");
+    wait_for("the second attempt", MINUTE, || {
+        client.run(run).unwrap().attempts == 2
+    });
+    stack.signal(paused, "CONT");
+    wait_for("the woken trainer to give up the job", MINUTE, || {
+        stack.worker_log(paused).contains("abandoned")
+    });
+    wait_for("the run to finish", 3 * MINUTE, || {
+        client.run(run).unwrap().status.is_final()
+    });
+    let _ = successor;
+    assert_eq!(
+        client.run(run).unwrap().status,
+        JobState::Succeeded,
+        "{}",
+        stack.logs()
+    );
+    assert_eq!(
+        registered(1),
+        rows_before,
+        "rows written by the woken worker"
+    );
+    // A write in progress at the pause may complete (the rename of its temporary file);
+    // nothing else may appear.
+    let in_progress: BTreeSet<String> = before
+        .iter()
+        .filter(|f| f.starts_with('.'))
+        .flat_map(|_| files(&stack, run, 1))
+        .collect();
+    let after = files(&stack, run, 1);
+    let new: Vec<&String> = after
+        .difference(&before)
+        .filter(|f| !in_progress.contains(*f))
+        .collect();
+    assert!(new.is_empty(), "files written after waking: {new:?}");
+    let metrics = client.metrics(run, Some("accuracy"), Some("test")).unwrap();
+    assert_eq!(metrics.len(), 10);
+}
+
+#[test]
+fn sigterm_checkpoints_and_releases_and_cancel_stops_at_the_next_step() {
+    let _serial = serial();
+    let mut stack = Stack::start(Settings::default());
+    stack.synth("tiny10", 1024, 256);
+    let client = stack.client();
+    let run = client.submit_run(&tiny_run("tiny10", 50), None).unwrap().id;
+    let first = stack.spawn_worker("stepwise-trainer");
+    wait_for("a first epoch", MINUTE, || epochs_done(&stack, run) >= 1);
+    stack.signal(first, "TERM");
+    assert!(
+        stack.wait_worker(first, MINUTE),
+        "the trainer exits cleanly"
+    );
+    let view = client.run(run).unwrap();
+    assert_eq!((view.status, view.failure_kind), (JobState::Queued, None));
+    let last = client.checkpoints(run).unwrap().pop().unwrap();
+    assert_eq!(last.attempt, 1);
+    assert_eq!(
+        last.step, view.step,
+        "the stop checkpoint is the latest position"
+    );
+
+    // The next trainer resumes from that checkpoint; a cancel then stops it.
+    stack.spawn_worker("stepwise-trainer");
+    wait_for("the second attempt to train", MINUTE, || {
+        let v = client.run(run).unwrap();
+        v.attempts == 2 && v.step > last.step
+    });
+    assert_eq!(client.cancel(run).unwrap().status, JobState::Cancelling);
+    wait_for("the cancel to land", MINUTE, || {
+        client.run(run).unwrap().status == JobState::Cancelled
+    });
+    let checkpoints = client.checkpoints(run).unwrap();
+    let stop = checkpoints.last().unwrap();
+    assert_eq!(stop.attempt, 2, "cancel checkpoints before stopping");
+    assert_eq!(stop.step, client.run(run).unwrap().step);
+    // The trainer lives on for the next job.
+    let next = client.submit_run(&tiny_run("tiny10", 1), None).unwrap().id;
+    wait_for("the next job", MINUTE, || {
+        client.run(next).unwrap().status == JobState::Succeeded
+    });
+    // And the cancelled run can be retried from where it stopped.
+    assert_eq!(client.retry(run).unwrap().status, JobState::Queued);
+}
+
+#[test]
+fn a_diverging_run_fails_as_diverged_and_is_not_retried() {
+    let _serial = serial();
+    let mut stack = Stack::start(Settings::default());
+    stack.synth("tiny10", 256, 64);
+    let client = stack.client();
+    let mut submission = tiny_run("tiny10", 2);
+    // A user's mistake that overflows every activation: the loss is NaN at once.
+    submission.spec.data.normalization = Some(domain::Normalization {
+        mean: [0.0; 3],
+        std: [1e-37; 3],
+    });
+    let run = client.submit_run(&submission, None).unwrap().id;
+    stack.spawn_worker("stepwise-trainer");
+    wait_for("the failure", MINUTE, || {
+        client.run(run).unwrap().status.is_final()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let view = client.run(run).unwrap();
+    assert_eq!(view.status, JobState::Failed);
+    assert_eq!(view.failure_kind, Some(FailureKind::Diverged));
+    assert_eq!(view.attempts, 1, "not retried");
+    assert!(view.last_error.unwrap().contains("NaN"));
+}
