@@ -408,7 +408,7 @@ pub enum WorkerEvent {
     /// Training started: the spec with dataset identity and normalisation resolved.
     Started {
         #[schema(value_type = Object)]
-        resolved_spec: RunSpec,
+        resolved_spec: Box<RunSpec>,
         step: u64,
         total_steps: u64,
     },

@@ -67,7 +67,7 @@ impl EventSink for ApiSink<'_> {
                 let identity = spec.data.identity.as_ref();
                 self.send(vec![
                     WorkerEvent::Started {
-                        resolved_spec: (*spec).clone(),
+                        resolved_spec: Box::new((*spec).clone()),
                         step: *start_step,
                         total_steps: *total_steps,
                     },
