@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Load test of GET /v1/runs/{id}/metrics on loopback: a run with a paper-length metric
+# history (300 epochs: loss and accuracy on both splits plus intermediate accuracy and loss
+# at 18 blocks = 40 rows per epoch, 12,000 rows) is reported through the worker endpoints,
+# then wrk requests its test-accuracy series and its whole history.
+#   bench/api-load.sh [DURATION_SECONDS]   (needs wrk, jq, curl; a release stepwise-api)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration=${1:-20}
+api_bin=target/release/stepwise-api
+[ -x "$api_bin" ] || cargo build --release -p api
+eval "$(scripts/postgres start)"
+db="stepwise_load_$$"
+psql "$DATABASE_URL" -qc "CREATE DATABASE $db" >/dev/null
+url="${DATABASE_URL%/*}/$db"
+port=18181
+work=$(mktemp -d)
+DATABASE_URL=$url STEPWISE_BIND=127.0.0.1:$port STEPWISE_CHECKPOINT_DIR=$work \
+    STEPWISE_DATA_DIR=$work RUST_LOG=warn "$api_bin" 2>"$work/api.log" &
+api=$!
+trap 'kill $api 2>/dev/null; wait $api 2>/dev/null; psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null; rm -rf "$work"' EXIT
+API=http://127.0.0.1:$port
+until curl -sf "$API/readyz" >/dev/null; do sleep 0.2; done
+
+run=$(curl -sf -X POST "$API/v1/runs" -H 'Content-Type: application/json' -d '{"spec":
+  {"model": {"arch": "resnet", "depth": 110}, "data": {"dataset": "shapes10"}, "train": {"epochs": 300}}}' | jq -r .id)
+claim=$(curl -sf -X POST "$API/v1/worker/claim" -H 'Content-Type: application/json' -d '{"kinds": ["train"], "worker": "load"}')
+job=$(jq -r .job_id <<<"$claim"); token=$(jq -r .lease_token <<<"$claim")
+for epoch in $(seq 1 300); do
+  jq -nc --argjson e "$epoch" --arg t "$token" '{lease_token: $t, events: [{type: "epoch", epoch: $e, records: (
+      [("loss", "accuracy") as $n | ("train", "test") as $s | {name: $n, split: $s, epoch: $e, value: (1 / $e)}]
+    + [range(0; 18) as $b | ("intermediate_accuracy", "intermediate_loss") as $n
+       | {name: $n, split: "test", epoch: $e, block: "s2.b\($b)", block_index: (36 + $b), value: 0.5}])}]}' |
+    curl -sf -X POST "$API/v1/worker/jobs/$job/events" -H 'Content-Type: application/json' -d @- >/dev/null
+done
+rows=$(curl -sf "$API/v1/runs/$run/metrics" | jq length)
+echo "run $run: $rows metric rows; $(nproc) cores; wrk 2 threads, 32 connections, ${duration}s"
+for query in "name=accuracy&split=test" ""; do
+  echo "== GET /v1/runs/{id}/metrics?$query =="
+  wrk -t2 -c32 -d"${duration}s" --latency "$API/v1/runs/$run/metrics?$query" |
+    grep -E "Requests/sec|Latency  |50%|99%|Non-2xx|Socket errors"
+done
