@@ -4,10 +4,10 @@
 
 use analysis::{analyze, Analysis, Input};
 use candle_core::Device;
-use client::worker::{JobEnd, LeaseKeeper, WorkerConfig};
-use domain::service::{AnalysisResult, Claim, FailureKind};
+use client::worker::{JobContext, JobEnd, WorkerConfig};
+use domain::service::{AnalysisResult, FailureKind};
 use domain::{AnalysisSpec, DataSpec, RunSpec};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -46,12 +46,14 @@ pub fn analyse_checkpoint(
 
 /// Runs one claimed analyze job. The analysis runs on its own thread so that a shutdown
 /// releases the job at once instead of after the analysis.
-pub fn run_job(
-    config: &WorkerConfig,
-    claim: &Claim,
-    keeper: &LeaseKeeper,
-    shutdown: &AtomicBool,
-) -> JobEnd {
+pub fn run_job(job: &JobContext<'_>) -> JobEnd {
+    let JobContext {
+        config,
+        claim,
+        keeper,
+        shutdown,
+        ..
+    } = *job;
     let Some(task) = claim.analysis.clone() else {
         return JobEnd::Failed(
             FailureKind::Internal,

@@ -1,31 +1,20 @@
 //! `stepwise-analyzer`: configuration from the environment (see the README), then the
 //! claim loop until SIGTERM.
 
-use anyhow::{anyhow, Context};
-use client::worker::{claim_loop, shutdown_flag, WorkerConfig};
 use domain::service::JobKind;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let config = WorkerConfig::from_env().map_err(|e| anyhow!(e))?;
-    let client = client::Client::new(&config.api_url, config.token.clone())?;
-    let shutdown = shutdown_flag().context("installing signal handlers")?;
-    resnet::candle_device(config.device).context("STEPWISE_DEVICE")?;
-    claim_loop(
-        &config,
-        &client,
-        &[JobKind::Analyze],
-        &shutdown,
-        |claim, keeper| analyzer::run_job(&config, claim, keeper, &shutdown),
-    );
-    Ok(())
+    client::worker::run(
+        JobKind::Analyze,
+        |config| {
+            resnet::candle_device(config.device)
+                .map(drop)
+                .map_err(|e| format!("STEPWISE_DEVICE: {e}"))
+        },
+        analyzer::run_job,
+    )
+    .map_err(anyhow::Error::msg)
 }

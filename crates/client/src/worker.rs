@@ -68,6 +68,47 @@ impl WorkerConfig {
     }
 }
 
+/// What a worker needs to do one job: its configuration, the API, the claim, the lease
+/// keeper and the shutdown flag.
+pub struct JobContext<'a> {
+    pub config: &'a WorkerConfig,
+    pub client: &'a Client,
+    pub claim: &'a Claim,
+    pub keeper: &'a LeaseKeeper,
+    pub shutdown: &'a AtomicBool,
+}
+
+/// A worker process from start to exit: logs to stderr, configuration from the environment,
+/// signal handlers, `check` (that the device works: fail at start, not at the first job),
+/// then the claim loop for `kind` until SIGTERM.
+pub fn run(
+    kind: JobKind,
+    check: impl FnOnce(&WorkerConfig) -> Result<(), String>,
+    mut work: impl FnMut(&JobContext<'_>) -> JobEnd,
+) -> Result<(), String> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = WorkerConfig::from_env()?;
+    let client = Client::new(&config.api_url, config.token.clone()).map_err(|e| e.to_string())?;
+    let shutdown = shutdown_flag().map_err(|e| format!("installing signal handlers: {e}"))?;
+    check(&config)?;
+    claim_loop(&config, &client, &[kind], &shutdown, |claim, keeper| {
+        work(&JobContext {
+            config: &config,
+            client: &client,
+            claim,
+            keeper,
+            shutdown: &shutdown,
+        })
+    });
+    Ok(())
+}
+
 /// SIGTERM and SIGINT set the returned flag: finish or checkpoint the job, then exit.
 pub fn shutdown_flag() -> std::io::Result<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));

@@ -4,9 +4,9 @@
 //! lease keeper's heartbeat) and SIGTERM stop at the next step with a checkpoint; a lost
 //! lease aborts before anything more is written.
 
-use client::worker::{JobEnd, LeaseKeeper, WorkerConfig};
+use client::worker::{JobContext, JobEnd, LeaseKeeper};
 use client::Client;
-use domain::service::{CheckpointRegistration, Claim, FailureKind, WorkerEvent};
+use domain::service::{CheckpointRegistration, FailureKind, WorkerEvent};
 use domain::MetricName;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -156,16 +156,10 @@ fn log(message: String) -> WorkerEvent {
 }
 
 /// Runs one claimed train job to its end.
-pub fn run_job(
-    config: &WorkerConfig,
-    client: &Client,
-    claim: &Claim,
-    keeper: &LeaseKeeper,
-    shutdown: &AtomicBool,
-) -> JobEnd {
-    match train_claim(config, client, claim, keeper, shutdown) {
+pub fn run_job(job: &JobContext<'_>) -> JobEnd {
+    match train_claim(job) {
         Ok(end) => end,
-        Err(_) if keeper.lost() => JobEnd::Abandoned,
+        Err(_) if job.keeper.lost() => JobEnd::Abandoned,
         Err(e) => {
             let kind = match &e {
                 TrainError::Diverged { .. } => FailureKind::Diverged,
@@ -181,13 +175,14 @@ pub fn run_job(
     }
 }
 
-fn train_claim(
-    config: &WorkerConfig,
-    client: &Client,
-    claim: &Claim,
-    keeper: &LeaseKeeper,
-    shutdown: &AtomicBool,
-) -> Result<JobEnd, TrainError> {
+fn train_claim(job: &JobContext<'_>) -> Result<JobEnd, TrainError> {
+    let JobContext {
+        config,
+        client,
+        claim,
+        keeper,
+        shutdown,
+    } = *job;
     let device = resnet::candle_device(config.device)?;
     let spec = &claim.spec;
     let data_dir = cifar::locate(&spec.data.dataset, &config.data_dir)?;
