@@ -22,25 +22,20 @@ struct Row<'a> {
 
 /// The records as CSV text with a header row.
 pub fn analysis_csv(records: &[AnalysisRecord]) -> String {
-    let mut w = ::csv::Writer::from_writer(vec![]);
-    for r in records {
-        let row = Row {
-            name: r.name.as_str(),
-            split: r.split.as_str(),
-            epoch: r.epoch,
-            block: r.block.map(|b| b.to_string()),
-            block_index: r.block_index,
-            kind: r.kind.map(|k| k.as_str()),
-            group: r.group.map(|g| g.as_str()),
-            alpha: r.alpha,
-            step: r.step,
-            stat: r.stat.map(|s| s.as_str()),
-            value: r.value,
-            n: r.n,
-        };
-        w.serialize(row).expect("rows serialise to memory");
-    }
-    String::from_utf8(w.into_inner().expect("in memory")).expect("CSV is UTF-8")
+    to_csv(records.iter().map(|r| Row {
+        name: r.name.as_str(),
+        split: r.split.as_str(),
+        epoch: r.epoch,
+        block: r.block.map(|b| b.to_string()),
+        block_index: r.block_index,
+        kind: r.kind.map(|k| k.as_str()),
+        group: r.group.map(|g| g.as_str()),
+        alpha: r.alpha,
+        step: r.step,
+        stat: r.stat.map(|s| s.as_str()),
+        value: r.value,
+        n: r.n,
+    }))
 }
 
 #[derive(Serialize)]
@@ -55,16 +50,20 @@ struct MetricRow<'a> {
 
 /// Training metrics as CSV text with a header row.
 pub fn metrics_csv(records: &[MetricRecord]) -> String {
+    to_csv(records.iter().map(|r| MetricRow {
+        name: r.name.as_str(),
+        split: r.split.map(|s| s.as_str()),
+        epoch: r.epoch,
+        block: r.block.map(|b| b.to_string()),
+        block_index: r.block_index,
+        value: r.value,
+    }))
+}
+
+/// Rows as CSV text, the header taken from the first row's field names.
+fn to_csv<R: Serialize>(rows: impl IntoIterator<Item = R>) -> String {
     let mut w = ::csv::Writer::from_writer(vec![]);
-    for r in records {
-        let row = MetricRow {
-            name: r.name.as_str(),
-            split: r.split.map(|s| s.as_str()),
-            epoch: r.epoch,
-            block: r.block.map(|b| b.to_string()),
-            block_index: r.block_index,
-            value: r.value,
-        };
+    for row in rows {
         w.serialize(row).expect("rows serialise to memory");
     }
     String::from_utf8(w.into_inner().expect("in memory")).expect("CSV is UTF-8")
