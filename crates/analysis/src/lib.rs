@@ -8,7 +8,6 @@
 //! - [`taylor`]: the first-order check of each last-stage block.
 
 mod blocks;
-pub mod claims;
 mod paths;
 mod stats;
 mod taylor;

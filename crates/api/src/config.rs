@@ -31,6 +31,8 @@ pub struct Config {
     /// `STEPWISE_MAX_BODY_BYTES` (1 MiB): user request bodies; worker reports (analysis
     /// results) may be 64 times larger.
     pub max_body_bytes: usize,
+    /// `STEPWISE_SESSION_HOURS` (12): how long a dashboard login lasts.
+    pub session_ttl: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +93,18 @@ impl Config {
                 message: "must be at least 1".into(),
             });
         }
+        let hours: f64 = parsed(
+            "STEPWISE_SESSION_HOURS",
+            text("STEPWISE_SESSION_HOURS"),
+            12.0,
+        )?;
+        if !(hours.is_finite() && hours > 0.0 && hours <= 24.0 * 366.0) {
+            return Err(ConfigError {
+                name: "STEPWISE_SESSION_HOURS",
+                message: format!("{hours} is not a number of hours between 0 and a year"),
+            });
+        }
+        let session_ttl = Duration::from_secs_f64(hours * 3600.0);
         Ok(Self {
             database_url: text("DATABASE_URL").ok_or(ConfigError {
                 name: "DATABASE_URL",
@@ -114,6 +128,7 @@ impl Config {
                 text("STEPWISE_MAX_BODY_BYTES"),
                 1 << 20,
             )?,
+            session_ttl,
         })
     }
 

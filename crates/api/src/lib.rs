@@ -1,10 +1,11 @@
 //! `stepwise-api`: the REST API on Postgres. [`app`] builds the router (users' `/v1`
 //! routes behind the user token, `/v1/worker` behind the worker token, open ops routes,
-//! OpenAPI and Swagger UI); [`serve`] runs it with the lease reaper and a graceful
+//! OpenAPI and Swagger UI, the HTML [`dashboard`] at `/`); [`serve`] runs it with the lease reaper and a graceful
 //! shutdown. Handlers live in [`routes`], one module per resource.
 
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 mod openapi;
@@ -39,6 +40,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/runs/{id}/retry", post(runs::retry))
         .route("/v1/runs/{id}/metrics", get(runs::metrics))
         .route("/v1/runs/{id}/logs", get(runs::logs))
+        .route("/v1/runs/{id}/attempts", get(runs::attempts))
         .route("/v1/runs/{id}/checkpoints", get(runs::checkpoints))
         .route(
             "/v1/runs/{id}/analyses",
@@ -48,7 +50,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/runs/{id}/figures/{name}", get(figures::run_figure))
         .route("/v1/checkpoints/{id}/file", get(checkpoints::file))
         .route("/v1/analyses/{id}", get(analyses::get))
-        .route("/v1/experiments", post(experiments::submit))
+        .route(
+            "/v1/experiments",
+            post(experiments::submit).get(experiments::list),
+        )
         .route("/v1/experiments/{id}", get(experiments::get))
         .route(
             "/v1/experiments/{id}/figures",
@@ -91,6 +96,7 @@ pub fn app(state: AppState) -> Router {
         .merge(users)
         .merge(workers)
         .merge(ops)
+        .merge(dashboard::routes(state.clone()))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .fallback(|| async { ApiError::not_found("no such endpoint (see /docs)") })
         .method_not_allowed_fallback(|| async {

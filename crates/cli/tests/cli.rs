@@ -294,6 +294,7 @@ fn the_smoke_experiment_trains_analyses_draws_and_reports() {
         assert!(analysis.exists(), "{}", analysis.display());
     }
     for name in [
+        "curves",
         "fig2_cosine",
         "fig3_l2_ratio",
         "fig4_drop",

@@ -61,7 +61,7 @@ pub fn metrics_csv(records: &[MetricRecord]) -> String {
 }
 
 /// Rows as CSV text, the header taken from the first row's field names.
-fn to_csv<R: Serialize>(rows: impl IntoIterator<Item = R>) -> String {
+pub fn to_csv<R: Serialize>(rows: impl IntoIterator<Item = R>) -> String {
     let mut w = ::csv::Writer::from_writer(vec![]);
     for row in rows {
         w.serialize(row).expect("rows serialise to memory");

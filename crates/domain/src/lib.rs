@@ -3,6 +3,7 @@
 
 pub mod analysis;
 pub mod block;
+pub mod claims;
 pub mod csv;
 pub mod dataset;
 pub mod device;

@@ -303,6 +303,36 @@ pub struct ExperimentView {
     pub runs: Vec<RunView>,
 }
 
+/// An experiment in the list of experiments: its progress over runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExperimentSummary {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub runs: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    /// Queued, running or cancelling.
+    pub active: u32,
+}
+
+/// One claim of a job by a worker, and how it ended (`outcome` is absent while it runs;
+/// `queued` means it was given back or lost and the job went back to the queue).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AttemptView {
+    pub job_id: Uuid,
+    pub kind: JobKind,
+    /// The analysed checkpoint's epoch, for analyze jobs.
+    pub epoch: Option<u32>,
+    pub attempt: u32,
+    pub worker: String,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub outcome: Option<JobState>,
+    pub failure_kind: Option<FailureKind>,
+    pub error: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LogLine {
     pub at: DateTime<Utc>,

@@ -96,15 +96,16 @@ pub fn blue_to_red(t: f64) -> RGBColor {
 }
 
 /// A tick label: integers as such, very large or small magnitudes in scientific notation,
-/// others with three decimals at most.
-fn tick(v: &f64) -> String {
+/// others with as many decimals as ticks `span / 10` apart need to differ.
+fn tick(v: f64, span: f64) -> String {
     let a = v.abs();
     if (v - v.round()).abs() < 1e-9 && a < 1e5 {
         format!("{}", v.round() as i64)
     } else if !(1e-3..1e5).contains(&a) {
         format!("{v:.1e}")
     } else {
-        let s = format!("{v:.3}");
+        let decimals = (1.0 - (span / 10.0).log10().floor()).clamp(1.0, 6.0) as usize;
+        let s = format!("{v:.decimals$}");
         s.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
@@ -216,7 +217,7 @@ fn draw_panel<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .x_label_formatter(&integral_x)
-        .y_label_formatter(&tick)
+        .y_label_formatter(&|v: &f64| tick(*v, y1 - y0))
         .x_desc(x_desc)
         .y_desc(panel.y_label.as_str())
         .label_style((FONT, 14))
@@ -316,11 +317,19 @@ mod tests {
 
     #[test]
     fn ticks_read_naturally() {
-        assert_eq!(tick(&10.0), "10");
-        assert_eq!(tick(&0.25), "0.25");
-        assert_eq!(tick(&-0.1), "-0.1");
-        assert_eq!(tick(&3e8), "3.0e8");
-        assert_eq!(tick(&0.0004), "4.0e-4");
+        assert_eq!(tick(10.0, 20.0), "10");
+        assert_eq!(tick(0.25, 1.0), "0.25");
+        assert_eq!(tick(-0.1, 1.0), "-0.1");
+        assert_eq!(tick(3e8, 1e9), "3.0e8");
+        assert_eq!(tick(0.0004, 0.001), "4.0e-4");
+    }
+
+    #[test]
+    fn close_ticks_get_the_decimals_that_tell_them_apart() {
+        // A narrow range (a run that barely moved): ticks 0.0005 apart.
+        assert_eq!(tick(0.1135, 0.005), "0.1135");
+        assert_eq!(tick(0.114, 0.005), "0.114");
+        assert_eq!(tick(0.1123456, 1.0), "0.11");
     }
 
     #[test]

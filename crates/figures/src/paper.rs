@@ -138,6 +138,7 @@ pub fn figures(runs: &[Run]) -> Vec<(String, Figure)> {
             out.push((name, f));
         }
     };
+    add("curves".into(), curves(&groups));
     add(
         "fig2_cosine".into(),
         blockwise(
@@ -369,6 +370,43 @@ fn unrolling(label: &str, seeds: &[&Run]) -> Option<Figure> {
             ),
         ],
     })
+}
+
+/// Loss and accuracy per epoch, one curve per label and split (test solid, train dashed).
+fn curves(groups: &[(&str, Vec<&Run>)]) -> Option<Figure> {
+    let panel = |name: MetricName, title: &str, y_label: &str| {
+        let mut series = vec![];
+        for (i, (label, seeds)) in groups.iter().enumerate() {
+            for split in [Split::Test, Split::Train] {
+                let pts = per_epoch(seeds, |r| {
+                    r.name == name && r.split == Some(split) && r.block.is_none()
+                });
+                if !pts.is_empty() {
+                    series.push(Series {
+                        label: format!("{label} ({})", split_name(split)),
+                        color: palette(i),
+                        dashed: split == Split::Train,
+                        points: pts,
+                    });
+                }
+            }
+        }
+        (!series.is_empty()).then(|| Panel {
+            title: title.into(),
+            x_label: "epoch".into(),
+            y_label: y_label.into(),
+            series,
+            ..Panel::default()
+        })
+    };
+    let panels: Vec<Panel> = [
+        panel(MetricName::Loss, "Loss per epoch", "cross-entropy"),
+        panel(MetricName::Accuracy, "Accuracy per epoch", "accuracy"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!panels.is_empty()).then_some(Figure { panels })
 }
 
 /// Activation norms of freshly initialised models per block, and the gradient-norm ratio

@@ -1,7 +1,8 @@
 //! The only crate with SQL. [`Store`] wraps a Postgres pool: the schema (`migrations/`,
 //! embedded and applied by [`Store::migrate`]), runs and experiments ([`runs`]), the job
-//! queue with leases ([`queue`]) and the results workers report ([`results`]). Every
-//! method returns the API's views (`domain::service`), so the server only routes.
+//! queue with leases ([`queue`]), the results workers report ([`results`]) and dashboard
+//! sessions ([`sessions`]). Every method returns the API's views (`domain::service`), so
+//! the server only routes.
 //!
 //! Queries are checked at run time (`sqlx::query_as`), not by the macros, so the crate
 //! builds without a database and without prepared query data.
@@ -10,6 +11,7 @@ mod queue;
 mod results;
 mod rows;
 mod runs;
+mod sessions;
 
 pub use queue::{LeaseConfig, LeasedJob};
 pub use runs::{Idempotency, RunFilter, Submitted};

@@ -126,6 +126,12 @@ impl Store {
             .await?;
         }
         sync_statuses(&mut tx, job.run_id).await?;
+        sqlx::query("INSERT INTO attempts (job_id, attempt, worker) VALUES ($1, $2, $3)")
+            .bind(job.id)
+            .bind(job.attempt)
+            .bind(worker)
+            .execute(&mut *tx)
+            .await?;
         log(
             &mut tx,
             job.run_id,
@@ -448,6 +454,17 @@ async fn end_job(
           WHERE id = $1",
     )
     .bind(job.id)
+    .bind(state.as_str())
+    .bind(failure.map(|f| f.0.as_str()))
+    .bind(failure.map(|f| f.1))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE attempts SET ended_at = now(), outcome = $3, failure_kind = $4, error = $5
+          WHERE job_id = $1 AND attempt = $2",
+    )
+    .bind(job.id)
+    .bind(job.attempt as i32)
     .bind(state.as_str())
     .bind(failure.map(|f| f.0.as_str()))
     .bind(failure.map(|f| f.1))

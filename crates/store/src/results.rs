@@ -1,9 +1,11 @@
 //! What users read of a run: metric series, logs, checkpoints, analyses.
 
-use crate::rows::{AnalysisRow, CheckpointRow, LogRow, ANALYSIS_VIEW, CHECKPOINT_COLUMNS};
+use crate::rows::{
+    AnalysisRow, AttemptRow, CheckpointRow, LogRow, ANALYSIS_VIEW, CHECKPOINT_COLUMNS,
+};
 use crate::runs::{insert_analysis, not_found};
 use crate::{Result, Store, StoreError};
-use domain::service::{AnalysisView, CheckpointView, LogLine};
+use domain::service::{AnalysisView, AttemptView, CheckpointView, LogLine};
 use domain::{AnalysisRecord, AnalysisSpec, BlockId, MetricName, MetricRecord, Split};
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -69,6 +71,23 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// Every claim of the run's jobs (training and analyses), oldest first.
+    pub async fn attempts(&self, run: Uuid) -> Result<Vec<AttemptView>> {
+        self.run_exists(run).await?;
+        let rows: Vec<AttemptRow> = sqlx::query_as(
+            "SELECT a.job_id, j.kind, an.epoch, a.attempt, a.worker, a.started_at, a.ended_at,
+                    a.outcome, a.failure_kind, a.error
+               FROM attempts a JOIN jobs j ON j.id = a.job_id
+               LEFT JOIN analyses an ON an.id = j.analysis_id
+              WHERE j.run_id = $1
+              ORDER BY a.started_at, a.attempt",
+        )
+        .bind(run)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(AttemptRow::view).collect()
     }
 
     pub async fn checkpoints(&self, run: Uuid) -> Result<Vec<CheckpointView>> {

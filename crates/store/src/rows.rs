@@ -3,7 +3,8 @@
 use crate::Result;
 use chrono::{DateTime, Utc};
 use domain::service::{
-    AnalysisView, CheckpointRef, CheckpointView, FailureKind, JobState, LogLine, RunView,
+    AnalysisView, AttemptView, CheckpointRef, CheckpointView, ExperimentSummary, FailureKind,
+    JobState, LogLine, RunView,
 };
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -203,6 +204,65 @@ impl From<LogRow> for LogLine {
             level: r.level,
             message: r.message,
         }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ExperimentRow {
+    id: Uuid,
+    name: String,
+    created_at: DateTime<Utc>,
+    runs: i64,
+    succeeded: i64,
+    failed: i64,
+    active: i64,
+}
+
+impl ExperimentRow {
+    pub(crate) fn view(self) -> ExperimentSummary {
+        ExperimentSummary {
+            id: self.id,
+            name: self.name,
+            created_at: self.created_at,
+            runs: self.runs as u32,
+            succeeded: self.succeeded as u32,
+            failed: self.failed as u32,
+            active: self.active as u32,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct AttemptRow {
+    job_id: Uuid,
+    kind: String,
+    epoch: Option<i32>,
+    attempt: i32,
+    worker: String,
+    started_at: DateTime<Utc>,
+    ended_at: Option<DateTime<Utc>>,
+    outcome: Option<String>,
+    failure_kind: Option<String>,
+    error: Option<String>,
+}
+
+impl AttemptRow {
+    pub(crate) fn view(self) -> Result<AttemptView> {
+        Ok(AttemptView {
+            job_id: self.job_id,
+            kind: self
+                .kind
+                .parse()
+                .map_err(|_| corrupt("job kind", &self.kind))?,
+            epoch: self.epoch.map(|e| e as u32),
+            attempt: self.attempt as u32,
+            worker: self.worker,
+            started_at: self.started_at,
+            ended_at: self.ended_at,
+            outcome: self.outcome.as_deref().map(state).transpose()?,
+            failure_kind: self.failure_kind.as_deref().map(failure).transpose()?,
+            error: self.error,
+        })
     }
 }
 

@@ -1,8 +1,10 @@
 //! Runs and experiments: submission (with idempotency keys), listing, cancel, retry, delete.
 
-use crate::rows::{RunRow, RUN_VIEW};
+use crate::rows::{ExperimentRow, RunRow, RUN_VIEW};
 use crate::{Result, Store, StoreError};
-use domain::service::{ConfigSummary, ExperimentView, JobState, Page, RunSubmission, RunView};
+use domain::service::{
+    ConfigSummary, ExperimentSummary, ExperimentView, JobState, Page, RunSubmission, RunView,
+};
 use domain::{AnalysisSpec, ExperimentSpec, RunSpec};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -214,6 +216,40 @@ impl Store {
         } else {
             None
         };
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Experiments newest first, `limit` per page, after the cursor (an experiment id).
+    pub async fn list_experiments(
+        &self,
+        cursor: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Page<ExperimentSummary>> {
+        let rows: Vec<ExperimentRow> = sqlx::query_as(
+            "SELECT e.id, e.name, e.created_at, count(r.id) AS runs,
+                        count(r.id) FILTER (WHERE r.status = 'succeeded') AS succeeded,
+                        count(r.id) FILTER (WHERE r.status = 'failed') AS failed,
+                        count(r.id) FILTER (WHERE r.status IN ('queued', 'running', 'cancelling'))
+                          AS active
+                   FROM experiments e LEFT JOIN runs r ON r.experiment_id = e.id
+                  WHERE ($1::uuid IS NULL OR e.id < $1)
+                  GROUP BY e.id
+                  ORDER BY e.id DESC
+                  LIMIT $2",
+        )
+        .bind(cursor)
+        .bind(limit as i64 + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let more = rows.len() > limit as usize;
+        let items: Vec<ExperimentSummary> = rows
+            .into_iter()
+            .take(limit as usize)
+            .map(ExperimentRow::view)
+            .collect();
+        let next_cursor = more
+            .then(|| items.last().map(|e| e.id.to_string()))
+            .flatten();
         Ok(Page { items, next_cursor })
     }
 

@@ -200,6 +200,33 @@ async fn an_expired_lease_is_refused_reaped_and_resumed_until_attempts_run_out(p
     store.reap_expired().await.unwrap();
     // Two infrastructure failures with max_attempts 2: failed, not queued again.
     assert_eq!(store.run(run.id).await.unwrap().status, JobState::Failed);
+    // Each claim is an attempt with its worker, outcome and failure.
+    let attempts = store.attempts(run.id).await.unwrap();
+    let summary: Vec<_> = attempts
+        .iter()
+        .map(|a| (a.attempt, a.worker.as_str(), a.outcome, a.failure_kind))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                1,
+                "w1",
+                Some(JobState::Queued),
+                Some(FailureKind::Infrastructure)
+            ),
+            (
+                2,
+                "w2",
+                Some(JobState::Failed),
+                Some(FailureKind::Infrastructure)
+            ),
+        ]
+    );
+    assert!(attempts.iter().all(|a| a.ended_at.is_some()
+        && a.error
+            .as_deref()
+            .is_some_and(|e| e.contains("lease expired"))));
     assert!(store
         .claim(&[JobKind::Train], "w3", &short)
         .await

@@ -1,14 +1,17 @@
-//! `/v1/experiments`: configurations × seeds submitted at once, read with aggregates.
+//! `/v1/experiments`: configurations × seeds submitted at once, listed, read with
+//! aggregates.
 
 use super::{created, idempotency};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{Id, JsonBody};
+use crate::extract::{Id, JsonBody, Query};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Json;
-use domain::service::{ExperimentSubmission, ExperimentView};
+use domain::service::{ExperimentSubmission, ExperimentSummary, ExperimentView, Page};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 #[utoipa::path(post, path = "/v1/experiments", tag = "experiments",
     request_body = ExperimentSubmission,
@@ -42,6 +45,34 @@ pub async fn submit(
         .submit_experiment(&spec, idem.as_ref(), state.config.lease.max_attempts)
         .await?;
     Ok(created(submitted, |e| format!("/v1/experiments/{}", e.id)))
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// `next_cursor` of the previous page
+    cursor: Option<String>,
+    /// 1 to 200 (default 50; larger values are clamped)
+    limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/v1/experiments", tag = "experiments", params(ListQuery),
+    responses((status = 200, description = "newest first, with run counts by outcome",
+        body = Page<ExperimentSummary>), (status = 400, body = Problem)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Page<ExperimentSummary>>> {
+    let cursor = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            crate::extract::parse_id(c)
+                .map_err(|_| ApiError::bad_request("cursor: not a cursor this API gave"))
+        })
+        .transpose()?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 200);
+    Ok(Json(state.store.list_experiments(cursor, limit).await?))
 }
 
 #[utoipa::path(get, path = "/v1/experiments/{id}", tag = "experiments",

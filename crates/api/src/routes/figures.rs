@@ -8,43 +8,56 @@ use crate::AppState;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Json;
-use domain::service::AnalysisView;
+use domain::service::{AnalysisView, ExperimentView};
 use domain::MetricRecord;
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// The stored results of one run that figures are drawn from.
-struct RunResults {
-    label: String,
-    training: Vec<MetricRecord>,
-    analysis: Option<AnalysisView>,
+pub(crate) struct RunResults {
+    pub label: String,
+    pub training: Vec<MetricRecord>,
+    pub analysis: Option<AnalysisView>,
 }
 
-async fn results(state: &AppState, run: Uuid, label: String) -> ApiResult<RunResults> {
+/// A run's training metrics and, when `with_analysis`, its latest analysis.
+pub(crate) async fn results(
+    state: &AppState,
+    run: Uuid,
+    label: String,
+    with_analysis: bool,
+) -> ApiResult<RunResults> {
     Ok(RunResults {
         label,
         training: state.store.metrics(run, None, None).await?,
-        analysis: state.store.latest_analysis(run).await?,
+        analysis: if with_analysis {
+            state.store.latest_analysis(run).await?
+        } else {
+            None
+        },
     })
 }
 
-/// Every figure the results support, drawn off the async threads.
+/// Runs as the figures crate takes them.
+fn views(runs: &[RunResults]) -> Vec<figures::Run<'_>> {
+    runs.iter()
+        .map(|r| figures::Run {
+            label: &r.label,
+            analysis: r.analysis.as_ref().map_or(&[][..], |a| &a.records[..]),
+            training: &r.training,
+            selected_alpha: r.analysis.as_ref().and_then(|a| a.selected_alpha),
+        })
+        .collect()
+}
+
+/// Every figure the results support, drawn off the async threads; SVG only for `wanted`.
 async fn draw(
     runs: Vec<RunResults>,
     wanted: Option<String>,
 ) -> ApiResult<Vec<(String, Option<String>)>> {
     tokio::task::spawn_blocking(move || {
-        let views: Vec<figures::Run> = runs
-            .iter()
-            .map(|r| figures::Run {
-                label: &r.label,
-                analysis: r.analysis.as_ref().map_or(&[][..], |a| &a.records[..]),
-                training: &r.training,
-                selected_alpha: r.analysis.as_ref().and_then(|a| a.selected_alpha),
-            })
-            .collect();
-        figures::figures(&views)
+        figures::figures(&views(&runs))
             .into_iter()
             .map(|(name, figure)| {
                 let svg = if wanted.as_deref() == Some(name.as_str()) {
@@ -53,6 +66,35 @@ async fn draw(
                     None
                 };
                 Ok((name, svg))
+            })
+            .collect()
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+/// A figure drawn as SVG, with the title of its first panel.
+pub(crate) struct Drawn {
+    pub name: String,
+    pub title: String,
+    pub svg: String,
+}
+
+/// Every figure the results support, each drawn (for the dashboard's pages).
+pub(crate) async fn draw_all(runs: Vec<RunResults>) -> ApiResult<Vec<Drawn>> {
+    tokio::task::spawn_blocking(move || {
+        figures::figures(&views(&runs))
+            .into_iter()
+            .map(|(name, figure)| {
+                Ok(Drawn {
+                    title: figure
+                        .panels
+                        .first()
+                        .map(|p| p.title.clone())
+                        .unwrap_or_default(),
+                    svg: figures::svg(&figure).map_err(ApiError::internal)?,
+                    name,
+                })
             })
             .collect()
     })
@@ -91,17 +133,27 @@ async fn one(runs: Vec<RunResults>, file: &str) -> ApiResult<Response> {
 async fn run_results(state: &AppState, raw: &str) -> ApiResult<Vec<RunResults>> {
     let id = crate::extract::parse_id(raw)?;
     let run = state.store.run(id).await?;
-    Ok(vec![results(state, id, run.label).await?])
+    Ok(vec![results(state, id, run.label, true).await?])
 }
 
-async fn experiment_results(state: &AppState, raw: &str) -> ApiResult<Vec<RunResults>> {
-    let id = crate::extract::parse_id(raw)?;
-    let experiment = state.store.experiment(id).await?;
+/// Every run's results (training metrics and latest analysis), in the experiment's order.
+pub(crate) async fn experiment_results(
+    state: &AppState,
+    experiment: &ExperimentView,
+) -> ApiResult<Vec<RunResults>> {
     let mut out = vec![];
-    for run in experiment.runs {
-        out.push(results(state, run.id, run.label).await?);
+    for run in &experiment.runs {
+        out.push(results(state, run.id, run.label.clone(), true).await?);
     }
     Ok(out)
+}
+
+async fn experiment_of(state: &AppState, raw: &str) -> ApiResult<Vec<RunResults>> {
+    let experiment = state
+        .store
+        .experiment(crate::extract::parse_id(raw)?)
+        .await?;
+    experiment_results(state, &experiment).await
 }
 
 #[utoipa::path(get, path = "/v1/runs/{id}/figures", tag = "figures",
@@ -130,7 +182,7 @@ pub async fn experiment_list(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<FigureList>> {
-    list(experiment_results(&state, &id).await?).await
+    list(experiment_of(&state, &id).await?).await
 }
 
 #[utoipa::path(get, path = "/v1/experiments/{id}/figures/{name}.svg", tag = "figures",
@@ -141,5 +193,5 @@ pub async fn experiment_figure(
     State(state): State<AppState>,
     Path((id, file)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    one(experiment_results(&state, &id).await?, &file).await
+    one(experiment_of(&state, &id).await?, &file).await
 }

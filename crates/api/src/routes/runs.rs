@@ -1,4 +1,5 @@
-//! `/v1/runs`: submit, list, read, cancel, retry, delete; metric series, logs, checkpoints.
+//! `/v1/runs`: submit, list, read, cancel, retry, delete; metric series, logs, attempts,
+//! checkpoints.
 
 use super::{created, idempotency, typed, wants};
 use crate::error::{ApiError, ApiResult, Problem};
@@ -8,7 +9,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use domain::service::{CheckpointView, JobState, LogLine, Page, RunSubmission, RunView};
+use domain::service::{
+    AttemptView, CheckpointView, JobState, LogLine, Page, RunSubmission, RunView,
+};
 use domain::{MetricName, MetricRecord, Split};
 use serde::Deserialize;
 use store::RunFilter;
@@ -210,6 +213,17 @@ pub async fn logs(
         return Ok(typed("text/plain; charset=utf-8", text));
     }
     Ok(Json(lines).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/runs/{id}/attempts", tag = "runs",
+    params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, description = "every claim of the run's jobs by a worker and how it ended, oldest first",
+        body = Vec<AttemptView>), (status = 404, body = Problem)))]
+pub async fn attempts(
+    State(state): State<AppState>,
+    Id(id): Id,
+) -> ApiResult<Json<Vec<AttemptView>>> {
+    Ok(Json(state.store.attempts(id).await?))
 }
 
 #[utoipa::path(get, path = "/v1/runs/{id}/checkpoints", tag = "runs",

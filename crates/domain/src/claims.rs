@@ -1,7 +1,7 @@
 //! paper.md's claims C1–C7 as predicates over analysis records, evaluated with the
 //! thresholds fixed there (never tuned). Values of several seeds are averaged first.
 
-use domain::{AnalysisRecord, Arch, BlockKind, Group, MetricName, Sharing, Split, Stat};
+use crate::{AnalysisRecord, Arch, BlockKind, Group, MetricName, Sharing, Split, Stat};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -383,7 +383,7 @@ mod tests {
 
     fn cosine(block: u32, stage: u32, value: f64) -> AnalysisRecord {
         let mut r = AnalysisRecord::new(MetricName::Cosine, Split::Test, 1, value, 10);
-        r.block = Some(domain::BlockId::new(stage, block));
+        r.block = Some(crate::BlockId::new(stage, block));
         r.block_index = Some(stage * 3 + block);
         r.kind = Some(BlockKind::Identity);
         r.stat = Some(Stat::Mean);

@@ -1,0 +1,39 @@
+// The dashboard's only script. It keeps the parts of a page marked `data-live` fresh:
+// every `data-every` milliseconds, while the tab is visible, it fetches the fragment at
+// `data-live` (rendered by the server with the same template) and swaps it in. A
+// fragment marked `data-finished` (a run that ended) is not polled again.
+"use strict";
+
+function poll(el) {
+  if (el.hasAttribute("data-finished")) return;
+  const every = Number(el.dataset.every) || 3000;
+  setTimeout(async () => {
+    if (!document.hidden) {
+      try {
+        const response = await fetch(el.dataset.live, {
+          credentials: "same-origin",
+          headers: { Accept: "text/html" },
+        });
+        if (response.redirected && new URL(response.url).pathname === "/login") {
+          location.assign(response.url); // the session expired
+          return;
+        }
+        if (response.ok) {
+          const template = document.createElement("template");
+          template.innerHTML = (await response.text()).trim();
+          const fresh = template.content.firstElementChild;
+          if (fresh && fresh.hasAttribute("data-live")) {
+            el.replaceWith(fresh);
+            poll(fresh);
+            return;
+          }
+        }
+      } catch (_) {
+        // The API is restarting or the network blinked: try again next time.
+      }
+    }
+    poll(el);
+  }, every);
+}
+
+document.querySelectorAll("[data-live]").forEach(poll);

@@ -1,0 +1,104 @@
+//! What the API's integration tests share: the app over a test database, and requests.
+
+#![allow(dead_code)] // each test file uses its own part
+
+use api::{AppState, Config};
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use tower::ServiceExt;
+
+pub struct TestApp {
+    pub router: Router,
+    pub checkpoints: tempfile::TempDir,
+    _data: tempfile::TempDir,
+}
+
+/// The API over `pool`, with its own checkpoint and data directories and `vars` set.
+pub fn spawn_app(pool: PgPool, vars: &[(&str, &str)]) -> TestApp {
+    let checkpoints = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut env: HashMap<String, String> = HashMap::from([
+        ("DATABASE_URL".into(), "unused: the pool is given".into()),
+        (
+            "STEPWISE_CHECKPOINT_DIR".into(),
+            checkpoints.path().display().to_string(),
+        ),
+        (
+            "STEPWISE_DATA_DIR".into(),
+            data.path().display().to_string(),
+        ),
+    ]);
+    for (k, v) in vars {
+        env.insert(k.to_string(), v.to_string());
+    }
+    let config = Config::from_lookup(|k| env.get(k).cloned()).unwrap();
+    let state = AppState::new(store::Store::from_pool(pool), config);
+    TestApp {
+        router: api::app(state),
+        checkpoints,
+        _data: data,
+    }
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("{e}: {}", String::from_utf8_lossy(&self.body));
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl TestApp {
+    pub async fn send(&self, request: Request<Body>) -> Reply {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map_or(String::new(), |v| v.to_str().unwrap().to_string());
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            content_type,
+            headers,
+            body: body.to_vec(),
+        }
+    }
+
+    pub async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> Reply {
+        let mut builder = Request::builder().method(method).uri(uri);
+        let body = match body {
+            Some(v) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                Body::from(v.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.send(builder.body(body).unwrap()).await
+    }
+
+    pub async fn get(&self, uri: &str) -> Reply {
+        self.call(Method::GET, uri, None).await
+    }
+
+    pub async fn post(&self, uri: &str, body: Value) -> Reply {
+        self.call(Method::POST, uri, Some(body)).await
+    }
+}

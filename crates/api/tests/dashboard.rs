@@ -1,0 +1,502 @@
+//! The dashboard's pages in process, on a fresh database per test: login and sessions,
+//! CSRF on the buttons, escaping of user strings, security headers, and a finished run's
+//! page with its attempts, checkpoints, figures and per-block table.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use common::{spawn_app, Reply, TestApp};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+const NASTY: &str = "<script>alert(1)</script>";
+
+/// A form POST (urlencoded), with a cookie and extra headers.
+async fn form(
+    app: &TestApp,
+    uri: &str,
+    fields: &[(&str, &str)],
+    cookie: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut builder = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some(c) = cookie {
+        builder = builder.header(header::COOKIE, c);
+    }
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let body = serde_urlencoded::to_string(fields).unwrap();
+    app.send(builder.body(Body::from(body)).unwrap()).await
+}
+
+async fn page(app: &TestApp, uri: &str, cookie: Option<&str>) -> Reply {
+    let mut builder = Request::builder().uri(uri);
+    if let Some(c) = cookie {
+        builder = builder.header(header::COOKIE, c);
+    }
+    app.send(builder.body(Body::empty()).unwrap()).await
+}
+
+/// `name=value` of the session cookie a reply sets, and the whole Set-Cookie line.
+fn session_cookie(reply: &Reply) -> Option<(String, String)> {
+    reply
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("stepwise_session="))
+        .map(|line| {
+            let pair = line.split(';').next().unwrap().to_string();
+            (pair, line.to_string())
+        })
+}
+
+fn location(reply: &Reply) -> String {
+    reply
+        .headers
+        .get(header::LOCATION)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// The CSRF token of the page's forms.
+fn csrf(html: &str) -> String {
+    let start = html
+        .find(r#"name="csrf" value=""#)
+        .expect("a form with a CSRF token")
+        + 19;
+    html[start..].split('"').next().unwrap().to_string()
+}
+
+fn assert_html(reply: &Reply, status: StatusCode) {
+    assert_eq!(reply.status, status, "{}", reply.text());
+    assert!(
+        reply.content_type.starts_with("text/html"),
+        "{}",
+        reply.content_type
+    );
+    let csp = reply.headers[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert_eq!(reply.headers[header::X_FRAME_OPTIONS], "DENY");
+}
+
+fn run_body(epochs: u32, name: &str) -> Value {
+    json!({
+        "spec": {
+            "name": name, "tags": ["baseline", "lr:0.1"],
+            "model": {"arch": "resnet", "depth": 8, "width": 4},
+            "data": {"dataset": "shapes10"},
+            "train": {"epochs": epochs}
+        },
+        "analysis": {"checkpoints": "final", "spec": {"max_examples": 50}}
+    })
+}
+
+/// What a worker reports for one block-wise record.
+fn record(name: &str, block: u32, value: f64, stat: Option<&str>) -> Value {
+    let mut r = json!({"name": name, "split": "test", "epoch": 1, "block": format!("s0.b{block}"),
+        "block_index": block, "kind": "identity", "value": value, "n": 50});
+    if let Some(s) = stat {
+        r["stat"] = json!(s);
+    }
+    r
+}
+
+/// Submits a one-epoch run and finishes it.
+async fn finished_run(app: &TestApp, name: &str) -> String {
+    let run = app.post("/v1/runs", run_body(1, name)).await;
+    assert_eq!(run.status, StatusCode::CREATED, "{}", run.text());
+    let run_id = work(app).await;
+    assert_eq!(run.json()["id"], run_id);
+    run_id
+}
+
+/// Trains (one epoch) and analyses the oldest queued run the way the workers would, over
+/// the worker API; returns its id.
+async fn work(app: &TestApp) -> String {
+    let claim = app
+        .post(
+            "/v1/worker/claim",
+            json!({"kinds": ["train"], "worker": "gpu-7"}),
+        )
+        .await
+        .json();
+    let run_id = claim["run_id"].as_str().unwrap().to_string();
+    let (job, token) = (
+        claim["job_id"].as_str().unwrap(),
+        claim["lease_token"].as_str().unwrap(),
+    );
+    let events = json!({"lease_token": token, "events": [
+        {"type": "epoch", "epoch": 1, "records": [
+            {"name": "accuracy", "split": "test", "epoch": 1, "value": 0.625},
+            {"name": "accuracy", "split": "train", "epoch": 1, "value": 0.5},
+            {"name": "loss", "split": "test", "epoch": 1, "value": 1.25}]},
+        {"type": "log", "level": "info", "message": format!("epoch 1 done {NASTY}")}]});
+    let reply = app
+        .post(&format!("/v1/worker/jobs/{job}/events"), events)
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text());
+    let dir = app
+        .checkpoints
+        .path()
+        .join(claim["directory"].as_str().unwrap());
+    std::fs::create_dir_all(&dir).unwrap();
+    let content = b"weights";
+    std::fs::write(dir.join("epoch-0001.safetensors"), content).unwrap();
+    use sha2::Digest;
+    let registered = app
+        .post(
+            &format!("/v1/worker/jobs/{job}/checkpoints"),
+            json!({"lease_token": token, "file_name": "epoch-0001.safetensors", "epoch": 1,
+                   "batch": 0, "step": 10, "size": content.len(),
+                   "sha256": hex::encode(sha2::Sha256::digest(content))}),
+        )
+        .await;
+    assert_eq!(
+        registered.status,
+        StatusCode::CREATED,
+        "{}",
+        registered.text()
+    );
+    let done = app
+        .post(
+            &format!("/v1/worker/jobs/{job}/complete"),
+            json!({"lease_token": token}),
+        )
+        .await;
+    assert_eq!(done.json()["state"], "succeeded", "{}", done.text());
+    let claim = app
+        .post(
+            "/v1/worker/claim",
+            json!({"kinds": ["analyze"], "worker": "gpu-8"}),
+        )
+        .await
+        .json();
+    let (job, token) = (
+        claim["job_id"].as_str().unwrap(),
+        claim["lease_token"].as_str().unwrap(),
+    );
+    let records: Vec<Value> = (0..3)
+        .flat_map(|b| {
+            [
+                record("cosine", b, -0.1 * (b as f64 + 1.0), Some("mean")),
+                record("l2_ratio", b, 0.5 / (b as f64 + 1.0), Some("mean")),
+                record("drop_accuracy", b, 0.6, None),
+            ]
+        })
+        .collect();
+    let done = app
+        .post(
+            &format!("/v1/worker/jobs/{job}/complete"),
+            json!({"lease_token": token, "analysis": {"selected_alpha": null,
+                "notes": [format!("a note {NASTY}")], "examples": {}, "seconds": 1.5,
+                "records": records}}),
+        )
+        .await;
+    assert_eq!(done.json()["state"], "succeeded", "{}", done.text());
+    run_id
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn login_sets_a_strict_http_only_cookie_that_only_reads_the_api(pool: PgPool) {
+    let app = spawn_app(pool, &[("STEPWISE_API_TOKEN", "sesame")]);
+    let to_login = page(&app, "/?status=running", None).await;
+    assert_eq!(to_login.status, StatusCode::SEE_OTHER);
+    assert_eq!(location(&to_login), "/login?next=%2F%3Fstatus%3Drunning");
+    assert_html(&page(&app, "/login?next=/", None).await, StatusCode::OK);
+    let wrong = form(
+        &app,
+        "/login",
+        &[("token", "guess"), ("next", "/")],
+        None,
+        &[],
+    )
+    .await;
+    assert_html(&wrong, StatusCode::UNAUTHORIZED);
+    assert!(wrong.text().contains("not the API token"));
+    assert!(session_cookie(&wrong).is_none());
+
+    let login = form(
+        &app,
+        "/login",
+        &[("token", "sesame"), ("next", "//evil.example/")],
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(login.status, StatusCode::SEE_OTHER);
+    assert_eq!(location(&login), "/", "only local paths are followed");
+    let (cookie, line) = session_cookie(&login).expect("a session cookie");
+    assert!(
+        line.contains("HttpOnly") && line.contains("SameSite=Strict"),
+        "{line}"
+    );
+    assert!(!line.contains("Secure"), "plain HTTP: {line}");
+    let behind_tls = form(
+        &app,
+        "/login",
+        &[("token", "sesame")],
+        None,
+        &[("x-forwarded-proto", "https")],
+    )
+    .await;
+    assert!(session_cookie(&behind_tls).unwrap().1.contains("Secure"));
+
+    let home = page(&app, "/", Some(&cookie)).await;
+    assert_html(&home, StatusCode::OK);
+    assert!(home.text().contains("Log out"));
+    // The cookie reads the API (download links) but never changes anything.
+    assert_eq!(
+        page(&app, "/v1/runs", Some(&cookie)).await.status,
+        StatusCode::OK
+    );
+    let mut post = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/runs")
+        .header(header::COOKIE, &cookie)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(run_body(1, "x").to_string()))
+        .unwrap();
+    post.headers_mut().remove(header::AUTHORIZATION);
+    assert_eq!(app.send(post).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        page(&app, "/v1/runs", Some("stepwise_session=forged"))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Logging out needs the CSRF token and ends the session.
+    let token = csrf(&home.text());
+    let forged = form(&app, "/logout", &[("csrf", "forged")], Some(&cookie), &[]).await;
+    assert_html(&forged, StatusCode::FORBIDDEN);
+    let out = form(&app, "/logout", &[("csrf", &token)], Some(&cookie), &[]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        page(&app, "/", Some(&cookie)).await.status,
+        StatusCode::SEE_OTHER
+    );
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn pages_show_a_finished_run_and_escape_what_users_wrote(pool: PgPool) {
+    let app = spawn_app(pool, &[]);
+    let run_id = finished_run(&app, NASTY).await;
+
+    let home = page(&app, "/", None).await;
+    assert_html(&home, StatusCode::OK);
+    let html = home.text();
+    assert!(!html.contains(NASTY), "unescaped: {html}");
+    assert!(
+        html.contains("&#60;script&#62;alert(1)&#60;/script&#62;"),
+        "{html}"
+    );
+    assert!(html.contains(&format!(r#"href="/runs/{run_id}""#)));
+    assert!(html.contains("62.50%"), "best test accuracy: {html}");
+    assert!(html.contains(r#"data-live="/partials/runs""#));
+    // Filters select runs and keep their values in the form.
+    let filtered = page(&app, "/?status=failed&arch=&tag=", None).await.text();
+    assert!(filtered.contains("No runs match"), "{filtered}");
+    assert!(
+        filtered.contains(r#"<option value="failed" selected>"#),
+        "{filtered}"
+    );
+    let tagged = page(&app, "/?tag=baseline", None).await.text();
+    assert!(tagged.contains(&run_id), "{tagged}");
+
+    let run = page(&app, &format!("/runs/{run_id}"), None).await;
+    assert_html(&run, StatusCode::OK);
+    let html = run.text();
+    assert!(!html.contains(NASTY), "unescaped: {html}");
+    for expected in [
+        "succeeded",
+        "gpu-7",             // the train attempt's worker
+        "analyze (epoch 1)", // and the analysis attempt
+        "epoch-0001.safetensors",
+        "/v1/checkpoints/",             // download link
+        r#"data-figure="curves""#,      // loss and accuracy per epoch
+        r#"data-figure="fig2_cosine""#, // the analysis' figures
+        r#"data-figure="fig4_drop""#,
+        "<svg",
+        "<th>cosine</th>", // per-block table
+        "-0.3000",
+        "took 1.5 s",
+        "Run spec",
+        "&#34;depth&#34;: 8",
+    ] {
+        assert!(
+            html.contains(expected),
+            "{expected:?} missing from the run page"
+        );
+    }
+    assert!(
+        !html.contains(r#"id="cancel""#),
+        "a finished run has no cancel button"
+    );
+    let partial = page(&app, &format!("/partials/runs/{run_id}"), None).await;
+    assert!(partial
+        .text()
+        .trim_start()
+        .starts_with(r#"<div class="live""#));
+    assert!(partial.text().contains("data-finished"));
+
+    // The same attempts as JSON.
+    let attempts = app.get(&format!("/v1/runs/{run_id}/attempts")).await.json();
+    let workers: Vec<(&str, &str, &str)> = attempts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["kind"].as_str().unwrap(),
+                a["worker"].as_str().unwrap(),
+                a["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        workers,
+        [
+            ("train", "gpu-7", "succeeded"),
+            ("analyze", "gpu-8", "succeeded")
+        ]
+    );
+
+    let csv = page(&app, &format!("/runs/{run_id}/metrics.csv"), None).await;
+    assert!(csv.content_type.starts_with("text/csv"));
+    assert!(
+        csv.text().contains("accuracy,test,1,,,0.625"),
+        "{}",
+        csv.text()
+    );
+
+    let missing = page(&app, "/runs/0190b8d6-0000-7000-8000-000000000000", None).await;
+    assert_html(&missing, StatusCode::NOT_FOUND);
+    assert!(missing.text().contains("not found"));
+    assert_html(
+        &page(&app, "/runs/not-a-uuid", None).await,
+        StatusCode::BAD_REQUEST,
+    );
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn buttons_need_the_sessions_csrf_token(pool: PgPool) {
+    let app = spawn_app(pool, &[]);
+    let run = app.post("/v1/runs", run_body(3, "cancel me")).await.json();
+    let run_id = run["id"].as_str().unwrap();
+    let claim = app
+        .post(
+            "/v1/worker/claim",
+            json!({"kinds": ["train"], "worker": "w"}),
+        )
+        .await;
+    assert_eq!(claim.status, StatusCode::OK);
+    // Without a user token every visitor gets a session, so the forms carry a token.
+    let first = page(&app, &format!("/runs/{run_id}"), None).await;
+    let (cookie, _) = session_cookie(&first).expect("a session for the open dashboard");
+    let token = csrf(&first.text());
+    assert!(first.text().contains(r#"id="cancel""#));
+    let uri = format!("/runs/{run_id}/cancel");
+    for (cookie, token) in [
+        (None, token.as_str()),
+        (Some(cookie.as_str()), "forged"),
+        (Some(cookie.as_str()), ""),
+    ] {
+        let refused = form(&app, &uri, &[("csrf", token)], cookie, &[]).await;
+        assert_html(&refused, StatusCode::FORBIDDEN);
+    }
+    assert_eq!(
+        app.get(&format!("/v1/runs/{run_id}")).await.json()["status"],
+        "running"
+    );
+    let cancelled = form(&app, &uri, &[("csrf", &token)], Some(&cookie), &[]).await;
+    assert_eq!(
+        cancelled.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        cancelled.text()
+    );
+    assert_eq!(location(&cancelled), format!("/runs/{run_id}"));
+    assert_eq!(
+        app.get(&format!("/v1/runs/{run_id}")).await.json()["status"],
+        "cancelling"
+    );
+    // Cancelling twice is a conflict, shown as a page.
+    let again = form(&app, &uri, &[("csrf", &token)], Some(&cookie), &[]).await;
+    assert!(again.status.is_client_error() || again.status == StatusCode::SEE_OTHER);
+    let retry = form(
+        &app,
+        &format!("/runs/{run_id}/retry"),
+        &[("csrf", &token)],
+        Some(&cookie),
+        &[],
+    )
+    .await;
+    assert_html(&retry, StatusCode::CONFLICT);
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn the_experiment_page_has_figures_claims_and_downloads(pool: PgPool) {
+    let app = spawn_app(pool, &[]);
+    let body = json!({"spec": {
+        "name": "demo", "seeds": [0],
+        "data": {"dataset": "shapes10"}, "train": {"epochs": 1},
+        "configs": [{"model": {"arch": "resnet", "depth": 8, "width": 4}}]}});
+    let created = app.post("/v1/experiments", body).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let home = page(&app, "/", None).await.text();
+    assert!(home.contains(&format!(r#"href="/experiments/{id}""#)));
+    let listed = app.get("/v1/experiments?limit=500").await.json();
+    assert_eq!(listed["items"][0]["id"], id.as_str());
+    assert_eq!(
+        (
+            listed["items"][0]["runs"].as_u64(),
+            listed["items"][0]["active"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    let html = page(&app, &format!("/experiments/{id}"), None).await;
+    assert_html(&html, StatusCode::OK);
+    let html = html.text();
+    assert!(
+        html.contains("resnet-8") && html.contains("No analysed run yet"),
+        "{html}"
+    );
+    work(&app).await;
+    let html = page(&app, &format!("/experiments/{id}"), None).await.text();
+    for expected in [
+        "<td>C1</td>", // the claims table
+        "<td>C4</td>",
+        "verdict-yes",                  // every block's cosine is negative here
+        r#"data-figure="fig2_cosine""#, // figures over seeds
+        "62.50%",                       // final test accuracy of the configuration
+    ] {
+        assert!(
+            html.contains(expected),
+            "{expected:?} missing from the experiment page"
+        );
+    }
+    for download in ["summary.csv", "claims.csv"] {
+        let reply = page(&app, &format!("/experiments/{id}/{download}"), None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{download}");
+        assert!(reply.headers[header::CONTENT_DISPOSITION]
+            .to_str()
+            .unwrap()
+            .contains("attachment"));
+    }
+    let summary = page(&app, &format!("/experiments/{id}/summary.csv"), None)
+        .await
+        .text();
+    assert!(summary.starts_with("label,runs,succeeded,"), "{summary}");
+}
