@@ -1,7 +1,9 @@
 // The dashboard's only script. It keeps the parts of a page marked `data-live` fresh:
 // every `data-every` milliseconds, while the tab is visible, it fetches the fragment at
 // `data-live` (rendered by the server with the same template) and swaps it in. A
-// fragment marked `data-finished` (a run that ended) is not polled again.
+// fragment marked `data-finished` (a run and its analyses ended) is not polled again;
+// when a fragment's `data-reload-on` changes (an analysis finished), the whole page is
+// reloaded, since the parts outside the fragment changed too.
 "use strict";
 
 function poll(el) {
@@ -23,6 +25,10 @@ function poll(el) {
           template.innerHTML = (await response.text()).trim();
           const fresh = template.content.firstElementChild;
           if (fresh && fresh.hasAttribute("data-live")) {
+            if (fresh.dataset.reloadOn !== el.dataset.reloadOn) {
+              location.reload();
+              return;
+            }
             el.replaceWith(fresh);
             poll(fresh);
             return;

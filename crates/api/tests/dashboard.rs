@@ -349,6 +349,7 @@ async fn pages_show_a_finished_run_and_escape_what_users_wrote(pool: PgPool) {
         .trim_start()
         .starts_with(r#"<div class="live""#));
     assert!(partial.text().contains("data-finished"));
+    assert!(partial.text().contains(r#"data-reload-on="1:succeeded""#));
 
     // The same attempts as JSON.
     let attempts = app.get(&format!("/v1/runs/{run_id}/attempts")).await.json();
@@ -499,4 +500,35 @@ async fn the_experiment_page_has_figures_claims_and_downloads(pool: PgPool) {
         .await
         .text();
     assert!(summary.starts_with("label,runs,succeeded,"), "{summary}");
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn experiments_are_paged_on_the_runs_page(pool: PgPool) {
+    let app = spawn_app(pool, &[]);
+    for i in 0..21 {
+        let body = json!({"spec": {
+            "name": format!("exp-{i:02}"), "seeds": [0],
+            "data": {"dataset": "shapes10"}, "train": {"epochs": 1},
+            "configs": [{"model": {"arch": "resnet", "depth": 8, "width": 4}}]}});
+        assert_eq!(
+            app.post("/v1/experiments", body).await.status,
+            StatusCode::CREATED
+        );
+    }
+    let first = page(&app, "/", None).await.text();
+    // Experiment links read `>name</a>`; runs are listed as `name/config/seed`.
+    let listed = |html: &str, name: &str| html.contains(&format!(">{name}</a>"));
+    assert!(listed(&first, "exp-20") && listed(&first, "exp-01") && !listed(&first, "exp-00"));
+    let start = first
+        .find("/?experiments_cursor=")
+        .expect("a link to older experiments");
+    let older = first[start..].split('"').next().unwrap().to_string();
+    let second = page(&app, &older, None).await;
+    assert_html(&second, StatusCode::OK);
+    let second = second.text();
+    assert!(
+        listed(&second, "exp-00") && !listed(&second, "exp-01"),
+        "{second}"
+    );
+    assert!(!second.contains("/?experiments_cursor="));
 }

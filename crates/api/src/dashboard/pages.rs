@@ -149,7 +149,7 @@ pub struct RunsPartial {
     table: RunsTable,
 }
 
-#[derive(Debug, Default, Deserialize, serde::Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunsQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -162,6 +162,9 @@ pub struct RunsQuery {
     experiment: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cursor: Option<String>,
+    /// The experiments list's own page (the runs page shows both lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    experiments_cursor: Option<String>,
 }
 
 impl RunsQuery {
@@ -174,6 +177,7 @@ impl RunsQuery {
             tag: keep(self.tag),
             experiment: keep(self.experiment),
             cursor: keep(self.cursor),
+            experiments_cursor: keep(self.experiments_cursor),
         }
     }
 
@@ -219,11 +223,16 @@ async fn runs_table(state: &AppState, q: &RunsQuery) -> ApiResult<RunsTable> {
             arch: q.arch.clone(),
             tag: q.tag.clone(),
             experiment: q.experiment.clone(),
+            experiments_cursor: None,
         }
         .url("/")
     });
+    let live = RunsQuery {
+        experiments_cursor: None,
+        ..q.clone()
+    };
     Ok(RunsTable {
-        live_url: q.url("/partials/runs"),
+        live_url: live.url("/partials/runs"),
         rows: page.items.iter().map(RunItem::of).collect(),
         next_page,
     })
@@ -250,6 +259,7 @@ pub struct RunsPage {
     archs: Vec<&'static str>,
     table: RunsTable,
     experiments: Vec<ExperimentItem>,
+    older_experiments: Option<String>,
 }
 
 pub async fn runs(
@@ -259,10 +269,16 @@ pub async fn runs(
 ) -> ApiResult<Html<String>> {
     let q = q.cleaned();
     let table = runs_table(&state, &q).await?;
-    let experiments = state
-        .store
-        .list_experiments(None, 20)
-        .await?
+    let experiments_cursor = q
+        .experiments_cursor
+        .as_deref()
+        .map(crate::extract::parse_id)
+        .transpose()?;
+    let experiments = state.store.list_experiments(experiments_cursor, 20).await?;
+    let older_experiments = experiments
+        .next_cursor
+        .map(|c| format!("/?experiments_cursor={c}"));
+    let experiments = experiments
         .items
         .into_iter()
         .map(|e| ExperimentItem {
@@ -284,6 +300,7 @@ pub async fn runs(
         archs: Arch::ALL.iter().map(|a| a.as_str()).collect(),
         table,
         experiments,
+        older_experiments,
     })
 }
 
@@ -372,6 +389,8 @@ pub struct RunLive {
     id: Uuid,
     csrf: String,
     finished: bool,
+    /// The analyses' states; when it changes the page reloads to show their results.
+    analyses: String,
     status: &'static str,
     item: RunItem,
     step: String,
@@ -482,10 +501,11 @@ fn pretty(value: &impl serde::Serialize) -> String {
 }
 
 async fn run_live(state: &AppState, run: &RunView, session: &Session) -> ApiResult<RunLive> {
-    let (attempts, logs, checkpoints) = (
+    let (attempts, logs, checkpoints, analyses) = (
         state.store.attempts(run.id).await?,
         state.store.logs(run.id, 40).await?,
         state.store.checkpoints(run.id).await?,
+        state.store.analyses_of_run(run.id).await?,
     );
     let training = results(state, run.id, run.label.clone(), false).await?;
     let figures = draw_all(vec![training])
@@ -497,7 +517,12 @@ async fn run_live(state: &AppState, run: &RunView, session: &Session) -> ApiResu
         live_url: format!("/partials/runs/{}", run.id),
         id: run.id,
         csrf: session.csrf.clone(),
-        finished: run.status.is_final(),
+        finished: run.status.is_final() && analyses.iter().all(|a| a.status.is_final()),
+        analyses: analyses
+            .iter()
+            .map(|a| format!("{}:{}", a.epoch, a.status))
+            .collect::<Vec<_>>()
+            .join(" "),
         status: run.status.as_str(),
         item: RunItem::of(run),
         step: format!("step {} of {}", run.step, run.total_steps),
