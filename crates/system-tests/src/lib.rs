@@ -4,7 +4,10 @@
 //! directory in a temporary folder. Tests take [`serial`] first: they share two cores.
 //!
 //! The binaries are found beside the test executable (`target/<profile>/`); build them
-//! first with `cargo build --bins` (`scripts/test` does).
+//! first with `cargo build --bins` (`scripts/test` does). [`webdriver`] drives headless
+//! Chromium for the dashboard's test.
+
+pub mod webdriver;
 
 use client::Client;
 use std::path::{Path, PathBuf};
