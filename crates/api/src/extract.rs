@@ -80,3 +80,11 @@ pub fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
         ApiError::bad_request(format!("{shown:?} is not an id (a UUID)"))
     })
 }
+
+/// A page cursor (`next_cursor` of an earlier page), if one was given.
+pub fn parse_cursor(raw: Option<&str>) -> Result<Option<Uuid>, ApiError> {
+    raw.map(|c| {
+        Uuid::parse_str(c).map_err(|_| ApiError::bad_request("cursor: not a cursor this API gave"))
+    })
+    .transpose()
+}

@@ -18,6 +18,23 @@ pub struct Config<'a> {
     pub test_errors: Vec<f64>,
 }
 
+impl<'a> Config<'a> {
+    /// A configuration of `model` with no seeds yet.
+    pub fn new(label: &'a str, model: &crate::ModelSpec) -> Self {
+        Self {
+            label,
+            arch: model.arch,
+            sharing: model.sharing,
+            depth: model
+                .layout()
+                .map(|l| crate::ModelSpec::depth_of(&l))
+                .unwrap_or(0),
+            seeds: vec![],
+            test_errors: vec![],
+        }
+    }
+}
+
 /// One claim for one configuration (or pair).
 #[derive(Clone, Debug, Serialize)]
 pub struct Verdict {

@@ -4,7 +4,9 @@
 
 use super::session::{check_csrf, CsrfForm, Session};
 use crate::error::{ApiError, ApiResult};
+use crate::extract::parse_cursor;
 use crate::routes::figures::{draw_all, experiment_results, results, Drawn, RunResults};
+use crate::routes::runs::run_filter;
 use crate::routes::typed;
 use crate::AppState;
 use askama::Template;
@@ -17,7 +19,6 @@ use domain::service::{AnalysisView, AttemptView, ExperimentView, JobState, RunVi
 use domain::{AnalysisRecord, Arch, Group, MetricName, MetricRecord, Split, Stat};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use store::RunFilter;
 use uuid::Uuid;
 
 pub fn render(page: &impl Template) -> ApiResult<Html<String>> {
@@ -194,27 +195,13 @@ impl RunsQuery {
 const PAGE_SIZE: u32 = 25;
 
 async fn runs_table(state: &AppState, q: &RunsQuery) -> ApiResult<RunsTable> {
-    let status = q
-        .status
-        .as_deref()
-        .map(|s| s.parse::<JobState>())
-        .transpose()
-        .map_err(|e| ApiError::bad_request(format!("status: {e}")))?;
-    let filter = RunFilter {
-        status,
-        arch: q.arch.clone(),
-        tag: q.tag.clone(),
-        experiment: q
-            .experiment
-            .as_deref()
-            .map(crate::extract::parse_id)
-            .transpose()?,
-    };
-    let cursor = q
-        .cursor
-        .as_deref()
-        .map(crate::extract::parse_id)
-        .transpose()?;
+    let filter = run_filter(
+        q.status.as_deref(),
+        q.arch.clone(),
+        q.tag.clone(),
+        q.experiment.as_deref(),
+    )?;
+    let cursor = parse_cursor(q.cursor.as_deref())?;
     let page = state.store.list_runs(&filter, cursor, PAGE_SIZE).await?;
     let next_page = page.next_cursor.map(|c| {
         RunsQuery {
@@ -269,11 +256,7 @@ pub async fn runs(
 ) -> ApiResult<Html<String>> {
     let q = q.cleaned();
     let table = runs_table(&state, &q).await?;
-    let experiments_cursor = q
-        .experiments_cursor
-        .as_deref()
-        .map(crate::extract::parse_id)
-        .transpose()?;
+    let experiments_cursor = parse_cursor(q.experiments_cursor.as_deref())?;
     let experiments = state.store.list_experiments(experiments_cursor, 20).await?;
     let older_experiments = experiments
         .next_cursor
@@ -729,21 +712,10 @@ pub struct ExperimentPage {
 fn verdicts(experiment: &ExperimentView, results: &[RunResults]) -> Vec<claims::Verdict> {
     let mut configs: Vec<claims::Config> = vec![];
     for (run, result) in experiment.runs.iter().zip(results) {
-        let model = &run.spec.model;
         let index = match configs.iter().position(|c| c.label == run.label) {
             Some(i) => i,
             None => {
-                configs.push(claims::Config {
-                    label: &run.label,
-                    arch: model.arch,
-                    sharing: model.sharing,
-                    depth: model
-                        .layout()
-                        .map(|l| domain::ModelSpec::depth_of(&l))
-                        .unwrap_or(0),
-                    seeds: vec![],
-                    test_errors: vec![],
-                });
+                configs.push(claims::Config::new(&run.label, &run.spec.model));
                 configs.len() - 1
             }
         };

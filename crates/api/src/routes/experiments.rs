@@ -63,14 +63,7 @@ pub async fn list(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Page<ExperimentSummary>>> {
-    let cursor = q
-        .cursor
-        .as_deref()
-        .map(|c| {
-            crate::extract::parse_id(c)
-                .map_err(|_| ApiError::bad_request("cursor: not a cursor this API gave"))
-        })
-        .transpose()?;
+    let cursor = crate::extract::parse_cursor(q.cursor.as_deref())?;
     let limit = q.limit.unwrap_or(50).clamp(1, 200);
     Ok(Json(state.store.list_experiments(cursor, limit).await?))
 }

@@ -64,32 +64,28 @@ pub async fn list(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Page<RunView>>> {
-    let status = q
-        .status
-        .as_deref()
-        .map(|s| s.parse::<JobState>())
-        .transpose()
-        .map_err(|e| ApiError::bad_request(format!("status: {e}")))?;
-    let filter = RunFilter {
-        status,
-        arch: q.arch,
-        tag: q.tag,
-        experiment: q
-            .experiment
-            .as_deref()
-            .map(crate::extract::parse_id)
-            .transpose()?,
-    };
-    let cursor = q
-        .cursor
-        .as_deref()
-        .map(|c| {
-            crate::extract::parse_id(c)
-                .map_err(|_| ApiError::bad_request("cursor: not a cursor this API gave"))
-        })
-        .transpose()?;
+    let filter = run_filter(q.status.as_deref(), q.arch, q.tag, q.experiment.as_deref())?;
+    let cursor = crate::extract::parse_cursor(q.cursor.as_deref())?;
     let limit = q.limit.unwrap_or(50).clamp(1, 200);
     Ok(Json(state.store.list_runs(&filter, cursor, limit).await?))
+}
+
+/// The filter of a runs listing from its query parameters (the API's and the dashboard's).
+pub fn run_filter(
+    status: Option<&str>,
+    arch: Option<String>,
+    tag: Option<String>,
+    experiment: Option<&str>,
+) -> ApiResult<RunFilter> {
+    Ok(RunFilter {
+        status: status
+            .map(|s| s.parse::<JobState>())
+            .transpose()
+            .map_err(|e| ApiError::bad_request(format!("status: {e}")))?,
+        arch,
+        tag,
+        experiment: experiment.map(crate::extract::parse_id).transpose()?,
+    })
 }
 
 #[utoipa::path(get, path = "/v1/runs/{id}", tag = "runs", params(("id" = uuid::Uuid, Path)),

@@ -325,19 +325,13 @@ fn report(
             paper_err.map_or("—".into(), |(a, b)| format!("{a:.2} / {b:.2}")),
         );
         configs.push(claims::Config {
-            label,
-            arch: model.arch,
-            sharing: model.sharing,
-            depth: model
-                .layout()
-                .map(|l| domain::ModelSpec::depth_of(&l))
-                .unwrap_or(0),
             seeds: members
                 .iter()
                 .filter_map(|(_, d)| d.analysis.as_ref())
                 .map(|a| (&a.records[..], a.selected_alpha))
                 .collect(),
             test_errors: test_err,
+            ..claims::Config::new(label, model)
         });
     }
     let _ = writeln!(md, "\n## Claims (paper.md, thresholds fixed in advance)\n");
