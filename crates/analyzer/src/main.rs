@@ -4,9 +4,10 @@
 use domain::service::JobKind;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: resnet::allocator::MiMalloc = resnet::allocator::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    resnet::allocator::keep_freed_memory();
     client::worker::run(
         JobKind::Analyze,
         |config| {

@@ -347,6 +347,9 @@ pub enum BenchCommand {
         warmup: usize,
         #[arg(long, default_value = "cpu")]
         device: DeviceSpec,
+        /// Also time each CPU kernel (convolution, BatchNorm+ReLU) within the timed steps.
+        #[arg(long)]
+        profile: bool,
         #[arg(long)]
         json: bool,
     },

@@ -399,3 +399,45 @@ fn a_failed_download_reports_and_leaves_nothing() {
         .collect();
     assert!(left.is_empty() || left == [0], "{left:?}");
 }
+
+#[test]
+fn bench_train_profiles_the_cpu_kernels() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(&stepwise(
+        dir.path(),
+        &[
+            "bench",
+            "train",
+            "--arch",
+            "resnet",
+            "--width",
+            "4",
+            "--blocks",
+            "1",
+            "--batch",
+            "4",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--profile",
+            "--json",
+        ],
+    ));
+    let r = json(&out);
+    let kernels = r["kernels"].as_array().unwrap();
+    let calls = |name: &str| {
+        kernels.iter().find(|k| k["kernel"] == name).unwrap()["calls"]
+            .as_u64()
+            .unwrap()
+    };
+    // One block per stage: stem + 3·2 convolutions + 2 projections, each run forward once
+    // per step; the stem's input gradient is not needed.
+    assert_eq!(calls("conv_forward"), 9, "{out}");
+    assert_eq!(calls("conv_backward_filter"), 9, "{out}");
+    assert_eq!(calls("conv_backward_data"), 8, "{out}");
+    assert!(kernels.iter().any(|k| k["kernel"] == "other"));
+    let total: f64 = kernels.iter().map(|k| k["ms"].as_f64().unwrap()).sum();
+    let mean_step = r["ms_per_step"].as_f64().unwrap();
+    assert!(total > 0.0 && total < 3.0 * mean_step, "{out}");
+}

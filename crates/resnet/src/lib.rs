@@ -6,6 +6,7 @@
 //!   ∂L/∂h_i, and PyTorch-style parameter naming;
 //! - [`checkpoint`]: the safetensors container, written crash-safe.
 
+pub mod allocator;
 pub mod block;
 pub mod checkpoint;
 pub mod device;

@@ -7,6 +7,7 @@ use cifar::rng::{rng, Stream};
 use domain::{ModelSpec, TrainSpec};
 use rand::Rng;
 use rand_distr::StandardNormal;
+use resnet::ops::profile::{self, KernelTime};
 use resnet::{synchronize, Dtypes, ResNet};
 use serde::Serialize;
 use std::time::Instant;
@@ -26,14 +27,20 @@ pub struct BenchResult {
     pub min_ms: f64,
     pub max_ms: f64,
     pub trainable_params: usize,
+    /// With profiling: each CPU kernel's mean time and calls per timed step; the rest of
+    /// the step (candle's own ops, autograd, the optimizer) is `other`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<Vec<KernelTime>>,
 }
 
-/// Times `steps` training steps (forward, backward, SGD update) after `warmup` untimed ones.
+/// Times `steps` training steps (forward, backward, SGD update) after `warmup` untimed ones;
+/// with `profile`, also the CPU kernels within them.
 pub fn bench_train(
     spec: &ModelSpec,
     batch: usize,
     warmup: usize,
     steps: usize,
+    profile: bool,
     device: &Device,
 ) -> Result<BenchResult> {
     let layout = spec.layout()?;
@@ -58,6 +65,9 @@ pub fn bench_train(
     let y = Tensor::from_vec(labels, batch, device)?;
     let mut times = Vec::with_capacity(steps);
     for i in 0..warmup + steps {
+        if i == warmup {
+            profile::enable(profile);
+        }
         let started = Instant::now();
         train_step(&model, &mut optimizer, &x, &y, 0.01)?;
         synchronize(device)?;
@@ -65,6 +75,8 @@ pub fn bench_train(
             times.push(started.elapsed().as_secs_f64() * 1e3);
         }
     }
+    let kernels = profile.then(|| per_step(profile::take(), &times));
+    profile::enable(false);
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     Ok(BenchResult {
@@ -80,5 +92,26 @@ pub fn bench_train(
         min_ms: times[0],
         max_ms: times[times.len() - 1],
         trainable_params: model.trainable_count(),
+        kernels,
     })
+}
+
+/// Kernel totals over the timed steps as means per step, plus the rest of the step.
+fn per_step(totals: Vec<KernelTime>, step_ms: &[f64]) -> Vec<KernelTime> {
+    let steps = step_ms.len() as f64;
+    let mut kernels: Vec<KernelTime> = totals
+        .into_iter()
+        .map(|k| KernelTime {
+            calls: (k.calls as f64 / steps).round() as u64,
+            ms: k.ms / steps,
+            ..k
+        })
+        .collect();
+    let in_kernels: f64 = kernels.iter().map(|k| k.ms).sum();
+    kernels.push(KernelTime {
+        kernel: "other",
+        calls: 0,
+        ms: step_ms.iter().sum::<f64>() / steps - in_kernels,
+    });
+    kernels
 }

@@ -11,13 +11,14 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
         steps,
         warmup,
         device,
+        profile,
         json,
     } = cmd;
     anyhow::ensure!(steps > 0, "--steps must be at least 1");
     anyhow::ensure!(batch > 0, "--batch must be at least 1");
     let spec = model.to_spec()?;
     let device = candle_device(device)?;
-    let r = bench_train(&spec, batch, warmup, steps, &device)?;
+    let r = bench_train(&spec, batch, warmup, steps, profile, &device)?;
     if json {
         super::print_json(&r)?;
     } else {
@@ -32,6 +33,15 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             r.steps,
             r.images_per_second
         );
+        for k in r.kernels.iter().flatten() {
+            println!(
+                "  {:<26} {:>8.1} ms/step {:>5.1}%  ({} calls)",
+                k.kernel,
+                k.ms,
+                100.0 * k.ms / (r.ms_per_step.max(f64::MIN_POSITIVE)),
+                k.calls
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

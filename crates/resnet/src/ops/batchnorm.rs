@@ -3,7 +3,7 @@
 //! f64), the elementwise passes run per image in parallel. ReLU lets NaN through, as
 //! PyTorch's does, so divergence stays visible.
 
-use super::Real;
+use super::{vectorized, Real};
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,10 +26,39 @@ impl BnGeom {
     }
 }
 
-/// Sums one row in `T` (a vectorisable loop) and returns it as f64: rows are summed in
-/// f64, so precision holds over large batches and the order is fixed.
-fn row_sum<T: Real>(row: impl Iterator<Item = T>) -> f64 {
-    row.fold(T::zero(), |s, v| s + v).to_f64()
+/// Partial sums kept side by side in the reductions below, so the loop vectorises (a single
+/// running sum is a chain of dependent adds); the order is still fixed.
+const LANES: usize = 16;
+
+/// Σᵢ f(aᵢ, bᵢ, cᵢ) over three equally long rows: partial sums in `T` per lane, summed in
+/// f64 (rows are summed in f64 by the callers, so precision holds over large batches).
+#[inline(always)]
+fn lane_sum3<T: Real>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T) -> f64 {
+    let mut acc = [T::zero(); LANES];
+    let (ac, bc, cc) = (
+        a.chunks_exact(LANES),
+        b.chunks_exact(LANES),
+        c.chunks_exact(LANES),
+    );
+    let tail: f64 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .zip(cc.remainder())
+        .map(|((&x, &y), &z)| f(x, y, z).to_f64())
+        .sum();
+    for ((x, y), z) in ac.zip(bc).zip(cc) {
+        for l in 0..LANES {
+            acc[l] += f(x[l], y[l], z[l]);
+        }
+    }
+    acc.iter().map(|v| v.to_f64()).sum::<f64>() + tail
+}
+
+/// Σᵢ f(xᵢ) over a row, as [`lane_sum3`].
+#[inline(always)]
+fn lane_sum<T: Real>(x: &[T], f: impl Fn(T) -> T) -> f64 {
+    lane_sum3(x, x, x, |v, _, _| f(v))
 }
 
 /// Per-channel batch mean and biased variance (two passes: mean, then squared deviations).
@@ -38,22 +67,21 @@ pub fn channel_stats<T: Real>(g: &BnGeom, x: &[T]) -> (Vec<f64>, Vec<f64>) {
     (0..g.c)
         .into_par_iter()
         .map(|ch| {
-            let mean = g
-                .channel(x, ch)
-                .map(|r| row_sum(r.iter().copied()))
-                .sum::<f64>()
-                / m;
-            let mu = T::from_f64(mean);
-            let sq: f64 = g
-                .channel(x, ch)
-                .map(|r| row_sum(r.iter().map(|&v| (v - mu) * (v - mu))))
-                .sum();
-            (mean, sq / m)
+            vectorized(|| {
+                let mean = g.channel(x, ch).map(|r| lane_sum(r, |v| v)).sum::<f64>() / m;
+                let mu = T::from_f64(mean);
+                let sq: f64 = g
+                    .channel(x, ch)
+                    .map(|r| lane_sum(r, |v| (v - mu) * (v - mu)))
+                    .sum();
+                (mean, sq / m)
+            })
         })
         .unzip()
 }
 
 /// ReLU that lets NaN through, as PyTorch's does (`NaN <= 0` is false).
+#[inline(always)]
 fn relu<T: Real>(v: T) -> T {
     if v <= T::zero() {
         T::zero()
@@ -68,13 +96,15 @@ pub fn scale_shift_relu<T: Real>(g: &BnGeom, x: &[T], scale: &[T], shift: &[T]) 
     y.par_chunks_mut(g.c * g.hw)
         .zip(x.par_chunks(g.c * g.hw))
         .for_each(|(y_n, x_n)| {
-            for ch in 0..g.c {
-                let (a, b) = (scale[ch], shift[ch]);
-                let range = ch * g.hw..(ch + 1) * g.hw;
-                for (o, &v) in y_n[range.clone()].iter_mut().zip(&x_n[range]) {
-                    *o = relu(v * a + b);
+            vectorized(|| {
+                for ch in 0..g.c {
+                    let (a, b) = (scale[ch], shift[ch]);
+                    let range = ch * g.hw..(ch + 1) * g.hw;
+                    for (o, &v) in y_n[range.clone()].iter_mut().zip(&x_n[range]) {
+                        *o = relu(v * a + b);
+                    }
                 }
-            }
+            })
         });
     y
 }
@@ -101,16 +131,19 @@ pub fn backward<T: Real>(g: &BnGeom, s: &BnBackward, x: &[T], y: &[T], dy: &[T])
         .into_par_iter()
         .map(|ch| {
             let mu = T::from_f64(s.mean[ch]);
-            let (mut sum, mut dot) = (0.0, 0.0);
-            for ((xr, yr), dr) in g
+            let rows = g
                 .channel(x, ch)
                 .zip(g.channel(y, ch))
-                .zip(g.channel(dy, ch))
-            {
-                let dz = || yr.iter().zip(dr).map(|(&yv, &dv)| open(yv, dv));
-                sum += row_sum(dz());
-                dot += row_sum(dz().zip(xr).map(|(d, &xv)| d * (xv - mu)));
-            }
+                .zip(g.channel(dy, ch));
+            let (sum, dot) = vectorized(|| {
+                rows.fold((0.0, 0.0), |(sum, dot), ((xr, yr), dr)| {
+                    // Two passes: fused into one, the loop did not vectorise (measured 2×
+                    // slower).
+                    let s = lane_sum3(yr, dr, dr, |yv, dv, _| open(yv, dv));
+                    let d = lane_sum3(xr, yr, dr, |xv, yv, dv| open(yv, dv) * (xv - mu));
+                    (sum + s, dot + d)
+                })
+            });
             (sum, dot * s.invstd[ch])
         })
         .unzip();
@@ -133,16 +166,18 @@ pub fn backward<T: Real>(g: &BnGeom, s: &BnBackward, x: &[T], y: &[T], dy: &[T])
         .zip(x.par_chunks(image))
         .zip(y.par_chunks(image).zip(dy.par_chunks(image)))
         .for_each(|((dx_n, x_n), (y_n, dy_n))| {
-            for (ch, &(a, b, c)) in coefficients.iter().enumerate() {
-                let range = ch * g.hw..(ch + 1) * g.hw;
-                let rows = x_n[range.clone()]
-                    .iter()
-                    .zip(&y_n[range.clone()])
-                    .zip(&dy_n[range.clone()]);
-                for (o, ((&xv, &yv), &dv)) in dx_n[range].iter_mut().zip(rows) {
-                    *o = a * open(yv, dv) + b * xv + c;
+            vectorized(|| {
+                for (ch, &(a, b, c)) in coefficients.iter().enumerate() {
+                    let range = ch * g.hw..(ch + 1) * g.hw;
+                    let rows = x_n[range.clone()]
+                        .iter()
+                        .zip(&y_n[range.clone()])
+                        .zip(&dy_n[range.clone()]);
+                    for (o, ((&xv, &yv), &dv)) in dx_n[range].iter_mut().zip(rows) {
+                        *o = a * open(yv, dv) + b * xv + c;
+                    }
                 }
-            }
+            })
         });
     for ch in 0..g.c {
         dparams[ch] = T::from_f64(dgamma[ch]);

@@ -1,0 +1,123 @@
+//! Per-kernel wall-clock timers for the CPU kernels, off unless a benchmark turns them on:
+//! they show where a training step's time goes (`stepwise bench train --profile`). A CPU
+//! kernel runs to completion inside its op call, so the time spent in the call is the
+//! kernel's; CUDA kernels run asynchronously and are not timed here.
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+/// The timed kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    ConvForward,
+    ConvBackwardData,
+    ConvBackwardFilter,
+    BatchNormReluForward,
+    BatchNormReluBackward,
+}
+
+impl Kernel {
+    const ALL: [Kernel; 5] = [
+        Kernel::ConvForward,
+        Kernel::ConvBackwardData,
+        Kernel::ConvBackwardFilter,
+        Kernel::BatchNormReluForward,
+        Kernel::BatchNormReluBackward,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::ConvForward => "conv_forward",
+            Kernel::ConvBackwardData => "conv_backward_data",
+            Kernel::ConvBackwardFilter => "conv_backward_filter",
+            Kernel::BatchNormReluForward => "batch_norm_relu_forward",
+            Kernel::BatchNormReluBackward => "batch_norm_relu_backward",
+        }
+    }
+}
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+static NANOS: [AtomicU64; Kernel::ALL.len()] = [const { AtomicU64::new(0) }; Kernel::ALL.len()];
+static CALLS: [AtomicU64; Kernel::ALL.len()] = [const { AtomicU64::new(0) }; Kernel::ALL.len()];
+
+/// Turns the timers on or off; either way they restart from zero.
+pub fn enable(on: bool) {
+    reset();
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+fn reset() {
+    for (n, c) in NANOS.iter().zip(&CALLS) {
+        n.store(0, Ordering::Relaxed);
+        c.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Runs `f`, adding its wall-clock time to `kernel` when the timers are on.
+pub(crate) fn timed<R>(kernel: Kernel, f: impl FnOnce() -> R) -> R {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return f();
+    }
+    let started = Instant::now();
+    let r = f();
+    let i = kernel as usize;
+    NANOS[i].fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    CALLS[i].fetch_add(1, Ordering::Relaxed);
+    r
+}
+
+/// Time and calls of one kernel since the timers were (re)started.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct KernelTime {
+    pub kernel: &'static str,
+    pub calls: u64,
+    pub ms: f64,
+}
+
+/// The kernels' totals since the last [`enable`] or [`take`], then restarts them.
+pub fn take() -> Vec<KernelTime> {
+    let times = Kernel::ALL
+        .iter()
+        .map(|&k| KernelTime {
+            kernel: k.name(),
+            calls: CALLS[k as usize].load(Ordering::Relaxed),
+            ms: NANOS[k as usize].load(Ordering::Relaxed) as f64 / 1e6,
+        })
+        .collect();
+    reset();
+    times
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    fn conv_once() {
+        let x = Tensor::ones((1, 2, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let w = Tensor::ones((3, 2, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let b = Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap();
+        crate::ops::conv2d(&x, &w, &b, 1, 1).unwrap();
+    }
+
+    fn forward(times: &[KernelTime]) -> &KernelTime {
+        times.iter().find(|k| k.kernel == "conv_forward").unwrap()
+    }
+
+    #[test]
+    fn counts_kernel_calls_only_while_enabled() {
+        enable(true);
+        conv_once();
+        conv_once();
+        let on = take();
+        enable(false);
+        conv_once();
+        let off = take();
+        // Other tests may run kernels at the same time, so at least our two calls.
+        assert!(forward(&on).calls >= 2, "{on:?}");
+        assert!(forward(&on).ms > 0.0);
+        assert_eq!(forward(&off).calls, 0);
+        assert_eq!(on.len(), 5);
+    }
+}
