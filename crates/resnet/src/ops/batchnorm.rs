@@ -3,7 +3,7 @@
 //! f64), the elementwise passes run per image in parallel. ReLU lets NaN through, as
 //! PyTorch's does, so divergence stays visible.
 
-use super::{vectorized, Real};
+use super::{lane_sum, lane_sum3, vectorized, Real};
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,41 +24,6 @@ impl BnGeom {
         let (c, hw) = (self.c, self.hw);
         (0..self.n).map(move |n| &x[(n * c + ch) * hw..(n * c + ch + 1) * hw])
     }
-}
-
-/// Partial sums kept side by side in the reductions below, so the loop vectorises (a single
-/// running sum is a chain of dependent adds); the order is still fixed.
-const LANES: usize = 16;
-
-/// Σᵢ f(aᵢ, bᵢ, cᵢ) over three equally long rows: partial sums in `T` per lane, summed in
-/// f64 (rows are summed in f64 by the callers, so precision holds over large batches).
-#[inline(always)]
-fn lane_sum3<T: Real>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T) -> f64 {
-    let mut acc = [T::zero(); LANES];
-    let (ac, bc, cc) = (
-        a.chunks_exact(LANES),
-        b.chunks_exact(LANES),
-        c.chunks_exact(LANES),
-    );
-    let tail: f64 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .zip(cc.remainder())
-        .map(|((&x, &y), &z)| f(x, y, z).to_f64())
-        .sum();
-    for ((x, y), z) in ac.zip(bc).zip(cc) {
-        for l in 0..LANES {
-            acc[l] += f(x[l], y[l], z[l]);
-        }
-    }
-    acc.iter().map(|v| v.to_f64()).sum::<f64>() + tail
-}
-
-/// Σᵢ f(xᵢ) over a row, as [`lane_sum3`].
-#[inline(always)]
-fn lane_sum<T: Real>(x: &[T], f: impl Fn(T) -> T) -> f64 {
-    lane_sum3(x, x, x, |v, _, _| f(v))
 }
 
 /// Per-channel batch mean and biased variance (two passes: mean, then squared deviations).

@@ -4,7 +4,7 @@
 //! on thread scheduling.
 
 use super::gemm::{matmul, Shape2};
-use super::Real;
+use super::{lane_sum, vectorized, Real};
 use rayon::prelude::*;
 
 /// The shapes of one convolution.
@@ -292,9 +292,11 @@ pub fn backward_filter<T: Real>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
                 let (dw, db) = acc.split_at_mut(co * kk);
                 let (d, l) = (Shape2::row_major(co, kk), Shape2::row_major(co, p));
                 matmul(dw, d, dy_n, l, src, r, true);
-                for (o, row) in dy_n.chunks_exact(p).enumerate() {
-                    db[o] = row.iter().fold(db[o], |s, &v| s + v);
-                }
+                vectorized(|| {
+                    for (o, row) in dy_n.chunks_exact(p).enumerate() {
+                        db[o] += T::from_f64(lane_sum(row, |v| v));
+                    }
+                });
             }
             acc
         })

@@ -19,6 +19,7 @@ use candle_core::{
 };
 use conv::ConvGeom;
 use profile::{timed, Kernel};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Element types of the CPU kernels.
@@ -26,15 +27,29 @@ pub trait Real: WithDType + Send + Sync + 'static {}
 impl Real for f32 {}
 impl Real for f64 {}
 
+static REFERENCE_ONLY: AtomicBool = AtomicBool::new(false);
+
+/// Process-wide: every layer runs candle's own operations (the reference the kernels are
+/// tested against) instead of stepwise's kernels, e.g. to compare whole training runs.
+pub fn use_reference_ops(on: bool) {
+    REFERENCE_ONLY.store(on, Ordering::Relaxed);
+}
+
 /// Whether stepwise's convolution serves tensors like `x`: the CPU kernels in f32 and f64,
 /// cuDNN in f32 (with the `cuda` feature).
 pub fn has_kernels(x: &Tensor) -> bool {
+    if REFERENCE_ONLY.load(Ordering::Relaxed) {
+        return false;
+    }
     let cpu = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
     cpu || has_cuda_kernels(x)
 }
 
 /// Whether the CUDA kernels serve tensors like `x`.
 pub fn has_cuda_kernels(x: &Tensor) -> bool {
+    if REFERENCE_ONLY.load(Ordering::Relaxed) {
+        return false;
+    }
     #[cfg(feature = "cuda")]
     return cuda::serves(x);
     #[cfg(not(feature = "cuda"))]
@@ -52,6 +67,41 @@ pub fn has_cuda_kernels(x: &Tensor) -> bool {
 #[inline(always)]
 fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)
+}
+
+/// Partial sums kept side by side in the reductions below, so the loop vectorises (a single
+/// running sum is a chain of dependent adds); the order is still fixed.
+const LANES: usize = 16;
+
+/// Σᵢ f(aᵢ, bᵢ, cᵢ) over three equally long rows: partial sums in `T` per lane, summed in
+/// f64 (rows are summed in f64 by the callers, so precision holds over large batches).
+#[inline(always)]
+pub(crate) fn lane_sum3<T: Real>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T) -> f64 {
+    let mut acc = [T::zero(); LANES];
+    let (ac, bc, cc) = (
+        a.chunks_exact(LANES),
+        b.chunks_exact(LANES),
+        c.chunks_exact(LANES),
+    );
+    let tail: f64 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .zip(cc.remainder())
+        .map(|((&x, &y), &z)| f(x, y, z).to_f64())
+        .sum();
+    for ((x, y), z) in ac.zip(bc).zip(cc) {
+        for l in 0..LANES {
+            acc[l] += f(x[l], y[l], z[l]);
+        }
+    }
+    acc.iter().map(|v| v.to_f64()).sum::<f64>() + tail
+}
+
+/// Σᵢ f(xᵢ) over a row, as [`lane_sum3`].
+#[inline(always)]
+pub(crate) fn lane_sum<T: Real>(x: &[T], f: impl Fn(T) -> T) -> f64 {
+    lane_sum3(x, x, x, |v, _, _| f(v))
 }
 
 fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
