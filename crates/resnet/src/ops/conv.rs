@@ -96,17 +96,32 @@ fn im2col<T: Real>(g: &ConvGeom, x: &[T], cols: &mut [T]) {
     }
 }
 
-/// Transposes a row-major `rows × cols` matrix into `dst` (`cols × rows`), in cache-sized
-/// tiles.
+/// Transposes a row-major `rows × cols` matrix into `dst` (`cols × rows`) through 8×8
+/// tiles held in registers (the element-wise loop was 5% of a training step).
 fn transpose<T: Real>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
-    const TILE: usize = 32;
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    dst[c * rows + r] = src[r * cols + c];
+    const B: usize = 8;
+    let (rb, cb) = (rows / B * B, cols / B * B);
+    vectorized(|| {
+        for r0 in (0..rb).step_by(B) {
+            for c0 in (0..cb).step_by(B) {
+                let mut tile = [[T::zero(); B]; B];
+                for (i, row) in tile.iter_mut().enumerate() {
+                    row.copy_from_slice(&src[(r0 + i) * cols + c0..][..B]);
+                }
+                for j in 0..B {
+                    let out = &mut dst[(c0 + j) * rows + r0..][..B];
+                    for (o, row) in out.iter_mut().zip(&tile) {
+                        *o = row[j];
+                    }
                 }
             }
+        }
+    });
+    // The edges the tiles leave: the last rows % 8 rows, and the last cols % 8 columns.
+    for r in 0..rows {
+        let cs = if r < rb { cb..cols } else { 0..cols };
+        for c in cs {
+            dst[c * rows + r] = src[r * cols + c];
         }
     }
 }
@@ -433,6 +448,20 @@ mod tests {
                     .flat_map(|n| dy[(n * g.co + o) * g.p()..][..g.p()].to_vec())
                     .sum();
                 assert!((packed[g.co * g.kk() + o] - s).abs() < 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn transposes_every_shape() {
+        for (rows, cols) in [(3, 1024), (16, 64), (8, 8), (13, 21), (1, 5), (9, 16)] {
+            let src: Vec<f64> = (0..rows * cols).map(|i| i as f64).collect();
+            let mut dst = vec![-1.0; rows * cols];
+            transpose(&src, rows, cols, &mut dst);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(dst[c * rows + r], src[r * cols + c], "{rows}×{cols}");
+                }
             }
         }
     }
