@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Side-by-side CPU training throughput: `stepwise bench train` and the PyTorch reference
-(bench/reference.py) on the same models, batch size and thread count, in one run.
-Prints one JSON document: machine, per-model results of both and their ratio.
+"""Side-by-side CPU throughput of training (`stepwise bench train`) and of the per-block
+analysis (`stepwise bench analyze`: cosine and ℓ2 ratio with the full gradient, block
+dropping) against the PyTorch reference (bench/reference.py) on the same models, batch sizes
+and thread count, in one run. Prints one JSON document: machine, per-model results of both
+and their ratios (`--analysis-examples 0` skips the analysis).
 
   python3 bench/cpu.py [--stepwise target/release/stepwise] [--threads 2] [--steps 10]
                        [--models resnet-20,resnet-56] [--batch 128] [--repeats 3]
+                       [--analysis-examples 1000] [--analysis-batch 250]
 
 Each side runs `--repeats` times, alternating, and reports its median run: shared machines
 drift by 20% within minutes, so one run of each can land in different conditions.
@@ -35,9 +38,18 @@ def run_json(cmd, env):
     return json.loads(out.stdout)
 
 
-def median_run(runs):
-    """The run with the median step time."""
-    return sorted(runs, key=lambda r: r["ms_per_step"])[len(runs) // 2]
+def median_run(runs, key="ms_per_step"):
+    """The run with the median time."""
+    return sorted(runs, key=lambda r: r[key])[len(runs) // 2]
+
+
+def alternate(repeats, ours_cmd, torch_cmd, env, key):
+    """Both commands `repeats` times, alternating; each side's median run and all times."""
+    ours, torch = [], []
+    for _ in range(repeats):
+        ours.append(run_json(ours_cmd, env))
+        torch.append(run_json(torch_cmd, env))
+    return (median_run(ours, key), [r[key] for r in ours]), (median_run(torch, key), [r[key] for r in torch])
 
 
 def main():
@@ -49,6 +61,8 @@ def main():
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--models", default="resnet-20,resnet-56")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--analysis-examples", type=int, default=1000)
+    p.add_argument("--analysis-batch", type=int, default=250)
     args = p.parse_args()
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), THREADS=str(args.threads),
                OMP_NUM_THREADS=str(args.threads))
@@ -60,22 +74,35 @@ def main():
             summary.write(subprocess.run([args.stepwise, "model", "summary", *flags, "--json"],
                                          check=True, capture_output=True, text=True).stdout)
             summary.flush()
-            ours_runs, torch_runs = [], []
-            for _ in range(args.repeats):
-                ours_runs.append(run_json([args.stepwise, "bench", "train", *flags, "--batch", str(args.batch),
-                                           "--steps", str(args.steps), "--warmup", str(args.warmup), "--json"], env))
-                torch_runs.append(run_json([sys.executable, os.path.join(HERE, "reference.py"), "bench",
-                                            "--summary", summary.name, "--batch", str(args.batch),
-                                            "--steps", str(args.steps), "--warmup", str(args.warmup)], env))
-            ours, torch = median_run(ours_runs), median_run(torch_runs)
-        results.append({
-            "model": model, "batch": args.batch,
-            "stepwise": {"images_per_second": ours["images_per_second"], "ms_per_step": ours["ms_per_step"],
-                         "runs_ms_per_step": [r["ms_per_step"] for r in ours_runs]},
-            "pytorch": {"images_per_second": torch["images_per_second"], "ms_per_step": torch["ms_per_step"],
-                        "runs_ms_per_step": [r["ms_per_step"] for r in torch_runs], "version": torch["torch"]},
-            "ratio": ours["images_per_second"] / torch["images_per_second"],
-        })
+            reference = [sys.executable, os.path.join(HERE, "reference.py")]
+            (ours, ours_ms), (torch, torch_ms) = alternate(
+                args.repeats,
+                [args.stepwise, "bench", "train", *flags, "--batch", str(args.batch),
+                 "--steps", str(args.steps), "--warmup", str(args.warmup), "--json"],
+                [*reference, "bench", "--summary", summary.name, "--batch", str(args.batch),
+                 "--steps", str(args.steps), "--warmup", str(args.warmup)], env, "ms_per_step")
+            result = {
+                "model": model, "batch": args.batch,
+                "stepwise": {"images_per_second": ours["images_per_second"], "ms_per_step": ours["ms_per_step"],
+                             "runs_ms_per_step": ours_ms},
+                "pytorch": {"images_per_second": torch["images_per_second"], "ms_per_step": torch["ms_per_step"],
+                            "runs_ms_per_step": torch_ms, "version": torch["torch"]},
+                "ratio": ours["images_per_second"] / torch["images_per_second"],
+            }
+            if args.analysis_examples > 0:
+                sizes = ["--examples", str(args.analysis_examples), "--batch", str(args.analysis_batch),
+                         "--repeats", "1"]
+                (ours, ours_s), (torch, torch_s) = alternate(
+                    args.repeats,
+                    [args.stepwise, "bench", "analyze", *flags, *sizes, "--json"],
+                    [*reference, "bench-analysis", "--summary", summary.name, *sizes], env, "seconds")
+                result["analysis"] = {
+                    "examples": args.analysis_examples, "batch": args.analysis_batch,
+                    "stepwise": {"examples_per_second": ours["examples_per_second"], "runs_seconds": ours_s},
+                    "pytorch": {"examples_per_second": torch["examples_per_second"], "runs_seconds": torch_s},
+                    "ratio": ours["examples_per_second"] / torch["examples_per_second"],
+                }
+        results.append(result)
     print(json.dumps({"cpu": cpu_model(), "threads": args.threads, "results": results}, indent=2))
 
 

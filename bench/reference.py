@@ -10,6 +10,7 @@ paper.md (He-normal N(0, 2/fan_in) for conv and linear weights, zero biases, BN 
   reference.py eval  --summary S.json --checkpoint C.safetensors --data DIR [--split test]
   reference.py train --summary S.json --data DIR --epochs E [--lr ...] [--milestones ...]
   reference.py bench --summary S.json --batch B --steps N [--warmup W] [--device cpu]
+  reference.py bench-analysis --summary S.json --examples N --batch B [--repeats R] [--device cpu]
 """
 import argparse
 import json
@@ -271,6 +272,97 @@ def cmd_bench(args):
     print(json.dumps(out))
 
 
+def flat_blocks(net):
+    """(average-pool before?, block) for every block in order."""
+    return [(stage.pool_before and j == 0, block)
+            for stage in net.stages for j, block in enumerate(stage.blocks)]
+
+
+def run_from(net, blocks, i, h):
+    """The logits when `h` enters after block `i` (the rest of the network)."""
+    for pool, block in blocks[i + 1:]:
+        if pool:
+            h = F.avg_pool2d(h, 2)
+        h = block(h)
+    return net.head(h)
+
+
+def analysis_pass(net, x, y):
+    """stepwise's cosine/ℓ2/drop analysis of one batch (BatchNorm in inference mode): the
+    probed forward, ∂(summed loss)/∂h_i for every block input, cos(F_i(h_i), ∂L/∂h_i) and
+    ‖F_i(h_i)‖/‖base‖ per example (base: h_i, or the projection of a projection block, whose
+    gradient is taken at its output); then a second forward, and every block dropped in
+    turn with the rest of the network run on its shortcut. Returns the per-example values and
+    the drop sums so nothing is optimised away."""
+    blocks = flat_blocks(net)
+    h = net.stem(x)
+    inputs, residuals, bases = [], [], []
+    for pool, block in blocks:
+        if pool:
+            h = F.avg_pool2d(h, 2)
+        inputs.append(h)
+        f = block.residual(h)
+        base = block.shortcut(h) if hasattr(block, "shortcut") else h
+        residuals.append(f)
+        bases.append(base)
+        h = base + f
+    inputs.append(h)
+    loss = F.cross_entropy(net.head(h), y, reduction="sum")
+    grads = torch.autograd.grad(loss, inputs)
+    cos, l2 = [], []
+    with torch.no_grad():
+        for i, (f, base) in enumerate(zip(residuals, bases)):
+            g = grads[i + 1] if base is not inputs[i] else grads[i]
+            cos.append(F.cosine_similarity(f.flatten(1), g.flatten(1), dim=1))
+            l2.append(f.flatten(1).norm(dim=1) / base.flatten(1).norm(dim=1))
+        h = net.stem(x)
+        block_inputs = []
+        for pool, block in blocks:
+            if pool:
+                h = F.avg_pool2d(h, 2)
+            block_inputs.append(h)
+            h = block(h)
+        logits = net.head(h)
+        drops = [(logits.argmax(1) == y).sum(), F.cross_entropy(logits, y, reduction="sum")]
+        for i, (pool, block) in enumerate(blocks):
+            h = block.shortcut(block_inputs[i]) if hasattr(block, "shortcut") else block_inputs[i]
+            out = run_from(net, blocks, i, h)
+            drops += [(out.argmax(1) == y).sum(), F.cross_entropy(out, y, reduction="sum")]
+    return cos, l2, drops
+
+
+def cmd_bench_analysis(args):
+    """Median time of the cosine/ℓ2/drop analysis of `--examples` random images through a
+    fresh model in inference mode, as `stepwise bench analyze` measures it (uint8 images
+    normalised batch by batch)."""
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    summary = json.load(open(args.summary))
+    net = Net(summary).to(device).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    classes = summary["model"]["classes"]
+    images = torch.randint(0, 256, (args.examples, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, classes, (args.examples,))
+    times = []
+    for i in range(args.repeats + 1):
+        start = time.perf_counter()
+        for b in range(0, args.examples, args.batch):
+            x = ((images[b:b + args.batch].float() - 127.5) / 64.0).to(device).requires_grad_(True)
+            analysis_pass(net, x, labels[b:b + args.batch].to(device))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i > 0:
+            times.append(time.perf_counter() - start)
+    times.sort()
+    seconds = times[len(times) // 2]
+    print(json.dumps({"seconds": seconds, "examples_per_second": args.examples / seconds,
+                      "examples": args.examples, "batch": args.batch, "repeats": args.repeats,
+                      "threads": torch.get_num_threads(), "torch": torch.__version__}))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -295,9 +387,16 @@ def main():
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--device", default="cpu")
     b.add_argument("--precision", default="default", choices=["default", "fp32", "bf16"])
+    a = sub.add_parser("bench-analysis")
+    a.add_argument("--summary", required=True)
+    a.add_argument("--examples", type=int, default=1000)
+    a.add_argument("--batch", type=int, default=250)
+    a.add_argument("--repeats", type=int, default=3)
+    a.add_argument("--device", default="cpu")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", torch.get_num_threads())))
-    {"eval": cmd_eval, "train": cmd_train, "bench": cmd_bench}[args.cmd](args)
+    {"eval": cmd_eval, "train": cmd_train, "bench": cmd_bench,
+     "bench-analysis": cmd_bench_analysis}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 //! - [`paths`]: borderline examples over the last blocks, unrolling the last block;
 //! - [`taylor`]: the first-order check of each last-stage block.
 
+pub mod bench;
 mod blocks;
 mod paths;
 mod stats;

@@ -353,6 +353,24 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Examples per second of the per-block analysis (cosine and ℓ2 ratio with the full
+    /// gradient, block dropping) on random images through a fresh model.
+    Analyze {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 1000)]
+        examples: usize,
+        /// Examples per forward pass.
+        #[arg(long, default_value_t = 250)]
+        batch: usize,
+        /// Timed repeats after one warm-up (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]

@@ -441,3 +441,45 @@ fn bench_train_profiles_the_cpu_kernels() {
     let mean_step = r["ms_per_step"].as_f64().unwrap();
     assert!(total > 0.0 && total < 3.0 * mean_step, "{out}");
 }
+
+#[test]
+fn bench_analyze_times_the_block_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(&stepwise(
+        dir.path(),
+        &[
+            "bench",
+            "analyze",
+            "--arch",
+            "resnet",
+            "--width",
+            "4",
+            "--blocks",
+            "1",
+            "--examples",
+            "6",
+            "--batch",
+            "4",
+            "--repeats",
+            "1",
+            "--json",
+        ],
+    ));
+    let r = json(&out);
+    assert_eq!(r["examples"], 6, "{out}");
+    assert_eq!(r["batch"], 4);
+    assert_eq!(r["depth"], 8);
+    let (seconds, rate) = (
+        r["seconds"].as_f64().unwrap(),
+        r["examples_per_second"].as_f64().unwrap(),
+    );
+    assert!(
+        seconds > 0.0 && (rate * seconds - 6.0).abs() < 1e-6,
+        "{out}"
+    );
+    let err = failed(&stepwise(
+        dir.path(),
+        &["bench", "analyze", "--arch", "resnet", "--examples", "0"],
+    ));
+    assert!(err.contains("--examples"), "{err}");
+}
