@@ -24,7 +24,7 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             if json {
                 return super::print_json(&r).map(|()| ExitCode::SUCCESS);
             }
-            println!(
+            let mut text = format!(
                 "{} depth {} {} batch {} on {}: {:.1} ms/step (median of {}), {:.0} images/s",
                 r.arch,
                 r.depth,
@@ -36,14 +36,15 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
                 r.images_per_second
             );
             for k in r.kernels.iter().flatten() {
-                println!(
-                    "  {:<26} {:>8.1} ms/step {:>5.1}%  ({} calls)",
+                text += &format!(
+                    "\n  {:<26} {:>8.1} ms/step {:>5.1}%  ({} calls)",
                     k.kernel,
                     k.ms,
                     100.0 * k.ms / r.ms_per_step.max(f64::MIN_POSITIVE),
                     k.calls
                 );
             }
+            super::print_text(&text)?;
         }
         BenchCommand::Analyze {
             model,
@@ -62,7 +63,7 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             if json {
                 return super::print_json(&r).map(|()| ExitCode::SUCCESS);
             }
-            println!(
+            super::print_text(&format!(
                 "{} depth {} analysis (cosine, l2, drop) of {} examples in batches of {} on {}: \
                  {:.2} s (median of {}), {:.0} examples/s",
                 r.arch,
@@ -73,7 +74,7 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
                 r.seconds,
                 r.repeats,
                 r.examples_per_second
-            );
+            ))?;
         }
     }
     Ok(ExitCode::SUCCESS)
