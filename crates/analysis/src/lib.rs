@@ -125,8 +125,13 @@ impl Ctx<'_> {
     }
 }
 
-/// Runs the analyses `spec` asks for.
+/// Runs the analyses `spec` asks for. Nothing here trains, so the parameters are frozen:
+/// backward passes compute the input gradients the metrics need, and no weight gradients.
 pub fn analyze(input: &Input, spec: &AnalysisSpec) -> Result<Analysis> {
+    resnet::layers::with_frozen_parameters(|| analyze_frozen(input, spec))
+}
+
+fn analyze_frozen(input: &Input, spec: &AnalysisSpec) -> Result<Analysis> {
     spec.validate()?;
     let started = Instant::now();
     let normalization = input.run.data.normalization.ok_or_else(|| {

@@ -3,7 +3,36 @@
 
 use crate::{ops, Init, Result};
 use candle_core::{DType, Tensor, Var, D};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicI64, Ordering};
+
+thread_local! {
+    static FROZEN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with every parameter entering the graphs it builds as a constant: backward
+/// passes through them then compute input gradients only, which is all analysis needs, and
+/// skip the weight gradients (the filter GEMMs, a third of a convolution's backward).
+pub fn with_frozen_parameters<R>(f: impl FnOnce() -> R) -> R {
+    /// Restores the previous setting also when `f` panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FROZEN.set(self.0);
+        }
+    }
+    let _restore = Restore(FROZEN.replace(true));
+    f()
+}
+
+/// A parameter as it enters a graph: detached inside [`with_frozen_parameters`].
+fn parameter(v: &Var) -> Tensor {
+    if FROZEN.get() {
+        v.as_tensor().detach()
+    } else {
+        v.as_tensor().clone()
+    }
+}
 
 /// Whether BatchNorm normalises with batch statistics (and updates its running ones) or
 /// with its running statistics.
@@ -59,8 +88,8 @@ impl Conv2d {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let work = gemm_dtype(x);
-        let w = cast(self.weight.as_tensor(), work)?;
-        let b = cast(self.bias.as_tensor(), work)?;
+        let w = cast(&parameter(&self.weight), work)?;
+        let b = cast(&parameter(&self.bias), work)?;
         let xw = cast(x, work)?;
         let y = if ops::has_kernels(&xw) {
             ops::conv2d(&xw, &w, &b, self.stride, self.padding)?
@@ -99,8 +128,8 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let work = gemm_dtype(x);
-        let w = cast(self.weight.as_tensor(), work)?;
-        let b = cast(self.bias.as_tensor(), work)?;
+        let w = cast(&parameter(&self.weight), work)?;
+        let b = cast(&parameter(&self.bias), work)?;
         let y = cast(x, work)?.matmul(&w.t()?)?.broadcast_add(&b)?;
         cast(&y, x.dtype())
     }
@@ -156,7 +185,7 @@ impl BatchNorm {
     }
 
     fn fused_relu(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
-        let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
+        let (w, b) = (&parameter(&self.weight), &parameter(&self.bias));
         match mode {
             BnMode::Train => {
                 let (y, stats) = ops::batch_norm_relu_train(x, w, b, BN_EPS)?;
@@ -192,8 +221,8 @@ impl BatchNorm {
         let train = mode == BnMode::Train;
         let y = ops::cuda::batch_norm_relu(
             x,
-            self.weight.as_tensor(),
-            self.bias.as_tensor(),
+            &parameter(&self.weight),
+            &parameter(&self.bias),
             self.running_mean.as_tensor(),
             self.running_var.as_tensor(),
             train,
@@ -229,8 +258,8 @@ impl BatchNorm {
             }
         };
         let y = normalised
-            .broadcast_mul(&per_channel(self.weight.as_tensor())?)?
-            .broadcast_add(&per_channel(self.bias.as_tensor())?)?;
+            .broadcast_mul(&per_channel(&parameter(&self.weight))?)?
+            .broadcast_add(&per_channel(&parameter(&self.bias))?)?;
         cast(&y, input_dtype)
     }
 

@@ -159,6 +159,41 @@ fn input_gradients_match_central_finite_differences() {
     }
 }
 
+/// Frozen parameters (how analysis runs) give the same input gradients and no parameter
+/// gradients at all.
+#[test]
+fn frozen_parameters_get_no_gradients_and_change_no_input_gradient() {
+    let model = tiny(Arch::Resnet, Dtypes::uniform(DType::F32));
+    warm(&model, DType::F32);
+    let (x, y) = input(3, DType::F32);
+    let backward = || {
+        let probed = model
+            .forward_probed(&x, &ProbeOptions::eval().with_gradients())
+            .unwrap();
+        let loss = cross_entropy_per_example(&probed.logits, &y)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        let inputs = probed.input_gradients(&grads).unwrap();
+        let params: Vec<bool> = model
+            .parameters()
+            .iter()
+            .map(|p| grads.get(p.var.as_tensor()).is_some())
+            .collect();
+        (inputs, params)
+    };
+    let (free_inputs, free_params) = backward();
+    let (frozen_inputs, frozen_params) = resnet::layers::with_frozen_parameters(backward);
+    assert!(free_params.iter().all(|&has| has), "{free_params:?}");
+    assert!(frozen_params.iter().all(|&has| !has), "{frozen_params:?}");
+    for (a, b) in free_inputs.iter().zip(&frozen_inputs) {
+        assert_eq!(max_abs_diff(a, b), 0.0);
+    }
+    // The scope ends with the closure.
+    assert!(backward().1.iter().all(|&has| has));
+}
+
 #[test]
 fn skipped_blocks_keep_only_their_shortcut() {
     let model = tiny(Arch::Resnet, Dtypes::uniform(DType::F32));

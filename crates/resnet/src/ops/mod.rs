@@ -220,6 +220,10 @@ impl CustomOp3 for Conv2d {
         } else {
             None
         };
+        // Constant weights (frozen parameters) need no weight gradient.
+        if !w.track_op() && !b.track_op() {
+            return Ok((dx, None, None));
+        }
         let packed = x.apply_op2_no_bwd(&dy, &ConvBackwardFilter(g))?;
         let dw = packed.narrow(0, 0, g.co * g.kk())?.reshape(w.shape())?;
         let db = packed.narrow(0, g.co * g.kk(), g.co)?.reshape(b.shape())?;
