@@ -20,6 +20,7 @@ impl BnGeom {
         self.n * self.hw
     }
 
+    #[inline(always)]
     fn channel<'a, T>(&self, x: &'a [T], ch: usize) -> impl Iterator<Item = &'a [T]> + 'a {
         let (c, hw) = (self.c, self.hw);
         (0..self.n).map(move |n| &x[(n * c + ch) * hw..(n * c + ch + 1) * hw])
@@ -32,15 +33,22 @@ pub fn channel_stats<T: Real>(g: &BnGeom, x: &[T]) -> (Vec<f64>, Vec<f64>) {
     (0..g.c)
         .into_par_iter()
         .map(|ch| {
-            vectorized(|| {
-                let mean = g.channel(x, ch).map(|r| lane_sum(r, |v| v)).sum::<f64>() / m;
-                let mu = T::from_f64(mean);
-                let sq: f64 = g
-                    .channel(x, ch)
-                    .map(|r| lane_sum(r, |v| (v - mu) * (v - mu)))
-                    .sum();
-                (mean, sq / m)
-            })
+            vectorized(
+                #[inline(always)]
+                || {
+                    let mut sum = 0.0;
+                    for row in g.channel(x, ch) {
+                        sum += lane_sum(row, |v| v);
+                    }
+                    let mean = sum / m;
+                    let mu = T::from_f64(mean);
+                    let mut sq = 0.0;
+                    for row in g.channel(x, ch) {
+                        sq += lane_sum(row, |v| (v - mu) * (v - mu));
+                    }
+                    (mean, sq / m)
+                },
+            )
         })
         .unzip()
 }
@@ -55,21 +63,50 @@ fn relu<T: Real>(v: T) -> T {
     }
 }
 
+/// BatchNorm as the per-channel map x ↦ x·scale + shift (before the ReLU), computed in f64
+/// and applied in the tensor's type. The backward pass rebuilds the same map to recompute
+/// where the ReLU was open, bit for bit, rather than reading the forward's output again.
+#[derive(Clone, Debug)]
+pub struct Affine {
+    pub scale: Vec<f64>,
+    pub shift: Vec<f64>,
+}
+
+impl Affine {
+    /// scale = γ/σ, shift = β − μ·γ/σ.
+    pub fn new(gamma: &[f64], beta: &[f64], mean: &[f64], invstd: &[f64]) -> Self {
+        let scale: Vec<f64> = gamma.iter().zip(invstd).map(|(g, s)| g * s).collect();
+        let shift = (0..gamma.len())
+            .map(|c| beta[c] - mean[c] * gamma[c] * invstd[c])
+            .collect();
+        Self { scale, shift }
+    }
+
+    /// Channel `ch`'s scale and shift in the tensor's type.
+    #[inline(always)]
+    fn at<T: Real>(&self, ch: usize) -> (T, T) {
+        (T::from_f64(self.scale[ch]), T::from_f64(self.shift[ch]))
+    }
+}
+
 /// y = relu(x·scale_c + shift_c).
-pub fn scale_shift_relu<T: Real>(g: &BnGeom, x: &[T], scale: &[T], shift: &[T]) -> Vec<T> {
+pub fn scale_shift_relu<T: Real>(g: &BnGeom, x: &[T], affine: &Affine) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
     y.par_chunks_mut(g.c * g.hw)
         .zip(x.par_chunks(g.c * g.hw))
         .for_each(|(y_n, x_n)| {
-            vectorized(|| {
-                for ch in 0..g.c {
-                    let (a, b) = (scale[ch], shift[ch]);
-                    let range = ch * g.hw..(ch + 1) * g.hw;
-                    for (o, &v) in y_n[range.clone()].iter_mut().zip(&x_n[range]) {
-                        *o = relu(v * a + b);
+            vectorized(
+                #[inline(always)]
+                || {
+                    for ch in 0..g.c {
+                        let (a, b) = affine.at::<T>(ch);
+                        let range = ch * g.hw..(ch + 1) * g.hw;
+                        for (o, &v) in y_n[range.clone()].iter_mut().zip(&x_n[range]) {
+                            *o = relu(v * a + b);
+                        }
                     }
-                }
-            })
+                },
+            )
         });
     y
 }
@@ -80,6 +117,8 @@ pub struct BnBackward {
     pub gamma: Vec<f64>,
     pub mean: Vec<f64>,
     pub invstd: Vec<f64>,
+    /// The forward's map, for where the ReLU was open.
+    pub affine: Affine,
     /// Batch statistics (the mean and variance depend on x) or running ones (constants).
     pub batch_stats: bool,
 }
@@ -89,26 +128,34 @@ pub struct BnBackward {
 /// With dz = dy where the ReLU was open and x̂ = (x − μ)·s (s = 1/σ):
 /// dβ = Σ dz, dγ = Σ dz·x̂, and dx = γs·(dz − dβ/M − x̂·dγ/M) for batch statistics
 /// (γs·dz for running ones), which is dx = a·dz + b·x + c per channel.
-pub fn backward<T: Real>(g: &BnGeom, s: &BnBackward, x: &[T], y: &[T], dy: &[T]) -> Vec<T> {
+pub fn backward<T: Real>(g: &BnGeom, s: &BnBackward, x: &[T], dy: &[T]) -> Vec<T> {
     let m = g.count() as f64;
-    let open = |yv: T, dv: T| if yv > T::zero() { dv } else { T::zero() };
+    // dz: dy where the forward's ReLU was open (its input x·a + b positive).
+    let dz = |xv: T, dv: T, (a, b): (T, T)| {
+        if xv * a + b > T::zero() {
+            dv
+        } else {
+            T::zero()
+        }
+    };
     let (dbeta, dgamma): (Vec<f64>, Vec<f64>) = (0..g.c)
         .into_par_iter()
         .map(|ch| {
-            let mu = T::from_f64(s.mean[ch]);
-            let rows = g
-                .channel(x, ch)
-                .zip(g.channel(y, ch))
-                .zip(g.channel(dy, ch));
-            let (sum, dot) = vectorized(|| {
-                rows.fold((0.0, 0.0), |(sum, dot), ((xr, yr), dr)| {
-                    // Two passes: fused into one, the loop did not vectorise (measured 2×
-                    // slower).
-                    let s = lane_sum3(yr, dr, dr, |yv, dv, _| open(yv, dv));
-                    let d = lane_sum3(xr, yr, dr, |xv, yv, dv| open(yv, dv) * (xv - mu));
-                    (sum + s, dot + d)
-                })
-            });
+            let (mu, ab) = (T::from_f64(s.mean[ch]), s.affine.at::<T>(ch));
+            let rows = g.channel(x, ch).zip(g.channel(dy, ch));
+            let (sum, dot) = vectorized(
+                #[inline(always)]
+                || {
+                    let (mut sum, mut dot) = (0.0, 0.0);
+                    for (xr, dr) in rows {
+                        // Two passes over the row (in L1 by then): fused into one, the loop did
+                        // not vectorise (measured 2× slower).
+                        sum += lane_sum3(xr, dr, dr, |xv, dv, _| dz(xv, dv, ab));
+                        dot += lane_sum3(xr, dr, dr, |xv, dv, _| dz(xv, dv, ab) * (xv - mu));
+                    }
+                    (sum, dot)
+                },
+            );
             (sum, dot * s.invstd[ch])
         })
         .unzip();
@@ -128,21 +175,21 @@ pub fn backward<T: Real>(g: &BnGeom, s: &BnBackward, x: &[T], y: &[T], dy: &[T])
     let (dx, dparams) = out.split_at_mut(x.len());
     let image = g.c * g.hw;
     dx.par_chunks_mut(image)
-        .zip(x.par_chunks(image))
-        .zip(y.par_chunks(image).zip(dy.par_chunks(image)))
-        .for_each(|((dx_n, x_n), (y_n, dy_n))| {
-            vectorized(|| {
-                for (ch, &(a, b, c)) in coefficients.iter().enumerate() {
-                    let range = ch * g.hw..(ch + 1) * g.hw;
-                    let rows = x_n[range.clone()]
-                        .iter()
-                        .zip(&y_n[range.clone()])
-                        .zip(&dy_n[range.clone()]);
-                    for (o, ((&xv, &yv), &dv)) in dx_n[range].iter_mut().zip(rows) {
-                        *o = a * open(yv, dv) + b * xv + c;
+        .zip(x.par_chunks(image).zip(dy.par_chunks(image)))
+        .for_each(|(dx_n, (x_n, dy_n))| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (ch, &(a, b, c)) in coefficients.iter().enumerate() {
+                        let ab = s.affine.at::<T>(ch);
+                        let range = ch * g.hw..(ch + 1) * g.hw;
+                        let rows = x_n[range.clone()].iter().zip(&dy_n[range.clone()]);
+                        for (o, (&xv, &dv)) in dx_n[range].iter_mut().zip(rows) {
+                            *o = a * dz(xv, dv, ab) + b * xv + c;
+                        }
                     }
-                }
-            })
+                },
+            )
         });
     for ch in 0..g.c {
         dparams[ch] = T::from_f64(dgamma[ch]);

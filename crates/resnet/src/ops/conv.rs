@@ -92,18 +92,21 @@ fn im2col<T: Real>(g: &ConvGeom, x: &[T], padded: &mut [T], cols: &mut [T]) {
             plane[(iy + g.pad) * wp + g.pad..][..g.w].copy_from_slice(row);
         }
     }
-    vectorized(|| {
-        for (c, plane) in padded.chunks_exact(hp * wp).enumerate() {
-            for ky in 0..g.k {
-                for kx in 0..g.k {
-                    let row = &mut cols[((c * g.k + ky) * g.k + kx) * p..][..p];
-                    for (oy, out) in row.chunks_exact_mut(wo).enumerate() {
-                        gather_row(out, &plane[(oy * s + ky) * wp + kx..], s);
+    vectorized(
+        #[inline(always)]
+        || {
+            for (c, plane) in padded.chunks_exact(hp * wp).enumerate() {
+                for ky in 0..g.k {
+                    for kx in 0..g.k {
+                        let row = &mut cols[((c * g.k + ky) * g.k + kx) * p..][..p];
+                        for (oy, out) in row.chunks_exact_mut(wo).enumerate() {
+                            gather_row(out, &plane[(oy * s + ky) * wp + kx..], s);
+                        }
                     }
                 }
             }
-        }
-    });
+        },
+    );
 }
 
 /// Transposes a `rows × cols` matrix whose rows start `src_rs` apart into `dst` (row-major
@@ -112,22 +115,25 @@ fn im2col<T: Real>(g: &ConvGeom, x: &[T], padded: &mut [T], cols: &mut [T]) {
 fn transpose<T: Real>(src: &[T], rows: usize, cols: usize, src_rs: usize, dst: &mut [T]) {
     const B: usize = 8;
     let (rb, cb) = (rows / B * B, cols / B * B);
-    vectorized(|| {
-        for r0 in (0..rb).step_by(B) {
-            for c0 in (0..cb).step_by(B) {
-                let mut tile = [[T::zero(); B]; B];
-                for (i, row) in tile.iter_mut().enumerate() {
-                    row.copy_from_slice(&src[(r0 + i) * src_rs + c0..][..B]);
-                }
-                for j in 0..B {
-                    let out = &mut dst[(c0 + j) * rows + r0..][..B];
-                    for (o, row) in out.iter_mut().zip(&tile) {
-                        *o = row[j];
+    vectorized(
+        #[inline(always)]
+        || {
+            for r0 in (0..rb).step_by(B) {
+                for c0 in (0..cb).step_by(B) {
+                    let mut tile = [[T::zero(); B]; B];
+                    for (i, row) in tile.iter_mut().enumerate() {
+                        row.copy_from_slice(&src[(r0 + i) * src_rs + c0..][..B]);
+                    }
+                    for j in 0..B {
+                        let out = &mut dst[(c0 + j) * rows + r0..][..B];
+                        for (o, row) in out.iter_mut().zip(&tile) {
+                            *o = row[j];
+                        }
                     }
                 }
             }
-        }
-    });
+        },
+    );
     // The edges the tiles leave: the last rows % 8 rows, and the last cols % 8 columns.
     for r in 0..rows {
         let cs = if r < rb { cb..cols } else { 0..cols };
@@ -147,21 +153,24 @@ fn col2im<T: Real>(g: &ConvGeom, cols: &[T], padded: &mut [T], dx: &mut [T]) {
     let (wo, p, s) = (g.wo(), g.p(), g.stride);
     let phase = wp.div_ceil(s);
     padded.fill(T::zero());
-    vectorized(|| {
-        for (c, plane) in padded.chunks_exact_mut(hp * s * phase).enumerate() {
-            for ky in 0..g.k {
-                for kx in 0..g.k {
-                    let row = &cols[((c * g.k + ky) * g.k + kx) * p..][..p];
-                    for (oy, src) in row.chunks_exact(wo).enumerate() {
-                        let at = ((oy * s + ky) * s + kx % s) * phase + kx / s;
-                        for (d, v) in plane[at..][..wo].iter_mut().zip(src) {
-                            *d += *v;
+    vectorized(
+        #[inline(always)]
+        || {
+            for (c, plane) in padded.chunks_exact_mut(hp * s * phase).enumerate() {
+                for ky in 0..g.k {
+                    for kx in 0..g.k {
+                        let row = &cols[((c * g.k + ky) * g.k + kx) * p..][..p];
+                        for (oy, src) in row.chunks_exact(wo).enumerate() {
+                            let at = ((oy * s + ky) * s + kx % s) * phase + kx / s;
+                            for (d, v) in plane[at..][..wo].iter_mut().zip(src) {
+                                *d += *v;
+                            }
                         }
                     }
                 }
             }
-        }
-    });
+        },
+    );
     for (plane, image) in padded
         .chunks_exact(hp * s * phase)
         .zip(dx.chunks_exact_mut(g.h * g.w))
@@ -387,11 +396,14 @@ pub fn backward_filter<T: Real>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
                     patch_rows(g, &padded, &mut rows);
                     matmul(dw, d, dy_n, l, &rows, Shape2::row_major(p, kk), true);
                 }
-                vectorized(|| {
-                    for (o, row) in dy_n.chunks_exact(p).enumerate() {
-                        db[o] += T::from_f64(lane_sum(row, |v| v));
-                    }
-                });
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (o, row) in dy_n.chunks_exact(p).enumerate() {
+                            db[o] += T::from_f64(lane_sum(row, |v| v));
+                        }
+                    },
+                );
             }
             acc
         })

@@ -61,16 +61,21 @@ pub fn has_cuda_kernels(x: &Tensor) -> bool {
 
 /// Runs `f` compiled for the best vector instruction set of this CPU (AVX-512, AVX2 + FMA,
 /// or the x86-64 baseline), chosen at run time so one binary serves every machine: the
-/// element loops of the kernels vectorise 4–16 lanes wide instead of SSE2's 4. Whatever `f`
-/// calls must be `#[inline(always)]` to be compiled for that set too; parallel loops call
-/// it inside each task, since a worker thread runs its closures as plain code.
+/// element loops of the kernels vectorise 4–16 lanes wide instead of SSE2's 4.
+///
+/// Only code inlined into `f` is compiled for that set: the closure must be marked
+/// `#[inline(always)]`, so must the helpers it calls, and its loops are `for` loops, since
+/// an iterator's `fold` or `sum` may stay a separate function built for the baseline (perf
+/// showed exactly that: the BatchNorm loops ran as SSE code until both were done). Parallel
+/// loops call it inside each task, since a worker thread runs its closures as plain code.
 #[inline(always)]
 fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)
 }
 
 /// Partial sums kept side by side in the reductions below, so the loop vectorises (a single
-/// running sum is a chain of dependent adds); the order is still fixed.
+/// running sum is a chain of dependent adds); the order is still fixed. (64 lanes measured
+/// 3× slower: the lane loop then no longer becomes vector code.)
 const LANES: usize = 16;
 
 /// Σᵢ f(aᵢ, bᵢ, cᵢ) over three equally long rows: partial sums in `T` per lane, summed in
@@ -83,19 +88,25 @@ pub(crate) fn lane_sum3<T: Real>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) 
         b.chunks_exact(LANES),
         c.chunks_exact(LANES),
     );
-    let tail: f64 = ac
+    let mut tail = 0.0;
+    for ((&x, &y), &z) in ac
         .remainder()
         .iter()
         .zip(bc.remainder())
         .zip(cc.remainder())
-        .map(|((&x, &y), &z)| f(x, y, z).to_f64())
-        .sum();
+    {
+        tail += f(x, y, z).to_f64();
+    }
     for ((x, y), z) in ac.zip(bc).zip(cc) {
         for l in 0..LANES {
             acc[l] += f(x[l], y[l], z[l]);
         }
     }
-    acc.iter().map(|v| v.to_f64()).sum::<f64>() + tail
+    let mut total = 0.0;
+    for v in acc {
+        total += v.to_f64();
+    }
+    total + tail
 }
 
 /// Σᵢ f(xᵢ) over a row, as [`lane_sum3`].
@@ -427,18 +438,14 @@ impl CustomOp3 for BatchNormRelu {
                         gamma.len()
                     );
                 }
-                let invstd = self.invstd(&stats.var);
-                let scale: Vec<T> = (0..g.c)
-                    .map(|c| T::from_f64(gamma[c].to_f64() * invstd[c]))
-                    .collect();
-                let shift: Vec<T> = (0..g.c)
-                    .map(|c| {
-                        T::from_f64(
-                            beta[c].to_f64() - stats.mean[c] * gamma[c].to_f64() * invstd[c],
-                        )
-                    })
-                    .collect();
-                let y = batchnorm::scale_shift_relu(&g, x, &scale, &shift);
+                let to_f64 = |v: &[T]| v.iter().map(|e| e.to_f64()).collect::<Vec<_>>();
+                let affine = batchnorm::Affine::new(
+                    &to_f64(gamma),
+                    &to_f64(beta),
+                    &stats.mean,
+                    &self.invstd(&stats.var),
+                );
+                let y = batchnorm::scale_shift_relu(&g, x, &affine);
                 Ok((T::to_cpu_storage_owned(y), xl.shape().clone()))
             })
         })
@@ -448,19 +455,21 @@ impl CustomOp3 for BatchNormRelu {
         &self,
         x: &Tensor,
         gamma: &Tensor,
-        _beta: &Tensor,
-        y: &Tensor,
+        beta: &Tensor,
+        _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let stats = self.stats();
+        let (gamma, invstd) = (host_f64(gamma)?, self.invstd(&stats.var));
         let saved = BnBackward {
-            gamma: host_f64(gamma)?,
-            invstd: self.invstd(&stats.var),
+            affine: batchnorm::Affine::new(&gamma, &host_f64(beta)?, &stats.mean, &invstd),
+            gamma,
+            invstd,
             mean: stats.mean,
             batch_stats: self.running.is_none(),
         };
         let c = saved.gamma.len();
-        let packed = x.apply_op3_no_bwd(y, &dy.contiguous()?, &BatchNormReluBackward(saved))?;
+        let packed = x.apply_op2_no_bwd(&dy.contiguous()?, &BatchNormReluBackward(saved))?;
         let n = x.elem_count();
         let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
         let dgamma = packed.narrow(0, n, c)?;
@@ -471,7 +480,7 @@ impl CustomOp3 for BatchNormRelu {
 
 struct BatchNormReluBackward(BnBackward);
 
-impl CustomOp3 for BatchNormReluBackward {
+impl CustomOp2 for BatchNormReluBackward {
     fn name(&self) -> &'static str {
         "stepwise-batch-norm-relu-backward"
     }
@@ -480,17 +489,15 @@ impl CustomOp3 for BatchNormReluBackward {
         &self,
         xs: &CpuStorage,
         xl: &Layout,
-        ys: &CpuStorage,
-        yl: &Layout,
         ds: &CpuStorage,
         dl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = bn_geom(xl)?;
         let shape = Shape::from(xl.shape().elem_count() + 2 * g.c);
         by_dtype!(self.name(), xs, |T| {
-            let (x, y, dy) = (slice(xs, xl)?, slice(ys, yl)?, slice(ds, dl)?);
+            let (x, dy) = (slice(xs, xl)?, slice(ds, dl)?);
             let packed = timed(Kernel::BatchNormReluBackward, || {
-                batchnorm::backward::<T>(&g, &self.0, x, y, dy)
+                batchnorm::backward::<T>(&g, &self.0, x, dy)
             });
             Ok((T::to_cpu_storage_owned(packed), shape))
         })
