@@ -1,12 +1,13 @@
 //! Semantics of the model: probed forward, input gradients, block skipping and scaling,
 //! BatchNorm modes, state dicts and checkpoints.
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, D};
 use domain::{Arch, ModelSpec, Sharing};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use resnet::loss::cross_entropy_per_example;
-use resnet::{BnMode, Dtypes, ProbeOptions, ResNet};
+use resnet::{BnMode, Dtypes, ProbeOptions, Probed, ResNet};
 use std::collections::HashMap;
 
 fn tiny(arch: Arch, dtypes: Dtypes) -> ResNet {
@@ -111,6 +112,19 @@ fn tapped_inference_returns_block_outputs() {
     }
 }
 
+/// The probed inference-mode forward pass and the gradients of its summed cross-entropy.
+fn probed_backward(model: &ResNet, x: &Tensor, y: &Tensor) -> (Probed, GradStore) {
+    let probed = model
+        .forward_probed(x, &ProbeOptions::eval().with_gradients())
+        .unwrap();
+    let loss = cross_entropy_per_example(&probed.logits, y)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let grads = loss.backward().unwrap();
+    (probed, grads)
+}
+
 /// ∂L/∂h_i from the probes against central finite differences, in f64, for every block
 /// (projection blocks and pooled stages included).
 #[test]
@@ -119,14 +133,8 @@ fn input_gradients_match_central_finite_differences() {
         let model = tiny(arch, Dtypes::uniform(DType::F64));
         warm(&model, DType::F64);
         let (x, y) = input(2, DType::F64);
-        let probed = model
-            .forward_probed(&x, &ProbeOptions::eval().with_gradients())
-            .unwrap();
-        let loss = cross_entropy_per_example(&probed.logits, &y)
-            .unwrap()
-            .sum_all()
-            .unwrap();
-        let grads = probed.input_gradients(&loss.backward().unwrap()).unwrap();
+        let (probed, grads) = probed_backward(&model, &x, &y);
+        let grads = probed.input_gradients(&grads).unwrap();
         let mut r = ChaCha8Rng::seed_from_u64(4);
         for (i, h) in probed.inputs.iter().enumerate() {
             let h = h.detach();
@@ -167,14 +175,7 @@ fn frozen_parameters_get_no_gradients_and_change_no_input_gradient() {
     warm(&model, DType::F32);
     let (x, y) = input(3, DType::F32);
     let backward = || {
-        let probed = model
-            .forward_probed(&x, &ProbeOptions::eval().with_gradients())
-            .unwrap();
-        let loss = cross_entropy_per_example(&probed.logits, &y)
-            .unwrap()
-            .sum_all()
-            .unwrap();
-        let grads = loss.backward().unwrap();
+        let (probed, grads) = probed_backward(&model, &x, &y);
         let inputs = probed.input_gradients(&grads).unwrap();
         let params: Vec<bool> = model
             .parameters()

@@ -54,6 +54,12 @@ impl ConvGeom {
     }
 }
 
+/// A zeroed per-thread scratch buffer of `len` elements, or an empty one where the path
+/// does not use it.
+fn scratch<T: Real>(used: bool, len: usize) -> Vec<T> {
+    vec![T::zero(); if used { len } else { 0 }]
+}
+
 /// `out` = every `stride`-th element of `src`, from the first. Unit-stride rows of the
 /// paper's widths are copied as fixed-size arrays, which compile to a few vector moves
 /// instead of a `memmove` call per 8–32 values.
@@ -196,8 +202,8 @@ pub fn forward<T: Real>(g: &ConvGeom, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     y.par_chunks_mut(co * p).enumerate().for_each_init(
         || {
             let (hp, wp) = g.padded();
-            let scratch = |len| vec![T::zero(); if g.pointwise() { 0 } else { len }];
-            (scratch(g.c * hp * wp), scratch(kk * p))
+            let unfolds = !g.pointwise();
+            (scratch(unfolds, g.c * hp * wp), scratch(unfolds, kk * p))
         },
         |(padded, cols), (n, y_n)| {
             let x_n = &x[n * g.image()..(n + 1) * g.image()];
@@ -264,10 +270,10 @@ pub fn backward_data<T: Real>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
     dx.par_chunks_mut(g.image()).enumerate().for_each_init(
         || {
             let (hp, wp) = g.padded();
-            let scratch = |len| vec![T::zero(); if g.pointwise() { 0 } else { len }];
+            let unfolds = !g.pointwise();
             (
-                scratch(kk * p),
-                scratch(g.c * hp * wp.div_ceil(g.stride) * g.stride),
+                scratch(unfolds, kk * p),
+                scratch(unfolds, g.c * hp * wp.div_ceil(g.stride) * g.stride),
             )
         },
         |(dcols, padded), (n, dx_n)| {
@@ -374,7 +380,6 @@ pub fn backward_filter<T: Real>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
         .into_par_iter()
         .map(|range| {
             let mut acc = vec![T::zero(); len];
-            let scratch = |used: bool, len| vec![T::zero(); if used { len } else { 0 }];
             let mut padded = scratch(!g.pointwise(), hp * wp * g.c);
             let mut dy_grid = scratch(on_grid, co * g.ho() * wp);
             let mut rows = scratch(!g.pointwise() && !on_grid, p * kk);
