@@ -3,7 +3,7 @@
 //! f64), the elementwise passes run per image in parallel. ReLU lets NaN through, as
 //! PyTorch's does, so divergence stays visible.
 
-use super::{lane_sum, lane_sum3, vectorized, Real};
+use super::{lane_sum, lane_sum2, vectorized, Real};
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,8 +150,8 @@ pub fn backward<T: Real>(g: &BnGeom, s: &BnBackward, x: &[T], dy: &[T]) -> Vec<T
                     for (xr, dr) in rows {
                         // Two passes over the row (in L1 by then): fused into one, the loop did
                         // not vectorise (measured 2× slower).
-                        sum += lane_sum3(xr, dr, dr, |xv, dv, _| dz(xv, dv, ab));
-                        dot += lane_sum3(xr, dr, dr, |xv, dv, _| dz(xv, dv, ab) * (xv - mu));
+                        sum += lane_sum2(xr, dr, |xv, dv| dz(xv, dv, ab));
+                        dot += lane_sum2(xr, dr, |xv, dv| dz(xv, dv, ab) * (xv - mu));
                     }
                     (sum, dot)
                 },

@@ -345,19 +345,19 @@ fn filter_on_grid<T: Real>(g: &ConvGeom, padded_hwc: &[T], dy_grid: &[T], dw: &m
         rs: g.ho() * wp,
         cs: 1,
     };
+    let d = Shape2 {
+        rows: g.co,
+        cols: kc,
+        rs: kk,
+        cs: 1,
+    };
+    let r = Shape2 {
+        rows: positions,
+        cols: kc,
+        rs: g.c,
+        cs: 1,
+    };
     for ky in 0..g.k {
-        let d = Shape2 {
-            rows: g.co,
-            cols: kc,
-            rs: kk,
-            cs: 1,
-        };
-        let r = Shape2 {
-            rows: positions,
-            cols: kc,
-            rs: g.c,
-            cs: 1,
-        };
         let x_ky = &padded_hwc[ky * wp * g.c..];
         matmul(&mut dw[ky * kc..], d, dy_grid, l, x_ky, r, true);
     }

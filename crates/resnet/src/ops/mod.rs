@@ -109,6 +109,12 @@ pub(crate) fn lane_sum3<T: Real>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) 
     total + tail
 }
 
+/// Σᵢ f(aᵢ, bᵢ) over two equally long rows, as [`lane_sum3`].
+#[inline(always)]
+pub(crate) fn lane_sum2<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> f64 {
+    lane_sum3(a, b, b, |x, y, _| f(x, y))
+}
+
 /// Σᵢ f(xᵢ) over a row, as [`lane_sum3`].
 #[inline(always)]
 pub(crate) fn lane_sum<T: Real>(x: &[T], f: impl Fn(T) -> T) -> f64 {
