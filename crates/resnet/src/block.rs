@@ -40,6 +40,24 @@ impl Block {
         Ok((self.shortcut(h)? + self.residual(h, mode)?)?)
     }
 
+    /// Inference (BatchNorm in inference mode): `residual(h, Eval)`, bit for bit, with each
+    /// BatchNorm + ReLU fused into the convolution after it (see
+    /// [`Conv2d::infer_after_bn_relu`]); keeps no graph where the fused kernels serve `h`.
+    pub fn infer_residual(&self, h: &Tensor) -> Result<Tensor> {
+        self.infer_adding(h, None)
+    }
+
+    /// Inference: `forward(h, Eval)`, bit for bit, the shortcut added inside the last
+    /// convolution.
+    pub fn infer(&self, h: &Tensor) -> Result<Tensor> {
+        self.infer_adding(h, Some(&self.shortcut(h)?))
+    }
+
+    fn infer_adding(&self, h: &Tensor, add: Option<&Tensor>) -> Result<Tensor> {
+        let a = self.conv1.infer_after_bn_relu(&self.bn1, h, None)?;
+        self.conv2.infer_after_bn_relu(&self.bn2, &a, add)
+    }
+
     /// `shortcut(h) + α·F(h)`: re-applying a block with a step size (unrolling).
     pub fn forward_scaled(&self, h: &Tensor, alpha: f64, mode: BnMode) -> Result<Tensor> {
         Ok((self.shortcut(h)? + (self.residual(h, mode)? * alpha)?)?)

@@ -34,6 +34,11 @@ fn parameter(v: &Var) -> Tensor {
     }
 }
 
+/// A per-channel vector's values on the host, in f64.
+fn host(v: &Var) -> Result<Vec<f64>> {
+    Ok(v.as_tensor().to_dtype(DType::F64)?.to_vec1::<f64>()?)
+}
+
 /// Whether BatchNorm normalises with batch statistics (and updates its running ones) or
 /// with its running statistics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +102,37 @@ impl Conv2d {
             conv2d_reference(&xw, &w, &b, self.stride, self.padding)?
         };
         cast(&y, x.dtype())
+    }
+
+    /// Inference: `self(relu(bn(x))) [+ add]`, BatchNorm in inference mode, the same values
+    /// as the separate layers bit for bit. Where stepwise's CPU kernels serve `x`, one fused
+    /// kernel (BatchNorm + ReLU applied as the convolution reads `x`, `add` while the output
+    /// is in cache) that keeps no graph; elsewhere the separate layers.
+    pub fn infer_after_bn_relu(
+        &self,
+        bn: &BatchNorm,
+        x: &Tensor,
+        add: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let weights = (self.weight.as_tensor(), self.bias.as_tensor());
+        let dtype = x.dtype();
+        if ops::has_cpu_kernels(x) && weights.0.dtype() == dtype && bn.weight.dtype() == dtype {
+            let pre = bn.inference_affine()?;
+            let (stride, pad) = (self.stride, self.padding);
+            return Ok(ops::conv2d_inference(
+                x,
+                Some(&pre),
+                weights,
+                add,
+                stride,
+                pad,
+            )?);
+        }
+        let y = self.forward(&bn.forward_relu(x, BnMode::Eval)?)?;
+        Ok(match add {
+            Some(a) => (a + y)?,
+            None => y,
+        })
     }
 }
 
@@ -202,9 +238,6 @@ impl BatchNorm {
                 Ok(y)
             }
             BnMode::Eval => {
-                let host = |v: &Var| -> Result<Vec<f64>> {
-                    Ok(v.as_tensor().to_dtype(DType::F64)?.to_vec1::<f64>()?)
-                };
                 let running = ops::BatchStats {
                     mean: host(&self.running_mean)?,
                     var: host(&self.running_var)?,
@@ -212,6 +245,18 @@ impl BatchNorm {
                 Ok(ops::batch_norm_relu_eval(x, w, b, running, BN_EPS)?)
             }
         }
+    }
+
+    /// Inference mode as the per-channel map before the ReLU, x ↦ x·scale + shift, with the
+    /// values the fused kernel computes.
+    fn inference_affine(&self) -> Result<ops::batchnorm::Affine> {
+        Ok(ops::batchnorm::Affine::inference(
+            &host(&self.weight)?,
+            &host(&self.bias)?,
+            &host(&self.running_mean)?,
+            &host(&self.running_var)?,
+            BN_EPS,
+        ))
     }
 
     /// The CUDA kernels: statistics (and the running update) in one kernel, the

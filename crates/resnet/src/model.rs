@@ -96,6 +96,15 @@ pub struct Param {
     pub role: ParamRole,
 }
 
+/// How [`ResNet::walk`] runs the blocks.
+#[derive(Clone, Copy)]
+enum Pass {
+    /// Building the autograd graph, BatchNorm in this mode.
+    Graph(BnMode),
+    /// Inference mode through the fused inference kernels, keeping no graph.
+    Inference,
+}
+
 /// What the probed forward computes and keeps.
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
@@ -315,19 +324,19 @@ impl ResNet {
 
     /// Logits with the full autograd graph (training).
     pub fn forward(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
-        Ok(self.walk(self.stem(x)?, 0, mode, false, &[])?.0)
+        Ok(self.walk(self.stem(x)?, 0, Pass::Graph(mode), &[])?.0)
     }
 
     /// Inference-mode logits, keeping no graph so that memory stays bounded by one block's
     /// activations.
     pub fn infer(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.walk(self.stem(x)?, 0, BnMode::Eval, true, &[])?.0)
+        Ok(self.walk(self.stem(x)?, 0, Pass::Inference, &[])?.0)
     }
 
     /// Inference-mode logits plus the outputs of the blocks listed in `taps` (global
     /// indices), keeping no graph.
     pub fn infer_tapped(&self, x: &Tensor, taps: &[usize]) -> Result<(Tensor, Vec<Tensor>)> {
-        self.walk(self.stem(x)?, 0, BnMode::Eval, true, taps)
+        self.walk(self.stem(x)?, 0, Pass::Inference, taps)
     }
 
     /// Logits of the network run from block `start` on, given that block's input `h`
@@ -341,13 +350,15 @@ impl ResNet {
 
     /// Logits of the network continued after block `index`, given that block's output.
     pub fn forward_after(&self, index: usize, output: &Tensor, mode: BnMode) -> Result<Tensor> {
-        Ok(self.walk(output.clone(), index + 1, mode, false, &[])?.0)
+        Ok(self
+            .walk(output.clone(), index + 1, Pass::Graph(mode), &[])?
+            .0)
     }
 
     /// Like [`Self::forward_after`] in inference mode, keeping no graph.
     pub fn infer_after(&self, index: usize, output: &Tensor) -> Result<Tensor> {
         Ok(self
-            .walk(output.clone(), index + 1, BnMode::Eval, true, &[])?
+            .walk(output.clone(), index + 1, Pass::Inference, &[])?
             .0)
     }
 
@@ -357,22 +368,31 @@ impl ResNet {
         &self,
         mut h: Tensor,
         start: usize,
-        mode: BnMode,
-        detach: bool,
+        pass: Pass,
         taps: &[usize],
     ) -> Result<(Tensor, Vec<Tensor>)> {
-        let keep = |t: Tensor| if detach { t.detach() } else { t };
+        let keep = |t: Tensor| match pass {
+            Pass::Graph(_) => t,
+            Pass::Inference => t.detach(),
+        };
         let mut tapped = Vec::with_capacity(taps.len());
         h = keep(h);
         for (index, (pool, block)) in self.blocks_with_pooling().enumerate().skip(start) {
             if pool {
                 h = h.avg_pool2d(2)?;
             }
-            h = keep(block.forward(&h, mode)?);
+            h = keep(match pass {
+                Pass::Graph(mode) => block.forward(&h, mode)?,
+                Pass::Inference => block.infer(&h)?,
+            });
             if taps.contains(&index) {
                 tapped.push(h.clone());
             }
         }
+        let mode = match pass {
+            Pass::Graph(mode) => mode,
+            Pass::Inference => BnMode::Eval,
+        };
         Ok((keep(self.head.forward(&h, mode)?), tapped))
     }
 
@@ -409,7 +429,12 @@ impl ResNet {
                 residuals.push(None);
                 block.forward_skipped(&h)?
             } else {
-                let f = keep(block.residual(&h, opts.mode)?);
+                let f = if opts.gradients || opts.mode == BnMode::Train {
+                    block.residual(&h, opts.mode)?
+                } else {
+                    block.infer_residual(&h)?
+                };
+                let f = keep(f);
                 let next = (block.shortcut(&h)? + &f)?;
                 residuals.push(Some(f));
                 next

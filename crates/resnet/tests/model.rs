@@ -99,6 +99,37 @@ fn probed_plain_and_inference_forwards_agree() {
     }
 }
 
+/// Inference runs each block through the fused kernels (BatchNorm + ReLU applied as the
+/// convolution reads, the shortcut added in place): the values of the separate layers, bit
+/// for bit, for every block kind, and no graph.
+#[test]
+fn inference_kernels_equal_the_separate_layers_bit_for_bit() {
+    for (arch, dtype) in [
+        (Arch::Resnet, DType::F32),
+        (Arch::Resnet, DType::F64),
+        (Arch::Wide, DType::F32),
+        (Arch::Avgpool, DType::F32),
+    ] {
+        let model = tiny(arch, Dtypes::uniform(dtype));
+        warm(&model, dtype);
+        let (x, _) = input(3, dtype);
+        let probed = model
+            .forward_probed(&x, &ProbeOptions::eval().with_gradients())
+            .unwrap();
+        for (i, h) in probed.inputs.iter().enumerate() {
+            let block = model.block(i).unwrap();
+            let at = format!("{arch} {dtype:?} block {i}");
+            let whole = block.infer(h).unwrap();
+            let eval = block.forward(h, BnMode::Eval).unwrap();
+            assert_eq!(max_abs_diff(&whole, &eval), 0.0, "{at}");
+            let residual = block.infer_residual(h).unwrap();
+            let f = probed.residuals[i].as_ref().unwrap();
+            assert_eq!(max_abs_diff(&residual, f), 0.0, "{at}");
+            assert!(!whole.track_op() && !residual.track_op(), "{at}");
+        }
+    }
+}
+
 #[test]
 fn tapped_inference_returns_block_outputs() {
     let model = tiny(Arch::Resnet, Dtypes::uniform(DType::F32));

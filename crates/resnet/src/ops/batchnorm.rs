@@ -3,6 +3,7 @@
 //! f64), the elementwise passes run per image in parallel. ReLU lets NaN through, as
 //! PyTorch's does, so divergence stays visible.
 
+use super::outputs::par_chunks_from;
 use super::{lane_sum, lane_sum2, vectorized, Real};
 use rayon::prelude::*;
 
@@ -55,12 +56,17 @@ pub fn channel_stats<T: Real>(g: &BnGeom, x: &[T]) -> (Vec<f64>, Vec<f64>) {
 
 /// ReLU that lets NaN through, as PyTorch's does (`NaN <= 0` is false).
 #[inline(always)]
-fn relu<T: Real>(v: T) -> T {
+pub(crate) fn relu<T: Real>(v: T) -> T {
     if v <= T::zero() {
         T::zero()
     } else {
         v
     }
+}
+
+/// 1/√(σ² + ε) per channel.
+pub fn invstd(var: &[f64], eps: f64) -> Vec<f64> {
+    var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect()
 }
 
 /// BatchNorm as the per-channel map x ↦ x·scale + shift (before the ReLU), computed in f64
@@ -82,19 +88,27 @@ impl Affine {
         Self { scale, shift }
     }
 
+    /// Inference mode: the map with the running statistics.
+    pub fn inference(gamma: &[f64], beta: &[f64], mean: &[f64], var: &[f64], eps: f64) -> Self {
+        Self::new(gamma, beta, mean, &invstd(var, eps))
+    }
+
     /// Channel `ch`'s scale and shift in the tensor's type.
     #[inline(always)]
-    fn at<T: Real>(&self, ch: usize) -> (T, T) {
+    pub(crate) fn at<T: Real>(&self, ch: usize) -> (T, T) {
         (T::from_f64(self.scale[ch]), T::from_f64(self.shift[ch]))
     }
 }
 
 /// y = relu(x·scale_c + shift_c).
 pub fn scale_shift_relu<T: Real>(g: &BnGeom, x: &[T], affine: &Affine) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
-    y.par_chunks_mut(g.c * g.hw)
-        .zip(x.par_chunks(g.c * g.hw))
-        .for_each(|(y_n, x_n)| {
+    let image = g.c * g.hw;
+    par_chunks_from(
+        g.n,
+        &vec![T::zero(); image],
+        || (),
+        |_, n, y_n| {
+            let x_n = &x[n * image..(n + 1) * image];
             vectorized(
                 #[inline(always)]
                 || {
@@ -107,8 +121,8 @@ pub fn scale_shift_relu<T: Real>(g: &BnGeom, x: &[T], affine: &Affine) -> Vec<T>
                     }
                 },
             )
-        });
-    y
+        },
+    )
 }
 
 /// Saved values of the forward pass that the backward pass needs.

@@ -3,7 +3,10 @@
 //! gradient sums images in fixed chunks reduced in a fixed order, so results do not depend
 //! on thread scheduling.
 
+use super::batchnorm::{relu, Affine};
 use super::gemm::{matmul, Shape2};
+use super::outputs::par_chunks_from;
+use super::scratch::Scratch;
 use super::{lane_sum, vectorized, Real};
 use rayon::prelude::*;
 
@@ -54,10 +57,10 @@ impl ConvGeom {
     }
 }
 
-/// A zeroed per-thread scratch buffer of `len` elements, or an empty one where the path
-/// does not use it.
-fn scratch<T: Real>(used: bool, len: usize) -> Vec<T> {
-    vec![T::zero(); if used { len } else { 0 }]
+/// A scratch buffer of `len` elements (zero if `zeroed`, else overwritten by its user), or an
+/// empty one where the path does not use it.
+fn scratch<T: Real>(used: bool, len: usize, zeroed: bool) -> Scratch<T> {
+    Scratch::take(if used { len } else { 0 }, zeroed)
 }
 
 /// `out` = every `stride`-th element of `src`, from the first. Unit-stride rows of the
@@ -83,21 +86,41 @@ fn gather_row<T: Real>(out: &mut [T], src: &[T], stride: usize) {
     }
 }
 
-/// Unfolds one image (C, H, W) into `cols` (C·k·k, Ho·Wo) through `padded`, the image with
-/// its zero border (C, H + 2·pad, W + 2·pad), whose border the caller keeps zero: every
-/// patch row is then a plain strided read (the version that handled the border per row
-/// spent 40% of an 8×8 layer's forward pass in its branches and short copies).
-fn im2col<T: Real>(g: &ConvGeom, x: &[T], padded: &mut [T], cols: &mut [T]) {
+/// Writes image `x` (C, H, W) into the interior of `padded` (C, H + 2·pad, W + 2·pad), whose
+/// zero border the caller keeps; with `pre`, as relu(x·scale + shift) per channel.
+fn pad_image<T: Real>(g: &ConvGeom, x: &[T], pre: Option<&Affine>, padded: &mut [T]) {
+    let (hp, wp) = g.padded();
+    vectorized(
+        #[inline(always)]
+        || {
+            let planes = padded
+                .chunks_exact_mut(hp * wp)
+                .zip(x.chunks_exact(g.h * g.w));
+            for (c, (plane, image)) in planes.enumerate() {
+                for (iy, row) in image.chunks_exact(g.w).enumerate() {
+                    let dst = &mut plane[(iy + g.pad) * wp + g.pad..][..g.w];
+                    match pre {
+                        None => dst.copy_from_slice(row),
+                        Some(affine) => {
+                            let (a, b) = affine.at::<T>(c);
+                            for (d, &v) in dst.iter_mut().zip(row) {
+                                *d = relu(v * a + b);
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    );
+}
+
+/// Unfolds one image into `cols` (C·k·k, Ho·Wo) from `padded`, the image with its zero
+/// border ([`pad_image`]): every patch row is then a plain strided read (the version that
+/// handled the border per row spent 40% of an 8×8 layer's forward pass in its branches and
+/// short copies).
+fn im2col<T: Real>(g: &ConvGeom, padded: &[T], cols: &mut [T]) {
     let (hp, wp) = g.padded();
     let (wo, p, s) = (g.wo(), g.p(), g.stride);
-    for (plane, image) in padded
-        .chunks_exact_mut(hp * wp)
-        .zip(x.chunks_exact(g.h * g.w))
-    {
-        for (iy, row) in image.chunks_exact(g.w).enumerate() {
-            plane[(iy + g.pad) * wp + g.pad..][..g.w].copy_from_slice(row);
-        }
-    }
     vectorized(
         #[inline(always)]
         || {
@@ -197,34 +220,66 @@ fn col2im<T: Real>(g: &ConvGeom, cols: &[T], padded: &mut [T], dx: &mut [T]) {
 
 /// y (N, Co, Ho, Wo) = conv(x, w) + b.
 pub fn forward<T: Real>(g: &ConvGeom, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
+    forward_fused(g, x, None, w, b, None)
+}
+
+/// y (N, Co, Ho, Wo) = conv(pre(x), w) + b [+ add], where `pre` (if any) is an inference-mode
+/// BatchNorm + ReLU, applied as im2col reads the image, and `add` (same shape as y) is added
+/// to each image's output while it is still in cache. Inference runs a residual block as two
+/// of these instead of five passes over memory; the values are those of the separate
+/// operations, bit for bit (the same arithmetic in the same order).
+pub fn forward_fused<T: Real>(
+    g: &ConvGeom,
+    x: &[T],
+    pre: Option<&Affine>,
+    w: &[T],
+    b: &[T],
+    add: Option<&[T]>,
+) -> Vec<T> {
     let (p, kk, co) = (g.p(), g.kk(), g.co);
-    let mut y = vec![T::zero(); g.n * co * p];
-    y.par_chunks_mut(co * p).enumerate().for_each_init(
+    // A pointwise convolution reads the image itself, unless it must be mapped first.
+    let reads_image = g.pointwise() && pre.is_none();
+    // Every image's output starts as the bias, broadcast over its positions.
+    let bias: Vec<T> = b.iter().flat_map(|&v| std::iter::repeat_n(v, p)).collect();
+    par_chunks_from(
+        g.n,
+        &bias,
         || {
             let (hp, wp) = g.padded();
-            let unfolds = !g.pointwise();
-            (scratch(unfolds, g.c * hp * wp), scratch(unfolds, kk * p))
+            (
+                // The border of the padded image stays zero; the unfolded rows are written whole.
+                scratch(!reads_image, g.c * hp * wp, true),
+                scratch(!reads_image, kk * p, false),
+            )
         },
-        |(padded, cols), (n, y_n)| {
+        |(padded, cols), n, y_n| {
             let x_n = &x[n * g.image()..(n + 1) * g.image()];
-            let src: &[T] = if g.pointwise() {
+            let src: &[T] = if reads_image {
                 x_n
             } else {
-                im2col(g, x_n, padded, cols);
+                pad_image(g, x_n, pre, padded);
+                im2col(g, padded, cols);
                 cols
             };
-            for (o, row) in y_n.chunks_exact_mut(p).enumerate() {
-                row.fill(b[o]);
-            }
             let (d, l, r) = (
                 Shape2::row_major(co, p),
                 Shape2::row_major(co, kk),
                 Shape2::row_major(kk, p),
             );
             matmul(y_n, d, w, l, src, r, true);
+            if let Some(add) = add {
+                let add_n = &add[n * co * p..(n + 1) * co * p];
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (v, &a) in y_n.iter_mut().zip(add_n) {
+                            *v += a;
+                        }
+                    },
+                );
+            }
         },
-    );
-    y
+    )
 }
 
 /// The weights of the convolution that computes a stride-1 convolution's input gradient:
@@ -265,18 +320,20 @@ pub fn backward_data<T: Real>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
         return forward(&transposed, dy, &flipped(g, w), &vec![T::zero(); g.c]);
     }
     let (p, kk, co) = (g.p(), g.kk(), g.co);
-    let mut dx = vec![T::zero(); g.n * g.image()];
     let wt = Shape2::transposed(kk, co);
-    dx.par_chunks_mut(g.image()).enumerate().for_each_init(
+    par_chunks_from(
+        g.n,
+        &vec![T::zero(); g.image()],
         || {
             let (hp, wp) = g.padded();
             let unfolds = !g.pointwise();
             (
-                scratch(unfolds, kk * p),
-                scratch(unfolds, g.c * hp * wp.div_ceil(g.stride) * g.stride),
+                // The GEMM overwrites the columns; col2im clears its padded image itself.
+                scratch(unfolds, kk * p, false),
+                scratch(unfolds, g.c * hp * wp.div_ceil(g.stride) * g.stride, false),
             )
         },
-        |(dcols, padded), (n, dx_n)| {
+        |(dcols, padded), n, dx_n| {
             let dy_n = &dy[n * co * p..(n + 1) * co * p];
             // A pointwise convolution's column matrix is the image itself.
             let dst: &mut [T] = if g.pointwise() { dx_n } else { dcols };
@@ -286,8 +343,7 @@ pub fn backward_data<T: Real>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
                 col2im(g, dcols, padded, dx_n);
             }
         },
-    );
-    dx
+    )
 }
 
 /// Elements of partial weight gradients held at once, across chunks.
@@ -380,9 +436,11 @@ pub fn backward_filter<T: Real>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
         .into_par_iter()
         .map(|range| {
             let mut acc = vec![T::zero(); len];
-            let mut padded = scratch(!g.pointwise(), hp * wp * g.c);
-            let mut dy_grid = scratch(on_grid, co * g.ho() * wp);
-            let mut rows = scratch(!g.pointwise() && !on_grid, p * kk);
+            // Zero: the padded image's border and the grid's columns past Wo, which no image
+            // writes; the patch rows are written whole.
+            let mut padded = scratch(!g.pointwise(), hp * wp * g.c, true);
+            let mut dy_grid = scratch(on_grid, co * g.ho() * wp, true);
+            let mut rows = scratch(!g.pointwise() && !on_grid, p * kk, false);
             for n in range {
                 let x_n = &x[n * g.image()..(n + 1) * g.image()];
                 let dy_n = &dy[n * co * p..(n + 1) * co * p];
@@ -510,6 +568,33 @@ mod tests {
             let want = direct(&g, &x, &w, &b);
             for (a, b) in got.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-12, "{g:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn fused_forward_is_the_convolution_of_the_mapped_input_plus_the_addend() {
+        for g in geoms() {
+            let x = values(g.n * g.image(), 7);
+            let w = values(g.co * g.kk(), 8);
+            let b = values(g.co, 9);
+            let add = values(g.n * g.co * g.p(), 10);
+            let scale: Vec<f64> = (0..g.c).map(|c| 0.5 + c as f64).collect();
+            let shift: Vec<f64> = (0..g.c).map(|c| 0.25 - 0.5 * c as f64).collect();
+            let mapped: Vec<f64> = x
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let c = i / (g.h * g.w) % g.c;
+                    (v * scale[c] + shift[c]).max(0.0)
+                })
+                .collect();
+            let pre = Affine { scale, shift };
+            let got = forward_fused(&g, &x, Some(&pre), &w, &b, Some(&add));
+            let want = direct(&g, &mapped, &w, &b);
+            assert!(mapped.contains(&0.0), "the map's ReLU closes somewhere");
+            for ((a, b), s) in got.iter().zip(&want).zip(&add) {
+                assert!((a - (b + s)).abs() < 1e-12, "{g:?}");
             }
         }
     }

@@ -9,7 +9,9 @@ pub mod conv;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod gemm;
+mod outputs;
 pub mod profile;
+mod scratch;
 
 use batchnorm::{BnBackward, BnGeom};
 #[cfg(feature = "cuda")]
@@ -23,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Element types of the CPU kernels.
-pub trait Real: WithDType + Send + Sync + 'static {}
+pub trait Real: WithDType + Send + Sync + 'static + scratch::Pooled {}
 impl Real for f32 {}
 impl Real for f64 {}
 
@@ -38,11 +40,14 @@ pub fn use_reference_ops(on: bool) {
 /// Whether stepwise's convolution serves tensors like `x`: the CPU kernels in f32 and f64,
 /// cuDNN in f32 (with the `cuda` feature).
 pub fn has_kernels(x: &Tensor) -> bool {
-    if REFERENCE_ONLY.load(Ordering::Relaxed) {
-        return false;
-    }
-    let cpu = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
-    cpu || has_cuda_kernels(x)
+    has_cpu_kernels(x) || has_cuda_kernels(x)
+}
+
+/// Whether the CPU kernels serve tensors like `x`.
+pub fn has_cpu_kernels(x: &Tensor) -> bool {
+    !REFERENCE_ONLY.load(Ordering::Relaxed)
+        && x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
 /// Whether the CUDA kernels serve tensors like `x`.
@@ -156,6 +161,51 @@ fn dims4(l: &Layout) -> Result<[usize; 4]> {
 pub fn conv2d(x: &Tensor, w: &Tensor, b: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
     x.contiguous()?
         .apply_op3(&w.contiguous()?, &b.contiguous()?, Conv2d { stride, pad })
+}
+
+/// Inference on the CPU: `conv(relu(x·scale + shift), w) + b [+ add]`, the map `pre` being
+/// an inference-mode BatchNorm (see [`conv::forward_fused`]), in one pass over `x`. The
+/// result keeps no graph: nothing here has a backward pass.
+pub fn conv2d_inference(
+    x: &Tensor,
+    pre: Option<&batchnorm::Affine>,
+    (w, b): (&Tensor, &Tensor),
+    add: Option<&Tensor>,
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
+    let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
+    let add = add.map(Tensor::contiguous).transpose()?;
+    let g = Conv2d { stride, pad }.geom(x.dims4()?.into(), w.dims4()?.into())?;
+    let out = Shape::from((g.n, g.co, g.ho(), g.wo()));
+    if pre.is_some_and(|a| a.scale.len() != g.c) {
+        bail!(
+            "conv2d-inference: the input map does not have {} channels",
+            g.c
+        );
+    }
+    if add.as_ref().is_some_and(|a| a.shape() != &out) {
+        bail!("conv2d-inference: cannot add a tensor shaped other than {out:?}");
+    }
+    let tensors: Vec<&Tensor> = [&x, &w, &b].into_iter().chain(&add).collect();
+    let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+    let mut storages = Vec::with_capacity(guards.len());
+    for (storage, layout) in &guards {
+        match &**storage {
+            candle_core::Storage::Cpu(s) => storages.push((s, *layout)),
+            _ => bail!("conv2d-inference: CPU tensors only"),
+        }
+    }
+    by_dtype!("conv2d-inference", storages[0].0, |T| {
+        let views = storages
+            .iter()
+            .map(|(s, l)| slice::<T>(s, l))
+            .collect::<Result<Vec<_>>>()?;
+        let y = timed(Kernel::ConvForward, || {
+            conv::forward_fused(&g, views[0], pre, views[1], views[2], views.get(3).copied())
+        });
+        Tensor::from_vec(y, out, x.device())
+    })
 }
 
 struct Conv2d {
@@ -402,10 +452,6 @@ impl BatchNormRelu {
                 .clone(),
         }
     }
-
-    fn invstd(&self, var: &[f64]) -> Vec<f64> {
-        var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect()
-    }
 }
 
 impl CustomOp3 for BatchNormRelu {
@@ -449,7 +495,7 @@ impl CustomOp3 for BatchNormRelu {
                     &to_f64(gamma),
                     &to_f64(beta),
                     &stats.mean,
-                    &self.invstd(&stats.var),
+                    &batchnorm::invstd(&stats.var, self.eps),
                 );
                 let y = batchnorm::scale_shift_relu(&g, x, &affine);
                 Ok((T::to_cpu_storage_owned(y), xl.shape().clone()))
@@ -466,7 +512,7 @@ impl CustomOp3 for BatchNormRelu {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let stats = self.stats();
-        let (gamma, invstd) = (host_f64(gamma)?, self.invstd(&stats.var));
+        let (gamma, invstd) = (host_f64(gamma)?, batchnorm::invstd(&stats.var, self.eps));
         let saved = BnBackward {
             affine: batchnorm::Affine::new(&gamma, &host_f64(beta)?, &stats.mean, &invstd),
             gamma,
