@@ -8,7 +8,7 @@ use cifar::rng::{rng, Stream};
 use domain::{AnalysisKind, GradientKind, MetricName as M, RunSpec};
 use resnet::eval::{evaluate, grad_norm_ratio, EvalSums};
 use resnet::loss::cross_entropy_per_example;
-use resnet::{BnMode, Dtypes, ProbeOptions, ResNet};
+use resnet::{BnMode, Dtypes, ProbeOptions, Probed, ResNet};
 
 /// The summed cross-entropy, whose gradient holds every example's own gradient (BatchNorm
 /// in inference mode keeps examples independent).
@@ -29,8 +29,9 @@ fn skip_gradient(model: &ResNet, index: usize, base: &Tensor, labels: &Tensor) -
 }
 
 /// cos(F_i(h_i), ∂L/∂h_i) and ‖F_i(h_i)‖/‖h_i‖ per example and block. A projection block
-/// is measured against its shortcut output P(h_i) and the gradient there.
-pub(crate) fn cosine_and_l2(ctx: &mut Ctx) -> Result<()> {
+/// is measured against its shortcut output P(h_i) and the gradient there. With `drops`, each
+/// batch's probed forward also serves block dropping, which then needs no forward of its own.
+pub(crate) fn cosine_and_l2(ctx: &mut Ctx, mut drops: Option<&mut Drops>) -> Result<()> {
     let want_cosine = ctx.spec.wants(AnalysisKind::Cosine);
     let want_l2 = ctx.spec.wants(AnalysisKind::L2);
     let full = want_cosine && ctx.spec.gradient == GradientKind::Full;
@@ -44,6 +45,9 @@ pub(crate) fn cosine_and_l2(ctx: &mut Ctx) -> Result<()> {
     for batch in &ctx.batches {
         let (x, y) = ctx.to_device(batch)?;
         let probed = ctx.model.forward_probed(&x, &options)?;
+        if let Some(drops) = drops.as_deref_mut() {
+            drops.add(ctx.model, &probed, &y)?;
+        }
         let grads = if full {
             let g = summed_loss(&probed.logits, &y)?.backward()?;
             Some((probed.input_gradients(&g)?, probed.output_gradient(&g)?))
@@ -94,34 +98,56 @@ pub(crate) fn cosine_and_l2(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-/// Accuracy and loss with each block's residual branch skipped in turn (a projection
-/// block keeps its shortcut), nothing retrained; and the intact network's.
-pub(crate) fn dropping(ctx: &mut Ctx) -> Result<()> {
-    let n = ctx.blocks.len();
-    let mut intact = EvalSums::default();
-    let mut dropped = vec![EvalSums::default(); n];
-    for batch in &ctx.batches {
-        let (x, y) = ctx.to_device(batch)?;
-        // One pass yields every block's input; each drop then runs only what follows it.
-        let probed = ctx.model.forward_probed(&x, &ProbeOptions::eval())?;
-        intact.add(&probed.logits, &y)?;
-        for (i, sums) in dropped.iter_mut().enumerate() {
-            let block = ctx.model.block(i).expect("the layout's block");
-            let out = block.forward_skipped(&probed.inputs[i])?;
-            sums.add(&ctx.model.infer_after(i, &out)?, &y)?;
+/// Block dropping: accuracy and loss with each block's residual branch skipped in turn (a
+/// projection block keeps its shortcut), nothing retrained; and the intact network's.
+pub(crate) struct Drops {
+    intact: EvalSums,
+    dropped: Vec<EvalSums>,
+}
+
+impl Drops {
+    pub fn new(blocks: usize) -> Self {
+        Self {
+            intact: EvalSums::default(),
+            dropped: vec![EvalSums::default(); blocks],
         }
     }
-    let whole = intact.result();
-    ctx.records
-        .push(ctx.record(M::Accuracy, whole.accuracy, whole.n));
-    ctx.records.push(ctx.record(M::Loss, whole.loss, whole.n));
-    for (i, sums) in dropped.iter().enumerate() {
-        let r = sums.result();
-        let acc = ctx.at_block(ctx.record(M::DropAccuracy, r.accuracy, r.n), i);
-        let loss = ctx.at_block(ctx.record(M::DropLoss, r.loss, r.n), i);
-        ctx.records.extend([acc, loss]);
+
+    /// One batch, from its inference-mode probed forward (which yields every block's input:
+    /// each drop then runs only what follows the block).
+    fn add(&mut self, model: &ResNet, probed: &Probed, y: &Tensor) -> Result<()> {
+        self.intact.add(&probed.logits.detach(), y)?;
+        for (i, sums) in self.dropped.iter_mut().enumerate() {
+            let block = model.block(i).expect("the layout's block");
+            let out = block.forward_skipped(&probed.inputs[i].detach())?;
+            sums.add(&model.infer_after(i, &out)?, y)?;
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Runs the probed forward of every batch itself.
+    pub fn measure(mut self, ctx: &mut Ctx) -> Result<()> {
+        for batch in &ctx.batches {
+            let (x, y) = ctx.to_device(batch)?;
+            let probed = ctx.model.forward_probed(&x, &ProbeOptions::eval())?;
+            self.add(ctx.model, &probed, &y)?;
+        }
+        self.record(ctx);
+        Ok(())
+    }
+
+    pub fn record(&self, ctx: &mut Ctx) {
+        let whole = self.intact.result();
+        ctx.records
+            .push(ctx.record(M::Accuracy, whole.accuracy, whole.n));
+        ctx.records.push(ctx.record(M::Loss, whole.loss, whole.n));
+        for (i, sums) in self.dropped.iter().enumerate() {
+            let r = sums.result();
+            let acc = ctx.at_block(ctx.record(M::DropAccuracy, r.accuracy, r.n), i);
+            let loss = ctx.at_block(ctx.record(M::DropLoss, r.loss, r.n), i);
+            ctx.records.extend([acc, loss]);
+        }
+    }
 }
 
 /// The trained head at the output of every block of the last stage.

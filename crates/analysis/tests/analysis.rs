@@ -84,6 +84,39 @@ fn find(records: &[AnalysisRecord], f: impl Fn(&AnalysisRecord) -> bool) -> Vec<
     records.iter().filter(|r| f(r)).collect()
 }
 
+/// Alongside cosine and ℓ2, dropping reuses their probed forward: the same records, bit for
+/// bit, as dropping on its own.
+#[test]
+fn dropping_alongside_cosine_gives_the_records_of_dropping_alone() {
+    let (train, test) = (images(30, 1), images(30, 2));
+    let model_spec = small(2);
+    let net = model(&model_spec, DType::F32, &train);
+    let run = run_spec(model_spec);
+    let input = Input {
+        model: &net,
+        run: &run,
+        epoch: 1,
+        train: &train,
+        test: &test,
+    };
+    let alone = analyze(&input, &spec(&[AnalysisKind::Drop])).unwrap();
+    let together = analyze(
+        &input,
+        &spec(&[AnalysisKind::Cosine, AnalysisKind::L2, AnalysisKind::Drop]),
+    )
+    .unwrap();
+    let dropping = |r: &&AnalysisRecord| {
+        matches!(
+            r.name,
+            M::Accuracy | M::Loss | M::DropAccuracy | M::DropLoss
+        )
+    };
+    let want: Vec<_> = alone.records.iter().filter(dropping).collect();
+    let got: Vec<_> = together.records.iter().filter(dropping).collect();
+    assert!(want.len() > 2 * 6);
+    assert_eq!(got, want);
+}
+
 #[test]
 fn dropping_a_block_equals_the_model_rebuilt_without_it() {
     let (train, test) = (images(30, 1), images(30, 2));
