@@ -106,6 +106,7 @@ pub fn scale_shift_relu<T: Real>(g: &BnGeom, x: &[T], affine: &Affine) -> Vec<T>
     par_chunks_from(
         g.n,
         &vec![T::zero(); image],
+        &[],
         || (),
         |_, n, y_n| {
             let x_n = &x[n * image..(n + 1) * image];
@@ -185,12 +186,19 @@ pub fn backward<T: Real>(g: &BnGeom, s: &BnBackward, x: &[T], dy: &[T]) -> Vec<T
             }
         })
         .collect();
-    let mut out = vec![T::zero(); x.len() + 2 * g.c];
-    let (dx, dparams) = out.split_at_mut(x.len());
+    let dparams: Vec<T> = dgamma
+        .iter()
+        .chain(&dbeta)
+        .map(|&v| T::from_f64(v))
+        .collect();
     let image = g.c * g.hw;
-    dx.par_chunks_mut(image)
-        .zip(x.par_chunks(image).zip(dy.par_chunks(image)))
-        .for_each(|(dx_n, (x_n, dy_n))| {
+    par_chunks_from(
+        g.n,
+        &vec![T::zero(); image],
+        &dparams,
+        || (),
+        |_, n, dx_n| {
+            let (x_n, dy_n) = (&x[n * image..][..image], &dy[n * image..][..image]);
             vectorized(
                 #[inline(always)]
                 || {
@@ -204,12 +212,8 @@ pub fn backward<T: Real>(g: &BnGeom, s: &BnBackward, x: &[T], dy: &[T]) -> Vec<T
                     }
                 },
             )
-        });
-    for ch in 0..g.c {
-        dparams[ch] = T::from_f64(dgamma[ch]);
-        dparams[g.c + ch] = T::from_f64(dbeta[ch]);
-    }
-    out
+        },
+    )
 }
 
 #[cfg(test)]

@@ -244,6 +244,7 @@ pub fn forward_fused<T: Real>(
     par_chunks_from(
         g.n,
         &bias,
+        &[],
         || {
             let (hp, wp) = g.padded();
             (
@@ -324,6 +325,7 @@ pub fn backward_data<T: Real>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
     par_chunks_from(
         g.n,
         &vec![T::zero(); g.image()],
+        &[],
         || {
             let (hp, wp) = g.padded();
             let unfolds = !g.pointwise();
