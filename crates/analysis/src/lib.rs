@@ -170,12 +170,11 @@ fn analyze_frozen(input: &Input, spec: &AnalysisSpec) -> Result<Analysis> {
             records: vec![],
             notes: vec![],
         };
-        let drops = spec
+        let mut drops = spec
             .wants(AnalysisKind::Drop)
             .then(|| blocks::Drops::new(ctx.blocks.len()));
         if spec.wants(AnalysisKind::Cosine) || spec.wants(AnalysisKind::L2) {
             // Dropping rides on this pass's probed forward.
-            let mut drops = drops;
             blocks::cosine_and_l2(&mut ctx, drops.as_mut())?;
             if let Some(drops) = drops {
                 drops.record(&mut ctx);

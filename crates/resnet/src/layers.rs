@@ -34,9 +34,9 @@ fn parameter(v: &Var) -> Tensor {
     }
 }
 
-/// A per-channel vector's values on the host, in f64.
+/// A per-channel parameter's values on the host, in f64.
 fn host(v: &Var) -> Result<Vec<f64>> {
-    Ok(v.as_tensor().to_dtype(DType::F64)?.to_vec1::<f64>()?)
+    Ok(ops::host_f64(v.as_tensor())?)
 }
 
 /// Whether BatchNorm normalises with batch statistics (and updates its running ones) or
@@ -119,14 +119,7 @@ impl Conv2d {
         if ops::has_cpu_kernels(x) && weights.0.dtype() == dtype && bn.weight.dtype() == dtype {
             let pre = bn.inference_affine()?;
             let (stride, pad) = (self.stride, self.padding);
-            return Ok(ops::conv2d_inference(
-                x,
-                Some(&pre),
-                weights,
-                add,
-                stride,
-                pad,
-            )?);
+            return Ok(ops::conv2d_inference(x, &pre, weights, add, stride, pad)?);
         }
         let y = self.forward(&bn.forward_relu(x, BnMode::Eval)?)?;
         Ok(match add {

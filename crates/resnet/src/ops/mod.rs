@@ -168,7 +168,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: &Tensor, stride: usize, pad: usize) -> 
 /// result keeps no graph: nothing here has a backward pass.
 pub fn conv2d_inference(
     x: &Tensor,
-    pre: Option<&batchnorm::Affine>,
+    pre: &batchnorm::Affine,
     (w, b): (&Tensor, &Tensor),
     add: Option<&Tensor>,
     stride: usize,
@@ -178,7 +178,7 @@ pub fn conv2d_inference(
     let add = add.map(Tensor::contiguous).transpose()?;
     let g = Conv2d { stride, pad }.geom(x.dims4()?.into(), w.dims4()?.into())?;
     let out = Shape::from((g.n, g.co, g.ho(), g.wo()));
-    if pre.is_some_and(|a| a.scale.len() != g.c) {
+    if pre.scale.len() != g.c {
         bail!(
             "conv2d-inference: the input map does not have {} channels",
             g.c
@@ -202,7 +202,14 @@ pub fn conv2d_inference(
             .map(|(s, l)| slice::<T>(s, l))
             .collect::<Result<Vec<_>>>()?;
         let y = timed(Kernel::ConvForward, || {
-            conv::forward_fused(&g, views[0], pre, views[1], views[2], views.get(3).copied())
+            conv::forward_fused(
+                &g,
+                views[0],
+                Some(pre),
+                views[1],
+                views[2],
+                views.get(3).copied(),
+            )
         });
         Tensor::from_vec(y, out, x.device())
     })
@@ -437,7 +444,8 @@ fn bn_geom(l: &Layout) -> Result<BnGeom> {
     Ok(BnGeom { n, c, hw: h * w })
 }
 
-fn host_f64(t: &Tensor) -> Result<Vec<f64>> {
+/// A tensor's values on the host, flattened, in f64.
+pub(crate) fn host_f64(t: &Tensor) -> Result<Vec<f64>> {
     t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
 }
 
