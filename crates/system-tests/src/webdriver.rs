@@ -71,13 +71,24 @@ impl Drop for Driver {
     }
 }
 
+/// Sends a command; returns its `value`, or WebDriver's error as text.
+fn try_call(request: reqwest::blocking::RequestBuilder) -> Result<Value, String> {
+    let response = request
+        .send()
+        .map_err(|e| format!("chromedriver does not answer: {e}"))?;
+    let status = response.status();
+    let body: Value = response
+        .json()
+        .map_err(|e| format!("not a JSON reply from chromedriver: {e}"))?;
+    if !status.is_success() {
+        return Err(format!("WebDriver error {status}: {body}"));
+    }
+    Ok(body["value"].clone())
+}
+
 /// Sends a command; returns its `value`, panicking with WebDriver's error otherwise.
 fn call(request: reqwest::blocking::RequestBuilder) -> Value {
-    let response = request.send().expect("chromedriver answers");
-    let status = response.status();
-    let body: Value = response.json().expect("a JSON reply from chromedriver");
-    assert!(status.is_success(), "WebDriver error {status}: {body}");
-    body["value"].clone()
+    try_call(request).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// One browser session; closed when dropped.
@@ -99,18 +110,15 @@ impl Browser {
 
     /// Like `get`, but `None` for a WebDriver error (e.g. a stale element).
     fn try_get(&self, path: &str) -> Option<Value> {
-        let response = self.http.get(format!("{}{path}", self.base)).send().ok()?;
-        if !response.status().is_success() {
-            return None;
-        }
-        response
-            .json::<Value>()
-            .ok()
-            .map(|body| body["value"].clone())
+        try_call(self.http.get(format!("{}{path}", self.base))).ok()
+    }
+
+    fn try_post(&self, path: &str, body: Value) -> Result<Value, String> {
+        try_call(self.http.post(format!("{}{path}", self.base)).json(&body))
     }
 
     fn post(&self, path: &str, body: Value) -> Value {
-        call(self.http.post(format!("{}{path}", self.base)).json(&body))
+        self.try_post(path, body).unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn goto(&self, url: &str) {
@@ -134,17 +142,10 @@ impl Browser {
     }
 
     pub fn try_find(&self, css: &str) -> Option<Element<'_>> {
-        let response = self
-            .http
-            .post(format!("{}/element", self.base))
-            .json(&json!({"using": "css selector", "value": css}))
-            .send()
+        let found = self
+            .try_post("/element", json!({"using": "css selector", "value": css}))
             .ok()?;
-        if !response.status().is_success() {
-            return None;
-        }
-        let body: Value = response.json().ok()?;
-        body["value"][ELEMENT].as_str().map(|id| Element {
+        found[ELEMENT].as_str().map(|id| Element {
             browser: self,
             id: id.to_string(),
         })
@@ -159,6 +160,12 @@ impl Browser {
     /// Runs a script in the page; returns what it returns.
     pub fn execute(&self, script: &str) -> Value {
         self.post("/execute/sync", json!({"script": script, "args": []}))
+    }
+
+    /// Like `execute`, but `None` for a WebDriver error (e.g. the page is being replaced).
+    pub fn try_execute(&self, script: &str) -> Option<Value> {
+        self.try_post("/execute/sync", json!({"script": script, "args": []}))
+            .ok()
     }
 
     pub fn set_window_size(&self, width: u32, height: u32) {

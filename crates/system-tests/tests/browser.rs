@@ -185,7 +185,13 @@ fn the_dashboard_logs_in_shows_results_and_cancels_a_running_job() {
     // Cancel the running job with its button; the live part follows without a reload.
     browser.goto(&format!("{base}/runs/{}", long.id));
     wait_text(&browser, "#run-status", "running", Duration::from_secs(10));
+    // The form posts and is redirected back to the same path, so waiting for the path
+    // alone could pass before the new page loads: wait for the old document to be gone.
+    browser.execute("window.beforeCancel = true;");
     browser.find("#cancel").click();
+    wait_for("the page after the cancel", Duration::from_secs(10), || {
+        browser.try_execute("return window.beforeCancel === undefined;") == Some(json!(true))
+    });
     wait_path(&browser, &format!("/runs/{}", long.id));
     browser.execute("window.notReloaded = true;");
     wait_text(
