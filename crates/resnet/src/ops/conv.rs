@@ -187,12 +187,12 @@ fn unfold_columns<T: Real>(g: &ConvGeom, x: &[T], pre: Option<&Affine>, cols: &m
                         }
                     }
                 }
-                // The values that wrapped across a row end: columns past the image's edge.
-                for row in interior.chunks_exact_mut(w) {
-                    if kx >= pad {
-                        row[w - shift..].fill(T::zero());
-                    } else {
-                        row[..shift].fill(T::zero());
+                // The values that wrapped across a row end: columns past the image's edge,
+                // cleared column by column (a `fill` per row was a `memset` call per value).
+                let first = if kx >= pad { w - shift } else { 0 };
+                for column in first..first + shift {
+                    for v in interior[column..].iter_mut().step_by(w) {
+                        *v = T::zero();
                     }
                 }
             }
