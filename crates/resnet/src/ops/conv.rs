@@ -171,12 +171,11 @@ fn unfold_columns<T: Real>(g: &ConvGeom, x: &[T], pre: Option<&Affine>, cols: &m
                 top.fill(T::zero());
                 bottom.fill(T::zero());
                 // interior[j] = image[j + d] where that lies in the image; a shift as wide as
-                // the image leaves nothing.
+                // the image leaves nothing. The `shift` values this leaves unwritten at one
+                // end are wrapped columns, cleared below.
                 let shift = kx.abs_diff(pad).min(w);
                 let (to, from) = if kx >= pad { (0, shift) } else { (shift, 0) };
                 let len = hw - shift;
-                interior[..to].fill(T::zero());
-                interior[to + len..].fill(T::zero());
                 let (dst, src) = (&mut interior[to..][..len], &image[from..][..len]);
                 match pre {
                     None => dst.copy_from_slice(src),
