@@ -6,6 +6,7 @@ use crate::{Result, TrainError};
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 use domain::{DecayScope, TrainSpec};
+use resnet::ops::SgdStep;
 use resnet::{Param, ParamRole};
 use std::collections::HashMap;
 
@@ -77,11 +78,14 @@ impl Sgd {
             } else {
                 0.0
             };
-            #[cfg(feature = "cuda")]
-            if resnet::ops::has_cuda_kernels(value) {
-                // One fused kernel updating parameter and buffer in place.
-                let buf = &self.momentum[i];
-                resnet::ops::cuda::sgd_step(value, grad, buf, lr, momentum, decay, nesterov)?;
+            if resnet::ops::has_cpu_kernels(value) || resnet::ops::has_cuda_kernels(value) {
+                let step = SgdStep {
+                    lr,
+                    momentum,
+                    weight_decay: decay,
+                    nesterov,
+                };
+                resnet::ops::sgd_step(value, grad, &self.momentum[i], step)?;
                 continue;
             }
             let mut d = if decay > 0.0 {

@@ -12,6 +12,7 @@ mod gemm;
 mod outputs;
 pub mod profile;
 mod scratch;
+mod sgd;
 
 use batchnorm::{BnBackward, BnGeom};
 #[cfg(feature = "cuda")]
@@ -21,6 +22,7 @@ use candle_core::{
 };
 use conv::ConvGeom;
 use profile::{timed, Kernel};
+pub use sgd::{sgd_step, SgdStep};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 

@@ -1,0 +1,197 @@
+//! The SGD-momentum update in place, with PyTorch's arithmetic: d = g + wd·p,
+//! buf ← μ·buf + d, p ← p − lr·(d + μ·buf with Nesterov, else buf), or p − lr·d without
+//! momentum. On the CPU one pass over each tensor instead of six candle ops that each
+//! allocate their result (about a thousand per ResNet-56 step); on CUDA one fused kernel.
+
+use super::{slice, Real};
+use candle_core::{bail, CpuStorage, InplaceOp3, Layout, Result, Tensor};
+
+/// The hyper-parameters of one update.
+#[derive(Clone, Copy, Debug)]
+pub struct SgdStep {
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub nesterov: bool,
+}
+
+/// Updates `param` and its `momentum_buffer` from `grad` in place (the buffer only with
+/// momentum). CPU tensors of f32 or f64, or CUDA f32 with the `cuda` feature.
+pub fn sgd_step(param: &Tensor, grad: &Tensor, momentum_buffer: &Tensor, s: SgdStep) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if super::has_cuda_kernels(param) {
+        let (lr, mu, wd) = (s.lr, s.momentum, s.weight_decay);
+        return super::cuda::sgd_step(param, grad, momentum_buffer, lr, mu, wd, s.nesterov);
+    }
+    if s.momentum > 0.0 {
+        momentum_buffer.inplace_op3(grad, param, &BufferUpdate(s))?;
+    }
+    param.inplace_op3(grad, momentum_buffer, &ParamUpdate(s))
+}
+
+/// One element's new value from its old one and two others.
+trait Update {
+    fn apply<T: Real>(&self, old: T, a: T, b: T) -> T;
+}
+
+/// buf ← μ·buf + (g + wd·p): sources g, p.
+struct BufferUpdate(SgdStep);
+
+impl Update for BufferUpdate {
+    #[inline(always)]
+    fn apply<T: Real>(&self, buf: T, g: T, p: T) -> T {
+        let s = &self.0;
+        let d = g + p * T::from_f64(s.weight_decay);
+        buf * T::from_f64(s.momentum) + d
+    }
+}
+
+/// p ← p − lr·step: sources g and the already updated buffer.
+struct ParamUpdate(SgdStep);
+
+impl Update for ParamUpdate {
+    #[inline(always)]
+    fn apply<T: Real>(&self, p: T, g: T, buf: T) -> T {
+        let s = &self.0;
+        let d = g + p * T::from_f64(s.weight_decay);
+        let step = match (s.momentum > 0.0, s.nesterov) {
+            (false, _) => d,
+            (true, false) => buf,
+            (true, true) => d + buf * T::from_f64(s.momentum),
+        };
+        p - step * T::from_f64(s.lr)
+    }
+}
+
+/// `dst[i] = u(dst[i], a[i], b[i])` over contiguous tensors of one dtype.
+fn in_place(
+    u: &impl Update,
+    name: &str,
+    dst: &mut CpuStorage,
+    dl: &Layout,
+    (a, al): (&CpuStorage, &Layout),
+    (b, bl): (&CpuStorage, &Layout),
+) -> Result<()> {
+    fn run<T: Real>(u: &impl Update, dst: &mut [T], a: &[T], b: &[T]) {
+        for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
+            *d = u.apply(*d, x, y);
+        }
+    }
+    let Some((start, end)) = dl.contiguous_offsets() else {
+        bail!("{name}: the updated tensor must be contiguous");
+    };
+    let n = end - start;
+    match dst {
+        CpuStorage::F32(dst) => {
+            let (a, b) = (slice::<f32>(a, al)?, slice::<f32>(b, bl)?);
+            if a.len() != n || b.len() != n {
+                bail!("{name}: tensor sizes differ");
+            }
+            run(u, &mut dst[start..end], a, b);
+        }
+        CpuStorage::F64(dst) => {
+            let (a, b) = (slice::<f64>(a, al)?, slice::<f64>(b, bl)?);
+            if a.len() != n || b.len() != n {
+                bail!("{name}: tensor sizes differ");
+            }
+            run(u, &mut dst[start..end], a, b);
+        }
+        _ => bail!("{name}: the CPU kernels take f32 or f64"),
+    }
+    Ok(())
+}
+
+impl InplaceOp3 for BufferUpdate {
+    fn name(&self) -> &'static str {
+        "sgd-momentum-buffer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        buf: &mut CpuStorage,
+        l: &Layout,
+        g: &CpuStorage,
+        gl: &Layout,
+        p: &CpuStorage,
+        pl: &Layout,
+    ) -> Result<()> {
+        in_place(self, self.name(), buf, l, (g, gl), (p, pl))
+    }
+}
+
+impl InplaceOp3 for ParamUpdate {
+    fn name(&self) -> &'static str {
+        "sgd-parameter"
+    }
+
+    fn cpu_fwd(
+        &self,
+        p: &mut CpuStorage,
+        l: &Layout,
+        g: &CpuStorage,
+        gl: &Layout,
+        buf: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<()> {
+        in_place(self, self.name(), p, l, (g, gl), (buf, bl))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// The update as candle ops, in the same order (the path for other devices and dtypes).
+    fn composed(p: &Tensor, g: &Tensor, buf: &Tensor, s: SgdStep) -> (Tensor, Tensor) {
+        let d = (g + (p * s.weight_decay).unwrap()).unwrap();
+        if s.momentum == 0.0 {
+            return ((p - (d * s.lr).unwrap()).unwrap(), buf.clone());
+        }
+        let buf = ((buf * s.momentum).unwrap() + &d).unwrap();
+        let step = if s.nesterov {
+            (d + (&buf * s.momentum).unwrap()).unwrap()
+        } else {
+            buf.clone()
+        };
+        ((p - (step * s.lr).unwrap()).unwrap(), buf)
+    }
+
+    #[test]
+    fn updates_in_place_exactly_as_the_composed_ops() {
+        let dev = Device::Cpu;
+        let values = |seed: f32| -> Vec<f32> {
+            (0..37)
+                .map(|i| ((i as f32 * 0.37 + seed).sin()) * 2.0)
+                .collect()
+        };
+        for (momentum, nesterov) in [(0.0, false), (0.9, false), (0.9, true)] {
+            let s = SgdStep {
+                lr: 0.05,
+                momentum,
+                weight_decay: 5e-4,
+                nesterov,
+            };
+            let p = Var::new(values(0.1), &dev).unwrap();
+            let buf = Var::new(values(0.2), &dev).unwrap();
+            let (mut want_p, mut want_buf) = (
+                p.as_tensor().copy().unwrap(),
+                buf.as_tensor().copy().unwrap(),
+            );
+            for step in 0..3 {
+                let g = Tensor::new(values(step as f32), &dev).unwrap();
+                sgd_step(p.as_tensor(), &g, buf.as_tensor(), s).unwrap();
+                (want_p, want_buf) = composed(&want_p, &g, &want_buf, s);
+                let bits = |t: &Tensor| -> Vec<u32> {
+                    t.to_vec1::<f32>()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect()
+                };
+                assert_eq!(bits(p.as_tensor()), bits(&want_p), "{s:?}");
+                assert_eq!(bits(buf.as_tensor()), bits(&want_buf), "{s:?}");
+            }
+        }
+    }
+}
