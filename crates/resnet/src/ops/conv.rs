@@ -154,9 +154,9 @@ fn im2col<T: Real>(g: &ConvGeom, padded: &[T], cols: &mut [T]) {
 /// columns kx..kx + W of the zero-padded image (mapped by `pre` as in [`pad_image`]). The
 /// patch matrix of kernel row ky (rows (c, kx), columns the H·W outputs) is then this buffer
 /// read from row ky on with rows H_p·W apart, so each kernel row is one GEMM over a buffer
-/// k times smaller than im2col's. Each plane is one shifted copy of the whole image plane,
-/// not a copy per row (a call per 32-value row cost as much as the GEMM at 32×32): the
-/// shift by d = kx − pad wraps d values of each row into its neighbour, which are then zeroed.
+/// k times smaller than im2col's. Each plane is one shifted copy of the whole image plane
+/// rather than a copy call per row: the shift by d = kx − pad wraps d values of each row
+/// into its neighbour, which are then zeroed.
 fn unfold_columns<T: Real>(g: &ConvGeom, x: &[T], pre: Option<&Affine>, cols: &mut [T]) {
     let (hw, w, pad) = (g.h * g.w, g.w, g.pad);
     vectorized(
