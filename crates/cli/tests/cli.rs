@@ -5,13 +5,16 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn stepwise(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stepwise"))
-        .args(args)
+fn command(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stepwise"));
+    command
         .current_dir(dir)
-        .env("STEPWISE_DATA_DIR", dir.join("data"))
-        .output()
-        .unwrap()
+        .env("STEPWISE_DATA_DIR", dir.join("data"));
+    command
+}
+
+fn stepwise(dir: &Path, args: &[&str]) -> Output {
+    command(dir).args(args).output().unwrap()
 }
 
 fn ok(out: &Output) -> String {
@@ -440,6 +443,42 @@ fn bench_train_profiles_the_cpu_kernels() {
     let total: f64 = kernels.iter().map(|k| k["ms"].as_f64().unwrap()).sum();
     let mean_step = r["ms_per_step"].as_f64().unwrap();
     assert!(total > 0.0 && total < 3.0 * mean_step, "{out}");
+}
+
+#[test]
+fn reference_ops_from_the_environment_bypass_the_kernels() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "bench",
+        "train",
+        "--arch",
+        "resnet",
+        "--width",
+        "4",
+        "--blocks",
+        "1",
+        "--batch",
+        "4",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--profile",
+        "--json",
+    ];
+    let out = command(dir.path())
+        .env("STEPWISE_REFERENCE_OPS", "1")
+        .args(args)
+        .output()
+        .unwrap();
+    let r = json(&ok(&out));
+    let kernel_calls: u64 = r["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["calls"].as_u64().unwrap())
+        .sum();
+    assert_eq!(kernel_calls, 0, "candle's ops ran instead: {r}");
 }
 
 #[test]

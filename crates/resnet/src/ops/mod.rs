@@ -24,14 +24,17 @@ use conv::ConvGeom;
 use profile::{timed, Kernel};
 pub use sgd::{sgd_step, SgdStep};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 /// Element types of the CPU kernels.
 pub trait Real: WithDType + Send + Sync + 'static + scratch::Pooled {}
 impl Real for f32 {}
 impl Real for f64 {}
 
-static REFERENCE_ONLY: AtomicBool = AtomicBool::new(false);
+/// Set from the start by `STEPWISE_REFERENCE_OPS=1` in the environment.
+static REFERENCE_ONLY: LazyLock<AtomicBool> = LazyLock::new(|| {
+    AtomicBool::new(std::env::var("STEPWISE_REFERENCE_OPS").is_ok_and(|v| v == "1"))
+});
 
 /// Process-wide: every layer runs candle's own operations (the reference the kernels are
 /// tested against) instead of stepwise's kernels, e.g. to compare whole training runs.
