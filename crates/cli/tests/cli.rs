@@ -403,51 +403,13 @@ fn a_failed_download_reports_and_leaves_nothing() {
     assert!(left.is_empty() || left == [0], "{left:?}");
 }
 
-#[test]
-fn bench_train_profiles_the_cpu_kernels() {
+/// `stepwise bench train --profile --json` of a tiny model, optionally on candle's own ops.
+fn bench_train_profile(reference_ops: bool) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
-    let out = ok(&stepwise(
-        dir.path(),
-        &[
-            "bench",
-            "train",
-            "--arch",
-            "resnet",
-            "--width",
-            "4",
-            "--blocks",
-            "1",
-            "--batch",
-            "4",
-            "--steps",
-            "2",
-            "--warmup",
-            "1",
-            "--profile",
-            "--json",
-        ],
-    ));
-    let r = json(&out);
-    let kernels = r["kernels"].as_array().unwrap();
-    let calls = |name: &str| {
-        kernels.iter().find(|k| k["kernel"] == name).unwrap()["calls"]
-            .as_u64()
-            .unwrap()
-    };
-    // One block per stage: stem + 3·2 convolutions + 2 projections, each run forward once
-    // per step; the stem's input gradient is not needed.
-    assert_eq!(calls("conv_forward"), 9, "{out}");
-    assert_eq!(calls("conv_backward_filter"), 9, "{out}");
-    assert_eq!(calls("conv_backward_data"), 8, "{out}");
-    assert!(kernels.iter().any(|k| k["kernel"] == "other"));
-    let total: f64 = kernels.iter().map(|k| k["ms"].as_f64().unwrap()).sum();
-    let mean_step = r["ms_per_step"].as_f64().unwrap();
-    assert!(total > 0.0 && total < 3.0 * mean_step, "{out}");
-}
-
-#[test]
-fn reference_ops_from_the_environment_bypass_the_kernels() {
-    let dir = tempfile::tempdir().unwrap();
+    let mut command = command(dir.path());
+    if reference_ops {
+        command.env("STEPWISE_REFERENCE_OPS", "1");
+    }
     let args = [
         "bench",
         "train",
@@ -460,18 +422,38 @@ fn reference_ops_from_the_environment_bypass_the_kernels() {
         "--batch",
         "4",
         "--steps",
-        "1",
+        "2",
         "--warmup",
-        "0",
+        "1",
         "--profile",
         "--json",
     ];
-    let out = command(dir.path())
-        .env("STEPWISE_REFERENCE_OPS", "1")
-        .args(args)
-        .output()
-        .unwrap();
-    let r = json(&ok(&out));
+    json(&ok(&command.args(args).output().unwrap()))
+}
+
+#[test]
+fn bench_train_profiles_the_cpu_kernels() {
+    let r = bench_train_profile(false);
+    let kernels = r["kernels"].as_array().unwrap();
+    let calls = |name: &str| {
+        kernels.iter().find(|k| k["kernel"] == name).unwrap()["calls"]
+            .as_u64()
+            .unwrap()
+    };
+    // One block per stage: stem + 3·2 convolutions + 2 projections, each run forward once
+    // per step; the stem's input gradient is not needed.
+    assert_eq!(calls("conv_forward"), 9, "{r}");
+    assert_eq!(calls("conv_backward_filter"), 9, "{r}");
+    assert_eq!(calls("conv_backward_data"), 8, "{r}");
+    assert!(kernels.iter().any(|k| k["kernel"] == "other"));
+    let total: f64 = kernels.iter().map(|k| k["ms"].as_f64().unwrap()).sum();
+    let mean_step = r["ms_per_step"].as_f64().unwrap();
+    assert!(total > 0.0 && total < 3.0 * mean_step, "{r}");
+}
+
+#[test]
+fn reference_ops_from_the_environment_bypass_the_kernels() {
+    let r = bench_train_profile(true);
     let kernel_calls: u64 = r["kernels"]
         .as_array()
         .unwrap()

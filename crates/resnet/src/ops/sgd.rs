@@ -24,20 +24,26 @@ pub fn sgd_step(param: &Tensor, grad: &Tensor, momentum_buffer: &Tensor, s: SgdS
         return super::cuda::sgd_step(param, grad, momentum_buffer, lr, mu, wd, s.nesterov);
     }
     if s.momentum > 0.0 {
-        momentum_buffer.inplace_op3(grad, param, &BufferUpdate(s))?;
+        momentum_buffer.inplace_op3(grad, param, &InPlace(BufferUpdate(s)))?;
     }
-    param.inplace_op3(grad, momentum_buffer, &ParamUpdate(s))
+    param.inplace_op3(grad, momentum_buffer, &InPlace(ParamUpdate(s)))
 }
 
 /// One element's new value from its old one and two others.
 trait Update {
+    const NAME: &'static str;
     fn apply<T: Real>(&self, old: T, a: T, b: T) -> T;
 }
+
+/// An [`Update`] as a candle in-place op on its first tensor.
+struct InPlace<U>(U);
 
 /// buf ← μ·buf + (g + wd·p): sources g, p.
 struct BufferUpdate(SgdStep);
 
 impl Update for BufferUpdate {
+    const NAME: &'static str = "sgd-momentum-buffer";
+
     #[inline(always)]
     fn apply<T: Real>(&self, buf: T, g: T, p: T) -> T {
         let s = &self.0;
@@ -50,6 +56,8 @@ impl Update for BufferUpdate {
 struct ParamUpdate(SgdStep);
 
 impl Update for ParamUpdate {
+    const NAME: &'static str = "sgd-parameter";
+
     #[inline(always)]
     fn apply<T: Real>(&self, p: T, g: T, buf: T) -> T {
         let s = &self.0;
@@ -91,39 +99,21 @@ fn in_place(
     }
 }
 
-impl InplaceOp3 for BufferUpdate {
+impl<U: Update> InplaceOp3 for InPlace<U> {
     fn name(&self) -> &'static str {
-        "sgd-momentum-buffer"
+        U::NAME
     }
 
     fn cpu_fwd(
         &self,
-        buf: &mut CpuStorage,
+        dst: &mut CpuStorage,
         l: &Layout,
-        g: &CpuStorage,
-        gl: &Layout,
-        p: &CpuStorage,
-        pl: &Layout,
-    ) -> Result<()> {
-        in_place(self, self.name(), buf, l, (g, gl), (p, pl))
-    }
-}
-
-impl InplaceOp3 for ParamUpdate {
-    fn name(&self) -> &'static str {
-        "sgd-parameter"
-    }
-
-    fn cpu_fwd(
-        &self,
-        p: &mut CpuStorage,
-        l: &Layout,
-        g: &CpuStorage,
-        gl: &Layout,
-        buf: &CpuStorage,
+        a: &CpuStorage,
+        al: &Layout,
+        b: &CpuStorage,
         bl: &Layout,
     ) -> Result<()> {
-        in_place(self, self.name(), p, l, (g, gl), (buf, bl))
+        in_place(&self.0, U::NAME, dst, l, (a, al), (b, bl))
     }
 }
 
