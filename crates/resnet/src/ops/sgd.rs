@@ -72,29 +72,29 @@ impl Update for ParamUpdate {
 }
 
 /// `dst[i] = u(dst[i], a[i], b[i])` over contiguous tensors of one dtype.
-fn in_place(
-    u: &impl Update,
-    name: &str,
+fn in_place<U: Update>(
+    u: &U,
     dst: &mut CpuStorage,
     dl: &Layout,
     (a, al): (&CpuStorage, &Layout),
     (b, bl): (&CpuStorage, &Layout),
 ) -> Result<()> {
-    fn run<T: Real>(u: &impl Update, name: &str, dst: &mut [T], a: &[T], b: &[T]) -> Result<()> {
+    fn run<T: Real, U: Update>(u: &U, dst: &mut [T], a: &[T], b: &[T]) -> Result<()> {
         if a.len() != dst.len() || b.len() != dst.len() {
-            bail!("{name}: tensor sizes differ");
+            bail!("{}: tensor sizes differ", U::NAME);
         }
         for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
             *d = u.apply(*d, x, y);
         }
         Ok(())
     }
+    let name = U::NAME;
     let Some((start, end)) = dl.contiguous_offsets() else {
         bail!("{name}: the updated tensor must be contiguous");
     };
     match dst {
-        CpuStorage::F32(dst) => run(u, name, &mut dst[start..end], slice(a, al)?, slice(b, bl)?),
-        CpuStorage::F64(dst) => run(u, name, &mut dst[start..end], slice(a, al)?, slice(b, bl)?),
+        CpuStorage::F32(dst) => run(u, &mut dst[start..end], slice(a, al)?, slice(b, bl)?),
+        CpuStorage::F64(dst) => run(u, &mut dst[start..end], slice(a, al)?, slice(b, bl)?),
         _ => bail!("{name}: the CPU kernels take f32 or f64"),
     }
 }
@@ -113,7 +113,7 @@ impl<U: Update> InplaceOp3 for InPlace<U> {
         b: &CpuStorage,
         bl: &Layout,
     ) -> Result<()> {
-        in_place(&self.0, U::NAME, dst, l, (a, al), (b, bl))
+        in_place(&self.0, dst, l, (a, al), (b, bl))
     }
 }
 
