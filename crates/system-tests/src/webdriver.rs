@@ -168,6 +168,23 @@ impl Browser {
             .ok()
     }
 
+    /// Clicks the form button matching `css` and waits until the page the form posts to has
+    /// replaced this one. A click can return before the submission starts, and the next
+    /// page may have the same path (a login error, a redirect back), so neither the path nor
+    /// the next page's elements tell that it has arrived: the old document's absence does.
+    pub fn submit(&self, css: &str) {
+        self.execute("window.stepwiseBeforeSubmit = true;");
+        self.find(css).click();
+        crate::wait_for(
+            &format!("the page after submitting {css}"),
+            Duration::from_secs(10),
+            || {
+                self.try_execute("return window.stepwiseBeforeSubmit === undefined;")
+                    == Some(json!(true))
+            },
+        );
+    }
+
     pub fn set_window_size(&self, width: u32, height: u32) {
         self.post("/window/rect", json!({"width": width, "height": height}));
     }
