@@ -1,20 +1,26 @@
-//! Analysis throughput: the per-block pass (cosine and ℓ2 ratio with the full gradient, then
-//! block dropping) on random images through a freshly initialised model, as
-//! `bench/reference.py bench-analysis` times the same pass in PyTorch.
+//! Inference throughput on random images through a freshly initialised model, as
+//! `bench/reference.py` times the same passes in PyTorch: the per-block analysis (cosine and
+//! ℓ2 ratio with the full gradient, then block dropping), and evaluation (loss and accuracy,
+//! as the trainer evaluates every epoch).
 
 use crate::{analyze, Input, Result};
 use candle_core::Device;
+use cifar::batch::in_order;
 use cifar::rng::{rng, Stream};
 use cifar::{Images, IMAGE_BYTES};
 use domain::{AnalysisKind, AnalysisSpec, DataSpec, ModelSpec, Normalization, RunSpec, Split};
 use rand::Rng;
-use resnet::{Dtypes, ResNet};
+use resnet::{synchronize, Dtypes, ResNet};
 use serde::Serialize;
+use std::time::Instant;
 
 #[derive(Clone, Debug, Serialize)]
-pub struct AnalysisBench {
+pub struct PassBench {
+    /// `analysis` or `eval`.
+    pub pass: &'static str,
     pub arch: String,
     pub depth: u32,
+    pub dtype: &'static str,
     pub device: String,
     pub examples: usize,
     pub batch: usize,
@@ -24,15 +30,21 @@ pub struct AnalysisBench {
     pub repeats: usize,
 }
 
-/// Times the cosine/ℓ2/drop analysis of `examples` random images, `repeats` times after one
-/// untimed warm-up.
-pub fn bench_analysis(
+/// The images are normalised with these (uint8 pixels to about [-2, 2]).
+const NORMALIZATION: Normalization = Normalization {
+    mean: [127.5; 3],
+    std: [64.0; 3],
+};
+
+/// Times `pass` over `examples` random images `repeats` times after one untimed warm-up;
+/// `pass` returns the seconds it took.
+fn bench_pass(
+    name: &'static str,
     model: &ModelSpec,
-    examples: usize,
-    batch: usize,
-    repeats: usize,
+    (examples, batch, repeats): (usize, usize, usize),
     device: &Device,
-) -> Result<AnalysisBench> {
+    pass: impl Fn(&ResNet, &Images) -> Result<f64>,
+) -> Result<PassBench> {
     let layout = model.layout()?;
     let net = ResNet::new(
         &layout,
@@ -47,18 +59,40 @@ pub fn bench_analysis(
             .map(|_| r.random_range(0..model.classes))
             .collect(),
     };
+    let mut times = Vec::with_capacity(repeats);
+    for i in 0..=repeats {
+        let seconds = pass(&net, &images)?;
+        if i > 0 {
+            times.push(seconds);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let seconds = times[times.len() / 2];
+    Ok(PassBench {
+        pass: name,
+        arch: model.arch.to_string(),
+        depth: ModelSpec::depth_of(&layout),
+        dtype: model.dtype.as_str(),
+        device: format!("{device:?}"),
+        examples,
+        batch,
+        seconds,
+        examples_per_second: examples as f64 / seconds,
+        repeats,
+    })
+}
+
+/// Times the cosine/ℓ2/drop analysis of `examples` random images in batches of `batch`,
+/// `repeats` times after one untimed warm-up.
+pub fn bench_analysis(
+    model: &ModelSpec,
+    examples: usize,
+    batch: usize,
+    repeats: usize,
+    device: &Device,
+) -> Result<PassBench> {
     let mut run = RunSpec::new(model.clone(), DataSpec::new("random"));
-    run.data.normalization = Some(Normalization {
-        mean: [127.5; 3],
-        std: [64.0; 3],
-    });
-    let input = Input {
-        model: &net,
-        run: &run,
-        epoch: 0,
-        train: &images,
-        test: &images,
-    };
+    run.data.normalization = Some(NORMALIZATION);
     let spec = AnalysisSpec {
         metrics: vec![AnalysisKind::Cosine, AnalysisKind::L2, AnalysisKind::Drop],
         splits: vec![Split::Test],
@@ -66,23 +100,35 @@ pub fn bench_analysis(
         eval_batch: batch as u32,
         ..AnalysisSpec::default()
     };
-    let mut times = Vec::with_capacity(repeats);
-    for i in 0..=repeats {
-        let analysis = analyze(&input, &spec)?;
-        if i > 0 {
-            times.push(analysis.seconds);
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    let seconds = times[times.len() / 2];
-    Ok(AnalysisBench {
-        arch: model.arch.to_string(),
-        depth: ModelSpec::depth_of(&layout),
-        device: format!("{device:?}"),
-        examples,
-        batch,
-        seconds,
-        examples_per_second: examples as f64 / seconds,
-        repeats,
+    let sizes = (examples, batch, repeats);
+    bench_pass("analysis", model, sizes, device, |net, images| {
+        let input = Input {
+            model: net,
+            run: &run,
+            epoch: 0,
+            train: images,
+            test: images,
+        };
+        Ok(analyze(&input, &spec)?.seconds)
+    })
+}
+
+/// Times the evaluation (loss and accuracy, BatchNorm in inference mode; each batch is
+/// normalised on the host, copied to the device and its sums read back) of `examples`
+/// random images in batches of `batch`, `repeats` times after one untimed warm-up.
+pub fn bench_eval(
+    model: &ModelSpec,
+    examples: usize,
+    batch: usize,
+    repeats: usize,
+    device: &Device,
+) -> Result<PassBench> {
+    let sizes = (examples, batch, repeats);
+    bench_pass("eval", model, sizes, device, |net, images| {
+        let started = Instant::now();
+        let batches = in_order(images, &NORMALIZATION, batch).map(Into::into);
+        resnet::eval::evaluate(net, batches, &[])?;
+        synchronize(device)?;
+        Ok(started.elapsed().as_secs_f64())
     })
 }

@@ -21,6 +21,7 @@ use domain::{
     Split, Stat,
 };
 use resnet::eval::HostBatch;
+use resnet::memory::{is_out_of_memory, name_batch_if_out_of_memory, Work};
 use resnet::ResNet;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -128,7 +129,16 @@ impl Ctx<'_> {
 /// Runs the analyses `spec` asks for. Nothing here trains, so the parameters are frozen:
 /// backward passes compute the input gradients the metrics need, and no weight gradients.
 pub fn analyze(input: &Input, spec: &AnalysisSpec) -> Result<Analysis> {
-    resnet::layers::with_frozen_parameters(|| analyze_frozen(input, spec))
+    let (work, batch) = (Work::Analysis, spec.eval_batch as usize);
+    let model = input.model;
+    resnet::memory::check(work, model.layout(), model.dtypes(), batch, model.device())?;
+    resnet::layers::with_frozen_parameters(|| analyze_frozen(input, spec)).map_err(|e| match e {
+        Error::Candle(c) if is_out_of_memory(&c) => {
+            name_batch_if_out_of_memory(c.into(), work, batch).into()
+        }
+        Error::Model(e) => name_batch_if_out_of_memory(e, work, batch).into(),
+        e => e,
+    })
 }
 
 fn analyze_frozen(input: &Input, spec: &AnalysisSpec) -> Result<Analysis> {

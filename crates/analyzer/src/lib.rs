@@ -91,6 +91,9 @@ pub fn run_job(job: &JobContext<'_>) -> JobEnd {
                             AnalyzeError::OtherData { .. } | AnalyzeError::Data(_) => {
                                 FailureKind::Invalid
                             }
+                            AnalyzeError::Analysis(analysis::Error::Model(e)) if e.is_memory() => {
+                                FailureKind::Invalid
+                            }
                             _ => FailureKind::Internal,
                         };
                         JobEnd::Failed(kind, e.to_string())

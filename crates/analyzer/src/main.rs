@@ -11,6 +11,7 @@ fn main() -> anyhow::Result<()> {
     client::worker::run(
         JobKind::Analyze,
         |config| {
+            resnet::memory::set_budget(config.gpu_memory);
             resnet::candle_device(config.device)
                 .map(drop)
                 .map_err(|e| format!("STEPWISE_DEVICE: {e}"))

@@ -34,6 +34,10 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// GPU memory this process may use (e.g. `20GiB`, `12000MiB`; default: the device's
+    /// total): a batch estimated to need more is refused before work starts.
+    #[arg(long, global = true, env = "STEPWISE_GPU_MEMORY")]
+    pub gpu_memory: Option<bytesize::ByteSize>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -201,6 +205,8 @@ pub struct ModelArgs {
     /// Unshared blocks at the start of every stage (with --sharing).
     #[arg(long)]
     pub unshared: Option<u32>,
+    /// `f32`, `tf32` (f32 with TF32 tensor-core convolutions on CUDA; exactly f32 on the
+    /// CPU) or `bf16`.
     #[arg(long, value_enum)]
     pub dtype: Option<DtypeArg>,
 }
@@ -259,7 +265,7 @@ macro_rules! value_enum {
 
 value_enum!(ArchArg => Arch { Resnet, Single, Avgpool, Wide });
 value_enum!(SharingArg => Sharing { None, Naive, Ubn });
-value_enum!(DtypeArg => Precision { F32, Bf16 });
+value_enum!(DtypeArg => Precision { F32, Tf32, Bf16 });
 value_enum!(ScheduleArg => SchedulePreset { Paper, Scaled, Constant });
 value_enum!(SplitArg => Split { Train, Test });
 value_enum!(GradientArg => GradientKind { Full, Skip });
@@ -350,27 +356,37 @@ pub enum BenchCommand {
         /// Also time each CPU kernel (convolution, BatchNorm+ReLU) within the timed steps.
         #[arg(long)]
         profile: bool,
+        /// CUDA: capture forward, backward and update once as a CUDA graph and time its
+        /// replays (without the loop's reads of the loss and hits).
+        #[arg(long)]
+        cuda_graph: bool,
         #[arg(long)]
         json: bool,
     },
     /// Examples per second of the per-block analysis (cosine and ℓ2 ratio with the full
     /// gradient, block dropping) on random images through a fresh model.
-    Analyze {
-        #[command(flatten)]
-        model: ModelArgs,
-        #[arg(long, default_value_t = 1000)]
-        examples: usize,
-        /// Examples per forward pass.
-        #[arg(long, default_value_t = 250)]
-        batch: usize,
-        /// Timed repeats after one warm-up (the median is reported).
-        #[arg(long, default_value_t = 3)]
-        repeats: usize,
-        #[arg(long, default_value = "cpu")]
-        device: DeviceSpec,
-        #[arg(long)]
-        json: bool,
-    },
+    Analyze(PassBenchArgs),
+    /// Examples per second of evaluation (loss and accuracy in inference mode, batches
+    /// copied from the host as in training's per-epoch evaluation) on random images.
+    Eval(PassBenchArgs),
+}
+
+#[derive(Args)]
+pub struct PassBenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value_t = 1000)]
+    pub examples: usize,
+    /// Examples per forward pass.
+    #[arg(long, default_value_t = 250)]
+    pub batch: usize,
+    /// Timed repeats after one warm-up (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

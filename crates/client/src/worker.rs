@@ -27,6 +27,9 @@ pub struct WorkerConfig {
     pub data_dir: PathBuf,
     /// `STEPWISE_DEVICE`: `cpu` (default), `cuda` or `cuda:N`.
     pub device: DeviceSpec,
+    /// `STEPWISE_GPU_MEMORY` (e.g. `20GiB`; default: the device's total): the GPU memory
+    /// budget in bytes that batches are checked against before a job starts.
+    pub gpu_memory: Option<u64>,
     /// `STEPWISE_WORKER_NAME` (default host name and process id), shown in logs.
     pub name: String,
     /// `STEPWISE_POLL_SECS` (default 2): the wait between claims when nothing is queued.
@@ -39,6 +42,14 @@ impl WorkerConfig {
         let device = match var("STEPWISE_DEVICE") {
             Some(d) => d.parse().map_err(|e| format!("STEPWISE_DEVICE: {e}"))?,
             None => DeviceSpec::Cpu,
+        };
+        let gpu_memory = match var("STEPWISE_GPU_MEMORY") {
+            Some(m) => Some(
+                m.parse::<bytesize::ByteSize>()
+                    .map_err(|e| format!("STEPWISE_GPU_MEMORY: {e}"))?
+                    .as_u64(),
+            ),
+            None => None,
         };
         let poll = match var("STEPWISE_POLL_SECS") {
             Some(p) => p
@@ -61,6 +72,7 @@ impl WorkerConfig {
                 .map_or("checkpoints".into(), PathBuf::from),
             data_dir: var("STEPWISE_DATA_DIR").map_or("data".into(), PathBuf::from),
             device,
+            gpu_memory,
             name: var("STEPWISE_WORKER_NAME")
                 .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
             poll,

@@ -101,6 +101,9 @@ impl Sharing {
 pub enum Precision {
     #[default]
     F32,
+    /// f32 tensors whose convolutions on CUDA may use TF32 tensor cores (10-bit mantissa
+    /// products, f32 sums), as PyTorch's cuDNN does by default; exactly `f32` elsewhere.
+    Tf32,
     Bf16,
 }
 
@@ -108,6 +111,7 @@ impl Precision {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::F32 => "f32",
+            Self::Tf32 => "tf32",
             Self::Bf16 => "bf16",
         }
     }

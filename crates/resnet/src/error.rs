@@ -17,11 +17,40 @@ pub enum Error {
     StateDict(String),
     #[error("device {0}: this binary was built without CUDA (rebuild with --features cuda)")]
     NoCuda(domain::DeviceSpec),
+    #[error(
+        "{work} at batch size {batch} needs an estimated {need_mib} MiB of GPU memory, more \
+         than the budget of {budget_mib} MiB: lower {field} to {largest} or less, or raise \
+         the budget (--gpu-memory / STEPWISE_GPU_MEMORY)"
+    )]
+    MemoryBudget {
+        work: crate::memory::Work,
+        batch: usize,
+        field: &'static str,
+        need_mib: u64,
+        budget_mib: u64,
+        largest: usize,
+    },
+    #[error(
+        "the GPU ran out of memory in {work} at batch size {batch}: lower {field} (e.g. to \
+         {lower}) or free the GPU; device error: {detail}"
+    )]
+    OutOfMemory {
+        work: crate::memory::Work,
+        batch: usize,
+        field: &'static str,
+        lower: usize,
+        detail: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Whether the work does not fit the GPU's memory (or the budget) at its batch size.
+    pub fn is_memory(&self) -> bool {
+        matches!(self, Self::MemoryBudget { .. } | Self::OutOfMemory { .. })
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { path, source }

@@ -1,7 +1,8 @@
 //! Seeded host-side initialisation: candle's CPU generator cannot be seeded, so every
 //! initial value is drawn here from a ChaCha8 stream and copied to the device.
 
-use crate::Result;
+use crate::ops::ConvMath;
+use crate::{Dtypes, Result};
 use candle_core::{DType, Device, Var};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -11,14 +12,17 @@ pub struct Init<'a> {
     rng: &'a mut ChaCha8Rng,
     device: Device,
     dtype: DType,
+    conv_math: ConvMath,
 }
 
 impl<'a> Init<'a> {
-    pub fn new(rng: &'a mut ChaCha8Rng, device: &Device, dtype: DType) -> Self {
+    /// Parameters in `dtypes.params`; convolutions built with `dtypes.conv_math`.
+    pub fn new(rng: &'a mut ChaCha8Rng, device: &Device, dtypes: Dtypes) -> Self {
         Self {
             rng,
             device: device.clone(),
-            dtype,
+            dtype: dtypes.params,
+            conv_math: dtypes.conv_math,
         }
     }
 
@@ -48,5 +52,9 @@ impl<'a> Init<'a> {
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    pub fn conv_math(&self) -> ConvMath {
+        self.conv_math
     }
 }

@@ -72,6 +72,7 @@ pub struct Conv2d {
     pub bias: Var,
     stride: usize,
     padding: usize,
+    math: ops::ConvMath,
 }
 
 impl Conv2d {
@@ -88,6 +89,7 @@ impl Conv2d {
             bias: init.constant(&[c_out], 0.0)?,
             stride,
             padding: k / 2,
+            math: init.conv_math(),
         })
     }
 
@@ -97,7 +99,7 @@ impl Conv2d {
         let b = cast(&parameter(&self.bias), work)?;
         let xw = cast(x, work)?;
         let y = if ops::has_kernels(&xw) {
-            ops::conv2d(&xw, &w, &b, self.stride, self.padding)?
+            ops::conv2d(&xw, &w, &b, self.stride, self.padding, self.math)?
         } else {
             conv2d_reference(&xw, &w, &b, self.stride, self.padding)?
         };
@@ -200,10 +202,10 @@ impl BatchNorm {
     }
 
     /// `relu(bn(x))`: in these networks every BatchNorm is followed by a ReLU, so the
-    /// CPU kernels fuse the two.
+    /// kernels fuse the two. On CUDA they take f32 or bf16 activations with f32 parameters.
     pub fn forward_relu(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
-        if ops::has_cuda_kernels(x) && x.dtype() == self.weight.dtype() {
+        if ops::has_cuda_kernels(x) && self.weight.dtype() == DType::F32 {
             return self.fused_relu_cuda(x, mode);
         }
         if ops::has_kernels(x) && x.dtype() == self.weight.dtype() {

@@ -4,7 +4,8 @@
 //! - [`block`]: a residual block with `residual(h)` and `shortcut(h)` kept apart;
 //! - [`model`]: the network, its head, the probed forward exposing every h_i, F_i(h_i) and
 //!   ∂L/∂h_i, and PyTorch-style parameter naming;
-//! - [`checkpoint`]: the safetensors container, written crash-safe.
+//! - [`checkpoint`]: the safetensors container, written crash-safe;
+//! - [`memory`]: GPU memory estimates, the budget, and out-of-memory errors.
 
 pub mod allocator;
 pub mod block;
@@ -15,6 +16,7 @@ pub mod eval;
 mod init;
 pub mod layers;
 pub mod loss;
+pub mod memory;
 pub mod model;
 pub mod ops;
 

@@ -4,6 +4,7 @@
 
 use crate::block::Block;
 use crate::layers::{BatchNorm, BnMode, Conv2d, Linear};
+use crate::ops::ConvMath;
 use crate::{Error, Init, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
@@ -14,22 +15,25 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Parameter and computation dtypes: f32/f32, f32 parameters with bf16 compute, or f64
-/// throughout (tests against finite differences).
+/// throughout (tests against finite differences); and how convolutions may multiply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dtypes {
     pub params: DType,
     pub compute: DType,
+    pub conv_math: ConvMath,
 }
 
 impl Dtypes {
     pub fn for_precision(precision: Precision) -> Self {
-        let compute = match precision {
-            Precision::F32 => DType::F32,
-            Precision::Bf16 => DType::BF16,
+        let (compute, conv_math) = match precision {
+            Precision::F32 => (DType::F32, ConvMath::Exact),
+            Precision::Tf32 => (DType::F32, ConvMath::Tf32),
+            Precision::Bf16 => (DType::BF16, ConvMath::Exact),
         };
         Self {
             params: DType::F32,
             compute,
+            conv_math,
         }
     }
 
@@ -37,6 +41,7 @@ impl Dtypes {
         Self {
             params: dtype,
             compute: dtype,
+            conv_math: ConvMath::Exact,
         }
     }
 }
@@ -191,7 +196,7 @@ impl ResNet {
         device: &Device,
         dtypes: Dtypes,
     ) -> Result<Self> {
-        let mut init = Init::new(rng, device, dtypes.params);
+        let mut init = Init::new(rng, device, dtypes);
         let stem = Conv2d::new(
             &mut init,
             INPUT_CHANNELS as usize,
@@ -549,6 +554,29 @@ impl ResNet {
             })
             .sum();
         self.trainable_count() + running
+    }
+
+    /// Every BatchNorm's `num_batches_tracked`, in a fixed order (a shared BatchNorm once per
+    /// name it has).
+    pub fn batches_tracked(&self) -> Vec<i64> {
+        self.modules()
+            .iter()
+            .filter_map(|(_, m)| match m {
+                Module::Bn(bn) => Some(bn.num_batches_tracked()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Sets what [`Self::batches_tracked`] returns, in its order.
+    pub fn set_batches_tracked(&self, counts: &[i64]) {
+        let bns = self.modules().into_iter().filter_map(|(_, m)| match m {
+            Module::Bn(bn) => Some(bn),
+            _ => None,
+        });
+        for (bn, &n) in bns.zip(counts) {
+            bn.set_num_batches_tracked(n);
+        }
     }
 
     /// Parameters and buffers under PyTorch names (BatchNorm's `num_batches_tracked` as an

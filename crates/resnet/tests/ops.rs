@@ -5,7 +5,10 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use resnet::layers::conv2d_reference;
-use resnet::ops::{self, BatchStats};
+use resnet::ops::{self, BatchStats, ConvMath};
+
+/// The CPU kernels compute exactly whatever the math (TF32 is for CUDA).
+const EXACT: ConvMath = ConvMath::Exact;
 
 fn random(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
     let mut r = ChaCha8Rng::seed_from_u64(seed);
@@ -57,7 +60,15 @@ fn convolution_matches_candle_forward_and_backward() {
         let x = Var::from_tensor(&random(&xs, i as u64, DType::F32)).unwrap();
         let w = Var::from_tensor(&random(&ws, 100 + i as u64, DType::F32)).unwrap();
         let b = Var::from_tensor(&random(&[ws[0]], 200 + i as u64, DType::F32)).unwrap();
-        let ours = ops::conv2d(x.as_tensor(), w.as_tensor(), b.as_tensor(), stride, pad).unwrap();
+        let ours = ops::conv2d(
+            x.as_tensor(),
+            w.as_tensor(),
+            b.as_tensor(),
+            stride,
+            pad,
+            EXACT,
+        )
+        .unwrap();
         let theirs =
             conv2d_reference(x.as_tensor(), w.as_tensor(), b.as_tensor(), stride, pad).unwrap();
         assert_eq!(ours.dims(), theirs.dims());
@@ -221,8 +232,9 @@ fn kernels_match_finite_differences_in_f64() {
     let w = random(&[5, 4, 3, 3], 2, DType::F64);
     let b = random(&[5], 3, DType::F64);
     let up = random(&[3, 5, 3, 3], 4, DType::F64);
-    let conv =
-        |x: &Tensor, w: &Tensor, b: &Tensor| (ops::conv2d(x, w, b, 2, 1).unwrap() * &up).unwrap();
+    let conv = |x: &Tensor, w: &Tensor, b: &Tensor| {
+        (ops::conv2d(x, w, b, 2, 1, EXACT).unwrap() * &up).unwrap()
+    };
     check_gradients(&conv, [&x, &w, &b], 5);
 
     let gamma = (random(&[4], 8, DType::F64) + 1.5).unwrap();
@@ -240,7 +252,7 @@ fn kernels_are_deterministic() {
     let w = random(&[8, 8, 3, 3], 2, DType::F32);
     let b = random(&[8], 3, DType::F32);
     let run = || {
-        let y = ops::conv2d(x.as_tensor(), &w, &b, 1, 1).unwrap();
+        let y = ops::conv2d(x.as_tensor(), &w, &b, 1, 1, EXACT).unwrap();
         let (z, _) = ops::batch_norm_relu_train(&y, &b, &b, 1e-5).unwrap();
         let grads = z.sum_all().unwrap().backward().unwrap();
         grads

@@ -7,6 +7,7 @@ use cifar::rng::{rng, Stream};
 use domain::{ModelSpec, TrainSpec};
 use rand::Rng;
 use rand_distr::StandardNormal;
+use resnet::memory::Work;
 use resnet::ops::profile::{self, KernelTime};
 use resnet::{synchronize, Dtypes, ResNet};
 use serde::Serialize;
@@ -27,20 +28,36 @@ pub struct BenchResult {
     pub min_ms: f64,
     pub max_ms: f64,
     pub trainable_params: usize,
+    /// Whether the timed steps were replays of a CUDA graph.
+    pub cuda_graph: bool,
+    /// [`resnet::memory::estimate`] of the step's peak GPU memory, for comparison with the
+    /// driver's figure.
+    pub estimated_gpu_peak_mib: u64,
     /// With profiling: each CPU kernel's mean time and calls per timed step; the rest of
     /// the step (candle's own ops, autograd, the optimizer) is `other`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernels: Option<Vec<KernelTime>>,
 }
 
-/// Times `steps` training steps (forward, backward, SGD update) after `warmup` untimed ones;
-/// with `profile`, also the CPU kernels within them.
+/// How a timed step runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StepMode {
+    /// The training loop's own step (which reads the loss and the hits back).
+    #[default]
+    Loop,
+    /// Each CPU kernel timed as well.
+    Profiled,
+    /// The trainer's step on CUDA: captured once as a CUDA graph and replayed.
+    CudaGraph,
+}
+
+/// Times `steps` training steps (forward, backward, SGD update) after `warmup` untimed ones.
 pub fn bench_train(
     spec: &ModelSpec,
     batch: usize,
     warmup: usize,
     steps: usize,
-    profile: bool,
+    mode: StepMode,
     device: &Device,
 ) -> Result<BenchResult> {
     let layout = spec.layout()?;
@@ -50,6 +67,7 @@ pub fn bench_train(
         device,
         Dtypes::for_precision(spec.dtype),
     )?;
+    resnet::memory::check(Work::Training, &layout, model.dtypes(), batch, device)?;
     let mut optimizer = Sgd::new(
         model.parameters(),
         SgdConfig::from_spec(&TrainSpec::default()),
@@ -63,19 +81,28 @@ pub fn bench_train(
         .collect();
     let x = Tensor::from_vec(pixels, (batch, 3, 32, 32), device)?;
     let y = Tensor::from_vec(labels, batch, device)?;
-    let mut times = Vec::with_capacity(steps);
-    for i in 0..warmup + steps {
-        if i == warmup {
-            profile::enable(profile);
+    let sizes = (warmup, steps);
+    let mut times = match mode {
+        // The trainer's graph steps: the second full batch is captured, so at least two run
+        // untimed.
+        #[cfg(feature = "cuda")]
+        StepMode::CudaGraph => {
+            let mut graph_steps = crate::graph_step::GraphSteps::new();
+            let step = || graph_steps.step(&model, &mut optimizer, (&x, &y), 0.01);
+            timed_steps(step, device, (warmup.max(2), steps), mode)
         }
-        let started = Instant::now();
-        train_step(&model, &mut optimizer, &x, &y, 0.01)?;
-        synchronize(device)?;
-        if i >= warmup {
-            times.push(started.elapsed().as_secs_f64() * 1e3);
+        #[cfg(not(feature = "cuda"))]
+        StepMode::CudaGraph => Err(candle_core::Error::Msg(
+            "CUDA graphs need a build with the cuda feature".into(),
+        )
+        .into()),
+        _ => {
+            let step = || train_step(&model, &mut optimizer, &x, &y, 0.01);
+            timed_steps(step, device, sizes, mode)
         }
     }
-    let kernels = profile.then(|| per_step(profile::take(), &times));
+    .map_err(|e| e.name_batch_if_out_of_memory(batch))?;
+    let kernels = (mode == StepMode::Profiled).then(|| per_step(profile::take(), &times));
     profile::enable(false);
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
@@ -92,8 +119,38 @@ pub fn bench_train(
         min_ms: times[0],
         max_ms: times[times.len() - 1],
         trainable_params: model.trainable_count(),
+        cuda_graph: mode == StepMode::CudaGraph,
+        estimated_gpu_peak_mib: resnet::memory::estimate(
+            Work::Training,
+            &layout,
+            model.dtypes(),
+            batch,
+        ) >> 20,
         kernels,
     })
+}
+
+/// Milliseconds of each of `steps` calls of `step` after `warmup` untimed ones, the device
+/// synchronised after each; the timed ones profiled in [`StepMode::Profiled`].
+fn timed_steps(
+    mut step: impl FnMut() -> Result<(f64, usize)>,
+    device: &Device,
+    (warmup, steps): (usize, usize),
+    mode: StepMode,
+) -> Result<Vec<f64>> {
+    let mut times = Vec::with_capacity(steps);
+    for i in 0..warmup + steps {
+        if i == warmup {
+            profile::enable(mode == StepMode::Profiled);
+        }
+        let started = Instant::now();
+        step()?;
+        synchronize(device)?;
+        if i >= warmup {
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(times)
 }
 
 /// Kernel totals over the timed steps as means per step, plus the rest of the step.

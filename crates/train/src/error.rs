@@ -34,3 +34,18 @@ pub enum TrainError {
 }
 
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+impl TrainError {
+    /// Names the batch size to lower when `self` is the GPU running out of memory in a
+    /// training step at `batch`.
+    pub(crate) fn name_batch_if_out_of_memory(self, batch: usize) -> Self {
+        use resnet::memory::{is_out_of_memory, name_batch_if_out_of_memory, Work};
+        match self {
+            Self::Candle(c) if is_out_of_memory(&c) => {
+                name_batch_if_out_of_memory(c.into(), Work::Training, batch).into()
+            }
+            Self::Model(e) => name_batch_if_out_of_memory(e, Work::Training, batch).into(),
+            e => e,
+        }
+    }
+}

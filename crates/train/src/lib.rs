@@ -6,6 +6,8 @@ pub mod bench;
 mod checkpoints;
 mod error;
 mod events;
+#[cfg(feature = "cuda")]
+mod graph_step;
 mod optim;
 pub mod selftest;
 mod state;

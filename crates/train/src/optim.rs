@@ -6,7 +6,7 @@ use crate::{Result, TrainError};
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 use domain::{DecayScope, TrainSpec};
-use resnet::ops::SgdStep;
+use resnet::ops::{OnDevice, SgdStep, SgdUpdate};
 use resnet::{Param, ParamRole};
 use std::collections::HashMap;
 
@@ -62,12 +62,27 @@ impl Sgd {
 
     /// One update with learning rate `lr`; parameters without a gradient are left alone.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.update(grads, lr, None)
+    }
+
+    /// One update whose learning rate and finiteness check the kernel reads from device
+    /// memory when it runs (see [`OnDevice`]), as a captured CUDA graph replays it. Every
+    /// parameter must be served by the CUDA kernel.
+    pub fn step_on_device(&mut self, grads: &GradStore, on_device: OnDevice) -> Result<()> {
+        self.update(grads, 0.0, Some(on_device))
+    }
+
+    fn update(&mut self, grads: &GradStore, lr: f64, on_device: Option<OnDevice>) -> Result<()> {
         let SgdConfig {
             momentum,
             nesterov,
             weight_decay,
             ..
         } = self.config;
+        // Kernel-served parameters are updated together (one CUDA launch per 32 tensors).
+        let mut updates = Vec::with_capacity(self.params.len());
+        // New momentum buffers of the other parameters (candle ops), stored after the loop.
+        let mut buffers = vec![];
         for (i, p) in self.params.iter().enumerate() {
             let Some(grad) = grads.get(p.var.as_tensor()) else {
                 continue;
@@ -78,15 +93,26 @@ impl Sgd {
             } else {
                 0.0
             };
-            if resnet::ops::has_cpu_kernels(value) || resnet::ops::has_cuda_kernels(value) {
-                let step = SgdStep {
-                    lr,
-                    momentum,
-                    weight_decay: decay,
-                    nesterov,
-                };
-                resnet::ops::sgd_step(value, grad, &self.momentum[i], step)?;
+            if resnet::ops::sgd_serves(value) {
+                updates.push(SgdUpdate {
+                    param: value,
+                    grad,
+                    momentum_buffer: &self.momentum[i],
+                    step: SgdStep {
+                        lr,
+                        momentum,
+                        weight_decay: decay,
+                        nesterov,
+                    },
+                });
                 continue;
+            }
+            if on_device.is_some() {
+                return Err(candle_core::Error::Msg(format!(
+                    "{}: a device-side update needs CUDA f32 parameters",
+                    p.name
+                ))
+                .into());
             }
             let mut d = if decay > 0.0 {
                 (grad + (value * decay)?)?
@@ -100,9 +126,13 @@ impl Sgd {
                 } else {
                     buf.clone()
                 };
-                self.momentum[i] = buf;
+                buffers.push((i, buf));
             }
             p.var.set(&(value - (d * lr)?)?)?;
+        }
+        resnet::ops::sgd_step(&updates, on_device)?;
+        for (i, buf) in buffers {
+            self.momentum[i] = buf;
         }
         Ok(())
     }

@@ -5,16 +5,21 @@
 //! Errors are compared as `max |device − cpu| / max |cpu|` over a tensor, so that values
 //! near zero do not dominate. Tolerances are for f32 with different summation orders:
 //! 1e-4 for single ops, 2e-3 for a whole network (errors compound through 8 layers and
-//! ReLU boundaries), 1e-5 for the elementwise SGD update.
+//! ReLU boundaries), 1e-5 for the elementwise SGD update. TF32 convolutions round each
+//! factor to 11 significant bits (2⁻¹¹ ≈ 4.9e-4 relative): 1e-2 per op and 5e-2 for the
+//! network, loose enough for that rounding and tight enough to catch a wrong result. bf16
+//! stores 8 significant bits (2⁻⁹ ≈ 2e-3 per rounding): 2e-2 per op (inputs rounded to bf16
+//! on both devices, the CPU computing in f32) and 1e-1 for the network.
 
 use crate::{Result, Sgd, SgdConfig};
 use candle_core::{DType, Device, Tensor, Var};
 use cifar::rng::{rng, Stream};
-use domain::{ModelSpec, TrainSpec};
+use domain::{ModelSpec, Precision, TrainSpec};
 use rand::Rng;
 use rand_distr::StandardNormal;
 use resnet::layers::{BatchNorm, BnMode};
 use resnet::loss::cross_entropy;
+use resnet::ops::ConvMath;
 use resnet::{ops, Dtypes, Init, ResNet};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -22,6 +27,33 @@ use std::collections::HashMap;
 const OP_TOLERANCE: f64 = 1e-4;
 const MODEL_TOLERANCE: f64 = 2e-3;
 const SGD_TOLERANCE: f64 = 1e-5;
+const TF32_OP_TOLERANCE: f64 = 1e-2;
+const TF32_MODEL_TOLERANCE: f64 = 5e-2;
+const BF16_OP_TOLERANCE: f64 = 2e-2;
+const BF16_MODEL_TOLERANCE: f64 = 1e-1;
+
+/// An f32 tensor as an op check in `precision` takes it: on the device in the activation
+/// dtype; for the CPU reference (and on a CPU device, whose ops take bf16 only inside a
+/// model) in f32, with the same values.
+fn in_precision(t: Tensor, precision: Precision, reference: bool) -> Result<Tensor> {
+    let reference = reference || t.device().is_cpu();
+    Ok(match (precision, reference) {
+        (Precision::Bf16, false) => t.to_dtype(DType::BF16)?,
+        (Precision::Bf16, true) => t.to_dtype(DType::BF16)?.to_dtype(DType::F32)?,
+        _ => t,
+    })
+}
+
+/// A random op input in `precision` (see [`in_precision`]).
+fn op_input(
+    shape: &[usize],
+    seed: u64,
+    dev: &Device,
+    precision: Precision,
+    reference: bool,
+) -> Result<Tensor> {
+    in_precision(random(shape, seed, dev)?, precision, reference)
+}
 
 /// One comparison.
 #[derive(Clone, Debug, Serialize)]
@@ -75,8 +107,21 @@ fn compare_at_scale(
 }
 
 /// Convolutions of every kind the models use (3×3 stride 1 and 2, 1×1 projection), small
-/// and at the shapes of ResNet's first downsampling block.
+/// and at the shapes of ResNet's first downsampling block, in f32, TF32 and bf16 (the CPU
+/// computes in f32 throughout).
 fn conv_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
+    for precision in [Precision::F32, Precision::Tf32, Precision::Bf16] {
+        conv_checks_in(precision, device, out)?;
+    }
+    Ok(())
+}
+
+fn conv_checks_in(precision: Precision, device: &Device, out: &mut Vec<Check>) -> Result<()> {
+    let (math, tolerance) = match precision {
+        Precision::F32 => (ConvMath::Exact, OP_TOLERANCE),
+        Precision::Tf32 => (ConvMath::Tf32, TF32_OP_TOLERANCE),
+        Precision::Bf16 => (ConvMath::Exact, BF16_OP_TOLERANCE),
+    };
     for (n, c, size, co, k, stride) in [
         (4, 8, 16, 16, 3, 1),
         (4, 8, 16, 16, 3, 2),
@@ -84,17 +129,18 @@ fn conv_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
         (32, 16, 32, 32, 3, 2),
         (32, 16, 32, 32, 1, 2),
     ] {
-        let run = |dev: &Device| -> Result<Vec<Tensor>> {
-            let x = Var::from_tensor(&random(&[n, c, size, size], 1, dev)?)?;
-            let w = Var::from_tensor(&random(&[co, c, k, k], 2, dev)?)?;
-            let b = Var::from_tensor(&random(&[co], 3, dev)?)?;
-            let y = ops::conv2d(&x, &w, &b, stride, k / 2)?;
-            let r = random(y.dims(), 4, dev)?;
+        let run = |dev: &Device, reference: bool| -> Result<Vec<Tensor>> {
+            let input = |shape: &[usize], seed| op_input(shape, seed, dev, precision, reference);
+            let x = Var::from_tensor(&input(&[n, c, size, size], 1)?)?;
+            let w = Var::from_tensor(&input(&[co, c, k, k], 2)?)?;
+            let b = Var::from_tensor(&input(&[co], 3)?)?;
+            let y = ops::conv2d(&x, &w, &b, stride, k / 2, math)?;
+            let r = input(y.dims(), 4)?;
             let grads = (&y * &r)?.sum_all()?.backward()?;
             let grad = |v: &Var| grads.get(v).cloned().expect("all inputs need gradients");
             Ok(vec![y.clone(), grad(&x), grad(&w), grad(&b)])
         };
-        let (cpu, dev) = (run(&Device::Cpu)?, run(device)?);
+        let (cpu, dev) = (run(&Device::Cpu, true)?, run(device, false)?);
         for (i, part) in [
             "forward",
             "input gradient",
@@ -104,34 +150,54 @@ fn conv_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
         .iter()
         .enumerate()
         {
-            let name = format!("conv {n}x{c}x{size}² → {co}, {k}x{k} stride {stride}: {part}");
-            out.push(compare(&name, &dev[i], &cpu[i], OP_TOLERANCE)?);
+            let name = format!(
+                "conv {} {n}x{c}x{size}² → {co}, {k}x{k} stride {stride}: {part}",
+                precision.as_str()
+            );
+            out.push(compare(&name, &dev[i], &cpu[i], tolerance)?);
         }
     }
     Ok(())
 }
 
 /// BatchNorm+ReLU in both modes, at a small shape and at one whose per-channel reductions
-/// are split over several blocks: output, gradients, running statistics.
+/// are split over several blocks: output, gradients, running statistics; with f32 and bf16
+/// activations (parameters f32).
 fn batch_norm_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
+    for (precision, tolerance) in [
+        (Precision::F32, OP_TOLERANCE),
+        (Precision::Bf16, BF16_OP_TOLERANCE),
+    ] {
+        batch_norm_checks_in(precision, tolerance, device, out)?;
+    }
+    Ok(())
+}
+
+fn batch_norm_checks_in(
+    precision: Precision,
+    tolerance: f64,
+    device: &Device,
+    out: &mut Vec<Check>,
+) -> Result<()> {
     for (shape, mode) in [
         ([4, 8, 8, 8], BnMode::Train),
         ([4, 8, 8, 8], BnMode::Eval),
         ([64, 8, 32, 32], BnMode::Train),
         ([64, 8, 32, 32], BnMode::Eval),
     ] {
-        let run = |dev: &Device| -> Result<Vec<Tensor>> {
+        let run = |dev: &Device, reference: bool| -> Result<Vec<Tensor>> {
             let mut r = rng(0, Stream::Init, 0, 0);
-            let mut init = Init::new(&mut r, dev, DType::F32);
+            let mut init = Init::new(&mut r, dev, Dtypes::uniform(DType::F32));
             let bn = BatchNorm::new(&mut init, 8, 1.0)?;
             bn.weight.set(&(random(&[8], 5, dev)?.abs()? + 0.5)?)?;
             bn.bias.set(&random(&[8], 6, dev)?)?;
             bn.running_mean.set(&random(&[8], 7, dev)?)?;
             bn.running_var.set(&(random(&[8], 8, dev)?.abs()? + 0.5)?)?;
             // Shifted and scaled, so that the statistics are not trivially 0 and 1.
-            let x = Var::from_tensor(&((random(&shape, 9, dev)? * 3.0)? + 2.0)?)?;
+            let x = ((random(&shape, 9, dev)? * 3.0)? + 2.0)?;
+            let x = Var::from_tensor(&in_precision(x, precision, reference)?)?;
             let y = bn.forward_relu(&x, mode)?;
-            let r = random(y.dims(), 10, dev)?;
+            let r = op_input(y.dims(), 10, dev, precision, reference)?;
             let grads = (&y * &r)?.sum_all()?.backward()?;
             let grad = |v: &Var| grads.get(v).cloned().expect("all inputs need gradients");
             Ok(vec![
@@ -143,7 +209,7 @@ fn batch_norm_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
                 bn.running_var.as_tensor().clone(),
             ])
         };
-        let (cpu, dev) = (run(&Device::Cpu)?, run(device)?);
+        let (cpu, dev) = (run(&Device::Cpu, true)?, run(device, false)?);
         let parts = [
             "forward",
             "input gradient",
@@ -153,17 +219,19 @@ fn batch_norm_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
             "running variance",
         ];
         for (i, part) in parts.iter().enumerate() {
-            let name = format!("batch-norm+relu {shape:?} {mode:?}: {part}");
-            out.push(compare(&name, &dev[i], &cpu[i], OP_TOLERANCE)?);
+            let name = format!(
+                "batch-norm+relu {} {shape:?} {mode:?}: {part}",
+                precision.as_str()
+            );
+            out.push(compare(&name, &dev[i], &cpu[i], tolerance)?);
         }
     }
     Ok(())
 }
 
-/// A narrow ResNet-8 with the same weights on both devices: logits, loss and every
-/// parameter's gradient in training mode, logits in inference mode, then one SGD step.
-fn model_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
-    let spec = ModelSpec {
+/// The narrow ResNet-8 of the model checks.
+fn resnet8(precision: Precision) -> ModelSpec {
+    ModelSpec {
         arch: domain::Arch::Resnet,
         depth: Some(8),
         classes: 10,
@@ -171,8 +239,26 @@ fn model_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
         blocks: None,
         sharing: domain::Sharing::None,
         unshared_blocks: 0,
-        dtype: domain::Precision::F32,
-    };
+        dtype: precision,
+    }
+}
+
+/// A narrow ResNet-8 with the same weights on both devices: logits, loss and every
+/// parameter's gradient in training mode, logits in inference mode, then one SGD step; in
+/// f32, TF32 (against the CPU's f32) and bf16 (against the CPU's bf16 model).
+fn model_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
+    model_checks_in(Precision::F32, MODEL_TOLERANCE, device, out)?;
+    model_checks_in(Precision::Tf32, TF32_MODEL_TOLERANCE, device, out)?;
+    model_checks_in(Precision::Bf16, BF16_MODEL_TOLERANCE, device, out)
+}
+
+fn model_checks_in(
+    precision: Precision,
+    tolerance: f64,
+    device: &Device,
+    out: &mut Vec<Check>,
+) -> Result<()> {
+    let spec = resnet8(precision);
     let layout = spec.layout()?;
     let build = |dev: &Device| -> Result<ResNet> {
         Ok(ResNet::new(
@@ -217,6 +303,21 @@ fn model_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
     };
     let (cpu_out, cpu_tensors) = step(&cpu_model, &Device::Cpu)?;
     let (dev_out, dev_tensors) = step(&dev_model, device)?;
+    // bf16 rounds every activation to 8 significant bits, which through BatchNorm's backward
+    // (differences of means) moves gradients far more than any op's own error: on the CPU
+    // alone, this model's bf16 gradients differ from its f32 ones by up to 0.27 (measured as
+    // below). So in bf16 a tensor may differ from the CPU's bf16 by twice what bf16 costs the
+    // CPU on it (its distance from the CPU's f32), where that exceeds the tolerance.
+    let f32_tensors = match precision {
+        Precision::Bf16 => {
+            let f32_layout = resnet8(Precision::F32).layout()?;
+            let mut r = rng(0, Stream::Init, 0, 0);
+            let f32_dtypes = Dtypes::for_precision(Precision::F32);
+            let f32_model = ResNet::new(&f32_layout, &mut r, &Device::Cpu, f32_dtypes)?;
+            Some(step(&f32_model, &Device::Cpu)?.1)
+        }
+        _ => None,
+    };
     for (i, part) in [
         "logits (train mode)",
         "loss",
@@ -225,14 +326,19 @@ fn model_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
     .iter()
     .enumerate()
     {
-        let name = format!("resnet-8: {part}");
-        out.push(compare(&name, &dev_out[i], &cpu_out[i], MODEL_TOLERANCE)?);
+        let name = format!("resnet-8 {}: {part}", precision.as_str());
+        out.push(compare(&name, &dev_out[i], &cpu_out[i], tolerance)?);
     }
     let names: Vec<String> = cpu_model.parameters().into_iter().map(|p| p.name).collect();
     let n = names.len();
     // Every conv bias has a zero gradient in exact arithmetic (a training-mode BatchNorm
     // follows each on every path), so errors are taken relative to at least a thousandth
-    // of the largest value of the whole set.
+    // of the largest value of the whole set; a hundredth in bf16, whose rounding noise in
+    // those zero sums measured 7e-4 of the largest gradient on an H200.
+    let floor = match precision {
+        Precision::Bf16 => 1e-2,
+        _ => 1e-3,
+    };
     let worst = |range: std::ops::Range<usize>, what: &str, tol: f64| -> Result<Check> {
         let mut largest = 0.0f64;
         for t in &cpu_tensors[range.clone()] {
@@ -240,20 +346,27 @@ fn model_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
         }
         let mut checks = vec![];
         for i in range {
-            let name = format!("resnet-8: {what} {}", names[i % n]);
+            let name = format!("resnet-8 {}: {what} {}", precision.as_str(), names[i % n]);
             let (got, want) = (&dev_tensors[i], &cpu_tensors[i]);
-            checks.push(compare_at_scale(&name, got, want, 1e-3 * largest, tol)?);
+            let tol = match &f32_tensors {
+                Some(exact) => {
+                    let cost = compare_at_scale("", want, &exact[i], floor * largest, tol)?;
+                    tol.max(2.0 * cost.error)
+                }
+                None => tol,
+            };
+            checks.push(compare_at_scale(&name, got, want, floor * largest, tol)?);
         }
         Ok(checks
             .into_iter()
             .max_by(|a, b| (a.error / a.tolerance).total_cmp(&(b.error / b.tolerance)))
             .expect("the model has parameters"))
     };
-    out.push(worst(0..n, "worst gradient:", MODEL_TOLERANCE)?);
+    out.push(worst(0..n, "worst gradient:", tolerance)?);
     out.push(worst(
         n..2 * n,
         "worst parameter after one SGD step:",
-        MODEL_TOLERANCE,
+        tolerance,
     )?);
     Ok(())
 }
@@ -293,12 +406,106 @@ fn sgd_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
     Ok(())
 }
 
-/// Every op check of the device against the CPU.
+/// The trainer's step as a CUDA graph against its loop step on the same device: one
+/// ResNet-8, twice from the same weights, four steps on four batches with the learning rate
+/// changing every step (the first step runs eagerly, the second is captured, two replay);
+/// then losses, hits and the whole state (parameters, running statistics, batch counters).
+/// The same kernels run in both, so they agree to rounding or exactly.
+#[cfg(feature = "cuda")]
+fn graph_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
+    use crate::graph_step::GraphSteps;
+    use crate::trainer::train_step;
+    if !device.is_cuda() {
+        return Ok(());
+    }
+    let layout = resnet8(Precision::F32).layout()?;
+    let build = || -> Result<(ResNet, Sgd)> {
+        let mut r = rng(0, Stream::Init, 0, 0);
+        let model = ResNet::new(
+            &layout,
+            &mut r,
+            device,
+            Dtypes::for_precision(Precision::F32),
+        )?;
+        let sgd = Sgd::new(
+            model.parameters(),
+            SgdConfig::from_spec(&TrainSpec::default()),
+        )?;
+        Ok((model, sgd))
+    };
+    let ((looped, mut loop_sgd), (graphed, mut graph_sgd)) = (build()?, build()?);
+    let mut graph = GraphSteps::new();
+    let (mut loop_out, mut graph_out) = (vec![], vec![]);
+    for k in 0..4u64 {
+        let x = random(&[16, 3, 32, 32], 20 + k, device)?;
+        let labels: Vec<u32> = (0..16u32).map(|i| (i * 7 + k as u32) % 10).collect();
+        let y = Tensor::from_vec(labels, 16, device)?;
+        let lr = 0.1 / (k + 1) as f64;
+        let (loss, hits) = train_step(&looped, &mut loop_sgd, &x, &y, lr)?;
+        loop_out.extend([loss, hits as f64]);
+        let (loss, hits) = graph.step(&graphed, &mut graph_sgd, (&x, &y), lr)?;
+        graph_out.extend([loss, hits as f64]);
+    }
+    let as_tensor = |v: Vec<f64>| Tensor::new(v, &Device::Cpu);
+    out.push(compare(
+        "cuda graph step: losses and hits of four steps",
+        &as_tensor(graph_out)?,
+        &as_tensor(loop_out)?,
+        SGD_TOLERANCE,
+    )?);
+    let (want, got) = (looped.state_dict()?, graphed.state_dict()?);
+    let mut worst: Option<Check> = None;
+    for ((name, w), (_, g)) in want.iter().zip(&got) {
+        let check = compare(
+            &format!("cuda graph step: worst state after four steps: {name}"),
+            g,
+            w,
+            SGD_TOLERANCE,
+        )?;
+        if worst.as_ref().is_none_or(|c| check.error > c.error) {
+            worst = Some(check);
+        }
+    }
+    out.extend(worst);
+    Ok(())
+}
+
+/// Every op check of the device against the CPU (and, on CUDA, the graph step against the
+/// loop's).
 pub fn compare_with_cpu(device: &Device) -> Result<Vec<Check>> {
     let mut out = vec![];
     conv_checks(device, &mut out)?;
     batch_norm_checks(device, &mut out)?;
     sgd_checks(device, &mut out)?;
     model_checks(device, &mut out)?;
+    #[cfg(feature = "cuda")]
+    graph_checks(device, &mut out)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On the CPU every comparison is of the CPU with itself: all pass, in every precision
+    /// (the CPU computes TF32 convolutions exactly, and bf16 ones from the same rounded
+    /// values), so the checks themselves run clean.
+    #[test]
+    fn every_check_passes_on_the_cpu_itself() {
+        let checks = compare_with_cpu(&Device::Cpu).unwrap();
+        let failed: Vec<_> = checks.iter().filter(|c| !c.passed).collect();
+        assert!(failed.is_empty(), "{failed:?}");
+        for kind in [
+            "conv tf32",
+            "conv bf16",
+            "batch-norm+relu bf16",
+            "resnet-8 tf32",
+        ] {
+            assert!(checks.iter().any(|c| c.name.starts_with(kind)), "{kind}");
+        }
+        assert!(
+            checks.iter().all(|c| c.error == 0.0),
+            "the same device, the same results"
+        );
+    }
 }

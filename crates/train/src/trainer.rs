@@ -13,6 +13,7 @@ use domain::{MetricName as M, MetricRecord, RunSpec, Split};
 use resnet::checkpoint::Checkpoint;
 use resnet::eval::{evaluate, grad_norm_ratio, scalar, to_device};
 use resnet::loss::{correct, cross_entropy};
+use resnet::memory::Work;
 use resnet::{BnMode, Dtypes, ResNet, WrittenFile};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +40,9 @@ pub struct Trainer {
     plan: BatchPlan,
     state: TrainState,
     store: CheckpointStore,
+    /// Full batches on CUDA run as a captured graph.
+    #[cfg(feature = "cuda")]
+    graph_steps: crate::graph_step::GraphSteps,
 }
 
 /// Builds the model a spec describes, initialised from the spec's seed.
@@ -169,13 +173,21 @@ impl Trainer {
         dataset: Dataset,
         checkpoint_dir: PathBuf,
     ) -> Result<Self> {
+        let batch = spec.train.batch_size as usize;
+        resnet::memory::check(
+            Work::Training,
+            model.layout(),
+            model.dtypes(),
+            batch,
+            model.device(),
+        )?;
         let mut optimizer = Sgd::new(model.parameters(), SgdConfig::from_spec(&spec.train))?;
         if let Some(ck) = checkpoint {
             optimizer.load_state(&ck.tensors)?;
         }
         let plan = BatchPlan {
             seed: spec.train.seed,
-            batch_size: spec.train.batch_size as usize,
+            batch_size: batch,
             augment: spec.data.augment,
             normalization: spec.data.normalization.expect("bound to the dataset"),
         };
@@ -190,6 +202,8 @@ impl Trainer {
             plan,
             state,
             store,
+            #[cfg(feature = "cuda")]
+            graph_steps: crate::graph_step::GraphSteps::new(),
         })
     }
 
@@ -233,7 +247,9 @@ impl Trainer {
                 let lr = self.state.schedule.lr(epoch, index, per_epoch);
                 let n = batch.len();
                 let (x, y) = to_device(batch.into(), self.model.device())?;
-                let (loss, hits) = train_step(&self.model, &mut self.optimizer, &x, &y, lr)?;
+                let (loss, hits) = self
+                    .step(&x, &y, lr)
+                    .map_err(|e| e.name_batch_if_out_of_memory(self.plan.batch_size))?;
                 self.state.step += 1;
                 if !loss.is_finite() {
                     return Err(TrainError::Diverged {
@@ -279,6 +295,16 @@ impl Trainer {
             }
         }
         Ok(Outcome::Finished)
+    }
+
+    /// One training step: full batches on CUDA as a captured graph, else the loop's own.
+    fn step(&mut self, x: &Tensor, y: &Tensor, lr: f64) -> Result<(f64, usize)> {
+        #[cfg(feature = "cuda")]
+        if self.model.device().is_cuda() && x.dim(0)? == self.plan.batch_size {
+            let (model, optimizer) = (&self.model, &mut self.optimizer);
+            return self.graph_steps.step(model, optimizer, (x, y), lr);
+        }
+        train_step(&self.model, &mut self.optimizer, x, y, lr)
     }
 
     /// A finite loss does not prove finite weights (candle's ReLU maps NaN to 0), so no

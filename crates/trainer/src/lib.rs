@@ -166,6 +166,7 @@ pub fn run_job(job: &JobContext<'_>) -> JobEnd {
                 TrainError::Spec(_) | TrainError::DatasetMismatch { .. } | TrainError::Data(_) => {
                     FailureKind::Invalid
                 }
+                TrainError::Model(e) if e.is_memory() => FailureKind::Invalid,
                 // The checkpoint store failing (full, unmounted) is the machine's fault.
                 TrainError::Io { .. } | TrainError::Sink(_) => FailureKind::Infrastructure,
                 _ => FailureKind::Internal,

@@ -1,9 +1,9 @@
-use crate::args::BenchCommand;
-use analysis::bench::bench_analysis;
+use crate::args::{BenchCommand, PassBenchArgs};
+use analysis::bench::{bench_analysis, bench_eval, PassBench};
 use anyhow::Result;
 use resnet::candle_device;
 use std::process::ExitCode;
-use train::bench::bench_train;
+use train::bench::{bench_train, StepMode};
 
 pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
@@ -14,13 +14,23 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             warmup,
             device,
             profile,
+            cuda_graph,
             json,
         } => {
             anyhow::ensure!(steps > 0, "--steps must be at least 1");
             anyhow::ensure!(batch > 0, "--batch must be at least 1");
             let spec = model.to_spec()?;
             let device = candle_device(device)?;
-            let r = bench_train(&spec, batch, warmup, steps, profile, &device)?;
+            anyhow::ensure!(
+                !(profile && cuda_graph),
+                "--profile times CPU kernels; it does not combine with --cuda-graph"
+            );
+            let mode = match (profile, cuda_graph) {
+                (true, _) => StepMode::Profiled,
+                (_, true) => StepMode::CudaGraph,
+                _ => StepMode::Loop,
+            };
+            let r = bench_train(&spec, batch, warmup, steps, mode, &device)?;
             if json {
                 return super::print_json(&r).map(|()| ExitCode::SUCCESS);
             }
@@ -46,36 +56,51 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             }
             super::print_text(&text)?;
         }
-        BenchCommand::Analyze {
-            model,
-            examples,
-            batch,
-            repeats,
-            device,
-            json,
-        } => {
-            anyhow::ensure!(examples > 0, "--examples must be at least 1");
-            anyhow::ensure!(batch > 0, "--batch must be at least 1");
-            anyhow::ensure!(repeats > 0, "--repeats must be at least 1");
-            let spec = model.to_spec()?;
-            let device = candle_device(device)?;
-            let r = bench_analysis(&spec, examples, batch, repeats, &device)?;
-            if json {
-                return super::print_json(&r).map(|()| ExitCode::SUCCESS);
-            }
-            super::print_text(&format!(
-                "{} depth {} analysis (cosine, l2, drop) of {} examples in batches of {} on {}: \
-                 {:.2} s (median of {}), {:.0} examples/s",
-                r.arch,
-                r.depth,
-                r.examples,
-                r.batch,
-                r.device,
-                r.seconds,
-                r.repeats,
-                r.examples_per_second
-            ))?;
+        BenchCommand::Analyze(args) => {
+            bench_pass(args, bench_analysis, "analysis (cosine, l2, drop)")?
         }
+        BenchCommand::Eval(args) => bench_pass(args, bench_eval, "evaluation")?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+type PassFn = fn(
+    &domain::ModelSpec,
+    usize,
+    usize,
+    usize,
+    &candle_core::Device,
+) -> analysis::Result<PassBench>;
+
+fn bench_pass(args: PassBenchArgs, pass: PassFn, what: &str) -> Result<()> {
+    let PassBenchArgs {
+        model,
+        examples,
+        batch,
+        repeats,
+        device,
+        json,
+    } = args;
+    anyhow::ensure!(examples > 0, "--examples must be at least 1");
+    anyhow::ensure!(batch > 0, "--batch must be at least 1");
+    anyhow::ensure!(repeats > 0, "--repeats must be at least 1");
+    let spec = model.to_spec()?;
+    let device = candle_device(device)?;
+    let r = pass(&spec, examples, batch, repeats, &device)?;
+    if json {
+        return super::print_json(&r);
+    }
+    super::print_text(&format!(
+        "{} depth {} {} {what} of {} examples in batches of {} on {}: \
+         {:.2} s (median of {}), {:.0} examples/s",
+        r.arch,
+        r.depth,
+        r.dtype,
+        r.examples,
+        r.batch,
+        r.device,
+        r.seconds,
+        r.repeats,
+        r.examples_per_second
+    ))
 }

@@ -22,7 +22,7 @@ use candle_core::{
 };
 use conv::ConvGeom;
 use profile::{timed, Kernel};
-pub use sgd::{sgd_step, SgdStep};
+pub use sgd::{sgd_serves, sgd_step, OnDevice, SgdStep, SgdUpdate};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
@@ -162,10 +162,29 @@ fn dims4(l: &Layout) -> Result<[usize; 4]> {
     }
 }
 
-/// `conv(x, w) + b` with a square kernel, zero padding `pad` and stride `stride`.
-pub fn conv2d(x: &Tensor, w: &Tensor, b: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+/// How convolutions may multiply f32 values on CUDA: exactly (FMA), or on TF32 tensor
+/// cores (10-bit mantissa products, f32 sums; PyTorch's cuDNN default). The CPU kernels and
+/// other dtypes always compute exactly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ConvMath {
+    #[default]
+    Exact,
+    Tf32,
+}
+
+/// `conv(x, w) + b` with a square kernel, zero padding `pad` and stride `stride`; its
+/// gradients use the same `math`.
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    stride: usize,
+    pad: usize,
+    math: ConvMath,
+) -> Result<Tensor> {
+    let op = Conv2d { stride, pad, math };
     x.contiguous()?
-        .apply_op3(&w.contiguous()?, &b.contiguous()?, Conv2d { stride, pad })
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, op)
 }
 
 /// Inference on the CPU: `conv(relu(x·scale + shift), w) + b [+ add]`, the map `pre` being
@@ -181,7 +200,12 @@ pub fn conv2d_inference(
 ) -> Result<Tensor> {
     let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
     let add = add.map(Tensor::contiguous).transpose()?;
-    let g = Conv2d { stride, pad }.geom(x.dims4()?.into(), w.dims4()?.into())?;
+    let op = Conv2d {
+        stride,
+        pad,
+        math: ConvMath::Exact,
+    };
+    let g = op.geom(x.dims4()?.into(), w.dims4()?.into())?;
     let out = Shape::from((g.n, g.co, g.ho(), g.wo()));
     if pre.scale.len() != g.c {
         bail!(
@@ -223,6 +247,7 @@ pub fn conv2d_inference(
 struct Conv2d {
     stride: usize,
     pad: usize,
+    math: ConvMath,
 }
 
 impl Conv2d {
@@ -279,7 +304,7 @@ impl CustomOp3 for Conv2d {
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let g = self.geom(dims4(xl)?, dims4(wl)?)?;
-        let y = cuda::conv::forward(&g, (xs, xl), (ws, wl), (bs, bl))?;
+        let y = cuda::conv::forward(&g, self.math, (xs, xl), (ws, wl), (bs, bl))?;
         Ok((y, Shape::from((g.n, g.co, g.ho(), g.wo()))))
     }
 
@@ -295,7 +320,7 @@ impl CustomOp3 for Conv2d {
         let dy = dy.contiguous()?;
         // An input that needs no gradient (the images) is skipped.
         let dx = if x.track_op() {
-            Some(dy.apply_op2_no_bwd(w, &ConvBackwardData(g))?)
+            Some(dy.apply_op2_no_bwd(w, &ConvBackwardData(g, self.math))?)
         } else {
             None
         };
@@ -303,14 +328,18 @@ impl CustomOp3 for Conv2d {
         if !w.track_op() && !b.track_op() {
             return Ok((dx, None, None));
         }
-        let packed = x.apply_op2_no_bwd(&dy, &ConvBackwardFilter(g))?;
+        let packed = x.apply_op2_no_bwd(&dy, &ConvBackwardFilter(g, self.math))?;
         let dw = packed.narrow(0, 0, g.co * g.kk())?.reshape(w.shape())?;
         let db = packed.narrow(0, g.co * g.kk(), g.co)?.reshape(b.shape())?;
         Ok((dx, Some(dw), Some(db)))
     }
 }
 
-struct ConvBackwardData(ConvGeom);
+/// The math is for CUDA; the CPU kernels compute exactly.
+struct ConvBackwardData(
+    ConvGeom,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] ConvMath,
+);
 
 impl CustomOp2 for ConvBackwardData {
     fn name(&self) -> &'static str {
@@ -344,12 +373,16 @@ impl CustomOp2 for ConvBackwardData {
         wl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let g = &self.0;
-        let dx = cuda::conv::backward_data(g, (ds, dl), (ws, wl))?;
+        let dx = cuda::conv::backward_data(g, self.1, (ds, dl), (ws, wl))?;
         Ok((dx, Shape::from((g.n, g.c, g.h, g.w))))
     }
 }
 
-struct ConvBackwardFilter(ConvGeom);
+/// As [`ConvBackwardData`].
+struct ConvBackwardFilter(
+    ConvGeom,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] ConvMath,
+);
 
 impl CustomOp2 for ConvBackwardFilter {
     fn name(&self) -> &'static str {
@@ -383,7 +416,7 @@ impl CustomOp2 for ConvBackwardFilter {
         dl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let g = &self.0;
-        let packed = cuda::conv::backward_filter(g, (xs, xl), (ds, dl))?;
+        let packed = cuda::conv::backward_filter(g, self.1, (xs, xl), (ds, dl))?;
         Ok((packed, Shape::from(g.co * g.kk() + g.co)))
     }
 }

@@ -1,7 +1,9 @@
 //! The SGD-momentum update in place, with PyTorch's arithmetic: d = g + wd·p,
 //! buf ← μ·buf + d, p ← p − lr·(d + μ·buf with Nesterov, else buf), or p − lr·d without
 //! momentum. On the CPU one pass over each tensor instead of six candle ops that each
-//! allocate their result (over a thousand per ResNet-56 step); on CUDA one fused kernel.
+//! allocate their result (over a thousand per ResNet-56 step); on CUDA one kernel for up
+//! to 32 tensors at a time (a ResNet-56 has 224 parameter tensors: a launch each would
+//! cost more than the arithmetic).
 
 use super::{slice, Real};
 use candle_core::{bail, CpuStorage, InplaceOp3, Layout, Result, Tensor};
@@ -15,18 +17,56 @@ pub struct SgdStep {
     pub nesterov: bool,
 }
 
-/// Updates `param` and its `momentum_buffer` from `grad` in place (the buffer only with
-/// momentum). CPU tensors of f32 or f64, or CUDA f32 with the `cuda` feature.
-pub fn sgd_step(param: &Tensor, grad: &Tensor, momentum_buffer: &Tensor, s: SgdStep) -> Result<()> {
+/// One parameter's update: `param` and its `momentum_buffer` change in place.
+#[derive(Clone, Copy, Debug)]
+pub struct SgdUpdate<'a> {
+    pub param: &'a Tensor,
+    pub grad: &'a Tensor,
+    pub momentum_buffer: &'a Tensor,
+    pub step: SgdStep,
+}
+
+/// Inputs of a CUDA update read from device memory when it runs, so that a captured graph
+/// can replay it: the learning rate (the updates' own `lr` is then ignored), and the loss,
+/// a non-finite value of which leaves every parameter untouched (as the training loop's host
+/// check does).
+#[derive(Clone, Copy, Debug)]
+pub struct OnDevice<'a> {
+    /// One f32 value.
+    pub lr: &'a Tensor,
+    /// One f32 value.
+    pub loss: &'a Tensor,
+}
+
+/// Whether [`sgd_step`] updates parameters like `param`: CPU tensors of f32 or f64, or CUDA
+/// f32 with the `cuda` feature.
+pub fn sgd_serves(param: &Tensor) -> bool {
+    super::has_cpu_kernels(param)
+        || (super::has_cuda_kernels(param) && param.dtype() == candle_core::DType::F32)
+}
+
+/// Applies every update in place (the buffer only with momentum); every parameter must be
+/// one [`sgd_serves`], and with `on_device` a CUDA one.
+pub fn sgd_step(updates: &[SgdUpdate], on_device: Option<OnDevice>) -> Result<()> {
     #[cfg(feature = "cuda")]
-    if super::has_cuda_kernels(param) {
-        let (lr, mu, wd) = (s.lr, s.momentum, s.weight_decay);
-        return super::cuda::sgd_step(param, grad, momentum_buffer, lr, mu, wd, s.nesterov);
+    let updates = {
+        let (on_cuda, rest): (Vec<SgdUpdate>, Vec<SgdUpdate>) =
+            updates.iter().partition(|u| u.param.device().is_cuda());
+        super::cuda::sgd_step(&on_cuda, on_device)?;
+        rest
+    };
+    if on_device.is_some() && !updates.is_empty() {
+        bail!("sgd_step: device-side learning rates are for CUDA parameters");
     }
-    if s.momentum > 0.0 {
-        momentum_buffer.inplace_op3(grad, param, &InPlace(BufferUpdate(s)))?;
+    for u in updates.iter() {
+        if u.step.momentum > 0.0 {
+            let op = InPlace(BufferUpdate(u.step));
+            u.momentum_buffer.inplace_op3(u.grad, u.param, &op)?;
+        }
+        let op = InPlace(ParamUpdate(u.step));
+        u.param.inplace_op3(u.grad, u.momentum_buffer, &op)?;
     }
-    param.inplace_op3(grad, momentum_buffer, &InPlace(ParamUpdate(s)))
+    Ok(())
 }
 
 /// One element's new value from its old one and two others.
@@ -160,7 +200,13 @@ mod tests {
             );
             for step in 0..3 {
                 let g = Tensor::new(values(step as f32), &dev).unwrap();
-                sgd_step(p.as_tensor(), &g, buf.as_tensor(), s).unwrap();
+                let update = SgdUpdate {
+                    param: p.as_tensor(),
+                    grad: &g,
+                    momentum_buffer: buf.as_tensor(),
+                    step: s,
+                };
+                sgd_step(&[update], None).unwrap();
                 (want_p, want_buf) = composed(&want_p, &g, &want_buf, s);
                 let bits = |t: &Tensor| -> Vec<u32> {
                     t.to_vec1::<f32>()

@@ -3,15 +3,21 @@
 //! Per thread and device: one cuDNN handle on candle's stream, one persistent workspace that
 //! only grows, and per convolution shape a plan — descriptors plus the algorithm of each
 //! direction, found once by timing every candidate (as PyTorch's `cudnn.benchmark`). The
-//! fastest deterministic algorithm is taken, so that two runs on one machine agree. Strict
-//! fp32: the FMA math type rules out TF32 tensor cores.
+//! fastest deterministic algorithm is taken, so that two runs on one machine agree.
+//! f32 tensors: [`ConvMath::Exact`] sets the FMA math type, which rules out TF32 tensor
+//! cores; [`ConvMath::Tf32`] the default math type, which lets cuDNN time TF32 tensor-core
+//! algorithms too (PyTorch's settings for `allow_tf32` off and on). bf16 tensors run
+//! on tensor cores with f32 accumulation (cuDNN's pseudo-bf16 configuration) either way.
+//! The bias is added by stepwise's own kernel.
 
 use super::super::conv::ConvGeom;
+use super::super::ConvMath;
 use super::address;
+use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cudnn::{result, sys, CudnnError};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtrMut};
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, DeviceId, WrapErr};
-use candle_core::{Layout, Result};
+use candle_core::{DType, Layout, Result};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -31,7 +37,7 @@ fn wrap(e: CudnnError) -> candle_core::Error {
 struct Context {
     handle: sys::cudnnHandle_t,
     device: CudaDevice,
-    plans: RefCell<HashMap<ConvGeom, Rc<Plan>>>,
+    plans: RefCell<HashMap<(ConvGeom, ConvMath, DType), Rc<Plan>>>,
     workspace: RefCell<Option<CudaSlice<u8>>>,
 }
 
@@ -64,12 +70,18 @@ fn context(dev: &CudaDevice) -> Result<Rc<Context>> {
 }
 
 impl Context {
-    fn plan(&self, g: &ConvGeom) -> Result<Rc<Plan>> {
-        if let Some(p) = self.plans.borrow().get(g) {
+    fn plan(&self, g: &ConvGeom, math: ConvMath, dtype: DType) -> Result<Rc<Plan>> {
+        let key = (*g, math, dtype);
+        if let Some(p) = self.plans.borrow().get(&key) {
             return Ok(p.clone());
         }
-        let plan = Rc::new(Plan::new(self.handle, g).map_err(wrap)?);
-        self.plans.borrow_mut().insert(*g, plan.clone());
+        let data_type = match dtype {
+            DType::F32 => sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+            DType::BF16 => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+            d => candle_core::bail!("cuDNN convolutions: f32 or bf16, not {d:?}"),
+        };
+        let plan = Rc::new(Plan::new(self.handle, g, math, data_type).map_err(wrap)?);
+        self.plans.borrow_mut().insert(key, plan.clone());
         Ok(plan)
     }
 
@@ -116,26 +128,33 @@ impl Drop for ConvDesc {
     }
 }
 
+/// The accumulation type of every convolution.
 const F32: sys::cudnnDataType_t = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
 const NCHW: sys::cudnnTensorFormat_t = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
 
-fn tensor_desc(dims: [usize; 4]) -> std::result::Result<TensorDesc, CudnnError> {
+fn tensor_desc(
+    dims: [usize; 4],
+    data: sys::cudnnDataType_t,
+) -> std::result::Result<TensorDesc, CudnnError> {
     let d = TensorDesc(result::create_tensor_descriptor()?);
     let dims = dims.map(|v| v as i32);
     // Safety: a fresh descriptor.
-    unsafe { result::set_tensor4d_descriptor(d.0, NCHW, F32, dims) }?;
+    unsafe { result::set_tensor4d_descriptor(d.0, NCHW, data, dims) }?;
     Ok(d)
 }
+
+/// A direction's algorithm: the algorithm, its workspace in bytes, and the math type it was
+/// timed with (which must be set on the convolution descriptor before it runs).
+type Chosen<A> = (A, usize, sys::cudnnMathType_t);
 
 struct Plan {
     x: TensorDesc,
     y: TensorDesc,
-    bias: TensorDesc,
     w: FilterDesc,
     conv: ConvDesc,
-    forward: (sys::cudnnConvolutionFwdAlgo_t, usize),
-    backward_data: (sys::cudnnConvolutionBwdDataAlgo_t, usize),
-    backward_filter: (sys::cudnnConvolutionBwdFilterAlgo_t, usize),
+    forward: Chosen<sys::cudnnConvolutionFwdAlgo_t>,
+    backward_data: Chosen<sys::cudnnConvolutionBwdDataAlgo_t>,
+    backward_filter: Chosen<sys::cudnnConvolutionBwdFilterAlgo_t>,
 }
 
 /// Of cuDNN's timed candidates (fastest first), the first that succeeded, is deterministic
@@ -151,17 +170,21 @@ macro_rules! choose {
             .find(|p| p.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC)
             .or_else(|| ok.clone().next());
         match chosen {
-            Some(p) => (p.algo, p.memory),
+            Some(p) => (p.algo, p.memory, p.mathType),
             None => return Err(CudnnError(sys::cudnnStatus_t::CUDNN_STATUS_NOT_SUPPORTED)),
         }
     }};
 }
 
 impl Plan {
-    fn new(handle: sys::cudnnHandle_t, g: &ConvGeom) -> std::result::Result<Self, CudnnError> {
-        let x = tensor_desc([g.n, g.c, g.h, g.w])?;
-        let y = tensor_desc([g.n, g.co, g.ho(), g.wo()])?;
-        let bias = tensor_desc([1, g.co, 1, 1])?;
+    fn new(
+        handle: sys::cudnnHandle_t,
+        g: &ConvGeom,
+        math: ConvMath,
+        data_type: sys::cudnnDataType_t,
+    ) -> std::result::Result<Self, CudnnError> {
+        let x = tensor_desc([g.n, g.c, g.h, g.w], data_type)?;
+        let y = tensor_desc([g.n, g.co, g.ho(), g.wo()], data_type)?;
         let w = FilterDesc(result::create_filter_descriptor()?);
         let conv = ConvDesc(result::create_convolution_descriptor()?);
         let (pad, stride) = (g.pad as i32, g.stride as i32);
@@ -172,11 +195,19 @@ impl Plan {
         // most the requested N.
         unsafe {
             let k = g.k as i32;
-            result::set_filter4d_descriptor(w.0, F32, NCHW, [g.co as i32, g.c as i32, k, k])?;
+            let dims = [g.co as i32, g.c as i32, k, k];
+            result::set_filter4d_descriptor(w.0, data_type, NCHW, dims)?;
             result::set_convolution2d_descriptor(
                 conv.0, pad, pad, stride, stride, 1, 1, mode, F32,
             )?;
-            result::set_convolution_math_type(conv.0, sys::cudnnMathType_t::CUDNN_FMA_MATH)?;
+            // As PyTorch: FMA rules TF32 out, the default math allows it for f32 data, and
+            // bf16 data takes tensor cores.
+            let math = match (math, data_type == F32) {
+                (ConvMath::Exact, true) => sys::cudnnMathType_t::CUDNN_FMA_MATH,
+                (ConvMath::Tf32, true) => sys::cudnnMathType_t::CUDNN_DEFAULT_MATH,
+                (_, false) => sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
+            };
+            result::set_convolution_math_type(conv.0, math)?;
             let mut fwd_perf = [std::mem::zeroed::<sys::cudnnConvolutionFwdAlgoPerf_t>(); N];
             sys::cudnnFindConvolutionForwardAlgorithm(
                 handle,
@@ -220,11 +251,17 @@ impl Plan {
                 backward_filter: choose!(filter_perf, filter),
                 x,
                 y,
-                bias,
                 w,
                 conv,
             })
         }
+    }
+
+    /// The convolution descriptor, set to the math type an algorithm was timed with.
+    fn conv_with(&self, math: sys::cudnnMathType_t) -> Result<sys::cudnnConvolutionDescriptor_t> {
+        // Safety: the descriptor is this plan's own; setting the math type is host-side.
+        unsafe { result::set_convolution_math_type(self.conv.0, math) }.map_err(wrap)?;
+        Ok(self.conv.0)
     }
 }
 
@@ -245,16 +282,23 @@ fn scalar(v: &f32) -> *const c_void {
 /// y = conv(x, w) + b, into a new storage.
 pub fn forward(
     g: &ConvGeom,
+    math: ConvMath,
     (xs, xl): (&CudaStorage, &Layout),
     (ws, wl): (&CudaStorage, &Layout),
     (bs, bl): (&CudaStorage, &Layout),
 ) -> Result<CudaStorage> {
     let dev = device_of(xs);
+    let dtype = xs.dtype();
+    if ws.dtype() != dtype || bs.dtype() != dtype {
+        candle_core::bail!("conv2d: input, weight and bias dtypes differ");
+    }
     let ctx = context(dev)?;
-    let plan = ctx.plan(g)?;
+    let plan = ctx.plan(g, math, dtype)?;
     let len = g.n * g.co * g.p();
-    let (ys, y) = super::alloc(dev, len)?;
-    let (algo, bytes) = plan.forward;
+    let (ys, y) = super::alloc(dev, dtype, len)?;
+    let bias = super::address(bs, bl)?;
+    let (algo, bytes, algo_math) = plan.forward;
+    let conv = plan.conv_with(algo_math)?;
     let (work, work_len) = ctx.workspace(bytes)?;
     // Safety: descriptors match the buffers' shapes (built from the same geometry).
     unsafe {
@@ -265,7 +309,7 @@ pub fn forward(
             ptr(xs, xl)?,
             plan.w.0,
             ptr(ws, wl)?,
-            plan.conv.0,
+            conv,
             algo,
             work,
             work_len,
@@ -275,32 +319,28 @@ pub fn forward(
         )
         .result()
         .map_err(wrap)?;
-        sys::cudnnAddTensor(
-            ctx.handle,
-            scalar(&ONE),
-            plan.bias.0,
-            ptr(bs, bl)?,
-            scalar(&ONE),
-            plan.y.0,
-            y as *mut c_void,
-        )
-        .result()
-        .map_err(wrap)?;
     }
+    super::add_channel_bias(dev, dtype, y, bias, (g.n, g.co, g.p()))?;
     Ok(ys)
 }
 
 /// dx = convᵀ(dy, w), into a new storage.
 pub fn backward_data(
     g: &ConvGeom,
+    math: ConvMath,
     (ds, dl): (&CudaStorage, &Layout),
     (ws, wl): (&CudaStorage, &Layout),
 ) -> Result<CudaStorage> {
     let dev = device_of(ds);
+    let dtype = ds.dtype();
+    if ws.dtype() != dtype {
+        candle_core::bail!("conv2d backward: gradient and weight dtypes differ");
+    }
     let ctx = context(dev)?;
-    let plan = ctx.plan(g)?;
-    let (dxs, dx) = super::alloc(dev, g.n * g.c * g.h * g.w)?;
-    let (algo, bytes) = plan.backward_data;
+    let plan = ctx.plan(g, math, dtype)?;
+    let (dxs, dx) = super::alloc(dev, dtype, g.n * g.c * g.h * g.w)?;
+    let (algo, bytes, algo_math) = plan.backward_data;
+    let conv = plan.conv_with(algo_math)?;
     let (work, work_len) = ctx.workspace(bytes)?;
     // Safety: as in `forward`.
     unsafe {
@@ -311,7 +351,7 @@ pub fn backward_data(
             ptr(ws, wl)?,
             plan.y.0,
             ptr(ds, dl)?,
-            plan.conv.0,
+            conv,
             algo,
             work,
             work_len,
@@ -328,16 +368,22 @@ pub fn backward_data(
 /// (dw, db) packed in one vector, as the CPU kernel returns them.
 pub fn backward_filter(
     g: &ConvGeom,
+    math: ConvMath,
     (xs, xl): (&CudaStorage, &Layout),
     (ds, dl): (&CudaStorage, &Layout),
 ) -> Result<CudaStorage> {
     let dev = device_of(xs);
+    let dtype = xs.dtype();
+    if ds.dtype() != dtype {
+        candle_core::bail!("conv2d backward: input and gradient dtypes differ");
+    }
     let ctx = context(dev)?;
-    let plan = ctx.plan(g)?;
+    let plan = ctx.plan(g, math, dtype)?;
     let weights = g.co * g.kk();
-    let (packed, dw) = super::alloc(dev, weights + g.co)?;
-    let db = dw + 4 * weights as u64;
-    let (algo, bytes) = plan.backward_filter;
+    let (packed, dw) = super::alloc(dev, dtype, weights + g.co)?;
+    let db = dw + (dtype.size_in_bytes() * weights) as u64;
+    let (algo, bytes, algo_math) = plan.backward_filter;
+    let conv = plan.conv_with(algo_math)?;
     let (work, work_len) = ctx.workspace(bytes)?;
     let dy = ptr(ds, dl)?;
     // Safety: as in `forward`.
@@ -349,7 +395,7 @@ pub fn backward_filter(
             ptr(xs, xl)?,
             plan.y.0,
             dy,
-            plan.conv.0,
+            conv,
             algo,
             work,
             work_len,
@@ -360,6 +406,6 @@ pub fn backward_filter(
         .result()
         .map_err(wrap)?;
     }
-    super::channel_sum(dev, dy as u64, (g.n, g.co, g.p()), db)?;
+    super::channel_sum(dev, dtype, dy as u64, (g.n, g.co, g.p()), db)?;
     Ok(packed)
 }

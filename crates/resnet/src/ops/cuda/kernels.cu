@@ -1,6 +1,7 @@
-// stepwise's own CUDA kernels (f32, NCHW; sizes below 2³¹ elements, checked by the caller).
+// stepwise's own CUDA kernels (NCHW; sizes below 2³¹ elements, checked by the caller).
 // Compiled to PTX by build.rs for the `cuda` feature and loaded once per device.
 // Per-channel reductions accumulate in double.
+#include <cuda_bf16.h>
 #include <stdint.h>
 
 // Sums `a` and `b` over the block; the result is valid in thread 0.
@@ -69,17 +70,29 @@ __device__ bool finish_channel(double &a, double &b, double *partials, uint32_t 
   return true;
 }
 
+// Activations are f32 or bf16 (`T`, converted with `ld`/`st`); statistics, BatchNorm
+// parameters and their gradients are f32. Each kernel is a template instantiated under the
+// names `<kernel>_f32` and `<kernel>_bf16` (the `INSTANTIATE` lines).
+__device__ __forceinline__ float ld(float v) { return v; }
+__device__ __forceinline__ float ld(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T st(float v);
+template <> __device__ __forceinline__ float st<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 st<__nv_bfloat16>(float v) {
+  return __float2bfloat16(v);
+}
+
 // stats[ch] = batch mean, stats[c + ch] = biased batch variance; with `running_mean`
 // non-null also the running averages (unbiased variance), as PyTorch.
-extern "C" __global__ void bn_stats_f32(const float *x, uint32_t n, uint32_t c, uint32_t hw,
-                                        float *stats, float *running_mean, float *running_var,
-                                        float momentum, double *partials, uint32_t *counters) {
+template <typename T>
+__device__ void bn_stats(const T *x, uint32_t n, uint32_t c, uint32_t hw, float *stats,
+                         float *running_mean, float *running_var, float momentum,
+                         double *partials, uint32_t *counters) {
   const uint32_t ch = blockIdx.y, m = n * hw;
   uint32_t begin, end;
   share(m, begin, end);
   double s = 0.0, ss = 0.0;
   for (uint32_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
-    const double v = x[at(j, ch, c, hw)];
+    const double v = ld(x[at(j, ch, c, hw)]);
     s += v;
     ss += v * v;
   }
@@ -96,37 +109,48 @@ extern "C" __global__ void bn_stats_f32(const float *x, uint32_t n, uint32_t c, 
 }
 
 // sums[ch] = Σ over images and positions of dy: the gradient of a convolution's bias.
-extern "C" __global__ void channel_sum_f32(const float *dy, uint32_t n, uint32_t c, uint32_t hw,
-                                           float *sums, double *partials, uint32_t *counters) {
+template <typename T>
+__device__ void channel_sum(const T *dy, uint32_t n, uint32_t c, uint32_t hw, T *sums,
+                            double *partials, uint32_t *counters) {
   const uint32_t ch = blockIdx.y;
   uint32_t begin, end;
   share(n * hw, begin, end);
   double s = 0.0, unused = 0.0;
-  for (uint32_t j = begin + threadIdx.x; j < end; j += blockDim.x) s += dy[at(j, ch, c, hw)];
-  if (finish_channel(s, unused, partials, counters)) sums[ch] = (float)s;
+  for (uint32_t j = begin + threadIdx.x; j < end; j += blockDim.x) s += ld(dy[at(j, ch, c, hw)]);
+  if (finish_channel(s, unused, partials, counters)) sums[ch] = st<T>((float)s);
+}
+
+// y += bias[ch]: a convolution's bias, in place on its output.
+template <typename T>
+__device__ void add_channel_bias(T *y, const T *bias, uint32_t c, uint32_t hw, uint32_t total) {
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
+       i += gridDim.x * blockDim.x) {
+    y[i] = st<T>(ld(y[i]) + ld(bias[(i / hw) % c]));
+  }
 }
 
 __device__ __forceinline__ float relu(float v) { return v <= 0.f ? 0.f : v; }  // keeps NaN
 
 // y = relu(γ·(x − μ)/√(σ² + ε) + β) with stats = (μ, σ²).
-extern "C" __global__ void bn_relu_fwd_f32(const float *x, const float *stats,
-                                           const float *gamma, const float *beta, float eps,
-                                           uint32_t c, uint32_t hw, uint32_t total, float *y) {
+template <typename T>
+__device__ void bn_relu_fwd(const T *x, const float *stats, const float *gamma,
+                            const float *beta, float eps, uint32_t c, uint32_t hw,
+                            uint32_t total, T *y) {
   for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
        i += gridDim.x * blockDim.x) {
     const uint32_t ch = (i / hw) % c;
     const float scale = gamma[ch] / sqrtf(stats[c + ch] + eps);
     const float shift = beta[ch] - stats[ch] * scale;
-    y[i] = relu(x[i] * scale + shift);
+    y[i] = st<T>(relu(ld(x[i]) * scale + shift));
   }
 }
 
 // dbeta = Σ dz, dgamma = Σ dz·x̂ with dz = dy where y > 0.
-extern "C" __global__ void bn_relu_bwd_reduce_f32(const float *x, const float *y,
-                                                  const float *dy, const float *stats,
-                                                  float eps, uint32_t n, uint32_t c, uint32_t hw,
-                                                  float *dgamma, float *dbeta,
-                                                  double *partials, uint32_t *counters) {
+template <typename T>
+__device__ void bn_relu_bwd_reduce(const T *x, const T *y, const T *dy, const float *stats,
+                                   float eps, uint32_t n, uint32_t c, uint32_t hw,
+                                   float *dgamma, float *dbeta, double *partials,
+                                   uint32_t *counters) {
   const uint32_t ch = blockIdx.y;
   uint32_t begin, end;
   share(n * hw, begin, end);
@@ -134,9 +158,9 @@ extern "C" __global__ void bn_relu_bwd_reduce_f32(const float *x, const float *y
   double s = 0.0, dot = 0.0;
   for (uint32_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
     const uint32_t i = at(j, ch, c, hw);
-    const float dz = y[i] > 0.f ? dy[i] : 0.f;
+    const float dz = ld(y[i]) > 0.f ? ld(dy[i]) : 0.f;
     s += dz;
-    dot += (double)dz * (x[i] - mean);
+    dot += (double)dz * (ld(x[i]) - mean);
   }
   if (!finish_channel(s, dot, partials, counters)) return;
   dbeta[ch] = (float)s;
@@ -144,32 +168,93 @@ extern "C" __global__ void bn_relu_bwd_reduce_f32(const float *x, const float *y
 }
 
 // dx of BatchNorm+ReLU; with batch statistics the mean and variance terms included.
-extern "C" __global__ void bn_relu_bwd_dx_f32(const float *x, const float *y, const float *dy,
-                                              const float *stats, const float *gamma,
-                                              const float *dgamma, const float *dbeta,
-                                              float eps, uint32_t c, uint32_t hw,
-                                              uint32_t total, int batch_stats, float *dx) {
+template <typename T>
+__device__ void bn_relu_bwd_dx(const T *x, const T *y, const T *dy, const float *stats,
+                               const float *gamma, const float *dgamma, const float *dbeta,
+                               float eps, uint32_t c, uint32_t hw, uint32_t total,
+                               int batch_stats, T *dx) {
   const float m = (float)(total / c);
   for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
        i += gridDim.x * blockDim.x) {
     const uint32_t ch = (i / hw) % c;
     const float invstd = 1.f / sqrtf(stats[c + ch] + eps);
     const float k = gamma[ch] * invstd;
-    const float dz = y[i] > 0.f ? dy[i] : 0.f;
+    const float dz = ld(y[i]) > 0.f ? ld(dy[i]) : 0.f;
     if (batch_stats) {
-      const float xhat = (x[i] - stats[ch]) * invstd;
-      dx[i] = k * (dz - dbeta[ch] / m - xhat * dgamma[ch] / m);
+      const float xhat = (ld(x[i]) - stats[ch]) * invstd;
+      dx[i] = st<T>(k * (dz - dbeta[ch] / m - xhat * dgamma[ch] / m));
     } else {
-      dx[i] = k * dz;
+      dx[i] = st<T>(k * dz);
     }
   }
 }
 
+#define INSTANTIATE(T, SUFFIX)                                                                \
+  extern "C" __global__ void bn_stats_##SUFFIX(const T *x, uint32_t n, uint32_t c,           \
+                                               uint32_t hw, float *stats, float *rm,          \
+                                               float *rv, float momentum, double *partials,   \
+                                               uint32_t *counters) {                          \
+    bn_stats<T>(x, n, c, hw, stats, rm, rv, momentum, partials, counters);                    \
+  }                                                                                           \
+  extern "C" __global__ void channel_sum_##SUFFIX(const T *dy, uint32_t n, uint32_t c,       \
+                                                  uint32_t hw, T *sums, double *partials,     \
+                                                  uint32_t *counters) {                       \
+    channel_sum<T>(dy, n, c, hw, sums, partials, counters);                                   \
+  }                                                                                           \
+  extern "C" __global__ void add_channel_bias_##SUFFIX(T *y, const T *bias, uint32_t c,      \
+                                                       uint32_t hw, uint32_t total) {         \
+    add_channel_bias<T>(y, bias, c, hw, total);                                               \
+  }                                                                                           \
+  extern "C" __global__ void bn_relu_fwd_##SUFFIX(const T *x, const float *stats,            \
+                                                  const float *gamma, const float *beta,      \
+                                                  float eps, uint32_t c, uint32_t hw,         \
+                                                  uint32_t total, T *y) {                     \
+    bn_relu_fwd<T>(x, stats, gamma, beta, eps, c, hw, total, y);                              \
+  }                                                                                           \
+  extern "C" __global__ void bn_relu_bwd_reduce_##SUFFIX(                                    \
+      const T *x, const T *y, const T *dy, const float *stats, float eps, uint32_t n,         \
+      uint32_t c, uint32_t hw, float *dgamma, float *dbeta, double *partials,                 \
+      uint32_t *counters) {                                                                   \
+    bn_relu_bwd_reduce<T>(x, y, dy, stats, eps, n, c, hw, dgamma, dbeta, partials, counters); \
+  }                                                                                           \
+  extern "C" __global__ void bn_relu_bwd_dx_##SUFFIX(                                        \
+      const T *x, const T *y, const T *dy, const float *stats, const float *gamma,            \
+      const float *dgamma, const float *dbeta, float eps, uint32_t c, uint32_t hw,            \
+      uint32_t total, int batch_stats, T *dx) {                                               \
+    bn_relu_bwd_dx<T>(x, y, dy, stats, gamma, dgamma, dbeta, eps, c, hw, total, batch_stats,  \
+                      dx);                                                                    \
+  }
+
+INSTANTIATE(float, f32)
+INSTANTIATE(__nv_bfloat16, bf16)
+
 // PyTorch's SGD step in place: d = g + wd·p; buf = μ·buf + d; p −= lr·(nesterov ? d + μ·buf : buf).
-extern "C" __global__ void sgd_momentum_f32(float *p, const float *g, float *buf, uint32_t n,
-                                            float lr, float momentum, float wd,
-                                            int nesterov) {
-  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n;
+// Up to SGD_MAX_TENSORS parameter tensors per launch, passed by value (1,408 bytes of
+// kernel parameters); the layout matches `SgdTensors` in mod.rs. blockIdx.y picks the tensor.
+#define SGD_MAX_TENSORS 32
+struct SgdTensors {
+  float *p[SGD_MAX_TENSORS];
+  const float *g[SGD_MAX_TENSORS];
+  float *buf[SGD_MAX_TENSORS];
+  uint32_t n[SGD_MAX_TENSORS];
+  float lr[SGD_MAX_TENSORS];
+  float momentum[SGD_MAX_TENSORS];
+  float wd[SGD_MAX_TENSORS];
+  int32_t nesterov[SGD_MAX_TENSORS];
+};
+
+// With `lr_on_device` the learning rate is read from there (a captured graph's replays then
+// follow the schedule); with `loss` nothing is updated when it is not finite.
+extern "C" __global__ void sgd_momentum_f32(const SgdTensors t, const float *lr_on_device,
+                                            const float *loss) {
+  if (loss != nullptr && !isfinite(*loss)) return;
+  const uint32_t k = blockIdx.y;
+  float *p = t.p[k], *buf = t.buf[k];
+  const float *g = t.g[k];
+  const float lr = lr_on_device != nullptr ? *lr_on_device : t.lr[k];
+  const float momentum = t.momentum[k], wd = t.wd[k];
+  const bool nesterov = t.nesterov[k] != 0;
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < t.n[k];
        i += gridDim.x * blockDim.x) {
     const float d = g[i] + wd * p[i];
     const float b = momentum * buf[i] + d;

@@ -1,6 +1,7 @@
-//! The custom ops on CUDA (f32): convolution through cuDNN ([`conv`]), and BatchNorm+ReLU
-//! and the SGD-momentum update as stepwise's own kernels (`kernels.cu`, compiled to PTX by
-//! build.rs). Everything runs on the device's one stream, without host synchronisation.
+//! The custom ops on CUDA, for f32 and bf16 activations: convolution through cuDNN
+//! ([`conv`]), and BatchNorm+ReLU (f32 parameters and statistics) and the SGD-momentum update
+//! (f32) as stepwise's own kernels (`kernels.cu`, compiled to PTX by build.rs). Everything
+//! runs on the device's one stream, without host synchronisation.
 //!
 //! Raw device pointers: kernels receive the addresses of candle storages. Kernels that
 //! update state in place (running statistics, parameters, momentum) write through the
@@ -10,15 +11,19 @@
 #![allow(unsafe_code)]
 
 pub mod conv;
+pub mod graph;
 
+use super::{OnDevice, SgdUpdate};
+use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    sys::CUdeviceptr, CudaFunction, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg,
+    sys::CUdeviceptr, CudaFunction, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, DeviceId, WrapErr};
 use candle_core::op::BackpropOp;
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
 };
+use half::bf16;
 use std::sync::Mutex;
 
 use crate::layers::{BN_EPS, BN_MOMENTUM};
@@ -41,7 +46,16 @@ pub fn new_device(ordinal: usize) -> Result<candle_core::Device> {
 
 /// Whether the CUDA kernels serve tensors like `x`.
 pub fn serves(x: &Tensor) -> bool {
-    x.device().is_cuda() && x.dtype() == DType::F32
+    x.device().is_cuda() && matches!(x.dtype(), DType::F32 | DType::BF16)
+}
+
+/// The suffix of a kernel's instantiation for activations of `dtype` (see kernels.cu).
+fn suffix(dtype: DType) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok("f32"),
+        DType::BF16 => Ok("bf16"),
+        d => bail!("stepwise CUDA kernels take f32 or bf16, not {d:?}"),
+    }
 }
 
 fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
@@ -50,16 +64,34 @@ fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
         .into_cuda_function())
 }
 
-/// The device address of a storage's contiguous f32 contents under `layout`. The event
-/// guard cudarc returns is dropped at once: all work is on one stream, whose order is the
-/// only synchronisation needed (see [`new_device`], which turns event tracking off).
+/// Kernel `name` instantiated for activations of `dtype`.
+fn function_for(dev: &CudaDevice, name: &str, dtype: DType) -> Result<CudaFunction> {
+    function(dev, &format!("{name}_{}", suffix(dtype)?))
+}
+
+/// The device address of a storage's contiguous f32 or bf16 contents under `layout`. The
+/// event guard cudarc returns is dropped at once: all work is on one stream, whose order is
+/// the only synchronisation needed (see [`new_device`], which turns event tracking off).
 fn address(s: &CudaStorage, l: &Layout) -> Result<CUdeviceptr> {
     let Some((start, end)) = l.contiguous_offsets() else {
         bail!("stepwise CUDA kernels need contiguous tensors");
     };
-    let slice = s.as_cuda_slice::<f32>()?.slice(start..end);
     let stream = s.device.cuda_stream();
-    let (ptr, _record) = slice.device_ptr(&stream);
+    let ptr = match s.dtype() {
+        DType::F32 => {
+            s.as_cuda_slice::<f32>()?
+                .slice(start..end)
+                .device_ptr(&stream)
+                .0
+        }
+        DType::BF16 => {
+            s.as_cuda_slice::<bf16>()?
+                .slice(start..end)
+                .device_ptr(&stream)
+                .0
+        }
+        d => bail!("stepwise CUDA kernels take f32 or bf16, not {d:?}"),
+    };
     Ok(ptr)
 }
 
@@ -72,10 +104,16 @@ fn tensor_address(t: &Tensor) -> Result<CUdeviceptr> {
     }
 }
 
-fn alloc(dev: &CudaDevice, len: usize) -> Result<(CudaStorage, CUdeviceptr)> {
+/// A new storage of `len` values of `dtype` (f32 or bf16), and its address.
+fn alloc(dev: &CudaDevice, dtype: DType, len: usize) -> Result<(CudaStorage, CUdeviceptr)> {
     // Safety: every element is written by the kernel that follows.
-    let slice = unsafe { dev.alloc::<f32>(len)? };
-    let storage = CudaStorage::wrap_cuda_slice(slice, dev.clone());
+    let storage = match dtype {
+        DType::F32 => CudaStorage::wrap_cuda_slice(unsafe { dev.alloc::<f32>(len)? }, dev.clone()),
+        DType::BF16 => {
+            CudaStorage::wrap_cuda_slice(unsafe { dev.alloc::<bf16>(len)? }, dev.clone())
+        }
+        d => bail!("stepwise CUDA kernels take f32 or bf16, not {d:?}"),
+    };
     let ptr = address(&storage, &Layout::contiguous(len))?;
     Ok((storage, ptr))
 }
@@ -144,15 +182,16 @@ fn u32_size(n: usize) -> Result<u32> {
     }
 }
 
-/// `sums[ch]` = the sum of `dy` (N, C, HW) over images and positions.
+/// `sums[ch]` = the sum of `dy` (N, C, HW) over images and positions, both of `dtype`.
 pub(super) fn channel_sum(
     dev: &CudaDevice,
+    dtype: DType,
     dy: CUdeviceptr,
     (n, c, hw): (usize, usize, usize),
     sums: CUdeviceptr,
 ) -> Result<()> {
     let (config, partials, counters) = reduction(dev, c, n * hw)?;
-    let f = function(dev, "channel_sum_f32")?;
+    let f = function_for(dev, "channel_sum", dtype)?;
     let stream = dev.cuda_stream();
     let (n, c, hw) = (u32_size(n)?, u32_size(c)?, u32_size(hw)?);
     let mut b = stream.launch_builder(&f);
@@ -165,6 +204,26 @@ pub(super) fn channel_sum(
         .arg(&counters);
     // Safety: `dy` holds N·C·HW and `sums` C f32 values; scratch as `reduction` sized it.
     unsafe { b.launch(config) }.w()?;
+    Ok(())
+}
+
+/// `y` (N, C, HW) += `bias` per channel, in place, both of `dtype`.
+pub(super) fn add_channel_bias(
+    dev: &CudaDevice,
+    dtype: DType,
+    y: CUdeviceptr,
+    bias: CUdeviceptr,
+    (n, c, hw): (usize, usize, usize),
+) -> Result<()> {
+    let total = n * c * hw;
+    let f = function_for(dev, "add_channel_bias", dtype)?;
+    let stream = dev.cuda_stream();
+    let (c, hw, total32) = (u32_size(c)?, u32_size(hw)?, u32_size(total)?);
+    let mut b = stream.launch_builder(&f);
+    b.arg(&y).arg(&bias).arg(&c).arg(&hw).arg(&total32);
+    // Safety: `y` holds N·C·HW and `bias` C values of `dtype`; `y` is written in place
+    // (see the module comment).
+    unsafe { b.launch(elementwise(total)) }.w()?;
     Ok(())
 }
 
@@ -231,13 +290,13 @@ impl CustomOp1 for BatchStats {
         let (n, c, hw) = dims4(xl)?;
         let dev = &xs.device;
         let x = address(xs, xl)?;
-        let (stats, out) = alloc(dev, 2 * c)?;
+        let (stats, out) = alloc(dev, DType::F32, 2 * c)?;
         let (rm, rv) = (
             tensor_address(&self.running_mean)?,
             tensor_address(&self.running_var)?,
         );
         let (config, partials, counters) = reduction(dev, c, n * hw)?;
-        let f = function(dev, "bn_stats_f32")?;
+        let f = function_for(dev, "bn_stats", xs.dtype())?;
         let stream = dev.cuda_stream();
         let (n, c32, hw) = (u32_size(n)?, u32_size(c)?, u32_size(hw)?);
         let m = self.momentum as f32;
@@ -294,12 +353,15 @@ impl CustomOp3 for BatchNormRelu {
         if gl.shape().elem_count() != c || bl.shape().elem_count() != c {
             bail!("batch-norm: {c} channels but {:?} parameters", gl.dims());
         }
+        if gs.dtype() != DType::F32 || bs.dtype() != DType::F32 {
+            bail!("batch-norm: the CUDA kernels take f32 parameters");
+        }
         let dev = &xs.device;
         let total = xl.shape().elem_count();
         let (x, gamma, beta) = (address(xs, xl)?, address(gs, gl)?, address(bs, bl)?);
         let stats = tensor_address(&self.stats)?;
-        let (y, out) = alloc(dev, total)?;
-        let f = function(dev, "bn_relu_fwd_f32")?;
+        let (y, out) = alloc(dev, xs.dtype(), total)?;
+        let f = function_for(dev, "bn_relu_fwd", xs.dtype())?;
         let stream = dev.cuda_stream();
         let (eps, c32, hw, total32) = (
             self.eps as f32,
@@ -383,24 +445,27 @@ impl CustomOp3 for BatchNormReluBackward {
         dl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let (n, c, hw) = dims4(xl)?;
+        if ys.dtype() != xs.dtype() || ds.dtype() != xs.dtype() {
+            bail!("batch-norm backward: input, output and gradient dtypes differ");
+        }
         let dev = &xs.device;
         let total = xl.shape().elem_count();
         let (x, y, dy) = (address(xs, xl)?, address(ys, yl)?, address(ds, dl)?);
         let (stats, gamma) = (tensor_address(&self.stats)?, tensor_address(&self.gamma)?);
-        let (dx_storage, dx) = alloc(dev, total)?;
-        let (params, dgamma) = alloc(dev, 2 * c)?;
+        let (dx_storage, dx) = alloc(dev, xs.dtype(), total)?;
+        let (params, dgamma) = alloc(dev, DType::F32, 2 * c)?;
         let dbeta = dgamma + 4 * c as u64;
         let (config, partials, counters) = reduction(dev, c, n * hw)?;
         let stream = dev.cuda_stream();
         let (eps, n32, c32, hw32) = (self.eps as f32, u32_size(n)?, u32_size(c)?, u32_size(hw)?);
-        let reduce = function(dev, "bn_relu_bwd_reduce_f32")?;
+        let reduce = function_for(dev, "bn_relu_bwd_reduce", xs.dtype())?;
         let mut b = stream.launch_builder(&reduce);
         b.arg(&x).arg(&y).arg(&dy).arg(&stats).arg(&eps);
         b.arg(&n32).arg(&c32).arg(&hw32).arg(&dgamma).arg(&dbeta);
         b.arg(&partials).arg(&counters);
         // Safety: as in `BatchStats`; dβ follows dγ in `params`.
         unsafe { b.launch(config) }.w()?;
-        let apply = function(dev, "bn_relu_bwd_dx_f32")?;
+        let apply = function_for(dev, "bn_relu_bwd_dx", xs.dtype())?;
         let (total32, batch_stats) = (u32_size(total)?, i32::from(self.batch_stats));
         let mut b = stream.launch_builder(&apply);
         b.arg(&x)
@@ -418,49 +483,95 @@ impl CustomOp3 for BatchNormReluBackward {
     }
 }
 
-/// PyTorch's SGD-momentum step on `param` and `momentum_buffer` in place, in one kernel.
-pub fn sgd_step(
-    param: &Tensor,
-    grad: &Tensor,
-    momentum_buffer: &Tensor,
-    lr: f64,
-    momentum: f64,
-    weight_decay: f64,
-    nesterov: bool,
-) -> Result<()> {
-    let Some(dev) = cuda_device(param) else {
-        bail!("sgd_step: expected a CUDA tensor");
+/// Tensors per SGD launch; `SGD_MAX_TENSORS` in kernels.cu.
+const SGD_MAX_TENSORS: usize = 32;
+
+/// The kernel parameter of `sgd_momentum_f32`, laid out as `struct SgdTensors` there.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SgdTensors {
+    p: [CUdeviceptr; SGD_MAX_TENSORS],
+    g: [CUdeviceptr; SGD_MAX_TENSORS],
+    buf: [CUdeviceptr; SGD_MAX_TENSORS],
+    n: [u32; SGD_MAX_TENSORS],
+    lr: [f32; SGD_MAX_TENSORS],
+    momentum: [f32; SGD_MAX_TENSORS],
+    wd: [f32; SGD_MAX_TENSORS],
+    nesterov: [i32; SGD_MAX_TENSORS],
+}
+
+// Safety: plain old data in the C layout the kernel reads.
+unsafe impl DeviceRepr for SgdTensors {}
+
+/// PyTorch's SGD-momentum step on every parameter and momentum buffer in place, one kernel
+/// launch per [`SGD_MAX_TENSORS`] tensors; with `on_device`, the learning rate and the
+/// finiteness check read from device memory.
+pub fn sgd_step(updates: &[SgdUpdate], on_device: Option<OnDevice>) -> Result<()> {
+    let (lr_on_device, loss): (CUdeviceptr, CUdeviceptr) = match on_device {
+        Some(d) => {
+            for t in [d.lr, d.loss] {
+                if t.dtype() != DType::F32 || t.elem_count() != 1 {
+                    bail!("sgd_step: the on-device learning rate and loss are f32 scalars");
+                }
+            }
+            (tensor_address(d.lr)?, tensor_address(d.loss)?)
+        }
+        None => (0, 0),
     };
-    let grad = grad.contiguous()?;
-    let n = param.elem_count();
-    if grad.elem_count() != n || momentum_buffer.elem_count() != n {
-        bail!("sgd_step: parameter, gradient and buffer sizes differ");
+    for chunk in updates.chunks(SGD_MAX_TENSORS) {
+        let Some(dev) = cuda_device(chunk[0].param) else {
+            bail!("sgd_step: expected CUDA tensors");
+        };
+        let mut t = SgdTensors {
+            p: [0; SGD_MAX_TENSORS],
+            g: [0; SGD_MAX_TENSORS],
+            buf: [0; SGD_MAX_TENSORS],
+            n: [0; SGD_MAX_TENSORS],
+            lr: [0.0; SGD_MAX_TENSORS],
+            momentum: [0.0; SGD_MAX_TENSORS],
+            wd: [0.0; SGD_MAX_TENSORS],
+            nesterov: [0; SGD_MAX_TENSORS],
+        };
+        // Contiguous gradients, held until the launch is queued.
+        let mut grads = Vec::with_capacity(chunk.len());
+        let mut largest = 0;
+        for (k, u) in chunk.iter().enumerate() {
+            let n = u.param.elem_count();
+            if u.grad.elem_count() != n || u.momentum_buffer.elem_count() != n {
+                bail!("sgd_step: parameter, gradient and buffer sizes differ");
+            }
+            if [u.param, u.grad, u.momentum_buffer]
+                .iter()
+                .any(|t| t.dtype() != DType::F32)
+            {
+                bail!("sgd_step: the CUDA kernel takes f32 tensors");
+            }
+            if cuda_device(u.param).is_none_or(|d| d.id() != dev.id()) {
+                bail!("sgd_step: the parameters are not all on one CUDA device");
+            }
+            let grad = u.grad.contiguous()?;
+            t.p[k] = tensor_address(u.param)?;
+            t.g[k] = tensor_address(&grad)?;
+            t.buf[k] = tensor_address(u.momentum_buffer)?;
+            t.n[k] = u32_size(n)?;
+            t.lr[k] = u.step.lr as f32;
+            t.momentum[k] = u.step.momentum as f32;
+            t.wd[k] = u.step.weight_decay as f32;
+            t.nesterov[k] = i32::from(u.step.nesterov);
+            grads.push(grad);
+            largest = largest.max(n);
+        }
+        let mut config = elementwise(largest);
+        config.grid_dim.0 = config.grid_dim.0.min(256);
+        config.grid_dim.1 = chunk.len() as u32;
+        let f = function(&dev, "sgd_momentum_f32")?;
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&f);
+        b.arg(&t).arg(&lr_on_device).arg(&loss);
+        // Safety: per tensor k < chunk.len(), three f32 buffers of n[k] elements; the two
+        // scalars null or f32; see the module comment on in-place writes.
+        unsafe { b.launch(config) }.w()?;
     }
-    let (p, g, buf) = (
-        tensor_address(param)?,
-        tensor_address(&grad)?,
-        tensor_address(momentum_buffer)?,
-    );
-    let f = function(&dev, "sgd_momentum_f32")?;
-    let stream = dev.cuda_stream();
-    let (n32, lr, mu, wd, nest) = (
-        u32_size(n)?,
-        lr as f32,
-        momentum as f32,
-        weight_decay as f32,
-        i32::from(nesterov),
-    );
-    let mut b = stream.launch_builder(&f);
-    b.arg(&p)
-        .arg(&g)
-        .arg(&buf)
-        .arg(&n32)
-        .arg(&lr)
-        .arg(&mu)
-        .arg(&wd)
-        .arg(&nest);
-    // Safety: three f32 buffers of `n` elements; see the module comment on in-place writes.
-    unsafe { b.launch(elementwise(n)) }.w()?;
     Ok(())
 }
 

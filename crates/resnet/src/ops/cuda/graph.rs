@@ -1,0 +1,61 @@
+//! CUDA graphs: the work a closure queues on a device's stream, captured once and replayed
+//! with one launch, so that a step's hundreds of kernels cost one launch of host time.
+//!
+//! What is captured must be replayable: no host reads of device memory, no uploads of host
+//! data other than those candle caches for capture (its per-launch shape parameters, cached
+//! while [`with_capture_cache`] is active, so warm-up steps must run inside it), no buffer
+//! growth (cuDNN plans and workspaces exist after a warm-up step). Buffers allocated inside
+//! are freed inside or, with the instantiation flag used here, at the next launch.
+
+use candle_core::cuda_backend::cudarc::driver::sys::{
+    CUgraphInstantiate_flags, CUstreamCaptureMode,
+};
+use candle_core::cuda_backend::cudarc::driver::CudaGraph;
+use candle_core::cuda_backend::WrapErr;
+use candle_core::{bail, Device, Result};
+
+/// A captured step.
+pub struct Graph(CudaGraph);
+
+impl Graph {
+    /// Queues one replay on the stream it was captured from.
+    pub fn launch(&self) -> Result<()> {
+        self.0.launch().w()
+    }
+}
+
+/// Runs `f` with candle's host-to-device cache for graph capture on (see the module
+/// comment); warm-up steps of what [`capture`] later records run inside it.
+pub fn with_capture_cache<R>(device: &Device, f: impl FnOnce() -> R) -> Result<R> {
+    let Device::Cuda(dev) = device else {
+        bail!("CUDA graphs need a CUDA device");
+    };
+    let _cache = dev.enable_cuda_graph_htod_cache();
+    Ok(f())
+}
+
+/// Captures the work `f` queues on `device`'s stream.
+pub fn capture<E: From<candle_core::Error>>(
+    device: &Device,
+    f: impl FnOnce() -> std::result::Result<(), E>,
+) -> std::result::Result<Graph, E> {
+    let Device::Cuda(dev) = device else {
+        return Err(candle_core::Error::Msg("CUDA graphs need a CUDA device".into()).into());
+    };
+    let _cache = dev.enable_cuda_graph_htod_cache();
+    let stream = dev.cuda_stream();
+    stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+        .w()
+        .map_err(E::from)?;
+    let queued = f();
+    // The capture is ended whether or not `f` succeeded, so the stream is usable after.
+    let graph = stream
+        .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH)
+        .w();
+    queued?;
+    match graph.map_err(E::from)? {
+        Some(g) => Ok(Graph(g)),
+        None => Err(candle_core::Error::Msg("the capture recorded no work".into()).into()),
+    }
+}
