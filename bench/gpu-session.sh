@@ -1,38 +1,109 @@
 #!/usr/bin/env bash
-# Every GPU check of a session on the device machine, in order: selftest (correctness
-# first), the quick run trained and analysed on the GPU (its analysis repeated on the CPU for
-# comparison), then the side-by-side benchmark. Results go to $OUT. Expects dist/stepwise.xz
-# (a stripped `--features cuda` release build) in this checkout.
-#   [SKIP_ANALYSIS=1] [STEPS=20] bash bench/gpu-session.sh [MODELS]
+# Every GPU check of a session on the device machine, phase by phase, each under its own time
+# limit: selftest (correctness first), the memory budget and out-of-memory errors, the
+# side-by-side training table against PyTorch, the training step before/after and as a CUDA
+# graph, the side-by-side evaluation and analysis, the quick run trained and analysed on the
+# GPU. Expects dist/stepwise.xz (a stripped `--features cuda` release build) and optionally
+# dist/stepwise-before.xz (the previous build, for the before/after rows). Writes few files
+# (the device tool returns a limited number): session.log with every phase's output,
+# gpu-bench-train.{json,log} and gpu-bench-passes.{json,log}.
+#   [PHASES="selftest memory train ab passes quick"] [TRAIN_MODELS=...] [PASS_MODELS=...]
+#   [STEPS=10] bash bench/gpu-session.sh
 set -uo pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
+LOG=$OUT/session.log
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
-xz -dkf dist/stepwise.xz && chmod +x dist/stepwise
 S=dist/stepwise
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
-python3 -c "import torch; print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version())" > "$OUT/torch.txt" 2>&1
-timeout 150 $S selftest --device cuda > "$OUT/selftest.txt" 2>&1
-echo "selftest exit $?" >> "$OUT/selftest.txt"
-grep -v "^ok" "$OUT/selftest.txt"
-if [ "${SKIP_ANALYSIS:-0}" != 1 ]; then
-( time timeout 120 $S train --spec experiments/quick.toml --device cuda --out runs/quick-gpu --json ) > "$OUT/quick-train.json" 2> "$OUT/quick-train.log"
-echo "quick train exit $?"; tail -4 "$OUT/quick-train.log"
-for dev in cuda cpu; do
-  ( time timeout 120 $S analyze --run runs/quick-gpu --device $dev --max-examples 500 --out "$OUT/analysis-$dev" ) > "$OUT/analyze-$dev.log" 2>&1
-  echo "analyze $dev exit $?"; tail -4 "$OUT/analyze-$dev.log"
-done
+xz -dkf dist/stepwise.xz && chmod +x $S
+B=
+if [ -f dist/stepwise-before.xz ]; then
+  xz -dkf dist/stepwise-before.xz && chmod +x dist/stepwise-before && B=dist/stepwise-before
 fi
-MODELS=${1:-resnet-56:128,resnet-110:128,resnet-56:512,resnet-110:512,wide:128:f32}
-timeout 280 python3 bench/gpu.py --stepwise $S --steps ${STEPS:-20} --warmup 5 --timeout 60 \
-  --models "$MODELS" > "$OUT/gpu-bench.json" 2> "$OUT/gpu-bench.log"
-echo "bench exit $?"
-python3 - "$OUT/gpu-bench.json" <<'PY'
+PHASES=${PHASES:-selftest memory train ab passes quick}
+TRAIN_MODELS=${TRAIN_MODELS:-resnet-56:128,resnet-110:128,wide:128:bf16,wide:128:f32,resnet-56:512,resnet-110:512}
+PASS_MODELS=${PASS_MODELS:-resnet-56,resnet-110}
+STEPS=${STEPS:-10}
+phase() { echo "== $1 ($(date +%T))"; }
+# Runs a command under a time limit, its output and exit status into the log.
+logged() {
+  local limit=$1; shift
+  timeout "$limit" "$@" 2>&1
+  echo "exit $?"
+}
+
+selftest() {
+  nvidia-smi
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
+  logged 150 $S selftest --device cuda
+}
+
+memory() {
+  # Each must fail with an error naming the batch size: two refusals by the estimate (a set
+  # budget, the card's own size), one real out-of-memory past a budget larger than the card.
+  local batch=(--arch resnet --depth 110 --steps 1 --warmup 0 --device cuda)
+  logged 60 $S --gpu-memory 2GiB bench train "${batch[@]}" --batch 512
+  logged 60 $S bench train "${batch[@]}" --batch 32768
+  logged 90 $S --gpu-memory 4TiB bench train "${batch[@]}" --batch 32768
+  logged 60 $S --gpu-memory 2GiB bench analyze --arch resnet --depth 110 --examples 2000 --batch 2000 --device cuda
+}
+
+train() {
+  timeout 240 python3 bench/gpu.py --stepwise $S --steps "$STEPS" --warmup 3 --timeout 45 --cuda-graph \
+    --models "$TRAIN_MODELS" --eval-models '' --analysis-models '' \
+    > "$OUT/gpu-bench-train.json" 2> "$OUT/gpu-bench-train.log"
+  echo "exit $?"
+  summary "$OUT/gpu-bench-train.log"
+}
+
+ab() {
+  for depth in 56 110; do
+    for variant in before loop graph; do
+      case $variant in
+        before) [ -n "$B" ] || continue; cmd=("$B" bench train) ;;
+        loop) cmd=("$S" bench train) ;;
+        graph) cmd=("$S" bench train --cuda-graph) ;;
+      esac
+      echo "resnet-$depth b128 $variant:"
+      timeout 60 "${cmd[@]}" --arch resnet --depth $depth --batch 128 --steps 20 --warmup 5 --device cuda 2>&1
+    done
+  done
+}
+
+passes() {
+  timeout 200 python3 bench/gpu.py --stepwise $S --timeout 60 --models '' \
+    --eval-models "$PASS_MODELS" --analysis-models "$PASS_MODELS" --examples 10000 \
+    > "$OUT/gpu-bench-passes.json" 2> "$OUT/gpu-bench-passes.log"
+  echo "exit $?"
+  summary "$OUT/gpu-bench-passes.log"
+}
+
+quick() {
+  rm -rf runs/quick-gpu
+  ( time logged 90 $S train --spec experiments/quick.toml --device cuda --out runs/quick-gpu ) 2>&1 | tail -12
+  ( time logged 90 $S analyze --run runs/quick-gpu --device cuda --max-examples 500 --out runs/quick-gpu-analysis ) 2>&1 | tail -8
+}
+
+# One line per row of a gpu.py log: images or examples per second (driver peak MiB, stepwise's
+# estimate), ratios.
+summary() {
+  python3 - "$1" <<'PY'
 import json, sys
-d = json.load(open(sys.argv[1]))
-print(d["card"], d["driver"])
-for r in d["results"]:
-    s = r["stepwise"]
-    t = {k: (round(v.get("images_per_second", 0)), v.get("driver_peak_mib")) for k, v in r["pytorch"].items()}
-    print(r["model"], r["batch"], r["dtype"], "stepwise", round(s.get("images_per_second", 0)), s.get("driver_peak_mib"), s.get("error", ""), "pytorch", t, "ratio", round(r.get("ratio_vs_fastest_pytorch", 0), 3))
+for line in open(sys.argv[1]):
+    if not line.startswith("{"):
+        continue
+    r = json.loads(line)
+    rate = "images_per_second" if r["pass"] == "train" else "examples_per_second"
+    ours = {k: (round(v.get(rate, 0)), v.get("driver_peak_mib"), v.get("estimated_gpu_peak_mib"), v.get("error", "")[:80]) for k, v in r["stepwise"].items()}
+    theirs = {k: (round(v.get(rate, 0)), v.get("driver_peak_mib"), v.get("error", "")[:80]) for k, v in r["pytorch"].items()}
+    print(r["pass"], r["model"], r["batch"], "stepwise", ours, "pytorch", theirs,
+          "like", {k: round(v, 3) for k, v in r.get("ratios_like_math", {}).items()},
+          "fastest", round(r.get("ratio_fastest_vs_fastest", 0), 3))
 PY
+}
+
+for p in $PHASES; do
+  phase "$p"
+  $p
+done 2>&1 | tee "$LOG"
+phase done | tee -a "$LOG"

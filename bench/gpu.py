@@ -1,15 +1,24 @@
 #!/usr/bin/env python3
-"""Side-by-side GPU training throughput and memory: `stepwise bench train --device cuda` and
-the PyTorch reference (bench/reference.py, same architectures and initialisation) on the
-same card, in one run. Needs only the stepwise binary and Python with PyTorch (no cargo).
+"""Side-by-side GPU throughput and memory of stepwise and the PyTorch reference
+(bench/reference.py: the same architectures and initialisation) on the same card, in one run:
+training steps (`stepwise bench train`), evaluation (`stepwise bench eval`) and the per-block
+analysis (`stepwise bench analyze`). Needs only the stepwise binary and Python with PyTorch
+(no cargo).
 
-PyTorch runs with cudnn.benchmark on, twice in fp32: with its defaults (cuDNN may use TF32)
-and strict (TF32 off); the ratio is taken against the faster. bf16 models are compared with
+fp32 models: stepwise runs twice, `--dtype f32` (exact FMA convolutions) and `--dtype tf32`
+(TF32 tensor-core convolutions); PyTorch runs twice with cudnn.benchmark on, with its defaults
+(TF32 convolutions) and strict fp32 (TF32 off). Each row gives both pairings of like math and
+the headline ratio: stepwise's faster against PyTorch's faster. With `--cuda-graph`, stepwise's
+training step also runs captured as a CUDA graph (`f32+graph`, `tf32+graph`), which the
+like-math ratios take where it is faster. bf16 models are compared with
 PyTorch autocast-bf16 + channels_last. Peak memory is the driver's figure for each process
-(nvidia-smi, polled) and PyTorch's own max_memory_reserved.
+(nvidia-smi, polled) and PyTorch's own max_memory_reserved; stepwise's training rows carry its
+own estimate (`estimated_gpu_peak_mib`) for comparison.
 
   python3 bench/gpu.py --stepwise dist/stepwise [--steps 20] [--warmup 5]
-                       [--models resnet-56:128,resnet-110:128,...] > gpu-bench.json
+      [--models resnet-56:128,resnet-110:512,wide:128:bf16,...]
+      [--eval-models resnet-56,resnet-110] [--analysis-models resnet-56,resnet-110]
+      [--examples 10000] > gpu-bench.json
 """
 import argparse
 import json
@@ -26,15 +35,20 @@ DEFAULT_MODELS = ("resnet-56:128,resnet-56:512,resnet-110:128,resnet-110:512,"
 
 
 def smi(query, kind="gpu"):
+    """nvidia-smi's rows for `query` ([] where there is no nvidia-smi)."""
     flag = "--query-gpu" if kind == "gpu" else "--query-compute-apps"
-    out = subprocess.run(["nvidia-smi", f"{flag}={query}", "--format=csv,noheader,nounits"],
-                         capture_output=True, text=True)
+    try:
+        out = subprocess.run(["nvidia-smi", f"{flag}={query}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True)
+    except FileNotFoundError:
+        return []
     return [line.split(", ") for line in out.stdout.strip().splitlines()]
 
 
-def run_measured(cmd, env, timeout):
-    """Runs `cmd`, polling the driver's memory figure for its process; returns (json, MiB)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+def run_measured(cmd, timeout):
+    """Runs `cmd`, polling the driver's memory figure for its process; returns its JSON
+    output (or an error) with `driver_peak_mib` added."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0]
 
     def poll():
@@ -52,11 +66,36 @@ def run_measured(cmd, env, timeout):
         proc.kill()
         proc.communicate()
         watcher.join()
-        return {"error": f"timed out after {timeout} s"}, peak[0]
+        return {"error": f"timed out after {timeout} s", "driver_peak_mib": peak[0]}
     watcher.join()
     if proc.returncode != 0:
-        return {"error": err.strip()[-2000:]}, peak[0]
-    return json.loads(out), peak[0]
+        return {"error": err.strip()[-2000:], "driver_peak_mib": peak[0]}
+    result = json.loads(out)
+    result["driver_peak_mib"] = peak[0]
+    return result
+
+
+def model_flags(model, dtype=None):
+    arch, _, depth = model.partition("-")
+    return ["--arch", arch] + (["--depth", depth] if depth else []) + (["--dtype", dtype] if dtype else [])
+
+
+def compare(ours, theirs, rate):
+    """The row's ratios: like math (stepwise f32 / PyTorch fp32, tf32 / default, bf16 /
+    bf16) and stepwise's fastest over PyTorch's fastest; memory against that PyTorch run."""
+    ok = lambda runs: {k: v for k, v in runs.items() if rate in v}
+    ours_ok, theirs_ok = ok(ours), ok(theirs)
+    row = {"ratios_like_math": {}}
+    for mine, other in [("f32", "fp32"), ("tf32", "default"), ("bf16", "bf16")]:
+        candidates = [r[rate] for k, r in ours_ok.items() if k.split("+")[0] == mine]
+        if candidates and other in theirs_ok:
+            row["ratios_like_math"][f"{mine}/{other}"] = max(candidates) / theirs_ok[other][rate]
+    if ours_ok and theirs_ok:
+        best_ours = max(ours_ok.values(), key=lambda r: r[rate])
+        best_theirs = max(theirs_ok.values(), key=lambda r: r[rate])
+        row["ratio_fastest_vs_fastest"] = best_ours[rate] / best_theirs[rate]
+        row["memory_ratio_vs_that_pytorch"] = best_ours["driver_peak_mib"] / max(best_theirs["driver_peak_mib"], 1)
+    return row
 
 
 def main():
@@ -65,40 +104,72 @@ def main():
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--timeout", type=int, default=120, help="seconds per process")
-    p.add_argument("--models", default=DEFAULT_MODELS, help="arch[-depth]:batch[:f32|bf16], comma-separated")
+    p.add_argument("--models", default=DEFAULT_MODELS, help="training: arch[-depth]:batch[:f32|bf16], comma-separated ('' for none)")
+    p.add_argument("--eval-models", default="resnet-56,resnet-110", help="evaluation ('' for none)")
+    p.add_argument("--analysis-models", default="resnet-56,resnet-110", help="analysis ('' for none)")
+    p.add_argument("--examples", type=int, default=10000, help="images per evaluation or analysis pass")
+    p.add_argument("--eval-batch", type=int, default=1000)
+    p.add_argument("--analysis-batch", type=int, default=500)
+    p.add_argument("--repeats", type=int, default=1, help="timed evaluation/analysis passes (median)")
+    p.add_argument("--cuda-graph", action="store_true", help="also time stepwise's training step as a CUDA graph")
+    p.add_argument("--device", default="cuda", help="cpu: a dry run of this script with tiny models")
     args = p.parse_args()
-    env = dict(os.environ)
-    card = smi("name,driver_version,memory.total")[0]
+    card = (smi("name,driver_version,memory.total") or [["none", "none", "0"]])[0]
+    reference = [sys.executable, os.path.join(HERE, "reference.py")]
     results = []
-    for entry in args.models.split(","):
+
+    def with_summary(model, dtype, body):
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as summary:
+            summary.write(subprocess.run([args.stepwise, "model", "summary", *model_flags(model, dtype), "--json"],
+                                         check=True, capture_output=True, text=True).stdout)
+            summary.flush()
+            return body(summary.name)
+
+    def emit(row):
+        results.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+
+    for entry in filter(None, args.models.split(",")):
         parts = entry.split(":")
         model, batch = parts[0], int(parts[1])
         dtype = parts[2] if len(parts) > 2 else "f32"
-        arch, _, depth = model.partition("-")
-        flags = ["--arch", arch] + (["--depth", depth] if depth else []) + ["--dtype", dtype]
-        with tempfile.NamedTemporaryFile("w", suffix=".json") as summary:
-            summary.write(subprocess.run([args.stepwise, "model", "summary", *flags, "--json"],
-                                         check=True, capture_output=True, text=True).stdout)
-            summary.flush()
-            common = ["--batch", str(batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
-            ours, ours_mem = run_measured([args.stepwise, "bench", "train", *flags, *common,
-                                           "--device", "cuda", "--json"], env, args.timeout)
-            torch_runs = {}
-            for precision in (["bf16"] if dtype == "bf16" else ["default", "fp32"]):
-                res, mem = run_measured([sys.executable, os.path.join(HERE, "reference.py"), "bench",
-                                         "--summary", summary.name, *common, "--device", "cuda",
-                                         "--precision", precision], env, args.timeout)
-                res["driver_peak_mib"] = mem
-                torch_runs[precision] = res
-        ours["driver_peak_mib"] = ours_mem
-        ok = [r for r in torch_runs.values() if "images_per_second" in r]
-        best = max(ok, key=lambda r: r["images_per_second"]) if ok else None
-        row = {"model": model, "batch": batch, "dtype": dtype, "stepwise": ours, "pytorch": torch_runs}
-        if best and "images_per_second" in ours:
-            row["ratio_vs_fastest_pytorch"] = ours["images_per_second"] / best["images_per_second"]
-            row["memory_ratio_vs_that_pytorch"] = ours_mem / max(best["driver_peak_mib"], 1)
-        results.append(row)
-        print(json.dumps(row), file=sys.stderr, flush=True)
+        common = ["--batch", str(batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+
+        def train(summary):
+            variants = [(d, []) for d in (["bf16"] if dtype == "bf16" else ["f32", "tf32"])]
+            if args.cuda_graph:
+                variants += [(d, ["--cuda-graph"]) for d, _ in list(variants)]
+            ours = {d + ("+graph" if extra else ""):
+                    run_measured([args.stepwise, "bench", "train", *model_flags(model, d), *common, *extra,
+                                  "--device", args.device, "--json"], args.timeout)
+                    for d, extra in variants}
+            theirs = {prec: run_measured([*reference, "bench", "--summary", summary, *common, "--device", args.device,
+                                          "--precision", prec], args.timeout)
+                      for prec in (["bf16"] if dtype == "bf16" else ["default", "fp32"])}
+            return ours, theirs
+
+        ours, theirs = with_summary(model, dtype, train)
+        emit({"pass": "train", "model": model, "batch": batch, "dtype": dtype, "stepwise": ours, "pytorch": theirs,
+              **compare(ours, theirs, "images_per_second")})
+
+    for name, models, batch in [("eval", args.eval_models, args.eval_batch),
+                                ("analysis", args.analysis_models, args.analysis_batch)]:
+        sizes = ["--examples", str(args.examples), "--batch", str(batch), "--repeats", str(args.repeats)]
+        for model in filter(None, models.split(",")):
+            def passes(summary):
+                command = "analyze" if name == "analysis" else "eval"
+                ours = {d: run_measured([args.stepwise, "bench", command, *model_flags(model, d), *sizes,
+                                         "--device", args.device, "--json"], args.timeout)
+                        for d in ["f32", "tf32"]}
+                theirs = {prec: run_measured([*reference, f"bench-{name}", "--summary", summary, *sizes,
+                                              "--device", args.device, "--precision", prec], args.timeout)
+                          for prec in ["default", "fp32"]}
+                return ours, theirs
+
+            ours, theirs = with_summary(model, "f32", passes)
+            emit({"pass": name, "model": model, "batch": batch, "examples": args.examples, "stepwise": ours,
+                  "pytorch": theirs, **compare(ours, theirs, "examples_per_second")})
+
     print(json.dumps({"card": card[0], "driver": card[1], "memory_total_mib": card[2],
                       "date": time.strftime("%Y-%m-%d"), "steps": args.steps, "warmup": args.warmup,
                       "results": results}, indent=2))

@@ -227,11 +227,9 @@ def cmd_train(args):
                           "images_per_second": seen / (time.time() - start)}), flush=True)
 
 
-def cmd_bench(args):
-    """Median time of a training step (forward, backward, SGD) on random data, as
-    `stepwise bench train` measures it. On CUDA: `cudnn.benchmark` on; `--precision`
-    `default` leaves PyTorch's TF32 settings as they are, `fp32` turns TF32 off, `bf16` runs
-    under autocast with channels-last tensors."""
+def setup(args):
+    """Seeds, and on CUDA turns `cudnn.benchmark` on and, for `--precision fp32`, TF32 off
+    (`default` leaves PyTorch's settings: TF32 convolutions, strict matmuls)."""
     torch.manual_seed(0)
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -239,6 +237,15 @@ def cmd_bench(args):
         if args.precision == "fp32":
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
+    return device
+
+
+def cmd_bench(args):
+    """Median time of a training step (forward, backward, SGD) on random data, as
+    `stepwise bench train` measures it. On CUDA: `cudnn.benchmark` on; `--precision`
+    `default` leaves PyTorch's TF32 settings as they are, `fp32` turns TF32 off, `bf16` runs
+    under autocast with channels-last tensors."""
+    device = setup(args)
     summary = json.load(open(args.summary))
     net = Net(summary).to(device).train()
     classes = summary["model"]["classes"]
@@ -331,14 +338,21 @@ def analysis_pass(net, x, y):
     return cos, l2, drops
 
 
+def print_pass(args, times):
+    """The JSON line of an evaluation or analysis benchmark: the median of `times`."""
+    times.sort()
+    seconds = times[len(times) // 2]
+    print(json.dumps({"seconds": seconds, "examples_per_second": args.examples / seconds,
+                      "examples": args.examples, "batch": args.batch, "repeats": args.repeats,
+                      "precision": args.precision, "threads": torch.get_num_threads(),
+                      "torch": torch.__version__}))
+
+
 def cmd_bench_analysis(args):
     """Median time of the cosine/ℓ2/drop analysis of `--examples` random images through a
     fresh model in inference mode, as `stepwise bench analyze` measures it (uint8 images
     normalised batch by batch)."""
-    torch.manual_seed(0)
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    device = setup(args)
     summary = json.load(open(args.summary))
     net = Net(summary).to(device).eval()
     for p in net.parameters():
@@ -356,11 +370,33 @@ def cmd_bench_analysis(args):
             torch.cuda.synchronize()
         if i > 0:
             times.append(time.perf_counter() - start)
-    times.sort()
-    seconds = times[len(times) // 2]
-    print(json.dumps({"seconds": seconds, "examples_per_second": args.examples / seconds,
-                      "examples": args.examples, "batch": args.batch, "repeats": args.repeats,
-                      "threads": torch.get_num_threads(), "torch": torch.__version__}))
+    print_pass(args, times)
+
+
+def cmd_bench_eval(args):
+    """Median time of evaluating `--examples` random images (loss and accuracy, BatchNorm in
+    inference mode, each batch copied to the device and its sums read back), as `stepwise
+    bench eval` measures it."""
+    device = setup(args)
+    summary = json.load(open(args.summary))
+    net = Net(summary).to(device).eval()
+    classes = summary["model"]["classes"]
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(args.examples, 3, 32, 32, generator=generator)
+    y = torch.randint(0, classes, (args.examples,), generator=generator)
+    times = []
+    for i in range(args.repeats + 1):
+        start = time.perf_counter()
+        loss, correct = 0.0, 0
+        with torch.no_grad():
+            for b in range(0, args.examples, args.batch):
+                xb, yb = x[b:b + args.batch].to(device), y[b:b + args.batch].to(device)
+                logits = net(xb)
+                loss += F.cross_entropy(logits, yb, reduction="sum").item()
+                correct += (logits.argmax(1) == yb).sum().item()
+        if i > 0:
+            times.append(time.perf_counter() - start)
+    print_pass(args, times)
 
 
 def main():
@@ -387,16 +423,18 @@ def main():
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--device", default="cpu")
     b.add_argument("--precision", default="default", choices=["default", "fp32", "bf16"])
-    a = sub.add_parser("bench-analysis")
-    a.add_argument("--summary", required=True)
-    a.add_argument("--examples", type=int, default=1000)
-    a.add_argument("--batch", type=int, default=250)
-    a.add_argument("--repeats", type=int, default=3)
-    a.add_argument("--device", default="cpu")
+    for name in ["bench-analysis", "bench-eval"]:
+        a = sub.add_parser(name)
+        a.add_argument("--summary", required=True)
+        a.add_argument("--examples", type=int, default=1000)
+        a.add_argument("--batch", type=int, default=250)
+        a.add_argument("--repeats", type=int, default=3)
+        a.add_argument("--device", default="cpu")
+        a.add_argument("--precision", default="default", choices=["default", "fp32"])
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", torch.get_num_threads())))
     {"eval": cmd_eval, "train": cmd_train, "bench": cmd_bench,
-     "bench-analysis": cmd_bench_analysis}[args.cmd](args)
+     "bench-analysis": cmd_bench_analysis, "bench-eval": cmd_bench_eval}[args.cmd](args)
 
 
 if __name__ == "__main__":
