@@ -1,8 +1,8 @@
 //! Custom candle operations with fast kernels: convolution (forward, input gradient,
 //! weight and bias gradient) and BatchNorm fused with the ReLU that always follows it in
 //! these networks. They serve f32 and f64 tensors on the CPU and, with the `cuda` feature,
-//! f32 on CUDA ([`cuda`]: cuDNN and stepwise's own kernels); other dtypes use the reference
-//! compositions of candle ops in `layers`, against which they are tested.
+//! f32 and bf16 on CUDA ([`cuda`]: cuDNN and stepwise's own kernels); other dtypes use the
+//! reference compositions of candle ops in `layers`, against which they are tested.
 
 pub mod batchnorm;
 pub mod conv;
@@ -43,7 +43,7 @@ pub fn use_reference_ops(on: bool) {
 }
 
 /// Whether stepwise's convolution serves tensors like `x`: the CPU kernels in f32 and f64,
-/// cuDNN in f32 (with the `cuda` feature).
+/// cuDNN in f32 and bf16 (with the `cuda` feature).
 pub fn has_kernels(x: &Tensor) -> bool {
     has_cpu_kernels(x) || has_cuda_kernels(x)
 }

@@ -2,7 +2,7 @@
 //! buf ← μ·buf + d, p ← p − lr·(d + μ·buf with Nesterov, else buf), or p − lr·d without
 //! momentum. On the CPU one pass over each tensor instead of six candle ops that each
 //! allocate their result (over a thousand per ResNet-56 step); on CUDA one kernel for up
-//! to 32 tensors at a time (a ResNet-56 has 224 parameter tensors: a launch each would
+//! to 32 tensors at a time (a ResNet-56 has 226 parameter tensors: a launch each would
 //! cost more than the arithmetic).
 
 use super::{slice, Real};
