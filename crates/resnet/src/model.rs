@@ -545,36 +545,33 @@ impl ResNet {
 
     /// Keras-style total: trainable plus BatchNorm running means and variances.
     pub fn keras_count(&self) -> usize {
-        let running: usize = self
-            .modules()
-            .iter()
-            .map(|(_, m)| match m {
-                Module::Bn(bn) => 2 * bn.channels(),
-                _ => 0,
-            })
-            .sum();
+        let running: usize = self.batch_norms().iter().map(|bn| 2 * bn.channels()).sum();
         self.trainable_count() + running
     }
 
-    /// Every BatchNorm's `num_batches_tracked`, in a fixed order (a shared BatchNorm once per
-    /// name it has).
-    pub fn batches_tracked(&self) -> Vec<i64> {
+    /// Every BatchNorm, in [`Self::modules`] order (a shared one once per name it has).
+    fn batch_norms(&self) -> Vec<&BatchNorm> {
         self.modules()
-            .iter()
+            .into_iter()
             .filter_map(|(_, m)| match m {
-                Module::Bn(bn) => Some(bn.num_batches_tracked()),
+                Module::Bn(bn) => Some(bn),
                 _ => None,
             })
             .collect()
     }
 
+    /// Every BatchNorm's `num_batches_tracked`, in a fixed order (a shared BatchNorm once per
+    /// name it has).
+    pub fn batches_tracked(&self) -> Vec<i64> {
+        self.batch_norms()
+            .iter()
+            .map(|bn| bn.num_batches_tracked())
+            .collect()
+    }
+
     /// Sets what [`Self::batches_tracked`] returns, in its order.
     pub fn set_batches_tracked(&self, counts: &[i64]) {
-        let bns = self.modules().into_iter().filter_map(|(_, m)| match m {
-            Module::Bn(bn) => Some(bn),
-            _ => None,
-        });
-        for (bn, &n) in bns.zip(counts) {
+        for (bn, &n) in self.batch_norms().into_iter().zip(counts) {
             bn.set_num_batches_tracked(n);
         }
     }

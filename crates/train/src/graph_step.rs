@@ -114,13 +114,8 @@ impl GraphSteps {
                 buffers.y.slice_set(y, 0, 0)?;
                 write_lr(&buffers, lr)?;
                 graph.launch()?;
-                let counts: Vec<i64> = model.batches_tracked();
-                let counts: Vec<i64> = counts
-                    .iter()
-                    .zip(&batches_tracked)
-                    .map(|(c, d)| c + d)
-                    .collect();
-                model.set_batches_tracked(&counts);
+                let counts = model.batches_tracked().into_iter().zip(&batches_tracked);
+                model.set_batches_tracked(&counts.map(|(c, d)| c + d).collect::<Vec<_>>());
                 let result = read(&buffers);
                 self.state = State::Captured {
                     buffers,
