@@ -5,12 +5,14 @@
 
 use crate::{analyze, Input, Result};
 use candle_core::Device;
-use cifar::batch::in_order;
 use cifar::rng::{rng, Stream};
 use cifar::{Images, IMAGE_BYTES};
 use domain::{AnalysisKind, AnalysisSpec, DataSpec, ModelSpec, Normalization, RunSpec, Split};
 use rand::Rng;
-use resnet::{synchronize, Dtypes, ResNet};
+use resnet::eval::Inputs;
+use resnet::layers::with_frozen_parameters;
+use resnet::memory::graph_bytes;
+use resnet::{synchronize, Dtypes, ProbeOptions, ResNet};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -28,6 +30,11 @@ pub struct PassBench {
     pub seconds: f64,
     pub examples_per_second: f64,
     pub repeats: usize,
+    /// What the autograd graph of one batch's probed pass keeps alive for its backward pass
+    /// ([`resnet::memory::graph_bytes`], counted the same on every device); evaluation keeps
+    /// no graph.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graph_mib: Option<f64>,
 }
 
 /// The images are normalised with these (uint8 pixels to about [-2, 2]).
@@ -37,13 +44,15 @@ const NORMALIZATION: Normalization = Normalization {
 };
 
 /// Times `pass` over `examples` random images `repeats` times after one untimed warm-up;
-/// `pass` returns the seconds it took.
+/// `pass` returns the seconds it took. With `probed_graph`, also counts what the graph of
+/// the analysis' probed pass keeps.
 fn bench_pass(
     name: &'static str,
     model: &ModelSpec,
     (examples, batch, repeats): (usize, usize, usize),
     device: &Device,
     pass: impl Fn(&ResNet, &Images) -> Result<f64>,
+    probed_graph: bool,
 ) -> Result<PassBench> {
     let layout = model.layout()?;
     let net = ResNet::new(
@@ -79,7 +88,20 @@ fn bench_pass(
         seconds,
         examples_per_second: examples as f64 / seconds,
         repeats,
+        graph_mib: probed_graph
+            .then(|| probed_graph_mib(&net, &images, batch))
+            .transpose()?,
     })
+}
+
+/// [`PassBench::graph_mib`] of the first batch.
+fn probed_graph_mib(net: &ResNet, images: &Images, batch: usize) -> Result<f64> {
+    let inputs = Inputs::new(&NORMALIZATION, net.device())?;
+    let first = images.batches(batch).next().expect("at least one example");
+    let (x, _) = inputs.upload(first)?;
+    let options = ProbeOptions::eval().with_gradients();
+    let probed = with_frozen_parameters(|| net.forward_probed(&x, &options))?;
+    Ok(graph_bytes(&probed.logits) as f64 / (1 << 20) as f64)
 }
 
 /// Times the cosine/ℓ2/drop analysis of `examples` random images in batches of `batch`,
@@ -101,21 +123,29 @@ pub fn bench_analysis(
         ..AnalysisSpec::default()
     };
     let sizes = (examples, batch, repeats);
-    bench_pass("analysis", model, sizes, device, |net, images| {
-        let input = Input {
-            model: net,
-            run: &run,
-            epoch: 0,
-            train: images,
-            test: images,
-        };
-        Ok(analyze(&input, &spec)?.seconds)
-    })
+    bench_pass(
+        "analysis",
+        model,
+        sizes,
+        device,
+        |net, images| {
+            let input = Input {
+                model: net,
+                run: &run,
+                epoch: 0,
+                train: images,
+                test: images,
+            };
+            Ok(analyze(&input, &spec)?.seconds)
+        },
+        true,
+    )
 }
 
-/// Times the evaluation (loss and accuracy, BatchNorm in inference mode; each batch is
-/// normalised on the host, copied to the device and its sums read back) of `examples`
-/// random images in batches of `batch`, `repeats` times after one untimed warm-up.
+/// Times the evaluation (loss and accuracy, BatchNorm in inference mode; each batch's bytes
+/// are copied to the device and normalised there, the sums read back at the end) of
+/// `examples` random images in batches of `batch`, `repeats` times after one untimed
+/// warm-up.
 pub fn bench_eval(
     model: &ModelSpec,
     examples: usize,
@@ -124,11 +154,18 @@ pub fn bench_eval(
     device: &Device,
 ) -> Result<PassBench> {
     let sizes = (examples, batch, repeats);
-    bench_pass("eval", model, sizes, device, |net, images| {
-        let started = Instant::now();
-        let batches = in_order(images, &NORMALIZATION, batch).map(Into::into);
-        resnet::eval::evaluate(net, batches, &[])?;
-        synchronize(device)?;
-        Ok(started.elapsed().as_secs_f64())
-    })
+    bench_pass(
+        "eval",
+        model,
+        sizes,
+        device,
+        |net, images| {
+            let started = Instant::now();
+            let inputs = Inputs::new(&NORMALIZATION, device)?;
+            resnet::eval::evaluate(net, &inputs, images.batches(batch), &[])?;
+            synchronize(device)?;
+            Ok(started.elapsed().as_secs_f64())
+        },
+        false,
+    )
 }

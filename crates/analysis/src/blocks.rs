@@ -1,7 +1,7 @@
 //! Metrics with one value per block: cosine and ℓ2 ratio, block dropping, intermediate
 //! accuracy, and the sharing diagnostics.
 
-use crate::stats::{cosines, host, norms, ratios};
+use crate::stats::{cosines, host, norms, ratios, Series};
 use crate::{is_projection, Ctx, Error, Result};
 use candle_core::{Tensor, Var};
 use cifar::rng::{rng, Stream};
@@ -36,7 +36,7 @@ pub(crate) fn cosine_and_l2(ctx: &mut Ctx, mut drops: Option<&mut Drops>) -> Res
     let want_l2 = ctx.spec.wants(AnalysisKind::L2);
     let full = want_cosine && ctx.spec.gradient == GradientKind::Full;
     let n = ctx.blocks.len();
-    let (mut cos, mut l2) = (vec![vec![]; n], vec![vec![]; n]);
+    let (mut cos, mut l2) = (Series::new(n), Series::new(n));
     let options = if full {
         ProbeOptions::eval().with_gradients()
     } else {
@@ -49,7 +49,7 @@ pub(crate) fn cosine_and_l2(ctx: &mut Ctx, mut drops: Option<&mut Drops>) -> Res
             drops.add(ctx.model, &probed, &y)?;
         }
         let grads = if full {
-            let g = summed_loss(&probed.logits, &y)?.backward()?;
+            let g = probed.backward(&summed_loss(&probed.logits, &y)?)?;
             Some((probed.input_gradients(&g)?, probed.output_gradient(&g)?))
         } else {
             None
@@ -67,7 +67,7 @@ pub(crate) fn cosine_and_l2(ctx: &mut Ctx, mut drops: Option<&mut Drops>) -> Res
                 h
             };
             if want_l2 {
-                l2[i].extend(ratios(&norms(&f)?, &norms(&base)?));
+                l2.push(i, ratios(&norms(&f)?, &norms(&base)?)?);
             }
             if !want_cosine {
                 continue;
@@ -88,9 +88,10 @@ pub(crate) fn cosine_and_l2(ctx: &mut Ctx, mut drops: Option<&mut Drops>) -> Res
                 },
                 (None, _) => skip_gradient(ctx.model, i, &base, &y)?,
             };
-            cos[i].extend(cosines(&f, &g)?);
+            cos.push(i, cosines(&f, &g)?);
         }
     }
+    let (cos, l2) = (cos.read()?, l2.read()?);
     for i in 0..n {
         ctx.summarise(M::Cosine, i, &cos[i]);
         ctx.summarise(M::L2Ratio, i, &l2[i]);
@@ -132,21 +133,21 @@ impl Drops {
             let probed = ctx.model.forward_probed(&x, &ProbeOptions::eval())?;
             self.add(ctx.model, &probed, &y)?;
         }
-        self.record(ctx);
-        Ok(())
+        self.record(ctx)
     }
 
-    pub fn record(&self, ctx: &mut Ctx) {
-        let whole = self.intact.result();
+    pub fn record(&self, ctx: &mut Ctx) -> Result<()> {
+        let whole = self.intact.result()?;
         ctx.records
             .push(ctx.record(M::Accuracy, whole.accuracy, whole.n));
         ctx.records.push(ctx.record(M::Loss, whole.loss, whole.n));
         for (i, sums) in self.dropped.iter().enumerate() {
-            let r = sums.result();
+            let r = sums.result()?;
             let acc = ctx.at_block(ctx.record(M::DropAccuracy, r.accuracy, r.n), i);
             let loss = ctx.at_block(ctx.record(M::DropLoss, r.loss, r.n), i);
             ctx.records.extend([acc, loss]);
         }
+        Ok(())
     }
 }
 
@@ -159,7 +160,7 @@ pub(crate) fn intermediate(ctx: &mut Ctx) -> Result<()> {
         .filter(|b| b.id.stage == last)
         .map(|b| b.index as usize)
         .collect();
-    let (_, at) = evaluate(ctx.model, ctx.batches.clone(), &taps)?;
+    let (_, at) = evaluate(ctx.model, &ctx.inputs, ctx.batches.iter().copied(), &taps)?;
     for (&i, r) in taps.iter().zip(at) {
         let acc = ctx.at_block(ctx.record(M::IntermediateAccuracy, r.accuracy, r.n), i);
         let loss = ctx.at_block(ctx.record(M::IntermediateLoss, r.loss, r.n), i);
@@ -178,7 +179,8 @@ pub(crate) fn sharing(ctx: &mut Ctx, run: &RunSpec) -> Result<()> {
         .position(|b| b.id.stage == last)
         .expect("the last stage has blocks");
     let n = ctx.batches.iter().map(|b| b.1.len()).sum();
-    let ratio = grad_norm_ratio(ctx.model, ctx.batches.clone(), deep)?;
+    let batches = ctx.batches.iter().copied();
+    let ratio = grad_norm_ratio(ctx.model, &ctx.inputs, batches, deep)?;
     ctx.records.push(ctx.record(M::GradNormRatio, ratio, n));
 
     let fresh = ResNet::new(
@@ -187,15 +189,15 @@ pub(crate) fn sharing(ctx: &mut Ctx, run: &RunSpec) -> Result<()> {
         ctx.model.device(),
         Dtypes::for_precision(run.model.dtype),
     )?;
-    let mut norms_at = vec![vec![]; ctx.blocks.len()];
+    let mut norms_at = Series::new(ctx.blocks.len());
     for batch in &ctx.batches {
         let (x, _) = ctx.to_device(batch)?;
         let probed = fresh.forward_probed(&x, &ProbeOptions::eval())?;
         for (i, h) in probed.inputs.iter().enumerate() {
-            norms_at[i].extend(norms(h)?);
+            norms_at.push(i, norms(h)?);
         }
     }
-    for (i, values) in norms_at.iter().enumerate() {
+    for (i, values) in norms_at.read()?.iter().enumerate() {
         ctx.summarise(M::ActivationNorm, i, values);
     }
     Ok(())

@@ -14,13 +14,13 @@ mod stats;
 mod taylor;
 
 use candle_core::Tensor;
-use cifar::batch::{fixed_subset, in_order};
+use cifar::batch::fixed_subset;
 use cifar::Images;
 use domain::{
     AnalysisKind, AnalysisRecord, AnalysisSpec, BlockId, BlockInfo, BlockKind, MetricName, RunSpec,
     Split, Stat,
 };
-use resnet::eval::HostBatch;
+use resnet::eval::{HostBatch, Inputs};
 use resnet::memory::{is_out_of_memory, name_batch_if_out_of_memory, Work};
 use resnet::ResNet;
 use serde::{Deserialize, Serialize};
@@ -82,7 +82,8 @@ pub(crate) struct Ctx<'a> {
     pub split: Split,
     pub epoch: u32,
     pub blocks: Vec<BlockInfo>,
-    pub batches: Vec<HostBatch>,
+    pub batches: Vec<HostBatch<'a>>,
+    pub inputs: Inputs,
     pub records: Vec<AnalysisRecord>,
     pub notes: Vec<String>,
 }
@@ -111,7 +112,7 @@ impl Ctx<'_> {
     }
 
     pub fn to_device(&self, batch: &HostBatch) -> Result<(Tensor, Tensor)> {
-        Ok(resnet::eval::to_device(batch.clone(), self.model.device())?)
+        Ok(self.inputs.upload(*batch)?)
     }
 
     /// Blocks of the last stage whose input has the head's input shape (the head can be
@@ -174,9 +175,8 @@ fn analyze_frozen(input: &Input, spec: &AnalysisSpec) -> Result<Analysis> {
             split,
             epoch: input.epoch,
             blocks: input.model.layout().blocks(),
-            batches: in_order(&subset, &normalization, spec.eval_batch as usize)
-                .map(Into::into)
-                .collect(),
+            batches: subset.batches(spec.eval_batch as usize).collect(),
+            inputs: Inputs::new(&normalization, input.model.device())?,
             records: vec![],
             notes: vec![],
         };
@@ -187,7 +187,7 @@ fn analyze_frozen(input: &Input, spec: &AnalysisSpec) -> Result<Analysis> {
             // Dropping rides on this pass's probed forward.
             blocks::cosine_and_l2(&mut ctx, drops.as_mut())?;
             if let Some(drops) = drops {
-                drops.record(&mut ctx);
+                drops.record(&mut ctx)?;
             }
         } else if let Some(drops) = drops {
             drops.measure(&mut ctx)?;

@@ -3,7 +3,7 @@
 //! once, by the head's margin at the path's start.
 
 use crate::blocks::head_loss_and_gradient;
-use crate::stats::{cosines, head_stats, mean_median, norms, ratios, HeadStats};
+use crate::stats::{cosines, head_stats, host, mean_median, norms, ratios, HeadStats};
 use crate::{is_projection, Ctx, Result};
 use domain::{BlockId, Group, MetricName as M};
 use resnet::{BnMode, ProbeOptions};
@@ -73,7 +73,7 @@ pub(crate) fn borderline(ctx: &mut Ctx) -> Result<Vec<BlockId>> {
         let mut margins = vec![];
         for (position, h) in path.into_iter().enumerate() {
             let logits = ctx.model.head().forward(h, BnMode::Eval)?;
-            let stats = head_stats(&logits, &batch.1)?;
+            let stats = head_stats(&logits, batch.1)?;
             if position == 0 {
                 margins = stats.margin.clone();
             }
@@ -124,28 +124,29 @@ pub(crate) fn unroll(ctx: &mut Ctx) -> Result<Option<FinalLosses>> {
         let (x, y) = ctx.to_device(batch)?;
         let start = ctx.model.infer_tapped(&x, &[last])?.1.remove(0);
         let margins =
-            head_stats(&ctx.model.head().forward(&start, BnMode::Eval)?, &batch.1)?.margin;
+            head_stats(&ctx.model.head().forward(&start, BnMode::Eval)?, batch.1)?.margin;
         for (a, &alpha) in alphas.iter().enumerate() {
             let mut h = start.clone();
             for step in 0..=steps {
-                if !norms(&h)?.iter().all(|v| v.is_finite()) {
+                if !host(&norms(&h)?)?.iter().all(|v| v.is_finite()) {
                     finite[a] = false;
                     break;
                 }
                 let logits = ctx.model.head().forward(&h, BnMode::Eval)?.detach();
                 sums[a].add(
                     step,
-                    &head_stats(&logits, &batch.1)?,
+                    &head_stats(&logits, batch.1)?,
                     &margins,
                     ctx.spec.margin,
                 );
                 let f = block.residual(&h, BnMode::Eval)?.detach();
                 let (_, g) = head_loss_and_gradient(ctx.model, &h, &y)?;
-                cos[a].entry(step).or_default().extend(cosines(&f, &g)?);
-                l2[a]
+                cos[a]
                     .entry(step)
                     .or_default()
-                    .extend(ratios(&norms(&f)?, &norms(&h)?));
+                    .extend(host(&cosines(&f, &g)?)?);
+                let l2_ratios = ratios(&norms(&f)?, &norms(&h)?)?;
+                l2[a].entry(step).or_default().extend(host(&l2_ratios)?);
                 if step < steps {
                     h = (h + (f * alpha)?)?.detach();
                 }

@@ -1,4 +1,4 @@
-//! Per-example quantities on the host, and their summaries.
+//! Per-example quantities, computed on the model's device, and their summaries on the host.
 
 use crate::Result;
 use candle_core::{DType, Tensor, D};
@@ -12,32 +12,67 @@ fn flat(t: &Tensor) -> Result<Tensor> {
     Ok(t.to_dtype(DType::F32)?.flatten_from(1)?)
 }
 
-/// ‖x_n‖ per example.
-pub(crate) fn norms(x: &Tensor) -> Result<Vec<f64>> {
-    host(&flat(x)?.sqr()?.sum(D::Minus1)?.sqrt()?)
+/// ‖x_n‖ per example, (N,) in f64 (summed in f32).
+pub(crate) fn norms(x: &Tensor) -> Result<Tensor> {
+    Ok(flat(x)?
+        .sqr()?
+        .sum(D::Minus1)?
+        .sqrt()?
+        .to_dtype(DType::F64)?)
 }
 
-/// ⟨a_n, b_n⟩ per example.
-pub(crate) fn dots(a: &Tensor, b: &Tensor) -> Result<Vec<f64>> {
-    host(&(flat(a)? * flat(b)?)?.sum(D::Minus1)?)
+/// ⟨a_n, b_n⟩ per example, (N,) in f64 (summed in f32).
+pub(crate) fn dots(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok((flat(a)? * flat(b)?)?
+        .sum(D::Minus1)?
+        .to_dtype(DType::F64)?)
 }
 
-/// a / b elementwise; NaN where b is zero (excluded from summaries).
-pub(crate) fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| if *y == 0.0 { f64::NAN } else { x / y })
-        .collect()
+/// a / b elementwise; not finite where b is zero (summaries leave those out).
+pub(crate) fn ratios(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok((a / b)?)
 }
 
 /// cos(a_n, b_n) per example; NaN where either vector is zero.
-pub(crate) fn cosines(a: &Tensor, b: &Tensor) -> Result<Vec<f64>> {
-    let products: Vec<f64> = norms(a)?
-        .iter()
-        .zip(norms(b)?)
-        .map(|(x, y)| x * y)
-        .collect();
-    Ok(ratios(&dots(a, b)?, &products))
+pub(crate) fn cosines(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    ratios(&dots(a, b)?, &(norms(a)? * norms(b)?)?)
+}
+
+/// Per-example values of several series (one per block, say), left on the device as they are
+/// computed and read back together: on a GPU every read waits for the work before it, and
+/// one read per block and batch would stall the analysis thousands of times.
+pub(crate) struct Series(Vec<Vec<Tensor>>);
+
+impl Series {
+    pub fn new(series: usize) -> Self {
+        Self(vec![vec![]; series])
+    }
+
+    /// Appends (N,) values to series `i`.
+    pub fn push(&mut self, i: usize, values: Tensor) {
+        self.0[i].push(values);
+    }
+
+    /// Every series' values, in the order they were pushed.
+    pub fn read(self) -> Result<Vec<Vec<f64>>> {
+        let parts: Vec<&Tensor> = self.0.iter().flatten().collect();
+        if parts.is_empty() {
+            return Ok(vec![vec![]; self.0.len()]);
+        }
+        let parts: Vec<Tensor> = parts
+            .into_iter()
+            .map(|t| t.flatten_all()?.to_dtype(DType::F64))
+            .collect::<candle_core::Result<_>>()?;
+        let mut all = host(&Tensor::cat(&parts, 0)?)?.into_iter();
+        Ok(self
+            .0
+            .iter()
+            .map(|series| {
+                let n = series.iter().map(Tensor::elem_count).sum();
+                all.by_ref().take(n).collect()
+            })
+            .collect())
+    }
 }
 
 /// What the head's output says about each example.
@@ -144,9 +179,23 @@ mod tests {
     fn cosines_and_norms_per_example() {
         let a = Tensor::new(&[[1.0f32, 0.0], [0.0, 2.0], [0.0, 0.0]], &Device::Cpu).unwrap();
         let b = Tensor::new(&[[2.0f32, 0.0], [0.0, -1.0], [1.0, 1.0]], &Device::Cpu).unwrap();
-        let c = cosines(&a, &b).unwrap();
+        let c = host(&cosines(&a, &b).unwrap()).unwrap();
         assert_eq!(c[..2], [1.0, -1.0]);
         assert!(c[2].is_nan());
-        assert_eq!(norms(&a).unwrap(), [1.0, 2.0, 0.0]);
+        assert_eq!(host(&norms(&a).unwrap()).unwrap(), [1.0, 2.0, 0.0]);
+    }
+
+    #[test]
+    fn series_read_back_in_push_order() {
+        let t = |v: &[f32]| Tensor::new(v, &Device::Cpu).unwrap();
+        let mut s = Series::new(3);
+        s.push(1, t(&[1.0, 2.0]));
+        s.push(0, t(&[3.0]));
+        s.push(1, t(&[4.0]));
+        assert_eq!(s.read().unwrap(), [vec![3.0], vec![1.0, 2.0, 4.0], vec![]]);
+        assert_eq!(
+            Series::new(2).read().unwrap(),
+            [vec![], vec![]] as [Vec<f64>; 2]
+        );
     }
 }

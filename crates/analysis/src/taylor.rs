@@ -3,7 +3,7 @@
 //! prediction ⟨F_i(h_i), ∇ℓ(h_i)⟩, per example.
 
 use crate::blocks::head_loss_and_gradient;
-use crate::stats::{dots, head_stats, pearson};
+use crate::stats::{dots, head_stats, host, pearson};
 use crate::{Ctx, Result};
 use domain::MetricName as M;
 use resnet::{BnMode, ProbeOptions};
@@ -25,11 +25,11 @@ pub(crate) fn taylor(ctx: &mut Ctx) -> Result<()> {
             let (before, grad) = head_loss_and_gradient(ctx.model, &probed.inputs[i], &y)?;
             let after = head_stats(
                 &ctx.model.head().forward(&probed.outputs[i], BnMode::Eval)?,
-                &batch.1,
+                batch.1,
             )?
             .loss;
             actual[k].extend(after.iter().zip(&before).map(|(a, b)| a - b));
-            predicted[k].extend(dots(f, &grad)?);
+            predicted[k].extend(host(&dots(f, &grad)?)?);
         }
     }
     for (k, &i) in blocks.iter().enumerate() {

@@ -4,7 +4,7 @@
 
 use analysis::{analyze, Input};
 use candle_core::{DType, Device, Tensor};
-use cifar::batch::{fixed_subset, in_order};
+use cifar::batch::fixed_subset;
 use cifar::synth::{draw, CLASSES};
 use cifar::Images;
 use domain::{
@@ -13,7 +13,7 @@ use domain::{
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use resnet::eval::evaluate;
+use resnet::eval::{evaluate, Inputs};
 use resnet::{BnMode, Dtypes, ResNet};
 use std::collections::HashMap;
 
@@ -53,9 +53,8 @@ fn model(spec: &ModelSpec, dtype: DType, train: &Images) -> ResNet {
         Dtypes::uniform(dtype),
     )
     .unwrap();
-    for (x, _) in
-        in_order(train, &NORM, 16).map(|b| resnet::eval::to_device(b.into(), &Device::Cpu).unwrap())
-    {
+    let inputs = Inputs::new(&NORM, &Device::Cpu).unwrap();
+    for (x, _) in train.batches(16).map(|b| inputs.upload(b).unwrap()) {
         m.forward(&x.to_dtype(dtype).unwrap(), BnMode::Train)
             .unwrap();
     }
@@ -152,8 +151,8 @@ fn dropping_a_block_equals_the_model_rebuilt_without_it() {
     short.load_state_dict(&tensors).unwrap();
     for (split, images) in [(Split::Train, &train), (Split::Test, &test)] {
         let subset = fixed_subset(images, 24, 0, if split == Split::Train { 0 } else { 1 });
-        let batches = in_order(&subset, &NORM, 10).map(Into::into);
-        let (want, _) = evaluate(&short, batches, &[]).unwrap();
+        let inputs = Inputs::new(&NORM, &Device::Cpu).unwrap();
+        let (want, _) = evaluate(&short, &inputs, subset.batches(10), &[]).unwrap();
         let get = |name| {
             find(&result.records, |r| {
                 r.name == name
@@ -264,11 +263,8 @@ fn the_skip_gradient_matches_finite_differences() {
 
     // The same cosine from a finite-difference gradient of the network without block 0.
     let subset = fixed_subset(&test, 1, 0, 1);
-    let (x, y) = resnet::eval::to_device(
-        in_order(&subset, &NORM, 1).next().unwrap().into(),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let inputs = Inputs::new(&NORM, &Device::Cpu).unwrap();
+    let (x, y) = inputs.upload(subset.batches(1).next().unwrap()).unwrap();
     let x = x.to_dtype(DType::F64).unwrap();
     let h = m.stem(&x).unwrap();
     let f = m.block(0).unwrap().residual(&h, BnMode::Eval).unwrap();

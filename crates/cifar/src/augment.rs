@@ -40,13 +40,9 @@ pub struct Normalizer {
 
 impl Normalizer {
     pub fn new(n: &Normalization) -> Self {
-        let mut lut = [[0f32; 256]; 3];
-        for (c, table) in lut.iter_mut().enumerate() {
-            for (v, out) in table.iter_mut().enumerate() {
-                *out = (v as f32 / 255.0 - n.mean[c]) / n.std[c];
-            }
+        Self {
+            lut: n.lookup_table(),
         }
-        Self { lut }
     }
 
     /// Writes one jittered, normalised image (CHW) into `out`.

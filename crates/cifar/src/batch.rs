@@ -126,28 +126,6 @@ impl Drop for EpochBatches {
     }
 }
 
-/// A split in order, unaugmented, in batches of `batch_size` (evaluation).
-pub fn in_order<'a>(
-    images: &'a Images,
-    normalization: &Normalization,
-    batch_size: usize,
-) -> impl Iterator<Item = Batch> + 'a {
-    let norm = Normalizer::new(normalization);
-    (0..images.len())
-        .step_by(batch_size.max(1))
-        .map(move |start| {
-            let end = (start + batch_size).min(images.len());
-            let mut out = Batch {
-                images: vec![0.0; (end - start) * IMAGE_BYTES],
-                labels: images.labels[start..end].to_vec(),
-            };
-            for (slot, i) in out.images.chunks_exact_mut(IMAGE_BYTES).zip(start..end) {
-                norm.write(images.image(i), Jitter::NONE, slot);
-            }
-            out
-        })
-}
-
 /// A fixed, seeded subset of `n` examples of a split (`split` 0 = train, 1 = test).
 pub fn fixed_subset(images: &Images, n: usize, seed: u64, split: u32) -> Images {
     let mut order: Vec<u32> = (0..images.len() as u32).collect();
@@ -208,11 +186,15 @@ mod tests {
     #[test]
     fn in_order_batches_cover_the_split_once() {
         let data = images(10);
-        let batches: Vec<Batch> = in_order(&data, &plan().normalization, 4).collect();
+        let batches: Vec<(&[u8], &[u32])> = data.batches(4).collect();
         assert_eq!(
-            batches.iter().map(Batch::len).collect::<Vec<_>>(),
+            batches.iter().map(|b| b.1.len()).collect::<Vec<_>>(),
             [4, 4, 2]
         );
-        assert_eq!(batches[2].labels, [8, 9]);
+        assert_eq!(batches[2].1, [8, 9]);
+        assert_eq!(batches[2].0, &data.pixels[8 * IMAGE_BYTES..]);
+        assert!(batches
+            .iter()
+            .all(|(p, l)| p.len() == l.len() * IMAGE_BYTES));
     }
 }

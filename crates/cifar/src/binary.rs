@@ -31,6 +31,15 @@ impl Images {
         self.labels.push(label);
     }
 
+    /// The images in order, unaugmented, as (pixels, labels) in batches of `batch_size`
+    /// (evaluation; the last batch may be smaller).
+    pub fn batches(&self, batch_size: usize) -> impl Iterator<Item = (&[u8], &[u32])> {
+        let batch_size = batch_size.max(1);
+        self.pixels
+            .chunks(batch_size * IMAGE_BYTES)
+            .zip(self.labels.chunks(batch_size))
+    }
+
     /// The images at `indices`, in that order.
     pub fn select(&self, indices: &[u32]) -> Images {
         let mut out = Images::default();

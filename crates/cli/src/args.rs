@@ -356,8 +356,8 @@ pub enum BenchCommand {
         /// Also time each CPU kernel (convolution, BatchNorm+ReLU) within the timed steps.
         #[arg(long)]
         profile: bool,
-        /// CUDA: capture forward, backward and update once as a CUDA graph and time its
-        /// replays (without the loop's reads of the loss and hits).
+        /// CUDA: time the trainer's graph steps — forward, backward and update captured
+        /// once as a CUDA graph and replayed, the loss and hits read after each replay.
         #[arg(long)]
         cuda_graph: bool,
         #[arg(long)]
@@ -366,8 +366,9 @@ pub enum BenchCommand {
     /// Examples per second of the per-block analysis (cosine and ℓ2 ratio with the full
     /// gradient, block dropping) on random images through a fresh model.
     Analyze(PassBenchArgs),
-    /// Examples per second of evaluation (loss and accuracy in inference mode, batches
-    /// copied from the host as in training's per-epoch evaluation) on random images.
+    /// Examples per second of evaluation (loss and accuracy in inference mode; each batch's
+    /// bytes copied to the device and normalised there, as in training's per-epoch
+    /// evaluation) on random images.
     Eval(PassBenchArgs),
 }
 

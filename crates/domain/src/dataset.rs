@@ -22,3 +22,18 @@ pub struct Normalization {
     pub mean: [f32; 3],
     pub std: [f32; 3],
 }
+
+impl Normalization {
+    /// The normalised value of every byte, per channel: `table[c][v] = (v/255 − mean[c]) /
+    /// std[c]` in f32. The one definition of the input values: the host's data pipeline
+    /// and the device's evaluation input both look them up here.
+    pub fn lookup_table(&self) -> [[f32; 256]; 3] {
+        let mut table = [[0f32; 256]; 3];
+        for (c, row) in table.iter_mut().enumerate() {
+            for (v, out) in row.iter_mut().enumerate() {
+                *out = (v as f32 / 255.0 - self.mean[c]) / self.std[c];
+            }
+        }
+        table
+    }
+}

@@ -22,10 +22,15 @@ pub struct Block {
 impl Block {
     /// The residual branch F(h).
     pub fn residual(&self, h: &Tensor, mode: BnMode) -> Result<Tensor> {
+        self.residual_adding(h, mode, None)
+    }
+
+    /// F(h) [+ add], the addition inside the last convolution.
+    fn residual_adding(&self, h: &Tensor, mode: BnMode, add: Option<&Tensor>) -> Result<Tensor> {
         let a = self.bn1.forward_relu(h, mode)?;
         let a = self.conv1.forward(&a)?;
         let a = self.bn2.forward_relu(&a, mode)?;
-        self.conv2.forward(&a)
+        self.conv2.forward_adding(&a, add)
     }
 
     /// The shortcut: `h` itself, or its 1×1 projection for a projection block.
@@ -36,8 +41,11 @@ impl Block {
         }
     }
 
+    /// `shortcut(h) + residual(h, mode)`, the addition inside the last convolution: the graph
+    /// keeps no tensor for F(h) itself, which no backward pass reads (see
+    /// [`Conv2d::forward_adding`]).
     pub fn forward(&self, h: &Tensor, mode: BnMode) -> Result<Tensor> {
-        Ok((self.shortcut(h)? + self.residual(h, mode)?)?)
+        self.residual_adding(h, mode, Some(&self.shortcut(h)?))
     }
 
     /// Inference (BatchNorm in inference mode): `residual(h, Eval)`, bit for bit, with each

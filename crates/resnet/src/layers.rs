@@ -94,14 +94,27 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_adding(x, None)
+    }
+
+    /// `self(x) [+ add]`, the addition part of the convolution's graph node where
+    /// stepwise's kernels serve `x`: the graph then keeps no tensor for the convolution's own
+    /// output (see [`ops::conv2d`]).
+    pub fn forward_adding(&self, x: &Tensor, add: Option<&Tensor>) -> Result<Tensor> {
         let work = gemm_dtype(x);
         let w = cast(&parameter(&self.weight), work)?;
         let b = cast(&parameter(&self.bias), work)?;
         let xw = cast(x, work)?;
+        let add = add.map(|a| cast(a, work)).transpose()?;
         let y = if ops::has_kernels(&xw) {
-            ops::conv2d(&xw, &w, &b, self.stride, self.padding, self.math)?
+            let (stride, pad) = (self.stride, self.padding);
+            ops::conv2d(&xw, (&w, &b), add.as_ref(), stride, pad, self.math)?
         } else {
-            conv2d_reference(&xw, &w, &b, self.stride, self.padding)?
+            let y = conv2d_reference(&xw, &w, &b, self.stride, self.padding)?;
+            match &add {
+                Some(a) => (y + a)?,
+                None => y,
+            }
         };
         cast(&y, x.dtype())
     }

@@ -14,13 +14,16 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::loss::cross_entropy(logits, labels)?)
 }
 
-/// Number of examples whose arg-max logit is the label.
-pub fn correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
-    let hits = logits
+/// Number of examples whose arg-max logit is the label, as a u32 scalar on the device.
+pub fn hits(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    Ok(logits
         .argmax(D::Minus1)?
         .eq(labels)?
         .to_dtype(candle_core::DType::U32)?
-        .sum_all()?
-        .to_scalar::<u32>()?;
-    Ok(hits as usize)
+        .sum_all()?)
+}
+
+/// [`hits`] read back.
+pub fn correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
+    Ok(hits(logits, labels)?.to_scalar::<u32>()? as usize)
 }

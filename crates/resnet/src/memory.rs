@@ -7,7 +7,7 @@
 //! budget. CPU work is not checked.
 
 use crate::{Dtypes, Error, Result};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use domain::ModelLayout;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -209,6 +209,24 @@ fn without_backtrace(e: &candle_core::Error) -> String {
         candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(inner),
         e => e.to_string(),
     }
+}
+
+/// Bytes of the intermediate tensors that `t`'s autograd graph keeps alive — what a backward
+/// pass from `t` may read, variables (the parameters) not counted — each storage once however
+/// many views share it. Device-independent: it counts what the graph holds, not what an
+/// allocator reserved.
+pub fn graph_bytes(t: &Tensor) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    t.sorted_nodes()
+        .into_iter()
+        .filter(|node| !node.is_variable())
+        .filter(|node| {
+            // A storage's address identifies it while the graph holds it.
+            let (storage, _) = node.storage_and_layout();
+            seen.insert(&*storage as *const candle_core::Storage as usize)
+        })
+        .map(|node| node.elem_count() * node.dtype().size_in_bytes())
+        .sum()
 }
 
 #[cfg(test)]

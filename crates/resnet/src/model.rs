@@ -116,8 +116,8 @@ pub struct ProbeOptions {
     pub mode: BnMode,
     /// Global indices of blocks whose residual branch is skipped (`h_{i+1} = shortcut(h_i)`).
     pub skip: Vec<usize>,
-    /// Add a zero-valued probe variable to every block input so that one backward pass
-    /// yields every ∂L/∂h_i. Without it the pass keeps no graph.
+    /// Keep the graph so that one backward pass ([`Probed::backward`]) yields every
+    /// ∂L/∂h_i. Without it the pass keeps no graph.
     pub gradients: bool,
 }
 
@@ -142,43 +142,42 @@ pub struct Probed {
     pub inputs: Vec<Tensor>,
     /// `None` for skipped blocks.
     pub residuals: Vec<Option<Tensor>>,
-    /// The block's output (before the next stage's pooling, if any).
+    /// The block's output (before the next stage's pooling, if any); the last one is the
+    /// hidden state entering the head.
     pub outputs: Vec<Tensor>,
-    probes: Vec<Var>,
-    /// A probe on the hidden state entering the head.
-    output_probe: Option<Var>,
+    gradients: bool,
 }
 
 impl Probed {
-    /// ∂L/∂h_i for every block, from the gradients of `L.backward()`.
-    pub fn input_gradients(&self, grads: &GradStore) -> Result<Vec<Tensor>> {
-        if self.probes.is_empty() {
+    /// `loss.backward()`, keeping the gradients at every block input and at the head's
+    /// input (candle keeps those of variables only; PyTorch's `retain_grad`).
+    pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        if !self.gradients {
             return Err(Error::StateDict(
-                "input gradients need ProbeOptions::gradients".into(),
+                "gradients need ProbeOptions::gradients".into(),
             ));
         }
-        self.probes
-            .iter()
-            .map(|z| probe_gradient(z, grads))
-            .collect()
+        let retained: Vec<&Tensor> = self.inputs.iter().chain(self.outputs.last()).collect();
+        Ok(loss.backward_retaining(&retained)?)
+    }
+
+    /// ∂L/∂h_i for every block, from the gradients of [`Self::backward`].
+    pub fn input_gradients(&self, grads: &GradStore) -> Result<Vec<Tensor>> {
+        self.inputs.iter().map(|h| gradient(h, grads)).collect()
     }
 
     /// ∂L/∂h of the hidden state entering the head (the last block's output).
     pub fn output_gradient(&self, grads: &GradStore) -> Result<Tensor> {
-        match &self.output_probe {
-            Some(z) => probe_gradient(z, grads),
-            None => Err(Error::StateDict(
-                "the output gradient needs ProbeOptions::gradients".into(),
-            )),
-        }
+        let h = self.outputs.last().expect("a model has blocks");
+        gradient(h, grads)
     }
 }
 
-/// A probe's gradient; zero where the loss does not depend on it.
-fn probe_gradient(z: &Var, grads: &GradStore) -> Result<Tensor> {
-    match grads.get(z.as_tensor()) {
+/// The retained gradient of `h`; zero where the loss does not depend on it.
+fn gradient(h: &Tensor, grads: &GradStore) -> Result<Tensor> {
+    match grads.get(h) {
         Some(g) => Ok(g.clone()),
-        None => Ok(z.as_tensor().zeros_like()?),
+        None => Ok(h.zeros_like()?),
     }
 }
 
@@ -412,23 +411,22 @@ impl ResNet {
     }
 
     /// A forward pass that records every block's input, residual and output, optionally
-    /// skipping blocks and probing input gradients.
+    /// skipping blocks and keeping the graph for input gradients.
     pub fn forward_probed(&self, x: &Tensor, opts: &ProbeOptions) -> Result<Probed> {
         let n = self.layout.block_count();
         let keep = |t: Tensor| if opts.gradients { t } else { t.detach() };
         let mut inputs = Vec::with_capacity(n);
         let mut residuals = Vec::with_capacity(n);
         let mut outputs = Vec::with_capacity(n);
-        let mut probes = Vec::with_capacity(if opts.gradients { n } else { 0 });
         let mut h = keep(self.stem(x)?);
+        if opts.gradients && !h.track_op() {
+            // Frozen parameters and constant images build no graph: h_0 becomes the leaf
+            // the gradients flow back to.
+            h = Var::from_tensor(&h)?.into_inner();
+        }
         for (index, (pool, block)) in self.blocks_with_pooling().enumerate() {
             if pool {
                 h = h.avg_pool2d(2)?;
-            }
-            if opts.gradients {
-                let z = Var::zeros(h.shape(), h.dtype(), &self.device)?;
-                h = (h + z.as_tensor())?;
-                probes.push(z);
             }
             let next = if opts.skip.contains(&index) {
                 residuals.push(None);
@@ -448,20 +446,12 @@ impl ResNet {
             h = keep(next);
             outputs.push(h.clone());
         }
-        let output_probe = if opts.gradients {
-            let z = Var::zeros(h.shape(), h.dtype(), &self.device)?;
-            h = (h + z.as_tensor())?;
-            Some(z)
-        } else {
-            None
-        };
         Ok(Probed {
             logits: self.head.forward(&h, opts.mode)?,
             inputs,
             residuals,
             outputs,
-            probes,
-            output_probe,
+            gradients: opts.gradients,
         })
     }
 

@@ -152,7 +152,7 @@ fn probed_backward(model: &ResNet, x: &Tensor, y: &Tensor) -> (Probed, GradStore
         .unwrap()
         .sum_all()
         .unwrap();
-    let grads = loss.backward().unwrap();
+    let grads = probed.backward(&loss).unwrap();
     (probed, grads)
 }
 
@@ -544,4 +544,35 @@ fn bf16_compute_stays_close_to_f32() {
     let grads = loss.backward().unwrap();
     let stem = bf16_model.parameters().into_iter().next().unwrap();
     assert_eq!(grads.get(stem.var.as_tensor()).unwrap().dtype(), DType::F32);
+}
+
+/// What the autograd graph keeps per residual block, counted in block-sized tensors: a
+/// training step keeps PyTorch's four (the block input, both BatchNorm + ReLU outputs and the
+/// first convolution's output; the shortcut is added inside the last convolution, so its
+/// output before the addition is never kept), and the probed pass of the analysis one more,
+/// the residual F(h) it reports (PyTorch's reference keeps it too). Measured as the growth
+/// from two to three blocks per stage: one identity block more in each of the three stages.
+#[test]
+fn graphs_keep_four_tensors_per_block_in_training_and_five_in_analysis() {
+    let (x, y) = input(2, DType::F32);
+    // One block's output in each stage: (2, 4, 32, 32), (2, 8, 16, 16), (2, 16, 8, 8) f32.
+    let block_bytes = 2 * (4 * 32 * 32 + 8 * 16 * 16 + 16 * 8 * 8) * 4;
+    let kept = |blocks: u32| {
+        let spec = ModelSpec {
+            width: Some(4),
+            blocks: Some(vec![blocks]),
+            ..ModelSpec::new(Arch::Resnet)
+        };
+        let model = build(&spec, Dtypes::uniform(DType::F32), 1);
+        let logits = model.forward(&x, BnMode::Train).unwrap();
+        let training = resnet::memory::graph_bytes(&logits);
+        let analysis = resnet::layers::with_frozen_parameters(|| {
+            let (probed, _) = probed_backward(&model, &x, &y);
+            resnet::memory::graph_bytes(&probed.logits)
+        });
+        (training, analysis)
+    };
+    let ((train2, analysis2), (train3, analysis3)) = (kept(2), kept(3));
+    assert_eq!(train3 - train2, 4 * block_bytes);
+    assert_eq!(analysis3 - analysis2, 5 * block_bytes);
 }

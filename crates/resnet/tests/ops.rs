@@ -60,15 +60,8 @@ fn convolution_matches_candle_forward_and_backward() {
         let x = Var::from_tensor(&random(&xs, i as u64, DType::F32)).unwrap();
         let w = Var::from_tensor(&random(&ws, 100 + i as u64, DType::F32)).unwrap();
         let b = Var::from_tensor(&random(&[ws[0]], 200 + i as u64, DType::F32)).unwrap();
-        let ours = ops::conv2d(
-            x.as_tensor(),
-            w.as_tensor(),
-            b.as_tensor(),
-            stride,
-            pad,
-            EXACT,
-        )
-        .unwrap();
+        let params = (w.as_tensor(), b.as_tensor());
+        let ours = ops::conv2d(x.as_tensor(), params, None, stride, pad, EXACT).unwrap();
         let theirs =
             conv2d_reference(x.as_tensor(), w.as_tensor(), b.as_tensor(), stride, pad).unwrap();
         assert_eq!(ours.dims(), theirs.dims());
@@ -77,7 +70,33 @@ fn convolution_matches_candle_forward_and_backward() {
         let up = random(ours.dims(), 300 + i as u64, DType::F32);
         let vars = [("x", &x), ("w", &w), ("b", &b)];
         assert_same_gradients(&ours, &theirs, &up, &vars, 1e-5, &format!("{xs:?} {ws:?}"));
+
+        // With a tensor added inside the op, as a block's shortcut: the same values as the
+        // separate addition, bit for bit, and its gradient is the output's.
+        let add = Var::from_tensor(&random(ours.dims(), 400 + i as u64, DType::F32)).unwrap();
+        let fused = ops::conv2d(
+            x.as_tensor(),
+            params,
+            Some(add.as_tensor()),
+            stride,
+            pad,
+            EXACT,
+        );
+        let fused = fused.unwrap();
+        let separate = (&ours + add.as_tensor()).unwrap();
+        assert_eq!(max_rel_diff(&fused, &separate), 0.0, "add {xs:?} {ws:?}");
+        let vars = [("x", &x), ("w", &w), ("b", &b), ("add", &add)];
+        let context = format!("add {xs:?} {ws:?}");
+        assert_same_gradients(&fused, &separate, &up, &vars, 1e-12, &context);
     }
+    let x = random(&[2, 3, 8, 8], 1, DType::F32);
+    let (w, b) = (
+        random(&[4, 3, 3, 3], 2, DType::F32),
+        random(&[4], 3, DType::F32),
+    );
+    let wrong = random(&[2, 4, 4, 4], 4, DType::F32);
+    let err = ops::conv2d(&x, (&w, &b), Some(&wrong), 1, 1, EXACT).unwrap_err();
+    assert!(err.to_string().contains("cannot add"), "{err}");
 }
 
 /// Gradients of Σ up ⊙ ours and Σ up ⊙ theirs with respect to `vars` agree within `tol`.
@@ -233,7 +252,7 @@ fn kernels_match_finite_differences_in_f64() {
     let b = random(&[5], 3, DType::F64);
     let up = random(&[3, 5, 3, 3], 4, DType::F64);
     let conv = |x: &Tensor, w: &Tensor, b: &Tensor| {
-        (ops::conv2d(x, w, b, 2, 1, EXACT).unwrap() * &up).unwrap()
+        (ops::conv2d(x, (w, b), None, 2, 1, EXACT).unwrap() * &up).unwrap()
     };
     check_gradients(&conv, [&x, &w, &b], 5);
 
@@ -252,7 +271,7 @@ fn kernels_are_deterministic() {
     let w = random(&[8, 8, 3, 3], 2, DType::F32);
     let b = random(&[8], 3, DType::F32);
     let run = || {
-        let y = ops::conv2d(x.as_tensor(), &w, &b, 1, 1, EXACT).unwrap();
+        let y = ops::conv2d(x.as_tensor(), (&w, &b), None, 1, 1, EXACT).unwrap();
         let (z, _) = ops::batch_norm_relu_train(&y, &b, &b, 1e-5).unwrap();
         let grads = z.sum_all().unwrap().backward().unwrap();
         grads

@@ -7,9 +7,10 @@ use cifar::rng::{rng, Stream};
 use domain::{ModelSpec, TrainSpec};
 use rand::Rng;
 use rand_distr::StandardNormal;
+use resnet::loss::cross_entropy;
 use resnet::memory::Work;
 use resnet::ops::profile::{self, KernelTime};
-use resnet::{synchronize, Dtypes, ResNet};
+use resnet::{synchronize, BnMode, Dtypes, ResNet};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -33,6 +34,9 @@ pub struct BenchResult {
     /// [`resnet::memory::estimate`] of the step's peak GPU memory, for comparison with the
     /// driver's figure.
     pub estimated_gpu_peak_mib: u64,
+    /// What a step's autograd graph keeps alive for its backward pass
+    /// ([`resnet::memory::graph_bytes`]): the activations, counted the same on every device.
+    pub graph_mib: f64,
     /// With profiling: each CPU kernel's mean time and calls per timed step; the rest of
     /// the step (candle's own ops, autograd, the optimizer) is `other`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -104,6 +108,8 @@ pub fn bench_train(
     .map_err(|e| e.name_batch_if_out_of_memory(batch))?;
     let kernels = (mode == StepMode::Profiled).then(|| per_step(profile::take(), &times));
     profile::enable(false);
+    let loss = cross_entropy(&model.forward(&x, BnMode::Train)?, &y)?;
+    let graph_bytes = resnet::memory::graph_bytes(&loss);
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     Ok(BenchResult {
@@ -126,6 +132,7 @@ pub fn bench_train(
             model.dtypes(),
             batch,
         ) >> 20,
+        graph_mib: graph_bytes as f64 / (1 << 20) as f64,
         kernels,
     })
 }

@@ -106,9 +106,10 @@ fn compare_at_scale(
     })
 }
 
-/// Convolutions of every kind the models use (3×3 stride 1 and 2, 1×1 projection), small
-/// and at the shapes of ResNet's first downsampling block, in f32, TF32 and bf16 (the CPU
-/// computes in f32 throughout).
+/// Convolutions of every kind the models use (3×3 stride 1 and 2, 1×1 projection; a
+/// block's last convolution with its shortcut added inside), small and at the shapes of
+/// ResNet's first downsampling block, in f32, TF32 and bf16 (the CPU computes in f32
+/// throughout).
 fn conv_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
     for precision in [Precision::F32, Precision::Tf32, Precision::Bf16] {
         conv_checks_in(precision, device, out)?;
@@ -122,37 +123,45 @@ fn conv_checks_in(precision: Precision, device: &Device, out: &mut Vec<Check>) -
         Precision::Tf32 => (ConvMath::Tf32, TF32_OP_TOLERANCE),
         Precision::Bf16 => (ConvMath::Exact, BF16_OP_TOLERANCE),
     };
-    for (n, c, size, co, k, stride) in [
-        (4, 8, 16, 16, 3, 1),
-        (4, 8, 16, 16, 3, 2),
-        (4, 8, 16, 16, 1, 2),
-        (32, 16, 32, 32, 3, 2),
-        (32, 16, 32, 32, 1, 2),
+    for (n, c, size, co, k, stride, adding) in [
+        (4, 8, 16, 16, 3, 1, false),
+        (4, 8, 16, 16, 3, 2, false),
+        (4, 8, 16, 16, 1, 2, false),
+        (32, 16, 32, 32, 3, 2, false),
+        (32, 16, 32, 32, 1, 2, false),
+        (4, 8, 16, 8, 3, 1, true),
+        (32, 32, 16, 32, 3, 1, true),
     ] {
         let run = |dev: &Device, reference: bool| -> Result<Vec<Tensor>> {
             let input = |shape: &[usize], seed| op_input(shape, seed, dev, precision, reference);
             let x = Var::from_tensor(&input(&[n, c, size, size], 1)?)?;
             let w = Var::from_tensor(&input(&[co, c, k, k], 2)?)?;
             let b = Var::from_tensor(&input(&[co], 3)?)?;
-            let y = ops::conv2d(&x, &w, &b, stride, k / 2, math)?;
+            let add = match adding {
+                true => Some(Var::from_tensor(&input(&[n, co, size, size], 5)?)?),
+                false => None,
+            };
+            let y = ops::conv2d(&x, (&w, &b), add.as_deref(), stride, k / 2, math)?;
             let r = input(y.dims(), 4)?;
             let grads = (&y * &r)?.sum_all()?.backward()?;
             let grad = |v: &Var| grads.get(v).cloned().expect("all inputs need gradients");
-            Ok(vec![y.clone(), grad(&x), grad(&w), grad(&b)])
+            let mut parts = vec![y.clone(), grad(&x), grad(&w), grad(&b)];
+            parts.extend(add.as_ref().map(grad));
+            Ok(parts)
         };
         let (cpu, dev) = (run(&Device::Cpu, true)?, run(device, false)?);
-        for (i, part) in [
+        let parts = [
             "forward",
             "input gradient",
             "weight gradient",
             "bias gradient",
-        ]
-        .iter()
-        .enumerate()
-        {
+            "addend gradient",
+        ];
+        for (i, part) in parts.iter().enumerate().take(cpu.len()) {
             let name = format!(
-                "conv {} {n}x{c}x{size}² → {co}, {k}x{k} stride {stride}: {part}",
-                precision.as_str()
+                "conv {}{} {n}x{c}x{size}² → {co}, {k}x{k} stride {stride}: {part}",
+                precision.as_str(),
+                if adding { " + shortcut" } else { "" },
             );
             out.push(compare(&name, &dev[i], &cpu[i], tolerance)?);
         }

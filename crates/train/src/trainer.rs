@@ -6,12 +6,12 @@ use crate::state::{RngState, RunningTotals, TrainState, META_SPEC, META_TRAIN_ST
 use crate::{EventSink, Result, Sgd, SgdConfig, TrainError, TrainEvent};
 use candle_core::{Device, Tensor};
 use cifar::augment::channel_stats;
-use cifar::batch::{fixed_subset, in_order};
+use cifar::batch::fixed_subset;
 use cifar::rng::{rng, Stream};
 use cifar::{BatchPlan, Dataset, Images};
 use domain::{MetricName as M, MetricRecord, RunSpec, Split};
 use resnet::checkpoint::Checkpoint;
-use resnet::eval::{evaluate, grad_norm_ratio, scalar, to_device};
+use resnet::eval::{evaluate, grad_norm_ratio, scalar, to_device, Inputs};
 use resnet::loss::{correct, cross_entropy};
 use resnet::memory::Work;
 use resnet::{BnMode, Dtypes, ResNet, WrittenFile};
@@ -370,8 +370,9 @@ impl Trainer {
         } else {
             vec![]
         };
-        let batches = in_order(&self.test, &norm, eval_batch).map(Into::into);
-        let (test, at_blocks) = evaluate(&self.model, batches, &taps)?;
+        let inputs = Inputs::new(&norm, self.model.device())?;
+        let batches = self.test.batches(eval_batch);
+        let (test, at_blocks) = evaluate(&self.model, &inputs, batches, &taps)?;
         let seen = totals.seen.max(1) as f64;
         let record = |name, split, value| MetricRecord::new(name, split, epoch, value);
         let mut records = vec![
@@ -403,8 +404,8 @@ impl Trainer {
                 (Split::Test, &self.test, 1),
             ] {
                 let subset = fixed_subset(images, n, seed, id);
-                let batches = in_order(&subset, &norm, eval_batch).map(Into::into);
-                let ratio = grad_norm_ratio(&self.model, batches, deep)?;
+                let batches = subset.batches(eval_batch);
+                let ratio = grad_norm_ratio(&self.model, &inputs, batches, deep)?;
                 records.push(record(M::GradNormRatio, Some(split), ratio));
             }
         }

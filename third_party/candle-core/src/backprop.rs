@@ -65,6 +65,15 @@ impl Tensor {
                         track_grad |= tg;
                         nodes
                     }
+                    Op::CustomOp4(t1, t2, t3, t4, _) => {
+                        let mut nodes = nodes;
+                        for t in [t1, t2, t3, t4] {
+                            let (tg, next) = walk(t, nodes, already_seen);
+                            track_grad |= tg;
+                            nodes = next;
+                        }
+                        nodes
+                    }
                     Op::Conv1D {
                         arg: lhs,
                         kernel: rhs,
@@ -163,6 +172,15 @@ impl Tensor {
     }
 
     pub fn backward(&self) -> Result<GradStore> {
+        self.backward_retaining(&[])
+    }
+
+    /// stepwise patch: [`Self::backward`], keeping also the gradients of the intermediate
+    /// tensors in `retain` (as PyTorch's `retain_grad`), which the store otherwise drops
+    /// once they have been propagated. A retained tensor that the result does not depend
+    /// on through a variable gets no gradient.
+    pub fn backward_retaining(&self, retain: &[&Tensor]) -> Result<GradStore> {
+        let retain: std::collections::HashSet<TensorId> = retain.iter().map(|t| t.id()).collect();
         let sorted_nodes = self.sorted_nodes();
         let mut grads = GradStore::new();
         grads.insert(self, self.ones_like()?.contiguous()?);
@@ -173,6 +191,11 @@ impl Tensor {
             let grad = grads
                 .remove(node)
                 .expect("candle internal error - grad not populated");
+            // Every consumer of a node comes before it in the sorted order: its gradient is
+            // complete here.
+            if retain.contains(&node.id()) {
+                grads.insert(node, grad.clone());
+            }
             // https://github.com/huggingface/candle/issues/1241
             // Ideally, we would make these operations in place where possible to ensure that we
             // do not have to allocate too often. Here we just call `.detach` to avoid computing
@@ -655,6 +678,15 @@ impl Tensor {
                         }
                         if let Some(arg_grad3) = arg_grad3 {
                             grads.accumulate(arg3, &arg_grad3)?
+                        }
+                    }
+                    Op::CustomOp4(arg1, arg2, arg3, arg4, c) => {
+                        let arg_grads = c.bwd(arg1, arg2, arg3, arg4, node, &grad)?;
+                        let (g1, g2, g3, g4) = arg_grads;
+                        for (arg, g) in [(arg1, g1), (arg2, g2), (arg3, g3), (arg4, g4)] {
+                            if let Some(g) = g {
+                                grads.accumulate(arg, &g)?
+                            }
                         }
                     }
                     Op::Unary(arg, UnaryOp::Sqr) => {

@@ -187,6 +187,14 @@ pub enum Op {
         Tensor,
         std::sync::Arc<Box<dyn crate::CustomOp3 + Send + Sync>>,
     ),
+    /// stepwise patch.
+    CustomOp4(
+        Tensor,
+        Tensor,
+        Tensor,
+        Tensor,
+        std::sync::Arc<Box<dyn crate::CustomOp4 + Send + Sync>>,
+    ),
 }
 
 pub trait UnaryOpT {

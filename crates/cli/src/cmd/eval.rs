@@ -1,9 +1,8 @@
 use crate::args::EvalArgs;
 use anyhow::Result;
-use cifar::batch::in_order;
 use domain::{DatasetIdentity, Split};
 use resnet::candle_device;
-use resnet::eval::evaluate;
+use resnet::eval::{evaluate, Inputs};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -37,8 +36,8 @@ pub fn run(args: EvalArgs, data_dir: &Path) -> Result<ExitCode> {
         .data
         .normalization
         .ok_or_else(|| anyhow::anyhow!("the checkpoint's spec records no normalisation"))?;
-    let batches = in_order(images, &normalization, args.batch).map(Into::into);
-    let (result, _) = evaluate(&model, batches, &[])?;
+    let inputs = Inputs::new(&normalization, &device)?;
+    let (result, _) = evaluate(&model, &inputs, images.batches(args.batch), &[])?;
     let report = Report {
         checkpoint: args.checkpoint,
         split,

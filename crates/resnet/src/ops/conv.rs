@@ -24,6 +24,11 @@ pub struct ConvGeom {
 }
 
 impl ConvGeom {
+    /// (N, Co, Ho, Wo).
+    pub fn output_shape(&self) -> candle_core::Shape {
+        candle_core::Shape::from((self.n, self.co, self.ho(), self.wo()))
+    }
+
     pub fn ho(&self) -> usize {
         (self.h + 2 * self.pad - self.k) / self.stride + 1
     }

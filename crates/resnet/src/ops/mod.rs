@@ -18,7 +18,8 @@ use batchnorm::{BnBackward, BnGeom};
 #[cfg(feature = "cuda")]
 use candle_core::cuda_backend::CudaStorage;
 use candle_core::{
-    bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
+    bail, CpuStorage, CustomOp2, CustomOp3, CustomOp4, DType, Layout, Result, Shape, Tensor,
+    WithDType,
 };
 use conv::ConvGeom;
 use profile::{timed, Kernel};
@@ -172,19 +173,37 @@ pub enum ConvMath {
     Tf32,
 }
 
-/// `conv(x, w) + b` with a square kernel, zero padding `pad` and stride `stride`; its
-/// gradients use the same `math`.
+/// `conv(x, w) + b [+ add]` with a square kernel, zero padding `pad` and stride `stride`;
+/// its gradients use the same `math`. With `add` (shaped as the output) the addition is
+/// part of the one graph node, so the convolution's own output is never a tensor that the
+/// graph keeps: a residual block's last convolution adds its shortcut this way.
 pub fn conv2d(
     x: &Tensor,
-    w: &Tensor,
-    b: &Tensor,
+    (w, b): (&Tensor, &Tensor),
+    add: Option<&Tensor>,
     stride: usize,
     pad: usize,
     math: ConvMath,
 ) -> Result<Tensor> {
     let op = Conv2d { stride, pad, math };
-    x.contiguous()?
-        .apply_op3(&w.contiguous()?, &b.contiguous()?, op)
+    let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
+    match add {
+        None => x.apply_op3(&w, &b, op),
+        Some(add) => {
+            let out = op
+                .geom(x.dims4()?.into(), w.dims4()?.into())?
+                .output_shape();
+            if add.shape() != &out || add.dtype() != x.dtype() {
+                bail!(
+                    "conv2d: cannot add a {:?} {:?} tensor to a {:?} {out:?} output",
+                    add.dtype(),
+                    add.shape(),
+                    x.dtype()
+                );
+            }
+            x.apply_op4(&w, &b, &add.contiguous()?, ConvAdd(op))
+        }
+    }
 }
 
 /// Inference on the CPU: `conv(relu(x·scale + shift), w) + b [+ add]`, the map `pre` being
@@ -206,7 +225,7 @@ pub fn conv2d_inference(
         math: ConvMath::Exact,
     };
     let g = op.geom(x.dims4()?.into(), w.dims4()?.into())?;
-    let out = Shape::from((g.n, g.co, g.ho(), g.wo()));
+    let out = g.output_shape();
     if pre.scale.len() != g.c {
         bail!(
             "conv2d-inference: the input map does not have {} channels",
@@ -285,11 +304,10 @@ impl CustomOp3 for Conv2d {
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.geom(dims4(xl)?, dims4(wl)?)?;
-        let shape = Shape::from((g.n, g.co, g.ho(), g.wo()));
         by_dtype!(self.name(), xs, |T| {
             let (x, w, b) = (slice(xs, xl)?, slice(ws, wl)?, slice(bs, bl)?);
             let y = timed(Kernel::ConvForward, || conv::forward::<T>(&g, x, w, b));
-            Ok((T::to_cpu_storage_owned(y), shape))
+            Ok((T::to_cpu_storage_owned(y), g.output_shape()))
         })
     }
 
@@ -304,8 +322,8 @@ impl CustomOp3 for Conv2d {
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let g = self.geom(dims4(xl)?, dims4(wl)?)?;
-        let y = cuda::conv::forward(&g, self.math, (xs, xl), (ws, wl), (bs, bl))?;
-        Ok((y, Shape::from((g.n, g.co, g.ho(), g.wo()))))
+        let y = cuda::conv::forward(&g, self.math, (xs, xl), (ws, wl), (bs, bl), None)?;
+        Ok((y, g.output_shape()))
     }
 
     fn bwd(
@@ -316,15 +334,96 @@ impl CustomOp3 for Conv2d {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        self.gradients(x, w, b, dy)
+    }
+}
+
+/// [`Conv2d`] plus a tensor added to its output: (x, w, b, add).
+struct ConvAdd(Conv2d);
+
+impl CustomOp4 for ConvAdd {
+    fn name(&self) -> &'static str {
+        "stepwise-conv2d-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+        adds: &CpuStorage,
+        addl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.0.geom(dims4(xl)?, dims4(wl)?)?;
+        by_dtype!(self.name(), xs, |T| {
+            let (x, w, b) = (slice(xs, xl)?, slice(ws, wl)?, slice(bs, bl)?);
+            let add = slice::<T>(adds, addl)?;
+            let y = timed(Kernel::ConvForward, || {
+                conv::forward_fused::<T>(&g, x, None, w, b, Some(add))
+            });
+            Ok((T::to_cpu_storage_owned(y), g.output_shape()))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        ws: &CudaStorage,
+        wl: &Layout,
+        bs: &CudaStorage,
+        bl: &Layout,
+        adds: &CudaStorage,
+        addl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let g = self.0.geom(dims4(xl)?, dims4(wl)?)?;
+        let (x, w, b) = ((xs, xl), (ws, wl), (bs, bl));
+        let y = cuda::conv::forward(&g, self.0.math, x, w, b, Some((adds, addl)))?;
+        Ok((y, g.output_shape()))
+    }
+
+    /// The added tensor's gradient is the output's own.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _add: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(
+        Option<Tensor>,
+        Option<Tensor>,
+        Option<Tensor>,
+        Option<Tensor>,
+    )> {
+        let (dx, dw, db) = self.0.gradients(x, w, b, dy)?;
+        Ok((dx, dw, db, Some(dy.clone())))
+    }
+}
+
+impl Conv2d {
+    /// The gradients of x, w and b: none for x when it needs none (the images), none for
+    /// w and b when they are constants (frozen parameters).
+    #[allow(clippy::type_complexity)]
+    fn gradients(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = self.geom(x.dims4()?.into(), w.dims4()?.into())?;
         let dy = dy.contiguous()?;
-        // An input that needs no gradient (the images) is skipped.
         let dx = if x.track_op() {
             Some(dy.apply_op2_no_bwd(w, &ConvBackwardData(g, self.math))?)
         } else {
             None
         };
-        // Constant weights (frozen parameters) need no weight gradient.
         if !w.track_op() && !b.track_op() {
             return Ok((dx, None, None));
         }

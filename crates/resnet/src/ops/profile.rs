@@ -98,7 +98,7 @@ mod tests {
         let x = Tensor::ones((1, 2, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
         let w = Tensor::ones((3, 2, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
         let b = Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap();
-        crate::ops::conv2d(&x, &w, &b, 1, 1, Default::default()).unwrap();
+        crate::ops::conv2d(&x, (&w, &b), None, 1, 1, Default::default()).unwrap();
     }
 
     fn forward(times: &[KernelTime]) -> &KernelTime {

@@ -8,7 +8,7 @@
 //! cores; [`ConvMath::Tf32`] the default math type, which lets cuDNN time TF32 tensor-core
 //! algorithms too (PyTorch's settings for `allow_tf32` off and on). bf16 tensors run
 //! on tensor cores with f32 accumulation (cuDNN's pseudo-bf16 configuration) either way.
-//! The bias is added by stepwise's own kernel.
+//! The bias (and a residual block's shortcut) is added by stepwise's own kernel.
 
 use super::super::conv::ConvGeom;
 use super::super::ConvMath;
@@ -279,19 +279,21 @@ fn scalar(v: &f32) -> *const c_void {
     v as *const f32 as *const c_void
 }
 
-/// y = conv(x, w) + b, into a new storage.
+/// y = conv(x, w) + b [+ add], into a new storage; `add` is shaped as y.
 pub fn forward(
     g: &ConvGeom,
     math: ConvMath,
     (xs, xl): (&CudaStorage, &Layout),
     (ws, wl): (&CudaStorage, &Layout),
     (bs, bl): (&CudaStorage, &Layout),
+    add: Option<(&CudaStorage, &Layout)>,
 ) -> Result<CudaStorage> {
     let dev = device_of(xs);
     let dtype = xs.dtype();
-    if ws.dtype() != dtype || bs.dtype() != dtype {
-        candle_core::bail!("conv2d: input, weight and bias dtypes differ");
+    if ws.dtype() != dtype || bs.dtype() != dtype || add.is_some_and(|a| a.0.dtype() != dtype) {
+        candle_core::bail!("conv2d: input, weight, bias and addend dtypes differ");
     }
+    let add = add.map(|(s, l)| super::address(s, l)).transpose()?;
     let ctx = context(dev)?;
     let plan = ctx.plan(g, math, dtype)?;
     let len = g.n * g.co * g.p();
@@ -320,7 +322,7 @@ pub fn forward(
         .result()
         .map_err(wrap)?;
     }
-    super::add_channel_bias(dev, dtype, y, bias, (g.n, g.co, g.p()))?;
+    super::add_channel_bias(dev, dtype, y, bias, add, (g.n, g.co, g.p()))?;
     Ok(ys)
 }
 

@@ -120,12 +120,17 @@ __device__ void channel_sum(const T *dy, uint32_t n, uint32_t c, uint32_t hw, T 
   if (finish_channel(s, unused, partials, counters)) sums[ch] = st<T>((float)s);
 }
 
-// y += bias[ch]: a convolution's bias, in place on its output.
+// y = (y + bias[ch]) [+ add]: a convolution's bias and, in a residual block, its shortcut,
+// in place on its output.
 template <typename T>
-__device__ void add_channel_bias(T *y, const T *bias, uint32_t c, uint32_t hw, uint32_t total) {
+__device__ void add_channel_bias(T *y, const T *bias, const T *add, uint32_t c, uint32_t hw,
+                                 uint32_t total) {
   for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
        i += gridDim.x * blockDim.x) {
-    y[i] = st<T>(ld(y[i]) + ld(bias[(i / hw) % c]));
+    // (y + bias) + add: the order of the separate additions, so f32 values stay the same.
+    float v = ld(y[i]) + ld(bias[(i / hw) % c]);
+    if (add != nullptr) v += ld(add[i]);
+    y[i] = st<T>(v);
   }
 }
 
@@ -201,9 +206,10 @@ __device__ void bn_relu_bwd_dx(const T *x, const T *y, const T *dy, const float 
                                                   uint32_t *counters) {                       \
     channel_sum<T>(dy, n, c, hw, sums, partials, counters);                                   \
   }                                                                                           \
-  extern "C" __global__ void add_channel_bias_##SUFFIX(T *y, const T *bias, uint32_t c,      \
-                                                       uint32_t hw, uint32_t total) {         \
-    add_channel_bias<T>(y, bias, c, hw, total);                                               \
+  extern "C" __global__ void add_channel_bias_##SUFFIX(T *y, const T *bias, const T *add,    \
+                                                       uint32_t c, uint32_t hw,               \
+                                                       uint32_t total) {                      \
+    add_channel_bias<T>(y, bias, add, c, hw, total);                                          \
   }                                                                                           \
   extern "C" __global__ void bn_relu_fwd_##SUFFIX(const T *x, const float *stats,            \
                                                   const float *gamma, const float *beta,      \

@@ -207,22 +207,30 @@ pub(super) fn channel_sum(
     Ok(())
 }
 
-/// `y` (N, C, HW) += `bias` per channel, in place, both of `dtype`.
+/// `y` (N, C, HW) += `bias` per channel [+ `add`], in place, all of `dtype`.
 pub(super) fn add_channel_bias(
     dev: &CudaDevice,
     dtype: DType,
     y: CUdeviceptr,
     bias: CUdeviceptr,
+    add: Option<CUdeviceptr>,
     (n, c, hw): (usize, usize, usize),
 ) -> Result<()> {
     let total = n * c * hw;
     let f = function_for(dev, "add_channel_bias", dtype)?;
     let stream = dev.cuda_stream();
     let (c, hw, total32) = (u32_size(c)?, u32_size(hw)?, u32_size(total)?);
+    // The kernel reads no addend through a null pointer.
+    let add = add.unwrap_or(0);
     let mut b = stream.launch_builder(&f);
-    b.arg(&y).arg(&bias).arg(&c).arg(&hw).arg(&total32);
-    // Safety: `y` holds N·C·HW and `bias` C values of `dtype`; `y` is written in place
-    // (see the module comment).
+    b.arg(&y)
+        .arg(&bias)
+        .arg(&add)
+        .arg(&c)
+        .arg(&hw)
+        .arg(&total32);
+    // Safety: `y` and `add` (unless null) hold N·C·HW and `bias` C values of `dtype`; `y`
+    // is written in place (see the module comment).
     unsafe { b.launch(elementwise(total)) }.w()?;
     Ok(())
 }
