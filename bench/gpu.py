@@ -13,7 +13,8 @@ training step also runs captured as a CUDA graph (`f32+graph`, `tf32+graph`), wh
 like-math ratios take where it is faster. bf16 models are compared with
 PyTorch autocast-bf16 + channels_last. Peak memory is the driver's figure for each process
 (nvidia-smi, polled) and PyTorch's own max_memory_reserved; stepwise's training rows carry its
-own estimate (`estimated_gpu_peak_mib`) for comparison.
+own estimate (`estimated_gpu_peak_mib`) for comparison, and its training and analysis rows
+what the autograd graph keeps alive (`graph_mib`).
 
   python3 bench/gpu.py --stepwise dist/stepwise [--steps 20] [--warmup 5]
       [--models resnet-56:128,resnet-110:512,wide:128:bf16,...]

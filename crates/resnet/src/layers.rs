@@ -122,7 +122,8 @@ impl Conv2d {
     /// Inference: `self(relu(bn(x))) [+ add]`, BatchNorm in inference mode, the same values
     /// as the separate layers bit for bit. Where stepwise's CPU kernels serve `x`, one fused
     /// kernel (BatchNorm + ReLU applied as the convolution reads `x`, `add` while the output
-    /// is in cache) that keeps no graph; elsewhere the separate layers.
+    /// is in cache) that keeps no graph; elsewhere BatchNorm + ReLU, then the convolution
+    /// with `add` added in its bias pass.
     pub fn infer_after_bn_relu(
         &self,
         bn: &BatchNorm,
@@ -136,11 +137,7 @@ impl Conv2d {
             let (stride, pad) = (self.stride, self.padding);
             return Ok(ops::conv2d_inference(x, &pre, weights, add, stride, pad)?);
         }
-        let y = self.forward(&bn.forward_relu(x, BnMode::Eval)?)?;
-        Ok(match add {
-            Some(a) => (a + y)?,
-            None => y,
-        })
+        self.forward_adding(&bn.forward_relu(x, BnMode::Eval)?, add)
     }
 }
 
