@@ -123,8 +123,7 @@ pub(crate) fn unroll(ctx: &mut Ctx) -> Result<Option<FinalLosses>> {
     for batch in &ctx.batches {
         let (x, y) = ctx.to_device(batch)?;
         let start = ctx.model.infer_tapped(&x, &[last])?.1.remove(0);
-        let margins =
-            head_stats(&ctx.model.head().forward(&start, BnMode::Eval)?, batch.1)?.margin;
+        let margins = head_stats(&ctx.model.head().forward(&start, BnMode::Eval)?, batch.1)?.margin;
         for (a, &alpha) in alphas.iter().enumerate() {
             let mut h = start.clone();
             for step in 0..=steps {

@@ -1,6 +1,7 @@
-//! Self-test of a device (`stepwise selftest --device cuda`): every custom op and a whole
-//! model's forward and backward on the device against the CPU kernels on the same inputs,
-//! one SGD step, then a short training run on shapes10 that must learn.
+//! Self-test of a device (`stepwise selftest --device cuda`): evaluation's input and sums,
+//! every custom op and a whole model's forward and backward on the device against the CPU
+//! kernels on the same inputs, one SGD step, then a short training run on shapes10 that must
+//! learn.
 //!
 //! Errors are compared as `max |device − cpu| / max |cpu|` over a tensor, so that values
 //! near zero do not dominate. Tolerances are for f32 with different summation orders:
@@ -479,10 +480,39 @@ fn graph_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
     Ok(())
 }
 
+/// Evaluation's input (stored bytes normalised on the device) and the sums of an
+/// evaluation: the input must equal the CPU's exactly (a table lookup), loss and accuracy
+/// within the op tolerance.
+fn eval_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
+    let normalization = domain::Normalization {
+        mean: [0.49, 0.48, 0.45],
+        std: [0.25, 0.24, 0.26],
+    };
+    let mut r = rng(5, Stream::Init, 7, 0);
+    let n: usize = 50;
+    let pixels: Vec<u8> = (0..n * 3 * 32 * 32).map(|_| r.random()).collect();
+    let labels: Vec<u32> = (0..n).map(|_| r.random_range(0..10)).collect();
+    let logits = random(&[n, 10], 6, &Device::Cpu)?;
+    let run = |dev: &Device| -> Result<(Tensor, Tensor)> {
+        let inputs = resnet::eval::Inputs::new(&normalization, dev)?;
+        let (x, y) = inputs.upload((&pixels, &labels))?;
+        let mut sums = resnet::eval::EvalSums::default();
+        sums.add(&logits.to_device(dev)?, &y)?;
+        let r = sums.result()?;
+        Ok((x, Tensor::new(&[r.loss, r.accuracy], &Device::Cpu)?))
+    };
+    let (cpu, dev) = (run(&Device::Cpu)?, run(device)?);
+    let (input, sums) = ("evaluation input: bytes normalised", "evaluation sums");
+    out.push(compare(input, &dev.0, &cpu.0, 0.0)?);
+    out.push(compare(sums, &dev.1, &cpu.1, OP_TOLERANCE)?);
+    Ok(())
+}
+
 /// Every op check of the device against the CPU (and, on CUDA, the graph step against the
 /// loop's).
 pub fn compare_with_cpu(device: &Device) -> Result<Vec<Check>> {
     let mut out = vec![];
+    eval_checks(device, &mut out)?;
     conv_checks(device, &mut out)?;
     batch_norm_checks(device, &mut out)?;
     sgd_checks(device, &mut out)?;
@@ -505,6 +535,8 @@ mod tests {
         let failed: Vec<_> = checks.iter().filter(|c| !c.passed).collect();
         assert!(failed.is_empty(), "{failed:?}");
         for kind in [
+            "evaluation input",
+            "conv tf32 + shortcut",
             "conv tf32",
             "conv bf16",
             "batch-norm+relu bf16",

@@ -287,6 +287,31 @@ impl Conv2d {
             pad: self.pad,
         })
     }
+
+    /// The gradients of x, w and b: none for x when it needs none (the images), none for
+    /// w and b when they are constants (frozen parameters).
+    fn gradients(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = self.geom(x.dims4()?.into(), w.dims4()?.into())?;
+        let dy = dy.contiguous()?;
+        let dx = if x.track_op() {
+            Some(dy.apply_op2_no_bwd(w, &ConvBackwardData(g, self.math))?)
+        } else {
+            None
+        };
+        if !w.track_op() && !b.track_op() {
+            return Ok((dx, None, None));
+        }
+        let packed = x.apply_op2_no_bwd(&dy, &ConvBackwardFilter(g, self.math))?;
+        let dw = packed.narrow(0, 0, g.co * g.kk())?.reshape(w.shape())?;
+        let db = packed.narrow(0, g.co * g.kk(), g.co)?.reshape(b.shape())?;
+        Ok((dx, Some(dw), Some(db)))
+    }
 }
 
 impl CustomOp3 for Conv2d {
@@ -403,34 +428,6 @@ impl CustomOp4 for ConvAdd {
     )> {
         let (dx, dw, db) = self.0.gradients(x, w, b, dy)?;
         Ok((dx, dw, db, Some(dy.clone())))
-    }
-}
-
-impl Conv2d {
-    /// The gradients of x, w and b: none for x when it needs none (the images), none for
-    /// w and b when they are constants (frozen parameters).
-    #[allow(clippy::type_complexity)]
-    fn gradients(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = self.geom(x.dims4()?.into(), w.dims4()?.into())?;
-        let dy = dy.contiguous()?;
-        let dx = if x.track_op() {
-            Some(dy.apply_op2_no_bwd(w, &ConvBackwardData(g, self.math))?)
-        } else {
-            None
-        };
-        if !w.track_op() && !b.track_op() {
-            return Ok((dx, None, None));
-        }
-        let packed = x.apply_op2_no_bwd(&dy, &ConvBackwardFilter(g, self.math))?;
-        let dw = packed.narrow(0, 0, g.co * g.kk())?.reshape(w.shape())?;
-        let db = packed.narrow(0, g.co * g.kk(), g.co)?.reshape(b.shape())?;
-        Ok((dx, Some(dw), Some(db)))
     }
 }
 
