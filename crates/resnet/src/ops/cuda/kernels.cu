@@ -136,57 +136,58 @@ __device__ void add_channel_bias(T *y, const T *bias, const T *add, uint32_t c, 
 
 __device__ __forceinline__ float relu(float v) { return v <= 0.f ? 0.f : v; }  // keeps NaN
 
-// y = relu(γ·(x − μ)/√(σ² + ε) + β) with stats = (μ, σ²).
+// y = relu(γ·(x − μ)/√(σ² + ε) + β) with μ = mean[ch], σ² = var[ch]: the batch's statistics
+// (the two halves of `bn_stats`' output) or the running ones.
 template <typename T>
-__device__ void bn_relu_fwd(const T *x, const float *stats, const float *gamma,
+__device__ void bn_relu_fwd(const T *x, const float *mean, const float *var, const float *gamma,
                             const float *beta, float eps, uint32_t c, uint32_t hw,
                             uint32_t total, T *y) {
   for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
        i += gridDim.x * blockDim.x) {
     const uint32_t ch = (i / hw) % c;
-    const float scale = gamma[ch] / sqrtf(stats[c + ch] + eps);
-    const float shift = beta[ch] - stats[ch] * scale;
+    const float scale = gamma[ch] / sqrtf(var[ch] + eps);
+    const float shift = beta[ch] - mean[ch] * scale;
     y[i] = st<T>(relu(ld(x[i]) * scale + shift));
   }
 }
 
 // dbeta = Σ dz, dgamma = Σ dz·x̂ with dz = dy where y > 0.
 template <typename T>
-__device__ void bn_relu_bwd_reduce(const T *x, const T *y, const T *dy, const float *stats,
-                                   float eps, uint32_t n, uint32_t c, uint32_t hw,
-                                   float *dgamma, float *dbeta, double *partials,
+__device__ void bn_relu_bwd_reduce(const T *x, const T *y, const T *dy, const float *mean,
+                                   const float *var, float eps, uint32_t n, uint32_t c,
+                                   uint32_t hw, float *dgamma, float *dbeta, double *partials,
                                    uint32_t *counters) {
   const uint32_t ch = blockIdx.y;
   uint32_t begin, end;
   share(n * hw, begin, end);
-  const float mean = stats[ch];
+  const float mu = mean[ch];
   double s = 0.0, dot = 0.0;
   for (uint32_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
     const uint32_t i = at(j, ch, c, hw);
     const float dz = ld(y[i]) > 0.f ? ld(dy[i]) : 0.f;
     s += dz;
-    dot += (double)dz * (ld(x[i]) - mean);
+    dot += (double)dz * (ld(x[i]) - mu);
   }
   if (!finish_channel(s, dot, partials, counters)) return;
   dbeta[ch] = (float)s;
-  dgamma[ch] = (float)(dot / sqrt((double)stats[c + ch] + eps));
+  dgamma[ch] = (float)(dot / sqrt((double)var[ch] + eps));
 }
 
 // dx of BatchNorm+ReLU; with batch statistics the mean and variance terms included.
 template <typename T>
-__device__ void bn_relu_bwd_dx(const T *x, const T *y, const T *dy, const float *stats,
-                               const float *gamma, const float *dgamma, const float *dbeta,
-                               float eps, uint32_t c, uint32_t hw, uint32_t total,
-                               int batch_stats, T *dx) {
+__device__ void bn_relu_bwd_dx(const T *x, const T *y, const T *dy, const float *mean,
+                               const float *var, const float *gamma, const float *dgamma,
+                               const float *dbeta, float eps, uint32_t c, uint32_t hw,
+                               uint32_t total, int batch_stats, T *dx) {
   const float m = (float)(total / c);
   for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
        i += gridDim.x * blockDim.x) {
     const uint32_t ch = (i / hw) % c;
-    const float invstd = 1.f / sqrtf(stats[c + ch] + eps);
+    const float invstd = 1.f / sqrtf(var[ch] + eps);
     const float k = gamma[ch] * invstd;
     const float dz = ld(y[i]) > 0.f ? ld(dy[i]) : 0.f;
     if (batch_stats) {
-      const float xhat = (ld(x[i]) - stats[ch]) * invstd;
+      const float xhat = (ld(x[i]) - mean[ch]) * invstd;
       dx[i] = st<T>(k * (dz - dbeta[ch] / m - xhat * dgamma[ch] / m));
     } else {
       dx[i] = st<T>(k * dz);
@@ -211,24 +212,25 @@ __device__ void bn_relu_bwd_dx(const T *x, const T *y, const T *dy, const float 
                                                        uint32_t total) {                      \
     add_channel_bias<T>(y, bias, add, c, hw, total);                                          \
   }                                                                                           \
-  extern "C" __global__ void bn_relu_fwd_##SUFFIX(const T *x, const float *stats,            \
-                                                  const float *gamma, const float *beta,      \
-                                                  float eps, uint32_t c, uint32_t hw,         \
-                                                  uint32_t total, T *y) {                     \
-    bn_relu_fwd<T>(x, stats, gamma, beta, eps, c, hw, total, y);                              \
+  extern "C" __global__ void bn_relu_fwd_##SUFFIX(const T *x, const float *mean,              \
+                                                  const float *var, const float *gamma,       \
+                                                  const float *beta, float eps, uint32_t c,   \
+                                                  uint32_t hw, uint32_t total, T *y) {        \
+    bn_relu_fwd<T>(x, mean, var, gamma, beta, eps, c, hw, total, y);                          \
   }                                                                                           \
-  extern "C" __global__ void bn_relu_bwd_reduce_##SUFFIX(                                    \
-      const T *x, const T *y, const T *dy, const float *stats, float eps, uint32_t n,         \
-      uint32_t c, uint32_t hw, float *dgamma, float *dbeta, double *partials,                 \
+  extern "C" __global__ void bn_relu_bwd_reduce_##SUFFIX(                                     \
+      const T *x, const T *y, const T *dy, const float *mean, const float *var, float eps,    \
+      uint32_t n, uint32_t c, uint32_t hw, float *dgamma, float *dbeta, double *partials,     \
       uint32_t *counters) {                                                                   \
-    bn_relu_bwd_reduce<T>(x, y, dy, stats, eps, n, c, hw, dgamma, dbeta, partials, counters); \
+    bn_relu_bwd_reduce<T>(x, y, dy, mean, var, eps, n, c, hw, dgamma, dbeta, partials,        \
+                          counters);                                                          \
   }                                                                                           \
-  extern "C" __global__ void bn_relu_bwd_dx_##SUFFIX(                                        \
-      const T *x, const T *y, const T *dy, const float *stats, const float *gamma,            \
-      const float *dgamma, const float *dbeta, float eps, uint32_t c, uint32_t hw,            \
-      uint32_t total, int batch_stats, T *dx) {                                               \
-    bn_relu_bwd_dx<T>(x, y, dy, stats, gamma, dgamma, dbeta, eps, c, hw, total, batch_stats,  \
-                      dx);                                                                    \
+  extern "C" __global__ void bn_relu_bwd_dx_##SUFFIX(                                         \
+      const T *x, const T *y, const T *dy, const float *mean, const float *var,               \
+      const float *gamma, const float *dgamma, const float *dbeta, float eps, uint32_t c,     \
+      uint32_t hw, uint32_t total, int batch_stats, T *dx) {                                  \
+    bn_relu_bwd_dx<T>(x, y, dy, mean, var, gamma, dgamma, dbeta, eps, c, hw, total,           \
+                      batch_stats, dx);                                                       \
   }
 
 INSTANTIATE(float, f32)

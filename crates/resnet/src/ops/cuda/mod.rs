@@ -258,20 +258,24 @@ pub fn batch_norm_relu(
     train: bool,
 ) -> Result<Tensor> {
     let x = x.contiguous()?;
-    let stats = if train {
-        x.apply_op1_no_bwd(&BatchStats {
+    // The kernels read the mean and the variance through one pointer each: the two halves
+    // of the batch statistics, or the running statistics themselves (no copy).
+    let (mean, var) = if train {
+        let stats = x.apply_op1_no_bwd(&BatchStats {
             running_mean: running_mean.clone(),
             running_var: running_var.clone(),
             momentum: BN_MOMENTUM,
-        })?
+        })?;
+        (stats.get(0)?, stats.get(1)?)
     } else {
-        Tensor::stack(&[running_mean, running_var], 0)?
+        (running_mean.clone(), running_var.clone())
     };
     x.apply_op3(
         &gamma.contiguous()?,
         &beta.contiguous()?,
         BatchNormRelu {
-            stats,
+            mean,
+            var,
             eps: BN_EPS,
             batch_stats: train,
         },
@@ -324,10 +328,11 @@ impl CustomOp1 for BatchStats {
 }
 
 struct BatchNormRelu {
-    /// (2, C) mean and biased variance.
-    stats: Tensor,
+    /// (C,) mean and biased variance.
+    mean: Tensor,
+    var: Tensor,
     eps: f64,
-    /// Whether `stats` are the batch's own (their gradient terms are then included).
+    /// Whether the statistics are the batch's own (their gradient terms are then included).
     batch_stats: bool,
 }
 
@@ -367,7 +372,7 @@ impl CustomOp3 for BatchNormRelu {
         let dev = &xs.device;
         let total = xl.shape().elem_count();
         let (x, gamma, beta) = (address(xs, xl)?, address(gs, gl)?, address(bs, bl)?);
-        let stats = tensor_address(&self.stats)?;
+        let (mean, var) = (tensor_address(&self.mean)?, tensor_address(&self.var)?);
         let (y, out) = alloc(dev, xs.dtype(), total)?;
         let f = function_for(dev, "bn_relu_fwd", xs.dtype())?;
         let stream = dev.cuda_stream();
@@ -378,8 +383,8 @@ impl CustomOp3 for BatchNormRelu {
             u32_size(total)?,
         );
         let mut b = stream.launch_builder(&f);
-        b.arg(&x).arg(&stats).arg(&gamma).arg(&beta).arg(&eps);
-        b.arg(&c32).arg(&hw).arg(&total32).arg(&out);
+        b.arg(&x).arg(&mean).arg(&var).arg(&gamma).arg(&beta);
+        b.arg(&eps).arg(&c32).arg(&hw).arg(&total32).arg(&out);
         // Safety: as in `BatchStats`.
         unsafe { b.launch(elementwise(total)) }.w()?;
         Ok((y, xl.shape().clone()))
@@ -395,7 +400,8 @@ impl CustomOp3 for BatchNormRelu {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let c = gamma.elem_count();
         let op = BatchNormReluBackward {
-            stats: self.stats.clone(),
+            mean: self.mean.clone(),
+            var: self.var.clone(),
             gamma: gamma.clone(),
             eps: self.eps,
             batch_stats: self.batch_stats,
@@ -418,7 +424,8 @@ impl CustomOp3 for BatchNormRelu {
 /// dx; dγ and dβ go to a storage of their own, so that holding the small parameter
 /// gradients until the optimizer step does not keep the activation-sized dx alive.
 struct BatchNormReluBackward {
-    stats: Tensor,
+    mean: Tensor,
+    var: Tensor,
     gamma: Tensor,
     eps: f64,
     batch_stats: bool,
@@ -459,7 +466,8 @@ impl CustomOp3 for BatchNormReluBackward {
         let dev = &xs.device;
         let total = xl.shape().elem_count();
         let (x, y, dy) = (address(xs, xl)?, address(ys, yl)?, address(ds, dl)?);
-        let (stats, gamma) = (tensor_address(&self.stats)?, tensor_address(&self.gamma)?);
+        let (mean, var) = (tensor_address(&self.mean)?, tensor_address(&self.var)?);
+        let gamma = tensor_address(&self.gamma)?;
         let (dx_storage, dx) = alloc(dev, xs.dtype(), total)?;
         let (params, dgamma) = alloc(dev, DType::F32, 2 * c)?;
         let dbeta = dgamma + 4 * c as u64;
@@ -468,7 +476,7 @@ impl CustomOp3 for BatchNormReluBackward {
         let (eps, n32, c32, hw32) = (self.eps as f32, u32_size(n)?, u32_size(c)?, u32_size(hw)?);
         let reduce = function_for(dev, "bn_relu_bwd_reduce", xs.dtype())?;
         let mut b = stream.launch_builder(&reduce);
-        b.arg(&x).arg(&y).arg(&dy).arg(&stats).arg(&eps);
+        b.arg(&x).arg(&y).arg(&dy).arg(&mean).arg(&var).arg(&eps);
         b.arg(&n32).arg(&c32).arg(&hw32).arg(&dgamma).arg(&dbeta);
         b.arg(&partials).arg(&counters);
         // Safety: as in `BatchStats`; dβ follows dγ in `params`.
@@ -476,14 +484,9 @@ impl CustomOp3 for BatchNormReluBackward {
         let apply = function_for(dev, "bn_relu_bwd_dx", xs.dtype())?;
         let (total32, batch_stats) = (u32_size(total)?, i32::from(self.batch_stats));
         let mut b = stream.launch_builder(&apply);
-        b.arg(&x)
-            .arg(&y)
-            .arg(&dy)
-            .arg(&stats)
-            .arg(&gamma)
-            .arg(&dgamma);
-        b.arg(&dbeta).arg(&eps).arg(&c32).arg(&hw32).arg(&total32);
-        b.arg(&batch_stats).arg(&dx);
+        b.arg(&x).arg(&y).arg(&dy).arg(&mean).arg(&var).arg(&gamma);
+        b.arg(&dgamma).arg(&dbeta).arg(&eps).arg(&c32).arg(&hw32);
+        b.arg(&total32).arg(&batch_stats).arg(&dx);
         // Safety: as above.
         unsafe { b.launch(elementwise(total)) }.w()?;
         *self.params.lock().expect("not poisoned") = Some(params);
