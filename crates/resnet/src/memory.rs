@@ -1,6 +1,7 @@
 //! GPU memory: an estimate of the peak a training step or an analysis pass needs, checked
 //! against a budget before any work starts, and the device's out-of-memory errors
-//! recognised, so that both end in an error naming the batch size to lower.
+//! recognised, so that both end in an error naming the batch size to lower. Also what an
+//! autograd graph keeps alive ([`graph_bytes`]), on any device.
 //!
 //! The budget is process-wide (`--gpu-memory` or `STEPWISE_GPU_MEMORY`): a limit of the
 //! machine a process runs on, not of a run. Without one, the device's total memory is the
