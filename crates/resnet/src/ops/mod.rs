@@ -288,6 +288,41 @@ impl Conv2d {
         })
     }
 
+    /// `conv(x, w) + b [+ add]` on the CPU, `add` added to each image's output while it is
+    /// in cache.
+    fn cpu_forward(
+        &self,
+        name: &str,
+        (xs, xl): (&CpuStorage, &Layout),
+        (ws, wl): (&CpuStorage, &Layout),
+        (bs, bl): (&CpuStorage, &Layout),
+        add: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.geom(dims4(xl)?, dims4(wl)?)?;
+        by_dtype!(name, xs, |T| {
+            let (x, w, b) = (slice(xs, xl)?, slice(ws, wl)?, slice(bs, bl)?);
+            let add = add.map(|(s, l)| slice::<T>(s, l)).transpose()?;
+            let y = timed(Kernel::ConvForward, || {
+                conv::forward_fused::<T>(&g, x, None, w, b, add)
+            });
+            Ok((T::to_cpu_storage_owned(y), g.output_shape()))
+        })
+    }
+
+    /// `conv(x, w) + b [+ add]` on CUDA.
+    #[cfg(feature = "cuda")]
+    fn cuda_forward(
+        &self,
+        x: (&CudaStorage, &Layout),
+        w: (&CudaStorage, &Layout),
+        b: (&CudaStorage, &Layout),
+        add: Option<(&CudaStorage, &Layout)>,
+    ) -> Result<(CudaStorage, Shape)> {
+        let g = self.geom(dims4(x.1)?, dims4(w.1)?)?;
+        let y = cuda::conv::forward(&g, self.math, x, w, b, add)?;
+        Ok((y, g.output_shape()))
+    }
+
     /// The gradients of x, w and b: none for x when it needs none (the images), none for
     /// w and b when they are constants (frozen parameters).
     fn gradients(
@@ -328,12 +363,7 @@ impl CustomOp3 for Conv2d {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = self.geom(dims4(xl)?, dims4(wl)?)?;
-        by_dtype!(self.name(), xs, |T| {
-            let (x, w, b) = (slice(xs, xl)?, slice(ws, wl)?, slice(bs, bl)?);
-            let y = timed(Kernel::ConvForward, || conv::forward::<T>(&g, x, w, b));
-            Ok((T::to_cpu_storage_owned(y), g.output_shape()))
-        })
+        self.cpu_forward(self.name(), (xs, xl), (ws, wl), (bs, bl), None)
     }
 
     #[cfg(feature = "cuda")]
@@ -346,9 +376,7 @@ impl CustomOp3 for Conv2d {
         bs: &CudaStorage,
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let g = self.geom(dims4(xl)?, dims4(wl)?)?;
-        let y = cuda::conv::forward(&g, self.math, (xs, xl), (ws, wl), (bs, bl), None)?;
-        Ok((y, g.output_shape()))
+        self.cuda_forward((xs, xl), (ws, wl), (bs, bl), None)
     }
 
     fn bwd(
@@ -382,15 +410,9 @@ impl CustomOp4 for ConvAdd {
         adds: &CpuStorage,
         addl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = self.0.geom(dims4(xl)?, dims4(wl)?)?;
-        by_dtype!(self.name(), xs, |T| {
-            let (x, w, b) = (slice(xs, xl)?, slice(ws, wl)?, slice(bs, bl)?);
-            let add = slice::<T>(adds, addl)?;
-            let y = timed(Kernel::ConvForward, || {
-                conv::forward_fused::<T>(&g, x, None, w, b, Some(add))
-            });
-            Ok((T::to_cpu_storage_owned(y), g.output_shape()))
-        })
+        let add = Some((adds, addl));
+        self.0
+            .cpu_forward(self.name(), (xs, xl), (ws, wl), (bs, bl), add)
     }
 
     #[cfg(feature = "cuda")]
@@ -405,10 +427,8 @@ impl CustomOp4 for ConvAdd {
         adds: &CudaStorage,
         addl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let g = self.0.geom(dims4(xl)?, dims4(wl)?)?;
-        let (x, w, b) = ((xs, xl), (ws, wl), (bs, bl));
-        let y = cuda::conv::forward(&g, self.0.math, x, w, b, Some((adds, addl)))?;
-        Ok((y, g.output_shape()))
+        self.0
+            .cuda_forward((xs, xl), (ws, wl), (bs, bl), Some((adds, addl)))
     }
 
     /// The added tensor's gradient is the output's own.
