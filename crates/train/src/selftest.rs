@@ -19,9 +19,9 @@ use domain::{ModelSpec, Precision, TrainSpec};
 use rand::Rng;
 use rand_distr::StandardNormal;
 use resnet::layers::{BatchNorm, BnMode};
-use resnet::loss::cross_entropy;
+use resnet::loss::{cross_entropy, cross_entropy_per_example};
 use resnet::ops::ConvMath;
-use resnet::{ops, Dtypes, Init, ResNet};
+use resnet::{ops, Dtypes, Init, ProbeOptions, ResNet};
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -508,6 +508,45 @@ fn eval_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
     Ok(())
 }
 
+/// The analysis' gradients: ∂L/∂h_i at every block input of ResNet-8 in f32 (inference
+/// mode, frozen parameters, the summed loss), kept by one backward pass
+/// ([`resnet::Probed::backward`]); the worst block is reported.
+fn analysis_gradient_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
+    let spec = resnet8(Precision::F32);
+    let layout = spec.layout()?;
+    let build = |dev: &Device| -> Result<ResNet> {
+        let mut r = rng(0, Stream::Init, 0, 0);
+        Ok(ResNet::new(
+            &layout,
+            &mut r,
+            dev,
+            Dtypes::for_precision(spec.dtype),
+        )?)
+    };
+    let gradients = |dev: &Device| -> Result<Vec<Tensor>> {
+        let model = build(dev)?;
+        let x = random(&[16, 3, 32, 32], 12, dev)?;
+        let y = Tensor::from_vec((0..16u32).map(|i| i % 10).collect(), 16, dev)?;
+        resnet::layers::with_frozen_parameters(|| {
+            let probed = model.forward_probed(&x, &ProbeOptions::eval().with_gradients())?;
+            let loss = cross_entropy_per_example(&probed.logits, &y)?.sum_all()?;
+            let grads = probed.backward(&loss)?;
+            Ok(probed.input_gradients(&grads)?)
+        })
+    };
+    let (cpu, dev) = (gradients(&Device::Cpu)?, gradients(device)?);
+    let mut worst: Option<Check> = None;
+    for (i, (d, c)) in dev.iter().zip(&cpu).enumerate() {
+        let name = format!("resnet-8 f32 analysis: gradient at block {i}'s input");
+        let check = compare(&name, d, c, MODEL_TOLERANCE)?;
+        if worst.as_ref().is_none_or(|w| check.error > w.error) {
+            worst = Some(check);
+        }
+    }
+    out.extend(worst);
+    Ok(())
+}
+
 /// Every op check of the device against the CPU (and, on CUDA, the graph step against the
 /// loop's).
 pub fn compare_with_cpu(device: &Device) -> Result<Vec<Check>> {
@@ -517,6 +556,7 @@ pub fn compare_with_cpu(device: &Device) -> Result<Vec<Check>> {
     batch_norm_checks(device, &mut out)?;
     sgd_checks(device, &mut out)?;
     model_checks(device, &mut out)?;
+    analysis_gradient_checks(device, &mut out)?;
     #[cfg(feature = "cuda")]
     graph_checks(device, &mut out)?;
     Ok(out)
@@ -541,6 +581,7 @@ mod tests {
             "conv bf16",
             "batch-norm+relu bf16",
             "resnet-8 tf32",
+            "resnet-8 f32 analysis",
         ] {
             assert!(checks.iter().any(|c| c.name.starts_with(kind)), "{kind}");
         }
