@@ -253,6 +253,15 @@ fn resnet8(precision: Precision) -> ModelSpec {
     }
 }
 
+/// ResNet-8 in `precision` on `device`, initialised from the selftest's seed: the same
+/// weights on every device.
+fn resnet8_model(precision: Precision, device: &Device) -> Result<ResNet> {
+    let spec = resnet8(precision);
+    let mut r = rng(0, Stream::Init, 0, 0);
+    let dtypes = Dtypes::for_precision(spec.dtype);
+    Ok(ResNet::new(&spec.layout()?, &mut r, device, dtypes)?)
+}
+
 /// A narrow ResNet-8 with the same weights on both devices: logits, loss and every
 /// parameter's gradient in training mode, logits in inference mode, then one SGD step; in
 /// f32, TF32 (against the CPU's f32) and bf16 (against the CPU's bf16 model).
@@ -268,18 +277,8 @@ fn model_checks_in(
     device: &Device,
     out: &mut Vec<Check>,
 ) -> Result<()> {
-    let spec = resnet8(precision);
-    let layout = spec.layout()?;
-    let build = |dev: &Device| -> Result<ResNet> {
-        Ok(ResNet::new(
-            &layout,
-            &mut rng(0, Stream::Init, 0, 0),
-            dev,
-            Dtypes::for_precision(spec.dtype),
-        )?)
-    };
-    let cpu_model = build(&Device::Cpu)?;
-    let dev_model = build(device)?;
+    let cpu_model = resnet8_model(precision, &Device::Cpu)?;
+    let dev_model = resnet8_model(precision, device)?;
     let weights: HashMap<String, Tensor> = cpu_model.state_dict()?.into_iter().collect();
     dev_model.load_state_dict(&weights)?;
     let labels: Vec<u32> = (0..16u32).map(|i| i % 10).collect();
@@ -320,10 +319,7 @@ fn model_checks_in(
     // CPU on it (its distance from the CPU's f32), where that exceeds the tolerance.
     let f32_tensors = match precision {
         Precision::Bf16 => {
-            let f32_layout = resnet8(Precision::F32).layout()?;
-            let mut r = rng(0, Stream::Init, 0, 0);
-            let f32_dtypes = Dtypes::for_precision(Precision::F32);
-            let f32_model = ResNet::new(&f32_layout, &mut r, &Device::Cpu, f32_dtypes)?;
+            let f32_model = resnet8_model(Precision::F32, &Device::Cpu)?;
             Some(step(&f32_model, &Device::Cpu)?.1)
         }
         _ => None,
@@ -428,15 +424,8 @@ fn graph_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
     if !device.is_cuda() {
         return Ok(());
     }
-    let layout = resnet8(Precision::F32).layout()?;
     let build = || -> Result<(ResNet, Sgd)> {
-        let mut r = rng(0, Stream::Init, 0, 0);
-        let model = ResNet::new(
-            &layout,
-            &mut r,
-            device,
-            Dtypes::for_precision(Precision::F32),
-        )?;
+        let model = resnet8_model(Precision::F32, device)?;
         let sgd = Sgd::new(
             model.parameters(),
             SgdConfig::from_spec(&TrainSpec::default()),
@@ -512,19 +501,8 @@ fn eval_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
 /// mode, frozen parameters, the summed loss), kept by one backward pass
 /// ([`resnet::Probed::backward`]); the worst block is reported.
 fn analysis_gradient_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
-    let spec = resnet8(Precision::F32);
-    let layout = spec.layout()?;
-    let build = |dev: &Device| -> Result<ResNet> {
-        let mut r = rng(0, Stream::Init, 0, 0);
-        Ok(ResNet::new(
-            &layout,
-            &mut r,
-            dev,
-            Dtypes::for_precision(spec.dtype),
-        )?)
-    };
     let gradients = |dev: &Device| -> Result<Vec<Tensor>> {
-        let model = build(dev)?;
+        let model = resnet8_model(Precision::F32, dev)?;
         let x = random(&[16, 3, 32, 32], 12, dev)?;
         let y = Tensor::from_vec((0..16u32).map(|i| i % 10).collect(), 16, dev)?;
         resnet::layers::with_frozen_parameters(|| {
