@@ -11,7 +11,8 @@ fp32 models: stepwise runs twice, `--dtype f32` (exact FMA convolutions) and `--
 the headline ratio: stepwise's faster against PyTorch's faster. With `--cuda-graph`, stepwise's
 training step also runs captured as a CUDA graph (`f32+graph`, `tf32+graph`), which the
 like-math ratios take where it is faster. bf16 models are compared with
-PyTorch autocast-bf16 + channels_last. Peak memory is the driver's figure for each process
+PyTorch autocast-bf16 + channels_last (`bf16`) and autocast-bf16 in the default NCHW layout
+(`bf16-nchw`, stepwise's own layout): the pair shows what channels-last is worth to PyTorch. Peak memory is the driver's figure for each process
 (nvidia-smi, polled) and PyTorch's own max_memory_reserved; stepwise's training rows carry its
 own estimate (`estimated_gpu_peak_mib`) for comparison, and its training and analysis rows
 what the autograd graph keeps alive (`graph_mib`).
@@ -82,12 +83,13 @@ def model_flags(model, dtype=None):
 
 
 def compare(ours, theirs, rate):
-    """The row's ratios: like math (stepwise f32 / PyTorch fp32, tf32 / default, bf16 /
-    bf16) and stepwise's fastest over PyTorch's fastest; memory against that PyTorch run."""
+    """The row's ratios: like math (stepwise f32 / PyTorch fp32, tf32 / default, bf16 / bf16
+    in either layout) and stepwise's fastest over PyTorch's fastest; memory against that
+    PyTorch run."""
     ok = lambda runs: {k: v for k, v in runs.items() if rate in v}
     ours_ok, theirs_ok = ok(ours), ok(theirs)
     row = {"ratios_like_math": {}}
-    for mine, other in [("f32", "fp32"), ("tf32", "default"), ("bf16", "bf16")]:
+    for mine, other in [("f32", "fp32"), ("tf32", "default"), ("bf16", "bf16"), ("bf16", "bf16-nchw")]:
         candidates = [r[rate] for k, r in ours_ok.items() if k.split("+")[0] == mine]
         if candidates and other in theirs_ok:
             row["ratios_like_math"][f"{mine}/{other}"] = max(candidates) / theirs_ok[other][rate]
@@ -146,7 +148,7 @@ def main():
                     for d, extra in variants}
             theirs = {prec: run_measured([*reference, "bench", "--summary", summary, *common, "--device", args.device,
                                           "--precision", prec], args.timeout)
-                      for prec in (["bf16"] if dtype == "bf16" else ["default", "fp32"])}
+                      for prec in (["bf16", "bf16-nchw"] if dtype == "bf16" else ["default", "fp32"])}
             return ours, theirs
 
         ours, theirs = with_summary(model, dtype, train)

@@ -244,13 +244,15 @@ def cmd_bench(args):
     """Median time of a training step (forward, backward, SGD) on random data, as
     `stepwise bench train` measures it. On CUDA: `cudnn.benchmark` on; `--precision`
     `default` leaves PyTorch's TF32 settings as they are, `fp32` turns TF32 off, `bf16` runs
-    under autocast with channels-last tensors."""
+    under autocast with channels-last tensors, `bf16-nchw` under autocast with the default
+    (NCHW) layout, stepwise's own: the two bf16 rows show what channels-last is worth."""
     device = setup(args)
     summary = json.load(open(args.summary))
     net = Net(summary).to(device).train()
     classes = summary["model"]["classes"]
     x = torch.randn(args.batch, 3, 32, 32, device=device)
     y = torch.randint(0, classes, (args.batch,), device=device)
+    autocast = args.precision in ("bf16", "bf16-nchw")
     if args.precision == "bf16":
         net = net.to(memory_format=torch.channels_last)
         x = x.to(memory_format=torch.channels_last)
@@ -258,7 +260,7 @@ def cmd_bench(args):
     times = []
     for i in range(args.warmup + args.steps):
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             loss = F.cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -422,7 +424,7 @@ def main():
     b.add_argument("--steps", type=int, default=10)
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--device", default="cpu")
-    b.add_argument("--precision", default="default", choices=["default", "fp32", "bf16"])
+    b.add_argument("--precision", default="default", choices=["default", "fp32", "bf16", "bf16-nchw"])
     for name in ["bench-analysis", "bench-eval"]:
         a = sub.add_parser(name)
         a.add_argument("--summary", required=True)
