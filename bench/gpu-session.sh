@@ -2,12 +2,12 @@
 # Every GPU check of a session on the device machine, phase by phase, each under its own time
 # limit: selftest (correctness first), the memory budget and out-of-memory errors, the
 # side-by-side training table against PyTorch, the training step before/after and as a CUDA
-# graph, the side-by-side evaluation and analysis, the quick run trained and analysed on the
-# GPU. Expects dist/stepwise.xz (a stripped `--features cuda` release build) and optionally
+# graph, per-kernel profiles of both, the side-by-side evaluation and analysis, the quick run
+# trained and analysed on the GPU. Expects dist/stepwise.xz (a stripped `--features cuda` release build) and optionally
 # dist/stepwise-before.xz (the previous build, for the before/after rows). Writes few files
 # (the device tool returns a limited number): session.log with every phase's output,
 # gpu-bench-train.{json,log} and gpu-bench-passes.{json,log}.
-#   [PHASES="selftest memory train ab passes quick"] [TRAIN_MODELS=...] [PASS_MODELS=...]
+#   [PHASES="selftest memory train ab profile passes quick"] [TRAIN_MODELS=...] [PASS_MODELS=...]
 #   [STEPS=10] bash bench/gpu-session.sh
 set -uo pipefail
 OUT=${OUT:-out}
@@ -20,7 +20,7 @@ B=
 if [ -f dist/stepwise-before.xz ]; then
   xz -dkf dist/stepwise-before.xz && chmod +x dist/stepwise-before && B=dist/stepwise-before
 fi
-PHASES=${PHASES:-selftest memory train ab passes quick}
+PHASES=${PHASES:-selftest memory train ab profile passes quick}
 TRAIN_MODELS=${TRAIN_MODELS:-resnet-56:128,resnet-110:128,wide:128:bf16,wide:128:f32,resnet-56:512,resnet-110:512}
 PASS_MODELS=${PASS_MODELS:-resnet-56,resnet-110}
 STEPS=${STEPS:-10}
@@ -68,6 +68,39 @@ ab() {
       timeout 60 "${cmd[@]}" --arch resnet --depth $depth --batch 128 --steps 20 --warmup 5 --device cuda 2>&1
     done
   done
+}
+
+# Where a step's time goes: stepwise's kernels (synchronised around each) beside PyTorch's
+# operators (torch.profiler), for the wide model in bf16 (both PyTorch layouts) and ResNet-56
+# in TF32, batch 128.
+profile() {
+  local summary
+  summary=$(mktemp --suffix .json)
+  for run in "wide bf16 bf16,bf16-nchw" "resnet-56 tf32 default"; do
+    read -r model dtype precisions <<< "$run"
+    local flags=(--arch "${model%-*}")
+    [ "$model" != "${model%-*}" ] && flags+=(--depth "${model#*-}")
+    echo "stepwise $model $dtype:"
+    timeout 60 $S bench train "${flags[@]}" --dtype "$dtype" --batch 128 --steps 5 --warmup 3 --device cuda --profile 2>&1
+    $S model summary "${flags[@]}" --dtype "$dtype" --json > "$summary"
+    for precision in ${precisions//,/ }; do
+      echo "pytorch $model $precision:"
+      timeout 90 python3 bench/reference.py bench --summary "$summary" --batch 128 --steps 5 --warmup 3 \
+        --device cuda --precision "$precision" --profile 2>/dev/null | ops_table
+    done
+  done
+  rm -f "$summary"
+}
+
+# reference.py's profiled JSON as a table: its ms/step, then per operator ms and calls per step.
+ops_table() {
+  python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+print("%.1f ms/step" % r["ms_per_step"])
+for o in r["ops"]:
+    print("  %-60s %8.2f ms/step %6.0f calls" % (o["op"][:60], o["ms"], o["calls"]))
+'
 }
 
 passes() {

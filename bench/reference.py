@@ -257,14 +257,17 @@ def cmd_bench(args):
         net = net.to(memory_format=torch.channels_last)
         x = x.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    times = []
-    for i in range(args.warmup + args.steps):
-        start = time.perf_counter()
+    def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             loss = F.cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+    times = []
+    for i in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= args.warmup:
@@ -278,7 +281,26 @@ def cmd_bench(args):
     if device.type == "cuda":
         out["max_memory_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
         out["max_memory_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    if args.profile:
+        out["ops"] = profile_steps(step, device, args.steps)
     print(json.dumps(out))
+
+
+def profile_steps(step, device, steps):
+    """The operators of `steps` more steps under torch.profiler (not the timed ones, which
+    it would slow): per step, each operator's own time on the device (the CPU's without
+    CUDA) and calls, the 20 largest — beside `stepwise bench train --profile`'s kernels."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    own = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    ops = sorted(prof.key_averages(), key=lambda e: getattr(e, own), reverse=True)[:20]
+    return [{"op": e.key, "ms": getattr(e, own) / 1e3 / steps, "calls": e.count / steps} for e in ops]
 
 
 def flat_blocks(net):
@@ -425,6 +447,8 @@ def main():
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--device", default="cpu")
     b.add_argument("--precision", default="default", choices=["default", "fp32", "bf16", "bf16-nchw"])
+    b.add_argument("--profile", action="store_true",
+                   help="also list the operators' time per step (torch.profiler, untimed steps)")
     for name in ["bench-analysis", "bench-eval"]:
         a = sub.add_parser(name)
         a.add_argument("--summary", required=True)

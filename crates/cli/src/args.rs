@@ -353,7 +353,8 @@ pub enum BenchCommand {
         warmup: usize,
         #[arg(long, default_value = "cpu")]
         device: DeviceSpec,
-        /// Also time each CPU kernel (convolution, BatchNorm+ReLU) within the timed steps.
+        /// Also time each kernel (convolution, BatchNorm+ReLU, SGD) within the timed steps;
+        /// on CUDA the device is synchronised around each, which slows the step.
         #[arg(long)]
         profile: bool,
         /// CUDA: time the trainer's graph steps — forward, backward and update captured

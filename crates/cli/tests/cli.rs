@@ -445,6 +445,7 @@ fn bench_train_profiles_the_cpu_kernels() {
     assert_eq!(calls("conv_forward"), 9, "{r}");
     assert_eq!(calls("conv_backward_filter"), 9, "{r}");
     assert_eq!(calls("conv_backward_data"), 8, "{r}");
+    assert_eq!(calls("sgd_update"), 1, "{r}");
     assert!(kernels.iter().any(|k| k["kernel"] == "other"));
     let total: f64 = kernels.iter().map(|k| k["ms"].as_f64().unwrap()).sum();
     let mean_step = r["ms_per_step"].as_f64().unwrap();

@@ -49,7 +49,7 @@ pub enum StepMode {
     /// The training loop's own step (which reads the loss and the hits back).
     #[default]
     Loop,
-    /// Each CPU kernel timed as well.
+    /// Each kernel timed as well (on CUDA with a synchronisation around each).
     Profiled,
     /// The trainer's step on CUDA: captured once as a CUDA graph and replayed.
     CudaGraph,

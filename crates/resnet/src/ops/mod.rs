@@ -319,7 +319,9 @@ impl Conv2d {
         add: Option<(&CudaStorage, &Layout)>,
     ) -> Result<(CudaStorage, Shape)> {
         let g = self.geom(dims4(x.1)?, dims4(w.1)?)?;
-        let y = cuda::conv::forward(&g, self.math, x, w, b, add)?;
+        let y = profile::timed_cuda(Kernel::ConvForward, &x.0.device, || {
+            cuda::conv::forward(&g, self.math, x, w, b, add)
+        })?;
         Ok((y, g.output_shape()))
     }
 
@@ -489,7 +491,9 @@ impl CustomOp2 for ConvBackwardData {
         wl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let g = &self.0;
-        let dx = cuda::conv::backward_data(g, self.1, (ds, dl), (ws, wl))?;
+        let dx = profile::timed_cuda(Kernel::ConvBackwardData, &ds.device, || {
+            cuda::conv::backward_data(g, self.1, (ds, dl), (ws, wl))
+        })?;
         Ok((dx, Shape::from((g.n, g.c, g.h, g.w))))
     }
 }
@@ -532,7 +536,9 @@ impl CustomOp2 for ConvBackwardFilter {
         dl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let g = &self.0;
-        let packed = cuda::conv::backward_filter(g, self.1, (xs, xl), (ds, dl))?;
+        let packed = profile::timed_cuda(Kernel::ConvBackwardFilter, &xs.device, || {
+            cuda::conv::backward_filter(g, self.1, (xs, xl), (ds, dl))
+        })?;
         Ok((packed, Shape::from(g.co * g.kk() + g.co)))
     }
 }

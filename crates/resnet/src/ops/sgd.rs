@@ -5,6 +5,9 @@
 //! to 32 tensors at a time (a ResNet-56 has 226 parameter tensors: a launch each would
 //! cost more than the arithmetic).
 
+#[cfg(feature = "cuda")]
+use super::profile::timed_cuda;
+use super::profile::{timed, Kernel};
 use super::{slice, Real};
 use candle_core::{bail, CpuStorage, InplaceOp3, Layout, Result, Tensor};
 
@@ -52,21 +55,30 @@ pub fn sgd_step(updates: &[SgdUpdate], on_device: Option<OnDevice>) -> Result<()
     let updates = {
         let (on_cuda, rest): (Vec<SgdUpdate>, Vec<SgdUpdate>) =
             updates.iter().partition(|u| u.param.device().is_cuda());
-        super::cuda::sgd_step(&on_cuda, on_device)?;
+        if let Some(candle_core::Device::Cuda(device)) = on_cuda.first().map(|u| u.param.device()) {
+            timed_cuda(Kernel::SgdUpdate, device, || {
+                super::cuda::sgd_step(&on_cuda, on_device)
+            })?;
+        }
         rest
     };
     if on_device.is_some() && !updates.is_empty() {
         bail!("sgd_step: device-side learning rates are for CUDA parameters");
     }
-    for u in updates.iter() {
-        if u.step.momentum > 0.0 {
-            let op = InPlace(BufferUpdate(u.step));
-            u.momentum_buffer.inplace_op3(u.grad, u.param, &op)?;
-        }
-        let op = InPlace(ParamUpdate(u.step));
-        u.param.inplace_op3(u.grad, u.momentum_buffer, &op)?;
+    if updates.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    timed(Kernel::SgdUpdate, || {
+        for u in updates.iter() {
+            if u.step.momentum > 0.0 {
+                let op = InPlace(BufferUpdate(u.step));
+                u.momentum_buffer.inplace_op3(u.grad, u.param, &op)?;
+            }
+            let op = InPlace(ParamUpdate(u.step));
+            u.param.inplace_op3(u.grad, u.momentum_buffer, &op)?;
+        }
+        Ok(())
+    })
 }
 
 /// One element's new value from its old one and two others.

@@ -13,6 +13,7 @@
 pub mod conv;
 pub mod graph;
 
+use super::profile::{timed_cuda, Kernel};
 use super::{OnDevice, SgdUpdate};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -299,31 +300,33 @@ impl CustomOp1 for BatchStats {
     }
 
     fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
-        let (n, c, hw) = dims4(xl)?;
-        let dev = &xs.device;
-        let x = address(xs, xl)?;
-        let (stats, out) = alloc(dev, DType::F32, 2 * c)?;
-        let (rm, rv) = (
-            tensor_address(&self.running_mean)?,
-            tensor_address(&self.running_var)?,
-        );
-        let (config, partials, counters) = reduction(dev, c, n * hw)?;
-        let f = function_for(dev, "bn_stats", xs.dtype())?;
-        let stream = dev.cuda_stream();
-        let (n, c32, hw) = (u32_size(n)?, u32_size(c)?, u32_size(hw)?);
-        let m = self.momentum as f32;
-        let mut b = stream.launch_builder(&f);
-        b.arg(&x)
-            .arg(&n)
-            .arg(&c32)
-            .arg(&hw)
-            .arg(&out)
-            .arg(&rm)
-            .arg(&rv);
-        b.arg(&m).arg(&partials).arg(&counters);
-        // Safety: the arguments match the kernel's signature; sizes come from the layout.
-        unsafe { b.launch(config) }.w()?;
-        Ok((stats, Shape::from((2, c))))
+        timed_cuda(Kernel::BatchNormStats, &xs.device, || {
+            let (n, c, hw) = dims4(xl)?;
+            let dev = &xs.device;
+            let x = address(xs, xl)?;
+            let (stats, out) = alloc(dev, DType::F32, 2 * c)?;
+            let (rm, rv) = (
+                tensor_address(&self.running_mean)?,
+                tensor_address(&self.running_var)?,
+            );
+            let (config, partials, counters) = reduction(dev, c, n * hw)?;
+            let f = function_for(dev, "bn_stats", xs.dtype())?;
+            let stream = dev.cuda_stream();
+            let (n, c32, hw) = (u32_size(n)?, u32_size(c)?, u32_size(hw)?);
+            let m = self.momentum as f32;
+            let mut b = stream.launch_builder(&f);
+            b.arg(&x)
+                .arg(&n)
+                .arg(&c32)
+                .arg(&hw)
+                .arg(&out)
+                .arg(&rm)
+                .arg(&rv);
+            b.arg(&m).arg(&partials).arg(&counters);
+            // Safety: the arguments match the kernel's signature; sizes come from the layout.
+            unsafe { b.launch(config) }.w()?;
+            Ok((stats, Shape::from((2, c))))
+        })
     }
 }
 
@@ -362,32 +365,34 @@ impl CustomOp3 for BatchNormRelu {
         bs: &CudaStorage,
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let (_, c, hw) = dims4(xl)?;
-        if gl.shape().elem_count() != c || bl.shape().elem_count() != c {
-            bail!("batch-norm: {c} channels but {:?} parameters", gl.dims());
-        }
-        if gs.dtype() != DType::F32 || bs.dtype() != DType::F32 {
-            bail!("batch-norm: the CUDA kernels take f32 parameters");
-        }
-        let dev = &xs.device;
-        let total = xl.shape().elem_count();
-        let (x, gamma, beta) = (address(xs, xl)?, address(gs, gl)?, address(bs, bl)?);
-        let (mean, var) = (tensor_address(&self.mean)?, tensor_address(&self.var)?);
-        let (y, out) = alloc(dev, xs.dtype(), total)?;
-        let f = function_for(dev, "bn_relu_fwd", xs.dtype())?;
-        let stream = dev.cuda_stream();
-        let (eps, c32, hw, total32) = (
-            self.eps as f32,
-            u32_size(c)?,
-            u32_size(hw)?,
-            u32_size(total)?,
-        );
-        let mut b = stream.launch_builder(&f);
-        b.arg(&x).arg(&mean).arg(&var).arg(&gamma).arg(&beta);
-        b.arg(&eps).arg(&c32).arg(&hw).arg(&total32).arg(&out);
-        // Safety: as in `BatchStats`.
-        unsafe { b.launch(elementwise(total)) }.w()?;
-        Ok((y, xl.shape().clone()))
+        timed_cuda(Kernel::BatchNormReluForward, &xs.device, || {
+            let (_, c, hw) = dims4(xl)?;
+            if gl.shape().elem_count() != c || bl.shape().elem_count() != c {
+                bail!("batch-norm: {c} channels but {:?} parameters", gl.dims());
+            }
+            if gs.dtype() != DType::F32 || bs.dtype() != DType::F32 {
+                bail!("batch-norm: the CUDA kernels take f32 parameters");
+            }
+            let dev = &xs.device;
+            let total = xl.shape().elem_count();
+            let (x, gamma, beta) = (address(xs, xl)?, address(gs, gl)?, address(bs, bl)?);
+            let (mean, var) = (tensor_address(&self.mean)?, tensor_address(&self.var)?);
+            let (y, out) = alloc(dev, xs.dtype(), total)?;
+            let f = function_for(dev, "bn_relu_fwd", xs.dtype())?;
+            let stream = dev.cuda_stream();
+            let (eps, c32, hw, total32) = (
+                self.eps as f32,
+                u32_size(c)?,
+                u32_size(hw)?,
+                u32_size(total)?,
+            );
+            let mut b = stream.launch_builder(&f);
+            b.arg(&x).arg(&mean).arg(&var).arg(&gamma).arg(&beta);
+            b.arg(&eps).arg(&c32).arg(&hw).arg(&total32).arg(&out);
+            // Safety: as in `BatchStats`.
+            unsafe { b.launch(elementwise(total)) }.w()?;
+            Ok((y, xl.shape().clone()))
+        })
     }
 
     fn bwd(
@@ -459,38 +464,41 @@ impl CustomOp3 for BatchNormReluBackward {
         ds: &CudaStorage,
         dl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let (n, c, hw) = dims4(xl)?;
-        if ys.dtype() != xs.dtype() || ds.dtype() != xs.dtype() {
-            bail!("batch-norm backward: input, output and gradient dtypes differ");
-        }
-        let dev = &xs.device;
-        let total = xl.shape().elem_count();
-        let (x, y, dy) = (address(xs, xl)?, address(ys, yl)?, address(ds, dl)?);
-        let (mean, var) = (tensor_address(&self.mean)?, tensor_address(&self.var)?);
-        let gamma = tensor_address(&self.gamma)?;
-        let (dx_storage, dx) = alloc(dev, xs.dtype(), total)?;
-        let (params, dgamma) = alloc(dev, DType::F32, 2 * c)?;
-        let dbeta = dgamma + 4 * c as u64;
-        let (config, partials, counters) = reduction(dev, c, n * hw)?;
-        let stream = dev.cuda_stream();
-        let (eps, n32, c32, hw32) = (self.eps as f32, u32_size(n)?, u32_size(c)?, u32_size(hw)?);
-        let reduce = function_for(dev, "bn_relu_bwd_reduce", xs.dtype())?;
-        let mut b = stream.launch_builder(&reduce);
-        b.arg(&x).arg(&y).arg(&dy).arg(&mean).arg(&var).arg(&eps);
-        b.arg(&n32).arg(&c32).arg(&hw32).arg(&dgamma).arg(&dbeta);
-        b.arg(&partials).arg(&counters);
-        // Safety: as in `BatchStats`; dβ follows dγ in `params`.
-        unsafe { b.launch(config) }.w()?;
-        let apply = function_for(dev, "bn_relu_bwd_dx", xs.dtype())?;
-        let (total32, batch_stats) = (u32_size(total)?, i32::from(self.batch_stats));
-        let mut b = stream.launch_builder(&apply);
-        b.arg(&x).arg(&y).arg(&dy).arg(&mean).arg(&var).arg(&gamma);
-        b.arg(&dgamma).arg(&dbeta).arg(&eps).arg(&c32).arg(&hw32);
-        b.arg(&total32).arg(&batch_stats).arg(&dx);
-        // Safety: as above.
-        unsafe { b.launch(elementwise(total)) }.w()?;
-        *self.params.lock().expect("not poisoned") = Some(params);
-        Ok((dx_storage, xl.shape().clone()))
+        timed_cuda(Kernel::BatchNormReluBackward, &xs.device, || {
+            let (n, c, hw) = dims4(xl)?;
+            if ys.dtype() != xs.dtype() || ds.dtype() != xs.dtype() {
+                bail!("batch-norm backward: input, output and gradient dtypes differ");
+            }
+            let dev = &xs.device;
+            let total = xl.shape().elem_count();
+            let (x, y, dy) = (address(xs, xl)?, address(ys, yl)?, address(ds, dl)?);
+            let (mean, var) = (tensor_address(&self.mean)?, tensor_address(&self.var)?);
+            let gamma = tensor_address(&self.gamma)?;
+            let (dx_storage, dx) = alloc(dev, xs.dtype(), total)?;
+            let (params, dgamma) = alloc(dev, DType::F32, 2 * c)?;
+            let dbeta = dgamma + 4 * c as u64;
+            let (config, partials, counters) = reduction(dev, c, n * hw)?;
+            let stream = dev.cuda_stream();
+            let (eps, n32, c32, hw32) =
+                (self.eps as f32, u32_size(n)?, u32_size(c)?, u32_size(hw)?);
+            let reduce = function_for(dev, "bn_relu_bwd_reduce", xs.dtype())?;
+            let mut b = stream.launch_builder(&reduce);
+            b.arg(&x).arg(&y).arg(&dy).arg(&mean).arg(&var).arg(&eps);
+            b.arg(&n32).arg(&c32).arg(&hw32).arg(&dgamma).arg(&dbeta);
+            b.arg(&partials).arg(&counters);
+            // Safety: as in `BatchStats`; dβ follows dγ in `params`.
+            unsafe { b.launch(config) }.w()?;
+            let apply = function_for(dev, "bn_relu_bwd_dx", xs.dtype())?;
+            let (total32, batch_stats) = (u32_size(total)?, i32::from(self.batch_stats));
+            let mut b = stream.launch_builder(&apply);
+            b.arg(&x).arg(&y).arg(&dy).arg(&mean).arg(&var).arg(&gamma);
+            b.arg(&dgamma).arg(&dbeta).arg(&eps).arg(&c32).arg(&hw32);
+            b.arg(&total32).arg(&batch_stats).arg(&dx);
+            // Safety: as above.
+            unsafe { b.launch(elementwise(total)) }.w()?;
+            *self.params.lock().expect("not poisoned") = Some(params);
+            Ok((dx_storage, xl.shape().clone()))
+        })
     }
 }
 
