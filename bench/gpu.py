@@ -10,9 +10,10 @@ fp32 models: stepwise runs twice, `--dtype f32` (exact FMA convolutions) and `--
 (TF32 convolutions) and strict fp32 (TF32 off). Each row gives both pairings of like math and
 the headline ratio: stepwise's faster against PyTorch's faster. With `--cuda-graph`, stepwise's
 training step also runs captured as a CUDA graph (`f32+graph`, `tf32+graph`), which the
-like-math ratios take where it is faster. bf16 models are compared with
-PyTorch autocast-bf16 + channels_last (`bf16`) and autocast-bf16 in the default NCHW layout
-(`bf16-nchw`, stepwise's own layout): the pair shows what channels-last is worth to PyTorch. Peak memory is the driver's figure for each process
+like-math ratios take where it is faster. bf16 models are compared with PyTorch
+autocast-bf16 + channels_last (`bf16`) and autocast-bf16 in the default NCHW layout
+(`bf16-nchw`, stepwise's own layout): the pair shows what channels-last is worth to PyTorch.
+Peak memory is the driver's figure for each process
 (nvidia-smi, polled) and PyTorch's own max_memory_reserved; stepwise's training rows carry its
 own estimate (`estimated_gpu_peak_mib`) for comparison, and its training and analysis rows
 what the autograd graph keeps alive (`graph_mib`).
