@@ -37,8 +37,8 @@ pub struct BenchResult {
     /// What a step's autograd graph keeps alive for its backward pass
     /// ([`resnet::memory::graph_bytes`]): the activations, counted the same on every device.
     pub graph_mib: f64,
-    /// With profiling: each CPU kernel's mean time and calls per timed step; the rest of
-    /// the step (candle's own ops, autograd, the optimizer) is `other`.
+    /// With profiling: each kernel's mean time and calls per timed step; the rest of the
+    /// step (candle's own ops, autograd, an update off the SGD kernel) is `other`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernels: Option<Vec<KernelTime>>,
 }
