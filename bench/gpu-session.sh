@@ -2,9 +2,10 @@
 # Every GPU check of a session on the device machine, phase by phase, each under its own time
 # limit: selftest (correctness first), the memory budget and out-of-memory errors, the
 # side-by-side training table against PyTorch, the training step before/after and as a CUDA
-# graph, per-kernel profiles of both, the side-by-side evaluation and analysis, the quick run
-# trained and analysed on the GPU. Expects dist/stepwise.xz (a stripped `--features cuda` release build) and optionally
-# dist/stepwise-before.xz (the previous build, for the before/after rows). Writes few files
+# graph, per-kernel profiles of a step in stepwise and in PyTorch, the side-by-side evaluation
+# and analysis, the quick run trained and analysed on the GPU. Expects dist/stepwise.xz (a
+# stripped `--features cuda` release build) and optionally dist/stepwise-before.xz (the
+# previous build, for the before/after rows). Writes few files
 # (the device tool returns a limited number): session.log with every phase's output,
 # gpu-bench-train.{json,log} and gpu-bench-passes.{json,log}.
 #   [PHASES="selftest memory train ab profile passes quick"] [TRAIN_MODELS=...] [PASS_MODELS=...]
