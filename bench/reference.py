@@ -8,6 +8,7 @@ paper.md (He-normal N(0, 2/fan_in) for conv and linear weights, zero biases, BN 
 γ=0.1 on UBN shared steps) with PyTorch's own generator.
 
   reference.py eval  --summary S.json --checkpoint C.safetensors --data DIR [--split test]
+  reference.py check --summary S.json --checkpoint C.safetensors --data DIR [--compare A.json]
   reference.py train --summary S.json --data DIR --epochs E [--lr ...] [--milestones ...]
   reference.py bench --summary S.json --batch B --steps N [--warmup W] [--device cpu]
   reference.py bench-analysis --summary S.json --examples N --batch B [--repeats R] [--device cpu]
@@ -30,9 +31,10 @@ class Block(nn.Module):
 
     def __init__(self, c_in, c_out, stride, projection, shared=None, ubn_gamma=None):
         super().__init__()
-        # Shared modules are held outside the module tree so that the state dict lists them
-        # once, under stages.S.shared.*, as stepwise does.
-        self._shared = shared
+        # Shared modules are held outside the module tree (nn.Module's __setattr__ would
+        # register them under every block) so that the state dict lists them once, under
+        # stages.S.shared.*, as stepwise does.
+        self.__dict__["_shared"] = shared
         if shared is None or "bn1" not in shared:
             self.bn1 = nn.BatchNorm2d(c_in)
             self.bn2 = nn.BatchNorm2d(c_out)
@@ -152,7 +154,9 @@ def evaluate(net, x, y, batch=250):
     return loss / len(y), correct / len(y)
 
 
-def cmd_eval(args):
+def load_checkpoint(args):
+    """The network of `--summary` with `--checkpoint`'s weights (strictly: every key, no
+    more), and the normalised `--split` of `--data` as the run normalised it."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -165,9 +169,323 @@ def cmd_eval(args):
         spec = json.loads(f.metadata()["spec"])
     norm = spec["data"]["normalization"]
     images, labels = read_split(args.data, args.split)
-    x = normalise(images, norm["mean"], norm["std"])
-    loss, acc = evaluate(net, x, torch.from_numpy(labels))
-    print(json.dumps({"loss": loss, "accuracy": acc, "n": len(labels), "strict_load": True}))
+    return net.eval(), normalise(images, norm["mean"], norm["std"]), torch.from_numpy(labels)
+
+
+def cmd_eval(args):
+    net, x, y = load_checkpoint(args)
+    loss, acc = evaluate(net, x, y)
+    print(json.dumps({"loss": loss, "accuracy": acc, "n": len(y), "strict_load": True}))
+
+
+def head_stats(logits, y):
+    """Per example, in float64: cross-entropy, correct (0/1), predictive entropy and the
+    margin p_y − max_{c≠y} p_c (paper.md, metric 5)."""
+    log_p = F.log_softmax(logits.double(), 1)
+    p = log_p.exp()
+    p_y = p.gather(1, y[:, None])[:, 0]
+    return {"loss": -log_p.gather(1, y[:, None])[:, 0],
+            "accuracy": (logits.argmax(1) == y).double(),
+            "entropy": -(p * log_p).sum(1),
+            "margin": p_y - p.scatter(1, y[:, None], -1.0).max(1).values}
+
+
+def logit_gradient(logits, y):
+    """∂ΣCE/∂logits = p − onehot, written as −Σ_{c≠y} p_c at the label: for a confidently
+    classified example p_y − 1 cancels to 0 in floating point (PyTorch's fused
+    cross-entropy gives that), leaving a gradient pointing the wrong way; stepwise's
+    max-subtracted log-softmax gives the exact form."""
+    others = F.softmax(logits.detach(), 1).scatter(1, y[:, None], 0.0)
+    return others.scatter(1, y[:, None], -others.sum(1, keepdim=True))
+
+
+def cosine(a, b):
+    """cos(a_n, b_n) per example, of the vectors scaled to a largest magnitude of 1 as
+    stepwise does (a tiny gradient's squares would underflow); NaN where one is zero."""
+    a, b = scaled(a)[0], scaled(b)[0]
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+
+
+def scaled(t):
+    """Each example flattened and divided by its largest magnitude, and that magnitude."""
+    t = t.flatten(1).float()
+    scale = t.abs().amax(1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    return t / scale, scale[:, 0].double()
+
+
+def norm(t):
+    """‖t_n‖ per example in float64, scaled as stepwise does."""
+    unit, scale = scaled(t)
+    return unit.norm(dim=1).double() * scale
+
+
+def dot(a, b):
+    """⟨a_n, b_n⟩ per example in float64, scaled as stepwise does."""
+    (a, sa), (b, sb) = scaled(a), scaled(b)
+    return (a * b).sum(1).double() * sa * sb
+
+
+def mean_median(values):
+    """Mean and median of the finite values, and how many there are, as stepwise's
+    summaries (the median of an even count is the mean of the middle two)."""
+    v = np.sort(np.asarray([x for x in values if math.isfinite(x)], dtype=np.float64))
+    return (v.mean(), float(np.median(v)), len(v)) if len(v) else None
+
+
+def block_rows(net, ids, x, y, args):
+    """stepwise's records of the cosine (mean, median), ℓ2 ratio (mean, median), block
+    dropping and plain accuracy/loss, from `analysis_pass` batch by batch."""
+    cos, l2, drops = [[] for _ in ids], [[] for _ in ids], None
+    for b in range(0, len(y), args.batch):
+        xb = x[b:b + args.batch].clone().requires_grad_(True)
+        c, r, d = analysis_pass(net, xb, y[b:b + args.batch])
+        for i in range(len(ids)):
+            cos[i] += c[i].tolist()
+            l2[i] += r[i].tolist()
+        d = [v.item() for v in d]
+        drops = d if drops is None else [u + v for u, v in zip(drops, d)]
+    n = len(y)
+    rows = [{"name": "accuracy", "value": drops[0] / n, "n": n},
+            {"name": "loss", "value": drops[1] / n, "n": n}]
+    for i, block in enumerate(ids):
+        for name, values in [("cosine", cos[i]), ("l2_ratio", l2[i])]:
+            summary = mean_median(values)
+            if summary:
+                rows += [{"name": name, "block": block, "stat": stat, "value": v, "n": summary[2]}
+                         for stat, v in [("mean", summary[0]), ("median", summary[1])]]
+        rows += [{"name": "drop_accuracy", "block": block, "value": drops[2 + 2 * i] / n, "n": n},
+                 {"name": "drop_loss", "block": block, "value": drops[3 + 2 * i] / n, "n": n}]
+    return rows
+
+
+def probe(net, x):
+    """Every block's input, residual-branch output and output (inference mode, no graph)."""
+    inputs, residuals, outputs = [], [], []
+    with torch.no_grad():
+        h = net.stem(x)
+        for pool, block in flat_blocks(net):
+            h = F.avg_pool2d(h, 2) if pool else h
+            inputs.append(h)
+            residuals.append(block.residual(h))
+            h = block(h)
+            outputs.append(h)
+    return inputs, residuals, outputs
+
+
+def head_rows(net, summary, x, y, args):
+    """stepwise's records of the intermediate accuracy (the head on every last-stage block's
+    output), the borderline window (the head at the input of the last `--window` blocks the
+    head can follow and after each, per group of the margin at the start), the Taylor check
+    on those blocks and the gradient-norm ratio (paper.md, metrics 4, 5, 7 and 8)."""
+    blocks = summary["blocks"]
+    last = blocks[-1]
+    stage = last["id"].split(".")[0]
+    in_stage = [i for i, b in enumerate(blocks) if b["id"].split(".")[0] == stage]
+    compatible = [i for i in in_stage if blocks[i]["in_shape"] == last["out_shape"]]
+    window = compatible[len(compatible) - min(args.window, len(compatible)):]
+    n = len(y)
+    sums = {}  # (name, block, step, group) → [sum, count]
+    taylor = {i: ([], []) for i in compatible}
+    grad_norms = [0.0, 0.0]
+
+    def add(key, values, mask=None):
+        values = values if mask is None else values[mask]
+        entry = sums.setdefault(key, [0.0, 0])
+        entry[0] += values.sum().item()
+        entry[1] += len(values)
+
+    for b in range(0, n, args.batch):
+        xb, yb = x[b:b + args.batch], y[b:b + args.batch]
+        inputs, residuals, outputs = probe(net, xb)
+        with torch.no_grad():
+            for i in in_stage:
+                stats = head_stats(net.head(outputs[i]), yb)
+                add(("intermediate_accuracy", blocks[i]["id"], None, None), stats["accuracy"])
+                add(("intermediate_loss", blocks[i]["id"], None, None), stats["loss"])
+            if window:
+                path = [inputs[window[0]]] + [outputs[i] for i in window]
+                margin = head_stats(net.head(path[0]), yb)["margin"]
+                groups = {"all": torch.ones_like(margin, dtype=torch.bool),
+                          "borderline": margin.abs() < args.margin, "correct": margin >= args.margin}
+                for step, h in enumerate(path):
+                    stats = head_stats(net.head(h), yb)
+                    block = blocks[window[step - 1]]["id"] if step else None
+                    for g, mask in groups.items():
+                        for m in ["loss", "accuracy", "entropy"]:
+                            add((f"borderline_{m}", block, step, g), stats[m], mask)
+        for i in compatible:
+            hg = inputs[i].clone().requires_grad_(True)
+            logits = net.head(hg)
+            grad, = torch.autograd.grad(logits, hg, grad_outputs=logit_gradient(logits, yb))
+            before = head_stats(logits.detach(), yb)["loss"]
+            with torch.no_grad():
+                after = head_stats(net.head(outputs[i]), yb)["loss"]
+            taylor[i][0].extend((after - before).tolist())
+            taylor[i][1].extend(dot(residuals[i], grad).tolist())
+        xg = xb.clone().requires_grad_(True)
+        probed, h = [], net.stem(xg)
+        for pool, block in flat_blocks(net):
+            h = F.avg_pool2d(h, 2) if pool else h
+            probed.append(h)
+            h = block(h)
+        logits = net.head(h)
+        deep = in_stage[0]
+        g_first, g_deep = torch.autograd.grad(logits, [probed[0], probed[deep]],
+                                              grad_outputs=logit_gradient(logits, yb))
+        grad_norms[0] += norm(g_first).sum().item()
+        grad_norms[1] += norm(g_deep).sum().item()
+    rows = []
+    for (name, block, step, group), (total, count) in sums.items():
+        if count:
+            row = {"name": name, "value": total / count, "n": count}
+            row.update({k: v for k, v in [("block", block), ("step", step), ("group", group)] if v is not None})
+            rows.append(row)
+    for i, (actual, predicted) in taylor.items():
+        block = blocks[i]["id"]
+        for name, values in [("taylor_actual", actual), ("taylor_predicted", predicted)]:
+            summary_ = mean_median(values)
+            if summary_:
+                rows += [{"name": name, "block": block, "stat": stat, "value": v, "n": summary_[2]}
+                         for stat, v in [("mean", summary_[0]), ("median", summary_[1])]]
+        pairs = np.array([(a, p) for a, p in zip(actual, predicted) if math.isfinite(a) and math.isfinite(p)])
+        if len(pairs):
+            # Rust's signum: +0 counts as positive, −0 as negative.
+            agree = (np.copysign(1, pairs[:, 0]) == np.copysign(1, pairs[:, 1])).mean()
+            rows.append({"name": "taylor_sign_agreement", "block": block, "value": agree, "n": len(pairs)})
+        if len(pairs) >= 2:
+            rows.append({"name": "taylor_correlation", "block": block,
+                         "value": float(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1]), "n": len(pairs)})
+    rows.append({"name": "grad_norm_ratio", "value": grad_norms[0] / grad_norms[1], "n": n})
+    return rows
+
+
+def unroll_rows(net, x, y, args):
+    """stepwise's unrolling records (paper.md, metric 6): the last block applied again
+    `--steps` times, h ← h + α·F(h); per α and step the head's loss, accuracy and entropy for
+    all, borderline (|m| < margin) and already-correct (m ≥ margin) examples, grouped by the
+    margin before unrolling; the mean cosine between F(h) and ∂CE(head(h))/∂h and the mean
+    ‖F(h)‖/‖h‖. An α is followed while every hidden state is finite."""
+    blocks = flat_blocks(net)
+    last = blocks[-1][1]
+    if hasattr(last, "shortcut"):
+        return []
+    groups = {"all": lambda m: torch.ones_like(m, dtype=torch.bool),
+              "borderline": lambda m: m.abs() < args.margin,
+              "correct": lambda m: m >= args.margin}
+    # sums[(alpha, step, group)] = [loss, accuracy, entropy, n]; per (alpha, step) the
+    # cosines and ℓ2 ratios of every example.
+    sums, cosines, ratios = {}, {}, {}
+    for b in range(0, len(y), args.batch):
+        xb, yb = x[b:b + args.batch], y[b:b + args.batch]
+        with torch.no_grad():
+            h = net.stem(xb)
+            for pool, block in blocks:
+                h = block(F.avg_pool2d(h, 2) if pool else h)
+            start = h
+            margin = head_stats(net.head(start), yb)["margin"]
+        members = {g: rule(margin) for g, rule in groups.items()}
+        for alpha in args.alphas:
+            h = start
+            for step in range(args.steps + 1):
+                if not torch.isfinite(h.flatten(1).norm(dim=1)).all():
+                    break
+                with torch.no_grad():
+                    stats = head_stats(net.head(h), yb)
+                    f = last.residual(h)
+                for g, mask in members.items():
+                    s = sums.setdefault((alpha, step, g), [0.0, 0.0, 0.0, 0])
+                    for i, name in enumerate(["loss", "accuracy", "entropy"]):
+                        s[i] += stats[name][mask].sum().item()
+                    s[3] += int(mask.sum())
+                hg = h.detach().requires_grad_(True)
+                logits = net.head(hg)
+                grad, = torch.autograd.grad(logits, hg, grad_outputs=logit_gradient(logits, yb))
+                cos = cosine(f, grad)
+                cosines.setdefault((alpha, step), []).extend(cos[torch.isfinite(cos)].tolist())
+                ratios.setdefault((alpha, step), []).extend((f.flatten(1).norm(dim=1) / h.flatten(1).norm(dim=1)).tolist())
+                with torch.no_grad():
+                    h = h + alpha * f
+    rows = []
+    for (alpha, step, g), (loss, acc, entropy, n) in sorted(sums.items()):
+        if n:
+            rows += [{"name": f"unroll_{m}", "alpha": alpha, "step": step, "group": g, "value": v / n, "n": n}
+                     for m, v in [("loss", loss), ("accuracy", acc), ("entropy", entropy)]]
+    for name, series in [("unroll_cosine", cosines), ("unroll_l2_ratio", ratios)]:
+        for (alpha, step), values in sorted(series.items()):
+            if values:
+                rows.append({"name": name, "alpha": alpha, "step": step, "group": "all",
+                             "stat": "mean", "value": sum(values) / len(values), "n": len(values)})
+    return rows
+
+
+def record_key(r):
+    return tuple(r.get(k) for k in ["name", "block", "stat", "alpha", "step", "group"])
+
+
+def cmd_check(args):
+    """stepwise's block metrics of one checkpoint computed here, independently: the cosine
+    (gradient of the full network), ℓ2 ratio, block dropping, plain accuracy and loss,
+    intermediate accuracy, the borderline window, the Taylor check, the gradient-norm ratio
+    and the unrolling, over the whole `--split` (BatchNorm in inference mode; not the
+    activation norms at initialisation, which need stepwise's generator). `--compare
+    analysis.json` (stepwise's, of the same checkpoint and split, analysed with
+    `--max-examples` at least the split's size) checks every record of those metrics
+    against these and exits non-zero when one differs by more than the tolerance."""
+    net, x, y = load_checkpoint(args)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    summary = json.load(open(args.summary))
+    ids = [b["id"] for b in summary["blocks"]]
+    rows = (block_rows(net, ids, x, y, args) + head_rows(net, summary, x, y, args)
+            + unroll_rows(net, x, y, args))
+    out = {"split": args.split, "examples": len(y), "rows": rows}
+    if args.compare:
+        out["compare"] = compare(rows, len(y), args)
+    print(json.dumps(out))
+    if args.compare and out["compare"]["mismatches"]:
+        sys.exit(1)
+
+
+def compare(rows, examples, args):
+    """stepwise's records of `args.split` in `args.compare`, for the metrics in `rows`,
+    against `rows`: a record matches when both sides have it, with the same n, and its
+    values differ by at most atol + rtol·|ours|. Two kinds of cosine means are counted, not
+    compared: those over a slightly different number of examples (at most 0.5%) — where
+    logit gaps approach 100 the softmax of the other classes underflows to exactly zero, the
+    gradient with it, and the two implementations' exponentials cross that edge for
+    different examples — and unrolling cosines where the head's mean loss exceeds 10 nats:
+    the gradient's direction is then set by exponentials of logit gaps of tens of units, and
+    f32 rounding of the logits in a different order turns it. Returns the counts, the worst
+    error relative to the tolerance per metric and the first 20 mismatches."""
+    names = {r["name"] for r in rows}
+    records = json.load(open(args.compare))["records"]
+    theirs = {record_key(r): r for r in records if r["name"] in names and r["split"] == args.split}
+    analysed = theirs.get(record_key({"name": "accuracy"}), {}).get("n", examples)
+    if analysed != examples:
+        sys.exit(f"stepwise analysed {analysed} of the {examples} {args.split} examples: "
+                 f"analyse with --max-examples {examples} to compare the whole split")
+    ours = {record_key(r): r for r in rows}
+    mismatches, worst, underflow_edge, saturated = [], {}, 0, 0
+    for key in sorted(set(ours) | set(theirs), key=str):
+        mine, other = ours.get(key), theirs.get(key)
+        if mine is None or other is None:
+            mismatches.append({"stepwise": other, "reference": mine})
+            continue
+        if "cosine" in key[0] and 0 < abs(mine["n"] - other["n"]) <= 0.005 * mine["n"]:
+            underflow_edge += 1
+            continue
+        loss = ours.get(("unroll_loss", None, None, key[3], key[4], "all"), {"value": 0.0})
+        if key[0] == "unroll_cosine" and loss["value"] > 10:
+            saturated += 1
+            continue
+        error = abs(mine["value"] - other["value"]) / (args.atol + args.rtol * abs(mine["value"]))
+        worst[key[0]] = max(worst.get(key[0], 0.0), error)
+        if mine["n"] != other["n"] or error > 1.0:
+            mismatches.append({"stepwise": other, "reference": mine})
+    return {"records": len(theirs), "cosines_at_the_underflow_edge": underflow_edge,
+            "unroll_cosines_saturated": saturated,
+            "mismatches": len(mismatches), "worst_error_over_tolerance": worst,
+            "first_mismatches": mismatches[:20]}
 
 
 def augment(x, generator):
@@ -338,13 +656,13 @@ def analysis_pass(net, x, y):
         bases.append(base)
         h = base + f
     inputs.append(h)
-    loss = F.cross_entropy(net.head(h), y, reduction="sum")
-    grads = torch.autograd.grad(loss, inputs)
+    logits = net.head(h)
+    grads = torch.autograd.grad(logits, inputs, grad_outputs=logit_gradient(logits, y))
     cos, l2 = [], []
     with torch.no_grad():
         for i, (f, base) in enumerate(zip(residuals, bases)):
             g = grads[i + 1] if base is not inputs[i] else grads[i]
-            cos.append(F.cosine_similarity(f.flatten(1), g.flatten(1), dim=1))
+            cos.append(cosine(f, g))
             l2.append(f.flatten(1).norm(dim=1) / base.flatten(1).norm(dim=1))
         h = net.stem(x)
         block_inputs = []
@@ -431,6 +749,19 @@ def main():
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--data", required=True)
     e.add_argument("--split", default="test", choices=["train", "test"])
+    u = sub.add_parser("check")
+    u.add_argument("--summary", required=True)
+    u.add_argument("--checkpoint", required=True)
+    u.add_argument("--data", required=True)
+    u.add_argument("--split", default="test", choices=["train", "test"])
+    u.add_argument("--batch", type=int, default=250)
+    u.add_argument("--steps", type=int, default=20)
+    u.add_argument("--alphas", type=float, nargs="+", default=[1.0, 0.5, 0.25, 0.1, 0.05])
+    u.add_argument("--margin", type=float, default=0.1)
+    u.add_argument("--window", type=int, default=5)
+    u.add_argument("--compare", help="stepwise's analysis.json of the same checkpoint and split")
+    u.add_argument("--rtol", type=float, default=1e-3)
+    u.add_argument("--atol", type=float, default=1e-4)
     t = sub.add_parser("train")
     t.add_argument("--summary", required=True)
     t.add_argument("--data", required=True)
@@ -459,7 +790,7 @@ def main():
         a.add_argument("--precision", default="default", choices=["default", "fp32"])
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", torch.get_num_threads())))
-    {"eval": cmd_eval, "train": cmd_train, "bench": cmd_bench,
+    {"eval": cmd_eval, "check": cmd_check, "train": cmd_train, "bench": cmd_bench,
      "bench-analysis": cmd_bench_analysis, "bench-eval": cmd_bench_eval}[args.cmd](args)
 
 
