@@ -190,39 +190,33 @@ def head_stats(logits, y):
             "margin": p_y - p.scatter(1, y[:, None], -1.0).max(1).values}
 
 
-def logit_gradient(logits, y):
-    """∂ΣCE/∂logits = p − onehot, written as −Σ_{c≠y} p_c at the label: for a confidently
-    classified example p_y − 1 cancels to 0 in floating point (PyTorch's fused
-    cross-entropy gives that), leaving a gradient pointing the wrong way; stepwise's
-    max-subtracted log-softmax gives the exact form."""
-    others = F.softmax(logits.detach(), 1).scatter(1, y[:, None], 0.0)
-    return others.scatter(1, y[:, None], -others.sum(1, keepdim=True))
+def logit_gradient(logits, y, unit=False):
+    """∂ΣCE/∂logits = p − onehot per example, computed in float64 with the label's entry
+    written −Σ_{c≠y} p_c: for a confidently classified example p_y − 1 cancels to 0 in
+    floating point (PyTorch's fused cross-entropy gives that), leaving a gradient pointing the
+    wrong way. With `unit`, each row divided by its norm (at least 1e-30), as stepwise's
+    cosines take it: the direction is the same, and the backward pass stays in f32's range."""
+    others = F.softmax(logits.detach().double(), 1).scatter(1, y[:, None], 0.0)
+    grad = others.scatter(1, y[:, None], -others.sum(1, keepdim=True))
+    if unit:
+        grad = grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    return grad.to(logits.dtype)
 
 
 def cosine(a, b):
-    """cos(a_n, b_n) per example, of the vectors scaled to a largest magnitude of 1 as
-    stepwise does (a tiny gradient's squares would underflow); NaN where one is zero."""
-    a, b = scaled(a)[0], scaled(b)[0]
+    """cos(a_n, b_n) per example, not finite where either vector is zero (as stepwise's)."""
+    a, b = a.flatten(1), b.flatten(1)
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
 
 
-def scaled(t):
-    """Each example flattened and divided by its largest magnitude, and that magnitude."""
-    t = t.flatten(1).float()
-    scale = t.abs().amax(1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-    return t / scale, scale[:, 0].double()
-
-
 def norm(t):
-    """‖t_n‖ per example in float64, scaled as stepwise does."""
-    unit, scale = scaled(t)
-    return unit.norm(dim=1).double() * scale
+    """‖t_n‖ per example in float64."""
+    return t.flatten(1).double().norm(dim=1)
 
 
 def dot(a, b):
-    """⟨a_n, b_n⟩ per example in float64, scaled as stepwise does."""
-    (a, sa), (b, sb) = scaled(a), scaled(b)
-    return (a * b).sum(1).double() * sa * sb
+    """⟨a_n, b_n⟩ per example in float64."""
+    return (a.flatten(1).double() * b.flatten(1).double()).sum(1)
 
 
 def mean_median(values):
@@ -399,7 +393,7 @@ def unroll_rows(net, x, y, args):
                     s[3] += int(mask.sum())
                 hg = h.detach().requires_grad_(True)
                 logits = net.head(hg)
-                grad, = torch.autograd.grad(logits, hg, grad_outputs=logit_gradient(logits, yb))
+                grad, = torch.autograd.grad(logits, hg, grad_outputs=logit_gradient(logits, yb, unit=True))
                 cos = cosine(f, grad)
                 cosines.setdefault((alpha, step), []).extend(cos[torch.isfinite(cos)].tolist())
                 ratios.setdefault((alpha, step), []).extend((f.flatten(1).norm(dim=1) / h.flatten(1).norm(dim=1)).tolist())
@@ -638,7 +632,8 @@ def run_from(net, blocks, i, h):
 
 def analysis_pass(net, x, y):
     """stepwise's cosine/ℓ2/drop analysis of one batch (BatchNorm in inference mode): the
-    probed forward, ∂(summed loss)/∂h_i for every block input, cos(F_i(h_i), ∂L/∂h_i) and
+    probed forward, the gradient at every block input of the loss whose per-example logit
+    gradients have unit norm (`logit_gradient`), cos(F_i(h_i), ∂L/∂h_i) and
     ‖F_i(h_i)‖/‖base‖ per example (base: h_i, or the projection of a projection block, whose
     gradient is taken at its output); then a second forward, and every block dropped in
     turn with the rest of the network run on its shortcut. Returns the per-example values and
@@ -657,7 +652,7 @@ def analysis_pass(net, x, y):
         h = base + f
     inputs.append(h)
     logits = net.head(h)
-    grads = torch.autograd.grad(logits, inputs, grad_outputs=logit_gradient(logits, y))
+    grads = torch.autograd.grad(logits, inputs, grad_outputs=logit_gradient(logits, y, unit=True))
     cos, l2 = [], []
     with torch.no_grad():
         for i, (f, base) in enumerate(zip(residuals, bases)):

@@ -3,29 +3,52 @@
 
 use crate::stats::{cosines, host, norms, ratios, Series};
 use crate::{is_projection, Ctx, Error, Result};
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var, D};
 use cifar::rng::{rng, Stream};
 use domain::{AnalysisKind, GradientKind, MetricName as M, RunSpec};
 use resnet::eval::{evaluate, grad_norm_ratio, EvalSums};
 use resnet::loss::cross_entropy_per_example;
 use resnet::{BnMode, Dtypes, ProbeOptions, Probed, ResNet};
 
-/// The summed cross-entropy, whose gradient holds every example's own gradient (BatchNorm
-/// in inference mode keeps examples independent).
-fn summed_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    Ok(cross_entropy_per_example(logits, labels)?.sum_all()?)
+/// The loss whose gradients the cosines take: Σ_n w_n·CE_n with w_n = 1/‖∂CE_n/∂z_n‖ (z the
+/// logits) held constant. BatchNorm in inference mode keeps examples independent, so example
+/// n's gradient anywhere is its own cross-entropy's times w_n, which a cosine does not see.
+/// Unweighted, a confidently classified example's gradient (~1e-25 at the logits) has
+/// squares below f32's range: its cosine was not finite and the example was left out.
+fn direction_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let weights = unit_gradient_weights(logits, labels)?;
+    Ok((cross_entropy_per_example(logits, labels)? * weights)?.sum_all()?)
 }
 
-/// ∂L/∂b of the network with block `index` removed, b being what then leaves the block
-/// (h_i, or P(h_i) for a projection block).
+/// 1/‖p_n − e_{y_n}‖ per example (p the softmax), (N,) in the logits' dtype, at most 1e30.
+/// Computed in f64, where the other classes' probabilities do not underflow, with the
+/// label's entry p_y − 1 written −Σ_{c≠y} p_c, which does not cancel to 0.
+fn unit_gradient_weights(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let z = logits.detach().to_dtype(DType::F64)?;
+    let e = z.broadcast_sub(&z.max_keepdim(D::Minus1)?)?.exp()?;
+    let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+    let classes = Tensor::arange(0u32, z.dim(1)? as u32, z.device())?;
+    let other = classes.broadcast_ne(&labels.unsqueeze(1)?)?;
+    let p_other = (p * other.to_dtype(DType::F64)?)?;
+    let at_label = p_other.sum(D::Minus1)?;
+    let norm = (p_other.sqr()?.sum(D::Minus1)? + at_label.sqr()?)?.sqrt()?;
+    Ok(norm.maximum(1e-30)?.recip()?.to_dtype(logits.dtype())?)
+}
+
+/// The gradient of `loss` at `at` (zeros when `loss` does not depend on it).
+fn gradient_at(loss: &Tensor, at: &Var) -> Result<Tensor> {
+    match loss.backward()?.get(at.as_tensor()) {
+        Some(g) => Ok(g.clone()),
+        None => Ok(at.as_tensor().zeros_like()?),
+    }
+}
+
+/// The gradient at b of the network with block `index` removed, b being what then leaves
+/// the block (h_i, or P(h_i) for a projection block), of [`direction_loss`].
 fn skip_gradient(model: &ResNet, index: usize, base: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let z = Var::from_tensor(base)?;
     let logits = model.forward_after(index, z.as_tensor(), BnMode::Eval)?;
-    let grads = summed_loss(&logits, labels)?.backward()?;
-    match grads.get(z.as_tensor()) {
-        Some(g) => Ok(g.clone()),
-        None => Ok(base.zeros_like()?),
-    }
+    gradient_at(&direction_loss(&logits, labels)?, &z)
 }
 
 /// cos(F_i(h_i), ∂L/∂h_i) and ‖F_i(h_i)‖/‖h_i‖ per example and block. A projection block
@@ -49,7 +72,7 @@ pub(crate) fn cosine_and_l2(ctx: &mut Ctx, mut drops: Option<&mut Drops>) -> Res
             drops.add(ctx.model, &probed, &y)?;
         }
         let grads = if full {
-            let g = probed.backward(&summed_loss(&probed.logits, &y)?)?;
+            let g = probed.backward(&direction_loss(&probed.logits, &y)?)?;
             Some((probed.input_gradients(&g)?, probed.output_gradient(&g)?))
         } else {
             None
@@ -212,10 +235,44 @@ pub(crate) fn head_loss_and_gradient(
     let z = Var::from_tensor(&h.detach())?;
     let logits = model.head().forward(z.as_tensor(), BnMode::Eval)?;
     let per_example = cross_entropy_per_example(&logits, labels)?;
-    let grads = per_example.sum_all()?.backward()?;
-    let g = match grads.get(z.as_tensor()) {
-        Some(g) => g.clone(),
-        None => h.zeros_like()?,
-    };
-    Ok((host(&per_example)?, g))
+    Ok((
+        host(&per_example)?,
+        gradient_at(&per_example.sum_all()?, &z)?,
+    ))
+}
+
+/// The gradient of the head's [`direction_loss`] at hidden state `h`: per example along its
+/// cross-entropy's, for cosines.
+pub(crate) fn head_direction(model: &ResNet, h: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let z = Var::from_tensor(&h.detach())?;
+    let logits = model.head().forward(z.as_tensor(), BnMode::Eval)?;
+    gradient_at(&direction_loss(&logits, labels)?, &z)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::cosines;
+    use candle_core::Device;
+
+    /// Logits with a gap of 60 (p_c = e^-60 ≈ 9e-27 for the others): the plain summed loss's
+    /// gradient has squares below f32's range, so its cosine is not finite (summaries leave
+    /// it out); the direction loss's gradient is the same direction with unit norm.
+    #[test]
+    fn a_confident_example_keeps_its_gradient_direction() {
+        let dev = &Device::Cpu;
+        let z = Var::from_tensor(&Tensor::new(&[[60.0f32, 0.0, 0.0]], dev).unwrap()).unwrap();
+        let labels = Tensor::new(&[0u32], dev).unwrap();
+        let exact = Tensor::new(&[[-2.0f32, 1.0, 1.0]], dev).unwrap();
+        let cosine = |g: &Tensor| host(&cosines(g, &exact).unwrap()).unwrap()[0];
+
+        let plain = cross_entropy_per_example(z.as_tensor(), &labels).unwrap();
+        let plain = gradient_at(&plain.sum_all().unwrap(), &z).unwrap();
+        assert!(!cosine(&plain).is_finite());
+
+        let g = gradient_at(&direction_loss(z.as_tensor(), &labels).unwrap(), &z).unwrap();
+        assert!((cosine(&g) - 1.0).abs() < 1e-6, "{}", cosine(&g));
+        let norm = host(&norms(&g).unwrap()).unwrap()[0];
+        assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+    }
 }

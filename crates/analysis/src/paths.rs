@@ -2,7 +2,7 @@
 //! and through repeated applications of the last block (unrolling). Examples are grouped
 //! once, by the head's margin at the path's start.
 
-use crate::blocks::head_loss_and_gradient;
+use crate::blocks::head_direction;
 use crate::stats::{cosines, head_stats, host, mean_median, norms, ratios, HeadStats};
 use crate::{is_projection, Ctx, Result};
 use domain::{BlockId, Group, MetricName as M};
@@ -139,7 +139,7 @@ pub(crate) fn unroll(ctx: &mut Ctx) -> Result<Option<FinalLosses>> {
                     ctx.spec.margin,
                 );
                 let f = block.residual(&h, BnMode::Eval)?.detach();
-                let (_, g) = head_loss_and_gradient(ctx.model, &h, &y)?;
+                let g = head_direction(ctx.model, &h, &y)?;
                 cos[a]
                     .entry(step)
                     .or_default()

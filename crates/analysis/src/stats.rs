@@ -2,28 +2,30 @@
 
 use crate::Result;
 use candle_core::{DType, Tensor, D};
-use resnet::{per_example_norm, per_example_scaled};
 
 /// A batch of scalars (any float dtype) as host f64.
 pub(crate) fn host(t: &Tensor) -> Result<Vec<f64>> {
     Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
 }
 
-/// ‖x_n‖ per example, (N,) in f64 (summed in f32, scaled so that tiny gradients keep their
-/// norm: [`per_example_norm`]).
-pub(crate) fn norms(x: &Tensor) -> Result<Tensor> {
-    Ok(per_example_norm(x)?.to_dtype(DType::F64)?)
+fn flat(t: &Tensor) -> Result<Tensor> {
+    Ok(t.to_dtype(DType::F32)?.flatten_from(1)?)
 }
 
-/// ⟨a_n, b_n⟩ per example, (N,) in f64: the products of the vectors scaled to a largest
-/// magnitude of 1 summed in f32, the scales multiplied back in f64 (a tiny gradient's
-/// products would underflow in f32).
+/// ‖x_n‖ per example, (N,) in f64 (summed in f32).
+pub(crate) fn norms(x: &Tensor) -> Result<Tensor> {
+    Ok(flat(x)?
+        .sqr()?
+        .sum(D::Minus1)?
+        .sqrt()?
+        .to_dtype(DType::F64)?)
+}
+
+/// ⟨a_n, b_n⟩ per example, (N,) in f64 (summed in f32).
 pub(crate) fn dots(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let (a, a_scale) = per_example_scaled(a)?;
-    let (b, b_scale) = per_example_scaled(b)?;
-    let wide = |t: Tensor| t.to_dtype(DType::F64);
-    let unit_dots = wide((a * b)?.sum_keepdim(D::Minus1)?)?;
-    Ok((unit_dots * wide(a_scale)? * wide(b_scale)?)?.squeeze(1)?)
+    Ok((flat(a)? * flat(b)?)?
+        .sum(D::Minus1)?
+        .to_dtype(DType::F64)?)
 }
 
 /// a / b elementwise; not finite where b is zero (summaries leave those out).
@@ -31,14 +33,9 @@ pub(crate) fn ratios(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok((a / b)?)
 }
 
-/// cos(a_n, b_n) per example, of the vectors scaled to a largest magnitude of 1 (the cosine
-/// does not change; a tiny gradient's would otherwise underflow to NaN); NaN where either
-/// vector is zero.
+/// cos(a_n, b_n) per example; NaN where either vector is zero.
 pub(crate) fn cosines(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let (a, b) = (per_example_scaled(a)?.0, per_example_scaled(b)?.0);
-    let norm = |u: &Tensor| u.sqr()?.sum(D::Minus1)?.sqrt();
-    let dots = (&a * &b)?.sum(D::Minus1)?;
-    Ok((dots / (norm(&a)? * norm(&b)?)?)?.to_dtype(DType::F64)?)
+    ratios(&dots(a, b)?, &(norms(a)? * norms(b)?)?)
 }
 
 /// Per-example values of several series (one per block, say), left on the device as they are
@@ -186,19 +183,6 @@ mod tests {
         assert_eq!(c[..2], [1.0, -1.0]);
         assert!(c[2].is_nan());
         assert_eq!(host(&norms(&a).unwrap()).unwrap(), [1.0, 2.0, 0.0]);
-    }
-
-    #[test]
-    fn tiny_gradients_keep_their_cosine_norm_and_dot() {
-        // 1e-25 is the size of a confidently classified example's loss gradient; its
-        // squares (1e-50) are below f32's smallest number.
-        let a = Tensor::new(&[[3.0f32, 4.0]], &Device::Cpu).unwrap();
-        let b = (Tensor::new(&[[-3.0f32, -4.0]], &Device::Cpu).unwrap() * 1e-25).unwrap();
-        assert_eq!(host(&cosines(&a, &b).unwrap()).unwrap(), [-1.0]);
-        let dot = host(&dots(&a, &b).unwrap()).unwrap()[0];
-        assert!((dot / -2.5e-24 - 1.0).abs() < 1e-6, "{dot}");
-        let norm = host(&norms(&b).unwrap()).unwrap()[0];
-        assert!((norm / 5e-25 - 1.0).abs() < 1e-6, "{norm}");
     }
 
     #[test]

@@ -333,28 +333,15 @@ impl BatchNorm {
     }
 }
 
-/// Per-example ℓ2 norms of a batch: `‖x_n‖` over all but the batch dimension, computed as
-/// `s·‖x_n/s‖` with `s` the largest magnitude (see [`per_example_scaled`]).
+/// Per-example ℓ2 norms of a batch: `‖x_n‖` over all but the batch dimension.
 pub fn per_example_norm(x: &Tensor) -> Result<Tensor> {
-    let (unit, scale) = per_example_scaled(x)?;
-    Ok((unit.sqr()?.sum_keepdim(D::Minus1)?.sqrt()? * scale)?.squeeze(1)?)
-}
-
-/// Every example of a batch flattened, (N, D), divided by its largest magnitude, and that
-/// magnitude, (N, 1); bf16 is widened to f32. Sums of squares of the scaled values neither
-/// underflow nor overflow: the loss gradient of a confidently classified example is ~1e-25,
-/// whose squares lie below f32's range, so its plain norm reads 0 and its cosine NaN. The
-/// magnitude is at least f32's smallest normal number, so that a zero vector stays zero.
-pub fn per_example_scaled(x: &Tensor) -> Result<(Tensor, Tensor)> {
-    let dtype = if x.dtype() == DType::BF16 {
-        DType::F32
-    } else {
-        x.dtype()
-    };
-    let x = cast(x, dtype)?.flatten_from(1)?;
-    let scale = x
-        .abs()?
-        .max_keepdim(D::Minus1)?
-        .maximum(f32::MIN_POSITIVE as f64)?;
-    Ok((x.broadcast_div(&scale)?, scale))
+    let x = cast(
+        x,
+        if x.dtype() == DType::BF16 {
+            DType::F32
+        } else {
+            x.dtype()
+        },
+    )?;
+    Ok(x.flatten_from(1)?.sqr()?.sum(D::Minus1)?.sqrt()?)
 }

@@ -25,5 +25,5 @@ pub use checkpoint::{Checkpoint, WrittenFile};
 pub use device::{candle_device, synchronize};
 pub use error::{Error, Result};
 pub use init::Init;
-pub use layers::{per_example_norm, per_example_scaled, BnMode};
+pub use layers::BnMode;
 pub use model::{Dtypes, Param, ParamRole, ProbeOptions, Probed, ResNet};
