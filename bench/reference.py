@@ -253,16 +253,15 @@ def block_rows(net, ids, x, y, args):
 
 
 def probe(net, x):
-    """Every block's input, residual-branch output and output (inference mode, no graph)."""
+    """Every block's input, residual-branch output and output."""
     inputs, residuals, outputs = [], [], []
-    with torch.no_grad():
-        h = net.stem(x)
-        for pool, block in flat_blocks(net):
-            h = F.avg_pool2d(h, 2) if pool else h
-            inputs.append(h)
-            residuals.append(block.residual(h))
-            h = block(h)
-            outputs.append(h)
+    h = net.stem(x)
+    for pool, block in flat_blocks(net):
+        h = F.avg_pool2d(h, 2) if pool else h
+        inputs.append(h)
+        residuals.append(block.residual(h))
+        h = (block.shortcut(h) if hasattr(block, "shortcut") else h) + residuals[-1]
+        outputs.append(h)
     return inputs, residuals, outputs
 
 
@@ -290,8 +289,8 @@ def head_rows(net, summary, x, y, args):
 
     for b in range(0, n, args.batch):
         xb, yb = x[b:b + args.batch], y[b:b + args.batch]
-        inputs, residuals, outputs = probe(net, xb)
         with torch.no_grad():
+            inputs, residuals, outputs = probe(net, xb)
             for i in in_stage:
                 stats = head_stats(net.head(outputs[i]), yb)
                 add(("intermediate_accuracy", blocks[i]["id"], None, None), stats["accuracy"])
@@ -316,15 +315,9 @@ def head_rows(net, summary, x, y, args):
                 after = head_stats(net.head(outputs[i]), yb)["loss"]
             taylor[i][0].extend((after - before).tolist())
             taylor[i][1].extend(dot(residuals[i], grad).tolist())
-        xg = xb.clone().requires_grad_(True)
-        probed, h = [], net.stem(xg)
-        for pool, block in flat_blocks(net):
-            h = F.avg_pool2d(h, 2) if pool else h
-            probed.append(h)
-            h = block(h)
-        logits = net.head(h)
-        deep = in_stage[0]
-        g_first, g_deep = torch.autograd.grad(logits, [probed[0], probed[deep]],
+        inputs, _, outputs = probe(net, xb.clone().requires_grad_(True))
+        logits = net.head(outputs[-1])
+        g_first, g_deep = torch.autograd.grad(logits, [inputs[0], inputs[in_stage[0]]],
                                               grad_outputs=logit_gradient(logits, yb))
         grad_norms[0] += norm(g_first).sum().item()
         grad_norms[1] += norm(g_deep).sum().item()
@@ -337,10 +330,10 @@ def head_rows(net, summary, x, y, args):
     for i, (actual, predicted) in taylor.items():
         block = blocks[i]["id"]
         for name, values in [("taylor_actual", actual), ("taylor_predicted", predicted)]:
-            summary_ = mean_median(values)
-            if summary_:
-                rows += [{"name": name, "block": block, "stat": stat, "value": v, "n": summary_[2]}
-                         for stat, v in [("mean", summary_[0]), ("median", summary_[1])]]
+            stats = mean_median(values)
+            if stats:
+                rows += [{"name": name, "block": block, "stat": stat, "value": v, "n": stats[2]}
+                         for stat, v in [("mean", stats[0]), ("median", stats[1])]]
         pairs = np.array([(a, p) for a, p in zip(actual, predicted) if math.isfinite(a) and math.isfinite(p)])
         if len(pairs):
             # Rust's signum: +0 counts as positive, −0 as negative.
@@ -372,10 +365,7 @@ def unroll_rows(net, x, y, args):
     for b in range(0, len(y), args.batch):
         xb, yb = x[b:b + args.batch], y[b:b + args.batch]
         with torch.no_grad():
-            h = net.stem(xb)
-            for pool, block in blocks:
-                h = block(F.avg_pool2d(h, 2) if pool else h)
-            start = h
+            start = probe(net, xb)[2][-1]
             margin = head_stats(net.head(start), yb)["margin"]
         members = {g: rule(margin) for g, rule in groups.items()}
         for alpha in args.alphas:
@@ -739,24 +729,20 @@ def cmd_bench_eval(args):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("eval")
-    e.add_argument("--summary", required=True)
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--data", required=True)
-    e.add_argument("--split", default="test", choices=["train", "test"])
-    u = sub.add_parser("check")
-    u.add_argument("--summary", required=True)
-    u.add_argument("--checkpoint", required=True)
-    u.add_argument("--data", required=True)
-    u.add_argument("--split", default="test", choices=["train", "test"])
-    u.add_argument("--batch", type=int, default=250)
-    u.add_argument("--steps", type=int, default=20)
-    u.add_argument("--alphas", type=float, nargs="+", default=[1.0, 0.5, 0.25, 0.1, 0.05])
-    u.add_argument("--margin", type=float, default=0.1)
-    u.add_argument("--window", type=int, default=5)
-    u.add_argument("--compare", help="stepwise's analysis.json of the same checkpoint and split")
-    u.add_argument("--rtol", type=float, default=1e-3)
-    u.add_argument("--atol", type=float, default=1e-4)
+    e, c = sub.add_parser("eval"), sub.add_parser("check")
+    for a in [e, c]:
+        a.add_argument("--summary", required=True)
+        a.add_argument("--checkpoint", required=True)
+        a.add_argument("--data", required=True)
+        a.add_argument("--split", default="test", choices=["train", "test"])
+    c.add_argument("--batch", type=int, default=250)
+    c.add_argument("--steps", type=int, default=20)
+    c.add_argument("--alphas", type=float, nargs="+", default=[1.0, 0.5, 0.25, 0.1, 0.05])
+    c.add_argument("--margin", type=float, default=0.1)
+    c.add_argument("--window", type=int, default=5)
+    c.add_argument("--compare", help="stepwise's analysis.json of the same checkpoint and split")
+    c.add_argument("--rtol", type=float, default=1e-3)
+    c.add_argument("--atol", type=float, default=1e-4)
     t = sub.add_parser("train")
     t.add_argument("--summary", required=True)
     t.add_argument("--data", required=True)

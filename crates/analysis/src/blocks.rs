@@ -226,26 +226,29 @@ pub(crate) fn sharing(ctx: &mut Ctx, run: &RunSpec) -> Result<()> {
     Ok(())
 }
 
+/// The head plugged in at hidden state `h`: `h` as a leaf of a new graph, and the logits.
+fn head_at(model: &ResNet, h: &Tensor) -> Result<(Var, Tensor)> {
+    let z = Var::from_tensor(&h.detach())?;
+    let logits = model.head().forward(z.as_tensor(), BnMode::Eval)?;
+    Ok((z, logits))
+}
+
 /// Per-example cross-entropy of the head at hidden state `h`, and its gradient there.
 pub(crate) fn head_loss_and_gradient(
     model: &ResNet,
     h: &Tensor,
     labels: &Tensor,
 ) -> Result<(Vec<f64>, Tensor)> {
-    let z = Var::from_tensor(&h.detach())?;
-    let logits = model.head().forward(z.as_tensor(), BnMode::Eval)?;
+    let (z, logits) = head_at(model, h)?;
     let per_example = cross_entropy_per_example(&logits, labels)?;
-    Ok((
-        host(&per_example)?,
-        gradient_at(&per_example.sum_all()?, &z)?,
-    ))
+    let gradient = gradient_at(&per_example.sum_all()?, &z)?;
+    Ok((host(&per_example)?, gradient))
 }
 
 /// The gradient of the head's [`direction_loss`] at hidden state `h`: per example along its
 /// cross-entropy's, for cosines.
 pub(crate) fn head_direction(model: &ResNet, h: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    let z = Var::from_tensor(&h.detach())?;
-    let logits = model.head().forward(z.as_tensor(), BnMode::Eval)?;
+    let (z, logits) = head_at(model, h)?;
     gradient_at(&direction_loss(&logits, labels)?, &z)
 }
 
