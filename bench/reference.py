@@ -431,8 +431,8 @@ def cmd_check(args):
 
 
 def compare(rows, examples, args):
-    """stepwise's records of `args.split` in `args.compare`, for the metrics in `rows`,
-    against `rows`: a record matches when both sides have it, with the same n, and its
+    """stepwise's records of `args.split` in `args.compare` against `rows`, for the metrics
+    both have: a record matches when both sides have it, with the same n, and its
     values differ by at most atol + rtol·|ours|. Two kinds of cosine means are counted, not
     compared: those over a slightly different number of examples (at most 0.5%) — where
     logit gaps approach 100 the softmax of the other classes underflows to exactly zero, the
@@ -441,14 +441,14 @@ def compare(rows, examples, args):
     the gradient's direction is then set by exponentials of logit gaps of tens of units, and
     f32 rounding of the logits in a different order turns it. Returns the counts, the worst
     error relative to the tolerance per metric and the first 20 mismatches."""
-    names = {r["name"] for r in rows}
-    records = json.load(open(args.compare))["records"]
-    theirs = {record_key(r): r for r in records if r["name"] in names and r["split"] == args.split}
+    records = [r for r in json.load(open(args.compare))["records"] if r["split"] == args.split]
+    names = {r["name"] for r in rows} & {r["name"] for r in records}
+    theirs = {record_key(r): r for r in records if r["name"] in names}
     analysed = theirs.get(record_key({"name": "accuracy"}), {}).get("n", examples)
     if analysed != examples:
         sys.exit(f"stepwise analysed {analysed} of the {examples} {args.split} examples: "
                  f"analyse with --max-examples {examples} to compare the whole split")
-    ours = {record_key(r): r for r in rows}
+    ours = {record_key(r): r for r in rows if r["name"] in names}
     mismatches, worst, underflow_edge, saturated = [], {}, 0, 0
     for key in sorted(set(ours) | set(theirs), key=str):
         mine, other = ours.get(key), theirs.get(key)
@@ -468,7 +468,7 @@ def compare(rows, examples, args):
             mismatches.append({"stepwise": other, "reference": mine})
     return {"records": len(theirs), "cosines_at_the_underflow_edge": underflow_edge,
             "unroll_cosines_saturated": saturated,
-            "mismatches": len(mismatches), "worst_error_over_tolerance": worst,
+            "metrics": sorted(names), "mismatches": len(mismatches), "worst_error_over_tolerance": worst,
             "first_mismatches": mismatches[:20]}
 
 
