@@ -253,16 +253,18 @@ def block_rows(net, ids, x, y, args):
 
 
 def probe(net, x):
-    """Every block's input, residual-branch output and output."""
-    inputs, residuals, outputs = [], [], []
+    """Every block's input h, residual-branch output F(h), shortcut output (h itself for an
+    identity block, the same tensor) and output."""
+    inputs, residuals, bases, outputs = [], [], [], []
     h = net.stem(x)
     for pool, block in flat_blocks(net):
         h = F.avg_pool2d(h, 2) if pool else h
         inputs.append(h)
         residuals.append(block.residual(h))
-        h = (block.shortcut(h) if hasattr(block, "shortcut") else h) + residuals[-1]
+        bases.append(block.shortcut(h) if hasattr(block, "shortcut") else h)
+        h = bases[-1] + residuals[-1]
         outputs.append(h)
-    return inputs, residuals, outputs
+    return inputs, residuals, bases, outputs
 
 
 def head_rows(net, summary, x, y, args):
@@ -290,7 +292,7 @@ def head_rows(net, summary, x, y, args):
     for b in range(0, n, args.batch):
         xb, yb = x[b:b + args.batch], y[b:b + args.batch]
         with torch.no_grad():
-            inputs, residuals, outputs = probe(net, xb)
+            inputs, residuals, _, outputs = probe(net, xb)
             for i in in_stage:
                 stats = head_stats(net.head(outputs[i]), yb)
                 add(("intermediate_accuracy", blocks[i]["id"], None, None), stats["accuracy"])
@@ -315,7 +317,7 @@ def head_rows(net, summary, x, y, args):
                 after = head_stats(net.head(outputs[i]), yb)["loss"]
             taylor[i][0].extend((after - before).tolist())
             taylor[i][1].extend(dot(residuals[i], grad).tolist())
-        inputs, _, outputs = probe(net, xb.clone().requires_grad_(True))
+        inputs, _, _, outputs = probe(net, xb.clone().requires_grad_(True))
         logits = net.head(outputs[-1])
         g_first, g_deep = torch.autograd.grad(logits, [inputs[0], inputs[in_stage[0]]],
                                               grad_outputs=logit_gradient(logits, yb))
@@ -365,7 +367,7 @@ def unroll_rows(net, x, y, args):
     for b in range(0, len(y), args.batch):
         xb, yb = x[b:b + args.batch], y[b:b + args.batch]
         with torch.no_grad():
-            start = probe(net, xb)[2][-1]
+            start = probe(net, xb)[3][-1]
             margin = head_stats(net.head(start), yb)["margin"]
         members = {g: rule(margin) for g, rule in groups.items()}
         for alpha in args.alphas:
@@ -628,20 +630,9 @@ def analysis_pass(net, x, y):
     gradient is taken at its output); then a second forward, and every block dropped in
     turn with the rest of the network run on its shortcut. Returns the per-example values and
     the drop sums so nothing is optimised away."""
-    blocks = flat_blocks(net)
-    h = net.stem(x)
-    inputs, residuals, bases = [], [], []
-    for pool, block in blocks:
-        if pool:
-            h = F.avg_pool2d(h, 2)
-        inputs.append(h)
-        f = block.residual(h)
-        base = block.shortcut(h) if hasattr(block, "shortcut") else h
-        residuals.append(f)
-        bases.append(base)
-        h = base + f
-    inputs.append(h)
-    logits = net.head(h)
+    inputs, residuals, bases, outputs = probe(net, x)
+    inputs.append(outputs[-1])
+    logits = net.head(outputs[-1])
     grads = torch.autograd.grad(logits, inputs, grad_outputs=logit_gradient(logits, y, unit=True))
     cos, l2 = [], []
     with torch.no_grad():
@@ -649,18 +640,12 @@ def analysis_pass(net, x, y):
             g = grads[i + 1] if base is not inputs[i] else grads[i]
             cos.append(cosine(f, g))
             l2.append(f.flatten(1).norm(dim=1) / base.flatten(1).norm(dim=1))
-        h = net.stem(x)
-        block_inputs = []
-        for pool, block in blocks:
-            if pool:
-                h = F.avg_pool2d(h, 2)
-            block_inputs.append(h)
-            h = block(h)
-        logits = net.head(h)
+        _, _, bases, outputs = probe(net, x)
+        logits = net.head(outputs[-1])
         drops = [(logits.argmax(1) == y).sum(), F.cross_entropy(logits, y, reduction="sum")]
-        for i, (pool, block) in enumerate(blocks):
-            h = block.shortcut(block_inputs[i]) if hasattr(block, "shortcut") else block_inputs[i]
-            out = run_from(net, blocks, i, h)
+        blocks = flat_blocks(net)
+        for i, base in enumerate(bases):
+            out = run_from(net, blocks, i, base)
             drops += [(out.argmax(1) == y).sum(), F.cross_entropy(out, y, reduction="sum")]
     return cos, l2, drops
 

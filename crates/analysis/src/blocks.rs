@@ -25,8 +25,7 @@ fn direction_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
 /// label's entry p_y − 1 written −Σ_{c≠y} p_c, which does not cancel to 0.
 fn unit_gradient_weights(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let z = logits.detach().to_dtype(DType::F64)?;
-    let e = z.broadcast_sub(&z.max_keepdim(D::Minus1)?)?.exp()?;
-    let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+    let p = candle_nn::ops::softmax(&z, D::Minus1)?;
     let classes = Tensor::arange(0u32, z.dim(1)? as u32, z.device())?;
     let other = classes.broadcast_ne(&labels.unsqueeze(1)?)?;
     let p_other = (p * other.to_dtype(DType::F64)?)?;
