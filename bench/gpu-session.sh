@@ -3,13 +3,14 @@
 # limit: selftest (correctness first), the memory budget and out-of-memory errors, the
 # side-by-side training table against PyTorch, the training step before/after and as a CUDA
 # graph, per-kernel profiles of a step in stepwise and in PyTorch, the side-by-side evaluation
-# and analysis, the quick run trained and analysed on the GPU. Expects dist/stepwise.xz (a
-# stripped `--features cuda` release build) and optionally dist/stepwise-before.xz (the
-# previous build, for the before/after rows). Writes few files
-# (the device tool returns a limited number): session.log with every phase's output,
-# gpu-bench-train.{json,log} and gpu-bench-passes.{json,log}.
-#   [PHASES="selftest memory train ab profile passes quick"] [TRAIN_MODELS=...] [PASS_MODELS=...]
-#   [STEPS=10] bash bench/gpu-session.sh
+# and analysis, a few epochs of the paper's ResNet-110 schedule on real images, the quick run
+# trained and analysed on the GPU. Expects dist/stepwise.xz (a stripped `--features cuda`
+# release build), optionally dist/stepwise-before.xz (the previous build, for the before/after
+# rows) and dist/cifar10-jpeg.tar.gz (for the schedule phase). Writes few files (the device tool
+# returns a limited number): session.log with every phase's output, gpu-bench-train.{json,log}
+# and gpu-bench-passes.{json,log}.
+#   [PHASES="selftest memory train ab profile passes schedule quick"] [SCHEDULE_EPOCHS=4]
+#   [TRAIN_MODELS=...] [PASS_MODELS=...] [STEPS=10] bash bench/gpu-session.sh
 set -uo pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -21,7 +22,7 @@ B=
 if [ -f dist/stepwise-before.xz ]; then
   xz -dkf dist/stepwise-before.xz && chmod +x dist/stepwise-before && B=dist/stepwise-before
 fi
-PHASES=${PHASES:-selftest memory train ab profile passes quick}
+PHASES=${PHASES:-selftest memory train ab profile passes schedule quick}
 TRAIN_MODELS=${TRAIN_MODELS:-resnet-56:128,resnet-110:128,wide:128:bf16,wide:128:f32,resnet-56:512,resnet-110:512}
 PASS_MODELS=${PASS_MODELS:-resnet-56,resnet-110}
 STEPS=${STEPS:-10}
@@ -112,10 +113,34 @@ passes() {
   summary "$OUT/gpu-bench-passes.log"
 }
 
+# The paper's ResNet-110 as the trainer runs it (augmentation, per-epoch evaluation of the test
+# split, checkpoints) on real images — dist/cifar10-jpeg.tar.gz, the JPEG copy of CIFAR-10, when
+# carried — for the first SCHEDULE_EPOCHS epochs of its schedule; per-epoch figures after.
+schedule() {
+  [ -f dist/cifar10-jpeg.tar.gz ] || { echo "no dist/cifar10-jpeg.tar.gz"; return; }
+  rm -rf data/jpeg data/cifar10-jpeg-q75 runs/resnet-110-gpu && mkdir -p data/jpeg
+  tar xzf dist/cifar10-jpeg.tar.gz -C data/jpeg
+  logged 60 $S data import --from data/jpeg --out data/cifar10-jpeg-q75 --name cifar10-jpeg-q75
+  ( time logged 300 $S train --arch resnet --depth 110 --data data/cifar10-jpeg-q75 \
+      --epochs "${SCHEDULE_EPOCHS:-4}" --device cuda --out runs/resnet-110-gpu ) 2>&1 | tail -12
+  grep -h 'epoch_seconds\|images_per_second\|"accuracy"' runs/resnet-110-gpu/metrics.jsonl
+  ls -la runs/resnet-110-gpu/checkpoints
+}
+
 quick() {
-  rm -rf runs/quick-gpu
+  rm -rf runs/quick-gpu runs/quick-gpu-analysis runs/quick-gpu-check
   ( time logged 90 $S train --spec experiments/quick.toml --device cuda --out runs/quick-gpu ) 2>&1 | tail -12
   ( time logged 90 $S analyze --run runs/quick-gpu --device cuda --max-examples 500 --out runs/quick-gpu-analysis ) 2>&1 | tail -8
+  # The block metrics the GPU computes for the final checkpoint, checked against PyTorch's on the
+  # CPU (reference.py needs safetensors: dist/pylib holds its abi3 wheel's package if carried).
+  local last=runs/quick-gpu/checkpoints/epoch-0006.safetensors summary
+  summary=$(mktemp --suffix .json)
+  $S model summary --arch resnet --depth 20 --width 8 --json > "$summary"
+  logged 60 $S analyze --checkpoint $last --splits test --max-examples 2000 --device cuda --out runs/quick-gpu-check | tail -3
+  python3 -c 'import safetensors' 2>/dev/null || export PYTHONPATH=$PWD/dist/pylib
+  logged 150 python3 bench/reference.py check --summary "$summary" --checkpoint $last --data data/shapes10 \
+    --compare runs/quick-gpu-check/epoch-0006/analysis.json | tail -8
+  rm -f "$summary"
 }
 
 # One line per row of a gpu.py log: images or examples per second (driver peak MiB, stepwise's
