@@ -10,7 +10,7 @@
 # returns a limited number): session.log with every phase's output, gpu-bench-train.{json,log}
 # and gpu-bench-passes.{json,log}.
 #   [PHASES="selftest memory train ab profile passes schedule quick"] [SCHEDULE_EPOCHS=4]
-#   [TRAIN_MODELS=...] [PASS_MODELS=...] [STEPS=10] bash bench/gpu-session.sh
+#   [SCHEDULE_DTYPE=f32] [TRAIN_MODELS=...] [PASS_MODELS=...] [STEPS=10] bash bench/gpu-session.sh
 set -uo pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -115,14 +115,16 @@ passes() {
 
 # The paper's ResNet-110 as the trainer runs it (augmentation, per-epoch evaluation of the test
 # split, checkpoints) on real images — dist/cifar10-jpeg.tar.gz, the JPEG copy of CIFAR-10, when
-# carried — for the first SCHEDULE_EPOCHS epochs of its schedule; per-epoch figures after.
+# carried — for the first SCHEDULE_EPOCHS epochs of its schedule in SCHEDULE_DTYPE; per-epoch
+# figures after.
 schedule() {
   [ -f dist/cifar10-jpeg.tar.gz ] || { echo "no dist/cifar10-jpeg.tar.gz"; return; }
   rm -rf data/jpeg data/cifar10-jpeg-q75 runs/resnet-110-gpu && mkdir -p data/jpeg
   tar xzf dist/cifar10-jpeg.tar.gz -C data/jpeg
   logged 60 $S data import --from data/jpeg --out data/cifar10-jpeg-q75 --name cifar10-jpeg-q75
   ( time logged 300 $S train --arch resnet --depth 110 --data data/cifar10-jpeg-q75 \
-      --epochs "${SCHEDULE_EPOCHS:-4}" --device cuda --out runs/resnet-110-gpu ) 2>&1 | tail -12
+      --epochs "${SCHEDULE_EPOCHS:-4}" --dtype "${SCHEDULE_DTYPE:-f32}" --device cuda \
+      --out runs/resnet-110-gpu ) 2>&1 | tail -12
   grep -h 'epoch_seconds\|images_per_second\|"accuracy"' runs/resnet-110-gpu/metrics.jsonl
   ls -la runs/resnet-110-gpu/checkpoints
 }
