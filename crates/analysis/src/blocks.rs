@@ -8,7 +8,7 @@ use cifar::rng::{rng, Stream};
 use domain::{AnalysisKind, GradientKind, MetricName as M, RunSpec};
 use resnet::eval::{evaluate, grad_norm_ratio, EvalSums};
 use resnet::loss::cross_entropy_per_example;
-use resnet::{BnMode, Dtypes, ProbeOptions, Probed, ResNet};
+use resnet::{BnMode, ProbeOptions, Probed, ResNet};
 
 /// The loss whose gradients the cosines take: Σ_n w_n·CE_n with w_n = 1/‖∂CE_n/∂z_n‖ (z the
 /// logits) held constant. BatchNorm in inference mode keeps examples independent, so example
@@ -209,7 +209,7 @@ pub(crate) fn sharing(ctx: &mut Ctx, run: &RunSpec) -> Result<()> {
         ctx.model.layout(),
         &mut rng(run.train.seed, Stream::Init, 0, 0),
         ctx.model.device(),
-        Dtypes::for_precision(run.model.dtype),
+        ctx.model.dtypes(),
     )?;
     let mut norms_at = Series::new(ctx.blocks.len());
     for batch in &ctx.batches {

@@ -32,7 +32,7 @@ pub fn analyse_checkpoint(
     spec: &AnalysisSpec,
     device: &Device,
 ) -> Result<Analysis, AnalyzeError> {
-    let (model, run) = train::load_model(checkpoint, device)?;
+    let (model, run) = train::load_model_to_measure(checkpoint, device)?;
     let state: train::TrainState = checkpoint.meta_json(train::META_TRAIN_STATE)?;
     let input = Input {
         model: &model,

@@ -253,9 +253,9 @@ mod tests {
         let wide = || ModelSpec::new(Arch::Wide).layout().unwrap();
         let bf16 = Dtypes::for_precision(domain::Precision::Bf16);
         for (name, work, layout, dtypes, batch, measured_mib) in [
-            ("resnet-56", Work::Training, resnet(56), F32, 128, 1488),
+            ("resnet-56", Work::Training, resnet(56), F32, 128, 1520),
             ("resnet-56", Work::Training, resnet(56), F32, 512, 3920),
-            ("resnet-110", Work::Training, resnet(110), F32, 128, 2036),
+            ("resnet-110", Work::Training, resnet(110), F32, 128, 2064),
             ("resnet-110", Work::Training, resnet(110), F32, 512, 5936),
             ("wide", Work::Training, wide(), F32, 128, 4792),
             ("wide bf16", Work::Training, wide(), bf16, 128, 3124),

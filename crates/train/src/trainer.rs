@@ -9,7 +9,7 @@ use cifar::augment::channel_stats;
 use cifar::batch::fixed_subset;
 use cifar::rng::{rng, Stream};
 use cifar::{BatchPlan, Dataset, Images};
-use domain::{MetricName as M, MetricRecord, RunSpec, Split};
+use domain::{MetricName as M, MetricRecord, Precision, RunSpec, Split};
 use resnet::checkpoint::Checkpoint;
 use resnet::eval::{evaluate, grad_norm_ratio, scalar, to_device, Inputs};
 use resnet::loss::{correct, cross_entropy};
@@ -45,22 +45,47 @@ pub struct Trainer {
     graph_steps: crate::graph_step::GraphSteps,
 }
 
-/// Builds the model a spec describes, initialised from the spec's seed.
-fn build_model(spec: &RunSpec, device: &Device) -> Result<ResNet> {
+/// Builds the model a spec describes, computing in `precision`, initialised from the spec's
+/// seed.
+fn build_model(spec: &RunSpec, precision: Precision, device: &Device) -> Result<ResNet> {
     let layout = spec.model.layout()?;
     let mut init = rng(spec.train.seed, Stream::Init, 0, 0);
     Ok(ResNet::new(
         &layout,
         &mut init,
         device,
-        Dtypes::for_precision(spec.model.dtype),
+        Dtypes::for_precision(precision),
     )?)
 }
 
-/// The model stored in a checkpoint, with the spec it was trained under.
+/// The model stored in a checkpoint, computing as it was trained, with the spec it was
+/// trained under.
 pub fn load_model(checkpoint: &Checkpoint, device: &Device) -> Result<(ResNet, RunSpec)> {
+    load_model_in(checkpoint, device, |trained| trained)
+}
+
+/// The model stored in a checkpoint as it is measured (evaluation, analysis), with the spec
+/// it was trained under: a run trained with TF32 convolutions computes in exact f32. TF32
+/// speeds training up; its rounding of the convolutions' operands to 10-bit mantissas is no
+/// part of the function the weights compute, and would be in every metric. bf16 runs stay
+/// in bf16, the activations their weights were trained for.
+pub fn load_model_to_measure(
+    checkpoint: &Checkpoint,
+    device: &Device,
+) -> Result<(ResNet, RunSpec)> {
+    load_model_in(checkpoint, device, |trained| match trained {
+        Precision::Tf32 => Precision::F32,
+        other => other,
+    })
+}
+
+fn load_model_in(
+    checkpoint: &Checkpoint,
+    device: &Device,
+    precision: impl FnOnce(Precision) -> Precision,
+) -> Result<(ResNet, RunSpec)> {
     let spec: RunSpec = checkpoint.meta_json(META_SPEC)?;
-    let model = build_model(&spec, device)?;
+    let model = build_model(&spec, precision(spec.model.dtype), device)?;
     model
         .load_state_dict(&checkpoint.tensors)
         .map_err(|e| TrainError::Resume {
@@ -108,7 +133,7 @@ impl Trainer {
     ) -> Result<Self> {
         spec.validate()?;
         bind_dataset(&mut spec, &dataset)?;
-        let model = build_model(&spec, device)?;
+        let model = build_model(&spec, spec.model.dtype, device)?;
         let state = TrainState {
             epoch: 0,
             batch: 0,

@@ -399,6 +399,25 @@ fn bf16_runs_train_and_resume() {
 }
 
 #[test]
+fn tf32_runs_resume_in_tf32_and_are_measured_in_exact_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tf32 = spec(1);
+    tf32.model.dtype = domain::Precision::Tf32;
+    uninterrupted(dir.path(), tf32);
+    let ck = resnet::checkpoint::read(&dir.path().join("full/epoch-0001.safetensors")).unwrap();
+    let (trained, spec) = train::load_model(&ck, &Device::Cpu).unwrap();
+    let (measured, same) = train::load_model_to_measure(&ck, &Device::Cpu).unwrap();
+    assert_eq!(trained.dtypes().conv_math, resnet::ops::ConvMath::Tf32);
+    assert_eq!(measured.dtypes().conv_math, resnet::ops::ConvMath::Exact);
+    assert_eq!(measured.dtypes().compute, candle_core::DType::F32);
+    // The spec keeps what the run was trained with.
+    assert_eq!(
+        (spec.model.dtype, same.model.dtype),
+        (domain::Precision::Tf32, domain::Precision::Tf32)
+    );
+}
+
+#[test]
 fn sharing_runs_report_the_gradient_norm_ratio() {
     let dir = tempfile::tempdir().unwrap();
     let mut spec = spec(1);

@@ -6,7 +6,7 @@ use resnet::eval::{evaluate, Inputs};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use train::load_model;
+use train::load_model_to_measure;
 
 #[derive(Serialize)]
 struct Report {
@@ -25,7 +25,7 @@ pub fn run(args: EvalArgs, data_dir: &Path) -> Result<ExitCode> {
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
     let device = candle_device(args.device)?;
     let ck = resnet::checkpoint::read(&args.checkpoint)?;
-    let (model, spec) = load_model(&ck, &device)?;
+    let (model, spec) = load_model_to_measure(&ck, &device)?;
     let (dataset, trained_on) = super::data_for(&spec, args.data.as_deref(), data_dir)?;
     let split: Split = args.split.into();
     let images = match split {

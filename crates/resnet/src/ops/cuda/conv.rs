@@ -178,7 +178,11 @@ macro_rules! choose {
             .copied()
             .filter(|p| p.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC)
             .collect();
-        let pool = if deterministic.is_empty() { ok } else { deterministic };
+        let pool = if deterministic.is_empty() {
+            ok
+        } else {
+            deterministic
+        };
         let fastest = pool.iter().map(|p| p.time).fold(f32::INFINITY, f32::min);
         let chosen = pool
             .iter()
