@@ -74,7 +74,8 @@ ab() {
 
 # Where a step's time goes: stepwise's kernels (synchronised around each) beside PyTorch's
 # operators (torch.profiler), for the wide model in bf16 (both PyTorch layouts) and ResNet-56
-# in TF32, batch 128.
+# in TF32, batch 128; then stepwise's kernels in ResNet-110's evaluation and analysis passes,
+# f32 and TF32.
 profile() {
   local summary
   summary=$(mktemp --suffix .json)
@@ -92,6 +93,11 @@ profile() {
     done
   done
   rm -f "$summary"
+  for dtype in f32 tf32; do
+    local flags=(--arch resnet --depth 110 --dtype "$dtype" --repeats 2 --device cuda --profile)
+    timeout 60 $S bench eval "${flags[@]}" --examples 10000 --batch 1000 2>&1
+    timeout 90 $S bench analyze "${flags[@]}" --examples 1000 --batch 500 2>&1
+  done
 }
 
 # reference.py's profiled JSON as a table: its ms/step, then per operator ms and calls per step.

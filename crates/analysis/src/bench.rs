@@ -12,6 +12,7 @@ use rand::Rng;
 use resnet::eval::Inputs;
 use resnet::layers::with_frozen_parameters;
 use resnet::memory::graph_bytes;
+use resnet::ops::profile::{self, KernelTime};
 use resnet::{synchronize, Dtypes, ProbeOptions, ResNet};
 use serde::Serialize;
 use std::time::Instant;
@@ -35,6 +36,19 @@ pub struct PassBench {
     /// no graph.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub graph_mib: Option<f64>,
+    /// With profiling: each kernel's time and calls per pass (the device synchronised around
+    /// every kernel, so `seconds` is then the profiled pass's), and the rest as `other`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<Vec<KernelTime>>,
+}
+
+/// How many examples, in which batches, how often, and whether the kernels are profiled.
+#[derive(Clone, Copy, Debug)]
+pub struct PassSizes {
+    pub examples: usize,
+    pub batch: usize,
+    pub repeats: usize,
+    pub profile: bool,
 }
 
 /// The images are normalised with these (uint8 pixels to about [-2, 2]).
@@ -43,17 +57,23 @@ const NORMALIZATION: Normalization = Normalization {
     std: [64.0; 3],
 };
 
-/// Times `pass` over `examples` random images `repeats` times after one untimed warm-up;
-/// `pass` returns the seconds it took. With `probed_graph`, also counts what the graph of
-/// the analysis' probed pass keeps.
+/// Times `pass` over `examples` random images `repeats` times after one untimed warm-up,
+/// the timed ones profiled if asked; `pass` returns the seconds it took. With
+/// `probed_graph`, also counts what the graph of the analysis' probed pass keeps.
 fn bench_pass(
     name: &'static str,
     model: &ModelSpec,
-    (examples, batch, repeats): (usize, usize, usize),
+    sizes: PassSizes,
     device: &Device,
     pass: impl Fn(&ResNet, &Images) -> Result<f64>,
     probed_graph: bool,
 ) -> Result<PassBench> {
+    let PassSizes {
+        examples,
+        batch,
+        repeats,
+        profile,
+    } = sizes;
     let layout = model.layout()?;
     let net = ResNet::new(
         &layout,
@@ -70,11 +90,17 @@ fn bench_pass(
     };
     let mut times = Vec::with_capacity(repeats);
     for i in 0..=repeats {
+        if i == 1 {
+            profile::enable(profile);
+        }
         let seconds = pass(&net, &images)?;
         if i > 0 {
             times.push(seconds);
         }
     }
+    let run_ms: Vec<f64> = times.iter().map(|s| s * 1e3).collect();
+    let kernels = profile.then(|| profile::per_run(profile::take(), &run_ms));
+    profile::enable(false);
     times.sort_by(f64::total_cmp);
     let seconds = times[times.len() / 2];
     Ok(PassBench {
@@ -91,6 +117,7 @@ fn bench_pass(
         graph_mib: probed_graph
             .then(|| probed_graph_mib(&net, &images, batch))
             .transpose()?,
+        kernels,
     })
 }
 
@@ -104,15 +131,11 @@ fn probed_graph_mib(net: &ResNet, images: &Images, batch: usize) -> Result<f64> 
     Ok(graph_bytes(&probed.logits) as f64 / (1 << 20) as f64)
 }
 
-/// Times the cosine/ℓ2/drop analysis of `examples` random images in batches of `batch`,
-/// `repeats` times after one untimed warm-up.
-pub fn bench_analysis(
-    model: &ModelSpec,
-    examples: usize,
-    batch: usize,
-    repeats: usize,
-    device: &Device,
-) -> Result<PassBench> {
+/// Times the cosine/ℓ2/drop analysis of random images.
+pub fn bench_analysis(model: &ModelSpec, sizes: PassSizes, device: &Device) -> Result<PassBench> {
+    let PassSizes {
+        examples, batch, ..
+    } = sizes;
     let mut run = RunSpec::new(model.clone(), DataSpec::new("random"));
     run.data.normalization = Some(NORMALIZATION);
     let spec = AnalysisSpec {
@@ -122,7 +145,6 @@ pub fn bench_analysis(
         eval_batch: batch as u32,
         ..AnalysisSpec::default()
     };
-    let sizes = (examples, batch, repeats);
     bench_pass(
         "analysis",
         model,
@@ -143,17 +165,10 @@ pub fn bench_analysis(
 }
 
 /// Times the evaluation (loss and accuracy, BatchNorm in inference mode; each batch's bytes
-/// are copied to the device and normalised there, the sums read back at the end) of
-/// `examples` random images in batches of `batch`, `repeats` times after one untimed
-/// warm-up.
-pub fn bench_eval(
-    model: &ModelSpec,
-    examples: usize,
-    batch: usize,
-    repeats: usize,
-    device: &Device,
-) -> Result<PassBench> {
-    let sizes = (examples, batch, repeats);
+/// are copied to the device and normalised there, the sums read back at the end) of random
+/// images.
+pub fn bench_eval(model: &ModelSpec, sizes: PassSizes, device: &Device) -> Result<PassBench> {
+    let batch = sizes.batch;
     bench_pass(
         "eval",
         model,

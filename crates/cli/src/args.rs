@@ -387,6 +387,9 @@ pub struct PassBenchArgs {
     pub repeats: usize,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
+    /// Time each kernel (synchronising the device around each) and list them per pass.
+    #[arg(long)]
+    pub profile: bool,
     #[arg(long)]
     pub json: bool,
 }

@@ -465,6 +465,39 @@ fn reference_ops_from_the_environment_bypass_the_kernels() {
 }
 
 #[test]
+fn bench_eval_profiles_the_kernels_of_a_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "bench",
+        "eval",
+        "--arch",
+        "resnet",
+        "--width",
+        "4",
+        "--blocks",
+        "1",
+        "--examples",
+        "6",
+        "--batch",
+        "4",
+        "--repeats",
+        "2",
+        "--profile",
+        "--json",
+    ];
+    let r = json(&ok(&stepwise(dir.path(), &args)));
+    let kernels = r["kernels"].as_array().unwrap();
+    let kernel = |name: &str| kernels.iter().find(|k| k["kernel"] == name).unwrap();
+    // Two batches of stem + 3·2 convolutions + 2 projections, nothing backward.
+    assert_eq!(kernel("conv_forward")["calls"], 18, "{r}");
+    assert_eq!(kernel("conv_backward_data")["calls"], 0, "{r}");
+    let total: f64 = kernels.iter().map(|k| k["ms"].as_f64().unwrap()).sum();
+    let pass_ms = 1e3 * r["seconds"].as_f64().unwrap();
+    assert!(kernel("conv_forward")["ms"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(total > 0.0 && total < 3.0 * pass_ms, "{r}");
+}
+
+#[test]
 fn bench_analyze_times_the_block_pass() {
     let dir = tempfile::tempdir().unwrap();
     let out = ok(&stepwise(

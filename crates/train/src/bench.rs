@@ -113,7 +113,7 @@ pub fn bench_train(
         }
     }
     .map_err(|e| e.name_batch_if_out_of_memory(batch))?;
-    let kernels = (mode == StepMode::Profiled).then(|| per_step(profile::take(), &times));
+    let kernels = (mode == StepMode::Profiled).then(|| profile::per_run(profile::take(), &times));
     profile::enable(false);
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
@@ -163,24 +163,4 @@ fn timed_steps(
         }
     }
     Ok(times)
-}
-
-/// Kernel totals over the timed steps as means per step, plus the rest of the step.
-fn per_step(totals: Vec<KernelTime>, step_ms: &[f64]) -> Vec<KernelTime> {
-    let steps = step_ms.len() as f64;
-    let mut kernels: Vec<KernelTime> = totals
-        .into_iter()
-        .map(|k| KernelTime {
-            calls: (k.calls as f64 / steps).round() as u64,
-            ms: k.ms / steps,
-            ..k
-        })
-        .collect();
-    let in_kernels: f64 = kernels.iter().map(|k| k.ms).sum();
-    kernels.push(KernelTime {
-        kernel: "other",
-        calls: 0,
-        ms: step_ms.iter().sum::<f64>() / steps - in_kernels,
-    });
-    kernels
 }

@@ -1,7 +1,8 @@
 use crate::args::{BenchCommand, PassBenchArgs};
-use analysis::bench::{bench_analysis, bench_eval, PassBench};
+use analysis::bench::{bench_analysis, bench_eval, PassBench, PassSizes};
 use anyhow::Result;
 use resnet::candle_device;
+use resnet::ops::profile::KernelTime;
 use std::process::ExitCode;
 use train::bench::{bench_train, StepMode};
 
@@ -34,8 +35,8 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             if json {
                 return super::print_json(&r).map(|()| ExitCode::SUCCESS);
             }
-            let mut text = format!(
-                "{} depth {} {} batch {} on {}: {:.1} ms/step (median of {}), {:.0} images/s",
+            let text = format!(
+                "{} depth {} {} batch {} on {}: {:.1} ms/step (median of {}), {:.0} images/s{}",
                 r.arch,
                 r.depth,
                 r.dtype,
@@ -43,20 +44,9 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
                 r.device,
                 r.ms_per_step,
                 r.steps,
-                r.images_per_second
+                r.images_per_second,
+                kernel_lines(r.kernels.as_deref(), r.ms_per_step, "step"),
             );
-            // Left out: kernels that never ran, such as the BatchNorm statistics on the CPU
-            // (part of its forward kernel there).
-            let kernels = r.kernels.iter().flatten();
-            for k in kernels.filter(|k| k.calls > 0 || k.kernel == "other") {
-                text += &format!(
-                    "\n  {:<26} {:>8.1} ms/step {:>5.1}%  ({} calls)",
-                    k.kernel,
-                    k.ms,
-                    100.0 * k.ms / r.ms_per_step.max(f64::MIN_POSITIVE),
-                    k.calls
-                );
-            }
             super::print_text(&text)?;
         }
         BenchCommand::Analyze(args) => {
@@ -67,13 +57,8 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-type PassFn = fn(
-    &domain::ModelSpec,
-    usize,
-    usize,
-    usize,
-    &candle_core::Device,
-) -> analysis::Result<PassBench>;
+type PassFn =
+    fn(&domain::ModelSpec, PassSizes, &candle_core::Device) -> analysis::Result<PassBench>;
 
 fn bench_pass(args: PassBenchArgs, pass: PassFn, what: &str) -> Result<()> {
     let PassBenchArgs {
@@ -82,6 +67,7 @@ fn bench_pass(args: PassBenchArgs, pass: PassFn, what: &str) -> Result<()> {
         batch,
         repeats,
         device,
+        profile,
         json,
     } = args;
     anyhow::ensure!(examples > 0, "--examples must be at least 1");
@@ -89,13 +75,19 @@ fn bench_pass(args: PassBenchArgs, pass: PassFn, what: &str) -> Result<()> {
     anyhow::ensure!(repeats > 0, "--repeats must be at least 1");
     let spec = model.to_spec()?;
     let device = candle_device(device)?;
-    let r = pass(&spec, examples, batch, repeats, &device)?;
+    let sizes = PassSizes {
+        examples,
+        batch,
+        repeats,
+        profile,
+    };
+    let r = pass(&spec, sizes, &device)?;
     if json {
         return super::print_json(&r);
     }
     super::print_text(&format!(
         "{} depth {} {} {what} of {} examples in batches of {} on {}: \
-         {:.2} s (median of {}), {:.0} examples/s",
+         {:.2} s (median of {}), {:.0} examples/s{}",
         r.arch,
         r.depth,
         r.dtype,
@@ -104,6 +96,25 @@ fn bench_pass(args: PassBenchArgs, pass: PassFn, what: &str) -> Result<()> {
         r.device,
         r.seconds,
         r.repeats,
-        r.examples_per_second
+        r.examples_per_second,
+        kernel_lines(r.kernels.as_deref(), r.seconds * 1e3, "pass"),
     ))
+}
+
+/// One line per profiled kernel: its milliseconds per `unit` (a step or a pass), its share
+/// of `unit_ms`, its calls. Left out: kernels that never ran, such as the BatchNorm
+/// statistics on the CPU (part of its forward kernel there).
+fn kernel_lines(kernels: Option<&[KernelTime]>, unit_ms: f64, unit: &str) -> String {
+    let ran = kernels.into_iter().flatten();
+    ran.filter(|k| k.calls > 0 || k.kernel == "other")
+        .map(|k| {
+            format!(
+                "\n  {:<26} {:>8.1} ms/{unit} {:>5.1}%  ({} calls)",
+                k.kernel,
+                k.ms,
+                100.0 * k.ms / unit_ms.max(f64::MIN_POSITIVE),
+                k.calls
+            )
+        })
+        .collect()
 }

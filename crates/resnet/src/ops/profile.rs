@@ -120,6 +120,27 @@ pub fn take() -> Vec<KernelTime> {
     times
 }
 
+/// Kernel totals over timed runs (training steps, evaluation or analysis passes) of
+/// `run_ms` milliseconds each, as means per run, plus the rest of a run as `other`.
+pub fn per_run(totals: Vec<KernelTime>, run_ms: &[f64]) -> Vec<KernelTime> {
+    let runs = run_ms.len() as f64;
+    let mut kernels: Vec<KernelTime> = totals
+        .into_iter()
+        .map(|k| KernelTime {
+            calls: (k.calls as f64 / runs).round() as u64,
+            ms: k.ms / runs,
+            ..k
+        })
+        .collect();
+    let in_kernels: f64 = kernels.iter().map(|k| k.ms).sum();
+    kernels.push(KernelTime {
+        kernel: "other",
+        calls: 0,
+        ms: run_ms.iter().sum::<f64>() / runs - in_kernels,
+    });
+    kernels
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
