@@ -42,9 +42,10 @@ pub struct PassBench {
     pub kernels: Option<Vec<KernelTime>>,
 }
 
-/// How many examples, in which batches, how often, and whether the kernels are profiled.
+/// A pass benchmark: how many examples, in which batches, how often, and whether its
+/// kernels are profiled.
 #[derive(Clone, Copy, Debug)]
-pub struct PassSizes {
+pub struct PassSettings {
     pub examples: usize,
     pub batch: usize,
     pub repeats: usize,
@@ -63,17 +64,17 @@ const NORMALIZATION: Normalization = Normalization {
 fn bench_pass(
     name: &'static str,
     model: &ModelSpec,
-    sizes: PassSizes,
+    settings: PassSettings,
     device: &Device,
     pass: impl Fn(&ResNet, &Images) -> Result<f64>,
     probed_graph: bool,
 ) -> Result<PassBench> {
-    let PassSizes {
+    let PassSettings {
         examples,
         batch,
         repeats,
         profile,
-    } = sizes;
+    } = settings;
     let layout = model.layout()?;
     let net = ResNet::new(
         &layout,
@@ -132,10 +133,14 @@ fn probed_graph_mib(net: &ResNet, images: &Images, batch: usize) -> Result<f64> 
 }
 
 /// Times the cosine/ℓ2/drop analysis of random images.
-pub fn bench_analysis(model: &ModelSpec, sizes: PassSizes, device: &Device) -> Result<PassBench> {
-    let PassSizes {
+pub fn bench_analysis(
+    model: &ModelSpec,
+    settings: PassSettings,
+    device: &Device,
+) -> Result<PassBench> {
+    let PassSettings {
         examples, batch, ..
-    } = sizes;
+    } = settings;
     let mut run = RunSpec::new(model.clone(), DataSpec::new("random"));
     run.data.normalization = Some(NORMALIZATION);
     let spec = AnalysisSpec {
@@ -148,7 +153,7 @@ pub fn bench_analysis(model: &ModelSpec, sizes: PassSizes, device: &Device) -> R
     bench_pass(
         "analysis",
         model,
-        sizes,
+        settings,
         device,
         |net, images| {
             let input = Input {
@@ -167,12 +172,12 @@ pub fn bench_analysis(model: &ModelSpec, sizes: PassSizes, device: &Device) -> R
 /// Times the evaluation (loss and accuracy, BatchNorm in inference mode; each batch's bytes
 /// are copied to the device and normalised there, the sums read back at the end) of random
 /// images.
-pub fn bench_eval(model: &ModelSpec, sizes: PassSizes, device: &Device) -> Result<PassBench> {
-    let batch = sizes.batch;
+pub fn bench_eval(model: &ModelSpec, settings: PassSettings, device: &Device) -> Result<PassBench> {
+    let batch = settings.batch;
     bench_pass(
         "eval",
         model,
-        sizes,
+        settings,
         device,
         |net, images| {
             let started = Instant::now();

@@ -464,28 +464,26 @@ fn reference_ops_from_the_environment_bypass_the_kernels() {
     assert_eq!(kernel_calls, 0, "candle's ops ran instead: {r}");
 }
 
+/// `stepwise bench PASS` (`eval` or `analyze`) of a tiny model on 6 examples in batches of
+/// 4, with `extra` flags, as JSON: the output and its value.
+fn bench_tiny_pass(pass: &str, extra: &[&str]) -> (String, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = ["--arch", "resnet", "--width", "4", "--blocks", "1"];
+    let sizes = ["--examples", "6", "--batch", "4", "--json"];
+    let args: Vec<&str> = ["bench", pass]
+        .into_iter()
+        .chain(tiny)
+        .chain(sizes)
+        .chain(extra.iter().copied())
+        .collect();
+    let out = ok(&stepwise(dir.path(), &args));
+    let value = json(&out);
+    (out, value)
+}
+
 #[test]
 fn bench_eval_profiles_the_kernels_of_a_pass() {
-    let dir = tempfile::tempdir().unwrap();
-    let args = [
-        "bench",
-        "eval",
-        "--arch",
-        "resnet",
-        "--width",
-        "4",
-        "--blocks",
-        "1",
-        "--examples",
-        "6",
-        "--batch",
-        "4",
-        "--repeats",
-        "2",
-        "--profile",
-        "--json",
-    ];
-    let r = json(&ok(&stepwise(dir.path(), &args)));
+    let (_, r) = bench_tiny_pass("eval", &["--repeats", "2", "--profile"]);
     let kernels = r["kernels"].as_array().unwrap();
     let kernel = |name: &str| kernels.iter().find(|k| k["kernel"] == name).unwrap();
     // Two batches of stem + 3·2 convolutions + 2 projections, nothing backward.
@@ -499,28 +497,7 @@ fn bench_eval_profiles_the_kernels_of_a_pass() {
 
 #[test]
 fn bench_analyze_times_the_block_pass() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = ok(&stepwise(
-        dir.path(),
-        &[
-            "bench",
-            "analyze",
-            "--arch",
-            "resnet",
-            "--width",
-            "4",
-            "--blocks",
-            "1",
-            "--examples",
-            "6",
-            "--batch",
-            "4",
-            "--repeats",
-            "1",
-            "--json",
-        ],
-    ));
-    let r = json(&out);
+    let (out, r) = bench_tiny_pass("analyze", &["--repeats", "1"]);
     assert_eq!(r["examples"], 6, "{out}");
     assert_eq!(r["batch"], 4);
     assert_eq!(r["depth"], 8);
@@ -532,6 +509,7 @@ fn bench_analyze_times_the_block_pass() {
         seconds > 0.0 && (rate * seconds - 6.0).abs() < 1e-6,
         "{out}"
     );
+    let dir = tempfile::tempdir().unwrap();
     let err = failed(&stepwise(
         dir.path(),
         &["bench", "analyze", "--arch", "resnet", "--examples", "0"],

@@ -1,5 +1,5 @@
 use crate::args::{BenchCommand, PassBenchArgs};
-use analysis::bench::{bench_analysis, bench_eval, PassBench, PassSizes};
+use analysis::bench::{bench_analysis, bench_eval, PassBench, PassSettings};
 use anyhow::Result;
 use resnet::candle_device;
 use resnet::ops::profile::KernelTime;
@@ -58,7 +58,7 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
 }
 
 type PassFn =
-    fn(&domain::ModelSpec, PassSizes, &candle_core::Device) -> analysis::Result<PassBench>;
+    fn(&domain::ModelSpec, PassSettings, &candle_core::Device) -> analysis::Result<PassBench>;
 
 fn bench_pass(args: PassBenchArgs, pass: PassFn, what: &str) -> Result<()> {
     let PassBenchArgs {
@@ -75,13 +75,13 @@ fn bench_pass(args: PassBenchArgs, pass: PassFn, what: &str) -> Result<()> {
     anyhow::ensure!(repeats > 0, "--repeats must be at least 1");
     let spec = model.to_spec()?;
     let device = candle_device(device)?;
-    let sizes = PassSizes {
+    let settings = PassSettings {
         examples,
         batch,
         repeats,
         profile,
     };
-    let r = pass(&spec, sizes, &device)?;
+    let r = pass(&spec, settings, &device)?;
     if json {
         return super::print_json(&r);
     }
