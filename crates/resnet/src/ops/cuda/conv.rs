@@ -2,9 +2,8 @@
 //! gradient is stepwise's channel-sum kernel.
 //! Per thread and device: one cuDNN handle on candle's stream, one persistent workspace that
 //! only grows, and per convolution shape a plan — descriptors plus the algorithm of each
-//! direction, found once by timing every candidate (as PyTorch's `cudnn.benchmark`): of the
-//! deterministic ones, so that two runs on one machine agree, the fastest, or one as fast
-//! with less workspace (`choose!`).
+//! direction, found once by timing every candidate (as PyTorch's `cudnn.benchmark`). The
+//! fastest deterministic algorithm is taken, so that two runs on one machine agree.
 //! f32 tensors: [`ConvMath::Exact`] sets the FMA math type, which rules out TF32 tensor
 //! cores; [`ConvMath::Tf32`] the default math type, which lets cuDNN time TF32 tensor-core
 //! algorithms too (PyTorch's settings for `allow_tf32` off and on). bf16 tensors run
@@ -158,36 +157,18 @@ struct Plan {
     backward_filter: Chosen<sys::cudnnConvolutionBwdFilterAlgo_t>,
 }
 
-/// Algorithms within this factor of the fastest one's time count as equally fast.
-const NEAR_FASTEST: f32 = 1.05;
-
-/// Of cuDNN's timed candidates, those that succeeded and fit the workspace limit, the
-/// deterministic ones if any is: the one with the least workspace among those within
-/// [`NEAR_FASTEST`] of the fastest. The workspace persists, memory no activation can use
-/// (PyTorch's returns to its allocator after each call), while timings that close are
-/// within the noise of cuDNN's measurement.
+/// Of cuDNN's timed candidates (fastest first), the first that succeeded, is deterministic
+/// and fits the workspace limit; else the first that succeeded.
 macro_rules! choose {
     ($perf:expr, $count:expr) => {{
-        let ok: Vec<_> = $perf[..$count as usize]
+        let ok = $perf[..$count as usize]
             .iter()
             .filter(|p| p.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS)
-            .filter(|p| p.memory <= MAX_WORKSPACE)
-            .collect();
-        let deterministic: Vec<_> = ok
-            .iter()
-            .copied()
-            .filter(|p| p.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC)
-            .collect();
-        let pool = if deterministic.is_empty() {
-            ok
-        } else {
-            deterministic
-        };
-        let fastest = pool.iter().map(|p| p.time).fold(f32::INFINITY, f32::min);
-        let chosen = pool
-            .iter()
-            .filter(|p| p.time <= fastest * NEAR_FASTEST)
-            .min_by_key(|p| p.memory);
+            .filter(|p| p.memory <= MAX_WORKSPACE);
+        let chosen = ok
+            .clone()
+            .find(|p| p.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC)
+            .or_else(|| ok.clone().next());
         match chosen {
             Some(p) => (p.algo, p.memory, p.mathType),
             None => return Err(CudnnError(sys::cudnnStatus_t::CUDNN_STATUS_NOT_SUPPORTED)),
