@@ -30,11 +30,32 @@ __device__ void block_sum2(double &a, double &b) {
 // block of the channel to finish (counted in `counters`, which it resets to zero) adds the
 // partials in split order — so results do not depend on block scheduling.
 
-// Element `j` (over images and positions) of channel `ch`.
-__device__ __forceinline__ uint32_t at(uint32_t j, uint32_t ch, uint32_t c, uint32_t hw) {
-  const uint32_t img = j / hw;
-  return (img * c + ch) * hw + (j - img * hw);
-}
+// A thread's walk over its block's share of a channel's elements: j = begin + threadIdx.x,
+// then blockDim.x apart, kept as (image, position) so that finding element j in (N, C, HW)
+// takes no integer division per element (one per thread).
+struct ChannelWalk {
+  uint32_t j, img, pos, step_img, step_pos;
+  __device__ ChannelWalk(uint32_t begin, uint32_t hw) {
+    j = begin + threadIdx.x;
+    img = j / hw;
+    pos = j - img * hw;
+    step_img = blockDim.x / hw;
+    step_pos = blockDim.x - step_img * hw;
+  }
+  // Element j of channel `ch`.
+  __device__ uint32_t index(uint32_t ch, uint32_t c, uint32_t hw) const {
+    return (img * c + ch) * hw + pos;
+  }
+  __device__ void next(uint32_t hw) {
+    j += blockDim.x;
+    img += step_img;
+    pos += step_pos;
+    if (pos >= hw) {  // both below hw before: one carry at most
+      pos -= hw;
+      ++img;
+    }
+  }
+};
 
 // This block's range of its channel's `m` elements.
 __device__ __forceinline__ void share(uint32_t m, uint32_t &begin, uint32_t &end) {
@@ -91,8 +112,8 @@ __device__ void bn_stats(const T *x, uint32_t n, uint32_t c, uint32_t hw, float 
   uint32_t begin, end;
   share(m, begin, end);
   double s = 0.0, ss = 0.0;
-  for (uint32_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
-    const double v = ld(x[at(j, ch, c, hw)]);
+  for (ChannelWalk w(begin, hw); w.j < end; w.next(hw)) {
+    const double v = ld(x[w.index(ch, c, hw)]);
     s += v;
     ss += v * v;
   }
@@ -116,19 +137,27 @@ __device__ void channel_sum(const T *dy, uint32_t n, uint32_t c, uint32_t hw, T 
   uint32_t begin, end;
   share(n * hw, begin, end);
   double s = 0.0, unused = 0.0;
-  for (uint32_t j = begin + threadIdx.x; j < end; j += blockDim.x) s += ld(dy[at(j, ch, c, hw)]);
+  for (ChannelWalk w(begin, hw); w.j < end; w.next(hw)) s += ld(dy[w.index(ch, c, hw)]);
   if (finish_channel(s, unused, partials, counters)) sums[ch] = st<T>((float)s);
 }
+
+// The elementwise kernels over (N, C, HW) run one block per (image, channel) plane,
+// blockIdx.x = image·C + channel, its threads over the plane's positions: a thread finds its
+// channel and that channel's constants once instead of per element. `total` = N·C·HW (a
+// grid of one block for an empty tensor does nothing).
 
 // y = (y + bias[ch]) [+ add]: a convolution's bias and, in a residual block, its shortcut,
 // in place on its output.
 template <typename T>
 __device__ void add_channel_bias(T *y, const T *bias, const T *add, uint32_t c, uint32_t hw,
                                  uint32_t total) {
-  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
-       i += gridDim.x * blockDim.x) {
+  const size_t base = (size_t)blockIdx.x * hw;
+  if (base >= total) return;
+  const float b = ld(bias[blockIdx.x % c]);
+  for (uint32_t p = threadIdx.x; p < hw; p += blockDim.x) {
+    const size_t i = base + p;
     // (y + bias) + add: the order of the separate additions, so f32 values stay the same.
-    float v = ld(y[i]) + ld(bias[(i / hw) % c]);
+    float v = ld(y[i]) + b;
     if (add != nullptr) v += ld(add[i]);
     y[i] = st<T>(v);
   }
@@ -142,12 +171,13 @@ template <typename T>
 __device__ void bn_relu_fwd(const T *x, const float *mean, const float *var, const float *gamma,
                             const float *beta, float eps, uint32_t c, uint32_t hw,
                             uint32_t total, T *y) {
-  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
-       i += gridDim.x * blockDim.x) {
-    const uint32_t ch = (i / hw) % c;
-    const float scale = gamma[ch] / sqrtf(var[ch] + eps);
-    const float shift = beta[ch] - mean[ch] * scale;
-    y[i] = st<T>(relu(ld(x[i]) * scale + shift));
+  const size_t base = (size_t)blockIdx.x * hw;
+  if (base >= total) return;
+  const uint32_t ch = blockIdx.x % c;
+  const float scale = gamma[ch] / sqrtf(var[ch] + eps);
+  const float shift = beta[ch] - mean[ch] * scale;
+  for (uint32_t p = threadIdx.x; p < hw; p += blockDim.x) {
+    y[base + p] = st<T>(relu(ld(x[base + p]) * scale + shift));
   }
 }
 
@@ -162,8 +192,8 @@ __device__ void bn_relu_bwd_reduce(const T *x, const T *y, const T *dy, const fl
   share(n * hw, begin, end);
   const float mu = mean[ch];
   double s = 0.0, dot = 0.0;
-  for (uint32_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
-    const uint32_t i = at(j, ch, c, hw);
+  for (ChannelWalk w(begin, hw); w.j < end; w.next(hw)) {
+    const uint32_t i = w.index(ch, c, hw);
     const float dz = ld(y[i]) > 0.f ? ld(dy[i]) : 0.f;
     s += dz;
     dot += (double)dz * (ld(x[i]) - mu);
@@ -179,16 +209,19 @@ __device__ void bn_relu_bwd_dx(const T *x, const T *y, const T *dy, const float 
                                const float *var, const float *gamma, const float *dgamma,
                                const float *dbeta, float eps, uint32_t c, uint32_t hw,
                                uint32_t total, int batch_stats, T *dx) {
+  const size_t base = (size_t)blockIdx.x * hw;
+  if (base >= total) return;
+  const uint32_t ch = blockIdx.x % c;
   const float m = (float)(total / c);
-  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
-       i += gridDim.x * blockDim.x) {
-    const uint32_t ch = (i / hw) % c;
-    const float invstd = 1.f / sqrtf(var[ch] + eps);
-    const float k = gamma[ch] * invstd;
+  const float invstd = 1.f / sqrtf(var[ch] + eps);
+  const float k = gamma[ch] * invstd;
+  const float mu = mean[ch], dg = dgamma[ch], db_over_m = dbeta[ch] / m;
+  for (uint32_t p = threadIdx.x; p < hw; p += blockDim.x) {
+    const size_t i = base + p;
     const float dz = ld(y[i]) > 0.f ? ld(dy[i]) : 0.f;
     if (batch_stats) {
-      const float xhat = (ld(x[i]) - mean[ch]) * invstd;
-      dx[i] = st<T>(k * (dz - dbeta[ch] / m - xhat * dgamma[ch] / m));
+      const float xhat = (ld(x[i]) - mu) * invstd;
+      dx[i] = st<T>(k * (dz - db_over_m - xhat * dg / m));
     } else {
       dx[i] = st<T>(k * dz);
     }

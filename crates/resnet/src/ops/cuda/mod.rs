@@ -130,6 +130,18 @@ fn elementwise(n: usize) -> LaunchConfig {
     }
 }
 
+/// One block per (image, channel) plane of an (N, C, HW) tensor, its threads over the plane's
+/// positions: the launch of kernels.cu's per-plane elementwise kernels.
+fn planes((n, c, hw): (usize, usize, usize)) -> LaunchConfig {
+    let threads = hw.next_multiple_of(32).clamp(32, 256) as u32;
+    LaunchConfig {
+        // Below 2³¹ as the element count is (`u32_size`); one block does nothing when empty.
+        grid_dim: ((n * c).max(1) as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// Scratch memory of the per-channel reductions (see kernels.cu): partial sums, and per
 /// channel a counter of finished blocks that the last block resets to zero. Reused by every
 /// reduction of the device, which one stream runs one after another.
@@ -220,19 +232,19 @@ pub(super) fn add_channel_bias(
     let total = n * c * hw;
     let f = function_for(dev, "add_channel_bias", dtype)?;
     let stream = dev.cuda_stream();
-    let (c, hw, total32) = (u32_size(c)?, u32_size(hw)?, u32_size(total)?);
+    let (c32, hw32, total32) = (u32_size(c)?, u32_size(hw)?, u32_size(total)?);
     // The kernel reads no addend through a null pointer.
     let add = add.unwrap_or(0);
     let mut b = stream.launch_builder(&f);
     b.arg(&y)
         .arg(&bias)
         .arg(&add)
-        .arg(&c)
-        .arg(&hw)
+        .arg(&c32)
+        .arg(&hw32)
         .arg(&total32);
     // Safety: `y` and `add` (unless null) hold N·C·HW and `bias` C values of `dtype`; `y`
     // is written in place (see the module comment).
-    unsafe { b.launch(elementwise(total)) }.w()?;
+    unsafe { b.launch(planes((n, c, hw))) }.w()?;
     Ok(())
 }
 
@@ -366,7 +378,7 @@ impl CustomOp3 for BatchNormRelu {
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         timed_cuda(Kernel::BatchNormReluForward, &xs.device, || {
-            let (_, c, hw) = dims4(xl)?;
+            let (n, c, hw) = dims4(xl)?;
             if gl.shape().elem_count() != c || bl.shape().elem_count() != c {
                 bail!("batch-norm: {c} channels but {:?} parameters", gl.dims());
             }
@@ -380,7 +392,7 @@ impl CustomOp3 for BatchNormRelu {
             let (y, out) = alloc(dev, xs.dtype(), total)?;
             let f = function_for(dev, "bn_relu_fwd", xs.dtype())?;
             let stream = dev.cuda_stream();
-            let (eps, c32, hw, total32) = (
+            let (eps, c32, hw32, total32) = (
                 self.eps as f32,
                 u32_size(c)?,
                 u32_size(hw)?,
@@ -388,9 +400,9 @@ impl CustomOp3 for BatchNormRelu {
             );
             let mut b = stream.launch_builder(&f);
             b.arg(&x).arg(&mean).arg(&var).arg(&gamma).arg(&beta);
-            b.arg(&eps).arg(&c32).arg(&hw).arg(&total32).arg(&out);
+            b.arg(&eps).arg(&c32).arg(&hw32).arg(&total32).arg(&out);
             // Safety: as in `BatchStats`.
-            unsafe { b.launch(elementwise(total)) }.w()?;
+            unsafe { b.launch(planes((n, c, hw))) }.w()?;
             Ok((y, xl.shape().clone()))
         })
     }
@@ -495,7 +507,7 @@ impl CustomOp3 for BatchNormReluBackward {
             b.arg(&dgamma).arg(&dbeta).arg(&eps).arg(&c32).arg(&hw32);
             b.arg(&total32).arg(&batch_stats).arg(&dx);
             // Safety: as above.
-            unsafe { b.launch(elementwise(total)) }.w()?;
+            unsafe { b.launch(planes((n, c, hw))) }.w()?;
             *self.params.lock().expect("not poisoned") = Some(params);
             Ok((dx_storage, xl.shape().clone()))
         })
