@@ -72,7 +72,7 @@ ab() {
   done
 }
 
-# Where a step's time goes: stepwise's kernels (synchronised around each) beside PyTorch's
+# Where a step's time goes: stepwise's kernels (GPU time between events) beside PyTorch's
 # operators (torch.profiler), for the wide model in bf16 (both PyTorch layouts) and ResNet-56
 # in TF32, batch 128; then stepwise's kernels in ResNet-110's evaluation and analysis passes,
 # f32 and TF32.

@@ -36,8 +36,8 @@ pub struct PassBench {
     /// no graph.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub graph_mib: Option<f64>,
-    /// With profiling: each kernel's time and calls per pass (the device synchronised around
-    /// every kernel, so `seconds` is then the profiled pass's), and the rest as `other`.
+    /// With profiling: each kernel's time and calls per pass (`seconds` is then the profiled
+    /// pass's), and the rest as `other`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernels: Option<Vec<KernelTime>>,
 }
@@ -100,7 +100,9 @@ fn bench_pass(
         }
     }
     let run_ms: Vec<f64> = times.iter().map(|s| s * 1e3).collect();
-    let kernels = profile.then(|| profile::per_run(profile::take(), &run_ms));
+    let kernels = profile
+        .then(|| profile::take().map(|totals| profile::per_run(totals, &run_ms)))
+        .transpose()?;
     profile::enable(false);
     times.sort_by(f64::total_cmp);
     let seconds = times[times.len() / 2];

@@ -354,7 +354,7 @@ pub enum BenchCommand {
         #[arg(long, default_value = "cpu")]
         device: DeviceSpec,
         /// Also time each kernel (convolution, BatchNorm+ReLU, SGD) within the timed steps;
-        /// on CUDA the device is synchronised around each, which slows the step.
+        /// on CUDA by events on the stream around each (GPU time, no synchronisation).
         #[arg(long)]
         profile: bool,
         /// CUDA: time the trainer's graph steps — forward, backward and update captured
@@ -387,7 +387,7 @@ pub struct PassBenchArgs {
     pub repeats: usize,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
-    /// Time each kernel (synchronising the device around each) and list them per pass.
+    /// Time each kernel (on CUDA by events around each) and list them per pass.
     #[arg(long)]
     pub profile: bool,
     #[arg(long)]

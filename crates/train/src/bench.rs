@@ -49,7 +49,7 @@ pub enum StepMode {
     /// The training loop's own step (which reads the loss and the hits back).
     #[default]
     Loop,
-    /// Each kernel timed as well (on CUDA with a synchronisation around each).
+    /// Each kernel timed as well (on CUDA by events on the stream around each).
     Profiled,
     /// The trainer's step on CUDA: captured once as a CUDA graph and replayed.
     CudaGraph,
@@ -113,7 +113,9 @@ pub fn bench_train(
         }
     }
     .map_err(|e| e.name_batch_if_out_of_memory(batch))?;
-    let kernels = (mode == StepMode::Profiled).then(|| profile::per_run(profile::take(), &times));
+    let kernels = (mode == StepMode::Profiled)
+        .then(|| profile::take().map(|totals| profile::per_run(totals, &times)))
+        .transpose()?;
     profile::enable(false);
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];

@@ -24,7 +24,8 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             let device = candle_device(device)?;
             anyhow::ensure!(
                 !(profile && cuda_graph),
-                "--profile synchronises around every kernel; it does not combine with --cuda-graph"
+                "--profile times each kernel call, which a CUDA graph's replays do not make; \
+                 it does not combine with --cuda-graph"
             );
             let mode = match (profile, cuda_graph) {
                 (true, _) => StepMode::Profiled,

@@ -1,9 +1,10 @@
-//! Per-kernel wall-clock timers, off unless a benchmark turns them on: they show where a
-//! training step's time goes (`stepwise bench train --profile`). A CPU kernel runs to
-//! completion inside its op call, so the time spent in the call is the kernel's. CUDA work
-//! runs asynchronously, so [`timed_cuda`] synchronises the device before and after: the time
-//! is then the kernels' own, launches included, and a profiled step loses the overlap of
-//! host and device a plain one has.
+//! Per-kernel timers, off unless a benchmark turns them on: they show where a training step
+//! or a pass goes (`stepwise bench train|eval|analyze --profile`). A CPU kernel runs to
+//! completion inside its op call, so the wall-clock time of the call is the kernel's. CUDA
+//! work runs asynchronously, so [`timed_cuda`] records an event on the stream before and
+//! after the call and [`take`] adds up the GPU time between them: nothing is synchronised,
+//! so a profiled step keeps its overlap of host and device. While the GPU waits for the host
+//! (a launch-bound step), that wait falls between the events too and counts to the kernel.
 
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -62,6 +63,13 @@ fn reset() {
         n.store(0, Ordering::Relaxed);
         c.store(0, Ordering::Relaxed);
     }
+    #[cfg(feature = "cuda")]
+    cuda_events::PENDING.with(|p| p.borrow_mut().clear());
+}
+
+fn add(kernel: Kernel, nanos: u64) {
+    NANOS[kernel as usize].fetch_add(nanos, Ordering::Relaxed);
+    CALLS[kernel as usize].fetch_add(1, Ordering::Relaxed);
 }
 
 /// Runs `f`, adding its wall-clock time to `kernel` when the timers are on.
@@ -71,31 +79,57 @@ pub(crate) fn timed<R>(kernel: Kernel, f: impl FnOnce() -> R) -> R {
     }
     let started = Instant::now();
     let r = f();
-    let i = kernel as usize;
-    NANOS[i].fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    CALLS[i].fetch_add(1, Ordering::Relaxed);
+    add(kernel, started.elapsed().as_nanos() as u64);
     r
 }
 
-/// Runs `f`, which queues work on `device`, adding the time until that work is done to
-/// `kernel` when the timers are on; the device is synchronised first, so earlier work does
-/// not count. Never on while a CUDA graph is captured (a synchronisation would end it).
+/// Runs `f`, which queues work on `device`'s stream, between two timing events when the
+/// timers are on ([`take`] adds the GPU time between them to `kernel`). Never on while a
+/// CUDA graph is captured.
 #[cfg(feature = "cuda")]
 pub(crate) fn timed_cuda<R>(
     kernel: Kernel,
     device: &candle_core::CudaDevice,
     f: impl FnOnce() -> candle_core::Result<R>,
 ) -> candle_core::Result<R> {
-    use candle_core::backend::BackendDevice;
+    use candle_core::cuda_backend::cudarc::driver::sys::CUevent_flags;
+    use candle_core::cuda_backend::WrapErr;
     if !ENABLED.load(Ordering::Relaxed) {
         return f();
     }
-    device.synchronize()?;
-    timed(kernel, || {
-        let r = f()?;
-        device.synchronize()?;
-        Ok(r)
-    })
+    let stream = device.cuda_stream();
+    let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
+    let start = stream.record_event(timing).w()?;
+    let r = f()?;
+    let end = stream.record_event(timing).w()?;
+    cuda_events::PENDING.with(|p| p.borrow_mut().push((kernel, start, end)));
+    Ok(r)
+}
+
+/// The events of timed CUDA calls whose times [`take`] has not added yet (this thread's:
+/// a device's work is queued from the thread that owns it).
+#[cfg(feature = "cuda")]
+mod cuda_events {
+    use super::Kernel;
+    use candle_core::cuda_backend::cudarc::driver::CudaEvent;
+    use std::cell::RefCell;
+
+    thread_local! {
+        pub(super) static PENDING: RefCell<Vec<(Kernel, CudaEvent, CudaEvent)>> =
+            const { RefCell::new(Vec::new()) };
+    }
+
+    /// Waits for the pending events and adds the time between each pair to its kernel.
+    pub(super) fn resolve() -> candle_core::Result<()> {
+        use candle_core::cuda_backend::WrapErr;
+        PENDING.with(|p| {
+            for (kernel, start, end) in p.borrow_mut().drain(..) {
+                let ms = start.elapsed_ms(&end).w()?;
+                super::add(kernel, (f64::from(ms) * 1e6) as u64);
+            }
+            Ok(())
+        })
+    }
 }
 
 /// Time and calls of one kernel since the timers were (re)started.
@@ -106,8 +140,11 @@ pub struct KernelTime {
     pub ms: f64,
 }
 
-/// The kernels' totals since the last [`enable`] or [`take`], then restarts them.
-pub fn take() -> Vec<KernelTime> {
+/// The kernels' totals since the last [`enable`] or [`take`] (waiting for the GPU's timed
+/// work), then restarts them.
+pub fn take() -> candle_core::Result<Vec<KernelTime>> {
+    #[cfg(feature = "cuda")]
+    cuda_events::resolve()?;
     let times = Kernel::ALL
         .iter()
         .map(|&k| KernelTime {
@@ -117,7 +154,7 @@ pub fn take() -> Vec<KernelTime> {
         })
         .collect();
     reset();
-    times
+    Ok(times)
 }
 
 /// Kernel totals over timed runs (training steps, evaluation or analysis passes) of
@@ -162,10 +199,10 @@ mod tests {
         enable(true);
         conv_once();
         conv_once();
-        let on = take();
+        let on = take().unwrap();
         enable(false);
         conv_once();
-        let off = take();
+        let off = take().unwrap();
         // Other tests may run kernels at the same time, so at least our two calls.
         assert!(forward(&on).calls >= 2, "{on:?}");
         assert!(forward(&on).ms > 0.0);
