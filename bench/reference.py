@@ -627,9 +627,9 @@ def analysis_pass(net, x, y):
     probed forward, the gradient at every block input of the loss whose per-example logit
     gradients have unit norm (`logit_gradient`), cos(F_i(h_i), ∂L/∂h_i) and
     ‖F_i(h_i)‖/‖base‖ per example (base: h_i, or the projection of a projection block, whose
-    gradient is taken at its output); then a second forward, and every block dropped in
-    turn with the rest of the network run on its shortcut. Returns the per-example values and
-    the drop sums so nothing is optimised away."""
+    gradient is taken at its output); then, from the same forward, the network's own
+    predictions and every block dropped in turn with the rest of the network run on its
+    shortcut. Returns the per-example values and the drop sums so nothing is optimised away."""
     inputs, residuals, bases, outputs = probe(net, x)
     inputs.append(outputs[-1])
     logits = net.head(outputs[-1])
@@ -640,8 +640,6 @@ def analysis_pass(net, x, y):
             g = grads[i + 1] if base is not inputs[i] else grads[i]
             cos.append(cosine(f, g))
             l2.append(f.flatten(1).norm(dim=1) / base.flatten(1).norm(dim=1))
-        _, _, bases, outputs = probe(net, x)
-        logits = net.head(outputs[-1])
         drops = [(logits.argmax(1) == y).sum(), F.cross_entropy(logits, y, reduction="sum")]
         blocks = flat_blocks(net)
         for i, base in enumerate(bases):
