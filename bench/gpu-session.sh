@@ -73,7 +73,7 @@ ab() {
 }
 
 # Where a step's time goes: stepwise's kernels (GPU time between events) beside PyTorch's
-# operators (torch.profiler), for the wide model in bf16 (both PyTorch layouts) and ResNet-56
+# operators (torch.profiler), for the wide model in bf16 (both layouts on both sides) and ResNet-56
 # in TF32, batch 128; then stepwise's kernels in ResNet-110's evaluation and analysis passes,
 # f32 and TF32.
 profile() {
@@ -83,8 +83,15 @@ profile() {
     read -r model dtype precisions <<< "$run"
     local flags=(--arch "${model%-*}")
     [ "$model" != "${model%-*}" ] && flags+=(--depth "${model#*-}")
-    echo "stepwise $model $dtype:"
-    timeout 60 $S bench train "${flags[@]}" --dtype "$dtype" --batch 128 --steps 5 --warmup 3 --device cuda --profile 2>&1
+    local formats=(default)
+    [ "$dtype" = bf16 ] && formats+=(nchw)
+    for format in "${formats[@]}"; do
+      local format_flags=()
+      [ "$format" != default ] && format_flags=(--memory-format "$format")
+      echo "stepwise $model $dtype ($format memory format):"
+      timeout 60 $S bench train "${flags[@]}" "${format_flags[@]}" --dtype "$dtype" --batch 128 --steps 5 \
+        --warmup 3 --device cuda --profile 2>&1
+    done
     $S model summary "${flags[@]}" --dtype "$dtype" --json > "$summary"
     for precision in ${precisions//,/ }; do
       echo "pytorch $model $precision:"

@@ -10,9 +10,10 @@ fp32 models: stepwise runs twice, `--dtype f32` (exact FMA convolutions) and `--
 (TF32 convolutions) and strict fp32 (TF32 off). Each row gives both pairings of like math and
 the headline ratio: stepwise's faster against PyTorch's faster. With `--cuda-graph`, stepwise's
 training step also runs captured as a CUDA graph (`f32+graph`, `tf32+graph`), which the
-like-math ratios take where it is faster. bf16 models are compared with PyTorch
-autocast-bf16 + channels_last (`bf16`) and autocast-bf16 in the default NCHW layout
-(`bf16-nchw`, stepwise's own layout): the pair shows what channels-last is worth to PyTorch.
+like-math ratios take where it is faster. bf16 models run in both memory formats on both
+sides: stepwise's channels-last (its default for bf16 on CUDA, `bf16`) and NCHW
+(`--memory-format nchw`, `bf16-nchw`), PyTorch's autocast-bf16 + channels_last (`bf16`) and
+autocast-bf16 in the default NCHW layout (`bf16-nchw`); like math pairs like layouts.
 Peak memory is the driver's figure for each process
 (nvidia-smi, polled) and PyTorch's own max_memory_reserved; stepwise's training rows carry its
 own estimate (`estimated_gpu_peak_mib`) for comparison, and its training and analysis rows
@@ -90,7 +91,7 @@ def compare(ours, theirs, rate):
     ok = lambda runs: {k: v for k, v in runs.items() if rate in v}
     ours_ok, theirs_ok = ok(ours), ok(theirs)
     row = {"ratios_like_math": {}}
-    for mine, other in [("f32", "fp32"), ("tf32", "default"), ("bf16", "bf16"), ("bf16", "bf16-nchw")]:
+    for mine, other in [("f32", "fp32"), ("tf32", "default"), ("bf16", "bf16"), ("bf16-nchw", "bf16-nchw")]:
         candidates = [r[rate] for k, r in ours_ok.items() if k.split("+")[0] == mine]
         if candidates and other in theirs_ok:
             row["ratios_like_math"][f"{mine}/{other}"] = max(candidates) / theirs_ok[other][rate]
@@ -140,13 +141,14 @@ def main():
         common = ["--batch", str(batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
 
         def train(summary):
-            variants = [(d, []) for d in (["bf16"] if dtype == "bf16" else ["f32", "tf32"])]
+            # (name, dtype, flags)
+            variants = ([("bf16", "bf16", []), ("bf16-nchw", "bf16", ["--memory-format", "nchw"])]
+                        if dtype == "bf16" else [("f32", "f32", []), ("tf32", "tf32", [])])
             if args.cuda_graph:
-                variants += [(d, ["--cuda-graph"]) for d, _ in list(variants)]
-            ours = {d + ("+graph" if extra else ""):
-                    run_measured([args.stepwise, "bench", "train", *model_flags(model, d), *common, *extra,
-                                  "--device", args.device, "--json"], args.timeout)
-                    for d, extra in variants}
+                variants += [(name + "+graph", d, [*flags, "--cuda-graph"]) for name, d, flags in list(variants)]
+            ours = {name: run_measured([args.stepwise, "bench", "train", *model_flags(model, d), *common, *flags,
+                                        "--device", args.device, "--json"], args.timeout)
+                    for name, d, flags in variants}
             theirs = {prec: run_measured([*reference, "bench", "--summary", summary, *common, "--device", args.device,
                                           "--precision", prec], args.timeout)
                       for prec in (["bf16", "bf16-nchw"] if dtype == "bf16" else ["default", "fp32"])}

@@ -80,7 +80,7 @@ fn bench_pass(
         &layout,
         &mut rng(0, Stream::Init, 0, 0),
         device,
-        Dtypes::for_precision(model.dtype),
+        Dtypes::for_precision_on(model.dtype, device),
     )?;
     let mut r = rng(0, Stream::Augment, 0, 0);
     let images = Images {

@@ -6,6 +6,7 @@ use domain::{
     AnalysisKind, AnalysisSpec, Arch, DeviceSpec, GradientKind, ModelSpec, Precision,
     SchedulePreset, Sharing, Split,
 };
+use resnet::ops::MemoryFormat;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -167,6 +168,22 @@ pub enum DataCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `--memory-format`: resnet's [`MemoryFormat`] on the command line.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum MemoryFormatArg {
+    Nchw,
+    ChannelsLast,
+}
+
+impl From<MemoryFormatArg> for MemoryFormat {
+    fn from(arg: MemoryFormatArg) -> Self {
+        match arg {
+            MemoryFormatArg::Nchw => Self::Nchw,
+            MemoryFormatArg::ChannelsLast => Self::ChannelsLast,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -361,6 +378,10 @@ pub enum BenchCommand {
         /// once as a CUDA graph and replayed, the loss and hits read after each replay.
         #[arg(long)]
         cuda_graph: bool,
+        /// The activations' memory format; by default training's: channels-last for bf16
+        /// on CUDA, NCHW otherwise (channels-last elsewhere runs through NCHW copies).
+        #[arg(long, value_enum)]
+        memory_format: Option<MemoryFormatArg>,
         #[arg(long)]
         json: bool,
     },

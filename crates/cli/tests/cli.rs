@@ -403,8 +403,9 @@ fn a_failed_download_reports_and_leaves_nothing() {
     assert!(left.is_empty() || left == [0], "{left:?}");
 }
 
-/// `stepwise bench train --profile --json` of a tiny model, optionally on candle's own ops.
-fn bench_train_profile(reference_ops: bool) -> serde_json::Value {
+/// `stepwise bench train --profile --json` of a tiny model with `extra` flags, optionally on
+/// candle's own ops.
+fn bench_train_profile(reference_ops: bool, extra: &[&str]) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let mut command = command(dir.path());
     if reference_ops {
@@ -428,12 +429,13 @@ fn bench_train_profile(reference_ops: bool) -> serde_json::Value {
         "--profile",
         "--json",
     ];
-    json(&ok(&command.args(args).output().unwrap()))
+    json(&ok(&command.args(args).args(extra).output().unwrap()))
 }
 
 #[test]
 fn bench_train_profiles_the_cpu_kernels() {
-    let r = bench_train_profile(false);
+    let r = bench_train_profile(false, &[]);
+    assert_eq!(r["memory_format"], "Nchw", "{r}");
     let kernels = r["kernels"].as_array().unwrap();
     let calls = |name: &str| {
         kernels.iter().find(|k| k["kernel"] == name).unwrap()["calls"]
@@ -454,7 +456,7 @@ fn bench_train_profiles_the_cpu_kernels() {
 
 #[test]
 fn reference_ops_from_the_environment_bypass_the_kernels() {
-    let r = bench_train_profile(true);
+    let r = bench_train_profile(true, &[]);
     let kernel_calls: u64 = r["kernels"]
         .as_array()
         .unwrap()
@@ -462,6 +464,17 @@ fn reference_ops_from_the_environment_bypass_the_kernels() {
         .map(|k| k["calls"].as_u64().unwrap())
         .sum();
     assert_eq!(kernel_calls, 0, "candle's ops ran instead: {r}");
+}
+
+/// Channels-last (bf16's format on CUDA) asked for on the CPU: every layer serves it through
+/// its NCHW kernels, the same calls as in NCHW.
+#[test]
+fn bench_train_in_channels_last_runs_the_nchw_kernels_on_the_cpu() {
+    let r = bench_train_profile(false, &["--memory-format", "channels-last"]);
+    assert_eq!(r["memory_format"], "ChannelsLast", "{r}");
+    let kernels = r["kernels"].as_array().unwrap();
+    let conv = kernels.iter().find(|k| k["kernel"] == "conv_forward");
+    assert_eq!(conv.unwrap()["calls"], 9, "{r}");
 }
 
 /// `stepwise bench PASS` (`eval` or `analyze`) of a tiny model on 6 examples in batches of

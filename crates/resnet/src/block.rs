@@ -2,6 +2,7 @@
 //! `F(h) = conv2(relu(bn2(conv1(relu(bn1(h))))))` and no activation after the addition.
 
 use crate::layers::{BatchNorm, BnMode, Conv2d};
+use crate::ops::MemoryFormat;
 use crate::Result;
 use candle_core::Tensor;
 use domain::BlockInfo;
@@ -19,51 +20,83 @@ pub struct Block {
     pub(crate) projection: Option<Conv2d>,
 }
 
+/// The public methods take and return NCHW tensors; the model's own passes use the `_in`
+/// ones, in its memory format.
 impl Block {
     /// The residual branch F(h).
     pub fn residual(&self, h: &Tensor, mode: BnMode) -> Result<Tensor> {
-        self.residual_adding(h, mode, None)
+        self.residual_adding(MemoryFormat::Nchw, h, mode, None)
     }
 
     /// F(h) [+ add], the addition inside the last convolution.
-    fn residual_adding(&self, h: &Tensor, mode: BnMode, add: Option<&Tensor>) -> Result<Tensor> {
-        let a = self.bn1.forward_relu(h, mode)?;
-        let a = self.conv1.forward(&a)?;
-        let a = self.bn2.forward_relu(&a, mode)?;
-        self.conv2.forward_adding(&a, add)
+    fn residual_adding(
+        &self,
+        format: MemoryFormat,
+        h: &Tensor,
+        mode: BnMode,
+        add: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let a = self.bn1.forward_relu_in(format, h, mode)?;
+        let a = self.conv1.forward_in(format, &a, None)?;
+        let a = self.bn2.forward_relu_in(format, &a, mode)?;
+        self.conv2.forward_in(format, &a, add)
     }
 
     /// The shortcut: `h` itself, or its 1×1 projection for a projection block.
     pub fn shortcut(&self, h: &Tensor) -> Result<Tensor> {
+        self.shortcut_in(MemoryFormat::Nchw, h)
+    }
+
+    fn shortcut_in(&self, format: MemoryFormat, h: &Tensor) -> Result<Tensor> {
         match &self.projection {
-            Some(p) => p.forward(h),
+            Some(p) => p.forward_in(format, h, None),
             None => Ok(h.clone()),
         }
     }
 
     /// `shortcut(h) + residual(h, mode)`, the addition inside the last convolution: the graph
     /// keeps no tensor for F(h) itself, which no backward pass reads (see
-    /// [`Conv2d::forward_adding`]).
+    /// [`Conv2d::forward_in`]).
     pub fn forward(&self, h: &Tensor, mode: BnMode) -> Result<Tensor> {
-        self.residual_adding(h, mode, Some(&self.shortcut(h)?))
+        self.forward_in(MemoryFormat::Nchw, h, mode)
+    }
+
+    pub(crate) fn forward_in(
+        &self,
+        format: MemoryFormat,
+        h: &Tensor,
+        mode: BnMode,
+    ) -> Result<Tensor> {
+        let shortcut = self.shortcut_in(format, h)?;
+        self.residual_adding(format, h, mode, Some(&shortcut))
     }
 
     /// Inference (BatchNorm in inference mode): `residual(h, Eval)`, bit for bit, with each
     /// BatchNorm + ReLU fused into the convolution after it (see
     /// [`Conv2d::infer_after_bn_relu`]); keeps no graph where the fused kernels serve `h`.
     pub fn infer_residual(&self, h: &Tensor) -> Result<Tensor> {
-        self.infer_adding(h, None)
+        self.infer_adding(MemoryFormat::Nchw, h, None)
     }
 
     /// Inference: `forward(h, Eval)`, bit for bit, the shortcut added inside the last
     /// convolution.
     pub fn infer(&self, h: &Tensor) -> Result<Tensor> {
-        self.infer_adding(h, Some(&self.shortcut(h)?))
+        self.infer_in(MemoryFormat::Nchw, h)
     }
 
-    fn infer_adding(&self, h: &Tensor, add: Option<&Tensor>) -> Result<Tensor> {
-        let a = self.conv1.infer_after_bn_relu(&self.bn1, h, None)?;
-        self.conv2.infer_after_bn_relu(&self.bn2, &a, add)
+    pub(crate) fn infer_in(&self, format: MemoryFormat, h: &Tensor) -> Result<Tensor> {
+        let shortcut = self.shortcut_in(format, h)?;
+        self.infer_adding(format, h, Some(&shortcut))
+    }
+
+    fn infer_adding(
+        &self,
+        format: MemoryFormat,
+        h: &Tensor,
+        add: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let a = self.conv1.infer_after_bn_relu(format, &self.bn1, h, None)?;
+        self.conv2.infer_after_bn_relu(format, &self.bn2, &a, add)
     }
 
     /// `shortcut(h) + α·F(h)`: re-applying a block with a step size (unrolling).

@@ -1,6 +1,9 @@
 //! Layers with PyTorch semantics: every convolution has a bias, BatchNorm keeps running
-//! statistics PyTorch-style, and the BatchNorm mode is always passed explicitly.
+//! statistics PyTorch-style, and the BatchNorm mode is always passed explicitly. Activations
+//! are NCHW unless a method takes a [`MemoryFormat`]; parameters are always stored as
+//! PyTorch stores them.
 
+use crate::ops::MemoryFormat;
 use crate::{ops, Init, Result};
 use candle_core::{DType, Tensor, Var, D};
 use std::cell::Cell;
@@ -56,6 +59,25 @@ fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
     }
 }
 
+/// Whether a layer must serve a channels-last `x` through its NCHW path ([`nchw_path`]): only
+/// the CUDA kernels take channels-last.
+fn needs_nchw_path(format: MemoryFormat, x: &Tensor) -> bool {
+    format != MemoryFormat::Nchw && !ops::has_cuda_kernels(x)
+}
+
+/// `f`, computing on NCHW tensors, on NCHW views of `x` (and of `add`), its result back in
+/// `format`.
+fn nchw_path(
+    format: MemoryFormat,
+    x: &Tensor,
+    add: Option<&Tensor>,
+    f: impl FnOnce(&Tensor, Option<&Tensor>) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let add = add.map(|a| format.to_nchw(a)).transpose()?;
+    let y = f(&format.to_nchw(x)?, add.as_ref())?;
+    Ok(format.from_nchw(&y)?)
+}
+
 /// The dtype convolutions and matrix products run in for activations `x`: their own, but
 /// f32 for bf16 on the CPU, where candle has no bf16 GEMM (bf16 storage with f32
 /// accumulation, as GPU tensor cores do it).
@@ -94,22 +116,33 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_adding(x, None)
+        self.forward_in(MemoryFormat::Nchw, x, None)
     }
 
-    /// `self(x) [+ add]`, the addition part of the convolution's graph node where
-    /// stepwise's kernels serve `x`: the graph then keeps no tensor for the convolution's own
-    /// output (see [`ops::conv2d`]).
-    pub fn forward_adding(&self, x: &Tensor, add: Option<&Tensor>) -> Result<Tensor> {
+    /// `self(x) [+ add]`, `x`, `add` and the result in memory `format`; the addition part of
+    /// the convolution's graph node where stepwise's kernels serve `x`: the graph then keeps
+    /// no tensor for the convolution's own output (see [`ops::conv2d`]).
+    pub fn forward_in(
+        &self,
+        format: MemoryFormat,
+        x: &Tensor,
+        add: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        if needs_nchw_path(format, x) {
+            let nchw =
+                |x: &Tensor, add: Option<&Tensor>| self.forward_in(MemoryFormat::Nchw, x, add);
+            return nchw_path(format, x, add, nchw);
+        }
         let work = gemm_dtype(x);
-        let w = cast(&parameter(&self.weight), work)?;
         let b = cast(&parameter(&self.bias), work)?;
         let xw = cast(x, work)?;
         let add = add.map(|a| cast(a, work)).transpose()?;
+        let settings = ((self.stride, self.padding), self.math);
         let y = if ops::has_kernels(&xw) {
-            let (stride, pad) = (self.stride, self.padding);
-            ops::conv2d(&xw, (&w, &b), add.as_ref(), stride, pad, self.math)?
+            let w = self.weight_in(format, work)?;
+            ops::conv2d_in(format, &xw, (&w, &b), add.as_ref(), settings.0, settings.1)?
         } else {
+            let w = cast(&parameter(&self.weight), work)?;
             let y = conv2d_reference(&xw, &w, &b, self.stride, self.padding)?;
             match &add {
                 Some(a) => (y + a)?,
@@ -119,25 +152,42 @@ impl Conv2d {
         cast(&y, x.dtype())
     }
 
-    /// Inference: `self(relu(bn(x))) [+ add]`, BatchNorm in inference mode, the same values
-    /// as the separate layers bit for bit. Where stepwise's CPU kernels serve `x`, one fused
-    /// kernel (BatchNorm + ReLU applied as the convolution reads `x`, `add` while the output
-    /// is in cache) that keeps no graph; elsewhere BatchNorm + ReLU, then the convolution
-    /// with `add` added in its bias pass.
+    /// The weight in `dtype` laid out for activations in `format`: for channels-last
+    /// (C_out, k, k, C_in), cast and transposed by one candle op (a cast of a strided view
+    /// writes it contiguously), whose backward pass turns the gradient back.
+    fn weight_in(&self, format: MemoryFormat, dtype: DType) -> Result<Tensor> {
+        let w = parameter(&self.weight);
+        match format {
+            MemoryFormat::Nchw => cast(&w, dtype),
+            MemoryFormat::ChannelsLast => Ok(cast(&w.permute((0, 2, 3, 1))?, dtype)?.contiguous()?),
+        }
+    }
+
+    /// Inference: `self(relu(bn(x))) [+ add]` in memory `format`, BatchNorm in inference
+    /// mode, the same values as the separate layers bit for bit. Where stepwise's CPU kernels
+    /// serve `x`, one fused kernel (BatchNorm + ReLU applied as the convolution reads `x`,
+    /// `add` while the output is in cache) that keeps no graph; elsewhere BatchNorm + ReLU,
+    /// then the convolution with `add` added in its bias pass.
     pub fn infer_after_bn_relu(
         &self,
+        format: MemoryFormat,
         bn: &BatchNorm,
         x: &Tensor,
         add: Option<&Tensor>,
     ) -> Result<Tensor> {
         let weights = (self.weight.as_tensor(), self.bias.as_tensor());
         let dtype = x.dtype();
-        if ops::has_cpu_kernels(x) && weights.0.dtype() == dtype && bn.weight.dtype() == dtype {
+        if format == MemoryFormat::Nchw
+            && ops::has_cpu_kernels(x)
+            && weights.0.dtype() == dtype
+            && bn.weight.dtype() == dtype
+        {
             let pre = bn.inference_affine()?;
             let (stride, pad) = (self.stride, self.padding);
             return Ok(ops::conv2d_inference(x, &pre, weights, add, stride, pad)?);
         }
-        self.forward_adding(&bn.forward_relu(x, BnMode::Eval)?, add)
+        let a = bn.forward_relu_in(format, x, BnMode::Eval)?;
+        self.forward_in(format, &a, add)
     }
 }
 
@@ -214,9 +264,24 @@ impl BatchNorm {
     /// `relu(bn(x))`: in these networks every BatchNorm is followed by a ReLU, so the
     /// kernels fuse the two. On CUDA they take f32 or bf16 activations with f32 parameters.
     pub fn forward_relu(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
+        self.forward_relu_in(MemoryFormat::Nchw, x, mode)
+    }
+
+    /// [`Self::forward_relu`] of `x` in memory `format`.
+    pub fn forward_relu_in(
+        &self,
+        format: MemoryFormat,
+        x: &Tensor,
+        mode: BnMode,
+    ) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
         if ops::has_cuda_kernels(x) && self.weight.dtype() == DType::F32 {
-            return self.fused_relu_cuda(x, mode);
+            return self.fused_relu_cuda(format, x, mode);
+        }
+        if needs_nchw_path(format, x) {
+            let nchw =
+                |x: &Tensor, _: Option<&Tensor>| self.forward_relu_in(MemoryFormat::Nchw, x, mode);
+            return nchw_path(format, x, None, nchw);
         }
         if ops::has_kernels(x) && x.dtype() == self.weight.dtype() {
             self.fused_relu(x, mode)
@@ -267,15 +332,14 @@ impl BatchNorm {
     /// The CUDA kernels: statistics (and the running update) in one kernel, the
     /// normalisation with ReLU in another, all on the device.
     #[cfg(feature = "cuda")]
-    fn fused_relu_cuda(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
+    fn fused_relu_cuda(&self, format: MemoryFormat, x: &Tensor, mode: BnMode) -> Result<Tensor> {
         let train = mode == BnMode::Train;
         let y = ops::cuda::batch_norm_relu(
             x,
-            &parameter(&self.weight),
-            &parameter(&self.bias),
-            self.running_mean.as_tensor(),
-            self.running_var.as_tensor(),
+            (&parameter(&self.weight), &parameter(&self.bias)),
+            (self.running_mean.as_tensor(), self.running_var.as_tensor()),
             train,
+            format,
         )?;
         if train {
             self.num_batches_tracked.fetch_add(1, Ordering::Relaxed);

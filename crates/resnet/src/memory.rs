@@ -244,6 +244,7 @@ mod tests {
         params: candle_core::DType::F32,
         compute: candle_core::DType::F32,
         conv_math: crate::ops::ConvMath::Exact,
+        memory_format: crate::ops::MemoryFormat::Nchw,
     };
 
     #[test]

@@ -4,7 +4,7 @@
 
 use crate::block::Block;
 use crate::layers::{BatchNorm, BnMode, Conv2d, Linear};
-use crate::ops::ConvMath;
+use crate::ops::{ConvMath, MemoryFormat};
 use crate::{Error, Init, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
@@ -15,15 +15,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Parameter and computation dtypes: f32/f32, f32 parameters with bf16 compute, or f64
-/// throughout (tests against finite differences); and how convolutions may multiply.
+/// throughout (tests against finite differences); how convolutions may multiply; and the
+/// memory format of the activations in the model's own passes (training and inference; its
+/// public tensors are NCHW either way).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dtypes {
     pub params: DType,
     pub compute: DType,
     pub conv_math: ConvMath,
+    pub memory_format: MemoryFormat,
 }
 
 impl Dtypes {
+    /// NCHW activations.
     pub fn for_precision(precision: Precision) -> Self {
         let (compute, conv_math) = match precision {
             Precision::F32 => (DType::F32, ConvMath::Exact),
@@ -34,6 +38,22 @@ impl Dtypes {
             params: DType::F32,
             compute,
             conv_math,
+            memory_format: MemoryFormat::Nchw,
+        }
+    }
+
+    /// The dtypes of `precision` in the fastest memory format on `device`: channels-last
+    /// for bf16 on CUDA, where convolutions run on tensor cores (as PyTorch's
+    /// `channels_last`); NCHW otherwise.
+    pub fn for_precision_on(precision: Precision, device: &Device) -> Self {
+        let memory_format = if precision == Precision::Bf16 && device.is_cuda() {
+            MemoryFormat::ChannelsLast
+        } else {
+            MemoryFormat::Nchw
+        };
+        Self {
+            memory_format,
+            ..Self::for_precision(precision)
         }
     }
 
@@ -42,6 +62,7 @@ impl Dtypes {
             params: dtype,
             compute: dtype,
             conv_math: ConvMath::Exact,
+            memory_format: MemoryFormat::Nchw,
         }
     }
 }
@@ -56,7 +77,13 @@ pub struct Head {
 impl Head {
     /// Logits in the parameter dtype.
     pub fn forward(&self, h: &Tensor, mode: BnMode) -> Result<Tensor> {
-        let a = self.bn.forward_relu(h, mode)?;
+        self.forward_in(MemoryFormat::Nchw, h, mode)
+    }
+
+    /// [`Self::forward`] of `h` in memory `format`: the pooling reads channels-last through
+    /// an NCHW view.
+    fn forward_in(&self, format: MemoryFormat, h: &Tensor, mode: BnMode) -> Result<Tensor> {
+        let a = format.to_nchw(&self.bn.forward_relu_in(format, h, mode)?)?;
         let pooled = a.avg_pool2d(HEAD_POOL as usize)?.flatten_from(1)?;
         let logits = self.fc.forward(&pooled)?;
         Ok(logits.to_dtype(self.fc.weight.dtype())?)
@@ -326,21 +353,27 @@ impl ResNet {
         self.stem.forward(&x.to_dtype(self.dtypes.compute)?)
     }
 
+    /// h_0 in the model's memory format. The stem itself runs in NCHW: three input channels
+    /// are no shape for tensor cores, and its output is small.
+    fn stem_own(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.dtypes.memory_format.from_nchw(&self.stem(x)?)?)
+    }
+
     /// Logits with the full autograd graph (training).
     pub fn forward(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
-        Ok(self.walk(self.stem(x)?, 0, Pass::Graph(mode), &[])?.0)
+        Ok(self.walk(self.stem_own(x)?, 0, Pass::Graph(mode), &[])?.0)
     }
 
     /// Inference-mode logits, keeping no graph so that memory stays bounded by one block's
     /// activations.
     pub fn infer(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.walk(self.stem(x)?, 0, Pass::Inference, &[])?.0)
+        Ok(self.walk(self.stem_own(x)?, 0, Pass::Inference, &[])?.0)
     }
 
     /// Inference-mode logits plus the outputs of the blocks listed in `taps` (global
     /// indices), keeping no graph.
     pub fn infer_tapped(&self, x: &Tensor, taps: &[usize]) -> Result<(Tensor, Vec<Tensor>)> {
-        self.walk(self.stem(x)?, 0, Pass::Inference, taps)
+        self.walk(self.stem_own(x)?, 0, Pass::Inference, taps)
     }
 
     /// Logits of the network run from block `start` on, given that block's input `h`
@@ -354,20 +387,19 @@ impl ResNet {
 
     /// Logits of the network continued after block `index`, given that block's output.
     pub fn forward_after(&self, index: usize, output: &Tensor, mode: BnMode) -> Result<Tensor> {
-        Ok(self
-            .walk(output.clone(), index + 1, Pass::Graph(mode), &[])?
-            .0)
+        let h = self.dtypes.memory_format.from_nchw(output)?;
+        Ok(self.walk(h, index + 1, Pass::Graph(mode), &[])?.0)
     }
 
     /// Like [`Self::forward_after`] in inference mode, keeping no graph.
     pub fn infer_after(&self, index: usize, output: &Tensor) -> Result<Tensor> {
-        Ok(self
-            .walk(output.clone(), index + 1, Pass::Inference, &[])?
-            .0)
+        let h = self.dtypes.memory_format.from_nchw(output)?;
+        Ok(self.walk(h, index + 1, Pass::Inference, &[])?.0)
     }
 
-    /// Runs the blocks from `start` on, `h` being what enters that position (pooled there
-    /// if the block opens a pooled stage), then the head.
+    /// Runs the blocks from `start` on, `h` (in the model's memory format) being what enters
+    /// that position (pooled there if the block opens a pooled stage), then the head. The
+    /// tapped outputs are NCHW (views of channels-last tensors).
     fn walk(
         &self,
         mut h: Tensor,
@@ -379,25 +411,26 @@ impl ResNet {
             Pass::Graph(_) => t,
             Pass::Inference => t.detach(),
         };
+        let format = self.dtypes.memory_format;
         let mut tapped = Vec::with_capacity(taps.len());
         h = keep(h);
         for (index, (pool, block)) in self.blocks_with_pooling().enumerate().skip(start) {
             if pool {
-                h = h.avg_pool2d(2)?;
+                h = format.from_nchw(&format.to_nchw(&h)?.avg_pool2d(2)?)?;
             }
             h = keep(match pass {
-                Pass::Graph(mode) => block.forward(&h, mode)?,
-                Pass::Inference => block.infer(&h)?,
+                Pass::Graph(mode) => block.forward_in(format, &h, mode)?,
+                Pass::Inference => block.infer_in(format, &h)?,
             });
             if taps.contains(&index) {
-                tapped.push(h.clone());
+                tapped.push(format.to_nchw(&h)?);
             }
         }
         let mode = match pass {
             Pass::Graph(mode) => mode,
             Pass::Inference => BnMode::Eval,
         };
-        Ok((keep(self.head.forward(&h, mode)?), tapped))
+        Ok((keep(self.head.forward_in(format, &h, mode)?), tapped))
     }
 
     /// Every block with whether a 2×2 average pool precedes it.

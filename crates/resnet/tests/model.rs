@@ -576,3 +576,66 @@ fn graphs_keep_four_tensors_per_block_in_training_and_five_in_analysis() {
     assert_eq!(train3 - train2, 4 * block_bytes);
     assert_eq!(analysis3 - analysis2, 5 * block_bytes);
 }
+
+/// Channels-last activations (the format of bf16 on CUDA) change the memory layout and
+/// nothing else: on the CPU every layer serves them through its NCHW path on views, so a
+/// channels-last model computes exactly what the NCHW model does — training logits, every
+/// parameter gradient, running statistics, inference logits, tapped block outputs (NCHW at
+/// the model's interface) and the continuation after a block.
+#[test]
+fn channels_last_models_compute_exactly_what_nchw_models_do() {
+    let f32 = Dtypes::uniform(DType::F32);
+    let channels_last = Dtypes {
+        memory_format: resnet::ops::MemoryFormat::ChannelsLast,
+        ..f32
+    };
+    let (x, y) = input(3, DType::F32);
+    for arch in Arch::ALL {
+        let (a, b) = (tiny(arch, f32), tiny(arch, channels_last));
+        let train = |m: &ResNet| {
+            let logits = m.forward(&x, BnMode::Train).unwrap();
+            let loss = cross_entropy_per_example(&logits, &y)
+                .unwrap()
+                .mean_all()
+                .unwrap();
+            (logits, loss.backward().unwrap())
+        };
+        let ((logits_a, grads_a), (logits_b, grads_b)) = (train(&a), train(&b));
+        assert_eq!(max_abs_diff(&logits_a, &logits_b), 0.0, "{arch:?} logits");
+        for (pa, pb) in a.parameters().iter().zip(b.parameters()) {
+            let (ga, gb) = (
+                grads_a.get(pa.var.as_tensor()).unwrap(),
+                grads_b.get(pb.var.as_tensor()).unwrap(),
+            );
+            assert_eq!(ga.dims(), gb.dims(), "{arch:?} {}", pa.name);
+            assert_eq!(max_abs_diff(ga, gb), 0.0, "{arch:?} {} gradient", pa.name);
+        }
+        for ((name, ta), (_, tb)) in a.state_dict().unwrap().iter().zip(b.state_dict().unwrap()) {
+            let (ta, tb) = (
+                ta.to_dtype(DType::F64).unwrap(),
+                tb.to_dtype(DType::F64).unwrap(),
+            );
+            assert_eq!(max_abs_diff(&ta, &tb), 0.0, "{arch:?} {name}");
+        }
+        let last = a.layout().block_count() - 1;
+        let (infer_a, taps_a) = a.infer_tapped(&x, &[0, last]).unwrap();
+        let (infer_b, taps_b) = b.infer_tapped(&x, &[0, last]).unwrap();
+        assert_eq!(max_abs_diff(&infer_a, &infer_b), 0.0, "{arch:?} inference");
+        for (ta, tb) in taps_a.iter().zip(&taps_b) {
+            assert_eq!(ta.dims(), tb.dims(), "{arch:?} taps are NCHW");
+            assert_eq!(max_abs_diff(ta, tb), 0.0, "{arch:?} tapped output");
+        }
+        let after = |m: &ResNet, h: &Tensor| m.forward_after(0, h, BnMode::Eval).unwrap();
+        assert_eq!(
+            max_abs_diff(&after(&a, &taps_a[0]), &after(&b, &taps_b[0])),
+            0.0,
+            "{arch:?} continuation"
+        );
+    }
+    let bf16 = domain::Precision::Bf16;
+    assert_eq!(
+        Dtypes::for_precision_on(bf16, &Device::Cpu),
+        Dtypes::for_precision(bf16),
+        "channels-last is for CUDA's kernels only"
+    );
+}

@@ -287,3 +287,40 @@ fn kernels_are_deterministic() {
         assert_eq!(first, run());
     }
 }
+
+/// A channels-last activation holds x[n, c, h, w] at [n, h, w, c] — the layout the CUDA
+/// kernels and cuDNN's NHWC descriptors read — and its NCHW view reads it back; the CPU
+/// convolution refuses it rather than misreading it.
+#[test]
+fn channels_last_tensors_lie_as_nhwc() {
+    use ops::MemoryFormat::{ChannelsLast, Nchw};
+    let x = random(&[2, 3, 4, 5], 3, DType::F32);
+    let last = ChannelsLast.from_nchw(&x).unwrap();
+    assert_eq!(last.dims(), ChannelsLast.shape((2, 3, 4, 5)).dims());
+    assert_eq!(ChannelsLast.nchw([2, 4, 5, 3]), [2, 3, 4, 5]);
+    assert!(last.is_contiguous());
+    let ls = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let stored = last.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for (n, c, h, w) in [(0, 0, 0, 0), (1, 2, 3, 4), (0, 1, 2, 3), (1, 0, 3, 1)] {
+        assert_eq!(
+            stored[((n * 4 + h) * 5 + w) * 3 + c],
+            ls[((n * 3 + c) * 4 + h) * 5 + w]
+        );
+    }
+    assert_eq!(max_rel_diff(&ChannelsLast.to_nchw(&last).unwrap(), &x), 0.0);
+    assert_eq!(Nchw.from_nchw(&x).unwrap().dims(), x.dims());
+    let w = random(&[4, 3, 3, 3], 4, DType::F32);
+    let b = random(&[4], 5, DType::F32);
+    let w_last = ChannelsLast.from_nchw(&w).unwrap();
+    let err = ops::conv2d_in(
+        ChannelsLast,
+        &last,
+        (&w_last, &b),
+        None,
+        (1, 1),
+        ConvMath::Exact,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("channels-last"), "{err}");
+}

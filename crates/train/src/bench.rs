@@ -10,6 +10,7 @@ use rand_distr::StandardNormal;
 use resnet::loss::cross_entropy;
 use resnet::memory::Work;
 use resnet::ops::profile::{self, KernelTime};
+use resnet::ops::MemoryFormat;
 use resnet::{synchronize, BnMode, Dtypes, ResNet};
 use serde::Serialize;
 use std::time::Instant;
@@ -19,6 +20,8 @@ pub struct BenchResult {
     pub arch: String,
     pub depth: u32,
     pub dtype: String,
+    /// The activations' memory format, `Nchw` or `ChannelsLast`.
+    pub memory_format: String,
     pub device: String,
     pub batch: usize,
     pub warmup_steps: usize,
@@ -55,22 +58,22 @@ pub enum StepMode {
     CudaGraph,
 }
 
-/// Times `steps` training steps (forward, backward, SGD update) after `warmup` untimed ones.
+/// Times `steps` training steps (forward, backward, SGD update) after `warmup` untimed ones,
+/// the activations in `memory_format` (else the device's choice, as in training:
+/// [`Dtypes::for_precision_on`]).
 pub fn bench_train(
     spec: &ModelSpec,
-    batch: usize,
-    warmup: usize,
-    steps: usize,
+    (batch, warmup, steps): (usize, usize, usize),
     mode: StepMode,
+    memory_format: Option<MemoryFormat>,
     device: &Device,
 ) -> Result<BenchResult> {
     let layout = spec.layout()?;
-    let model = ResNet::new(
-        &layout,
-        &mut rng(0, Stream::Init, 0, 0),
-        device,
-        Dtypes::for_precision(spec.dtype),
-    )?;
+    let mut dtypes = Dtypes::for_precision_on(spec.dtype, device);
+    if let Some(format) = memory_format {
+        dtypes.memory_format = format;
+    }
+    let model = ResNet::new(&layout, &mut rng(0, Stream::Init, 0, 0), device, dtypes)?;
     resnet::memory::check(Work::Training, &layout, model.dtypes(), batch, device)?;
     let mut optimizer = Sgd::new(
         model.parameters(),
@@ -123,6 +126,7 @@ pub fn bench_train(
         arch: spec.arch.to_string(),
         depth: domain::ModelSpec::depth_of(&layout),
         dtype: spec.dtype.as_str().to_string(),
+        memory_format: format!("{:?}", dtypes.memory_format),
         device: format!("{device:?}"),
         batch,
         warmup_steps: warmup,

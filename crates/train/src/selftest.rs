@@ -1,7 +1,8 @@
 //! Self-test of a device (`stepwise selftest --device cuda`): evaluation's input and sums,
 //! every custom op and a whole model's forward and backward on the device against the CPU
 //! kernels on the same inputs, one SGD step, then a short training run on shapes10 that must
-//! learn.
+//! learn. On CUDA the ops and models run in both memory formats, NCHW and channels-last,
+//! against the CPU's NCHW.
 //!
 //! Errors are compared as `max |device − cpu| / max |cpu|` over a tensor, so that values
 //! near zero do not dominate. Tolerances are for f32 with different summation orders:
@@ -20,7 +21,7 @@ use rand::Rng;
 use rand_distr::StandardNormal;
 use resnet::layers::{BatchNorm, BnMode};
 use resnet::loss::{cross_entropy, cross_entropy_per_example};
-use resnet::ops::ConvMath;
+use resnet::ops::{ConvMath, MemoryFormat};
 use resnet::{ops, Dtypes, Init, ProbeOptions, ResNet};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -107,18 +108,40 @@ fn compare_at_scale(
     })
 }
 
+/// The memory formats whose ops `device` runs: channels-last on CUDA only.
+fn op_formats(device: &Device) -> Vec<MemoryFormat> {
+    match device.is_cuda() {
+        true => vec![MemoryFormat::Nchw, MemoryFormat::ChannelsLast],
+        false => vec![MemoryFormat::Nchw],
+    }
+}
+
+/// How a check names a memory format: nothing for NCHW.
+fn format_name(format: MemoryFormat) -> &'static str {
+    match format {
+        MemoryFormat::Nchw => "",
+        MemoryFormat::ChannelsLast => " channels-last",
+    }
+}
+
 /// Convolutions of every kind the models use (3×3 stride 1 and 2, 1×1 projection; a
 /// block's last convolution with its shortcut added inside), small and at the shapes of
 /// ResNet's first downsampling block, in f32, TF32 and bf16 (the CPU computes in f32
-/// throughout).
+/// throughout), in each memory format of the device (the CPU's NCHW the reference).
 fn conv_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
-    for precision in [Precision::F32, Precision::Tf32, Precision::Bf16] {
-        conv_checks_in(precision, device, out)?;
+    for format in op_formats(device) {
+        for precision in [Precision::F32, Precision::Tf32, Precision::Bf16] {
+            conv_checks_in((precision, format), device, out)?;
+        }
     }
     Ok(())
 }
 
-fn conv_checks_in(precision: Precision, device: &Device, out: &mut Vec<Check>) -> Result<()> {
+fn conv_checks_in(
+    (precision, format): (Precision, MemoryFormat),
+    device: &Device,
+    out: &mut Vec<Check>,
+) -> Result<()> {
     let (math, tolerance) = match precision {
         Precision::F32 => (ConvMath::Exact, OP_TOLERANCE),
         Precision::Tf32 => (ConvMath::Tf32, TF32_OP_TOLERANCE),
@@ -133,7 +156,13 @@ fn conv_checks_in(precision: Precision, device: &Device, out: &mut Vec<Check>) -
         (4, 8, 16, 8, 3, 1, true),
         (32, 32, 16, 32, 3, 1, true),
     ] {
+        // NCHW inputs and outputs, their gradients NCHW too; in `format` on the device only.
         let run = |dev: &Device, reference: bool| -> Result<Vec<Tensor>> {
+            let format = if reference {
+                MemoryFormat::Nchw
+            } else {
+                format
+            };
             let input = |shape: &[usize], seed| op_input(shape, seed, dev, precision, reference);
             let x = Var::from_tensor(&input(&[n, c, size, size], 1)?)?;
             let w = Var::from_tensor(&input(&[co, c, k, k], 2)?)?;
@@ -142,7 +171,11 @@ fn conv_checks_in(precision: Precision, device: &Device, out: &mut Vec<Check>) -
                 true => Some(Var::from_tensor(&input(&[n, co, size, size], 5)?)?),
                 false => None,
             };
-            let y = ops::conv2d(&x, (&w, &b), add.as_deref(), stride, k / 2, math)?;
+            let (xf, wf) = (format.from_nchw(&x)?, format.from_nchw(&w)?);
+            let addf = add.as_deref().map(|a| format.from_nchw(a)).transpose()?;
+            let settings = (stride, k / 2);
+            let y = ops::conv2d_in(format, &xf, (&wf, &b), addf.as_ref(), settings, math)?;
+            let y = format.to_nchw(&y)?;
             let r = input(y.dims(), 4)?;
             let grads = (&y * &r)?.sum_all()?.backward()?;
             let grad = |v: &Var| grads.get(v).cloned().expect("all inputs need gradients");
@@ -160,8 +193,9 @@ fn conv_checks_in(precision: Precision, device: &Device, out: &mut Vec<Check>) -
         ];
         for (i, part) in parts.iter().enumerate().take(cpu.len()) {
             let name = format!(
-                "conv {}{} {n}x{c}x{size}² → {co}, {k}x{k} stride {stride}: {part}",
+                "conv {}{}{} {n}x{c}x{size}² → {co}, {k}x{k} stride {stride}: {part}",
                 precision.as_str(),
+                format_name(format),
                 if adding { " + shortcut" } else { "" },
             );
             out.push(compare(&name, &dev[i], &cpu[i], tolerance)?);
@@ -170,21 +204,24 @@ fn conv_checks_in(precision: Precision, device: &Device, out: &mut Vec<Check>) -
     Ok(())
 }
 
-/// BatchNorm+ReLU in both modes, at a small shape and at one whose per-channel reductions
-/// are split over several blocks: output, gradients, running statistics; with f32 and bf16
-/// activations (parameters f32).
+/// BatchNorm+ReLU in both modes, at a small shape, at one whose per-channel reductions
+/// are split over several blocks and at one of more channels than a channels-last kernel
+/// block serves (32): output, gradients, running statistics; with f32 and bf16 activations
+/// (parameters f32), in each memory format of the device.
 fn batch_norm_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
-    for (precision, tolerance) in [
-        (Precision::F32, OP_TOLERANCE),
-        (Precision::Bf16, BF16_OP_TOLERANCE),
-    ] {
-        batch_norm_checks_in(precision, tolerance, device, out)?;
+    for format in op_formats(device) {
+        for (precision, tolerance) in [
+            (Precision::F32, OP_TOLERANCE),
+            (Precision::Bf16, BF16_OP_TOLERANCE),
+        ] {
+            batch_norm_checks_in((precision, format), tolerance, device, out)?;
+        }
     }
     Ok(())
 }
 
 fn batch_norm_checks_in(
-    precision: Precision,
+    (precision, format): (Precision, MemoryFormat),
     tolerance: f64,
     device: &Device,
     out: &mut Vec<Check>,
@@ -194,19 +231,28 @@ fn batch_norm_checks_in(
         ([4, 8, 8, 8], BnMode::Eval),
         ([64, 8, 32, 32], BnMode::Train),
         ([64, 8, 32, 32], BnMode::Eval),
+        ([8, 40, 8, 8], BnMode::Train),
+        ([8, 40, 8, 8], BnMode::Eval),
     ] {
+        let c = shape[1];
         let run = |dev: &Device, reference: bool| -> Result<Vec<Tensor>> {
+            let format = if reference {
+                MemoryFormat::Nchw
+            } else {
+                format
+            };
             let mut r = rng(0, Stream::Init, 0, 0);
             let mut init = Init::new(&mut r, dev, Dtypes::uniform(DType::F32));
-            let bn = BatchNorm::new(&mut init, 8, 1.0)?;
-            bn.weight.set(&(random(&[8], 5, dev)?.abs()? + 0.5)?)?;
-            bn.bias.set(&random(&[8], 6, dev)?)?;
-            bn.running_mean.set(&random(&[8], 7, dev)?)?;
-            bn.running_var.set(&(random(&[8], 8, dev)?.abs()? + 0.5)?)?;
+            let bn = BatchNorm::new(&mut init, c, 1.0)?;
+            bn.weight.set(&(random(&[c], 5, dev)?.abs()? + 0.5)?)?;
+            bn.bias.set(&random(&[c], 6, dev)?)?;
+            bn.running_mean.set(&random(&[c], 7, dev)?)?;
+            bn.running_var.set(&(random(&[c], 8, dev)?.abs()? + 0.5)?)?;
             // Shifted and scaled, so that the statistics are not trivially 0 and 1.
             let x = ((random(&shape, 9, dev)? * 3.0)? + 2.0)?;
             let x = Var::from_tensor(&in_precision(x, precision, reference)?)?;
-            let y = bn.forward_relu(&x, mode)?;
+            let y = bn.forward_relu_in(format, &format.from_nchw(&x)?, mode)?;
+            let y = format.to_nchw(&y)?;
             let r = op_input(y.dims(), 10, dev, precision, reference)?;
             let grads = (&y * &r)?.sum_all()?.backward()?;
             let grad = |v: &Var| grads.get(v).cloned().expect("all inputs need gradients");
@@ -230,8 +276,9 @@ fn batch_norm_checks_in(
         ];
         for (i, part) in parts.iter().enumerate() {
             let name = format!(
-                "batch-norm+relu {} {shape:?} {mode:?}: {part}",
-                precision.as_str()
+                "batch-norm+relu {}{} {shape:?} {mode:?}: {part}",
+                precision.as_str(),
+                format_name(format),
             );
             out.push(compare(&name, &dev[i], &cpu[i], tolerance)?);
         }
@@ -253,32 +300,48 @@ fn resnet8(precision: Precision) -> ModelSpec {
     }
 }
 
-/// ResNet-8 in `precision` on `device`, initialised from the selftest's seed: the same
-/// weights on every device.
-fn resnet8_model(precision: Precision, device: &Device) -> Result<ResNet> {
+/// ResNet-8 in `precision` and memory `format` on `device`, initialised from the
+/// selftest's seed: the same weights on every device.
+fn resnet8_model(
+    (precision, format): (Precision, MemoryFormat),
+    device: &Device,
+) -> Result<ResNet> {
     let spec = resnet8(precision);
     let mut r = rng(0, Stream::Init, 0, 0);
-    let dtypes = Dtypes::for_precision(spec.dtype);
+    let dtypes = Dtypes {
+        memory_format: format,
+        ..Dtypes::for_precision(spec.dtype)
+    };
     Ok(ResNet::new(&spec.layout()?, &mut r, device, dtypes)?)
 }
 
 /// A narrow ResNet-8 with the same weights on both devices: logits, loss and every
 /// parameter's gradient in training mode, logits in inference mode, then one SGD step; in
-/// f32, TF32 (against the CPU's f32) and bf16 (against the CPU's bf16 model).
+/// f32, TF32 (against the CPU's f32) and bf16 (against the CPU's bf16 model); f32 and bf16
+/// also in channels-last (against the CPU's NCHW; on the CPU itself through its NCHW
+/// kernels).
 fn model_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
-    model_checks_in(Precision::F32, MODEL_TOLERANCE, device, out)?;
-    model_checks_in(Precision::Tf32, TF32_MODEL_TOLERANCE, device, out)?;
-    model_checks_in(Precision::Bf16, BF16_MODEL_TOLERANCE, device, out)
+    use MemoryFormat::{ChannelsLast, Nchw};
+    for (precision, format, tolerance) in [
+        (Precision::F32, Nchw, MODEL_TOLERANCE),
+        (Precision::F32, ChannelsLast, MODEL_TOLERANCE),
+        (Precision::Tf32, Nchw, TF32_MODEL_TOLERANCE),
+        (Precision::Bf16, Nchw, BF16_MODEL_TOLERANCE),
+        (Precision::Bf16, ChannelsLast, BF16_MODEL_TOLERANCE),
+    ] {
+        model_checks_in((precision, format), tolerance, device, out)?;
+    }
+    Ok(())
 }
 
 fn model_checks_in(
-    precision: Precision,
+    (precision, format): (Precision, MemoryFormat),
     tolerance: f64,
     device: &Device,
     out: &mut Vec<Check>,
 ) -> Result<()> {
-    let cpu_model = resnet8_model(precision, &Device::Cpu)?;
-    let dev_model = resnet8_model(precision, device)?;
+    let cpu_model = resnet8_model((precision, MemoryFormat::Nchw), &Device::Cpu)?;
+    let dev_model = resnet8_model((precision, format), device)?;
     let weights: HashMap<String, Tensor> = cpu_model.state_dict()?.into_iter().collect();
     dev_model.load_state_dict(&weights)?;
     let labels: Vec<u32> = (0..16u32).map(|i| i % 10).collect();
@@ -319,7 +382,7 @@ fn model_checks_in(
     // CPU on it (its distance from the CPU's f32), where that exceeds the tolerance.
     let f32_tensors = match precision {
         Precision::Bf16 => {
-            let f32_model = resnet8_model(Precision::F32, &Device::Cpu)?;
+            let f32_model = resnet8_model((Precision::F32, MemoryFormat::Nchw), &Device::Cpu)?;
             Some(step(&f32_model, &Device::Cpu)?.1)
         }
         _ => None,
@@ -332,7 +395,11 @@ fn model_checks_in(
     .iter()
     .enumerate()
     {
-        let name = format!("resnet-8 {}: {part}", precision.as_str());
+        let name = format!(
+            "resnet-8 {}{}: {part}",
+            precision.as_str(),
+            format_name(format)
+        );
         out.push(compare(&name, &dev_out[i], &cpu_out[i], tolerance)?);
     }
     let names: Vec<String> = cpu_model.parameters().into_iter().map(|p| p.name).collect();
@@ -352,7 +419,12 @@ fn model_checks_in(
         }
         let mut checks = vec![];
         for i in range {
-            let name = format!("resnet-8 {}: {what} {}", precision.as_str(), names[i % n]);
+            let name = format!(
+                "resnet-8 {}{}: {what} {}",
+                precision.as_str(),
+                format_name(format),
+                names[i % n]
+            );
             let (got, want) = (&dev_tensors[i], &cpu_tensors[i]);
             let tol = match &f32_tensors {
                 Some(exact) => {
@@ -416,16 +488,25 @@ fn sgd_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
 /// ResNet-8, twice from the same weights, four steps on four batches with the learning rate
 /// changing every step (the first step runs eagerly, the second is captured, two replay);
 /// then losses, hits and the whole state (parameters, running statistics, batch counters).
-/// The same kernels run in both, so they agree to rounding or exactly.
+/// The same kernels run in both, so they agree to rounding or exactly. In f32, NCHW and
+/// channels-last.
 #[cfg(feature = "cuda")]
 fn graph_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
-    use crate::graph_step::GraphSteps;
-    use crate::trainer::train_step;
     if !device.is_cuda() {
         return Ok(());
     }
+    for format in op_formats(device) {
+        graph_checks_in(format, device, out)?;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn graph_checks_in(format: MemoryFormat, device: &Device, out: &mut Vec<Check>) -> Result<()> {
+    use crate::graph_step::GraphSteps;
+    use crate::trainer::train_step;
     let build = || -> Result<(ResNet, Sgd)> {
-        let model = resnet8_model(Precision::F32, device)?;
+        let model = resnet8_model((Precision::F32, format), device)?;
         let sgd = Sgd::new(
             model.parameters(),
             SgdConfig::from_spec(&TrainSpec::default()),
@@ -446,8 +527,12 @@ fn graph_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
         graph_out.extend([loss, hits as f64]);
     }
     let as_tensor = |v: Vec<f64>| Tensor::new(v, &Device::Cpu);
+    let name = format!(
+        "cuda graph step{}: losses and hits of four steps",
+        format_name(format)
+    );
     out.push(compare(
-        "cuda graph step: losses and hits of four steps",
+        &name,
         &as_tensor(graph_out)?,
         &as_tensor(loop_out)?,
         SGD_TOLERANCE,
@@ -456,7 +541,10 @@ fn graph_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
     let mut worst: Option<Check> = None;
     for ((name, w), (_, g)) in want.iter().zip(&got) {
         let check = compare(
-            &format!("cuda graph step: worst state after four steps: {name}"),
+            &format!(
+                "cuda graph step{}: worst state after four steps: {name}",
+                format_name(format)
+            ),
             g,
             w,
             SGD_TOLERANCE,
@@ -502,7 +590,7 @@ fn eval_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
 /// ([`resnet::Probed::backward`]); the worst block is reported.
 fn analysis_gradient_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
     let gradients = |dev: &Device| -> Result<Vec<Tensor>> {
-        let model = resnet8_model(Precision::F32, dev)?;
+        let model = resnet8_model((Precision::F32, MemoryFormat::Nchw), dev)?;
         let x = random(&[16, 3, 32, 32], 12, dev)?;
         let y = Tensor::from_vec((0..16u32).map(|i| i % 10).collect(), 16, dev)?;
         resnet::layers::with_frozen_parameters(|| {
@@ -559,6 +647,7 @@ mod tests {
             "conv bf16",
             "batch-norm+relu bf16",
             "resnet-8 tf32",
+            "resnet-8 bf16 channels-last",
             "resnet-8 f32 analysis",
         ] {
             assert!(checks.iter().any(|c| c.name.starts_with(kind)), "{kind}");

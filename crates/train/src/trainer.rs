@@ -54,7 +54,7 @@ fn build_model(spec: &RunSpec, precision: Precision, device: &Device) -> Result<
         &layout,
         &mut init,
         device,
-        Dtypes::for_precision(precision),
+        Dtypes::for_precision_on(precision, device),
     )?)
 }
 

@@ -16,6 +16,7 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             device,
             profile,
             cuda_graph,
+            memory_format,
             json,
         } => {
             anyhow::ensure!(steps > 0, "--steps must be at least 1");
@@ -32,15 +33,17 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
                 (_, true) => StepMode::CudaGraph,
                 _ => StepMode::Loop,
             };
-            let r = bench_train(&spec, batch, warmup, steps, mode, &device)?;
+            let format = memory_format.map(Into::into);
+            let r = bench_train(&spec, (batch, warmup, steps), mode, format, &device)?;
             if json {
                 return super::print_json(&r).map(|()| ExitCode::SUCCESS);
             }
             let text = format!(
-                "{} depth {} {} batch {} on {}: {:.1} ms/step (median of {}), {:.0} images/s{}",
+                "{} depth {} {} ({}) batch {} on {}: {:.1} ms/step (median of {}), {:.0} images/s{}",
                 r.arch,
                 r.depth,
                 r.dtype,
+                r.memory_format,
                 r.batch,
                 r.device,
                 r.ms_per_step,

@@ -1,8 +1,9 @@
 //! Custom candle operations with fast kernels: convolution (forward, input gradient,
 //! weight and bias gradient) and BatchNorm fused with the ReLU that always follows it in
 //! these networks. They serve f32 and f64 tensors on the CPU and, with the `cuda` feature,
-//! f32 and bf16 on CUDA ([`cuda`]: cuDNN and stepwise's own kernels); other dtypes use the
-//! reference compositions of candle ops in `layers`, against which they are tested.
+//! f32 and bf16 on CUDA ([`cuda`]: cuDNN and stepwise's own kernels), there also in
+//! channels-last memory ([`MemoryFormat`]); other dtypes use the reference compositions of
+//! candle ops in `layers`, against which they are tested.
 
 pub mod batchnorm;
 pub mod conv;
@@ -173,6 +174,54 @@ pub enum ConvMath {
     Tf32,
 }
 
+/// How a 4-d activation tensor lies in memory, and so how it is shaped: (N, C, H, W), or
+/// channels-last (N, H, W, C), where a pixel's channels are adjacent — the layout of
+/// tensor-core convolutions, which cuDNN otherwise transposes to and from around each call
+/// (PyTorch's `channels_last` memory format, which keeps the logical NCHW shape; candle
+/// tensors cannot, so such a tensor is shaped as it lies). A convolution's weight in
+/// channels-last is (C_out, k, k, C_in). Only the CUDA kernels take channels-last.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MemoryFormat {
+    #[default]
+    Nchw,
+    ChannelsLast,
+}
+
+impl MemoryFormat {
+    /// The shape of an (n, c, h, w) activation in this format.
+    pub fn shape(self, (n, c, h, w): (usize, usize, usize, usize)) -> Shape {
+        match self {
+            Self::Nchw => Shape::from((n, c, h, w)),
+            Self::ChannelsLast => Shape::from((n, h, w, c)),
+        }
+    }
+
+    /// (n, c, h, w) of an activation of this format shaped `dims`.
+    pub fn nchw(self, dims: [usize; 4]) -> [usize; 4] {
+        match self {
+            Self::Nchw => dims,
+            Self::ChannelsLast => [dims[0], dims[3], dims[1], dims[2]],
+        }
+    }
+
+    /// `x`, an NCHW tensor, in this format (a copy for channels-last).
+    pub fn from_nchw(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Nchw => Ok(x.clone()),
+            Self::ChannelsLast => x.permute((0, 2, 3, 1))?.contiguous(),
+        }
+    }
+
+    /// `x`, a tensor in this format, as NCHW: a strided view for channels-last, which
+    /// candle's operations read as any view.
+    pub fn to_nchw(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Nchw => Ok(x.clone()),
+            Self::ChannelsLast => x.permute((0, 3, 1, 2)),
+        }
+    }
+}
+
 /// `conv(x, w) + b [+ add]` with a square kernel, zero padding `pad` and stride `stride`;
 /// its gradients use the same `math`. With `add` (shaped as the output) the addition is
 /// part of the one graph node, so the convolution's own output is never a tensor that the
@@ -185,14 +234,29 @@ pub fn conv2d(
     pad: usize,
     math: ConvMath,
 ) -> Result<Tensor> {
-    let op = Conv2d { stride, pad, math };
+    conv2d_in(MemoryFormat::Nchw, x, (w, b), add, (stride, pad), math)
+}
+
+/// [`conv2d`] with `x`, `w`, `add` and the output in memory `format`.
+pub fn conv2d_in(
+    format: MemoryFormat,
+    x: &Tensor,
+    (w, b): (&Tensor, &Tensor),
+    add: Option<&Tensor>,
+    (stride, pad): (usize, usize),
+    math: ConvMath,
+) -> Result<Tensor> {
+    let op = Conv2d {
+        stride,
+        pad,
+        math,
+        format,
+    };
     let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
     match add {
         None => x.apply_op3(&w, &b, op),
         Some(add) => {
-            let out = op
-                .geom(x.dims4()?.into(), w.dims4()?.into())?
-                .output_shape();
+            let out = op.output_shape(&op.geom(x.dims4()?.into(), w.dims4()?.into())?);
             if add.shape() != &out || add.dtype() != x.dtype() {
                 bail!(
                     "conv2d: cannot add a {:?} {:?} tensor to a {:?} {out:?} output",
@@ -223,9 +287,10 @@ pub fn conv2d_inference(
         stride,
         pad,
         math: ConvMath::Exact,
+        format: MemoryFormat::Nchw,
     };
     let g = op.geom(x.dims4()?.into(), w.dims4()?.into())?;
-    let out = g.output_shape();
+    let out = op.output_shape(&g);
     if pre.scale.len() != g.c {
         bail!(
             "conv2d-inference: the input map does not have {} channels",
@@ -263,16 +328,21 @@ pub fn conv2d_inference(
     })
 }
 
+#[derive(Clone)]
 struct Conv2d {
     stride: usize,
     pad: usize,
+    /// For CUDA; the CPU kernels compute exactly.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     math: ConvMath,
+    format: MemoryFormat,
 }
 
 impl Conv2d {
+    /// The geometry of input dims `x` and weight dims `w`, both in `self.format`.
     fn geom(&self, x: [usize; 4], w: [usize; 4]) -> Result<ConvGeom> {
-        let [n, c, h, wd] = x;
-        let [co, ci, kh, kw] = w;
+        let [n, c, h, wd] = self.format.nchw(x);
+        let [co, ci, kh, kw] = self.format.nchw(w);
         if ci != c || kh != kw || h + 2 * self.pad < kh || wd + 2 * self.pad < kw {
             bail!("conv2d: input {x:?} does not fit weight {w:?}");
         }
@@ -288,6 +358,22 @@ impl Conv2d {
         })
     }
 
+    fn output_shape(&self, g: &ConvGeom) -> Shape {
+        self.format.shape((g.n, g.co, g.ho(), g.wo()))
+    }
+
+    fn input_shape(&self, g: &ConvGeom) -> Shape {
+        self.format.shape((g.n, g.c, g.h, g.w))
+    }
+
+    /// The CPU kernels are NCHW only.
+    fn check_cpu_format(&self) -> Result<()> {
+        if self.format != MemoryFormat::Nchw {
+            bail!("stepwise's CPU convolution takes NCHW tensors, not channels-last");
+        }
+        Ok(())
+    }
+
     /// `conv(x, w) + b [+ add]` on the CPU, `add` added to each image's output while it is
     /// in cache.
     fn cpu_forward(
@@ -298,6 +384,7 @@ impl Conv2d {
         (bs, bl): (&CpuStorage, &Layout),
         add: Option<(&CpuStorage, &Layout)>,
     ) -> Result<(CpuStorage, Shape)> {
+        self.check_cpu_format()?;
         let g = self.geom(dims4(xl)?, dims4(wl)?)?;
         by_dtype!(name, xs, |T| {
             let (x, w, b) = (slice(xs, xl)?, slice(ws, wl)?, slice(bs, bl)?);
@@ -320,9 +407,9 @@ impl Conv2d {
     ) -> Result<(CudaStorage, Shape)> {
         let g = self.geom(dims4(x.1)?, dims4(w.1)?)?;
         let y = profile::timed_cuda(Kernel::ConvForward, &x.0.device, || {
-            cuda::conv::forward(&g, self.math, x, w, b, add)
+            cuda::conv::forward(&g, (self.math, self.format), x, w, b, add)
         })?;
-        Ok((y, g.output_shape()))
+        Ok((y, self.output_shape(&g)))
     }
 
     /// The gradients of x, w and b: none for x when it needs none (the images), none for
@@ -337,14 +424,14 @@ impl Conv2d {
         let g = self.geom(x.dims4()?.into(), w.dims4()?.into())?;
         let dy = dy.contiguous()?;
         let dx = if x.track_op() {
-            Some(dy.apply_op2_no_bwd(w, &ConvBackwardData(g, self.math))?)
+            Some(dy.apply_op2_no_bwd(w, &ConvBackwardData(g, self.clone()))?)
         } else {
             None
         };
         if !w.track_op() && !b.track_op() {
             return Ok((dx, None, None));
         }
-        let packed = x.apply_op2_no_bwd(&dy, &ConvBackwardFilter(g, self.math))?;
+        let packed = x.apply_op2_no_bwd(&dy, &ConvBackwardFilter(g, self.clone()))?;
         let dw = packed.narrow(0, 0, g.co * g.kk())?.reshape(w.shape())?;
         let db = packed.narrow(0, g.co * g.kk(), g.co)?.reshape(b.shape())?;
         Ok((dx, Some(dw), Some(db)))
@@ -453,11 +540,8 @@ impl CustomOp4 for ConvAdd {
     }
 }
 
-/// The math is for CUDA; the CPU kernels compute exactly.
-struct ConvBackwardData(
-    ConvGeom,
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] ConvMath,
-);
+/// The convolution's geometry and settings.
+struct ConvBackwardData(ConvGeom, Conv2d);
 
 impl CustomOp2 for ConvBackwardData {
     fn name(&self) -> &'static str {
@@ -472,7 +556,8 @@ impl CustomOp2 for ConvBackwardData {
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.0;
-        let shape = Shape::from((g.n, g.c, g.h, g.w));
+        self.1.check_cpu_format()?;
+        let shape = self.1.input_shape(g);
         by_dtype!(self.name(), ds, |T| {
             let (dy, w) = (slice(ds, dl)?, slice(ws, wl)?);
             let dx = timed(Kernel::ConvBackwardData, || {
@@ -490,19 +575,16 @@ impl CustomOp2 for ConvBackwardData {
         ws: &CudaStorage,
         wl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let g = &self.0;
+        let (g, op) = (&self.0, &self.1);
         let dx = profile::timed_cuda(Kernel::ConvBackwardData, &ds.device, || {
-            cuda::conv::backward_data(g, self.1, (ds, dl), (ws, wl))
+            cuda::conv::backward_data(g, (op.math, op.format), (ds, dl), (ws, wl))
         })?;
-        Ok((dx, Shape::from((g.n, g.c, g.h, g.w))))
+        Ok((dx, op.input_shape(g)))
     }
 }
 
 /// As [`ConvBackwardData`].
-struct ConvBackwardFilter(
-    ConvGeom,
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] ConvMath,
-);
+struct ConvBackwardFilter(ConvGeom, Conv2d);
 
 impl CustomOp2 for ConvBackwardFilter {
     fn name(&self) -> &'static str {
@@ -517,6 +599,7 @@ impl CustomOp2 for ConvBackwardFilter {
         dl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.0;
+        self.1.check_cpu_format()?;
         let shape = Shape::from(g.co * g.kk() + g.co);
         by_dtype!(self.name(), xs, |T| {
             let (x, dy) = (slice(xs, xl)?, slice(ds, dl)?);
@@ -535,9 +618,9 @@ impl CustomOp2 for ConvBackwardFilter {
         ds: &CudaStorage,
         dl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let g = &self.0;
+        let (g, op) = (&self.0, &self.1);
         let packed = profile::timed_cuda(Kernel::ConvBackwardFilter, &xs.device, || {
-            cuda::conv::backward_filter(g, self.1, (xs, xl), (ds, dl))
+            cuda::conv::backward_filter(g, (op.math, op.format), (xs, xl), (ds, dl))
         })?;
         Ok((packed, Shape::from(g.co * g.kk() + g.co)))
     }

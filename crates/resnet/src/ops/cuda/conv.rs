@@ -8,10 +8,13 @@
 //! cores; [`ConvMath::Tf32`] the default math type, which lets cuDNN time TF32 tensor-core
 //! algorithms too (PyTorch's settings for `allow_tf32` off and on). bf16 tensors run
 //! on tensor cores with f32 accumulation (cuDNN's pseudo-bf16 configuration) either way.
+//! Activations and weights are NCHW or both channels-last ([`MemoryFormat`]; weights then
+//! (C_out, k, k, C_in)), the layout of cuDNN's tensor-core kernels, which it otherwise
+//! transposes to and from around each call.
 //! The bias (and a residual block's shortcut) is added by stepwise's own kernel.
 
 use super::super::conv::ConvGeom;
-use super::super::ConvMath;
+use super::super::{ConvMath, MemoryFormat};
 use super::address;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cudnn::{result, sys, CudnnError};
@@ -37,7 +40,7 @@ fn wrap(e: CudnnError) -> candle_core::Error {
 struct Context {
     handle: sys::cudnnHandle_t,
     device: CudaDevice,
-    plans: RefCell<HashMap<(ConvGeom, ConvMath, DType), Rc<Plan>>>,
+    plans: RefCell<HashMap<(ConvGeom, Settings, DType), Rc<Plan>>>,
     workspace: RefCell<Option<CudaSlice<u8>>>,
 }
 
@@ -69,9 +72,12 @@ fn context(dev: &CudaDevice) -> Result<Rc<Context>> {
     })
 }
 
+/// How a convolution multiplies, and the memory format of its tensors.
+pub type Settings = (ConvMath, MemoryFormat);
+
 impl Context {
-    fn plan(&self, g: &ConvGeom, math: ConvMath, dtype: DType) -> Result<Rc<Plan>> {
-        let key = (*g, math, dtype);
+    fn plan(&self, g: &ConvGeom, settings: Settings, dtype: DType) -> Result<Rc<Plan>> {
+        let key = (*g, settings, dtype);
         if let Some(p) = self.plans.borrow().get(&key) {
             return Ok(p.clone());
         }
@@ -80,7 +86,7 @@ impl Context {
             DType::BF16 => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
             d => candle_core::bail!("cuDNN convolutions: f32 or bf16, not {d:?}"),
         };
-        let plan = Rc::new(Plan::new(self.handle, g, math, data_type).map_err(wrap)?);
+        let plan = Rc::new(Plan::new(self.handle, g, settings, data_type).map_err(wrap)?);
         self.plans.borrow_mut().insert(key, plan.clone());
         Ok(plan)
     }
@@ -130,16 +136,24 @@ impl Drop for ConvDesc {
 
 /// The accumulation type of every convolution.
 const F32: sys::cudnnDataType_t = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
-const NCHW: sys::cudnnTensorFormat_t = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
 
+fn cudnn_format(format: MemoryFormat) -> sys::cudnnTensorFormat_t {
+    match format {
+        MemoryFormat::Nchw => sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+        MemoryFormat::ChannelsLast => sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+    }
+}
+
+/// A tensor of sizes (n, c, h, w) in memory `format`.
 fn tensor_desc(
     dims: [usize; 4],
     data: sys::cudnnDataType_t,
+    format: MemoryFormat,
 ) -> std::result::Result<TensorDesc, CudnnError> {
     let d = TensorDesc(result::create_tensor_descriptor()?);
     let dims = dims.map(|v| v as i32);
     // Safety: a fresh descriptor.
-    unsafe { result::set_tensor4d_descriptor(d.0, NCHW, data, dims) }?;
+    unsafe { result::set_tensor4d_descriptor(d.0, cudnn_format(format), data, dims) }?;
     Ok(d)
 }
 
@@ -180,11 +194,11 @@ impl Plan {
     fn new(
         handle: sys::cudnnHandle_t,
         g: &ConvGeom,
-        math: ConvMath,
+        (math, format): Settings,
         data_type: sys::cudnnDataType_t,
     ) -> std::result::Result<Self, CudnnError> {
-        let x = tensor_desc([g.n, g.c, g.h, g.w], data_type)?;
-        let y = tensor_desc([g.n, g.co, g.ho(), g.wo()], data_type)?;
+        let x = tensor_desc([g.n, g.c, g.h, g.w], data_type, format)?;
+        let y = tensor_desc([g.n, g.co, g.ho(), g.wo()], data_type, format)?;
         let w = FilterDesc(result::create_filter_descriptor()?);
         let conv = ConvDesc(result::create_convolution_descriptor()?);
         let (pad, stride) = (g.pad as i32, g.stride as i32);
@@ -196,7 +210,7 @@ impl Plan {
         unsafe {
             let k = g.k as i32;
             let dims = [g.co as i32, g.c as i32, k, k];
-            result::set_filter4d_descriptor(w.0, data_type, NCHW, dims)?;
+            result::set_filter4d_descriptor(w.0, data_type, cudnn_format(format), dims)?;
             result::set_convolution2d_descriptor(
                 conv.0, pad, pad, stride, stride, 1, 1, mode, F32,
             )?;
@@ -282,7 +296,7 @@ fn scalar(v: &f32) -> *const c_void {
 /// y = conv(x, w) + b [+ add], into a new storage; `add` is shaped as y.
 pub fn forward(
     g: &ConvGeom,
-    math: ConvMath,
+    settings: Settings,
     (xs, xl): (&CudaStorage, &Layout),
     (ws, wl): (&CudaStorage, &Layout),
     (bs, bl): (&CudaStorage, &Layout),
@@ -295,7 +309,7 @@ pub fn forward(
     }
     let add = add.map(|(s, l)| super::address(s, l)).transpose()?;
     let ctx = context(dev)?;
-    let plan = ctx.plan(g, math, dtype)?;
+    let plan = ctx.plan(g, settings, dtype)?;
     let len = g.n * g.co * g.p();
     let (ys, y) = super::alloc(dev, dtype, len)?;
     let bias = super::address(bs, bl)?;
@@ -322,14 +336,15 @@ pub fn forward(
         .result()
         .map_err(wrap)?;
     }
-    super::add_channel_bias(dev, dtype, y, bias, add, (g.n, g.co, g.p()))?;
+    let shape = (g.n, g.co, g.p());
+    super::add_channel_bias(dev, (dtype, settings.1), y, bias, add, shape)?;
     Ok(ys)
 }
 
 /// dx = convᵀ(dy, w), into a new storage.
 pub fn backward_data(
     g: &ConvGeom,
-    math: ConvMath,
+    settings: Settings,
     (ds, dl): (&CudaStorage, &Layout),
     (ws, wl): (&CudaStorage, &Layout),
 ) -> Result<CudaStorage> {
@@ -339,7 +354,7 @@ pub fn backward_data(
         candle_core::bail!("conv2d backward: gradient and weight dtypes differ");
     }
     let ctx = context(dev)?;
-    let plan = ctx.plan(g, math, dtype)?;
+    let plan = ctx.plan(g, settings, dtype)?;
     let (dxs, dx) = super::alloc(dev, dtype, g.n * g.c * g.h * g.w)?;
     let (algo, bytes, algo_math) = plan.backward_data;
     let conv = plan.conv_with(algo_math)?;
@@ -370,7 +385,7 @@ pub fn backward_data(
 /// (dw, db) packed in one vector, as the CPU kernel returns them.
 pub fn backward_filter(
     g: &ConvGeom,
-    math: ConvMath,
+    settings: Settings,
     (xs, xl): (&CudaStorage, &Layout),
     (ds, dl): (&CudaStorage, &Layout),
 ) -> Result<CudaStorage> {
@@ -380,7 +395,7 @@ pub fn backward_filter(
         candle_core::bail!("conv2d backward: input and gradient dtypes differ");
     }
     let ctx = context(dev)?;
-    let plan = ctx.plan(g, math, dtype)?;
+    let plan = ctx.plan(g, settings, dtype)?;
     let weights = g.co * g.kk();
     let (packed, dw) = super::alloc(dev, dtype, weights + g.co)?;
     let db = dw + (dtype.size_in_bytes() * weights) as u64;
@@ -408,6 +423,7 @@ pub fn backward_filter(
         .result()
         .map_err(wrap)?;
     }
-    super::channel_sum(dev, dtype, dy as u64, (g.n, g.co, g.p()), db)?;
+    let shape = (g.n, g.co, g.p());
+    super::channel_sum(dev, (dtype, settings.1), dy as u64, shape, db)?;
     Ok(packed)
 }

@@ -1,10 +1,77 @@
-// stepwise's own CUDA kernels (NCHW; sizes below 2³¹ elements, checked by the caller).
-// Compiled to PTX by build.rs for the `cuda` feature and loaded once per device.
-// Per-channel reductions accumulate in double.
+// stepwise's own CUDA kernels, for activations in NCHW or channels-last (NHWC) memory (sizes
+// below 2³¹ elements, checked by the caller). Compiled to PTX by build.rs for the `cuda`
+// feature and loaded once per device. Per-channel reductions accumulate in double.
 #include <cuda_bf16.h>
 #include <stdint.h>
 
-// Sums `a` and `b` over the block; the result is valid in thread 0.
+// Activations are f32 or bf16 (`T`, converted with `ld`/`st`); statistics, BatchNorm
+// parameters and their gradients are f32.
+__device__ __forceinline__ float ld(float v) { return v; }
+__device__ __forceinline__ float ld(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T st(float v);
+template <> __device__ __forceinline__ float st<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 st<__nv_bfloat16>(float v) {
+  return __float2bfloat16(v);
+}
+
+// The kernels below are written once against a memory layout `L`, which says which channel a
+// thread serves (`ch`, valid when `ok`) and walks the thread's share of that channel's
+// elements (`each`, calling f(element index)). Reductions also `finish`: combine the threads'
+// partial sums into the channel's totals. All take the sizes (n, c, hw) of an (N, C, H·W)
+// tensor; in channels-last memory its N·HW rows of C channels.
+
+// ---- Per-channel reductions ----
+// A reduction runs on a (splits, channel groups) grid: each block sums a contiguous share of
+// its channels' N·HW elements, writes the partial sums to `partials` (per channel, per
+// split), and the last block of its channel group to finish (counted in `counters`, which it
+// resets to zero) adds the partials in split order — so results do not depend on block
+// scheduling.
+
+// This block's range of the `m` elements (or rows) of its channels.
+__device__ __forceinline__ void share(uint32_t m, uint32_t &begin, uint32_t &end) {
+  const uint32_t chunk = (m + gridDim.x - 1) / gridDim.x;
+  begin = min(m, blockIdx.x * chunk);
+  end = min(m, begin + chunk);
+}
+
+// Thread (tx, ty)'s sums (a, b) written to its block's partials when it holds its channel's
+// block total; returns whether this block is the last of its channel group to get there
+// (then the same for every thread of the block).
+__device__ bool publish(bool holds_total, uint32_t ch, double a, double b, double *partials,
+                        uint32_t *counters) {
+  __shared__ bool last;
+  const uint32_t splits = gridDim.x;
+  if (holds_total) {
+    double *mine = partials + 2 * ((size_t)ch * splits + blockIdx.x);
+    mine[0] = a;
+    mine[1] = b;
+    __threadfence();
+  }
+  __syncthreads();
+  if (threadIdx.x == 0 && threadIdx.y == 0) {
+    last = atomicAdd(&counters[blockIdx.y], 1u) == splits - 1;
+  }
+  __syncthreads();
+  return last;
+}
+
+// In the last block: channel `ch`'s totals, the partials added in split order; the counter
+// reset by thread (0, 0).
+__device__ void collect(uint32_t ch, double &a, double &b, double *partials,
+                        uint32_t *counters) {
+  __threadfence();
+  const uint32_t splits = gridDim.x;
+  const volatile double *all = partials + 2 * (size_t)ch * splits;
+  a = 0.0;
+  b = 0.0;
+  for (uint32_t k = 0; k < splits; ++k) {
+    a += all[2 * k];
+    b += all[2 * k + 1];
+  }
+  if (threadIdx.x == 0 && threadIdx.y == 0) counters[blockIdx.y] = 0;
+}
+
+// Sums `a` and `b` over a one-dimensional block; the result is valid in thread 0.
 __device__ void block_sum2(double &a, double &b) {
   __shared__ double sa[32], sb[32];
   for (int o = 16; o > 0; o >>= 1) {
@@ -25,99 +92,125 @@ __device__ void block_sum2(double &a, double &b) {
   }
 }
 
-// Per-channel reductions run on a (splits, channels) grid: each block sums a contiguous
-// share of its channel's N·HW elements, writes the partial sums to `partials`, and the last
-// block of the channel to finish (counted in `counters`, which it resets to zero) adds the
-// partials in split order — so results do not depend on block scheduling.
+// NCHW: one channel per block row (blockIdx.y), 256 threads over the block's share of its
+// N·HW elements: element j = begin + threadIdx.x, then blockDim.x apart, kept as
+// (image, position) so that finding it takes no integer division per element.
+struct NchwSum {
+  uint32_t ch, c, hw, begin, end;
+  bool ok = true;
+  __device__ NchwSum(uint32_t n, uint32_t c_, uint32_t hw_) : ch(blockIdx.y), c(c_), hw(hw_) {
+    share(n * hw, begin, end);
+  }
+  template <class F> __device__ void each(F f) const {
+    uint32_t j = begin + threadIdx.x, img = j / hw, pos = j - img * hw;
+    const uint32_t step_img = blockDim.x / hw, step_pos = blockDim.x - step_img * hw;
+    for (; j < end; j += blockDim.x) {
+      f((size_t)(img * c + ch) * hw + pos);
+      img += step_img;
+      pos += step_pos;
+      if (pos >= hw) {  // both below hw before: one carry at most
+        pos -= hw;
+        ++img;
+      }
+    }
+  }
+  // True in thread 0 of the channel's last block, with (a, b) the channel totals.
+  __device__ bool finish(double &a, double &b, double *partials, uint32_t *counters) const {
+    block_sum2(a, b);
+    if (!publish(threadIdx.x == 0, ch, a, b, partials, counters) || threadIdx.x != 0) {
+      return false;
+    }
+    collect(ch, a, b, partials, counters);
+    return true;
+  }
+};
 
-// A thread's walk over its block's share of a channel's elements: j = begin + threadIdx.x,
-// then blockDim.x apart, kept as (image, position) so that finding element j in (N, C, HW)
-// takes no integer division per element (one per thread).
-struct ChannelWalk {
-  uint32_t j, img, pos, step_img, step_pos;
-  __device__ ChannelWalk(uint32_t begin, uint32_t hw) {
-    j = begin + threadIdx.x;
-    img = j / hw;
-    pos = j - img * hw;
-    step_img = blockDim.x / hw;
-    step_pos = blockDim.x - step_img * hw;
+// Channels-last: 32×8 threads per block, x over a group of 32 adjacent channels (blockIdx.y
+// picks the group), so that a warp reads 32 neighbouring values of one row; y over the
+// block's share of the N·HW rows, 8 apart.
+#define GROUP_CHANNELS 32
+#define GROUP_ROWS 8
+struct NhwcSum {
+  uint32_t ch, c, begin, end;
+  bool ok;
+  __device__ NhwcSum(uint32_t n, uint32_t c_, uint32_t hw) : c(c_) {
+    ch = blockIdx.y * GROUP_CHANNELS + threadIdx.x;
+    ok = ch < c;
+    share(n * hw, begin, end);
   }
-  // Element j of channel `ch`.
-  __device__ uint32_t index(uint32_t ch, uint32_t c, uint32_t hw) const {
-    return (img * c + ch) * hw + pos;
+  template <class F> __device__ void each(F f) const {
+    if (!ok) return;
+    for (uint32_t r = begin + threadIdx.y; r < end; r += GROUP_ROWS) f((size_t)r * c + ch);
   }
-  __device__ void next(uint32_t hw) {
-    j += blockDim.x;
-    img += step_img;
-    pos += step_pos;
-    if (pos >= hw) {  // both below hw before: one carry at most
-      pos -= hw;
-      ++img;
+  // True in the threads of row 0 of the channel group's last block that serve a channel, with
+  // (a, b) their channel's totals.
+  __device__ bool finish(double &a, double &b, double *partials, uint32_t *counters) const {
+    __shared__ double sa[GROUP_ROWS][GROUP_CHANNELS], sb[GROUP_ROWS][GROUP_CHANNELS];
+    const uint32_t x = threadIdx.x, y = threadIdx.y;
+    sa[y][x] = a;
+    sb[y][x] = b;
+    __syncthreads();
+    if (y == 0) {
+      for (uint32_t k = 1; k < GROUP_ROWS; ++k) {
+        a += sa[k][x];
+        b += sb[k][x];
+      }
+    }
+    if (!publish(y == 0 && ok, ch, a, b, partials, counters) || y != 0 || !ok) return false;
+    collect(ch, a, b, partials, counters);
+    return true;
+  }
+};
+
+// ---- Elementwise kernels ----
+// NCHW: one block per (image, channel) plane, blockIdx.x = image·C + channel, its threads
+// over the plane's positions: a thread finds its channel and that channel's constants once
+// instead of per element. (A grid of one block for an empty tensor does nothing.)
+struct NchwPlane {
+  uint32_t ch, hw;
+  size_t base;
+  bool ok;
+  __device__ NchwPlane(uint32_t n, uint32_t c, uint32_t hw_) : hw(hw_) {
+    base = (size_t)blockIdx.x * hw;
+    ok = base < (size_t)n * c * hw;
+    ch = blockIdx.x % c;
+  }
+  template <class F> __device__ void each(F f) const {
+    for (uint32_t p = threadIdx.x; p < hw; p += blockDim.x) f(base + p);
+  }
+};
+
+// Channels-last: blocks of 32×8 threads as in `NhwcSum`, over all rows (grid-stride).
+struct NhwcRows {
+  uint32_t ch, c, rows;
+  bool ok;
+  __device__ NhwcRows(uint32_t n, uint32_t c_, uint32_t hw) : c(c_), rows(n * hw) {
+    ch = blockIdx.y * GROUP_CHANNELS + threadIdx.x;
+    ok = ch < c;
+  }
+  template <class F> __device__ void each(F f) const {
+    for (uint32_t r = blockIdx.x * GROUP_ROWS + threadIdx.y; r < rows;
+         r += gridDim.x * GROUP_ROWS) {
+      f((size_t)r * c + ch);
     }
   }
 };
 
-// This block's range of its channel's `m` elements.
-__device__ __forceinline__ void share(uint32_t m, uint32_t &begin, uint32_t &end) {
-  const uint32_t chunk = (m + gridDim.x - 1) / gridDim.x;
-  begin = min(m, blockIdx.x * chunk);
-  end = min(m, begin + chunk);
-}
-
-// After each thread has its partial (a, b): true in thread 0 of the channel's last block,
-// with (a, b) the channel totals.
-__device__ bool finish_channel(double &a, double &b, double *partials, uint32_t *counters) {
-  __shared__ bool last;
-  block_sum2(a, b);
-  const uint32_t ch = blockIdx.y, splits = gridDim.x;
-  double *mine = partials + 2 * ((size_t)ch * splits + blockIdx.x);
-  if (threadIdx.x == 0) {
-    mine[0] = a;
-    mine[1] = b;
-    __threadfence();
-    last = atomicAdd(&counters[ch], 1u) == splits - 1;
-  }
-  __syncthreads();
-  if (!last || threadIdx.x != 0) return false;
-  __threadfence();
-  const volatile double *all = partials + 2 * (size_t)ch * splits;
-  a = 0.0;
-  b = 0.0;
-  for (uint32_t k = 0; k < splits; ++k) {
-    a += all[2 * k];
-    b += all[2 * k + 1];
-  }
-  counters[ch] = 0;
-  return true;
-}
-
-// Activations are f32 or bf16 (`T`, converted with `ld`/`st`); statistics, BatchNorm
-// parameters and their gradients are f32. Each kernel is a template instantiated under the
-// names `<kernel>_f32` and `<kernel>_bf16` (the `INSTANTIATE` lines).
-__device__ __forceinline__ float ld(float v) { return v; }
-__device__ __forceinline__ float ld(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T st(float v);
-template <> __device__ __forceinline__ float st<float>(float v) { return v; }
-template <> __device__ __forceinline__ __nv_bfloat16 st<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);
-}
-
 // stats[ch] = batch mean, stats[c + ch] = biased batch variance; with `running_mean`
 // non-null also the running averages (unbiased variance), as PyTorch.
-template <typename T>
+template <typename T, typename L>
 __device__ void bn_stats(const T *x, uint32_t n, uint32_t c, uint32_t hw, float *stats,
                          float *running_mean, float *running_var, float momentum,
                          double *partials, uint32_t *counters) {
-  const uint32_t ch = blockIdx.y, m = n * hw;
-  uint32_t begin, end;
-  share(m, begin, end);
+  const L e(n, c, hw);
   double s = 0.0, ss = 0.0;
-  for (ChannelWalk w(begin, hw); w.j < end; w.next(hw)) {
-    const double v = ld(x[w.index(ch, c, hw)]);
+  e.each([&](size_t i) {
+    const double v = ld(x[i]);
     s += v;
     ss += v * v;
-  }
-  if (!finish_channel(s, ss, partials, counters)) return;
+  });
+  if (!e.finish(s, ss, partials, counters)) return;
+  const uint32_t ch = e.ch, m = n * hw;
   const double mean = s / m;
   const double var = fmax(ss / m - mean * mean, 0.0);
   stats[ch] = (float)mean;
@@ -130,94 +223,80 @@ __device__ void bn_stats(const T *x, uint32_t n, uint32_t c, uint32_t hw, float 
 }
 
 // sums[ch] = Σ over images and positions of dy: the gradient of a convolution's bias.
-template <typename T>
+template <typename T, typename L>
 __device__ void channel_sum(const T *dy, uint32_t n, uint32_t c, uint32_t hw, T *sums,
                             double *partials, uint32_t *counters) {
-  const uint32_t ch = blockIdx.y;
-  uint32_t begin, end;
-  share(n * hw, begin, end);
+  const L e(n, c, hw);
   double s = 0.0, unused = 0.0;
-  for (ChannelWalk w(begin, hw); w.j < end; w.next(hw)) s += ld(dy[w.index(ch, c, hw)]);
-  if (finish_channel(s, unused, partials, counters)) sums[ch] = st<T>((float)s);
+  e.each([&](size_t i) { s += ld(dy[i]); });
+  if (e.finish(s, unused, partials, counters)) sums[e.ch] = st<T>((float)s);
 }
-
-// The elementwise kernels over (N, C, HW) run one block per (image, channel) plane,
-// blockIdx.x = image·C + channel, its threads over the plane's positions: a thread finds its
-// channel and that channel's constants once instead of per element. `total` = N·C·HW (a
-// grid of one block for an empty tensor does nothing).
 
 // y = (y + bias[ch]) [+ add]: a convolution's bias and, in a residual block, its shortcut,
 // in place on its output.
-template <typename T>
-__device__ void add_channel_bias(T *y, const T *bias, const T *add, uint32_t c, uint32_t hw,
-                                 uint32_t total) {
-  const size_t base = (size_t)blockIdx.x * hw;
-  if (base >= total) return;
-  const float b = ld(bias[blockIdx.x % c]);
-  for (uint32_t p = threadIdx.x; p < hw; p += blockDim.x) {
-    const size_t i = base + p;
+template <typename T, typename L>
+__device__ void add_channel_bias(T *y, const T *bias, const T *add, uint32_t n, uint32_t c,
+                                 uint32_t hw) {
+  const L e(n, c, hw);
+  if (!e.ok) return;
+  const float b = ld(bias[e.ch]);
+  e.each([&](size_t i) {
     // (y + bias) + add: the order of the separate additions, so f32 values stay the same.
     float v = ld(y[i]) + b;
     if (add != nullptr) v += ld(add[i]);
     y[i] = st<T>(v);
-  }
+  });
 }
 
 __device__ __forceinline__ float relu(float v) { return v <= 0.f ? 0.f : v; }  // keeps NaN
 
 // y = relu(γ·(x − μ)/√(σ² + ε) + β) with μ = mean[ch], σ² = var[ch]: the batch's statistics
 // (the two halves of `bn_stats`' output) or the running ones.
-template <typename T>
+template <typename T, typename L>
 __device__ void bn_relu_fwd(const T *x, const float *mean, const float *var, const float *gamma,
-                            const float *beta, float eps, uint32_t c, uint32_t hw,
-                            uint32_t total, T *y) {
-  const size_t base = (size_t)blockIdx.x * hw;
-  if (base >= total) return;
-  const uint32_t ch = blockIdx.x % c;
+                            const float *beta, float eps, uint32_t n, uint32_t c, uint32_t hw,
+                            T *y) {
+  const L e(n, c, hw);
+  if (!e.ok) return;
+  const uint32_t ch = e.ch;
   const float scale = gamma[ch] / sqrtf(var[ch] + eps);
   const float shift = beta[ch] - mean[ch] * scale;
-  for (uint32_t p = threadIdx.x; p < hw; p += blockDim.x) {
-    y[base + p] = st<T>(relu(ld(x[base + p]) * scale + shift));
-  }
+  e.each([&](size_t i) { y[i] = st<T>(relu(ld(x[i]) * scale + shift)); });
 }
 
 // dbeta = Σ dz, dgamma = Σ dz·x̂ with dz = dy where y > 0.
-template <typename T>
+template <typename T, typename L>
 __device__ void bn_relu_bwd_reduce(const T *x, const T *y, const T *dy, const float *mean,
                                    const float *var, float eps, uint32_t n, uint32_t c,
                                    uint32_t hw, float *dgamma, float *dbeta, double *partials,
                                    uint32_t *counters) {
-  const uint32_t ch = blockIdx.y;
-  uint32_t begin, end;
-  share(n * hw, begin, end);
-  const float mu = mean[ch];
+  const L e(n, c, hw);
+  const float mu = e.ok ? mean[e.ch] : 0.f;
   double s = 0.0, dot = 0.0;
-  for (ChannelWalk w(begin, hw); w.j < end; w.next(hw)) {
-    const uint32_t i = w.index(ch, c, hw);
+  e.each([&](size_t i) {
     const float dz = ld(y[i]) > 0.f ? ld(dy[i]) : 0.f;
     s += dz;
     dot += (double)dz * (ld(x[i]) - mu);
-  }
-  if (!finish_channel(s, dot, partials, counters)) return;
-  dbeta[ch] = (float)s;
-  dgamma[ch] = (float)(dot / sqrt((double)var[ch] + eps));
+  });
+  if (!e.finish(s, dot, partials, counters)) return;
+  dbeta[e.ch] = (float)s;
+  dgamma[e.ch] = (float)(dot / sqrt((double)var[e.ch] + eps));
 }
 
 // dx of BatchNorm+ReLU; with batch statistics the mean and variance terms included.
-template <typename T>
+template <typename T, typename L>
 __device__ void bn_relu_bwd_dx(const T *x, const T *y, const T *dy, const float *mean,
                                const float *var, const float *gamma, const float *dgamma,
-                               const float *dbeta, float eps, uint32_t c, uint32_t hw,
-                               uint32_t total, int batch_stats, T *dx) {
-  const size_t base = (size_t)blockIdx.x * hw;
-  if (base >= total) return;
-  const uint32_t ch = blockIdx.x % c;
-  const float m = (float)(total / c);
+                               const float *dbeta, float eps, uint32_t n, uint32_t c,
+                               uint32_t hw, int batch_stats, T *dx) {
+  const L e(n, c, hw);
+  if (!e.ok) return;
+  const uint32_t ch = e.ch;
+  const float m = (float)(n * hw);
   const float invstd = 1.f / sqrtf(var[ch] + eps);
   const float k = gamma[ch] * invstd;
   const float mu = mean[ch], dg = dgamma[ch], db_over_m = dbeta[ch] / m;
-  for (uint32_t p = threadIdx.x; p < hw; p += blockDim.x) {
-    const size_t i = base + p;
+  e.each([&](size_t i) {
     const float dz = ld(y[i]) > 0.f ? ld(dy[i]) : 0.f;
     if (batch_stats) {
       const float xhat = (ld(x[i]) - mu) * invstd;
@@ -225,49 +304,51 @@ __device__ void bn_relu_bwd_dx(const T *x, const T *y, const T *dy, const float 
     } else {
       dx[i] = st<T>(k * dz);
     }
-  }
+  });
 }
 
-#define INSTANTIATE(T, SUFFIX)                                                                \
+// Each kernel instantiated under the names `<kernel>_<dtype>` (NCHW) and
+// `<kernel>_nhwc_<dtype>` (channels-last), dtype f32 or bf16.
+#define INSTANTIATE(T, SUM, ELEMENTWISE, SUFFIX)                                              \
   extern "C" __global__ void bn_stats_##SUFFIX(const T *x, uint32_t n, uint32_t c,           \
                                                uint32_t hw, float *stats, float *rm,          \
                                                float *rv, float momentum, double *partials,   \
                                                uint32_t *counters) {                          \
-    bn_stats<T>(x, n, c, hw, stats, rm, rv, momentum, partials, counters);                    \
+    bn_stats<T, SUM>(x, n, c, hw, stats, rm, rv, momentum, partials, counters);               \
   }                                                                                           \
   extern "C" __global__ void channel_sum_##SUFFIX(const T *dy, uint32_t n, uint32_t c,       \
                                                   uint32_t hw, T *sums, double *partials,     \
                                                   uint32_t *counters) {                       \
-    channel_sum<T>(dy, n, c, hw, sums, partials, counters);                                   \
+    channel_sum<T, SUM>(dy, n, c, hw, sums, partials, counters);                              \
   }                                                                                           \
   extern "C" __global__ void add_channel_bias_##SUFFIX(T *y, const T *bias, const T *add,    \
-                                                       uint32_t c, uint32_t hw,               \
-                                                       uint32_t total) {                      \
-    add_channel_bias<T>(y, bias, add, c, hw, total);                                          \
+                                                       uint32_t n, uint32_t c, uint32_t hw) { \
+    add_channel_bias<T, ELEMENTWISE>(y, bias, add, n, c, hw);                                 \
   }                                                                                           \
-  extern "C" __global__ void bn_relu_fwd_##SUFFIX(const T *x, const float *mean,              \
-                                                  const float *var, const float *gamma,       \
-                                                  const float *beta, float eps, uint32_t c,   \
-                                                  uint32_t hw, uint32_t total, T *y) {        \
-    bn_relu_fwd<T>(x, mean, var, gamma, beta, eps, c, hw, total, y);                          \
+  extern "C" __global__ void bn_relu_fwd_##SUFFIX(                                            \
+      const T *x, const float *mean, const float *var, const float *gamma, const float *beta, \
+      float eps, uint32_t n, uint32_t c, uint32_t hw, T *y) {                                 \
+    bn_relu_fwd<T, ELEMENTWISE>(x, mean, var, gamma, beta, eps, n, c, hw, y);                 \
   }                                                                                           \
   extern "C" __global__ void bn_relu_bwd_reduce_##SUFFIX(                                     \
       const T *x, const T *y, const T *dy, const float *mean, const float *var, float eps,    \
       uint32_t n, uint32_t c, uint32_t hw, float *dgamma, float *dbeta, double *partials,     \
       uint32_t *counters) {                                                                   \
-    bn_relu_bwd_reduce<T>(x, y, dy, mean, var, eps, n, c, hw, dgamma, dbeta, partials,        \
-                          counters);                                                          \
+    bn_relu_bwd_reduce<T, SUM>(x, y, dy, mean, var, eps, n, c, hw, dgamma, dbeta, partials,   \
+                               counters);                                                     \
   }                                                                                           \
   extern "C" __global__ void bn_relu_bwd_dx_##SUFFIX(                                         \
       const T *x, const T *y, const T *dy, const float *mean, const float *var,               \
-      const float *gamma, const float *dgamma, const float *dbeta, float eps, uint32_t c,     \
-      uint32_t hw, uint32_t total, int batch_stats, T *dx) {                                  \
-    bn_relu_bwd_dx<T>(x, y, dy, mean, var, gamma, dgamma, dbeta, eps, c, hw, total,           \
-                      batch_stats, dx);                                                       \
+      const float *gamma, const float *dgamma, const float *dbeta, float eps, uint32_t n,     \
+      uint32_t c, uint32_t hw, int batch_stats, T *dx) {                                      \
+    bn_relu_bwd_dx<T, ELEMENTWISE>(x, y, dy, mean, var, gamma, dgamma, dbeta, eps, n, c, hw,  \
+                                   batch_stats, dx);                                          \
   }
 
-INSTANTIATE(float, f32)
-INSTANTIATE(__nv_bfloat16, bf16)
+INSTANTIATE(float, NchwSum, NchwPlane, f32)
+INSTANTIATE(__nv_bfloat16, NchwSum, NchwPlane, bf16)
+INSTANTIATE(float, NhwcSum, NhwcRows, nhwc_f32)
+INSTANTIATE(__nv_bfloat16, NhwcSum, NhwcRows, nhwc_bf16)
 
 // PyTorch's SGD step in place: d = g + wd·p; buf = μ·buf + d; p −= lr·(nesterov ? d + μ·buf : buf).
 // Up to SGD_MAX_TENSORS parameter tensors per launch, passed by value (1,408 bytes of

@@ -1,7 +1,8 @@
-//! The custom ops on CUDA, for f32 and bf16 activations: convolution through cuDNN
-//! ([`conv`]), and BatchNorm+ReLU (f32 parameters and statistics) and the SGD-momentum update
-//! (f32) as stepwise's own kernels (`kernels.cu`, compiled to PTX by build.rs). Everything
-//! runs on the device's one stream, without host synchronisation.
+//! The custom ops on CUDA, for f32 and bf16 activations in NCHW or channels-last memory
+//! ([`MemoryFormat`]): convolution through cuDNN ([`conv`]), and BatchNorm+ReLU (f32
+//! parameters and statistics) and the SGD-momentum update (f32) as stepwise's own kernels
+//! (`kernels.cu`, compiled to PTX by build.rs). Everything runs on the device's one stream,
+//! without host synchronisation.
 //!
 //! Raw device pointers: kernels receive the addresses of candle storages. Kernels that
 //! update state in place (running statistics, parameters, momentum) write through the
@@ -14,7 +15,7 @@ pub mod conv;
 pub mod graph;
 
 use super::profile::{timed_cuda, Kernel};
-use super::{OnDevice, SgdUpdate};
+use super::{MemoryFormat, OnDevice, SgdUpdate};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     sys::CUdeviceptr, CudaFunction, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -65,9 +66,18 @@ fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
         .into_cuda_function())
 }
 
-/// Kernel `name` instantiated for activations of `dtype`.
-fn function_for(dev: &CudaDevice, name: &str, dtype: DType) -> Result<CudaFunction> {
-    function(dev, &format!("{name}_{}", suffix(dtype)?))
+/// Kernel `name` instantiated for activations of `dtype` in memory `format`.
+fn function_for(
+    dev: &CudaDevice,
+    name: &str,
+    dtype: DType,
+    format: MemoryFormat,
+) -> Result<CudaFunction> {
+    let layout = match format {
+        MemoryFormat::Nchw => "",
+        MemoryFormat::ChannelsLast => "_nhwc",
+    };
+    function(dev, &format!("{name}{layout}_{}", suffix(dtype)?))
 }
 
 /// The device address of a storage's contiguous f32 or bf16 contents under `layout`. The
@@ -130,14 +140,33 @@ fn elementwise(n: usize) -> LaunchConfig {
     }
 }
 
-/// One block per (image, channel) plane of an (N, C, HW) tensor, its threads over the plane's
-/// positions: the launch of kernels.cu's per-plane elementwise kernels.
-fn planes((n, c, hw): (usize, usize, usize)) -> LaunchConfig {
-    let threads = hw.next_multiple_of(32).clamp(32, 256) as u32;
-    LaunchConfig {
+/// Channels-last kernels: a block's threads are `GROUP_CHANNELS` adjacent channels by
+/// `GROUP_ROWS` rows (as kernels.cu).
+const GROUP_CHANNELS: usize = 32;
+const GROUP_ROWS: usize = 8;
+
+/// The launch of kernels.cu's elementwise kernels over an (N, C, HW) tensor. NCHW: one block
+/// per (image, channel) plane, its threads over the plane's positions. Channels-last: channel
+/// groups by row blocks, the rows grid-strided.
+fn elementwise_launch(format: MemoryFormat, (n, c, hw): (usize, usize, usize)) -> LaunchConfig {
+    let (grid_dim, block_dim) = match format {
         // Below 2³¹ as the element count is (`u32_size`); one block does nothing when empty.
-        grid_dim: ((n * c).max(1) as u32, 1, 1),
-        block_dim: (threads, 1, 1),
+        MemoryFormat::Nchw => (
+            ((n * c).max(1) as u32, 1, 1),
+            (hw.next_multiple_of(32).clamp(32, 256) as u32, 1, 1),
+        ),
+        MemoryFormat::ChannelsLast => (
+            (
+                (n * hw).div_ceil(GROUP_ROWS).clamp(1, 2048) as u32,
+                c.div_ceil(GROUP_CHANNELS).max(1) as u32,
+                1,
+            ),
+            (GROUP_CHANNELS as u32, GROUP_ROWS as u32, 1),
+        ),
+    };
+    LaunchConfig {
+        grid_dim,
+        block_dim,
         shared_mem_bytes: 0,
     }
 }
@@ -155,8 +184,14 @@ thread_local! {
 }
 
 /// Launch geometry and scratch addresses of a reduction over `c` channels of `m` elements
-/// each: enough splits per channel to fill the GPU, each of at least a few thousand elements.
-fn reduction(dev: &CudaDevice, c: usize, m: usize) -> Result<(LaunchConfig, u64, u64)> {
+/// each: enough splits per channel to fill the GPU, each of at least a few thousand elements;
+/// per split one block per channel (NCHW) or per group of channels (channels-last).
+fn reduction(
+    dev: &CudaDevice,
+    format: MemoryFormat,
+    c: usize,
+    m: usize,
+) -> Result<(LaunchConfig, u64, u64)> {
     let splits = (m / 4096).clamp(1, 128);
     let (partials_len, counters_len) = (2 * c * splits, c);
     SCRATCH.with(|all| {
@@ -178,9 +213,16 @@ fn reduction(dev: &CudaDevice, c: usize, m: usize) -> Result<(LaunchConfig, u64,
         let stream = dev.cuda_stream();
         let (partials, _) = s.partials.device_ptr(&stream);
         let (counters, _) = s.counters.device_ptr(&stream);
+        let (groups, block_dim) = match format {
+            MemoryFormat::Nchw => (c, (256, 1, 1)),
+            MemoryFormat::ChannelsLast => (
+                c.div_ceil(GROUP_CHANNELS),
+                (GROUP_CHANNELS as u32, GROUP_ROWS as u32, 1),
+            ),
+        };
         let config = LaunchConfig {
-            grid_dim: (splits as u32, c as u32, 1),
-            block_dim: (256, 1, 1),
+            grid_dim: (splits as u32, groups.max(1) as u32, 1),
+            block_dim,
             shared_mem_bytes: 0,
         };
         Ok((config, partials, counters))
@@ -195,16 +237,17 @@ fn u32_size(n: usize) -> Result<u32> {
     }
 }
 
-/// `sums[ch]` = the sum of `dy` (N, C, HW) over images and positions, both of `dtype`.
+/// `sums[ch]` = the sum of `dy` (N, C, HW in memory `format`) over images and positions, both
+/// of `dtype`.
 pub(super) fn channel_sum(
     dev: &CudaDevice,
-    dtype: DType,
+    (dtype, format): (DType, MemoryFormat),
     dy: CUdeviceptr,
     (n, c, hw): (usize, usize, usize),
     sums: CUdeviceptr,
 ) -> Result<()> {
-    let (config, partials, counters) = reduction(dev, c, n * hw)?;
-    let f = function_for(dev, "channel_sum", dtype)?;
+    let (config, partials, counters) = reduction(dev, format, c, n * hw)?;
+    let f = function_for(dev, "channel_sum", dtype, format)?;
     let stream = dev.cuda_stream();
     let (n, c, hw) = (u32_size(n)?, u32_size(c)?, u32_size(hw)?);
     let mut b = stream.launch_builder(&f);
@@ -220,38 +263,42 @@ pub(super) fn channel_sum(
     Ok(())
 }
 
-/// `y` (N, C, HW) += `bias` per channel [+ `add`], in place, all of `dtype`.
+/// `y` (N, C, HW in memory `format`) += `bias` per channel [+ `add`], in place, all of
+/// `dtype`.
 pub(super) fn add_channel_bias(
     dev: &CudaDevice,
-    dtype: DType,
+    (dtype, format): (DType, MemoryFormat),
     y: CUdeviceptr,
     bias: CUdeviceptr,
     add: Option<CUdeviceptr>,
     (n, c, hw): (usize, usize, usize),
 ) -> Result<()> {
-    let total = n * c * hw;
-    let f = function_for(dev, "add_channel_bias", dtype)?;
+    u32_size(n * c * hw)?;
+    let f = function_for(dev, "add_channel_bias", dtype, format)?;
     let stream = dev.cuda_stream();
-    let (c32, hw32, total32) = (u32_size(c)?, u32_size(hw)?, u32_size(total)?);
+    let (n32, c32, hw32) = (u32_size(n)?, u32_size(c)?, u32_size(hw)?);
     // The kernel reads no addend through a null pointer.
     let add = add.unwrap_or(0);
     let mut b = stream.launch_builder(&f);
     b.arg(&y)
         .arg(&bias)
         .arg(&add)
+        .arg(&n32)
         .arg(&c32)
-        .arg(&hw32)
-        .arg(&total32);
+        .arg(&hw32);
     // Safety: `y` and `add` (unless null) hold N·C·HW and `bias` C values of `dtype`; `y`
     // is written in place (see the module comment).
-    unsafe { b.launch(planes((n, c, hw))) }.w()?;
+    unsafe { b.launch(elementwise_launch(format, (n, c, hw))) }.w()?;
     Ok(())
 }
 
-fn dims4(l: &Layout) -> Result<(usize, usize, usize)> {
-    match l.dims() {
-        &[n, c, h, w] => Ok((n, c, h * w)),
-        dims => bail!("batch-norm: expected a 4-d tensor, got {dims:?}"),
+/// (N, C, H·W) of an activation tensor in memory `format`.
+fn dims4(l: &Layout, format: MemoryFormat) -> Result<(usize, usize, usize)> {
+    match (l.dims(), format) {
+        (&[n, c, h, w], MemoryFormat::Nchw) | (&[n, h, w, c], MemoryFormat::ChannelsLast) => {
+            Ok((n, c, h * w))
+        }
+        (dims, _) => bail!("batch-norm: expected a 4-d tensor, got {dims:?}"),
     }
 }
 
@@ -259,16 +306,15 @@ fn no_cpu<T>(name: &str) -> Result<T> {
     bail!("{name} runs on CUDA only")
 }
 
-/// `relu(bn(x))` on CUDA, with PyTorch's ε and momentum ([`BN_EPS`], [`BN_MOMENTUM`]). In
-/// training mode with the batch's statistics, updating `running_mean` and `running_var` in
-/// place; otherwise with them.
+/// `relu(bn(x))` on CUDA, with PyTorch's ε and momentum ([`BN_EPS`], [`BN_MOMENTUM`]), `x`
+/// in memory `format`. In training mode with the batch's statistics, updating `running_mean`
+/// and `running_var` in place; otherwise with them.
 pub fn batch_norm_relu(
     x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    running_mean: &Tensor,
-    running_var: &Tensor,
+    (gamma, beta): (&Tensor, &Tensor),
+    (running_mean, running_var): (&Tensor, &Tensor),
     train: bool,
+    format: MemoryFormat,
 ) -> Result<Tensor> {
     let x = x.contiguous()?;
     // The kernels read the mean and the variance through one pointer each: the two halves
@@ -278,6 +324,7 @@ pub fn batch_norm_relu(
             running_mean: running_mean.clone(),
             running_var: running_var.clone(),
             momentum: BN_MOMENTUM,
+            format,
         })?;
         (stats.get(0)?, stats.get(1)?)
     } else {
@@ -291,6 +338,7 @@ pub fn batch_norm_relu(
             var,
             eps: BN_EPS,
             batch_stats: train,
+            format,
         },
     )
 }
@@ -300,6 +348,7 @@ struct BatchStats {
     running_mean: Tensor,
     running_var: Tensor,
     momentum: f64,
+    format: MemoryFormat,
 }
 
 impl CustomOp1 for BatchStats {
@@ -313,7 +362,7 @@ impl CustomOp1 for BatchStats {
 
     fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
         timed_cuda(Kernel::BatchNormStats, &xs.device, || {
-            let (n, c, hw) = dims4(xl)?;
+            let (n, c, hw) = dims4(xl, self.format)?;
             let dev = &xs.device;
             let x = address(xs, xl)?;
             let (stats, out) = alloc(dev, DType::F32, 2 * c)?;
@@ -321,8 +370,8 @@ impl CustomOp1 for BatchStats {
                 tensor_address(&self.running_mean)?,
                 tensor_address(&self.running_var)?,
             );
-            let (config, partials, counters) = reduction(dev, c, n * hw)?;
-            let f = function_for(dev, "bn_stats", xs.dtype())?;
+            let (config, partials, counters) = reduction(dev, self.format, c, n * hw)?;
+            let f = function_for(dev, "bn_stats", xs.dtype(), self.format)?;
             let stream = dev.cuda_stream();
             let (n, c32, hw) = (u32_size(n)?, u32_size(c)?, u32_size(hw)?);
             let m = self.momentum as f32;
@@ -349,6 +398,7 @@ struct BatchNormRelu {
     eps: f64,
     /// Whether the statistics are the batch's own (their gradient terms are then included).
     batch_stats: bool,
+    format: MemoryFormat,
 }
 
 impl CustomOp3 for BatchNormRelu {
@@ -378,7 +428,7 @@ impl CustomOp3 for BatchNormRelu {
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         timed_cuda(Kernel::BatchNormReluForward, &xs.device, || {
-            let (n, c, hw) = dims4(xl)?;
+            let (n, c, hw) = dims4(xl, self.format)?;
             if gl.shape().elem_count() != c || bl.shape().elem_count() != c {
                 bail!("batch-norm: {c} channels but {:?} parameters", gl.dims());
             }
@@ -390,19 +440,16 @@ impl CustomOp3 for BatchNormRelu {
             let (x, gamma, beta) = (address(xs, xl)?, address(gs, gl)?, address(bs, bl)?);
             let (mean, var) = (tensor_address(&self.mean)?, tensor_address(&self.var)?);
             let (y, out) = alloc(dev, xs.dtype(), total)?;
-            let f = function_for(dev, "bn_relu_fwd", xs.dtype())?;
+            let f = function_for(dev, "bn_relu_fwd", xs.dtype(), self.format)?;
             let stream = dev.cuda_stream();
-            let (eps, c32, hw32, total32) = (
-                self.eps as f32,
-                u32_size(c)?,
-                u32_size(hw)?,
-                u32_size(total)?,
-            );
+            u32_size(total)?;
+            let (eps, n32, c32, hw32) =
+                (self.eps as f32, u32_size(n)?, u32_size(c)?, u32_size(hw)?);
             let mut b = stream.launch_builder(&f);
             b.arg(&x).arg(&mean).arg(&var).arg(&gamma).arg(&beta);
-            b.arg(&eps).arg(&c32).arg(&hw32).arg(&total32).arg(&out);
+            b.arg(&eps).arg(&n32).arg(&c32).arg(&hw32).arg(&out);
             // Safety: as in `BatchStats`.
-            unsafe { b.launch(planes((n, c, hw))) }.w()?;
+            unsafe { b.launch(elementwise_launch(self.format, (n, c, hw))) }.w()?;
             Ok((y, xl.shape().clone()))
         })
     }
@@ -422,6 +469,7 @@ impl CustomOp3 for BatchNormRelu {
             gamma: gamma.clone(),
             eps: self.eps,
             batch_stats: self.batch_stats,
+            format: self.format,
             params: Mutex::new(None),
         };
         let dx = x.apply_op3_no_bwd(y, &dy.contiguous()?, &op)?;
@@ -446,6 +494,7 @@ struct BatchNormReluBackward {
     gamma: Tensor,
     eps: f64,
     batch_stats: bool,
+    format: MemoryFormat,
     /// (dγ, dβ), written by the forward pass.
     params: Mutex<Option<CudaStorage>>,
 }
@@ -477,7 +526,7 @@ impl CustomOp3 for BatchNormReluBackward {
         dl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         timed_cuda(Kernel::BatchNormReluBackward, &xs.device, || {
-            let (n, c, hw) = dims4(xl)?;
+            let (n, c, hw) = dims4(xl, self.format)?;
             if ys.dtype() != xs.dtype() || ds.dtype() != xs.dtype() {
                 bail!("batch-norm backward: input, output and gradient dtypes differ");
             }
@@ -489,25 +538,31 @@ impl CustomOp3 for BatchNormReluBackward {
             let (dx_storage, dx) = alloc(dev, xs.dtype(), total)?;
             let (params, dgamma) = alloc(dev, DType::F32, 2 * c)?;
             let dbeta = dgamma + 4 * c as u64;
-            let (config, partials, counters) = reduction(dev, c, n * hw)?;
+            let (config, partials, counters) = reduction(dev, self.format, c, n * hw)?;
             let stream = dev.cuda_stream();
             let (eps, n32, c32, hw32) =
                 (self.eps as f32, u32_size(n)?, u32_size(c)?, u32_size(hw)?);
-            let reduce = function_for(dev, "bn_relu_bwd_reduce", xs.dtype())?;
+            let reduce = function_for(dev, "bn_relu_bwd_reduce", xs.dtype(), self.format)?;
             let mut b = stream.launch_builder(&reduce);
             b.arg(&x).arg(&y).arg(&dy).arg(&mean).arg(&var).arg(&eps);
             b.arg(&n32).arg(&c32).arg(&hw32).arg(&dgamma).arg(&dbeta);
             b.arg(&partials).arg(&counters);
             // Safety: as in `BatchStats`; dβ follows dγ in `params`.
             unsafe { b.launch(config) }.w()?;
-            let apply = function_for(dev, "bn_relu_bwd_dx", xs.dtype())?;
-            let (total32, batch_stats) = (u32_size(total)?, i32::from(self.batch_stats));
+            let apply = function_for(dev, "bn_relu_bwd_dx", xs.dtype(), self.format)?;
+            u32_size(total)?;
+            let batch_stats = i32::from(self.batch_stats);
             let mut b = stream.launch_builder(&apply);
             b.arg(&x).arg(&y).arg(&dy).arg(&mean).arg(&var).arg(&gamma);
-            b.arg(&dgamma).arg(&dbeta).arg(&eps).arg(&c32).arg(&hw32);
-            b.arg(&total32).arg(&batch_stats).arg(&dx);
+            b.arg(&dgamma)
+                .arg(&dbeta)
+                .arg(&eps)
+                .arg(&n32)
+                .arg(&c32)
+                .arg(&hw32);
+            b.arg(&batch_stats).arg(&dx);
             // Safety: as above.
-            unsafe { b.launch(planes((n, c, hw))) }.w()?;
+            unsafe { b.launch(elementwise_launch(self.format, (n, c, hw))) }.w()?;
             *self.params.lock().expect("not poisoned") = Some(params);
             Ok((dx_storage, xl.shape().clone()))
         })
