@@ -10,6 +10,7 @@ pub mod conv;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod gemm;
+pub mod launch;
 mod outputs;
 pub mod profile;
 mod scratch;

@@ -14,6 +14,7 @@
 pub mod conv;
 pub mod graph;
 
+use super::launch::{self, Dims};
 use super::profile::{timed_cuda, Kernel};
 use super::{MemoryFormat, OnDevice, SgdUpdate};
 use candle_core::backend::BackendStorage;
@@ -140,33 +141,11 @@ fn elementwise(n: usize) -> LaunchConfig {
     }
 }
 
-/// Channels-last kernels: a block's threads are `GROUP_CHANNELS` adjacent channels by
-/// `GROUP_ROWS` rows (as kernels.cu).
-const GROUP_CHANNELS: usize = 32;
-const GROUP_ROWS: usize = 8;
-
-/// The launch of kernels.cu's elementwise kernels over an (N, C, HW) tensor. NCHW: one block
-/// per (image, channel) plane, its threads over the plane's positions. Channels-last: channel
-/// groups by row blocks, the rows grid-strided.
-fn elementwise_launch(format: MemoryFormat, (n, c, hw): (usize, usize, usize)) -> LaunchConfig {
-    let (grid_dim, block_dim) = match format {
-        // Below 2³¹ as the element count is (`u32_size`); one block does nothing when empty.
-        MemoryFormat::Nchw => (
-            ((n * c).max(1) as u32, 1, 1),
-            (hw.next_multiple_of(32).clamp(32, 256) as u32, 1, 1),
-        ),
-        MemoryFormat::ChannelsLast => (
-            (
-                (n * hw).div_ceil(GROUP_ROWS).clamp(1, 2048) as u32,
-                c.div_ceil(GROUP_CHANNELS).max(1) as u32,
-                1,
-            ),
-            (GROUP_CHANNELS as u32, GROUP_ROWS as u32, 1),
-        ),
-    };
+/// A launch of (grid, block) dimensions from [`launch`](super::launch).
+fn launch_config(([gx, gy, gz], [bx, by, bz]): Dims) -> LaunchConfig {
     LaunchConfig {
-        grid_dim,
-        block_dim,
+        grid_dim: (gx, gy, gz),
+        block_dim: (bx, by, bz),
         shared_mem_bytes: 0,
     }
 }
@@ -183,16 +162,16 @@ thread_local! {
     static SCRATCH: RefCell<HashMap<DeviceId, Scratch>> = RefCell::new(HashMap::new());
 }
 
-/// Launch geometry and scratch addresses of a reduction over `c` channels of `m` elements
-/// each: enough splits per channel to fill the GPU, each of at least a few thousand elements;
-/// per split one block per channel (NCHW) or per group of channels (channels-last).
+/// Launch geometry ([`launch::reduction`]) and scratch addresses of a reduction over `c`
+/// channels of `m` elements each.
 fn reduction(
     dev: &CudaDevice,
     format: MemoryFormat,
     c: usize,
     m: usize,
 ) -> Result<(LaunchConfig, u64, u64)> {
-    let splits = (m / 4096).clamp(1, 128);
+    let dims = launch::reduction(format, c, m);
+    let splits = dims.0[0] as usize;
     let (partials_len, counters_len) = (2 * c * splits, c);
     SCRATCH.with(|all| {
         let mut all = all.borrow_mut();
@@ -213,19 +192,7 @@ fn reduction(
         let stream = dev.cuda_stream();
         let (partials, _) = s.partials.device_ptr(&stream);
         let (counters, _) = s.counters.device_ptr(&stream);
-        let (groups, block_dim) = match format {
-            MemoryFormat::Nchw => (c, (256, 1, 1)),
-            MemoryFormat::ChannelsLast => (
-                c.div_ceil(GROUP_CHANNELS),
-                (GROUP_CHANNELS as u32, GROUP_ROWS as u32, 1),
-            ),
-        };
-        let config = LaunchConfig {
-            grid_dim: (splits as u32, groups.max(1) as u32, 1),
-            block_dim,
-            shared_mem_bytes: 0,
-        };
-        Ok((config, partials, counters))
+        Ok((launch_config(dims), partials, counters))
     })
 }
 
@@ -288,7 +255,7 @@ pub(super) fn add_channel_bias(
         .arg(&hw32);
     // Safety: `y` and `add` (unless null) hold N·C·HW and `bias` C values of `dtype`; `y`
     // is written in place (see the module comment).
-    unsafe { b.launch(elementwise_launch(format, (n, c, hw))) }.w()?;
+    unsafe { b.launch(launch_config(launch::elementwise(format, (n, c, hw)))) }.w()?;
     Ok(())
 }
 
@@ -449,7 +416,7 @@ impl CustomOp3 for BatchNormRelu {
             b.arg(&x).arg(&mean).arg(&var).arg(&gamma).arg(&beta);
             b.arg(&eps).arg(&n32).arg(&c32).arg(&hw32).arg(&out);
             // Safety: as in `BatchStats`.
-            unsafe { b.launch(elementwise_launch(self.format, (n, c, hw))) }.w()?;
+            unsafe { b.launch(launch_config(launch::elementwise(self.format, (n, c, hw)))) }.w()?;
             Ok((y, xl.shape().clone()))
         })
     }
@@ -562,7 +529,7 @@ impl CustomOp3 for BatchNormReluBackward {
                 .arg(&hw32);
             b.arg(&batch_stats).arg(&dx);
             // Safety: as above.
-            unsafe { b.launch(elementwise_launch(self.format, (n, c, hw))) }.w()?;
+            unsafe { b.launch(launch_config(launch::elementwise(self.format, (n, c, hw)))) }.w()?;
             *self.params.lock().expect("not poisoned") = Some(params);
             Ok((dx_storage, xl.shape().clone()))
         })
