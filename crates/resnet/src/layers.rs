@@ -137,10 +137,10 @@ impl Conv2d {
         let b = cast(&parameter(&self.bias), work)?;
         let xw = cast(x, work)?;
         let add = add.map(|a| cast(a, work)).transpose()?;
-        let settings = ((self.stride, self.padding), self.math);
         let y = if ops::has_kernels(&xw) {
             let w = self.weight_in(format, work)?;
-            ops::conv2d_in(format, &xw, (&w, &b), add.as_ref(), settings.0, settings.1)?
+            let geometry = (self.stride, self.padding);
+            ops::conv2d_in(format, &xw, (&w, &b), add.as_ref(), geometry, self.math)?
         } else {
             let w = cast(&parameter(&self.weight), work)?;
             let y = conv2d_reference(&xw, &w, &b, self.stride, self.padding)?;
