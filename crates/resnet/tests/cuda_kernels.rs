@@ -3,7 +3,8 @@
 //! (`tests/cuda_emulation/cuda_bf16.h`: blocks one after another in shuffled order, a block's
 //! threads as fibers meeting at its barriers) and run against plain references
 //! (`tests/cuda_emulation/check.cpp`) with the launch geometry of `ops::launch`: every
-//! BatchNorm and bias kernel, NCHW and channels-last, f32 and bf16. What it cannot check —
+//! BatchNorm and bias kernel, NCHW and channels-last, f32 and bf16, and the SGD update of
+//! several tensors in one launch. What it cannot check —
 //! cuDNN, the device's memory model, concurrent blocks — `stepwise selftest --device cuda`
 //! checks on a GPU. Needs a C++20 compiler (`c++`, or `CXX`; Debian's g++).
 
@@ -55,12 +56,21 @@ fn cuda_kernels_compute_their_references_under_emulation() {
             let elementwise = launch::elementwise(format, (n, c, hw));
             let reduction = launch::reduction(format, c, n * hw);
             cases += &format!(
-                "{layout} {n} {c} {hw} {} {}\n",
+                "bn {layout} {n} {c} {hw} {} {}\n",
                 dims_line(elementwise),
                 dims_line(reduction)
             );
         }
     }
+    // Tensors shorter than a block, of several blocks, and longer than 256 blocks cover.
+    let sgd_lengths = [1000, 37, 70_000, 5, 256, 3000];
+    let largest = sgd_lengths.into_iter().max().unwrap_or(0);
+    cases += &format!(
+        "sgd {} {} {}\n",
+        sgd_lengths.len(),
+        sgd_lengths.map(|n| n.to_string()).join(" "),
+        dims_line(launch::sgd(largest, sgd_lengths.len()))
+    );
     let mut child = Command::new(&exe)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -75,5 +85,5 @@ fn cuda_kernels_compute_their_references_under_emulation() {
     let out = child.wait_with_output().unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{report}");
-    assert_eq!(report.trim(), "0 of 280 checks failed");
+    assert_eq!(report.trim(), "0 of 292 checks failed");
 }

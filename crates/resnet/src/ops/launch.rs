@@ -33,6 +33,13 @@ pub fn elementwise(format: MemoryFormat, (n, c, hw): (usize, usize, usize)) -> D
     }
 }
 
+/// The SGD update of `tensors` parameter tensors in one launch (blockIdx.y picks the tensor),
+/// the largest of `largest` elements: up to 256 blocks of 256 threads per tensor, grid-strided.
+pub fn sgd(largest: usize, tensors: usize) -> Dims {
+    let blocks = largest.div_ceil(256).clamp(1, 256) as u32;
+    ([blocks, tensors as u32, 1], [256, 1, 1])
+}
+
 /// A reduction over `c` channels of `m` elements each: enough splits per channel (the grid's
 /// x) to fill the GPU, each of at least a few thousand elements; per split one block per
 /// channel (NCHW) or per group of channels (channels-last).

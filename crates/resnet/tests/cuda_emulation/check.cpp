@@ -1,9 +1,11 @@
 // kernels.cu's kernels run under the CPU emulation of cuda_bf16.h (beside this file) against
-// plain references computed in double from the same stored values: every BatchNorm and bias
-// kernel, f32 and bf16, each reduction twice (its counters must be reset). Reads one case
-// per line from stdin — `layout n c hw` and the elementwise and reduction launches' grid and
-// block (x y z each), as ops/launch.rs gives them — and prints each failure; exits non-zero on
-// any. Built and run by tests/cuda_kernels.rs.
+// plain references: every BatchNorm and bias kernel, f32 and bf16, against values computed in
+// double from the same stored inputs, each reduction twice (its counters must be reset); the
+// SGD kernel against the same float formula, exactly. Reads one case per line from stdin, the
+// launches' grid and block (x y z each) as ops/launch.rs gives them:
+//   bn LAYOUT N C HW ELEMENTWISE-GRID ELEMENTWISE-BLOCK REDUCTION-GRID REDUCTION-BLOCK
+//   sgd TENSORS LENGTH... GRID BLOCK
+// and prints each failure; exits non-zero on any. Built and run by tests/cuda_kernels.rs.
 #include "cuda_bf16.h"
 #include "../../src/ops/cuda/kernels.cu"
 
@@ -267,18 +269,92 @@ static void check(const char *dtype, const Kernels<T> &k, Layout l, Shape s,
   }
 }
 
-int main() {
-  int layout;
-  Shape s;
-  Launch elementwise, reduction;
-  uint64_t seed = 1;
-  while (std::scanf("%d %u %u %u", &layout, &s.n, &s.c, &s.hw) == 4) {
-    for (dim3 *d : {&elementwise.first, &elementwise.second, &reduction.first, &reduction.second}) {
-      if (std::scanf("%u %u %u", &d->x, &d->y, &d->z) != 3) return 2;
+// Four SGD steps of `lengths.size()` tensors in one launch each, with momentum and weight
+// decay, Nesterov, and no momentum; the learning rate from the host, then from device
+// memory; a non-finite loss must leave everything as it is, a finite one not.
+static void check_sgd(const std::vector<uint32_t> &lengths, Launch launch) {
+  const size_t tensors = lengths.size();
+  std::mt19937_64 rng(7);
+  std::normal_distribution<float> normal;
+  std::vector<std::vector<float>> p(tensors), g(tensors), buf(tensors);
+  SgdTensors t{};
+  for (size_t k = 0; k < tensors; ++k) {
+    for (uint32_t i = 0; i < lengths[k]; ++i) {
+      p[k].push_back(normal(rng));
+      buf[k].push_back(0.f);
     }
-    const Layout l = layout == 0 ? NCHW : NHWC;
-    check("f32", f32[l], l, s, elementwise, reduction, 1e-5, seed++);
-    check("bf16", bf16[l], l, s, elementwise, reduction, 2e-2, seed++);
+    g[k].resize(lengths[k]);
+    t.p[k] = p[k].data();
+    t.g[k] = g[k].data();
+    t.buf[k] = buf[k].data();
+    t.n[k] = lengths[k];
+    t.lr[k] = 0.1f;
+    t.momentum[k] = k % 3 == 2 ? 0.f : 0.9f;
+    t.wd[k] = k % 3 == 1 ? 0.f : 5e-4f;
+    t.nesterov[k] = k % 3 == 1;
+  }
+  auto want_p = p, want_buf = buf;
+  float lr_on_device = 0.05f;
+  for (int step = 0; step < 4; ++step) {
+    for (size_t k = 0; k < tensors; ++k)
+      for (float &v : g[k]) v = normal(rng);
+    // Step 2 passes a NaN loss, step 3 a finite one; steps 1–3 read the device's rate.
+    const float loss = step == 2 ? NAN : 1.f;
+    const float *lr = step == 0 ? nullptr : &lr_on_device;
+    emulation::launch(launch.first, launch.second, 11 + step,
+                      [&] { sgd_momentum_f32(t, lr, step >= 2 ? &loss : nullptr); });
+    if (step == 2) continue;
+    for (size_t k = 0; k < tensors; ++k) {
+      const float rate = lr ? *lr : t.lr[k];
+      for (uint32_t i = 0; i < lengths[k]; ++i) {
+        const float d = g[k][i] + t.wd[k] * want_p[k][i];
+        const float b = t.momentum[k] * want_buf[k][i] + d;
+        if (t.momentum[k] != 0.f) want_buf[k][i] = b;
+        want_p[k][i] -= rate * (t.nesterov[k] ? d + t.momentum[k] * b : b);
+      }
+    }
+  }
+  for (size_t k = 0; k < tensors; ++k) {
+    const std::string name = "sgd tensor " + std::to_string(k) + " of " + std::to_string(lengths[k]);
+    expect(name + ": parameters", doubles(p[k]), doubles(want_p[k]), 0.0, 1.0);
+    expect(name + ": momentum", doubles(buf[k]), doubles(want_buf[k]), 0.0, 1.0);
+  }
+}
+
+static bool read_dims(std::initializer_list<dim3 *> dims) {
+  for (dim3 *d : dims) {
+    if (std::scanf("%u %u %u", &d->x, &d->y, &d->z) != 3) return false;
+  }
+  return true;
+}
+
+int main() {
+  char kind[8];
+  uint64_t seed = 1;
+  while (std::scanf("%7s", kind) == 1) {
+    Launch elementwise, reduction;
+    if (std::string(kind) == "bn") {
+      int layout;
+      Shape s;
+      if (std::scanf("%d %u %u %u", &layout, &s.n, &s.c, &s.hw) != 4 ||
+          !read_dims({&elementwise.first, &elementwise.second, &reduction.first, &reduction.second})) {
+        return 2;
+      }
+      const Layout l = layout == 0 ? NCHW : NHWC;
+      check("f32", f32[l], l, s, elementwise, reduction, 1e-5, seed++);
+      check("bf16", bf16[l], l, s, elementwise, reduction, 2e-2, seed++);
+    } else if (std::string(kind) == "sgd") {
+      size_t tensors;
+      if (std::scanf("%zu", &tensors) != 1 || tensors > SGD_MAX_TENSORS) return 2;
+      std::vector<uint32_t> lengths(tensors);
+      for (uint32_t &n : lengths) {
+        if (std::scanf("%u", &n) != 1) return 2;
+      }
+      if (!read_dims({&elementwise.first, &elementwise.second})) return 2;
+      check_sgd(lengths, elementwise);
+    } else {
+      return 2;
+    }
   }
   std::printf("%d of %d checks failed\n", failures, checks);
   return failures == 0 && checks > 0 ? 0 : 1;

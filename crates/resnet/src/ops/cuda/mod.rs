@@ -130,17 +130,6 @@ fn alloc(dev: &CudaDevice, dtype: DType, len: usize) -> Result<(CudaStorage, CUd
     Ok((storage, ptr))
 }
 
-/// A grid-stride launch over `n` elements.
-fn elementwise(n: usize) -> LaunchConfig {
-    const THREADS: u32 = 256;
-    let blocks = n.div_ceil(THREADS as usize).clamp(1, 65_536) as u32;
-    LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
 /// A launch of (grid, block) dimensions from [`launch`](super::launch).
 fn launch_config(([gx, gy, gz], [bx, by, bz]): Dims) -> LaunchConfig {
     LaunchConfig {
@@ -614,9 +603,7 @@ pub fn sgd_step(updates: &[SgdUpdate], on_device: Option<OnDevice>) -> Result<()
             grads.push(grad);
             largest = largest.max(n);
         }
-        let mut config = elementwise(largest);
-        config.grid_dim.0 = config.grid_dim.0.min(256);
-        config.grid_dim.1 = chunk.len() as u32;
+        let config = launch_config(launch::sgd(largest, chunk.len()));
         let f = function(&dev, "sgd_momentum_f32")?;
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&f);
