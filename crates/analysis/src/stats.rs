@@ -2,28 +2,22 @@
 
 use crate::Result;
 use candle_core::{DType, Tensor, D};
+use resnet::layers::{per_example_norm, per_example_rows};
 
 /// A batch of scalars (any float dtype) as host f64.
 pub(crate) fn host(t: &Tensor) -> Result<Vec<f64>> {
     Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
 }
 
-fn flat(t: &Tensor) -> Result<Tensor> {
-    Ok(t.to_dtype(DType::F32)?.flatten_from(1)?)
-}
-
-/// ‖x_n‖ per example, (N,) in f64 (summed in f32).
+/// ‖x_n‖ per example, (N,) in f64 (summed in f32 for f32 and bf16 tensors, f64 for f64:
+/// [`per_example_rows`]).
 pub(crate) fn norms(x: &Tensor) -> Result<Tensor> {
-    Ok(flat(x)?
-        .sqr()?
-        .sum(D::Minus1)?
-        .sqrt()?
-        .to_dtype(DType::F64)?)
+    Ok(per_example_norm(x)?.to_dtype(DType::F64)?)
 }
 
-/// ⟨a_n, b_n⟩ per example, (N,) in f64 (summed in f32).
+/// ⟨a_n, b_n⟩ per example, (N,) in f64 (summed as [`norms`]).
 pub(crate) fn dots(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    Ok((flat(a)? * flat(b)?)?
+    Ok((per_example_rows(a)? * per_example_rows(b)?)?
         .sum(D::Minus1)?
         .to_dtype(DType::F64)?)
 }

@@ -397,15 +397,17 @@ impl BatchNorm {
     }
 }
 
+/// A batch as (N, D) rows, one per example, in the dtype sums over an example are taken in:
+/// its own, f32 for bf16.
+pub fn per_example_rows(x: &Tensor) -> Result<Tensor> {
+    let dtype = match x.dtype() {
+        DType::BF16 => DType::F32,
+        dtype => dtype,
+    };
+    Ok(cast(x, dtype)?.flatten_from(1)?)
+}
+
 /// Per-example ℓ2 norms of a batch: `‖x_n‖` over all but the batch dimension.
 pub fn per_example_norm(x: &Tensor) -> Result<Tensor> {
-    let x = cast(
-        x,
-        if x.dtype() == DType::BF16 {
-            DType::F32
-        } else {
-            x.dtype()
-        },
-    )?;
-    Ok(x.flatten_from(1)?.sqr()?.sum(D::Minus1)?.sqrt()?)
+    Ok(per_example_rows(x)?.sqr()?.sum(D::Minus1)?.sqrt()?)
 }
