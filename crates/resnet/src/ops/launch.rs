@@ -12,6 +12,11 @@ pub type Dims = ([u32; 3], [u32; 3]);
 pub const GROUP_CHANNELS: usize = 32;
 pub const GROUP_ROWS: usize = 8;
 
+/// Channels-last blocks over `c` channels (at least one).
+fn channel_groups(c: usize) -> u32 {
+    c.div_ceil(GROUP_CHANNELS).max(1) as u32
+}
+
 /// The elementwise kernels over an (N, C, HW) tensor. NCHW: one block per (image, channel)
 /// plane, its threads over the plane's positions. Channels-last: channel groups by row
 /// blocks, the rows grid-strided. Sizes below 2³¹ elements (checked by the caller); one
@@ -25,7 +30,7 @@ pub fn elementwise(format: MemoryFormat, (n, c, hw): (usize, usize, usize)) -> D
         MemoryFormat::ChannelsLast => (
             [
                 (n * hw).div_ceil(GROUP_ROWS).clamp(1, 2048) as u32,
-                c.div_ceil(GROUP_CHANNELS).max(1) as u32,
+                channel_groups(c),
                 1,
             ],
             [GROUP_CHANNELS as u32, GROUP_ROWS as u32, 1],
@@ -48,7 +53,7 @@ pub fn reduction(format: MemoryFormat, c: usize, m: usize) -> Dims {
     match format {
         MemoryFormat::Nchw => ([splits, c.max(1) as u32, 1], [256, 1, 1]),
         MemoryFormat::ChannelsLast => (
-            [splits, c.div_ceil(GROUP_CHANNELS).max(1) as u32, 1],
+            [splits, channel_groups(c), 1],
             [GROUP_CHANNELS as u32, GROUP_ROWS as u32, 1],
         ),
     }

@@ -250,12 +250,8 @@ pub(super) fn add_channel_bias(
 
 /// (N, C, H·W) of an activation tensor in memory `format`.
 fn dims4(l: &Layout, format: MemoryFormat) -> Result<(usize, usize, usize)> {
-    match (l.dims(), format) {
-        (&[n, c, h, w], MemoryFormat::Nchw) | (&[n, h, w, c], MemoryFormat::ChannelsLast) => {
-            Ok((n, c, h * w))
-        }
-        (dims, _) => bail!("batch-norm: expected a 4-d tensor, got {dims:?}"),
-    }
+    let [n, c, h, w] = format.nchw(super::dims4(l)?);
+    Ok((n, c, h * w))
 }
 
 fn no_cpu<T>(name: &str) -> Result<T> {
