@@ -204,19 +204,23 @@ impl FetchName {
 /// Model flags; each overrides the same field of a spec file.
 #[derive(Args, Clone, Default)]
 pub struct ModelArgs {
+    /// Architecture: `resnet` (depth 6n+2), or the paper's `single`, `avgpool` or `wide`.
     #[arg(long, value_enum)]
     pub arch: Option<ArchArg>,
     /// Depth 6n+2 (resnet).
     #[arg(long)]
     pub depth: Option<u32>,
+    /// Classes of the head: 10 (CIFAR-10, shapes10) or 100 (CIFAR-100).
     #[arg(long)]
     pub classes: Option<u32>,
-    /// Channels of the first stage.
+    /// Channels of the first stage (default: the paper's for the architecture).
     #[arg(long)]
     pub width: Option<u32>,
     /// Blocks per stage: one number for all stages, or a comma-separated list.
     #[arg(long, value_delimiter = ',')]
     pub blocks: Option<Vec<u32>>,
+    /// Weight sharing between the blocks of a stage: `naive` shares convolutions and
+    /// BatchNorm, `ubn` shares the convolutions and keeps a BatchNorm per block.
     #[arg(long, value_enum)]
     pub sharing: Option<SharingArg>,
     /// Unshared blocks at the start of every stage (with --sharing).
@@ -297,10 +301,13 @@ pub struct TrainArgs {
     /// Dataset name (looked up in the data directory) or a dataset directory.
     #[arg(long)]
     pub data: Option<String>,
+    /// Epochs to train (default: the paper's for the architecture).
     #[arg(long)]
     pub epochs: Option<u32>,
+    /// Seed of the initialisation, the shuffling and the augmentation.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Examples per step.
     #[arg(long)]
     pub batch: Option<u32>,
     /// Initial learning rate (presets scale their values by lr / 0.1).
@@ -309,19 +316,26 @@ pub struct TrainArgs {
     /// Learning-rate schedule preset (custom schedules go in a spec file).
     #[arg(long, value_enum)]
     pub schedule: Option<ScheduleArg>,
+    /// Linear learning-rate warm-up from 0 over this many epochs.
     #[arg(long)]
     pub warmup_epochs: Option<u32>,
+    /// SGD momentum.
     #[arg(long)]
     pub momentum: Option<f64>,
+    /// Nesterov momentum.
     #[arg(long)]
     pub nesterov: bool,
+    /// L2 weight decay of the convolution and linear weights (`train.decay_on = "all"` in a
+    /// spec file decays every parameter).
     #[arg(long)]
     pub weight_decay: Option<f64>,
     /// Turn off crop and flip augmentation.
     #[arg(long)]
     pub no_augment: bool,
+    /// A name for the run, recorded in its spec.
     #[arg(long)]
     pub name: Option<String>,
+    /// A tag recorded in the spec (repeat for several).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
     /// Run directory: checkpoints/, metrics.jsonl, spec.toml. Default: runs/<arch><depth>-seed<seed>,
@@ -331,6 +345,11 @@ pub struct TrainArgs {
     /// Continue from this checkpoint (its spec is used; --epochs may extend the run).
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Print the spec this would train — spec file, flags and defaults resolved, with
+    /// the model's parameter count and the learning rate per epoch — and exit.
+    #[arg(long, conflicts_with = "resume")]
+    pub print_spec: bool,
+    /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
     /// Print a JSON summary on stdout and no progress bar.

@@ -174,6 +174,73 @@ fn bad_flags_and_specs_name_the_field_and_range() {
 }
 
 #[test]
+fn print_spec_resolves_the_defaults_and_reads_back_as_the_same_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let printed = ok(&stepwise(
+        dir.path(),
+        &[
+            "train",
+            "--arch",
+            "resnet",
+            "--depth",
+            "20",
+            "--epochs",
+            "30",
+            "--schedule",
+            "scaled",
+            "--print-spec",
+        ],
+    ));
+    let mut lines = printed.lines();
+    assert_eq!(
+        lines.next(),
+        Some("# resnet-20: 273066 trainable parameters, 9 blocks")
+    );
+    // The paper's boundaries 80, 120, 200 of 300 epochs, scaled to 30.
+    assert_eq!(
+        lines.next(),
+        Some("# learning rate 0.1 for epochs 1–8, 0.01 for epochs 9–12, 0.001 for epochs 13–20, 0.00001 for epochs 21–30")
+    );
+    assert!(printed.contains("\nwidth = 16\n"), "{printed}");
+    // Saved, it is the spec of the same run: printing it again changes nothing.
+    std::fs::write(dir.path().join("resolved.toml"), &printed).unwrap();
+    let again = ok(&stepwise(
+        dir.path(),
+        &["train", "--spec", "resolved.toml", "--print-spec"],
+    ));
+    assert_eq!(again, printed);
+    // Nothing is trained or written.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+    // --data names the dataset as training would: a directory by its identity.
+    synth(dir.path());
+    let printed = ok(&stepwise(
+        dir.path(),
+        &[
+            "train",
+            "--spec",
+            "resolved.toml",
+            "--data",
+            "data/shapes10",
+            "--print-spec",
+        ],
+    ));
+    assert!(printed.contains("dataset = \"shapes10\""), "{printed}");
+    let err = failed(&stepwise(
+        dir.path(),
+        &[
+            "train",
+            "--spec",
+            "resolved.toml",
+            "--data",
+            "nothing-here",
+            "--print-spec",
+        ],
+    ));
+    assert!(err.contains("nothing-here"), "{err}");
+}
+
+#[test]
 fn train_resume_and_evaluate() {
     let dir = tempfile::tempdir().unwrap();
     synth(dir.path());

@@ -661,7 +661,8 @@ impl TrainSpec {
                 "boundaries and values are for preset custom only",
             );
         }
-        if s.warmup_epochs >= epochs {
+        // With no epochs at all, the epochs' own error says it.
+        if epochs > 0 && s.warmup_epochs >= epochs {
             e.push(
                 "train.schedule.warmup_epochs",
                 format!(
@@ -1050,5 +1051,16 @@ mod tests {
             fields,
             ["train.schedule.values", "train.schedule.boundaries"]
         );
+
+        // Zero epochs is one error, not also a warm-up longer than the run.
+        let mut spec = RunSpec::new(ModelSpec::new(Arch::Single), DataSpec::new("shapes10"));
+        spec.train.epochs = Some(0);
+        let err = spec.validate().unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["train.epochs"]);
+        spec.train.epochs = Some(2);
+        spec.train.schedule.warmup_epochs = 2;
+        let err = spec.validate().unwrap_err();
+        assert_eq!(err.0[0].field, "train.schedule.warmup_epochs");
     }
 }

@@ -12,6 +12,17 @@ use std::sync::Arc;
 use train::{Outcome, Trainer, META_SPEC};
 
 pub fn run(args: TrainArgs, data_dir: &Path) -> Result<ExitCode> {
+    if args.print_spec {
+        let mut spec = spec_from_args(&args)?;
+        if let Some(data) = &args.data {
+            // As training binds it: a directory is named by its own identity.
+            spec.data.dataset = open_dataset(data, data_dir, spec.data.labels)?
+                .identity
+                .name;
+        }
+        print!("{}", resolved_spec(spec)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let device = candle_device(args.device)?;
     let (mut trainer, run_dir) = match &args.resume {
         Some(checkpoint) => resume(&args, checkpoint, data_dir, &device)?,
@@ -118,6 +129,62 @@ fn describe(spec: &RunSpec) -> String {
         spec.train.batch_size,
         spec.train.seed
     )
+}
+
+/// The spec as TOML with its defaults made explicit where they depend on the architecture
+/// (epochs, depth, width), headed by comments on what it trains: the model's parameter count and
+/// the learning rate of every epoch. Saved to a file, it trains or submits the same run.
+fn resolved_spec(mut spec: RunSpec) -> Result<String> {
+    let arch = spec.model.arch;
+    let epochs = spec.epochs();
+    spec.train.epochs = Some(epochs);
+    let layout = spec.model.layout()?;
+    spec.model.width.get_or_insert(layout.stages[0].channels);
+    if arch == domain::Arch::Resnet && spec.model.blocks.is_none() {
+        spec.model.depth = Some(domain::ModelSpec::depth_of(&layout));
+    }
+    let params = super::model::build(&spec.model)?.trainable_count();
+    let schedule = spec.train.schedule(arch);
+    let mut out = format!(
+        "# {}: {params} trainable parameters, {} blocks\n# {}\n",
+        spec.model.label(),
+        layout.blocks().len(),
+        learning_rates(&schedule, epochs)
+    );
+    out.push_str(&spec.to_toml());
+    Ok(out)
+}
+
+/// "learning rate 0.1 for epochs 1–80, 0.01 for epochs 81–120, …" in 1-based epochs, as the
+/// checkpoints count them; values whose epochs lie past the end are left out.
+fn learning_rates(schedule: &domain::Schedule, epochs: u32) -> String {
+    let starts = std::iter::once(0).chain(schedule.boundaries.iter().copied());
+    let ends = schedule
+        .boundaries
+        .iter()
+        .copied()
+        .chain(std::iter::once(epochs));
+    let pieces: Vec<String> = starts
+        .zip(ends)
+        .zip(&schedule.values)
+        .filter(|((start, _), _)| *start < epochs)
+        .map(|((start, end), lr)| {
+            let end = end.min(epochs);
+            if end == start + 1 {
+                format!("{lr} for epoch {end}")
+            } else {
+                format!("{lr} for epochs {}–{end}", start + 1)
+            }
+        })
+        .collect();
+    let mut line = format!("learning rate {}", pieces.join(", "));
+    if schedule.warmup_epochs > 0 {
+        line.push_str(&format!(
+            ", rising linearly from 0 over the first {} epochs",
+            schedule.warmup_epochs
+        ));
+    }
+    line
 }
 
 /// Ctrl-C asks the loop to checkpoint and stop; a second one exits at once.
