@@ -2,7 +2,7 @@
 # Every GPU check of a session on the device machine, phase by phase, each under its own time
 # limit: selftest (correctness first), the memory budget and out-of-memory errors, the
 # side-by-side training table against PyTorch, the training step before/after and as a CUDA
-# graph, per-kernel profiles of a step in stepwise and in PyTorch, the side-by-side evaluation
+# graph and the evaluation and analysis passes before/after, per-kernel profiles of a step in stepwise and in PyTorch, the side-by-side evaluation
 # and analysis, a few epochs of the paper's ResNet-110 schedule on real images, the quick run
 # trained and analysed on the GPU. Expects dist/stepwise.xz (a stripped `--features cuda`
 # release build), optionally dist/stepwise-before.xz (the previous build, for the before/after
@@ -69,6 +69,12 @@ ab() {
       echo "resnet-$depth b128 $variant:"
       timeout 60 "${cmd[@]}" --arch resnet --depth $depth --batch 128 --steps 20 --warmup 5 --device cuda 2>&1
     done
+  done
+  # The eager passes (no CUDA graph) before and after, ResNet-110.
+  for binary in $B $S; do
+    echo "resnet-110 eval and analysis, $binary:"
+    timeout 60 $binary bench eval --arch resnet --depth 110 --examples 10000 --batch 1000 --device cuda 2>&1
+    timeout 90 $binary bench analyze --arch resnet --depth 110 --examples 1000 --batch 500 --device cuda 2>&1
   done
 }
 

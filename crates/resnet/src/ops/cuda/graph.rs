@@ -54,8 +54,13 @@ pub fn capture<E: From<candle_core::Error>>(
         .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH)
         .w();
     queued?;
-    match graph.map_err(E::from)? {
-        Some(g) => Ok(Graph(g)),
-        None => Err(candle_core::Error::Msg("the capture recorded no work".into()).into()),
-    }
+    let graph = match graph.map_err(E::from)? {
+        Some(g) => Graph(g),
+        None => return Err(candle_core::Error::Msg("the capture recorded no work".into()).into()),
+    };
+    // The graph's memory is mapped at its first launch; what the work before the capture
+    // freed — all of an eager warm-up step whose results were read back — is handed back
+    // first, so that it can serve the graph instead of being held beside it.
+    super::release_freed_memory(dev).map_err(E::from)?;
+    Ok(graph)
 }

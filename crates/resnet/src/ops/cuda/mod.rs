@@ -19,7 +19,8 @@ use super::profile::{timed_cuda, Kernel};
 use super::{MemoryFormat, OnDevice, SgdUpdate};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    sys::CUdeviceptr, CudaFunction, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    result, sys, sys::CUdeviceptr, CudaFunction, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig,
+    PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, DeviceId, WrapErr};
 use candle_core::op::BackpropOp;
@@ -37,14 +38,62 @@ const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
 
 /// CUDA device `ordinal`, without cudarc's per-buffer event tracking: candle issues all of
 /// a device's work on one stream, so stream order already synchronises every access, and the
-/// events would cost a driver call per kernel argument.
+/// events would cost a driver call per kernel argument. Its memory pool keeps freed memory
+/// ([`keep_freed_memory`]).
 pub fn new_device(ordinal: usize) -> Result<candle_core::Device> {
     let device = candle_core::Device::new_cuda(ordinal)?;
     if let candle_core::Device::Cuda(d) = &device {
         // Safety: one stream per device (above); tensors are created after this call.
         unsafe { d.disable_event_tracking() };
+        keep_freed_memory(d)?;
     }
     Ok(device)
+}
+
+/// The device's default memory pool, which cudarc allocates every tensor from
+/// (stream-ordered); `None` where the device has none (cudarc then allocates directly).
+fn memory_pool(dev: &CudaDevice) -> Result<Option<sys::CUmemoryPool>> {
+    let context = dev.cuda_stream().context().clone();
+    if !context.has_async_alloc() {
+        return Ok(None);
+    }
+    // Safety: the device of a live context.
+    let pool = unsafe { result::device::get_default_mem_pool(context.cu_device()) }.w()?;
+    Ok(Some(pool))
+}
+
+/// Sets the pool's release threshold from CUDA's default, 0, to the largest value: with 0,
+/// every synchronisation — each loss, hit count or statistic read back — hands all memory
+/// not in use back to the driver, and the next batch maps it in again. Kept, a pool holds
+/// at most what was once in use at one time, so the peak is unchanged; PyTorch's caching
+/// allocator keeps memory likewise, and NVIDIA's own pool wrappers (CCCL, RMM) raise this
+/// threshold to the maximum too.
+fn keep_freed_memory(dev: &CudaDevice) -> Result<()> {
+    let Some(pool) = memory_pool(dev)? else {
+        return Ok(());
+    };
+    let mut threshold = u64::MAX;
+    // Safety: a valid pool; the attribute's value is a u64, read during the call.
+    unsafe {
+        result::mem_pool::set_attribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&raw mut threshold).cast(),
+        )
+    }
+    .w()
+}
+
+/// Hands the memory the pool keeps but nothing uses back to the driver: before a CUDA
+/// graph's first launch maps the graph's own memory (a separate pool), so that what the
+/// eager steps before its capture used serves the graph rather than being held twice.
+/// Memory freed by work still queued is kept; callers run it after a synchronisation.
+fn release_freed_memory(dev: &CudaDevice) -> Result<()> {
+    let Some(pool) = memory_pool(dev)? else {
+        return Ok(());
+    };
+    // Safety: a valid pool.
+    unsafe { result::mem_pool::trim_to(pool, 0) }.w()
 }
 
 /// Whether the CUDA kernels serve tensors like `x`.
