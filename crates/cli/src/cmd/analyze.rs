@@ -124,8 +124,9 @@ fn report(checkpoint: &Path, dir: &Path, a: &Analysis) {
         .collect();
     blocks.sort();
     blocks.dedup();
+    eprintln!("  {split} split:");
     eprintln!(
-        "  {split}: {:<8} {:<10} {:>9} {:>9} {:>9}",
+        "  {:<8} {:<10} {:>9} {:>9} {:>9}",
         "block", "kind", "cosine", "l2 ratio", "drop acc"
     );
     for (index, id, kind) in blocks {
