@@ -111,7 +111,7 @@ fn bench_pass(
         arch: model.arch.to_string(),
         depth: ModelSpec::depth_of(&layout),
         dtype: model.dtype.as_str(),
-        device: format!("{device:?}"),
+        device: resnet::describe_device(device),
         examples,
         batch,
         seconds,

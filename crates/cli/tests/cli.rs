@@ -502,7 +502,8 @@ fn bench_train_profile(reference_ops: bool, extra: &[&str]) -> serde_json::Value
 #[test]
 fn bench_train_profiles_the_cpu_kernels() {
     let r = bench_train_profile(false, &[]);
-    assert_eq!(r["memory_format"], "Nchw", "{r}");
+    assert_eq!(r["memory_format"], "nchw", "{r}");
+    assert_eq!(r["device"], "cpu", "{r}");
     let kernels = r["kernels"].as_array().unwrap();
     let calls = |name: &str| {
         kernels.iter().find(|k| k["kernel"] == name).unwrap()["calls"]
@@ -538,7 +539,7 @@ fn reference_ops_from_the_environment_bypass_the_kernels() {
 #[test]
 fn bench_train_in_channels_last_runs_the_nchw_kernels_on_the_cpu() {
     let r = bench_train_profile(false, &["--memory-format", "channels-last"]);
-    assert_eq!(r["memory_format"], "ChannelsLast", "{r}");
+    assert_eq!(r["memory_format"], "channels-last", "{r}");
     let kernels = r["kernels"].as_array().unwrap();
     let conv = kernels.iter().find(|k| k["kernel"] == "conv_forward");
     assert_eq!(conv.unwrap()["calls"], 9, "{r}");

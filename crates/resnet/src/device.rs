@@ -13,6 +13,22 @@ pub fn candle_device(spec: DeviceSpec) -> Result<Device> {
     }
 }
 
+/// The device as a reader names it: `cpu`, or `cuda:N (card name)`.
+pub fn describe_device(device: &Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => {
+            let context = d.cuda_stream().context().clone();
+            let card = context
+                .name()
+                .unwrap_or_else(|e| format!("name unknown: {e}"));
+            format!("cuda:{} ({card})", context.ordinal())
+        }
+        other => format!("{other:?}"),
+    }
+}
+
 /// Waits for queued device work (a no-op on the CPU), for honest timings.
 pub fn synchronize(device: &Device) -> Result<()> {
     Ok(device.synchronize()?)

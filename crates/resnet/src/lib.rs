@@ -22,7 +22,7 @@ pub mod ops;
 
 pub use block::Block;
 pub use checkpoint::{Checkpoint, WrittenFile};
-pub use device::{candle_device, synchronize};
+pub use device::{candle_device, describe_device, synchronize};
 pub use error::{Error, Result};
 pub use init::Init;
 pub use layers::BnMode;

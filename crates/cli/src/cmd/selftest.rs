@@ -64,6 +64,10 @@ impl EventSink for LastAccuracy {
 
 pub fn run(device_spec: DeviceSpec, json: bool) -> Result<ExitCode> {
     let device = candle_device(device_spec)?;
+    let described = resnet::describe_device(&device);
+    if !json {
+        println!("device {described}");
+    }
     let checks = compare_with_cpu(&device).context("comparing with the CPU")?;
     if !json {
         for c in &checks {
@@ -89,7 +93,7 @@ pub fn run(device_spec: DeviceSpec, json: bool) -> Result<ExitCode> {
     let mut sink = LastAccuracy(None);
     trainer.run(&mut sink, &AtomicBool::new(false))?;
     let report = Report {
-        device: device_spec.to_string(),
+        device: described,
         passed: checks.iter().all(|c| c.passed) && sink.0.is_some_and(|a| a >= MIN_ACCURACY),
         checks,
         training_test_accuracy: sink.0,

@@ -189,6 +189,14 @@ pub enum MemoryFormat {
 }
 
 impl MemoryFormat {
+    /// As the command line spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Nchw => "nchw",
+            Self::ChannelsLast => "channels-last",
+        }
+    }
+
     /// The shape of an (n, c, h, w) activation in this format.
     pub fn shape(self, (n, c, h, w): (usize, usize, usize, usize)) -> Shape {
         match self {
