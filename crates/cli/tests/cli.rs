@@ -388,6 +388,10 @@ fn the_smoke_experiment_trains_analyses_draws_and_reports() {
     assert_eq!(summary.lines().count(), 3, "{summary}");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("| resnet-8 | 5250 |"), "{report}");
+    assert!(
+        report.contains("fewer epochs than the paper (epochs of the paper's): resnet-8 1 of 300"),
+        "{report}"
+    );
     assert!(report.contains("| C1 | single-narrow |"), "{report}");
     assert!(report.contains("![figures/fig2_cosine.svg](figures/fig2_cosine.svg)"));
     // A second invocation finds the runs finished and only redraws.

@@ -253,6 +253,26 @@ fn paper_reference(model: &ModelSpec) -> (Option<u64>, Option<(f64, f64)>) {
     (params, errors)
 }
 
+/// A warning where configurations train for fewer epochs than the paper's schedules: the
+/// claims are about trained networks, which short runs are not.
+fn schedule_note(runs: &[ExperimentRun]) -> Option<String> {
+    let mut short: Vec<String> = vec![];
+    for r in runs {
+        let (epochs, paper) = (r.spec.epochs(), r.spec.model.arch.paper_epochs());
+        let entry = format!("{} {epochs} of {paper}", r.label);
+        if epochs < paper && !short.contains(&entry) {
+            short.push(entry);
+        }
+    }
+    (!short.is_empty()).then(|| {
+        format!(
+            "Trained for fewer epochs than the paper (epochs of the paper's): {}. The claims \
+             below are about trained networks; runs this short may not show them.",
+            short.join(", ")
+        )
+    })
+}
+
 fn report(
     spec: &ExperimentSpec,
     runs: &[ExperimentRun],
@@ -276,6 +296,9 @@ fn report(
         domain::CODE_VERSION,
         seconds
     );
+    if let Some(note) = schedule_note(runs) {
+        let _ = writeln!(md, "{note}\n");
+    }
     let _ = writeln!(md, "## Table 1: parameters and errors\n");
     let _ = writeln!(
         md,
