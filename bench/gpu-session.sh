@@ -2,14 +2,15 @@
 # Every GPU check of a session on the device machine, phase by phase, each under its own time
 # limit: selftest (correctness first), the memory budget and out-of-memory errors, the
 # side-by-side training table against PyTorch, the training step before/after and as a CUDA
-# graph and the evaluation and analysis passes before/after, per-kernel profiles of a step in stepwise and in PyTorch, the side-by-side evaluation
-# and analysis, a few epochs of the paper's ResNet-110 schedule on real images, the quick run
-# trained and analysed on the GPU. Expects dist/stepwise.xz (a stripped `--features cuda`
-# release build), optionally dist/stepwise-before.xz (the previous build, for the before/after
-# rows) and dist/cifar10-jpeg.tar.gz (for the schedule phase). Writes few files (the device tool
-# returns a limited number): session.log with every phase's output, gpu-bench-train.{json,log}
-# and gpu-bench-passes.{json,log}.
-#   [PHASES="selftest memory train ab profile passes schedule quick"] [SCHEDULE_EPOCHS=4]
+# graph and the evaluation and analysis passes before/after, per-kernel profiles of a step in
+# stepwise and in PyTorch, the side-by-side evaluation and analysis, a few epochs of the
+# paper's ResNet-110 schedule on real images, the quick run trained and analysed on the GPU,
+# and whether two processes train to the same weights. Expects dist/stepwise.xz (a stripped
+# `--features cuda` release build), optionally dist/stepwise-before.xz (the previous build,
+# for the before/after rows) and dist/cifar10-jpeg.tar.gz (for the schedule phase). Writes
+# few files (the device tool returns a limited number): session.log with every phase's
+# output, gpu-bench-train.{json,log} and gpu-bench-passes.{json,log}.
+#   [PHASES="selftest memory train ab profile passes schedule quick determinism"] [SCHEDULE_EPOCHS=4]
 #   [SCHEDULE_DTYPE=f32] [TRAIN_MODELS=...] [PASS_MODELS=...] [STEPS=10] bash bench/gpu-session.sh
 set -uo pipefail
 OUT=${OUT:-out}
@@ -22,7 +23,7 @@ B=
 if [ -f dist/stepwise-before.xz ]; then
   xz -dkf dist/stepwise-before.xz && chmod +x dist/stepwise-before && B=dist/stepwise-before
 fi
-PHASES=${PHASES:-selftest memory train ab profile passes schedule quick}
+PHASES=${PHASES:-selftest memory train ab profile passes schedule quick determinism}
 TRAIN_MODELS=${TRAIN_MODELS:-resnet-56:128,resnet-110:128,wide:128:bf16,wide:128:f32,resnet-56:512,resnet-110:512}
 PASS_MODELS=${PASS_MODELS:-resnet-56,resnet-110}
 STEPS=${STEPS:-10}
@@ -146,6 +147,25 @@ schedule() {
       --out runs/resnet-110-gpu ) 2>&1 | tail -12
   grep -h 'epoch_seconds\|images_per_second\|"accuracy"' runs/resnet-110-gpu/metrics.jsonl
   ls -la runs/resnet-110-gpu/checkpoints
+}
+
+# Two processes training the same spec on the GPU: bit-equal weights or not? cuDNN's algorithms
+# are chosen by timing in each process (deterministic ones only), so they may differ between
+# processes; this measures whether they do here. Compares every tensor of the final
+# checkpoints (the files also hold timings, so their hashes always differ).
+determinism() {
+  rm -rf runs/det-a runs/det-b
+  for run in det-a det-b; do
+    logged 120 $S train --spec experiments/quick.toml --epochs 2 --device cuda --out runs/$run | tail -2
+  done
+  python3 -c 'import safetensors' 2>/dev/null || export PYTHONPATH=$PWD/dist/pylib
+  python3 - <<'PY'
+from safetensors.torch import load_file
+a = load_file("runs/det-a/checkpoints/epoch-0002.safetensors")
+b = load_file("runs/det-b/checkpoints/epoch-0002.safetensors")
+differ = {k: (a[k].double() - b[k].double()).abs().max().item() for k in a if not a[k].equal(b[k])}
+print(f"{len(a)} tensors, {len(differ)} differ", sorted(differ.items(), key=lambda kv: -kv[1])[:5])
+PY
 }
 
 quick() {
