@@ -8,19 +8,40 @@
 //! are freed inside or, with the instantiation flag used here, at the next launch.
 
 use candle_core::cuda_backend::cudarc::driver::sys::{
-    CUgraphInstantiate_flags, CUstreamCaptureMode,
+    self, CUgraphInstantiate_flags, CUstreamCaptureMode,
 };
-use candle_core::cuda_backend::cudarc::driver::CudaGraph;
+use candle_core::cuda_backend::cudarc::driver::{CudaContext, CudaGraph};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{bail, Device, Result};
+use std::sync::Arc;
 
 /// A captured step.
-pub struct Graph(CudaGraph);
+pub struct Graph {
+    /// `Some` until dropped.
+    graph: Option<CudaGraph>,
+    context: Arc<CudaContext>,
+}
 
 impl Graph {
     /// Queues one replay on the stream it was captured from.
     pub fn launch(&self) -> Result<()> {
-        self.0.launch().w()
+        self.graph.as_ref().expect("until dropped").launch().w()
+    }
+}
+
+impl Drop for Graph {
+    /// Destroys the graph, then hands the memory the device keeps for graphs back to the
+    /// driver: it is reserved for graphs alone, and after a run's training (say, before its
+    /// analysis, or the next job of a worker) it would otherwise stay held, unused.
+    fn drop(&mut self) {
+        drop(self.graph.take());
+        // Safety: the device of a live context, bound to this thread first; the driver frees
+        // only blocks that no executing or scheduled graph uses. A failed trim leaves the
+        // memory held, as without it.
+        let _ = self
+            .context
+            .bind_to_thread()
+            .and_then(|()| unsafe { sys::cuDeviceGraphMemTrim(self.context.cu_device()).result() });
     }
 }
 
@@ -55,7 +76,10 @@ pub fn capture<E: From<candle_core::Error>>(
         .w();
     queued?;
     let graph = match graph.map_err(E::from)? {
-        Some(g) => Graph(g),
+        Some(g) => Graph {
+            graph: Some(g),
+            context: stream.context().clone(),
+        },
         None => return Err(candle_core::Error::Msg("the capture recorded no work".into()).into()),
     };
     // The graph's memory is mapped at its first launch; what the work before the capture
