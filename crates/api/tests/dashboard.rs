@@ -482,6 +482,8 @@ async fn the_experiment_page_has_figures_claims_and_downloads(pool: PgPool) {
         "verdict-yes",                  // every block's cosine is negative here
         r#"data-figure="fig2_cosine""#, // figures over seeds
         "62.50%",                       // final test accuracy of the configuration
+        "C1 cosine &#60; 0 for ≥ 80% of identity blocks", // the claims' legend, escaped
+        "(epochs of the paper&#39;s): resnet-8 1 of 300", // one epoch is no trained network
     ] {
         assert!(
             html.contains(expected),

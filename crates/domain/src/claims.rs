@@ -1,7 +1,9 @@
 //! paper.md's claims C1–C7 as predicates over analysis records, evaluated with the
 //! thresholds fixed there (never tuned). Values of several seeds are averaged first.
 
-use crate::{AnalysisRecord, Arch, BlockKind, Group, MetricName, Sharing, Split, Stat};
+use crate::{
+    AnalysisRecord, Arch, BlockKind, ExperimentRun, Group, MetricName, Sharing, Split, Stat,
+};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -361,6 +363,37 @@ fn c7(configs: &[Config]) -> Vec<Verdict> {
         ));
     }
     out
+}
+
+/// What each claim asserts, with its thresholds: the legend of every claim table.
+pub const LEGEND: &str = "C1 cosine < 0 for ≥ 80% of identity blocks · C2 Spearman \
+    ρ(block, cosine) < 0 over the last stage · C3 (single, avgpool) ℓ2 ratio of block 0 ≥ 2× \
+    the median of the others · C4 dropping one block: block 0 costs ≥ 20 points more than \
+    the median of blocks 2… (single, avgpool), no identity block costs ≥ 20 points (resnet, \
+    wide) · C5 Spearman ρ(block, intermediate accuracy) > 0.8 over the last stage · C6 with \
+    the selected α the cosine stays < 0 for all steps and borderline accuracy rises, with \
+    α = 1 it turns positive within 5 steps · C7 naive sharing: higher test error than UBN \
+    and faster activation-norm growth at initialisation than unshared. All on the test \
+    split of the analysed subset, thresholds as fixed in paper.md.";
+
+/// A caution where configurations train for fewer epochs than the paper's schedules: the
+/// claims are about trained networks, which runs that short are not.
+pub fn short_schedule_note(runs: &[ExperimentRun]) -> Option<String> {
+    let mut short: Vec<String> = vec![];
+    for r in runs {
+        let (epochs, paper) = (r.spec.epochs(), r.spec.model.arch.paper_epochs());
+        let entry = format!("{} {epochs} of {paper}", r.label);
+        if epochs < paper && !short.contains(&entry) {
+            short.push(entry);
+        }
+    }
+    (!short.is_empty()).then(|| {
+        format!(
+            "Trained for fewer epochs than the paper (epochs of the paper's): {}. The claims \
+             are about trained networks; runs this short may not show them.",
+            short.join(", ")
+        )
+    })
 }
 
 /// Every claim that applies to the configurations.

@@ -706,6 +706,9 @@ pub struct ExperimentPage {
     table: RunsTable,
     figures: Vec<FigureItem>,
     claims: Vec<ClaimItem>,
+    /// When the runs are shorter than the paper's schedules.
+    schedule_note: Option<String>,
+    legend: &'static str,
 }
 
 /// paper.md's claims over the experiment's analysed runs, configurations by label.
@@ -798,6 +801,8 @@ pub async fn experiment(
         table,
         figures,
         claims,
+        schedule_note: domain::claims::short_schedule_note(&experiment.spec.runs()),
+        legend: domain::claims::LEGEND,
     })
 }
 

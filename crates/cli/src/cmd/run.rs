@@ -253,26 +253,6 @@ fn paper_reference(model: &ModelSpec) -> (Option<u64>, Option<(f64, f64)>) {
     (params, errors)
 }
 
-/// A warning where configurations train for fewer epochs than the paper's schedules: the
-/// claims are about trained networks, which short runs are not.
-fn schedule_note(runs: &[ExperimentRun]) -> Option<String> {
-    let mut short: Vec<String> = vec![];
-    for r in runs {
-        let (epochs, paper) = (r.spec.epochs(), r.spec.model.arch.paper_epochs());
-        let entry = format!("{} {epochs} of {paper}", r.label);
-        if epochs < paper && !short.contains(&entry) {
-            short.push(entry);
-        }
-    }
-    (!short.is_empty()).then(|| {
-        format!(
-            "Trained for fewer epochs than the paper (epochs of the paper's): {}. The claims \
-             below are about trained networks; runs this short may not show them.",
-            short.join(", ")
-        )
-    })
-}
-
 fn report(
     spec: &ExperimentSpec,
     runs: &[ExperimentRun],
@@ -296,7 +276,7 @@ fn report(
         domain::CODE_VERSION,
         seconds
     );
-    if let Some(note) = schedule_note(runs) {
+    if let Some(note) = domain::claims::short_schedule_note(runs) {
         let _ = writeln!(md, "{note}\n");
     }
     let _ = writeln!(md, "## Table 1: parameters and errors\n");
@@ -374,7 +354,7 @@ fn report(
         };
         let _ = writeln!(md, "| {claim} | {subject} | {holds} | {measured} |");
     }
-    let _ = writeln!(md, "\nC1 cosine < 0 for ≥ 80% of identity blocks · C2 Spearman ρ(block, cosine) < 0 over the last stage · C3 (`single`, `avgpool`) ℓ2 ratio of block 0 ≥ 2× the median of the others · C4 dropping: block 0 costs ≥ 20 points more than the median of blocks 2… (`single`, `avgpool`), no identity block costs ≥ 20 points (`resnet`, `wide`) · C5 ρ(block, intermediate accuracy) > 0.8 over the last stage · C6 with the selected α the cosine stays < 0 for all steps and borderline accuracy rises, with α = 1 it turns positive within 5 steps · C7 naive sharing: higher test error than UBN and faster activation-norm growth at initialisation than unshared. All on the test split of the analysed subset.\n");
+    let _ = writeln!(md, "\n{}\n", domain::claims::LEGEND);
     let _ = writeln!(md, "## Figures\n");
     for f in figures
         .iter()
