@@ -53,15 +53,16 @@ pub fn new_device(ordinal: usize) -> Result<candle_core::Device> {
     Ok(device)
 }
 
-/// The device's default memory pool, which cudarc allocates every tensor from
-/// (stream-ordered); `None` where the device has none (cudarc then allocates directly).
+/// The device's current memory pool (its default one: nothing here sets another), which
+/// cudarc's stream-ordered allocations take every tensor from; `None` where the device has
+/// no pools (cudarc then allocates directly).
 fn memory_pool(dev: &CudaDevice) -> Result<Option<sys::CUmemoryPool>> {
     let context = dev.cuda_stream().context().clone();
     if !context.has_async_alloc() {
         return Ok(None);
     }
     // Safety: the device of a live context.
-    let pool = unsafe { result::device::get_default_mem_pool(context.cu_device()) }.w()?;
+    let pool = unsafe { result::device::get_mem_pool(context.cu_device()) }.w()?;
     Ok(Some(pool))
 }
 
