@@ -333,6 +333,7 @@ async fn pages_show_a_finished_run_and_escape_what_users_wrote(pool: PgPool) {
         "took 1.5 s",
         "Run spec",
         "&#34;depth&#34;: 8",
+        "learning rate 0.1 for epoch 1.", // the schedule, resolved
     ] {
         assert!(
             html.contains(expected),

@@ -442,6 +442,39 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// "learning rate 0.1 for epochs 1–80, 0.01 for epochs 81–120, …" over a run of `epochs`,
+    /// in 1-based epochs as checkpoints count them; values whose epochs lie past the end are
+    /// left out.
+    pub fn describe(&self, epochs: u32) -> String {
+        let starts = std::iter::once(0).chain(self.boundaries.iter().copied());
+        let ends = self
+            .boundaries
+            .iter()
+            .copied()
+            .chain(std::iter::once(epochs));
+        let pieces: Vec<String> = starts
+            .zip(ends)
+            .zip(&self.values)
+            .filter(|((start, _), _)| *start < epochs)
+            .map(|((start, end), lr)| {
+                let end = end.min(epochs);
+                if end == start + 1 {
+                    format!("{lr} for epoch {end}")
+                } else {
+                    format!("{lr} for epochs {}–{end}", start + 1)
+                }
+            })
+            .collect();
+        let mut line = format!("learning rate {}", pieces.join(", "));
+        if self.warmup_epochs > 0 {
+            line.push_str(&format!(
+                ", rising linearly from 0 over the first {} epochs",
+                self.warmup_epochs
+            ));
+        }
+        line
+    }
+
     /// Learning rate for step `step` (0-based) of epoch `epoch` (0-based).
     pub fn lr(&self, epoch: u32, step: usize, steps_per_epoch: usize) -> f64 {
         let piece = self.boundaries.iter().filter(|&&b| b <= epoch).count();
@@ -1034,6 +1067,28 @@ mod tests {
         assert!((s.lr(0, 0, 4) - 0.05).abs() < 1e-12);
         assert!((s.lr(0, 3, 4) - 0.2).abs() < 1e-12);
         assert_eq!(s.lr(2, 0, 4), 0.02);
+    }
+
+    #[test]
+    fn schedules_describe_their_epochs_one_based_and_stop_at_the_end() {
+        let mut train = TrainSpec {
+            epochs: Some(30),
+            ..TrainSpec::default()
+        };
+        train.schedule.preset = SchedulePreset::Scaled;
+        assert_eq!(
+            train.schedule(Arch::Resnet).describe(30),
+            "learning rate 0.1 for epochs 1–8, 0.01 for epochs 9–12, 0.001 for epochs 13–20, \
+             0.00001 for epochs 21–30"
+        );
+        // The paper's boundaries past a short run's end are left out.
+        train.schedule.preset = SchedulePreset::Paper;
+        train.schedule.warmup_epochs = 2;
+        assert_eq!(
+            train.schedule(Arch::Resnet).describe(81),
+            "learning rate 0.1 for epochs 1–80, 0.01 for epoch 81, rising linearly from 0 over \
+             the first 2 epochs"
+        );
     }
 
     #[test]

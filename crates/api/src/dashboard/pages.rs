@@ -474,6 +474,8 @@ pub struct RunPage {
     tags: Vec<String>,
     live: RunLive,
     spec: String,
+    /// The learning rate of every epoch, as the spec resolves it.
+    schedule: String,
     identity: String,
     plan: String,
     analyses: Vec<AnalysisSection>,
@@ -598,6 +600,10 @@ pub async fn run(
         tags: run.tags.clone(),
         live,
         spec: pretty(shown),
+        schedule: shown
+            .train
+            .schedule(shown.model.arch)
+            .describe(shown.epochs()),
         identity: shown.data.identity.as_ref().map(pretty).unwrap_or_default(),
         plan: run.analysis.as_ref().map(pretty).unwrap_or_default(),
         analyses,

@@ -149,42 +149,10 @@ fn resolved_spec(mut spec: RunSpec) -> Result<String> {
         "# {}: {params} trainable parameters, {} blocks\n# {}\n",
         spec.model.label(),
         layout.blocks().len(),
-        learning_rates(&schedule, epochs)
+        schedule.describe(epochs)
     );
     out.push_str(&spec.to_toml());
     Ok(out)
-}
-
-/// "learning rate 0.1 for epochs 1–80, 0.01 for epochs 81–120, …" in 1-based epochs, as the
-/// checkpoints count them; values whose epochs lie past the end are left out.
-fn learning_rates(schedule: &domain::Schedule, epochs: u32) -> String {
-    let starts = std::iter::once(0).chain(schedule.boundaries.iter().copied());
-    let ends = schedule
-        .boundaries
-        .iter()
-        .copied()
-        .chain(std::iter::once(epochs));
-    let pieces: Vec<String> = starts
-        .zip(ends)
-        .zip(&schedule.values)
-        .filter(|((start, _), _)| *start < epochs)
-        .map(|((start, end), lr)| {
-            let end = end.min(epochs);
-            if end == start + 1 {
-                format!("{lr} for epoch {end}")
-            } else {
-                format!("{lr} for epochs {}–{end}", start + 1)
-            }
-        })
-        .collect();
-    let mut line = format!("learning rate {}", pieces.join(", "));
-    if schedule.warmup_epochs > 0 {
-        line.push_str(&format!(
-            ", rising linearly from 0 over the first {} epochs",
-            schedule.warmup_epochs
-        ));
-    }
-    line
 }
 
 /// Ctrl-C asks the loop to checkpoint and stop; a second one exits at once.
