@@ -170,22 +170,6 @@ pub enum DataCommand {
     },
 }
 
-/// `--memory-format`: resnet's [`MemoryFormat`] on the command line.
-#[derive(Clone, Copy, ValueEnum)]
-pub enum MemoryFormatArg {
-    Nchw,
-    ChannelsLast,
-}
-
-impl From<MemoryFormatArg> for MemoryFormat {
-    fn from(arg: MemoryFormatArg) -> Self {
-        match arg {
-            MemoryFormatArg::Nchw => Self::Nchw,
-            MemoryFormatArg::ChannelsLast => Self::ChannelsLast,
-        }
-    }
-}
-
 #[derive(Clone, Copy, ValueEnum)]
 pub enum FetchName {
     Cifar10,
@@ -290,6 +274,7 @@ value_enum!(DtypeArg => Precision { F32, Tf32, Bf16 });
 value_enum!(ScheduleArg => SchedulePreset { Paper, Scaled, Constant });
 value_enum!(SplitArg => Split { Train, Test });
 value_enum!(GradientArg => GradientKind { Full, Skip });
+value_enum!(MemoryFormatArg => MemoryFormat { Nchw, ChannelsLast });
 
 #[derive(Args)]
 pub struct TrainArgs {
