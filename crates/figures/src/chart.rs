@@ -138,8 +138,20 @@ pub fn write(figure: &Figure, dir: &Path, name: &str) -> Result<Vec<PathBuf>> {
     let png = dir.join(format!("{name}.png"));
     draw_all(SVGBackend::new(&svg, size).into_drawing_area(), figure)
         .map_err(|e| FigureError::Draw(format!("{}: {e}", svg.display())))?;
-    draw_all(BitMapBackend::new(&png, size).into_drawing_area(), figure)
-        .map_err(|e| FigureError::Draw(format!("{}: {e}", png.display())))?;
+    // Drawn into a buffer and encoded by the `image` crate the datasets already use:
+    // plotters' own encoder would bring a second, older version of it.
+    let mut rgb = vec![0u8; 3 * size.0 as usize * size.1 as usize];
+    draw_all(
+        BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area(),
+        figure,
+    )
+    .map_err(|e| FigureError::Draw(format!("{}: {e}", png.display())))?;
+    image::save_buffer(&png, &rgb, size.0, size.1, image::ExtendedColorType::Rgb8).map_err(
+        |source| FigureError::Png {
+            path: png.clone(),
+            source,
+        },
+    )?;
     Ok(vec![svg, png])
 }
 
@@ -330,6 +342,39 @@ mod tests {
         assert_eq!(tick(0.1135, 0.005), "0.1135");
         assert_eq!(tick(0.114, 0.005), "0.114");
         assert_eq!(tick(0.1123456, 1.0), "0.11");
+    }
+
+    #[test]
+    fn png_is_the_drawn_figure_at_its_size() {
+        let panel = Panel {
+            title: "t".into(),
+            series: vec![Series {
+                label: "s".into(),
+                color: palette(0),
+                dashed: false,
+                points: (0..4)
+                    .map(|i| Point {
+                        x: i as f64,
+                        values: vec![i as f64, 1.0 + i as f64],
+                        hollow: false,
+                    })
+                    .collect(),
+            }],
+            ..Panel::default()
+        };
+        let figure = Figure {
+            panels: vec![panel.clone(), panel],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let files = write(&figure, dir.path(), "f").unwrap();
+        let png = image::open(&files[1]).unwrap().to_rgb8();
+        assert_eq!(png.dimensions(), (2 * PANEL_WIDTH, HEIGHT));
+        let series_colour = palette(0).rgb();
+        let drawn = png
+            .pixels()
+            .filter(|p| (p[0], p[1], p[2]) == series_colour)
+            .count();
+        assert!(drawn > 100, "{drawn} pixels of the series' colour");
     }
 
     #[test]

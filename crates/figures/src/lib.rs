@@ -16,6 +16,11 @@ pub enum FigureError {
     },
     #[error("drawing {0}")]
     Draw(String),
+    #[error("writing {path}: {source}")]
+    Png {
+        path: PathBuf,
+        source: image::ImageError,
+    },
 }
 
 pub type Result<T, E = FigureError> = std::result::Result<T, E>;
