@@ -3,8 +3,8 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use domain::{
-    AnalysisKind, AnalysisSpec, Arch, DeviceSpec, GradientKind, ModelSpec, Precision,
-    SchedulePreset, Sharing, Split,
+    service::JobState, AnalysisKind, AnalysisSpec, Arch, DeviceSpec, GradientKind, ModelSpec,
+    Precision, SchedulePreset, Sharing, Split,
 };
 use resnet::ops::MemoryFormat;
 use std::path::PathBuf;
@@ -73,6 +73,7 @@ pub enum Command {
         /// A local run directory (repeat for several runs).
         #[arg(long)]
         run: Vec<PathBuf>,
+        /// Output directory.
         #[arg(long, default_value = "figures")]
         out: PathBuf,
     },
@@ -83,6 +84,7 @@ pub enum Command {
     /// A run's state on the API.
     Status {
         run: String,
+        /// Print the run as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -112,8 +114,10 @@ pub enum Command {
     Retry { run: String },
     /// Check a device: every op against the CPU kernels, then a short run that must learn.
     Selftest {
+        /// `cpu`, `cuda` or `cuda:N`.
         #[arg(long, default_value = "cpu")]
         device: DeviceSpec,
+        /// Print the checks as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -125,6 +129,7 @@ pub enum ModelCommand {
     Summary {
         #[command(flatten)]
         model: ModelArgs,
+        /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -134,14 +139,19 @@ pub enum ModelCommand {
 pub enum DataCommand {
     /// Generate the synthetic shapes10 dataset in the CIFAR-10 binary layout.
     Synth {
+        /// Dataset directory to create.
         #[arg(long)]
         out: PathBuf,
+        /// Training images.
         #[arg(long, default_value_t = 10_000)]
         train: u32,
+        /// Test images.
         #[arg(long, default_value_t = 2_000)]
         test: u32,
+        /// Seed of the generator: the same seed gives the same files.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Print the dataset's identity as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -158,13 +168,16 @@ pub enum DataCommand {
     },
     /// Convert image folders (train/<class>/*, test/<class>/*; PNG or JPEG, 32×32).
     Import {
+        /// Folder holding train/<class>/ and test/<class>/ image folders.
         #[arg(long)]
         from: PathBuf,
+        /// Dataset directory to create.
         #[arg(long)]
         out: PathBuf,
         /// Dataset name recorded with every run (default: the --out folder's name).
         #[arg(long)]
         name: Option<String>,
+        /// Print the dataset's identity as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -344,6 +357,7 @@ pub struct TrainArgs {
 
 #[derive(Args)]
 pub struct EvalArgs {
+    /// The checkpoint to evaluate.
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Dataset name or directory (default: the dataset the checkpoint was trained on).
@@ -351,10 +365,13 @@ pub struct EvalArgs {
     pub data: Option<String>,
     #[arg(long, value_enum, default_value = "test")]
     pub split: SplitArg,
+    /// Examples per forward pass; bounds memory.
     #[arg(long, default_value_t = 250)]
     pub batch: usize,
+    /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
+    /// Print loss and accuracy as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -365,13 +382,16 @@ pub enum BenchCommand {
     Train {
         #[command(flatten)]
         model: ModelArgs,
+        /// Examples per step.
         #[arg(long, default_value_t = 128)]
         batch: usize,
         /// Timed steps (the median is reported).
         #[arg(long, default_value_t = 10)]
         steps: usize,
+        /// Untimed steps first (cuDNN's algorithm search, allocations, graph capture).
         #[arg(long, default_value_t = 2)]
         warmup: usize,
+        /// `cpu`, `cuda` or `cuda:N`.
         #[arg(long, default_value = "cpu")]
         device: DeviceSpec,
         /// Also time each kernel (convolution, BatchNorm+ReLU, SGD) within the timed steps;
@@ -386,6 +406,7 @@ pub enum BenchCommand {
         /// on CUDA, NCHW otherwise (channels-last elsewhere runs through NCHW copies).
         #[arg(long, value_enum)]
         memory_format: Option<MemoryFormatArg>,
+        /// Print the measurement as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -402,6 +423,7 @@ pub enum BenchCommand {
 pub struct PassBenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Examples per timed pass.
     #[arg(long, default_value_t = 1000)]
     pub examples: usize,
     /// Examples per forward pass.
@@ -410,11 +432,13 @@ pub struct PassBenchArgs {
     /// Timed repeats after one warm-up (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
+    /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
     /// Time each kernel (on CUDA by events around each) and list them per pass.
     #[arg(long)]
     pub profile: bool,
+    /// Print the measurement as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -434,31 +458,34 @@ pub struct AnalyzeArgs {
     /// sharing, taylor.
     #[arg(long, value_delimiter = ',')]
     pub metrics: Option<Vec<AnalysisKind>>,
-    #[arg(long, value_delimiter = ',', value_enum)]
-    pub splits: Option<Vec<SplitArg>>,
+    /// Splits to analyse, comma-separated.
+    #[arg(long, value_delimiter = ',', value_enum, default_values_t = [SplitArg::Train, SplitArg::Test])]
+    pub splits: Vec<SplitArg>,
     /// Examples per split (a fixed seeded subset).
-    #[arg(long)]
-    pub max_examples: Option<u32>,
+    #[arg(long, default_value_t = AnalysisSpec::default().max_examples)]
+    pub max_examples: u32,
     /// Examples per forward pass; bounds memory.
-    #[arg(long)]
-    pub eval_batch: Option<u32>,
+    #[arg(long, default_value_t = AnalysisSpec::default().eval_batch)]
+    pub eval_batch: u32,
     /// Gradient of the cosine: of the full network, or of the network without the block.
-    #[arg(long, value_enum)]
-    pub gradient: Option<GradientArg>,
-    /// Blocks followed by the borderline analysis.
-    #[arg(long)]
-    pub window: Option<u32>,
-    #[arg(long)]
-    pub unroll_steps: Option<u32>,
-    /// Step sizes of the unrolling, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    pub alphas: Option<Vec<f64>>,
-    /// Borderline margin threshold.
-    #[arg(long)]
-    pub margin: Option<f64>,
+    #[arg(long, value_enum, default_value_t = GradientArg::Full)]
+    pub gradient: GradientArg,
+    /// Blocks at the end of the network followed by the borderline analysis.
+    #[arg(long, default_value_t = AnalysisSpec::default().window)]
+    pub window: u32,
+    /// Times the last block is applied again by the unrolling.
+    #[arg(long, default_value_t = AnalysisSpec::default().unroll_steps)]
+    pub unroll_steps: u32,
+    /// Step sizes α of the unrolling (h ← h + α·F(h)), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = AnalysisSpec::default().alphas)]
+    pub alphas: Vec<f64>,
+    /// Borderline margin threshold: |p_y − max other p| below it is borderline.
+    #[arg(long, default_value_t = AnalysisSpec::default().margin)]
+    pub margin: f64,
     /// Seed of the example subsets.
-    #[arg(long)]
-    pub seed: Option<u64>,
+    #[arg(long, default_value_t = AnalysisSpec::default().seed)]
+    pub seed: u64,
+    /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
     /// Output directory (default: the run directory's analysis/).
@@ -470,28 +497,23 @@ pub struct AnalyzeArgs {
 }
 
 impl AnalyzeArgs {
-    /// The analysis spec: defaults (paper.md's) with the given flags applied.
+    /// The analysis spec of the flags (whose defaults are paper.md's, as a spec file's).
     pub fn spec(&self) -> AnalysisSpec {
-        let mut s = AnalysisSpec::default();
-        if let Some(m) = &self.metrics {
-            s.metrics = m.clone();
+        AnalysisSpec {
+            metrics: self
+                .metrics
+                .clone()
+                .unwrap_or_else(|| AnalysisSpec::default().metrics),
+            splits: self.splits.iter().map(|&x| x.into()).collect(),
+            max_examples: self.max_examples,
+            eval_batch: self.eval_batch,
+            gradient: self.gradient.into(),
+            window: self.window,
+            unroll_steps: self.unroll_steps,
+            alphas: self.alphas.clone(),
+            margin: self.margin,
+            seed: self.seed,
         }
-        if let Some(splits) = &self.splits {
-            s.splits = splits.iter().map(|&x| x.into()).collect();
-        }
-        s.max_examples = self.max_examples.unwrap_or(s.max_examples);
-        s.eval_batch = self.eval_batch.unwrap_or(s.eval_batch);
-        if let Some(g) = self.gradient {
-            s.gradient = g.into();
-        }
-        s.window = self.window.unwrap_or(s.window);
-        s.unroll_steps = self.unroll_steps.unwrap_or(s.unroll_steps);
-        if let Some(a) = &self.alphas {
-            s.alphas = a.clone();
-        }
-        s.margin = self.margin.unwrap_or(s.margin);
-        s.seed = self.seed.unwrap_or(s.seed);
-        s
     }
 }
 
@@ -502,6 +524,7 @@ pub struct RunArgs {
     /// Output directory: runs/, figures/, summary.csv, report.md.
     #[arg(long)]
     pub out: PathBuf,
+    /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
 }
@@ -523,22 +546,70 @@ pub struct SubmitArgs {
     /// Makes the submission safe to repeat: the same key never creates a second run.
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// Print the created run or experiment as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Args)]
 pub struct ListArgs {
+    /// Only runs in this state: queued, running, cancelling, succeeded, failed, cancelled.
     #[arg(long)]
-    pub status: Option<String>,
+    pub status: Option<JobState>,
+    /// Only runs of this architecture (resnet, single, avgpool, wide).
     #[arg(long)]
     pub arch: Option<String>,
+    /// Only runs with this tag.
     #[arg(long)]
     pub tag: Option<String>,
+    /// Only the runs of this experiment (its id).
     #[arg(long)]
     pub experiment: Option<String>,
+    /// Runs to list at most.
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
+    /// Print the page of runs as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn analyze(flags: &[&str]) -> AnalysisSpec {
+        let argv = ["stepwise", "analyze", "--checkpoint", "c.safetensors"];
+        let cli = Cli::try_parse_from(argv.iter().chain(flags)).unwrap();
+        match cli.command {
+            Command::Analyze(args) => args.spec(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn analyze_without_flags_is_the_default_analysis_spec() {
+        assert_eq!(analyze(&[]), AnalysisSpec::default());
+    }
+
+    #[test]
+    fn analyze_flags_set_their_fields() {
+        let spec = analyze(&[
+            "--splits",
+            "test",
+            "--alphas",
+            "0.5,0.1",
+            "--gradient",
+            "skip",
+            "--window",
+            "3",
+            "--metrics",
+            "cosine,l2",
+        ]);
+        assert_eq!(spec.splits, [Split::Test]);
+        assert_eq!(spec.alphas, [0.5, 0.1]);
+        assert_eq!(spec.gradient, GradientKind::Skip);
+        assert_eq!(spec.window, 3);
+        assert_eq!(spec.metrics, [AnalysisKind::Cosine, AnalysisKind::L2]);
+        assert_eq!(spec.max_examples, AnalysisSpec::default().max_examples);
+    }
 }

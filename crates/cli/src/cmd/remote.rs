@@ -106,12 +106,7 @@ fn json(value: &impl serde::Serialize) -> Result<ExitCode> {
 pub fn list(api: &Api, args: ListArgs) -> Result<ExitCode> {
     let client = api.client()?;
     let query = RunQuery {
-        status: args
-            .status
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(|e: String| anyhow::anyhow!("--status: {e}"))?,
+        status: args.status,
         arch: args.arch,
         tag: args.tag,
         experiment: args.experiment.as_deref().map(id).transpose()?,
