@@ -83,6 +83,7 @@ pub enum Command {
     List(ListArgs),
     /// A run's state on the API.
     Status {
+        /// The run's id.
         run: String,
         /// Print the run as JSON.
         #[arg(long)]
@@ -90,6 +91,7 @@ pub enum Command {
     },
     /// Follow a run on the API with a progress bar until it ends.
     Watch {
+        /// The run's id.
         run: String,
         /// Seconds between polls.
         #[arg(long, default_value_t = 1.0)]
@@ -97,6 +99,7 @@ pub enum Command {
     },
     /// A run's per-epoch metric series from the API.
     Metrics {
+        /// The run's id.
         run: String,
         /// loss, accuracy, intermediate_accuracy, grad_norm_ratio, …
         #[arg(long)]
@@ -109,9 +112,15 @@ pub enum Command {
         csv: bool,
     },
     /// Cancel a run on the API (a running one checkpoints and stops at its next step).
-    Cancel { run: String },
+    Cancel {
+        /// The run's id.
+        run: String,
+    },
     /// Queue a failed or cancelled run again; it resumes from its latest checkpoint.
-    Retry { run: String },
+    Retry {
+        /// The run's id.
+        run: String,
+    },
     /// Check a device: every op against the CPU kernels, then a short run that must learn.
     Selftest {
         /// `cpu`, `cuda` or `cuda:N`.
@@ -157,6 +166,7 @@ pub enum DataCommand {
     },
     /// Download an official binary release, verify its size and MD5, unpack it.
     Fetch {
+        /// The release to fetch.
         #[arg(value_enum)]
         dataset: FetchName,
         /// Default: DATA_DIR/<dataset>.
@@ -363,6 +373,7 @@ pub struct EvalArgs {
     /// Dataset name or directory (default: the dataset the checkpoint was trained on).
     #[arg(long)]
     pub data: Option<String>,
+    /// The split to evaluate.
     #[arg(long, value_enum, default_value = "test")]
     pub split: SplitArg,
     /// Examples per forward pass; bounds memory.
