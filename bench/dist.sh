@@ -29,7 +29,7 @@ if [ -n "${BEFORE:-}" ]; then
   pack "$tree" stepwise-before
 fi
 if [ -n "${CIFAR_JPEG:-}" ]; then
-  cp "$CIFAR_JPEG" dist/cifar10-jpeg.tar.gz
+  install -m 644 "$CIFAR_JPEG" dist/cifar10-jpeg.tar.gz
 fi
 if [ ! -d dist/pylib/safetensors ]; then
   wheels=$(mktemp -d)
@@ -38,4 +38,4 @@ if [ ! -d dist/pylib/safetensors ]; then
   python3 -m zipfile -e "$wheels"/safetensors-*.whl dist/pylib
   rm -rf "$wheels"
 fi
-du -sh dist/* dist
+du -sch dist/*

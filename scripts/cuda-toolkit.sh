@@ -22,7 +22,8 @@ pkgs=(nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-crt==13
       nvidia-nvvm==13.0.88 nvidia-cuda-cccl==13.0.85 nvidia-cuda-nvrtc==13.0.88
       nvidia-curand==10.4.0.35 nvidia-cublas==13.1.0.3)
 [ "${WITH_CUDNN:-0}" = 1 ] && pkgs+=(nvidia-cudnn-cu13==9.27.0.42)
-if [ ! -x "$SITE/nvidia/cu13/bin/nvcc" ] || [ "${WITH_CUDNN:-0}" = 1 ]; then
+# Installed once: a second call only prints the exports.
+if [ ! -x "$SITE/nvidia/cu13/bin/nvcc" ] || { [ "${WITH_CUDNN:-0}" = 1 ] && [ ! -d "$SITE/nvidia/cudnn/lib" ]; }; then
   python3 -m pip install -q --no-deps --target "$SITE" --upgrade "${pkgs[@]}" >&2
 fi
 N=$SITE/nvidia/cu13
