@@ -9,6 +9,9 @@ use domain::{
 use resnet::ops::MemoryFormat;
 use std::path::PathBuf;
 
+/// The heading of the flags every command takes, apart from each command's own.
+const GLOBAL: &str = "Global options";
+
 #[derive(Parser)]
 #[command(
     name = "stepwise",
@@ -17,12 +20,19 @@ use std::path::PathBuf;
 )]
 pub struct Cli {
     /// Where datasets are looked up by name (shapes10 is generated here on first use).
-    #[arg(long, global = true, env = "STEPWISE_DATA_DIR", default_value = "data")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = GLOBAL,
+        env = "STEPWISE_DATA_DIR",
+        default_value = "data"
+    )]
     pub data_dir: PathBuf,
     /// The stepwise API, for the client commands (submit, list, status, watch, …).
     #[arg(
         long,
         global = true,
+        help_heading = GLOBAL,
         env = "STEPWISE_API_URL",
         default_value = "http://127.0.0.1:8080"
     )]
@@ -31,13 +41,14 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = GLOBAL,
         env = "STEPWISE_API_TOKEN",
         hide_env_values = true
     )]
     pub token: Option<String>,
     /// GPU memory this process may use (e.g. `20GiB`, `12000MiB`; default: the device's
     /// total): a batch estimated to need more is refused before work starts.
-    #[arg(long, global = true, env = "STEPWISE_GPU_MEMORY")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "STEPWISE_GPU_MEMORY")]
     pub gpu_memory: Option<bytesize::ByteSize>,
     #[command(subcommand)]
     pub command: Command,
