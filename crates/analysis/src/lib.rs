@@ -18,7 +18,7 @@ use cifar::batch::fixed_subset;
 use cifar::Images;
 use domain::{
     AnalysisKind, AnalysisRecord, AnalysisSpec, BlockId, BlockInfo, BlockKind, MetricName, RunSpec,
-    Split, Stat,
+    Split, SplitExamples, Stat,
 };
 use resnet::eval::{HostBatch, Inputs};
 use resnet::memory::{is_out_of_memory, name_batch_if_out_of_memory, Work};
@@ -50,13 +50,6 @@ pub struct Input<'a> {
     pub epoch: u32,
     pub train: &'a Images,
     pub test: &'a Images,
-}
-
-/// The examples analysed on one split.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SplitExamples {
-    pub split: Split,
-    pub examples: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -81,8 +81,7 @@ pub fn run_job(job: &JobContext<'_>) -> JobEnd {
                     Ok(analysis) => JobEnd::Completed(Some(Box::new(AnalysisResult {
                         selected_alpha: analysis.selected_alpha,
                         notes: analysis.notes,
-                        examples: serde_json::to_value(&analysis.examples)
-                            .unwrap_or(serde_json::Value::Null),
+                        examples: analysis.examples,
                         seconds: analysis.seconds,
                         records: analysis.records,
                     }))),

@@ -199,7 +199,7 @@ async fn work(app: &TestApp) -> String {
         .post(
             &format!("/v1/worker/jobs/{job}/complete"),
             json!({"lease_token": token, "analysis": {"selected_alpha": null,
-                "notes": [format!("a note {NASTY}")], "examples": {}, "seconds": 1.5,
+                "notes": [format!("a note {NASTY}")], "examples": [{"split": "test", "examples": 12}], "seconds": 1.5,
                 "records": records}}),
         )
         .await;

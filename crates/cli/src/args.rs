@@ -132,6 +132,25 @@ pub enum Command {
         /// The run's id.
         run: String,
     },
+    /// Delete a run on the API that is not running, with its checkpoints and results.
+    Delete {
+        /// The run's id.
+        run: String,
+    },
+    /// A run's log on the API: what its workers reported, oldest first.
+    Logs {
+        /// The run's id.
+        run: String,
+        /// The newest lines to print, 1 to 10,000.
+        #[arg(long, default_value_t = 200)]
+        limit: u32,
+    },
+    /// A run's block-wise analyses on the API: list them, read one, ask for another.
+    #[command(subcommand)]
+    Analysis(AnalysisCommand),
+    /// A run's checkpoints on the API: list them, or download one.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
     /// Check a device: every op against the CPU kernels, then a short run that must learn.
     Selftest {
         /// `cpu`, `cuda` or `cuda:N`.
@@ -140,6 +159,77 @@ pub enum Command {
         /// Print the checks as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AnalysisCommand {
+    /// A run's analyses, oldest epoch first: id, checkpoint epoch, state, examples.
+    List {
+        /// The run's id.
+        run: String,
+        /// Print the analyses (without their records) as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One analysis: per block of each analysed split the mean cosine, ℓ2 ratio and the
+    /// accuracy with the block dropped, then its notes; or every record with --csv.
+    Show {
+        /// The analysis's id.
+        analysis: String,
+        /// Every record (all metrics, statistics and splits) as CSV.
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+        /// Print the analysis with its records as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask for an analysis of one of a run's epoch checkpoints; an analyzer computes it.
+    Request(Box<AnalysisRequestArgs>),
+}
+
+#[derive(Args)]
+pub struct AnalysisRequestArgs {
+    /// The run's id.
+    pub run: String,
+    /// The checkpoint after this epoch (default: the latest epoch checkpoint).
+    #[arg(long)]
+    pub epoch: Option<u32>,
+    #[command(flatten)]
+    pub analysis: AnalysisSpecArgs,
+    /// Wait until the analysis ends, then show it as `analysis show` does.
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds between polls while waiting.
+    #[arg(long, default_value_t = 1.0)]
+    pub every: f64,
+    /// Print the analysis as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum CheckpointCommand {
+    /// A run's checkpoints, oldest first: epoch, batch within the epoch (0 at an epoch's
+    /// end), size, whether the retention policy removed it.
+    List {
+        /// The run's id.
+        run: String,
+        /// Print the checkpoints as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a run's epoch checkpoint, checked against its registered sha256 before it
+    /// is renamed into place; `stepwise eval` and `analyze` read it.
+    Download {
+        /// The run's id.
+        run: String,
+        /// The checkpoint after this epoch (default: the latest epoch checkpoint).
+        #[arg(long)]
+        epoch: Option<u32>,
+        /// The file to write (default: the checkpoint's file name in the current directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -476,6 +566,22 @@ pub struct AnalyzeArgs {
     /// Dataset name or directory (default: the one the model was trained on).
     #[arg(long)]
     pub data: Option<String>,
+    #[command(flatten)]
+    pub analysis: AnalysisSpecArgs,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Output directory (default: the run directory's analysis/).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the analyses as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The flags of an analysis spec, shared by `analyze` and `analysis request`.
+#[derive(Args)]
+pub struct AnalysisSpecArgs {
     /// Analyses to run (default: all): cosine, l2, drop, intermediate, borderline, unroll,
     /// sharing, taylor.
     #[arg(long, value_delimiter = ',')]
@@ -507,18 +613,9 @@ pub struct AnalyzeArgs {
     /// Seed of the example subsets.
     #[arg(long, default_value_t = AnalysisSpec::default().seed)]
     pub seed: u64,
-    /// `cpu`, `cuda` or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceSpec,
-    /// Output directory (default: the run directory's analysis/).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Print the analyses as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
 }
 
-impl AnalyzeArgs {
+impl AnalysisSpecArgs {
     /// The analysis spec of the flags (whose defaults are paper.md's, as a spec file's).
     pub fn spec(&self) -> AnalysisSpec {
         AnalysisSpec {
@@ -603,7 +700,7 @@ mod tests {
         let argv = ["stepwise", "analyze", "--checkpoint", "c.safetensors"];
         let cli = Cli::try_parse_from(argv.iter().chain(flags)).unwrap();
         match cli.command {
-            Command::Analyze(args) => args.spec(),
+            Command::Analyze(args) => args.analysis.spec(),
             _ => unreachable!(),
         }
     }

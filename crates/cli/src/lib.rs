@@ -5,7 +5,7 @@ mod args;
 mod cmd;
 mod progress;
 
-use args::{Cli, Command};
+use args::{AnalysisCommand, CheckpointCommand, Cli, Command};
 use clap::Parser;
 use std::process::ExitCode;
 
@@ -49,6 +49,25 @@ pub fn main() -> ExitCode {
         } => cmd::remote::metrics(&api, &run, name.as_deref(), split.as_deref(), csv),
         Command::Cancel { run } => cmd::remote::cancel(&api, &run),
         Command::Retry { run } => cmd::remote::retry(&api, &run),
+        Command::Delete { run } => cmd::remote::delete(&api, &run),
+        Command::Logs { run, limit } => cmd::remote::logs(&api, &run, limit),
+        Command::Analysis(AnalysisCommand::List { run, json }) => {
+            cmd::remote::analysis::list(&api, &run, json)
+        }
+        Command::Analysis(AnalysisCommand::Show {
+            analysis,
+            csv,
+            json,
+        }) => cmd::remote::analysis::show(&api, &analysis, csv, json),
+        Command::Analysis(AnalysisCommand::Request(args)) => {
+            cmd::remote::analysis::request(&api, *args)
+        }
+        Command::Checkpoint(CheckpointCommand::List { run, json }) => {
+            cmd::remote::checkpoint::list(&api, &run, json)
+        }
+        Command::Checkpoint(CheckpointCommand::Download { run, epoch, out }) => {
+            cmd::remote::checkpoint::download(&api, &run, epoch, out)
+        }
         Command::Run(cmd) => cmd::run::run(cmd, &cli.data_dir),
     };
     match result {

@@ -7,9 +7,10 @@
 pub mod worker;
 
 use domain::service::{
-    AnalysisResult, AnalysisView, CheckpointRegistration, CheckpointView, Claim, ClaimRequest,
-    Completion, EventBatch, ExperimentSubmission, ExperimentView, FailureKind, FailureReport,
-    HeartbeatReply, JobKind, JobState, LeaseProof, Page, RunSubmission, RunView, WorkerEvent,
+    AnalysisRequest, AnalysisResult, AnalysisView, CheckpointRegistration, CheckpointView, Claim,
+    ClaimRequest, Completion, EventBatch, ExperimentSubmission, ExperimentView, FailureKind,
+    FailureReport, HeartbeatReply, JobKind, JobState, LeaseProof, Page, RunSubmission, RunView,
+    WorkerEvent,
 };
 use domain::{ExperimentSpec, FieldError, MetricRecord};
 use reqwest::blocking::{RequestBuilder, Response};
@@ -265,12 +266,55 @@ impl Client {
         })
     }
 
+    /// Deletes a run that has no job running, with its files.
+    pub fn delete_run(&self, id: Uuid) -> Result<()> {
+        self.send(&format!("/v1/runs/{id}"), |u| self.http.delete(u))?;
+        Ok(())
+    }
+
+    /// The newest `limit` lines of a run's log, oldest first, as the API formats them.
+    pub fn logs_text(&self, run: Uuid, limit: u32) -> Result<String> {
+        text(self.send(&format!("/v1/runs/{run}/logs"), |u| {
+            self.http
+                .get(u)
+                .query(&[("limit", limit)])
+                .header("Accept", "text/plain")
+        })?)
+    }
+
     pub fn checkpoints(&self, run: Uuid) -> Result<Vec<CheckpointView>> {
         self.get(&format!("/v1/runs/{run}/checkpoints"))
     }
 
+    /// Streams a checkpoint's safetensors bytes into `out`; returns how many were written.
+    pub fn checkpoint_file(&self, id: Uuid, out: &mut impl std::io::Write) -> Result<u64> {
+        let path = format!("/v1/checkpoints/{id}/file");
+        let mut response = self.send(&path, |u| self.http.get(u))?;
+        response.copy_to(out).map_err(|source| ClientError::Http {
+            url: self.url(&path),
+            source,
+        })
+    }
+
+    /// A run's analyses without their records.
     pub fn analyses(&self, run: Uuid) -> Result<Vec<AnalysisView>> {
         self.get(&format!("/v1/runs/{run}/analyses"))
+    }
+
+    pub fn request_analysis(&self, run: Uuid, request: &AnalysisRequest) -> Result<AnalysisView> {
+        self.post(&format!("/v1/runs/{run}/analyses"), request)
+    }
+
+    /// An analysis with its per-block records.
+    pub fn analysis(&self, id: Uuid) -> Result<AnalysisView> {
+        self.get(&format!("/v1/analyses/{id}"))
+    }
+
+    /// An analysis's records as CSV.
+    pub fn analysis_csv(&self, id: Uuid) -> Result<String> {
+        text(self.send(&format!("/v1/analyses/{id}"), |u| {
+            self.http.get(u).header("Accept", "text/csv")
+        })?)
     }
 
     pub fn experiment(&self, id: Uuid) -> Result<ExperimentView> {

@@ -223,6 +223,13 @@ impl Stat {
     }
 }
 
+/// The examples analysed on one split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SplitExamples {
+    pub split: Split,
+    pub examples: u32,
+}
+
 /// One value of a block-wise analysis of the checkpoint after `epoch` epochs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AnalysisRecord {

@@ -13,7 +13,9 @@ pub mod metric;
 pub mod service;
 pub mod spec;
 
-pub use analysis::{AnalysisKind, AnalysisRecord, AnalysisSpec, GradientKind, Group, Stat};
+pub use analysis::{
+    AnalysisKind, AnalysisRecord, AnalysisSpec, GradientKind, Group, SplitExamples, Stat,
+};
 pub use block::BlockId;
 pub use dataset::{DatasetIdentity, Normalization};
 pub use device::DeviceSpec;

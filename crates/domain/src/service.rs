@@ -3,7 +3,9 @@
 //! heartbeat, events, checkpoint registration, completion, failure).
 
 use crate::spec::{Errors, SpecError};
-use crate::{AnalysisRecord, AnalysisSpec, ExperimentSpec, MetricRecord, RunSpec, Split};
+use crate::{
+    AnalysisRecord, AnalysisSpec, ExperimentSpec, MetricRecord, RunSpec, Split, SplitExamples,
+};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -271,8 +273,9 @@ pub struct AnalysisView {
     pub last_error: Option<String>,
     pub selected_alpha: Option<f64>,
     pub notes: Vec<String>,
-    #[schema(value_type = Object)]
-    pub examples: serde_json::Value,
+    /// Examples analysed per split.
+    #[schema(value_type = Vec<Object>)]
+    pub examples: Vec<SplitExamples>,
     pub seconds: Option<f64>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -490,8 +493,9 @@ pub struct CheckpointRegistration {
 pub struct AnalysisResult {
     pub selected_alpha: Option<f64>,
     pub notes: Vec<String>,
-    #[schema(value_type = Object)]
-    pub examples: serde_json::Value,
+    /// Examples analysed per split.
+    #[schema(value_type = Vec<Object>)]
+    pub examples: Vec<SplitExamples>,
     pub seconds: f64,
     #[schema(value_type = Vec<Object>)]
     pub records: Vec<AnalysisRecord>,

@@ -127,7 +127,7 @@ async fn a_run_is_claimed_trained_and_analysed_by_plan(pool: PgPool) {
         let result = AnalysisResult {
             selected_alpha: Some(0.5),
             notes: vec![],
-            examples: serde_json::json!([]),
+            examples: vec![],
             seconds: 1.0,
             records: vec![domain::AnalysisRecord::new(
                 MetricName::Cosine,

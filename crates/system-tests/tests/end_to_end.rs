@@ -4,6 +4,7 @@
 
 use domain::service::JobState;
 use domain::MetricName;
+use sha2::Digest;
 use std::process::Command;
 use std::time::Duration;
 use system_tests::{serial, wait_for, Settings, Stack};
@@ -181,6 +182,140 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
     assert!(!ok && err.contains("only failed or cancelled"), "{err}");
     let (ok, _, err) = stepwise(&stack, &["status", "not-an-id"]);
     assert!(!ok && err.contains("not a run or experiment id"), "{err}");
+
+    // Its block-wise analyses: listed, shown as a table per split, every record as CSV.
+    let (ok, out, err) = stepwise(&stack, &["analysis", "list", &id]);
+    assert!(ok, "{err}");
+    assert_eq!(out.matches("succeeded").count(), 2, "epochs 1 and 2: {out}");
+    let analyses = stack.client().analyses(id.parse().unwrap()).unwrap();
+    let last = analyses
+        .iter()
+        .find(|a| a.epoch == 2)
+        .unwrap()
+        .id
+        .to_string();
+    let (ok, out, err) = stepwise(&stack, &["analysis", "show", &last]);
+    assert!(ok, "{err}");
+    assert!(out.contains("64 train, 64 test examples"), "{out}");
+    let table = out.split_once("test split:").expect("a test table").1;
+    let s0b0 = table.lines().find(|l| l.trim_start().starts_with("s0.b0"));
+    let cosine = s0b0.and_then(|l| l.split_whitespace().nth(2));
+    assert!(
+        cosine.is_some_and(|c| c.parse::<f64>().is_ok_and(|c| (-1.0..=1.0).contains(&c))),
+        "a mean cosine of block s0.b0: {out}"
+    );
+    let (ok, out, _) = stepwise(&stack, &["analysis", "show", &last, "--csv"]);
+    assert!(ok && out.starts_with("name,split,epoch,"), "{out}");
+    // Another analysis of epoch 1's checkpoint, on the test split only, waited for.
+    let (ok, out, err) = stepwise(
+        &stack,
+        &[
+            "analysis",
+            "request",
+            &id,
+            "--epoch",
+            "1",
+            "--metrics",
+            "cosine,l2",
+            "--splits",
+            "test",
+            "--max-examples",
+            "32",
+            "--wait",
+            "--every",
+            "0.2",
+        ],
+    );
+    assert!(ok, "{out}\n{err}\n{}", stack.logs());
+    assert!(out.contains("checkpoint after epoch 1: succeeded"), "{out}");
+    assert!(
+        out.contains("32 test examples") && !out.contains("train split:"),
+        "{out}"
+    );
+    let (ok, _, err) = stepwise(&stack, &["analysis", "request", &id, "--epoch", "9"]);
+    assert!(!ok && err.contains("no checkpoint after epoch 9"), "{err}");
+
+    // Its checkpoints: downloaded after its sha256 matched, then evaluated locally.
+    let (ok, out, err) = stepwise(&stack, &["checkpoint", "list", &id]);
+    assert!(ok, "{err}");
+    assert!(out.lines().count() >= 3, "a header and two epochs: {out}");
+    let downloaded = specs.path().join("final.safetensors");
+    let (ok, out, err) = stepwise(
+        &stack,
+        &[
+            "checkpoint",
+            "download",
+            &id,
+            "--out",
+            downloaded.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("(epoch 2,"), "{out}");
+    let registered = stack.client().checkpoints(id.parse().unwrap()).unwrap();
+    let sha = &registered
+        .iter()
+        .find(|c| c.epoch == 2 && c.batch == 0)
+        .unwrap()
+        .sha256;
+    let digest = sha2::Sha256::digest(std::fs::read(&downloaded).unwrap());
+    assert_eq!(&format!("{digest:x}"), sha);
+    let (ok, out, err) = stepwise(
+        &stack,
+        &[
+            "eval",
+            "--checkpoint",
+            downloaded.to_str().unwrap(),
+            "--data",
+            "tiny10",
+            "--json",
+        ],
+    );
+    assert!(ok && out.contains("accuracy"), "{out}\n{err}");
+    // A file changed in the store since it was registered is refused, and nothing is written.
+    let stored = stack
+        .checkpoint_dir()
+        .join(format!("runs/{id}/attempt-{}", registered[0].attempt))
+        .join(&registered[0].file_name);
+    let mut bytes = std::fs::read(&stored).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&stored, bytes).unwrap();
+    let corrupt = specs.path().join("corrupt.safetensors");
+    let (ok, _, err) = stepwise(
+        &stack,
+        &[
+            "checkpoint",
+            "download",
+            &id,
+            "--epoch",
+            &registered[0].epoch.to_string(),
+            "--out",
+            corrupt.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && err.contains("sha256"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(specs.path())
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("corrupt"))
+            .count(),
+        0,
+        "no file and no temp file left"
+    );
+
+    let (ok, out, err) = stepwise(&stack, &["logs", &id]);
+    assert!(ok, "{err}");
+    assert!(out.lines().count() >= 2, "{out}");
+    let (ok, out, err) = stepwise(&stack, &["delete", &id]);
+    assert!(ok && out.contains("deleted"), "{err}");
+    let (ok, _, err) = stepwise(&stack, &["status", &id]);
+    assert!(!ok && err.contains("404"), "{err}");
+    assert!(!stack.checkpoint_dir().join(format!("runs/{id}")).exists());
 
     // An experiment: two seeds of one configuration, figures over both.
     let experiment = specs.path().join("experiment.toml");

@@ -1,14 +1,14 @@
 use crate::args::AnalyzeArgs;
 use analysis::Analysis;
 use anyhow::{bail, Context, Result};
-use domain::{MetricName, RunSpec, Split, Stat};
+use domain::{AnalysisRecord, MetricName, RunSpec, Split, SplitExamples, Stat};
 use resnet::candle_device;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use train::{CheckpointStore, META_SPEC};
 
 pub fn run(args: AnalyzeArgs, data_dir: &Path) -> Result<ExitCode> {
-    let spec = args.spec();
+    let spec = args.analysis.spec();
     spec.validate().context("invalid analysis")?;
     let device = candle_device(args.device)?;
     let (checkpoints, run_dir) = match (&args.checkpoint, &args.run) {
@@ -98,16 +98,36 @@ fn report(checkpoint: &Path, dir: &Path, a: &Analysis) {
         "{} (epoch {}): {} in {:.1} s → {}",
         checkpoint.display(),
         a.epoch,
-        a.examples
-            .iter()
-            .map(|e| format!("{} {}", e.examples, e.split))
-            .collect::<Vec<_>>()
-            .join(", "),
+        examples_text(&a.examples),
         a.seconds,
         dir.display()
     );
+    eprintln!("  {split} split:");
+    for line in block_table(&a.records, split) {
+        eprintln!("  {line}");
+    }
+    if let Some(alpha) = a.selected_alpha {
+        eprintln!("  unrolling: selected α = {alpha}");
+    }
+    for note in &a.notes {
+        eprintln!("  note: {note}");
+    }
+}
+
+/// "2000 train, 2000 test".
+pub(crate) fn examples_text(examples: &[SplitExamples]) -> String {
+    examples
+        .iter()
+        .map(|e| format!("{} {}", e.examples, e.split))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Per block of `split`: its kind, mean cosine, mean ℓ2 ratio and the accuracy with the
+/// block dropped ("-" where not analysed), under a header line.
+pub(crate) fn block_table(records: &[AnalysisRecord], split: Split) -> Vec<String> {
     let value = |name: MetricName, index: u32| {
-        a.records
+        records
             .iter()
             .find(|r| {
                 r.name == name
@@ -117,32 +137,25 @@ fn report(checkpoint: &Path, dir: &Path, a: &Analysis) {
             })
             .map_or("-".to_string(), |r| format!("{:.4}", r.value))
     };
-    let mut blocks: Vec<_> = a
-        .records
+    let mut blocks: Vec<_> = records
         .iter()
+        .filter(|r| r.split == split)
         .filter_map(|r| Some((r.block_index?, r.block?, r.kind?)))
         .collect();
     blocks.sort();
     blocks.dedup();
-    eprintln!("  {split} split:");
-    eprintln!(
-        "  {:<8} {:<10} {:>9} {:>9} {:>9}",
-        "block", "kind", "cosine", "l2 ratio", "drop acc"
-    );
+    let row = |block: &str, kind: &str, cosine: &str, l2: &str, drop: &str| {
+        format!("{block:<8} {kind:<10} {cosine:>9} {l2:>9} {drop:>9}")
+    };
+    let mut lines = vec![row("block", "kind", "cosine", "l2 ratio", "drop acc")];
     for (index, id, kind) in blocks {
-        eprintln!(
-            "  {:<8} {:<10} {:>9} {:>9} {:>9}",
-            id.to_string(),
+        lines.push(row(
+            &id.to_string(),
             kind.as_str(),
-            value(MetricName::Cosine, index),
-            value(MetricName::L2Ratio, index),
-            value(MetricName::DropAccuracy, index)
-        );
+            &value(MetricName::Cosine, index),
+            &value(MetricName::L2Ratio, index),
+            &value(MetricName::DropAccuracy, index),
+        ));
     }
-    if let Some(alpha) = a.selected_alpha {
-        eprintln!("  unrolling: selected α = {alpha}");
-    }
-    for note in &a.notes {
-        eprintln!("  note: {note}");
-    }
+    lines
 }

@@ -1,5 +1,9 @@
-//! The client commands: submit specs to the API, list and follow runs, read metrics,
-//! cancel, retry, and fetch an experiment's figures.
+//! The client commands: submit specs to the API, list and follow runs, read metrics and
+//! logs, cancel, retry and delete runs, fetch an experiment's figures; a run's analyses and
+//! checkpoints in [`analysis`] and [`checkpoint`].
+
+pub mod analysis;
+pub mod checkpoint;
 
 use crate::args::{ListArgs, SubmitArgs};
 use anyhow::{bail, Context, Result};
@@ -267,6 +271,19 @@ pub fn metrics(
 pub fn cancel(api: &Api, run: &str) -> Result<ExitCode> {
     let view = api.client()?.cancel(id(run)?)?;
     super::print_text(&format!("run {} is {}", view.id, view.status))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn delete(api: &Api, run: &str) -> Result<ExitCode> {
+    let run = id(run)?;
+    api.client()?.delete_run(run)?;
+    super::print_text(&format!("run {run} deleted"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn logs(api: &Api, run: &str, limit: u32) -> Result<ExitCode> {
+    let text = api.client()?.logs_text(id(run)?, limit)?;
+    super::print_text(text.trim_end())?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,0 +1,112 @@
+//! `stepwise analysis`: a run's block-wise analyses on the API — list them, read one, ask
+//! for another.
+
+use super::{id, json, Api};
+use crate::args::AnalysisRequestArgs;
+use crate::cmd::analyze::{block_table, examples_text};
+use crate::cmd::print_text;
+use anyhow::Result;
+use domain::service::{AnalysisRequest, AnalysisView, JobState};
+use std::process::ExitCode;
+use std::time::Duration;
+
+pub fn list(api: &Api, run: &str, as_json: bool) -> Result<ExitCode> {
+    let analyses = api.client()?.analyses(id(run)?)?;
+    if as_json {
+        return json(&analyses);
+    }
+    let row = |id: &str, epoch: &str, status: &str, seconds: &str, examples: &str| {
+        format!("{id:<36}  {epoch:>5} {status:<10} {seconds:>8}  {examples}")
+    };
+    let mut lines = vec![row("id", "epoch", "status", "seconds", "examples")];
+    for a in &analyses {
+        lines.push(row(
+            &a.id.to_string(),
+            &a.epoch.to_string(),
+            a.status.as_str(),
+            &a.seconds.map_or("-".into(), |s| format!("{s:.1}")),
+            &examples_text(&a.examples),
+        ));
+    }
+    print_text(&lines.join("\n"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn show(api: &Api, analysis: &str, csv: bool, as_json: bool) -> Result<ExitCode> {
+    let client = api.client()?;
+    let analysis = id(analysis)?;
+    if csv {
+        print_text(client.analysis_csv(analysis)?.trim_end())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let view = client.analysis(analysis)?;
+    if as_json {
+        return json(&view);
+    }
+    print_text(&describe(&view))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Queues the analysis; with `--wait`, polls until it ends and shows it, failing unless
+/// it succeeded.
+pub fn request(api: &Api, args: AnalysisRequestArgs) -> Result<ExitCode> {
+    let client = api.client()?;
+    let request = AnalysisRequest {
+        epoch: args.epoch,
+        spec: args.analysis.spec(),
+    };
+    let mut view = client.request_analysis(id(&args.run)?, &request)?;
+    if args.wait {
+        let every = Duration::from_secs_f64(args.every.clamp(0.1, 60.0));
+        while !view.status.is_final() {
+            std::thread::sleep(every);
+            view = client.analysis(view.id)?;
+        }
+    }
+    if args.json {
+        json(&view)?;
+    } else if args.wait {
+        print_text(&describe(&view))?;
+    } else {
+        print_text(&format!(
+            "analysis {} of epoch {} is {}",
+            view.id, view.epoch, view.status
+        ))?;
+    }
+    Ok(if !args.wait || view.status == JobState::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The analysis's state, then per analysed split the block table `stepwise analyze`
+/// prints, then the unrolling's α and the notes.
+fn describe(a: &AnalysisView) -> String {
+    let mut lines = vec![format!(
+        "analysis {} of run {}, checkpoint after epoch {}: {}",
+        a.id, a.run_id, a.epoch, a.status
+    )];
+    if let Some(seconds) = a.seconds {
+        lines.push(format!(
+            "  {} examples in {seconds:.1} s",
+            examples_text(&a.examples)
+        ));
+    }
+    if let (Some(kind), Some(error)) = (a.failure_kind, &a.last_error) {
+        lines.push(format!("  last failure ({kind}): {error}"));
+    }
+    for &split in &a.spec.splits {
+        let table = block_table(&a.records, split);
+        // A header alone: no block-wise records of this split (yet).
+        if table.len() > 1 {
+            lines.push(format!("  {split} split:"));
+            lines.extend(table.iter().map(|line| format!("  {line}")));
+        }
+    }
+    if let Some(alpha) = a.selected_alpha {
+        lines.push(format!("  unrolling: selected α = {alpha}"));
+    }
+    lines.extend(a.notes.iter().map(|note| format!("  note: {note}")));
+    lines.join("\n")
+}
