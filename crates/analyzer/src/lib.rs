@@ -21,8 +21,6 @@ pub enum AnalyzeError {
     Model(#[from] resnet::Error),
     #[error(transparent)]
     Data(#[from] cifar::DataError),
-    #[error("the run was trained on {expected} but {found} was found under that name")]
-    OtherData { expected: String, found: String },
 }
 
 /// The analysis of a checkpoint's model on `data`.
@@ -87,9 +85,7 @@ pub fn run_job(job: &JobContext<'_>) -> JobEnd {
                     }))),
                     Err(e) => {
                         let kind = match &e {
-                            AnalyzeError::OtherData { .. } | AnalyzeError::Data(_) => {
-                                FailureKind::Invalid
-                            }
+                            AnalyzeError::Data(_) => FailureKind::Invalid,
                             AnalyzeError::Analysis(analysis::Error::Model(e)) if e.is_memory() => {
                                 FailureKind::Invalid
                             }
@@ -119,15 +115,11 @@ fn analyse_task(
     let device = resnet::candle_device(config.device)?;
     let checkpoint = resnet::checkpoint::read(&config.checkpoint_dir.join(checkpoint))?;
     let run: RunSpec = checkpoint.meta_json(train::META_SPEC)?;
-    let dir = cifar::locate(&dataset.dataset, &config.data_dir)?;
-    let data = cifar::Dataset::open(&dir, run.data.labels)?;
-    if let Some(expected) = &run.data.identity {
-        if *expected != data.identity {
-            return Err(AnalyzeError::OtherData {
-                expected: format!("{} ({})", expected.name, expected.fingerprint),
-                found: format!("{} ({})", data.identity.name, data.identity.fingerprint),
-            });
-        }
-    }
+    let data = cifar::open_trained_on(
+        &dataset.dataset,
+        run.data.identity.as_ref(),
+        &config.data_dir,
+        run.data.labels,
+    )?;
     analyse_checkpoint(&checkpoint, &data, spec, &device)
 }

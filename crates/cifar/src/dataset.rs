@@ -191,3 +191,73 @@ pub fn locate(data: &str, data_dir: &Path) -> Result<PathBuf> {
         ))),
     }
 }
+
+/// Opens the dataset a run was trained on: `name` resolved as [`locate`] does, and, when
+/// `trained_on` is known and that is other data, the datasets under `data_dir` whose
+/// manifest gives `trained_on`'s name. A run records its dataset's own name, which need
+/// not be its directory's (`data synth --out data/tiny10` makes a `shapes10`); looking
+/// only by name would open other data, or generate a default `shapes10` for a model that
+/// never saw it. Fails with [`DataError::NotTrainedOn`] when no dataset matches.
+pub fn open_trained_on(
+    name: &str,
+    trained_on: Option<&DatasetIdentity>,
+    data_dir: &Path,
+    labels: LabelKind,
+) -> Result<Dataset> {
+    let Some(expected) = trained_on else {
+        return Dataset::open(&locate(name, data_dir)?, labels);
+    };
+    let by_name = [Path::new(name).to_path_buf(), data_dir.join(name)]
+        .into_iter()
+        .find(|dir| dir.is_dir());
+    let mut found = None;
+    if let Some(dir) = &by_name {
+        let dataset = Dataset::open(dir, labels)?;
+        if dataset.identity == *expected {
+            return Ok(dataset);
+        }
+        found = Some((dir.clone(), Box::new(dataset.identity)));
+    }
+    if let Some(dataset) = named_in(data_dir, &expected.name, by_name.as_deref())
+        .into_iter()
+        .filter_map(|dir| Dataset::open(&dir, labels).ok())
+        .find(|d| d.identity == *expected)
+    {
+        return Ok(dataset);
+    }
+    if by_name.is_none() {
+        // Nothing under the name yet: `shapes10` is generated, others get locate's hint.
+        let dir = locate(name, data_dir)?;
+        let dataset = Dataset::open(&dir, labels)?;
+        if dataset.identity == *expected {
+            return Ok(dataset);
+        }
+        found = Some((dir, Box::new(dataset.identity)));
+    }
+    Err(DataError::NotTrainedOn {
+        expected: Box::new(expected.clone()),
+        dir: data_dir.to_path_buf(),
+        found,
+    })
+}
+
+/// The dataset directories directly under `data_dir` whose manifest names them `name`,
+/// in path order, `skip` left out.
+fn named_in(data_dir: &Path, name: &str, skip: Option<&Path>) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(data_dir) else {
+        return vec![];
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|dir| Some(dir.as_path()) != skip)
+        .filter(|dir| {
+            let manifest = find_layout(dir)
+                .ok()
+                .and_then(|(files, _)| Manifest::read(&files).ok().flatten())
+                .or_else(|| Manifest::read(dir).ok().flatten());
+            manifest.is_some_and(|m| m.name == name)
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}

@@ -1,3 +1,4 @@
+use domain::DatasetIdentity;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,19 @@ pub enum DataError {
         name: String,
         dir: PathBuf,
         hint: String,
+    },
+    #[error(
+        "the run was trained on {} ({}), and no dataset in {} holds that data{}",
+        .expected.name,
+        .expected.fingerprint,
+        .dir.display(),
+        .found.as_ref().map_or(String::new(), |(path, f)| format!(" ({} holds {})", path.display(), f.fingerprint))
+    )]
+    NotTrainedOn {
+        expected: Box<DatasetIdentity>,
+        dir: PathBuf,
+        /// The directory the run's dataset name resolved to, and what it holds.
+        found: Option<(PathBuf, Box<DatasetIdentity>)>,
     },
     #[error("download of {url}: {reason}")]
     Download { url: String, reason: String },

@@ -17,7 +17,7 @@ pub mod synth;
 
 pub use batch::{Batch, BatchPlan};
 pub use binary::Images;
-pub use dataset::{locate, Dataset, Manifest};
+pub use dataset::{locate, open_trained_on, Dataset, Manifest};
 pub use error::{DataError, Result};
 
 /// Images are 32×32 RGB, stored as three planes (R, G, B) of row-major bytes.

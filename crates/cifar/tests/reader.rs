@@ -188,6 +188,50 @@ fn names_resolve_under_the_data_directory_and_shapes10_is_generated_once() {
 }
 
 #[test]
+fn a_run_s_data_is_found_by_its_identity_under_another_directory_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let synth = |dir: &str, seed: u64| {
+        let config = cifar::synth::SynthConfig {
+            train: 20,
+            test: 10,
+            seed,
+        };
+        cifar::synth::generate(&tmp.path().join(dir), &config).unwrap();
+        Dataset::open(&tmp.path().join(dir), LabelKind::Fine).unwrap()
+    };
+    // Two shapes10 of different content; a model trained on the second records the name
+    // `shapes10` and the second's fingerprint.
+    synth("a-other", 1);
+    let trained_on = synth("tiny10", 2).identity;
+    assert_eq!(trained_on.name, "shapes10");
+    let found =
+        cifar::open_trained_on("shapes10", Some(&trained_on), tmp.path(), LabelKind::Fine).unwrap();
+    assert_eq!(found.dir, tmp.path().join("tiny10"));
+    assert!(
+        !tmp.path().join("shapes10").exists(),
+        "no default shapes10 generated"
+    );
+    // Under the name it was submitted with, directly.
+    let found =
+        cifar::open_trained_on("tiny10", Some(&trained_on), tmp.path(), LabelKind::Fine).unwrap();
+    assert_eq!(found.identity, trained_on);
+    // Data nobody has: the error names what the name resolved to.
+    let mut lost = trained_on.clone();
+    lost.fingerprint = "sha256:0".into();
+    let err =
+        cifar::open_trained_on("tiny10", Some(&lost), tmp.path(), LabelKind::Fine).unwrap_err();
+    assert!(matches!(err, DataError::NotTrainedOn { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("sha256:0") && text.contains("tiny10 holds"),
+        "{text}"
+    );
+    // Without an identity (a spec never trained), the name alone decides.
+    let found = cifar::open_trained_on("a-other", None, tmp.path(), LabelKind::Fine).unwrap();
+    assert_eq!(found.dir, tmp.path().join("a-other"));
+}
+
+#[test]
 fn synthetic_data_is_deterministic_and_balanced() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = cifar::synth::SynthConfig {

@@ -46,17 +46,14 @@ const TINY: &[&str] = &[
 ];
 
 fn synth(dir: &Path) {
+    synth_into(dir, "data/shapes10");
+}
+
+fn synth_into(dir: &Path, out: &str) {
     ok(&stepwise(
         dir,
         &[
-            "data",
-            "synth",
-            "--out",
-            "data/shapes10",
-            "--train",
-            "48",
-            "--test",
-            "20",
+            "data", "synth", "--out", out, "--train", "48", "--test", "20",
         ],
     ));
 }
@@ -243,9 +240,11 @@ fn print_spec_resolves_the_defaults_and_reads_back_as_the_same_spec() {
 #[test]
 fn train_resume_and_evaluate() {
     let dir = tempfile::tempdir().unwrap();
-    synth(dir.path());
+    // Under a directory name that is not the dataset's own: resume and evaluation find
+    // the data by the identity the checkpoint records.
+    synth_into(dir.path(), "data/tiny10");
     let mut args = vec![
-        "train", "--epochs", "1", "--out", "runs/a", "--json", "--seed", "3",
+        "train", "--epochs", "1", "--out", "runs/a", "--json", "--seed", "3", "--data", "tiny10",
     ];
     args.extend(TINY);
     let summary = json(&ok(&stepwise(dir.path(), &args)));
@@ -297,6 +296,10 @@ fn train_resume_and_evaluate() {
         &["eval", "--checkpoint", last, "--split", "train", "--json"],
     )));
     assert_eq!(train_eval["n"], 48);
+    assert!(
+        !dir.path().join("data/shapes10").exists(),
+        "no default shapes10 generated for a model that never saw it"
+    );
 }
 
 #[test]
@@ -351,10 +354,18 @@ fn analyze_a_run_writes_every_epoch_and_a_combined_table() {
 #[test]
 fn the_smoke_experiment_trains_analyses_draws_and_reports() {
     let dir = tempfile::tempdir().unwrap();
-    synth(dir.path());
-    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/smoke/smoke.toml");
-    let spec = spec.to_str().unwrap();
+    // Its shapes10 under another directory name: the analyses must find it there.
+    synth_into(dir.path(), "data/tiny10");
+    let smoke = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/smoke/smoke.toml");
+    let smoke = std::fs::read_to_string(smoke).unwrap();
+    std::fs::write(
+        dir.path().join("smoke.toml"),
+        smoke.replace("dataset = \"shapes10\"", "dataset = \"tiny10\""),
+    )
+    .unwrap();
+    let spec = "smoke.toml";
     ok(&stepwise(dir.path(), &["run", spec, "--out", "exp"]));
+    assert!(!dir.path().join("data/shapes10").exists());
     let out = dir.path().join("exp");
     for run in ["resnet-8-seed0", "single-narrow-seed0"] {
         let analysis = out
@@ -400,7 +411,7 @@ fn the_smoke_experiment_trains_analyses_draws_and_reports() {
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert_eq!(stderr.matches("finished earlier").count(), 2, "{stderr}");
     // The same output directory with a changed experiment is refused, not mixed.
-    let changed = std::fs::read_to_string(spec)
+    let changed = std::fs::read_to_string(dir.path().join(spec))
         .unwrap()
         .replace("epochs = 1", "epochs = 2");
     std::fs::write(dir.path().join("changed.toml"), changed).unwrap();

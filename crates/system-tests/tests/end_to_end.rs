@@ -266,8 +266,6 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
             "eval",
             "--checkpoint",
             downloaded.to_str().unwrap(),
-            "--data",
-            "tiny10",
             "--json",
         ],
     );

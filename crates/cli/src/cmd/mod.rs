@@ -33,20 +33,31 @@ pub fn open_dataset(
     Ok(cifar::Dataset::open(&dir, labels)?)
 }
 
-/// The data a trained model is applied to: its own dataset unless `data` names another,
-/// which must have as many classes. Found by name, the dataset must be the one the model
-/// was trained on (same fingerprint); given explicitly, a different one is allowed, said
-/// on stderr and returned.
+/// The data a trained model is applied to: the dataset it was trained on (found by its
+/// identity under the data directory, see [`cifar::open_trained_on`]) unless `data` names
+/// another, which must have as many classes. A different dataset given explicitly is
+/// allowed, said on stderr and returned.
 pub fn data_for(
     spec: &domain::RunSpec,
     data: Option<&str>,
     data_dir: &std::path::Path,
 ) -> anyhow::Result<(cifar::Dataset, Option<domain::DatasetIdentity>)> {
-    let dataset = open_dataset(
-        data.unwrap_or(&spec.data.dataset),
-        data_dir,
-        spec.data.labels,
-    )?;
+    let dataset = match data {
+        Some(data) => open_dataset(data, data_dir, spec.data.labels)?,
+        None => cifar::open_trained_on(
+            &spec.data.dataset,
+            spec.data.identity.as_ref(),
+            data_dir,
+            spec.data.labels,
+        )
+        .map_err(|e| match e {
+            e @ cifar::DataError::NotTrainedOn { .. } => anyhow::anyhow!(
+                "{e}; pass --data with the training data's directory (or another dataset on \
+                 purpose)"
+            ),
+            e => e.into(),
+        })?,
+    };
     anyhow::ensure!(
         dataset.identity.classes == spec.model.classes,
         "{} has {} classes; the model predicts {}",
@@ -60,16 +71,6 @@ pub fn data_for(
         .clone()
         .filter(|t| *t != dataset.identity);
     if let Some(t) = &trained_on {
-        anyhow::ensure!(
-            data.is_some(),
-            "the model was trained on {} ({}), but {} in {} is {}; pass --data with the \
-             training data's directory (or another dataset on purpose)",
-            t.name,
-            t.fingerprint,
-            spec.data.dataset,
-            data_dir.display(),
-            dataset.identity.fingerprint
-        );
         eprintln!(
             "note: using {} ({}); the model was trained on {} ({})",
             dataset.identity.name, dataset.identity.fingerprint, t.name, t.fingerprint

@@ -91,11 +91,15 @@ fn train_to_end(
     let mut trainer = match &newest {
         Some(path) => {
             let ck = resnet::checkpoint::read(path)?;
-            // A changed experiment must not silently continue runs of the old one.
+            // A changed experiment must not silently continue runs of the old one. Its data
+            // is compared by content: the stored spec names the dataset by its own name,
+            // which need not be the directory the experiment names.
             let stored: domain::RunSpec = ck.meta_json(train::META_SPEC)?;
             if stored.model != run.spec.model
                 || stored.train != run.spec.train
-                || stored.data.dataset != run.spec.data.dataset
+                || stored.data.identity.as_ref() != Some(&dataset.identity)
+                || stored.data.labels != run.spec.data.labels
+                || stored.data.augment != run.spec.data.augment
             {
                 bail!(
                     "{} holds a run of a different spec than the experiment's {}: choose another --out",
@@ -143,7 +147,7 @@ fn analyse(
         return Ok(());
     }
     let run: domain::RunSpec = ck.meta_json(train::META_SPEC)?;
-    let data = open_dataset(&run.data.dataset, data_dir, run.data.labels)?;
+    let (data, _) = super::data_for(&run, None, data_dir)?;
     let result = analyzer::analyse_checkpoint(&ck, &data, &spec.analysis, device)?;
     eprintln!("  analysed in {:.1} s", result.seconds);
     super::analyze::write(&out, &result)

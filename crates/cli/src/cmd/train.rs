@@ -284,11 +284,7 @@ fn resume(
     }
     let ck = resnet::checkpoint::read(checkpoint)?;
     let spec: RunSpec = ck.meta_json(META_SPEC)?;
-    let data = args
-        .data
-        .clone()
-        .unwrap_or_else(|| spec.data.dataset.clone());
-    let dataset = open_dataset(&data, data_dir, spec.data.labels)?;
+    let (dataset, _) = super::data_for(&spec, args.data.as_deref(), data_dir)?;
     let run_dir = match &args.out {
         Some(out) => out.clone(),
         None => {
