@@ -55,6 +55,7 @@ pub fn app(state: AppState) -> Router {
             post(experiments::submit).get(experiments::list),
         )
         .route("/v1/experiments/{id}", get(experiments::get))
+        .route("/v1/experiments/{id}/claims", get(experiments::claims))
         .route(
             "/v1/experiments/{id}/figures",
             get(figures::experiment_list),

@@ -13,7 +13,7 @@ use utoipa::{Modify, OpenApi};
         runs::submit, runs::list, runs::get, runs::cancel, runs::retry, runs::delete,
         runs::metrics, runs::logs, runs::attempts, runs::checkpoints, checkpoints::file,
         analyses::request, analyses::of_run, analyses::get,
-        experiments::submit, experiments::list, experiments::get,
+        experiments::submit, experiments::list, experiments::get, experiments::claims,
         figures::run_list, figures::run_figure, figures::experiment_list, figures::experiment_figure,
         datasets::list,
         worker::claim, worker::heartbeat, worker::events, worker::register_checkpoint,
@@ -23,7 +23,7 @@ use utoipa::{Modify, OpenApi};
     components(schemas(
         Problem, RunSubmission, RunView, Page<RunView>, CheckpointView, AnalysisView,
         AnalysisRequest, AnalysisPlan, CheckpointSelection, ExperimentSubmission,
-        ExperimentView, ExperimentSummary, Page<ExperimentSummary>, ConfigSummary, AttemptView, LogLine, DatasetView, JobState, JobKind, FailureKind,
+        ExperimentView, ExperimentSummary, ClaimsView, Page<ExperimentSummary>, ConfigSummary, AttemptView, LogLine, DatasetView, JobState, JobKind, FailureKind,
         ClaimRequest, Claim, CheckpointRef, AnalysisTask, LeaseProof, HeartbeatReply,
         WorkerEvent, EventBatch, CheckpointRegistration, AnalysisResult, Completion,
         FailureReport, worker::JobStateReply, figures::FigureList,

@@ -475,7 +475,48 @@ async fn the_experiment_page_has_figures_claims_and_downloads(pool: PgPool) {
         html.contains("resnet-8") && html.contains("No analysed run yet"),
         "{html}"
     );
+    let claims = app
+        .get(&format!("/v1/experiments/{id}/claims"))
+        .await
+        .json();
+    assert_eq!(claims["claims"], json!([]), "{claims}");
     work(&app).await;
+    // The claims through the JSON API, as the CLI's `experiment show` reads them.
+    let claims = app
+        .get(&format!("/v1/experiments/{id}/claims"))
+        .await
+        .json();
+    let c1 = claims["claims"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["claim"] == "C1")
+        .unwrap_or_else(|| panic!("no C1: {claims}"));
+    assert_eq!(
+        (&c1["subject"], &c1["holds"]),
+        (&json!("resnet-8"), &json!(true))
+    );
+    assert!(
+        claims["note"]
+            .as_str()
+            .unwrap()
+            .contains("resnet-8 1 of 300"),
+        "{claims}"
+    );
+    assert!(claims["legend"].as_str().unwrap().starts_with("C1 cosine"));
+    let csv = app
+        .send(
+            Request::get(format!("/v1/experiments/{id}/claims"))
+                .header(header::ACCEPT, "text/csv")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .text();
+    assert!(
+        csv.starts_with("claim,subject,holds,measured\nC1,resnet-8,true,"),
+        "{csv}"
+    );
     let html = page(&app, &format!("/experiments/{id}"), None).await.text();
     for expected in [
         "<td>C1</td>", // the claims table

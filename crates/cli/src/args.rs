@@ -145,6 +145,10 @@ pub enum Command {
         #[arg(long, default_value_t = 200)]
         limit: u32,
     },
+    /// Experiments on the API: list them, or show one's configurations over seeds and the
+    /// paper's claims.
+    #[command(subcommand)]
+    Experiment(ExperimentCommand),
     /// A run's block-wise analyses on the API: list them, read one, ask for another.
     #[command(subcommand)]
     Analysis(AnalysisCommand),
@@ -157,6 +161,28 @@ pub enum Command {
         #[arg(long, default_value = "cpu")]
         device: DeviceSpec,
         /// Print the checks as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ExperimentCommand {
+    /// Experiments, newest first, with their runs by outcome.
+    List {
+        /// Experiments to list at most.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print the page of experiments as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One experiment: per configuration its runs and final test accuracy (mean ± sd over
+    /// seeds), then paper.md's claims C1–C7 over its analysed runs.
+    Show {
+        /// The experiment's id.
+        experiment: String,
+        /// Print the experiment and its claims as JSON.
         #[arg(long)]
         json: bool,
     },

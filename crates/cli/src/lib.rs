@@ -5,7 +5,7 @@ mod args;
 mod cmd;
 mod progress;
 
-use args::{AnalysisCommand, CheckpointCommand, Cli, Command};
+use args::{AnalysisCommand, CheckpointCommand, Cli, Command, ExperimentCommand};
 use clap::Parser;
 use std::process::ExitCode;
 
@@ -51,6 +51,12 @@ pub fn main() -> ExitCode {
         Command::Retry { run } => cmd::remote::retry(&api, &run),
         Command::Delete { run } => cmd::remote::delete(&api, &run),
         Command::Logs { run, limit } => cmd::remote::logs(&api, &run, limit),
+        Command::Experiment(ExperimentCommand::List { limit, json }) => {
+            cmd::remote::experiment::list(&api, limit, json)
+        }
+        Command::Experiment(ExperimentCommand::Show { experiment, json }) => {
+            cmd::remote::experiment::show(&api, &experiment, json)
+        }
         Command::Analysis(AnalysisCommand::List { run, json }) => {
             cmd::remote::analysis::list(&api, &run, json)
         }

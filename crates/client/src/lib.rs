@@ -8,9 +8,9 @@ pub mod worker;
 
 use domain::service::{
     AnalysisRequest, AnalysisResult, AnalysisView, CheckpointRegistration, CheckpointView, Claim,
-    ClaimRequest, Completion, EventBatch, ExperimentSubmission, ExperimentView, FailureKind,
-    FailureReport, HeartbeatReply, JobKind, JobState, LeaseProof, Page, RunSubmission, RunView,
-    WorkerEvent,
+    ClaimRequest, ClaimsView, Completion, EventBatch, ExperimentSubmission, ExperimentSummary,
+    ExperimentView, FailureKind, FailureReport, HeartbeatReply, JobKind, JobState, LeaseProof,
+    Page, RunSubmission, RunView, WorkerEvent,
 };
 use domain::{ExperimentSpec, FieldError, MetricRecord};
 use reqwest::blocking::{RequestBuilder, Response};
@@ -317,8 +317,20 @@ impl Client {
         })?)
     }
 
+    /// The newest `limit` experiments.
+    pub fn experiments(&self, limit: u32) -> Result<Page<ExperimentSummary>> {
+        json(self.send("/v1/experiments", |u| {
+            self.http.get(u).query(&[("limit", limit)])
+        })?)
+    }
+
     pub fn experiment(&self, id: Uuid) -> Result<ExperimentView> {
         self.get(&format!("/v1/experiments/{id}"))
+    }
+
+    /// paper.md's claims over an experiment's analysed runs.
+    pub fn experiment_claims(&self, id: Uuid) -> Result<ClaimsView> {
+        self.get(&format!("/v1/experiments/{id}/claims"))
     }
 
     /// Names of the figures of a run or an experiment (`owner` is `runs` or `experiments`).

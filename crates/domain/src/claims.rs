@@ -4,7 +4,7 @@
 use crate::{
     AnalysisRecord, Arch, BlockKind, ExperimentRun, Group, MetricName, Sharing, Split, Stat,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The analysed seeds of one configuration.
@@ -38,9 +38,9 @@ impl<'a> Config<'a> {
 }
 
 /// One claim for one configuration (or pair).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
-    pub claim: &'static str,
+    pub claim: String,
     pub subject: String,
     /// None when the records cannot decide it (e.g. the analysis was not run).
     pub holds: Option<bool>,
@@ -119,16 +119,27 @@ pub fn spearman(x: &[f64], y: &[f64]) -> Option<f64> {
     (vx > 0.0 && vy > 0.0).then(|| cov / (vx * vy).sqrt())
 }
 
-fn verdict(claim: &'static str, subject: &str, holds: Option<bool>, measured: String) -> Verdict {
+impl Verdict {
+    /// `yes`, `no`, or `undecided` when the records cannot decide it.
+    pub fn holds_text(&self) -> &'static str {
+        match self.holds {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "undecided",
+        }
+    }
+}
+
+fn verdict(claim: &str, subject: &str, holds: Option<bool>, measured: String) -> Verdict {
     Verdict {
-        claim,
+        claim: claim.to_string(),
         subject: subject.to_string(),
         holds,
         measured,
     }
 }
 
-fn undecided(claim: &'static str, subject: &str, why: &str) -> Verdict {
+fn undecided(claim: &str, subject: &str, why: &str) -> Verdict {
     verdict(claim, subject, None, why.to_string())
 }
 

@@ -306,6 +306,19 @@ pub struct ExperimentView {
     pub runs: Vec<RunView>,
 }
 
+/// paper.md's claims C1–C7 over an experiment's analysed runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClaimsView {
+    /// A caution when the runs are shorter than the paper's schedules.
+    pub note: Option<String>,
+    /// One verdict per claim and configuration (or pair): claim, subject, holds (absent
+    /// when undecided), measured.
+    #[schema(value_type = Vec<Object>)]
+    pub claims: Vec<crate::claims::Verdict>,
+    /// What each claim tests, with its threshold.
+    pub legend: String,
+}
+
 /// An experiment in the list of experiments: its progress over runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ExperimentSummary {

@@ -351,6 +351,25 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
     );
     assert!(ok, "{err}");
     assert!(out.contains("fig3_l2_ratio.svg"), "{out}");
+    let (ok, out, err) = stepwise(&stack, &["experiment", "list"]);
+    assert!(
+        ok && out.contains(&format!("{experiment_id}  cli")),
+        "{out}\n{err}"
+    );
+    // Its configurations over seeds and the paper's claims over its analyses.
+    let (ok, out, err) = stepwise(&stack, &["experiment", "show", &experiment_id]);
+    assert!(ok, "{err}");
+    let config = out.lines().find(|l| l.trim_start().starts_with("resnet-8"));
+    assert!(
+        config.is_some_and(|l| l.contains(" ± ")),
+        "two seeds' mean ± sd: {out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("C1  resnet-8")),
+        "{out}"
+    );
+    assert!(out.contains("note: ") && out.contains("1 of 300"), "{out}");
     let client = stack.client();
     let summary = client.experiment(experiment_id.parse().unwrap()).unwrap();
     assert_eq!(summary.configs[0].succeeded, 2);

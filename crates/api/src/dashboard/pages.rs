@@ -5,6 +5,7 @@
 use super::session::{check_csrf, CsrfForm, Session};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::parse_cursor;
+use crate::routes::experiments::verdicts;
 use crate::routes::figures::{draw_all, experiment_results, results, Drawn, RunResults};
 use crate::routes::runs::run_filter;
 use crate::routes::typed;
@@ -15,7 +16,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Extension;
 use chrono::{DateTime, Utc};
 use domain::claims;
-use domain::service::{AnalysisView, AttemptView, ExperimentView, JobState, RunView};
+use domain::service::{AnalysisView, AttemptView, JobState, RunView};
 use domain::{AnalysisRecord, Arch, Group, MetricName, MetricRecord, Split, Stat};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -694,13 +695,6 @@ pub struct ConfigItem {
     accuracy: String,
 }
 
-pub struct ClaimItem {
-    claim: &'static str,
-    subject: String,
-    holds: &'static str,
-    measured: String,
-}
-
 #[derive(Template)]
 #[template(path = "experiment.html")]
 pub struct ExperimentPage {
@@ -711,44 +705,10 @@ pub struct ExperimentPage {
     configs: Vec<ConfigItem>,
     table: RunsTable,
     figures: Vec<FigureItem>,
-    claims: Vec<ClaimItem>,
+    claims: Vec<claims::Verdict>,
     /// When the runs are shorter than the paper's schedules.
     schedule_note: Option<String>,
     legend: &'static str,
-}
-
-/// paper.md's claims over the experiment's analysed runs, configurations by label.
-fn verdicts(experiment: &ExperimentView, results: &[RunResults]) -> Vec<claims::Verdict> {
-    let mut configs: Vec<claims::Config> = vec![];
-    for (run, result) in experiment.runs.iter().zip(results) {
-        let index = match configs.iter().position(|c| c.label == run.label) {
-            Some(i) => i,
-            None => {
-                configs.push(claims::Config::new(&run.label, &run.spec.model));
-                configs.len() - 1
-            }
-        };
-        let config = &mut configs[index];
-        if let Some(a) = result
-            .analysis
-            .as_ref()
-            .filter(|a| a.status == JobState::Succeeded)
-        {
-            config.seeds.push((&a.records, a.selected_alpha));
-        }
-        let last_epoch = result
-            .training
-            .iter()
-            .filter(|r| {
-                r.name == MetricName::Accuracy && r.split == Some(Split::Test) && r.block.is_none()
-            })
-            .max_by_key(|r| r.epoch);
-        if let Some(r) = last_epoch.filter(|r| r.epoch == run.epochs) {
-            config.test_errors.push(1.0 - r.value);
-        }
-    }
-    configs.retain(|c| !c.seeds.is_empty());
-    claims::evaluate(&configs)
 }
 
 pub async fn experiment(
@@ -759,19 +719,7 @@ pub async fn experiment(
     let id = crate::extract::parse_id(&id)?;
     let experiment = state.store.experiment(id).await?;
     let results = experiment_results(&state, &experiment).await?;
-    let claims = verdicts(&experiment, &results)
-        .into_iter()
-        .map(|v| ClaimItem {
-            claim: v.claim,
-            subject: v.subject,
-            holds: match v.holds {
-                Some(true) => "yes",
-                Some(false) => "no",
-                None => "undecided",
-            },
-            measured: v.measured,
-        })
-        .collect();
+    let claims = verdicts(&experiment, &results);
     let figures = draw_all(results)
         .await?
         .into_iter()

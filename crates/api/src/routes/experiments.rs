@@ -1,15 +1,20 @@
 //! `/v1/experiments`: configurations × seeds submitted at once, listed, read with
 //! aggregates.
 
-use super::{created, idempotency};
+use super::figures::{experiment_results, RunResults};
+use super::{created, idempotency, typed, wants};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{Id, JsonBody, Query};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use domain::service::{ExperimentSubmission, ExperimentSummary, ExperimentView, Page};
+use domain::claims::{self, Verdict};
+use domain::service::{
+    ClaimsView, ExperimentSubmission, ExperimentSummary, ExperimentView, JobState, Page,
+};
+use domain::{MetricName, Split};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -74,4 +79,65 @@ pub async fn list(
         body = ExperimentView), (status = 404, body = Problem)))]
 pub async fn get(State(state): State<AppState>, Id(id): Id) -> ApiResult<Json<ExperimentView>> {
     Ok(Json(state.store.experiment(id).await?))
+}
+
+#[utoipa::path(get, path = "/v1/experiments/{id}/claims", tag = "experiments",
+    params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, description = "paper.md's claims C1–C7 over the analysed runs; CSV of the verdicts with Accept: text/csv",
+        body = ClaimsView), (status = 404, body = Problem)))]
+pub async fn claims(
+    State(state): State<AppState>,
+    Id(id): Id,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let experiment = state.store.experiment(id).await?;
+    let results = experiment_results(&state, &experiment).await?;
+    let verdicts = verdicts(&experiment, &results);
+    if wants(&headers, "text/csv") {
+        return Ok(typed(
+            "text/csv; charset=utf-8",
+            domain::csv::to_csv(&verdicts),
+        ));
+    }
+    Ok(Json(ClaimsView {
+        note: claims::short_schedule_note(&experiment.spec.runs()),
+        claims: verdicts,
+        legend: claims::LEGEND.to_string(),
+    })
+    .into_response())
+}
+
+/// paper.md's claims over the experiment's analysed runs, configurations by label: each
+/// seed's latest analysis, and its final test error when it trained all its epochs.
+pub(crate) fn verdicts(experiment: &ExperimentView, results: &[RunResults]) -> Vec<Verdict> {
+    let mut configs: Vec<claims::Config> = vec![];
+    for (run, result) in experiment.runs.iter().zip(results) {
+        let index = match configs.iter().position(|c| c.label == run.label) {
+            Some(i) => i,
+            None => {
+                configs.push(claims::Config::new(&run.label, &run.spec.model));
+                configs.len() - 1
+            }
+        };
+        let config = &mut configs[index];
+        if let Some(a) = result
+            .analysis
+            .as_ref()
+            .filter(|a| a.status == JobState::Succeeded)
+        {
+            config.seeds.push((&a.records, a.selected_alpha));
+        }
+        let last_epoch = result
+            .training
+            .iter()
+            .filter(|r| {
+                r.name == MetricName::Accuracy && r.split == Some(Split::Test) && r.block.is_none()
+            })
+            .max_by_key(|r| r.epoch);
+        if let Some(r) = last_epoch.filter(|r| r.epoch == run.epochs) {
+            config.test_errors.push(1.0 - r.value);
+        }
+    }
+    configs.retain(|c| !c.seeds.is_empty());
+    claims::evaluate(&configs)
 }

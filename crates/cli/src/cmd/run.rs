@@ -9,7 +9,7 @@ use super::open_dataset;
 use crate::args::RunArgs;
 use crate::progress::RunSink;
 use anyhow::{bail, Context, Result};
-use domain::claims::{self, Verdict};
+use domain::claims;
 use domain::{ExperimentRun, ExperimentSpec, MetricName, ModelSpec, Split};
 use resnet::candle_device;
 use std::fmt::Write as _;
@@ -344,19 +344,16 @@ fn report(
     let _ = writeln!(md, "\n## Claims (paper.md, thresholds fixed in advance)\n");
     let _ = writeln!(md, "| claim | configuration | holds | measured |");
     let _ = writeln!(md, "|---|---|---|---|");
-    for Verdict {
-        claim,
-        subject,
-        holds,
-        measured,
-    } in claims::evaluate(&configs)
-    {
-        let holds = match holds {
-            Some(true) => "yes",
-            Some(false) => "**no**",
-            None => "undecided",
+    for v in claims::evaluate(&configs) {
+        let holds = match v.holds {
+            Some(false) => format!("**{}**", v.holds_text()),
+            _ => v.holds_text().to_string(),
         };
-        let _ = writeln!(md, "| {claim} | {subject} | {holds} | {measured} |");
+        let _ = writeln!(
+            md,
+            "| {} | {} | {holds} | {} |",
+            v.claim, v.subject, v.measured
+        );
     }
     let _ = writeln!(md, "\n{}\n", domain::claims::LEGEND);
     let _ = writeln!(md, "## Figures\n");

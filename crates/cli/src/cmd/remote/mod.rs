@@ -1,9 +1,10 @@
 //! The client commands: submit specs to the API, list and follow runs, read metrics and
-//! logs, cancel, retry and delete runs, fetch an experiment's figures; a run's analyses and
-//! checkpoints in [`analysis`] and [`checkpoint`].
+//! logs, cancel, retry and delete runs, fetch an experiment's figures; experiments, a run's
+//! analyses and its checkpoints in [`experiment`], [`analysis`] and [`checkpoint`].
 
 pub mod analysis;
 pub mod checkpoint;
+pub mod experiment;
 
 use crate::args::{ListArgs, SubmitArgs};
 use anyhow::{bail, Context, Result};

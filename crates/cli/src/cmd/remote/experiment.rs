@@ -1,0 +1,114 @@
+//! `stepwise experiment`: experiments on the API — list them, show one's configurations
+//! over seeds and paper.md's claims.
+
+use super::{id, json, Api};
+use crate::cmd::print_text;
+use anyhow::Result;
+use domain::service::{ClaimsView, ExperimentView};
+use serde::Serialize;
+use std::process::ExitCode;
+
+pub fn list(api: &Api, limit: u32, as_json: bool) -> Result<ExitCode> {
+    let page = api.client()?.experiments(limit)?;
+    if as_json {
+        return json(&page);
+    }
+    let row = |id: &str, name: &str, runs: &str, succeeded: &str, failed: &str, active: &str| {
+        format!("{id:<36}  {name:<24} {runs:>5} {succeeded:>9} {failed:>6} {active:>6}")
+    };
+    let mut lines = vec![row("id", "name", "runs", "succeeded", "failed", "active")];
+    for e in &page.items {
+        lines.push(row(
+            &e.id.to_string(),
+            &e.name,
+            &e.runs.to_string(),
+            &e.succeeded.to_string(),
+            &e.failed.to_string(),
+            &e.active.to_string(),
+        ));
+    }
+    if page.next_cursor.is_some() {
+        lines.push(format!("(more: raise --limit above {limit})"));
+    }
+    print_text(&lines.join("\n"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct Shown {
+    experiment: ExperimentView,
+    claims: ClaimsView,
+}
+
+pub fn show(api: &Api, experiment: &str, as_json: bool) -> Result<ExitCode> {
+    let client = api.client()?;
+    let experiment = id(experiment)?;
+    let shown = Shown {
+        experiment: client.experiment(experiment)?,
+        claims: client.experiment_claims(experiment)?,
+    };
+    if as_json {
+        return json(&shown);
+    }
+    print_text(&describe(&shown))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The configurations' table, then the claims' (as the dashboard and `report.md` give them).
+fn describe(Shown { experiment, claims }: &Shown) -> String {
+    let e = experiment;
+    let mut lines = vec![format!(
+        "experiment {} ({}), submitted {}: {} runs",
+        e.id,
+        e.name,
+        e.created_at.format("%Y-%m-%d %H:%M UTC"),
+        e.runs.len()
+    )];
+    let width = e
+        .configs
+        .iter()
+        .map(|c| c.label.len())
+        .max()
+        .unwrap_or(0)
+        .max(13);
+    lines.push(format!(
+        "  {:<width$} {:>5} {:>9}  test accuracy (mean ± sd over seeds)",
+        "configuration", "runs", "succeeded"
+    ));
+    let percent = |x: f64| format!("{:.2}%", 100.0 * x);
+    for c in &e.configs {
+        let accuracy = match (c.test_accuracy_mean, c.test_accuracy_sd) {
+            (Some(m), Some(sd)) => format!("{} ± {}", percent(m), percent(sd)),
+            (Some(m), None) => percent(m),
+            _ => "-".into(),
+        };
+        lines.push(format!(
+            "  {:<width$} {:>5} {:>9}  {accuracy}",
+            c.label, c.runs, c.succeeded
+        ));
+    }
+    if claims.claims.is_empty() {
+        lines.push("claims: no analysed run yet".into());
+    } else {
+        lines.push("claims (paper.md, thresholds fixed in advance):".into());
+        let subject = claims
+            .claims
+            .iter()
+            .map(|v| v.subject.len())
+            .max()
+            .unwrap_or(0);
+        for v in &claims.claims {
+            lines.push(format!(
+                "  {:<3} {:<subject$} {:<9} {}",
+                v.claim,
+                v.subject,
+                v.holds_text(),
+                v.measured
+            ));
+        }
+    }
+    if let Some(note) = &claims.note {
+        lines.push(format!("note: {note}"));
+    }
+    lines.join("\n")
+}
