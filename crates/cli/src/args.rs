@@ -100,9 +100,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Follow a run on the API with a progress bar until it ends.
+    /// Follow a run on the API, or every run of an experiment, with progress bars until
+    /// training and analyses end; fails unless every run succeeded.
     Watch {
-        /// The run's id.
+        /// The run's or the experiment's id.
         run: String,
         /// Seconds between polls.
         #[arg(long, default_value_t = 1.0)]

@@ -181,7 +181,7 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
     let (ok, _, err) = stepwise(&stack, &["retry", &id]);
     assert!(!ok && err.contains("only failed or cancelled"), "{err}");
     let (ok, _, err) = stepwise(&stack, &["status", "not-an-id"]);
-    assert!(!ok && err.contains("not a run or experiment id"), "{err}");
+    assert!(!ok && err.contains("is not an id"), "{err}");
 
     // Its block-wise analyses: listed, shown as a table per split, every record as CSV.
     let (ok, out, err) = stepwise(&stack, &["analysis", "list", &id]);
@@ -335,10 +335,17 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
         .map(|r| r["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(runs.len(), 2);
+    // Watching the experiment follows both runs and their analyses, then shows it.
+    let (ok, out, err) = stepwise(&stack, &["watch", &experiment_id, "--every", "0.2"]);
+    assert!(ok, "{out}\n{err}");
     for run in &runs {
-        let (ok, out, err) = stepwise(&stack, &["watch", run, "--every", "0.2"]);
-        assert!(ok, "{out}\n{err}");
+        assert_eq!(
+            stack.client().run(run.parse().unwrap()).unwrap().status,
+            JobState::Succeeded
+        );
     }
+    assert_eq!(err.matches("of epoch 1: succeeded").count(), 2, "{err}");
+    assert!(out.contains("claims (paper.md"), "{out}");
     let figures = specs.path().join("experiment-figures");
     let (ok, out, err) = stepwise(
         &stack,

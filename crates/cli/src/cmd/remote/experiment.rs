@@ -1,12 +1,16 @@
 //! `stepwise experiment`: experiments on the API — list them, show one's configurations
 //! over seeds and paper.md's claims.
 
-use super::{id, json, Api};
+use super::{await_analyses, id, json, run_bar, show_progress, succeeded, Api};
 use crate::cmd::print_text;
 use anyhow::Result;
+use client::Client;
 use domain::service::{ClaimsView, ExperimentView};
+use indicatif::MultiProgress;
 use serde::Serialize;
 use std::process::ExitCode;
+use std::time::Duration;
+use uuid::Uuid;
 
 pub fn list(api: &Api, limit: u32, as_json: bool) -> Result<ExitCode> {
     let page = api.client()?.experiments(limit)?;
@@ -52,6 +56,37 @@ pub fn show(api: &Api, experiment: &str, as_json: bool) -> Result<ExitCode> {
     }
     print_text(&describe(&shown))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `stepwise watch` of an experiment: a bar per run until every run's training has ended,
+/// then its analyses, then what `show` prints.
+pub fn watch(client: &Client, experiment: Uuid, every: Duration) -> Result<ExitCode> {
+    let multi = MultiProgress::new();
+    // The experiment's runs are fixed at submission: one bar each, in its order.
+    let view = client.experiment(experiment)?;
+    let bars: Vec<_> = view.runs.iter().map(|_| multi.add(run_bar())).collect();
+    let view = loop {
+        let view = client.experiment(experiment)?;
+        for (run, bar) in view.runs.iter().zip(&bars) {
+            show_progress(bar, run);
+        }
+        if view.runs.iter().all(|r| r.status.is_final()) {
+            break view;
+        }
+        std::thread::sleep(every);
+    };
+    for bar in &bars {
+        bar.finish();
+    }
+    for (run, bar) in view.runs.iter().zip(&bars) {
+        await_analyses(client, run, bar, every)?;
+    }
+    let shown = Shown {
+        claims: client.experiment_claims(experiment)?,
+        experiment: client.experiment(experiment)?,
+    };
+    print_text(&describe(&shown))?;
+    Ok(succeeded(&view.runs))
 }
 
 /// The configurations' table, then the claims' (as the dashboard and `report.md` give them).

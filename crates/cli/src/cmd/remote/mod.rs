@@ -30,7 +30,7 @@ impl Api {
 }
 
 fn id(raw: &str) -> Result<Uuid> {
-    Uuid::parse_str(raw).with_context(|| format!("{raw:?} is not a run or experiment id"))
+    Uuid::parse_str(raw).with_context(|| format!("{raw:?} is not an id (a UUID, as `list` prints)"))
 }
 
 /// `final`, `every:K` or `epochs:A,B,…`.
@@ -184,56 +184,96 @@ pub fn status(api: &Api, run: &str, as_json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Polls the run until its train job ends, then waits for its analyses.
-pub fn watch(api: &Api, run: &str, every: f64) -> Result<ExitCode> {
+/// Follows a run, or every run of an experiment, until training ends and then until the
+/// analyses are done; fails unless every run succeeded.
+pub fn watch(api: &Api, target: &str, every: f64) -> Result<ExitCode> {
     let client = api.client()?;
-    let run = id(run)?;
+    let target = id(target)?;
     let every = Duration::from_secs_f64(every.clamp(0.1, 60.0));
-    let bar = ProgressBar::new(1).with_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg}")
-            .expect("a valid template")
-            .progress_chars("=> "),
-    );
+    if is_experiment(&client, target)? {
+        return experiment::watch(&client, target, every);
+    }
+    let bar = run_bar();
     let view = loop {
-        let view = client.run(run)?;
-        bar.set_prefix(format!("{} {}", view.label, view.status));
-        bar.set_length(view.total_steps.max(1));
-        bar.set_position(view.step);
-        bar.set_message(format!(
-            "epoch {}/{}{}{}",
-            view.epochs_done,
-            view.epochs,
-            view.best_test_accuracy
-                .map_or(String::new(), |a| format!(", best test {:.2}%", 100.0 * a)),
-            view.eta_seconds
-                .map_or(String::new(), |s| format!(", ~{s:.0} s left"))
-        ));
+        let view = client.run(target)?;
+        show_progress(&bar, &view);
         if view.status.is_final() {
             break view;
         }
         std::thread::sleep(every);
     };
     bar.finish();
-    if view.status == JobState::Succeeded {
-        loop {
-            let analyses = client.analyses(run)?;
-            let pending = analyses.iter().filter(|a| !a.status.is_final()).count();
-            if pending == 0 {
-                for a in &analyses {
-                    eprintln!("analysis {} of epoch {}: {}", a.id, a.epoch, a.status);
-                }
-                break;
-            }
-            bar.set_message(format!("{pending} analyses pending"));
-            std::thread::sleep(every);
-        }
-    }
+    await_analyses(&client, &view, &bar, every)?;
     super::print_text(&describe(&view))?;
-    Ok(if view.status == JobState::Succeeded {
+    Ok(succeeded(&[view]))
+}
+
+/// Whether `id` is an experiment's (else it is taken for a run's).
+fn is_experiment(client: &Client, id: Uuid) -> Result<bool> {
+    match client.experiment(id) {
+        Ok(_) => Ok(true),
+        Err(e) if e.status() == Some(client::StatusCode::NOT_FOUND) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A progress bar of a run's training steps.
+fn run_bar() -> ProgressBar {
+    ProgressBar::new(1).with_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    )
+}
+
+fn show_progress(bar: &ProgressBar, view: &RunView) {
+    bar.set_prefix(format!("{} {}", view.label, view.status));
+    bar.set_length(view.total_steps.max(1));
+    bar.set_position(view.step);
+    bar.set_message(format!(
+        "epoch {}/{}{}{}",
+        view.epochs_done,
+        view.epochs,
+        view.best_test_accuracy
+            .map_or(String::new(), |a| format!(", best test {:.2}%", 100.0 * a)),
+        view.eta_seconds
+            .map_or(String::new(), |s| format!(", ~{s:.0} s left"))
+    ));
+}
+
+/// Once a run has succeeded: waits until none of its analyses is pending, then names them.
+fn await_analyses(
+    client: &Client,
+    run: &RunView,
+    bar: &ProgressBar,
+    every: Duration,
+) -> Result<()> {
+    if run.status != JobState::Succeeded {
+        return Ok(());
+    }
+    loop {
+        let analyses = client.analyses(run.id)?;
+        let pending = analyses.iter().filter(|a| !a.status.is_final()).count();
+        if pending == 0 {
+            for a in &analyses {
+                eprintln!(
+                    "{}: analysis {} of epoch {}: {}",
+                    run.label, a.id, a.epoch, a.status
+                );
+            }
+            return Ok(());
+        }
+        bar.set_message(format!("{pending} analyses pending"));
+        std::thread::sleep(every);
+    }
+}
+
+fn succeeded(runs: &[RunView]) -> ExitCode {
+    if runs.iter().all(|r| r.status == JobState::Succeeded) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
+    }
 }
 
 pub fn metrics(
@@ -298,10 +338,10 @@ pub fn retry(api: &Api, run: &str) -> Result<ExitCode> {
 pub fn figures(api: &Api, raw: &str, out: &Path) -> Result<ExitCode> {
     let client = api.client()?;
     let target = id(raw)?;
-    let owner = match client.experiment(target) {
-        Ok(_) => "experiments",
-        Err(e) if e.status() == Some(client::StatusCode::NOT_FOUND) => "runs",
-        Err(e) => return Err(e.into()),
+    let owner = if is_experiment(&client, target)? {
+        "experiments"
+    } else {
+        "runs"
     };
     let names = client.figure_names(owner, target)?;
     if names.is_empty() {
