@@ -330,7 +330,8 @@ async fn pages_show_a_finished_run_and_escape_what_users_wrote(pool: PgPool) {
         "<svg",
         "<th>cosine</th>", // per-block table
         "-0.3000",
-        "took 1.5 s",
+        "12 test examples", // analysed, and how long it took
+        "in 1.5 s",
         "Run spec",
         "&#34;depth&#34;: 8",
         "learning rate 0.1 for epoch 1.", // the schedule, resolved

@@ -230,6 +230,17 @@ pub struct SplitExamples {
     pub examples: u32,
 }
 
+impl SplitExamples {
+    /// "2000 train, 2000 test".
+    pub fn describe(examples: &[SplitExamples]) -> String {
+        examples
+            .iter()
+            .map(|e| format!("{} {}", e.examples, e.split))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// One value of a block-wise analysis of the checkpoint after `epoch` epochs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AnalysisRecord {

@@ -459,6 +459,8 @@ pub struct AnalysisSection {
     epoch: u32,
     status: &'static str,
     took: String,
+    /// "2000 train, 2000 test".
+    examples: String,
     alpha: String,
     notes: Vec<String>,
     error: String,
@@ -554,6 +556,7 @@ async fn analysis_section(label: &str, analysis: AnalysisView) -> ApiResult<Anal
         epoch: analysis.epoch,
         status: analysis.status.as_str(),
         took: analysis.seconds.map(duration).unwrap_or_default(),
+        examples: domain::SplitExamples::describe(&analysis.examples),
         alpha: analysis
             .selected_alpha
             .map(|a| format!("{a}"))

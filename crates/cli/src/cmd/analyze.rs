@@ -98,7 +98,7 @@ fn report(checkpoint: &Path, dir: &Path, a: &Analysis) {
         "{} (epoch {}): {} in {:.1} s → {}",
         checkpoint.display(),
         a.epoch,
-        examples_text(&a.examples),
+        SplitExamples::describe(&a.examples),
         a.seconds,
         dir.display()
     );
@@ -112,15 +112,6 @@ fn report(checkpoint: &Path, dir: &Path, a: &Analysis) {
     for note in &a.notes {
         eprintln!("  note: {note}");
     }
-}
-
-/// "2000 train, 2000 test".
-pub(crate) fn examples_text(examples: &[SplitExamples]) -> String {
-    examples
-        .iter()
-        .map(|e| format!("{} {}", e.examples, e.split))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Per block of `split`: its kind, mean cosine, mean ℓ2 ratio and the accuracy with the

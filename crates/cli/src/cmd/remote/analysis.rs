@@ -3,10 +3,11 @@
 
 use super::{id, json, Api};
 use crate::args::AnalysisRequestArgs;
-use crate::cmd::analyze::{block_table, examples_text};
+use crate::cmd::analyze::block_table;
 use crate::cmd::print_text;
 use anyhow::Result;
 use domain::service::{AnalysisRequest, AnalysisView, JobState};
+use domain::SplitExamples;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ pub fn list(api: &Api, run: &str, as_json: bool) -> Result<ExitCode> {
             &a.epoch.to_string(),
             a.status.as_str(),
             &a.seconds.map_or("-".into(), |s| format!("{s:.1}")),
-            &examples_text(&a.examples),
+            &SplitExamples::describe(&a.examples),
         ));
     }
     print_text(&lines.join("\n"))?;
@@ -90,7 +91,7 @@ fn describe(a: &AnalysisView) -> String {
     if let Some(seconds) = a.seconds {
         lines.push(format!(
             "  {} examples in {seconds:.1} s",
-            examples_text(&a.examples)
+            SplitExamples::describe(&a.examples)
         ));
     }
     if let (Some(kind), Some(error)) = (a.failure_kind, &a.last_error) {
