@@ -58,14 +58,12 @@ impl Dataset {
     /// Reads a dataset directory (the files themselves, or the folder the official tarball
     /// unpacks to inside it). `labels` picks CIFAR-100's fine or coarse labels.
     pub fn open(dir: &Path, labels: LabelKind) -> Result<Self> {
-        let (files_dir, layout) = find_layout(dir)?;
-        let manifest = Manifest::read(&files_dir)?.or(Manifest::read(dir)?);
-        let (train_files, test_file, names_file, default_name) = match layout {
+        let (files_dir, layout, name) = inspect(dir)?;
+        let (train_files, test_file, names_file) = match layout {
             Layout::Cifar10 => (
                 (1..=5).map(|i| format!("data_batch_{i}.bin")).collect(),
                 "test_batch.bin",
                 "batches.meta.txt",
-                "cifar10",
             ),
             Layout::Cifar100 => (
                 vec!["train.bin".to_string()],
@@ -74,7 +72,6 @@ impl Dataset {
                     LabelKind::Fine => "fine_label_names.txt",
                     LabelKind::Coarse => "coarse_label_names.txt",
                 },
-                "cifar100",
             ),
         };
         if layout == Layout::Cifar10 && labels == LabelKind::Coarse {
@@ -109,7 +106,6 @@ impl Dataset {
                 });
             }
         }
-        let name = manifest.map_or(default_name.to_string(), |m| m.name);
         Ok(Self {
             identity: DatasetIdentity {
                 name,
@@ -124,6 +120,24 @@ impl Dataset {
             dir: files_dir,
         })
     }
+}
+
+/// The dataset in `dir`: the directory of its files, their layout, and its own name (its
+/// manifest's, else the official release's).
+fn inspect(dir: &Path) -> Result<(PathBuf, Layout, String)> {
+    let (files_dir, layout) = find_layout(dir)?;
+    let manifest = Manifest::read(&files_dir)?.or(Manifest::read(dir)?);
+    let name = manifest.map_or_else(
+        || {
+            match layout {
+                Layout::Cifar10 => "cifar10",
+                Layout::Cifar100 => "cifar100",
+            }
+            .to_string()
+        },
+        |m| m.name,
+    );
+    Ok((files_dir, layout, name))
 }
 
 fn find_layout(dir: &Path) -> Result<(PathBuf, Layout)> {
@@ -193,11 +207,12 @@ pub fn locate(data: &str, data_dir: &Path) -> Result<PathBuf> {
 }
 
 /// Opens the dataset a run was trained on: `name` resolved as [`locate`] does, and, when
-/// `trained_on` is known and that is other data, the datasets under `data_dir` whose
-/// manifest gives `trained_on`'s name. A run records its dataset's own name, which need
-/// not be its directory's (`data synth --out data/tiny10` makes a `shapes10`); looking
-/// only by name would open other data, or generate a default `shapes10` for a model that
-/// never saw it. Fails with [`DataError::NotTrainedOn`] when no dataset matches.
+/// `trained_on` is known and that is other data, the datasets under `data_dir` named as
+/// `trained_on` is. A run records its dataset's own name, which need not be its
+/// directory's (`data synth --out data/tiny10` makes a `shapes10`, CIFAR-10 may be fetched
+/// into `data/cifar-10`); looking only by name would open other data, or generate a
+/// default `shapes10` for a model that never saw it. Fails with
+/// [`DataError::NotTrainedOn`] when no dataset matches.
 pub fn open_trained_on(
     name: &str,
     trained_on: Option<&DatasetIdentity>,
@@ -241,8 +256,8 @@ pub fn open_trained_on(
     })
 }
 
-/// The dataset directories directly under `data_dir` whose manifest names them `name`,
-/// in path order, `skip` left out.
+/// The dataset directories directly under `data_dir` whose dataset is named `name` (by
+/// its manifest, or as an official release), in path order, `skip` left out.
 fn named_in(data_dir: &Path, name: &str, skip: Option<&Path>) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(data_dir) else {
         return vec![];
@@ -250,13 +265,7 @@ fn named_in(data_dir: &Path, name: &str, skip: Option<&Path>) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = entries
         .filter_map(|e| Some(e.ok()?.path()))
         .filter(|dir| Some(dir.as_path()) != skip)
-        .filter(|dir| {
-            let manifest = find_layout(dir)
-                .ok()
-                .and_then(|(files, _)| Manifest::read(&files).ok().flatten())
-                .or_else(|| Manifest::read(dir).ok().flatten());
-            manifest.is_some_and(|m| m.name == name)
-        })
+        .filter(|dir| inspect(dir).is_ok_and(|(_, _, own)| own == name))
         .collect();
     dirs.sort();
     dirs

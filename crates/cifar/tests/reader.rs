@@ -226,6 +226,18 @@ fn a_run_s_data_is_found_by_its_identity_under_another_directory_name() {
         text.contains("sha256:0") && text.contains("tiny10 holds"),
         "{text}"
     );
+    // An official release has no manifest: it is named by its layout.
+    write10(&tmp.path().join("cifar-10"));
+    let cifar = Dataset::open(&tmp.path().join("cifar-10"), LabelKind::Fine).unwrap();
+    assert_eq!(cifar.identity.name, "cifar10");
+    let found = cifar::open_trained_on(
+        "cifar10",
+        Some(&cifar.identity),
+        tmp.path(),
+        LabelKind::Fine,
+    )
+    .unwrap();
+    assert_eq!(found.dir, tmp.path().join("cifar-10"));
     // Without an identity (a spec never trained), the name alone decides.
     let found = cifar::open_trained_on("a-other", None, tmp.path(), LabelKind::Fine).unwrap();
     assert_eq!(found.dir, tmp.path().join("a-other"));
