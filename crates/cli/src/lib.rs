@@ -79,8 +79,41 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", causes(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes, joined by ": ". A cause whose text the message before it
+/// already quotes is left out: the libraries' I/O and HTTP errors name their source in
+/// their own message, and anyhow's `{:#}` would print it twice.
+fn causes(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::causes;
+
+    #[test]
+    fn a_cause_already_quoted_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let quoting = anyhow::Error::new(io).context("x.safetensors: no such file");
+        let wrapped = quoting.context("downloading");
+        assert_eq!(causes(&wrapped), "downloading: x.safetensors: no such file");
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(causes(&plain), "outer: inner");
     }
 }
