@@ -219,18 +219,22 @@ pub enum AnalysisCommand {
 pub struct AnalysisRequestArgs {
     /// The run's id.
     pub run: String,
-    /// The checkpoint after this epoch (default: the latest epoch checkpoint).
+    /// The checkpoints after these epochs, comma-separated (default: the latest epoch
+    /// checkpoint).
+    #[arg(long, value_delimiter = ',', conflicts_with = "all_epochs")]
+    pub epoch: Vec<u32>,
+    /// Every epoch checkpoint still on disk: how the metrics evolve over training.
     #[arg(long)]
-    pub epoch: Option<u32>,
+    pub all_epochs: bool,
     #[command(flatten)]
     pub analysis: AnalysisSpecArgs,
-    /// Wait until the analysis ends, then show it as `analysis show` does.
+    /// Wait until the analyses end, then show each as `analysis show` does.
     #[arg(long)]
     pub wait: bool,
     /// Seconds between polls while waiting.
     #[arg(long, default_value_t = 1.0)]
     pub every: f64,
-    /// Print the analysis as JSON.
+    /// Print the analyses as JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -234,6 +234,32 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
     );
     let (ok, _, err) = stepwise(&stack, &["analysis", "request", &id, "--epoch", "9"]);
     assert!(!ok && err.contains("no checkpoint after epoch 9"), "{err}");
+    // One per epoch checkpoint, for how a metric evolves over training.
+    let (ok, out, err) = stepwise(
+        &stack,
+        &[
+            "analysis",
+            "request",
+            &id,
+            "--all-epochs",
+            "--metrics",
+            "l2",
+            "--max-examples",
+            "16",
+            "--wait",
+            "--every",
+            "0.2",
+            "--json",
+        ],
+    );
+    assert!(ok, "{out}\n{err}");
+    let requested: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let epochs: Vec<_> = requested.iter().map(|a| a["epoch"].as_u64()).collect();
+    assert_eq!(epochs, [Some(1), Some(2)]);
+    assert!(
+        requested.iter().all(|a| a["status"] == "succeeded"),
+        "{out}"
+    );
 
     // Its checkpoints: downloaded after its sha256 matched, then evaluated locally.
     let (ok, out, err) = stepwise(&stack, &["checkpoint", "list", &id]);

@@ -48,33 +48,63 @@ pub fn show(api: &Api, analysis: &str, csv: bool, as_json: bool) -> Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-/// Queues the analysis; with `--wait`, polls until it ends and shows it, failing unless
-/// it succeeded.
+/// Queues an analysis per asked checkpoint; with `--wait`, polls until they end and shows
+/// them, failing unless all succeeded.
 pub fn request(api: &Api, args: AnalysisRequestArgs) -> Result<ExitCode> {
     let client = api.client()?;
-    let request = AnalysisRequest {
-        epoch: args.epoch,
-        spec: args.analysis.spec(),
+    let run = id(&args.run)?;
+    let spec = args.analysis.spec();
+    let epochs: Vec<Option<u32>> = if args.all_epochs {
+        let mut epochs: Vec<u32> = client
+            .checkpoints(run)?
+            .iter()
+            .filter(|c| c.batch == 0 && !c.removed)
+            .map(|c| c.epoch)
+            .collect();
+        epochs.sort_unstable();
+        epochs.dedup();
+        anyhow::ensure!(
+            !epochs.is_empty(),
+            "run {run} has no epoch checkpoint on disk yet"
+        );
+        epochs.into_iter().map(Some).collect()
+    } else if args.epoch.is_empty() {
+        vec![None]
+    } else {
+        args.epoch.iter().copied().map(Some).collect()
     };
-    let mut view = client.request_analysis(id(&args.run)?, &request)?;
+    let mut views = vec![];
+    for epoch in epochs {
+        let request = AnalysisRequest {
+            epoch,
+            spec: spec.clone(),
+        };
+        views.push(client.request_analysis(run, &request)?);
+    }
     if args.wait {
         let every = Duration::from_secs_f64(args.every.clamp(0.1, 60.0));
-        while !view.status.is_final() {
-            std::thread::sleep(every);
-            view = client.analysis(view.id)?;
+        for view in &mut views {
+            while !view.status.is_final() {
+                std::thread::sleep(every);
+                *view = client.analysis(view.id)?;
+            }
         }
     }
     if args.json {
-        json(&view)?;
+        json(&views)?;
     } else if args.wait {
-        print_text(&describe(&view))?;
+        let shown: Vec<String> = views.iter().map(describe).collect();
+        print_text(&shown.join("\n\n"))?;
     } else {
-        print_text(&format!(
-            "analysis {} of epoch {} is {}",
-            view.id, view.epoch, view.status
-        ))?;
+        for view in &views {
+            print_text(&format!(
+                "analysis {} of epoch {} is {}",
+                view.id, view.epoch, view.status
+            ))?;
+        }
     }
-    Ok(if !args.wait || view.status == JobState::Succeeded {
+    let succeeded = views.iter().all(|v| v.status == JobState::Succeeded);
+    Ok(if !args.wait || succeeded {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
