@@ -623,6 +623,7 @@ async fn openapi_docs_metrics_and_datasets_are_served(pool: PgPool) {
         "/v1/runs/{id}/metrics",
         "/v1/worker/claim",
         "/v1/experiments/{id}/figures/{name}.svg",
+        "/v1/experiments/{id}/claims",
     ] {
         assert!(
             doc["paths"].get(path).is_some(),
