@@ -261,8 +261,18 @@ impl Client {
         if let Some(s) = split {
             query.push(("split", s));
         }
-        self.send(&format!("/v1/runs/{id}/metrics"), |u| {
-            self.http.get(u).query(&query).header("Accept", accept)
+        self.get_accepting(&format!("/v1/runs/{id}/metrics"), &query, accept)
+    }
+
+    /// A GET with a query, asking for the `accept` media type of those the API serves.
+    fn get_accepting(
+        &self,
+        path: &str,
+        query: &(impl Serialize + ?Sized),
+        accept: &str,
+    ) -> Result<Response> {
+        self.send(path, |u| {
+            self.http.get(u).query(query).header("Accept", accept)
         })
     }
 
@@ -274,12 +284,11 @@ impl Client {
 
     /// The newest `limit` lines of a run's log, oldest first, as the API formats them.
     pub fn logs_text(&self, run: Uuid, limit: u32) -> Result<String> {
-        text(self.send(&format!("/v1/runs/{run}/logs"), |u| {
-            self.http
-                .get(u)
-                .query(&[("limit", limit)])
-                .header("Accept", "text/plain")
-        })?)
+        text(self.get_accepting(
+            &format!("/v1/runs/{run}/logs"),
+            &[("limit", limit)],
+            "text/plain",
+        )?)
     }
 
     pub fn checkpoints(&self, run: Uuid) -> Result<Vec<CheckpointView>> {
@@ -312,9 +321,11 @@ impl Client {
 
     /// An analysis's records as CSV.
     pub fn analysis_csv(&self, id: Uuid) -> Result<String> {
-        text(self.send(&format!("/v1/analyses/{id}"), |u| {
-            self.http.get(u).header("Accept", "text/csv")
-        })?)
+        text(self.get_accepting(
+            &format!("/v1/analyses/{id}"),
+            &[] as &[(&str, &str)],
+            "text/csv",
+        )?)
     }
 
     /// The newest `limit` experiments.

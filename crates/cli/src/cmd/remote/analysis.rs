@@ -1,6 +1,7 @@
 //! `stepwise analysis`: a run's block-wise analyses on the API — list them, read one, ask
 //! for another.
 
+use super::checkpoint::epoch_ends_on_disk;
 use super::{id, json, Api};
 use crate::args::AnalysisRequestArgs;
 use crate::cmd::analyze::block_table;
@@ -55,12 +56,8 @@ pub fn request(api: &Api, args: AnalysisRequestArgs) -> Result<ExitCode> {
     let run = id(&args.run)?;
     let spec = args.analysis.spec();
     let epochs: Vec<Option<u32>> = if args.all_epochs {
-        let mut epochs: Vec<u32> = client
-            .checkpoints(run)?
-            .iter()
-            .filter(|c| c.batch == 0 && !c.removed)
-            .map(|c| c.epoch)
-            .collect();
+        let checkpoints = client.checkpoints(run)?;
+        let mut epochs: Vec<u32> = epoch_ends_on_disk(&checkpoints).map(|c| c.epoch).collect();
         epochs.sort_unstable();
         epochs.dedup();
         anyhow::ensure!(

@@ -74,30 +74,35 @@ pub fn download(
     Ok(ExitCode::SUCCESS)
 }
 
+/// A run's checkpoints written at an epoch's end and not removed by its retention policy.
+pub(super) fn epoch_ends_on_disk(
+    checkpoints: &[CheckpointView],
+) -> impl Iterator<Item = &CheckpointView> {
+    checkpoints.iter().filter(|c| c.batch == 0 && !c.removed)
+}
+
 /// The checkpoint at the end of `epoch` (default: of the latest epoch) that is still on
 /// disk; or why there is none.
 fn epoch_checkpoint(
     checkpoints: &[CheckpointView],
     epoch: Option<u32>,
 ) -> Result<&CheckpointView, String> {
-    let at_epoch_end = |c: &&CheckpointView| c.batch == 0 && epoch.is_none_or(|e| c.epoch == e);
-    if let Some(c) = checkpoints
-        .iter()
-        .filter(at_epoch_end)
-        .filter(|c| !c.removed)
+    let asked = |c: &&CheckpointView| epoch.is_none_or(|e| c.epoch == e);
+    if let Some(c) = epoch_ends_on_disk(checkpoints)
+        .filter(asked)
         .max_by_key(|c| (c.epoch, c.created_at))
     {
         return Ok(c);
     }
-    Err(
-        match (epoch, checkpoints.iter().any(|c| at_epoch_end(&c))) {
-            (Some(e), true) => {
-                format!("the checkpoint after epoch {e} was removed by the run's retention policy")
-            }
-            (Some(e), false) => format!("no checkpoint after epoch {e}"),
-            (None, _) => "no epoch checkpoint on disk yet".to_string(),
-        },
-    )
+    // None is on disk: one listed was removed.
+    let removed = checkpoints.iter().any(|c| c.batch == 0 && asked(&c));
+    Err(match (epoch, removed) {
+        (Some(e), true) => {
+            format!("the checkpoint after epoch {e} was removed by the run's retention policy")
+        }
+        (Some(e), false) => format!("no checkpoint after epoch {e}"),
+        (None, _) => "no epoch checkpoint on disk yet".to_string(),
+    })
 }
 
 #[cfg(test)]

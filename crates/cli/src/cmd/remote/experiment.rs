@@ -48,8 +48,8 @@ pub fn show(api: &Api, experiment: &str, as_json: bool) -> Result<ExitCode> {
     let client = api.client()?;
     let experiment = id(experiment)?;
     let shown = Shown {
-        experiment: client.experiment(experiment)?,
         claims: client.experiment_claims(experiment)?,
+        experiment: client.experiment(experiment)?,
     };
     if as_json {
         return json(&shown);
@@ -62,31 +62,33 @@ pub fn show(api: &Api, experiment: &str, as_json: bool) -> Result<ExitCode> {
 /// then its analyses, then what `show` prints.
 pub fn watch(client: &Client, experiment: Uuid, every: Duration) -> Result<ExitCode> {
     let multi = MultiProgress::new();
+    let mut view = client.experiment(experiment)?;
     // The experiment's runs are fixed at submission: one bar each, in its order.
-    let view = client.experiment(experiment)?;
     let bars: Vec<_> = view.runs.iter().map(|_| multi.add(run_bar())).collect();
-    let view = loop {
-        let view = client.experiment(experiment)?;
+    loop {
         for (run, bar) in view.runs.iter().zip(&bars) {
             show_progress(bar, run);
         }
         if view.runs.iter().all(|r| r.status.is_final()) {
-            break view;
+            break;
         }
         std::thread::sleep(every);
-    };
+        view = client.experiment(experiment)?;
+    }
     for bar in &bars {
         bar.finish();
     }
     for (run, bar) in view.runs.iter().zip(&bars) {
         await_analyses(client, run, bar, every)?;
     }
+    let code = succeeded(&view.runs);
+    // Training has ended, so the view's accuracies are final; the claims need the analyses.
     let shown = Shown {
         claims: client.experiment_claims(experiment)?,
-        experiment: client.experiment(experiment)?,
+        experiment: view,
     };
     print_text(&describe(&shown))?;
-    Ok(succeeded(&view.runs))
+    Ok(code)
 }
 
 /// The configurations' table, then the claims' (as the dashboard and `report.md` give them).
