@@ -17,6 +17,8 @@ use reqwest::blocking::{RequestBuilder, Response};
 pub use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -35,6 +37,12 @@ pub struct Problem {
 pub enum ClientError {
     #[error("{url}: {source}")]
     Http { url: String, source: reqwest::Error },
+    /// No connection to the API was ever made: most likely a wrong URL or an API not started.
+    #[error("cannot reach the API at {base}: {source}")]
+    Unreachable {
+        base: String,
+        source: reqwest::Error,
+    },
     #[error("{status}: {}{}", .problem.detail, fields(&.problem.errors))]
     Api {
         status: StatusCode,
@@ -74,7 +82,7 @@ impl ClientError {
             Self::Api { status, .. } => {
                 status.is_server_error() || *status == StatusCode::REQUEST_TIMEOUT
             }
-            Self::Decode { .. } => false,
+            Self::Unreachable { .. } | Self::Decode { .. } => false,
         }
     }
 }
@@ -116,6 +124,10 @@ pub struct Client {
     token: Option<String>,
     /// How long transient failures are retried before they are returned.
     patience: Duration,
+    /// Whether the API has answered this client (or a clone) at least once. Until it has,
+    /// a failed connection is returned at once: retrying a wrong URL for the whole
+    /// patience only delays the error; patience is for riding out restarts.
+    answered: Arc<AtomicBool>,
 }
 
 impl Client {
@@ -133,6 +145,7 @@ impl Client {
             base: base.trim_end_matches('/').to_string(),
             token,
             patience: Duration::from_secs(30),
+            answered: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -160,13 +173,22 @@ impl Client {
             if let Some(token) = &self.token {
                 request = request.bearer_auth(token);
             }
-            let result = request
-                .send()
-                .map_err(|source| ClientError::Http {
+            let result = match request.send() {
+                Ok(response) => {
+                    self.answered.store(true, Ordering::Relaxed);
+                    check(&url, response)
+                }
+                Err(source) if source.is_connect() && !self.answered.load(Ordering::Relaxed) => {
+                    return Err(ClientError::Unreachable {
+                        base: self.base.clone(),
+                        source,
+                    })
+                }
+                Err(source) => Err(ClientError::Http {
                     url: url.clone(),
                     source,
-                })
-                .and_then(|r| check(&url, r));
+                }),
+            };
             match result {
                 Err(e) if e.is_transient() && started.elapsed() + wait < self.patience => {
                     tracing::debug!("{e}; retrying in {wait:?}");
@@ -473,4 +495,68 @@ fn text(response: Response) -> Result<String> {
     response
         .text()
         .map_err(|source| ClientError::Http { url, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    /// A port nothing listens on (bound once by us, then released).
+    fn closed_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[test]
+    fn a_client_that_never_reached_the_api_fails_at_once() {
+        let client = Client::new(&format!("http://127.0.0.1:{}", closed_port()), None).unwrap();
+        let error = client.run(Uuid::nil()).unwrap_err();
+        assert!(
+            matches!(error, ClientError::Unreachable { .. }),
+            "{error:?}"
+        );
+        assert!(error
+            .to_string()
+            .starts_with("cannot reach the API at http://127.0.0.1:"));
+    }
+
+    #[test]
+    fn once_the_api_answered_a_lost_connection_is_retried_as_transient() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).unwrap();
+            stream
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )
+                .unwrap();
+            // The listener is dropped here: the next connection is refused.
+        });
+        let client = Client::new(&base, None)
+            .unwrap()
+            .with_patience(Duration::from_millis(300));
+        let answered = client.run(Uuid::nil()).unwrap_err();
+        assert_eq!(
+            answered.status(),
+            Some(StatusCode::NOT_FOUND),
+            "{answered:?}"
+        );
+        server.join().unwrap();
+        let started = Instant::now();
+        let refused = client.clone().run(Uuid::nil()).unwrap_err();
+        // The first retry waits 100 ms.
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert!(
+            matches!(&refused, ClientError::Http { source, .. } if source.is_connect()),
+            "{refused:?}"
+        );
+    }
 }
