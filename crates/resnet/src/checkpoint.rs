@@ -1,6 +1,8 @@
 //! The checkpoint container: one safetensors file holding named tensors and string metadata
 //! (the run spec, dataset identity and train state travel in it as JSON), written
-//! crash-safe: temp file, fsync, rename, fsync the directory.
+//! crash-safe: temp file, fsync, rename, fsync the directory. The metadata also holds a
+//! sha256 of the tensors, checked on every read: safetensors itself checks only that the
+//! header and the data's length agree, so damaged weights would otherwise load silently.
 
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
@@ -15,6 +17,9 @@ use std::path::{Path, PathBuf};
 /// Metadata key naming the container format; its value is [`FORMAT`].
 pub const FORMAT_KEY: &str = "format";
 pub const FORMAT: &str = "stepwise-checkpoint/1";
+/// Metadata key of [`tensors_sha256`]'s digest. Files without it (written before it
+/// existed) are read unchecked.
+pub const TENSORS_SHA256_KEY: &str = "tensors_sha256";
 
 /// A checkpoint read back: tensors on the CPU and the metadata strings.
 pub struct Checkpoint {
@@ -112,6 +117,10 @@ pub fn write(
         .iter()
         .map(|(name, t)| Ok((name.clone(), host_tensor(t)?)))
         .collect::<Result<Vec<_>>>()?;
+    metadata.insert(
+        TENSORS_SHA256_KEY.to_string(),
+        tensors_sha256(host.iter().map(|(n, t)| (n.as_str(), t.data.as_slice()))),
+    );
     let bytes = safetensors::serialize(host.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
         .map_err(|e| Error::StateDict(format!("serialising: {e}")))?;
     write_atomic(path, &bytes)?;
@@ -137,6 +146,16 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
         None => return Err(bad("not written by stepwise (no format metadata)".into())),
     }
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    if let Some(recorded) = metadata.get(TENSORS_SHA256_KEY) {
+        let views = st.tensors();
+        let actual = tensors_sha256(views.iter().map(|(n, v)| (n.as_str(), v.data())));
+        if actual != *recorded {
+            return Err(bad(format!(
+                "its tensors do not match their recorded sha256 ({recorded}, read {actual}): \
+                 the file is damaged"
+            )));
+        }
+    }
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
         let dtype = match view.dtype() {
@@ -199,6 +218,21 @@ pub fn write_atomic_with(
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(Error::io(path))
+}
+
+/// Hex sha256 over named tensors' bytes, in name order (each name and byte count before
+/// the bytes, so that no two sets of tensors give the same stream).
+fn tensors_sha256<'a>(tensors: impl Iterator<Item = (&'a str, &'a [u8])>) -> String {
+    let mut sorted: Vec<_> = tensors.collect();
+    sorted.sort_unstable_by_key(|(name, _)| *name);
+    let mut hasher = Sha256::new();
+    for (name, data) in sorted {
+        hasher.update((name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update((data.len() as u64).to_le_bytes());
+        hasher.update(data);
+    }
+    hex::encode(hasher.finalize())
 }
 
 /// Hex sha256 of a file's contents.

@@ -510,6 +510,18 @@ fn unreadable_checkpoints_are_errors_not_panics() {
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     assert!(resnet::checkpoint::read(&cut).is_err());
     assert!(resnet::checkpoint::read(&dir.path().join("absent")).is_err());
+    // One bit flipped in the last tensor's data: the header still parses, the checksum
+    // does not match.
+    let mut flipped = bytes.clone();
+    *flipped.last_mut().unwrap() ^= 1;
+    let damaged = dir.path().join("damaged.safetensors");
+    std::fs::write(&damaged, &flipped).unwrap();
+    let err = resnet::checkpoint::read(&damaged)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("damaged"), "{err}");
+    assert!(resnet::checkpoint::read(&good).is_ok());
 }
 
 #[test]
