@@ -669,6 +669,14 @@ async fn experiments_aggregate_their_runs(pool: PgPool) {
         .json();
     assert_eq!(rest["items"].as_array().unwrap().len(), 1);
     assert!(rest["next_cursor"].is_null());
+    // By name: the experiment, and one of its runs (names are URL-encoded by clients).
+    let named = app.get("/v1/experiments?name=demo").await.json();
+    assert_eq!(named["items"][0]["id"], id.as_str());
+    let none = app.get("/v1/experiments?name=dem").await.json();
+    assert_eq!(none["items"], json!([]));
+    let run = app.get("/v1/runs?name=demo%2Fresnet-8%2Fseed1").await.json();
+    assert_eq!(run["items"].as_array().unwrap().len(), 1);
+    assert_eq!(run["items"][0]["name"], "demo/resnet-8/seed1");
     let figures = app
         .get(&format!("/v1/experiments/{id}/figures"))
         .await

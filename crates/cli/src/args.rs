@@ -78,7 +78,7 @@ pub enum Command {
     /// directories as SVG and PNG. Runs of one configuration are drawn as mean ± standard
     /// deviation over seeds.
     Figures {
-        /// An experiment id (or run id) on the API.
+        /// An experiment (or a run) on the API: its id or its name.
         #[arg(required_unless_present = "run", conflicts_with = "run")]
         experiment: Option<String>,
         /// A local run directory (repeat for several runs).
@@ -90,11 +90,12 @@ pub enum Command {
     },
     /// Submit a run or an experiment (a TOML spec file) to the API.
     Submit(SubmitArgs),
-    /// List runs on the API, newest first.
+    /// List runs on the API, newest first: id, name (an unnamed run's label in parentheses;
+    /// such a run goes by its id), dataset, state, progress and best test accuracy.
     List(ListArgs),
     /// A run's state on the API.
     Status {
-        /// The run's id.
+        /// The run: its id or its name.
         run: String,
         /// Print the run as JSON.
         #[arg(long)]
@@ -103,7 +104,7 @@ pub enum Command {
     /// Follow a run on the API, or every run of an experiment, with progress bars until
     /// training and analyses end; fails unless every run succeeded.
     Watch {
-        /// The run's or the experiment's id.
+        /// The run or the experiment: its id or its name.
         run: String,
         /// Seconds between polls.
         #[arg(long, default_value_t = 1.0)]
@@ -111,7 +112,7 @@ pub enum Command {
     },
     /// A run's per-epoch metric series from the API.
     Metrics {
-        /// The run's id.
+        /// The run: its id or its name.
         run: String,
         /// loss, accuracy, intermediate_accuracy, grad_norm_ratio, …
         #[arg(long)]
@@ -125,22 +126,22 @@ pub enum Command {
     },
     /// Cancel a run on the API (a running one checkpoints and stops at its next step).
     Cancel {
-        /// The run's id.
+        /// The run: its id or its name.
         run: String,
     },
     /// Queue a failed or cancelled run again; it resumes from its latest checkpoint.
     Retry {
-        /// The run's id.
+        /// The run: its id or its name.
         run: String,
     },
     /// Delete a run on the API that is not running, with its checkpoints and results.
     Delete {
-        /// The run's id.
+        /// The run: its id or its name.
         run: String,
     },
     /// A run's log on the API: what its workers reported, oldest first.
     Logs {
-        /// The run's id.
+        /// The run: its id or its name.
         run: String,
         /// The newest lines to print, 1 to 10,000.
         #[arg(long, default_value_t = 200)]
@@ -181,7 +182,7 @@ pub enum ExperimentCommand {
     /// One experiment: per configuration its runs and final test accuracy (mean ± sd over
     /// seeds), then paper.md's claims C1–C7 over its analysed runs.
     Show {
-        /// The experiment's id.
+        /// The experiment: its id or its name.
         experiment: String,
         /// Print the experiment and its claims as JSON.
         #[arg(long)]
@@ -193,7 +194,7 @@ pub enum ExperimentCommand {
 pub enum AnalysisCommand {
     /// A run's analyses, oldest epoch first: id, checkpoint epoch, state, examples.
     List {
-        /// The run's id.
+        /// The run: its id or its name.
         run: String,
         /// Print the analyses (without their records) as JSON.
         #[arg(long)]
@@ -217,7 +218,7 @@ pub enum AnalysisCommand {
 
 #[derive(Args)]
 pub struct AnalysisRequestArgs {
-    /// The run's id.
+    /// The run: its id or its name.
     pub run: String,
     /// The checkpoints after these epochs, comma-separated (default: the latest epoch
     /// checkpoint).
@@ -244,7 +245,7 @@ pub enum CheckpointCommand {
     /// A run's checkpoints, oldest first: epoch, batch within the epoch (0 at an epoch's
     /// end), size, whether the retention policy removed it.
     List {
-        /// The run's id.
+        /// The run: its id or its name.
         run: String,
         /// Print the checkpoints as JSON.
         #[arg(long)]
@@ -253,7 +254,7 @@ pub enum CheckpointCommand {
     /// Download a run's epoch checkpoint, checked against its registered sha256 before it
     /// is renamed into place; `stepwise eval` and `analyze` read it.
     Download {
-        /// The run's id.
+        /// The run: its id or its name.
         run: String,
         /// The checkpoint after this epoch (default: the latest epoch checkpoint).
         #[arg(long)]
@@ -712,7 +713,7 @@ pub struct ListArgs {
     /// Only runs with this tag.
     #[arg(long)]
     pub tag: Option<String>,
-    /// Only the runs of this experiment (its id).
+    /// Only the runs of this experiment (its id or name).
     #[arg(long)]
     pub experiment: Option<String>,
     /// Runs to list at most.

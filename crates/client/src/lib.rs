@@ -101,6 +101,8 @@ pub struct RunQuery {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub experiment: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
@@ -351,9 +353,14 @@ impl Client {
     }
 
     /// The newest `limit` experiments.
-    pub fn experiments(&self, limit: u32) -> Result<Page<ExperimentSummary>> {
+    /// Experiments newest first; only those named `name`, when given.
+    pub fn experiments(&self, limit: u32, name: Option<&str>) -> Result<Page<ExperimentSummary>> {
         json(self.send("/v1/experiments", |u| {
-            self.http.get(u).query(&[("limit", limit)])
+            let request = self.http.get(u).query(&[("limit", limit)]);
+            match name {
+                Some(name) => request.query(&[("name", name)]),
+                None => request,
+            }
         })?)
     }
 

@@ -41,6 +41,8 @@ pub struct RunFilter {
     pub arch: Option<String>,
     pub tag: Option<String>,
     pub experiment: Option<Uuid>,
+    /// The run's name, exactly.
+    pub name: Option<String>,
 }
 
 type Tx = Transaction<'static, Postgres>;
@@ -194,14 +196,16 @@ impl Store {
                 AND ($3::text IS NULL OR r.arch = $3)
                 AND ($4::text IS NULL OR $4 = ANY (r.tags))
                 AND ($5::uuid IS NULL OR r.experiment_id = $5)
+                AND ($6::text IS NULL OR r.name = $6)
               ORDER BY r.id DESC
-              LIMIT $6"
+              LIMIT $7"
         ))
         .bind(cursor)
         .bind(filter.status.map(|s| s.as_str()))
         .bind(&filter.arch)
         .bind(&filter.tag)
         .bind(filter.experiment)
+        .bind(&filter.name)
         .bind(limit as i64 + 1)
         .fetch_all(&self.pool)
         .await?;
@@ -219,9 +223,11 @@ impl Store {
         Ok(Page { items, next_cursor })
     }
 
-    /// Experiments newest first, `limit` per page, after the cursor (an experiment id).
+    /// Experiments newest first (only those named `name`, when given), `limit` per page,
+    /// after the cursor (an experiment id).
     pub async fn list_experiments(
         &self,
+        name: Option<&str>,
         cursor: Option<Uuid>,
         limit: u32,
     ) -> Result<Page<ExperimentSummary>> {
@@ -233,11 +239,13 @@ impl Store {
                           AS active
                    FROM experiments e LEFT JOIN runs r ON r.experiment_id = e.id
                   WHERE ($1::uuid IS NULL OR e.id < $1)
+                    AND ($2::text IS NULL OR e.name = $2)
                   GROUP BY e.id
                   ORDER BY e.id DESC
-                  LIMIT $2",
+                  LIMIT $3",
         )
         .bind(cursor)
+        .bind(name)
         .bind(limit as i64 + 1)
         .fetch_all(&self.pool)
         .await?;

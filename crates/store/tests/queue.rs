@@ -497,4 +497,26 @@ model = { arch = "resnet", depth = 8, width = 2 }
             .len(),
         4
     );
+    // Runs and experiments by name, exactly.
+    let by_name = |name: &str| RunFilter {
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    let named = store
+        .list_runs(&by_name("demo/narrow/seed1"), None, 10)
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(named.len(), 1);
+    assert_eq!(named[0].label, "narrow");
+    assert_eq!(named[0].spec.train.seed, 1);
+    assert!(store
+        .list_runs(&by_name("demo/narrow"), None, 10)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    let experiments = |name| store.list_experiments(Some(name), None, 10);
+    assert_eq!(experiments("demo").await.unwrap().items[0].id, view.id);
+    assert!(experiments("dem").await.unwrap().items.is_empty());
 }

@@ -180,8 +180,11 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
     );
     let (ok, _, err) = stepwise(&stack, &["retry", &id]);
     assert!(!ok && err.contains("only failed or cancelled"), "{err}");
-    let (ok, _, err) = stepwise(&stack, &["status", "not-an-id"]);
-    assert!(!ok && err.contains("is not an id"), "{err}");
+    let (ok, _, err) = stepwise(&stack, &["status", "not-a-name"]);
+    assert!(
+        !ok && err.contains("no run is named \"not-a-name\""),
+        "{err}"
+    );
 
     // Its block-wise analyses: listed, shown as a table per split, every record as CSV.
     let (ok, out, err) = stepwise(&stack, &["analysis", "list", &id]);
@@ -389,8 +392,20 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
         ok && out.contains(&format!("{experiment_id}  cli")),
         "{out}\n{err}"
     );
+    // Runs and experiments go by their names too.
+    let (ok, out, err) = stepwise(&stack, &["list", "--experiment", "cli"]);
+    assert!(ok, "{err}");
+    let seed1 = out
+        .lines()
+        .find(|l| l.contains("  cli/resnet-8/seed1 "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string();
+    assert!(runs.contains(&seed1), "{out}");
+    let (ok, out, err) = stepwise(&stack, &["status", "cli/resnet-8/seed1"]);
+    assert!(ok && out.contains(&format!("run {seed1} ")), "{out}\n{err}");
     // Its configurations over seeds and the paper's claims over its analyses.
-    let (ok, out, err) = stepwise(&stack, &["experiment", "show", &experiment_id]);
+    let (ok, out, err) = stepwise(&stack, &["experiment", "show", "cli"]);
     assert!(ok, "{err}");
     let config = out.lines().find(|l| l.trim_start().starts_with("resnet-8"));
     assert!(

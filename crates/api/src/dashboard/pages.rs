@@ -258,7 +258,10 @@ pub async fn runs(
     let q = q.cleaned();
     let table = runs_table(&state, &q).await?;
     let experiments_cursor = parse_cursor(q.experiments_cursor.as_deref())?;
-    let experiments = state.store.list_experiments(experiments_cursor, 20).await?;
+    let experiments = state
+        .store
+        .list_experiments(None, experiments_cursor, 20)
+        .await?;
     let older_experiments = experiments
         .next_cursor
         .map(|c| format!("/?experiments_cursor={c}"));

@@ -55,6 +55,8 @@ pub async fn submit(
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// An experiment's name, exactly
+    name: Option<String>,
     /// `next_cursor` of the previous page
     cursor: Option<String>,
     /// 1 to 200 (default 50; larger values are clamped)
@@ -70,7 +72,12 @@ pub async fn list(
 ) -> ApiResult<Json<Page<ExperimentSummary>>> {
     let cursor = crate::extract::parse_cursor(q.cursor.as_deref())?;
     let limit = q.limit.unwrap_or(50).clamp(1, 200);
-    Ok(Json(state.store.list_experiments(cursor, limit).await?))
+    Ok(Json(
+        state
+            .store
+            .list_experiments(q.name.as_deref(), cursor, limit)
+            .await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/experiments/{id}", tag = "experiments",

@@ -52,6 +52,8 @@ pub struct ListQuery {
     arch: Option<String>,
     tag: Option<String>,
     experiment: Option<String>,
+    /// A run's name, exactly (an experiment's runs are named `experiment/configuration/seedN`)
+    name: Option<String>,
     /// `next_cursor` of the previous page
     cursor: Option<String>,
     /// 1 to 200 (default 50; larger values are clamped)
@@ -64,7 +66,10 @@ pub async fn list(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Page<RunView>>> {
-    let filter = run_filter(q.status.as_deref(), q.arch, q.tag, q.experiment.as_deref())?;
+    let filter = RunFilter {
+        name: q.name,
+        ..run_filter(q.status.as_deref(), q.arch, q.tag, q.experiment.as_deref())?
+    };
     let cursor = crate::extract::parse_cursor(q.cursor.as_deref())?;
     let limit = q.limit.unwrap_or(50).clamp(1, 200);
     Ok(Json(state.store.list_runs(&filter, cursor, limit).await?))
@@ -85,6 +90,7 @@ pub fn run_filter(
         arch,
         tag,
         experiment: experiment.map(crate::extract::parse_id).transpose()?,
+        name: None,
     })
 }
 

@@ -2,7 +2,7 @@
 //! for another.
 
 use super::checkpoint::epoch_ends_on_disk;
-use super::{id, json, Api};
+use super::{id, json, run_id, Api};
 use crate::args::AnalysisRequestArgs;
 use crate::cmd::analyze::block_table;
 use crate::cmd::print_text;
@@ -13,7 +13,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 pub fn list(api: &Api, run: &str, as_json: bool) -> Result<ExitCode> {
-    let analyses = api.client()?.analyses(id(run)?)?;
+    let client = api.client()?;
+    let analyses = client.analyses(run_id(&client, run)?)?;
     if as_json {
         return json(&analyses);
     }
@@ -53,7 +54,7 @@ pub fn show(api: &Api, analysis: &str, csv: bool, as_json: bool) -> Result<ExitC
 /// them, failing unless all succeeded.
 pub fn request(api: &Api, args: AnalysisRequestArgs) -> Result<ExitCode> {
     let client = api.client()?;
-    let run = id(&args.run)?;
+    let run = run_id(&client, &args.run)?;
     let spec = args.analysis.spec();
     let epochs: Vec<Option<u32>> = if args.all_epochs {
         let checkpoints = client.checkpoints(run)?;

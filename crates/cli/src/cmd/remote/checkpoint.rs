@@ -1,6 +1,6 @@
 //! `stepwise checkpoint`: a run's checkpoints on the API — list them, download one.
 
-use super::{id, json, Api};
+use super::{json, run_id, Api};
 use crate::cmd::print_text;
 use anyhow::{anyhow, Result};
 use domain::service::CheckpointView;
@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 pub fn list(api: &Api, run: &str, as_json: bool) -> Result<ExitCode> {
-    let checkpoints = api.client()?.checkpoints(id(run)?)?;
+    let client = api.client()?;
+    let checkpoints = client.checkpoints(run_id(&client, run)?)?;
     if as_json {
         return json(&checkpoints);
     }
@@ -45,7 +46,7 @@ pub fn download(
     out: Option<PathBuf>,
 ) -> Result<ExitCode> {
     let client = api.client()?;
-    let run = id(run)?;
+    let run = run_id(&client, run)?;
     let checkpoints = client.checkpoints(run)?;
     let chosen =
         epoch_checkpoint(&checkpoints, epoch).map_err(|why| anyhow!("run {run}: {why}"))?;

@@ -1,7 +1,7 @@
 //! `stepwise experiment`: experiments on the API — list them, show one's configurations
 //! over seeds and paper.md's claims.
 
-use super::{await_analyses, id, json, run_bar, show_progress, succeeded, Api};
+use super::{await_analyses, experiment_id, json, run_bar, show_progress, succeeded, Api};
 use crate::cmd::print_text;
 use anyhow::Result;
 use client::Client;
@@ -13,7 +13,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub fn list(api: &Api, limit: u32, as_json: bool) -> Result<ExitCode> {
-    let page = api.client()?.experiments(limit)?;
+    let page = api.client()?.experiments(limit, None)?;
     if as_json {
         return json(&page);
     }
@@ -46,7 +46,7 @@ struct Shown {
 
 pub fn show(api: &Api, experiment: &str, as_json: bool) -> Result<ExitCode> {
     let client = api.client()?;
-    let experiment = id(experiment)?;
+    let experiment = experiment_id(&client, experiment)?;
     let shown = Shown {
         claims: client.experiment_claims(experiment)?,
         experiment: client.experiment(experiment)?,

@@ -30,7 +30,92 @@ impl Api {
 }
 
 fn id(raw: &str) -> Result<Uuid> {
-    Uuid::parse_str(raw).with_context(|| format!("{raw:?} is not an id (a UUID, as `list` prints)"))
+    Uuid::parse_str(raw).with_context(|| format!("{raw:?} is not an id (a UUID)"))
+}
+
+/// A run as the command line names it: its id, or its name (`list` prints both; an
+/// experiment's runs are named `experiment/configuration/seedN`).
+fn run_id(client: &Client, raw: &str) -> Result<Uuid> {
+    if let Ok(id) = Uuid::parse_str(raw) {
+        return Ok(id);
+    }
+    only_one("run", raw, &runs_named(client, raw)?)
+}
+
+/// An experiment by its id or its name.
+fn experiment_id(client: &Client, raw: &str) -> Result<Uuid> {
+    if let Ok(id) = Uuid::parse_str(raw) {
+        return Ok(id);
+    }
+    only_one("experiment", raw, &experiments_named(client, raw)?)
+}
+
+/// What `watch` and `figures` follow: a run or an experiment, by id or name.
+enum Target {
+    Run(Uuid),
+    Experiment(Uuid),
+}
+
+fn target(client: &Client, raw: &str) -> Result<Target> {
+    if let Ok(id) = Uuid::parse_str(raw) {
+        return Ok(match client.experiment(id) {
+            Ok(_) => Target::Experiment(id),
+            Err(e) if e.status() == Some(client::StatusCode::NOT_FOUND) => Target::Run(id),
+            Err(e) => return Err(e.into()),
+        });
+    }
+    let runs = runs_named(client, raw)?;
+    if !runs.is_empty() {
+        return only_one("run", raw, &runs).map(Target::Run);
+    }
+    let experiments = experiments_named(client, raw)?;
+    if experiments.is_empty() {
+        bail!("no run or experiment is named {raw:?} (give an id or a name, as `list` and `experiment list` print them)");
+    }
+    only_one("experiment", raw, &experiments).map(Target::Experiment)
+}
+
+/// At most this many namesakes are looked up (and listed when the name is ambiguous).
+const NAMESAKES: u32 = 10;
+
+fn runs_named(client: &Client, name: &str) -> Result<Vec<Uuid>> {
+    let query = RunQuery {
+        name: Some(name.to_string()),
+        limit: Some(NAMESAKES),
+        ..RunQuery::default()
+    };
+    Ok(client
+        .list_runs(&query)?
+        .items
+        .iter()
+        .map(|r| r.id)
+        .collect())
+}
+
+fn experiments_named(client: &Client, name: &str) -> Result<Vec<Uuid>> {
+    let page = client.experiments(NAMESAKES, Some(name))?;
+    Ok(page.items.iter().map(|e| e.id).collect())
+}
+
+/// The one id found under a name; an error when there is none, or several (newest first).
+fn only_one(kind: &str, name: &str, ids: &[Uuid]) -> Result<Uuid> {
+    match ids {
+        [id] => Ok(*id),
+        [] => bail!("no {kind} is named {name:?} (give its id or its name, as `list` prints them)"),
+        several => bail!(
+            "{} {kind}s are named {name:?}; give the id of one (newest first): {}",
+            if several.len() as u32 >= NAMESAKES {
+                "several".to_string()
+            } else {
+                several.len().to_string()
+            },
+            several
+                .iter()
+                .map(Uuid::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 /// `final`, `every:K` or `epochs:A,B,…`.
@@ -114,7 +199,11 @@ pub fn list(api: &Api, args: ListArgs) -> Result<ExitCode> {
         status: args.status,
         arch: args.arch,
         tag: args.tag,
-        experiment: args.experiment.as_deref().map(id).transpose()?,
+        experiment: args
+            .experiment
+            .map(|e| experiment_id(&client, &e))
+            .transpose()?,
+        name: None,
         cursor: None,
         limit: Some(args.limit),
     };
@@ -123,14 +212,14 @@ pub fn list(api: &Api, args: ListArgs) -> Result<ExitCode> {
         return json(&page);
     }
     let mut lines = vec![format!(
-        "{:<36}  {:<16} {:<10} {:<11} {:>9} {:>9}",
-        "id", "label", "dataset", "status", "epochs", "best acc"
+        "{:<36}  {:<28} {:<10} {:<11} {:>9} {:>9}",
+        "id", "name", "dataset", "status", "epochs", "best acc"
     )];
     for r in &page.items {
         lines.push(format!(
-            "{:<36}  {:<16} {:<10} {:<11} {:>9} {:>9}",
+            "{:<36}  {:<28} {:<10} {:<11} {:>9} {:>9}",
             r.id,
-            r.label,
+            r.name.clone().unwrap_or_else(|| format!("({})", r.label)),
             r.dataset,
             r.status.as_str(),
             format!("{}/{}", r.epochs_done, r.epochs),
@@ -176,7 +265,8 @@ fn describe(r: &RunView) -> String {
 }
 
 pub fn status(api: &Api, run: &str, as_json: bool) -> Result<ExitCode> {
-    let view = api.client()?.run(id(run)?)?;
+    let client = api.client()?;
+    let view = client.run(run_id(&client, run)?)?;
     if as_json {
         return json(&view);
     }
@@ -186,16 +276,16 @@ pub fn status(api: &Api, run: &str, as_json: bool) -> Result<ExitCode> {
 
 /// Follows a run, or every run of an experiment, until training ends and then until the
 /// analyses are done; fails unless every run succeeded.
-pub fn watch(api: &Api, target: &str, every: f64) -> Result<ExitCode> {
+pub fn watch(api: &Api, raw: &str, every: f64) -> Result<ExitCode> {
     let client = api.client()?;
-    let target = id(target)?;
     let every = Duration::from_secs_f64(every.clamp(0.1, 60.0));
-    if is_experiment(&client, target)? {
-        return experiment::watch(&client, target, every);
-    }
+    let run = match target(&client, raw)? {
+        Target::Experiment(id) => return experiment::watch(&client, id, every),
+        Target::Run(id) => id,
+    };
     let bar = run_bar();
     let view = loop {
-        let view = client.run(target)?;
+        let view = client.run(run)?;
         show_progress(&bar, &view);
         if view.status.is_final() {
             break view;
@@ -209,14 +299,6 @@ pub fn watch(api: &Api, target: &str, every: f64) -> Result<ExitCode> {
 }
 
 /// Whether `id` is an experiment's (else it is taken for a run's).
-fn is_experiment(client: &Client, id: Uuid) -> Result<bool> {
-    match client.experiment(id) {
-        Ok(_) => Ok(true),
-        Err(e) if e.status() == Some(client::StatusCode::NOT_FOUND) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// A progress bar of a run's training steps.
 fn run_bar() -> ProgressBar {
     ProgressBar::new(1).with_style(
@@ -284,7 +366,7 @@ pub fn metrics(
     csv: bool,
 ) -> Result<ExitCode> {
     let client = api.client()?;
-    let run = id(run)?;
+    let run = run_id(&client, run)?;
     if csv {
         let text = client.metrics_csv(run, name, split)?;
         super::print_text(text.trim_end())?;
@@ -310,26 +392,30 @@ pub fn metrics(
 }
 
 pub fn cancel(api: &Api, run: &str) -> Result<ExitCode> {
-    let view = api.client()?.cancel(id(run)?)?;
+    let client = api.client()?;
+    let view = client.cancel(run_id(&client, run)?)?;
     super::print_text(&format!("run {} is {}", view.id, view.status))?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn delete(api: &Api, run: &str) -> Result<ExitCode> {
-    let run = id(run)?;
-    api.client()?.delete_run(run)?;
+    let client = api.client()?;
+    let run = run_id(&client, run)?;
+    client.delete_run(run)?;
     super::print_text(&format!("run {run} deleted"))?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn logs(api: &Api, run: &str, limit: u32) -> Result<ExitCode> {
-    let text = api.client()?.logs_text(id(run)?, limit)?;
+    let client = api.client()?;
+    let text = client.logs_text(run_id(&client, run)?, limit)?;
     super::print_text(text.trim_end())?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn retry(api: &Api, run: &str) -> Result<ExitCode> {
-    let view = api.client()?.retry(id(run)?)?;
+    let client = api.client()?;
+    let view = client.retry(run_id(&client, run)?)?;
     super::print_text(&format!("run {} is {}", view.id, view.status))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -337,11 +423,9 @@ pub fn retry(api: &Api, run: &str) -> Result<ExitCode> {
 /// Every figure of an experiment (or, given a run id, of a run) as SVG files in `out`.
 pub fn figures(api: &Api, raw: &str, out: &Path) -> Result<ExitCode> {
     let client = api.client()?;
-    let target = id(raw)?;
-    let owner = if is_experiment(&client, target)? {
-        "experiments"
-    } else {
-        "runs"
+    let (owner, target) = match target(&client, raw)? {
+        Target::Experiment(id) => ("experiments", id),
+        Target::Run(id) => ("runs", id),
     };
     let names = client.figure_names(owner, target)?;
     if names.is_empty() {
@@ -357,4 +441,28 @@ pub fn figures(api: &Api, raw: &str, out: &Path) -> Result<ExitCode> {
     }
     super::print_text(&written.join("\n"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{only_one, NAMESAKES};
+    use uuid::Uuid;
+
+    #[test]
+    fn a_name_resolves_only_when_exactly_one_holds_it() {
+        let ids: Vec<Uuid> = (1..=NAMESAKES as u128).map(Uuid::from_u128).collect();
+        assert_eq!(only_one("run", "r", &ids[..1]).unwrap(), ids[0]);
+        let none = only_one("run", "r", &[]).unwrap_err().to_string();
+        assert!(none.starts_with("no run is named \"r\""), "{none}");
+        let two = only_one("experiment", "e", &ids[..2])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            two.starts_with("2 experiments are named \"e\"") && two.contains(&ids[1].to_string()),
+            "{two}"
+        );
+        // A full page of namesakes may not be all of them.
+        let many = only_one("run", "r", &ids).unwrap_err().to_string();
+        assert!(many.starts_with("several runs"), "{many}");
+    }
 }
