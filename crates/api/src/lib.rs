@@ -56,6 +56,8 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/experiments/{id}", get(experiments::get))
         .route("/v1/experiments/{id}/claims", get(experiments::claims))
+        .route("/v1/experiments/{id}/cancel", post(experiments::cancel))
+        .route("/v1/experiments/{id}/retry", post(experiments::retry))
         .route(
             "/v1/experiments/{id}/figures",
             get(figures::experiment_list),

@@ -674,7 +674,10 @@ async fn experiments_aggregate_their_runs(pool: PgPool) {
     assert_eq!(named["items"][0]["id"], id.as_str());
     let none = app.get("/v1/experiments?name=dem").await.json();
     assert_eq!(none["items"], json!([]));
-    let run = app.get("/v1/runs?name=demo%2Fresnet-8%2Fseed1").await.json();
+    let run = app
+        .get("/v1/runs?name=demo%2Fresnet-8%2Fseed1")
+        .await
+        .json();
     assert_eq!(run["items"].as_array().unwrap().len(), 1);
     assert_eq!(run["items"][0]["name"], "demo/resnet-8/seed1");
     let figures = app
@@ -682,4 +685,53 @@ async fn experiments_aggregate_their_runs(pool: PgPool) {
         .await
         .json();
     assert_eq!(figures, json!({"figures": []}));
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn an_experiment_is_cancelled_and_retried_as_a_whole(pool: PgPool) {
+    let app = spawn_app(pool, &[]);
+    let body = json!({"spec": {
+        "name": "whole", "seeds": [0, 1],
+        "data": {"dataset": "shapes10"}, "train": {"epochs": 1},
+        "configs": [{"model": {"arch": "resnet", "depth": 8, "width": 4}}]}});
+    let id = app.post("/v1/experiments", body).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let statuses = |view: &serde_json::Value| -> Vec<String> {
+        view["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["status"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let cancelled = app
+        .post(&format!("/v1/experiments/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.text());
+    assert_eq!(statuses(&cancelled.json()), ["cancelled", "cancelled"]);
+    let again = app
+        .post(&format!("/v1/experiments/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert!(
+        again.text().contains("no queued or running runs"),
+        "{}",
+        again.text()
+    );
+    let retried = app
+        .post(&format!("/v1/experiments/{id}/retry"), json!({}))
+        .await;
+    assert_eq!(retried.status, StatusCode::OK, "{}", retried.text());
+    assert_eq!(statuses(&retried.json()), ["queued", "queued"]);
+    let again = app
+        .post(&format!("/v1/experiments/{id}/retry"), json!({}))
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    let unknown = uuid::Uuid::now_v7();
+    let missing = app
+        .post(&format!("/v1/experiments/{unknown}/cancel"), json!({}))
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
 }

@@ -434,9 +434,13 @@ async fn buttons_need_the_sessions_csrf_token(pool: PgPool) {
         app.get(&format!("/v1/runs/{run_id}")).await.json()["status"],
         "cancelling"
     );
-    // Cancelling twice is a conflict, shown as a page.
+    // A run being cancelled has no cancel button; pressing one again changes nothing.
+    let page_now = page(&app, &format!("/runs/{run_id}"), Some(&cookie))
+        .await
+        .text();
+    assert!(!page_now.contains(r#"id="cancel""#), "{page_now}");
     let again = form(&app, &uri, &[("csrf", &token)], Some(&cookie), &[]).await;
-    assert!(again.status.is_client_error() || again.status == StatusCode::SEE_OTHER);
+    assert_eq!(again.status, StatusCode::SEE_OTHER);
     let retry = form(
         &app,
         &format!("/runs/{run_id}/retry"),
@@ -576,4 +580,58 @@ async fn experiments_are_paged_on_the_runs_page(pool: PgPool) {
         "{second}"
     );
     assert!(!second.contains("/?experiments_cursor="));
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn an_experiment_s_runs_are_cancelled_and_retried_from_its_page(pool: PgPool) {
+    let app = spawn_app(pool, &[]);
+    let body = json!({"spec": {
+        "name": "buttons", "seeds": [0, 1],
+        "data": {"dataset": "shapes10"}, "train": {"epochs": 1},
+        "configs": [{"model": {"arch": "resnet", "depth": 8, "width": 4}}]}});
+    let id = app.post("/v1/experiments", body).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let uri = format!("/experiments/{id}");
+    let first = page(&app, &uri, None).await;
+    let (cookie, _) = session_cookie(&first).expect("a session for the open dashboard");
+    let html = first.text();
+    assert!(html.contains(r#"id="cancel""#) && !html.contains(r#"id="retry""#));
+    let token = csrf(&html);
+    let press = |action: &'static str, token: String| {
+        let (app, uri, cookie) = (&app, &uri, &cookie);
+        async move {
+            let action = format!("{uri}/{action}");
+            form(app, &action, &[("csrf", &token)], Some(cookie), &[]).await
+        }
+    };
+    assert_html(
+        &press("cancel", "forged".into()).await,
+        StatusCode::FORBIDDEN,
+    );
+    let statuses = || async {
+        let view = app.get(&format!("/v1/experiments/{id}")).await.json();
+        view["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["status"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(statuses().await, ["queued", "queued"]);
+    let cancelled = press("cancel", token.clone()).await;
+    assert_eq!(
+        cancelled.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        cancelled.text()
+    );
+    assert_eq!(location(&cancelled), uri);
+    assert_eq!(statuses().await, ["cancelled", "cancelled"]);
+    let html = page(&app, &uri, Some(&cookie)).await.text();
+    assert!(html.contains(r#"id="retry""#) && !html.contains(r#"id="cancel""#));
+    let retried = press("retry", token).await;
+    assert_eq!(retried.status, StatusCode::SEE_OTHER, "{}", retried.text());
+    assert_eq!(statuses().await, ["queued", "queued"]);
 }

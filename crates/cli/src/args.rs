@@ -124,14 +124,16 @@ pub enum Command {
         #[arg(long)]
         csv: bool,
     },
-    /// Cancel a run on the API (a running one checkpoints and stops at its next step).
+    /// Cancel a run on the API, or every queued or running run of an experiment (a running
+    /// one checkpoints and stops at its next step).
     Cancel {
-        /// The run: its id or its name.
+        /// The run or the experiment: its id or its name.
         run: String,
     },
-    /// Queue a failed or cancelled run again; it resumes from its latest checkpoint.
+    /// Queue a failed or cancelled run again, or every such run of an experiment; each
+    /// resumes from its latest checkpoint.
     Retry {
-        /// The run: its id or its name.
+        /// The run or the experiment: its id or its name.
         run: String,
     },
     /// Delete a run on the API that is not running, with its checkpoints and results.

@@ -368,6 +368,16 @@ impl Client {
         self.get(&format!("/v1/experiments/{id}"))
     }
 
+    /// Cancels every queued or running run of the experiment.
+    pub fn cancel_experiment(&self, id: Uuid) -> Result<ExperimentView> {
+        self.post_empty(&format!("/v1/experiments/{id}/cancel"))
+    }
+
+    /// Queues every failed or cancelled run of the experiment again.
+    pub fn retry_experiment(&self, id: Uuid) -> Result<ExperimentView> {
+        self.post_empty(&format!("/v1/experiments/{id}/retry"))
+    }
+
     /// paper.md's claims over an experiment's analysed runs.
     pub fn experiment_claims(&self, id: Uuid) -> Result<ClaimsView> {
         self.get(&format!("/v1/experiments/{id}/claims"))

@@ -270,21 +270,7 @@ impl Store {
     /// worker's next heartbeat (`cancelling`).
     pub async fn cancel_run(&self, id: Uuid) -> Result<RunView> {
         let mut tx = self.pool.begin().await?;
-        let status = lock_run(&mut tx, id).await?;
-        if status.is_final() {
-            return Err(StoreError::Conflict(format!(
-                "run {id} is {status}; only queued or running runs can be cancelled"
-            )));
-        }
-        sqlx::query(
-            "UPDATE jobs SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE 'cancelling' END,
-                    updated_at = now()
-              WHERE run_id = $1 AND state IN ('queued', 'running')",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        sync_statuses(&mut tx, id).await?;
+        cancel_in(&mut tx, id).await?;
         let view = run_in(&mut tx, id).await?;
         tx.commit().await?;
         Ok(view)
@@ -294,23 +280,42 @@ impl Store {
     /// a fresh allowance of attempts.
     pub async fn retry_run(&self, id: Uuid, max_attempts: u32) -> Result<RunView> {
         let mut tx = self.pool.begin().await?;
-        let status = lock_run(&mut tx, id).await?;
-        if !matches!(status, JobState::Failed | JobState::Cancelled) {
+        retry_in(&mut tx, id, max_attempts).await?;
+        let view = run_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(view)
+    }
+
+    /// Cancels every queued or running run of an experiment, in one transaction.
+    pub async fn cancel_experiment(&self, id: Uuid) -> Result<ExperimentView> {
+        let mut tx = self.pool.begin().await?;
+        let runs = lock_experiment_runs(&mut tx, id, ACTIVE).await?;
+        if runs.is_empty() {
             return Err(StoreError::Conflict(format!(
-                "run {id} is {status}; only failed or cancelled runs can be retried"
+                "experiment {id} has no queued or running runs to cancel"
             )));
         }
-        sqlx::query(
-            "UPDATE jobs SET state = 'queued', failures = 0, max_attempts = $2,
-                    failure_kind = NULL, last_error = NULL, updated_at = now()
-              WHERE run_id = $1 AND state IN ('failed', 'cancelled')",
-        )
-        .bind(id)
-        .bind(max_attempts as i32)
-        .execute(&mut *tx)
-        .await?;
-        sync_statuses(&mut tx, id).await?;
-        let view = run_in(&mut tx, id).await?;
+        for run in runs {
+            cancel_in(&mut tx, run).await?;
+        }
+        let view = experiment_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(view)
+    }
+
+    /// Queues every failed or cancelled run of an experiment again, in one transaction.
+    pub async fn retry_experiment(&self, id: Uuid, max_attempts: u32) -> Result<ExperimentView> {
+        let mut tx = self.pool.begin().await?;
+        let runs = lock_experiment_runs(&mut tx, id, RETRIABLE).await?;
+        if runs.is_empty() {
+            return Err(StoreError::Conflict(format!(
+                "experiment {id} has no failed or cancelled runs to retry"
+            )));
+        }
+        for run in runs {
+            retry_in(&mut tx, run, max_attempts).await?;
+        }
+        let view = experiment_in(&mut tx, id).await?;
         tx.commit().await?;
         Ok(view)
     }
@@ -470,6 +475,66 @@ async fn experiment_in(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Experi
 }
 
 /// Locks a run's row for a state change and returns its status.
+/// Run states that cancelling acts on, and those that retrying acts on.
+const ACTIVE: &[&str] = &["queued", "running"];
+const RETRIABLE: &[&str] = &["failed", "cancelled"];
+
+async fn cancel_in(tx: &mut Tx, id: Uuid) -> Result<()> {
+    let status = lock_run(tx, id).await?;
+    if status.is_final() {
+        return Err(StoreError::Conflict(format!(
+            "run {id} is {status}; only queued or running runs can be cancelled"
+        )));
+    }
+    sqlx::query(
+        "UPDATE jobs SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE 'cancelling' END,
+                updated_at = now()
+          WHERE run_id = $1 AND state IN ('queued', 'running')",
+    )
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    sync_statuses(tx, id).await
+}
+
+async fn retry_in(tx: &mut Tx, id: Uuid, max_attempts: u32) -> Result<()> {
+    let status = lock_run(tx, id).await?;
+    if !matches!(status, JobState::Failed | JobState::Cancelled) {
+        return Err(StoreError::Conflict(format!(
+            "run {id} is {status}; only failed or cancelled runs can be retried"
+        )));
+    }
+    sqlx::query(
+        "UPDATE jobs SET state = 'queued', failures = 0, max_attempts = $2,
+                failure_kind = NULL, last_error = NULL, updated_at = now()
+          WHERE run_id = $1 AND state IN ('failed', 'cancelled')",
+    )
+    .bind(id)
+    .bind(max_attempts as i32)
+    .execute(&mut **tx)
+    .await?;
+    sync_statuses(tx, id).await
+}
+
+/// Locks the runs of an experiment in one of `states` (in id order, so that two such
+/// transactions cannot deadlock) and returns their ids; 404 when there is no such
+/// experiment.
+async fn lock_experiment_runs(tx: &mut Tx, id: Uuid, states: &[&str]) -> Result<Vec<Uuid>> {
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM experiments WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    exists.ok_or_else(|| not_found("experiment", id))?;
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM runs WHERE experiment_id = $1 AND status = ANY ($2)
+          ORDER BY id FOR UPDATE",
+    )
+    .bind(id)
+    .bind(states)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
 async fn lock_run(tx: &mut Tx, id: Uuid) -> Result<JobState> {
     let status: Option<String> =
         sqlx::query_scalar("SELECT status FROM runs WHERE id = $1 FOR UPDATE")

@@ -404,6 +404,11 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
     assert!(runs.contains(&seed1), "{out}");
     let (ok, out, err) = stepwise(&stack, &["status", "cli/resnet-8/seed1"]);
     assert!(ok && out.contains(&format!("run {seed1} ")), "{out}\n{err}");
+    // A finished experiment has nothing to cancel or retry; the error says so.
+    let (ok, _, err) = stepwise(&stack, &["cancel", "cli"]);
+    assert!(!ok && err.contains("no queued or running runs"), "{err}");
+    let (ok, _, err) = stepwise(&stack, &["retry", &experiment_id]);
+    assert!(!ok && err.contains("no failed or cancelled runs"), "{err}");
     // Its configurations over seeds and the paper's claims over its analyses.
     let (ok, out, err) = stepwise(&stack, &["experiment", "show", "cli"]);
     assert!(ok, "{err}");

@@ -18,6 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use pages::Button;
 
 /// The dashboard's routes: pages behind a session, the login form and the assets open.
 pub fn routes(state: AppState) -> Router<AppState> {
@@ -26,11 +27,25 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/partials/runs", get(pages::runs_partial))
         .route("/runs/{id}", get(pages::run))
         .route("/partials/runs/{id}", get(pages::run_partial))
-        .route("/runs/{id}/cancel", post(pages::cancel))
-        .route("/runs/{id}/retry", post(pages::retry))
+        .route(
+            "/runs/{id}/cancel",
+            post(|s, e, p, f| Button::CancelRun.press(s, e, p, f)),
+        )
+        .route(
+            "/runs/{id}/retry",
+            post(|s, e, p, f| Button::RetryRun.press(s, e, p, f)),
+        )
         .route("/runs/{id}/metrics.csv", get(pages::metrics_csv))
         .route("/analyses/{id}/records.csv", get(pages::analysis_csv))
         .route("/experiments/{id}", get(pages::experiment))
+        .route(
+            "/experiments/{id}/cancel",
+            post(|s, e, p, f| Button::CancelExperiment.press(s, e, p, f)),
+        )
+        .route(
+            "/experiments/{id}/retry",
+            post(|s, e, p, f| Button::RetryExperiment.press(s, e, p, f)),
+        )
         .route(
             "/experiments/{id}/summary.csv",
             get(pages::experiment_summary_csv),

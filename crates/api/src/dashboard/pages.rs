@@ -523,8 +523,8 @@ async fn run_live(state: &AppState, run: &RunView, session: &Session) -> ApiResu
             (None, Some(error)) => error.clone(),
             (None, None) => String::new(),
         },
-        can_cancel: !run.status.is_final(),
-        can_retry: matches!(run.status, JobState::Failed | JobState::Cancelled),
+        can_cancel: can_cancel(run.status),
+        can_retry: can_retry(run.status),
         attempts: attempts.iter().map(AttemptItem::of).collect(),
         logs: logs
             .into_iter()
@@ -628,31 +628,48 @@ pub async fn run_partial(
     render(&RunLivePartial { live })
 }
 
-pub async fn cancel(
-    State(state): State<AppState>,
-    Extension(session): Extension<Session>,
-    Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
-) -> ApiResult<Redirect> {
-    check_csrf(&session, &form.csrf)?;
-    let id = crate::extract::parse_id(&id)?;
-    state.store.cancel_run(id).await?;
-    Ok(Redirect::to(&format!("/runs/{id}")))
+/// Whether a run in `status` can be cancelled (`cancelling` ones are being cancelled),
+/// and whether it can be retried: as the store decides.
+fn can_cancel(status: JobState) -> bool {
+    matches!(status, JobState::Queued | JobState::Running)
 }
 
-pub async fn retry(
-    State(state): State<AppState>,
-    Extension(session): Extension<Session>,
-    Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
-) -> ApiResult<Redirect> {
-    check_csrf(&session, &form.csrf)?;
-    let id = crate::extract::parse_id(&id)?;
-    state
-        .store
-        .retry_run(id, state.config.lease.max_attempts)
-        .await?;
-    Ok(Redirect::to(&format!("/runs/{id}")))
+fn can_retry(status: JobState) -> bool {
+    matches!(status, JobState::Failed | JobState::Cancelled)
+}
+
+/// The dashboard's cancel and retry buttons, of a run or of a whole experiment.
+#[derive(Clone, Copy)]
+pub enum Button {
+    CancelRun,
+    RetryRun,
+    CancelExperiment,
+    RetryExperiment,
+}
+
+impl Button {
+    /// Does what the button says, then goes back to the page it is on.
+    pub async fn press(
+        self,
+        State(state): State<AppState>,
+        Extension(session): Extension<Session>,
+        Path(id): Path<String>,
+        Form(form): Form<CsrfForm>,
+    ) -> ApiResult<Redirect> {
+        check_csrf(&session, &form.csrf)?;
+        let id = crate::extract::parse_id(&id)?;
+        let (store, attempts) = (&state.store, state.config.lease.max_attempts);
+        let page = match self {
+            Self::CancelRun => store.cancel_run(id).await.map(|_| "runs"),
+            Self::RetryRun => store.retry_run(id, attempts).await.map(|_| "runs"),
+            Self::CancelExperiment => store.cancel_experiment(id).await.map(|_| "experiments"),
+            Self::RetryExperiment => store
+                .retry_experiment(id, attempts)
+                .await
+                .map(|_| "experiments"),
+        }?;
+        Ok(Redirect::to(&format!("/{page}/{id}")))
+    }
 }
 
 pub async fn metrics_csv(
@@ -715,6 +732,10 @@ pub struct ExperimentPage {
     /// When the runs are shorter than the paper's schedules.
     schedule_note: Option<String>,
     legend: &'static str,
+    csrf: String,
+    /// Whether some run is queued or running, and whether some failed or was cancelled.
+    can_cancel: bool,
+    can_retry: bool,
 }
 
 pub async fn experiment(
@@ -763,6 +784,9 @@ pub async fn experiment(
         claims,
         schedule_note: domain::claims::short_schedule_note(&experiment.spec.runs()),
         legend: domain::claims::LEGEND,
+        csrf: session.csrf.clone(),
+        can_cancel: experiment.runs.iter().any(|r| can_cancel(r.status)),
+        can_retry: experiment.runs.iter().any(|r| can_retry(r.status)),
     })
 }
 

@@ -88,6 +88,23 @@ pub async fn get(State(state): State<AppState>, Id(id): Id) -> ApiResult<Json<Ex
     Ok(Json(state.store.experiment(id).await?))
 }
 
+#[utoipa::path(post, path = "/v1/experiments/{id}/cancel", tag = "experiments",
+    params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, description = "every queued or running run cancelled (a running one at its worker's next heartbeat)",
+        body = ExperimentView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn cancel(State(state): State<AppState>, Id(id): Id) -> ApiResult<Json<ExperimentView>> {
+    Ok(Json(state.store.cancel_experiment(id).await?))
+}
+
+#[utoipa::path(post, path = "/v1/experiments/{id}/retry", tag = "experiments",
+    params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, description = "every failed or cancelled run queued again; each resumes from its latest checkpoint",
+        body = ExperimentView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn retry(State(state): State<AppState>, Id(id): Id) -> ApiResult<Json<ExperimentView>> {
+    let max_attempts = state.config.lease.max_attempts;
+    Ok(Json(state.store.retry_experiment(id, max_attempts).await?))
+}
+
 #[utoipa::path(get, path = "/v1/experiments/{id}/claims", tag = "experiments",
     params(("id" = uuid::Uuid, Path)),
     responses((status = 200, description = "paper.md's claims C1–C7 over the analysed runs; CSV of the verdicts with Accept: text/csv",

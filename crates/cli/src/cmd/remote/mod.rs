@@ -9,7 +9,9 @@ pub mod experiment;
 use crate::args::{ListArgs, SubmitArgs};
 use anyhow::{bail, Context, Result};
 use client::{Client, RunQuery};
-use domain::service::{AnalysisPlan, CheckpointSelection, JobState, RunSubmission, RunView};
+use domain::service::{
+    AnalysisPlan, CheckpointSelection, ExperimentView, JobState, RunSubmission, RunView,
+};
 use domain::{ExperimentSpec, RunSpec};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
@@ -391,10 +393,39 @@ pub fn metrics(
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn cancel(api: &Api, run: &str) -> Result<ExitCode> {
+/// Cancels a run, or every queued or running run of an experiment.
+pub fn cancel(api: &Api, raw: &str) -> Result<ExitCode> {
     let client = api.client()?;
-    let view = client.cancel(run_id(&client, run)?)?;
+    match target(&client, raw)? {
+        Target::Run(id) => print_run_state(&client.cancel(id)?),
+        Target::Experiment(id) => print_run_states(&client.cancel_experiment(id)?),
+    }
+}
+
+/// Queues a run, or every failed or cancelled run of an experiment, again.
+pub fn retry(api: &Api, raw: &str) -> Result<ExitCode> {
+    let client = api.client()?;
+    match target(&client, raw)? {
+        Target::Run(id) => print_run_state(&client.retry(id)?),
+        Target::Experiment(id) => print_run_states(&client.retry_experiment(id)?),
+    }
+}
+
+fn print_run_state(view: &RunView) -> Result<ExitCode> {
     super::print_text(&format!("run {} is {}", view.id, view.status))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_run_states(view: &ExperimentView) -> Result<ExitCode> {
+    let lines: Vec<String> = view
+        .runs
+        .iter()
+        .map(|r| {
+            let name = r.name.as_deref().unwrap_or(&r.label);
+            format!("run {} ({name}) is {}", r.id, r.status)
+        })
+        .collect();
+    super::print_text(&lines.join("\n"))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -410,13 +441,6 @@ pub fn logs(api: &Api, run: &str, limit: u32) -> Result<ExitCode> {
     let client = api.client()?;
     let text = client.logs_text(run_id(&client, run)?, limit)?;
     super::print_text(text.trim_end())?;
-    Ok(ExitCode::SUCCESS)
-}
-
-pub fn retry(api: &Api, run: &str) -> Result<ExitCode> {
-    let client = api.client()?;
-    let view = client.retry(run_id(&client, run)?)?;
-    super::print_text(&format!("run {} is {}", view.id, view.status))?;
     Ok(ExitCode::SUCCESS)
 }
 
