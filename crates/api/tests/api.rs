@@ -564,6 +564,24 @@ async fn workers_register_only_verified_files_inside_their_directory(pool: PgPoo
         .await;
     assert_eq!(svg.content_type, "image/svg+xml");
     assert!(svg.text().starts_with("<svg"));
+    let png = app
+        .get(&format!(
+            "/v1/runs/{run_id}/figures/fig5_intermediate_resnet-8.png"
+        ))
+        .await;
+    assert_eq!(png.content_type, "image/png");
+    assert!(png.body.starts_with(b"\x89PNG\r\n\x1a\n"), "{}", png.text());
+    let pdf = app
+        .get(&format!(
+            "/v1/runs/{run_id}/figures/fig5_intermediate_resnet-8.pdf"
+        ))
+        .await;
+    assert_problem(&pdf, StatusCode::NOT_FOUND, "another format");
+    assert!(
+        pdf.text().contains("{name}.svg or {name}.png"),
+        "{}",
+        pdf.text()
+    );
     assert_problem(
         &app.get(&format!("/v1/runs/{run_id}/figures/fig99.svg"))
             .await,
@@ -622,7 +640,7 @@ async fn openapi_docs_metrics_and_datasets_are_served(pool: PgPool) {
         "/v1/runs",
         "/v1/runs/{id}/metrics",
         "/v1/worker/claim",
-        "/v1/experiments/{id}/figures/{name}.svg",
+        "/v1/experiments/{id}/figures/{file}",
         "/v1/experiments/{id}/claims",
     ] {
         assert!(

@@ -74,8 +74,8 @@ pub enum Command {
     /// An experiment end to end: train every configuration × seed (resuming where a
     /// previous invocation stopped), analyse, draw the figures, write report.md.
     Run(RunArgs),
-    /// The paper's figures: of an experiment (or run) on the API as SVG, or from local run
-    /// directories as SVG and PNG. Runs of one configuration are drawn as mean ± standard
+    /// The paper's figures as SVG and PNG: of an experiment (or run) on the API, or from
+    /// local run directories. Runs of one configuration are drawn as mean ± standard
     /// deviation over seeds.
     Figures {
         /// An experiment (or a run) on the API: its id or its name.

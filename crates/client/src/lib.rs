@@ -390,12 +390,17 @@ impl Client {
             .figures)
     }
 
-    pub fn figure_svg(&self, owner: &str, id: Uuid, name: &str) -> Result<String> {
-        text(
-            self.send(&format!("/v1/{owner}/{id}/figures/{name}.svg"), |u| {
-                self.http.get(u)
-            })?,
-        )
+    /// A figure's file (`fig2_cosine.svg`, `fig2_cosine.png`) of a run or an experiment
+    /// (`owner`: `runs` or `experiments`).
+    pub fn figure(&self, owner: &str, id: Uuid, file: &str) -> Result<Vec<u8>> {
+        let response = self.send(&format!("/v1/{owner}/{id}/figures/{file}"), |u| {
+            self.http.get(u)
+        })?;
+        let url = response.url().to_string();
+        let bytes = response
+            .bytes()
+            .map_err(|source| ClientError::Http { url, source })?;
+        Ok(bytes.to_vec())
     }
 
     // ---- workers ----

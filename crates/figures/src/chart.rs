@@ -113,46 +113,58 @@ fn tick(v: f64, span: f64) -> String {
 const PANEL_WIDTH: u32 = 640;
 const HEIGHT: u32 = 480;
 
-/// The figure as an SVG document (served by the API).
+fn size(figure: &Figure) -> (u32, u32) {
+    (PANEL_WIDTH * figure.panels.len().max(1) as u32, HEIGHT)
+}
+
+/// The figure as an SVG document.
 pub fn svg(figure: &Figure) -> Result<String> {
     register_font();
-    let size = (PANEL_WIDTH * figure.panels.len().max(1) as u32, HEIGHT);
     let mut out = String::new();
     draw_all(
-        SVGBackend::with_string(&mut out, size).into_drawing_area(),
+        SVGBackend::with_string(&mut out, size(figure)).into_drawing_area(),
         figure,
     )
     .map_err(FigureError::Draw)?;
     Ok(out)
 }
 
-/// Writes `dir/name.svg` and `dir/name.png`.
-pub fn write(figure: &Figure, dir: &Path, name: &str) -> Result<Vec<PathBuf>> {
+/// The figure as a PNG image, drawn into a buffer and encoded by the `image` crate the
+/// datasets already use (plotters' own encoder would bring a second, older version of it).
+pub fn png(figure: &Figure) -> Result<Vec<u8>> {
     register_font();
-    std::fs::create_dir_all(dir).map_err(|source| FigureError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let size = (PANEL_WIDTH * figure.panels.len().max(1) as u32, HEIGHT);
-    let svg = dir.join(format!("{name}.svg"));
-    let png = dir.join(format!("{name}.png"));
-    draw_all(SVGBackend::new(&svg, size).into_drawing_area(), figure)
-        .map_err(|e| FigureError::Draw(format!("{}: {e}", svg.display())))?;
-    // Drawn into a buffer and encoded by the `image` crate the datasets already use:
-    // plotters' own encoder would bring a second, older version of it.
-    let mut rgb = vec![0u8; 3 * size.0 as usize * size.1 as usize];
+    let (width, height) = size(figure);
+    let mut rgb = vec![0u8; 3 * width as usize * height as usize];
     draw_all(
-        BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area(),
+        BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area(),
         figure,
     )
-    .map_err(|e| FigureError::Draw(format!("{}: {e}", png.display())))?;
-    image::save_buffer(&png, &rgb, size.0, size.1, image::ExtendedColorType::Rgb8).map_err(
-        |source| FigureError::Png {
-            path: png.clone(),
-            source,
-        },
-    )?;
-    Ok(vec![svg, png])
+    .map_err(FigureError::Draw)?;
+    let mut out = std::io::Cursor::new(vec![]);
+    image::write_buffer_with_format(
+        &mut out,
+        &rgb,
+        width,
+        height,
+        image::ExtendedColorType::Rgb8,
+        image::ImageFormat::Png,
+    )
+    .map_err(FigureError::Png)?;
+    Ok(out.into_inner())
+}
+
+/// Writes `dir/name.svg` and `dir/name.png`.
+pub fn write(figure: &Figure, dir: &Path, name: &str) -> Result<Vec<PathBuf>> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| FigureError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let svg_path = dir.join(format!("{name}.svg"));
+    let png_path = dir.join(format!("{name}.png"));
+    std::fs::write(&svg_path, svg(figure)?).map_err(io(&svg_path))?;
+    std::fs::write(&png_path, png(figure)?).map_err(io(&png_path))?;
+    Ok(vec![svg_path, png_path])
 }
 
 fn draw_all<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, figure: &Figure) -> Result<(), String>

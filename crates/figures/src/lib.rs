@@ -16,14 +16,11 @@ pub enum FigureError {
     },
     #[error("drawing {0}")]
     Draw(String),
-    #[error("writing {path}: {source}")]
-    Png {
-        path: PathBuf,
-        source: image::ImageError,
-    },
+    #[error("encoding a PNG: {0}")]
+    Png(image::ImageError),
 }
 
 pub type Result<T, E = FigureError> = std::result::Result<T, E>;
 
-pub use chart::{svg, write, Figure};
+pub use chart::{png, svg, write, Figure};
 pub use paper::{figures, Run};

@@ -51,6 +51,8 @@ fn a_submitted_run_trains_checkpoints_is_analysed_and_served() {
     assert!(stdout.contains("succeeded, best test accuracy"), "{stdout}");
     let svg = std::fs::read_to_string(work.path().join("fig2_cosine.svg")).unwrap();
     assert!(svg.starts_with("<svg"), "{svg:.200}");
+    let png = std::fs::read(work.path().join("fig2_cosine.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
 
     // The same run through the typed client: every epoch once, checkpoints, analyses.
     let client = stack.client();
@@ -386,7 +388,12 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
         ],
     );
     assert!(ok, "{err}");
-    assert!(out.contains("fig3_l2_ratio.svg"), "{out}");
+    assert!(
+        out.contains("fig3_l2_ratio.svg") && out.contains("fig3_l2_ratio.png"),
+        "{out}"
+    );
+    let png = std::fs::read(figures.join("fig3_l2_ratio.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
     let (ok, out, err) = stepwise(&stack, &["experiment", "list"]);
     assert!(
         ok && out.contains(&format!("{experiment_id}  cli")),

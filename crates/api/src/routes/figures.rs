@@ -1,6 +1,6 @@
-//! The paper's figures as SVG, drawn from stored results: a run's (its training metrics
-//! and its latest analysis) or an experiment's (every run, seeds of a configuration as
-//! mean ± sd).
+//! The paper's figures as SVG or PNG, drawn from stored results: a run's (its training
+//! metrics and its latest analysis) or an experiment's (every run, seeds of a configuration
+//! as mean ± sd).
 
 use super::typed;
 use crate::error::{ApiError, ApiResult, Problem};
@@ -51,21 +51,52 @@ fn views(runs: &[RunResults]) -> Vec<figures::Run<'_>> {
         .collect()
 }
 
-/// Every figure the results support, drawn off the async threads; SVG only for `wanted`.
+/// The formats a figure is served in, named by the file's extension.
+#[derive(Clone, Copy)]
+enum Format {
+    Svg,
+    Png,
+}
+
+impl Format {
+    /// The figure's name and format of a file name (`fig2_cosine.svg`).
+    fn of(file: &str) -> Option<(&str, Self)> {
+        [(".svg", Self::Svg), (".png", Self::Png)]
+            .into_iter()
+            .find_map(|(extension, format)| Some((file.strip_suffix(extension)?, format)))
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Self::Svg => "image/svg+xml",
+            Self::Png => "image/png",
+        }
+    }
+
+    fn draw(self, figure: &figures::Figure) -> ApiResult<Vec<u8>> {
+        match self {
+            Self::Svg => figures::svg(figure).map(String::into_bytes),
+            Self::Png => figures::png(figure),
+        }
+        .map_err(ApiError::internal)
+    }
+}
+
+/// Every figure the results support, drawn off the async threads; only `wanted` is
+/// rendered, in its format.
 async fn draw(
     runs: Vec<RunResults>,
-    wanted: Option<String>,
-) -> ApiResult<Vec<(String, Option<String>)>> {
+    wanted: Option<(String, Format)>,
+) -> ApiResult<Vec<(String, Option<Vec<u8>>)>> {
     tokio::task::spawn_blocking(move || {
         figures::figures(&views(&runs))
             .into_iter()
             .map(|(name, figure)| {
-                let svg = if wanted.as_deref() == Some(name.as_str()) {
-                    Some(figures::svg(&figure).map_err(ApiError::internal)?)
-                } else {
-                    None
+                let drawn = match &wanted {
+                    Some((wanted, format)) if *wanted == name => Some(format.draw(&figure)?),
+                    _ => None,
                 };
-                Ok((name, svg))
+                Ok((name, drawn))
             })
             .collect()
     })
@@ -104,7 +135,7 @@ pub(crate) async fn draw_all(runs: Vec<RunResults>) -> ApiResult<Vec<Drawn>> {
 
 #[derive(Serialize, ToSchema)]
 pub struct FigureList {
-    /// Names to fetch as `…/figures/{name}.svg`.
+    /// Names to fetch as `…/figures/{name}.svg` or `…/figures/{name}.png`.
     pub figures: Vec<String>,
 }
 
@@ -118,12 +149,11 @@ async fn list(runs: Vec<RunResults>) -> ApiResult<Json<FigureList>> {
 }
 
 async fn one(runs: Vec<RunResults>, file: &str) -> ApiResult<Response> {
-    let name = file
-        .strip_suffix(".svg")
-        .ok_or_else(|| ApiError::not_found("figures are served as {name}.svg"))?;
-    let drawn = draw(runs, Some(name.to_string())).await?;
+    let (name, format) = Format::of(file)
+        .ok_or_else(|| ApiError::not_found("figures are served as {name}.svg or {name}.png"))?;
+    let drawn = draw(runs, Some((name.to_string(), format))).await?;
     match drawn.into_iter().find(|(n, _)| n == name) {
-        Some((_, Some(svg))) => Ok(typed("image/svg+xml", svg)),
+        Some((_, Some(bytes))) => Ok(typed(format.content_type(), bytes)),
         _ => Err(ApiError::not_found(format!(
             "no figure {name:?} for these results (GET …/figures lists those available)"
         ))),
@@ -165,9 +195,11 @@ pub async fn run_list(
     list(run_results(&state, &id).await?).await
 }
 
-#[utoipa::path(get, path = "/v1/runs/{id}/figures/{name}.svg", tag = "figures",
-    params(("id" = uuid::Uuid, Path), ("name" = String, Path)),
-    responses((status = 200, content_type = "image/svg+xml", body = String),
+#[utoipa::path(get, path = "/v1/runs/{id}/figures/{file}", tag = "figures",
+    params(("id" = uuid::Uuid, Path),
+        ("file" = String, Path, description = "a listed figure's name + `.svg` or `.png`")),
+    responses((status = 200, description = "the figure, by the file's extension",
+            content((String = "image/svg+xml"), (Vec<u8> = "image/png"))),
         (status = 404, body = Problem)))]
 pub async fn run_figure(
     State(state): State<AppState>,
@@ -185,9 +217,11 @@ pub async fn experiment_list(
     list(experiment_of(&state, &id).await?).await
 }
 
-#[utoipa::path(get, path = "/v1/experiments/{id}/figures/{name}.svg", tag = "figures",
-    params(("id" = uuid::Uuid, Path), ("name" = String, Path)),
-    responses((status = 200, content_type = "image/svg+xml", body = String),
+#[utoipa::path(get, path = "/v1/experiments/{id}/figures/{file}", tag = "figures",
+    params(("id" = uuid::Uuid, Path),
+        ("file" = String, Path, description = "a listed figure's name + `.svg` or `.png`")),
+    responses((status = 200, description = "the figure, by the file's extension",
+            content((String = "image/svg+xml"), (Vec<u8> = "image/png"))),
         (status = 404, body = Problem)))]
 pub async fn experiment_figure(
     State(state): State<AppState>,

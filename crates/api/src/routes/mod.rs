@@ -31,7 +31,7 @@ pub fn wants(headers: &HeaderMap, media: &str) -> bool {
 }
 
 /// A body with its content type.
-pub fn typed(content_type: &'static str, body: String) -> Response {
+pub fn typed(content_type: &'static str, body: impl IntoResponse) -> Response {
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
         body,

@@ -444,7 +444,8 @@ pub fn logs(api: &Api, run: &str, limit: u32) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Every figure of an experiment (or, given a run id, of a run) as SVG files in `out`.
+/// Every figure of an experiment (or of a run) as SVG and PNG files in `out`, as
+/// `stepwise figures --run` writes them locally.
 pub fn figures(api: &Api, raw: &str, out: &Path) -> Result<ExitCode> {
     let client = api.client()?;
     let (owner, target) = match target(&client, raw)? {
@@ -458,10 +459,12 @@ pub fn figures(api: &Api, raw: &str, out: &Path) -> Result<ExitCode> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut written = vec![];
     for name in names {
-        let svg = client.figure_svg(owner, target, &name)?;
-        let path = out.join(format!("{name}.svg"));
-        resnet::checkpoint::write_atomic(&path, svg.as_bytes())?;
-        written.push(path.display().to_string());
+        for file in [format!("{name}.svg"), format!("{name}.png")] {
+            let bytes = client.figure(owner, target, &file)?;
+            let path = out.join(file);
+            resnet::checkpoint::write_atomic(&path, &bytes)?;
+            written.push(path.display().to_string());
+        }
     }
     super::print_text(&written.join("\n"))?;
     Ok(ExitCode::SUCCESS)
