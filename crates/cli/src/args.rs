@@ -702,6 +702,9 @@ pub struct SubmitArgs {
     /// Print the created run or experiment as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Then follow it as `watch` does, failing unless every run succeeds.
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
 }
 
 #[derive(Args)]

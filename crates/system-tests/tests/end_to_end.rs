@@ -355,20 +355,22 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
          [[configs]]\nmodel = { arch = \"resnet\", depth = 8, width = 4 }\n",
     )
     .unwrap();
-    let (ok, out, err) = stepwise(&stack, &["submit", experiment.to_str().unwrap(), "--json"]);
-    assert!(ok, "{err}");
-    let view: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let experiment_id = view["id"].as_str().unwrap().to_string();
-    let runs: Vec<String> = view["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(runs.len(), 2);
-    // Watching the experiment follows both runs and their analyses, then shows it.
-    let (ok, out, err) = stepwise(&stack, &["watch", &experiment_id, "--every", "0.2"]);
+    // Submitted and watched in one: both runs and their analyses followed, then shown.
+    let (ok, out, err) = stepwise(&stack, &["submit", experiment.to_str().unwrap(), "--watch"]);
     assert!(ok, "{out}\n{err}");
+    let experiment_id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("experiment "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string();
+    let runs: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("run "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    assert_eq!(runs.len(), 2, "{out}");
     for run in &runs {
         assert_eq!(
             stack.client().run(run.parse().unwrap()).unwrap().status,

@@ -167,7 +167,7 @@ pub fn submit(api: &Api, args: SubmitArgs) -> Result<ExitCode> {
                 run.name.as_deref().unwrap_or("")
             ))?;
         }
-        return Ok(ExitCode::SUCCESS);
+        return submitted(&client, args.watch, Target::Experiment(view.id));
     }
     let spec = RunSpec::from_toml(&text).with_context(|| format!("{}", args.spec.display()))?;
     let analysis = if args.no_analysis {
@@ -187,6 +187,14 @@ pub fn submit(api: &Api, args: SubmitArgs) -> Result<ExitCode> {
         return json(&view);
     }
     super::print_text(&format!("run {} ({}) {}", view.id, view.label, view.status))?;
+    submitted(&client, args.watch, Target::Run(view.id))
+}
+
+/// After a submission: done, or with `--watch` following what was submitted.
+fn submitted(client: &Client, watch: bool, target: Target) -> Result<ExitCode> {
+    if watch {
+        return follow(client, target, Duration::from_secs(1));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -280,9 +288,18 @@ pub fn status(api: &Api, run: &str, as_json: bool) -> Result<ExitCode> {
 /// analyses are done; fails unless every run succeeded.
 pub fn watch(api: &Api, raw: &str, every: f64) -> Result<ExitCode> {
     let client = api.client()?;
-    let every = Duration::from_secs_f64(every.clamp(0.1, 60.0));
-    let run = match target(&client, raw)? {
-        Target::Experiment(id) => return experiment::watch(&client, id, every),
+    let target = target(&client, raw)?;
+    follow(
+        &client,
+        target,
+        Duration::from_secs_f64(every.clamp(0.1, 60.0)),
+    )
+}
+
+/// `watch`'s loop, polling every `every`.
+fn follow(client: &Client, target: Target, every: Duration) -> Result<ExitCode> {
+    let run = match target {
+        Target::Experiment(id) => return experiment::watch(client, id, every),
         Target::Run(id) => id,
     };
     let bar = run_bar();
@@ -295,12 +312,11 @@ pub fn watch(api: &Api, raw: &str, every: f64) -> Result<ExitCode> {
         std::thread::sleep(every);
     };
     bar.finish();
-    await_analyses(&client, &view, &bar, every)?;
+    await_analyses(client, &view, &bar, every)?;
     super::print_text(&describe(&view))?;
     Ok(succeeded(&[view]))
 }
 
-/// Whether `id` is an experiment's (else it is taken for a run's).
 /// A progress bar of a run's training steps.
 fn run_bar() -> ProgressBar {
     ProgressBar::new(1).with_style(
