@@ -186,7 +186,7 @@ async fn work(app: &TestApp) -> String {
         claim["job_id"].as_str().unwrap(),
         claim["lease_token"].as_str().unwrap(),
     );
-    let records: Vec<Value> = (0..3)
+    let mut records: Vec<Value> = (0..3)
         .flat_map(|b| {
             [
                 record("cosine", b, -0.1 * (b as f64 + 1.0), Some("mean")),
@@ -195,6 +195,8 @@ async fn work(app: &TestApp) -> String {
             ]
         })
         .collect();
+    // The analysed subset's accuracy (Table 1's train error).
+    records.push(json!({"name": "accuracy", "split": "train", "epoch": 1, "value": 0.75, "n": 50}));
     let done = app
         .post(
             &format!("/v1/worker/jobs/{job}/complete"),
@@ -509,6 +511,19 @@ async fn the_experiment_page_has_figures_claims_and_downloads(pool: PgPool) {
         "{claims}"
     );
     assert!(claims["legend"].as_str().unwrap().starts_with("C1 cosine"));
+    // Table 1: the configuration's parameters (ResNet-8 of width 4 is not the paper's
+    // shape: no paper values), its seed's final test error and analysed train error.
+    let row = &claims["table"][0];
+    assert_eq!(row["configuration"], "resnet-8", "{claims}");
+    assert!(row["parameters"].as_u64().unwrap() > 0, "{claims}");
+    assert!(row["paper_parameters"].is_null() && row["paper_test_error"].is_null());
+    assert_eq!(row["test_errors"].as_array().unwrap().len(), 1, "{claims}");
+    assert_eq!(row["train_errors"], json!([0.25]), "{claims}");
+    let html = page(&app, &format!("/experiments/{id}"), None).await.text();
+    assert!(
+        html.contains("Table 1: parameters and errors") && html.contains("(n=1)"),
+        "{html}"
+    );
     let csv = app
         .send(
             Request::get(format!("/v1/experiments/{id}/claims"))

@@ -1,6 +1,7 @@
 //! paper.md's claims C1–C7 as predicates over analysis records, evaluated with the
 //! thresholds fixed there (never tuned). Values of several seeds are averaged first.
 
+use crate::stats::mean;
 use crate::{
     AnalysisRecord, Arch, BlockKind, ExperimentRun, Group, MetricName, Sharing, Split, Stat,
 };
@@ -18,21 +19,27 @@ pub struct Config<'a> {
     pub seeds: Vec<(&'a [AnalysisRecord], Option<f64>)>,
     /// Final test error of each seed, in [0, 1].
     pub test_errors: Vec<f64>,
+    /// Trainable parameters of the model (None for a spec without a valid layout).
+    pub parameters: Option<u64>,
+    /// What paper.md gives for the model.
+    pub reference: crate::paper::Reference,
 }
 
 impl<'a> Config<'a> {
     /// A configuration of `model` with no seeds yet.
     pub fn new(label: &'a str, model: &crate::ModelSpec) -> Self {
+        let layout = model.layout().ok();
         Self {
             label,
             arch: model.arch,
             sharing: model.sharing,
-            depth: model
-                .layout()
-                .map(|l| crate::ModelSpec::depth_of(&l))
-                .unwrap_or(0),
+            depth: layout.as_ref().map_or(0, crate::ModelSpec::depth_of),
             seeds: vec![],
             test_errors: vec![],
+            parameters: layout
+                .as_ref()
+                .map(crate::ModelLayout::trainable_parameters),
+            reference: crate::paper::reference(model),
         }
     }
 }
@@ -69,10 +76,6 @@ fn per_block(c: &Config, keep: impl Fn(&AnalysisRecord) -> bool) -> Vec<(u32, u3
 fn last_stage(rows: &[(u32, u32, bool, f64)]) -> Vec<(u32, u32, bool, f64)> {
     let last = rows.iter().map(|r| r.1).max().unwrap_or(0);
     rows.iter().copied().filter(|r| r.1 == last).collect()
-}
-
-fn mean(values: &[f64]) -> f64 {
-    values.iter().sum::<f64>() / values.len() as f64
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -339,7 +342,7 @@ fn norm_growth(c: &Config) -> Option<f64> {
     Some(cov / var)
 }
 
-fn c7(configs: &[Config]) -> Vec<Verdict> {
+fn c7(configs: &[&Config]) -> Vec<Verdict> {
     let mut out = vec![];
     for naive in configs.iter().filter(|c| c.sharing == Sharing::Naive) {
         let subject = naive.label;
@@ -408,9 +411,11 @@ pub fn short_schedule_note(runs: &[ExperimentRun]) -> Option<String> {
 }
 
 /// Every claim that applies to the configurations.
+/// The verdicts over the configurations that have analysed seeds.
 pub fn evaluate(configs: &[Config]) -> Vec<Verdict> {
+    let analysed: Vec<&Config> = configs.iter().filter(|c| !c.seeds.is_empty()).collect();
     let mut out = vec![];
-    for c in configs {
+    for &c in &analysed {
         out.push(c1(c));
         out.push(c2(c));
         if matches!(c.arch, Arch::Single | Arch::Avgpool) {
@@ -420,7 +425,7 @@ pub fn evaluate(configs: &[Config]) -> Vec<Verdict> {
         out.push(c5(c));
         out.push(c6(c));
     }
-    out.extend(c7(configs));
+    out.extend(c7(&analysed));
     out
 }
 
@@ -462,13 +467,14 @@ mod tests {
             cosine(1, 1, -0.05),
             cosine(2, 1, -0.10),
         ];
+        let model = crate::ModelSpec {
+            depth: Some(20),
+            ..crate::ModelSpec::new(Arch::Resnet)
+        };
         let c = Config {
-            label: "r",
-            arch: Arch::Resnet,
-            sharing: Sharing::None,
-            depth: 20,
             seeds: vec![(&records, None)],
             test_errors: vec![0.1],
+            ..Config::new("r", &model)
         };
         let v = c1(&c);
         assert_eq!(v.holds, Some(true), "{}", v.measured);

@@ -105,6 +105,42 @@ impl ModelLayout {
         }
     }
 
+    /// Trainable parameters, counted from the layout alone (for the API, which builds no
+    /// model; the resnet crate's tests hold it to the built model's count): convolution
+    /// weights and biases, BatchNorm γ and β, the classifier. A stage's shared convolutions
+    /// count once; their BatchNorms once with `naive` sharing, once per step with `ubn`.
+    pub fn trainable_parameters(&self) -> u64 {
+        let conv = |inputs: u32, outputs: u32, k: u64| {
+            let (inputs, outputs) = (u64::from(inputs), u64::from(outputs));
+            inputs * outputs * k * k + outputs
+        };
+        let batch_norm = |channels: u32| 2 * u64::from(channels);
+        let mut total = conv(INPUT_CHANNELS, self.stem_channels, 3);
+        let mut shared_counted = std::collections::HashSet::new();
+        for block in self.blocks() {
+            let (inputs, outputs) = (block.in_shape[0], block.out_shape[0]);
+            let mut convs = conv(inputs, outputs, 3) + conv(outputs, outputs, 3);
+            if block.kind == BlockKind::Projection {
+                convs += conv(inputs, outputs, 1);
+            }
+            let norms = batch_norm(inputs) + batch_norm(outputs);
+            if !block.shared {
+                total += convs + norms;
+                continue;
+            }
+            let first_step = shared_counted.insert(block.id.stage);
+            if first_step {
+                total += convs;
+            }
+            if first_step || self.sharing == Sharing::Ubn {
+                total += norms;
+            }
+        }
+        let last = self.stages.last().expect("a layout has at least one stage");
+        let classes = u64::from(self.classes);
+        total + batch_norm(last.channels) + u64::from(self.head_features()) * classes + classes
+    }
+
     /// Every block in forward order with its id, kind and shapes.
     pub fn blocks(&self) -> Vec<BlockInfo> {
         let mut out = Vec::with_capacity(self.block_count());

@@ -10,8 +10,10 @@ pub mod device;
 pub mod experiment;
 pub mod layout;
 pub mod metric;
+pub mod paper;
 pub mod service;
 pub mod spec;
+pub mod stats;
 
 pub use analysis::{
     AnalysisKind, AnalysisRecord, AnalysisSpec, GradientKind, Group, SplitExamples, Stat,

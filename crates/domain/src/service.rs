@@ -306,11 +306,15 @@ pub struct ExperimentView {
     pub runs: Vec<RunView>,
 }
 
-/// paper.md's claims C1–C7 over an experiment's analysed runs.
+/// An experiment beside the paper: Table 1 over its runs and claims C1–C7 over its
+/// analysed runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ClaimsView {
     /// A caution when the runs are shorter than the paper's schedules.
     pub note: Option<String>,
+    /// Table 1: per configuration its parameters and train and test errors of each seed,
+    /// with the paper's where it gives them.
+    pub table: Vec<crate::paper::TableRow>,
     /// One verdict per claim and configuration (or pair): claim, subject, holds (absent
     /// when undecided), measured.
     #[schema(value_type = Vec<Object>)]

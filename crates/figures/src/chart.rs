@@ -3,6 +3,7 @@
 //! with a mean ± sample-standard-deviation band when there are two or more.
 
 use crate::{FigureError, Result};
+use domain::stats::mean_std;
 use plotters::coord::Shift;
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
@@ -57,17 +58,6 @@ pub struct Panel {
 #[derive(Clone, Debug)]
 pub struct Figure {
     pub panels: Vec<Panel>,
-}
-
-/// Mean and sample standard deviation (0 for one value).
-pub fn mean_std(values: &[f64]) -> (f64, f64) {
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    if values.len() < 2 {
-        return (mean, 0.0);
-    }
-    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, var.sqrt())
 }
 
 /// Qualitative colours (Tableau 10), for architectures, groups and step sizes.
@@ -330,14 +320,6 @@ fn draw_panel<DB: DrawingBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mean_and_sample_std() {
-        assert_eq!(mean_std(&[2.0]), (2.0, 0.0));
-        let (m, sd) = mean_std(&[1.0, 2.0, 3.0]);
-        assert_eq!(m, 2.0);
-        assert!((sd - 1.0).abs() < 1e-12);
-    }
 
     #[test]
     fn ticks_read_naturally() {

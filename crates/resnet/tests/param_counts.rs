@@ -50,6 +50,11 @@ fn check(spec: ModelSpec, trainable: usize, keras: Option<usize>) {
         spec.arch, spec.depth, spec.sharing, spec.classes
     );
     assert_eq!(model.trainable_count(), trainable, "{name}: trainable");
+    assert_eq!(
+        layout.trainable_parameters(),
+        trainable as u64,
+        "{name}: trainable, counted from the layout"
+    );
     let keras = keras.unwrap_or(trainable + 2 * bn_channels(&layout));
     assert_eq!(model.keras_count(), keras, "{name}: keras-style");
 }

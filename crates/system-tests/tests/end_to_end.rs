@@ -432,6 +432,15 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
         "{out}"
     );
     assert!(out.contains("note: ") && out.contains("1 of 300"), "{out}");
+    let table = out
+        .lines()
+        .skip_while(|l| !l.starts_with("Table 1"))
+        .nth(2)
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        table.trim_start().starts_with("resnet-8") && table.contains("(n=2)"),
+        "two seeds' test errors in Table 1: {out}"
+    );
     let client = stack.client();
     let summary = client.experiment(experiment_id.parse().unwrap()).unwrap();
     assert_eq!(summary.configs[0].succeeded, 2);

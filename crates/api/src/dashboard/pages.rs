@@ -5,7 +5,7 @@
 use super::session::{check_csrf, CsrfForm, Session};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::parse_cursor;
-use crate::routes::experiments::verdicts;
+use crate::routes::experiments::comparison;
 use crate::routes::figures::{draw_all, experiment_results, results, Drawn, RunResults};
 use crate::routes::runs::run_filter;
 use crate::routes::typed;
@@ -728,6 +728,10 @@ pub struct ExperimentPage {
     configs: Vec<ConfigItem>,
     table: RunsTable,
     figures: Vec<FigureItem>,
+    /// Table 1 as text: headings and a row per configuration.
+    paper_header: [&'static str; 6],
+    paper_rows: Vec<[String; 6]>,
+    paper_note: &'static str,
     claims: Vec<claims::Verdict>,
     /// When the runs are shorter than the paper's schedules.
     schedule_note: Option<String>,
@@ -746,7 +750,7 @@ pub async fn experiment(
     let id = crate::extract::parse_id(&id)?;
     let experiment = state.store.experiment(id).await?;
     let results = experiment_results(&state, &experiment).await?;
-    let claims = verdicts(&experiment, &results);
+    let (paper_table, claims) = comparison(&experiment, &results);
     let figures = draw_all(results)
         .await?
         .into_iter()
@@ -781,6 +785,9 @@ pub async fn experiment(
             .collect(),
         table,
         figures,
+        paper_header: domain::paper::TABLE_HEADER,
+        paper_rows: paper_table.iter().map(|row| row.cells()).collect(),
+        paper_note: domain::paper::TABLE_NOTE,
         claims,
         schedule_note: domain::claims::short_schedule_note(&experiment.spec.runs()),
         legend: domain::claims::LEGEND,
@@ -813,7 +820,7 @@ pub async fn experiment_claims_csv(
     Ok(download(
         "text/csv; charset=utf-8",
         &format!("claims-{id}.csv"),
-        domain::csv::to_csv(verdicts(&experiment, &results)),
+        domain::csv::to_csv(comparison(&experiment, &results).1),
     ))
 }
 

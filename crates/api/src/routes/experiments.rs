@@ -11,6 +11,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::claims::{self, Verdict};
+use domain::paper::{self, TableRow};
 use domain::service::{
     ClaimsView, ExperimentSubmission, ExperimentSummary, ExperimentView, JobState, Page,
 };
@@ -107,7 +108,7 @@ pub async fn retry(State(state): State<AppState>, Id(id): Id) -> ApiResult<Json<
 
 #[utoipa::path(get, path = "/v1/experiments/{id}/claims", tag = "experiments",
     params(("id" = uuid::Uuid, Path)),
-    responses((status = 200, description = "paper.md's claims C1–C7 over the analysed runs; CSV of the verdicts with Accept: text/csv",
+    responses((status = 200, description = "paper.md's Table 1 and claims C1–C7 over the runs; CSV of the claims' verdicts with Accept: text/csv",
         body = ClaimsView), (status = 404, body = Problem)))]
 pub async fn claims(
     State(state): State<AppState>,
@@ -116,7 +117,7 @@ pub async fn claims(
 ) -> ApiResult<Response> {
     let experiment = state.store.experiment(id).await?;
     let results = experiment_results(&state, &experiment).await?;
-    let verdicts = verdicts(&experiment, &results);
+    let (table, verdicts) = comparison(&experiment, &results);
     if wants(&headers, "text/csv") {
         return Ok(typed(
             "text/csv; charset=utf-8",
@@ -125,15 +126,19 @@ pub async fn claims(
     }
     Ok(Json(ClaimsView {
         note: claims::short_schedule_note(&experiment.spec.runs()),
+        table,
         claims: verdicts,
         legend: claims::LEGEND.to_string(),
     })
     .into_response())
 }
 
-/// paper.md's claims over the experiment's analysed runs, configurations by label: each
+/// paper.md's Table 1 and claims over the experiment's runs, configurations by label: each
 /// seed's latest analysis, and its final test error when it trained all its epochs.
-pub(crate) fn verdicts(experiment: &ExperimentView, results: &[RunResults]) -> Vec<Verdict> {
+pub(crate) fn comparison(
+    experiment: &ExperimentView,
+    results: &[RunResults],
+) -> (Vec<TableRow>, Vec<Verdict>) {
     let mut configs: Vec<claims::Config> = vec![];
     for (run, result) in experiment.runs.iter().zip(results) {
         let index = match configs.iter().position(|c| c.label == run.label) {
@@ -162,6 +167,5 @@ pub(crate) fn verdicts(experiment: &ExperimentView, results: &[RunResults]) -> V
             config.test_errors.push(1.0 - r.value);
         }
     }
-    configs.retain(|c| !c.seeds.is_empty());
-    claims::evaluate(&configs)
+    (paper::table(&configs), claims::evaluate(&configs))
 }

@@ -9,8 +9,8 @@ use super::open_dataset;
 use crate::args::RunArgs;
 use crate::progress::RunSink;
 use anyhow::{bail, Context, Result};
-use domain::claims;
-use domain::{ExperimentRun, ExperimentSpec, MetricName, ModelSpec, Split};
+use domain::{claims, paper};
+use domain::{ExperimentRun, ExperimentSpec, MetricName, Split};
 use resnet::candle_device;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -190,73 +190,6 @@ fn summary_csv(runs: &[ExperimentRun], data: &[RunData]) -> String {
     out
 }
 
-/// Mean ± sample standard deviation (with n) of percentages.
-fn pct(values: &[f64]) -> String {
-    if values.is_empty() {
-        return "—".into();
-    }
-    let (m, sd) = figures::chart::mean_std(values);
-    if values.len() < 2 {
-        return format!("{:.2} (n=1)", 100.0 * m);
-    }
-    format!("{:.2} ± {:.2} (n={})", 100.0 * m, 100.0 * sd, values.len())
-}
-
-/// The paper's Table 1 values (paper.md) for a model of the paper's own shape (no width,
-/// block or unshared-count changes): trainable parameters, and train / test error in % on
-/// CIFAR-10 or CIFAR-100, where it gives them.
-fn paper_reference(model: &ModelSpec) -> (Option<u64>, Option<(f64, f64)>) {
-    let paper_shape = model.width.is_none()
-        && model.blocks.is_none()
-        && (model.sharing == domain::Sharing::None || model.unshared_blocks == 5)
-        && model.dtype == domain::Precision::F32;
-    if !paper_shape {
-        return (None, None);
-    }
-    let c100 = model.classes == 100;
-    let label = model.label();
-    let label = label.as_str();
-    let params = match (label, c100) {
-        ("resnet-32", false) => Some(467_946),
-        ("resnet-32", true) => Some(473_796),
-        ("resnet-38", false) => Some(565_386),
-        ("resnet-38", true) => Some(571_236),
-        ("resnet-56", false) => Some(857_706),
-        ("resnet-56", true) => Some(863_556),
-        ("resnet-110", false) => Some(1_734_666),
-        ("resnet-110", true) => Some(1_740_516),
-        ("single", false) => Some(1_825_010),
-        ("avgpool", false) => Some(12_183_010),
-        ("wide", false) => Some(45_711_050),
-        ("resnet-110-naive", false) => Some(565_386),
-        ("resnet-110-ubn", false) => Some(570_762),
-        ("resnet-146-ubn", false) => Some(573_450),
-        ("resnet-182-ubn", false) => Some(576_138),
-        ("resnet-110-ubn", true) => Some(576_612),
-        ("resnet-146-ubn", true) => Some(579_300),
-        ("resnet-182-ubn", true) => Some(581_988),
-        _ => None,
-    };
-    let errors = match (label, c100) {
-        ("resnet-32", false) => Some((1.53, 7.14)),
-        ("resnet-32", true) => Some((12.62, 30.08)),
-        ("resnet-38", false) => Some((1.20, 6.99)),
-        ("resnet-38", true) => Some((10.04, 29.66)),
-        ("resnet-56", false) => Some((0.58, 6.53)),
-        ("resnet-56", true) => Some((5.19, 28.99)),
-        ("resnet-110", false) => Some((0.22, 6.13)),
-        ("resnet-110", true) => Some((1.26, 27.54)),
-        ("resnet-110-ubn", false) => Some((0.63, 6.62)),
-        ("resnet-110-ubn", true) => Some((7.75, 29.94)),
-        ("resnet-146-ubn", false) => Some((0.68, 6.82)),
-        ("resnet-146-ubn", true) => Some((7.21, 29.49)),
-        ("resnet-182-ubn", false) => Some((0.48, 6.97)),
-        ("resnet-182-ubn", true) => Some((6.42, 29.33)),
-        _ => None,
-    };
-    (params, errors)
-}
-
 fn report(
     spec: &ExperimentSpec,
     runs: &[ExperimentRun],
@@ -284,16 +217,8 @@ fn report(
         let _ = writeln!(md, "{note}\n");
     }
     let _ = writeln!(md, "## Table 1: parameters and errors\n");
-    let _ = writeln!(
-        md,
-        "Errors in %, mean ± sample standard deviation over seeds. Test error: the whole test \
-         set after the last epoch. Train error: inference-mode BatchNorm on the analysed \
-         subset of the un-augmented training set.\n"
-    );
-    let _ = writeln!(
-        md,
-        "| configuration | parameters | paper | train error | test error | paper train / test |"
-    );
+    let _ = writeln!(md, "{}\n", paper::TABLE_NOTE);
+    let _ = writeln!(md, "| {} |", paper::TABLE_HEADER.join(" | "));
     let _ = writeln!(md, "|---|---|---|---|---|---|");
     let mut labels: Vec<&str> = vec![];
     for r in runs {
@@ -308,38 +233,23 @@ fn report(
             .zip(data)
             .filter(|(r, _)| r.label == *label)
             .collect();
-        let model = &members[0].0.spec.model;
-        let params = super::model::build(model)
-            .map(|net| net.trainable_count().to_string())
-            .unwrap_or_else(|_| "—".into());
-        let test_err: Vec<f64> = members
-            .iter()
-            .filter_map(|(_, d)| {
-                final_metric(d, MetricName::Accuracy, Split::Test).map(|a| 1.0 - a)
-            })
-            .collect();
-        let train_err: Vec<f64> = members
-            .iter()
-            .filter_map(|(_, d)| analysed_accuracy(d, Split::Train).map(|a| 1.0 - a.0))
-            .collect();
-        let (paper_params, paper_err) = paper_reference(model);
-        let _ = writeln!(
-            md,
-            "| {label} | {params} | {} | {} | {} | {} |",
-            paper_params.map_or("—".into(), |p| p.to_string()),
-            pct(&train_err),
-            pct(&test_err),
-            paper_err.map_or("—".into(), |(a, b)| format!("{a:.2} / {b:.2}")),
-        );
         configs.push(claims::Config {
             seeds: members
                 .iter()
                 .filter_map(|(_, d)| d.analysis.as_ref())
                 .map(|a| (&a.records[..], a.selected_alpha))
                 .collect(),
-            test_errors: test_err,
-            ..claims::Config::new(label, model)
+            test_errors: members
+                .iter()
+                .filter_map(|(_, d)| {
+                    final_metric(d, MetricName::Accuracy, Split::Test).map(|a| 1.0 - a)
+                })
+                .collect(),
+            ..claims::Config::new(label, &members[0].0.spec.model)
         });
+    }
+    for row in paper::table(&configs) {
+        let _ = writeln!(md, "| {} |", row.cells().join(" | "));
     }
     let _ = writeln!(md, "\n## Claims (paper.md, thresholds fixed in advance)\n");
     let _ = writeln!(md, "| claim | configuration | holds | measured |");

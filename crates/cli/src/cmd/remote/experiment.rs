@@ -1,5 +1,5 @@
 //! `stepwise experiment`: experiments on the API — list them, show one's configurations
-//! over seeds and paper.md's claims.
+//! over seeds, paper.md's Table 1 and its claims.
 
 use super::{await_analyses, experiment_id, json, run_bar, show_progress, succeeded, Api};
 use crate::cmd::print_text;
@@ -124,6 +124,30 @@ fn describe(Shown { experiment, claims }: &Shown) -> String {
             c.label, c.runs, c.succeeded
         ));
     }
+    lines.push("Table 1 (paper.md):".into());
+    let header = domain::paper::TABLE_HEADER.map(String::from);
+    let rows: Vec<[String; 6]> = claims.table.iter().map(|row| row.cells()).collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            let cells = std::iter::once(&header)
+                .chain(&rows)
+                .map(|r| r[i].chars().count());
+            cells.max().unwrap_or(0)
+        })
+        .collect();
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (cell, &width))| match i {
+                0 => format!("{cell:<width$}"),
+                _ => format!("{cell:>width$}"),
+            })
+            .collect();
+        lines.push(format!("  {}", cells.join("  ")));
+    }
+    lines.push(format!("  {}", domain::paper::TABLE_NOTE));
     if claims.claims.is_empty() {
         lines.push("claims: no analysed run yet".into());
     } else {
