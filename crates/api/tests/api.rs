@@ -5,7 +5,7 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use common::{spawn_app, Reply};
+use common::{run_statuses, spawn_app, Reply};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -665,13 +665,7 @@ async fn openapi_docs_metrics_and_datasets_are_served(pool: PgPool) {
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn experiments_aggregate_their_runs(pool: PgPool) {
     let app = spawn_app(pool, &[]);
-    let body = json!({"spec": {
-        "name": "demo", "seeds": [0, 1],
-        "data": {"dataset": "shapes10"}, "train": {"epochs": 1},
-        "configs": [{"model": {"arch": "resnet", "depth": 8, "width": 4}}]}});
-    let created = app.post("/v1/experiments", body).await;
-    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
-    let id = created.json()["id"].as_str().unwrap().to_string();
+    let id = app.submit_experiment("demo", &[0, 1]).await;
     let view = app.get(&format!("/v1/experiments/{id}")).await.json();
     assert_eq!(view["runs"].as_array().unwrap().len(), 2);
     assert_eq!(view["configs"][0]["label"], "resnet-8");
@@ -708,27 +702,12 @@ async fn experiments_aggregate_their_runs(pool: PgPool) {
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn an_experiment_is_cancelled_and_retried_as_a_whole(pool: PgPool) {
     let app = spawn_app(pool, &[]);
-    let body = json!({"spec": {
-        "name": "whole", "seeds": [0, 1],
-        "data": {"dataset": "shapes10"}, "train": {"epochs": 1},
-        "configs": [{"model": {"arch": "resnet", "depth": 8, "width": 4}}]}});
-    let id = app.post("/v1/experiments", body).await.json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let statuses = |view: &serde_json::Value| -> Vec<String> {
-        view["runs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["status"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let id = app.submit_experiment("whole", &[0, 1]).await;
     let cancelled = app
         .post(&format!("/v1/experiments/{id}/cancel"), json!({}))
         .await;
     assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.text());
-    assert_eq!(statuses(&cancelled.json()), ["cancelled", "cancelled"]);
+    assert_eq!(run_statuses(&cancelled.json()), ["cancelled", "cancelled"]);
     let again = app
         .post(&format!("/v1/experiments/{id}/cancel"), json!({}))
         .await;
@@ -742,7 +721,7 @@ async fn an_experiment_is_cancelled_and_retried_as_a_whole(pool: PgPool) {
         .post(&format!("/v1/experiments/{id}/retry"), json!({}))
         .await;
     assert_eq!(retried.status, StatusCode::OK, "{}", retried.text());
-    assert_eq!(statuses(&retried.json()), ["queued", "queued"]);
+    assert_eq!(run_statuses(&retried.json()), ["queued", "queued"]);
     let again = app
         .post(&format!("/v1/experiments/{id}/retry"), json!({}))
         .await;

@@ -6,7 +6,7 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use common::{spawn_app, Reply, TestApp};
+use common::{run_statuses, spawn_app, Reply, TestApp};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -457,13 +457,7 @@ async fn buttons_need_the_sessions_csrf_token(pool: PgPool) {
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn the_experiment_page_has_figures_claims_and_downloads(pool: PgPool) {
     let app = spawn_app(pool, &[]);
-    let body = json!({"spec": {
-        "name": "demo", "seeds": [0],
-        "data": {"dataset": "shapes10"}, "train": {"epochs": 1},
-        "configs": [{"model": {"arch": "resnet", "depth": 8, "width": 4}}]}});
-    let created = app.post("/v1/experiments", body).await;
-    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
-    let id = created.json()["id"].as_str().unwrap().to_string();
+    let id = app.submit_experiment("demo", &[0]).await;
     let home = page(&app, "/", None).await.text();
     assert!(home.contains(&format!(r#"href="/experiments/{id}""#)));
     let listed = app.get("/v1/experiments?limit=500").await.json();
@@ -570,14 +564,7 @@ async fn the_experiment_page_has_figures_claims_and_downloads(pool: PgPool) {
 async fn experiments_are_paged_on_the_runs_page(pool: PgPool) {
     let app = spawn_app(pool, &[]);
     for i in 0..21 {
-        let body = json!({"spec": {
-            "name": format!("exp-{i:02}"), "seeds": [0],
-            "data": {"dataset": "shapes10"}, "train": {"epochs": 1},
-            "configs": [{"model": {"arch": "resnet", "depth": 8, "width": 4}}]}});
-        assert_eq!(
-            app.post("/v1/experiments", body).await.status,
-            StatusCode::CREATED
-        );
+        app.submit_experiment(&format!("exp-{i:02}"), &[0]).await;
     }
     let first = page(&app, "/", None).await.text();
     // Experiment links read `>name</a>`; runs are listed as `name/config/seed`.
@@ -600,14 +587,7 @@ async fn experiments_are_paged_on_the_runs_page(pool: PgPool) {
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn an_experiment_s_runs_are_cancelled_and_retried_from_its_page(pool: PgPool) {
     let app = spawn_app(pool, &[]);
-    let body = json!({"spec": {
-        "name": "buttons", "seeds": [0, 1],
-        "data": {"dataset": "shapes10"}, "train": {"epochs": 1},
-        "configs": [{"model": {"arch": "resnet", "depth": 8, "width": 4}}]}});
-    let id = app.post("/v1/experiments", body).await.json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = app.submit_experiment("buttons", &[0, 1]).await;
     let uri = format!("/experiments/{id}");
     let first = page(&app, &uri, None).await;
     let (cookie, _) = session_cookie(&first).expect("a session for the open dashboard");
@@ -627,12 +607,7 @@ async fn an_experiment_s_runs_are_cancelled_and_retried_from_its_page(pool: PgPo
     );
     let statuses = || async {
         let view = app.get(&format!("/v1/experiments/{id}")).await.json();
-        view["runs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["status"].as_str().unwrap().to_string())
-            .collect::<Vec<_>>()
+        run_statuses(&view)
     };
     assert_eq!(statuses().await, ["queued", "queued"]);
     let cancelled = press("cancel", token.clone()).await;

@@ -269,51 +269,46 @@ impl Store {
     /// Cancels a run's unfinished jobs: queued ones at once, running ones at their
     /// worker's next heartbeat (`cancelling`).
     pub async fn cancel_run(&self, id: Uuid) -> Result<RunView> {
-        let mut tx = self.pool.begin().await?;
-        cancel_in(&mut tx, id).await?;
-        let view = run_in(&mut tx, id).await?;
-        tx.commit().await?;
-        Ok(view)
+        self.act_on_run(id, RunAction::Cancel).await
     }
 
     /// Queues a failed or cancelled run again; it resumes from its latest checkpoint with
     /// a fresh allowance of attempts.
     pub async fn retry_run(&self, id: Uuid, max_attempts: u32) -> Result<RunView> {
+        self.act_on_run(id, RunAction::Retry { max_attempts }).await
+    }
+
+    /// Cancels every queued or running run of an experiment, in one transaction.
+    pub async fn cancel_experiment(&self, id: Uuid) -> Result<ExperimentView> {
+        self.act_on_experiment(id, RunAction::Cancel).await
+    }
+
+    /// Queues every failed or cancelled run of an experiment again, in one transaction.
+    pub async fn retry_experiment(&self, id: Uuid, max_attempts: u32) -> Result<ExperimentView> {
+        self.act_on_experiment(id, RunAction::Retry { max_attempts })
+            .await
+    }
+
+    async fn act_on_run(&self, id: Uuid, action: RunAction) -> Result<RunView> {
         let mut tx = self.pool.begin().await?;
-        retry_in(&mut tx, id, max_attempts).await?;
+        action.apply(&mut tx, id).await?;
         let view = run_in(&mut tx, id).await?;
         tx.commit().await?;
         Ok(view)
     }
 
-    /// Cancels every queued or running run of an experiment, in one transaction.
-    pub async fn cancel_experiment(&self, id: Uuid) -> Result<ExperimentView> {
+    async fn act_on_experiment(&self, id: Uuid, action: RunAction) -> Result<ExperimentView> {
         let mut tx = self.pool.begin().await?;
-        let runs = lock_experiment_runs(&mut tx, id, ACTIVE).await?;
+        let runs = lock_experiment_runs(&mut tx, id, action.acts_on()).await?;
         if runs.is_empty() {
             return Err(StoreError::Conflict(format!(
-                "experiment {id} has no queued or running runs to cancel"
+                "experiment {id} has no {} runs to {}",
+                action.acts_on().join(" or "),
+                action.verb()
             )));
         }
         for run in runs {
-            cancel_in(&mut tx, run).await?;
-        }
-        let view = experiment_in(&mut tx, id).await?;
-        tx.commit().await?;
-        Ok(view)
-    }
-
-    /// Queues every failed or cancelled run of an experiment again, in one transaction.
-    pub async fn retry_experiment(&self, id: Uuid, max_attempts: u32) -> Result<ExperimentView> {
-        let mut tx = self.pool.begin().await?;
-        let runs = lock_experiment_runs(&mut tx, id, RETRIABLE).await?;
-        if runs.is_empty() {
-            return Err(StoreError::Conflict(format!(
-                "experiment {id} has no failed or cancelled runs to retry"
-            )));
-        }
-        for run in runs {
-            retry_in(&mut tx, run, max_attempts).await?;
+            action.apply(&mut tx, run).await?;
         }
         let view = experiment_in(&mut tx, id).await?;
         tx.commit().await?;
@@ -475,45 +470,67 @@ async fn experiment_in(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Experi
 }
 
 /// Locks a run's row for a state change and returns its status.
-/// Run states that cancelling acts on, and those that retrying acts on.
-const ACTIVE: &[&str] = &["queued", "running"];
-const RETRIABLE: &[&str] = &["failed", "cancelled"];
-
-async fn cancel_in(tx: &mut Tx, id: Uuid) -> Result<()> {
-    let status = lock_run(tx, id).await?;
-    if status.is_final() {
-        return Err(StoreError::Conflict(format!(
-            "run {id} is {status}; only queued or running runs can be cancelled"
-        )));
-    }
-    sqlx::query(
-        "UPDATE jobs SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE 'cancelling' END,
-                updated_at = now()
-          WHERE run_id = $1 AND state IN ('queued', 'running')",
-    )
-    .bind(id)
-    .execute(&mut **tx)
-    .await?;
-    sync_statuses(tx, id).await
+/// What users do to runs, one at a time or to an experiment's at once.
+#[derive(Clone, Copy)]
+enum RunAction {
+    Cancel,
+    Retry { max_attempts: u32 },
 }
 
-async fn retry_in(tx: &mut Tx, id: Uuid, max_attempts: u32) -> Result<()> {
-    let status = lock_run(tx, id).await?;
-    if !matches!(status, JobState::Failed | JobState::Cancelled) {
-        return Err(StoreError::Conflict(format!(
-            "run {id} is {status}; only failed or cancelled runs can be retried"
-        )));
+impl RunAction {
+    /// The run states it applies to.
+    fn acts_on(self) -> &'static [&'static str] {
+        match self {
+            Self::Cancel => &["queued", "running"],
+            Self::Retry { .. } => &["failed", "cancelled"],
+        }
     }
-    sqlx::query(
-        "UPDATE jobs SET state = 'queued', failures = 0, max_attempts = $2,
-                failure_kind = NULL, last_error = NULL, updated_at = now()
-          WHERE run_id = $1 AND state IN ('failed', 'cancelled')",
-    )
-    .bind(id)
-    .bind(max_attempts as i32)
-    .execute(&mut **tx)
-    .await?;
-    sync_statuses(tx, id).await
+
+    fn verb(self) -> &'static str {
+        match self {
+            Self::Cancel => "cancel",
+            Self::Retry { .. } => "retry",
+        }
+    }
+
+    /// Applies it to one run, locked first; a run in another state is a conflict.
+    async fn apply(self, tx: &mut Tx, id: Uuid) -> Result<()> {
+        let status = lock_run(tx, id).await?;
+        match self {
+            // A `cancelling` run is being cancelled already: nothing to do.
+            Self::Cancel if status.is_final() => Err(StoreError::Conflict(format!(
+                "run {id} is {status}; only queued or running runs can be cancelled"
+            ))),
+            Self::Cancel => {
+                sqlx::query(
+                    "UPDATE jobs SET state = CASE WHEN state = 'queued' THEN 'cancelled'
+                                                  ELSE 'cancelling' END, updated_at = now()
+                      WHERE run_id = $1 AND state IN ('queued', 'running')",
+                )
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+                sync_statuses(tx, id).await
+            }
+            Self::Retry { .. } if !matches!(status, JobState::Failed | JobState::Cancelled) => {
+                Err(StoreError::Conflict(format!(
+                    "run {id} is {status}; only failed or cancelled runs can be retried"
+                )))
+            }
+            Self::Retry { max_attempts } => {
+                sqlx::query(
+                    "UPDATE jobs SET state = 'queued', failures = 0, max_attempts = $2,
+                            failure_kind = NULL, last_error = NULL, updated_at = now()
+                      WHERE run_id = $1 AND state IN ('failed', 'cancelled')",
+                )
+                .bind(id)
+                .bind(max_attempts as i32)
+                .execute(&mut **tx)
+                .await?;
+                sync_statuses(tx, id).await
+            }
+        }
+    }
 }
 
 /// Locks the runs of an experiment in one of `states` (in id order, so that two such

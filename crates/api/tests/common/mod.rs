@@ -101,4 +101,26 @@ impl TestApp {
     pub async fn post(&self, uri: &str, body: Value) -> Reply {
         self.call(Method::POST, uri, Some(body)).await
     }
+
+    /// Submits an experiment of one narrow ResNet-8 configuration trained for one epoch on
+    /// `seeds`; returns its id.
+    pub async fn submit_experiment(&self, name: &str, seeds: &[u64]) -> String {
+        let body = serde_json::json!({"spec": {
+            "name": name, "seeds": seeds,
+            "data": {"dataset": "shapes10"}, "train": {"epochs": 1},
+            "configs": [{"model": {"arch": "resnet", "depth": 8, "width": 4}}]}});
+        let created = self.post("/v1/experiments", body).await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+        created.json()["id"].as_str().unwrap().to_string()
+    }
+}
+
+/// The states of an experiment's runs (in an `ExperimentView` as JSON), in its order.
+pub fn run_statuses(experiment: &Value) -> Vec<String> {
+    experiment["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap().to_string())
+        .collect()
 }
