@@ -54,7 +54,10 @@ pub fn app(state: AppState) -> Router {
             "/v1/experiments",
             post(experiments::submit).get(experiments::list),
         )
-        .route("/v1/experiments/{id}", get(experiments::get))
+        .route(
+            "/v1/experiments/{id}",
+            get(experiments::get).delete(experiments::delete),
+        )
         .route("/v1/experiments/{id}/claims", get(experiments::claims))
         .route("/v1/experiments/{id}/cancel", post(experiments::cancel))
         .route("/v1/experiments/{id}/retry", post(experiments::retry))

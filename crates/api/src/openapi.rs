@@ -14,7 +14,7 @@ use utoipa::{Modify, OpenApi};
         runs::metrics, runs::logs, runs::attempts, runs::checkpoints, checkpoints::file,
         analyses::request, analyses::of_run, analyses::get,
         experiments::submit, experiments::list, experiments::get, experiments::claims,
-        experiments::cancel, experiments::retry,
+        experiments::cancel, experiments::retry, experiments::delete,
         figures::run_list, figures::run_figure, figures::experiment_list, figures::experiment_figure,
         datasets::list,
         worker::claim, worker::heartbeat, worker::events, worker::register_checkpoint,

@@ -732,3 +732,56 @@ async fn an_experiment_is_cancelled_and_retried_as_a_whole(pool: PgPool) {
         .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
 }
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn an_experiment_is_deleted_with_its_runs_and_files_once_nothing_runs(pool: PgPool) {
+    let app = spawn_app(pool, &[]);
+    let id = app.submit_experiment("doomed", &[0, 1]).await;
+    let claim = app
+        .post(
+            "/v1/worker/claim",
+            json!({"kinds": ["train"], "worker": "w"}),
+        )
+        .await
+        .json();
+    let files = app
+        .checkpoints
+        .path()
+        .join(claim["directory"].as_str().unwrap());
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("epoch-0001.safetensors"), b"weights").unwrap();
+    let uri = format!("/v1/experiments/{id}");
+    // A worker may still write into a run's directory: refused while it runs, and while
+    // it is being cancelled.
+    let refused = app.call(Method::DELETE, &uri, None).await;
+    assert_problem(&refused, StatusCode::CONFLICT, "delete while running");
+    assert!(
+        refused.text().contains("a job running"),
+        "{}",
+        refused.text()
+    );
+    app.post(&format!("{uri}/cancel"), json!({})).await;
+    let refused = app.call(Method::DELETE, &uri, None).await;
+    assert_problem(&refused, StatusCode::CONFLICT, "delete while cancelling");
+    let (job, token) = (
+        claim["job_id"].as_str().unwrap(),
+        claim["lease_token"].as_str().unwrap(),
+    );
+    let stopped = app
+        .post(
+            &format!("/v1/worker/jobs/{job}/complete"),
+            json!({"lease_token": token}),
+        )
+        .await;
+    assert_eq!(stopped.json()["state"], "cancelled", "{}", stopped.text());
+    let deleted = app.call(Method::DELETE, &uri, None).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text());
+    assert!(!files.exists(), "the run's files are deleted with it");
+    assert_problem(
+        &app.get(&uri).await,
+        StatusCode::NOT_FOUND,
+        "deleted experiment",
+    );
+    let runs = app.get(&format!("/v1/runs?experiment={id}")).await.json();
+    assert_eq!(runs["items"], json!([]));
+}

@@ -136,9 +136,10 @@ pub enum Command {
         /// The run or the experiment: its id or its name.
         run: String,
     },
-    /// Delete a run on the API that is not running, with its checkpoints and results.
+    /// Delete a run on the API that is not running, with its checkpoints and results; or
+    /// an experiment none of whose runs is running, with all its runs.
     Delete {
-        /// The run: its id or its name.
+        /// The run or the experiment: its id or its name.
         run: String,
     },
     /// A run's log on the API: what its workers reported, oldest first.

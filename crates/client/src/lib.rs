@@ -306,6 +306,12 @@ impl Client {
         Ok(())
     }
 
+    /// Deletes an experiment with its runs and their files.
+    pub fn delete_experiment(&self, id: Uuid) -> Result<()> {
+        self.send(&format!("/v1/experiments/{id}"), |u| self.http.delete(u))?;
+        Ok(())
+    }
+
     /// The newest `limit` lines of a run's log, oldest first, as the API formats them.
     pub fn logs_text(&self, run: Uuid, limit: u32) -> Result<String> {
         text(self.get_accepting(

@@ -320,23 +320,29 @@ impl Store {
     pub async fn delete_run(&self, id: Uuid) -> Result<String> {
         let mut tx = self.pool.begin().await?;
         lock_run(&mut tx, id).await?;
-        let active: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM jobs WHERE run_id = $1 AND state IN ('running', 'cancelling')",
-        )
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if active > 0 {
-            return Err(StoreError::Conflict(format!(
-                "run {id} has a job running; cancel it and wait until it stops"
-            )));
-        }
+        refuse_running_jobs(&mut tx, &[id], &format!("run {id} has")).await?;
         sqlx::query("DELETE FROM runs WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
         Ok(run_directory(id))
+    }
+
+    /// Deletes an experiment none of whose runs has a job running, with its runs and
+    /// everything recorded about them. Returns the runs' directories in the checkpoint
+    /// store, for the caller to remove.
+    pub async fn delete_experiment(&self, id: Uuid) -> Result<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        let every_state: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+        let runs = lock_experiment_runs(&mut tx, id, &every_state).await?;
+        refuse_running_jobs(&mut tx, &runs, &format!("experiment {id} has runs with")).await?;
+        sqlx::query("DELETE FROM experiments WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(runs.into_iter().map(run_directory).collect())
     }
 
     /// Counts of jobs by kind and state, for `/metrics`.
@@ -531,6 +537,23 @@ impl RunAction {
             }
         }
     }
+}
+
+/// A conflict when any job of `runs` is running or being cancelled: its worker may still
+/// write files. `who` begins the message ("run … has").
+async fn refuse_running_jobs(tx: &mut Tx, runs: &[Uuid], who: &str) -> Result<()> {
+    let active: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE run_id = ANY ($1) AND state IN ('running', 'cancelling')",
+    )
+    .bind(runs)
+    .fetch_one(&mut **tx)
+    .await?;
+    if active > 0 {
+        return Err(StoreError::Conflict(format!(
+            "{who} a job running; cancel it and wait until it stops"
+        )));
+    }
+    Ok(())
 }
 
 /// Locks the runs of an experiment in one of `states` (in id order, so that two such

@@ -445,4 +445,12 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
     let summary = client.experiment(experiment_id.parse().unwrap()).unwrap();
     assert_eq!(summary.configs[0].succeeded, 2);
     assert!(summary.configs[0].test_accuracy_sd.is_some());
+    // Deleted by name, with its runs and their files.
+    let (ok, out, err) = stepwise(&stack, &["delete", "cli"]);
+    assert!(ok && out.contains("with its runs deleted"), "{out}\n{err}");
+    for run in &runs {
+        assert!(!stack.checkpoint_dir().join(format!("runs/{run}")).exists());
+    }
+    let (ok, _, err) = stepwise(&stack, &["experiment", "show", &experiment_id]);
+    assert!(!ok && err.contains("404"), "{err}");
 }

@@ -7,7 +7,7 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{Id, JsonBody, Query};
 use crate::AppState;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::claims::{self, Verdict};
@@ -104,6 +104,17 @@ pub async fn cancel(State(state): State<AppState>, Id(id): Id) -> ApiResult<Json
 pub async fn retry(State(state): State<AppState>, Id(id): Id) -> ApiResult<Json<ExperimentView>> {
     let max_attempts = state.config.lease.max_attempts;
     Ok(Json(state.store.retry_experiment(id, max_attempts).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/experiments/{id}", tag = "experiments",
+    params(("id" = uuid::Uuid, Path)),
+    responses((status = 204, description = "deleted with its runs and their files"),
+        (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn delete(State(state): State<AppState>, Id(id): Id) -> ApiResult<StatusCode> {
+    for dir in state.store.delete_experiment(id).await? {
+        super::runs::remove_run_files(&state, &dir).await;
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/v1/experiments/{id}/claims", tag = "experiments",

@@ -123,6 +123,12 @@ pub async fn retry(State(state): State<AppState>, Id(id): Id) -> ApiResult<Json<
     responses((status = 204, description = "deleted with its files"), (status = 409, body = Problem)))]
 pub async fn delete(State(state): State<AppState>, Id(id): Id) -> ApiResult<StatusCode> {
     let dir = state.store.delete_run(id).await?;
+    remove_run_files(&state, &dir).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes a deleted run's directory from the checkpoint store.
+pub(crate) async fn remove_run_files(state: &AppState, dir: &str) {
     let path = state.config.checkpoint_dir.join(dir);
     match tokio::fs::remove_dir_all(&path).await {
         Ok(()) => {}
@@ -130,7 +136,6 @@ pub async fn delete(State(state): State<AppState>, Id(id): Id) -> ApiResult<Stat
         // The rows are gone; files left behind are unreachable, so say so and go on.
         Err(e) => tracing::warn!("deleting {}: {e}", path.display()),
     }
-    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]

@@ -445,11 +445,16 @@ fn print_run_states(view: &ExperimentView) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn delete(api: &Api, run: &str) -> Result<ExitCode> {
+/// Deletes a run, or an experiment with all its runs, and their files.
+pub fn delete(api: &Api, raw: &str) -> Result<ExitCode> {
     let client = api.client()?;
-    let run = run_id(&client, run)?;
-    client.delete_run(run)?;
-    super::print_text(&format!("run {run} deleted"))?;
+    let deleted = match target(&client, raw)? {
+        Target::Run(id) => client.delete_run(id).map(|()| format!("run {id}")),
+        Target::Experiment(id) => client
+            .delete_experiment(id)
+            .map(|()| format!("experiment {id} with its runs")),
+    }?;
+    super::print_text(&format!("{deleted} deleted"))?;
     Ok(ExitCode::SUCCESS)
 }
 
