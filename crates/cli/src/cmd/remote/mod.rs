@@ -41,7 +41,7 @@ fn run_id(client: &Client, raw: &str) -> Result<Uuid> {
     if let Ok(id) = Uuid::parse_str(raw) {
         return Ok(id);
     }
-    only_one("run", raw, &runs_named(client, raw)?)
+    only_one(Kind::Run, raw, &runs_named(client, raw)?)
 }
 
 /// An experiment by its id or its name.
@@ -49,10 +49,11 @@ fn experiment_id(client: &Client, raw: &str) -> Result<Uuid> {
     if let Ok(id) = Uuid::parse_str(raw) {
         return Ok(id);
     }
-    only_one("experiment", raw, &experiments_named(client, raw)?)
+    only_one(Kind::Experiment, raw, &experiments_named(client, raw)?)
 }
 
-/// What `watch` and `figures` follow: a run or an experiment, by id or name.
+/// What `watch`, `figures`, `cancel`, `retry` and `delete` act on: a run or an
+/// experiment, by id or name (a run's name first).
 enum Target {
     Run(Uuid),
     Experiment(Uuid),
@@ -68,13 +69,13 @@ fn target(client: &Client, raw: &str) -> Result<Target> {
     }
     let runs = runs_named(client, raw)?;
     if !runs.is_empty() {
-        return only_one("run", raw, &runs).map(Target::Run);
+        return only_one(Kind::Run, raw, &runs).map(Target::Run);
     }
     let experiments = experiments_named(client, raw)?;
     if experiments.is_empty() {
         bail!("no run or experiment is named {raw:?} (give an id or a name, as `list` and `experiment list` print them)");
     }
-    only_one("experiment", raw, &experiments).map(Target::Experiment)
+    only_one(Kind::Experiment, raw, &experiments).map(Target::Experiment)
 }
 
 /// At most this many namesakes are looked up (and listed when the name is ambiguous).
@@ -99,18 +100,47 @@ fn experiments_named(client: &Client, name: &str) -> Result<Vec<Uuid>> {
     Ok(page.items.iter().map(|e| e.id).collect())
 }
 
+/// What a name names.
+#[derive(Clone, Copy)]
+enum Kind {
+    Run,
+    Experiment,
+}
+
+impl Kind {
+    fn noun(self) -> &'static str {
+        match self {
+            Self::Run => "run",
+            Self::Experiment => "experiment",
+        }
+    }
+
+    /// The command that lists them with their ids and names.
+    fn listing(self) -> &'static str {
+        match self {
+            Self::Run => "list",
+            Self::Experiment => "experiment list",
+        }
+    }
+}
+
 /// The one id found under a name; an error when there is none, or several (newest first).
-fn only_one(kind: &str, name: &str, ids: &[Uuid]) -> Result<Uuid> {
+fn only_one(kind: Kind, name: &str, ids: &[Uuid]) -> Result<Uuid> {
     match ids {
         [id] => Ok(*id),
-        [] => bail!("no {kind} is named {name:?} (give its id or its name, as `list` prints them)"),
+        [] => bail!(
+            "no {} is named {name:?} (give its id or its name, as `{}` prints them)",
+            kind.noun(),
+            kind.listing()
+        ),
         several => bail!(
-            "{} {kind}s are named {name:?}; give the id of one (newest first): {}",
+            "{} {}s are named {name:?}; give the id of one (newest first): {}",
             if several.len() as u32 >= NAMESAKES {
                 "several".to_string()
             } else {
                 several.len().to_string()
             },
+            kind.noun(),
             several
                 .iter()
                 .map(Uuid::to_string)
@@ -493,16 +523,20 @@ pub fn figures(api: &Api, raw: &str, out: &Path) -> Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use super::{only_one, NAMESAKES};
+    use super::{only_one, Kind, NAMESAKES};
     use uuid::Uuid;
 
     #[test]
     fn a_name_resolves_only_when_exactly_one_holds_it() {
         let ids: Vec<Uuid> = (1..=NAMESAKES as u128).map(Uuid::from_u128).collect();
-        assert_eq!(only_one("run", "r", &ids[..1]).unwrap(), ids[0]);
-        let none = only_one("run", "r", &[]).unwrap_err().to_string();
+        assert_eq!(only_one(Kind::Run, "r", &ids[..1]).unwrap(), ids[0]);
+        let none = only_one(Kind::Run, "r", &[]).unwrap_err().to_string();
         assert!(none.starts_with("no run is named \"r\""), "{none}");
-        let two = only_one("experiment", "e", &ids[..2])
+        let none = only_one(Kind::Experiment, "e", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(none.contains("as `experiment list` prints"), "{none}");
+        let two = only_one(Kind::Experiment, "e", &ids[..2])
             .unwrap_err()
             .to_string();
         assert!(
@@ -510,7 +544,7 @@ mod tests {
             "{two}"
         );
         // A full page of namesakes may not be all of them.
-        let many = only_one("run", "r", &ids).unwrap_err().to_string();
+        let many = only_one(Kind::Run, "r", &ids).unwrap_err().to_string();
         assert!(many.starts_with("several runs"), "{many}");
     }
 }
