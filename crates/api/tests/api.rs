@@ -453,13 +453,7 @@ async fn workers_register_only_verified_files_inside_their_directory(pool: PgPoo
     let run = app.post("/v1/runs", run_body(2)).await;
     assert_eq!(run.status, StatusCode::CREATED, "{}", run.text());
     let run_id = run.json()["id"].as_str().unwrap().to_string();
-    let claim = app
-        .post(
-            "/v1/worker/claim",
-            json!({"kinds": ["train"], "worker": "w"}),
-        )
-        .await
-        .json();
+    let claim = app.claim("train", "w").await;
     let job = claim["job_id"].as_str().unwrap();
     let token = claim["lease_token"].as_str().unwrap();
     let directory = claim["directory"].as_str().unwrap();
@@ -737,13 +731,7 @@ async fn an_experiment_is_cancelled_and_retried_as_a_whole(pool: PgPool) {
 async fn an_experiment_is_deleted_with_its_runs_and_files_once_nothing_runs(pool: PgPool) {
     let app = spawn_app(pool, &[]);
     let id = app.submit_experiment("doomed", &[0, 1]).await;
-    let claim = app
-        .post(
-            "/v1/worker/claim",
-            json!({"kinds": ["train"], "worker": "w"}),
-        )
-        .await
-        .json();
+    let claim = app.claim("train", "w").await;
     let files = app
         .checkpoints
         .path()

@@ -124,13 +124,7 @@ async fn finished_run(app: &TestApp, name: &str) -> String {
 /// Trains (one epoch) and analyses the oldest queued run the way the workers would, over
 /// the worker API; returns its id.
 async fn work(app: &TestApp) -> String {
-    let claim = app
-        .post(
-            "/v1/worker/claim",
-            json!({"kinds": ["train"], "worker": "gpu-7"}),
-        )
-        .await
-        .json();
+    let claim = app.claim("train", "gpu-7").await;
     let run_id = claim["run_id"].as_str().unwrap().to_string();
     let (job, token) = (
         claim["job_id"].as_str().unwrap(),
@@ -175,13 +169,7 @@ async fn work(app: &TestApp) -> String {
         )
         .await;
     assert_eq!(done.json()["state"], "succeeded", "{}", done.text());
-    let claim = app
-        .post(
-            "/v1/worker/claim",
-            json!({"kinds": ["analyze"], "worker": "gpu-8"}),
-        )
-        .await
-        .json();
+    let claim = app.claim("analyze", "gpu-8").await;
     let (job, token) = (
         claim["job_id"].as_str().unwrap(),
         claim["lease_token"].as_str().unwrap(),
@@ -399,13 +387,7 @@ async fn buttons_need_the_sessions_csrf_token(pool: PgPool) {
     let app = spawn_app(pool, &[]);
     let run = app.post("/v1/runs", run_body(3, "cancel me")).await.json();
     let run_id = run["id"].as_str().unwrap();
-    let claim = app
-        .post(
-            "/v1/worker/claim",
-            json!({"kinds": ["train"], "worker": "w"}),
-        )
-        .await;
-    assert_eq!(claim.status, StatusCode::OK);
+    app.claim("train", "w").await;
     // Without a user token every visitor gets a session, so the forms carry a token.
     let first = page(&app, &format!("/runs/{run_id}"), None).await;
     let (cookie, _) = session_cookie(&first).expect("a session for the open dashboard");

@@ -102,6 +102,15 @@ impl TestApp {
         self.call(Method::POST, uri, Some(body)).await
     }
 
+    /// Claims a job of `kind` (`train` or `analyze`) as worker `worker`, as the workers do;
+    /// the claim's JSON (job id, lease token, directory, …).
+    pub async fn claim(&self, kind: &str, worker: &str) -> Value {
+        let body = serde_json::json!({"kinds": [kind], "worker": worker});
+        let claim = self.post("/v1/worker/claim", body).await;
+        assert_eq!(claim.status, StatusCode::OK, "{}", claim.text());
+        claim.json()
+    }
+
     /// Submits an experiment of one narrow ResNet-8 configuration trained for one epoch on
     /// `seeds`; returns its id.
     pub async fn submit_experiment(&self, name: &str, seeds: &[u64]) -> String {
