@@ -194,7 +194,7 @@ for line in open(sys.argv[1]):
         continue
     r = json.loads(line)
     rate = "images_per_second" if r["pass"] == "train" else "examples_per_second"
-    ours = {k: (round(v.get(rate, 0)), v.get("driver_peak_mib"), v.get("estimated_gpu_peak_mib"), round(v.get("graph_mib") or 0), v.get("error", "")[:80]) for k, v in r["stepwise"].items()}
+    ours = {k: (round(v.get(rate, 0)), v.get("driver_peak_mib"), v.get("estimated_peak_mib"), round(v.get("graph_mib") or 0), v.get("error", "")[:80]) for k, v in r["stepwise"].items()}
     theirs = {k: (round(v.get(rate, 0)), v.get("driver_peak_mib"), v.get("error", "")[:80]) for k, v in r["pytorch"].items()}
     print(r["pass"], r["model"], r["batch"], "stepwise", ours, "pytorch", theirs,
           "like", {k: round(v, 3) for k, v in r.get("ratios_like_math", {}).items()},

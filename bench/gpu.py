@@ -16,7 +16,7 @@ sides: stepwise's channels-last (its default for bf16 on CUDA, `bf16`) and NCHW
 autocast-bf16 in the default NCHW layout (`bf16-nchw`); like math pairs like layouts.
 Peak memory is the driver's figure for each process
 (nvidia-smi, polled) and PyTorch's own max_memory_reserved; stepwise's training rows carry its
-own estimate (`estimated_gpu_peak_mib`) for comparison, and its training and analysis rows
+own estimate (`estimated_peak_mib`) for comparison, and its training and analysis rows
 what the autograd graph keeps alive (`graph_mib`).
 
   python3 bench/gpu.py --stepwise dist/stepwise [--steps 20] [--warmup 5]

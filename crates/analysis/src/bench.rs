@@ -11,7 +11,7 @@ use domain::{AnalysisKind, AnalysisSpec, DataSpec, ModelSpec, Normalization, Run
 use rand::Rng;
 use resnet::eval::Inputs;
 use resnet::layers::with_frozen_parameters;
-use resnet::memory::graph_bytes;
+use resnet::memory::{graph_bytes, Memory, Work};
 use resnet::ops::profile::{self, KernelTime};
 use resnet::{synchronize, Dtypes, ProbeOptions, ResNet};
 use serde::Serialize;
@@ -36,6 +36,10 @@ pub struct PassBench {
     /// no graph.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub graph_mib: Option<f64>,
+    /// The analysis' [`resnet::memory::estimate`] of its peak use of the device's memory, for
+    /// comparison with the driver's figure (or the process's peak resident memory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimated_peak_mib: Option<u64>,
     /// With profiling: each kernel's time and calls per pass (`seconds` is then the profiled
     /// pass's), and the rest as `other`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -120,6 +124,10 @@ fn bench_pass(
         graph_mib: probed_graph
             .then(|| probed_graph_mib(&net, &images, batch))
             .transpose()?,
+        estimated_peak_mib: probed_graph.then(|| {
+            let memory = Memory::of(device);
+            resnet::memory::estimate(Work::Analysis, &layout, net.dtypes(), batch, memory) >> 20
+        }),
         kernels,
     })
 }

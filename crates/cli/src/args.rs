@@ -50,6 +50,11 @@ pub struct Cli {
     /// total): a batch estimated to need more is refused before work starts.
     #[arg(long, global = true, help_heading = GLOBAL, env = "STEPWISE_GPU_MEMORY")]
     pub gpu_memory: Option<bytesize::ByteSize>,
+    /// Host memory this process may use when it computes on the CPU (default: what is
+    /// available at its start, within a container's limit): a batch estimated to need more
+    /// is refused before work starts.
+    #[arg(long, global = true, help_heading = GLOBAL, env = "STEPWISE_CPU_MEMORY")]
+    pub cpu_memory: Option<bytesize::ByteSize>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -18,7 +18,9 @@ pub fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    resnet::memory::set_budget(cli.gpu_memory.map(|b| b.as_u64()));
+    use resnet::memory::{set_budget, Memory};
+    set_budget(Memory::Gpu, cli.gpu_memory.map(|b| b.as_u64()));
+    set_budget(Memory::Host, cli.cpu_memory.map(|b| b.as_u64()));
     let api = cmd::remote::Api {
         url: cli.api_url.clone(),
         token: cli.token.clone(),

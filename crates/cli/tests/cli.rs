@@ -303,6 +303,49 @@ fn train_resume_and_evaluate() {
 }
 
 #[test]
+fn work_over_the_cpu_memory_budget_is_refused_before_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    synth(dir.path());
+    let budgeted = |args: &[&str]| {
+        command(dir.path())
+            .env("STEPWISE_CPU_MEMORY", "200MiB")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let tiny = ["--arch", "resnet", "--width", "4", "--blocks", "1"];
+    let train = |out: &'static str, batch: &'static str| {
+        let head = [
+            "train", "--epochs", "1", "--json", "--out", out, "--batch", batch,
+        ];
+        head.into_iter().chain(tiny).collect::<Vec<_>>()
+    };
+    let err = failed(&budgeted(&train("runs/big", "4096")));
+    assert!(
+        err.contains("training at batch size 4096")
+            && err.contains("budget of 200 MiB")
+            && err.contains("lower train.batch_size to ")
+            && err.contains("--cpu-memory"),
+        "{err}"
+    );
+    assert!(!dir.path().join("runs/big/checkpoints").exists());
+    // A batch within the budget trains.
+    let summary = json(&ok(&budgeted(&train("runs/small", "16"))));
+    let checkpoint = summary["checkpoint"].as_str().unwrap();
+    let err = failed(&budgeted(&[
+        "analyze",
+        "--checkpoint",
+        checkpoint,
+        "--eval-batch",
+        "4096",
+    ]));
+    assert!(
+        err.contains("analysis at batch size 4096") && err.contains("lower analysis.eval_batch"),
+        "{err}"
+    );
+}
+
+#[test]
 fn analyze_a_run_writes_every_epoch_and_a_combined_table() {
     let dir = tempfile::tempdir().unwrap();
     synth(dir.path());

@@ -30,6 +30,9 @@ pub struct WorkerConfig {
     /// `STEPWISE_GPU_MEMORY` (e.g. `20GiB`; default: the device's total): the GPU memory
     /// budget in bytes that batches are checked against before a job starts.
     pub gpu_memory: Option<u64>,
+    /// `STEPWISE_CPU_MEMORY` (default: what is available when the worker starts): the
+    /// same for host memory, where the device is the CPU.
+    pub cpu_memory: Option<u64>,
     /// `STEPWISE_WORKER_NAME` (default host name and process id), shown in logs.
     pub name: String,
     /// `STEPWISE_POLL_SECS` (default 2): the wait between claims when nothing is queued.
@@ -43,13 +46,13 @@ impl WorkerConfig {
             Some(d) => d.parse().map_err(|e| format!("STEPWISE_DEVICE: {e}"))?,
             None => DeviceSpec::Cpu,
         };
-        let gpu_memory = match var("STEPWISE_GPU_MEMORY") {
-            Some(m) => Some(
-                m.parse::<bytesize::ByteSize>()
-                    .map_err(|e| format!("STEPWISE_GPU_MEMORY: {e}"))?
-                    .as_u64(),
-            ),
-            None => None,
+        let bytes = |name: &str| {
+            var(name)
+                .map(|m| match m.parse::<bytesize::ByteSize>() {
+                    Ok(b) => Ok(b.as_u64()),
+                    Err(e) => Err(format!("{name}: {e}")),
+                })
+                .transpose()
         };
         let poll = match var("STEPWISE_POLL_SECS") {
             Some(p) => p
@@ -72,7 +75,8 @@ impl WorkerConfig {
                 .map_or("checkpoints".into(), PathBuf::from),
             data_dir: var("STEPWISE_DATA_DIR").map_or("data".into(), PathBuf::from),
             device,
-            gpu_memory,
+            gpu_memory: bytes("STEPWISE_GPU_MEMORY")?,
+            cpu_memory: bytes("STEPWISE_CPU_MEMORY")?,
             name: var("STEPWISE_WORKER_NAME")
                 .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
             poll,

@@ -18,13 +18,15 @@ pub enum Error {
     #[error("device {0}: this binary was built without CUDA (rebuild with --features cuda)")]
     NoCuda(domain::DeviceSpec),
     #[error(
-        "{work} at batch size {batch} needs an estimated {need_mib} MiB of GPU memory, more \
-         than the budget of {budget_mib} MiB: lower {field} to {largest} or less, or raise \
-         the budget (--gpu-memory / STEPWISE_GPU_MEMORY)"
+        "{work} at batch size {batch} needs an estimated {need_mib} MiB of {memory}, more than \
+         the budget of {budget_mib} MiB: {lower}, or raise the budget ({setting})",
+        lower = lower_batch(field, *largest),
+        setting = memory.budget_setting()
     )]
     MemoryBudget {
         work: crate::memory::Work,
         batch: usize,
+        memory: crate::memory::Memory,
         field: &'static str,
         need_mib: u64,
         budget_mib: u64,
@@ -43,10 +45,18 @@ pub enum Error {
     },
 }
 
+/// How to lower a batch size `field` to `largest`: unless even one example is too many.
+fn lower_batch(field: &str, largest: usize) -> String {
+    match largest {
+        0 => format!("even {field} = 1 does not fit"),
+        n => format!("lower {field} to {n} or less"),
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// Whether the work does not fit the GPU's memory (or the budget) at its batch size.
+    /// Whether the work does not fit the device's memory (or the budget) at its batch size.
     pub fn is_memory(&self) -> bool {
         matches!(self, Self::MemoryBudget { .. } | Self::OutOfMemory { .. })
     }

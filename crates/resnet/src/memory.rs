@@ -1,43 +1,120 @@
-//! GPU memory: an estimate of the peak a training step or an analysis pass needs, checked
-//! against a budget before any work starts, and the device's out-of-memory errors
-//! recognised, so that both end in an error naming the batch size to lower. Also what an
-//! autograd graph keeps alive ([`graph_bytes`]), on any device.
+//! Memory: an estimate of the peak a training step or an analysis pass needs, checked
+//! against a budget before any work starts, and the GPU's out-of-memory errors recognised,
+//! so that both end in an error naming the batch size to lower. Also what an autograd
+//! graph keeps alive ([`graph_bytes`]), on any device.
 //!
-//! The budget is process-wide (`--gpu-memory` or `STEPWISE_GPU_MEMORY`): a limit of the
-//! machine a process runs on, not of a run. Without one, the device's total memory is the
-//! budget. CPU work is not checked.
+//! Budgets are process-wide, one for the GPU and one for the host: a limit of the machine a
+//! process runs on, not of a run. Without one set, a GPU's budget is the card's total memory
+//! and the host's is the memory available when the check runs (the cgroup's limit counted,
+//! as in a container). The host check matters most: where a GPU's allocation fails with an
+//! error, the host's out-of-memory killer ends the process without one.
 
 use crate::{Dtypes, Error, Result};
 use candle_core::{Device, Tensor};
 use domain::ModelLayout;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// What the CUDA context, the cuDNN and cuBLAS handles, stepwise's kernels and cuDNN's
-/// workspace take besides the tensors: 680–740 MiB on an H200 (driver peaks of ResNet-56
-/// and ResNet-110 at batch 128 and 512, extrapolated to batch 0), rounded up.
-const FIXED_BYTES: u64 = 1 << 30;
+/// The memory a device computes in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Memory {
+    Gpu,
+    Host,
+}
 
-/// Values kept per value of a block's output during a training step: the block input,
-/// the BatchNorm inputs, the convolution outputs, and the gradients in flight. Fitted to
-/// driver peaks on an H200 (the slope from batch 128 to 512: 6.0 for ResNet-56, 5.0 for
-/// ResNet-110) and rounded up; the measurements are in the test below.
-const TRAINING_VALUES_PER_OUTPUT: u64 = 6;
+impl Memory {
+    pub fn of(device: &Device) -> Self {
+        if device.is_cuda() {
+            Self::Gpu
+        } else {
+            Self::Host
+        }
+    }
 
-/// The same for an analysis pass (the probed forward keeps what a training step keeps, plus
-/// every block's residual and the gradient at every block input): 6.5 for ResNet-56, 6.3
-/// for ResNet-110 at batch 500 (over a fixed part of 700 MiB), rounded up.
-const ANALYSIS_VALUES_PER_OUTPUT: u64 = 7;
+    /// Where the budget is set, and what it is otherwise.
+    pub fn budget_setting(self) -> &'static str {
+        match self {
+            Self::Gpu => "--gpu-memory / STEPWISE_GPU_MEMORY; default: the card's total",
+            Self::Host => "--cpu-memory / STEPWISE_CPU_MEMORY; default: the memory available",
+        }
+    }
+
+    fn budget(self) -> &'static AtomicU64 {
+        static GPU: AtomicU64 = AtomicU64::new(0);
+        static HOST: AtomicU64 = AtomicU64::new(0);
+        match self {
+            Self::Gpu => &GPU,
+            Self::Host => &HOST,
+        }
+    }
+
+    fn footprint(self) -> Footprint {
+        match self {
+            Self::Gpu => GPU_FOOTPRINT,
+            Self::Host => HOST_FOOTPRINT,
+        }
+    }
+}
+
+impl std::fmt::Display for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Gpu => "GPU memory",
+            Self::Host => "memory",
+        })
+    }
+}
+
+/// What a device's work takes besides the tensors the model's shape gives, and per value of
+/// those tensors.
+#[derive(Clone, Copy, Debug)]
+struct Footprint {
+    /// Bytes that do not grow with the batch or the model.
+    fixed: u64,
+    /// Values kept per value of a block's output during a training step: the block input,
+    /// the BatchNorm inputs, the convolution outputs, the gradients in flight, and any
+    /// scratch the kernels take.
+    training_values_per_output: u64,
+    /// The same for an analysis pass (the probed forward keeps what a training step keeps,
+    /// plus every block's residual and the gradient at every block input).
+    analysis_values_per_output: u64,
+}
+
+/// On the GPU the fixed part is the CUDA context, the cuDNN and cuBLAS handles, stepwise's
+/// kernels and cuDNN's workspace: 680–740 MiB on an H200 (driver peaks of ResNet-56 and
+/// ResNet-110 at batch 128 and 512, extrapolated to batch 0), rounded up. Values per
+/// output fitted to driver peaks on an H200 and rounded up: training 6.0 for ResNet-56,
+/// 5.0 for ResNet-110 (the slope from batch 128 to 512); analysis 6.5 and 6.3 at batch 500
+/// (over a fixed part of 700 MiB). The measurements are in the tests below.
+const GPU_FOOTPRINT: Footprint = Footprint {
+    fixed: 1 << 30,
+    training_values_per_output: 6,
+    analysis_values_per_output: 7,
+};
+
+/// On the host the fixed part is the process and its thread pools (60–130 MiB for
+/// ResNet-20 and -56 besides the parameters, extrapolated to batch 0), rounded up. The kernels' scratch (the
+/// convolutions' unfolded columns, per thread) makes the values per output larger than the
+/// GPU's: peak resident memory on two cores gave training 6.4 (ResNet-56) to 7.7 (wide)
+/// and analysis 7.7 (single) to 9.9 (ResNet-20), rounded up; the measurements are in the
+/// tests below.
+const HOST_FOOTPRINT: Footprint = Footprint {
+    fixed: 192 << 20,
+    training_values_per_output: 8,
+    analysis_values_per_output: 10,
+};
 
 /// Parameter-sized tensors during training: the parameters, their gradients, the momentum
 /// buffers and one temporary.
 const TRAINING_COPIES_OF_PARAMETERS: u64 = 4;
 
-/// Budget in bytes; 0: none set.
-static BUDGET: AtomicU64 = AtomicU64::new(0);
-
-/// Sets the process's GPU memory budget in bytes (`None`: the device's total memory).
-pub fn set_budget(bytes: Option<u64>) {
-    BUDGET.store(bytes.unwrap_or(0), Ordering::Relaxed);
+/// Sets the process's budget of `memory` in bytes; `None`: the card's total memory for the
+/// GPU, and for the host the memory available now — the binaries call this first thing, as
+/// memory the process frees later stays with it for reuse ([`crate::allocator`]) and would
+/// otherwise no longer count as available to its own next job. Without a call, the host's
+/// budget is what is available at each check.
+pub fn set_budget(memory: Memory, bytes: Option<u64>) {
+    let bytes = bytes.or_else(|| (memory == Memory::Host).then(available_host_memory));
+    memory.budget().store(bytes.unwrap_or(0), Ordering::Relaxed);
 }
 
 /// The work a memory estimate is for.
@@ -97,35 +174,64 @@ fn parameter_values(layout: &ModelLayout) -> u64 {
     blocks + stem + (last + 1) * u64::from(layout.classes) + 2 * last
 }
 
-/// Estimated peak GPU memory in bytes of `work` on `layout` at batch size `batch`.
-pub fn estimate(work: Work, layout: &ModelLayout, dtypes: Dtypes, batch: usize) -> u64 {
+/// Estimated peak use of `memory` in bytes by `work` on `layout` at batch size `batch`.
+pub fn estimate(
+    work: Work,
+    layout: &ModelLayout,
+    dtypes: Dtypes,
+    batch: usize,
+    memory: Memory,
+) -> u64 {
+    let footprint = memory.footprint();
     let (per_output, parameter_copies) = match work {
-        Work::Training => (TRAINING_VALUES_PER_OUTPUT, TRAINING_COPIES_OF_PARAMETERS),
-        Work::Analysis => (ANALYSIS_VALUES_PER_OUTPUT, 1),
+        Work::Training => (
+            footprint.training_values_per_output,
+            TRAINING_COPIES_OF_PARAMETERS,
+        ),
+        Work::Analysis => (footprint.analysis_values_per_output, 1),
     };
     let value = dtypes.compute.size_in_bytes() as u64;
     let param = dtypes.params.size_in_bytes() as u64;
-    FIXED_BYTES
+    footprint.fixed
         + parameter_copies * param * parameter_values(layout)
         + batch as u64 * per_output * value * activation_values(layout)
 }
 
 /// The largest batch size whose estimate fits `budget` bytes (0 if none does).
-fn largest_batch(work: Work, layout: &ModelLayout, dtypes: Dtypes, budget: u64) -> usize {
-    let base = estimate(work, layout, dtypes, 0);
-    let per_example = estimate(work, layout, dtypes, 1) - base;
+fn largest_batch(
+    work: Work,
+    layout: &ModelLayout,
+    dtypes: Dtypes,
+    budget: u64,
+    memory: Memory,
+) -> usize {
+    let base = estimate(work, layout, dtypes, 0, memory);
+    let per_example = estimate(work, layout, dtypes, 1, memory) - base;
     (budget.saturating_sub(base) / per_example) as usize
 }
 
-/// The budget that applies on `device`: the one set, else the device's total memory; `None`
-/// on the CPU.
-fn budget_for(device: &Device) -> Result<Option<u64>> {
-    if !device.is_cuda() {
-        return Ok(None);
+/// The budget of `memory`: the one set, else its default (see [`set_budget`]).
+fn budget(memory: Memory, device: &Device) -> Result<u64> {
+    match (memory.budget().load(Ordering::Relaxed), memory) {
+        (0, Memory::Gpu) => total_memory(device),
+        (0, Memory::Host) => Ok(available_host_memory()),
+        (set, _) => Ok(set),
     }
-    match BUDGET.load(Ordering::Relaxed) {
-        0 => total_memory(device).map(Some),
-        set => Ok(Some(set)),
+}
+
+/// The host memory this process can still take: what the kernel counts as available, or
+/// less where the process's cgroup (a container's limit) leaves less.
+fn available_host_memory() -> u64 {
+    let mut system = sysinfo::System::new();
+    system.refresh_memory();
+    let available = system.available_memory();
+    match system.cgroup_limits() {
+        // A cgroup without a limit reports the machine's total; its usage counts page
+        // cache the kernel would reclaim, so it decides only where it is the limit.
+        Some(cgroup) if cgroup.total_memory < system.total_memory() => {
+            available.min(cgroup.free_memory)
+        }
+        _ => available,
     }
 }
 
@@ -145,8 +251,8 @@ fn total_memory(_: &Device) -> Result<u64> {
     Ok(u64::MAX)
 }
 
-/// Fails with [`Error::MemoryBudget`] when `work` at `batch` is estimated to need more GPU
-/// memory than the budget on `device` (nothing is checked on the CPU).
+/// Fails with [`Error::MemoryBudget`] when `work` at `batch` is estimated to need more of
+/// `device`'s memory than its budget.
 pub fn check(
     work: Work,
     layout: &ModelLayout,
@@ -154,10 +260,8 @@ pub fn check(
     batch: usize,
     device: &Device,
 ) -> Result<()> {
-    let Some(budget) = budget_for(device)? else {
-        return Ok(());
-    };
-    check_against(work, layout, dtypes, batch, budget)
+    let memory = Memory::of(device);
+    check_against(work, layout, dtypes, batch, memory, budget(memory, device)?)
 }
 
 fn check_against(
@@ -165,19 +269,21 @@ fn check_against(
     layout: &ModelLayout,
     dtypes: Dtypes,
     batch: usize,
+    memory: Memory,
     budget: u64,
 ) -> Result<()> {
-    let need = estimate(work, layout, dtypes, batch);
+    let need = estimate(work, layout, dtypes, batch, memory);
     if need <= budget {
         return Ok(());
     }
     Err(Error::MemoryBudget {
         work,
         batch,
+        memory,
         field: work.batch_field(),
         need_mib: need >> 20,
         budget_mib: budget >> 20,
-        largest: largest_batch(work, layout, dtypes, budget),
+        largest: largest_batch(work, layout, dtypes, budget, memory),
     })
 }
 
@@ -247,55 +353,154 @@ mod tests {
         memory_format: crate::ops::MemoryFormat::Nchw,
     };
 
-    #[test]
-    fn estimates_lie_above_the_measured_h200_peaks_and_not_far() {
-        // The largest driver peak of stepwise on an H200 over the loop and graph steps and
-        // f32/TF32 (bench/results/h200-2026-11-28-*.json).
-        let wide = || ModelSpec::new(Arch::Wide).layout().unwrap();
-        let bf16 = Dtypes::for_precision(domain::Precision::Bf16);
-        for (name, work, layout, dtypes, batch, measured_mib) in [
-            ("resnet-56", Work::Training, resnet(56), F32, 128, 1520),
-            ("resnet-56", Work::Training, resnet(56), F32, 512, 3920),
-            ("resnet-110", Work::Training, resnet(110), F32, 128, 2064),
-            ("resnet-110", Work::Training, resnet(110), F32, 512, 5936),
-            ("wide", Work::Training, wide(), F32, 128, 4792),
-            ("wide bf16", Work::Training, wide(), bf16, 128, 3124),
-            ("resnet-56", Work::Analysis, resnet(56), F32, 500, 4082),
-            ("resnet-110", Work::Analysis, resnet(110), F32, 500, 7090),
-        ] {
-            let mib = estimate(work, &layout, dtypes, batch) >> 20;
+    fn layout(arch: Arch) -> ModelLayout {
+        ModelSpec::new(arch).layout().unwrap()
+    }
+
+    /// Asserts that every estimate lies at or above its measured peak and at most 1.5 times
+    /// above it.
+    fn assert_estimates_bound(
+        memory: Memory,
+        measured: impl IntoIterator<Item = (&'static str, Work, ModelLayout, Dtypes, usize, u64)>,
+    ) {
+        for (name, work, layout, dtypes, batch, measured_mib) in measured {
+            let mib = estimate(work, &layout, dtypes, batch, memory) >> 20;
             assert!(
                 mib >= measured_mib && mib <= measured_mib * 3 / 2,
-                "{name} {work} batch {batch}: estimated {mib} MiB, measured {measured_mib}"
+                "{memory}, {name} {work} batch {batch}: estimated {mib} MiB, measured {measured_mib}"
             );
         }
+    }
+
+    #[test]
+    fn gpu_estimates_lie_above_the_measured_h200_peaks_and_not_far() {
+        // The largest driver peak of stepwise on an H200 over the loop and graph steps and
+        // f32/TF32 (bench/results/h200-2026-11-28-*.json).
+        let bf16 = Dtypes::for_precision(domain::Precision::Bf16);
+        assert_estimates_bound(
+            Memory::Gpu,
+            [
+                ("resnet-56", Work::Training, resnet(56), F32, 128, 1520),
+                ("resnet-56", Work::Training, resnet(56), F32, 512, 3920),
+                ("resnet-110", Work::Training, resnet(110), F32, 128, 2064),
+                ("resnet-110", Work::Training, resnet(110), F32, 512, 5936),
+                ("wide", Work::Training, layout(Arch::Wide), F32, 128, 4792),
+                (
+                    "wide bf16",
+                    Work::Training,
+                    layout(Arch::Wide),
+                    bf16,
+                    128,
+                    3124,
+                ),
+                ("resnet-56", Work::Analysis, resnet(56), F32, 500, 4082),
+                ("resnet-110", Work::Analysis, resnet(110), F32, 500, 7090),
+            ],
+        );
+    }
+
+    #[test]
+    fn host_estimates_lie_above_the_measured_peaks_and_not_far() {
+        // Peak resident memory (the kernel's ru_maxrss) of `stepwise bench train --steps 1`
+        // and `bench analyze --examples B --batch B` on a 2-core AMD EPYC, 2026-12-06
+        // (`bench/cpu-memory.py`; bench/results/cpu-memory-2026-12-06.txt).
+        assert_estimates_bound(
+            Memory::Host,
+            [
+                ("resnet-20", Work::Training, resnet(20), F32, 128, 405),
+                ("resnet-20", Work::Training, resnet(20), F32, 512, 1450),
+                ("resnet-56", Work::Training, resnet(56), F32, 128, 992),
+                ("resnet-56", Work::Training, resnet(56), F32, 512, 3570),
+                ("resnet-110", Work::Training, resnet(110), F32, 128, 1850),
+                ("wide", Work::Training, layout(Arch::Wide), F32, 16, 1268),
+                ("wide", Work::Training, layout(Arch::Wide), F32, 64, 3082),
+                (
+                    "single",
+                    Work::Training,
+                    layout(Arch::Single),
+                    F32,
+                    64,
+                    1814,
+                ),
+                (
+                    "avgpool",
+                    Work::Training,
+                    layout(Arch::Avgpool),
+                    F32,
+                    32,
+                    1900,
+                ),
+                ("resnet-20", Work::Analysis, resnet(20), F32, 250, 868),
+                ("resnet-20", Work::Analysis, resnet(20), F32, 1000, 3765),
+                ("resnet-56", Work::Analysis, resnet(56), F32, 500, 4345),
+                ("wide", Work::Analysis, layout(Arch::Wide), F32, 32, 1706),
+                ("wide", Work::Analysis, layout(Arch::Wide), F32, 128, 5730),
+                (
+                    "single",
+                    Work::Analysis,
+                    layout(Arch::Single),
+                    F32,
+                    100,
+                    3430,
+                ),
+                // `stepwise analyze` of a ResNet-20 checkpoint, every metric, 1,000
+                // examples of each split, the dataset (shapes10) counted too.
+                (
+                    "resnet-20, all metrics",
+                    Work::Analysis,
+                    resnet(20),
+                    F32,
+                    500,
+                    1829,
+                ),
+            ],
+        );
     }
 
     #[test]
     fn over_budget_names_the_largest_batch_that_fits() {
         let layout = resnet(110);
         let budget = 4 << 30;
-        let err = check_against(Work::Training, &layout, F32, 4096, budget).unwrap_err();
-        let Error::MemoryBudget { largest, .. } = &err else {
-            panic!("{err}");
-        };
-        assert!(*largest > 0);
-        assert!(estimate(Work::Training, &layout, F32, *largest) <= budget);
-        assert!(estimate(Work::Training, &layout, F32, largest + 1) > budget);
-        check_against(Work::Training, &layout, F32, *largest, budget).unwrap();
-        let text = err.to_string();
+        for memory in [Memory::Gpu, Memory::Host] {
+            let over = check_against(Work::Training, &layout, F32, 4096, memory, budget);
+            let err = over.unwrap_err();
+            let Error::MemoryBudget { largest, .. } = &err else {
+                panic!("{err}");
+            };
+            assert!(*largest > 0);
+            assert!(estimate(Work::Training, &layout, F32, *largest, memory) <= budget);
+            assert!(estimate(Work::Training, &layout, F32, largest + 1, memory) > budget);
+            check_against(Work::Training, &layout, F32, *largest, memory, budget).unwrap();
+            let text = err.to_string();
+            assert!(
+                text.contains("train.batch_size")
+                    && text.contains(&format!("to {largest} or less"))
+                    && text.contains(memory.budget_setting()),
+                "{text}"
+            );
+        }
+        let err = check_against(Work::Analysis, &layout, F32, 1, Memory::Host, 1 << 20);
+        let text = err.unwrap_err().to_string();
         assert!(
-            text.contains("train.batch_size") && text.contains(&largest.to_string()),
+            text.contains("even analysis.eval_batch = 1 does not fit")
+                && text.contains("of memory"),
             "{text}"
         );
     }
 
     #[test]
-    fn the_cpu_is_not_checked() {
-        set_budget(Some(1));
-        let result = check(Work::Training, &resnet(110), F32, 1 << 20, &Device::Cpu);
-        set_budget(None);
-        result.unwrap();
+    fn the_host_budget_is_what_is_available_unless_set() {
+        let mut system = sysinfo::System::new();
+        system.refresh_memory();
+        let plausible = |bytes: u64| bytes > 0 && bytes <= system.total_memory();
+        // Budgets are process-wide: nothing else in this test binary checks against one.
+        let unset = budget(Memory::Host, &Device::Cpu).unwrap();
+        assert!(plausible(unset), "{unset}");
+        set_budget(Memory::Host, Some(1));
+        assert_eq!(budget(Memory::Host, &Device::Cpu).unwrap(), 1);
+        set_budget(Memory::Host, None);
+        let default = budget(Memory::Host, &Device::Cpu).unwrap();
+        assert!(plausible(default), "{default}");
     }
 
     #[test]

@@ -201,6 +201,11 @@ impl Stack {
 
     /// Starts a worker binary (`stepwise-trainer` or `stepwise-analyzer`); returns its index.
     pub fn spawn_worker(&mut self, binary_name: &str) -> usize {
+        self.spawn_worker_with(binary_name, &[])
+    }
+
+    /// [`Self::spawn_worker`] with more environment variables.
+    pub fn spawn_worker_with(&mut self, binary_name: &str, env: &[(&str, &str)]) -> usize {
         let log = self.log_file(binary_name);
         let mut cmd = Command::new(binary(binary_name));
         cmd.env_clear()
@@ -215,7 +220,8 @@ impl Stack {
                 format!("{binary_name}-{}", self.workers.len()),
             )
             // Tests run many workers on two cores.
-            .env("RAYON_NUM_THREADS", "1");
+            .env("RAYON_NUM_THREADS", "1")
+            .envs(env.iter().copied());
         if let Some(t) = &self.settings.worker_token {
             cmd.env("STEPWISE_WORKER_TOKEN", t);
         }

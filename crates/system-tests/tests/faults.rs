@@ -1,5 +1,5 @@
 //! Faults with real processes: workers killed, paused past their lease, told to stop, runs
-//! cancelled or diverging.
+//! cancelled, diverging or too large for the worker's memory.
 
 use domain::service::{FailureKind, JobState};
 use std::collections::BTreeSet;
@@ -220,4 +220,36 @@ fn a_diverging_run_fails_as_diverged_and_is_not_retried() {
     assert_eq!(view.failure_kind, Some(FailureKind::Diverged));
     assert_eq!(view.attempts, 1, "not retried");
     assert!(view.last_error.unwrap().contains("NaN"));
+}
+
+#[test]
+fn a_batch_over_the_trainers_memory_fails_as_invalid_before_training() {
+    let _serial = serial();
+    let mut stack = Stack::start(Settings::default());
+    stack.synth("tiny10", 256, 64);
+    let client = stack.client();
+    let mut submission = tiny_run("tiny10", 2);
+    submission.spec.train.batch_size = 4096;
+    let run = client.submit_run(&submission, None).unwrap().id;
+    // A CPU trainer with 300 MiB: the estimate of a batch of 4096 is far above it.
+    stack.spawn_worker_with("stepwise-trainer", &[("STEPWISE_CPU_MEMORY", "300MiB")]);
+    wait_for("the failure", MINUTE, || {
+        client.run(run).unwrap().status.is_final()
+    });
+    let view = client.run(run).unwrap();
+    assert_eq!(view.status, JobState::Failed);
+    assert_eq!(view.failure_kind, Some(FailureKind::Invalid));
+    assert_eq!(view.attempts, 1, "not retried");
+    let error = view.last_error.unwrap();
+    assert!(
+        error.contains("batch size 4096")
+            && error.contains("budget of 300 MiB")
+            && error.contains("lower train.batch_size to "),
+        "{error}"
+    );
+    assert_eq!(epochs_done(&stack, run), 0);
+    assert!(
+        client.checkpoints(run).unwrap().is_empty(),
+        "nothing written"
+    );
 }

@@ -8,7 +8,7 @@ use domain::{ModelSpec, TrainSpec};
 use rand::Rng;
 use rand_distr::StandardNormal;
 use resnet::loss::cross_entropy;
-use resnet::memory::Work;
+use resnet::memory::{Memory, Work};
 use resnet::ops::profile::{self, KernelTime};
 use resnet::ops::MemoryFormat;
 use resnet::{synchronize, BnMode, Dtypes, ResNet};
@@ -34,9 +34,9 @@ pub struct BenchResult {
     pub trainable_params: usize,
     /// Whether the timed steps were replays of a CUDA graph.
     pub cuda_graph: bool,
-    /// [`resnet::memory::estimate`] of the step's peak GPU memory, for comparison with the
-    /// driver's figure.
-    pub estimated_gpu_peak_mib: u64,
+    /// [`resnet::memory::estimate`] of the step's peak use of the device's memory, for
+    /// comparison with the driver's figure (or the process's peak resident memory).
+    pub estimated_peak_mib: u64,
     /// What a step's autograd graph keeps alive for its backward pass
     /// ([`resnet::memory::graph_bytes`]): the activations, counted the same on every device.
     pub graph_mib: f64,
@@ -137,11 +137,12 @@ pub fn bench_train(
         max_ms: times[times.len() - 1],
         trainable_params: model.trainable_count(),
         cuda_graph: mode == StepMode::CudaGraph,
-        estimated_gpu_peak_mib: resnet::memory::estimate(
+        estimated_peak_mib: resnet::memory::estimate(
             Work::Training,
             &layout,
             model.dtypes(),
             batch,
+            Memory::of(device),
         ) >> 20,
         graph_mib: graph_bytes as f64 / (1 << 20) as f64,
         kernels,

@@ -11,7 +11,9 @@ fn main() -> anyhow::Result<()> {
     client::worker::run(
         JobKind::Train,
         |config| {
-            resnet::memory::set_budget(config.gpu_memory);
+            use resnet::memory::{set_budget, Memory};
+            set_budget(Memory::Gpu, config.gpu_memory);
+            set_budget(Memory::Host, config.cpu_memory);
             resnet::candle_device(config.device)
                 .map(drop)
                 .map_err(|e| format!("STEPWISE_DEVICE: {e}"))
