@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Peak resident memory of stepwise's CPU training steps and analysis passes against its own
-estimate (resnet::memory, the host's): each command runs alone, its peak is the kernel's
+"""Peak resident memory of stepwise's CPU training steps, analysis and evaluation passes against
+its own estimate (resnet::memory, the host's): each command runs alone, its peak is the kernel's
 ru_maxrss of that process. The estimates must lie above the peaks and not far
 (crates/resnet/src/memory.rs holds them to these figures).
 
@@ -29,6 +29,11 @@ STANDARD = [
     "bench analyze --arch wide --examples 32 --batch 32 --repeats 1",
     "bench analyze --arch wide --examples 128 --batch 128 --repeats 1",
     "bench analyze --arch single --examples 100 --batch 100 --repeats 1",
+    "bench eval --arch resnet --depth 20 --examples 1000 --batch 250 --repeats 1",
+    "bench eval --arch resnet --depth 20 --examples 2000 --batch 1000 --repeats 1",
+    "bench eval --arch resnet --depth 56 --examples 1000 --batch 1000 --repeats 1",
+    "bench eval --arch wide --examples 256 --batch 256 --repeats 1",
+    "bench eval --arch single --examples 256 --batch 256 --repeats 1",
 ]
 
 binary = sys.argv[1]

@@ -36,10 +36,10 @@ pub struct PassBench {
     /// no graph.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub graph_mib: Option<f64>,
-    /// The analysis' [`resnet::memory::estimate`] of its peak use of the device's memory, for
-    /// comparison with the driver's figure (or the process's peak resident memory).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub estimated_peak_mib: Option<u64>,
+    /// [`resnet::memory::estimate`] of the pass's peak use of the device's memory (evaluation
+    /// as training's after every epoch), for comparison with the driver's figure (or the
+    /// process's peak resident memory).
+    pub estimated_peak_mib: u64,
     /// With profiling: each kernel's time and calls per pass (`seconds` is then the profiled
     /// pass's), and the rest as `other`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,7 +64,7 @@ const NORMALIZATION: Normalization = Normalization {
 
 /// Times `pass` over `examples` random images `repeats` times after one untimed warm-up,
 /// the timed ones profiled if asked; `pass` returns the seconds it took. With
-/// `probed_graph`, also counts what the graph of the analysis' probed pass keeps.
+/// `probed_graph` (the analysis), also counts what the graph of its probed pass keeps.
 fn bench_pass(
     name: &'static str,
     model: &ModelSpec,
@@ -124,10 +124,15 @@ fn bench_pass(
         graph_mib: probed_graph
             .then(|| probed_graph_mib(&net, &images, batch))
             .transpose()?,
-        estimated_peak_mib: probed_graph.then(|| {
+        estimated_peak_mib: {
+            let work = if probed_graph {
+                Work::Analysis
+            } else {
+                Work::EpochEvaluation { gradients: false }
+            };
             let memory = Memory::of(device);
-            resnet::memory::estimate(Work::Analysis, &layout, net.dtypes(), batch, memory) >> 20
-        }),
+            resnet::memory::estimate(work, &layout, net.dtypes(), batch, memory) >> 20
+        },
         kernels,
     })
 }

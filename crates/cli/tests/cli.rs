@@ -308,7 +308,7 @@ fn work_over_the_cpu_memory_budget_is_refused_before_it_starts() {
     synth(dir.path());
     let budgeted = |args: &[&str]| {
         command(dir.path())
-            .env("STEPWISE_CPU_MEMORY", "200MiB")
+            .env("STEPWISE_CPU_MEMORY", "300MiB")
             .args(args)
             .output()
             .unwrap()
@@ -323,12 +323,30 @@ fn work_over_the_cpu_memory_budget_is_refused_before_it_starts() {
     let err = failed(&budgeted(&train("runs/big", "4096")));
     assert!(
         err.contains("training at batch size 4096")
-            && err.contains("budget of 200 MiB")
+            && err.contains("budget of 300 MiB")
             && err.contains("lower train.batch_size to ")
             && err.contains("--cpu-memory"),
         "{err}"
     );
     assert!(!dir.path().join("runs/big/checkpoints").exists());
+    // So is an evaluation batch over it, before training either.
+    let spec = "[model]\narch = \"resnet\"\nwidth = 4\nblocks = [1]\n\n[data]\n\
+                dataset = \"shapes10\"\n\n[train]\nepochs = 1\nbatch_size = 16\n\n\
+                [train.monitor]\neval_batch_size = 4096\n";
+    std::fs::write(dir.path().join("eval-batch.toml"), spec).unwrap();
+    let err = failed(&budgeted(&[
+        "train",
+        "--spec",
+        "eval-batch.toml",
+        "--out",
+        "runs/eval",
+    ]));
+    assert!(
+        err.contains("the per-epoch evaluation at batch size 4096")
+            && err.contains("lower train.monitor.eval_batch_size to "),
+        "{err}"
+    );
+    assert!(!dir.path().join("runs/eval/checkpoints").exists());
     // A batch within the budget trains.
     let summary = json(&ok(&budgeted(&train("runs/small", "16"))));
     let checkpoint = summary["checkpoint"].as_str().unwrap();

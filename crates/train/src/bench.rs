@@ -95,7 +95,7 @@ pub fn bench_train(
         let loss = cross_entropy(&model.forward(&x, BnMode::Train)?, &y)?;
         Ok(resnet::memory::graph_bytes(&loss))
     })()
-    .map_err(|e| e.name_batch_if_out_of_memory(batch))?;
+    .map_err(|e| e.name_batch_if_out_of_memory(Work::Training, batch))?;
     let mut times = match mode {
         // The trainer's graph steps: the second full batch is captured, so at least two run
         // untimed.
@@ -115,7 +115,7 @@ pub fn bench_train(
             timed_steps(step, device, sizes, mode)
         }
     }
-    .map_err(|e| e.name_batch_if_out_of_memory(batch))?;
+    .map_err(|e| e.name_batch_if_out_of_memory(Work::Training, batch))?;
     let kernels = (mode == StepMode::Profiled)
         .then(|| profile::take().map(|totals| profile::per_run(totals, &times)))
         .transpose()?;

@@ -1,4 +1,5 @@
 use domain::DatasetIdentity;
+use resnet::memory::Work;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,15 +37,15 @@ pub enum TrainError {
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
 
 impl TrainError {
-    /// Names the batch size to lower when `self` is the GPU running out of memory in a
-    /// training step at `batch`.
-    pub(crate) fn name_batch_if_out_of_memory(self, batch: usize) -> Self {
-        use resnet::memory::{is_out_of_memory, name_batch_if_out_of_memory, Work};
+    /// Names the batch size to lower when `self` is the GPU running out of memory in `work`
+    /// at `batch`.
+    pub(crate) fn name_batch_if_out_of_memory(self, work: Work, batch: usize) -> Self {
+        use resnet::memory::{is_out_of_memory, name_batch_if_out_of_memory};
         match self {
             Self::Candle(c) if is_out_of_memory(&c) => {
-                name_batch_if_out_of_memory(c.into(), Work::Training, batch).into()
+                name_batch_if_out_of_memory(c.into(), work, batch).into()
             }
-            Self::Model(e) => name_batch_if_out_of_memory(e, Work::Training, batch).into(),
+            Self::Model(e) => name_batch_if_out_of_memory(e, work, batch).into(),
             e => e,
         }
     }

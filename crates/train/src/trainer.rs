@@ -199,13 +199,10 @@ impl Trainer {
         checkpoint_dir: PathBuf,
     ) -> Result<Self> {
         let batch = spec.train.batch_size as usize;
-        resnet::memory::check(
-            Work::Training,
-            model.layout(),
-            model.dtypes(),
-            batch,
-            model.device(),
-        )?;
+        let (layout, dtypes, device) = (model.layout(), model.dtypes(), model.device());
+        resnet::memory::check(Work::Training, layout, dtypes, batch, device)?;
+        let (evaluation, eval_batch) = Self::epoch_evaluation(&spec);
+        resnet::memory::check(evaluation, layout, dtypes, eval_batch, device)?;
         let mut optimizer = Sgd::new(model.parameters(), SgdConfig::from_spec(&spec.train))?;
         if let Some(ck) = checkpoint {
             optimizer.load_state(&ck.tensors)?;
@@ -262,6 +259,8 @@ impl Trainer {
             start_step: self.state.step,
             total_steps: epochs as u64 * per_epoch as u64,
         })?;
+        let batch_size = self.plan.batch_size;
+        let (evaluation, eval_batch) = Self::epoch_evaluation(&self.spec);
         while self.state.epoch < epochs {
             let epoch = self.state.epoch;
             let start = self.state.batch as usize;
@@ -274,7 +273,7 @@ impl Trainer {
                 let (x, y) = to_device(batch.into(), self.model.device())?;
                 let (loss, hits) = self
                     .step(&x, &y, lr)
-                    .map_err(|e| e.name_batch_if_out_of_memory(self.plan.batch_size))?;
+                    .map_err(|e| e.name_batch_if_out_of_memory(Work::Training, batch_size))?;
                 self.state.step += 1;
                 if !loss.is_finite() {
                     return Err(TrainError::Diverged {
@@ -306,7 +305,9 @@ impl Trainer {
             self.state.epoch += 1;
             self.state.batch = 0;
             sink.event(&TrainEvent::Evaluating { epoch: epoch + 1 })?;
-            let records = self.epoch_records(epoch + 1, &totals)?;
+            let records = self
+                .epoch_records(epoch + 1, &totals)
+                .map_err(|e| e.name_batch_if_out_of_memory(evaluation, eval_batch))?;
             sink.event(&TrainEvent::Epoch {
                 epoch: epoch + 1,
                 records: &records,
@@ -377,6 +378,14 @@ impl Trainer {
             })?;
         }
         Ok((name, file))
+    }
+
+    /// The memory estimate's name for the evaluation after every epoch of `spec`, and its
+    /// batch size.
+    fn epoch_evaluation(spec: &RunSpec) -> (Work, usize) {
+        let gradients = spec.train.grad_norm_ratio_for(spec.model.sharing);
+        let batch = spec.train.monitor.eval_batch_size as usize;
+        (Work::EpochEvaluation { gradients }, batch)
     }
 
     /// The metrics of a finished epoch (1-based).
