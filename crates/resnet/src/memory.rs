@@ -1,13 +1,14 @@
-//! Memory: an estimate of the peak a training step or an analysis pass needs, checked
-//! against a budget before any work starts, and the GPU's out-of-memory errors recognised,
-//! so that both end in an error naming the batch size to lower. Also what an autograd
-//! graph keeps alive ([`graph_bytes`]), on any device.
+//! Memory: an estimate of the peak a training step, training's per-epoch evaluation or an
+//! analysis pass needs, checked against a budget before any work starts, and the GPU's
+//! out-of-memory errors recognised, so that both end in an error naming the batch size to
+//! lower. Also what an autograd graph keeps alive ([`graph_bytes`]), on any device.
 //!
 //! Budgets are process-wide, one for the GPU and one for the host: a limit of the machine a
-//! process runs on, not of a run. Without one set, a GPU's budget is the card's total memory
-//! and the host's is the memory available when the check runs (the cgroup's limit counted,
-//! as in a container). The host check matters most: where a GPU's allocation fails with an
-//! error, the host's out-of-memory killer ends the process without one.
+//! process runs on, not of a run. Without one given, a GPU's budget is the card's total
+//! memory and the host's the memory available at the process's start (a cgroup's limit
+//! counted, as in a container; see [`set_budget`]). The host check matters most: where a
+//! GPU's allocation fails with an error, the host's out-of-memory killer ends the process
+//! without one.
 
 use crate::{Dtypes, Error, Result};
 use candle_core::{Device, Tensor};
@@ -97,12 +98,12 @@ const GPU_FOOTPRINT: Footprint = Footprint {
 };
 
 /// On the host the fixed part is the process and its thread pools (60–130 MiB for
-/// ResNet-20 and -56 besides the parameters, extrapolated to batch 0), rounded up. The kernels' scratch (the
-/// convolutions' unfolded columns, per thread) makes the values per output larger than the
-/// GPU's: peak resident memory on two cores gave training 6.4 (ResNet-56) to 7.7 (wide),
-/// analysis 7.7 (single) to 9.9 (ResNet-20) and inference 3.3 (single) to 6.4 (ResNet-20,
-/// whose stem unfolds 27 planes per image) copies over a smaller fixed part, rounded; the
-/// measurements are in the tests below.
+/// ResNet-20 and -56 besides the parameters, extrapolated to batch 0), rounded up. The
+/// kernels' scratch (the convolutions' unfolded columns, per thread) makes the values per
+/// output larger than the GPU's: peak resident memory on two cores gave training 6.4
+/// (ResNet-56) to 7.7 (wide), analysis 7.7 (single) to 9.9 (ResNet-20) and inference 3.3
+/// (single) to 6.4 (ResNet-20, whose stem unfolds 27 planes per image) copies over a
+/// smaller fixed part, rounded; the measurements are in the tests below.
 const HOST_FOOTPRINT: Footprint = Footprint {
     fixed: 192 << 20,
     training_values_per_output: 8,
@@ -403,7 +404,8 @@ mod tests {
             let mib = estimate(work, &layout, dtypes, batch, memory) >> 20;
             assert!(
                 mib >= measured_mib && mib <= measured_mib * 3 / 2 + fixed_mib,
-                "{memory}, {name} {work} batch {batch}: estimated {mib} MiB, measured {measured_mib}"
+                "{memory}, {name} {work} batch {batch}: \
+                 estimated {mib} MiB, measured {measured_mib}"
             );
         }
     }
