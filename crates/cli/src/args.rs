@@ -495,7 +495,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Print the spec this would train — spec file, flags and defaults resolved, with
-    /// the model's parameter count and the learning rate per epoch — and exit.
+    /// the model's parameter count, the learning rate per epoch and the peak memory
+    /// estimated on --device — and exit.
     #[arg(long, conflicts_with = "resume")]
     pub print_spec: bool,
     /// `cpu`, `cuda` or `cuda:N`.

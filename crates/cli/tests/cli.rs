@@ -198,6 +198,13 @@ fn print_spec_resolves_the_defaults_and_reads_back_as_the_same_spec() {
         lines.next(),
         Some("# learning rate 0.1 for epochs 1–8, 0.01 for epochs 9–12, 0.001 for epochs 13–20, 0.00001 for epochs 21–30")
     );
+    let memory = lines.next().unwrap();
+    assert!(
+        memory.starts_with("# peak memory on cpu, estimated: training ")
+            && memory.contains(" MiB at batch 128, the per-epoch evaluation ")
+            && memory.ends_with(" MiB at batch 250"),
+        "{memory}"
+    );
     assert!(printed.contains("\nwidth = 16\n"), "{printed}");
     // Saved, it is the spec of the same run: printing it again changes nothing.
     std::fs::write(dir.path().join("resolved.toml"), &printed).unwrap();
@@ -206,6 +213,22 @@ fn print_spec_resolves_the_defaults_and_reads_back_as_the_same_spec() {
         &["train", "--spec", "resolved.toml", "--print-spec"],
     ));
     assert_eq!(again, printed);
+    // The estimate is of the device asked for, which need not be there.
+    let on_gpu = ok(&stepwise(
+        dir.path(),
+        &[
+            "train",
+            "--spec",
+            "resolved.toml",
+            "--print-spec",
+            "--device",
+            "cuda",
+        ],
+    ));
+    assert!(
+        on_gpu.contains("\n# peak GPU memory on cuda:0, estimated: training "),
+        "{on_gpu}"
+    );
     // Nothing is trained or written.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 

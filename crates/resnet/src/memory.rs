@@ -31,6 +31,14 @@ impl Memory {
         }
     }
 
+    /// The memory a device of `spec` computes in, without opening the device.
+    pub fn of_spec(spec: domain::DeviceSpec) -> Self {
+        match spec {
+            domain::DeviceSpec::Cpu => Self::Host,
+            domain::DeviceSpec::Cuda(_) => Self::Gpu,
+        }
+    }
+
     /// Where the budget is set, and what it is otherwise.
     pub fn budget_setting(self) -> &'static str {
         match self {

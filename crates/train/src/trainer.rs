@@ -200,9 +200,9 @@ impl Trainer {
     ) -> Result<Self> {
         let batch = spec.train.batch_size as usize;
         let (layout, dtypes, device) = (model.layout(), model.dtypes(), model.device());
-        resnet::memory::check(Work::Training, layout, dtypes, batch, device)?;
-        let (evaluation, eval_batch) = Self::epoch_evaluation(&spec);
-        resnet::memory::check(evaluation, layout, dtypes, eval_batch, device)?;
+        for (work, batch) in memory_work(&spec) {
+            resnet::memory::check(work, layout, dtypes, batch, device)?;
+        }
         let mut optimizer = Sgd::new(model.parameters(), SgdConfig::from_spec(&spec.train))?;
         if let Some(ck) = checkpoint {
             optimizer.load_state(&ck.tensors)?;
@@ -259,8 +259,7 @@ impl Trainer {
             start_step: self.state.step,
             total_steps: epochs as u64 * per_epoch as u64,
         })?;
-        let batch_size = self.plan.batch_size;
-        let (evaluation, eval_batch) = Self::epoch_evaluation(&self.spec);
+        let [(training, batch_size), (evaluation, eval_batch)] = memory_work(&self.spec);
         while self.state.epoch < epochs {
             let epoch = self.state.epoch;
             let start = self.state.batch as usize;
@@ -273,7 +272,7 @@ impl Trainer {
                 let (x, y) = to_device(batch.into(), self.model.device())?;
                 let (loss, hits) = self
                     .step(&x, &y, lr)
-                    .map_err(|e| e.name_batch_if_out_of_memory(Work::Training, batch_size))?;
+                    .map_err(|e| e.name_batch_if_out_of_memory(training, batch_size))?;
                 self.state.step += 1;
                 if !loss.is_finite() {
                     return Err(TrainError::Diverged {
@@ -380,14 +379,6 @@ impl Trainer {
         Ok((name, file))
     }
 
-    /// The memory estimate's name for the evaluation after every epoch of `spec`, and its
-    /// batch size.
-    fn epoch_evaluation(spec: &RunSpec) -> (Work, usize) {
-        let gradients = spec.train.grad_norm_ratio_for(spec.model.sharing);
-        let batch = spec.train.monitor.eval_batch_size as usize;
-        (Work::EpochEvaluation { gradients }, batch)
-    }
-
     /// The metrics of a finished epoch (1-based).
     fn epoch_records(&self, epoch: u32, totals: &RunningTotals) -> Result<Vec<MetricRecord>> {
         let monitor = &self.spec.train.monitor;
@@ -452,6 +443,20 @@ impl Trainer {
         records.push(record(M::EpochSeconds, None, totals.seconds));
         Ok(records)
     }
+}
+
+/// What a run of `spec` computes at which batch size, each checked against the memory
+/// budget before it starts: the training steps, and the evaluation after every epoch (with
+/// the gradient-norm ratio's backward passes where it is on).
+pub fn memory_work(spec: &RunSpec) -> [(Work, usize); 2] {
+    let gradients = spec.train.grad_norm_ratio_for(spec.model.sharing);
+    [
+        (Work::Training, spec.train.batch_size as usize),
+        (
+            Work::EpochEvaluation { gradients },
+            spec.train.monitor.eval_batch_size as usize,
+        ),
+    ]
 }
 
 /// Forward, loss, backward and one SGD update with BatchNorm in training mode; returns the

@@ -2,8 +2,10 @@ use super::open_dataset;
 use crate::args::TrainArgs;
 use crate::progress::RunSink;
 use anyhow::{bail, Context, Result};
-use domain::{DataSpec, MetricName, RunSpec, Split};
+use domain::{DataSpec, DeviceSpec, MetricName, RunSpec, Split};
 use resnet::candle_device;
+use resnet::memory::Memory;
+use resnet::Dtypes;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,7 +22,7 @@ pub fn run(args: TrainArgs, data_dir: &Path) -> Result<ExitCode> {
                 .identity
                 .name;
         }
-        print!("{}", resolved_spec(spec)?);
+        print!("{}", resolved_spec(spec, args.device)?);
         return Ok(ExitCode::SUCCESS);
     }
     let device = candle_device(args.device)?;
@@ -134,7 +136,9 @@ fn describe(spec: &RunSpec) -> String {
 /// The spec as TOML with its defaults made explicit where they depend on the architecture
 /// (epochs, depth, width), headed by comments on what it trains: the model's parameter count and
 /// the learning rate of every epoch. Saved to a file, it trains or submits the same run.
-fn resolved_spec(mut spec: RunSpec) -> Result<String> {
+/// `spec` with every default resolved, under comments that give the model's size, the
+/// learning rate per epoch and the memory the run is estimated to take on `device`.
+fn resolved_spec(mut spec: RunSpec, device: DeviceSpec) -> Result<String> {
     let arch = spec.model.arch;
     let epochs = spec.epochs();
     spec.train.epochs = Some(epochs);
@@ -145,11 +149,22 @@ fn resolved_spec(mut spec: RunSpec) -> Result<String> {
     }
     let params = super::model::build(&spec.model)?.trainable_count();
     let schedule = spec.train.schedule(arch);
+    let memory = Memory::of_spec(device);
+    let dtypes = Dtypes::for_precision(spec.model.dtype);
+    let needs: Vec<String> = train::memory_work(&spec)
+        .into_iter()
+        .map(|(work, batch)| {
+            let mib = resnet::memory::estimate(work, &layout, dtypes, batch, memory) >> 20;
+            format!("{work} {mib} MiB at batch {batch}")
+        })
+        .collect();
     let mut out = format!(
-        "# {}: {params} trainable parameters, {} blocks\n# {}\n",
+        "# {}: {params} trainable parameters, {} blocks\n# {}\n# peak {memory} on {device}, \
+         estimated: {}\n",
         spec.model.label(),
         layout.blocks().len(),
-        schedule.describe(epochs)
+        schedule.describe(epochs),
+        needs.join(", ")
     );
     out.push_str(&spec.to_toml());
     Ok(out)
