@@ -6,8 +6,8 @@ ru_maxrss of that process. The estimates must lie above the peaks and not far
 
     python3 bench/cpu-memory.py target/release/stepwise [COMMAND …]
 
-Without commands, the set behind bench/results/cpu-memory-*.txt (about 8 minutes on two
-cores)."""
+A command may start with NAME=VALUE words for its environment. Without commands, the set
+behind bench/results/cpu-memory-*.txt (about 15 minutes on two cores)."""
 import json
 import os
 import subprocess
@@ -34,12 +34,32 @@ STANDARD = [
     "bench eval --arch resnet --depth 56 --examples 1000 --batch 1000 --repeats 1",
     "bench eval --arch wide --examples 256 --batch 256 --repeats 1",
     "bench eval --arch single --examples 256 --batch 256 --repeats 1",
+    # bf16, and f32 with candle's own operations: the host's other footprints.
+    "bench train --arch resnet --depth 20 --batch 128 --steps 1 --warmup 1 --dtype bf16",
+    "bench train --arch resnet --depth 56 --batch 128 --steps 1 --warmup 1 --dtype bf16",
+    "bench train --arch wide --batch 16 --steps 1 --warmup 1 --dtype bf16",
+    "bench analyze --arch resnet --depth 20 --examples 250 --batch 250 --repeats 1 --dtype bf16",
+    "bench analyze --arch resnet --depth 56 --examples 100 --batch 100 --repeats 1 --dtype bf16",
+    "bench eval --arch resnet --depth 20 --examples 1000 --batch 1000 --repeats 1 --dtype bf16",
+    "bench eval --arch resnet --depth 56 --examples 500 --batch 500 --repeats 1 --dtype bf16",
+    "STEPWISE_REFERENCE_OPS=1 bench train --arch resnet --depth 20 --batch 128 --steps 1 --warmup 1",
+    "STEPWISE_REFERENCE_OPS=1 bench train --arch resnet --depth 56 --batch 128 --steps 1 --warmup 1",
+    "STEPWISE_REFERENCE_OPS=1 bench analyze --arch resnet --depth 20 --examples 250 --batch 250 --repeats 1",
+    "STEPWISE_REFERENCE_OPS=1 bench analyze --arch resnet --depth 56 --examples 100 --batch 100 --repeats 1",
+    "STEPWISE_REFERENCE_OPS=1 bench eval --arch resnet --depth 20 --examples 1000 --batch 1000 --repeats 1",
+    "STEPWISE_REFERENCE_OPS=1 bench eval --arch resnet --depth 56 --examples 500 --batch 500 --repeats 1",
 ]
 
 binary = sys.argv[1]
 for line in sys.argv[2:] or STANDARD:
-    p = subprocess.Popen([binary] + line.split() + ["--json"], stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL)
+    words = line.split()
+    # Leading NAME=VALUE words set the command's environment.
+    env = dict(os.environ)
+    while words and "=" in words[0]:
+        name, value = words.pop(0).split("=", 1)
+        env[name] = value
+    p = subprocess.Popen([binary] + words + ["--json"], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, env=env)
     out = p.stdout.read()
     _, status, usage = os.wait4(p.pid, 0)
     estimate = json.loads(out).get("estimated_peak_mib") if status == 0 else f"failed ({status})"

@@ -45,6 +45,11 @@ pub fn use_reference_ops(on: bool) {
     REFERENCE_ONLY.store(on, Ordering::Relaxed);
 }
 
+/// Whether [`use_reference_ops`] is on.
+pub fn reference_ops() -> bool {
+    REFERENCE_ONLY.load(Ordering::Relaxed)
+}
+
 /// Whether stepwise's convolution serves tensors like `x`: the CPU kernels in f32 and f64,
 /// cuDNN in f32 and bf16 (with the `cuda` feature).
 pub fn has_kernels(x: &Tensor) -> bool {
@@ -53,14 +58,12 @@ pub fn has_kernels(x: &Tensor) -> bool {
 
 /// Whether the CPU kernels serve tensors like `x`.
 pub fn has_cpu_kernels(x: &Tensor) -> bool {
-    !REFERENCE_ONLY.load(Ordering::Relaxed)
-        && x.device().is_cpu()
-        && matches!(x.dtype(), DType::F32 | DType::F64)
+    !reference_ops() && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
 /// Whether the CUDA kernels serve tensors like `x`.
 pub fn has_cuda_kernels(x: &Tensor) -> bool {
-    if REFERENCE_ONLY.load(Ordering::Relaxed) {
+    if reference_ops() {
         return false;
     }
     #[cfg(feature = "cuda")]
