@@ -370,6 +370,19 @@ fn work_over_the_cpu_memory_budget_is_refused_before_it_starts() {
         "{err}"
     );
     assert!(!dir.path().join("runs/eval/checkpoints").exists());
+    // An experiment checks every configuration before it trains the first.
+    let experiment = "name = \"mixed\"\n\n[data]\ndataset = \"shapes10\"\n\n[train]\n\
+                      epochs = 1\nbatch_size = 16\n\n[[configs]]\n\
+                      model = { arch = \"resnet\", width = 4, blocks = [1] }\n\n[[configs]]\n\
+                      label = \"big\"\nmodel = { arch = \"resnet\", width = 4, blocks = [1] }\n\
+                      train = { epochs = 1, batch_size = 4096 }\n";
+    std::fs::write(dir.path().join("mixed.toml"), experiment).unwrap();
+    let err = failed(&budgeted(&["run", "mixed.toml", "--out", "exp"]));
+    assert!(
+        err.contains("configuration big: training at batch size 4096"),
+        "{err}"
+    );
+    assert!(!dir.path().join("exp/runs").exists(), "nothing trained");
     // A batch within the budget trains.
     let summary = json(&ok(&budgeted(&train("runs/small", "16"))));
     let checkpoint = summary["checkpoint"].as_str().unwrap();

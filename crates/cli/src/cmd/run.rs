@@ -11,7 +11,8 @@ use crate::progress::RunSink;
 use anyhow::{bail, Context, Result};
 use domain::{claims, paper};
 use domain::{ExperimentRun, ExperimentSpec, MetricName, Split};
-use resnet::candle_device;
+use resnet::memory::Work;
+use resnet::{candle_device, Dtypes};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,9 +28,10 @@ pub fn run(args: RunArgs, data_dir: &Path) -> Result<ExitCode> {
     let out = &args.out;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let device = candle_device(args.device)?;
+    let runs = spec.runs();
+    check_memory(&spec, &runs, &device)?;
     let stop = Arc::new(AtomicBool::new(false));
     super::train::install_interrupt(stop.clone(), false)?;
-    let runs = spec.runs();
     let started = std::time::Instant::now();
     for (k, run) in runs.iter().enumerate() {
         let dir = out.join("runs").join(run.dir_name());
@@ -68,6 +70,26 @@ pub fn run(args: RunArgs, data_dir: &Path) -> Result<ExitCode> {
         out.join("report.md").display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Checks every run's training, per-epoch evaluation and analysis against the memory budget
+/// before the first starts, so that a configuration that cannot run is refused at once
+/// rather than after the ones before it have trained.
+fn check_memory(
+    spec: &ExperimentSpec,
+    runs: &[ExperimentRun],
+    device: &candle_core::Device,
+) -> Result<()> {
+    let analysis = (Work::Analysis, spec.analysis.eval_batch as usize);
+    for run in runs {
+        let layout = run.spec.model.layout()?;
+        let dtypes = Dtypes::for_precision_on(run.spec.model.dtype, device);
+        for (work, batch) in train::memory_work(&run.spec).into_iter().chain([analysis]) {
+            resnet::memory::check(work, &layout, dtypes, batch, device)
+                .with_context(|| format!("configuration {}", run.label))?;
+        }
+    }
+    Ok(())
 }
 
 /// Trains `run` into `dir` to its last epoch: fresh, resumed from the newest checkpoint, or
