@@ -11,12 +11,7 @@ fn main() -> anyhow::Result<()> {
     client::worker::run(
         JobKind::Analyze,
         |config| {
-            use resnet::memory::{set_budget, Memory};
-            set_budget(Memory::Gpu, config.gpu_memory);
-            set_budget(Memory::Host, config.cpu_memory);
-            resnet::candle_device(config.device)
-                .map(drop)
-                .map_err(|e| format!("STEPWISE_DEVICE: {e}"))
+            resnet::memory::prepare_worker(config.device, config.gpu_memory, config.cpu_memory)
         },
         analyzer::run_job,
     )

@@ -159,6 +159,22 @@ pub fn set_budget(memory: Memory, bytes: Option<u64>) {
     memory.budget().store(bytes.unwrap_or(0), Ordering::Relaxed);
 }
 
+/// A worker's start: sets the budgets (`None`: the default), opens `device` to fail early
+/// if it cannot, and logs the budget that applies there.
+pub fn prepare_worker(
+    device: domain::DeviceSpec,
+    gpu: Option<u64>,
+    host: Option<u64>,
+) -> std::result::Result<(), String> {
+    set_budget(Memory::Gpu, gpu);
+    set_budget(Memory::Host, host);
+    let opened = crate::candle_device(device).map_err(|e| format!("STEPWISE_DEVICE: {e}"))?;
+    let memory = Memory::of(&opened);
+    let bytes = budget(memory, &opened).map_err(|e| format!("{device}: {e}"))?;
+    tracing::info!("{memory} budget on {device}: {} MiB", bytes >> 20);
+    Ok(())
+}
+
 /// The work a memory estimate is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Work {
