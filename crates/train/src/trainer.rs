@@ -200,8 +200,8 @@ impl Trainer {
     ) -> Result<Self> {
         let batch = spec.train.batch_size as usize;
         let (layout, dtypes, device) = (model.layout(), model.dtypes(), model.device());
-        for (work, batch) in memory_work(&spec) {
-            resnet::memory::check(work, layout, dtypes, batch, device)?;
+        for (work, size) in memory_work(&spec) {
+            resnet::memory::check(work, layout, dtypes, size, device)?;
         }
         let mut optimizer = Sgd::new(model.parameters(), SgdConfig::from_spec(&spec.train))?;
         if let Some(ck) = checkpoint {
