@@ -347,7 +347,7 @@ fn work_over_the_cpu_memory_budget_is_refused_before_it_starts() {
     assert!(
         err.contains("training at batch size 4096")
             && err.contains("budget of 300 MiB")
-            && err.contains("lower train.batch_size to ")
+            && err.contains("lower train.batch_size (--batch) to ")
             && err.contains("--cpu-memory"),
         "{err}"
     );

@@ -33,8 +33,8 @@ pub enum Error {
         largest: usize,
     },
     #[error(
-        "the GPU ran out of memory in {work} at batch size {batch}: lower {field} (e.g. to \
-         {lower}) or free the GPU; device error: {detail}"
+        "the GPU ran out of memory in {work} at batch size {batch}: lower {field}, e.g. to \
+         {lower}, or free the GPU; device error: {detail}"
     )]
     OutOfMemory {
         work: crate::memory::Work,
@@ -48,7 +48,7 @@ pub enum Error {
 /// How to lower a batch size `field` to `largest`: unless even one example is too many.
 fn lower_batch(field: &str, largest: usize) -> String {
     match largest {
-        0 => format!("even {field} = 1 does not fit"),
+        0 => "even a batch of one example does not fit".into(),
         n => format!("lower {field} to {n} or less"),
     }
 }

@@ -188,11 +188,11 @@ pub enum Work {
 }
 
 impl Work {
-    /// What the batch size is called in a run spec.
+    /// What the batch size is called in a run spec (and its flag on the command line).
     fn batch_field(self) -> &'static str {
         match self {
-            Self::Training => "train.batch_size",
-            Self::Analysis => "analysis.eval_batch",
+            Self::Training => "train.batch_size (--batch)",
+            Self::Analysis => "analysis.eval_batch (--eval-batch)",
             Self::EpochEvaluation { .. } => "train.monitor.eval_batch_size",
         }
     }
@@ -590,8 +590,7 @@ mod tests {
         let err = check_against(Work::Analysis, &layout, F32, 1, Memory::Host, 1 << 20);
         let text = err.unwrap_err().to_string();
         assert!(
-            text.contains("even analysis.eval_batch = 1 does not fit")
-                && text.contains("of memory"),
+            text.contains("even a batch of one example does not fit") && text.contains("of memory"),
             "{text}"
         );
     }

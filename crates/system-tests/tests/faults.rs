@@ -244,7 +244,7 @@ fn a_batch_over_the_trainers_memory_fails_as_invalid_before_training() {
     assert!(
         error.contains("batch size 4096")
             && error.contains("budget of 300 MiB")
-            && error.contains("lower train.batch_size to "),
+            && error.contains("lower train.batch_size (--batch) to "),
         "{error}"
     );
     assert_eq!(epochs_done(&stack, run), 0);
