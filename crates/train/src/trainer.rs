@@ -480,3 +480,26 @@ pub(crate) fn train_step(
     optimizer.step(&grads, lr)?;
     Ok((value, correct(&logits, y)?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::{Arch, DataSpec, ModelSpec, Sharing};
+
+    #[test]
+    fn the_memory_checked_is_the_steps_and_the_evaluation_with_the_ratios_gradients() {
+        let mut spec = RunSpec::new(ModelSpec::new(Arch::Resnet), DataSpec::new("shapes10"));
+        spec.train.batch_size = 64;
+        spec.train.monitor.eval_batch_size = 500;
+        let evaluation = |gradients| Work::EpochEvaluation { gradients };
+        assert_eq!(
+            memory_work(&spec),
+            [(Work::Training, 64), (evaluation(false), 500)]
+        );
+        // Sharing runs track the gradient-norm ratio by default: backward passes.
+        spec.model.sharing = Sharing::Ubn;
+        assert_eq!(memory_work(&spec)[1], (evaluation(true), 500));
+        spec.train.monitor.grad_norm_ratio = Some(false);
+        assert_eq!(memory_work(&spec)[1], (evaluation(false), 500));
+    }
+}
