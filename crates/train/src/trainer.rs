@@ -9,7 +9,7 @@ use cifar::augment::channel_stats;
 use cifar::batch::fixed_subset;
 use cifar::rng::{rng, Stream};
 use cifar::{BatchPlan, Dataset, Images};
-use domain::{MetricName as M, MetricRecord, Precision, RunSpec, Split};
+use domain::{MetricName as M, MetricRecord, ModelLayout, Precision, RunSpec, Split};
 use resnet::checkpoint::Checkpoint;
 use resnet::eval::{evaluate, grad_norm_ratio, scalar, to_device, Inputs};
 use resnet::loss::{correct, cross_entropy};
@@ -199,10 +199,7 @@ impl Trainer {
         checkpoint_dir: PathBuf,
     ) -> Result<Self> {
         let batch = spec.train.batch_size as usize;
-        let (layout, dtypes, device) = (model.layout(), model.dtypes(), model.device());
-        for (work, size) in memory_work(&spec) {
-            resnet::memory::check(work, layout, dtypes, size, device)?;
-        }
+        check_memory(&spec, model.layout(), model.dtypes(), model.device())?;
         let mut optimizer = Sgd::new(model.parameters(), SgdConfig::from_spec(&spec.train))?;
         if let Some(ck) = checkpoint {
             optimizer.load_state(&ck.tensors)?;
@@ -457,6 +454,19 @@ pub fn memory_work(spec: &RunSpec) -> [(Work, usize); 2] {
             spec.train.monitor.eval_batch_size as usize,
         ),
     ]
+}
+
+/// Fails when any of [`memory_work`] is estimated not to fit `device`'s memory budget.
+pub fn check_memory(
+    spec: &RunSpec,
+    layout: &ModelLayout,
+    dtypes: Dtypes,
+    device: &Device,
+) -> resnet::Result<()> {
+    for (work, batch) in memory_work(spec) {
+        resnet::memory::check(work, layout, dtypes, batch, device)?;
+    }
+    Ok(())
 }
 
 /// Forward, loss, backward and one SGD update with BatchNorm in training mode; returns the

@@ -80,14 +80,15 @@ fn check_memory(
     runs: &[ExperimentRun],
     device: &candle_core::Device,
 ) -> Result<()> {
-    let analysis = (Work::Analysis, spec.analysis.eval_batch as usize);
+    let analysis_batch = spec.analysis.eval_batch as usize;
     for run in runs {
         let layout = run.spec.model.layout()?;
         let dtypes = Dtypes::for_precision_on(run.spec.model.dtype, device);
-        for (work, batch) in train::memory_work(&run.spec).into_iter().chain([analysis]) {
-            resnet::memory::check(work, &layout, dtypes, batch, device)
-                .with_context(|| format!("configuration {}", run.label))?;
-        }
+        train::check_memory(&run.spec, &layout, dtypes, device)
+            .and_then(|()| {
+                resnet::memory::check(Work::Analysis, &layout, dtypes, analysis_batch, device)
+            })
+            .with_context(|| format!("configuration {}", run.label))?;
     }
     Ok(())
 }

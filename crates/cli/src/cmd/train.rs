@@ -134,10 +134,9 @@ fn describe(spec: &RunSpec) -> String {
 }
 
 /// The spec as TOML with its defaults made explicit where they depend on the architecture
-/// (epochs, depth, width), headed by comments on what it trains: the model's parameter count and
-/// the learning rate of every epoch. Saved to a file, it trains or submits the same run.
-/// `spec` with every default resolved, under comments that give the model's size, the
-/// learning rate per epoch and the memory the run is estimated to take on `device`.
+/// (epochs, depth, width), headed by comments on what it trains: the model's parameter count,
+/// the learning rate of every epoch and the peak memory estimated on `device`. Saved to a
+/// file, it trains or submits the same run.
 fn resolved_spec(mut spec: RunSpec, device: DeviceSpec) -> Result<String> {
     let arch = spec.model.arch;
     let epochs = spec.epochs();
