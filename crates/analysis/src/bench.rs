@@ -11,7 +11,7 @@ use domain::{AnalysisKind, AnalysisSpec, DataSpec, ModelSpec, Normalization, Run
 use rand::Rng;
 use resnet::eval::Inputs;
 use resnet::layers::with_frozen_parameters;
-use resnet::memory::{graph_bytes, Memory, Work};
+use resnet::memory::{graph_bytes, memory_of, Work};
 use resnet::ops::profile::{self, KernelTime};
 use resnet::{synchronize, Dtypes, ProbeOptions, ResNet};
 use serde::Serialize;
@@ -130,7 +130,7 @@ fn bench_pass(
             } else {
                 Work::EpochEvaluation { gradients: false }
             };
-            let memory = Memory::of(device);
+            let memory = memory_of(device);
             resnet::memory::estimate(work, &layout, net.dtypes(), batch, memory) >> 20
         },
         kernels,

@@ -84,14 +84,17 @@ pub fn run_job(job: &JobContext<'_>) -> JobEnd {
                         records: analysis.records,
                     }))),
                     Err(e) => {
+                        let model = match &e {
+                            AnalyzeError::Analysis(analysis::Error::Model(e)) => Some(e),
+                            _ => None,
+                        };
                         let kind = match &e {
                             AnalyzeError::Data(_) => FailureKind::Invalid,
-                            AnalyzeError::Analysis(analysis::Error::Model(e)) if e.is_memory() => {
-                                FailureKind::Invalid
-                            }
+                            _ if model.is_some_and(|m| m.is_memory()) => FailureKind::Invalid,
                             _ => FailureKind::Internal,
                         };
-                        JobEnd::Failed(kind, e.to_string())
+                        let need = model.and_then(|m| m.memory_need());
+                        JobEnd::failed(kind, e.to_string(), need)
                     }
                 };
             }

@@ -85,6 +85,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/worker/jobs/{id}/complete", post(worker::complete))
         .route("/v1/worker/jobs/{id}/fail", post(worker::fail))
+        .route("/v1/worker/jobs/{id}/refuse", post(worker::refuse))
         .route("/v1/worker/jobs/{id}/release", post(worker::release))
         // Analysis results of a deep network run to a few MB.
         .layer(DefaultBodyLimit::max(

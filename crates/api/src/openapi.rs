@@ -18,7 +18,7 @@ use utoipa::{Modify, OpenApi};
         figures::run_list, figures::run_figure, figures::experiment_list, figures::experiment_figure,
         datasets::list,
         worker::claim, worker::heartbeat, worker::events, worker::register_checkpoint,
-        worker::complete, worker::fail, worker::release,
+        worker::complete, worker::fail, worker::refuse, worker::release,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(
@@ -27,7 +27,8 @@ use utoipa::{Modify, OpenApi};
         ExperimentView, ExperimentSummary, ClaimsView, Page<ExperimentSummary>, ConfigSummary, AttemptView, LogLine, DatasetView, JobState, JobKind, FailureKind,
         ClaimRequest, Claim, CheckpointRef, AnalysisTask, LeaseProof, HeartbeatReply,
         WorkerEvent, EventBatch, CheckpointRegistration, AnalysisResult, Completion,
-        FailureReport, worker::JobStateReply, figures::FigureList,
+        FailureReport, Refusal, WorkerCapacity, domain::Memory, worker::JobStateReply,
+        figures::FigureList,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -291,7 +291,7 @@ async fn bad_input_gets_the_right_4xx_problem_and_never_a_5xx(pool: PgPool) {
             raw(
                 Method::POST,
                 "/v1/worker/claim",
-                r#"{"kinds": [], "worker": "w"}"#,
+                r#"{"kinds": [], "worker": "w", "capacity": {"memory": "host", "budget_mib": 1}}"#,
                 json_type,
             ),
             StatusCode::BAD_REQUEST,
@@ -375,7 +375,10 @@ async fn tokens_guard_users_and_workers_separately(pool: PgPool) {
             .uri("/v1/worker/claim")
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(r#"{"kinds": ["train"], "worker": "w"}"#))
+            .body(Body::from(
+                r#"{"kinds": ["train"], "worker": "w",
+                    "capacity": {"memory": "host", "budget_mib": 1}}"#,
+            ))
             .unwrap()
     };
     assert_problem(
@@ -445,6 +448,53 @@ where
         out.push(h.await.unwrap());
     }
     out
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_job_refused_for_memory_fails_as_invalid_when_no_worker_seen_has_more(pool: PgPool) {
+    let app = spawn_app(pool, &[]);
+    let run = app.post("/v1/runs", run_body(2)).await;
+    let run_id = run.json()["id"].as_str().unwrap().to_string();
+    let no_capacity = app
+        .post(
+            "/v1/worker/claim",
+            json!({"kinds": ["train"], "worker": "w"}),
+        )
+        .await;
+    assert_problem(
+        &no_capacity,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "no capacity",
+    );
+    assert!(
+        no_capacity.text().contains("capacity"),
+        "{}",
+        no_capacity.text()
+    );
+    let capacity = json!({"memory": "gpu", "budget_mib": 16_000});
+    let claim = app.claim_with("train", "w", capacity).await;
+    let uri = format!(
+        "/v1/worker/jobs/{}/refuse",
+        claim["job_id"].as_str().unwrap()
+    );
+    let refusal = |memory: &str| {
+        json!({"lease_token": claim["lease_token"], "memory": memory, "need_mib": 30_000,
+               "error": "training at batch size 4096 needs an estimated 30000 MiB"})
+    };
+    let bad = app.post(&uri, refusal("disk")).await;
+    assert_problem(&bad, StatusCode::UNPROCESSABLE_ENTITY, "unknown memory");
+    let reply = app.post(&uri, refusal("gpu")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["state"], "failed");
+    let view = app.get(&format!("/v1/runs/{run_id}")).await.json();
+    assert_eq!(view["failure_kind"], "invalid");
+    let error = view["last_error"].as_str().unwrap();
+    assert!(
+        error.ends_with("no worker seen in the last 10 minutes has 30000 MiB of GPU memory"),
+        "{error}"
+    );
+    let again = app.post(&uri, refusal("gpu")).await;
+    assert_problem(&again, StatusCode::CONFLICT, "the lease ended");
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
@@ -634,6 +684,7 @@ async fn openapi_docs_metrics_and_datasets_are_served(pool: PgPool) {
         "/v1/runs",
         "/v1/runs/{id}/metrics",
         "/v1/worker/claim",
+        "/v1/worker/jobs/{id}/refuse",
         "/v1/experiments/{id}/figures/{file}",
         "/v1/experiments/{id}/claims",
     ] {

@@ -10,7 +10,7 @@ use domain::service::{
     AnalysisRequest, AnalysisResult, AnalysisView, CheckpointRegistration, CheckpointView, Claim,
     ClaimRequest, ClaimsView, Completion, EventBatch, ExperimentSubmission, ExperimentSummary,
     ExperimentView, FailureKind, FailureReport, HeartbeatReply, JobKind, JobState, LeaseProof,
-    Page, RunSubmission, RunView, WorkerEvent,
+    Page, Refusal, RunSubmission, RunView, WorkerCapacity, WorkerEvent,
 };
 use domain::{ExperimentSpec, FieldError, MetricRecord};
 use reqwest::blocking::{RequestBuilder, Response};
@@ -411,10 +411,16 @@ impl Client {
 
     // ---- workers ----
 
-    pub fn claim(&self, kinds: &[JobKind], worker: &str) -> Result<Option<Claim>> {
+    pub fn claim(
+        &self,
+        kinds: &[JobKind],
+        worker: &str,
+        capacity: WorkerCapacity,
+    ) -> Result<Option<Claim>> {
         let body = ClaimRequest {
             kinds: kinds.to_vec(),
             worker: worker.to_string(),
+            capacity,
         };
         let response = self.send("/v1/worker/claim", |u| self.http.post(u).json(&body))?;
         if response.status() == StatusCode::NO_CONTENT {
@@ -478,6 +484,14 @@ impl Client {
         };
         Ok(self
             .post::<_, StateReply>(&format!("/v1/worker/jobs/{job}/fail"), &body)?
+            .state)
+    }
+
+    /// Gives back a job that does not fit this worker's memory: queued for a worker with
+    /// more, or failed as invalid when no worker seen lately has enough.
+    pub fn refuse(&self, job: Uuid, refusal: &Refusal) -> Result<JobState> {
+        Ok(self
+            .post::<_, StateReply>(&format!("/v1/worker/jobs/{job}/refuse"), refusal)?
             .state)
     }
 

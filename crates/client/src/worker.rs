@@ -3,8 +3,8 @@
 //! while the work runs on the caller's.
 
 use crate::Client;
-use domain::service::{AnalysisResult, Claim, FailureKind, JobKind};
-use domain::DeviceSpec;
+use domain::service::{AnalysisResult, Claim, FailureKind, JobKind, Refusal, WorkerCapacity};
+use domain::{DeviceSpec, Memory};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -95,11 +95,12 @@ pub struct JobContext<'a> {
 }
 
 /// A worker process from start to exit: logs to stderr, configuration from the environment,
-/// signal handlers, `check` (that the device works: fail at start, not at the first job),
-/// then the claim loop for `kind` until SIGTERM.
+/// signal handlers, `prepare` (that the device works: fail at start, not at the first job;
+/// it returns the memory budget the claims carry), then the claim loop for `kind` until
+/// SIGTERM.
 pub fn run(
     kind: JobKind,
-    check: impl FnOnce(&WorkerConfig) -> Result<(), String>,
+    prepare: impl FnOnce(&WorkerConfig) -> Result<WorkerCapacity, String>,
     mut work: impl FnMut(&JobContext<'_>) -> JobEnd,
 ) -> Result<(), String> {
     tracing_subscriber::fmt()
@@ -112,16 +113,23 @@ pub fn run(
     let config = WorkerConfig::from_env()?;
     let client = Client::new(&config.api_url, config.token.clone()).map_err(|e| e.to_string())?;
     let shutdown = shutdown_flag().map_err(|e| format!("installing signal handlers: {e}"))?;
-    check(&config)?;
-    claim_loop(&config, &client, &[kind], &shutdown, |claim, keeper| {
-        work(&JobContext {
-            config: &config,
-            client: &client,
-            claim,
-            keeper,
-            shutdown: &shutdown,
-        })
-    });
+    let capacity = prepare(&config)?;
+    claim_loop(
+        &config,
+        &client,
+        &[kind],
+        capacity,
+        &shutdown,
+        |claim, keeper| {
+            work(&JobContext {
+                config: &config,
+                client: &client,
+                claim,
+                keeper,
+                shutdown: &shutdown,
+            })
+        },
+    );
     Ok(())
 }
 
@@ -143,16 +151,39 @@ pub enum JobEnd {
     /// down (the job is released to another worker).
     Stopped,
     Failed(FailureKind, String),
+    /// The job was estimated to need `need_mib` of `memory`, more than this worker has;
+    /// nothing was written.
+    Refused {
+        memory: Memory,
+        need_mib: u64,
+        error: String,
+    },
     /// The lease was lost: nothing more may be written or reported.
     Abandoned,
 }
 
-/// Claims jobs of `kinds` until `shutdown` is set; `work` does each one with the lease
-/// kept alive beside it, and its result is reported.
+impl JobEnd {
+    /// A failure of `kind`; a refusal instead where the work was estimated to need more
+    /// memory than the worker's budget (`memory_need`), which a worker with more can take.
+    pub fn failed(kind: FailureKind, error: String, memory_need: Option<(Memory, u64)>) -> Self {
+        match memory_need {
+            Some((memory, need_mib)) => Self::Refused {
+                memory,
+                need_mib,
+                error,
+            },
+            None => Self::Failed(kind, error),
+        }
+    }
+}
+
+/// Claims jobs of `kinds` that fit `capacity` until `shutdown` is set; `work` does each one
+/// with the lease kept alive beside it, and its result is reported.
 pub fn claim_loop(
     config: &WorkerConfig,
     client: &Client,
     kinds: &[JobKind],
+    capacity: WorkerCapacity,
     shutdown: &AtomicBool,
     mut work: impl FnMut(&Claim, &LeaseKeeper) -> JobEnd,
 ) {
@@ -168,7 +199,7 @@ pub fn claim_loop(
     );
     while !shutdown.load(Ordering::SeqCst) {
         let asked = Instant::now();
-        let claim = match client.claim(kinds, &config.name) {
+        let claim = match client.claim(kinds, &config.name, capacity) {
             Ok(Some(claim)) => claim,
             Ok(None) => {
                 sleep_unless(shutdown, config.poll);
@@ -206,6 +237,20 @@ fn report(client: &Client, claim: &Claim, end: JobEnd, cancelled: bool) {
         JobEnd::Failed(kind, error) => {
             tracing::error!("job {job} failed ({kind}): {error}");
             client.fail(job, token, kind, &error)
+        }
+        JobEnd::Refused {
+            memory,
+            need_mib,
+            error,
+        } => {
+            tracing::warn!("job {job} does not fit this worker: {error}");
+            let refusal = Refusal {
+                lease_token: token,
+                memory,
+                need_mib,
+                error,
+            };
+            client.refuse(job, &refusal)
         }
         JobEnd::Abandoned => {
             tracing::warn!("job {job}: lease lost; abandoned without further writes");

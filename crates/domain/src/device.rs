@@ -1,4 +1,5 @@
-//! Where tensor work runs: `cpu`, `cuda` (device 0) or `cuda:N`.
+//! Where tensor work runs: `cpu`, `cuda` (device 0) or `cuda:N`, and the memory it
+//! computes in.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -17,6 +18,52 @@ impl fmt::Display for DeviceSpec {
             Self::Cpu => f.write_str("cpu"),
             Self::Cuda(ordinal) => write!(f, "cuda:{ordinal}"),
         }
+    }
+}
+
+impl DeviceSpec {
+    /// The memory this device computes in.
+    pub fn memory(self) -> Memory {
+        match self {
+            Self::Cpu => Memory::Host,
+            Self::Cuda(_) => Memory::Gpu,
+        }
+    }
+}
+
+/// The memory a device computes in: budgets, estimates and a worker's capacity are each
+/// of one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Memory {
+    Gpu,
+    Host,
+}
+
+impl Memory {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gpu => "gpu",
+            Self::Host => "host",
+        }
+    }
+
+    /// Where the budget is set, and what it is otherwise.
+    pub fn budget_setting(self) -> &'static str {
+        match self {
+            Self::Gpu => "--gpu-memory / STEPWISE_GPU_MEMORY; default: the card's total",
+            Self::Host => "--cpu-memory / STEPWISE_CPU_MEMORY; default: the memory available",
+        }
+    }
+}
+
+/// As a sentence names it: "GPU memory", "memory".
+impl fmt::Display for Memory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Gpu => "GPU memory",
+            Self::Host => "memory",
+        })
     }
 }
 

@@ -20,7 +20,7 @@ pub use analysis::{
 };
 pub use block::BlockId;
 pub use dataset::{DatasetIdentity, Normalization};
-pub use device::DeviceSpec;
+pub use device::{DeviceSpec, Memory};
 pub use experiment::{ConfigSpec, ExperimentRun, ExperimentSpec};
 pub use layout::{BlockInfo, BlockKind, ModelLayout, StageLayout};
 pub use metric::{MetricName, MetricRecord, Split};

@@ -386,6 +386,17 @@ pub struct ClaimRequest {
     pub kinds: Vec<JobKind>,
     /// A name for logs (host and process).
     pub worker: String,
+    pub capacity: WorkerCapacity,
+}
+
+/// The memory a worker's jobs compute in and its budget there. A claim passes over jobs
+/// that a refusal showed to need more; a refused job stays queued while a worker seen
+/// lately has enough.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerCapacity {
+    pub memory: crate::Memory,
+    pub budget_mib: u64,
 }
 
 /// A registered checkpoint, by its place in the checkpoint store.
@@ -532,6 +543,18 @@ pub struct Completion {
 pub struct FailureReport {
     pub lease_token: Uuid,
     pub kind: FailureKind,
+    pub error: String,
+}
+
+/// A claimed job that does not fit the worker: estimated to need `need_mib` of `memory`,
+/// more than the worker's budget. Nothing was written.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Refusal {
+    pub lease_token: Uuid,
+    pub memory: crate::Memory,
+    pub need_mib: u64,
+    /// The worker's error: what needs how much, and which batch size would fit.
     pub error: String,
 }
 

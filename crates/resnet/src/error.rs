@@ -61,6 +61,17 @@ impl Error {
         matches!(self, Self::MemoryBudget { .. } | Self::OutOfMemory { .. })
     }
 
+    /// The memory and MiB the work was estimated to need, where that is more than the
+    /// budget: a worker with more could take the job.
+    pub fn memory_need(&self) -> Option<(crate::memory::Memory, u64)> {
+        match self {
+            Self::MemoryBudget {
+                memory, need_mib, ..
+            } => Some((*memory, *need_mib)),
+            _ => None,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { path, source }

@@ -12,69 +12,39 @@
 
 use crate::{Dtypes, Error, Result};
 use candle_core::{Device, Tensor};
+use domain::service::WorkerCapacity;
 use domain::ModelLayout;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The memory a device computes in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Memory {
-    Gpu,
-    Host,
-}
+pub use domain::Memory;
 
-impl Memory {
-    pub fn of(device: &Device) -> Self {
-        if device.is_cuda() {
-            Self::Gpu
-        } else {
-            Self::Host
-        }
-    }
-
-    /// The memory a device of `spec` computes in, without opening the device.
-    pub fn of_spec(spec: domain::DeviceSpec) -> Self {
-        match spec {
-            domain::DeviceSpec::Cpu => Self::Host,
-            domain::DeviceSpec::Cuda(_) => Self::Gpu,
-        }
-    }
-
-    /// Where the budget is set, and what it is otherwise.
-    pub fn budget_setting(self) -> &'static str {
-        match self {
-            Self::Gpu => "--gpu-memory / STEPWISE_GPU_MEMORY; default: the card's total",
-            Self::Host => "--cpu-memory / STEPWISE_CPU_MEMORY; default: the memory available",
-        }
-    }
-
-    fn budget(self) -> &'static AtomicU64 {
-        static GPU: AtomicU64 = AtomicU64::new(0);
-        static HOST: AtomicU64 = AtomicU64::new(0);
-        match self {
-            Self::Gpu => &GPU,
-            Self::Host => &HOST,
-        }
-    }
-
-    /// What work in `dtypes` takes here: on the host, stepwise's kernels serve f32 only;
-    /// bf16 runs through candle's own operations, as everything does under
-    /// `STEPWISE_REFERENCE_OPS=1` (`reference_ops`), which take several times the memory.
-    fn footprint(self, dtypes: Dtypes, reference_ops: bool) -> Footprint {
-        match self {
-            Self::Gpu => GPU_FOOTPRINT,
-            Self::Host if dtypes.compute == candle_core::DType::BF16 => HOST_BF16_FOOTPRINT,
-            Self::Host if reference_ops => HOST_REFERENCE_FOOTPRINT,
-            Self::Host => HOST_FOOTPRINT,
-        }
+/// The memory `device` computes in.
+pub fn memory_of(device: &Device) -> Memory {
+    if device.is_cuda() {
+        Memory::Gpu
+    } else {
+        Memory::Host
     }
 }
 
-impl std::fmt::Display for Memory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Gpu => "GPU memory",
-            Self::Host => "memory",
-        })
+fn budget_cell(memory: Memory) -> &'static AtomicU64 {
+    static GPU: AtomicU64 = AtomicU64::new(0);
+    static HOST: AtomicU64 = AtomicU64::new(0);
+    match memory {
+        Memory::Gpu => &GPU,
+        Memory::Host => &HOST,
+    }
+}
+
+/// What work in `dtypes` takes in `memory`: on the host, stepwise's kernels serve f32 only;
+/// bf16 runs through candle's own operations, as everything does under
+/// `STEPWISE_REFERENCE_OPS=1` (`reference_ops`), which take several times the memory.
+fn footprint(memory: Memory, dtypes: Dtypes, reference_ops: bool) -> Footprint {
+    match memory {
+        Memory::Gpu => GPU_FOOTPRINT,
+        Memory::Host if dtypes.compute == candle_core::DType::BF16 => HOST_BF16_FOOTPRINT,
+        Memory::Host if reference_ops => HOST_REFERENCE_FOOTPRINT,
+        Memory::Host => HOST_FOOTPRINT,
     }
 }
 
@@ -156,23 +126,27 @@ const TRAINING_COPIES_OF_PARAMETERS: u64 = 4;
 /// budget is what is available at each check.
 pub fn set_budget(memory: Memory, bytes: Option<u64>) {
     let bytes = bytes.or_else(|| (memory == Memory::Host).then(available_host_memory));
-    memory.budget().store(bytes.unwrap_or(0), Ordering::Relaxed);
+    budget_cell(memory).store(bytes.unwrap_or(0), Ordering::Relaxed);
 }
 
 /// A worker's start: sets the budgets (`None`: the default), opens `device` to fail early
-/// if it cannot, and logs the budget that applies there.
+/// if it cannot, and logs the budget that applies there; returns it, for the worker's
+/// claims.
 pub fn prepare_worker(
     device: domain::DeviceSpec,
     gpu: Option<u64>,
     host: Option<u64>,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<WorkerCapacity, String> {
     set_budget(Memory::Gpu, gpu);
     set_budget(Memory::Host, host);
     let opened = crate::candle_device(device).map_err(|e| format!("STEPWISE_DEVICE: {e}"))?;
-    let memory = Memory::of(&opened);
+    let memory = memory_of(&opened);
     let bytes = budget(memory, &opened).map_err(|e| format!("{device}: {e}"))?;
     tracing::info!("{memory} budget on {device}: {} MiB", bytes >> 20);
-    Ok(())
+    Ok(WorkerCapacity {
+        memory,
+        budget_mib: bytes >> 20,
+    })
 }
 
 /// The work a memory estimate is for.
@@ -257,7 +231,7 @@ pub fn estimate(
     batch: usize,
     memory: Memory,
 ) -> u64 {
-    let footprint = memory.footprint(dtypes, crate::ops::reference_ops());
+    let footprint = footprint(memory, dtypes, crate::ops::reference_ops());
     estimate_with(footprint, work, layout, dtypes, batch)
 }
 
@@ -305,7 +279,7 @@ fn largest_batch(
 
 /// The budget of `memory`: the one set, else its default (see [`set_budget`]).
 fn budget(memory: Memory, device: &Device) -> Result<u64> {
-    match (memory.budget().load(Ordering::Relaxed), memory) {
+    match (budget_cell(memory).load(Ordering::Relaxed), memory) {
         (0, Memory::Gpu) => total_memory(device),
         (0, Memory::Host) => Ok(available_host_memory()),
         (set, _) => Ok(set),
@@ -353,7 +327,7 @@ pub fn check(
     batch: usize,
     device: &Device,
 ) -> Result<()> {
-    let memory = Memory::of(device);
+    let memory = memory_of(device);
     check_against(work, layout, dtypes, batch, memory, budget(memory, device)?)
 }
 
@@ -462,7 +436,7 @@ mod tests {
         measured: impl IntoIterator<Item = (&'static str, Work, ModelLayout, Dtypes, usize, u64)>,
     ) {
         for (name, work, layout, dtypes, batch, measured_mib) in measured {
-            let footprint = memory.footprint(dtypes, reference_ops);
+            let footprint = footprint(memory, dtypes, reference_ops);
             let fixed_mib = footprint.fixed >> 20;
             let mib = estimate_with(footprint, work, &layout, dtypes, batch) >> 20;
             assert!(

@@ -1,7 +1,9 @@
 //! The job queue. A claim takes the oldest queued job (`FOR UPDATE SKIP LOCKED`, so
 //! concurrent claims never take the same one) and hands out a lease: a fresh token, an
 //! expiry, and the one directory the attempt may write. Every later write checks the token
-//! and the expiry under a row lock; the reaper requeues jobs whose lease expired.
+//! and the expiry under a row lock; the reaper requeues jobs whose lease expired. Claims
+//! carry the worker's memory budget: a job a worker refused for want of memory waits for
+//! one with more, while one has been seen lately.
 
 use crate::rows::{CheckpointRow, CHECKPOINT_COLUMNS};
 use crate::runs::{insert_analysis, run_directory, sync_statuses};
@@ -9,12 +11,22 @@ use crate::{Result, Store, StoreError};
 use chrono::{DateTime, Utc};
 use domain::service::{
     AnalysisPlan, AnalysisResult, AnalysisTask, CheckpointRegistration, CheckpointView, Claim,
-    FailureKind, HeartbeatReply, JobKind, JobState, WorkerEvent,
+    FailureKind, HeartbeatReply, JobKind, JobState, WorkerCapacity, WorkerEvent,
 };
+use domain::Memory;
 use sqlx::types::Json;
 use sqlx::PgConnection;
 use std::time::Duration;
 use uuid::Uuid;
+
+/// How recently a worker must have claimed or heartbeat to count as one that could still
+/// take a job refused by another (long enough to span a restart, or a poll interval).
+pub const WORKER_SEEN_WITHIN: Duration = Duration::from_secs(600);
+
+/// A MiB figure as Postgres's bigint.
+fn mib(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
 
 /// Lease settings of the API (from its environment).
 #[derive(Clone, Debug)]
@@ -55,21 +67,36 @@ fn attempt_directory(run: Uuid, attempt: u32) -> String {
 }
 
 impl Store {
-    /// Claims the oldest queued job of one of `kinds`, or returns `None`.
+    /// Claims the oldest queued job of one of `kinds` that is not known to need more memory
+    /// than `capacity`, or returns `None`. Either way the worker is recorded as seen.
     pub async fn claim(
         &self,
         kinds: &[JobKind],
         worker: &str,
+        capacity: WorkerCapacity,
         lease: &LeaseConfig,
     ) -> Result<Option<Claim>> {
         let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
         let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO workers (name, kinds, memory, budget_mib) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO UPDATE
+                SET kinds = excluded.kinds, memory = excluded.memory,
+                    budget_mib = excluded.budget_mib, seen_at = now()",
+        )
+        .bind(worker)
+        .bind(&kinds)
+        .bind(capacity.memory.as_str())
+        .bind(mib(capacity.budget_mib))
+        .execute(&mut *tx)
+        .await?;
         let token = Uuid::new_v4();
         let row: Option<JobRow> = sqlx::query_as(
             "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = $2,
                     lease_expires_at = now() + $3 * interval '1 millisecond', worker = $4,
                     updated_at = now()
               WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND kind = ANY ($1)
+                             AND coalesce((memory_needs ->> $5)::bigint <= $6, true)
                            ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
               RETURNING id, kind, run_id, analysis_id, attempt, state",
         )
@@ -77,9 +104,12 @@ impl Store {
         .bind(token)
         .bind(lease.ttl.as_millis() as f64)
         .bind(worker)
+        .bind(capacity.memory.as_str())
+        .bind(mib(capacity.budget_mib))
         .fetch_optional(&mut *tx)
         .await?;
         let Some(job) = row else {
+            tx.commit().await?;
             return Ok(None);
         };
         let kind: JobKind = job
@@ -180,6 +210,13 @@ impl Store {
         .bind(job)
         .bind(lease.ttl.as_millis() as f64)
         .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE workers SET seen_at = now()
+              WHERE name = (SELECT worker FROM jobs WHERE id = $1)",
+        )
+        .bind(job)
+        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(HeartbeatReply {
@@ -357,7 +394,7 @@ impl Store {
             }
             _ => {}
         }
-        end_job(&mut tx, &leased, state, None).await?;
+        end_job(&mut tx, &leased, state, None, None).await?;
         tx.commit().await?;
         Ok(state)
     }
@@ -379,7 +416,72 @@ impl Store {
         } else {
             JobState::Failed
         };
-        end_job(&mut tx, &leased, state, Some((kind, error))).await?;
+        end_job(&mut tx, &leased, state, Some(kind), Some(error)).await?;
+        tx.commit().await?;
+        Ok(state)
+    }
+
+    /// Gives back a job that does not fit its worker: estimated to need `need_mib` of
+    /// `memory`, more than the worker's budget. The need is kept on the job, so that claims
+    /// with less pass over it; the job is queued again while a worker seen within
+    /// [`WORKER_SEEN_WITHIN`] has enough, and failed as invalid otherwise (a pool of alike
+    /// workers: none can ever take it).
+    pub async fn refuse(
+        &self,
+        job: Uuid,
+        token: Uuid,
+        memory: Memory,
+        need_mib: u64,
+        error: &str,
+    ) -> Result<JobState> {
+        let mut tx = self.pool.begin().await?;
+        let leased = leased(&mut tx, job, token, true).await?;
+        if leased.state == JobState::Cancelling {
+            end_job(&mut tx, &leased, JobState::Cancelled, None, Some(error)).await?;
+            tx.commit().await?;
+            return Ok(JobState::Cancelled);
+        }
+        sqlx::query(
+            "UPDATE jobs SET memory_needs = memory_needs || jsonb_build_object($2::text,
+                    greatest(coalesce((memory_needs ->> $2)::bigint, 0), $3))
+              WHERE id = $1",
+        )
+        .bind(job)
+        .bind(memory.as_str())
+        .bind(mib(need_mib))
+        .execute(&mut *tx)
+        .await?;
+        let taker: Option<(String, String, i64)> = sqlx::query_as(
+            "SELECT w.name, w.memory, w.budget_mib FROM workers w, jobs j
+              WHERE j.id = $1 AND j.kind = ANY (w.kinds)
+                AND w.seen_at > now() - $2 * interval '1 second'
+                AND coalesce((j.memory_needs ->> w.memory)::bigint <= w.budget_mib, true)
+              ORDER BY w.seen_at DESC LIMIT 1",
+        )
+        .bind(job)
+        .bind(WORKER_SEEN_WITHIN.as_secs_f64())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let state = match taker {
+            Some((name, memory, budget)) => {
+                let note = format!(
+                    "{error}; queued again for a worker with more (seen lately: {name}, with \
+                     {budget} MiB of {memory} memory)"
+                );
+                end_job(&mut tx, &leased, JobState::Queued, None, Some(&note)).await?;
+                JobState::Queued
+            }
+            None => {
+                let minutes = WORKER_SEEN_WITHIN.as_secs() / 60;
+                let note = format!(
+                    "{error}; no worker seen in the last {minutes} minutes has {need_mib} MiB \
+                     of {memory}"
+                );
+                let kind = Some(FailureKind::Invalid);
+                end_job(&mut tx, &leased, JobState::Failed, kind, Some(&note)).await?;
+                JobState::Failed
+            }
+        };
         tx.commit().await?;
         Ok(state)
     }
@@ -394,13 +496,14 @@ impl Store {
         } else {
             JobState::Queued
         };
-        end_job(&mut tx, &leased, state, None).await?;
+        end_job(&mut tx, &leased, state, None, None).await?;
         tx.commit().await?;
         Ok(state)
     }
 
     /// Requeues (or fails) jobs whose lease expired: their worker is gone or stalled. A
-    /// stalled worker that wakes finds its token refused. Returns the jobs reaped.
+    /// stalled worker that wakes finds its token refused. Returns the jobs reaped. Also
+    /// forgets workers not seen for a week.
     pub async fn reap_expired(&self) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
         let expired: Vec<JobRow> = sqlx::query_as(
@@ -412,15 +515,18 @@ impl Store {
         .await?;
         for job in &expired {
             let leased = job_of(job)?;
-            let (state, reason) = if leased.state == JobState::Cancelling {
-                (JobState::Cancelled, None)
+            if leased.state == JobState::Cancelling {
+                end_job(&mut tx, &leased, JobState::Cancelled, None, None).await?;
             } else {
                 let error = "the lease expired: the worker was lost or stalled";
                 let state = retry_state(&mut tx, job.id).await?;
-                (state, Some((FailureKind::Infrastructure, error)))
-            };
-            end_job(&mut tx, &leased, state, reason).await?;
+                let kind = Some(FailureKind::Infrastructure);
+                end_job(&mut tx, &leased, state, kind, Some(error)).await?;
+            }
         }
+        sqlx::query("DELETE FROM workers WHERE seen_at < now() - interval '7 days'")
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(expired.len() as u64)
     }
@@ -441,12 +547,16 @@ async fn retry_state(conn: &mut PgConnection, job: Uuid) -> Result<JobState> {
     })
 }
 
+/// Ends the job's lease in `state`, recording on the job and its attempt why: a failure's
+/// kind and error, or only an error (a refusal that leaves it queued).
 async fn end_job(
     conn: &mut PgConnection,
     job: &LeasedJob,
     state: JobState,
-    failure: Option<(FailureKind, &str)>,
+    failure_kind: Option<FailureKind>,
+    error: Option<&str>,
 ) -> Result<()> {
+    let kind = failure_kind.map(|k| k.as_str());
     sqlx::query(
         "UPDATE jobs SET state = $2, lease_token = NULL, lease_expires_at = NULL,
                 failure_kind = coalesce($3, failure_kind), last_error = coalesce($4, last_error),
@@ -455,8 +565,8 @@ async fn end_job(
     )
     .bind(job.id)
     .bind(state.as_str())
-    .bind(failure.map(|f| f.0.as_str()))
-    .bind(failure.map(|f| f.1))
+    .bind(kind)
+    .bind(error)
     .execute(&mut *conn)
     .await?;
     sqlx::query(
@@ -466,15 +576,18 @@ async fn end_job(
     .bind(job.id)
     .bind(job.attempt as i32)
     .bind(state.as_str())
-    .bind(failure.map(|f| f.0.as_str()))
-    .bind(failure.map(|f| f.1))
+    .bind(kind)
+    .bind(error)
     .execute(&mut *conn)
     .await?;
-    let message = match failure {
-        Some((kind, error)) => format!("{} job {state} ({kind}): {error}", job.kind),
-        None => format!("{} job {state}", job.kind),
+    let (level, message) = match (failure_kind, error) {
+        (Some(kind), Some(error)) => (
+            "error",
+            format!("{} job {state} ({kind}): {error}", job.kind),
+        ),
+        (_, Some(error)) => ("warn", format!("{} job {state}: {error}", job.kind)),
+        _ => ("info", format!("{} job {state}", job.kind)),
     };
-    let level = if failure.is_some() { "error" } else { "info" };
     log(conn, job.run_id, job.id, job.attempt, level, &message).await?;
     sync_statuses(conn, job.run_id).await
 }

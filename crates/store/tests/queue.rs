@@ -3,13 +3,21 @@
 
 use domain::service::{
     AnalysisPlan, AnalysisResult, CheckpointRegistration, CheckpointSelection, FailureKind,
-    JobKind, JobState, RunSubmission, WorkerEvent,
+    JobKind, JobState, RunSubmission, WorkerCapacity, WorkerEvent,
 };
-use domain::{Arch, DataSpec, ExperimentSpec, MetricName, MetricRecord, ModelSpec, RunSpec, Split};
+use domain::{
+    Arch, DataSpec, ExperimentSpec, Memory, MetricName, MetricRecord, ModelSpec, RunSpec, Split,
+};
 use sqlx::PgPool;
 use std::collections::HashSet;
 use std::time::Duration;
 use store::{Idempotency, LeaseConfig, RunFilter, Store, StoreError, Submitted};
+
+/// A worker with far more memory than any test job needs.
+const CPU: WorkerCapacity = WorkerCapacity {
+    memory: Memory::Host,
+    budget_mib: 1 << 20,
+};
 
 fn lease(ttl_ms: u64) -> LeaseConfig {
     LeaseConfig {
@@ -59,12 +67,12 @@ async fn a_run_is_claimed_trained_and_analysed_by_plan(pool: PgPool) {
         .into_inner();
     assert_eq!(run.status, JobState::Queued);
     assert!(store
-        .claim(&[JobKind::Analyze], "w", &lease)
+        .claim(&[JobKind::Analyze], "w", CPU, &lease)
         .await
         .unwrap()
         .is_none());
     let claim = store
-        .claim(&[JobKind::Train], "w", &lease)
+        .claim(&[JobKind::Train], "w", CPU, &lease)
         .await
         .unwrap()
         .unwrap();
@@ -121,7 +129,11 @@ async fn a_run_is_claimed_trained_and_analysed_by_plan(pool: PgPool) {
 
     // The plan asked for epochs 2 and 3: two analyze jobs.
     let mut epochs = vec![];
-    while let Some(job) = store.claim(&[JobKind::Analyze], "a", &lease).await.unwrap() {
+    while let Some(job) = store
+        .claim(&[JobKind::Analyze], "a", CPU, &lease)
+        .await
+        .unwrap()
+    {
         let task = job.analysis.clone().unwrap();
         epochs.push(task.checkpoint.epoch);
         let result = AnalysisResult {
@@ -159,7 +171,7 @@ async fn an_expired_lease_is_refused_reaped_and_resumed_until_attempts_run_out(p
         .unwrap()
         .into_inner();
     let first = store
-        .claim(&[JobKind::Train], "w1", &short)
+        .claim(&[JobKind::Train], "w1", CPU, &short)
         .await
         .unwrap()
         .unwrap();
@@ -185,7 +197,7 @@ async fn an_expired_lease_is_refused_reaped_and_resumed_until_attempts_run_out(p
     assert_eq!(view.failure_kind, Some(FailureKind::Infrastructure));
 
     let second = store
-        .claim(&[JobKind::Train], "w2", &short)
+        .claim(&[JobKind::Train], "w2", CPU, &short)
         .await
         .unwrap()
         .unwrap();
@@ -228,7 +240,7 @@ async fn an_expired_lease_is_refused_reaped_and_resumed_until_attempts_run_out(p
             .as_deref()
             .is_some_and(|e| e.contains("lease expired"))));
     assert!(store
-        .claim(&[JobKind::Train], "w3", &short)
+        .claim(&[JobKind::Train], "w3", CPU, &short)
         .await
         .unwrap()
         .is_none());
@@ -247,7 +259,7 @@ async fn divergence_fails_at_once_and_release_does_not_count(pool: PgPool) {
         .unwrap()
         .into_inner();
     let claim = store
-        .claim(&[JobKind::Train], "w", &lease)
+        .claim(&[JobKind::Train], "w", CPU, &lease)
         .await
         .unwrap()
         .unwrap();
@@ -260,7 +272,7 @@ async fn divergence_fails_at_once_and_release_does_not_count(pool: PgPool) {
         JobState::Queued
     );
     let claim = store
-        .claim(&[JobKind::Train], "w", &lease)
+        .claim(&[JobKind::Train], "w", CPU, &lease)
         .await
         .unwrap()
         .unwrap();
@@ -286,6 +298,130 @@ async fn divergence_fails_at_once_and_release_does_not_count(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_job_too_large_for_its_worker_waits_for_a_larger_one_seen_lately(pool: PgPool) {
+    let store = Store::from_pool(pool.clone());
+    let lease = lease(60_000);
+    let gpu = |budget_mib| WorkerCapacity {
+        memory: Memory::Gpu,
+        budget_mib,
+    };
+    let (big, small) = (gpu(80_000), gpu(16_000));
+    let mut runs = vec![];
+    for _ in 0..3 {
+        let run = store
+            .submit_run(&submission(1, None), None, 3)
+            .await
+            .unwrap();
+        runs.push(run.into_inner().id);
+    }
+    let train = [JobKind::Train];
+    let first = store
+        .claim(&train, "big", big, &lease)
+        .await
+        .unwrap()
+        .unwrap();
+    let second = store
+        .claim(&train, "small", small, &lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((first.run_id, second.run_id), (runs[0], runs[1]));
+
+    // The small worker refuses; the big one, seen just now, could take the job.
+    let error = "training at batch size 4096 needs an estimated 30000 MiB of GPU memory";
+    let state = store
+        .refuse(
+            second.job_id,
+            second.lease_token,
+            Memory::Gpu,
+            30_000,
+            error,
+        )
+        .await
+        .unwrap();
+    assert_eq!(state, JobState::Queued);
+    let view = store.run(runs[1]).await.unwrap();
+    assert_eq!((view.status, view.failure_kind), (JobState::Queued, None));
+    let note = view.last_error.unwrap();
+    assert!(
+        note.starts_with(error) && note.contains("seen lately: big, with 80000 MiB of gpu"),
+        "{note}"
+    );
+    let attempts = store.attempts(runs[1]).await.unwrap();
+    assert_eq!(attempts[0].outcome, Some(JobState::Queued));
+    assert_eq!(attempts[0].error.as_deref(), Some(note.as_str()));
+
+    // Claims with less pass over it, to the next job; the big worker takes it.
+    let third = store
+        .claim(&train, "small", small, &lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(third.run_id, runs[2]);
+    assert!(store
+        .claim(&train, "small", small, &lease)
+        .await
+        .unwrap()
+        .is_none());
+    let retaken = store
+        .claim(&train, "big", big, &lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((retaken.run_id, retaken.attempt), (runs[1], 2));
+
+    // A heartbeat keeps a busy worker seen; one gone quiet for longer than the window no
+    // longer counts, nor does a worker of another job kind.
+    let quiet = |name: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(
+                "UPDATE workers SET seen_at = now() - interval '11 minutes' WHERE name = $1",
+            )
+            .bind(name)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    quiet("big").await;
+    store
+        .heartbeat(retaken.job_id, retaken.lease_token, &lease)
+        .await
+        .unwrap();
+    let state = store
+        .refuse(third.job_id, third.lease_token, Memory::Gpu, 30_000, error)
+        .await
+        .unwrap();
+    assert_eq!(state, JobState::Queued, "the big worker heartbeat");
+    let again = store
+        .claim(&train, "big", big, &lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.run_id, runs[2]);
+    quiet("big").await;
+    let analyzer = [JobKind::Analyze];
+    assert!(store
+        .claim(&analyzer, "huge", gpu(1 << 20), &lease)
+        .await
+        .unwrap()
+        .is_none());
+    let state = store
+        .refuse(again.job_id, again.lease_token, Memory::Gpu, 90_000, error)
+        .await
+        .unwrap();
+    assert_eq!(state, JobState::Failed);
+    let view = store.run(runs[2]).await.unwrap();
+    assert_eq!(view.failure_kind, Some(FailureKind::Invalid));
+    let note = view.last_error.unwrap();
+    assert!(
+        note.ends_with("no worker seen in the last 10 minutes has 90000 MiB of GPU memory"),
+        "{note}"
+    );
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
 async fn cancel_is_immediate_when_queued_and_seen_at_the_heartbeat_when_running(pool: PgPool) {
     let store = Store::from_pool(pool);
     let lease = lease(60_000);
@@ -300,7 +436,7 @@ async fn cancel_is_immediate_when_queued_and_seen_at_the_heartbeat_when_running(
         .unwrap()
         .into_inner();
     let claim = store
-        .claim(&[JobKind::Train], "w", &lease)
+        .claim(&[JobKind::Train], "w", CPU, &lease)
         .await
         .unwrap()
         .unwrap();
@@ -409,7 +545,7 @@ async fn concurrent_claims_never_share_a_job_and_pages_cover_every_run(pool: PgP
         tasks.push(tokio::spawn(async move {
             let mut got = vec![];
             while let Some(c) = store
-                .claim(&[JobKind::Train], &format!("w{w}"), &lease)
+                .claim(&[JobKind::Train], &format!("w{w}"), CPU, &lease)
                 .await
                 .unwrap()
             {

@@ -4,7 +4,7 @@
 use domain::service::{FailureKind, JobState};
 use std::collections::BTreeSet;
 use std::time::Duration;
-use system_tests::{serial, tiny_run, wait_for, Settings, Stack};
+use system_tests::{psql, serial, tiny_run, wait_for, Settings, Stack};
 use uuid::Uuid;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -244,7 +244,8 @@ fn a_batch_over_the_trainers_memory_fails_as_invalid_before_training() {
     assert!(
         error.contains("batch size 4096")
             && error.contains("budget of 300 MiB")
-            && error.contains("lower train.batch_size (--batch) to "),
+            && error.contains("lower train.batch_size (--batch) to ")
+            && error.contains("no worker seen in the last 10 minutes has "),
         "{error}"
     );
     assert_eq!(epochs_done(&stack, run), 0);
@@ -252,4 +253,56 @@ fn a_batch_over_the_trainers_memory_fails_as_invalid_before_training() {
         client.checkpoints(run).unwrap().is_empty(),
         "nothing written"
     );
+}
+
+#[test]
+fn a_run_too_large_for_one_trainer_waits_for_a_larger_one() {
+    let _serial = serial();
+    let mut stack = Stack::start(Settings::default());
+    stack.synth("tiny10", 256, 64);
+    let client = stack.client();
+    // A trainer with the machine's memory shows itself by polling, then is paused, so that
+    // the run goes to the small one first.
+    let large = stack.spawn_worker("stepwise-trainer");
+    let seen = "SELECT count(*) FROM workers WHERE name = 'stepwise-trainer-0'";
+    wait_for("the large trainer's first claim", MINUTE, || {
+        psql(&stack.database_url, seen) == "1"
+    });
+    stack.signal(large, "STOP");
+    let run = client.submit_run(&tiny_run("tiny10", 2), None).unwrap().id;
+    // 150 MiB is less than a CPU process's fixed part: no batch fits.
+    stack.spawn_worker_with("stepwise-trainer", &[("STEPWISE_CPU_MEMORY", "150MiB")]);
+    let attempts = format!(
+        "SELECT string_agg(a.attempt || ' ' || a.worker || ' ' || coalesce(a.outcome, 'running'), \
+         ', ' ORDER BY a.attempt) FROM attempts a JOIN jobs j ON j.id = a.job_id \
+         WHERE j.run_id = '{run}'"
+    );
+    wait_for("the small trainer's refusal", MINUTE, || {
+        psql(&stack.database_url, &attempts) == "1 stepwise-trainer-1 queued"
+    });
+    let view = client.run(run).unwrap();
+    assert_eq!((view.status, view.failure_kind), (JobState::Queued, None));
+    let note = view.last_error.unwrap();
+    assert!(
+        note.contains("even a batch of one example does not fit")
+            && note
+                .contains("queued again for a worker with more (seen lately: stepwise-trainer-0"),
+        "{note}"
+    );
+    stack.signal(large, "CONT");
+    wait_for("the large trainer's run", MINUTE, || {
+        client.run(run).unwrap().status.is_final()
+    });
+    assert_eq!(
+        client.run(run).unwrap().status,
+        JobState::Succeeded,
+        "{}",
+        stack.logs()
+    );
+    assert_eq!(
+        psql(&stack.database_url, &attempts),
+        "1 stepwise-trainer-1 queued, 2 stepwise-trainer-0 succeeded",
+        "the small trainer passed over the run"
+    );
+    assert_eq!(epochs_done(&stack, run), 2);
 }

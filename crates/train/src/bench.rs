@@ -8,7 +8,7 @@ use domain::{ModelSpec, TrainSpec};
 use rand::Rng;
 use rand_distr::StandardNormal;
 use resnet::loss::cross_entropy;
-use resnet::memory::{Memory, Work};
+use resnet::memory::{memory_of, Work};
 use resnet::ops::profile::{self, KernelTime};
 use resnet::ops::MemoryFormat;
 use resnet::{synchronize, BnMode, Dtypes, ResNet};
@@ -142,7 +142,7 @@ pub fn bench_train(
             &layout,
             model.dtypes(),
             batch,
-            Memory::of(device),
+            memory_of(device),
         ) >> 20,
         graph_mib: graph_bytes as f64 / (1 << 20) as f64,
         kernels,

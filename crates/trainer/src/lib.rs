@@ -171,7 +171,11 @@ pub fn run_job(job: &JobContext<'_>) -> JobEnd {
                 TrainError::Io { .. } | TrainError::Sink(_) => FailureKind::Infrastructure,
                 _ => FailureKind::Internal,
             };
-            JobEnd::Failed(kind, e.to_string())
+            let need = match &e {
+                TrainError::Model(e) => e.memory_need(),
+                _ => None,
+            };
+            JobEnd::failed(kind, e.to_string(), need)
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The worker protocol: claim a job, heartbeat, report events, register checkpoints,
-//! complete, fail or release. Every write after the claim carries the lease token; a
-//! stale one is answered 409 and the worker abandons the job.
+//! complete, fail, refuse (too large for this worker) or release. Every write after the
+//! claim carries the lease token; a stale one is answered 409 and the worker abandons the
+//! job.
 
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{Id, JsonBody};
@@ -11,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::service::{
     CheckpointRegistration, CheckpointView, Claim, ClaimRequest, Completion, EventBatch,
-    FailureReport, HeartbeatReply, JobState, LeaseProof,
+    FailureReport, HeartbeatReply, JobState, LeaseProof, Refusal,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -38,7 +39,7 @@ pub async fn claim(
     }
     match state
         .store
-        .claim(&req.kinds, &req.worker, &state.config.lease)
+        .claim(&req.kinds, &req.worker, req.capacity, &state.config.lease)
         .await?
     {
         Some(claim) => Ok(Json(claim).into_response()),
@@ -173,6 +174,24 @@ pub async fn fail(
     let f = body.value;
     let error: String = f.error.chars().take(10_000).collect();
     let state = state.store.fail(job, f.lease_token, f.kind, &error).await?;
+    Ok(Json(JobStateReply { state }))
+}
+
+#[utoipa::path(post, path = "/v1/worker/jobs/{id}/refuse", tag = "worker",
+    params(("id" = uuid::Uuid, Path)), request_body = Refusal,
+    responses((status = 200, description = "queued again for a worker with more memory, or failed (invalid) when no worker seen lately has enough", body = JobStateReply),
+        (status = 409, body = Problem)))]
+pub async fn refuse(
+    State(state): State<AppState>,
+    Id(job): Id,
+    body: JsonBody<Refusal>,
+) -> ApiResult<Json<JobStateReply>> {
+    let r = body.value;
+    let error: String = r.error.chars().take(10_000).collect();
+    let state = state
+        .store
+        .refuse(job, r.lease_token, r.memory, r.need_mib, &error)
+        .await?;
     Ok(Json(JobStateReply { state }))
 }
 

@@ -102,10 +102,16 @@ impl TestApp {
         self.call(Method::POST, uri, Some(body)).await
     }
 
-    /// Claims a job of `kind` (`train` or `analyze`) as worker `worker`, as the workers do;
-    /// the claim's JSON (job id, lease token, directory, …).
+    /// Claims a job of `kind` (`train` or `analyze`) as worker `worker` with a CPU and a
+    /// terabyte, as the workers do; the claim's JSON (job id, lease token, directory, …).
     pub async fn claim(&self, kind: &str, worker: &str) -> Value {
-        let body = serde_json::json!({"kinds": [kind], "worker": worker});
+        let capacity = serde_json::json!({"memory": "host", "budget_mib": 1 << 20});
+        self.claim_with(kind, worker, capacity).await
+    }
+
+    /// [`Self::claim`] with the worker's memory and budget (`capacity`).
+    pub async fn claim_with(&self, kind: &str, worker: &str, capacity: Value) -> Value {
+        let body = serde_json::json!({"kinds": [kind], "worker": worker, "capacity": capacity});
         let claim = self.post("/v1/worker/claim", body).await;
         assert_eq!(claim.status, StatusCode::OK, "{}", claim.text());
         claim.json()

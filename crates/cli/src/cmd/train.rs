@@ -4,7 +4,6 @@ use crate::progress::RunSink;
 use anyhow::{bail, Context, Result};
 use domain::{DataSpec, DeviceSpec, MetricName, RunSpec, Split};
 use resnet::candle_device;
-use resnet::memory::Memory;
 use resnet::Dtypes;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -148,7 +147,7 @@ fn resolved_spec(mut spec: RunSpec, device: DeviceSpec) -> Result<String> {
     }
     let params = super::model::build(&spec.model)?.trainable_count();
     let schedule = spec.train.schedule(arch);
-    let memory = Memory::of_spec(device);
+    let memory = device.memory();
     let dtypes = Dtypes::for_precision(spec.model.dtype);
     let needs: Vec<String> = train::memory_work(&spec)
         .into_iter()
