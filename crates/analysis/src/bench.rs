@@ -128,7 +128,7 @@ fn bench_pass(
             let work = if probed_graph {
                 Work::Analysis
             } else {
-                Work::EpochEvaluation { gradients: false }
+                Work::Evaluation
             };
             let memory = memory_of(device);
             resnet::memory::estimate(work, &layout, net.dtypes(), batch, memory) >> 20

@@ -397,6 +397,13 @@ fn work_over_the_cpu_memory_budget_is_refused_before_it_starts() {
         err.contains("analysis at batch size 4096") && err.contains("lower analysis.eval_batch"),
         "{err}"
     );
+    let evaluate = |batch| budgeted(&["eval", "--checkpoint", checkpoint, "--batch", batch]);
+    let err = failed(&evaluate("4096"));
+    assert!(
+        err.contains("evaluation at batch size 4096") && err.contains("lower --batch to "),
+        "{err}"
+    );
+    ok(&evaluate("64"));
 }
 
 #[test]

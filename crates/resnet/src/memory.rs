@@ -159,6 +159,8 @@ pub enum Work {
     EpochEvaluation {
         gradients: bool,
     },
+    /// A checkpoint's evaluation (`stepwise eval`): inference.
+    Evaluation,
 }
 
 impl Work {
@@ -168,6 +170,7 @@ impl Work {
             Self::Training => "train.batch_size (--batch)",
             Self::Analysis => "analysis.eval_batch (--eval-batch)",
             Self::EpochEvaluation { .. } => "train.monitor.eval_batch_size",
+            Self::Evaluation => "--batch",
         }
     }
 }
@@ -178,6 +181,7 @@ impl std::fmt::Display for Work {
             Self::Training => "training",
             Self::Analysis => "analysis",
             Self::EpochEvaluation { .. } => "the per-epoch evaluation",
+            Self::Evaluation => "evaluation",
         })
     }
 }
@@ -252,7 +256,7 @@ fn estimate_with(
             footprint.analysis_values_per_output * activation_values(layout),
             1,
         ),
-        Work::EpochEvaluation { gradients: false } => (
+        Work::EpochEvaluation { gradients: false } | Work::Evaluation => (
             footprint.inference_copies_of_largest_output * largest_output_values(layout),
             1,
         ),

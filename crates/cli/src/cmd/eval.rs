@@ -3,6 +3,7 @@ use anyhow::Result;
 use domain::{DatasetIdentity, Split};
 use resnet::candle_device;
 use resnet::eval::{evaluate, Inputs};
+use resnet::memory::{name_batch_if_out_of_memory, Work};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,6 +27,8 @@ pub fn run(args: EvalArgs, data_dir: &Path) -> Result<ExitCode> {
     let device = candle_device(args.device)?;
     let ck = resnet::checkpoint::read(&args.checkpoint)?;
     let (model, spec) = load_model_to_measure(&ck, &device)?;
+    let (layout, dtypes) = (model.layout(), model.dtypes());
+    resnet::memory::check(Work::Evaluation, layout, dtypes, args.batch, &device)?;
     let (dataset, trained_on) = super::data_for(&spec, args.data.as_deref(), data_dir)?;
     let split: Split = args.split.into();
     let images = match split {
@@ -37,7 +40,8 @@ pub fn run(args: EvalArgs, data_dir: &Path) -> Result<ExitCode> {
         .normalization
         .ok_or_else(|| anyhow::anyhow!("the checkpoint's spec records no normalisation"))?;
     let inputs = Inputs::new(&normalization, &device)?;
-    let (result, _) = evaluate(&model, &inputs, images.batches(args.batch), &[])?;
+    let (result, _) = evaluate(&model, &inputs, images.batches(args.batch), &[])
+        .map_err(|e| name_batch_if_out_of_memory(e, Work::Evaluation, args.batch))?;
     let report = Report {
         checkpoint: args.checkpoint,
         split,
