@@ -23,7 +23,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{middleware, Router};
 use error::ApiError;
-use routes::{analyses, checkpoints, datasets, experiments, figures, ops, runs, worker};
+use routes::{analyses, checkpoints, datasets, experiments, figures, ops, runs, worker, workers};
 use std::time::Duration;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -70,6 +70,7 @@ pub fn app(state: AppState) -> Router {
             get(figures::experiment_figure),
         )
         .route("/v1/datasets", get(datasets::list))
+        .route("/v1/workers", get(workers::list))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -1,7 +1,9 @@
 //! The OpenAPI 3 document served at `/openapi.json` (and rendered at `/docs`).
 
 use crate::error::Problem;
-use crate::routes::{analyses, checkpoints, datasets, experiments, figures, ops, runs, worker};
+use crate::routes::{
+    analyses, checkpoints, datasets, experiments, figures, ops, runs, worker, workers,
+};
 use domain::service::*;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -16,7 +18,7 @@ use utoipa::{Modify, OpenApi};
         experiments::submit, experiments::list, experiments::get, experiments::claims,
         experiments::cancel, experiments::retry, experiments::delete,
         figures::run_list, figures::run_figure, figures::experiment_list, figures::experiment_figure,
-        datasets::list,
+        datasets::list, workers::list,
         worker::claim, worker::heartbeat, worker::events, worker::register_checkpoint,
         worker::complete, worker::fail, worker::refuse, worker::release,
         ops::healthz, ops::readyz, ops::metrics,
@@ -27,7 +29,8 @@ use utoipa::{Modify, OpenApi};
         ExperimentView, ExperimentSummary, ClaimsView, Page<ExperimentSummary>, ConfigSummary, AttemptView, LogLine, DatasetView, JobState, JobKind, FailureKind,
         ClaimRequest, Claim, CheckpointRef, AnalysisTask, LeaseProof, HeartbeatReply,
         WorkerEvent, EventBatch, CheckpointRegistration, AnalysisResult, Completion,
-        FailureReport, Refusal, WorkerCapacity, domain::Memory, worker::JobStateReply,
+        FailureReport, Refusal, WorkerCapacity, domain::Memory, WorkerView, WorkerJob,
+        worker::JobStateReply,
         figures::FigureList,
     )),
     modifiers(&BearerAuth),

@@ -472,7 +472,11 @@ async fn a_job_refused_for_memory_fails_as_invalid_when_no_worker_seen_has_more(
         no_capacity.text()
     );
     let capacity = json!({"memory": "gpu", "budget_mib": 16_000});
-    let claim = app.claim_with("train", "w", capacity).await;
+    let claim = app.claim_with("train", "w", capacity.clone()).await;
+    let workers = app.get("/v1/workers").await.json();
+    assert_eq!(workers[0]["name"], "w");
+    assert_eq!(workers[0]["capacity"], capacity);
+    assert_eq!(workers[0]["job"]["run_id"], run_id.as_str());
     let uri = format!(
         "/v1/worker/jobs/{}/refuse",
         claim["job_id"].as_str().unwrap()

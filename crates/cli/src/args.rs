@@ -155,6 +155,13 @@ pub enum Command {
         #[arg(long, default_value_t = 200)]
         limit: u32,
     },
+    /// The workers the API has seen in the last week: the jobs they take, their memory
+    /// budget, when they last claimed or heartbeat, and the run each is working on.
+    Workers {
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Experiments on the API: list them, or show one's configurations over seeds and the
     /// paper's claims.
     #[command(subcommand)]

@@ -53,6 +53,7 @@ pub fn main() -> ExitCode {
         Command::Retry { run } => cmd::remote::retry(&api, &run),
         Command::Delete { run } => cmd::remote::delete(&api, &run),
         Command::Logs { run, limit } => cmd::remote::logs(&api, &run, limit),
+        Command::Workers { json } => cmd::remote::workers(&api, json),
         Command::Experiment(ExperimentCommand::List { limit, json }) => {
             cmd::remote::experiment::list(&api, limit, json)
         }

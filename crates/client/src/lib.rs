@@ -10,7 +10,7 @@ use domain::service::{
     AnalysisRequest, AnalysisResult, AnalysisView, CheckpointRegistration, CheckpointView, Claim,
     ClaimRequest, ClaimsView, Completion, EventBatch, ExperimentSubmission, ExperimentSummary,
     ExperimentView, FailureKind, FailureReport, HeartbeatReply, JobKind, JobState, LeaseProof,
-    Page, Refusal, RunSubmission, RunView, WorkerCapacity, WorkerEvent,
+    Page, Refusal, RunSubmission, RunView, WorkerCapacity, WorkerEvent, WorkerView,
 };
 use domain::{ExperimentSpec, FieldError, MetricRecord};
 use reqwest::blocking::{RequestBuilder, Response};
@@ -410,6 +410,11 @@ impl Client {
     }
 
     // ---- workers ----
+
+    /// The workers seen in the last week, the most recently seen first.
+    pub fn workers(&self) -> Result<Vec<WorkerView>> {
+        self.get("/v1/workers")
+    }
 
     pub fn claim(
         &self,

@@ -67,6 +67,18 @@ impl fmt::Display for Memory {
     }
 }
 
+impl FromStr for Memory {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "gpu" => Ok(Self::Gpu),
+            "host" => Ok(Self::Host),
+            _ => Err(format!("unknown memory {s:?}: expected gpu or host")),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid device {0:?}: expected cpu, cuda or cuda:N")]
 pub struct ParseDeviceError(String);

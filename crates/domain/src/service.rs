@@ -546,6 +546,28 @@ pub struct FailureReport {
     pub error: String,
 }
 
+/// A worker the API has seen claim jobs: what it takes, its memory and budget, when it last
+/// claimed or heartbeat, and the job it holds now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerView {
+    pub name: String,
+    pub kinds: Vec<JobKind>,
+    pub capacity: WorkerCapacity,
+    pub seen_at: DateTime<Utc>,
+    /// Seen in the last 10 minutes: a job another worker refused for want of memory waits
+    /// for it if it has enough.
+    pub live: bool,
+    /// The job it holds a lease on.
+    pub job: Option<WorkerJob>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerJob {
+    pub job_id: Uuid,
+    pub kind: JobKind,
+    pub run_id: Uuid,
+}
+
 /// A claimed job that does not fit the worker: estimated to need `need_mib` of `memory`,
 /// more than the worker's budget. Nothing was written.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]

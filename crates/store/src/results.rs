@@ -1,11 +1,11 @@
-//! What users read of a run: metric series, logs, checkpoints, analyses.
+//! What users read of a run: metric series, logs, checkpoints, analyses; and the workers.
 
 use crate::rows::{
-    AnalysisRow, AttemptRow, CheckpointRow, LogRow, ANALYSIS_VIEW, CHECKPOINT_COLUMNS,
+    AnalysisRow, AttemptRow, CheckpointRow, LogRow, WorkerRow, ANALYSIS_VIEW, CHECKPOINT_COLUMNS,
 };
 use crate::runs::{insert_analysis, not_found};
 use crate::{Result, Store, StoreError};
-use domain::service::{AnalysisView, AttemptView, CheckpointView, LogLine};
+use domain::service::{AnalysisView, AttemptView, CheckpointView, LogLine, WorkerView};
 use domain::{AnalysisRecord, AnalysisSpec, BlockId, MetricName, MetricRecord, Split};
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -88,6 +88,24 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(AttemptRow::view).collect()
+    }
+
+    /// The workers seen in the last week, the most recently seen first, with the job each
+    /// holds a lease on.
+    pub async fn workers(&self) -> Result<Vec<WorkerView>> {
+        let rows: Vec<WorkerRow> = sqlx::query_as(
+            "SELECT DISTINCT ON (w.seen_at, w.name) w.name, w.kinds, w.memory, w.budget_mib,
+                    w.seen_at, w.seen_at > now() - $1 * interval '1 second' AS live,
+                    j.id AS job_id, j.kind AS job_kind, j.run_id
+               FROM workers w
+               LEFT JOIN jobs j ON j.worker = w.name AND j.state IN ('running', 'cancelling')
+                               AND j.lease_expires_at > now()
+              ORDER BY w.seen_at DESC, w.name, j.updated_at DESC",
+        )
+        .bind(crate::queue::WORKER_SEEN_WITHIN.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(WorkerRow::view).collect()
     }
 
     pub async fn checkpoints(&self, run: Uuid) -> Result<Vec<CheckpointView>> {

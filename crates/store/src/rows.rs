@@ -4,7 +4,7 @@ use crate::Result;
 use chrono::{DateTime, Utc};
 use domain::service::{
     AnalysisView, AttemptView, CheckpointRef, CheckpointView, ExperimentSummary, FailureKind,
-    JobState, LogLine, RunView,
+    JobKind, JobState, LogLine, RunView, WorkerCapacity, WorkerJob, WorkerView,
 };
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -250,10 +250,7 @@ impl AttemptRow {
     pub(crate) fn view(self) -> Result<AttemptView> {
         Ok(AttemptView {
             job_id: self.job_id,
-            kind: self
-                .kind
-                .parse()
-                .map_err(|_| corrupt("job kind", &self.kind))?,
+            kind: job_kind(&self.kind)?,
             epoch: self.epoch.map(|e| e as u32),
             attempt: self.attempt as u32,
             worker: self.worker,
@@ -264,6 +261,54 @@ impl AttemptRow {
             error: self.error,
         })
     }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct WorkerRow {
+    name: String,
+    kinds: Vec<String>,
+    memory: String,
+    budget_mib: i64,
+    seen_at: DateTime<Utc>,
+    live: bool,
+    job_id: Option<Uuid>,
+    job_kind: Option<String>,
+    run_id: Option<Uuid>,
+}
+
+impl WorkerRow {
+    pub(crate) fn view(self) -> Result<WorkerView> {
+        let job = match (self.job_id, self.job_kind, self.run_id) {
+            (Some(job_id), Some(kind), Some(run_id)) => Some(WorkerJob {
+                job_id,
+                kind: job_kind(&kind)?,
+                run_id,
+            }),
+            _ => None,
+        };
+        Ok(WorkerView {
+            kinds: self
+                .kinds
+                .iter()
+                .map(|k| job_kind(k))
+                .collect::<Result<_>>()?,
+            capacity: WorkerCapacity {
+                memory: self
+                    .memory
+                    .parse()
+                    .map_err(|_| corrupt("memory", &self.memory))?,
+                budget_mib: self.budget_mib.max(0) as u64,
+            },
+            name: self.name,
+            seen_at: self.seen_at,
+            live: self.live,
+            job,
+        })
+    }
+}
+
+fn job_kind(s: &str) -> Result<JobKind> {
+    s.parse().map_err(|_| corrupt("job kind", s))
 }
 
 fn corrupt(what: &str, value: &str) -> crate::StoreError {

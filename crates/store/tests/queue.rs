@@ -369,6 +369,15 @@ async fn a_job_too_large_for_its_worker_waits_for_a_larger_one_seen_lately(pool:
         .unwrap()
         .unwrap();
     assert_eq!((retaken.run_id, retaken.attempt), (runs[1], 2));
+    // Users see both workers, each with its budget and the job it holds.
+    let workers = store.workers().await.unwrap();
+    let names: Vec<&str> = workers.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["big", "small"], "most recently seen first");
+    assert_eq!(workers[0].capacity, big);
+    assert!(workers.iter().all(|w| w.live && w.kinds == train));
+    let job = |i: usize| workers[i].job.as_ref().map(|j| (j.job_id, j.run_id));
+    assert_eq!(job(0), Some((retaken.job_id, runs[1])));
+    assert_eq!(job(1), Some((third.job_id, runs[2])));
 
     // A heartbeat keeps a busy worker seen; one gone quiet for longer than the window no
     // longer counts, nor does a worker of another job kind.
@@ -412,6 +421,9 @@ async fn a_job_too_large_for_its_worker_waits_for_a_larger_one_seen_lately(pool:
         .await
         .unwrap();
     assert_eq!(state, JobState::Failed);
+    let big_now = store.workers().await.unwrap();
+    let big_now = big_now.iter().find(|w| w.name == "big").unwrap();
+    assert!(!big_now.live);
     let view = store.run(runs[2]).await.unwrap();
     assert_eq!(view.failure_kind, Some(FailureKind::Invalid));
     let note = view.last_error.unwrap();

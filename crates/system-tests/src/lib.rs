@@ -275,6 +275,22 @@ impl Stack {
         assert!(status.success());
     }
 
+    /// Runs the `stepwise` command line against the stack: whether it succeeded, its
+    /// stdout and its stderr.
+    pub fn stepwise(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(binary("stepwise"))
+            .args(args)
+            .env("STEPWISE_API_URL", &self.api_url)
+            .env("STEPWISE_DATA_DIR", self.data_dir())
+            .output()
+            .expect("stepwise runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// What a worker has logged so far.
     pub fn worker_log(&self, index: usize) -> String {
         std::fs::read_to_string(&self.worker_logs[index]).unwrap_or_default()

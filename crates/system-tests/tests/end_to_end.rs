@@ -106,20 +106,6 @@ fn a_submitted_run_trains_checkpoints_is_analysed_and_served() {
 }
 
 /// Runs `stepwise` against the stack; returns (success, stdout, stderr).
-fn stepwise(stack: &Stack, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(system_tests::binary("stepwise"))
-        .args(args)
-        .env("STEPWISE_API_URL", &stack.api_url)
-        .env("STEPWISE_DATA_DIR", stack.data_dir())
-        .output()
-        .expect("stepwise runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn the_cli_client_commands_drive_runs_and_experiments() {
     let _serial = serial();
@@ -136,60 +122,51 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
     )
     .unwrap();
     let path = run_spec.to_str().unwrap();
-    let (ok, out, err) = stepwise(
-        &stack,
-        &[
-            "submit",
-            path,
-            "--analysis",
-            "every:1",
-            "--analysis-examples",
-            "64",
-            "--json",
-        ],
-    );
+    let (ok, out, err) = stack.stepwise(&[
+        "submit",
+        path,
+        "--analysis",
+        "every:1",
+        "--analysis-examples",
+        "64",
+        "--json",
+    ]);
     assert!(ok, "{err}");
     let run: serde_json::Value = serde_json::from_str(&out).unwrap();
     let id = run["id"].as_str().unwrap().to_string();
-    let (ok, out, err) = stepwise(&stack, &["watch", &id, "--every", "0.2"]);
+    let (ok, out, err) = stack.stepwise(&["watch", &id, "--every", "0.2"]);
     assert!(ok, "watch: {out}\n{err}\n{}", stack.logs());
     assert!(out.contains("status    succeeded"), "{out}");
     assert!(err.contains("of epoch 2: succeeded"), "{err}");
-    let (ok, out, _) = stepwise(
-        &stack,
-        &[
-            "metrics", &id, "--name", "accuracy", "--split", "test", "--csv",
-        ],
-    );
+    let (ok, out, _) = stack.stepwise(&[
+        "metrics", &id, "--name", "accuracy", "--split", "test", "--csv",
+    ]);
     assert!(ok);
     assert_eq!(out.lines().count(), 3, "header and two epochs: {out}");
-    let (ok, out, _) = stepwise(&stack, &["list", "--status", "succeeded"]);
+    let (ok, out, _) = stack.stepwise(&["list", "--status", "succeeded"]);
     assert!(ok && out.contains(&id), "{out}");
-    let (ok, out, _) = stepwise(&stack, &["status", &id]);
+    let (ok, out, _) = stack.stepwise(&["status", &id]);
     assert!(ok && out.contains("epoch 2/2"), "{out}");
     let figures = specs.path().join("figures");
-    let (ok, out, err) = stepwise(
-        &stack,
-        &["figures", &id, "--out", figures.to_str().unwrap()],
-    );
+    let (ok, out, err) = stack.stepwise(&["figures", &id, "--out", figures.to_str().unwrap()]);
     assert!(ok, "{err}");
     assert!(out.contains("fig2_cosine.svg"), "{out}");
     // A finished run can be neither cancelled nor retried; the error says why.
-    let (ok, _, err) = stepwise(&stack, &["cancel", &id]);
+    let (ok, _, err) = stack.stepwise(&["cancel", &id]);
     assert!(
         !ok && err.contains("409") && err.contains("only queued or running"),
         "{err}"
     );
-    let (ok, _, err) = stepwise(&stack, &["retry", &id]);
+    let (ok, _, err) = stack.stepwise(&["retry", &id]);
     assert!(!ok && err.contains("only failed or cancelled"), "{err}");
-    let (ok, _, err) = stepwise(&stack, &["status", "not-a-name"]);
+    let (ok, _, err) = stack.stepwise(&["status", "not-a-name"]);
     assert!(
         !ok && err.contains("no run is named \"not-a-name\""),
         "{err}"
     );
 
     // Its block-wise analyses: listed, shown as a table per split, every record as CSV.
-    let (ok, out, err) = stepwise(&stack, &["analysis", "list", &id]);
+    let (ok, out, err) = stack.stepwise(&["analysis", "list", &id]);
     assert!(ok, "{err}");
     assert_eq!(out.matches("succeeded").count(), 2, "epochs 1 and 2: {out}");
     let analyses = stack.client().analyses(id.parse().unwrap()).unwrap();
@@ -199,7 +176,7 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
         .unwrap()
         .id
         .to_string();
-    let (ok, out, err) = stepwise(&stack, &["analysis", "show", &last]);
+    let (ok, out, err) = stack.stepwise(&["analysis", "show", &last]);
     assert!(ok, "{err}");
     assert!(out.contains("64 train, 64 test examples"), "{out}");
     let table = out.split_once("test split:").expect("a test table").1;
@@ -209,54 +186,48 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
         cosine.is_some_and(|c| c.parse::<f64>().is_ok_and(|c| (-1.0..=1.0).contains(&c))),
         "a mean cosine of block s0.b0: {out}"
     );
-    let (ok, out, _) = stepwise(&stack, &["analysis", "show", &last, "--csv"]);
+    let (ok, out, _) = stack.stepwise(&["analysis", "show", &last, "--csv"]);
     assert!(ok && out.starts_with("name,split,epoch,"), "{out}");
     // Another analysis of epoch 1's checkpoint, on the test split only, waited for.
-    let (ok, out, err) = stepwise(
-        &stack,
-        &[
-            "analysis",
-            "request",
-            &id,
-            "--epoch",
-            "1",
-            "--metrics",
-            "cosine,l2",
-            "--splits",
-            "test",
-            "--max-examples",
-            "32",
-            "--wait",
-            "--every",
-            "0.2",
-        ],
-    );
+    let (ok, out, err) = stack.stepwise(&[
+        "analysis",
+        "request",
+        &id,
+        "--epoch",
+        "1",
+        "--metrics",
+        "cosine,l2",
+        "--splits",
+        "test",
+        "--max-examples",
+        "32",
+        "--wait",
+        "--every",
+        "0.2",
+    ]);
     assert!(ok, "{out}\n{err}\n{}", stack.logs());
     assert!(out.contains("checkpoint after epoch 1: succeeded"), "{out}");
     assert!(
         out.contains("32 test examples") && !out.contains("train split:"),
         "{out}"
     );
-    let (ok, _, err) = stepwise(&stack, &["analysis", "request", &id, "--epoch", "9"]);
+    let (ok, _, err) = stack.stepwise(&["analysis", "request", &id, "--epoch", "9"]);
     assert!(!ok && err.contains("no checkpoint after epoch 9"), "{err}");
     // One per epoch checkpoint, for how a metric evolves over training.
-    let (ok, out, err) = stepwise(
-        &stack,
-        &[
-            "analysis",
-            "request",
-            &id,
-            "--all-epochs",
-            "--metrics",
-            "l2",
-            "--max-examples",
-            "16",
-            "--wait",
-            "--every",
-            "0.2",
-            "--json",
-        ],
-    );
+    let (ok, out, err) = stack.stepwise(&[
+        "analysis",
+        "request",
+        &id,
+        "--all-epochs",
+        "--metrics",
+        "l2",
+        "--max-examples",
+        "16",
+        "--wait",
+        "--every",
+        "0.2",
+        "--json",
+    ]);
     assert!(ok, "{out}\n{err}");
     let requested: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     let epochs: Vec<_> = requested.iter().map(|a| a["epoch"].as_u64()).collect();
@@ -267,20 +238,17 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
     );
 
     // Its checkpoints: downloaded after its sha256 matched, then evaluated locally.
-    let (ok, out, err) = stepwise(&stack, &["checkpoint", "list", &id]);
+    let (ok, out, err) = stack.stepwise(&["checkpoint", "list", &id]);
     assert!(ok, "{err}");
     assert!(out.lines().count() >= 3, "a header and two epochs: {out}");
     let downloaded = specs.path().join("final.safetensors");
-    let (ok, out, err) = stepwise(
-        &stack,
-        &[
-            "checkpoint",
-            "download",
-            &id,
-            "--out",
-            downloaded.to_str().unwrap(),
-        ],
-    );
+    let (ok, out, err) = stack.stepwise(&[
+        "checkpoint",
+        "download",
+        &id,
+        "--out",
+        downloaded.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     assert!(out.contains("(epoch 2,"), "{out}");
     let registered = stack.client().checkpoints(id.parse().unwrap()).unwrap();
@@ -291,15 +259,12 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
         .sha256;
     let digest = sha2::Sha256::digest(std::fs::read(&downloaded).unwrap());
     assert_eq!(&format!("{digest:x}"), sha);
-    let (ok, out, err) = stepwise(
-        &stack,
-        &[
-            "eval",
-            "--checkpoint",
-            downloaded.to_str().unwrap(),
-            "--json",
-        ],
-    );
+    let (ok, out, err) = stack.stepwise(&[
+        "eval",
+        "--checkpoint",
+        downloaded.to_str().unwrap(),
+        "--json",
+    ]);
     assert!(ok && out.contains("accuracy"), "{out}\n{err}");
     // A file changed in the store since it was registered is refused, and nothing is written.
     let stored = stack
@@ -310,18 +275,15 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
     *bytes.last_mut().unwrap() ^= 1;
     std::fs::write(&stored, bytes).unwrap();
     let corrupt = specs.path().join("corrupt.safetensors");
-    let (ok, _, err) = stepwise(
-        &stack,
-        &[
-            "checkpoint",
-            "download",
-            &id,
-            "--epoch",
-            &registered[0].epoch.to_string(),
-            "--out",
-            corrupt.to_str().unwrap(),
-        ],
-    );
+    let (ok, _, err) = stack.stepwise(&[
+        "checkpoint",
+        "download",
+        &id,
+        "--epoch",
+        &registered[0].epoch.to_string(),
+        "--out",
+        corrupt.to_str().unwrap(),
+    ]);
     assert!(!ok && err.contains("sha256"), "{err}");
     assert_eq!(
         std::fs::read_dir(specs.path())
@@ -337,12 +299,12 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
         "no file and no temp file left"
     );
 
-    let (ok, out, err) = stepwise(&stack, &["logs", &id]);
+    let (ok, out, err) = stack.stepwise(&["logs", &id]);
     assert!(ok, "{err}");
     assert!(out.lines().count() >= 2, "{out}");
-    let (ok, out, err) = stepwise(&stack, &["delete", &id]);
+    let (ok, out, err) = stack.stepwise(&["delete", &id]);
     assert!(ok && out.contains("deleted"), "{err}");
-    let (ok, _, err) = stepwise(&stack, &["status", &id]);
+    let (ok, _, err) = stack.stepwise(&["status", &id]);
     assert!(!ok && err.contains("404"), "{err}");
     assert!(!stack.checkpoint_dir().join(format!("runs/{id}")).exists());
 
@@ -356,7 +318,7 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
     )
     .unwrap();
     // Submitted and watched in one: both runs and their analyses followed, then shown.
-    let (ok, out, err) = stepwise(&stack, &["submit", experiment.to_str().unwrap(), "--watch"]);
+    let (ok, out, err) = stack.stepwise(&["submit", experiment.to_str().unwrap(), "--watch"]);
     assert!(ok, "{out}\n{err}");
     let experiment_id = out
         .lines()
@@ -380,15 +342,12 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
     assert_eq!(err.matches("of epoch 1: succeeded").count(), 2, "{err}");
     assert!(out.contains("claims (paper.md"), "{out}");
     let figures = specs.path().join("experiment-figures");
-    let (ok, out, err) = stepwise(
-        &stack,
-        &[
-            "figures",
-            &experiment_id,
-            "--out",
-            figures.to_str().unwrap(),
-        ],
-    );
+    let (ok, out, err) = stack.stepwise(&[
+        "figures",
+        &experiment_id,
+        "--out",
+        figures.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     assert!(
         out.contains("fig3_l2_ratio.svg") && out.contains("fig3_l2_ratio.png"),
@@ -396,13 +355,13 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
     );
     let png = std::fs::read(figures.join("fig3_l2_ratio.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG"));
-    let (ok, out, err) = stepwise(&stack, &["experiment", "list"]);
+    let (ok, out, err) = stack.stepwise(&["experiment", "list"]);
     assert!(
         ok && out.contains(&format!("{experiment_id}  cli")),
         "{out}\n{err}"
     );
     // Runs and experiments go by their names too.
-    let (ok, out, err) = stepwise(&stack, &["list", "--experiment", "cli"]);
+    let (ok, out, err) = stack.stepwise(&["list", "--experiment", "cli"]);
     assert!(ok, "{err}");
     let seed1 = out
         .lines()
@@ -411,15 +370,15 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
         .unwrap_or_else(|| panic!("{out}"))
         .to_string();
     assert!(runs.contains(&seed1), "{out}");
-    let (ok, out, err) = stepwise(&stack, &["status", "cli/resnet-8/seed1"]);
+    let (ok, out, err) = stack.stepwise(&["status", "cli/resnet-8/seed1"]);
     assert!(ok && out.contains(&format!("run {seed1} ")), "{out}\n{err}");
     // A finished experiment has nothing to cancel or retry; the error says so.
-    let (ok, _, err) = stepwise(&stack, &["cancel", "cli"]);
+    let (ok, _, err) = stack.stepwise(&["cancel", "cli"]);
     assert!(!ok && err.contains("no queued or running runs"), "{err}");
-    let (ok, _, err) = stepwise(&stack, &["retry", &experiment_id]);
+    let (ok, _, err) = stack.stepwise(&["retry", &experiment_id]);
     assert!(!ok && err.contains("no failed or cancelled runs"), "{err}");
     // Its configurations over seeds and the paper's claims over its analyses.
-    let (ok, out, err) = stepwise(&stack, &["experiment", "show", "cli"]);
+    let (ok, out, err) = stack.stepwise(&["experiment", "show", "cli"]);
     assert!(ok, "{err}");
     let config = out.lines().find(|l| l.trim_start().starts_with("resnet-8"));
     assert!(
@@ -446,11 +405,11 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
     assert_eq!(summary.configs[0].succeeded, 2);
     assert!(summary.configs[0].test_accuracy_sd.is_some());
     // Deleted by name, with its runs and their files.
-    let (ok, out, err) = stepwise(&stack, &["delete", "cli"]);
+    let (ok, out, err) = stack.stepwise(&["delete", "cli"]);
     assert!(ok && out.contains("with its runs deleted"), "{out}\n{err}");
     for run in &runs {
         assert!(!stack.checkpoint_dir().join(format!("runs/{run}")).exists());
     }
-    let (ok, _, err) = stepwise(&stack, &["experiment", "show", &experiment_id]);
+    let (ok, _, err) = stack.stepwise(&["experiment", "show", &experiment_id]);
     assert!(!ok && err.contains("404"), "{err}");
 }

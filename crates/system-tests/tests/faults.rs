@@ -289,6 +289,24 @@ fn a_run_too_large_for_one_trainer_waits_for_a_larger_one() {
                 .contains("queued again for a worker with more (seen lately: stepwise-trainer-0"),
         "{note}"
     );
+    let (ok, out, err) = stack.stepwise(&["status", &run.to_string()]);
+    assert!(
+        ok && out.contains("last error ") && out.contains("queued again"),
+        "{out}{err}"
+    );
+    // The command line shows who is there, with their budgets.
+    let (ok, out, err) = stack.stepwise(&["workers"]);
+    assert!(ok, "{err}");
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+    };
+    assert!(
+        line("stepwise-trainer-1 ").contains("150 MiB host"),
+        "{out}"
+    );
+    assert!(line("stepwise-trainer-0 ").contains("train"), "{out}");
     stack.signal(large, "CONT");
     wait_for("the large trainer's run", MINUTE, || {
         client.run(run).unwrap().status.is_final()

@@ -8,6 +8,7 @@ pub mod figures;
 pub mod ops;
 pub mod runs;
 pub mod worker;
+pub mod workers;
 
 use crate::error::ApiError;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};

@@ -274,6 +274,40 @@ pub fn list(api: &Api, args: ListArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn workers(api: &Api, as_json: bool) -> Result<ExitCode> {
+    let workers = api.client()?.workers()?;
+    if as_json {
+        return json(&workers);
+    }
+    let now = chrono::Utc::now();
+    let mut lines = vec![format!(
+        "{:<28} {:<14} {:>14} {:>10}  {}",
+        "name", "takes", "budget", "seen", "working on"
+    )];
+    for w in &workers {
+        let kinds: Vec<&str> = w.kinds.iter().map(|k| k.as_str()).collect();
+        let memory = match w.capacity.memory {
+            domain::Memory::Gpu => "GPU",
+            domain::Memory::Host => "host",
+        };
+        let ago = (now - w.seen_at).num_seconds().max(0);
+        lines.push(format!(
+            "{:<28} {:<14} {:>14} {:>10}  {}",
+            w.name,
+            kinds.join(","),
+            format!("{} MiB {memory}", w.capacity.budget_mib),
+            format!("{ago} s ago"),
+            match &w.job {
+                Some(job) => format!("{} job of run {}", job.kind, job.run_id),
+                None if w.live => "idle".into(),
+                None => "gone quiet".into(),
+            }
+        ));
+    }
+    super::print_text(&lines.join("\n"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn describe(r: &RunView) -> String {
     let mut lines = vec![
         format!(
@@ -298,8 +332,11 @@ fn describe(r: &RunView) -> String {
     if let Some(acc) = r.best_test_accuracy {
         lines.push(format!("  best test accuracy {:.2}%", 100.0 * acc));
     }
-    if let (Some(kind), Some(error)) = (r.failure_kind, &r.last_error) {
-        lines.push(format!("  last failure ({kind}): {error}"));
+    match (r.failure_kind, &r.last_error) {
+        (Some(kind), Some(error)) => lines.push(format!("  last failure ({kind}): {error}")),
+        // A worker too small for the run gave it back to wait for a larger one.
+        (None, Some(error)) => lines.push(format!("  last error {error}")),
+        _ => {}
     }
     lines.join("\n")
 }
