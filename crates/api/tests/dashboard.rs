@@ -388,6 +388,11 @@ async fn buttons_need_the_sessions_csrf_token(pool: PgPool) {
     let run = app.post("/v1/runs", run_body(3, "cancel me")).await.json();
     let run_id = run["id"].as_str().unwrap();
     app.claim("train", "w").await;
+    // The front page lists the worker with its budget and the run it works on.
+    let front = page(&app, "/", None).await.text();
+    let working = r#"<td>w</td><td>train</td><td class="num">1048576 MiB host</td>"#;
+    assert!(front.contains(working), "{front}");
+    assert!(front.contains(&format!(r#"train job of <a href="/runs/{run_id}">"#)));
     // Without a user token every visitor gets a session, so the forms carry a token.
     let first = page(&app, &format!("/runs/{run_id}"), None).await;
     let (cookie, _) = session_cookie(&first).expect("a session for the open dashboard");

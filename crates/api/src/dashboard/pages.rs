@@ -236,6 +236,39 @@ pub struct ExperimentItem {
     active: u32,
 }
 
+/// A worker as the front page lists it.
+pub struct WorkerItem {
+    name: String,
+    takes: String,
+    budget: String,
+    seen: String,
+    live: bool,
+    /// The run it works on, and on what.
+    job: Option<(Uuid, String)>,
+}
+
+impl WorkerItem {
+    fn of(w: &domain::service::WorkerView) -> Self {
+        let memory = match w.capacity.memory {
+            domain::Memory::Gpu => "GPU",
+            domain::Memory::Host => "host",
+        };
+        Self {
+            name: w.name.clone(),
+            takes: w
+                .kinds
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            budget: format!("{} MiB {memory}", w.capacity.budget_mib),
+            seen: when(w.seen_at),
+            live: w.live,
+            job: w.job.as_ref().map(|j| (j.run_id, j.kind.to_string())),
+        }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "runs.html")]
 pub struct RunsPage {
@@ -248,6 +281,7 @@ pub struct RunsPage {
     table: RunsTable,
     experiments: Vec<ExperimentItem>,
     older_experiments: Option<String>,
+    workers: Vec<WorkerItem>,
 }
 
 pub async fn runs(
@@ -288,6 +322,13 @@ pub async fn runs(
         table,
         experiments,
         older_experiments,
+        workers: state
+            .store
+            .workers()
+            .await?
+            .iter()
+            .map(WorkerItem::of)
+            .collect(),
     })
 }
 
