@@ -1,7 +1,7 @@
 //! Faults with real processes: workers killed, paused past their lease, told to stop, runs
 //! cancelled, diverging or too large for the worker's memory.
 
-use domain::service::{FailureKind, JobState};
+use domain::service::{FailureKind, JobState, RunView};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use system_tests::{psql, serial, tiny_run, wait_for, Settings, Stack};
@@ -11,6 +11,27 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 fn epochs_done(stack: &Stack, run: Uuid) -> u32 {
     stack.client().run(run).unwrap().epochs_done
+}
+
+/// Waits up to `timeout` for the run to end; its view then.
+fn ended(stack: &Stack, run: Uuid, timeout: Duration) -> RunView {
+    let client = stack.client();
+    wait_for("the run to end", timeout, || {
+        client.run(run).unwrap().status.is_final()
+    });
+    client.run(run).unwrap()
+}
+
+/// [`ended`], and it succeeded.
+fn succeeded(stack: &Stack, run: Uuid, timeout: Duration) -> RunView {
+    let view = ended(stack, run, timeout);
+    assert_eq!(
+        view.status,
+        JobState::Succeeded,
+        "{view:?}\n{}",
+        stack.logs()
+    );
+    view
 }
 
 /// Files of an attempt's directory.
@@ -46,16 +67,7 @@ fn trainers_killed_mid_run_are_replaced_and_the_run_ends_as_if_uninterrupted() {
         stack.wait_worker(trainer, MINUTE);
         trainer = stack.spawn_worker("stepwise-trainer");
     }
-    wait_for("the run to finish", 3 * MINUTE, || {
-        client.run(run).unwrap().status.is_final()
-    });
-    let view = client.run(run).unwrap();
-    assert_eq!(
-        view.status,
-        JobState::Succeeded,
-        "{view:?}\n{}",
-        stack.logs()
-    );
+    let view = succeeded(&stack, run, 3 * MINUTE);
     assert_eq!(view.attempts, 3);
     assert_eq!(view.failure_kind, Some(FailureKind::Infrastructure));
     // Every epoch recorded once.
@@ -76,9 +88,7 @@ fn trainers_killed_mid_run_are_replaced_and_the_run_ends_as_if_uninterrupted() {
         .submit_run(&tiny_run("tiny10", epochs), None)
         .unwrap()
         .id;
-    wait_for("the reference run", 3 * MINUTE, || {
-        client.run(reference).unwrap().status.is_final()
-    });
+    ended(&stack, reference, 3 * MINUTE);
     let expected = client
         .metrics(reference, Some("accuracy"), Some("test"))
         .unwrap();
@@ -119,16 +129,8 @@ fn a_trainer_paused_past_its_lease_writes_nothing_when_it_wakes() {
     wait_for("the woken trainer to give up the job", MINUTE, || {
         stack.worker_log(paused).contains("abandoned")
     });
-    wait_for("the run to finish", 3 * MINUTE, || {
-        client.run(run).unwrap().status.is_final()
-    });
+    succeeded(&stack, run, 3 * MINUTE);
     let _ = successor;
-    assert_eq!(
-        client.run(run).unwrap().status,
-        JobState::Succeeded,
-        "{}",
-        stack.logs()
-    );
     assert_eq!(
         registered(1),
         rows_before,
@@ -211,9 +213,7 @@ fn a_diverging_run_fails_as_diverged_and_is_not_retried() {
     });
     let run = client.submit_run(&submission, None).unwrap().id;
     stack.spawn_worker("stepwise-trainer");
-    wait_for("the failure", MINUTE, || {
-        client.run(run).unwrap().status.is_final()
-    });
+    ended(&stack, run, MINUTE);
     std::thread::sleep(Duration::from_secs(1));
     let view = client.run(run).unwrap();
     assert_eq!(view.status, JobState::Failed);
@@ -233,10 +233,7 @@ fn a_batch_over_the_trainers_memory_fails_as_invalid_before_training() {
     let run = client.submit_run(&submission, None).unwrap().id;
     // A CPU trainer with 300 MiB: the estimate of a batch of 4096 is far above it.
     stack.spawn_worker_with("stepwise-trainer", &[("STEPWISE_CPU_MEMORY", "300MiB")]);
-    wait_for("the failure", MINUTE, || {
-        client.run(run).unwrap().status.is_final()
-    });
-    let view = client.run(run).unwrap();
+    let view = ended(&stack, run, MINUTE);
     assert_eq!(view.status, JobState::Failed);
     assert_eq!(view.failure_kind, Some(FailureKind::Invalid));
     assert_eq!(view.attempts, 1, "not retried");
@@ -308,15 +305,7 @@ fn a_run_too_large_for_one_trainer_waits_for_a_larger_one() {
     );
     assert!(line("stepwise-trainer-0 ").contains("train"), "{out}");
     stack.signal(large, "CONT");
-    wait_for("the large trainer's run", MINUTE, || {
-        client.run(run).unwrap().status.is_final()
-    });
-    assert_eq!(
-        client.run(run).unwrap().status,
-        JobState::Succeeded,
-        "{}",
-        stack.logs()
-    );
+    succeeded(&stack, run, MINUTE);
     assert_eq!(
         psql(&stack.database_url, &attempts),
         "1 stepwise-trainer-1 queued, 2 stepwise-trainer-0 succeeded",
