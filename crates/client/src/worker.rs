@@ -33,7 +33,8 @@ pub struct WorkerConfig {
     /// `STEPWISE_CPU_MEMORY` (default: what is available when the worker starts): the
     /// same for host memory, where the device is the CPU.
     pub cpu_memory: Option<u64>,
-    /// `STEPWISE_WORKER_NAME` (default host name and process id), shown in logs.
+    /// `STEPWISE_WORKER_NAME` (default host name and process id), shown in logs and in the
+    /// API's list of workers, which it keys.
     pub name: String,
     /// `STEPWISE_POLL_SECS` (default 2): the wait between claims when nothing is queued.
     pub poll: Duration,

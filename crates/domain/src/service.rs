@@ -399,6 +399,17 @@ pub struct WorkerCapacity {
     pub budget_mib: u64,
 }
 
+/// "16000 MiB GPU", "23392 MiB host".
+impl fmt::Display for WorkerCapacity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let memory = match self.memory {
+            crate::Memory::Gpu => "GPU",
+            crate::Memory::Host => "host",
+        };
+        write!(f, "{} MiB {memory}", self.budget_mib)
+    }
+}
+
 /// A registered checkpoint, by its place in the checkpoint store.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CheckpointRef {

@@ -464,9 +464,10 @@ impl Store {
         .await?;
         let state = match taker {
             Some((name, memory, budget)) => {
+                let capacity = crate::rows::capacity(&memory, budget)?;
                 let note = format!(
                     "{error}; queued again for a worker with more (seen lately: {name}, with \
-                     {budget} MiB of {memory} memory)"
+                     {capacity})"
                 );
                 end_job(&mut tx, &leased, JobState::Queued, None, Some(&note)).await?;
                 JobState::Queued

@@ -292,19 +292,21 @@ impl WorkerRow {
                 .iter()
                 .map(|k| job_kind(k))
                 .collect::<Result<_>>()?,
-            capacity: WorkerCapacity {
-                memory: self
-                    .memory
-                    .parse()
-                    .map_err(|_| corrupt("memory", &self.memory))?,
-                budget_mib: self.budget_mib.max(0) as u64,
-            },
+            capacity: capacity(&self.memory, self.budget_mib)?,
             name: self.name,
             seen_at: self.seen_at,
             live: self.live,
             job,
         })
     }
+}
+
+/// A worker's capacity from its row's columns.
+pub(crate) fn capacity(memory: &str, budget_mib: i64) -> Result<WorkerCapacity> {
+    Ok(WorkerCapacity {
+        memory: memory.parse().map_err(|_| corrupt("memory", memory))?,
+        budget_mib: budget_mib.max(0) as u64,
+    })
 }
 
 fn job_kind(s: &str) -> Result<JobKind> {

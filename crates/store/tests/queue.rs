@@ -344,7 +344,7 @@ async fn a_job_too_large_for_its_worker_waits_for_a_larger_one_seen_lately(pool:
     assert_eq!((view.status, view.failure_kind), (JobState::Queued, None));
     let note = view.last_error.unwrap();
     assert!(
-        note.starts_with(error) && note.contains("seen lately: big, with 80000 MiB of gpu"),
+        note.starts_with(error) && note.contains("seen lately: big, with 80000 MiB GPU)"),
         "{note}"
     );
     let attempts = store.attempts(runs[1]).await.unwrap();

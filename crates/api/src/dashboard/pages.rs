@@ -249,10 +249,6 @@ pub struct WorkerItem {
 
 impl WorkerItem {
     fn of(w: &domain::service::WorkerView) -> Self {
-        let memory = match w.capacity.memory {
-            domain::Memory::Gpu => "GPU",
-            domain::Memory::Host => "host",
-        };
         Self {
             name: w.name.clone(),
             takes: w
@@ -261,7 +257,7 @@ impl WorkerItem {
                 .map(|k| k.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
-            budget: format!("{} MiB {memory}", w.capacity.budget_mib),
+            budget: w.capacity.to_string(),
             seen: when(w.seen_at),
             live: w.live,
             job: w.job.as_ref().map(|j| (j.run_id, j.kind.to_string())),

@@ -286,16 +286,12 @@ pub fn workers(api: &Api, as_json: bool) -> Result<ExitCode> {
     )];
     for w in &workers {
         let kinds: Vec<&str> = w.kinds.iter().map(|k| k.as_str()).collect();
-        let memory = match w.capacity.memory {
-            domain::Memory::Gpu => "GPU",
-            domain::Memory::Host => "host",
-        };
         let ago = (now - w.seen_at).num_seconds().max(0);
         lines.push(format!(
             "{:<28} {:<14} {:>14} {:>10}  {}",
             w.name,
             kinds.join(","),
-            format!("{} MiB {memory}", w.capacity.budget_mib),
+            w.capacity.to_string(),
             format!("{ago} s ago"),
             match &w.job {
                 Some(job) => format!("{} job of run {}", job.kind, job.run_id),
