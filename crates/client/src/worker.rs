@@ -152,8 +152,9 @@ pub enum JobEnd {
     /// down (the job is released to another worker).
     Stopped,
     Failed(FailureKind, String),
-    /// The job was estimated to need `need_mib` of `memory`, more than this worker has;
-    /// nothing was written.
+    /// The job needs `need_mib` of `memory`, more than this worker has: estimated so
+    /// before it started, or the GPU ran out while it ran (a worker that takes it resumes
+    /// from the latest registered checkpoint).
     Refused {
         memory: Memory,
         need_mib: u64,
@@ -164,8 +165,8 @@ pub enum JobEnd {
 }
 
 impl JobEnd {
-    /// A failure of `kind`; a refusal instead where the work was estimated to need more
-    /// memory than the worker's budget (`memory_need`), which a worker with more can take.
+    /// A failure of `kind`; a refusal instead where the work needs more memory than the
+    /// worker's budget (`memory_need`), which a worker with more can take.
     pub fn failed(kind: FailureKind, error: String, memory_need: Option<(Memory, u64)>) -> Self {
         match memory_need {
             Some((memory, need_mib)) => Self::Refused {

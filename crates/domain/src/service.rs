@@ -579,8 +579,9 @@ pub struct WorkerJob {
     pub run_id: Uuid,
 }
 
-/// A claimed job that does not fit the worker: estimated to need `need_mib` of `memory`,
-/// more than the worker's budget. Nothing was written.
+/// A claimed job that does not fit the worker: it needs `need_mib` of `memory`, more than
+/// the worker's budget — the estimate that refused it before it started, or one MiB over
+/// the budget of a GPU that ran out of memory while it ran.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Refusal {

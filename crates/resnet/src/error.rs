@@ -42,6 +42,8 @@ pub enum Error {
         field: &'static str,
         lower: usize,
         detail: String,
+        /// The process's GPU budget, where a worker fixed it at start.
+        budget_mib: Option<u64>,
     },
 }
 
@@ -61,13 +63,18 @@ impl Error {
         matches!(self, Self::MemoryBudget { .. } | Self::OutOfMemory { .. })
     }
 
-    /// The memory and MiB the work was estimated to need, where that is more than the
-    /// budget: a worker with more could take the job.
+    /// The memory and MiB the work needs, where that is more than the budget, so that a
+    /// worker with more could take the job: the estimate refused before the work started,
+    /// or one MiB over the budget of a GPU that ran out while it ran.
     pub fn memory_need(&self) -> Option<(crate::memory::Memory, u64)> {
         match self {
             Self::MemoryBudget {
                 memory, need_mib, ..
             } => Some((*memory, *need_mib)),
+            Self::OutOfMemory {
+                budget_mib: Some(budget),
+                ..
+            } => Some((crate::memory::Memory::Gpu, budget + 1)),
             _ => None,
         }
     }

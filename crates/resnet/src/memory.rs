@@ -142,6 +142,8 @@ pub fn prepare_worker(
     let opened = crate::candle_device(device).map_err(|e| format!("STEPWISE_DEVICE: {e}"))?;
     let memory = memory_of(&opened);
     let bytes = budget(memory, &opened).map_err(|e| format!("{device}: {e}"))?;
+    // Fixed for the process: the budget its claims carry is the one its errors report.
+    budget_cell(memory).store(bytes, Ordering::Relaxed);
     tracing::info!("{memory} budget on {device}: {} MiB", bytes >> 20);
     Ok(WorkerCapacity {
         memory,
@@ -375,6 +377,10 @@ pub fn name_batch_if_out_of_memory(e: Error, work: Work, batch: usize) -> Error 
             field: work.batch_field(),
             lower: (batch / 2).max(1),
             detail: without_backtrace(&c),
+            budget_mib: match budget_cell(Memory::Gpu).load(Ordering::Relaxed) {
+                0 => None,
+                set => Some(set >> 20),
+            },
         },
         e => e,
     }
@@ -613,5 +619,13 @@ mod tests {
         let other = candle_core::Error::Msg("shape mismatch".into());
         let e = name_batch_if_out_of_memory(Error::Candle(other), Work::Training, 128);
         assert!(matches!(e, Error::Candle(_)));
+        assert_eq!(e.memory_need(), None);
+        // Under a worker's fixed budget the error says the job needs more than it, so that
+        // a worker with a larger card may take it.
+        set_budget(Memory::Gpu, Some(16_000 << 20));
+        let oom = candle_core::Error::Msg("CUDA_ERROR_OUT_OF_MEMORY".into());
+        let e = name_batch_if_out_of_memory(Error::Candle(oom), Work::Training, 64);
+        assert_eq!(e.memory_need(), Some((Memory::Gpu, 16_001)));
+        set_budget(Memory::Gpu, None);
     }
 }

@@ -421,8 +421,8 @@ impl Store {
         Ok(state)
     }
 
-    /// Gives back a job that does not fit its worker: estimated to need `need_mib` of
-    /// `memory`, more than the worker's budget. The need is kept on the job, so that claims
+    /// Gives back a job that does not fit its worker: it needs `need_mib` of `memory`, more
+    /// than the worker's budget. The need is kept on the job, so that claims
     /// with less pass over it; the job is queued again while a worker seen within
     /// [`WORKER_SEEN_WITHIN`] has enough, and failed as invalid otherwise (a pool of alike
     /// workers: none can ever take it).
