@@ -1,5 +1,6 @@
-//! Prometheus metrics of the API: requests by route and status, their latency, and the
-//! jobs by kind and state (read from the database at each scrape).
+//! Prometheus metrics of the API: requests by route and status, their latency, the jobs by
+//! kind and state, and the workers seen lately by job kind and memory (both read from the
+//! database at each scrape).
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
@@ -31,11 +32,26 @@ pub struct JobLabels {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    pub kind: String,
+    pub memory: String,
+}
+
+/// What a scrape reads from the database: (kind, state, count) of jobs and (kind, memory,
+/// count) of the workers seen lately.
+#[derive(Default)]
+pub struct Counts {
+    pub jobs: Vec<(String, String, i64)>,
+    pub workers: Vec<(String, String, i64)>,
+}
+
 pub struct Telemetry {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     jobs: Family<JobLabels, Gauge>,
+    workers: Family<WorkerLabels, Gauge>,
 }
 
 impl Telemetry {
@@ -57,22 +73,38 @@ impl Telemetry {
             latency.clone(),
         );
         registry.register("jobs", "Jobs by kind and state", jobs.clone());
+        let workers = Family::<WorkerLabels, Gauge>::default();
+        registry.register(
+            "workers_live",
+            "Workers seen in the last 10 minutes, by the job kind they take and their memory",
+            workers.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             jobs,
+            workers,
         }
     }
 
-    /// The exposition text, with the job counts given.
-    pub fn encode(&self, job_counts: &[(String, String, i64)]) -> String {
+    /// The exposition text, with the counts given.
+    pub fn encode(&self, counts: &Counts) -> String {
         self.jobs.clear();
-        for (kind, state, count) in job_counts {
+        for (kind, state, count) in &counts.jobs {
             self.jobs
                 .get_or_create(&JobLabels {
                     kind: kind.clone(),
                     state: state.clone(),
+                })
+                .set(*count);
+        }
+        self.workers.clear();
+        for (kind, memory, count) in &counts.workers {
+            self.workers
+                .get_or_create(&WorkerLabels {
+                    kind: kind.clone(),
+                    memory: memory.clone(),
                 })
                 .set(*count);
         }

@@ -703,9 +703,15 @@ async fn openapi_docs_metrics_and_datasets_are_served(pool: PgPool) {
     let datasets = app.get("/v1/datasets").await.json();
     assert_eq!(datasets[0], json!({"name": "shapes10", "present": false}));
     app.post("/v1/runs", run_body(1)).await;
+    app.post("/v1/runs", run_body(1)).await;
+    app.claim("train", "w").await;
     let metrics = app.get("/metrics").await.text();
     assert!(
         metrics.contains(r#"stepwise_jobs{kind="train",state="queued"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"stepwise_workers_live{kind="train",memory="host"} 1"#),
         "{metrics}"
     );
     assert!(metrics.contains(r#"route="/v1/runs""#), "{metrics}");

@@ -353,6 +353,19 @@ impl Store {
         .fetch_all(&self.pool)
         .await?)
     }
+
+    /// Counts of the workers seen lately (as a refused job counts them), by the job kind
+    /// they take and the memory they compute in, for `/metrics`.
+    pub async fn live_worker_counts(&self) -> Result<Vec<(String, String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT kind, memory, count(*) FROM workers, unnest(kinds) AS kind
+              WHERE seen_at > now() - $1 * interval '1 second'
+              GROUP BY kind, memory ORDER BY kind, memory",
+        )
+        .bind(crate::queue::WORKER_SEEN_WITHIN.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?)
+    }
 }
 
 /// A run's directory in the checkpoint store; attempts write below it.

@@ -26,9 +26,12 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
     responses((status = 200, description = "Prometheus text format", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     // Without the database the request metrics are still worth serving.
-    let jobs = state.store.job_counts().await.unwrap_or_default();
+    let counts = crate::telemetry::Counts {
+        jobs: state.store.job_counts().await.unwrap_or_default(),
+        workers: state.store.live_worker_counts().await.unwrap_or_default(),
+    };
     Ok(super::typed(
         "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        state.telemetry.encode(&jobs),
+        state.telemetry.encode(&counts),
     ))
 }
