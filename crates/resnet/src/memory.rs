@@ -354,7 +354,9 @@ fn check_against(
         batch,
         memory,
         field: work.batch_field(),
-        need_mib: need >> 20,
+        // Rounded up, the budget down: the need stays above the budget in whole MiB, as
+        // the queue compares them.
+        need_mib: need.div_ceil(1 << 20),
         budget_mib: budget >> 20,
         largest: largest_batch(work, layout, dtypes, budget, memory),
     })
@@ -571,6 +573,18 @@ mod tests {
                 "{text}"
             );
         }
+        // A byte over the budget is a MiB over it, as the queue compares them.
+        let need = estimate(Work::Training, &layout, F32, 128, Memory::Gpu);
+        let just_over = check_against(Work::Training, &layout, F32, 128, Memory::Gpu, need - 1);
+        let Err(Error::MemoryBudget {
+            need_mib,
+            budget_mib,
+            ..
+        }) = just_over
+        else {
+            panic!("{just_over:?}");
+        };
+        assert!(need_mib > budget_mib, "{need_mib} MiB, budget {budget_mib}");
         let err = check_against(Work::Analysis, &layout, F32, 1, Memory::Host, 1 << 20);
         let text = err.unwrap_err().to_string();
         assert!(

@@ -422,8 +422,8 @@ impl Store {
     }
 
     /// Gives back a job that does not fit its worker: it needs `need_mib` of `memory`, more
-    /// than the worker's budget. The need is kept on the job, so that claims
-    /// with less pass over it; the job is queued again while a worker seen within
+    /// than the worker's budget. The need is kept on the job, so that claims with less pass
+    /// over it; the job is queued again while another worker seen within
     /// [`WORKER_SEEN_WITHIN`] has enough, and failed as invalid otherwise (a pool of alike
     /// workers: none can ever take it).
     pub async fn refuse(
@@ -453,7 +453,7 @@ impl Store {
         .await?;
         let taker: Option<(String, String, i64)> = sqlx::query_as(
             "SELECT w.name, w.memory, w.budget_mib FROM workers w, jobs j
-              WHERE j.id = $1 AND j.kind = ANY (w.kinds)
+              WHERE j.id = $1 AND j.kind = ANY (w.kinds) AND w.name <> j.worker
                 AND w.seen_at > now() - $2 * interval '1 second'
                 AND coalesce((j.memory_needs ->> w.memory)::bigint <= w.budget_mib, true)
               ORDER BY w.seen_at DESC LIMIT 1",

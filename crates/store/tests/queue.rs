@@ -421,6 +421,23 @@ async fn a_job_too_large_for_its_worker_waits_for_a_larger_one_seen_lately(pool:
         .await
         .unwrap();
     assert_eq!(state, JobState::Failed);
+    // A refuser never counts as the worker to wait for, even where its need, in whole MiB,
+    // does not exceed its own budget.
+    let fourth = store
+        .submit_run(&submission(1, None), None, 3)
+        .await
+        .unwrap();
+    let claim = store
+        .claim(&train, "small", small, &lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.run_id, fourth.into_inner().id);
+    let state = store
+        .refuse(claim.job_id, claim.lease_token, Memory::Gpu, 16_000, error)
+        .await
+        .unwrap();
+    assert_eq!(state, JobState::Failed);
     let big_now = store.workers().await.unwrap();
     let big_now = big_now.iter().find(|w| w.name == "big").unwrap();
     assert!(!big_now.live);
