@@ -274,6 +274,8 @@ pub fn list(api: &Api, args: ListArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The workers the API has seen lately: what they take, their budget, when they were last
+/// seen and what each runs.
 pub fn workers(api: &Api, as_json: bool) -> Result<ExitCode> {
     let workers = api.client()?.workers()?;
     if as_json {
@@ -281,22 +283,22 @@ pub fn workers(api: &Api, as_json: bool) -> Result<ExitCode> {
     }
     let now = chrono::Utc::now();
     let mut lines = vec![format!(
-        "{:<28} {:<14} {:>14} {:>10}  {}",
+        "{:<28} {:<14} {:>14} {:>18}  {}",
         "name", "takes", "budget", "seen", "working on"
     )];
     for w in &workers {
         let kinds: Vec<&str> = w.kinds.iter().map(|k| k.as_str()).collect();
-        let ago = (now - w.seen_at).num_seconds().max(0);
+        let ago = (now - w.seen_at).to_std().unwrap_or_default();
         lines.push(format!(
-            "{:<28} {:<14} {:>14} {:>10}  {}",
+            "{:<28} {:<14} {:>14} {:>18}  {}",
             w.name,
             kinds.join(","),
             w.capacity.to_string(),
-            format!("{ago} s ago"),
+            format!("{} ago", indicatif::HumanDuration(ago)),
             match &w.job {
                 Some(job) => format!("{} job of run {}", job.kind, job.run_id),
                 None if w.live => "idle".into(),
-                None => "gone quiet".into(),
+                None => "not seen for 10 minutes".into(),
             }
         ));
     }
