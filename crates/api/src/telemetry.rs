@@ -76,7 +76,10 @@ impl Telemetry {
         let workers = Family::<WorkerLabels, Gauge>::default();
         registry.register(
             "workers_live",
-            "Workers seen in the last 10 minutes, by the job kind they take and their memory",
+            format!(
+                "Workers seen in the last {} minutes, by the job kind they take and their memory",
+                domain::service::WORKER_SEEN_WITHIN.as_secs() / 60
+            ),
             workers.clone(),
         );
         Self {

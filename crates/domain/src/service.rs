@@ -557,6 +557,10 @@ pub struct FailureReport {
     pub error: String,
 }
 
+/// How recently a worker must have claimed or heartbeat to count as live: one that could
+/// still take a job another refused (long enough to span a restart, or a poll interval).
+pub const WORKER_SEEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// A worker the API has seen claim jobs: what it takes, its memory and budget, when it last
 /// claimed or heartbeat, and the job it holds now.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -565,11 +569,22 @@ pub struct WorkerView {
     pub kinds: Vec<JobKind>,
     pub capacity: WorkerCapacity,
     pub seen_at: DateTime<Utc>,
-    /// Seen in the last 10 minutes: a job another worker refused for want of memory waits
-    /// for it if it has enough.
+    /// Seen within [`WORKER_SEEN_WITHIN`]: a job another worker refused for want of memory
+    /// waits for it if it has enough.
     pub live: bool,
     /// The job it holds a lease on.
     pub job: Option<WorkerJob>,
+}
+
+impl WorkerView {
+    /// How a worker without a job stands, as the CLI and the dashboard say it.
+    pub fn presence(&self) -> String {
+        if self.live {
+            "idle".into()
+        } else {
+            format!("not seen for {} minutes", WORKER_SEEN_WITHIN.as_secs() / 60)
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -143,7 +143,7 @@ pub fn prepare_worker(
     let memory = memory_of(&opened);
     let bytes = budget(memory, &opened).map_err(|e| format!("{device}: {e}"))?;
     // Fixed for the process: the budget its claims carry is the one its errors report.
-    budget_cell(memory).store(bytes, Ordering::Relaxed);
+    set_budget(memory, Some(bytes));
     tracing::info!("{memory} budget on {device}: {} MiB", bytes >> 20);
     Ok(WorkerCapacity {
         memory,

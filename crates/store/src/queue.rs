@@ -12,16 +12,13 @@ use chrono::{DateTime, Utc};
 use domain::service::{
     AnalysisPlan, AnalysisResult, AnalysisTask, CheckpointRegistration, CheckpointView, Claim,
     FailureKind, HeartbeatReply, JobKind, JobState, WorkerCapacity, WorkerEvent,
+    WORKER_SEEN_WITHIN,
 };
 use domain::Memory;
 use sqlx::types::Json;
 use sqlx::PgConnection;
 use std::time::Duration;
 use uuid::Uuid;
-
-/// How recently a worker must have claimed or heartbeat to count as one that could still
-/// take a job refused by another (long enough to span a restart, or a poll interval).
-pub const WORKER_SEEN_WITHIN: Duration = Duration::from_secs(600);
 
 /// A MiB figure as Postgres's bigint.
 fn mib(value: u64) -> i64 {

@@ -102,7 +102,7 @@ impl Store {
                                AND j.lease_expires_at > now()
               ORDER BY w.seen_at DESC, w.name, j.updated_at DESC",
         )
-        .bind(crate::queue::WORKER_SEEN_WITHIN.as_secs_f64())
+        .bind(domain::service::WORKER_SEEN_WITHIN.as_secs_f64())
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(WorkerRow::view).collect()

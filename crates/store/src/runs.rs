@@ -362,7 +362,7 @@ impl Store {
               WHERE seen_at > now() - $1 * interval '1 second'
               GROUP BY kind, memory ORDER BY kind, memory",
         )
-        .bind(crate::queue::WORKER_SEEN_WITHIN.as_secs_f64())
+        .bind(domain::service::WORKER_SEEN_WITHIN.as_secs_f64())
         .fetch_all(&self.pool)
         .await?)
     }

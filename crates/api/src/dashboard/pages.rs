@@ -242,9 +242,10 @@ pub struct WorkerItem {
     takes: String,
     budget: String,
     seen: String,
-    live: bool,
     /// The run it works on, and on what.
     job: Option<(Uuid, String)>,
+    /// Without a job: idle, or not seen lately.
+    presence: String,
 }
 
 impl WorkerItem {
@@ -259,8 +260,8 @@ impl WorkerItem {
                 .join(", "),
             budget: w.capacity.to_string(),
             seen: when(w.seen_at),
-            live: w.live,
             job: w.job.as_ref().map(|j| (j.run_id, j.kind.to_string())),
+            presence: w.presence(),
         }
     }
 }

@@ -297,8 +297,7 @@ pub fn workers(api: &Api, as_json: bool) -> Result<ExitCode> {
             format!("{} ago", indicatif::HumanDuration(ago)),
             match &w.job {
                 Some(job) => format!("{} job of run {}", job.kind, job.run_id),
-                None if w.live => "idle".into(),
-                None => "not seen for 10 minutes".into(),
+                None => w.presence(),
             }
         ));
     }
