@@ -3,7 +3,7 @@
 //! ℓ2 ratio with the full gradient, then block dropping), and evaluation (loss and accuracy,
 //! as the trainer evaluates every epoch).
 
-use crate::{analyze, Input, Result};
+use crate::{analyze, Error, Input, Result};
 use candle_core::Device;
 use cifar::rng::{rng, Stream};
 use cifar::{Images, IMAGE_BYTES};
@@ -178,7 +178,11 @@ pub fn bench_analysis(
                 train: images,
                 test: images,
             };
-            Ok(analyze(&input, &spec)?.seconds)
+            let analysis = analyze(&input, &spec).map_err(|e| match e {
+                Error::Model(e) => Error::Model(e.naming_batch("--batch")),
+                e => e,
+            })?;
+            Ok(analysis.seconds)
         },
         true,
     )

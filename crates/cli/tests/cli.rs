@@ -397,6 +397,14 @@ fn work_over_the_cpu_memory_budget_is_refused_before_it_starts() {
         err.contains("analysis at batch size 4096") && err.contains("lower analysis.eval_batch"),
         "{err}"
     );
+    // bench analyze names its own flag for the batch.
+    let mut bench = vec!["bench", "analyze", "--examples", "4096", "--batch", "4096"];
+    bench.extend(tiny);
+    let err = failed(&budgeted(&bench));
+    assert!(
+        err.contains("analysis at batch size 4096") && err.contains("lower --batch to "),
+        "{err}"
+    );
     let evaluate = |batch| budgeted(&["eval", "--checkpoint", checkpoint, "--batch", batch]);
     let err = failed(&evaluate("4096"));
     assert!(

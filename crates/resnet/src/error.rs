@@ -79,6 +79,15 @@ impl Error {
         }
     }
 
+    /// This error with the batch size named `name`, for a caller whose flag for it is not
+    /// the one the work's own spec field goes by (`bench analyze --batch`).
+    pub fn naming_batch(mut self, name: &'static str) -> Self {
+        if let Self::MemoryBudget { field, .. } | Self::OutOfMemory { field, .. } = &mut self {
+            *field = name;
+        }
+        self
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { path, source }
