@@ -169,26 +169,48 @@ where
     root.present().map_err(|e| e.to_string())
 }
 
+/// A point as drawn: the mean and standard deviation of its finite values.
+#[derive(Clone, Copy)]
+struct Drawn {
+    x: f64,
+    mean: f64,
+    sd: f64,
+    hollow: bool,
+}
+
+/// The points of `series` that have a finite value, as drawn.
+fn drawn(series: &Series) -> Vec<Drawn> {
+    series
+        .points
+        .iter()
+        .filter_map(|p| {
+            let finite: Vec<f64> = p.values.iter().copied().filter(|v| v.is_finite()).collect();
+            (!finite.is_empty()).then(|| {
+                let (mean, sd) = mean_std(&finite);
+                Drawn {
+                    x: p.x,
+                    mean,
+                    sd,
+                    hollow: p.hollow,
+                }
+            })
+        })
+        .collect()
+}
+
 /// The x and y ranges of everything drawn, padded.
 fn bounds(panel: &Panel) -> ((f64, f64), (f64, f64)) {
-    let mut points = vec![];
-    for s in &panel.series {
-        for p in &s.points {
-            let finite: Vec<f64> = p.values.iter().copied().filter(|v| v.is_finite()).collect();
-            if !finite.is_empty() {
-                let (m, sd) = mean_std(&finite);
-                points.push((p.x, m, sd));
-            }
-        }
-    }
     let limit = panel.y_max.unwrap_or(f64::INFINITY);
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, m, sd) in &points {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        if m <= limit {
-            y0 = y0.min(m - sd);
-            y1 = y1.max((m + sd).min(limit));
+    let mut cut = false;
+    for p in panel.series.iter().flat_map(drawn) {
+        x0 = x0.min(p.x);
+        x1 = x1.max(p.x);
+        if p.mean <= limit {
+            y0 = y0.min(p.mean - p.sd);
+            y1 = y1.max((p.mean + p.sd).min(limit));
+        } else {
+            cut = true;
         }
     }
     if let Some(r) = panel.reference_y {
@@ -202,7 +224,20 @@ fn bounds(panel: &Panel) -> ((f64, f64), (f64, f64)) {
         let span = if hi > lo { hi - lo } else { hi.abs().max(1.0) };
         (lo - 0.05 * span, hi + 0.05 * span)
     };
-    (pad(x0, x1), pad(y0, y1))
+    let (y0, y1) = match cut {
+        // The top edge is the cut, where the curves above leave the chart.
+        true => (pad(y0, limit).0, limit),
+        false => pad(y0, y1),
+    };
+    (pad(x0, x1), (y0, y1))
+}
+
+/// Where a curve runs off the top: said on the chart, so that a line flat along the top
+/// edge is not read as values levelling off there.
+fn cut_at(panel: &Panel) -> Option<String> {
+    let limit = panel.y_max?;
+    let above = panel.series.iter().flat_map(drawn).any(|p| p.mean > limit);
+    above.then(|| format!("cut at {}", tick(limit, limit)))
 }
 
 fn draw_panel<DB: DrawingBackend>(
@@ -224,9 +259,10 @@ fn draw_panel<DB: DrawingBackend>(
             String::new()
         }
     };
-    let x_desc = match &panel.note {
-        Some(note) => format!("{}   ({note})", panel.x_label),
-        None => panel.x_label.clone(),
+    let notes: Vec<String> = panel.note.iter().cloned().chain(cut_at(panel)).collect();
+    let x_desc = match notes.is_empty() {
+        true => panel.x_label.clone(),
+        false => format!("{}   ({})", panel.x_label, notes.join("; ")),
     };
     chart
         .configure_mesh()
@@ -246,29 +282,12 @@ fn draw_panel<DB: DrawingBackend>(
             BLACK.mix(0.5).stroke_width(1),
         ))?;
     }
-    // Mean and standard deviation per point, per series.
-    let stats: Vec<Vec<(f64, f64, f64, bool)>> = panel
-        .series
-        .iter()
-        .map(|s| {
-            s.points
-                .iter()
-                .filter_map(|p| {
-                    let finite: Vec<f64> =
-                        p.values.iter().copied().filter(|v| v.is_finite()).collect();
-                    (!finite.is_empty()).then(|| {
-                        let (m, sd) = mean_std(&finite);
-                        (p.x, m, sd, p.hollow)
-                    })
-                })
-                .collect()
-        })
-        .collect();
+    let stats: Vec<Vec<Drawn>> = panel.series.iter().map(drawn).collect();
     // Every band first, so that no band hides another series' line.
     for (s, stats) in panel.series.iter().zip(&stats) {
-        if stats.iter().any(|&(_, _, sd, _)| sd > 0.0) {
-            let upper = stats.iter().map(|&(x, m, sd, _)| (x, m + sd));
-            let lower = stats.iter().rev().map(|&(x, m, sd, _)| (x, m - sd));
+        if stats.iter().any(|p| p.sd > 0.0) {
+            let upper = stats.iter().map(|p| (p.x, p.mean + p.sd));
+            let lower = stats.iter().rev().map(|p| (p.x, p.mean - p.sd));
             chart.draw_series(std::iter::once(Polygon::new(
                 upper.chain(lower).collect::<Vec<_>>(),
                 s.color.mix(0.18).filled(),
@@ -276,7 +295,7 @@ fn draw_panel<DB: DrawingBackend>(
         }
     }
     for (s, stats) in panel.series.iter().zip(&stats) {
-        let line: Vec<(f64, f64)> = stats.iter().map(|&(x, m, _, _)| (x, m)).collect();
+        let line: Vec<(f64, f64)> = stats.iter().map(|p| (p.x, p.mean)).collect();
         let style = s.color.stroke_width(2);
         let color = s.color;
         let labelled = !s.label.is_empty();
@@ -296,11 +315,11 @@ fn draw_panel<DB: DrawingBackend>(
             }
         }
         if stats.len() <= 60 {
-            chart.draw_series(stats.iter().map(|&(x, m, _, hollow)| {
-                if hollow {
-                    Circle::new((x, m), 5, s.color.stroke_width(2))
+            chart.draw_series(stats.iter().map(|p| {
+                if p.hollow {
+                    Circle::new((p.x, p.mean), 5, s.color.stroke_width(2))
                 } else {
-                    Circle::new((x, m), 3, s.color.filled())
+                    Circle::new((p.x, p.mean), 3, s.color.filled())
                 }
             }))?;
         }
@@ -393,6 +412,12 @@ mod tests {
             ..Panel::default()
         };
         let (_, (_, y1)) = bounds(&panel);
-        assert!(y1 < 10.0, "{y1}");
+        assert_eq!(y1, 6.0, "the top edge is the cut");
+        assert_eq!(cut_at(&panel).as_deref(), Some("cut at 6"));
+        let below = Panel {
+            y_max: Some(1e10),
+            ..panel
+        };
+        assert_eq!(cut_at(&below), None);
     }
 }

@@ -310,11 +310,17 @@ fn unrolling(label: &str, seeds: &[&Run]) -> Option<Figure> {
     }
     alphas.sort_by(|a, b| b.total_cmp(a));
     let selected = seeds.first().and_then(|r| r.selected_alpha);
-    // Losses of diverging step sizes run off the top, above 5× the loss before unrolling.
+    // Losses of diverging step sizes run off the top, above 5× the (train) loss before
+    // unrolling.
     let start_loss = seeds
         .iter()
         .flat_map(|r| r.analysis.iter())
-        .filter(|r| r.name == MetricName::UnrollLoss && r.step == Some(0))
+        .filter(|r| {
+            r.name == MetricName::UnrollLoss
+                && r.step == Some(0)
+                && r.group == Some(Group::All)
+                && r.split == Split::Train
+        })
         .map(|r| r.value)
         .fold(f64::NEG_INFINITY, f64::max);
     let panel = |name: MetricName, group: Group, split: Split, title: &str, y: &str| Panel {
