@@ -240,6 +240,61 @@ fn cut_at(panel: &Panel) -> Option<String> {
     above.then(|| format!("cut at {}", tick(limit, limit)))
 }
 
+/// The corner of the plot whose legend box covers the least of the curves (plotters puts a
+/// legend where it is told), upper right where several cover nothing. The box's size is
+/// estimated from the labels at the legend's font size, as fractions of the plot area.
+fn legend_corner(panel: &Panel, (x0, x1): (f64, f64), (y0, y1): (f64, f64)) -> SeriesLabelPosition {
+    // The plot area of a panel: its size less the margins, the caption and the label areas.
+    const PLOT_WIDTH: f64 = (PANEL_WIDTH - 2 * 12 - 64) as f64;
+    const PLOT_HEIGHT: f64 = (HEIGHT - 2 * 12 - 30 - 44) as f64;
+    let labels = panel.series.iter().filter(|s| !s.label.is_empty());
+    let widest = labels
+        .clone()
+        .map(|s| s.label.chars().count())
+        .max()
+        .unwrap_or(0);
+    let width = (40.0 + 7.0 * widest as f64) / PLOT_WIDTH;
+    let height = (10.0 + 18.0 * labels.count() as f64) / PLOT_HEIGHT;
+    // Each curve sampled along its segments, in fractions of the plot (0,0 lower left).
+    let mut samples = vec![];
+    for series in &panel.series {
+        let points: Vec<(f64, f64)> = drawn(series)
+            .iter()
+            .map(|p| ((p.x - x0) / (x1 - x0), ((p.mean - y0) / (y1 - y0)).min(1.0)))
+            .collect();
+        samples.extend(points.first().copied());
+        for pair in points.windows(2) {
+            let ((ax, ay), (bx, by)) = (pair[0], pair[1]);
+            samples.extend((1..=16).map(|i| {
+                let t = f64::from(i) / 16.0;
+                (ax + t * (bx - ax), ay + t * (by - ay))
+            }));
+        }
+    }
+    let covered = |left: bool, top: bool| {
+        let xs = if left { 0.0..=width } else { 1.0 - width..=1.0 };
+        let ys = if top {
+            1.0 - height..=1.0
+        } else {
+            0.0..=height
+        };
+        samples
+            .iter()
+            .filter(|(x, y)| xs.contains(x) && ys.contains(y))
+            .count()
+    };
+    [
+        (SeriesLabelPosition::UpperRight, false, true),
+        (SeriesLabelPosition::UpperLeft, true, true),
+        (SeriesLabelPosition::LowerRight, false, false),
+        (SeriesLabelPosition::LowerLeft, true, false),
+    ]
+    .into_iter()
+    .min_by_key(|&(_, left, top)| covered(left, top))
+    .map(|(corner, ..)| corner)
+    .expect("four corners")
+}
+
 fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     panel: &Panel,
@@ -330,7 +385,7 @@ fn draw_panel<DB: DrawingBackend>(
             .label_font((FONT, 13))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK.mix(0.3))
-            .position(SeriesLabelPosition::UpperRight)
+            .position(legend_corner(panel, (x0, x1), (y0, y1)))
             .draw()?;
     }
     Ok(())
@@ -388,6 +443,36 @@ mod tests {
             .filter(|p| (p[0], p[1], p[2]) == series_colour)
             .count();
         assert!(drawn > 100, "{drawn} pixels of the series' colour");
+    }
+
+    #[test]
+    fn the_legend_goes_to_a_corner_the_curves_leave_free() {
+        let line = |from: f64, to: f64| Series {
+            label: "a label".into(),
+            color: palette(0),
+            dashed: false,
+            points: (0..=10)
+                .map(|i| Point {
+                    x: f64::from(i),
+                    values: vec![from + (to - from) * f64::from(i) / 10.0],
+                    hollow: false,
+                })
+                .collect(),
+        };
+        let corner = |series: Vec<Series>| {
+            let panel = Panel {
+                series,
+                ..Panel::default()
+            };
+            let (x, y) = bounds(&panel);
+            legend_corner(&panel, x, y)
+        };
+        // Falling from the upper left to the lower right: the upper right is free.
+        let falling = corner(vec![line(1.0, 0.0)]);
+        assert!(matches!(falling, SeriesLabelPosition::UpperRight));
+        // Rising, with a second curve along the top: only the lower right is free.
+        let rising = corner(vec![line(0.0, 1.0), line(1.0, 1.0)]);
+        assert!(matches!(rising, SeriesLabelPosition::LowerRight));
     }
 
     #[test]
