@@ -221,8 +221,10 @@ fn intermediate(label: &str, seeds: &[&Run]) -> Option<Figure> {
         .iter()
         .enumerate()
         .map(|(k, (&index, id))| {
-            // Label the shallowest, middle and deepest blocks; the colour tells the rest.
-            let labelled = k == 0 || k == blocks.len() - 1 || k == blocks.len() / 2;
+            // Up to six blocks each get a label; of more, the shallowest, middle and deepest
+            // do, and the colour tells the rest.
+            let labelled =
+                blocks.len() <= 6 || k == 0 || k == blocks.len() - 1 || k == blocks.len() / 2;
             Series {
                 label: if labelled { id.clone() } else { String::new() },
                 color: blue_to_red(k as f64 / last),
@@ -503,4 +505,51 @@ fn taylor(groups: &[(&str, Vec<&Run>)]) -> Option<Figure> {
             ..Panel::default()
         }],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::BlockId;
+
+    /// Fig. 5's labels of a last stage of `blocks` blocks (intermediate accuracy at 2 epochs).
+    fn intermediate_labels(blocks: u32) -> Vec<String> {
+        let training: Vec<MetricRecord> = (0..blocks)
+            .flat_map(|b| {
+                (1..=2).map(move |epoch| {
+                    MetricRecord::new(
+                        MetricName::IntermediateAccuracy,
+                        Some(Split::Test),
+                        epoch,
+                        0.5,
+                    )
+                    .at_block(BlockId::new(2, b), 10 + b)
+                })
+            })
+            .collect();
+        let run = Run {
+            label: "r",
+            analysis: &[],
+            training: &training,
+            selected_alpha: None,
+        };
+        let figure = intermediate("r", &[&run]).expect("a figure");
+        figure.panels[0]
+            .series
+            .iter()
+            .map(|s| s.label.clone())
+            .collect()
+    }
+
+    #[test]
+    fn fig5_labels_every_block_of_a_short_stage_and_three_of_a_long_one() {
+        assert_eq!(intermediate_labels(4), ["s2.b0", "s2.b1", "s2.b2", "s2.b3"]);
+        let long = intermediate_labels(9);
+        let labelled: Vec<&str> = long
+            .iter()
+            .map(String::as_str)
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(labelled, ["s2.b0", "s2.b4", "s2.b8"]);
+    }
 }
