@@ -8,6 +8,7 @@ use crate::{Result, Store, StoreError};
 use domain::service::{AnalysisView, AttemptView, CheckpointView, LogLine, WorkerView};
 use domain::{AnalysisRecord, AnalysisSpec, BlockId, MetricName, MetricRecord, Split};
 use sqlx::types::Json;
+use sqlx::QueryBuilder;
 use uuid::Uuid;
 
 impl Store {
@@ -19,17 +20,25 @@ impl Store {
         split: Option<Split>,
     ) -> Result<Vec<MetricRecord>> {
         self.run_exists(run).await?;
-        let rows: Vec<(String, String, i32, String, Option<i32>, f64)> = sqlx::query_as(
-            "SELECT name, split, epoch, block, block_index, value FROM metrics
-              WHERE run_id = $1 AND ($2::text IS NULL OR name = $2)
-                AND ($3::text IS NULL OR split = $3)
-              ORDER BY name, split, block_index NULLS FIRST, epoch",
-        )
-        .bind(run)
-        .bind(name.map(|n| n.as_str()))
-        .bind(split.map(|s| s.as_str()))
-        .fetch_all(&self.pool)
-        .await?;
+        // Only the filters given are in the statement: one that reads `$2 IS NULL OR name =
+        // $2` gets a generic plan after a few calls that reads the run's whole history and
+        // filters it, where `name = $2` reads one series off the index.
+        let mut query = QueryBuilder::new(
+            "SELECT name, split, epoch, block, block_index, value FROM metrics WHERE run_id = ",
+        );
+        query.push_bind(run);
+        if let Some(name) = name {
+            query.push(" AND name = ").push_bind(name.as_str());
+        }
+        if let Some(split) = split {
+            query.push(" AND split = ").push_bind(split.as_str());
+        }
+        let mut rows: Vec<(String, String, i32, String, Option<i32>, f64)> =
+            query.build_query_as().fetch_all(&self.pool).await?;
+        // By name, split, block (whole-network first) and epoch, sorted here: Postgres' sort
+        // of a 300-epoch history (12,000 rows) took 17-28 ms of a 35 ms request, and the
+        // planner prefers it to reading an index in that order.
+        rows.sort_unstable_by(|a, b| (&a.0, &a.1, a.4, a.2).cmp(&(&b.0, &b.1, b.4, b.2)));
         rows.into_iter()
             .map(|(name, split, epoch, block, block_index, value)| {
                 let parse = |what: &str, v: &str| {

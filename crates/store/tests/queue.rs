@@ -685,3 +685,107 @@ model = { arch = "resnet", depth = 8, width = 2 }
     assert_eq!(experiments("demo").await.unwrap().items[0].id, view.id);
     assert!(experiments("dem").await.unwrap().items.is_empty());
 }
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_runs_metrics_come_by_name_split_block_index_and_epoch_filtered_as_asked(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    let lease = lease(60_000);
+    let run = store
+        .submit_run(&submission(2, None), None, 3)
+        .await
+        .unwrap()
+        .into_inner();
+    let claim = store
+        .claim(&[JobKind::Train], "w", CPU, &lease)
+        .await
+        .unwrap()
+        .unwrap();
+    // Reported out of order; block s2.b10 (index 12) sorts after s2.b9 (index 11) by index,
+    // before it by name.
+    let at = |name, split, epoch, block: Option<(u32, u32)>| {
+        let record = MetricRecord::new(name, split, epoch, f64::from(epoch));
+        match block {
+            Some((b, index)) => record.at_block(domain::BlockId::new(2, b), index),
+            None => record,
+        }
+    };
+    for epoch in [2, 1] {
+        let records = vec![
+            at(MetricName::Loss, Some(Split::Train), epoch, None),
+            at(
+                MetricName::IntermediateAccuracy,
+                Some(Split::Test),
+                epoch,
+                Some((10, 12)),
+            ),
+            at(
+                MetricName::IntermediateAccuracy,
+                Some(Split::Test),
+                epoch,
+                Some((9, 11)),
+            ),
+            at(MetricName::Accuracy, Some(Split::Train), epoch, None),
+            at(MetricName::Accuracy, Some(Split::Test), epoch, None),
+            at(MetricName::GradNormRatio, None, epoch, None),
+        ];
+        store
+            .record_events(
+                claim.job_id,
+                claim.lease_token,
+                &[WorkerEvent::Epoch { epoch, records }],
+            )
+            .await
+            .unwrap();
+    }
+    let listed = |records: Vec<MetricRecord>| -> Vec<String> {
+        records
+            .iter()
+            .map(|r| {
+                let split = r.split.map_or("-", |s| s.as_str());
+                let block = r.block.map(|b| b.to_string()).unwrap_or_default();
+                format!("{} {split} {block} {}", r.name.as_str(), r.epoch)
+            })
+            .collect()
+    };
+    let all = store.metrics(run.id, None, None).await.unwrap();
+    assert_eq!(
+        listed(all),
+        [
+            "accuracy test  1",
+            "accuracy test  2",
+            "accuracy train  1",
+            "accuracy train  2",
+            "grad_norm_ratio -  1",
+            "grad_norm_ratio -  2",
+            "intermediate_accuracy test s2.b9 1",
+            "intermediate_accuracy test s2.b9 2",
+            "intermediate_accuracy test s2.b10 1",
+            "intermediate_accuracy test s2.b10 2",
+            "loss train  1",
+            "loss train  2",
+        ]
+    );
+    let accuracy = store
+        .metrics(run.id, Some(MetricName::Accuracy), None)
+        .await
+        .unwrap();
+    assert_eq!(listed(accuracy).len(), 4);
+    let train = store
+        .metrics(run.id, None, Some(Split::Train))
+        .await
+        .unwrap();
+    assert_eq!(
+        listed(train),
+        [
+            "accuracy train  1",
+            "accuracy train  2",
+            "loss train  1",
+            "loss train  2"
+        ]
+    );
+    let one = store
+        .metrics(run.id, Some(MetricName::Loss), Some(Split::Train))
+        .await
+        .unwrap();
+    assert_eq!(listed(one), ["loss train  1", "loss train  2"]);
+}
