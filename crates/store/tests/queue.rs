@@ -40,6 +40,32 @@ fn submission(epochs: u32, plan: Option<AnalysisPlan>) -> RunSubmission {
     }
 }
 
+/// A run of `epochs` submitted without an idempotency key.
+async fn submit(
+    store: &Store,
+    epochs: u32,
+    plan: Option<AnalysisPlan>,
+    max_attempts: u32,
+) -> domain::service::RunView {
+    store
+        .submit_run(&submission(epochs, plan), None, max_attempts)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The next training job for `worker` (with [`CPU`]), if any.
+async fn claim_training(
+    store: &Store,
+    worker: &str,
+    lease: &LeaseConfig,
+) -> Option<domain::service::Claim> {
+    store
+        .claim(&[JobKind::Train], worker, CPU, lease)
+        .await
+        .unwrap()
+}
+
 fn registration(token: uuid::Uuid, epoch: u32) -> CheckpointRegistration {
     CheckpointRegistration {
         lease_token: token,
@@ -60,22 +86,14 @@ async fn a_run_is_claimed_trained_and_analysed_by_plan(pool: PgPool) {
         checkpoints: CheckpointSelection::Every(2),
         ..Default::default()
     };
-    let run = store
-        .submit_run(&submission(3, Some(plan)), None, 3)
-        .await
-        .unwrap()
-        .into_inner();
+    let run = submit(&store, 3, Some(plan), 3).await;
     assert_eq!(run.status, JobState::Queued);
     assert!(store
         .claim(&[JobKind::Analyze], "w", CPU, &lease)
         .await
         .unwrap()
         .is_none());
-    let claim = store
-        .claim(&[JobKind::Train], "w", CPU, &lease)
-        .await
-        .unwrap()
-        .unwrap();
+    let claim = claim_training(&store, "w", &lease).await.unwrap();
     assert_eq!(claim.run_id, run.id);
     assert_eq!(claim.attempt, 1);
     assert_eq!(claim.directory, format!("runs/{}/attempt-1", run.id));
@@ -165,16 +183,8 @@ async fn a_run_is_claimed_trained_and_analysed_by_plan(pool: PgPool) {
 async fn an_expired_lease_is_refused_reaped_and_resumed_until_attempts_run_out(pool: PgPool) {
     let store = Store::from_pool(pool);
     let short = lease(200);
-    let run = store
-        .submit_run(&submission(5, None), None, 2)
-        .await
-        .unwrap()
-        .into_inner();
-    let first = store
-        .claim(&[JobKind::Train], "w1", CPU, &short)
-        .await
-        .unwrap()
-        .unwrap();
+    let run = submit(&store, 5, None, 2).await;
+    let first = claim_training(&store, "w1", &short).await.unwrap();
     store
         .register_checkpoint(first.job_id, &registration(first.lease_token, 1), &short)
         .await
@@ -196,11 +206,7 @@ async fn an_expired_lease_is_refused_reaped_and_resumed_until_attempts_run_out(p
     assert_eq!(view.status, JobState::Queued);
     assert_eq!(view.failure_kind, Some(FailureKind::Infrastructure));
 
-    let second = store
-        .claim(&[JobKind::Train], "w2", CPU, &short)
-        .await
-        .unwrap()
-        .unwrap();
+    let second = claim_training(&store, "w2", &short).await.unwrap();
     assert_eq!(second.attempt, 2);
     assert_eq!(second.directory, format!("runs/{}/attempt-2", run.id));
     let resume = second.resume_from.unwrap();
@@ -239,11 +245,7 @@ async fn an_expired_lease_is_refused_reaped_and_resumed_until_attempts_run_out(p
         && a.error
             .as_deref()
             .is_some_and(|e| e.contains("lease expired"))));
-    assert!(store
-        .claim(&[JobKind::Train], "w3", CPU, &short)
-        .await
-        .unwrap()
-        .is_none());
+    assert!(claim_training(&store, "w3", &short).await.is_none());
     // A retry queues it again with a fresh allowance.
     let retried = store.retry_run(run.id, 2).await.unwrap();
     assert_eq!(retried.status, JobState::Queued);
@@ -253,16 +255,8 @@ async fn an_expired_lease_is_refused_reaped_and_resumed_until_attempts_run_out(p
 async fn divergence_fails_at_once_and_release_does_not_count(pool: PgPool) {
     let store = Store::from_pool(pool);
     let lease = lease(60_000);
-    let run = store
-        .submit_run(&submission(2, None), None, 1)
-        .await
-        .unwrap()
-        .into_inner();
-    let claim = store
-        .claim(&[JobKind::Train], "w", CPU, &lease)
-        .await
-        .unwrap()
-        .unwrap();
+    let run = submit(&store, 2, None, 1).await;
+    let claim = claim_training(&store, "w", &lease).await.unwrap();
     // A graceful shutdown gives the job back; with max_attempts 1 it still runs again.
     assert_eq!(
         store
@@ -271,11 +265,7 @@ async fn divergence_fails_at_once_and_release_does_not_count(pool: PgPool) {
             .unwrap(),
         JobState::Queued
     );
-    let claim = store
-        .claim(&[JobKind::Train], "w", CPU, &lease)
-        .await
-        .unwrap()
-        .unwrap();
+    let claim = claim_training(&store, "w", &lease).await.unwrap();
     assert_eq!(claim.attempt, 2);
     let state = store
         .fail(
@@ -454,21 +444,9 @@ async fn a_job_too_large_for_its_worker_waits_for_a_larger_one_seen_lately(pool:
 async fn cancel_is_immediate_when_queued_and_seen_at_the_heartbeat_when_running(pool: PgPool) {
     let store = Store::from_pool(pool);
     let lease = lease(60_000);
-    let queued = store
-        .submit_run(&submission(2, None), None, 3)
-        .await
-        .unwrap()
-        .into_inner();
-    let running = store
-        .submit_run(&submission(2, None), None, 3)
-        .await
-        .unwrap()
-        .into_inner();
-    let claim = store
-        .claim(&[JobKind::Train], "w", CPU, &lease)
-        .await
-        .unwrap()
-        .unwrap();
+    let queued = submit(&store, 2, None, 3).await;
+    let running = submit(&store, 2, None, 3).await;
+    let claim = claim_training(&store, "w", &lease).await.unwrap();
     assert_eq!(claim.run_id, queued.id, "oldest first");
     // Cancel the other (queued) one, and the claimed one.
     assert_eq!(
@@ -573,11 +551,7 @@ async fn concurrent_claims_never_share_a_job_and_pages_cover_every_run(pool: PgP
         let lease = lease.clone();
         tasks.push(tokio::spawn(async move {
             let mut got = vec![];
-            while let Some(c) = store
-                .claim(&[JobKind::Train], &format!("w{w}"), CPU, &lease)
-                .await
-                .unwrap()
-            {
+            while let Some(c) = claim_training(&store, &format!("w{w}"), &lease).await {
                 got.push(c.job_id);
             }
             got
@@ -690,16 +664,8 @@ model = { arch = "resnet", depth = 8, width = 2 }
 async fn a_runs_metrics_come_by_name_split_block_index_and_epoch_filtered_as_asked(pool: PgPool) {
     let store = Store::from_pool(pool);
     let lease = lease(60_000);
-    let run = store
-        .submit_run(&submission(2, None), None, 3)
-        .await
-        .unwrap()
-        .into_inner();
-    let claim = store
-        .claim(&[JobKind::Train], "w", CPU, &lease)
-        .await
-        .unwrap()
-        .unwrap();
+    let run = submit(&store, 2, None, 3).await;
+    let claim = claim_training(&store, "w", &lease).await.unwrap();
     // Reported out of order; block s2.b10 (index 12) sorts after s2.b9 (index 11) by index,
     // before it by name.
     let at = |name, split, epoch, block: Option<(u32, u32)>| {
