@@ -39,11 +39,34 @@ impl GroupSums {
         }
     }
 
+    /// The groups no example fell in at the path's start: they have no records.
+    fn empty_groups(&self) -> impl Iterator<Item = Group> + '_ {
+        [Group::Borderline, Group::Correct]
+            .into_iter()
+            .filter(|&g| !self.0.contains_key(&(0, g)))
+    }
+
     /// (position, group, mean loss, mean accuracy, mean entropy, n).
     fn means(&self) -> impl Iterator<Item = (u32, Group, [f64; 3], usize)> + '_ {
         self.0
             .iter()
             .map(|(&(p, g), s)| (p, g, [s[0] / s[3], s[1] / s[3], s[2] / s[3]], s[3] as usize))
+    }
+}
+
+/// Says which of `sums`' groups are empty on this split, so that a figure without them is
+/// explained (a briefly trained head is often confidently wrong on every example).
+fn note_empty_groups(ctx: &mut Ctx, path: &str, start: &str, sums: &GroupSums) {
+    let margin = ctx.spec.margin;
+    for group in sums.empty_groups() {
+        let which = match group {
+            Group::Borderline => format!("borderline (|margin| < {margin})"),
+            _ => format!("already correct (margin ≥ {margin})"),
+        };
+        ctx.notes.push(format!(
+            "{path}: no {} example is {which} {start}, so that group has no records",
+            ctx.split.as_str()
+        ));
     }
 }
 
@@ -80,6 +103,7 @@ pub(crate) fn borderline(ctx: &mut Ctx) -> Result<Vec<BlockId>> {
             sums.add(position as u32, &stats, &margins, ctx.spec.margin);
         }
     }
+    note_empty_groups(ctx, "borderline", "at the window's input", &sums);
     for (position, group, [loss, acc, entropy], n) in sums.means() {
         for (name, v) in [
             (M::BorderlineLoss, loss),
@@ -151,6 +175,10 @@ pub(crate) fn unroll(ctx: &mut Ctx) -> Result<Option<FinalLosses>> {
                 }
             }
         }
+    }
+    // The groups are fixed before unrolling, the same for every α.
+    if let Some(first) = sums.first() {
+        note_empty_groups(ctx, "unroll", "before unrolling", first);
     }
     let mut finals = vec![];
     for (a, &alpha) in alphas.iter().enumerate() {

@@ -421,3 +421,39 @@ fn a_projection_last_block_is_noted_not_unrolled() {
     assert!(result.notes.iter().any(|n| n.starts_with("borderline:")));
     assert!(result.records.is_empty());
 }
+
+/// A margin of 0 leaves the borderline group (|m| < 0) empty on both paths: no records of
+/// it, and a note per path and split that says so.
+#[test]
+fn an_empty_borderline_group_is_noted() {
+    let (train, test) = (images(20, 11), images(20, 12));
+    let spec_model = ModelSpec {
+        width: Some(4),
+        blocks: Some(vec![3]),
+        ..ModelSpec::new(Arch::Single)
+    };
+    let m = model(&spec_model, DType::F32, &train);
+    let run = run_spec(spec_model);
+    let input = Input {
+        model: &m,
+        run: &run,
+        epoch: 1,
+        train: &train,
+        test: &test,
+    };
+    let mut s = spec(&[AnalysisKind::Unroll, AnalysisKind::Borderline]);
+    s.margin = 0.0;
+    let result = analyze(&input, &s).unwrap();
+    assert!(find(&result.records, |r| r.group == Some(Group::Borderline)).is_empty());
+    assert!(!find(&result.records, |r| r.group == Some(Group::All)).is_empty());
+    for path in ["borderline", "unroll"] {
+        for split in ["train", "test"] {
+            let note = format!("{path}: no {split} example is borderline (|margin| < 0)");
+            assert!(
+                result.notes.iter().any(|n| n.starts_with(&note)),
+                "{note} in {:?}",
+                result.notes
+            );
+        }
+    }
+}

@@ -259,10 +259,13 @@ fn borderline(label: &str, seeds: &[&Run]) -> Option<Figure> {
     let mut panels = vec![];
     for (name, what) in metrics {
         let mut series = vec![];
+        // Groups no example fell in (the analysis notes them), said under the axis.
+        let mut empty = vec![];
         for (gi, group) in [Group::Borderline, Group::Correct, Group::All]
             .into_iter()
             .enumerate()
         {
+            let drawn = series.len();
             for split in [Split::Test, Split::Train] {
                 let pts = per_step(seeds, |r| {
                     r.name == name && r.group == Some(group) && r.split == split
@@ -277,6 +280,9 @@ fn borderline(label: &str, seeds: &[&Run]) -> Option<Figure> {
                     points: pts,
                 });
             }
+            if series.len() == drawn {
+                empty.push(group_name(group));
+            }
         }
         if !series.is_empty() {
             panels.push(Panel {
@@ -284,6 +290,7 @@ fn borderline(label: &str, seeds: &[&Run]) -> Option<Figure> {
                 x_label: "position in the last blocks (0 = window input)".into(),
                 y_label: what.into(),
                 series,
+                note: (!empty.is_empty()).then(|| format!("no {} examples", empty.join(", "))),
                 ..Panel::default()
             });
         }
@@ -325,14 +332,8 @@ fn unrolling(label: &str, seeds: &[&Run]) -> Option<Figure> {
         })
         .map(|r| r.value)
         .fold(f64::NEG_INFINITY, f64::max);
-    let panel = |name: MetricName, group: Group, split: Split, title: &str, y: &str| Panel {
-        title: format!("{label}: {title} (Fig. 7)"),
-        x_label: "unrolling step k".into(),
-        y_label: y.into(),
-        reference_y: (name == MetricName::UnrollCosine).then_some(0.0),
-        y_max: (name == MetricName::UnrollLoss && start_loss.is_finite())
-            .then_some(5.0 * start_loss),
-        series: alphas
+    let panel = |name: MetricName, group: Group, split: Split, title: &str, y: &str| {
+        let series: Vec<Series> = alphas
             .iter()
             .enumerate()
             .map(|(i, &a)| Series {
@@ -350,8 +351,20 @@ fn unrolling(label: &str, seeds: &[&Run]) -> Option<Figure> {
                         && r.split == split
                 }),
             })
-            .collect(),
-        ..Panel::default()
+            .filter(|s| !s.points.is_empty())
+            .collect();
+        Panel {
+            title: format!("{label}: {title} (Fig. 7)"),
+            x_label: "unrolling step k".into(),
+            y_label: y.into(),
+            reference_y: (name == MetricName::UnrollCosine).then_some(0.0),
+            y_max: (name == MetricName::UnrollLoss && start_loss.is_finite())
+                .then_some(5.0 * start_loss),
+            // A group no example fell in before unrolling (the analysis notes it).
+            note: (series.is_empty() && group != Group::All)
+                .then(|| format!("no {} examples", group_name(group))),
+            series,
+        }
     };
     Some(Figure {
         panels: vec![
@@ -539,6 +552,54 @@ mod tests {
             .iter()
             .map(|s| s.label.clone())
             .collect()
+    }
+
+    /// The notes under each panel of `figure`.
+    fn notes(figure: &Figure) -> Vec<Option<&str>> {
+        figure.panels.iter().map(|p| p.note.as_deref()).collect()
+    }
+
+    #[test]
+    fn figs_6_and_7_say_when_no_example_is_borderline() {
+        // Everything at steps 0-2 on both splits, but only the all and correct groups.
+        let mut analysis = vec![];
+        for split in [Split::Train, Split::Test] {
+            for group in [Group::All, Group::Correct] {
+                for step in 0..3 {
+                    for name in [
+                        MetricName::BorderlineLoss,
+                        MetricName::BorderlineAccuracy,
+                        MetricName::BorderlineEntropy,
+                    ] {
+                        let mut r = AnalysisRecord::new(name, split, 6, 0.5, 10).with_group(group);
+                        r.step = Some(step);
+                        analysis.push(r);
+                    }
+                    for name in [
+                        MetricName::UnrollLoss,
+                        MetricName::UnrollAccuracy,
+                        MetricName::UnrollCosine,
+                    ] {
+                        analysis.push(
+                            AnalysisRecord::new(name, split, 6, 0.5, 10)
+                                .with_group(group)
+                                .at_step(0.1, step),
+                        );
+                    }
+                }
+            }
+        }
+        let run = Run {
+            label: "r",
+            analysis: &analysis,
+            training: &[],
+            selected_alpha: Some(0.1),
+        };
+        let fig6 = borderline("r", &[&run]).expect("Fig. 6");
+        assert_eq!(notes(&fig6), [Some("no borderline examples"); 3]);
+        let fig7 = unrolling("r", &[&run]).expect("Fig. 7");
+        assert_eq!(notes(&fig7), [None, Some("no borderline examples"), None]);
+        assert!(fig7.panels[1].series.is_empty());
     }
 
     #[test]
