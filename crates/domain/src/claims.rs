@@ -302,6 +302,13 @@ fn c6(c: &Config) -> Verdict {
         alpha,
     );
     let cos1 = unroll(c, MetricName::UnrollCosine, Group::All, Split::Test, 1.0);
+    if acc.is_empty() && cos.len() >= 2 {
+        return undecided(
+            "C6",
+            c.label,
+            "no test example is borderline before unrolling: none to correct",
+        );
+    }
     if cos.len() < 2 || acc.len() < 2 || cos1.len() < 2 {
         return undecided(
             "C6",
@@ -309,7 +316,7 @@ fn c6(c: &Config) -> Verdict {
             "unrolling records incomplete (α = 1 needed too)",
         );
     }
-    // Step 0 is before unrolling; the cosine exists from step 1.
+    // Step 0 is before unrolling (the same for every α): the claim is about the steps after.
     let stays_negative = cos[1..].iter().all(|v| *v < 0.0);
     let rises = acc[acc.len() - 1] > acc[0];
     let alpha1_positive = cos1[1..cos1.len().min(6)].iter().any(|v| *v > 0.0);
@@ -489,5 +496,49 @@ mod tests {
         };
         assert_eq!(c1(&c).holds, Some(false));
         assert_eq!(c6(&c).holds, None);
+    }
+
+    #[test]
+    fn unrolling_without_borderline_examples_leaves_c6_undecided_saying_why() {
+        let at = |name, group, alpha, step, value| {
+            AnalysisRecord::new(name, Split::Test, 1, value, 10)
+                .with_group(group)
+                .at_step(alpha, step)
+        };
+        let mut records = vec![];
+        for alpha in [1.0, 0.1] {
+            for step in 0..3 {
+                records.push(at(MetricName::UnrollCosine, Group::All, alpha, step, -0.1));
+                records.push(at(MetricName::UnrollAccuracy, Group::All, alpha, step, 0.5));
+            }
+        }
+        let model = crate::ModelSpec::new(Arch::Resnet);
+        let c6_of = |records: &[AnalysisRecord]| {
+            c6(&Config {
+                seeds: vec![(records, Some(0.1))],
+                ..Config::new("r", &model)
+            })
+        };
+        let v = c6_of(&records);
+        assert_eq!(v.holds, None);
+        assert!(
+            v.measured.contains("no test example is borderline"),
+            "{}",
+            v.measured
+        );
+        // With borderline examples whose accuracy rises, and α = 1 never positive: decided.
+        for step in 0..3 {
+            let value = 0.4 + 0.1 * f64::from(step);
+            records.push(at(
+                MetricName::UnrollAccuracy,
+                Group::Borderline,
+                0.1,
+                step,
+                value,
+            ));
+        }
+        let v = c6_of(&records);
+        assert_eq!(v.holds, Some(false), "{}", v.measured);
+        assert!(v.measured.contains("0.400 → 0.600"), "{}", v.measured);
     }
 }
