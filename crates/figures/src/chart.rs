@@ -213,6 +213,10 @@ fn bounds(panel: &Panel) -> ((f64, f64), (f64, f64)) {
             cut = true;
         }
     }
+    if cut && y0 > y1 {
+        // Every point is above the cut: the chart shows the band just below it.
+        (y0, y1) = (limit, limit);
+    }
     if let Some(r) = panel.reference_y {
         y0 = y0.min(r);
         y1 = y1.max(r);
@@ -499,6 +503,12 @@ mod tests {
         let (_, (_, y1)) = bounds(&panel);
         assert_eq!(y1, 6.0, "the top edge is the cut");
         assert_eq!(cut_at(&panel).as_deref(), Some("cut at 6"));
+        let all_above = Panel {
+            series: vec![series(&[7.0, 8.0])],
+            ..panel.clone()
+        };
+        let (_, (y0, y1)) = bounds(&all_above);
+        assert!(y0 < y1 && y1 == 6.0, "{y0}..{y1}");
         let below = Panel {
             y_max: Some(1e10),
             ..panel

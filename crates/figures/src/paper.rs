@@ -265,7 +265,7 @@ fn borderline(label: &str, seeds: &[&Run]) -> Option<Figure> {
             .into_iter()
             .enumerate()
         {
-            let drawn = series.len();
+            let before = series.len();
             for split in [Split::Test, Split::Train] {
                 let pts = per_step(seeds, |r| {
                     r.name == name && r.group == Some(group) && r.split == split
@@ -280,7 +280,7 @@ fn borderline(label: &str, seeds: &[&Run]) -> Option<Figure> {
                     points: pts,
                 });
             }
-            if series.len() == drawn {
+            if series.len() == before {
                 empty.push(group_name(group));
             }
         }
