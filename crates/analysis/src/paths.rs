@@ -55,7 +55,7 @@ impl GroupSums {
 }
 
 /// Says which of `sums`' groups are empty on this split, so that a figure without them is
-/// explained (a briefly trained head is often confidently wrong on every example).
+/// explained (a briefly trained head is often confidently right or wrong on every example).
 fn note_empty_groups(ctx: &mut Ctx, path: &str, start: &str, sums: &GroupSums) {
     let margin = ctx.spec.margin;
     for group in sums.empty_groups() {
