@@ -61,6 +61,40 @@ fn model(spec: &ModelSpec, dtype: DType, train: &Images) -> ResNet {
     m
 }
 
+/// A model (BatchNorm statistics warmed on its train images) with its run spec and the
+/// `n` train and test images it is analysed on.
+struct Fixture {
+    model: ResNet,
+    run: RunSpec,
+    train: Images,
+    test: Images,
+}
+
+impl Fixture {
+    /// Train images from `seed`, test images from `seed + 1`.
+    fn new(spec: ModelSpec, dtype: DType, n: u32, seed: u64) -> Self {
+        let (train, test) = (images(n, seed), images(n, seed + 1));
+        let model = model(&spec, dtype, &train);
+        Self {
+            model,
+            run: run_spec(spec),
+            train,
+            test,
+        }
+    }
+
+    /// The input of an analysis of the model after `epoch` epochs.
+    fn input(&self, epoch: u32) -> Input<'_> {
+        Input {
+            model: &self.model,
+            run: &self.run,
+            epoch,
+            train: &self.train,
+            test: &self.test,
+        }
+    }
+}
+
 fn small(blocks: u32) -> ModelSpec {
     ModelSpec {
         width: Some(4),
@@ -87,17 +121,8 @@ fn find(records: &[AnalysisRecord], f: impl Fn(&AnalysisRecord) -> bool) -> Vec<
 /// bit, as dropping on its own.
 #[test]
 fn dropping_alongside_cosine_gives_the_records_of_dropping_alone() {
-    let (train, test) = (images(30, 1), images(30, 2));
-    let model_spec = small(2);
-    let net = model(&model_spec, DType::F32, &train);
-    let run = run_spec(model_spec);
-    let input = Input {
-        model: &net,
-        run: &run,
-        epoch: 1,
-        train: &train,
-        test: &test,
-    };
+    let fixture = Fixture::new(small(2), DType::F32, 30, 1);
+    let input = fixture.input(1);
     let alone = analyze(&input, &spec(&[AnalysisKind::Drop])).unwrap();
     let together = analyze(
         &input,
@@ -118,17 +143,10 @@ fn dropping_alongside_cosine_gives_the_records_of_dropping_alone() {
 
 #[test]
 fn dropping_a_block_equals_the_model_rebuilt_without_it() {
-    let (train, test) = (images(30, 1), images(30, 2));
     let full_spec = small(3);
-    let full = model(&full_spec, DType::F32, &train);
-    let run = run_spec(full_spec.clone());
-    let input = Input {
-        model: &full,
-        run: &run,
-        epoch: 1,
-        train: &train,
-        test: &test,
-    };
+    let fixture = Fixture::new(full_spec.clone(), DType::F32, 30, 1);
+    let (full, train, test) = (&fixture.model, &fixture.train, &fixture.test);
+    let input = fixture.input(1);
     let result = analyze(&input, &spec(&[AnalysisKind::Drop])).unwrap();
 
     // Rebuild with stage 1 one block shorter, carrying every tensor but s1.b1's over.
@@ -136,7 +154,7 @@ fn dropping_a_block_equals_the_model_rebuilt_without_it() {
         blocks: Some(vec![3, 2, 3]),
         ..full_spec
     };
-    let short = model(&short_spec, DType::F32, &train);
+    let short = model(&short_spec, DType::F32, train);
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for (k, t) in full.state_dict().unwrap() {
         let renamed = if let Some(rest) = k.strip_prefix("stages.1.blocks.2.") {
@@ -149,7 +167,7 @@ fn dropping_a_block_equals_the_model_rebuilt_without_it() {
         tensors.insert(renamed, t);
     }
     short.load_state_dict(&tensors).unwrap();
-    for (split, images) in [(Split::Train, &train), (Split::Test, &test)] {
+    for (split, images) in [(Split::Train, train), (Split::Test, test)] {
         let subset = fixed_subset(images, 24, 0, if split == Split::Train { 0 } else { 1 });
         let inputs = Inputs::new(&NORM, &Device::Cpu).unwrap();
         let (want, _) = evaluate(&short, &inputs, subset.batches(10), &[]).unwrap();
@@ -187,21 +205,13 @@ fn dropping_a_block_equals_the_model_rebuilt_without_it() {
 
 #[test]
 fn unrolling_with_alpha_zero_is_plain_inference() {
-    let (train, test) = (images(20, 3), images(20, 4));
     let spec_model = ModelSpec {
         width: Some(4),
         blocks: Some(vec![3]),
         ..ModelSpec::new(Arch::Single)
     };
-    let m = model(&spec_model, DType::F32, &train);
-    let run = run_spec(spec_model);
-    let input = Input {
-        model: &m,
-        run: &run,
-        epoch: 2,
-        train: &train,
-        test: &test,
-    };
+    let fixture = Fixture::new(spec_model, DType::F32, 20, 3);
+    let input = fixture.input(2);
     let mut s = spec(&[AnalysisKind::Unroll, AnalysisKind::Drop]);
     s.alphas = vec![0.0, 0.5];
     let result = analyze(&input, &s).unwrap();
@@ -232,21 +242,14 @@ fn unrolling_with_alpha_zero_is_plain_inference() {
 
 #[test]
 fn the_skip_gradient_matches_finite_differences() {
-    let (train, test) = (images(8, 5), images(8, 6));
     let spec_model = ModelSpec {
         width: Some(3),
         blocks: Some(vec![2]),
         ..ModelSpec::new(Arch::Single)
     };
-    let m = model(&spec_model, DType::F64, &train);
-    let run = run_spec(spec_model);
-    let input = Input {
-        model: &m,
-        run: &run,
-        epoch: 1,
-        train: &train,
-        test: &test,
-    };
+    let fixture = Fixture::new(spec_model, DType::F64, 8, 5);
+    let (m, test) = (&fixture.model, &fixture.test);
+    let input = fixture.input(1);
     let mut s = spec(&[AnalysisKind::Cosine]);
     s.splits = vec![Split::Test];
     s.max_examples = 1;
@@ -262,7 +265,7 @@ fn the_skip_gradient_matches_finite_differences() {
     };
 
     // The same cosine from a finite-difference gradient of the network without block 0.
-    let subset = fixed_subset(&test, 1, 0, 1);
+    let subset = fixed_subset(test, 1, 0, 1);
     let inputs = Inputs::new(&NORM, &Device::Cpu).unwrap();
     let (x, y) = inputs.upload(subset.batches(1).next().unwrap()).unwrap();
     let x = x.to_dtype(DType::F64).unwrap();
@@ -318,24 +321,17 @@ fn running_stats(m: &ResNet) -> Vec<Vec<f32>> {
 
 #[test]
 fn every_analysis_runs_and_leaves_batchnorm_statistics_unchanged() {
-    let (train, test) = (images(30, 7), images(30, 8));
     let spec_model = ModelSpec {
         sharing: domain::Sharing::Ubn,
         unshared_blocks: 1,
         ..small(3)
     };
-    let m = model(&spec_model, DType::F32, &train);
-    let before = running_stats(&m);
-    let run = run_spec(spec_model);
-    let input = Input {
-        model: &m,
-        run: &run,
-        epoch: 4,
-        train: &train,
-        test: &test,
-    };
+    let fixture = Fixture::new(spec_model, DType::F32, 30, 7);
+    let m = &fixture.model;
+    let before = running_stats(m);
+    let input = fixture.input(4);
     let result = analyze(&input, &spec(&AnalysisKind::ALL)).unwrap();
-    assert_eq!(before, running_stats(&m));
+    assert_eq!(before, running_stats(m));
     assert!(result
         .records
         .iter()
@@ -390,17 +386,8 @@ fn every_analysis_runs_and_leaves_batchnorm_statistics_unchanged() {
 
 #[test]
 fn a_projection_last_block_is_noted_not_unrolled() {
-    let (train, test) = (images(10, 9), images(10, 10));
-    let spec_model = small(1);
-    let m = model(&spec_model, DType::F32, &train);
-    let run = run_spec(spec_model);
-    let input = Input {
-        model: &m,
-        run: &run,
-        epoch: 1,
-        train: &train,
-        test: &test,
-    };
+    let fixture = Fixture::new(small(1), DType::F32, 10, 9);
+    let input = fixture.input(1);
     let result = analyze(
         &input,
         &spec(&[
@@ -426,21 +413,13 @@ fn a_projection_last_block_is_noted_not_unrolled() {
 /// it, and a note per path and split that says so.
 #[test]
 fn an_empty_borderline_group_is_noted() {
-    let (train, test) = (images(20, 11), images(20, 12));
     let spec_model = ModelSpec {
         width: Some(4),
         blocks: Some(vec![3]),
         ..ModelSpec::new(Arch::Single)
     };
-    let m = model(&spec_model, DType::F32, &train);
-    let run = run_spec(spec_model);
-    let input = Input {
-        model: &m,
-        run: &run,
-        epoch: 1,
-        train: &train,
-        test: &test,
-    };
+    let fixture = Fixture::new(spec_model, DType::F32, 20, 11);
+    let input = fixture.input(1);
     let mut s = spec(&[AnalysisKind::Unroll, AnalysisKind::Borderline]);
     s.margin = 0.0;
     let result = analyze(&input, &s).unwrap();
