@@ -162,6 +162,14 @@ pub async fn complete(
     Ok(Json(JobStateReply { state }))
 }
 
+/// A worker's error message as the job keeps it: its first 10,000 characters.
+fn stored_error(error: &str) -> &str {
+    error
+        .char_indices()
+        .nth(10_000)
+        .map_or(error, |(end, _)| &error[..end])
+}
+
 #[utoipa::path(post, path = "/v1/worker/jobs/{id}/fail", tag = "worker",
     params(("id" = uuid::Uuid, Path)), request_body = FailureReport,
     responses((status = 200, description = "failed, or queued again for infrastructure failures with attempts left", body = JobStateReply),
@@ -172,8 +180,10 @@ pub async fn fail(
     body: JsonBody<FailureReport>,
 ) -> ApiResult<Json<JobStateReply>> {
     let f = body.value;
-    let error: String = f.error.chars().take(10_000).collect();
-    let state = state.store.fail(job, f.lease_token, f.kind, &error).await?;
+    let state = state
+        .store
+        .fail(job, f.lease_token, f.kind, stored_error(&f.error))
+        .await?;
     Ok(Json(JobStateReply { state }))
 }
 
@@ -187,10 +197,15 @@ pub async fn refuse(
     body: JsonBody<Refusal>,
 ) -> ApiResult<Json<JobStateReply>> {
     let r = body.value;
-    let error: String = r.error.chars().take(10_000).collect();
     let state = state
         .store
-        .refuse(job, r.lease_token, r.memory, r.need_mib, &error)
+        .refuse(
+            job,
+            r.lease_token,
+            r.memory,
+            r.need_mib,
+            stored_error(&r.error),
+        )
         .await?;
     Ok(Json(JobStateReply { state }))
 }
@@ -206,4 +221,19 @@ pub async fn release(
 ) -> ApiResult<Json<JobStateReply>> {
     let state = state.store.release(job, body.value.lease_token).await?;
     Ok(Json(JobStateReply { state }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stored_error;
+
+    #[test]
+    fn a_stored_error_keeps_its_first_ten_thousand_characters() {
+        assert_eq!(stored_error("out of memory"), "out of memory");
+        let long = "é".repeat(10_001);
+        let kept = stored_error(&long);
+        assert_eq!(kept.chars().count(), 10_000);
+        assert!(long.starts_with(kept));
+        assert_eq!(stored_error(&long[..20_000]).len(), 20_000);
+    }
 }
