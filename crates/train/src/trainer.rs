@@ -84,14 +84,21 @@ fn load_model_in(
     device: &Device,
     precision: impl FnOnce(Precision) -> Precision,
 ) -> Result<(ResNet, RunSpec)> {
+    // A checkpoint is user data (it may come from elsewhere): its spec is validated like a
+    // submitted one, and a tensor it lacks names the file, not an internal state.
+    let bad = |reason: String| resnet::Error::BadCheckpoint {
+        path: checkpoint.path.clone(),
+        reason,
+    };
     let spec: RunSpec = checkpoint.meta_json(META_SPEC)?;
+    spec.validate()
+        .map_err(|e| bad(format!("metadata {META_SPEC:?}: {e}")))?;
     let model = build_model(&spec, precision(spec.model.dtype), device)?;
-    model
-        .load_state_dict(&checkpoint.tensors)
-        .map_err(|e| TrainError::Resume {
-            path: checkpoint.path.clone(),
-            reason: e.to_string(),
-        })?;
+    model.load_state_dict(&checkpoint.tensors).map_err(|e| {
+        bad(format!(
+            "its tensors are not those of the model its spec describes: {e}"
+        ))
+    })?;
     Ok((model, spec))
 }
 

@@ -290,6 +290,42 @@ fn checkpoints_are_self_describing() {
 }
 
 #[test]
+fn a_checkpoint_whose_spec_or_tensors_do_not_hold_up_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    uninterrupted(dir.path(), spec(1));
+    let ck = resnet::checkpoint::read(&dir.path().join("full/epoch-0001.safetensors")).unwrap();
+    let trained: RunSpec = ck.meta_json(train::META_SPEC).unwrap();
+    // The same tensors under an edited spec, as a hand-made or converted file could be.
+    let edited = |name: &str, edit: &dyn Fn(&mut RunSpec)| {
+        let mut spec = trained.clone();
+        edit(&mut spec);
+        let mut metadata = ck.metadata.clone();
+        metadata.insert(
+            train::META_SPEC.into(),
+            serde_json::to_string(&spec).unwrap(),
+        );
+        let path = dir.path().join(name);
+        let tensors: Vec<_> = ck.tensors.clone().into_iter().collect();
+        resnet::checkpoint::write(&path, &tensors, metadata).unwrap();
+        let edited = resnet::checkpoint::read(&path).unwrap();
+        let err = train::load_model(&edited, &Device::Cpu).err().unwrap();
+        let msg = err.to_string();
+        assert!(msg.starts_with(&format!("{}: ", path.display())), "{msg}");
+        msg
+    };
+    let msg = edited("std0.safetensors", &|s| {
+        s.data.normalization.as_mut().unwrap().std = [0.0; 3];
+    });
+    assert!(msg.contains("data.normalization.std"), "{msg}");
+    let msg = edited("deeper.safetensors", &|s| s.model.blocks = Some(vec![2]));
+    assert!(
+        msg.contains("not those of the model its spec describes")
+            && msg.contains("missing tensor stages.0.blocks.1."),
+        "{msg}"
+    );
+}
+
+#[test]
 fn divergence_is_an_error_naming_epoch_and_step_and_keeps_the_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
