@@ -23,6 +23,30 @@ pub enum AnalyzeError {
     Data(#[from] cifar::DataError),
 }
 
+impl AnalyzeError {
+    /// The model's error, wherever it arose: reading the checkpoint, loading the model or
+    /// analysing it.
+    fn model(&self) -> Option<&resnet::Error> {
+        match self {
+            Self::Model(e)
+            | Self::Train(train::TrainError::Model(e))
+            | Self::Analysis(analysis::Error::Model(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// How a failed analyze job is reported; only `infrastructure` is retried.
+    fn failure_kind(&self) -> FailureKind {
+        match (self, self.model()) {
+            (Self::Data(_), _) => FailureKind::Invalid,
+            (_, Some(e)) if e.is_memory() => FailureKind::Invalid,
+            // The checkpoint store failing (unmounted, unreadable) is the machine's fault.
+            (_, Some(e)) if e.is_io() => FailureKind::Infrastructure,
+            _ => FailureKind::Internal,
+        }
+    }
+}
+
 /// The analysis of a checkpoint's model on `data`.
 pub fn analyse_checkpoint(
     checkpoint: &resnet::Checkpoint,
@@ -84,17 +108,8 @@ pub fn run_job(job: &JobContext<'_>) -> JobEnd {
                         records: analysis.records,
                     }))),
                     Err(e) => {
-                        let model = match &e {
-                            AnalyzeError::Analysis(analysis::Error::Model(e)) => Some(e),
-                            _ => None,
-                        };
-                        let kind = match &e {
-                            AnalyzeError::Data(_) => FailureKind::Invalid,
-                            _ if model.is_some_and(|m| m.is_memory()) => FailureKind::Invalid,
-                            _ => FailureKind::Internal,
-                        };
-                        let need = model.and_then(|m| m.memory_need());
-                        JobEnd::failed(kind, e.to_string(), need)
+                        let need = e.model().and_then(|m| m.memory_need());
+                        JobEnd::failed(e.failure_kind(), e.to_string(), need)
                     }
                 };
             }
@@ -125,4 +140,37 @@ fn analyse_task(
         run.data.labels,
     )?;
     analyse_checkpoint(&checkpoint, &data, spec, &device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn an_unreadable_checkpoint_is_retried_and_work_too_large_is_not() {
+        let unreadable = resnet::Error::Io {
+            path: "runs/r/attempt-1/epoch-0003.safetensors".into(),
+            source: Error::new(ErrorKind::NotFound, "no such file or directory"),
+        };
+        assert_eq!(
+            AnalyzeError::Model(unreadable).failure_kind(),
+            FailureKind::Infrastructure
+        );
+        let too_large = resnet::Error::MemoryBudget {
+            work: resnet::memory::Work::Analysis,
+            batch: 500,
+            memory: resnet::memory::Memory::Gpu,
+            field: "analysis.eval_batch_size",
+            largest: 100,
+            need_mib: 9000,
+            budget_mib: 4000,
+        };
+        let e = AnalyzeError::Analysis(analysis::Error::Model(too_large));
+        assert_eq!(e.failure_kind(), FailureKind::Invalid);
+        assert_eq!(
+            e.model().and_then(|m| m.memory_need()),
+            Some((resnet::memory::Memory::Gpu, 9000))
+        );
+    }
 }

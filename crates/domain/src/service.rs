@@ -78,8 +78,9 @@ string_enum!(
 string_enum!(
     /// Why a job failed. Only `infrastructure` failures are retried.
     FailureKind {
-        /// The worker was lost or its lease expired: retried, resuming from the latest
-        /// registered checkpoint, up to the configured number of attempts.
+        /// The worker was lost, its lease expired, or the checkpoint store failed it (full,
+        /// unmounted): retried, resuming from the latest registered checkpoint, up to the
+        /// configured number of attempts.
         Infrastructure => "infrastructure",
         /// The loss or a parameter became non-finite.
         Diverged => "diverged",

@@ -63,6 +63,12 @@ impl Error {
         matches!(self, Self::MemoryBudget { .. } | Self::OutOfMemory { .. })
     }
 
+    /// Whether a file could not be read or written (a checkpoint store full, unmounted or
+    /// failing): the machine's fault, not the work's.
+    pub fn is_io(&self) -> bool {
+        matches!(self, Self::Io { .. })
+    }
+
     /// The memory and MiB the work needs, where that is more than the budget, so that a
     /// worker with more could take the job: the estimate refused before the work started,
     /// or one MiB over the budget of a GPU that ran out while it ran.

@@ -161,22 +161,28 @@ pub fn run_job(job: &JobContext<'_>) -> JobEnd {
         Ok(end) => end,
         Err(_) if job.keeper.lost() => JobEnd::Abandoned,
         Err(e) => {
-            let kind = match &e {
-                TrainError::Diverged { .. } => FailureKind::Diverged,
-                TrainError::Spec(_) | TrainError::DatasetMismatch { .. } | TrainError::Data(_) => {
-                    FailureKind::Invalid
-                }
-                TrainError::Model(e) if e.is_memory() => FailureKind::Invalid,
-                // The checkpoint store failing (full, unmounted) is the machine's fault.
-                TrainError::Io { .. } | TrainError::Sink(_) => FailureKind::Infrastructure,
-                _ => FailureKind::Internal,
-            };
             let need = match &e {
                 TrainError::Model(e) => e.memory_need(),
                 _ => None,
             };
-            JobEnd::failed(kind, e.to_string(), need)
+            JobEnd::failed(failure_kind(&e), e.to_string(), need)
         }
+    }
+}
+
+/// How a failed train job is reported; only `infrastructure` is retried.
+fn failure_kind(e: &TrainError) -> FailureKind {
+    match e {
+        TrainError::Diverged { .. } => FailureKind::Diverged,
+        TrainError::Spec(_) | TrainError::DatasetMismatch { .. } | TrainError::Data(_) => {
+            FailureKind::Invalid
+        }
+        TrainError::Model(e) if e.is_memory() => FailureKind::Invalid,
+        // The checkpoint store failing (full, unmounted) is the machine's fault: checkpoints
+        // are written by `resnet::checkpoint`, old ones pruned by `train`.
+        TrainError::Io { .. } | TrainError::Sink(_) => FailureKind::Infrastructure,
+        TrainError::Model(e) if e.is_io() => FailureKind::Infrastructure,
+        _ => FailureKind::Internal,
     }
 }
 
@@ -219,4 +225,39 @@ fn train_claim(job: &JobContext<'_>) -> Result<JobEnd, TrainError> {
             JobEnd::Stopped
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn a_checkpoint_store_that_fails_is_retried_and_bad_work_is_not() {
+        let full = resnet::Error::Io {
+            path: "runs/r/attempt-1/epoch-0003.safetensors".into(),
+            source: Error::new(ErrorKind::StorageFull, "no space left on device"),
+        };
+        assert_eq!(
+            failure_kind(&TrainError::Model(full)),
+            FailureKind::Infrastructure
+        );
+        let pruning = TrainError::Io {
+            path: "runs/r/attempt-1/epoch-0001.safetensors".into(),
+            source: Error::new(ErrorKind::PermissionDenied, "read-only file system"),
+        };
+        assert_eq!(failure_kind(&pruning), FailureKind::Infrastructure);
+        let damaged = resnet::Error::BadCheckpoint {
+            path: "runs/r/attempt-1/epoch-0003.safetensors".into(),
+            reason: "the file is damaged".into(),
+        };
+        // Another attempt would read the same file.
+        assert!(!failure_kind(&TrainError::Model(damaged)).is_retried());
+        let diverged = TrainError::Diverged {
+            epoch: 2,
+            step: 40,
+            cause: "loss NaN".into(),
+        };
+        assert_eq!(failure_kind(&diverged), FailureKind::Diverged);
+    }
 }
