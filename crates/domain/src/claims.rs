@@ -321,12 +321,18 @@ fn c6(c: &Config) -> Verdict {
     let rises = acc[acc.len() - 1] > acc[0];
     let alpha1_positive = cos1[1..cos1.len().min(6)].iter().any(|v| *v > 0.0);
     let max_cos = cos[1..].iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    // α was selected by this loss; whether unrolling lowered it at all is the paper's third
+    // expectation, shown beside the verdict (not part of C6's predicate).
+    let train_loss = match unroll(c, MetricName::UnrollLoss, Group::All, Split::Train, alpha)[..] {
+        [first, .., last] => format!("; train loss {first:.3} → {last:.3}"),
+        _ => String::new(),
+    };
     verdict(
         "C6",
         c.label,
         Some(stays_negative && rises && alpha1_positive),
         format!(
-            "α = {alpha}: largest cosine {max_cos:.3}; borderline test accuracy {:.3} → {:.3}; α = 1 positive within 5 steps: {alpha1_positive}",
+            "α = {alpha}: largest cosine {max_cos:.3}; borderline test accuracy {:.3} → {:.3}{train_loss}; α = 1 positive within 5 steps: {alpha1_positive}",
             acc[0],
             acc[acc.len() - 1]
         ),
@@ -540,5 +546,18 @@ mod tests {
         let v = c6_of(&records);
         assert_eq!(v.holds, Some(false), "{}", v.measured);
         assert!(v.measured.contains("0.400 → 0.600"), "{}", v.measured);
+        assert!(!v.measured.contains("train loss"), "{}", v.measured);
+        // The train loss the α was selected by, before and after unrolling.
+        for step in 0..3 {
+            let value = 0.5 - 0.1 * f64::from(step);
+            let r = AnalysisRecord::new(MetricName::UnrollLoss, Split::Train, 1, value, 10);
+            records.push(r.with_group(Group::All).at_step(0.1, step));
+        }
+        let v = c6_of(&records);
+        assert!(
+            v.measured.contains("train loss 0.500 → 0.300"),
+            "{}",
+            v.measured
+        );
     }
 }
