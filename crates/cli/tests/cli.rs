@@ -451,6 +451,40 @@ fn analyze_a_run_writes_every_epoch_and_a_combined_table() {
     assert!(table
         .lines()
         .any(|l| l.starts_with("cosine,test,2,s0.b0,0,identity")));
+    // Two analysed epochs: the figures follow the blocks over training.
+    let listing = ok(&stepwise(
+        dir.path(),
+        &["figures", "--run", "runs/c", "--out", "figs"],
+    ));
+    let over_training = listing
+        .lines()
+        .find(|l| l.contains("blocks_over_training_") && l.ends_with(".svg"))
+        .unwrap_or_else(|| panic!("no figure over training in {listing}"));
+    let svg = std::fs::read_to_string(dir.path().join(over_training)).unwrap();
+    assert!(svg.contains("cosine loss per block over training"));
+    // Epoch 2 analysed again with the skip gradient: epoch 1's full-gradient cosines are
+    // another quantity, so there is no history left to draw.
+    ok(&stepwise(
+        dir.path(),
+        &[
+            "analyze",
+            "--checkpoint",
+            "runs/c/checkpoints/epoch-0002.safetensors",
+            "--metrics",
+            "cosine",
+            "--gradient",
+            "skip",
+            "--max-examples",
+            "12",
+            "--eval-batch",
+            "6",
+        ],
+    ));
+    let listing = ok(&stepwise(
+        dir.path(),
+        &["figures", "--run", "runs/c", "--out", "figs-skip"],
+    ));
+    assert!(!listing.contains("blocks_over_training_"), "{listing}");
     let err = failed(&stepwise(
         dir.path(),
         &["analyze", "--run", "runs/c", "--metrics", "cosin"],

@@ -23,4 +23,4 @@ pub enum FigureError {
 pub type Result<T, E = FigureError> = std::result::Result<T, E>;
 
 pub use chart::{png, svg, write, Figure};
-pub use paper::{figures, Run};
+pub use paper::{figures, Run, OVER_TRAINING};

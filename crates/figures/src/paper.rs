@@ -14,7 +14,14 @@ pub struct Run<'a> {
     pub training: &'a [MetricRecord],
     /// The unrolling step size selected by paper.md's rule, if unrolling was analysed.
     pub selected_alpha: Option<f64>,
+    /// Records of [`OVER_TRAINING`] from one analysis per analysed epoch, all with the
+    /// gradient of `analysis` (a `skip` cosine is another quantity), for the figure over
+    /// training; empty, or of one epoch, where there is nothing to follow.
+    pub history: &'a [AnalysisRecord],
 }
+
+/// The block metrics drawn over training, where a run was analysed at several epochs.
+pub const OVER_TRAINING: [MetricName; 2] = [MetricName::Cosine, MetricName::L2Ratio];
 
 /// Labels in order of first appearance, each with its runs.
 fn by_label<'r, 'a>(runs: &'r [Run<'a>]) -> Vec<(&'a str, Vec<&'r Run<'a>>)> {
@@ -69,16 +76,44 @@ fn per_step(seeds: &[&Run], keep: impl Fn(&AnalysisRecord) -> bool) -> Vec<Point
 
 /// Values of training records matching `keep`, per epoch.
 fn per_epoch(seeds: &[&Run], keep: impl Fn(&MetricRecord) -> bool) -> Vec<Point> {
+    let values = seeds
+        .iter()
+        .flat_map(|run| run.training.iter().filter(|r| keep(r)))
+        .map(|r| (r.epoch, r.value));
+    by_epoch(values)
+}
+
+/// (epoch, value) pairs as points, one per epoch with every seed's value.
+fn by_epoch(values: impl Iterator<Item = (u32, f64)>) -> Vec<Point> {
     let mut c = Collected::new();
-    for run in seeds {
-        for r in run.training.iter().filter(|r| keep(r)) {
-            c.entry(r.epoch as i64)
-                .or_insert((r.epoch as f64, vec![], false))
-                .1
-                .push(r.value);
-        }
+    for (epoch, value) in values {
+        c.entry(epoch as i64)
+            .or_insert((epoch as f64, vec![], false))
+            .1
+            .push(value);
     }
     points(c)
+}
+
+/// One curve per block of `blocks` (global index → id), coloured from blue (the first) to
+/// red (the last). Up to six blocks each get a label; of more, the first, middle and last
+/// do, and the colour tells the rest.
+fn block_curves(blocks: &BTreeMap<u32, String>, points: impl Fn(u32) -> Vec<Point>) -> Vec<Series> {
+    let last = blocks.len().saturating_sub(1).max(1) as f64;
+    blocks
+        .iter()
+        .enumerate()
+        .map(|(k, (&index, id))| {
+            let labelled =
+                blocks.len() <= 6 || k == 0 || k == blocks.len() - 1 || k == blocks.len() / 2;
+            Series {
+                label: if labelled { id.clone() } else { String::new() },
+                color: blue_to_red(k as f64 / last),
+                dashed: false,
+                points: points(index),
+            }
+        })
+        .collect()
 }
 
 fn split_name(split: Split) -> &'static str {
@@ -195,6 +230,10 @@ pub fn figures(runs: &[Run]) -> Vec<(String, Figure)> {
         );
         add(format!("fig6_borderline_{label}"), borderline(label, seeds));
         add(format!("fig7_unrolling_{label}"), unrolling(label, seeds));
+        add(
+            format!("blocks_over_training_{label}"),
+            over_training(label, seeds),
+        );
     }
     add("fig8_sharing".into(), sharing(&groups));
     add("taylor".into(), taylor(&groups));
@@ -216,27 +255,13 @@ fn intermediate(label: &str, seeds: &[&Run]) -> Option<Figure> {
     if blocks.is_empty() {
         return None;
     }
-    let last = blocks.len().saturating_sub(1).max(1) as f64;
-    let series = blocks
-        .iter()
-        .enumerate()
-        .map(|(k, (&index, id))| {
-            // Up to six blocks each get a label; of more, the shallowest, middle and deepest
-            // do, and the colour tells the rest.
-            let labelled =
-                blocks.len() <= 6 || k == 0 || k == blocks.len() - 1 || k == blocks.len() / 2;
-            Series {
-                label: if labelled { id.clone() } else { String::new() },
-                color: blue_to_red(k as f64 / last),
-                dashed: false,
-                points: per_epoch(seeds, |r| {
-                    r.name == MetricName::IntermediateAccuracy
-                        && r.split == Some(Split::Test)
-                        && r.block_index == Some(index)
-                }),
-            }
+    let series = block_curves(&blocks, |index| {
+        per_epoch(seeds, |r| {
+            r.name == MetricName::IntermediateAccuracy
+                && r.split == Some(Split::Test)
+                && r.block_index == Some(index)
         })
-        .collect();
+    });
     Some(Figure {
         panels: vec![Panel {
             title: format!("{label}: head on each last-stage block (Fig. 5)"),
@@ -246,6 +271,57 @@ fn intermediate(label: &str, seeds: &[&Run]) -> Option<Figure> {
             note: Some("blue: first block of the stage … red: last".into()),
             ..Panel::default()
         }],
+    })
+}
+
+/// The mean cosine and ℓ2 ratio of every block (test split) at each analysed epoch, where
+/// the runs were analysed at two epochs or more: how the blocks' refinement forms.
+fn over_training(label: &str, seeds: &[&Run]) -> Option<Figure> {
+    let test_means = |r: &&AnalysisRecord| r.split == Split::Test && r.stat == Some(Stat::Mean);
+    let mut blocks: BTreeMap<u32, String> = BTreeMap::new();
+    let mut epochs = std::collections::BTreeSet::new();
+    for r in seeds.iter().flat_map(|run| run.history).filter(test_means) {
+        if let (Some(i), Some(b)) = (r.block_index, &r.block) {
+            blocks.insert(i, b.to_string());
+            epochs.insert(r.epoch);
+        }
+    }
+    if epochs.len() < 2 {
+        return None;
+    }
+    let panel = |name: MetricName, title: &str, y_label: &str| {
+        let series = block_curves(&blocks, |index| {
+            let values = seeds
+                .iter()
+                .flat_map(|run| run.history)
+                .filter(test_means)
+                .filter(|r| r.name == name && r.block_index == Some(index))
+                .map(|r| (r.epoch, r.value));
+            by_epoch(values)
+        });
+        Panel {
+            title: format!("{label}: {title}"),
+            x_label: "epoch of the analysed checkpoint".into(),
+            y_label: y_label.into(),
+            series,
+            reference_y: (name == MetricName::Cosine).then_some(0.0),
+            note: Some("blue: first block … red: last".into()),
+            ..Panel::default()
+        }
+    };
+    Some(Figure {
+        panels: vec![
+            panel(
+                MetricName::Cosine,
+                "cosine loss per block over training",
+                "mean cos(F_i(h_i), ∂L/∂h_i), test",
+            ),
+            panel(
+                MetricName::L2Ratio,
+                "relative change per block over training",
+                "mean ‖F_i(h_i)‖ / ‖h_i‖, test",
+            ),
+        ],
     })
 }
 
@@ -545,6 +621,7 @@ mod tests {
             analysis: &[],
             training: &training,
             selected_alpha: None,
+            history: &[],
         };
         let figure = intermediate("r", &[&run]).expect("a figure");
         figure.panels[0]
@@ -594,12 +671,68 @@ mod tests {
             analysis: &analysis,
             training: &[],
             selected_alpha: Some(0.1),
+            history: &[],
         };
         let fig6 = borderline("r", &[&run]).expect("Fig. 6");
         assert_eq!(notes(&fig6), [Some("no borderline examples"); 3]);
         let fig7 = unrolling("r", &[&run]).expect("Fig. 7");
         assert_eq!(notes(&fig7), [None, Some("no borderline examples"), None]);
         assert!(fig7.panels[1].series.is_empty());
+    }
+
+    #[test]
+    fn blocks_are_followed_over_training_where_two_epochs_or_more_were_analysed() {
+        // Three blocks analysed at epochs 2, 4 and 6 (cosine and ℓ2 ratio, mean and median,
+        // both splits); the cosine of block b at epoch e is -(b + 1) * e / 100.
+        let mut history = vec![];
+        for epoch in [2, 4, 6] {
+            for b in 0..3u32 {
+                for split in [Split::Train, Split::Test] {
+                    for stat in [Stat::Mean, Stat::Median] {
+                        let id = BlockId::new(0, b);
+                        let cosine = -f64::from((b + 1) * epoch) / 100.0;
+                        for (name, value) in
+                            [(MetricName::Cosine, cosine), (MetricName::L2Ratio, 0.5)]
+                        {
+                            let r = AnalysisRecord::new(name, split, epoch, value, 10)
+                                .at_block(id, b, BlockKind::Identity)
+                                .with_stat(stat);
+                            history.push(r);
+                        }
+                    }
+                }
+            }
+        }
+        let run = |history| Run {
+            label: "r",
+            analysis: &[],
+            training: &[],
+            selected_alpha: None,
+            history,
+        };
+        let all = run(&history);
+        let figure = over_training("r", &[&all]).expect("a figure");
+        let cosine = &figure.panels[0];
+        assert_eq!(cosine.reference_y, Some(0.0));
+        let labels: Vec<&str> = cosine.series.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(labels, ["s0.b0", "s0.b1", "s0.b2"]);
+        // The test split's means only, one point per epoch.
+        let last = &cosine.series[2].points;
+        let drawn: Vec<(f64, Vec<f64>)> = last.iter().map(|p| (p.x, p.values.clone())).collect();
+        assert_eq!(
+            drawn,
+            [(2.0, vec![-0.06]), (4.0, vec![-0.12]), (6.0, vec![-0.18])]
+        );
+        assert_eq!(figure.panels[1].series[0].points[0].values, [0.5]);
+        // One analysed epoch has nothing to follow.
+        let first_epoch: Vec<AnalysisRecord> =
+            history.iter().filter(|r| r.epoch == 2).cloned().collect();
+        assert!(over_training("r", &[&run(&first_epoch)]).is_none());
+        let names: Vec<String> = figures(&[all]).into_iter().map(|(n, _)| n).collect();
+        assert!(
+            names.contains(&"blocks_over_training_r".to_string()),
+            "{names:?}"
+        );
     }
 
     #[test]

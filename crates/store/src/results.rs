@@ -209,6 +209,38 @@ impl Store {
         }
     }
 
+    /// Block means on the test split of the metrics `names`, from the run's latest succeeded
+    /// analysis at each analysed epoch, by epoch: its blocks over training. Only analyses
+    /// whose gradient is that of [`Self::latest_analysis`] count (a `skip` cosine is
+    /// another quantity).
+    pub async fn analysis_history(
+        &self,
+        run: Uuid,
+        names: &[MetricName],
+    ) -> Result<Vec<AnalysisRecord>> {
+        let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+        let rows: Vec<Json<AnalysisRecord>> = sqlx::query_scalar(
+            "WITH latest AS (
+                 SELECT spec ->> 'gradient' AS gradient FROM analyses
+                  WHERE run_id = $1 AND status = 'succeeded'
+                  ORDER BY epoch DESC, finished_at DESC LIMIT 1),
+             chosen AS (
+                 SELECT DISTINCT ON (a.epoch) a.id, a.epoch FROM analyses a, latest
+                  WHERE a.run_id = $1 AND a.status = 'succeeded'
+                    AND a.spec ->> 'gradient' = latest.gradient
+                  ORDER BY a.epoch, a.finished_at DESC)
+             SELECT r.record FROM analysis_records r JOIN chosen c ON c.id = r.analysis_id
+              WHERE r.record ->> 'name' = ANY ($2) AND r.record ->> 'split' = 'test'
+                AND r.record ->> 'stat' = 'mean'
+              ORDER BY c.epoch, r.seq",
+        )
+        .bind(run)
+        .bind(&names)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|j| j.0).collect())
+    }
+
     async fn analysis_records(&self, id: Uuid) -> Result<Vec<AnalysisRecord>> {
         let rows: Vec<Json<AnalysisRecord>> = sqlx::query_scalar(
             "SELECT record FROM analysis_records WHERE analysis_id = $1 ORDER BY seq",

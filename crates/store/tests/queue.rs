@@ -152,31 +152,90 @@ async fn a_run_is_claimed_trained_and_analysed_by_plan(pool: PgPool) {
         .await
         .unwrap()
     {
-        let task = job.analysis.clone().unwrap();
-        epochs.push(task.checkpoint.epoch);
-        let result = AnalysisResult {
-            selected_alpha: Some(0.5),
-            notes: vec![],
-            examples: vec![],
-            seconds: 1.0,
-            records: vec![domain::AnalysisRecord::new(
-                MetricName::Cosine,
-                Split::Test,
-                task.checkpoint.epoch,
-                -0.1,
-                10,
-            )],
-        };
-        store
-            .complete(job.job_id, job.lease_token, Some(&result))
-            .await
-            .unwrap();
+        let epoch = job.analysis.as_ref().unwrap().checkpoint.epoch;
+        epochs.push(epoch);
+        complete_analysis(&store, &job, block_records(epoch, -0.1)).await;
     }
     assert_eq!(epochs, [2, 3]);
     let latest = store.latest_analysis(run.id).await.unwrap().unwrap();
     assert_eq!(latest.epoch, 3);
     assert_eq!(latest.status, JobState::Succeeded);
-    assert_eq!(latest.records.len(), 1);
+    assert_eq!(latest.records.len(), 4);
+
+    // The blocks over training: the test split's means of the names asked for, by epoch.
+    let history = |names: &'static [MetricName]| {
+        let store = store.clone();
+        async move {
+            let records = store.analysis_history(run.id, names).await.unwrap();
+            records
+                .iter()
+                .map(|r| (r.name, r.epoch, r.value))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        history(&[MetricName::Cosine, MetricName::L2Ratio]).await,
+        [
+            (MetricName::Cosine, 2, -0.1),
+            (MetricName::L2Ratio, 2, 0.5),
+            (MetricName::Cosine, 3, -0.1),
+            (MetricName::L2Ratio, 3, 0.5)
+        ]
+    );
+    // A later analysis with the skip gradient is the latest: a full-gradient cosine is
+    // another quantity, so only it remains.
+    let spec = domain::AnalysisSpec {
+        gradient: domain::GradientKind::Skip,
+        ..Default::default()
+    };
+    store
+        .request_analysis(run.id, None, &spec, 3)
+        .await
+        .unwrap();
+    let job = store
+        .claim(&[JobKind::Analyze], "a", CPU, &lease)
+        .await
+        .unwrap()
+        .unwrap();
+    complete_analysis(&store, &job, block_records(3, -0.3)).await;
+    assert_eq!(
+        history(&[MetricName::Cosine]).await,
+        [(MetricName::Cosine, 3, -0.3)]
+    );
+}
+
+/// A block's cosine (mean and median, test and train) and ℓ2 ratio (test mean) at `epoch`.
+fn block_records(epoch: u32, cosine: f64) -> Vec<domain::AnalysisRecord> {
+    use domain::{AnalysisRecord, BlockId, BlockKind, Stat};
+    let at = |name, split, value, stat| {
+        AnalysisRecord::new(name, split, epoch, value, 10)
+            .at_block(BlockId::new(0, 0), 0, BlockKind::Identity)
+            .with_stat(stat)
+    };
+    vec![
+        at(MetricName::Cosine, Split::Test, cosine, Stat::Mean),
+        at(MetricName::Cosine, Split::Test, 0.0, Stat::Median),
+        at(MetricName::Cosine, Split::Train, 0.0, Stat::Mean),
+        at(MetricName::L2Ratio, Split::Test, 0.5, Stat::Mean),
+    ]
+}
+
+async fn complete_analysis(
+    store: &Store,
+    job: &domain::service::Claim,
+    records: Vec<domain::AnalysisRecord>,
+) {
+    let result = AnalysisResult {
+        selected_alpha: Some(0.5),
+        notes: vec![],
+        examples: vec![],
+        seconds: 1.0,
+        records,
+    };
+    store
+        .complete(job.job_id, job.lease_token, Some(&result))
+        .await
+        .unwrap();
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]

@@ -611,6 +611,7 @@ async fn analysis_section(label: &str, analysis: AnalysisView) -> ApiResult<Anal
         label: label.to_string(),
         training: vec![],
         analysis: Some(analysis),
+        history: vec![],
     }])
     .await?
     .into_iter()

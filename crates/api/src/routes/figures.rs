@@ -1,6 +1,6 @@
 //! The paper's figures as SVG or PNG, drawn from stored results: a run's (its training
-//! metrics and its latest analysis) or an experiment's (every run, seeds of a configuration
-//! as mean ± sd).
+//! metrics, its latest analysis and its blocks over the analysed epochs) or an
+//! experiment's (every run, seeds of a configuration as mean ± sd).
 
 use super::typed;
 use crate::error::{ApiError, ApiResult, Problem};
@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Json;
 use domain::service::{AnalysisView, ExperimentView};
-use domain::MetricRecord;
+use domain::{AnalysisRecord, MetricRecord};
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -19,9 +19,12 @@ pub(crate) struct RunResults {
     pub label: String,
     pub training: Vec<MetricRecord>,
     pub analysis: Option<AnalysisView>,
+    /// [`figures::Run::history`].
+    pub history: Vec<AnalysisRecord>,
 }
 
-/// A run's training metrics and, when `with_analysis`, its latest analysis.
+/// A run's training metrics, its blocks over the analysed epochs and, when
+/// `with_analysis`, its latest analysis.
 pub(crate) async fn results(
     state: &AppState,
     run: Uuid,
@@ -36,6 +39,10 @@ pub(crate) async fn results(
         } else {
             None
         },
+        history: state
+            .store
+            .analysis_history(run, &figures::OVER_TRAINING)
+            .await?,
     })
 }
 
@@ -47,6 +54,7 @@ fn views(runs: &[RunResults]) -> Vec<figures::Run<'_>> {
             analysis: r.analysis.as_ref().map_or(&[][..], |a| &a.records[..]),
             training: &r.training,
             selected_alpha: r.analysis.as_ref().and_then(|a| a.selected_alpha),
+            history: &r.history,
         })
         .collect()
 }

@@ -1,10 +1,11 @@
 //! `stepwise figures`: the paper's figures from run directories — their training metrics
-//! and the analysis of their latest analysed epoch (`stepwise analyze`). Runs with the same
-//! label are seeds of one configuration.
+//! and the analysis of their latest analysed epoch (`stepwise analyze`), and where several
+//! epochs were analysed, the blocks over training. Runs with the same label are seeds of one
+//! configuration.
 
 use analysis::Analysis;
 use anyhow::{bail, Context, Result};
-use domain::{MetricRecord, RunSpec};
+use domain::{AnalysisRecord, MetricRecord, RunSpec};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -14,9 +15,11 @@ pub struct RunData {
     pub label: String,
     pub training: Vec<MetricRecord>,
     pub analysis: Option<Analysis>,
+    /// [`figures::Run::history`]: the analysed epochs' block records.
+    pub history: Vec<AnalysisRecord>,
 }
 
-/// The spec, training metrics and latest analysis of a run directory.
+/// The spec, training metrics and analyses of a run directory.
 pub fn read_run(dir: &Path) -> Result<RunData> {
     let spec_path = dir.join("spec.toml");
     let text = std::fs::read_to_string(&spec_path)
@@ -33,42 +36,56 @@ pub fn read_run(dir: &Path) -> Result<RunData> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
         Err(e) => return Err(e).with_context(|| format!("reading {}", metrics.display())),
     };
-    let analysis = match latest_analysis(dir)? {
-        Some(path) => {
-            let text = std::fs::read_to_string(&path)
+    let mut analyses = analysis_files(dir)?
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            Some(
-                serde_json::from_str(&text)
-                    .with_context(|| format!("parsing {}", path.display()))?,
-            )
+            serde_json::from_str::<Analysis>(&text)
+                .with_context(|| format!("parsing {}", path.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let analysis = analyses.pop();
+    let mut history = vec![];
+    if let Some(latest) = &analysis {
+        for a in analyses.iter().chain([latest]) {
+            if a.spec.gradient == latest.spec.gradient {
+                let kept = a
+                    .records
+                    .iter()
+                    .filter(|r| figures::OVER_TRAINING.contains(&r.name));
+                history.extend(kept.cloned());
+            }
         }
-        None => None,
-    };
+    }
     Ok(RunData {
         label: spec.model.label(),
         training,
         analysis,
+        history,
     })
 }
 
-/// `RUN/analysis/epoch-EEEE/analysis.json` of the highest epoch, if any.
-fn latest_analysis(dir: &Path) -> Result<Option<PathBuf>> {
+/// Every `RUN/analysis/epoch-EEEE/analysis.json`, by epoch.
+fn analysis_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let root = dir.join("analysis");
     let entries = match std::fs::read_dir(&root) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
         Err(e) => return Err(e).with_context(|| format!("listing {}", root.display())),
     };
-    let mut best: Option<PathBuf> = None;
+    let mut files = vec![];
     for entry in entries {
         let entry = entry.with_context(|| format!("listing {}", root.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path().join("analysis.json");
-        if name.starts_with("epoch-") && path.exists() && best.as_ref().is_none_or(|b| *b < path) {
-            best = Some(path);
+        if name.starts_with("epoch-") && path.exists() {
+            files.push(path);
         }
     }
-    Ok(best)
+    // Zero-padded epochs: the names sort as the epochs do.
+    files.sort();
+    Ok(files)
 }
 
 /// Renders every figure the runs support into `out`; returns the files written.
@@ -80,6 +97,7 @@ pub fn render(runs: &[RunData], out: &Path) -> Result<Vec<PathBuf>> {
             analysis: r.analysis.as_ref().map_or(&[][..], |a| &a.records[..]),
             training: &r.training,
             selected_alpha: r.analysis.as_ref().and_then(|a| a.selected_alpha),
+            history: &r.history,
         })
         .collect();
     let mut written = vec![];
