@@ -279,11 +279,15 @@ fn intermediate(label: &str, seeds: &[&Run]) -> Option<Figure> {
 fn over_training(label: &str, seeds: &[&Run]) -> Option<Figure> {
     let test_means = |r: &&AnalysisRecord| r.split == Split::Test && r.stat == Some(Stat::Mean);
     let mut blocks: BTreeMap<u32, String> = BTreeMap::new();
+    let mut projections = std::collections::BTreeSet::new();
     let mut epochs = std::collections::BTreeSet::new();
     for r in seeds.iter().flat_map(|run| run.history).filter(test_means) {
         if let (Some(i), Some(b)) = (r.block_index, &r.block) {
             blocks.insert(i, b.to_string());
             epochs.insert(r.epoch);
+            if r.kind == Some(BlockKind::Projection) {
+                projections.insert(i);
+            }
         }
     }
     if epochs.len() < 2 {
@@ -297,15 +301,19 @@ fn over_training(label: &str, seeds: &[&Run]) -> Option<Figure> {
                 .filter(test_means)
                 .filter(|r| r.name == name && r.block_index == Some(index))
                 .map(|r| (r.epoch, r.value));
-            by_epoch(values)
+            let mut points = by_epoch(values);
+            for p in &mut points {
+                p.hollow = projections.contains(&index);
+            }
+            points
         });
         Panel {
             title: format!("{label}: {title}"),
-            x_label: "epoch of the analysed checkpoint".into(),
+            x_label: "epoch".into(),
             y_label: y_label.into(),
             series,
             reference_y: (name == MetricName::Cosine).then_some(0.0),
-            note: Some("blue: first block … red: last".into()),
+            note: Some("blue: first block … red: last; hollow: projection blocks".into()),
             ..Panel::default()
         }
     };
@@ -682,8 +690,9 @@ mod tests {
 
     #[test]
     fn blocks_are_followed_over_training_where_two_epochs_or_more_were_analysed() {
-        // Three blocks analysed at epochs 2, 4 and 6 (cosine and ℓ2 ratio, mean and median,
-        // both splits); the cosine of block b at epoch e is -(b + 1) * e / 100.
+        // Three blocks (the last a projection block) analysed at epochs 2, 4 and 6 (cosine
+        // and ℓ2 ratio, mean and median, both splits); the cosine of block b at epoch e is
+        // -(b + 1) * e / 100.
         let mut history = vec![];
         for epoch in [2, 4, 6] {
             for b in 0..3u32 {
@@ -694,8 +703,13 @@ mod tests {
                         for (name, value) in
                             [(MetricName::Cosine, cosine), (MetricName::L2Ratio, 0.5)]
                         {
+                            let kind = if b == 2 {
+                                BlockKind::Projection
+                            } else {
+                                BlockKind::Identity
+                            };
                             let r = AnalysisRecord::new(name, split, epoch, value, 10)
-                                .at_block(id, b, BlockKind::Identity)
+                                .at_block(id, b, kind)
                                 .with_stat(stat);
                             history.push(r);
                         }
@@ -724,6 +738,9 @@ mod tests {
             [(2.0, vec![-0.06]), (4.0, vec![-0.12]), (6.0, vec![-0.18])]
         );
         assert_eq!(figure.panels[1].series[0].points[0].values, [0.5]);
+        // Block 2 is a projection block: hollow markers, as in Fig. 2.
+        assert!(last.iter().all(|p| p.hollow));
+        assert!(cosine.series[0].points.iter().all(|p| !p.hollow));
         // One analysed epoch has nothing to follow.
         let first_epoch: Vec<AnalysisRecord> =
             history.iter().filter(|r| r.epoch == 2).cloned().collect();
