@@ -513,12 +513,15 @@ fn the_smoke_experiment_trains_analyses_draws_and_reports() {
     ok(&stepwise(dir.path(), &["run", spec, "--out", "exp"]));
     assert!(!dir.path().join("data/shapes10").exists());
     let out = dir.path().join("exp");
+    // Both epochs analysed (`analysis_checkpoints`), their checkpoints kept from pruning.
     for run in ["resnet-8-seed0", "single-narrow-seed0"] {
-        let analysis = out
-            .join("runs")
-            .join(run)
-            .join("analysis/epoch-0001/analysis.json");
-        assert!(analysis.exists(), "{}", analysis.display());
+        for epoch in ["epoch-0001", "epoch-0002"] {
+            let analysis = out
+                .join("runs")
+                .join(run)
+                .join(format!("analysis/{epoch}/analysis.json"));
+            assert!(analysis.exists(), "{}", analysis.display());
+        }
     }
     for name in [
         "curves",
@@ -526,6 +529,7 @@ fn the_smoke_experiment_trains_analyses_draws_and_reports() {
         "fig3_l2_ratio",
         "fig4_drop",
         "fig5_intermediate_single-narrow",
+        "blocks_over_training_resnet-8",
     ] {
         for ext in ["svg", "png"] {
             let f = out.join("figures").join(format!("{name}.{ext}"));
@@ -546,7 +550,7 @@ fn the_smoke_experiment_trains_analyses_draws_and_reports() {
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("| resnet-8 | 5250 |"), "{report}");
     assert!(
-        report.contains("fewer epochs than the paper (epochs of the paper's): resnet-8 1 of 300"),
+        report.contains("fewer epochs than the paper (epochs of the paper's): resnet-8 2 of 300"),
         "{report}"
     );
     assert!(report.contains("| C1 | single-narrow |"), "{report}");
@@ -559,7 +563,7 @@ fn the_smoke_experiment_trains_analyses_draws_and_reports() {
     // The same output directory with a changed experiment is refused, not mixed.
     let changed = std::fs::read_to_string(dir.path().join(spec))
         .unwrap()
-        .replace("epochs = 1", "epochs = 2");
+        .replace("epochs = 2", "epochs = 3");
     std::fs::write(dir.path().join("changed.toml"), changed).unwrap();
     let err = failed(&stepwise(
         dir.path(),

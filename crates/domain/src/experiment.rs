@@ -1,6 +1,7 @@
 //! An experiment: configurations (one model each) × seeds, trained with shared data and
 //! training settings, analysed, drawn and compared with the paper together.
 
+use crate::service::{AnalysisPlan, CheckpointSelection};
 use crate::spec::{parse_toml, Errors};
 use crate::{AnalysisSpec, DataSpec, ModelSpec, RunSpec, SpecError, TrainSpec};
 use serde::{Deserialize, Serialize};
@@ -18,7 +19,12 @@ pub struct ExperimentSpec {
     /// Training shared by every configuration (its `seed` is replaced by each seed).
     #[serde(default)]
     pub train: TrainSpec,
-    /// How each run's final checkpoint is analysed.
+    /// Which checkpoints of each run are analysed (the final one always): `"final"`,
+    /// `{ every = k }` or `{ epochs = [...] }`, as a run's analysis plan; the figures then
+    /// follow the blocks over the analysed epochs.
+    #[serde(default)]
+    pub analysis_checkpoints: CheckpointSelection,
+    /// How each analysed checkpoint is analysed.
     #[serde(default)]
     pub analysis: AnalysisSpec,
     pub configs: Vec<ConfigSpec>,
@@ -62,6 +68,14 @@ impl ExperimentSpec {
         let spec: Self = parse_toml(text, "experiment")?;
         spec.validate()?;
         Ok(spec)
+    }
+
+    /// The analysis plan of every run.
+    pub fn analysis_plan(&self) -> AnalysisPlan {
+        AnalysisPlan {
+            checkpoints: self.analysis_checkpoints.clone(),
+            spec: self.analysis.clone(),
+        }
     }
 
     /// Every run: configurations in order, each with every seed.
@@ -128,6 +142,11 @@ impl ExperimentSpec {
         if let Err(bad) = self.analysis.validate() {
             e.extend(bad);
         }
+        // Within the shortest configuration (a configuration's train table may differ).
+        if let Some(shortest) = self.runs().iter().map(|r| r.spec.epochs()).min() {
+            self.analysis_checkpoints
+                .check("analysis_checkpoints", shortest, &mut e);
+        }
         // Each configuration's run spec, once (the seed does not change its validity).
         for (i, run) in self
             .runs()
@@ -192,5 +211,32 @@ model = { arch = "resnet", depth = 8, width = 4 }
         assert!(err.contains("used twice"), "{err}");
         let seeds = QUICK.replace("seeds = [0, 1]", "seeds = [1, 1]");
         assert!(ExperimentSpec::from_toml(&seeds).is_err());
+    }
+
+    #[test]
+    fn analysis_checkpoints_make_every_runs_plan_within_the_shortest_configuration() {
+        assert_eq!(
+            ExperimentSpec::from_toml(QUICK).unwrap().analysis_plan(),
+            AnalysisPlan::default()
+        );
+        let every = QUICK.replace(
+            "seeds = [0, 1]",
+            "seeds = [0, 1]\nanalysis_checkpoints = { every = 1 }",
+        );
+        let plan = ExperimentSpec::from_toml(&every).unwrap().analysis_plan();
+        assert_eq!(plan.checkpoints, CheckpointSelection::Every(1));
+        assert_eq!(plan.epochs(2), [1, 2]);
+        // The second configuration trains for one epoch only.
+        let shorter = every.replace(
+            "label = \"narrow\"\n",
+            "label = \"narrow\"\ntrain = { epochs = 1 }\n",
+        );
+        assert!(ExperimentSpec::from_toml(&shorter).is_ok());
+        let listed = shorter.replace("{ every = 1 }", "{ epochs = [2] }");
+        let err = ExperimentSpec::from_toml(&listed).unwrap_err().to_string();
+        assert!(
+            err.contains("analysis_checkpoints.epochs: 2 is out of range 1..=1"),
+            "{err}"
+        );
     }
 }

@@ -140,22 +140,31 @@ impl AnalysisPlan {
 
     pub fn validate(&self, epochs: u32) -> Result<(), SpecError> {
         let mut e = Errors::default();
-        match &self.checkpoints {
-            CheckpointSelection::Final => {}
-            CheckpointSelection::Every(k) => e.range("analysis.checkpoints.every", *k, 1, epochs),
-            CheckpointSelection::Epochs(list) => {
-                if list.is_empty() || list.len() > 1000 {
-                    e.push("analysis.checkpoints.epochs", "give 1 to 1000 epochs");
-                }
-                for &epoch in list {
-                    e.range("analysis.checkpoints.epochs", epoch, 1, epochs);
-                }
-            }
-        }
+        self.checkpoints
+            .check("analysis.checkpoints", epochs, &mut e);
         if let Err(bad) = self.spec.validate() {
             e.extend(bad);
         }
         e.finish()
+    }
+}
+
+impl CheckpointSelection {
+    /// Checks the selection against a run of `epochs` epochs, naming `field` in errors.
+    pub(crate) fn check(&self, field: &str, epochs: u32, e: &mut Errors) {
+        match self {
+            Self::Final => {}
+            Self::Every(k) => e.range(&format!("{field}.every"), *k, 1, epochs),
+            Self::Epochs(list) => {
+                let field = format!("{field}.epochs");
+                if list.is_empty() || list.len() > 1000 {
+                    e.push(&field, "give 1 to 1000 epochs");
+                }
+                for &epoch in list {
+                    e.range(&field, epoch, 1, epochs);
+                }
+            }
+        }
     }
 }
 

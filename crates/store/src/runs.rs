@@ -124,10 +124,7 @@ impl Store {
             .bind(Json(spec))
             .execute(&mut *tx)
             .await?;
-        let plan = domain::service::AnalysisPlan {
-            checkpoints: domain::service::CheckpointSelection::Final,
-            spec: spec.analysis.clone(),
-        };
+        let plan = spec.analysis_plan();
         for run in spec.runs() {
             insert_run(
                 &mut tx,

@@ -657,10 +657,11 @@ async fn an_experiment_is_configurations_times_seeds(pool: PgPool) {
         r#"
 name = "demo"
 seeds = [0, 1]
+analysis_checkpoints = { every = 1 }
 [data]
 dataset = "shapes10"
 [train]
-epochs = 1
+epochs = 2
 [[configs]]
 model = { arch = "resnet", depth = 8, width = 4 }
 [[configs]]
@@ -681,7 +682,11 @@ model = { arch = "resnet", depth = 8, width = 2 }
         .map(|c| (c.label.as_str(), c.runs))
         .collect();
     assert_eq!(labels, [("resnet-8", 2), ("narrow", 2)]);
-    assert!(view.runs.iter().all(|r| r.analysis.is_some()));
+    // Every run's plan is the experiment's: both epochs analysed.
+    assert!(view
+        .runs
+        .iter()
+        .all(|r| r.analysis.as_ref().map(|p| p.epochs(2)) == Some(vec![1, 2])));
     let filter = RunFilter {
         experiment: Some(view.id),
         ..Default::default()

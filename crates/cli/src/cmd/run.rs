@@ -1,8 +1,9 @@
 //! `stepwise run`: an experiment end to end. Every configuration × seed is trained into
 //! `OUT/runs/<label>-seed<seed>` (a finished run is kept, an interrupted one resumed), its
-//! final checkpoint analysed, then `OUT/figures/`, `OUT/summary.csv` and `OUT/report.md`
-//! (our numbers beside the paper's, and claims C1–C7) are written. Rerunning the command
-//! after a stop continues where it left off.
+//! final checkpoint (and those `analysis_checkpoints` selects) analysed, then
+//! `OUT/figures/`, `OUT/summary.csv` and `OUT/report.md` (our numbers beside the paper's,
+//! and claims C1–C7) are written. Rerunning the command after a stop continues where it
+//! left off.
 
 use super::figures::{read_run, render, RunData};
 use super::open_dataset;
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use train::{CheckpointStore, Outcome, Trainer, META_TRAIN_STATE};
+use train::{checkpoint_name, CheckpointStore, Outcome, Trainer, META_TRAIN_STATE};
 
 pub fn run(args: RunArgs, data_dir: &Path) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&args.spec)
@@ -36,11 +37,21 @@ pub fn run(args: RunArgs, data_dir: &Path) -> Result<ExitCode> {
     for (k, run) in runs.iter().enumerate() {
         let dir = out.join("runs").join(run.dir_name());
         eprintln!("[{}/{}] {} seed {}", k + 1, runs.len(), run.label, run.seed);
-        let Some(checkpoint) = train_to_end(run, &dir, data_dir, &device, &stop)? else {
+        let plan = spec.analysis_plan();
+        let analysed = plan.epochs(run.spec.epochs());
+        if !train_to_end(run, &analysed, &dir, data_dir, &device, &stop)? {
             eprintln!("stopped; run the same command again to continue");
             return Ok(ExitCode::from(130));
-        };
-        analyse(&spec, &checkpoint, &dir, data_dir, &device)?;
+        }
+        for epoch in analysed {
+            let checkpoint = dir.join("checkpoints").join(checkpoint_name(epoch, 0));
+            if checkpoint.exists() {
+                analyse(&spec, &checkpoint, &dir, data_dir, &device)?;
+            } else {
+                // Pruned while an earlier version of the experiment did not select it.
+                eprintln!("  no checkpoint of epoch {epoch} to analyse (pruned earlier)");
+            }
+        }
     }
     // Written once every run matches it (a different experiment is refused above).
     resnet::checkpoint::write_atomic(&out.join("experiment.toml"), text.as_bytes())?;
@@ -93,15 +104,17 @@ fn check_memory(
     Ok(())
 }
 
-/// Trains `run` into `dir` to its last epoch: fresh, resumed from the newest checkpoint, or
-/// not at all when finished. Returns the final checkpoint, or None when stopped.
+/// Trains `run` into `dir` to its last epoch, keeping the checkpoints of the epochs
+/// `analysed`: fresh, resumed from the newest checkpoint, or not at all when finished.
+/// Returns false when stopped.
 fn train_to_end(
     run: &ExperimentRun,
+    analysed: &[u32],
     dir: &Path,
     data_dir: &Path,
     device: &candle_core::Device,
     stop: &AtomicBool,
-) -> Result<Option<PathBuf>> {
+) -> Result<bool> {
     let epochs = run.spec.epochs();
     let ckpt_dir = dir.join("checkpoints");
     let store = CheckpointStore::new(&ckpt_dir, Default::default(), epochs);
@@ -133,7 +146,7 @@ fn train_to_end(
             let state: train::TrainState = ck.meta_json(META_TRAIN_STATE)?;
             if state.epoch >= epochs && state.batch == 0 {
                 eprintln!("  finished earlier: {}", path.display());
-                return Ok(Some(path.clone()));
+                return Ok(true);
             }
             Trainer::resume(&ck, None, dataset, device, ckpt_dir.clone())?
         }
@@ -142,18 +155,16 @@ fn train_to_end(
             Trainer::new(run.spec.clone(), dataset, device, ckpt_dir.clone())?
         }
     };
+    trainer.keep_epochs(analysed);
     let spec_path = dir.join("spec.toml");
     resnet::checkpoint::write_atomic(&spec_path, trainer.spec().to_toml().as_bytes())?;
     let mut sink = RunSink::open(dir, trainer.state().epoch, epochs, false)?;
     let outcome = trainer.run(&mut sink, stop);
     sink.finish();
-    Ok(match outcome? {
-        Outcome::Finished => sink.last_checkpoint.map(|name| ckpt_dir.join(name)),
-        Outcome::Stopped { .. } => None,
-    })
+    Ok(matches!(outcome?, Outcome::Finished))
 }
 
-/// Analyses a final checkpoint into `dir/analysis/epoch-EEEE/`, unless already done.
+/// Analyses an epoch checkpoint into `dir/analysis/epoch-EEEE/`, unless already done.
 fn analyse(
     spec: &ExperimentSpec,
     checkpoint: &Path,
