@@ -10,28 +10,33 @@ use resnet::eval::{evaluate, grad_norm_ratio, EvalSums};
 use resnet::loss::cross_entropy_per_example;
 use resnet::{BnMode, ProbeOptions, Probed, ResNet};
 
-/// The loss whose gradients the cosines take: Σ_n w_n·CE_n with w_n = 1/‖∂CE_n/∂z_n‖ (z the
-/// logits) held constant. BatchNorm in inference mode keeps examples independent, so example
-/// n's gradient anywhere is its own cross-entropy's times w_n, which a cosine does not see.
-/// Unweighted, a confidently classified example's gradient (~1e-25 at the logits) has
-/// squares below f32's range: its cosine was not finite and the example was left out.
+/// The loss whose gradients the cosines take: Σ_n ⟨z_n, u_n⟩ (z the logits) with u_n the unit
+/// vector along ∂CE_n/∂z_n, held constant, so that its gradient at the logits is u. BatchNorm
+/// in inference mode keeps examples independent, so example n's gradient anywhere is its own
+/// cross-entropy's gradient scaled by 1/‖∂CE_n/∂z_n‖, which a cosine does not see.
+/// Unscaled, a confidently classified example's gradient (~1e-25 at the logits) has squares
+/// below f32's range; taken through f32's softmax even scaled, it is zero once the other
+/// classes' probabilities underflow (a logit gap beyond ~104, as unrolled states reach).
 fn direction_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    let weights = unit_gradient_weights(logits, labels)?;
-    Ok((cross_entropy_per_example(logits, labels)? * weights)?.sum_all()?)
+    let u = unit_logit_gradient(logits, labels)?;
+    Ok((logits * u)?.sum_all()?)
 }
 
-/// 1/‖p_n − e_{y_n}‖ per example (p the softmax), (N,) in the logits' dtype, at most 1e30.
-/// Computed in f64, where the other classes' probabilities do not underflow, with the
-/// label's entry p_y − 1 written −Σ_{c≠y} p_c, which does not cancel to 0.
-fn unit_gradient_weights(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+/// ∂CE_n/∂z_n / ‖∂CE_n/∂z_n‖ per example, (N, C) in the logits' dtype: p − e_y computed in
+/// f64, where the other classes' probabilities do not underflow, with the label's entry
+/// written −Σ_{c≠y} p_c, which does not cancel to 0; zero where the gradient is (a gap
+/// beyond f64's range, ~745), whose cosine is then undefined.
+fn unit_logit_gradient(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let z = logits.detach().to_dtype(DType::F64)?;
     let p = candle_nn::ops::softmax(&z, D::Minus1)?;
     let classes = Tensor::arange(0u32, z.dim(1)? as u32, z.device())?;
-    let other = classes.broadcast_ne(&labels.unsqueeze(1)?)?;
-    let p_other = (p * other.to_dtype(DType::F64)?)?;
-    let at_label = p_other.sum(D::Minus1)?;
-    let norm = (p_other.sqr()?.sum(D::Minus1)? + at_label.sqr()?)?.sqrt()?;
-    Ok(norm.maximum(1e-30)?.recip()?.to_dtype(logits.dtype())?)
+    let at_label = classes
+        .broadcast_eq(&labels.unsqueeze(1)?)?
+        .to_dtype(DType::F64)?;
+    let p_other = (&p - (&p * &at_label)?)?;
+    let g = (&p_other - at_label.broadcast_mul(&p_other.sum_keepdim(D::Minus1)?)?)?;
+    let norm = g.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-300)?;
+    Ok(g.broadcast_div(&norm)?.to_dtype(logits.dtype())?)
 }
 
 /// The gradient of `loss` at `at` (zeros when `loss` does not depend on it).
@@ -260,6 +265,22 @@ mod tests {
     /// Logits with a gap of 60 (p_c = e^-60 ≈ 9e-27 for the others): the plain summed loss's
     /// gradient has squares below f32's range, so its cosine is not finite (summaries leave
     /// it out); the direction loss's gradient is the same direction with unit norm.
+    /// A logit gap of 120: in f32 every other class's probability is 0 (e^-120 is below
+    /// its smallest subnormal), so a gradient through f32's softmax vanishes even scaled;
+    /// computed in f64 it keeps its direction. A wrongly classified example's too.
+    #[test]
+    fn a_gap_beyond_f32s_range_keeps_its_gradient_direction() {
+        let dev = &Device::Cpu;
+        let z = Var::from_tensor(&Tensor::new(&[[120.0f32, 0.0, 0.0]], dev).unwrap()).unwrap();
+        for (label, exact) in [(0u32, [-2.0f32, 1.0, 1.0]), (1, [1.0, -1.0, 0.0])] {
+            let labels = Tensor::new(&[label], dev).unwrap();
+            let exact = Tensor::new(&[exact], dev).unwrap();
+            let g = gradient_at(&direction_loss(z.as_tensor(), &labels).unwrap(), &z).unwrap();
+            let cosine = host(&cosines(&g, &exact).unwrap()).unwrap()[0];
+            assert!((cosine - 1.0).abs() < 1e-6, "label {label}: {cosine}");
+        }
+    }
+
     #[test]
     fn a_confident_example_keeps_its_gradient_direction() {
         let dev = &Device::Cpu;
