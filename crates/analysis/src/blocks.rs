@@ -262,9 +262,6 @@ mod tests {
     use crate::stats::cosines;
     use candle_core::Device;
 
-    /// Logits with a gap of 60 (p_c = e^-60 ≈ 9e-27 for the others): the plain summed loss's
-    /// gradient has squares below f32's range, so its cosine is not finite (summaries leave
-    /// it out); the direction loss's gradient is the same direction with unit norm.
     /// A logit gap of 120: in f32 every other class's probability is 0 (e^-120 is below
     /// its smallest subnormal), so a gradient through f32's softmax vanishes even scaled;
     /// computed in f64 it keeps its direction. A wrongly classified example's too.
@@ -281,6 +278,9 @@ mod tests {
         }
     }
 
+    /// Logits with a gap of 60 (p_c = e^-60 ≈ 9e-27 for the others): the plain summed loss's
+    /// gradient has squares below f32's range, so its cosine is not finite (summaries leave
+    /// it out); the direction loss's gradient is the same direction with unit norm.
     #[test]
     fn a_confident_example_keeps_its_gradient_direction() {
         let dev = &Device::Cpu;
