@@ -49,6 +49,11 @@ fn a_submitted_run_trains_checkpoints_is_analysed_and_served() {
         stack.logs()
     );
     assert!(stdout.contains("succeeded, best test accuracy"), "{stdout}");
+    // Both epochs were analysed: the figure list has the blocks over training.
+    assert!(
+        stdout.contains("\"blocks_over_training_resnet-8\""),
+        "{stdout}"
+    );
     let svg = std::fs::read_to_string(work.path().join("fig2_cosine.svg")).unwrap();
     assert!(svg.starts_with("<svg"), "{svg:.200}");
     let png = std::fs::read(work.path().join("fig2_cosine.png")).unwrap();
