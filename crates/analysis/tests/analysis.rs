@@ -103,6 +103,15 @@ fn small(blocks: u32) -> ModelSpec {
     }
 }
 
+/// A `single` model of width 4 with three blocks.
+fn narrow_single() -> ModelSpec {
+    ModelSpec {
+        width: Some(4),
+        blocks: Some(vec![3]),
+        ..ModelSpec::new(Arch::Single)
+    }
+}
+
 fn spec(metrics: &[AnalysisKind]) -> AnalysisSpec {
     AnalysisSpec {
         metrics: metrics.to_vec(),
@@ -205,12 +214,7 @@ fn dropping_a_block_equals_the_model_rebuilt_without_it() {
 
 #[test]
 fn unrolling_with_alpha_zero_is_plain_inference() {
-    let spec_model = ModelSpec {
-        width: Some(4),
-        blocks: Some(vec![3]),
-        ..ModelSpec::new(Arch::Single)
-    };
-    let fixture = Fixture::new(spec_model, DType::F32, 20, 3);
+    let fixture = Fixture::new(narrow_single(), DType::F32, 20, 3);
     let input = fixture.input(2);
     let mut s = spec(&[AnalysisKind::Unroll, AnalysisKind::Drop]);
     s.alphas = vec![0.0, 0.5];
@@ -413,12 +417,7 @@ fn a_projection_last_block_is_noted_not_unrolled() {
 /// it, and a note per path and split that says so.
 #[test]
 fn an_empty_borderline_group_is_noted() {
-    let spec_model = ModelSpec {
-        width: Some(4),
-        blocks: Some(vec![3]),
-        ..ModelSpec::new(Arch::Single)
-    };
-    let fixture = Fixture::new(spec_model, DType::F32, 20, 11);
+    let fixture = Fixture::new(narrow_single(), DType::F32, 20, 11);
     let input = fixture.input(1);
     let mut s = spec(&[AnalysisKind::Unroll, AnalysisKind::Borderline]);
     s.margin = 0.0;

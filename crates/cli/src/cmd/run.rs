@@ -34,23 +34,17 @@ pub fn run(args: RunArgs, data_dir: &Path) -> Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     super::train::install_interrupt(stop.clone(), false)?;
     let started = std::time::Instant::now();
+    let plan = spec.analysis_plan();
     for (k, run) in runs.iter().enumerate() {
         let dir = out.join("runs").join(run.dir_name());
         eprintln!("[{}/{}] {} seed {}", k + 1, runs.len(), run.label, run.seed);
-        let plan = spec.analysis_plan();
         let analysed = plan.epochs(run.spec.epochs());
         if !train_to_end(run, &analysed, &dir, data_dir, &device, &stop)? {
             eprintln!("stopped; run the same command again to continue");
             return Ok(ExitCode::from(130));
         }
         for epoch in analysed {
-            let checkpoint = dir.join("checkpoints").join(checkpoint_name(epoch, 0));
-            if checkpoint.exists() {
-                analyse(&spec, &checkpoint, &dir, data_dir, &device)?;
-            } else {
-                // Pruned while an earlier version of the experiment did not select it.
-                eprintln!("  no checkpoint of epoch {epoch} to analyse (pruned earlier)");
-            }
+            analyse(&spec, epoch, &dir, data_dir, &device)?;
         }
     }
     // Written once every run matches it (a different experiment is refused above).
@@ -164,22 +158,26 @@ fn train_to_end(
     Ok(matches!(outcome?, Outcome::Finished))
 }
 
-/// Analyses an epoch checkpoint into `dir/analysis/epoch-EEEE/`, unless already done.
+/// Analyses the checkpoint after `epoch` into `dir/analysis/epoch-EEEE/`, unless already
+/// done (checked before the checkpoint is read: a rerun reads none).
 fn analyse(
     spec: &ExperimentSpec,
-    checkpoint: &Path,
+    epoch: u32,
     dir: &Path,
     data_dir: &Path,
     device: &candle_core::Device,
 ) -> Result<()> {
-    let ck = resnet::checkpoint::read(checkpoint)?;
-    let state: train::TrainState = ck.meta_json(META_TRAIN_STATE)?;
-    let out = dir
-        .join("analysis")
-        .join(format!("epoch-{:04}", state.epoch));
+    let out = dir.join("analysis").join(format!("epoch-{epoch:04}"));
     if out.join("analysis.json").exists() {
         return Ok(());
     }
+    let checkpoint = dir.join("checkpoints").join(checkpoint_name(epoch, 0));
+    if !checkpoint.exists() {
+        // Pruned while an earlier version of the experiment did not select it.
+        eprintln!("  no checkpoint of epoch {epoch} to analyse (pruned earlier)");
+        return Ok(());
+    }
+    let ck = resnet::checkpoint::read(&checkpoint)?;
     let run: domain::RunSpec = ck.meta_json(train::META_SPEC)?;
     let (data, _) = super::data_for(&run, None, data_dir)?;
     let result = analyzer::analyse_checkpoint(&ck, &data, &spec.analysis, device)?;
