@@ -9,7 +9,8 @@ paper.md (He-normal N(0, 2/fan_in) for conv and linear weights, zero biases, BN 
 
   reference.py eval  --summary S.json --checkpoint C.safetensors --data DIR [--split test]
   reference.py check --summary S.json --checkpoint C.safetensors --data DIR [--compare A.json]
-  reference.py train --summary S.json --data DIR --epochs E [--lr ...] [--milestones ...]
+  reference.py train --summary S.json --data DIR --lr-per-epoch L1 L2 ... [--seed K] [--momentum ...]
+  reference.py step-check --summary S.json --before C1.safetensors --after C2.safetensors --data DIR
   reference.py bench --summary S.json --batch B --steps N [--warmup W] [--device cpu]
   reference.py bench-analysis --summary S.json --examples N --batch B [--repeats R] [--device cpu]
 """
@@ -194,13 +195,20 @@ def logit_gradient(logits, y, unit=False):
     """∂ΣCE/∂logits = p − onehot per example, computed in float64 with the label's entry
     written −Σ_{c≠y} p_c: for a confidently classified example p_y − 1 cancels to 0 in
     floating point (PyTorch's fused cross-entropy gives that), leaving a gradient pointing the
-    wrong way. With `unit`, each row divided by its norm in float64 (at least 1e-300), as
-    stepwise's cosines take it: the direction is the same, and the backward pass stays in
-    f32's range even where the norm is far below f32's (a logit gap beyond ~104)."""
-    others = F.softmax(logits.detach().double(), 1).scatter(1, y[:, None], 0.0)
-    grad = others.scatter(1, y[:, None], -others.sum(1, keepdim=True))
+    wrong way. With `unit`, each row's direction as stepwise's cosines take it, exact at any
+    logit gap: every entry is a multiple of the other classes' probabilities, computed as
+    exp(z_c − max_{c'≠y} z_c') so that the largest is 1 where the probabilities themselves
+    underflow (beyond a gap of ~104 in f32, ~745 in f64), then divided by the row's norm."""
+    z = logits.detach().double()
+    label = y[:, None]
     if unit:
-        grad = grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        others = z.scatter(1, label, float("-inf"))
+        scaled = (others - others.max(1, keepdim=True).values).exp()
+        grad = scaled.scatter(1, label, -scaled.sum(1, keepdim=True))
+        grad = grad / grad.norm(dim=1, keepdim=True)
+    else:
+        others = F.softmax(z, 1).scatter(1, label, 0.0)
+        grad = others.scatter(1, label, -others.sum(1, keepdim=True))
     return grad.to(logits.dtype)
 
 
@@ -437,8 +445,8 @@ def compare(rows, examples, args):
     """stepwise's records of `args.split` in `args.compare` against `rows`, for the metrics
     both have: a record matches when both sides have it, with the same n, and its values
     differ by at most atol + rtol·|ours|. Both sides take the cosines' gradients as unit
-    vectors computed in float64 at the logits, so every cosine is compared, also where the
-    softmax of the other classes underflows f32 and in diverging unrolled states. Returns
+    vectors at the logits, exact at any logit gap, so every cosine is compared, also where
+    the softmax of the other classes underflows and in diverging unrolled states. Returns
     the counts, the worst error relative to the tolerance per metric and the first 20
     mismatches."""
     records = [r for r in json.load(open(args.compare))["records"] if r["split"] == args.split]
@@ -477,7 +485,23 @@ def augment(x, generator):
     return out
 
 
+def sgd(net, lr, momentum, nesterov, weight_decay, decay_on):
+    """stepwise's optimizer: PyTorch's SGD, weight decay on the conv and linear weights
+    (`decay_on` "weights") or on every parameter ("all")."""
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        weights = name.endswith("weight") and p.dim() > 1
+        (decay if weights or decay_on == "all" else no_decay).append(p)
+    return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=lr, momentum=momentum, nesterov=nesterov)
+
+
 def cmd_train(args):
+    """Trains with stepwise's recipe (paper.md): SGD with momentum, weight decay added to the
+    gradient of the conv and linear weights (`--decay-on all`: of every parameter), crop and
+    flip, per-channel normalisation from the train split, one learning rate per epoch.
+    Prints one JSON line per epoch; `--save` writes the final state dict (safetensors)."""
     torch.manual_seed(args.seed)
     summary = json.load(open(args.summary))
     net = Net(summary)
@@ -490,20 +514,17 @@ def cmd_train(args):
     s = torch.tensor(std).view(1, 3, 1, 1)
     test_x = normalise(test_u8, mean, std)
     train_y, test_y = torch.from_numpy(train_y), torch.from_numpy(test_y)
-    decay, no_decay = [], []
-    for name, p in net.named_parameters():
-        (decay if name.endswith("weight") and p.dim() > 1 else no_decay).append(p)
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": 1e-4}, {"params": no_decay, "weight_decay": 0.0}],
-                          lr=args.lr, momentum=0.9)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, args.milestones, gamma=args.gamma)
+    opt = sgd(net, args.lr_per_epoch[0], args.momentum, args.nesterov, args.weight_decay, args.decay_on)
     g = torch.Generator().manual_seed(args.seed)
-    for epoch in range(args.epochs):
+    for epoch, lr in enumerate(args.lr_per_epoch):
+        for group in opt.param_groups:
+            group["lr"] = lr
         net.train()
         order = torch.randperm(len(train_y), generator=g)
         seen, correct, total, start = 0, 0, 0.0, time.time()
         for i in range(0, len(order), args.batch):
             idx = order[i:i + args.batch]
-            x = augment(scaled[idx], g)
+            x = augment(scaled[idx], g) if args.augment else scaled[idx]
             x = (x - m) / s
             logits = net(x)
             loss = F.cross_entropy(logits, train_y[idx])
@@ -513,11 +534,90 @@ def cmd_train(args):
             total += loss.item() * len(idx)
             correct += (logits.argmax(1) == train_y[idx]).sum().item()
             seen += len(idx)
-        sched.step()
         test_loss, test_acc = evaluate(net, test_x, test_y)
-        print(json.dumps({"epoch": epoch + 1, "train_loss": total / seen, "train_accuracy": correct / seen,
-                          "test_loss": test_loss, "test_accuracy": test_acc,
+        print(json.dumps({"epoch": epoch + 1, "learning_rate": lr, "train_loss": total / seen,
+                          "train_accuracy": correct / seen, "test_loss": test_loss, "test_accuracy": test_acc,
                           "images_per_second": seen / (time.time() - start)}), flush=True)
+    if args.save:
+        from safetensors.torch import save_file
+        state = {k: v.contiguous() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+        save_file(state, args.save)
+
+
+def cmd_step_check(args):
+    """One training step of stepwise against PyTorch's from the same state on the same batch.
+    `--before` and `--after` are consecutive checkpoints of a run whose every epoch is one
+    step on the whole train split, un-augmented (train examples = batch size), so the batch
+    is known without stepwise's shuffling: the loss is a mean and BatchNorm's statistics do
+    not depend on the order. PyTorch loads `--before` (weights, running statistics,
+    momentum buffers), takes the step with the run's recipe and `--after`'s learning rate,
+    and every tensor of `--after` is compared: parameters and running statistics by their
+    change, momentum buffers by their value, as ‖stepwise − PyTorch‖ over PyTorch's norm,
+    over all tensors of a kind (at most `--rtol`) and per tensor (at most `--tensor-rtol`,
+    over a thousandth of the kind's norm where the tensor's is smaller: the conv biases'
+    gradients are zero in exact arithmetic, as BatchNorm follows every path, so their
+    changes are rounding noise). The per-tensor bound is looser because a BatchNorm output
+    within rounding of 0 may fall on either side of the ReLU in f32, which moves one
+    channel's gradient by that element's share (seen: 0.8% of one channel's bias gradient,
+    0.06% of its tensor's momentum). `--float64` takes PyTorch's step in float64, so that
+    the errors are stepwise's own. Exit status 1 if an error exceeds its bound."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    def metadata(path):
+        with safe_open(path, "pt") as f:
+            return {k: json.loads(v) for k, v in f.metadata().items() if k in ("spec", "train_state")}
+
+    before, after = load_file(args.before), load_file(args.after)
+    meta_before, meta_after = metadata(args.before), metadata(args.after)
+    spec, train = meta_before["spec"], meta_before["spec"]["train"]
+    steps = meta_after["train_state"]["step"] - meta_before["train_state"]["step"]
+    images, labels = read_split(args.data, "train")
+    if steps != 1 or spec["data"]["augment"] or len(labels) != train["batch_size"]:
+        sys.exit(f"step-check needs consecutive checkpoints one step apart of a run without augmentation "
+                 f"whose batch is the whole train split: {steps} steps, augment {spec['data']['augment']}, "
+                 f"{len(labels)} examples, batch {train['batch_size']}")
+    norm = spec["data"]["normalization"]
+    x, y = normalise(images, norm["mean"], norm["std"]), torch.from_numpy(labels)
+    dtype = torch.float64 if args.float64 else torch.float32
+    net = Net(json.load(open(args.summary)))
+    net.load_state_dict({k: v for k, v in before.items() if not k.startswith("optimizer.")}, strict=True)
+    net.to(dtype).train()
+    lr = meta_after["train_state"]["lr"]
+    opt = sgd(net, lr, train["momentum"], train["nesterov"], train["weight_decay"], train["decay_on"])
+    momentum = {}
+    for name, p in net.named_parameters():
+        momentum[name] = before["optimizer.momentum." + name].to(dtype)
+        opt.state[p]["momentum_buffer"] = momentum[name]
+    loss = F.cross_entropy(net(x.to(dtype)), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    ours = net.state_dict()
+    pairs = {}
+    for key, value in after.items():
+        if key.startswith("optimizer.momentum."):
+            kind, theirs, mine = "momentum", value, momentum[key[len("optimizer.momentum."):]]
+        else:
+            kind = "running_statistic" if "running_" in key else "parameter"
+            theirs, mine = value.double() - before[key].double(), ours[key].double() - before[key].double()
+        pairs.setdefault(kind, []).append((key, theirs.double(), mine.double()))
+    results, agree = {}, True
+    for kind, tensors in pairs.items():
+        norm = math.sqrt(sum(mine.norm().item() ** 2 for _, _, mine in tensors))
+        overall = math.sqrt(sum((theirs - mine).norm().item() ** 2 for _, theirs, mine in tensors)) / norm
+        worst, worst_key = 0.0, None
+        for key, theirs, mine in tensors:
+            error = (theirs - mine).norm().item() / max(mine.norm().item(), 1e-3 * norm)
+            if worst_key is None or error > worst:
+                worst, worst_key = error, key
+        agree &= overall <= args.rtol and worst <= args.tensor_rtol
+        results[kind] = {"tensors": len(tensors), "error": overall, "worst_tensor": worst_key,
+                         "worst_tensor_error": worst}
+    print(json.dumps({"loss": loss.item(), "learning_rate": lr, "examples": len(y), "float64": args.float64,
+                      "relative_errors": results, "rtol": args.rtol, "tensor_rtol": args.tensor_rtol,
+                      "agree": agree}, indent=2))
+    return 0 if agree else 1
 
 
 def setup(args):
@@ -718,12 +818,24 @@ def main():
     t = sub.add_parser("train")
     t.add_argument("--summary", required=True)
     t.add_argument("--data", required=True)
-    t.add_argument("--epochs", type=int, default=5)
+    t.add_argument("--lr-per-epoch", type=float, nargs="+", required=True,
+                   help="the learning rate of each epoch (as many epochs as values)")
     t.add_argument("--batch", type=int, default=128)
-    t.add_argument("--lr", type=float, default=0.1)
-    t.add_argument("--milestones", type=int, nargs="*", default=[3, 4])
-    t.add_argument("--gamma", type=float, default=0.2)
+    t.add_argument("--momentum", type=float, default=0.9)
+    t.add_argument("--nesterov", action="store_true")
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--decay-on", default="weights", choices=["weights", "all"])
+    t.add_argument("--no-augment", dest="augment", action="store_false")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--save", help="write the final weights here (safetensors)")
+    sc = sub.add_parser("step-check")
+    sc.add_argument("--summary", required=True)
+    sc.add_argument("--before", required=True, help="a checkpoint")
+    sc.add_argument("--after", required=True, help="the next checkpoint, one step later")
+    sc.add_argument("--data", required=True)
+    sc.add_argument("--rtol", type=float, default=1e-3, help="over all tensors of a kind")
+    sc.add_argument("--tensor-rtol", type=float, default=1e-2, help="of each tensor")
+    sc.add_argument("--float64", action="store_true", help="take PyTorch's step in float64")
     b = sub.add_parser("bench")
     b.add_argument("--summary", required=True)
     b.add_argument("--batch", type=int, default=128)
@@ -743,8 +855,8 @@ def main():
         a.add_argument("--precision", default="default", choices=["default", "fp32"])
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", torch.get_num_threads())))
-    {"eval": cmd_eval, "check": cmd_check, "train": cmd_train, "bench": cmd_bench,
-     "bench-analysis": cmd_bench_analysis, "bench-eval": cmd_bench_eval}[args.cmd](args)
+    return {"eval": cmd_eval, "check": cmd_check, "train": cmd_train, "step-check": cmd_step_check,
+            "bench": cmd_bench, "bench-analysis": cmd_bench_analysis, "bench-eval": cmd_bench_eval}[args.cmd](args)
 
 
 if __name__ == "__main__":

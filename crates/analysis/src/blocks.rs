@@ -15,27 +15,30 @@ use resnet::{BnMode, ProbeOptions, Probed, ResNet};
 /// in inference mode keeps examples independent, so example n's gradient anywhere is its own
 /// cross-entropy's gradient scaled by 1/‖∂CE_n/∂z_n‖, which a cosine does not see.
 /// Unscaled, a confidently classified example's gradient (~1e-25 at the logits) has squares
-/// below f32's range; taken through f32's softmax even scaled, it is zero once the other
-/// classes' probabilities underflow (a logit gap beyond ~104, as unrolled states reach).
+/// below f32's range, and through a softmax it is zero once the other classes' probabilities
+/// underflow (a logit gap beyond ~104 in f32, ~745 in f64, as unrolled states reach).
 fn direction_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let u = unit_logit_gradient(logits, labels)?;
     Ok((logits * u)?.sum_all()?)
 }
 
-/// ∂CE_n/∂z_n / ‖∂CE_n/∂z_n‖ per example, (N, C) in the logits' dtype: p − e_y computed in
-/// f64, where the other classes' probabilities do not underflow, with the label's entry
-/// written −Σ_{c≠y} p_c, which does not cancel to 0; zero where the gradient is (a gap
-/// beyond f64's range, ~745), whose cosine is then undefined.
+/// ∂CE_n/∂z_n / ‖∂CE_n/∂z_n‖ per example, (N, C) in the logits' dtype, exact at any logit
+/// gap. ∂CE/∂z = p − e_y has the label's entry −Σ_{c≠y} p_c, so every entry is a multiple of
+/// the other classes' probabilities, p_c ∝ exp(z_c − m) with m = max_{c≠y} z_c: computed so
+/// (in f64), the largest entry is 1 and nothing underflows to a zero vector, where the
+/// probabilities themselves would. Only non-finite logits give a non-finite direction.
 fn unit_logit_gradient(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let z = logits.detach().to_dtype(DType::F64)?;
-    let p = candle_nn::ops::softmax(&z, D::Minus1)?;
     let classes = Tensor::arange(0u32, z.dim(1)? as u32, z.device())?;
-    let at_label = classes
-        .broadcast_eq(&labels.unsqueeze(1)?)?
-        .to_dtype(DType::F64)?;
-    let p_other = (&p - (&p * &at_label)?)?;
-    let g = (&p_other - at_label.broadcast_mul(&p_other.sum_keepdim(D::Minus1)?)?)?;
-    let norm = g.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-300)?;
+    let at_label = classes.broadcast_eq(&labels.unsqueeze(1)?)?;
+    let excluded = Tensor::full(f64::NEG_INFINITY, z.shape(), z.device())?;
+    let others = at_label.where_cond(&excluded, &z)?;
+    let scaled = others
+        .broadcast_sub(&others.max_keepdim(D::Minus1)?)?
+        .exp()?;
+    let label_entry = scaled.sum_keepdim(D::Minus1)?.neg()?;
+    let g = at_label.where_cond(&label_entry.broadcast_as(z.shape())?, &scaled)?;
+    let norm = g.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
     Ok(g.broadcast_div(&norm)?.to_dtype(logits.dtype())?)
 }
 
@@ -262,19 +265,48 @@ mod tests {
     use crate::stats::cosines;
     use candle_core::Device;
 
-    /// A logit gap of 120: in f32 every other class's probability is 0 (e^-120 is below
-    /// its smallest subnormal), so a gradient through f32's softmax vanishes even scaled;
-    /// computed in f64 it keeps its direction. A wrongly classified example's too.
+    /// Logit gaps of 120 and 1,000: in f32 every other class's probability is 0 beyond a gap
+    /// of ~104, in f64 beyond ~745, so a gradient through a softmax vanishes even scaled;
+    /// the unit gradient keeps its direction at both. A wrongly classified example's too.
     #[test]
-    fn a_gap_beyond_f32s_range_keeps_its_gradient_direction() {
+    fn a_gap_beyond_f32s_and_f64s_range_keeps_its_gradient_direction() {
         let dev = &Device::Cpu;
-        let z = Var::from_tensor(&Tensor::new(&[[120.0f32, 0.0, 0.0]], dev).unwrap()).unwrap();
-        for (label, exact) in [(0u32, [-2.0f32, 1.0, 1.0]), (1, [1.0, -1.0, 0.0])] {
-            let labels = Tensor::new(&[label], dev).unwrap();
-            let exact = Tensor::new(&[exact], dev).unwrap();
-            let g = gradient_at(&direction_loss(z.as_tensor(), &labels).unwrap(), &z).unwrap();
-            let cosine = host(&cosines(&g, &exact).unwrap()).unwrap()[0];
-            assert!((cosine - 1.0).abs() < 1e-6, "label {label}: {cosine}");
+        for gap in [120.0f32, 1000.0] {
+            let z = Var::from_tensor(&Tensor::new(&[[gap, 0.0, 0.0]], dev).unwrap()).unwrap();
+            for (label, exact) in [(0u32, [-2.0f32, 1.0, 1.0]), (1, [1.0, -1.0, 0.0])] {
+                let labels = Tensor::new(&[label], dev).unwrap();
+                let exact = Tensor::new(&[exact], dev).unwrap();
+                let g = gradient_at(&direction_loss(z.as_tensor(), &labels).unwrap(), &z).unwrap();
+                let cosine = host(&cosines(&g, &exact).unwrap()).unwrap()[0];
+                assert!(
+                    (cosine - 1.0).abs() < 1e-6,
+                    "gap {gap}, label {label}: {cosine}"
+                );
+            }
+        }
+    }
+
+    /// Moderate logits, where the softmax is exact: the unit gradient is (p − e_y)/‖p − e_y‖.
+    #[test]
+    fn the_unit_gradient_is_the_normalised_cross_entropy_gradient() {
+        let dev = &Device::Cpu;
+        let z = Tensor::new(&[[1.5f32, -0.5, 0.25, 2.0], [0.0, 3.0, -1.0, 0.5]], dev).unwrap();
+        let labels = Tensor::new(&[2u32, 1], dev).unwrap();
+        let u = unit_logit_gradient(&z, &labels)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let z = z.to_vec2::<f32>().unwrap();
+        for (n, label) in [2usize, 1].into_iter().enumerate() {
+            let e: Vec<f64> = z[n].iter().map(|&v| (v as f64).exp()).collect();
+            let total: f64 = e.iter().sum();
+            let g: Vec<f64> = (0..4)
+                .map(|c| e[c] / total - if c == label { 1.0 } else { 0.0 })
+                .collect();
+            let norm = g.iter().map(|v| v * v).sum::<f64>().sqrt();
+            for c in 0..4 {
+                assert!((u[n][c] as f64 - g[c] / norm).abs() < 1e-6, "{n} {c}");
+            }
         }
     }
 

@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Does stepwise train like PyTorch? Trains one run spec with `stepwise train` and with the
+PyTorch reference (bench/reference.py: the same architecture, initialisation distribution,
+recipe and learning rate per epoch, but PyTorch's own random numbers) for several seeds on
+the same data and thread count, alternating, and compares the test accuracy and loss per
+epoch over seeds. Prints one JSON document; exits 1 if the final test accuracies' means
+differ by more than `--sigmas` standard errors of their difference.
+
+  python3 bench/train-agreement.py --spec experiments/quick.toml [--seeds 0,1,2]
+      [--stepwise target/release/stepwise] [--data-dir data] [--threads 2] [--sigmas 3]
+
+Seeds cannot pair runs across the two (their generators differ), so the comparison is of
+distributions: means, standard deviations and the difference of the means.
+"""
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import tomllib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def summary_flags(model):
+    """`stepwise model summary` flags of a resolved spec's [model] table."""
+    flags = ["--arch", model["arch"], "--classes", str(model["classes"]), "--width", str(model["width"])]
+    if "depth" in model:
+        flags += ["--depth", str(model["depth"])]
+    if "blocks" in model:
+        flags += ["--blocks", ",".join(map(str, model["blocks"]))]
+    if model.get("sharing", "none") != "none":
+        flags += ["--sharing", model["sharing"], "--unshared", str(model["unshared_blocks"])]
+    return flags
+
+
+def stepwise_run(args, seed, out, env):
+    """Per-epoch records of `stepwise train`, and its resolved spec."""
+    subprocess.run([args.stepwise, "--data-dir", args.data_dir, "train", "--spec", args.spec,
+                    "--seed", str(seed), "--out", out, "--json"],
+                   check=True, stdout=subprocess.DEVNULL, env=env)
+    epochs = {}
+    for line in open(os.path.join(out, "metrics.jsonl")):
+        r = json.loads(line)
+        if "block" in r:
+            continue
+        key = f"{r['split']}_{r['name']}" if "split" in r else r["name"]
+        epochs.setdefault(r["epoch"], {"epoch": r["epoch"]})[key] = r["value"]
+    with open(os.path.join(out, "spec.toml"), "rb") as f:
+        spec = tomllib.load(f)
+    return [epochs[e] for e in sorted(epochs)], spec
+
+
+def reference_run(args, spec, summary, data, learning_rates, seed, env):
+    """Per-epoch records of `reference.py train` with the spec's recipe."""
+    train = spec["train"]
+    cmd = [sys.executable, os.path.join(HERE, "reference.py"), "train", "--summary", summary, "--data", data,
+           "--lr-per-epoch", *map(str, learning_rates), "--batch", str(train["batch_size"]),
+           "--momentum", str(train["momentum"]), "--weight-decay", str(train["weight_decay"]),
+           "--decay-on", train["decay_on"], "--seed", str(seed)]
+    if train["nesterov"]:
+        cmd.append("--nesterov")
+    if not spec["data"]["augment"]:
+        cmd.append("--no-augment")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def spread(values):
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "runs": values}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--spec", required=True, help="a run spec (TOML)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--stepwise", default=os.path.join(HERE, "..", "target", "release", "stepwise"))
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--sigmas", type=float, default=3.0,
+                   help="the largest difference of the final mean test accuracies, in standard errors")
+    args = p.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if len(seeds) < 2:
+        p.error("--seeds needs two seeds at least: the comparison is of spreads over seeds")
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), THREADS=str(args.threads),
+               OMP_NUM_THREADS=str(args.threads))
+    ours, theirs = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = os.path.join(tmp, "summary.json")
+        for seed in seeds:
+            epochs, spec = stepwise_run(args, seed, os.path.join(tmp, f"seed{seed}"), env)
+            ours.append(epochs)
+            if seed == seeds[0]:
+                with open(summary, "w") as f:
+                    subprocess.run([args.stepwise, "model", "summary", *summary_flags(spec["model"]), "--json"],
+                                   check=True, stdout=f)
+                data = spec["data"]["dataset"]
+                data = data if os.path.isdir(data) else os.path.join(args.data_dir, data)
+            theirs.append(reference_run(args, spec, summary, data, [e["learning_rate"] for e in epochs], seed, env))
+    per_epoch = []
+    for i, epoch in enumerate(ours[0]):
+        row = {"epoch": epoch["epoch"], "learning_rate": epoch["learning_rate"]}
+        for name in ["test_accuracy", "test_loss", "train_loss"]:
+            row[name] = {"stepwise": spread([run[i][name] for run in ours]),
+                         "pytorch": spread([run[i][name] for run in theirs])}
+        per_epoch.append(row)
+    final = per_epoch[-1]["test_accuracy"]
+    a, b = final["stepwise"], final["pytorch"]
+    standard_error = math.sqrt((a["sd"] ** 2 + b["sd"] ** 2) / len(seeds))
+    difference = a["mean"] - b["mean"]
+    agree = abs(difference) <= args.sigmas * standard_error
+    print(json.dumps({"spec": args.spec, "dataset": spec["data"]["dataset"], "seeds": seeds,
+                      "threads": args.threads, "final_test_accuracy": {
+                          "stepwise": a, "pytorch": b, "difference": difference,
+                          "standard_error": standard_error, "sigmas": args.sigmas, "agree": agree},
+                      "per_epoch": per_epoch}, indent=2))
+    sys.exit(0 if agree else 1)
+
+
+if __name__ == "__main__":
+    main()
