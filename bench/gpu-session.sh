@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Every GPU check of a session on the device machine, phase by phase, each under its own time
-# limit: selftest (correctness first), the memory budget and out-of-memory errors, the
-# side-by-side training table against PyTorch, the training step before/after and as a CUDA
-# graph and the evaluation and analysis passes before/after, per-kernel profiles of a step in
-# stepwise and in PyTorch, the side-by-side evaluation and analysis, a few epochs of the
-# paper's ResNet-110 schedule on real images, the quick run trained and analysed on the GPU,
-# and whether two processes train to the same weights. Expects dist/stepwise.xz (a stripped
-# `--features cuda` release build), optionally dist/stepwise-before.xz (the previous build,
-# for the before/after rows) and dist/cifar10-jpeg.tar.gz (for the schedule phase). Writes
-# few files (the device tool returns a limited number): session.log with every phase's
-# output, gpu-bench-train.{json,log} and gpu-bench-passes.{json,log}.
-#   [PHASES="selftest memory train ab profile passes schedule quick determinism"] [SCHEDULE_EPOCHS=4]
-#   [SCHEDULE_DTYPE=f32] [TRAIN_MODELS=...] [PASS_MODELS=...] [STEPS=10] bash bench/gpu-session.sh
+# limit: selftest (correctness first), training steps against PyTorch's, the memory budget
+# and out-of-memory errors, the side-by-side training table against PyTorch, the training
+# step before/after and as a CUDA graph and the evaluation and analysis passes
+# before/after, per-kernel profiles of a step in stepwise and in PyTorch, the side-by-side
+# evaluation and analysis, a few epochs of the paper's ResNet-110 schedule on real images,
+# the quick run trained and analysed on the GPU, and whether two processes train to the
+# same weights. Expects dist/stepwise.xz (a stripped `--features cuda` release build),
+# optionally dist/stepwise-before.xz (the previous build, for the before/after rows) and
+# dist/cifar10-jpeg.tar.gz (for the schedule phase). Writes few files (the device tool
+# returns a limited number): session.log with every phase's output,
+# gpu-bench-train.{json,log} and gpu-bench-passes.{json,log}.
+#   [PHASES="selftest stepcheck memory train ab profile passes schedule quick determinism"]
+#   [SCHEDULE_EPOCHS=4] [SCHEDULE_DTYPE=f32] [TRAIN_MODELS=...] [PASS_MODELS=...] [STEPS=10]
+#   bash bench/gpu-session.sh
 set -uo pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -23,7 +25,7 @@ B=
 if [ -f dist/stepwise-before.xz ]; then
   xz -dkf dist/stepwise-before.xz && chmod +x dist/stepwise-before && B=dist/stepwise-before
 fi
-PHASES=${PHASES:-selftest memory train ab profile passes schedule quick determinism}
+PHASES=${PHASES:-selftest stepcheck memory train ab profile passes schedule quick determinism}
 TRAIN_MODELS=${TRAIN_MODELS:-resnet-56:128,resnet-110:128,wide:128:bf16,wide:128:f32,resnet-56:512,resnet-110:512}
 PASS_MODELS=${PASS_MODELS:-resnet-56,resnet-110}
 STEPS=${STEPS:-10}
@@ -39,6 +41,13 @@ selftest() {
   nvidia-smi
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
   logged 150 $S selftest --device cuda
+}
+
+# The trainer's steps on the GPU (step by step, captured, replayed) against PyTorch's in
+# float64 on the CPU, every tensor compared.
+stepcheck() {
+  python3 -c 'import safetensors' 2>/dev/null || export PYTHONPATH=$PWD/dist/pylib
+  STEPWISE=$S DEVICE=cuda logged 240 bash bench/step-check.sh | grep -E '^[a-z]|"error"|worst_tensor|agree|^exit'
 }
 
 memory() {

@@ -501,7 +501,7 @@ def cmd_train(args):
     """Trains with stepwise's recipe (paper.md): SGD with momentum, weight decay added to the
     gradient of the conv and linear weights (`--decay-on all`: of every parameter), crop and
     flip, per-channel normalisation from the train split, one learning rate per epoch.
-    Prints one JSON line per epoch; `--save` writes the final state dict (safetensors)."""
+    Prints one JSON line per epoch."""
     torch.manual_seed(args.seed)
     summary = json.load(open(args.summary))
     net = Net(summary)
@@ -538,10 +538,6 @@ def cmd_train(args):
         print(json.dumps({"epoch": epoch + 1, "learning_rate": lr, "train_loss": total / seen,
                           "train_accuracy": correct / seen, "test_loss": test_loss, "test_accuracy": test_acc,
                           "images_per_second": seen / (time.time() - start)}), flush=True)
-    if args.save:
-        from safetensors.torch import save_file
-        state = {k: v.contiguous() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
-        save_file(state, args.save)
 
 
 def cmd_step_check(args):
@@ -827,7 +823,6 @@ def main():
     t.add_argument("--decay-on", default="weights", choices=["weights", "all"])
     t.add_argument("--no-augment", dest="augment", action="store_false")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--save", help="write the final weights here (safetensors)")
     sc = sub.add_parser("step-check")
     sc.add_argument("--summary", required=True)
     sc.add_argument("--before", required=True, help="a checkpoint")
