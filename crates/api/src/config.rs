@@ -24,7 +24,7 @@ pub struct Config {
     /// `STEPWISE_LEASE_TTL_SECS` (60), `STEPWISE_HEARTBEAT_SECS` (10),
     /// `STEPWISE_MAX_ATTEMPTS` (3).
     pub lease: LeaseConfig,
-    /// `STEPWISE_REAPER_SECS` (5): how often expired leases are looked for.
+    /// `STEPWISE_REAPER_SECS` (5): how often expired leases and stranded jobs are looked for.
     pub reaper_interval: Duration,
     /// `STEPWISE_REQUEST_TIMEOUT_SECS` (30).
     pub request_timeout: Duration,

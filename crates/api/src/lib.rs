@@ -179,7 +179,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Requeues jobs whose lease expired, every `interval`.
+/// Requeues jobs whose lease expired, and fails jobs stranded waiting for a larger worker
+/// that is gone, every `interval`.
 async fn reap(store: store::Store, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     loop {
@@ -187,6 +188,11 @@ async fn reap(store: store::Store, interval: Duration) {
         match store.reap_expired().await {
             Ok(0) => {}
             Ok(n) => tracing::info!("reaped {n} job(s) with expired leases"),
+            Err(e) => tracing::warn!("reaper: {e}"),
+        }
+        match store.fail_stranded().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!("failed {n} job(s) waiting for a larger worker that is gone"),
             Err(e) => tracing::warn!("reaper: {e}"),
         }
     }

@@ -59,6 +59,16 @@ struct JobRow {
     state: String,
 }
 
+/// A queued job waiting for a worker with more memory: its needs as (memory, MiB).
+#[derive(sqlx::FromRow)]
+struct WaitingJob {
+    id: Uuid,
+    kind: String,
+    run_id: Uuid,
+    attempt: i32,
+    needs: Json<Vec<(String, i64)>>,
+}
+
 fn attempt_directory(run: Uuid, attempt: u32) -> String {
     format!("{}/attempt-{attempt}", run_directory(run))
 }
@@ -497,6 +507,73 @@ impl Store {
         end_job(&mut tx, &leased, state, None, None).await?;
         tx.commit().await?;
         Ok(state)
+    }
+
+    /// Fails, as invalid, queued jobs that wait for a worker with more memory (a refusal
+    /// queued them again) once no worker seen within [`WORKER_SEEN_WITHIN`] has it while
+    /// others of their kind have been seen: the larger worker they waited for is gone, and
+    /// the pool left cannot take them. With no worker of their kind seen at all (the pool is
+    /// down or restarting) they keep waiting. Returns the jobs failed.
+    pub async fn fail_stranded(&self) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let stranded: Vec<WaitingJob> = sqlx::query_as(
+            "SELECT j.id, j.kind, j.run_id, j.attempt,
+                    (SELECT jsonb_agg(jsonb_build_array(key, value::bigint) ORDER BY key)
+                       FROM jsonb_each_text(j.memory_needs)) AS needs
+               FROM jobs j
+              WHERE j.state = 'queued' AND j.memory_needs <> '{}'::jsonb
+                AND EXISTS (SELECT 1 FROM workers w
+                             WHERE j.kind = ANY (w.kinds)
+                               AND w.seen_at > now() - $1 * interval '1 second')
+                AND NOT EXISTS (SELECT 1 FROM workers w
+                                 WHERE j.kind = ANY (w.kinds)
+                                   AND w.seen_at > now() - $1 * interval '1 second'
+                                   AND coalesce((j.memory_needs ->> w.memory)::bigint
+                                                <= w.budget_mib, true))
+              FOR UPDATE OF j SKIP LOCKED",
+        )
+        .bind(WORKER_SEEN_WITHIN.as_secs_f64())
+        .fetch_all(&mut *tx)
+        .await?;
+        let minutes = WORKER_SEEN_WITHIN.as_secs() / 60;
+        for job in &stranded {
+            let needs = job
+                .needs
+                .iter()
+                .map(|(memory, need)| {
+                    let need = crate::rows::capacity(memory, *need)?;
+                    Ok(format!("{} MiB of {}", need.budget_mib, need.memory))
+                })
+                .collect::<Result<Vec<_>>>()?
+                .join(" or ");
+            let error = format!(
+                "it waited for a worker with more memory, and none seen in the last {minutes} \
+                 minutes has {needs}"
+            );
+            sqlx::query(
+                "UPDATE jobs SET state = 'failed', failure_kind = $2, last_error = $3,
+                        updated_at = now()
+                  WHERE id = $1",
+            )
+            .bind(job.id)
+            .bind(FailureKind::Invalid.as_str())
+            .bind(&error)
+            .execute(&mut *tx)
+            .await?;
+            let message = format!("{} job failed (invalid): {error}", job.kind);
+            log(
+                &mut tx,
+                job.run_id,
+                job.id,
+                job.attempt as u32,
+                "error",
+                &message,
+            )
+            .await?;
+            sync_statuses(&mut tx, job.run_id).await?;
+        }
+        tx.commit().await?;
+        Ok(stranded.len() as u64)
     }
 
     /// Requeues (or fails) jobs whose lease expired: their worker is gone or stalled. A

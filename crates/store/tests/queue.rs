@@ -452,6 +452,11 @@ async fn a_job_too_large_for_its_worker_waits_for_a_larger_one_seen_lately(pool:
         .await
         .unwrap();
     assert_eq!(state, JobState::Queued, "the big worker heartbeat");
+    assert_eq!(
+        store.fail_stranded().await.unwrap(),
+        0,
+        "the big worker is live"
+    );
     let again = store
         .claim(&train, "big", big, &lease)
         .await
@@ -497,6 +502,82 @@ async fn a_job_too_large_for_its_worker_waits_for_a_larger_one_seen_lately(pool:
         note.ends_with("no worker seen in the last 10 minutes has 90000 MiB of GPU memory"),
         "{note}"
     );
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_job_waiting_for_a_larger_worker_that_is_gone_fails_while_the_pool_lives(pool: PgPool) {
+    let store = Store::from_pool(pool.clone());
+    let lease = lease(60_000);
+    let gpu = |budget_mib| WorkerCapacity {
+        memory: Memory::Gpu,
+        budget_mib,
+    };
+    let (big, small) = (gpu(80_000), gpu(16_000));
+    let train = [JobKind::Train];
+    let mut runs = vec![];
+    for _ in 0..2 {
+        let run = store.submit_run(&submission(1, None), None, 3).await;
+        runs.push(run.unwrap().into_inner().id);
+    }
+    // The big worker takes the first run; the small one refuses the second, which then
+    // waits for the big one.
+    store.claim(&train, "big", big, &lease).await.unwrap();
+    let claim = store
+        .claim(&train, "small", small, &lease)
+        .await
+        .unwrap()
+        .unwrap();
+    let run = claim.run_id;
+    assert_eq!(run, runs[1]);
+    let error = "training at batch size 4096 needs an estimated 30000 MiB of GPU memory";
+    let state = store
+        .refuse(claim.job_id, claim.lease_token, Memory::Gpu, 30_000, error)
+        .await
+        .unwrap();
+    assert_eq!(state, JobState::Queued);
+    let age = |name: &'static str, minutes: i32| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(
+                "UPDATE workers SET seen_at = now() - $2 * interval '1 minute' WHERE name = $1",
+            )
+            .bind(name)
+            .bind(minutes)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    // Every worker quiet: the pool is down (or restarting), and the job keeps waiting.
+    age("big", 11).await;
+    age("small", 11).await;
+    assert_eq!(store.fail_stranded().await.unwrap(), 0);
+    assert_eq!(store.run(run).await.unwrap().status, JobState::Queued);
+    // The small worker polls on, the big one stays gone: nothing live can take the job.
+    assert!(store
+        .claim(&train, "small", small, &lease)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(store.fail_stranded().await.unwrap(), 1);
+    let view = store.run(run).await.unwrap();
+    assert_eq!(
+        (view.status, view.failure_kind),
+        (JobState::Failed, Some(FailureKind::Invalid))
+    );
+    let note = view.last_error.unwrap();
+    assert_eq!(
+        note,
+        "it waited for a worker with more memory, and none seen in the last 10 minutes has \
+         30000 MiB of GPU memory"
+    );
+    let logs = store.logs(run, 10).await.unwrap();
+    assert!(
+        logs.iter()
+            .any(|l| l.message == format!("train job failed (invalid): {note}")),
+        "{logs:?}"
+    );
+    assert_eq!(store.fail_stranded().await.unwrap(), 0, "failed once");
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
