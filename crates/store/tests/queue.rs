@@ -346,14 +346,27 @@ async fn divergence_fails_at_once_and_release_does_not_count(pool: PgPool) {
     );
 }
 
+fn gpu(budget_mib: u64) -> WorkerCapacity {
+    WorkerCapacity {
+        memory: Memory::Gpu,
+        budget_mib,
+    }
+}
+
+/// Makes worker `name` last seen `minutes` ago.
+async fn last_seen(pool: &PgPool, name: &str, minutes: i32) {
+    sqlx::query("UPDATE workers SET seen_at = now() - $2 * interval '1 minute' WHERE name = $1")
+        .bind(name)
+        .bind(minutes)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn a_job_too_large_for_its_worker_waits_for_a_larger_one_seen_lately(pool: PgPool) {
     let store = Store::from_pool(pool.clone());
     let lease = lease(60_000);
-    let gpu = |budget_mib| WorkerCapacity {
-        memory: Memory::Gpu,
-        budget_mib,
-    };
     let (big, small) = (gpu(80_000), gpu(16_000));
     let mut runs = vec![];
     for _ in 0..3 {
@@ -430,18 +443,7 @@ async fn a_job_too_large_for_its_worker_waits_for_a_larger_one_seen_lately(pool:
 
     // A heartbeat keeps a busy worker seen; one gone quiet for longer than the window no
     // longer counts, nor does a worker of another job kind.
-    let quiet = |name: &'static str| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query(
-                "UPDATE workers SET seen_at = now() - interval '11 minutes' WHERE name = $1",
-            )
-            .bind(name)
-            .execute(&pool)
-            .await
-            .unwrap();
-        }
-    };
+    let quiet = |name| last_seen(&pool, name, 11);
     quiet("big").await;
     store
         .heartbeat(retaken.job_id, retaken.lease_token, &lease)
@@ -508,10 +510,6 @@ async fn a_job_too_large_for_its_worker_waits_for_a_larger_one_seen_lately(pool:
 async fn a_job_waiting_for_a_larger_worker_that_is_gone_fails_while_the_pool_lives(pool: PgPool) {
     let store = Store::from_pool(pool.clone());
     let lease = lease(60_000);
-    let gpu = |budget_mib| WorkerCapacity {
-        memory: Memory::Gpu,
-        budget_mib,
-    };
     let (big, small) = (gpu(80_000), gpu(16_000));
     let train = [JobKind::Train];
     let mut runs = vec![];
@@ -535,22 +533,9 @@ async fn a_job_waiting_for_a_larger_worker_that_is_gone_fails_while_the_pool_liv
         .await
         .unwrap();
     assert_eq!(state, JobState::Queued);
-    let age = |name: &'static str, minutes: i32| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query(
-                "UPDATE workers SET seen_at = now() - $2 * interval '1 minute' WHERE name = $1",
-            )
-            .bind(name)
-            .bind(minutes)
-            .execute(&pool)
-            .await
-            .unwrap();
-        }
-    };
     // Every worker quiet: the pool is down (or restarting), and the job keeps waiting.
-    age("big", 11).await;
-    age("small", 11).await;
+    last_seen(&pool, "big", 11).await;
+    last_seen(&pool, "small", 11).await;
     assert_eq!(store.fail_stranded().await.unwrap(), 0);
     assert_eq!(store.run(run).await.unwrap().status, JobState::Queued);
     // The small worker polls on, the big one stays gone: nothing live can take the job.
