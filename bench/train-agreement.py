@@ -6,7 +6,7 @@ the same data and thread count, alternating, and compares the test accuracy and 
 epoch over seeds. Prints one JSON document; exits 1 if the final test accuracies' means
 differ by more than `--sigmas` standard errors of their difference.
 
-  python3 bench/train-agreement.py --spec experiments/quick.toml [--seeds 0,1,2]
+  python3 bench/train-agreement.py --spec experiments/quick.toml [--seeds 0,1,2] [--epochs E]
       [--stepwise target/release/stepwise] [--data-dir data] [--threads 2] [--sigmas 3]
 
 Seeds cannot pair runs across the two (their generators differ), so the comparison is of
@@ -39,7 +39,8 @@ def summary_flags(model):
 
 def stepwise_run(args, seed, out, env):
     """Per-epoch records of `stepwise train`, and its resolved spec."""
-    subprocess.run([args.stepwise, "--data-dir", args.data_dir, "train", "--spec", args.spec,
+    epochs = ["--epochs", str(args.epochs)] if args.epochs else []
+    subprocess.run([args.stepwise, "--data-dir", args.data_dir, "train", "--spec", args.spec, *epochs,
                     "--seed", str(seed), "--out", out, "--json"],
                    check=True, stdout=subprocess.DEVNULL, env=env)
     epochs = {}
@@ -78,6 +79,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", required=True, help="a run spec (TOML)")
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--epochs", type=int, help="train this many epochs instead of the spec's")
     p.add_argument("--stepwise", default=os.path.join(HERE, "..", "target", "release", "stepwise"))
     p.add_argument("--data-dir", default="data")
     p.add_argument("--threads", type=int, default=os.cpu_count())
