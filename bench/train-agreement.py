@@ -2,9 +2,10 @@
 """Does stepwise train like PyTorch? Trains one run spec with `stepwise train` and with the
 PyTorch reference (bench/reference.py: the same architecture, initialisation distribution,
 recipe and learning rate per epoch, but PyTorch's own random numbers) for several seeds on
-the same data and thread count, alternating, and compares the test accuracy and loss per
-epoch over seeds. Prints one JSON document; exits 1 if the final test accuracies' means
-differ by more than `--sigmas` standard errors of their difference.
+the same data and thread count, alternating, and compares the test accuracy and loss and the
+train loss per epoch over seeds: each side's mean and standard deviation, the difference of
+the means and its standard error. Prints one JSON document; exits 1 if the final test
+accuracies' means differ by more than `--sigmas` standard errors.
 
   python3 bench/train-agreement.py --spec experiments/quick.toml [--seeds 0,1,2] [--epochs E]
       [--stepwise target/release/stepwise] [--data-dir data] [--threads 2] [--sigmas 3]
@@ -75,6 +76,13 @@ def spread(values):
             "runs": values}
 
 
+def compared(ours, theirs):
+    """Both sides' spreads, the difference of their means and its standard error."""
+    a, b = spread(ours), spread(theirs)
+    standard_error = math.sqrt(a["sd"] ** 2 / len(ours) + b["sd"] ** 2 / len(theirs))
+    return {"stepwise": a, "pytorch": b, "difference": a["mean"] - b["mean"], "standard_error": standard_error}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", required=True, help="a run spec (TOML)")
@@ -108,18 +116,13 @@ def main():
     for i, epoch in enumerate(ours[0]):
         row = {"epoch": epoch["epoch"], "learning_rate": epoch["learning_rate"]}
         for name in ["test_accuracy", "test_loss", "train_loss"]:
-            row[name] = {"stepwise": spread([run[i][name] for run in ours]),
-                         "pytorch": spread([run[i][name] for run in theirs])}
+            row[name] = compared([run[i][name] for run in ours], [run[i][name] for run in theirs])
         per_epoch.append(row)
     final = per_epoch[-1]["test_accuracy"]
-    a, b = final["stepwise"], final["pytorch"]
-    standard_error = math.sqrt((a["sd"] ** 2 + b["sd"] ** 2) / len(seeds))
-    difference = a["mean"] - b["mean"]
-    agree = abs(difference) <= args.sigmas * standard_error
+    agree = abs(final["difference"]) <= args.sigmas * final["standard_error"]
     print(json.dumps({"spec": args.spec, "dataset": spec["data"]["dataset"], "seeds": seeds,
-                      "threads": args.threads, "final_test_accuracy": {
-                          "stepwise": a, "pytorch": b, "difference": difference,
-                          "standard_error": standard_error, "sigmas": args.sigmas, "agree": agree},
+                      "threads": args.threads,
+                      "final_test_accuracy": {**final, "sigmas": args.sigmas, "agree": agree},
                       "per_epoch": per_epoch}, indent=2))
     sys.exit(0 if agree else 1)
 
