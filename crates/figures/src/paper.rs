@@ -79,18 +79,19 @@ fn per_epoch(seeds: &[&Run], keep: impl Fn(&MetricRecord) -> bool) -> Vec<Point>
     let values = seeds
         .iter()
         .flat_map(|run| run.training.iter().filter(|r| keep(r)))
-        .map(|r| (r.epoch, r.value));
+        .map(|r| (r.epoch, r.value, false));
     by_epoch(values)
 }
 
-/// (epoch, value) pairs as points, one per epoch with every seed's value.
-fn by_epoch(values: impl Iterator<Item = (u32, f64)>) -> Vec<Point> {
+/// (epoch, value, of a projection block) as points, one per epoch with every seed's value.
+fn by_epoch(values: impl Iterator<Item = (u32, f64, bool)>) -> Vec<Point> {
     let mut c = Collected::new();
-    for (epoch, value) in values {
-        c.entry(epoch as i64)
-            .or_insert((epoch as f64, vec![], false))
-            .1
-            .push(value);
+    for (epoch, value, projection) in values {
+        let e = c
+            .entry(epoch as i64)
+            .or_insert((epoch as f64, vec![], false));
+        e.1.push(value);
+        e.2 |= projection;
     }
     points(c)
 }
@@ -279,15 +280,11 @@ fn intermediate(label: &str, seeds: &[&Run]) -> Option<Figure> {
 fn over_training(label: &str, seeds: &[&Run]) -> Option<Figure> {
     let test_means = |r: &&AnalysisRecord| r.split == Split::Test && r.stat == Some(Stat::Mean);
     let mut blocks: BTreeMap<u32, String> = BTreeMap::new();
-    let mut projections = std::collections::BTreeSet::new();
     let mut epochs = std::collections::BTreeSet::new();
     for r in seeds.iter().flat_map(|run| run.history).filter(test_means) {
         if let (Some(i), Some(b)) = (r.block_index, &r.block) {
             blocks.insert(i, b.to_string());
             epochs.insert(r.epoch);
-            if r.kind == Some(BlockKind::Projection) {
-                projections.insert(i);
-            }
         }
     }
     if epochs.len() < 2 {
@@ -300,12 +297,8 @@ fn over_training(label: &str, seeds: &[&Run]) -> Option<Figure> {
                 .flat_map(|run| run.history)
                 .filter(test_means)
                 .filter(|r| r.name == name && r.block_index == Some(index))
-                .map(|r| (r.epoch, r.value));
-            let mut points = by_epoch(values);
-            for p in &mut points {
-                p.hollow = projections.contains(&index);
-            }
-            points
+                .map(|r| (r.epoch, r.value, r.kind == Some(BlockKind::Projection)));
+            by_epoch(values)
         });
         Panel {
             title: format!("{label}: {title}"),

@@ -59,6 +59,16 @@ struct JobRow {
     state: String,
 }
 
+/// SQL over a job `j` and a worker `w`: `w` takes jobs of `j`'s kind and claimed or
+/// heartbeat within [`WORKER_SEEN_WITHIN`], whose seconds the query binds as `seconds`.
+fn live_worker_of_kind(seconds: &str) -> String {
+    format!("j.kind = ANY (w.kinds) AND w.seen_at > now() - {seconds} * interval '1 second'")
+}
+
+/// SQL over a job `j` and a worker `w`: `w`'s budget covers what `j` needs of its memory
+/// (a job refused only for another memory does not concern it).
+const FITS: &str = "coalesce((j.memory_needs ->> w.memory)::bigint <= w.budget_mib, true)";
+
 /// A queued job waiting for a worker with more memory: its needs as (memory, MiB).
 #[derive(sqlx::FromRow)]
 struct WaitingJob {
@@ -458,13 +468,12 @@ impl Store {
         .bind(mib(need_mib))
         .execute(&mut *tx)
         .await?;
-        let taker: Option<(String, String, i64)> = sqlx::query_as(
+        let taker: Option<(String, String, i64)> = sqlx::query_as(&format!(
             "SELECT w.name, w.memory, w.budget_mib FROM workers w, jobs j
-              WHERE j.id = $1 AND j.kind = ANY (w.kinds) AND w.name <> j.worker
-                AND w.seen_at > now() - $2 * interval '1 second'
-                AND coalesce((j.memory_needs ->> w.memory)::bigint <= w.budget_mib, true)
+              WHERE j.id = $1 AND w.name <> j.worker AND {} AND {FITS}
               ORDER BY w.seen_at DESC LIMIT 1",
-        )
+            live_worker_of_kind("$2")
+        ))
         .bind(job)
         .bind(WORKER_SEEN_WITHIN.as_secs_f64())
         .fetch_optional(&mut *tx)
@@ -516,22 +525,17 @@ impl Store {
     /// down or restarting) they keep waiting. Returns the jobs failed.
     pub async fn fail_stranded(&self) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
-        let stranded: Vec<WaitingJob> = sqlx::query_as(
+        let live = live_worker_of_kind("$1");
+        let stranded: Vec<WaitingJob> = sqlx::query_as(&format!(
             "SELECT j.id, j.kind, j.run_id, j.attempt,
                     (SELECT jsonb_agg(jsonb_build_array(key, value::bigint) ORDER BY key)
                        FROM jsonb_each_text(j.memory_needs)) AS needs
                FROM jobs j
-              WHERE j.state = 'queued' AND j.memory_needs <> '{}'::jsonb
-                AND EXISTS (SELECT 1 FROM workers w
-                             WHERE j.kind = ANY (w.kinds)
-                               AND w.seen_at > now() - $1 * interval '1 second')
-                AND NOT EXISTS (SELECT 1 FROM workers w
-                                 WHERE j.kind = ANY (w.kinds)
-                                   AND w.seen_at > now() - $1 * interval '1 second'
-                                   AND coalesce((j.memory_needs ->> w.memory)::bigint
-                                                <= w.budget_mib, true))
-              FOR UPDATE OF j SKIP LOCKED",
-        )
+              WHERE j.state = 'queued' AND j.memory_needs <> '{{}}'::jsonb
+                AND EXISTS (SELECT 1 FROM workers w WHERE {live})
+                AND NOT EXISTS (SELECT 1 FROM workers w WHERE {live} AND {FITS})
+              FOR UPDATE OF j SKIP LOCKED"
+        ))
         .bind(WORKER_SEEN_WITHIN.as_secs_f64())
         .fetch_all(&mut *tx)
         .await?;
