@@ -5,7 +5,7 @@
 use analysis::{analyze, Analysis, Input};
 use candle_core::Device;
 use client::worker::{JobContext, JobEnd, WorkerConfig};
-use domain::service::{AnalysisResult, FailureKind};
+use domain::service::{AnalysisResult, CheckpointRef, FailureKind};
 use domain::{AnalysisSpec, DataSpec, RunSpec};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -91,7 +91,7 @@ pub fn run_job(job: &JobContext<'_>) -> JobEnd {
         let _ = tx.send(analyse_task(
             &config,
             &dataset,
-            &task.checkpoint.path(),
+            &task.checkpoint,
             &task.spec,
         ));
     });
@@ -127,11 +127,14 @@ pub fn run_job(job: &JobContext<'_>) -> JobEnd {
 fn analyse_task(
     config: &WorkerConfig,
     dataset: &DataSpec,
-    checkpoint: &str,
+    checkpoint: &CheckpointRef,
     spec: &AnalysisSpec,
 ) -> Result<Analysis, AnalyzeError> {
     let device = resnet::candle_device(config.device)?;
-    let checkpoint = resnet::checkpoint::read(&config.checkpoint_dir.join(checkpoint))?;
+    let checkpoint = resnet::checkpoint::read_registered(
+        &config.checkpoint_dir.join(checkpoint.path()),
+        &checkpoint.sha256,
+    )?;
     let run: RunSpec = checkpoint.meta_json(train::META_SPEC)?;
     let data = cifar::open_trained_on(
         &dataset.dataset,

@@ -560,6 +560,26 @@ fn the_smoke_experiment_trains_analyses_draws_and_reports() {
     ok(&again);
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert_eq!(stderr.matches("finished earlier").count(), 2, "{stderr}");
+    // A damaged final checkpoint is passed over: the run trains on from the one before and
+    // writes the same weights again.
+    let last = out.join("runs/resnet-8-seed0/checkpoints/epoch-0002.safetensors");
+    let tensors_sha256 = |path: &Path| {
+        let checkpoint = resnet::checkpoint::read(path).unwrap();
+        checkpoint.metadata[resnet::checkpoint::TENSORS_SHA256_KEY].clone()
+    };
+    let trained = tensors_sha256(&last);
+    let mut bytes = std::fs::read(&last).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&last, bytes).unwrap();
+    let healed = stepwise(dir.path(), &["run", spec, "--out", "exp"]);
+    ok(&healed);
+    let stderr = String::from_utf8_lossy(&healed.stderr);
+    assert!(
+        stderr.contains("passed over for resuming") && stderr.contains("damaged"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("finished earlier").count(), 1, "{stderr}");
+    assert_eq!(tensors_sha256(&last), trained);
     // The same output directory with a changed experiment is refused, not mixed.
     let changed = std::fs::read_to_string(dir.path().join(spec))
         .unwrap()

@@ -429,6 +429,8 @@ pub struct CheckpointRef {
     pub file_name: String,
     pub epoch: u32,
     pub batch: u32,
+    /// Of the whole file, as registered: a reader checks the file against it.
+    pub sha256: String,
 }
 
 impl CheckpointRef {
@@ -454,8 +456,9 @@ pub struct Claim {
     /// The spec to train (or the spec of the analysed run).
     #[schema(value_type = Object)]
     pub spec: RunSpec,
-    /// Train jobs: the latest registered checkpoint of an earlier attempt.
-    pub resume_from: Option<CheckpointRef>,
+    /// Train jobs: the registered checkpoints of earlier attempts not pruned, newest first.
+    /// The trainer resumes from the first that reads intact (see `train::newest_intact`).
+    pub resume_from: Vec<CheckpointRef>,
     /// Train jobs: epochs whose checkpoints the analysis plan needs (never pruned).
     pub keep_epochs: Vec<u32>,
     /// Analyze jobs: what to analyse.

@@ -133,19 +133,39 @@ pub fn write(
 
 /// Reads a checkpoint, checking its format; tensors land on the CPU.
 pub fn read(path: &Path) -> Result<Checkpoint> {
+    parse(path, &fs::read(path).map_err(Error::io(path))?)
+}
+
+/// [`read`] of a checkpoint registered with `sha256`, the hex digest of the whole file: a
+/// file that hashes otherwise is damaged (or not the one registered), even where its
+/// tensors pass their own check.
+pub fn read_registered(path: &Path, sha256: &str) -> Result<Checkpoint> {
     let bytes = fs::read(path).map_err(Error::io(path))?;
+    let actual = hex::encode(Sha256::digest(&bytes));
+    if actual != sha256 {
+        return Err(Error::BadCheckpoint {
+            path: path.to_path_buf(),
+            reason: format!(
+                "its sha256 is {actual}, not the {sha256} registered: the file is damaged"
+            ),
+        });
+    }
+    parse(path, &bytes)
+}
+
+fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     let bad = |reason: String| Error::BadCheckpoint {
         path: path.to_path_buf(),
         reason,
     };
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
     let metadata = header.metadata().clone().unwrap_or_default();
     match metadata.get(FORMAT_KEY) {
         Some(f) if f == FORMAT => {}
         Some(f) => return Err(bad(format!("format {f:?}, expected {FORMAT:?}"))),
         None => return Err(bad("not written by stepwise (no format metadata)".into())),
     }
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
     if let Some(recorded) = metadata.get(TENSORS_SHA256_KEY) {
         let views = st.tensors();
         let actual = tensors_sha256(views.iter().map(|(n, v)| (n.as_str(), v.data())));

@@ -69,6 +69,17 @@ impl Error {
         matches!(self, Self::Io { .. })
     }
 
+    /// Whether a checkpoint file itself cannot serve — damaged, or not there — as opposed to
+    /// the store failing as a whole (unreadable, unmounted), where no other file would fare
+    /// better.
+    pub fn is_unusable_checkpoint(&self) -> bool {
+        match self {
+            Self::BadCheckpoint { .. } => true,
+            Self::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            _ => false,
+        }
+    }
+
     /// The memory and MiB the work needs, where that is more than the budget, so that a
     /// worker with more could take the job: the estimate refused before the work started,
     /// or one MiB over the budget of a GPU that ran out while it ran.

@@ -140,7 +140,7 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?;
         let (resume_from, analysis) = match kind {
-            JobKind::Train => (latest_checkpoint(&mut tx, job.run_id).await?, None),
+            JobKind::Train => (resume_candidates(&mut tx, job.run_id).await?, None),
             JobKind::Analyze => {
                 let analysis_id = job
                     .analysis_id
@@ -161,7 +161,7 @@ impl Store {
                     checkpoint: checkpoint.reference(),
                     spec: spec.0,
                 };
-                (None, Some(task))
+                (vec![], Some(task))
             }
         };
         if kind == JobKind::Train {
@@ -705,18 +705,19 @@ async fn leased(conn: &mut PgConnection, job: Uuid, token: Uuid, lock: bool) -> 
 }
 
 /// The run's newest registered checkpoint that is still on disk.
-async fn latest_checkpoint(
+/// The run's registered checkpoints not pruned, newest first: where a train job resumes.
+async fn resume_candidates(
     conn: &mut PgConnection,
     run: Uuid,
-) -> Result<Option<domain::service::CheckpointRef>> {
-    let row: Option<CheckpointRow> = sqlx::query_as(&format!(
+) -> Result<Vec<domain::service::CheckpointRef>> {
+    let rows: Vec<CheckpointRow> = sqlx::query_as(&format!(
         "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE run_id = $1 AND NOT removed
-          ORDER BY step DESC, created_at DESC LIMIT 1"
+          ORDER BY step DESC, created_at DESC"
     ))
     .bind(run)
-    .fetch_optional(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(row.map(|r| r.reference()))
+    Ok(rows.iter().map(CheckpointRow::reference).collect())
 }
 
 async fn insert_metrics(

@@ -138,6 +138,7 @@ impl CheckpointRow {
             file_name: self.file_name.clone(),
             epoch: self.epoch as u32,
             batch: self.batch as u32,
+            sha256: self.sha256.clone(),
         }
     }
 }

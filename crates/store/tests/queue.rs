@@ -98,7 +98,7 @@ async fn a_run_is_claimed_trained_and_analysed_by_plan(pool: PgPool) {
     assert_eq!(claim.attempt, 1);
     assert_eq!(claim.directory, format!("runs/{}/attempt-1", run.id));
     assert_eq!(claim.keep_epochs, [2, 3]);
-    assert!(claim.resume_from.is_none());
+    assert!(claim.resume_from.is_empty());
     assert_eq!(store.run(run.id).await.unwrap().status, JobState::Running);
 
     let token = claim.lease_token;
@@ -244,10 +244,16 @@ async fn an_expired_lease_is_refused_reaped_and_resumed_until_attempts_run_out(p
     let short = lease(200);
     let run = submit(&store, 5, None, 2).await;
     let first = claim_training(&store, "w1", &short).await.unwrap();
-    store
-        .register_checkpoint(first.job_id, &registration(first.lease_token, 1), &short)
-        .await
-        .unwrap();
+    for epoch in [1, 2] {
+        store
+            .register_checkpoint(
+                first.job_id,
+                &registration(first.lease_token, epoch),
+                &short,
+            )
+            .await
+            .unwrap();
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The stalled worker wakes: every write is refused, before and after the reaper ran.
     let err = store
@@ -257,7 +263,7 @@ async fn an_expired_lease_is_refused_reaped_and_resumed_until_attempts_run_out(p
     assert!(matches!(err, StoreError::LeaseLost(_)), "{err}");
     assert_eq!(store.reap_expired().await.unwrap(), 1);
     let err = store
-        .register_checkpoint(first.job_id, &registration(first.lease_token, 2), &short)
+        .register_checkpoint(first.job_id, &registration(first.lease_token, 3), &short)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::LeaseLost(_)), "{err}");
@@ -268,10 +274,19 @@ async fn an_expired_lease_is_refused_reaped_and_resumed_until_attempts_run_out(p
     let second = claim_training(&store, "w2", &short).await.unwrap();
     assert_eq!(second.attempt, 2);
     assert_eq!(second.directory, format!("runs/{}/attempt-2", run.id));
-    let resume = second.resume_from.unwrap();
+    // Every checkpoint of the first attempt, newest first, with the sha256 to check it by.
+    let resume: Vec<_> = second
+        .resume_from
+        .iter()
+        .map(|c| (c.directory.as_str(), c.epoch, c.sha256.as_str()))
+        .collect();
+    let sha256 = registration(first.lease_token, 1).sha256;
     assert_eq!(
-        (resume.directory.as_str(), resume.epoch),
-        (first.directory.as_str(), 1)
+        resume,
+        [
+            (first.directory.as_str(), 2, sha256.as_str()),
+            (first.directory.as_str(), 1, sha256.as_str())
+        ]
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     store.reap_expired().await.unwrap();

@@ -48,7 +48,7 @@ fn files(stack: &Stack, run: Uuid, attempt: u32) -> BTreeSet<String> {
 }
 
 #[test]
-fn trainers_killed_mid_run_are_replaced_and_the_run_ends_as_if_uninterrupted() {
+fn trainers_killed_and_a_damaged_checkpoint_leave_the_run_as_if_uninterrupted() {
     let _serial = serial();
     let mut stack = Stack::start(Settings::default());
     stack.synth("tiny10", 1024, 256);
@@ -59,12 +59,32 @@ fn trainers_killed_mid_run_are_replaced_and_the_run_ends_as_if_uninterrupted() {
         .unwrap()
         .id;
     let mut trainer = stack.spawn_worker("stepwise-trainer");
+    let mut damaged = None;
     for kill_after in [2, 5] {
         wait_for("epochs to pass", MINUTE, || {
             epochs_done(&stack, run) >= kill_after
         });
         stack.signal(trainer, "KILL");
         stack.wait_worker(trainer, MINUTE);
+        if kill_after == 5 {
+            // The second attempt's newest checkpoint is damaged while no trainer runs: the
+            // third resumes from the one before.
+            let newest = client
+                .checkpoints(run)
+                .unwrap()
+                .into_iter()
+                .filter(|c| c.attempt == 2 && !c.removed)
+                .max_by_key(|c| c.step)
+                .unwrap();
+            let path = stack
+                .checkpoint_dir()
+                .join(format!("runs/{run}/attempt-2"))
+                .join(&newest.file_name);
+            let mut bytes = std::fs::read(&path).unwrap();
+            *bytes.last_mut().unwrap() ^= 1;
+            std::fs::write(&path, bytes).unwrap();
+            damaged = Some(newest);
+        }
         trainer = stack.spawn_worker("stepwise-trainer");
     }
     let view = succeeded(&stack, run, 3 * MINUTE);
@@ -74,7 +94,8 @@ fn trainers_killed_mid_run_are_replaced_and_the_run_ends_as_if_uninterrupted() {
     let accuracy = client.metrics(run, Some("accuracy"), Some("test")).unwrap();
     let recorded: Vec<u32> = accuracy.iter().map(|m| m.epoch).collect();
     assert_eq!(recorded, (1..=epochs).collect::<Vec<_>>());
-    // Later attempts resumed instead of starting over: their first checkpoint is past epoch 1.
+    // Later attempts resumed instead of starting over: their first checkpoint is past epoch
+    // 1; the third from before the damaged checkpoint, which it wrote again.
     let checkpoints = client.checkpoints(run).unwrap();
     for attempt in [2, 3] {
         let first = checkpoints.iter().find(|c| c.attempt == attempt).unwrap();
@@ -83,6 +104,14 @@ fn trainers_killed_mid_run_are_replaced_and_the_run_ends_as_if_uninterrupted() {
             "attempt {attempt} started over: {checkpoints:?}"
         );
     }
+    let damaged = damaged.unwrap();
+    let third = checkpoints.iter().find(|c| c.attempt == 3).unwrap();
+    assert!(third.step <= damaged.step, "{damaged:?}\n{checkpoints:?}");
+    let log = client.logs_text(run, 1000).unwrap();
+    assert!(
+        log.contains("passed over for resuming") && log.contains(&damaged.file_name),
+        "{log}"
+    );
     // And the result is the uninterrupted run's, bit for bit (same machine, same threads).
     let reference = client
         .submit_run(&tiny_run("tiny10", epochs), None)

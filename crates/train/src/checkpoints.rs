@@ -3,7 +3,7 @@
 use crate::state::{TrainState, META_CODE_VERSION, META_METRICS, META_SPEC, META_TRAIN_STATE};
 use crate::{Result, Sgd, TrainError};
 use domain::{CheckpointPolicy, MetricRecord, RunSpec};
-use resnet::{ResNet, WrittenFile};
+use resnet::{Checkpoint, ResNet, WrittenFile};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -137,6 +137,43 @@ impl CheckpointStore {
     }
 }
 
+/// A checkpoint a run may resume from: its file and, where the API registered it, the
+/// file's sha256.
+#[derive(Clone, Debug)]
+pub struct ResumeCandidate {
+    pub path: PathBuf,
+    pub sha256: Option<String>,
+}
+
+/// Where a run resumes: the newest of `candidates` (newest first) that reads intact, with
+/// the errors of the newer ones passed over. Exact resume makes training on from an earlier
+/// checkpoint give the same run as from a later one, so a damaged or missing file costs
+/// only the time to retrain from there. `None` when every file that is there is damaged:
+/// the run starts over, which again gives the same run. When none of the files is there,
+/// the store itself is more likely missing (unmounted) than every file lost, so that is an
+/// error, as is any other failure to read the store.
+pub fn newest_intact(
+    candidates: &[ResumeCandidate],
+) -> Result<(Option<Checkpoint>, Vec<resnet::Error>)> {
+    let mut passed_over = vec![];
+    for candidate in candidates {
+        let read = match &candidate.sha256 {
+            Some(sha256) => resnet::checkpoint::read_registered(&candidate.path, sha256),
+            None => resnet::checkpoint::read(&candidate.path),
+        };
+        match read {
+            Ok(checkpoint) => return Ok((Some(checkpoint), passed_over)),
+            Err(e) if e.is_unusable_checkpoint() => passed_over.push(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let missing = |e: &resnet::Error| matches!(e, resnet::Error::Io { .. });
+    if !passed_over.is_empty() && passed_over.iter().all(missing) {
+        return Err(passed_over.swap_remove(0).into());
+    }
+    Ok((None, passed_over))
+}
+
 /// JSON of a metadata value (our types serialise infallibly).
 fn json<T: serde::Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).expect("metadata serialises to JSON")
@@ -145,6 +182,7 @@ fn json<T: serde::Serialize + ?Sized>(value: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::{Device, Tensor};
 
     #[test]
     fn names_sort_and_parse() {
@@ -193,5 +231,104 @@ mod tests {
             .collect();
         assert_eq!(left, [(3, 0), (4, 0), (5, 0), (6, 0)]);
         assert!(dir.path().join("notes.txt").exists());
+    }
+
+    /// Checkpoints `epoch-0001` … `epoch-0003` in `dir`, each registered with its sha256.
+    fn three(dir: &Path) -> Vec<ResumeCandidate> {
+        let mut out: Vec<ResumeCandidate> = (1..=3)
+            .map(|epoch| {
+                let t = Tensor::full(epoch as f32, 4, &Device::Cpu).unwrap();
+                let path = dir.join(checkpoint_name(epoch, 0));
+                let file =
+                    resnet::checkpoint::write(&path, &[("w".into(), t)], HashMap::new()).unwrap();
+                ResumeCandidate {
+                    path,
+                    sha256: Some(file.sha256),
+                }
+            })
+            .collect();
+        out.reverse();
+        out
+    }
+
+    fn epoch_of(checkpoint: &Checkpoint) -> f32 {
+        checkpoint.tensors["w"].to_vec1::<f32>().unwrap()[0]
+    }
+
+    /// Flips one byte of the tensor data at the end of the file.
+    fn damage(path: &Path) {
+        let mut bytes = std::fs::read(path).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn the_newest_intact_checkpoint_serves_and_damaged_or_missing_ones_are_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let candidates = three(dir.path());
+        let (newest, passed) = newest_intact(&candidates).unwrap();
+        assert_eq!((epoch_of(&newest.unwrap()), passed.len()), (3.0, 0));
+
+        damage(&candidates[0].path);
+        std::fs::remove_file(&candidates[1].path).unwrap();
+        let (newest, passed) = newest_intact(&candidates).unwrap();
+        assert_eq!(epoch_of(&newest.unwrap()), 1.0);
+        let why: Vec<String> = passed.iter().map(|e| e.to_string()).collect();
+        assert!(why[0].contains("damaged"), "{why:?}");
+        assert!(why[1].contains("No such file"), "{why:?}");
+    }
+
+    #[test]
+    fn a_file_other_than_the_registered_one_is_passed_over_though_it_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut candidates = three(dir.path());
+        candidates[0].sha256 = candidates[1].sha256.clone();
+        let (newest, passed) = newest_intact(&candidates).unwrap();
+        assert_eq!(epoch_of(&newest.unwrap()), 2.0);
+        assert!(
+            passed[0].to_string().contains("registered"),
+            "{}",
+            passed[0]
+        );
+        // Unregistered (a local run directory): its tensors' own digest is the check.
+        let unregistered: Vec<ResumeCandidate> = candidates
+            .into_iter()
+            .map(|c| ResumeCandidate { sha256: None, ..c })
+            .collect();
+        let (newest, _) = newest_intact(&unregistered).unwrap();
+        assert_eq!(epoch_of(&newest.unwrap()), 3.0);
+    }
+
+    #[test]
+    fn every_file_damaged_starts_over_and_every_file_missing_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let candidates = three(dir.path());
+        damage(&candidates[0].path);
+        damage(&candidates[1].path);
+        std::fs::remove_file(&candidates[2].path).unwrap();
+        let (newest, passed) = newest_intact(&candidates).unwrap();
+        assert!(newest.is_none());
+        assert_eq!(passed.len(), 3);
+        // None there at all: the store is more likely unmounted than every file lost.
+        for c in &candidates {
+            let _ = std::fs::remove_file(&c.path);
+        }
+        let Err(err) = newest_intact(&candidates) else {
+            panic!("no file there, and no error");
+        };
+        assert!(matches!(&err, TrainError::Model(e) if e.is_io()), "{err}");
+        assert!(matches!(newest_intact(&[]), Ok((None, passed)) if passed.is_empty()));
+    }
+
+    #[test]
+    fn a_store_that_fails_otherwise_is_an_error_not_a_reason_to_look_further() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut candidates = three(dir.path());
+        // A directory where the newest file should be: reading it fails, not with NotFound.
+        candidates[0].path = dir.path().to_path_buf();
+        let Err(err) = newest_intact(&candidates) else {
+            panic!("a directory read as a checkpoint");
+        };
+        assert!(matches!(&err, TrainError::Model(e) if e.is_io()), "{err}");
     }
 }

@@ -13,7 +13,7 @@ pub mod selftest;
 mod state;
 mod trainer;
 
-pub use checkpoints::{checkpoint_name, CheckpointStore};
+pub use checkpoints::{checkpoint_name, newest_intact, CheckpointStore, ResumeCandidate};
 pub use error::{Result, TrainError};
 pub use events::{EventSink, SinkError, TrainEvent};
 pub use optim::{Sgd, SgdConfig};

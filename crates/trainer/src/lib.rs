@@ -10,7 +10,7 @@ use domain::service::{CheckpointRegistration, FailureKind, WorkerEvent};
 use domain::MetricName;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use train::{EventSink, Outcome, SinkError, TrainError, TrainEvent, Trainer};
+use train::{EventSink, Outcome, ResumeCandidate, SinkError, TrainError, TrainEvent, Trainer};
 
 /// How often progress is reported between epochs.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -71,12 +71,15 @@ impl EventSink for ApiSink<'_> {
                         step: *start_step,
                         total_steps: *total_steps,
                     },
-                    log(format!(
-                        "training {} on {} ({}) from step {start_step} of {total_steps}",
-                        spec.model.label(),
-                        spec.data.dataset,
-                        identity.map_or("", |i| i.fingerprint.as_str()),
-                    )),
+                    log(
+                        "info",
+                        format!(
+                            "training {} on {} ({}) from step {start_step} of {total_steps}",
+                            spec.model.label(),
+                            spec.data.dataset,
+                            identity.map_or("", |i| i.fingerprint.as_str()),
+                        ),
+                    ),
                 ])
             }
             TrainEvent::Step { epoch, step, .. } => {
@@ -110,7 +113,7 @@ impl EventSink for ApiSink<'_> {
                         epoch: *epoch,
                         records: records.to_vec(),
                     },
-                    log(summary),
+                    log("info", summary),
                 ])
             }
             TrainEvent::Checkpoint {
@@ -148,9 +151,9 @@ impl EventSink for ApiSink<'_> {
     }
 }
 
-fn log(message: String) -> WorkerEvent {
+fn log(level: &str, message: String) -> WorkerEvent {
     WorkerEvent::Log {
-        level: "info".into(),
+        level: level.into(),
         message,
     }
 }
@@ -199,15 +202,40 @@ fn train_claim(job: &JobContext<'_>) -> Result<JobEnd, TrainError> {
     let data_dir = cifar::locate(&spec.data.dataset, &config.data_dir)?;
     let dataset = cifar::Dataset::open(&data_dir, spec.data.labels)?;
     let directory = config.checkpoint_dir.join(&claim.directory);
-    let mut trainer = match &claim.resume_from {
-        Some(from) => {
-            let path = config.checkpoint_dir.join(from.path());
-            tracing::info!("resuming from {}", path.display());
-            let checkpoint = resnet::checkpoint::read(&path)?;
+    let candidates: Vec<ResumeCandidate> = claim
+        .resume_from
+        .iter()
+        .map(|c| ResumeCandidate {
+            path: config.checkpoint_dir.join(c.path()),
+            sha256: Some(c.sha256.clone()),
+        })
+        .collect();
+    let (intact, passed_over) = train::newest_intact(&candidates)?;
+    let mut warnings: Vec<String> = passed_over
+        .iter()
+        .map(|e| format!("passed over for resuming: {e}"))
+        .collect();
+    let mut trainer = match intact {
+        Some(checkpoint) => {
+            tracing::info!("resuming from {}", checkpoint.path.display());
             Trainer::resume(&checkpoint, None, dataset, &device, directory)?
         }
-        None => Trainer::new(spec.clone(), dataset, &device, directory)?,
+        None => {
+            if !passed_over.is_empty() {
+                warnings.push("no checkpoint reads intact: training from the start".into());
+            }
+            Trainer::new(spec.clone(), dataset, &device, directory)?
+        }
     };
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
+    if !warnings.is_empty() {
+        let events = warnings.into_iter().map(|w| log("warn", w)).collect();
+        client
+            .events(keeper.job, keeper.lease_token, events)
+            .map_err(|e| TrainError::Sink(Box::new(e)))?;
+    }
     trainer.keep_epochs(&claim.keep_epochs);
     let stop = AtomicBool::new(false);
     let mut sink = ApiSink {

@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use train::{checkpoint_name, CheckpointStore, Outcome, Trainer, META_TRAIN_STATE};
+use train::{
+    checkpoint_name, CheckpointStore, Outcome, ResumeCandidate, Trainer, META_TRAIN_STATE,
+};
 
 pub fn run(args: RunArgs, data_dir: &Path) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&args.spec)
@@ -112,15 +114,26 @@ fn train_to_end(
     let epochs = run.spec.epochs();
     let ckpt_dir = dir.join("checkpoints");
     let store = CheckpointStore::new(&ckpt_dir, Default::default(), epochs);
-    let newest = if ckpt_dir.exists() {
-        store.list()?.last().map(|(_, _, name)| ckpt_dir.join(name))
-    } else {
-        None
-    };
+    let candidates: Vec<ResumeCandidate> = store
+        .list()?
+        .into_iter()
+        .rev()
+        .map(|(_, _, name)| ResumeCandidate {
+            path: ckpt_dir.join(name),
+            sha256: None,
+        })
+        .collect();
+    let (newest, passed_over) = train::newest_intact(&candidates)?;
+    for e in &passed_over {
+        eprintln!("  passed over for resuming: {e}");
+    }
+    if newest.is_none() && !passed_over.is_empty() {
+        eprintln!("  no checkpoint reads intact: training from the start");
+    }
     let dataset = open_dataset(&run.spec.data.dataset, data_dir, run.spec.data.labels)?;
-    let mut trainer = match &newest {
-        Some(path) => {
-            let ck = resnet::checkpoint::read(path)?;
+    let mut trainer = match newest {
+        Some(ck) => {
+            let path = &ck.path;
             // A changed experiment must not silently continue runs of the old one. Its data
             // is compared by content: the stored spec names the dataset by its own name,
             // which need not be the directory the experiment names.
