@@ -357,9 +357,22 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?;
         if let Some(plan) = plan {
+            // An epoch's checkpoint registered again (an attempt passed over the first as
+            // damaged and trained on from an earlier one) serves that epoch's analyses still
+            // queued, and one that failed, maybe on the damaged file, runs again on it.
             let epoch = registration.epoch;
+            sqlx::query(
+                "UPDATE analyses SET checkpoint_id = $3
+                  WHERE run_id = $1 AND epoch = $2 AND status = 'queued'",
+            )
+            .bind(leased.run_id)
+            .bind(epoch as i32)
+            .bind(row.id)
+            .execute(&mut *tx)
+            .await?;
             let done: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM analyses WHERE run_id = $1 AND epoch = $2)",
+                "SELECT EXISTS (SELECT 1 FROM analyses
+                                 WHERE run_id = $1 AND epoch = $2 AND status <> 'failed')",
             )
             .bind(leased.run_id)
             .bind(epoch as i32)

@@ -326,6 +326,91 @@ async fn an_expired_lease_is_refused_reaped_and_resumed_until_attempts_run_out(p
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
+async fn an_epoch_checkpoint_registered_again_serves_its_queued_analysis_and_reruns_a_failed_one(
+    pool: PgPool,
+) {
+    let store = Store::from_pool(pool);
+    let lease = lease(60_000);
+    let plan = AnalysisPlan {
+        checkpoints: CheckpointSelection::Every(1),
+        ..Default::default()
+    };
+    let run = submit(&store, 3, Some(plan), 3).await;
+    let first = claim_training(&store, "w1", &lease).await.unwrap();
+    for epoch in [1, 2] {
+        store
+            .register_checkpoint(
+                first.job_id,
+                &registration(first.lease_token, epoch),
+                &lease,
+            )
+            .await
+            .unwrap();
+    }
+    // Epoch 1's analysis fails on its (damaged) file; epoch 2's waits.
+    let analyse = store
+        .claim(&[JobKind::Analyze], "a", CPU, &lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(analyse.analysis.as_ref().unwrap().checkpoint.epoch, 1);
+    let failure = "not a valid checkpoint: the file is damaged";
+    store
+        .fail(
+            analyse.job_id,
+            analyse.lease_token,
+            FailureKind::Internal,
+            failure,
+        )
+        .await
+        .unwrap();
+    store
+        .release(first.job_id, first.lease_token)
+        .await
+        .unwrap();
+    // The next attempt trains epochs 1 and 2 again and registers their checkpoints.
+    let second = claim_training(&store, "w2", &lease).await.unwrap();
+    for epoch in [1, 2] {
+        store
+            .register_checkpoint(
+                second.job_id,
+                &registration(second.lease_token, epoch),
+                &lease,
+            )
+            .await
+            .unwrap();
+    }
+    let mut analysed = vec![];
+    while let Some(job) = store
+        .claim(&[JobKind::Analyze], "a", CPU, &lease)
+        .await
+        .unwrap()
+    {
+        let checkpoint = &job.analysis.as_ref().unwrap().checkpoint;
+        analysed.push((checkpoint.epoch, checkpoint.directory.clone()));
+        complete_analysis(&store, &job, block_records(checkpoint.epoch, -0.1)).await;
+    }
+    analysed.sort();
+    let again = second.directory.clone();
+    assert_eq!(analysed, [(1, again.clone()), (2, again)]);
+    let statuses: Vec<_> = store
+        .analyses_of_run(run.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| (a.epoch, a.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (1, JobState::Failed),
+            (1, JobState::Succeeded),
+            (2, JobState::Succeeded)
+        ]
+    );
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
 async fn divergence_fails_at_once_and_release_does_not_count(pool: PgPool) {
     let store = Store::from_pool(pool);
     let lease = lease(60_000);
