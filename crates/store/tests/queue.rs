@@ -78,6 +78,21 @@ fn registration(token: uuid::Uuid, epoch: u32) -> CheckpointRegistration {
     }
 }
 
+/// Registers `claim`'s checkpoints after `epochs`.
+async fn register_epochs(
+    store: &Store,
+    claim: &domain::service::Claim,
+    epochs: &[u32],
+    lease: &LeaseConfig,
+) {
+    for &epoch in epochs {
+        store
+            .register_checkpoint(claim.job_id, &registration(claim.lease_token, epoch), lease)
+            .await
+            .unwrap();
+    }
+}
+
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn a_run_is_claimed_trained_and_analysed_by_plan(pool: PgPool) {
     let store = Store::from_pool(pool);
@@ -244,16 +259,7 @@ async fn an_expired_lease_is_refused_reaped_and_resumed_until_attempts_run_out(p
     let short = lease(200);
     let run = submit(&store, 5, None, 2).await;
     let first = claim_training(&store, "w1", &short).await.unwrap();
-    for epoch in [1, 2] {
-        store
-            .register_checkpoint(
-                first.job_id,
-                &registration(first.lease_token, epoch),
-                &short,
-            )
-            .await
-            .unwrap();
-    }
+    register_epochs(&store, &first, &[1, 2], &short).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The stalled worker wakes: every write is refused, before and after the reaper ran.
     let err = store
@@ -337,16 +343,7 @@ async fn an_epoch_checkpoint_registered_again_serves_its_queued_analysis_and_rer
     };
     let run = submit(&store, 3, Some(plan), 3).await;
     let first = claim_training(&store, "w1", &lease).await.unwrap();
-    for epoch in [1, 2] {
-        store
-            .register_checkpoint(
-                first.job_id,
-                &registration(first.lease_token, epoch),
-                &lease,
-            )
-            .await
-            .unwrap();
-    }
+    register_epochs(&store, &first, &[1, 2], &lease).await;
     // Epoch 1's analysis fails on its (damaged) file; epoch 2's waits.
     let analyse = store
         .claim(&[JobKind::Analyze], "a", CPU, &lease)
@@ -370,16 +367,7 @@ async fn an_epoch_checkpoint_registered_again_serves_its_queued_analysis_and_rer
         .unwrap();
     // The next attempt trains epochs 1 and 2 again and registers their checkpoints.
     let second = claim_training(&store, "w2", &lease).await.unwrap();
-    for epoch in [1, 2] {
-        store
-            .register_checkpoint(
-                second.job_id,
-                &registration(second.lease_token, epoch),
-                &lease,
-            )
-            .await
-            .unwrap();
-    }
+    register_epochs(&store, &second, &[1, 2], &lease).await;
     let mut analysed = vec![];
     while let Some(job) = store
         .claim(&[JobKind::Analyze], "a", CPU, &lease)
