@@ -145,16 +145,36 @@ pub struct ResumeCandidate {
     pub sha256: Option<String>,
 }
 
-/// Where a run resumes: the newest of `candidates` (newest first) that reads intact, with
-/// the errors of the newer ones passed over. Exact resume makes training on from an earlier
-/// checkpoint give the same run as from a later one, so a damaged or missing file costs
-/// only the time to retrain from there. `None` when every file that is there is damaged:
-/// the run starts over, which again gives the same run. When none of the files is there,
-/// the store itself is more likely missing (unmounted) than every file lost, so that is an
-/// error, as is any other failure to read the store.
-pub fn newest_intact(
-    candidates: &[ResumeCandidate],
-) -> Result<(Option<Checkpoint>, Vec<resnet::Error>)> {
+/// Where a run resumes ([`newest_intact`]): a checkpoint, or none to start from the
+/// beginning, and the errors of the newer checkpoints passed over.
+pub struct ResumePoint {
+    pub checkpoint: Option<Checkpoint>,
+    pub passed_over: Vec<resnet::Error>,
+}
+
+impl ResumePoint {
+    /// What the run's log says of the files passed over and of starting over.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .passed_over
+            .iter()
+            .map(|e| format!("passed over for resuming: {e}"))
+            .collect();
+        if self.checkpoint.is_none() && !out.is_empty() {
+            out.push("no checkpoint reads intact: training from the start".into());
+        }
+        out
+    }
+}
+
+/// Where a run resumes: the newest of `candidates` (newest first) that reads intact.
+/// Exact resume makes training on from an earlier checkpoint give the same run as from a
+/// later one, so a damaged or missing file costs only the time to retrain from there. No
+/// checkpoint when every file that is there is damaged: the run starts over, which again
+/// gives the same run. When none of the files is there, the store itself is more likely
+/// missing (unmounted) than every file lost, so that is an error, as is any other failure
+/// to read the store.
+pub fn newest_intact(candidates: &[ResumeCandidate]) -> Result<ResumePoint> {
     let mut passed_over = vec![];
     for candidate in candidates {
         let read = match &candidate.sha256 {
@@ -162,7 +182,12 @@ pub fn newest_intact(
             None => resnet::checkpoint::read(&candidate.path),
         };
         match read {
-            Ok(checkpoint) => return Ok((Some(checkpoint), passed_over)),
+            Ok(checkpoint) => {
+                return Ok(ResumePoint {
+                    checkpoint: Some(checkpoint),
+                    passed_over,
+                })
+            }
             Err(e) if e.is_unusable_checkpoint() => passed_over.push(e),
             Err(e) => return Err(e.into()),
         }
@@ -171,7 +196,10 @@ pub fn newest_intact(
     if !passed_over.is_empty() && passed_over.iter().all(missing) {
         return Err(passed_over.swap_remove(0).into());
     }
-    Ok((None, passed_over))
+    Ok(ResumePoint {
+        checkpoint: None,
+        passed_over,
+    })
 }
 
 /// JSON of a metadata value (our types serialise infallibly).
@@ -266,16 +294,24 @@ mod tests {
     fn the_newest_intact_checkpoint_serves_and_damaged_or_missing_ones_are_passed_over() {
         let dir = tempfile::tempdir().unwrap();
         let candidates = three(dir.path());
-        let (newest, passed) = newest_intact(&candidates).unwrap();
-        assert_eq!((epoch_of(&newest.unwrap()), passed.len()), (3.0, 0));
+        let resume = newest_intact(&candidates).unwrap();
+        assert_eq!(epoch_of(resume.checkpoint.as_ref().unwrap()), 3.0);
+        assert!(resume.warnings().is_empty());
 
         damage(&candidates[0].path);
         std::fs::remove_file(&candidates[1].path).unwrap();
-        let (newest, passed) = newest_intact(&candidates).unwrap();
-        assert_eq!(epoch_of(&newest.unwrap()), 1.0);
-        let why: Vec<String> = passed.iter().map(|e| e.to_string()).collect();
-        assert!(why[0].contains("damaged"), "{why:?}");
-        assert!(why[1].contains("No such file"), "{why:?}");
+        let resume = newest_intact(&candidates).unwrap();
+        assert_eq!(epoch_of(resume.checkpoint.as_ref().unwrap()), 1.0);
+        let why = resume.warnings();
+        assert_eq!(why.len(), 2, "{why:?}");
+        assert!(
+            why[0].contains("epoch-0003") && why[0].contains("damaged"),
+            "{why:?}"
+        );
+        assert!(
+            why[1].contains("epoch-0002") && why[1].contains("No such file"),
+            "{why:?}"
+        );
     }
 
     #[test]
@@ -283,20 +319,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut candidates = three(dir.path());
         candidates[0].sha256 = candidates[1].sha256.clone();
-        let (newest, passed) = newest_intact(&candidates).unwrap();
-        assert_eq!(epoch_of(&newest.unwrap()), 2.0);
-        assert!(
-            passed[0].to_string().contains("registered"),
-            "{}",
-            passed[0]
-        );
+        let resume = newest_intact(&candidates).unwrap();
+        assert_eq!(epoch_of(resume.checkpoint.as_ref().unwrap()), 2.0);
+        let why = resume.warnings();
+        assert!(why[0].contains("registered"), "{why:?}");
         // Unregistered (a local run directory): its tensors' own digest is the check.
         let unregistered: Vec<ResumeCandidate> = candidates
             .into_iter()
             .map(|c| ResumeCandidate { sha256: None, ..c })
             .collect();
-        let (newest, _) = newest_intact(&unregistered).unwrap();
-        assert_eq!(epoch_of(&newest.unwrap()), 3.0);
+        let resume = newest_intact(&unregistered).unwrap();
+        assert_eq!(epoch_of(resume.checkpoint.as_ref().unwrap()), 3.0);
     }
 
     #[test]
@@ -306,9 +339,11 @@ mod tests {
         damage(&candidates[0].path);
         damage(&candidates[1].path);
         std::fs::remove_file(&candidates[2].path).unwrap();
-        let (newest, passed) = newest_intact(&candidates).unwrap();
-        assert!(newest.is_none());
-        assert_eq!(passed.len(), 3);
+        let resume = newest_intact(&candidates).unwrap();
+        assert!(resume.checkpoint.is_none());
+        let why = resume.warnings();
+        assert_eq!(why.len(), 4, "{why:?}");
+        assert!(why[3].contains("training from the start"), "{why:?}");
         // None there at all: the store is more likely unmounted than every file lost.
         for c in &candidates {
             let _ = std::fs::remove_file(&c.path);
@@ -317,7 +352,8 @@ mod tests {
             panic!("no file there, and no error");
         };
         assert!(matches!(&err, TrainError::Model(e) if e.is_io()), "{err}");
-        assert!(matches!(newest_intact(&[]), Ok((None, passed)) if passed.is_empty()));
+        let nothing = newest_intact(&[]).unwrap();
+        assert!(nothing.checkpoint.is_none() && nothing.warnings().is_empty());
     }
 
     #[test]

@@ -13,7 +13,9 @@ pub mod selftest;
 mod state;
 mod trainer;
 
-pub use checkpoints::{checkpoint_name, newest_intact, CheckpointStore, ResumeCandidate};
+pub use checkpoints::{
+    checkpoint_name, newest_intact, CheckpointStore, ResumeCandidate, ResumePoint,
+};
 pub use error::{Result, TrainError};
 pub use events::{EventSink, SinkError, TrainEvent};
 pub use optim::{Sgd, SgdConfig};

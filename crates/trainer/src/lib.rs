@@ -210,33 +210,6 @@ fn train_claim(job: &JobContext<'_>) -> Result<JobEnd, TrainError> {
             sha256: Some(c.sha256.clone()),
         })
         .collect();
-    let (intact, passed_over) = train::newest_intact(&candidates)?;
-    let mut warnings: Vec<String> = passed_over
-        .iter()
-        .map(|e| format!("passed over for resuming: {e}"))
-        .collect();
-    let mut trainer = match intact {
-        Some(checkpoint) => {
-            tracing::info!("resuming from {}", checkpoint.path.display());
-            Trainer::resume(&checkpoint, None, dataset, &device, directory)?
-        }
-        None => {
-            if !passed_over.is_empty() {
-                warnings.push("no checkpoint reads intact: training from the start".into());
-            }
-            Trainer::new(spec.clone(), dataset, &device, directory)?
-        }
-    };
-    for warning in &warnings {
-        tracing::warn!("{warning}");
-    }
-    if !warnings.is_empty() {
-        let events = warnings.into_iter().map(|w| log("warn", w)).collect();
-        client
-            .events(keeper.job, keeper.lease_token, events)
-            .map_err(|e| TrainError::Sink(Box::new(e)))?;
-    }
-    trainer.keep_epochs(&claim.keep_epochs);
     let stop = AtomicBool::new(false);
     let mut sink = ApiSink {
         client,
@@ -246,6 +219,22 @@ fn train_claim(job: &JobContext<'_>) -> Result<JobEnd, TrainError> {
         last_progress: Instant::now(),
         total_steps: 0,
     };
+    let resume = train::newest_intact(&candidates)?;
+    let warnings = resume.warnings();
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
+    if !warnings.is_empty() {
+        sink.send(warnings.into_iter().map(|w| log("warn", w)).collect())?;
+    }
+    let mut trainer = match resume.checkpoint {
+        Some(checkpoint) => {
+            tracing::info!("resuming from {}", checkpoint.path.display());
+            Trainer::resume(&checkpoint, None, dataset, &device, directory)?
+        }
+        None => Trainer::new(spec.clone(), dataset, &device, directory)?,
+    };
+    trainer.keep_epochs(&claim.keep_epochs);
     Ok(match trainer.run(&mut sink, &stop)? {
         Outcome::Finished => JobEnd::Completed(None),
         Outcome::Stopped { file_name, .. } => {

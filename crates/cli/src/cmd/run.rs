@@ -123,15 +123,12 @@ fn train_to_end(
             sha256: None,
         })
         .collect();
-    let (newest, passed_over) = train::newest_intact(&candidates)?;
-    for e in &passed_over {
-        eprintln!("  passed over for resuming: {e}");
-    }
-    if newest.is_none() && !passed_over.is_empty() {
-        eprintln!("  no checkpoint reads intact: training from the start");
+    let resume = train::newest_intact(&candidates)?;
+    for warning in resume.warnings() {
+        eprintln!("  {warning}");
     }
     let dataset = open_dataset(&run.spec.data.dataset, data_dir, run.spec.data.labels)?;
-    let mut trainer = match newest {
+    let mut trainer = match resume.checkpoint {
         Some(ck) => {
             let path = &ck.path;
             // A changed experiment must not silently continue runs of the old one. Its data
