@@ -356,11 +356,12 @@ impl Store {
                 .bind(leased.run_id)
                 .fetch_one(&mut *tx)
                 .await?;
-        if let Some(plan) = plan {
-            // An epoch's checkpoint registered again (an attempt passed over the first as
-            // damaged and trained on from an earlier one) serves that epoch's analyses still
-            // queued, and one that failed, maybe on the damaged file, runs again on it.
-            let epoch = registration.epoch;
+        // An epoch's checkpoint registered again (an attempt passed over the first as damaged
+        // and trained on from an earlier one) serves that epoch's analyses still queued, and
+        // the plan's analysis runs again on it where it failed, maybe on the damaged file.
+        // Mid-epoch checkpoints hold other weights: they serve no analysis.
+        let epoch = registration.epoch;
+        if registration.batch == 0 {
             sqlx::query(
                 "UPDATE analyses SET checkpoint_id = $3
                   WHERE run_id = $1 AND epoch = $2 AND status = 'queued'",
@@ -370,6 +371,9 @@ impl Store {
             .bind(row.id)
             .execute(&mut *tx)
             .await?;
+        }
+        let planned = plan.filter(|p| registration.batch == 0 && p.0.wants(epoch, epochs as u32));
+        if let Some(plan) = planned {
             let done: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM analyses
                                  WHERE run_id = $1 AND epoch = $2 AND status <> 'failed')",
@@ -378,7 +382,7 @@ impl Store {
             .bind(epoch as i32)
             .fetch_one(&mut *tx)
             .await?;
-            if registration.batch == 0 && plan.0.wants(epoch, epochs as u32) && !done {
+            if !done {
                 insert_analysis(
                     &mut tx,
                     leased.run_id,

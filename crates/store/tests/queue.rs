@@ -365,9 +365,20 @@ async fn an_epoch_checkpoint_registered_again_serves_its_queued_analysis_and_rer
         .release(first.job_id, first.lease_token)
         .await
         .unwrap();
-    // The next attempt trains epochs 1 and 2 again and registers their checkpoints.
+    // The next attempt trains epochs 1 and 2 again and registers their checkpoints, then
+    // one in the middle of epoch 3, which serves no analysis.
     let second = claim_training(&store, "w2", &lease).await.unwrap();
     register_epochs(&store, &second, &[1, 2], &lease).await;
+    let middle = CheckpointRegistration {
+        file_name: "epoch-0002-batch-00007.safetensors".into(),
+        batch: 7,
+        step: 27,
+        ..registration(second.lease_token, 2)
+    };
+    store
+        .register_checkpoint(second.job_id, &middle, &lease)
+        .await
+        .unwrap();
     let mut analysed = vec![];
     while let Some(job) = store
         .claim(&[JobKind::Analyze], "a", CPU, &lease)
@@ -375,6 +386,7 @@ async fn an_epoch_checkpoint_registered_again_serves_its_queued_analysis_and_rer
         .unwrap()
     {
         let checkpoint = &job.analysis.as_ref().unwrap().checkpoint;
+        assert_eq!(checkpoint.batch, 0, "{checkpoint:?}");
         analysed.push((checkpoint.epoch, checkpoint.directory.clone()));
         complete_analysis(&store, &job, block_records(checkpoint.epoch, -0.1)).await;
     }
