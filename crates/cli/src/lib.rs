@@ -3,6 +3,7 @@
 
 mod args;
 mod cmd;
+mod lock;
 mod progress;
 
 use args::{AnalysisCommand, CheckpointCommand, Cli, Command, ExperimentCommand};

@@ -1,6 +1,7 @@
 //! Terminal output of long commands: indicatif bars (hidden when stderr is not a terminal
 //! or with --json) and the training event sink that also writes metrics.jsonl.
 
+use crate::lock::{lock_dir, DirLock};
 use anyhow::{Context, Result};
 use domain::{MetricName, MetricRecord, Split};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -21,8 +22,10 @@ pub fn bytes(total: u64, label: &str) -> ProgressBar {
     bar
 }
 
-/// Console progress plus `metrics.jsonl` (one metric record per line).
+/// Console progress plus `metrics.jsonl` (one metric record per line), holding the run
+/// directory's lock.
 pub struct RunSink {
+    _lock: DirLock,
     bar: ProgressBar,
     metrics: File,
     metrics_path: PathBuf,
@@ -34,9 +37,11 @@ pub struct RunSink {
 }
 
 impl RunSink {
-    /// Opens `metrics.jsonl` for appending, first dropping records of epochs after
-    /// `completed` (left by a run that went further than the checkpoint resumed from).
+    /// Locks `run_dir` ([`lock_dir`]: this sink is its one writer) and opens `metrics.jsonl`
+    /// for appending, first dropping records of epochs after `completed` (left by a run that
+    /// went further than the checkpoint resumed from).
     pub fn open(run_dir: &Path, completed: u32, epochs: u32, quiet: bool) -> Result<Self> {
+        let lock = lock_dir(run_dir)?;
         let metrics_path = run_dir.join("metrics.jsonl");
         if metrics_path.exists() {
             let f = File::open(&metrics_path)
@@ -68,6 +73,7 @@ impl RunSink {
                 .expect("a valid template"),
         );
         Ok(Self {
+            _lock: lock,
             bar,
             metrics,
             metrics_path,

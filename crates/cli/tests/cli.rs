@@ -289,6 +289,22 @@ fn train_resume_and_evaluate() {
         &["train", "--resume", &checkpoint, "--depth", "20"],
     ));
     assert!(err.contains("keeps the spec"), "{err}");
+    // While another process writes the directory (holds its lock), resuming is refused
+    // before anything is written.
+    let lock = std::fs::File::open(dir.path().join("runs/a/.stepwise.lock")).unwrap();
+    lock.lock().unwrap();
+    let metrics_before = std::fs::read(dir.path().join("runs/a/metrics.jsonl")).unwrap();
+    let err = failed(&stepwise(
+        dir.path(),
+        &["train", "--resume", &checkpoint, "--epochs", "2"],
+    ));
+    assert!(
+        err.contains("being written by another stepwise process"),
+        "{err}"
+    );
+    let metrics_after = std::fs::read(dir.path().join("runs/a/metrics.jsonl")).unwrap();
+    assert_eq!(metrics_before, metrics_after);
+    drop(lock);
     let resumed = json(&ok(&stepwise(
         dir.path(),
         &["train", "--resume", &checkpoint, "--epochs", "2", "--json"],

@@ -160,9 +160,9 @@ fn train_to_end(
         }
     };
     trainer.keep_epochs(analysed);
+    let mut sink = RunSink::open(dir, trainer.state().epoch, epochs, false)?;
     let spec_path = dir.join("spec.toml");
     resnet::checkpoint::write_atomic(&spec_path, trainer.spec().to_toml().as_bytes())?;
-    let mut sink = RunSink::open(dir, trainer.state().epoch, epochs, false)?;
     let outcome = trainer.run(&mut sink, stop);
     sink.finish();
     Ok(matches!(outcome?, Outcome::Finished))

@@ -29,16 +29,16 @@ pub fn run(args: TrainArgs, data_dir: &Path) -> Result<ExitCode> {
         Some(checkpoint) => resume(&args, checkpoint, data_dir, &device)?,
         None => fresh(&args, data_dir, &device)?,
     };
-    let spec_path = run_dir.join("spec.toml");
-    resnet::checkpoint::write_atomic(&spec_path, trainer.spec().to_toml().as_bytes())?;
-    let stop = Arc::new(AtomicBool::new(false));
-    install_interrupt(stop.clone(), args.json)?;
     let mut sink = RunSink::open(
         &run_dir,
         trainer.state().epoch,
         trainer.spec().epochs(),
         args.json,
     )?;
+    let spec_path = run_dir.join("spec.toml");
+    resnet::checkpoint::write_atomic(&spec_path, trainer.spec().to_toml().as_bytes())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    install_interrupt(stop.clone(), args.json)?;
     if !args.json {
         let id = trainer
             .spec()
