@@ -339,6 +339,19 @@ fn train_resume_and_evaluate() {
         !dir.path().join("data/shapes10").exists(),
         "no default shapes10 generated for a model that never saw it"
     );
+    // A damaged checkpoint is refused, naming the newest intact one before it.
+    let damaged = dir.path().join(last);
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&damaged, bytes).unwrap();
+    let err = failed(&stepwise(
+        dir.path(),
+        &["train", "--resume", last, "--epochs", "3"],
+    ));
+    assert!(
+        err.contains("damaged") && err.contains(&format!("--resume {checkpoint}")),
+        "{err}"
+    );
 }
 
 #[test]

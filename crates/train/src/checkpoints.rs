@@ -81,6 +81,20 @@ impl CheckpointStore {
         Ok(out)
     }
 
+    /// The checkpoints present as candidates to resume from ([`newest_intact`]), newest
+    /// first; unregistered, so each is checked by its tensors' own sha256.
+    pub fn resume_candidates(&self) -> Result<Vec<ResumeCandidate>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .rev()
+            .map(|(_, _, name)| ResumeCandidate {
+                path: self.dir.join(name),
+                sha256: None,
+            })
+            .collect())
+    }
+
     /// Writes the model, optimizer state, spec, train state and metric summary.
     pub fn write(
         &self,

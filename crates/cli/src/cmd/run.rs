@@ -19,9 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use train::{
-    checkpoint_name, CheckpointStore, Outcome, ResumeCandidate, Trainer, META_TRAIN_STATE,
-};
+use train::{checkpoint_name, CheckpointStore, Outcome, Trainer, META_TRAIN_STATE};
 
 pub fn run(args: RunArgs, data_dir: &Path) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&args.spec)
@@ -114,16 +112,7 @@ fn train_to_end(
     let epochs = run.spec.epochs();
     let ckpt_dir = dir.join("checkpoints");
     let store = CheckpointStore::new(&ckpt_dir, Default::default(), epochs);
-    let candidates: Vec<ResumeCandidate> = store
-        .list()?
-        .into_iter()
-        .rev()
-        .map(|(_, _, name)| ResumeCandidate {
-            path: ckpt_dir.join(name),
-            sha256: None,
-        })
-        .collect();
-    let resume = train::newest_intact(&candidates)?;
+    let resume = train::newest_intact(&store.resume_candidates()?)?;
     for warning in resume.warnings() {
         eprintln!("  {warning}");
     }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use train::{Outcome, Trainer, META_SPEC};
+use train::{CheckpointStore, Outcome, Trainer, META_SPEC};
 
 pub fn run(args: TrainArgs, data_dir: &Path) -> Result<ExitCode> {
     if args.print_spec {
@@ -267,6 +267,21 @@ fn spec_from_args(args: &TrainArgs) -> Result<RunSpec> {
     Ok(spec)
 }
 
+/// The newest checkpoint beside `checkpoint` that is older than it and reads intact: where
+/// to resume when `checkpoint` itself is damaged or gone.
+fn intact_before(checkpoint: &Path) -> Option<PathBuf> {
+    let dir = checkpoint.parent()?;
+    let name = checkpoint.file_name()?.to_str()?;
+    let store = CheckpointStore::new(dir, Default::default(), 0);
+    let older: Vec<_> = store
+        .resume_candidates()
+        .ok()?
+        .into_iter()
+        .filter(|c| c.path.file_name().and_then(|n| n.to_str()) < Some(name))
+        .collect();
+    Some(train::newest_intact(&older).ok()?.checkpoint?.path)
+}
+
 fn resume(
     args: &TrainArgs,
     checkpoint: &Path,
@@ -295,7 +310,18 @@ fn resume(
     if changes_spec {
         bail!("a resumed run keeps the spec in its checkpoint: only --epochs, --data, --out, --device and --json go with --resume");
     }
-    let ck = resnet::checkpoint::read(checkpoint)?;
+    let ck = match resnet::checkpoint::read(checkpoint) {
+        Ok(ck) => ck,
+        Err(e) if e.is_unusable_checkpoint() => match intact_before(checkpoint) {
+            Some(earlier) => bail!(
+                "{e}\nthe newest intact checkpoint before it: resume with \
+                 stepwise train --resume {}",
+                earlier.display()
+            ),
+            None => return Err(e.into()),
+        },
+        Err(e) => return Err(e.into()),
+    };
     let spec: RunSpec = ck.meta_json(META_SPEC)?;
     let (dataset, _) = super::data_for(&spec, args.data.as_deref(), data_dir)?;
     let run_dir = match &args.out {
