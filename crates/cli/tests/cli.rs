@@ -604,9 +604,12 @@ fn the_smoke_experiment_trains_analyses_draws_and_reports() {
     ok(&healed);
     let stderr = String::from_utf8_lossy(&healed.stderr);
     assert!(
-        stderr.contains("passed over for resuming") && stderr.contains("damaged"),
+        stderr.contains("passed over for resuming") && stderr.contains("set aside as"),
         "{stderr}"
     );
+    assert!(out
+        .join("runs/resnet-8-seed0/checkpoints/epoch-0002.safetensors.damaged")
+        .exists());
     assert_eq!(stderr.matches("finished earlier").count(), 1, "{stderr}");
     assert_eq!(tensors_sha256(&last), trained);
     // The same output directory with a changed experiment is refused, not mixed.

@@ -160,10 +160,10 @@ pub struct ResumeCandidate {
 }
 
 /// Where a run resumes ([`newest_intact`]): a checkpoint, or none to start from the
-/// beginning, and the errors of the newer checkpoints passed over.
+/// beginning, and the newer checkpoints passed over with why.
 pub struct ResumePoint {
     pub checkpoint: Option<Checkpoint>,
-    pub passed_over: Vec<resnet::Error>,
+    pub passed_over: Vec<(PathBuf, resnet::Error)>,
 }
 
 impl ResumePoint {
@@ -172,12 +172,34 @@ impl ResumePoint {
         let mut out: Vec<String> = self
             .passed_over
             .iter()
-            .map(|e| format!("passed over for resuming: {e}"))
+            .map(|(_, e)| format!("passed over for resuming: {e}"))
             .collect();
         if self.checkpoint.is_none() && !out.is_empty() {
             out.push("no checkpoint reads intact: training from the start".into());
         }
         out
+    }
+
+    /// Renames the damaged files passed over to `NAME.damaged`, out of the checkpoint
+    /// listing, so that the run's own directory shows only what it resumes from (and the
+    /// retention policy does not count them as the newest); returns the new paths. For a
+    /// run directory of its own: a trainer never touches an earlier attempt's files.
+    pub fn set_aside_damaged(&self) -> Result<Vec<PathBuf>> {
+        let mut moved = vec![];
+        for (path, _) in &self.passed_over {
+            if !path.exists() {
+                continue;
+            }
+            let mut aside = path.clone().into_os_string();
+            aside.push(".damaged");
+            let aside = PathBuf::from(aside);
+            std::fs::rename(path, &aside).map_err(|source| TrainError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            moved.push(aside);
+        }
+        Ok(moved)
     }
 }
 
@@ -202,13 +224,13 @@ pub fn newest_intact(candidates: &[ResumeCandidate]) -> Result<ResumePoint> {
                     passed_over,
                 })
             }
-            Err(e) if e.is_unusable_checkpoint() => passed_over.push(e),
+            Err(e) if e.is_unusable_checkpoint() => passed_over.push((candidate.path.clone(), e)),
             Err(e) => return Err(e.into()),
         }
     }
-    let missing = |e: &resnet::Error| matches!(e, resnet::Error::Io { .. });
+    let missing = |(_, e): &(PathBuf, resnet::Error)| matches!(e, resnet::Error::Io { .. });
     if !passed_over.is_empty() && passed_over.iter().all(missing) {
-        return Err(passed_over.swap_remove(0).into());
+        return Err(passed_over.swap_remove(0).1.into());
     }
     Ok(ResumePoint {
         checkpoint: None,
@@ -358,10 +380,13 @@ mod tests {
         let why = resume.warnings();
         assert_eq!(why.len(), 4, "{why:?}");
         assert!(why[3].contains("training from the start"), "{why:?}");
+        // Set aside, the damaged files leave the listing; the missing one is skipped.
+        let moved = resume.set_aside_damaged().unwrap();
+        assert_eq!(moved.len(), 2);
+        assert!(moved[0].ends_with("epoch-0003.safetensors.damaged") && moved[0].exists());
+        let store = CheckpointStore::new(dir.path(), CheckpointPolicy::default(), 3);
+        assert!(store.list().unwrap().is_empty());
         // None there at all: the store is more likely unmounted than every file lost.
-        for c in &candidates {
-            let _ = std::fs::remove_file(&c.path);
-        }
         let Err(err) = newest_intact(&candidates) else {
             panic!("no file there, and no error");
         };

@@ -116,6 +116,9 @@ fn train_to_end(
     for warning in resume.warnings() {
         eprintln!("  {warning}");
     }
+    for aside in resume.set_aside_damaged()? {
+        eprintln!("  set aside as {}", aside.display());
+    }
     let dataset = open_dataset(&run.spec.data.dataset, data_dir, run.spec.data.labels)?;
     let mut trainer = match resume.checkpoint {
         Some(ck) => {
