@@ -7,7 +7,7 @@ train loss per epoch over seeds: each side's mean and standard deviation, the di
 the means and its standard error. Prints one JSON document; exits 1 if the final test
 accuracies' means differ by more than `--sigmas` standard errors.
 
-  python3 bench/train-agreement.py --spec experiments/quick.toml [--seeds 0,1,2] [--epochs E]
+  python3 bench/train-agreement.py --spec experiments/quick.toml [--seeds 0,1,2] [--epochs E] [--lr LR]
       [--stepwise target/release/stepwise] [--data-dir data] [--threads 2] [--sigmas 3]
 
 Seeds cannot pair runs across the two (their generators differ), so the comparison is of
@@ -41,7 +41,8 @@ def summary_flags(model):
 def stepwise_run(args, seed, out, env):
     """Per-epoch records of `stepwise train`, and its resolved spec."""
     epochs = ["--epochs", str(args.epochs)] if args.epochs else []
-    subprocess.run([args.stepwise, "--data-dir", args.data_dir, "train", "--spec", args.spec, *epochs,
+    lr = ["--schedule", "constant", "--lr", str(args.lr)] if args.lr is not None else []
+    subprocess.run([args.stepwise, "--data-dir", args.data_dir, "train", "--spec", args.spec, *epochs, *lr,
                     "--seed", str(seed), "--out", out, "--json"],
                    check=True, stdout=subprocess.DEVNULL, env=env)
     epochs = {}
@@ -88,6 +89,9 @@ def main():
     p.add_argument("--spec", required=True, help="a run spec (TOML)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, help="train this many epochs instead of the spec's")
+    p.add_argument("--lr", type=float,
+                   help="a constant learning rate instead of the spec's schedule (`--lr 1e-8 --epochs 1`: "
+                        "the first epoch's train loss is the initial models' loss)")
     p.add_argument("--stepwise", default=os.path.join(HERE, "..", "target", "release", "stepwise"))
     p.add_argument("--data-dir", default="data")
     p.add_argument("--threads", type=int, default=os.cpu_count())

@@ -246,6 +246,26 @@ fn print_spec_resolves_the_defaults_and_reads_back_as_the_same_spec() {
         ],
     ));
     assert!(printed.contains("dataset = \"shapes10\""), "{printed}");
+    // --schedule replaces a spec's custom schedule, boundaries and values included.
+    let quick = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/quick.toml");
+    let constant = ok(&stepwise(
+        dir.path(),
+        &[
+            "train",
+            "--spec",
+            quick.to_str().unwrap(),
+            "--schedule",
+            "constant",
+            "--lr",
+            "0.05",
+            "--print-spec",
+        ],
+    ));
+    assert!(
+        constant.contains("# learning rate 0.05 for epochs 1–6\n")
+            && !constant.contains("boundaries"),
+        "{constant}"
+    );
     let err = failed(&stepwise(
         dir.path(),
         &[

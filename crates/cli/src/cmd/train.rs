@@ -242,7 +242,10 @@ fn spec_from_args(args: &TrainArgs) -> Result<RunSpec> {
         t.schedule.lr = args.lr;
     }
     if let Some(preset) = args.schedule {
+        // The flag replaces the spec's schedule, a custom one's boundaries and values too.
         t.schedule.preset = preset.into();
+        t.schedule.boundaries.clear();
+        t.schedule.values.clear();
     }
     if let Some(w) = args.warmup_epochs {
         t.schedule.warmup_epochs = w;
