@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::Path;
 
-pub const LOCK_FILE: &str = ".stepwise.lock";
+const LOCK_FILE: &str = ".stepwise.lock";
 
 /// The lock of a directory, held until dropped.
 #[derive(Debug)]
