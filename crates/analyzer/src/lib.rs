@@ -42,6 +42,8 @@ impl AnalyzeError {
             (_, Some(e)) if e.is_memory() => FailureKind::Invalid,
             // The checkpoint store failing (unmounted, unreadable) is the machine's fault.
             (_, Some(e)) if e.is_io() => FailureKind::Infrastructure,
+            // A damaged file: another attempt would read the same bytes.
+            (_, Some(e)) if e.is_unusable_checkpoint() => FailureKind::Invalid,
             _ => FailureKind::Internal,
         }
     }
@@ -151,7 +153,7 @@ mod tests {
     use std::io::{Error, ErrorKind};
 
     #[test]
-    fn an_unreadable_checkpoint_is_retried_and_work_too_large_is_not() {
+    fn an_unreadable_checkpoint_is_retried_and_a_damaged_one_or_work_too_large_is_not() {
         let unreadable = resnet::Error::Io {
             path: "runs/r/attempt-1/epoch-0003.safetensors".into(),
             source: Error::new(ErrorKind::NotFound, "no such file or directory"),
@@ -159,6 +161,14 @@ mod tests {
         assert_eq!(
             AnalyzeError::Model(unreadable).failure_kind(),
             FailureKind::Infrastructure
+        );
+        let damaged = resnet::Error::BadCheckpoint {
+            path: "runs/r/attempt-1/epoch-0003.safetensors".into(),
+            reason: "the file is damaged".into(),
+        };
+        assert_eq!(
+            AnalyzeError::Model(damaged).failure_kind(),
+            FailureKind::Invalid
         );
         let too_large = resnet::Error::MemoryBudget {
             work: resnet::memory::Work::Analysis,

@@ -79,12 +79,13 @@ string_enum!(
     /// Why a job failed. Only `infrastructure` failures are retried.
     FailureKind {
         /// The worker was lost, its lease expired, or the checkpoint store failed it (full,
-        /// unmounted): retried, resuming from the latest registered checkpoint, up to the
-        /// configured number of attempts.
+        /// unmounted): retried, resuming from the latest registered checkpoint that reads
+        /// intact, up to the configured number of attempts.
         Infrastructure => "infrastructure",
         /// The loss or a parameter became non-finite.
         Diverged => "diverged",
-        /// The job cannot run as specified (e.g. its dataset is missing on the worker).
+        /// The job cannot run as specified (e.g. its dataset is missing on the worker, or
+        /// the checkpoint to analyse is damaged).
         Invalid => "invalid",
         /// A bug or an unexpected error.
         Internal => "internal",

@@ -185,6 +185,9 @@ fn failure_kind(e: &TrainError) -> FailureKind {
         // are written by `resnet::checkpoint`, old ones pruned by `train`.
         TrainError::Io { .. } | TrainError::Sink(_) => FailureKind::Infrastructure,
         TrainError::Model(e) if e.is_io() => FailureKind::Infrastructure,
+        // A checkpoint that reads intact but cannot be resumed (its metadata): another
+        // attempt would read the same bytes. Damaged ones are passed over before this.
+        TrainError::Model(e) if e.is_unusable_checkpoint() => FailureKind::Invalid,
         _ => FailureKind::Internal,
     }
 }
@@ -269,7 +272,10 @@ mod tests {
             reason: "the file is damaged".into(),
         };
         // Another attempt would read the same file.
-        assert!(!failure_kind(&TrainError::Model(damaged)).is_retried());
+        assert_eq!(
+            failure_kind(&TrainError::Model(damaged)),
+            FailureKind::Invalid
+        );
         let diverged = TrainError::Diverged {
             epoch: 2,
             step: 40,
