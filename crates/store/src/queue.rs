@@ -371,27 +371,26 @@ impl Store {
             .bind(row.id)
             .execute(&mut *tx)
             .await?;
-        }
-        let planned = plan.filter(|p| registration.batch == 0 && p.0.wants(epoch, epochs as u32));
-        if let Some(plan) = planned {
-            let done: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM analyses
-                                 WHERE run_id = $1 AND epoch = $2 AND status <> 'failed')",
-            )
-            .bind(leased.run_id)
-            .bind(epoch as i32)
-            .fetch_one(&mut *tx)
-            .await?;
-            if !done {
-                insert_analysis(
-                    &mut tx,
-                    leased.run_id,
-                    row.id,
-                    epoch,
-                    &plan.0.spec,
-                    lease.max_attempts,
+            if let Some(plan) = plan.filter(|p| p.0.wants(epoch, epochs as u32)) {
+                let done: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM analyses
+                                     WHERE run_id = $1 AND epoch = $2 AND status <> 'failed')",
                 )
+                .bind(leased.run_id)
+                .bind(epoch as i32)
+                .fetch_one(&mut *tx)
                 .await?;
+                if !done {
+                    insert_analysis(
+                        &mut tx,
+                        leased.run_id,
+                        row.id,
+                        epoch,
+                        &plan.0.spec,
+                        lease.max_attempts,
+                    )
+                    .await?;
+                }
             }
         }
         tx.commit().await?;

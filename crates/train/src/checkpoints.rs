@@ -186,10 +186,11 @@ impl ResumePoint {
     /// run directory of its own: a trainer never touches an earlier attempt's files.
     pub fn set_aside_damaged(&self) -> Result<Vec<PathBuf>> {
         let mut moved = vec![];
-        for (path, _) in &self.passed_over {
-            if !path.exists() {
-                continue;
-            }
+        let damaged = self
+            .passed_over
+            .iter()
+            .filter(|(_, e)| matches!(e, resnet::Error::BadCheckpoint { .. }));
+        for (path, _) in damaged {
             let mut aside = path.clone().into_os_string();
             aside.push(".damaged");
             let aside = PathBuf::from(aside);
