@@ -223,8 +223,9 @@ pub fn claim_loop(
         let keeper = LeaseKeeper::start(client.clone(), &claim, asked);
         let end = work(&claim, &keeper);
         let cancelled = keeper.cancelled();
+        let reporter = keeper.lease_bound(client);
         keeper.stop();
-        report(client, &claim, end, cancelled);
+        report(&reporter, &claim, end, cancelled);
     }
     tracing::info!("{} stopping", config.name);
 }
@@ -366,6 +367,17 @@ impl LeaseKeeper {
             || Instant::now() >= *self.shared.valid_until.lock().expect("lease mutex")
     }
 
+    /// `client`, retrying transient failures for as long as the lease is certainly held
+    /// instead of for its own patience: an API restart or a database failover shorter than
+    /// the lease costs the job no work, and no write is retried past the moment another
+    /// worker may hold the job.
+    pub fn lease_bound(&self, client: &Client) -> Client {
+        let valid_until = *self.shared.valid_until.lock().expect("lease mutex");
+        client
+            .clone()
+            .with_patience(valid_until.saturating_duration_since(Instant::now()))
+    }
+
     /// Marks the lease lost after a write was refused with 409.
     pub fn mark_lost(&self) {
         self.shared.lost.store(true, Ordering::SeqCst);
@@ -388,5 +400,111 @@ impl LeaseKeeper {
 impl Drop for LeaseKeeper {
     fn drop(&mut self) {
         self.halt();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StatusCode;
+    use domain::{Arch, DataSpec, ModelSpec, RunSpec};
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+
+    /// An API that answers 503 to every request until `down_for` has passed since it
+    /// started, then 200 with a heartbeat's reply; returns its base URL.
+    fn api_down_for(down_for: Duration) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let started = Instant::now();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut reader = BufReader::new(stream.unwrap());
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" || line.is_empty() {
+                        break;
+                    }
+                }
+                reader.read_exact(&mut vec![0; length]).unwrap();
+                let (status, body) = if started.elapsed() < down_for {
+                    ("503 Service Unavailable", "{}")
+                } else {
+                    (
+                        "200 OK",
+                        r#"{"cancel":false,"lease_expires_at":"2026-01-01T00:00:00Z"}"#,
+                    )
+                };
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                reader.get_mut().write_all(reply.as_bytes()).unwrap();
+            }
+        });
+        base
+    }
+
+    fn claim(ttl: Duration) -> Claim {
+        Claim {
+            job_id: Uuid::new_v4(),
+            kind: JobKind::Train,
+            run_id: Uuid::new_v4(),
+            attempt: 1,
+            lease_token: Uuid::new_v4(),
+            lease_ttl_seconds: ttl.as_secs_f64(),
+            heartbeat_seconds: ttl.as_secs_f64() / 3.0,
+            directory: "runs/x/attempt-1".into(),
+            spec: RunSpec::new(ModelSpec::new(Arch::Resnet), DataSpec::new("shapes10")),
+            resume_from: vec![],
+            keep_epochs: vec![],
+            analysis: None,
+        }
+    }
+
+    #[test]
+    fn a_write_under_a_lease_rides_out_an_outage_longer_than_the_clients_own_patience() {
+        let client = Client::new(&api_down_for(Duration::from_millis(1500)), None)
+            .unwrap()
+            .with_patience(Duration::from_millis(200));
+        let claim = claim(Duration::from_secs(20));
+        let keeper = LeaseKeeper::start(client.clone(), &claim, Instant::now());
+        // Without the lease's patience the write fails as soon as its own runs out.
+        let error = client.events(claim.job_id, claim.lease_token, vec![]);
+        assert!(
+            matches!(error, Err(ref e) if e.status() == Some(StatusCode::SERVICE_UNAVAILABLE)),
+            "{error:?}"
+        );
+        let started = Instant::now();
+        keeper
+            .lease_bound(&client)
+            .events(claim.job_id, claim.lease_token, vec![])
+            .unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(1000));
+        assert!(!keeper.lost());
+    }
+
+    #[test]
+    fn a_write_under_a_lease_gives_up_when_the_lease_can_no_longer_be_held() {
+        // The client's own patience (30 s) is far longer than the lease.
+        let client = Client::new(&api_down_for(Duration::MAX), None).unwrap();
+        let claim = claim(Duration::from_millis(1500));
+        let keeper = LeaseKeeper::start(client.clone(), &claim, Instant::now());
+        let started = Instant::now();
+        let error = keeper
+            .lease_bound(&client)
+            .events(claim.job_id, claim.lease_token, vec![])
+            .unwrap_err();
+        assert_eq!(error.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+        // It gives up before the lease runs out, and well short of 30 s.
+        assert!(started.elapsed() < Duration::from_millis(1500));
+        std::thread::sleep(Duration::from_millis(1500).saturating_sub(started.elapsed()));
+        assert!(keeper.lost());
     }
 }

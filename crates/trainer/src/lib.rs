@@ -32,7 +32,8 @@ pub struct ApiSink<'a> {
 
 impl ApiSink<'_> {
     fn send(&self, events: Vec<WorkerEvent>) -> Result<(), SinkError> {
-        self.client
+        self.keeper
+            .lease_bound(self.client)
             .events(self.keeper.job, self.keeper.lease_token, events)
             .map_err(|e| self.refused(e))
     }
@@ -132,7 +133,8 @@ impl EventSink for ApiSink<'_> {
                     sha256: file.sha256.clone(),
                     size: file.size,
                 };
-                self.client
+                self.keeper
+                    .lease_bound(self.client)
                     .register_checkpoint(self.keeper.job, &registration)
                     .map_err(|e| self.refused(e))?;
                 self.last_progress = Instant::now();
