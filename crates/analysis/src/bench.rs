@@ -177,6 +177,7 @@ pub fn bench_analysis(
                 epoch: 0,
                 train: images,
                 test: images,
+                stop: None,
             };
             let analysis = analyze(&input, &spec).map_err(|e| match e {
                 Error::Model(e) => Error::Model(e.naming_batch("--batch")),

@@ -190,6 +190,7 @@ pub(crate) fn intermediate(ctx: &mut Ctx) -> Result<()> {
         .filter(|b| b.id.stage == last)
         .map(|b| b.index as usize)
         .collect();
+    ctx.unless_stopped()?;
     let (_, at) = evaluate(ctx.model, &ctx.inputs, ctx.batches.iter().copied(), &taps)?;
     for (&i, r) in taps.iter().zip(at) {
         let acc = ctx.at_block(ctx.record(M::IntermediateAccuracy, r.accuracy, r.n), i);
@@ -210,6 +211,7 @@ pub(crate) fn sharing(ctx: &mut Ctx, run: &RunSpec) -> Result<()> {
         .expect("the last stage has blocks");
     let n = ctx.batches.iter().map(|b| b.1.len()).sum();
     let batches = ctx.batches.iter().copied();
+    ctx.unless_stopped()?;
     let ratio = grad_norm_ratio(ctx.model, &ctx.inputs, batches, deep)?;
     ctx.records.push(ctx.record(M::GradNormRatio, ratio, n));
 

@@ -24,6 +24,7 @@ use resnet::eval::{HostBatch, Inputs};
 use resnet::memory::{is_out_of_memory, name_batch_if_out_of_memory, Work};
 use resnet::ResNet;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,9 @@ pub enum Error {
     Spec(#[from] domain::SpecError),
     #[error("{0}")]
     Unsupported(String),
+    /// [`Input::stop`] was set: the analysis ended before it finished.
+    #[error("the analysis was stopped before it finished")]
+    Stopped,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -50,6 +54,10 @@ pub struct Input<'a> {
     pub epoch: u32,
     pub train: &'a Images,
     pub test: &'a Images,
+    /// Set (by another thread) to end the analysis at its next batch with
+    /// [`Error::Stopped`]: a cancelled job or a worker shutting down need not wait for the
+    /// whole analysis.
+    pub stop: Option<&'a AtomicBool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -79,6 +87,7 @@ pub(crate) struct Ctx<'a> {
     pub inputs: Inputs,
     pub records: Vec<AnalysisRecord>,
     pub notes: Vec<String>,
+    pub stop: Option<&'a AtomicBool>,
 }
 
 impl Ctx<'_> {
@@ -104,8 +113,19 @@ impl Ctx<'_> {
         }
     }
 
+    /// A batch on the model's device; every metric's loop over batches comes here first,
+    /// so this is where a stop is seen.
     pub fn to_device(&self, batch: &HostBatch) -> Result<(Tensor, Tensor)> {
+        self.unless_stopped()?;
         Ok(self.inputs.upload(*batch)?)
+    }
+
+    /// [`Error::Stopped`] once [`Input::stop`] is set.
+    pub fn unless_stopped(&self) -> Result<()> {
+        match self.stop {
+            Some(stop) if stop.load(Ordering::Relaxed) => Err(Error::Stopped),
+            _ => Ok(()),
+        }
     }
 
     /// Blocks of the last stage whose input has the head's input shape (the head can be
@@ -172,6 +192,7 @@ fn analyze_frozen(input: &Input, spec: &AnalysisSpec) -> Result<Analysis> {
             inputs: Inputs::new(&normalization, input.model.device())?,
             records: vec![],
             notes: vec![],
+            stop: input.stop,
         };
         let mut drops = spec
             .wants(AnalysisKind::Drop)

@@ -91,6 +91,7 @@ impl Fixture {
             epoch,
             train: &self.train,
             test: &self.test,
+            stop: None,
         }
     }
 }
@@ -433,5 +434,24 @@ fn an_empty_borderline_group_is_noted() {
                 result.notes
             );
         }
+    }
+}
+
+/// Every metric sees a stop before its passes over the data, and the analysis ends with
+/// `Stopped` and no results.
+#[test]
+fn every_analysis_ends_at_a_stop() {
+    let fixture = Fixture::new(small(2), DType::F32, 30, 3);
+    let stop = std::sync::atomic::AtomicBool::new(true);
+    let input = Input {
+        stop: Some(&stop),
+        ..fixture.input(1)
+    };
+    for kind in AnalysisKind::ALL {
+        let result = analyze(&input, &spec(&[kind]));
+        assert!(
+            matches!(result, Err(analysis::Error::Stopped)),
+            "{kind:?}: {result:?}"
+        );
     }
 }

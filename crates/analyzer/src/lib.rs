@@ -7,8 +7,8 @@ use candle_core::Device;
 use client::worker::{JobContext, JobEnd, WorkerConfig};
 use domain::service::{AnalysisResult, CheckpointRef, FailureKind};
 use domain::{AnalysisSpec, DataSpec, RunSpec};
-use std::sync::atomic::Ordering;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,12 +49,14 @@ impl AnalyzeError {
     }
 }
 
-/// The analysis of a checkpoint's model on `data`.
+/// The analysis of a checkpoint's model on `data`; `stop` ends it early (see
+/// [`analysis::Input::stop`]).
 pub fn analyse_checkpoint(
     checkpoint: &resnet::Checkpoint,
     data: &cifar::Dataset,
     spec: &AnalysisSpec,
     device: &Device,
+    stop: Option<&AtomicBool>,
 ) -> Result<Analysis, AnalyzeError> {
     let (model, run) = train::load_model_to_measure(checkpoint, device)?;
     let state: train::TrainState = checkpoint.meta_json(train::META_TRAIN_STATE)?;
@@ -64,12 +66,13 @@ pub fn analyse_checkpoint(
         epoch: state.epoch,
         train: &data.train,
         test: &data.test,
+        stop,
     };
     Ok(analyze(&input, spec)?)
 }
 
-/// Runs one claimed analyze job. The analysis runs on its own thread so that a shutdown
-/// releases the job at once instead of after the analysis.
+/// Runs one claimed analyze job. The analysis runs on its own thread, which this one stops
+/// at its next batch when the job is cancelled, the worker shuts down or the lease is lost.
 pub fn run_job(job: &JobContext<'_>) -> JobEnd {
     let JobContext {
         config,
@@ -89,19 +92,25 @@ pub fn run_job(job: &JobContext<'_>) -> JobEnd {
     // name, which need not be its directory's.
     let dataset = claim.spec.data.clone();
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(analyse_task(
-            &config,
-            &dataset,
-            &task.checkpoint,
-            &task.spec,
-        ));
+    let stop = Arc::new(AtomicBool::new(false));
+    std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let _ = tx.send(analyse_task(
+                &config,
+                &dataset,
+                &task.checkpoint,
+                &task.spec,
+                &stop,
+            ));
+        }
     });
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(result) => {
                 return match result {
                     _ if keeper.lost() => JobEnd::Abandoned,
+                    Err(AnalyzeError::Analysis(analysis::Error::Stopped)) => JobEnd::Stopped,
                     Ok(analysis) => JobEnd::Completed(Some(Box::new(AnalysisResult {
                         selected_alpha: analysis.selected_alpha,
                         notes: analysis.notes,
@@ -115,10 +124,11 @@ pub fn run_job(job: &JobContext<'_>) -> JobEnd {
                     }
                 };
             }
-            Err(mpsc::RecvTimeoutError::Timeout) if shutdown.load(Ordering::SeqCst) => {
-                return JobEnd::Stopped
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if keeper.cancelled() || keeper.lost() || shutdown.load(Ordering::SeqCst) {
+                    stop.store(true, Ordering::Relaxed);
+                }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 return JobEnd::Failed(FailureKind::Internal, "the analysis thread panicked".into())
             }
@@ -131,6 +141,7 @@ fn analyse_task(
     dataset: &DataSpec,
     checkpoint: &CheckpointRef,
     spec: &AnalysisSpec,
+    stop: &AtomicBool,
 ) -> Result<Analysis, AnalyzeError> {
     let device = resnet::candle_device(config.device)?;
     let checkpoint = resnet::checkpoint::read_registered(
@@ -144,7 +155,7 @@ fn analyse_task(
         &config.data_dir,
         run.data.labels,
     )?;
-    analyse_checkpoint(&checkpoint, &data, spec, &device)
+    analyse_checkpoint(&checkpoint, &data, spec, &device, Some(stop))
 }
 
 #[cfg(test)]

@@ -642,7 +642,8 @@ async fn workers_register_only_verified_files_inside_their_directory(pool: PgPoo
         .unwrap()
         .iter()
         .any(|l| l["message"] == "epoch 1 done <b>"));
-    // Deleting a running run is refused; after cancel and completion it goes with its files.
+    // Deleting a running run is refused; once cancelled (its worker stopped and released
+    // it) it goes with its files.
     assert_problem(
         &app.call(Method::DELETE, &format!("/v1/runs/{run_id}"), None)
             .await,
@@ -657,7 +658,7 @@ async fn workers_register_only_verified_files_inside_their_directory(pool: PgPoo
     );
     let done = app
         .post(
-            &format!("/v1/worker/jobs/{job}/complete"),
+            &format!("/v1/worker/jobs/{job}/release"),
             json!({"lease_token": token}),
         )
         .await;
@@ -818,7 +819,7 @@ async fn an_experiment_is_deleted_with_its_runs_and_files_once_nothing_runs(pool
     );
     let stopped = app
         .post(
-            &format!("/v1/worker/jobs/{job}/complete"),
+            &format!("/v1/worker/jobs/{job}/release"),
             json!({"lease_token": token}),
         )
         .await;

@@ -688,6 +688,61 @@ fn ctrl_c_checkpoints_and_the_run_resumes() {
     assert_eq!(done["epochs_completed"], 3);
 }
 
+/// Ctrl-C during an experiment's analysis ends it at the next batch, writing nothing, where
+/// it would otherwise run for half a minute.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_an_experiments_analysis() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&stepwise(
+        dir.path(),
+        &[
+            "data",
+            "synth",
+            "--out",
+            "data/shapes10",
+            "--train",
+            "48",
+            "--test",
+            "10000",
+        ],
+    ));
+    std::fs::write(
+        dir.path().join("slow.toml"),
+        "name = \"slow\"\nseeds = [0]\n[data]\ndataset = \"shapes10\"\n\
+         [train]\nepochs = 1\nbatch_size = 16\n\
+         [analysis]\nmax_examples = 10000\neval_batch = 1\nsplits = [\"test\"]\n\
+         [[configs]]\nmodel = { arch = \"resnet\", depth = 8, width = 4 }\n",
+    )
+    .unwrap();
+    let child = command(dir.path())
+        .args(["run", "slow.toml", "--out", "exp"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = dir.path().join("exp/runs/resnet-8-seed0");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !run.join("checkpoints/epoch-0001.safetensors").exists() {
+        assert!(Instant::now() < deadline, "no epoch finished in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("stopped; run the same command again to continue"),
+        "{stderr}"
+    );
+    assert!(!run.join("analysis").exists(), "{stderr}");
+}
+
 #[test]
 fn a_failed_download_reports_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -148,8 +148,8 @@ pub fn shutdown_flag() -> std::io::Result<Arc<AtomicBool>> {
 pub enum JobEnd {
     /// Done (an analyze job with its results).
     Completed(Option<Box<AnalysisResult>>),
-    /// Stopped early after a checkpoint: cancelled by the user, or the worker is shutting
-    /// down (the job is released to another worker).
+    /// Stopped early (a train job after a checkpoint): cancelled by the user, or the worker
+    /// is shutting down. The job is released: it ends cancelled, or another worker takes it.
     Stopped,
     Failed(FailureKind, String),
     /// The job needs `need_mib` of `memory`, more than this worker has: estimated so
@@ -222,20 +222,18 @@ pub fn claim_loop(
         );
         let keeper = LeaseKeeper::start(client.clone(), &claim, asked);
         let end = work(&claim, &keeper);
-        let cancelled = keeper.cancelled();
         let reporter = keeper.lease_bound(client);
         keeper.stop();
-        report(&reporter, &claim, end, cancelled);
+        report(&reporter, &claim, end);
     }
     tracing::info!("{} stopping", config.name);
 }
 
-fn report(client: &Client, claim: &Claim, end: JobEnd, cancelled: bool) {
+fn report(client: &Client, claim: &Claim, end: JobEnd) {
     let (job, token) = (claim.job_id, claim.lease_token);
     let result = match end {
         JobEnd::Completed(analysis) => client.complete(job, token, analysis.map(|a| *a)),
-        // Cancelled: completing turns `cancelling` into `cancelled`.
-        JobEnd::Stopped if cancelled => client.complete(job, token, None),
+        // Released, a `cancelling` job ends `cancelled`, a running one is queued again.
         JobEnd::Stopped => client.release(job, token),
         JobEnd::Failed(kind, error) => {
             tracing::error!("job {job} failed ({kind}): {error}");

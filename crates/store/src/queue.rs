@@ -380,6 +380,13 @@ impl Store {
                 .bind(epoch as i32)
                 .fetch_one(&mut *tx)
                 .await?;
+                // The trainer's last checkpoint before it stops for a cancel: the run is
+                // being cancelled, and its analyses with it.
+                let state = if leased.state == JobState::Cancelling {
+                    JobState::Cancelled
+                } else {
+                    JobState::Queued
+                };
                 if !done {
                     insert_analysis(
                         &mut tx,
@@ -388,6 +395,7 @@ impl Store {
                         epoch,
                         &plan.0.spec,
                         lease.max_attempts,
+                        state,
                     )
                     .await?;
                 }
@@ -397,7 +405,9 @@ impl Store {
         Ok(row.view())
     }
 
-    /// Ends a job: `succeeded`, or `cancelled` when the user cancelled it meanwhile.
+    /// Ends a job whose work is done: `succeeded`, also where the user cancelled it after
+    /// the worker's last look (its results are whole, and kept). A worker that stops early
+    /// for a cancel releases the job instead ([`Store::release`]).
     pub async fn complete(
         &self,
         job: Uuid,
@@ -406,16 +416,12 @@ impl Store {
     ) -> Result<JobState> {
         let mut tx = self.pool.begin().await?;
         let leased = leased(&mut tx, job, token, true).await?;
-        let state = if leased.state == JobState::Cancelling {
-            JobState::Cancelled
-        } else {
-            JobState::Succeeded
-        };
+        let state = JobState::Succeeded;
         match (leased.kind, leased.analysis_id, analysis) {
             (JobKind::Analyze, Some(id), Some(result)) => {
                 store_analysis(&mut tx, id, result).await?
             }
-            (JobKind::Analyze, _, None) if state == JobState::Succeeded => {
+            (JobKind::Analyze, _, None) => {
                 return Err(StoreError::Invalid(
                     "an analyze job completes with its results".into(),
                 ))
@@ -519,8 +525,9 @@ impl Store {
         Ok(state)
     }
 
-    /// Gives a job back without counting a failure (a worker shutting down after it
-    /// checkpointed): it is queued again, or cancelled if the user cancelled it.
+    /// Gives a job back without counting a failure (a worker that stopped early: shutting
+    /// down after it checkpointed, or told to cancel): it is queued again, or cancelled if
+    /// the user cancelled it.
     pub async fn release(&self, job: Uuid, token: Uuid) -> Result<JobState> {
         let mut tx = self.pool.begin().await?;
         let leased = leased(&mut tx, job, token, true).await?;

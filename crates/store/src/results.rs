@@ -5,7 +5,7 @@ use crate::rows::{
 };
 use crate::runs::{insert_analysis, not_found};
 use crate::{Result, Store, StoreError};
-use domain::service::{AnalysisView, AttemptView, CheckpointView, LogLine, WorkerView};
+use domain::service::{AnalysisView, AttemptView, CheckpointView, JobState, LogLine, WorkerView};
 use domain::{AnalysisRecord, AnalysisSpec, BlockId, MetricName, MetricRecord, Split};
 use sqlx::types::Json;
 use sqlx::QueryBuilder;
@@ -166,8 +166,16 @@ impl Store {
                 None => format!("run {run} has no epoch checkpoint yet"),
             })
         })?;
-        let id =
-            insert_analysis(&mut tx, run, checkpoint, epoch as u32, spec, max_attempts).await?;
+        let id = insert_analysis(
+            &mut tx,
+            run,
+            checkpoint,
+            epoch as u32,
+            spec,
+            max_attempts,
+            JobState::Queued,
+        )
+        .await?;
         tx.commit().await?;
         self.analysis(id).await
     }

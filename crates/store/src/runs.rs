@@ -623,7 +623,8 @@ pub(crate) fn not_found(what: &'static str, id: impl ToString) -> StoreError {
     }
 }
 
-/// An analyze job for a checkpoint (the plan's, or one a user asked for).
+/// An analyze job for a checkpoint (the plan's, or one a user asked for), `queued`, or
+/// `cancelled` where its run is being cancelled (a retry of the run queues it).
 pub(crate) async fn insert_analysis(
     conn: &mut sqlx::PgConnection,
     run: Uuid,
@@ -631,26 +632,29 @@ pub(crate) async fn insert_analysis(
     epoch: u32,
     spec: &AnalysisSpec,
     max_attempts: u32,
+    state: JobState,
 ) -> Result<Uuid> {
     let id = Uuid::now_v7();
     sqlx::query(
-        "INSERT INTO analyses (id, run_id, checkpoint_id, epoch, spec, status)
-         VALUES ($1, $2, $3, $4, $5, 'queued')",
+        "INSERT INTO analyses (id, run_id, checkpoint_id, epoch, spec, status, finished_at)
+         VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6 = 'queued' THEN NULL ELSE now() END)",
     )
     .bind(id)
     .bind(run)
     .bind(checkpoint)
     .bind(epoch as i32)
     .bind(Json(spec))
+    .bind(state.as_str())
     .execute(&mut *conn)
     .await?;
     sqlx::query(
         "INSERT INTO jobs (id, kind, run_id, analysis_id, state, max_attempts)
-         VALUES ($1, 'analyze', $2, $3, 'queued', $4)",
+         VALUES ($1, 'analyze', $2, $3, $4, $5)",
     )
     .bind(Uuid::now_v7())
     .bind(run)
     .bind(id)
+    .bind(state.as_str())
     .bind(max_attempts as i32)
     .execute(&mut *conn)
     .await?;

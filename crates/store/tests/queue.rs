@@ -671,6 +671,7 @@ async fn cancel_is_immediate_when_queued_and_seen_at_the_heartbeat_when_running(
     let lease = lease(60_000);
     let queued = submit(&store, 2, None, 3).await;
     let running = submit(&store, 2, None, 3).await;
+    let finishing = submit(&store, 2, None, 3).await;
     let claim = claim_training(&store, "w", &lease).await.unwrap();
     assert_eq!(claim.run_id, queued.id, "oldest first");
     // Cancel the other (queued) one, and the claimed one.
@@ -689,9 +690,10 @@ async fn cancel_is_immediate_when_queued_and_seen_at_the_heartbeat_when_running(
             .unwrap()
             .cancel
     );
+    // The worker stops early and releases the job.
     assert_eq!(
         store
-            .complete(claim.job_id, claim.lease_token, None)
+            .release(claim.job_id, claim.lease_token)
             .await
             .unwrap(),
         JobState::Cancelled
@@ -700,6 +702,25 @@ async fn cancel_is_immediate_when_queued_and_seen_at_the_heartbeat_when_running(
         store.cancel_run(queued.id).await,
         Err(StoreError::Conflict(_))
     ));
+    // A cancel that comes after the worker's last look finds the work done: the job
+    // completes and succeeds.
+    let last = claim_training(&store, "w", &lease).await.unwrap();
+    assert_eq!(last.run_id, finishing.id);
+    assert_eq!(
+        store.cancel_run(finishing.id).await.unwrap().status,
+        JobState::Cancelling
+    );
+    assert_eq!(
+        store
+            .complete(last.job_id, last.lease_token, None)
+            .await
+            .unwrap(),
+        JobState::Succeeded
+    );
+    assert_eq!(
+        store.run(finishing.id).await.unwrap().status,
+        JobState::Succeeded
+    );
     assert_eq!(
         store.retry_run(queued.id, 3).await.unwrap().status,
         JobState::Queued
@@ -710,6 +731,47 @@ async fn cancel_is_immediate_when_queued_and_seen_at_the_heartbeat_when_running(
         store.run(running.id).await,
         Err(StoreError::NotFound { .. })
     ));
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_checkpoint_registered_while_the_run_is_cancelled_queues_no_analysis_until_a_retry(
+    pool: PgPool,
+) {
+    let store = Store::from_pool(pool);
+    let lease = lease(60_000);
+    let plan = AnalysisPlan {
+        checkpoints: CheckpointSelection::Every(1),
+        ..Default::default()
+    };
+    let run = submit(&store, 3, Some(plan), 3).await;
+    let claim = claim_training(&store, "w", &lease).await.unwrap();
+    register_epochs(&store, &claim, &[1], &lease).await;
+    store.cancel_run(run.id).await.unwrap();
+    // The trainer checkpoints at the end of epoch 2 before it sees the cancel, and stops.
+    register_epochs(&store, &claim, &[2], &lease).await;
+    store
+        .release(claim.job_id, claim.lease_token)
+        .await
+        .unwrap();
+    let analyses = store.analyses_of_run(run.id).await.unwrap();
+    let states: Vec<_> = analyses.iter().map(|a| (a.epoch, a.status)).collect();
+    assert_eq!(states, [(1, JobState::Cancelled), (2, JobState::Cancelled)]);
+    assert!(analyses.iter().all(|a| a.finished_at.is_some()));
+    assert!(store
+        .claim(&[JobKind::Analyze], "a", CPU, &lease)
+        .await
+        .unwrap()
+        .is_none());
+    // A retry queues both with the run.
+    store.retry_run(run.id, 3).await.unwrap();
+    let states: Vec<_> = store
+        .analyses_of_run(run.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| (a.epoch, a.status))
+        .collect();
+    assert_eq!(states, [(1, JobState::Queued), (2, JobState::Queued)]);
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]

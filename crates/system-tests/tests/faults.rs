@@ -1,7 +1,8 @@
 //! Faults with real processes: workers killed, paused past their lease, told to stop, runs
 //! cancelled, diverging or too large for the worker's memory.
 
-use domain::service::{FailureKind, JobState, RunView};
+use domain::service::{AnalysisPlan, CheckpointSelection, FailureKind, JobState, RunView};
+use domain::{AnalysisSpec, Split};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use system_tests::{psql, serial, tiny_run, wait_for, Settings, Stack};
@@ -226,6 +227,50 @@ fn sigterm_checkpoints_and_releases_and_cancel_stops_at_the_next_step() {
     });
     // And the cancelled run can be retried from where it stopped.
     assert_eq!(client.retry(run).unwrap().status, JobState::Queued);
+}
+
+#[test]
+fn cancel_stops_a_running_analysis_at_its_next_batch() {
+    let _serial = serial();
+    let mut stack = Stack::start(Settings::default());
+    stack.synth("tiny10", 256, 10_000);
+    let client = stack.client();
+    let mut submission = tiny_run("tiny10", 50);
+    // Every epoch analysed, each analysis half a minute long (one example per batch).
+    submission.analysis = Some(AnalysisPlan {
+        checkpoints: CheckpointSelection::Every(1),
+        spec: AnalysisSpec {
+            max_examples: 10_000,
+            eval_batch: 1,
+            splits: vec![Split::Test],
+            ..AnalysisSpec::default()
+        },
+    });
+    let run = client.submit_run(&submission, None).unwrap().id;
+    stack.spawn_worker("stepwise-trainer");
+    stack.spawn_worker("stepwise-analyzer");
+    wait_for("an analysis to run", MINUTE, || {
+        client
+            .analyses(run)
+            .unwrap()
+            .iter()
+            .any(|a| a.status == JobState::Running)
+    });
+    assert_eq!(client.cancel(run).unwrap().status, JobState::Cancelling);
+    // Without the stop the analysis would finish, and succeed.
+    wait_for("the run and its analyses to end", MINUTE, || {
+        client.run(run).unwrap().status.is_final()
+            && client
+                .analyses(run)
+                .unwrap()
+                .iter()
+                .all(|a| a.status.is_final())
+    });
+    assert_eq!(client.run(run).unwrap().status, JobState::Cancelled);
+    for analysis in client.analyses(run).unwrap() {
+        assert_eq!(analysis.status, JobState::Cancelled, "{analysis:?}");
+        assert!(analysis.records.is_empty());
+    }
 }
 
 #[test]

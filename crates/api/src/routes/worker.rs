@@ -147,7 +147,7 @@ fn digest(path: &Path) -> Result<(u64, String), String> {
 
 #[utoipa::path(post, path = "/v1/worker/jobs/{id}/complete", tag = "worker",
     params(("id" = uuid::Uuid, Path)), request_body = Completion,
-    responses((status = 200, description = "succeeded, or cancelled if the user cancelled meanwhile", body = JobStateReply),
+    responses((status = 200, description = "succeeded: the work is done (a worker stopped early by a cancel releases the job)", body = JobStateReply),
         (status = 409, body = Problem)))]
 pub async fn complete(
     State(state): State<AppState>,
@@ -212,7 +212,7 @@ pub async fn refuse(
 
 #[utoipa::path(post, path = "/v1/worker/jobs/{id}/release", tag = "worker",
     params(("id" = uuid::Uuid, Path)), request_body = LeaseProof,
-    responses((status = 200, description = "queued again without counting a failure", body = JobStateReply),
+    responses((status = 200, description = "queued again without counting a failure, or cancelled if the user cancelled it", body = JobStateReply),
         (status = 409, body = Problem)))]
 pub async fn release(
     State(state): State<AppState>,

@@ -27,7 +27,7 @@ pub fn run(args: AnalyzeArgs, data_dir: &Path) -> Result<ExitCode> {
             dataset = Some(super::data_for(&run, args.data.as_deref(), data_dir)?.0);
         }
         let data = dataset.as_ref().expect("opened above");
-        let result = analyzer::analyse_checkpoint(&ck, data, &spec, &device)?;
+        let result = analyzer::analyse_checkpoint(&ck, data, &spec, &device, None)?;
         let dir = out.join(format!("epoch-{:04}", result.epoch));
         write(&dir, &result)?;
         if !args.json {

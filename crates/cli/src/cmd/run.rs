@@ -9,6 +9,7 @@ use super::figures::{read_run, render, RunData};
 use super::open_dataset;
 use crate::args::RunArgs;
 use crate::progress::RunSink;
+use analyzer::AnalyzeError;
 use anyhow::{bail, Context, Result};
 use domain::{claims, paper};
 use domain::{ExperimentRun, ExperimentSpec, MetricName, Split};
@@ -32,7 +33,10 @@ pub fn run(args: RunArgs, data_dir: &Path) -> Result<ExitCode> {
     let runs = spec.runs();
     check_memory(&spec, &runs, &device)?;
     let stop = Arc::new(AtomicBool::new(false));
-    super::train::install_interrupt(stop.clone(), false)?;
+    super::train::install_interrupt(
+        stop.clone(),
+        Some("stopping after this training step (with a checkpoint) or analysis batch"),
+    )?;
     let started = std::time::Instant::now();
     let plan = spec.analysis_plan();
     for (k, run) in runs.iter().enumerate() {
@@ -44,7 +48,10 @@ pub fn run(args: RunArgs, data_dir: &Path) -> Result<ExitCode> {
             return Ok(ExitCode::from(130));
         }
         for epoch in analysed {
-            analyse(&spec, epoch, &dir, data_dir, &device)?;
+            if !analyse(&spec, epoch, &dir, data_dir, &device, &stop)? {
+                eprintln!("stopped; run the same command again to continue");
+                return Ok(ExitCode::from(130));
+            }
         }
     }
     // Written once every run matches it (a different experiment is refused above).
@@ -161,30 +168,37 @@ fn train_to_end(
 }
 
 /// Analyses the checkpoint after `epoch` into `dir/analysis/epoch-EEEE/`, unless already
-/// done (checked before the checkpoint is read: a rerun reads none).
+/// done (checked before the checkpoint is read: a rerun reads none). Returns false when
+/// stopped, with nothing written.
 fn analyse(
     spec: &ExperimentSpec,
     epoch: u32,
     dir: &Path,
     data_dir: &Path,
     device: &candle_core::Device,
-) -> Result<()> {
+    stop: &AtomicBool,
+) -> Result<bool> {
     let out = dir.join("analysis").join(format!("epoch-{epoch:04}"));
     if out.join("analysis.json").exists() {
-        return Ok(());
+        return Ok(true);
     }
     let checkpoint = dir.join("checkpoints").join(checkpoint_name(epoch, 0));
     if !checkpoint.exists() {
         // Pruned while an earlier version of the experiment did not select it.
         eprintln!("  no checkpoint of epoch {epoch} to analyse (pruned earlier)");
-        return Ok(());
+        return Ok(true);
     }
     let ck = resnet::checkpoint::read(&checkpoint)?;
     let run: domain::RunSpec = ck.meta_json(train::META_SPEC)?;
     let (data, _) = super::data_for(&run, None, data_dir)?;
-    let result = analyzer::analyse_checkpoint(&ck, &data, &spec.analysis, device)?;
+    let result = match analyzer::analyse_checkpoint(&ck, &data, &spec.analysis, device, Some(stop))
+    {
+        Err(AnalyzeError::Analysis(analysis::Error::Stopped)) => return Ok(false),
+        result => result?,
+    };
     eprintln!("  analysed in {:.1} s", result.seconds);
-    super::analyze::write(&out, &result)
+    super::analyze::write(&out, &result)?;
+    Ok(true)
 }
 
 /// The last value of a training metric over the whole split.

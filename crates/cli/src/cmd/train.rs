@@ -38,7 +38,10 @@ pub fn run(args: TrainArgs, data_dir: &Path) -> Result<ExitCode> {
     let spec_path = run_dir.join("spec.toml");
     resnet::checkpoint::write_atomic(&spec_path, trainer.spec().to_toml().as_bytes())?;
     let stop = Arc::new(AtomicBool::new(false));
-    install_interrupt(stop.clone(), args.json)?;
+    install_interrupt(
+        stop.clone(),
+        (!args.json).then_some("writing a checkpoint after this step"),
+    )?;
     if !args.json {
         let id = trainer
             .spec()
@@ -168,16 +171,15 @@ fn resolved_spec(mut spec: RunSpec, device: DeviceSpec) -> Result<String> {
     Ok(out)
 }
 
-/// Ctrl-C asks the loop to checkpoint and stop; a second one exits at once.
-pub(crate) fn install_interrupt(stop: Arc<AtomicBool>, quiet: bool) -> Result<()> {
+/// Ctrl-C sets `stop` (and prints `notice`, what the work does then); a second one exits
+/// at once.
+pub(crate) fn install_interrupt(stop: Arc<AtomicBool>, notice: Option<&'static str>) -> Result<()> {
     ctrlc::set_handler(move || {
         if stop.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
-        if !quiet {
-            eprintln!(
-                "\ninterrupted: writing a checkpoint after this step (Ctrl-C again to quit now)"
-            );
+        if let Some(notice) = notice {
+            eprintln!("\ninterrupted: {notice} (Ctrl-C again to quit now)");
         }
     })
     .context("installing the Ctrl-C handler")
