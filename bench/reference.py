@@ -10,7 +10,9 @@ paper.md (He-normal N(0, 2/fan_in) for conv and linear weights, zero biases, BN 
   reference.py eval  --summary S.json --checkpoint C.safetensors --data DIR [--split test]
   reference.py check --summary S.json --checkpoint C.safetensors --data DIR [--compare A.json]
   reference.py train --summary S.json --data DIR --lr-per-epoch L1 L2 ... [--seed K] [--momentum ...]
+  reference.py train --summary S.json --data DIR --from C.safetensors --batches B.jsonl [--momentum ...]
   reference.py step-check --summary S.json --before C1.safetensors --after C2.safetensors --data DIR
+  reference.py drift --summary S.json --from C1.safetensors --to C2.safetensors --batches B.jsonl --data DIR
   reference.py bench --summary S.json --batch B --steps N [--warmup W] [--device cpu]
   reference.py bench-analysis --summary S.json --examples N --batch B [--repeats R] [--device cpu]
 """
@@ -18,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import time
 
@@ -471,18 +474,47 @@ def compare(rows, examples, args):
             "worst_error_over_tolerance": worst, "first_mismatches": mismatches[:20]}
 
 
-def augment(x, generator):
-    """Random crop from 4-pixel zero padding (in pixel space) and horizontal flip."""
-    n = x.shape[0]
+def crop_and_flip(x, dy, dx, flip):
+    """Each image cropped at (dy[i], dx[i]) from 4-pixel zero padding (in pixel space), then
+    flipped horizontally where flip[i]."""
     padded = F.pad(x, (4, 4, 4, 4))
-    dy = torch.randint(0, 9, (n,), generator=generator)
-    dx = torch.randint(0, 9, (n,), generator=generator)
-    flip = torch.rand(n, generator=generator) < 0.5
     out = torch.empty_like(x)
-    for i in range(n):
+    for i in range(x.shape[0]):
         img = padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32]
         out[i] = img.flip(2) if flip[i] else img
     return out
+
+
+def augment(x, generator):
+    """Random crop from 4-pixel zero padding and horizontal flip, drawn from `generator`."""
+    n = x.shape[0]
+    dy = torch.randint(0, 9, (n,), generator=generator)
+    dx = torch.randint(0, 9, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    return crop_and_flip(x, dy, dx, flip)
+
+
+def checkpoint_state(path):
+    """A stepwise checkpoint's tensors and its spec and train state."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(path, "pt") as f:
+        meta = {k: json.loads(v) for k, v in f.metadata().items() if k in ("spec", "train_state")}
+    return load_file(path), meta
+
+
+def load_train_state(net, opt, tensors, dtype=torch.float32):
+    """Loads a stepwise checkpoint's weights, running statistics and momentum buffers into
+    `net` (strictly) and `opt`; returns the buffers by parameter name."""
+    net.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("optimizer.")}, strict=True)
+    net.to(dtype)
+    momentum = {}
+    for name, p in net.named_parameters():
+        # A copy: the optimizer updates its buffers in place.
+        momentum[name] = tensors["optimizer.momentum." + name].to(dtype, copy=True)
+        opt.state[p]["momentum_buffer"] = momentum[name]
+    return momentum
 
 
 def sgd(net, lr, momentum, nesterov, weight_decay, decay_on):
@@ -497,34 +529,71 @@ def sgd(net, lr, momentum, nesterov, weight_decay, decay_on):
                            lr=lr, momentum=momentum, nesterov=nesterov)
 
 
+def own_epochs(args, scaled, generator):
+    """The reference's own batch stream: per epoch, (epoch, batches of (lr, indices, images)),
+    shuffled and augmented from `generator` as each batch is taken."""
+    def batches(order, lr):
+        for i in range(0, len(order), args.batch):
+            idx = order[i:i + args.batch]
+            yield lr, idx, augment(scaled[idx], generator) if args.augment else scaled[idx]
+
+    for epoch, lr in enumerate(args.lr_per_epoch):
+        yield epoch + 1, batches(torch.randperm(scaled.shape[0], generator=generator), lr)
+
+
+def stream_epochs(path, scaled):
+    """stepwise's batch stream (`stepwise data batches`): per epoch, (epoch, batches of (lr,
+    indices, images)), the examples, crops and flips stepwise trained on."""
+    epochs = {}
+    for line in open(path):
+        b = json.loads(line)
+        epochs.setdefault(b["epoch"], []).append(b)
+
+    def batches(lines):
+        for b in lines:
+            idx = torch.tensor(b["examples"])
+            yield b["learning_rate"], idx, crop_and_flip(scaled[idx], b["crop_y"], b["crop_x"], b["flip"])
+
+    for epoch in sorted(epochs):
+        yield epoch, batches(epochs[epoch])
+
+
 def cmd_train(args):
     """Trains with stepwise's recipe (paper.md): SGD with momentum, weight decay added to the
     gradient of the conv and linear weights (`--decay-on all`: of every parameter), crop and
     flip, per-channel normalisation from the train split, one learning rate per epoch.
-    Prints one JSON line per epoch."""
+    `--from` starts from a stepwise checkpoint (weights, running statistics, momentum
+    buffers, and its run's normalisation); `--batches` trains on stepwise's own batch
+    stream instead of drawing one. Prints one JSON line per epoch."""
+    if (args.lr_per_epoch is None) == (args.batches is None):
+        sys.exit("train needs one of --lr-per-epoch (its own batches) and --batches (stepwise's)")
     torch.manual_seed(args.seed)
     summary = json.load(open(args.summary))
     net = Net(summary)
     train_u8, train_y = read_split(args.data, "train")
     test_u8, test_y = read_split(args.data, "test")
     scaled = torch.from_numpy(train_u8).float() / 255.0
-    mean = scaled.mean(dim=(0, 2, 3)).tolist()
-    std = scaled.std(dim=(0, 2, 3), unbiased=False).tolist()
+    opt = sgd(net, 0.0, args.momentum, args.nesterov, args.weight_decay, args.decay_on)
+    if args.start:
+        tensors, meta = checkpoint_state(args.start)
+        load_train_state(net, opt, tensors)
+        norm = meta["spec"]["data"]["normalization"]
+        mean, std = norm["mean"], norm["std"]
+    else:
+        mean = scaled.mean(dim=(0, 2, 3)).tolist()
+        std = scaled.std(dim=(0, 2, 3), unbiased=False).tolist()
     m = torch.tensor(mean).view(1, 3, 1, 1)
     s = torch.tensor(std).view(1, 3, 1, 1)
     test_x = normalise(test_u8, mean, std)
     train_y, test_y = torch.from_numpy(train_y), torch.from_numpy(test_y)
-    opt = sgd(net, args.lr_per_epoch[0], args.momentum, args.nesterov, args.weight_decay, args.decay_on)
     g = torch.Generator().manual_seed(args.seed)
-    for epoch, lr in enumerate(args.lr_per_epoch):
-        for group in opt.param_groups:
-            group["lr"] = lr
+    epochs = stream_epochs(args.batches, scaled) if args.batches else own_epochs(args, scaled, g)
+    for epoch, batches in epochs:
         net.train()
-        order = torch.randperm(len(train_y), generator=g)
         seen, correct, total, start = 0, 0, 0.0, time.time()
-        for i in range(0, len(order), args.batch):
-            idx = order[i:i + args.batch]
-            x = augment(scaled[idx], g) if args.augment else scaled[idx]
+        for lr, idx, x in batches:
+            for group in opt.param_groups:
+                group["lr"] = lr
             x = (x - m) / s
             logits = net(x)
             loss = F.cross_entropy(logits, train_y[idx])
@@ -535,9 +604,60 @@ def cmd_train(args):
             correct += (logits.argmax(1) == train_y[idx]).sum().item()
             seen += len(idx)
         test_loss, test_acc = evaluate(net, test_x, test_y)
-        print(json.dumps({"epoch": epoch + 1, "learning_rate": lr, "train_loss": total / seen,
+        print(json.dumps({"epoch": epoch, "learning_rate": lr, "train_loss": total / seen,
                           "train_accuracy": correct / seen, "test_loss": test_loss, "test_accuracy": test_acc,
                           "images_per_second": seen / (time.time() - start)}), flush=True)
+
+
+def cmd_drift(args):
+    """How far rounding alone carries training: from stepwise's checkpoint `--from`, PyTorch
+    trains the epoch of `--batches` (stepwise's stream) twice, in float32 and in float64, and
+    prints after each listed step the median over conv and linear weights of their relative
+    difference ‖float32 − float64‖ / ‖float64‖; at the end, the same distance from stepwise's
+    checkpoint of that epoch (`--to`) to each, and the three models' test loss and accuracy.
+    Where stepwise's distance to PyTorch is that of PyTorch's two precisions to each other,
+    their difference is rounding, amplified."""
+    summary = json.load(open(args.summary))
+    tensors, meta = checkpoint_state(args.start)
+    train, norm = meta["spec"]["train"], meta["spec"]["data"]["normalization"]
+    train_u8, train_y = read_split(args.data, "train")
+    test_u8, test_y = read_split(args.data, "test")
+    scaled, train_y, test_y = torch.from_numpy(train_u8).float() / 255.0, torch.from_numpy(train_y), torch.from_numpy(test_y)
+    weights = [k for k, v in tensors.items() if k.endswith(".weight") and v.dim() > 1 and not k.startswith("optimizer.")]
+
+    def distance(a, b):
+        return statistics.median((a[k].double() - b[k].double()).norm().item() / b[k].double().norm().item()
+                                 for k in weights)
+
+    def run(dtype):
+        net = Net(summary)
+        opt = sgd(net, 0.0, train["momentum"], train["nesterov"], train["weight_decay"], train["decay_on"])
+        load_train_state(net, opt, tensors, dtype)
+        m = torch.tensor(norm["mean"], dtype=dtype).view(1, 3, 1, 1)
+        s = torch.tensor(norm["std"], dtype=dtype).view(1, 3, 1, 1)
+        states = {}
+        [(_, batches)] = list(stream_epochs(args.batches, scaled))
+        net.train()
+        for step, (lr, idx, x) in enumerate(batches, 1):
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss = F.cross_entropy(net((x.to(dtype) - m) / s), train_y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            states[step] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        return states, evaluate(net, normalise(test_u8, norm["mean"], norm["std"]).to(dtype), test_y)
+
+    (single, single_test), (double, double_test) = run(torch.float32), run(torch.float64)
+    last = max(single)
+    after, _ = checkpoint_state(args.to)
+    ours = Net(summary)
+    ours.load_state_dict({k: v for k, v in after.items() if not k.startswith("optimizer.")}, strict=True)
+    print(json.dumps({
+        "float32_to_float64": {str(s): distance(single[s], double[s]) for s in args.steps + [last] if s in single},
+        "stepwise_to_float64": distance(after, double[last]), "stepwise_to_float32": distance(after, single[last]),
+        "test": {"pytorch_float32": single_test, "pytorch_float64": double_test,
+                 "stepwise": evaluate(ours, normalise(test_u8, norm["mean"], norm["std"]), test_y)}}, indent=2))
 
 
 def cmd_step_check(args):
@@ -557,15 +677,7 @@ def cmd_step_check(args):
     channel's gradient by that element's share (seen: 0.8% of one channel's bias gradient,
     0.06% of its tensor's momentum). `--float64` takes PyTorch's step in float64, so that
     the errors are stepwise's own. Exit status 1 if an error exceeds its bound."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    def metadata(path):
-        with safe_open(path, "pt") as f:
-            return {k: json.loads(v) for k, v in f.metadata().items() if k in ("spec", "train_state")}
-
-    before, after = load_file(args.before), load_file(args.after)
-    meta_before, meta_after = metadata(args.before), metadata(args.after)
+    (before, meta_before), (after, meta_after) = checkpoint_state(args.before), checkpoint_state(args.after)
     spec, train = meta_before["spec"], meta_before["spec"]["train"]
     steps = meta_after["train_state"]["step"] - meta_before["train_state"]["step"]
     images, labels = read_split(args.data, "train")
@@ -577,14 +689,10 @@ def cmd_step_check(args):
     x, y = normalise(images, norm["mean"], norm["std"]), torch.from_numpy(labels)
     dtype = torch.float64 if args.float64 else torch.float32
     net = Net(json.load(open(args.summary)))
-    net.load_state_dict({k: v for k, v in before.items() if not k.startswith("optimizer.")}, strict=True)
-    net.to(dtype).train()
     lr = meta_after["train_state"]["lr"]
     opt = sgd(net, lr, train["momentum"], train["nesterov"], train["weight_decay"], train["decay_on"])
-    momentum = {}
-    for name, p in net.named_parameters():
-        momentum[name] = before["optimizer.momentum." + name].to(dtype)
-        opt.state[p]["momentum_buffer"] = momentum[name]
+    momentum = load_train_state(net, opt, before, dtype)
+    net.train()
     loss = F.cross_entropy(net(x.to(dtype)), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -814,8 +922,10 @@ def main():
     t = sub.add_parser("train")
     t.add_argument("--summary", required=True)
     t.add_argument("--data", required=True)
-    t.add_argument("--lr-per-epoch", type=float, nargs="+", required=True,
+    t.add_argument("--lr-per-epoch", type=float, nargs="+",
                    help="the learning rate of each epoch (as many epochs as values)")
+    t.add_argument("--from", dest="start", help="a stepwise checkpoint to start from")
+    t.add_argument("--batches", help="stepwise's batch stream (`stepwise data batches`) to train on")
     t.add_argument("--batch", type=int, default=128)
     t.add_argument("--momentum", type=float, default=0.9)
     t.add_argument("--nesterov", action="store_true")
@@ -831,6 +941,13 @@ def main():
     sc.add_argument("--rtol", type=float, default=1e-3, help="over all tensors of a kind")
     sc.add_argument("--tensor-rtol", type=float, default=1e-2, help="of each tensor")
     sc.add_argument("--float64", action="store_true", help="take PyTorch's step in float64")
+    d = sub.add_parser("drift")
+    d.add_argument("--summary", required=True)
+    d.add_argument("--data", required=True)
+    d.add_argument("--from", dest="start", required=True, help="stepwise's checkpoint before the epoch")
+    d.add_argument("--to", required=True, help="stepwise's checkpoint after it")
+    d.add_argument("--batches", required=True, help="the epoch's batches (`stepwise data batches --epochs E`)")
+    d.add_argument("--steps", type=int, nargs="+", default=[1, 10, 20, 40])
     b = sub.add_parser("bench")
     b.add_argument("--summary", required=True)
     b.add_argument("--batch", type=int, default=128)
@@ -850,7 +967,7 @@ def main():
         a.add_argument("--precision", default="default", choices=["default", "fp32"])
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", torch.get_num_threads())))
-    return {"eval": cmd_eval, "check": cmd_check, "train": cmd_train, "step-check": cmd_step_check,
+    return {"eval": cmd_eval, "check": cmd_check, "train": cmd_train, "step-check": cmd_step_check, "drift": cmd_drift,
             "bench": cmd_bench, "bench-analysis": cmd_bench_analysis, "bench-eval": cmd_bench_eval}[args.cmd](args)
 
 

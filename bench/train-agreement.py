@@ -12,6 +12,15 @@ accuracies' means differ by more than `--sigmas` standard errors.
 
 Seeds cannot pair runs across the two (their generators differ), so the comparison is of
 distributions: means, standard deviations and the difference of the means.
+
+`--paired` compares the training itself, pair by pair: stepwise trains each seed keeping
+every epoch's checkpoint, and for each epoch after the first PyTorch trains that epoch from
+stepwise's checkpoint before it (weights, BatchNorm statistics, momentum buffers) on
+stepwise's own batches (`stepwise data batches`: the same examples, crops, flips and
+learning rates). The two then differ only by floating-point rounding, amplified over the
+epoch's steps; a systematic difference in either's training shows as a mean paired
+difference (PyTorch − stepwise) far from zero. Exits 1 if the train losses' pooled mean
+paired difference exceeds `--sigmas` standard errors.
 """
 import argparse
 import json
@@ -38,11 +47,11 @@ def summary_flags(model):
     return flags
 
 
-def stepwise_run(args, seed, out, env):
+def stepwise_run(args, spec_file, seed, out, env):
     """Per-epoch records of `stepwise train`, and its resolved spec."""
     epochs = ["--epochs", str(args.epochs)] if args.epochs else []
     lr = ["--schedule", "constant", "--lr", str(args.lr)] if args.lr is not None else []
-    subprocess.run([args.stepwise, "--data-dir", args.data_dir, "train", "--spec", args.spec, *epochs, *lr,
+    subprocess.run([args.stepwise, "--data-dir", args.data_dir, "train", "--spec", spec_file, *epochs, *lr,
                     "--seed", str(seed), "--out", out, "--json"],
                    check=True, stdout=subprocess.DEVNULL, env=env)
     epochs = {}
@@ -57,17 +66,15 @@ def stepwise_run(args, seed, out, env):
     return [epochs[e] for e in sorted(epochs)], spec
 
 
-def reference_run(args, spec, summary, data, learning_rates, seed, env):
-    """Per-epoch records of `reference.py train` with the spec's recipe."""
+def reference_run(spec, summary, data, stream, env):
+    """Per-epoch records of `reference.py train` with the spec's recipe; `stream` says which
+    batches (`--lr-per-epoch … --seed K`, or `--from C --batches B`)."""
     train = spec["train"]
     cmd = [sys.executable, os.path.join(HERE, "reference.py"), "train", "--summary", summary, "--data", data,
-           "--lr-per-epoch", *map(str, learning_rates), "--batch", str(train["batch_size"]),
-           "--momentum", str(train["momentum"]), "--weight-decay", str(train["weight_decay"]),
-           "--decay-on", train["decay_on"], "--seed", str(seed)]
+           "--batch", str(train["batch_size"]), "--momentum", str(train["momentum"]),
+           "--weight-decay", str(train["weight_decay"]), "--decay-on", train["decay_on"], *stream]
     if train["nesterov"]:
         cmd.append("--nesterov")
-    if not spec["data"]["augment"]:
-        cmd.append("--no-augment")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return [json.loads(line) for line in out.splitlines()]
 
@@ -84,6 +91,49 @@ def compared(ours, theirs):
     return {"stepwise": a, "pytorch": b, "difference": a["mean"] - b["mean"], "standard_error": standard_error}
 
 
+def paired(pairs):
+    """Mean and standard error of the paired differences PyTorch − stepwise."""
+    differences = [theirs - ours for ours, theirs in pairs]
+    sd = statistics.stdev(differences) if len(differences) > 1 else 0.0
+    return {"mean_difference": statistics.fmean(differences), "standard_error": sd / math.sqrt(len(differences)),
+            "mean_absolute_difference": statistics.fmean(abs(d) for d in differences), "pairs": len(differences)}
+
+
+def paired_epochs(args, spec, summary, data, epochs, out, env):
+    """PyTorch's record of each of `epochs` but the first, trained from stepwise's checkpoint
+    of the epoch before on stepwise's batches of the epoch (run directory `out`)."""
+    records = [None]
+    for epoch in [e["epoch"] for e in epochs[1:]]:
+        stream = os.path.join(out, f"batches-{epoch}.jsonl")
+        with open(stream, "w") as f:
+            subprocess.run([args.stepwise, "data", "batches", "--run", out, "--epochs", str(epoch)],
+                           check=True, stdout=f, env=env)
+        start = os.path.join(out, "checkpoints", f"epoch-{epoch - 1:04}.safetensors")
+        [theirs] = reference_run(spec, summary, data, ["--from", start, "--batches", stream], env)
+        records.append(theirs)
+    return records
+
+
+def print_paired(args, spec, seeds, ours, theirs):
+    """Prints the paired comparison of every epoch after the first, and pooled; exits."""
+    names = ["train_loss", "test_loss", "test_accuracy"]
+    per_epoch = []
+    for i in range(1, len(ours[0])):
+        row = {"epoch": ours[0][i]["epoch"], "learning_rate": ours[0][i]["learning_rate"]}
+        for name in names:
+            row[name] = paired([(run[i][name], other[i][name]) for run, other in zip(ours, theirs)])
+        per_epoch.append(row)
+    pooled = {name: paired([(run[i][name], other[i][name]) for run, other in zip(ours, theirs)
+                            for i in range(1, len(run))]) for name in names}
+    loss = pooled["train_loss"]
+    agree = abs(loss["mean_difference"]) <= args.sigmas * loss["standard_error"]
+    print(json.dumps({"spec": args.spec, "dataset": spec["data"]["dataset"], "seeds": seeds,
+                      "threads": args.threads, "paired": True,
+                      "pooled": {**pooled, "sigmas": args.sigmas, "agree": agree},
+                      "per_epoch": per_epoch}, indent=2))
+    sys.exit(0 if agree else 1)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", required=True, help="a run spec (TOML)")
@@ -96,18 +146,31 @@ def main():
     p.add_argument("--data-dir", default="data")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--sigmas", type=float, default=3.0,
-                   help="the largest difference of the final mean test accuracies, in standard errors")
+                   help="the largest difference of the final mean test accuracies (with --paired: of the "
+                        "train losses' pooled mean paired difference), in standard errors")
+    p.add_argument("--paired", action="store_true",
+                   help="PyTorch trains each epoch from stepwise's checkpoint on stepwise's batches")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     if len(seeds) < 2:
-        p.error("--seeds needs two seeds at least: the comparison is of spreads over seeds")
+        p.error("--seeds needs two seeds at least: the comparison is over seeds")
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), THREADS=str(args.threads),
                OMP_NUM_THREADS=str(args.threads))
     ours, theirs = [], []
     with tempfile.TemporaryDirectory() as tmp:
+        spec_file = args.spec
+        if args.paired:
+            # Every epoch's checkpoint kept: PyTorch starts each epoch from one.
+            with open(args.spec, "rb") as f:
+                if "checkpoint" in tomllib.load(f).get("train", {}):
+                    p.error("--paired sets train.checkpoint itself; give a spec without it")
+            spec_file = os.path.join(tmp, "spec.toml")
+            with open(spec_file, "w") as f:
+                f.write(open(args.spec).read() + "\n[train.checkpoint]\nkeep_last = 0\n")
         summary = os.path.join(tmp, "summary.json")
         for seed in seeds:
-            epochs, spec = stepwise_run(args, seed, os.path.join(tmp, f"seed{seed}"), env)
+            out = os.path.join(tmp, f"seed{seed}")
+            epochs, spec = stepwise_run(args, spec_file, seed, out, env)
             ours.append(epochs)
             if seed == seeds[0]:
                 with open(summary, "w") as f:
@@ -115,7 +178,15 @@ def main():
                                    check=True, stdout=f)
                 data = spec["data"]["dataset"]
                 data = data if os.path.isdir(data) else os.path.join(args.data_dir, data)
-            theirs.append(reference_run(args, spec, summary, data, [e["learning_rate"] for e in epochs], seed, env))
+            if args.paired:
+                theirs.append(paired_epochs(args, spec, summary, data, epochs, out, env))
+            else:
+                own = ["--lr-per-epoch", *(str(e["learning_rate"]) for e in epochs), "--seed", str(seed)]
+                if not spec["data"]["augment"]:
+                    own.append("--no-augment")
+                theirs.append(reference_run(spec, summary, data, own, env))
+    if args.paired:
+        print_paired(args, spec, seeds, ours, theirs)
     per_epoch = []
     for i, epoch in enumerate(ours[0]):
         row = {"epoch": epoch["epoch"], "learning_rate": epoch["learning_rate"]}

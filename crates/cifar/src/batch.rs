@@ -7,7 +7,7 @@
 use crate::augment::{Jitter, Normalizer};
 use crate::rng::{rng, Stream};
 use crate::{Images, IMAGE_BYTES};
-use domain::Normalization;
+use domain::{Normalization, RunSpec};
 use rand::seq::SliceRandom;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
@@ -47,6 +47,17 @@ pub struct BatchPlan {
 }
 
 impl BatchPlan {
+    /// A trained run's plan: its seed, batch size and augmentation, and the normalisation
+    /// bound when it started (None before: the spec is not yet a run's).
+    pub fn of_run(spec: &RunSpec) -> Option<Self> {
+        Some(Self {
+            seed: spec.train.seed,
+            batch_size: spec.train.batch_size as usize,
+            augment: spec.data.augment,
+            normalization: spec.data.normalization?,
+        })
+    }
+
     /// Batches per epoch; the last one may be smaller.
     pub fn batches_per_epoch(&self, examples: usize) -> usize {
         examples.div_ceil(self.batch_size)
@@ -58,23 +69,34 @@ impl BatchPlan {
         order
     }
 
-    /// Batch `index` of epoch `epoch` given that epoch's permutation.
-    pub fn batch(&self, images: &Images, order: &[u32], epoch: u32, index: usize) -> Batch {
+    /// The examples of batch `index` of epoch `epoch` given that epoch's permutation, in
+    /// order, each with its crop and flip.
+    pub fn members(&self, order: &[u32], epoch: u32, index: usize) -> Vec<(u32, Jitter)> {
         let start = index * self.batch_size;
         let end = (start + self.batch_size).min(order.len());
-        let members = &order[start..end];
         let mut r = rng(self.seed, Stream::Augment, epoch, index as u32);
+        order[start..end]
+            .iter()
+            .map(|&i| {
+                let jitter = if self.augment {
+                    Jitter::random(&mut r)
+                } else {
+                    Jitter::NONE
+                };
+                (i, jitter)
+            })
+            .collect()
+    }
+
+    /// Batch `index` of epoch `epoch` given that epoch's permutation.
+    pub fn batch(&self, images: &Images, order: &[u32], epoch: u32, index: usize) -> Batch {
+        let members = self.members(order, epoch, index);
         let norm = Normalizer::new(&self.normalization);
         let mut out = Batch {
             images: vec![0.0; members.len() * IMAGE_BYTES],
             labels: Vec::with_capacity(members.len()),
         };
-        for (slot, &i) in out.images.chunks_exact_mut(IMAGE_BYTES).zip(members) {
-            let jitter = if self.augment {
-                Jitter::random(&mut r)
-            } else {
-                Jitter::NONE
-            };
+        for (slot, &(i, jitter)) in out.images.chunks_exact_mut(IMAGE_BYTES).zip(&members) {
             norm.write(images.image(i as usize), jitter, slot);
             out.labels.push(images.labels[i as usize]);
         }

@@ -324,6 +324,18 @@ pub enum DataCommand {
         #[arg(long)]
         url: Option<String>,
     },
+    /// The training batches a run sees: per batch, one JSON line with its learning rate, its
+    /// examples (indices into the train split) in order, and each one's crop (top-left
+    /// corner in the image padded by 4 pixels) and flip. Enough to train another
+    /// implementation on exactly stepwise's batch stream.
+    Batches {
+        /// A run directory (its `spec.toml`, written when training starts).
+        #[arg(long)]
+        run: PathBuf,
+        /// Epochs (1-based, comma-separated; default: every epoch of the run).
+        #[arg(long, value_delimiter = ',')]
+        epochs: Vec<u32>,
+    },
     /// Convert image folders (train/<class>/*, test/<class>/*; PNG or JPEG, 32×32).
     Import {
         /// Folder holding train/<class>/ and test/<class>/ image folders.

@@ -337,6 +337,50 @@ fn train_resume_and_evaluate() {
     assert!(records
         .iter()
         .any(|r| r["name"] == "intermediate_accuracy" && r["block"] == "s2.b0"));
+    // The batch stream it trained on: each epoch visits the 48 examples once, in batches of
+    // 16, at the epoch's learning rate; crops lie in the padded image.
+    let stream = ok(&stepwise(
+        dir.path(),
+        &["data", "batches", "--run", "runs/a"],
+    ));
+    let batches: Vec<serde_json::Value> = stream.lines().map(json).collect();
+    assert_eq!(batches.len(), 6);
+    for epoch in [1, 2] {
+        let of_epoch: Vec<_> = batches.iter().filter(|b| b["epoch"] == epoch).collect();
+        let mut seen: Vec<u64> = of_epoch
+            .iter()
+            .flat_map(|b| b["examples"].as_array().unwrap())
+            .map(|e| e.as_u64().unwrap())
+            .collect();
+        seen.sort();
+        assert_eq!(seen, (0..48).collect::<Vec<_>>());
+        let lr = records
+            .iter()
+            .find(|r| r["name"] == "learning_rate" && r["epoch"] == epoch)
+            .unwrap();
+        assert!(of_epoch.iter().all(|b| b["learning_rate"] == lr["value"]));
+    }
+    assert!(batches.iter().all(|b| {
+        ["crop_y", "crop_x"].iter().all(|k| {
+            b[k].as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c.as_u64().unwrap() <= 8)
+        }) && b["flip"].as_array().unwrap().len() == 16
+    }));
+    let second = ok(&stepwise(
+        dir.path(),
+        &["data", "batches", "--run", "runs/a", "--epochs", "2"],
+    ));
+    assert_eq!(
+        second.lines().collect::<Vec<_>>(),
+        stream.lines().skip(3).collect::<Vec<_>>()
+    );
+    let err = failed(&stepwise(
+        dir.path(),
+        &["data", "batches", "--run", "runs/a", "--epochs", "3"],
+    ));
+    assert!(err.contains("the run has epochs 1 to 2"), "{err}");
 
     let last = resumed["checkpoint"].as_str().unwrap();
     let eval = json(&ok(&stepwise(

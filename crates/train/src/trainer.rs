@@ -205,18 +205,12 @@ impl Trainer {
         dataset: Dataset,
         checkpoint_dir: PathBuf,
     ) -> Result<Self> {
-        let batch = spec.train.batch_size as usize;
         check_memory(&spec, model.layout(), model.dtypes(), model.device())?;
         let mut optimizer = Sgd::new(model.parameters(), SgdConfig::from_spec(&spec.train))?;
         if let Some(ck) = checkpoint {
             optimizer.load_state(&ck.tensors)?;
         }
-        let plan = BatchPlan {
-            seed: spec.train.seed,
-            batch_size: batch,
-            augment: spec.data.augment,
-            normalization: spec.data.normalization.expect("bound to the dataset"),
-        };
+        let plan = BatchPlan::of_run(&spec).expect("bound to the dataset");
         let store =
             CheckpointStore::new(checkpoint_dir, spec.train.checkpoint.clone(), spec.epochs());
         Ok(Self {

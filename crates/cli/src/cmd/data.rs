@@ -1,11 +1,14 @@
 use crate::args::DataCommand;
 use crate::progress;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use cifar::batch::BatchPlan;
 use cifar::fetch::{fetch, Release};
 use cifar::import::import;
 use cifar::synth::{generate, SynthConfig};
 use cifar::Dataset;
 use domain::LabelKind;
+use serde::Serialize;
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -32,6 +35,7 @@ pub fn run(cmd: DataCommand, data_dir: &Path) -> Result<ExitCode> {
             bar.finish_and_clear();
             report(&folder, false)
         }
+        DataCommand::Batches { run, epochs } => batches(&run, &epochs),
         DataCommand::Import {
             from,
             out,
@@ -56,6 +60,57 @@ pub fn run(cmd: DataCommand, data_dir: &Path) -> Result<ExitCode> {
             report(&out, json)
         }
     }
+}
+
+/// One batch of [`DataCommand::Batches`].
+#[derive(Serialize)]
+struct BatchLine {
+    epoch: u32,
+    batch: usize,
+    learning_rate: f64,
+    examples: Vec<u32>,
+    crop_y: Vec<usize>,
+    crop_x: Vec<usize>,
+    flip: Vec<bool>,
+}
+
+fn batches(run: &Path, epochs: &[u32]) -> Result<ExitCode> {
+    let spec = super::figures::read_run_spec(run)?;
+    let (Some(plan), Some(identity)) = (BatchPlan::of_run(&spec), spec.data.identity.as_ref())
+    else {
+        bail!(
+            "{}: the spec is not yet bound to its dataset (training had not started)",
+            run.display()
+        );
+    };
+    let all: Vec<u32> = (1..=spec.epochs()).collect();
+    let epochs = if epochs.is_empty() { &all } else { epochs };
+    if let Some(e) = epochs.iter().find(|&&e| e == 0 || e > spec.epochs()) {
+        bail!("epoch {e}: the run has epochs 1 to {}", spec.epochs());
+    }
+    let examples = identity.train_examples as usize;
+    let per_epoch = plan.batches_per_epoch(examples);
+    let schedule = spec.train.schedule(spec.model.arch);
+    let mut out = std::io::stdout().lock();
+    for &epoch in epochs {
+        // The trainer numbers epochs from 0.
+        let order = plan.permutation(examples, epoch - 1);
+        for batch in 0..per_epoch {
+            let members = plan.members(&order, epoch - 1, batch);
+            let line = BatchLine {
+                epoch,
+                batch,
+                learning_rate: schedule.lr(epoch - 1, batch, per_epoch),
+                examples: members.iter().map(|m| m.0).collect(),
+                crop_y: members.iter().map(|m| m.1.dy).collect(),
+                crop_x: members.iter().map(|m| m.1.dx).collect(),
+                flip: members.iter().map(|m| m.1.flip).collect(),
+            };
+            serde_json::to_writer(&mut out, &line)?;
+            writeln!(out)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Opens the dataset just written and prints its identity.

@@ -19,12 +19,17 @@ pub struct RunData {
     pub history: Vec<AnalysisRecord>,
 }
 
-/// The spec, training metrics and analyses of a run directory.
-pub fn read_run(dir: &Path) -> Result<RunData> {
+/// The resolved spec of a run directory (`spec.toml`, written when training starts).
+pub fn read_run_spec(dir: &Path) -> Result<RunSpec> {
     let spec_path = dir.join("spec.toml");
     let text = std::fs::read_to_string(&spec_path)
         .with_context(|| format!("reading {}", spec_path.display()))?;
-    let spec = RunSpec::from_toml(&text).with_context(|| format!("{}", spec_path.display()))?;
+    RunSpec::from_toml(&text).with_context(|| format!("{}", spec_path.display()))
+}
+
+/// The spec, training metrics and analyses of a run directory.
+pub fn read_run(dir: &Path) -> Result<RunData> {
+    let spec = read_run_spec(dir)?;
     let metrics = dir.join("metrics.jsonl");
     let training = match std::fs::read_to_string(&metrics) {
         Ok(text) => text
