@@ -688,6 +688,26 @@ fn the_smoke_experiment_trains_analyses_draws_and_reports() {
     assert!(err.contains("different spec"), "{err}");
 }
 
+/// Sends `child` SIGINT once `ready` holds (within two minutes) and waits for it to exit
+/// with 130; its stderr.
+#[cfg(unix)]
+fn interrupted_when(child: std::process::Child, ready: impl Fn() -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ready() {
+        assert!(Instant::now() < deadline, "not ready in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    stderr
+}
+
 #[cfg(unix)]
 #[test]
 fn ctrl_c_checkpoints_and_the_run_resumes() {
@@ -704,19 +724,10 @@ fn ctrl_c_checkpoints_and_the_run_resumes() {
         .spawn()
         .unwrap();
     let metrics = dir.path().join("runs/b/metrics.jsonl");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !std::fs::read_to_string(&metrics).is_ok_and(|m| !m.is_empty()) {
-        assert!(Instant::now() < deadline, "no epoch finished in time");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    // Once an epoch finished.
+    let stderr = interrupted_when(child, || {
+        std::fs::read_to_string(&metrics).is_ok_and(|m| !m.is_empty())
+    });
     let checkpoint = stderr
         .lines()
         .find_map(|l| l.split("resume with: stepwise train --resume ").nth(1))
@@ -766,20 +777,10 @@ fn ctrl_c_stops_an_experiments_analysis() {
         .spawn()
         .unwrap();
     let run = dir.path().join("exp/runs/resnet-8-seed0");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !run.join("checkpoints/epoch-0001.safetensors").exists() {
-        assert!(Instant::now() < deadline, "no epoch finished in time");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    // Once training is done (the analysis starts right after).
+    let stderr = interrupted_when(child, || {
+        run.join("checkpoints/epoch-0001.safetensors").exists()
+    });
     assert!(
         stderr.contains("stopped; run the same command again to continue"),
         "{stderr}"

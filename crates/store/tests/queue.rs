@@ -78,6 +78,19 @@ fn registration(token: uuid::Uuid, epoch: u32) -> CheckpointRegistration {
     }
 }
 
+/// A run of three epochs, each analysed, and the claim of its train job.
+async fn every_epoch_analysed(
+    store: &Store,
+    lease: &LeaseConfig,
+) -> (domain::service::RunView, domain::service::Claim) {
+    let plan = AnalysisPlan {
+        checkpoints: CheckpointSelection::Every(1),
+        ..Default::default()
+    };
+    let run = submit(store, 3, Some(plan), 3).await;
+    (run, claim_training(store, "w1", lease).await.unwrap())
+}
+
 /// Registers `claim`'s checkpoints after `epochs`.
 async fn register_epochs(
     store: &Store,
@@ -337,12 +350,7 @@ async fn an_epoch_checkpoint_registered_again_serves_its_queued_analysis_and_rer
 ) {
     let store = Store::from_pool(pool);
     let lease = lease(60_000);
-    let plan = AnalysisPlan {
-        checkpoints: CheckpointSelection::Every(1),
-        ..Default::default()
-    };
-    let run = submit(&store, 3, Some(plan), 3).await;
-    let first = claim_training(&store, "w1", &lease).await.unwrap();
+    let (run, first) = every_epoch_analysed(&store, &lease).await;
     register_epochs(&store, &first, &[1, 2], &lease).await;
     // Epoch 1's analysis fails on its (damaged) file; epoch 2's waits.
     let analyse = store
@@ -739,12 +747,7 @@ async fn a_checkpoint_registered_while_the_run_is_cancelled_queues_no_analysis_u
 ) {
     let store = Store::from_pool(pool);
     let lease = lease(60_000);
-    let plan = AnalysisPlan {
-        checkpoints: CheckpointSelection::Every(1),
-        ..Default::default()
-    };
-    let run = submit(&store, 3, Some(plan), 3).await;
-    let claim = claim_training(&store, "w", &lease).await.unwrap();
+    let (run, claim) = every_epoch_analysed(&store, &lease).await;
     register_epochs(&store, &claim, &[1], &lease).await;
     store.cancel_run(run.id).await.unwrap();
     // The trainer checkpoints at the end of epoch 2 before it sees the cancel, and stops.
