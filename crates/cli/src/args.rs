@@ -330,8 +330,15 @@ pub enum DataCommand {
     /// implementation on exactly stepwise's batch stream.
     Batches {
         /// A run directory (its `spec.toml`, written when training starts).
+        #[arg(
+            long,
+            required_unless_present = "checkpoint",
+            conflicts_with = "checkpoint"
+        )]
+        run: Option<PathBuf>,
+        /// A checkpoint of the run instead (its spec travels in it; a downloaded one will do).
         #[arg(long)]
-        run: PathBuf,
+        checkpoint: Option<PathBuf>,
         /// Epochs (1-based, comma-separated; default: every epoch of the run).
         #[arg(long, value_delimiter = ',')]
         epochs: Vec<u32>,

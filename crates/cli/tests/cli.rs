@@ -383,6 +383,12 @@ fn train_resume_and_evaluate() {
     assert!(err.contains("the run has epochs 1 to 2"), "{err}");
 
     let last = resumed["checkpoint"].as_str().unwrap();
+    // A checkpoint carries the same stream: its spec travels in it.
+    let from_checkpoint = ok(&stepwise(
+        dir.path(),
+        &["data", "batches", "--checkpoint", last],
+    ));
+    assert_eq!(from_checkpoint, stream);
     let eval = json(&ok(&stepwise(
         dir.path(),
         &["eval", "--checkpoint", last, "--json"],

@@ -6,7 +6,7 @@ use cifar::fetch::{fetch, Release};
 use cifar::import::import;
 use cifar::synth::{generate, SynthConfig};
 use cifar::Dataset;
-use domain::LabelKind;
+use domain::{LabelKind, RunSpec};
 use serde::Serialize;
 use std::io::Write;
 use std::path::Path;
@@ -35,7 +35,21 @@ pub fn run(cmd: DataCommand, data_dir: &Path) -> Result<ExitCode> {
             bar.finish_and_clear();
             report(&folder, false)
         }
-        DataCommand::Batches { run, epochs } => batches(&run, &epochs),
+        DataCommand::Batches {
+            run,
+            checkpoint,
+            epochs,
+        } => {
+            let (spec, source) = match (run, checkpoint) {
+                (Some(run), _) => (super::figures::read_run_spec(&run)?, run),
+                (None, Some(checkpoint)) => (
+                    resnet::checkpoint::read(&checkpoint)?.meta_json(train::META_SPEC)?,
+                    checkpoint,
+                ),
+                (None, None) => bail!("give --run or --checkpoint"),
+            };
+            batches(&spec, &source, &epochs)
+        }
         DataCommand::Import {
             from,
             out,
@@ -74,13 +88,13 @@ struct BatchLine {
     flip: Vec<bool>,
 }
 
-fn batches(run: &Path, epochs: &[u32]) -> Result<ExitCode> {
-    let spec = super::figures::read_run_spec(run)?;
-    let (Some(plan), Some(identity)) = (BatchPlan::of_run(&spec), spec.data.identity.as_ref())
+/// Prints the batches of `epochs` of the run of `spec` (read from `source`).
+fn batches(spec: &RunSpec, source: &Path, epochs: &[u32]) -> Result<ExitCode> {
+    let (Some(plan), Some(identity)) = (BatchPlan::of_run(spec), spec.data.identity.as_ref())
     else {
         bail!(
             "{}: the spec is not yet bound to its dataset (training had not started)",
-            run.display()
+            source.display()
         );
     };
     let all: Vec<u32> = (1..=spec.epochs()).collect();
