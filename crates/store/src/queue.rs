@@ -380,14 +380,14 @@ impl Store {
                 .bind(epoch as i32)
                 .fetch_one(&mut *tx)
                 .await?;
-                // The trainer's last checkpoint before it stops for a cancel: the run is
-                // being cancelled, and its analyses with it.
-                let state = if leased.state == JobState::Cancelling {
-                    JobState::Cancelled
-                } else {
-                    JobState::Queued
-                };
                 if !done {
+                    // The trainer's last checkpoint before it stops for a cancel: the run is
+                    // being cancelled, and its analyses with it.
+                    let state = if leased.state == JobState::Cancelling {
+                        JobState::Cancelled
+                    } else {
+                        JobState::Queued
+                    };
                     insert_analysis(
                         &mut tx,
                         leased.run_id,
@@ -416,7 +416,6 @@ impl Store {
     ) -> Result<JobState> {
         let mut tx = self.pool.begin().await?;
         let leased = leased(&mut tx, job, token, true).await?;
-        let state = JobState::Succeeded;
         match (leased.kind, leased.analysis_id, analysis) {
             (JobKind::Analyze, Some(id), Some(result)) => {
                 store_analysis(&mut tx, id, result).await?
@@ -433,9 +432,9 @@ impl Store {
             }
             _ => {}
         }
-        end_job(&mut tx, &leased, state, None, None).await?;
+        end_job(&mut tx, &leased, JobState::Succeeded, None, None).await?;
         tx.commit().await?;
-        Ok(state)
+        Ok(JobState::Succeeded)
     }
 
     /// Ends a job that failed; `infrastructure` failures are requeued while attempts remain.
