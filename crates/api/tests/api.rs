@@ -195,6 +195,28 @@ async fn bad_input_gets_the_right_4xx_problem_and_never_a_5xx(pool: PgPool) {
             Some("analysis.checkpoints.epochs"),
         ),
         (
+            "a NUL in a run's name",
+            raw(
+                Method::POST,
+                "/v1/runs",
+                r#"{"spec": {"name": "a\u0000b", "model": {"arch": "resnet", "depth": 8}, "data": {"dataset": "shapes10"}}}"#,
+                json_type,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("spec.name"),
+        ),
+        (
+            "a terminal escape in an experiment's description",
+            raw(
+                Method::POST,
+                "/v1/experiments",
+                r#"{"spec": {"name": "x", "description": "\u001b[2J", "data": {"dataset": "shapes10"}, "configs": [{"model": {"arch": "resnet", "depth": 8}}]}}"#,
+                json_type,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("spec.description"),
+        ),
+        (
             "huge body",
             raw(Method::POST, "/v1/runs", &huge, json_type),
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -246,6 +268,30 @@ async fn bad_input_gets_the_right_4xx_problem_and_never_a_5xx(pool: PgPool) {
             None,
         ),
         (
+            "unknown architecture filter",
+            raw(Method::GET, "/v1/runs?arch=deep", "", json_type),
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            "a NUL in the filters",
+            raw(Method::GET, "/v1/runs?tag=%00", "", json_type),
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            "a NUL in a run name filter",
+            raw(Method::GET, "/v1/runs?name=a%00", "", json_type),
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            "a NUL in an experiment name filter",
+            raw(Method::GET, "/v1/experiments?name=%00", "", json_type),
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
             "unknown query parameter",
             raw(Method::GET, "/v1/runs?colour=red", "", json_type),
             StatusCode::BAD_REQUEST,
@@ -292,6 +338,17 @@ async fn bad_input_gets_the_right_4xx_problem_and_never_a_5xx(pool: PgPool) {
                 Method::POST,
                 "/v1/worker/claim",
                 r#"{"kinds": [], "worker": "w", "capacity": {"memory": "host", "budget_mib": 1}}"#,
+                json_type,
+            ),
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            "a NUL in a worker's name",
+            raw(
+                Method::POST,
+                "/v1/worker/claim",
+                r#"{"kinds": ["train"], "worker": "w\u0000", "capacity": {"memory": "host", "budget_mib": 1}}"#,
                 json_type,
             ),
             StatusCode::BAD_REQUEST,
@@ -499,6 +556,40 @@ async fn a_job_refused_for_memory_fails_as_invalid_when_no_worker_seen_has_more(
     );
     let again = app.post(&uri, refusal("gpu")).await;
     assert_problem(&again, StatusCode::CONFLICT, "the lease ended");
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_workers_log_and_error_are_kept_even_with_a_nul_in_them(pool: PgPool) {
+    let app = spawn_app(pool, &[]);
+    let run = app.post("/v1/runs", run_body(2)).await;
+    let run_id = run.json()["id"].as_str().unwrap().to_string();
+    let claim = app.claim("train", "w").await;
+    let job = claim["job_id"].as_str().unwrap();
+    let token = &claim["lease_token"];
+    let log = json!({"lease_token": token, "events": [
+        {"type": "log", "level": "warn", "message": "read \u{0} from the data file"}]});
+    let reply = app
+        .post(&format!("/v1/worker/jobs/{job}/events"), log)
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text());
+    let failure = json!({"lease_token": token, "kind": "invalid", "error": "bad\u{0}byte"});
+    let reply = app
+        .post(&format!("/v1/worker/jobs/{job}/fail"), failure)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let view = app.get(&format!("/v1/runs/{run_id}")).await.json();
+    assert_eq!(view["last_error"], "bad\u{FFFD}byte");
+    let logs = app.get(&format!("/v1/runs/{run_id}/logs")).await.json();
+    let messages: Vec<&str> = logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        messages.contains(&"read \u{FFFD} from the data file"),
+        "{messages:?}"
+    );
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]

@@ -588,7 +588,7 @@ fn analyze_a_run_writes_every_epoch_and_a_combined_table() {
         dir.path(),
         &["analyze", "--run", "runs/c", "--metrics", "cosin"],
     ));
-    assert!(err.contains("unknown analysis"), "{err}");
+    assert!(err.contains("\"cosin\" is not one of cosine, l2"), "{err}");
     let err = failed(&stepwise(
         dir.path(),
         &["analyze", "--run", "runs/c", "--alphas", "20"],

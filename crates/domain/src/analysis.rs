@@ -64,13 +64,7 @@ impl FromStr for AnalysisKind {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| {
-                let all: Vec<_> = Self::ALL.iter().map(|k| k.as_str()).collect();
-                format!("unknown analysis {s:?}; expected one of {}", all.join(", "))
-            })
+        crate::variant_named(s, &Self::ALL, Self::as_str)
     }
 }
 

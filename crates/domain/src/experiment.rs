@@ -2,7 +2,7 @@
 //! training settings, analysed, drawn and compared with the paper together.
 
 use crate::service::{AnalysisPlan, CheckpointSelection};
-use crate::spec::{parse_toml, Errors};
+use crate::spec::{check_text, parse_toml, Errors};
 use crate::{AnalysisSpec, DataSpec, ModelSpec, RunSpec, SpecError, TrainSpec};
 use serde::{Deserialize, Serialize};
 
@@ -109,6 +109,13 @@ impl ExperimentSpec {
         let tag_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
         if self.name.is_empty() || self.name.len() > 64 || !self.name.chars().all(tag_char) {
             e.push("name", "1-64 of A-Z, a-z, 0-9, '.', '_', '-'");
+        }
+        if let Some(Err(bad)) = self
+            .description
+            .as_deref()
+            .map(|d| check_text(d, 4000, true))
+        {
+            e.push("description", bad);
         }
         if self.seeds.is_empty() || self.seeds.len() > 32 {
             e.push("seeds", "give 1 to 32 seeds");

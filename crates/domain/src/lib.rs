@@ -29,5 +29,18 @@ pub use spec::{
     Precision, RunSpec, Schedule, SchedulePreset, ScheduleSpec, Sharing, SpecError, TrainSpec,
 };
 
+/// The variant of `all` that `name` calls `s`, or an error listing the names there are
+/// (the one parser of every enum written as a plain word on the wire).
+pub(crate) fn variant_named<T: Copy>(
+    s: &str,
+    all: &[T],
+    name: fn(T) -> &'static str,
+) -> Result<T, String> {
+    all.iter().copied().find(|&v| name(v) == s).ok_or_else(|| {
+        let names: Vec<_> = all.iter().map(|&v| name(v)).collect();
+        format!("{s:?} is not one of {}", names.join(", "))
+    })
+}
+
 /// Identifies the code that wrote a checkpoint or a report.
 pub const CODE_VERSION: &str = concat!("stepwise ", env!("CARGO_PKG_VERSION"));

@@ -40,10 +40,7 @@ macro_rules! string_enum {
             type Err = String;
 
             fn from_str(s: &str) -> Result<Self, Self::Err> {
-                Self::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| {
-                    let all: Vec<_> = Self::ALL.iter().map(|v| v.as_str()).collect();
-                    format!("{s:?} is not one of {}", all.join(", "))
-                })
+                crate::variant_named(s, Self::ALL, Self::as_str)
             }
         }
     };

@@ -73,6 +73,14 @@ impl fmt::Display for Arch {
     }
 }
 
+impl std::str::FromStr for Arch {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        crate::variant_named(s, &Self::ALL, Self::as_str)
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Sharing {
@@ -379,6 +387,35 @@ impl DataSpec {
                 e.push("data.normalization.mean", "every mean must be finite");
             }
         }
+    }
+}
+
+/// What a tag may be: 1-64 of A-Z, a-z, 0-9, '.', '_', '-', ':'.
+pub fn check_tag(tag: &str) -> Result<(), String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':');
+    if tag.is_empty() || tag.len() > 64 || !tag.chars().all(ok) {
+        return Err(format!(
+            "{tag:?}: 1-64 of A-Z, a-z, 0-9, '.', '_', '-', ':'"
+        ));
+    }
+    Ok(())
+}
+
+/// What free text a user names things with (a run's name, an experiment's description) may
+/// be: 1 to `max_chars` characters and no control characters — the database's text holds
+/// no NUL, and a name is printed in terminals and pages — except line breaks and tabs
+/// where `multiline`.
+pub fn check_text(text: &str, max_chars: usize, multiline: bool) -> Result<(), String> {
+    let count = text.chars().count();
+    if count == 0 || count > max_chars {
+        return Err(format!(
+            "must have 1 to {max_chars} characters, not {count}"
+        ));
+    }
+    let allowed = |c: char| multiline && matches!(c, '\n' | '\t');
+    match text.chars().find(|&c| c.is_control() && !allowed(c)) {
+        Some(c) => Err(format!("contains the control character {c:?}")),
+        None => Ok(()),
     }
 }
 
@@ -773,22 +810,14 @@ impl RunSpec {
     /// Checks every field, reporting all problems at once.
     pub fn validate(&self) -> Result<(), SpecError> {
         let mut e = Errors::default();
-        if let Some(name) = &self.name {
-            if name.is_empty() || name.chars().count() > 200 {
-                e.push("name", "must have 1 to 200 characters");
-            }
+        if let Some(Err(bad)) = self.name.as_deref().map(|n| check_text(n, 200, false)) {
+            e.push("name", bad);
         }
         if self.tags.len() > 32 {
             e.push("tags", "at most 32 tags");
         }
-        for tag in &self.tags {
-            let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':');
-            if tag.is_empty() || tag.len() > 64 || !tag.chars().all(ok) {
-                e.push(
-                    "tags",
-                    format!("{tag:?}: 1-64 of A-Z, a-z, 0-9, '.', '_', '-', ':'"),
-                );
-            }
+        for bad in self.tags.iter().filter_map(|t| check_tag(t).err()) {
+            e.push("tags", bad);
         }
         self.model.check(&mut e);
         self.data.check(&mut e);
@@ -1037,6 +1066,37 @@ mod tests {
             RunSpec::from_json(r#"{"model":{"arch":"resnet"},"data":{"dataset":"Bad Name"}}"#)
                 .unwrap_err();
         assert_eq!(err.0[0].field, "data.dataset");
+    }
+
+    #[test]
+    fn names_and_descriptions_are_printable_text() {
+        assert_eq!(
+            check_text("ResNet-110, lr 0.1 · seed 3", 200, false),
+            Ok(())
+        );
+        assert_eq!(
+            check_text("a\0b", 200, false),
+            Err("contains the control character '\\0'".into())
+        );
+        assert!(check_text("two\nlines", 200, false).is_err());
+        assert_eq!(check_text("two\nlines\tand a tab", 200, true), Ok(()));
+        assert!(check_text("\u{1b}[2J", 200, true).is_err());
+        assert!(check_text("", 200, false).is_err());
+        assert!(check_text(&"é".repeat(200), 200, false).is_ok());
+        assert!(check_text(&"é".repeat(201), 200, false).is_err());
+
+        let mut spec = RunSpec::new(ModelSpec::new(Arch::Resnet), DataSpec::new("shapes10"));
+        spec.name = Some("run\0".into());
+        spec.tags = vec!["ok".into(), "not ok".into()];
+        let err = spec.validate().unwrap_err();
+        let fields: Vec<&str> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["name", "tags"]);
+        assert!(err.0[1].message.starts_with("\"not ok\""), "{err}");
+        assert_eq!("wide".parse(), Ok(Arch::Wide));
+        assert_eq!(
+            "vgg".parse::<Arch>(),
+            Err("\"vgg\" is not one of resnet, single, avgpool, wide".into())
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use crate::{Result, Store, StoreError};
 use domain::service::{
     ConfigSummary, ExperimentSummary, ExperimentView, JobState, Page, RunSubmission, RunView,
 };
-use domain::{AnalysisSpec, ExperimentSpec, RunSpec};
+use domain::{AnalysisSpec, Arch, ExperimentSpec, RunSpec};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::types::Json;
@@ -38,7 +38,7 @@ impl<T> Submitted<T> {
 #[derive(Clone, Debug, Default)]
 pub struct RunFilter {
     pub status: Option<JobState>,
-    pub arch: Option<String>,
+    pub arch: Option<Arch>,
     pub tag: Option<String>,
     pub experiment: Option<Uuid>,
     /// The run's name, exactly.
@@ -199,7 +199,7 @@ impl Store {
         ))
         .bind(cursor)
         .bind(filter.status.map(|s| s.as_str()))
-        .bind(&filter.arch)
+        .bind(filter.arch.map(Arch::as_str))
         .bind(&filter.tag)
         .bind(filter.experiment)
         .bind(&filter.name)

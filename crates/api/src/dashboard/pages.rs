@@ -5,13 +5,14 @@
 use super::session::{check_csrf, CsrfForm, Session};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::parse_cursor;
+use crate::extract::Query;
 use crate::routes::experiments::comparison;
 use crate::routes::figures::{draw_all, experiment_results, results, Drawn, RunResults};
 use crate::routes::runs::run_filter;
 use crate::routes::typed;
 use crate::AppState;
 use askama::Template;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, Path, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Extension;
 use chrono::{DateTime, Utc};
@@ -198,7 +199,7 @@ const PAGE_SIZE: u32 = 25;
 async fn runs_table(state: &AppState, q: &RunsQuery) -> ApiResult<RunsTable> {
     let filter = run_filter(
         q.status.as_deref(),
-        q.arch.clone(),
+        q.arch.as_deref(),
         q.tag.clone(),
         q.experiment.as_deref(),
     )?;

@@ -9,8 +9,9 @@
 
 use super::pages::{render, LoginPage};
 use crate::error::{ApiError, ApiResult};
+use crate::extract::Query;
 use crate::AppState;
-use axum::extract::{Form, Query, Request, State};
+use axum::extract::{Form, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};

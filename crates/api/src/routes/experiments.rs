@@ -76,7 +76,11 @@ pub async fn list(
     Ok(Json(
         state
             .store
-            .list_experiments(q.name.as_deref(), cursor, limit)
+            .list_experiments(
+                crate::routes::runs::name_filter(q.name)?.as_deref(),
+                cursor,
+                limit,
+            )
             .await?,
     ))
 }

@@ -12,7 +12,7 @@ use axum::Json;
 use domain::service::{
     AttemptView, CheckpointView, JobState, LogLine, Page, RunSubmission, RunView,
 };
-use domain::{MetricName, MetricRecord, Split};
+use domain::{Arch, MetricName, MetricRecord, Split};
 use serde::Deserialize;
 use store::RunFilter;
 use utoipa::IntoParams;
@@ -49,8 +49,11 @@ pub async fn submit(
 pub struct ListQuery {
     /// queued, running, cancelling, succeeded, failed or cancelled
     status: Option<String>,
+    /// resnet, single, avgpool or wide
     arch: Option<String>,
+    /// Runs with this tag among theirs
     tag: Option<String>,
+    /// An experiment's id: its runs
     experiment: Option<String>,
     /// A run's name, exactly (an experiment's runs are named `experiment/configuration/seedN`)
     name: Option<String>,
@@ -67,8 +70,13 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Page<RunView>>> {
     let filter = RunFilter {
-        name: q.name,
-        ..run_filter(q.status.as_deref(), q.arch, q.tag, q.experiment.as_deref())?
+        name: name_filter(q.name)?,
+        ..run_filter(
+            q.status.as_deref(),
+            q.arch.as_deref(),
+            q.tag,
+            q.experiment.as_deref(),
+        )?
     };
     let cursor = crate::extract::parse_cursor(q.cursor.as_deref())?;
     let limit = q.limit.unwrap_or(50).clamp(1, 200);
@@ -78,20 +86,38 @@ pub async fn list(
 /// The filter of a runs listing from its query parameters (the API's and the dashboard's).
 pub fn run_filter(
     status: Option<&str>,
-    arch: Option<String>,
+    arch: Option<&str>,
     tag: Option<String>,
     experiment: Option<&str>,
 ) -> ApiResult<RunFilter> {
+    if let Some(Err(bad)) = tag.as_deref().map(domain::spec::check_tag) {
+        return Err(ApiError::bad_request(format!("tag: {bad}")));
+    }
     Ok(RunFilter {
         status: status
             .map(|s| s.parse::<JobState>())
             .transpose()
             .map_err(|e| ApiError::bad_request(format!("status: {e}")))?,
-        arch,
+        arch: arch
+            .map(|a| a.parse::<Arch>())
+            .transpose()
+            .map_err(|e| ApiError::bad_request(format!("arch: {e}")))?,
         tag,
         experiment: experiment.map(crate::extract::parse_id).transpose()?,
         name: None,
     })
+}
+
+/// A name to look up exactly; one no name can be (it holds a control character, say) is a
+/// 400 rather than an empty page, and the database is never asked with a NUL.
+pub fn name_filter(name: Option<String>) -> ApiResult<Option<String>> {
+    if let Some(Err(bad)) = name
+        .as_deref()
+        .map(|n| domain::spec::check_text(n, 200, false))
+    {
+        return Err(ApiError::bad_request(format!("name: {bad}")));
+    }
+    Ok(name)
 }
 
 #[utoipa::path(get, path = "/v1/runs/{id}", tag = "runs", params(("id" = uuid::Uuid, Path)),

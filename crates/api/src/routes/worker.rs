@@ -12,10 +12,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::service::{
     CheckpointRegistration, CheckpointView, Claim, ClaimRequest, Completion, EventBatch,
-    FailureReport, HeartbeatReply, JobState, LeaseProof, Refusal,
+    FailureReport, HeartbeatReply, JobState, LeaseProof, Refusal, WorkerEvent,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::io::Read;
 use std::path::Path;
 use utoipa::ToSchema;
@@ -32,10 +33,11 @@ pub async fn claim(
     body: JsonBody<ClaimRequest>,
 ) -> ApiResult<Response> {
     let req = body.value;
-    if req.kinds.is_empty() || req.worker.is_empty() || req.worker.len() > 200 {
-        return Err(ApiError::bad_request(
-            "give at least one job kind and a worker name of 1-200 characters",
-        ));
+    if req.kinds.is_empty() {
+        return Err(ApiError::bad_request("give at least one job kind"));
+    }
+    if let Err(bad) = domain::spec::check_text(&req.worker, 200, false) {
+        return Err(ApiError::bad_request(format!("worker: {bad}")));
     }
     match state
         .store
@@ -71,9 +73,18 @@ pub async fn events(
     Id(job): Id,
     body: JsonBody<EventBatch>,
 ) -> ApiResult<StatusCode> {
-    let batch = body.value;
+    let mut batch = body.value;
     if batch.events.len() > 10_000 {
         return Err(ApiError::bad_request("at most 10000 events per request"));
+    }
+    for event in &mut batch.events {
+        if let WorkerEvent::Log { level, message } = event {
+            for text in [level, message] {
+                if let Cow::Owned(kept) = stored_text(text) {
+                    *text = kept;
+                }
+            }
+        }
     }
     state
         .store
@@ -162,12 +173,19 @@ pub async fn complete(
     Ok(Json(JobStateReply { state }))
 }
 
-/// A worker's error message as the job keeps it: its first 10,000 characters.
-fn stored_error(error: &str) -> &str {
-    error
+/// A worker's text (an error, a log line) as the database keeps it: its first 10,000
+/// characters, a NUL (which PostgreSQL's text cannot hold) replaced by U+FFFD — a worker
+/// reports what it was told, and a failure must not fail to be recorded.
+fn stored_text(text: &str) -> Cow<'_, str> {
+    let kept = text
         .char_indices()
         .nth(10_000)
-        .map_or(error, |(end, _)| &error[..end])
+        .map_or(text, |(end, _)| &text[..end]);
+    if kept.contains('\0') {
+        Cow::Owned(kept.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(kept)
+    }
 }
 
 #[utoipa::path(post, path = "/v1/worker/jobs/{id}/fail", tag = "worker",
@@ -182,7 +200,7 @@ pub async fn fail(
     let f = body.value;
     let state = state
         .store
-        .fail(job, f.lease_token, f.kind, stored_error(&f.error))
+        .fail(job, f.lease_token, f.kind, &stored_text(&f.error))
         .await?;
     Ok(Json(JobStateReply { state }))
 }
@@ -204,7 +222,7 @@ pub async fn refuse(
             r.lease_token,
             r.memory,
             r.need_mib,
-            stored_error(&r.error),
+            &stored_text(&r.error),
         )
         .await?;
     Ok(Json(JobStateReply { state }))
@@ -225,15 +243,16 @@ pub async fn release(
 
 #[cfg(test)]
 mod tests {
-    use super::stored_error;
+    use super::stored_text;
 
     #[test]
-    fn a_stored_error_keeps_its_first_ten_thousand_characters() {
-        assert_eq!(stored_error("out of memory"), "out of memory");
+    fn stored_text_keeps_the_first_ten_thousand_characters_without_nul() {
+        assert_eq!(stored_text("out of memory"), "out of memory");
         let long = "é".repeat(10_001);
-        let kept = stored_error(&long);
+        let kept = stored_text(&long);
         assert_eq!(kept.chars().count(), 10_000);
-        assert!(long.starts_with(kept));
-        assert_eq!(stored_error(&long[..20_000]).len(), 20_000);
+        assert!(long.starts_with(&*kept));
+        assert_eq!(stored_text(&long[..20_000]).len(), 20_000);
+        assert_eq!(stored_text("a\0b\0"), "a\u{FFFD}b\u{FFFD}");
     }
 }
