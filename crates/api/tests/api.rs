@@ -217,6 +217,39 @@ async fn bad_input_gets_the_right_4xx_problem_and_never_a_5xx(pool: PgPool) {
             Some("spec.description"),
         ),
         (
+            "a plan's analysis out of range",
+            raw(
+                Method::POST,
+                "/v1/runs",
+                r#"{"spec": {"model": {"arch": "resnet", "depth": 8}, "data": {"dataset": "shapes10"}}, "analysis": {"spec": {"max_examples": 0}}}"#,
+                json_type,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("analysis.spec.max_examples"),
+        ),
+        (
+            "an analysis request out of range",
+            raw(
+                Method::POST,
+                "/v1/runs/01a21a64-27b3-72c4-b1b6-317c64c6a598/analyses",
+                r#"{"spec": {"alphas": []}}"#,
+                json_type,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("spec.alphas"),
+        ),
+        (
+            "an experiment's analysis out of range",
+            raw(
+                Method::POST,
+                "/v1/experiments",
+                r#"{"spec": {"name": "x", "data": {"dataset": "shapes10"}, "analysis": {"margin": 2}, "configs": [{"model": {"arch": "resnet", "depth": 8}}]}}"#,
+                json_type,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("spec.analysis.margin"),
+        ),
+        (
             "huge body",
             raw(Method::POST, "/v1/runs", &huge, json_type),
             StatusCode::PAYLOAD_TOO_LARGE,

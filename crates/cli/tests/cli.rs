@@ -593,7 +593,10 @@ fn analyze_a_run_writes_every_epoch_and_a_combined_table() {
         dir.path(),
         &["analyze", "--run", "runs/c", "--alphas", "20"],
     ));
-    assert!(err.contains("analysis.alphas"), "{err}");
+    assert!(
+        err.contains("invalid analysis: alphas: 20 is out of range"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -152,25 +152,27 @@ impl Default for AnalysisSpec {
 }
 
 impl AnalysisSpec {
+    /// Checks every field, naming each bare (`max_examples`): where the spec sits (an
+    /// experiment's `analysis`, a plan's `spec`) is the caller's prefix.
     pub fn validate(&self) -> Result<(), SpecError> {
         let mut e = Errors::default();
         if self.metrics.is_empty() {
-            e.push("analysis.metrics", "name at least one analysis");
+            e.push("metrics", "name at least one analysis");
         }
         if self.splits.is_empty() {
-            e.push("analysis.splits", "name at least one split");
+            e.push("splits", "name at least one split");
         }
-        e.range("analysis.max_examples", self.max_examples, 1, 1_000_000);
-        e.range("analysis.eval_batch", self.eval_batch, 1, 4096);
-        e.range("analysis.window", self.window, 1, 1000);
-        e.range("analysis.unroll_steps", self.unroll_steps, 1, 1000);
+        e.range("max_examples", self.max_examples, 1, 1_000_000);
+        e.range("eval_batch", self.eval_batch, 1, 4096);
+        e.range("window", self.window, 1, 1000);
+        e.range("unroll_steps", self.unroll_steps, 1, 1000);
         if self.alphas.is_empty() || self.alphas.len() > 32 {
-            e.push("analysis.alphas", "give 1 to 32 step sizes");
+            e.push("alphas", "give 1 to 32 step sizes");
         }
         for &a in &self.alphas {
-            e.real("analysis.alphas", a, 0.0, 10.0);
+            e.real("alphas", a, 0.0, 10.0);
         }
-        e.real("analysis.margin", self.margin, 0.0, 1.0);
+        e.real("margin", self.margin, 0.0, 1.0);
         e.finish()
     }
 
@@ -329,7 +331,7 @@ mod tests {
             .into_iter()
             .map(|e| e.field)
             .collect();
-        assert_eq!(fields, ["analysis.eval_batch", "analysis.alphas"]);
+        assert_eq!(fields, ["eval_batch", "alphas"]);
     }
 
     #[test]

@@ -147,7 +147,7 @@ impl ExperimentSpec {
             labels.push(label);
         }
         if let Err(bad) = self.analysis.validate() {
-            e.extend(bad);
+            e.extend_prefixed("analysis.", bad);
         }
         // Within the shortest configuration (a configuration's train table may differ).
         if let Some(shortest) = self.runs().iter().map(|r| r.spec.epochs()).min() {

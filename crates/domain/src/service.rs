@@ -120,6 +120,16 @@ pub struct AnalysisPlan {
     pub spec: AnalysisSpec,
 }
 
+impl AnalysisRequest {
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let mut e = Errors::default();
+        if let Err(bad) = self.spec.validate() {
+            e.extend_prefixed("spec.", bad);
+        }
+        e.finish()
+    }
+}
+
 impl AnalysisPlan {
     /// Whether the checkpoint at the end of `epoch` of a run of `epochs` is analysed.
     pub fn wants(&self, epoch: u32, epochs: u32) -> bool {
@@ -138,10 +148,9 @@ impl AnalysisPlan {
 
     pub fn validate(&self, epochs: u32) -> Result<(), SpecError> {
         let mut e = Errors::default();
-        self.checkpoints
-            .check("analysis.checkpoints", epochs, &mut e);
+        self.checkpoints.check("checkpoints", epochs, &mut e);
         if let Err(bad) = self.spec.validate() {
-            e.extend(bad);
+            e.extend_prefixed("spec.", bad);
         }
         e.finish()
     }
@@ -185,7 +194,7 @@ impl RunSubmission {
         }
         if let Some(plan) = &self.analysis {
             if let Err(bad) = plan.validate(self.spec.epochs()) {
-                e.extend(bad);
+                e.extend_prefixed("analysis.", bad);
             }
         }
         e.finish()
@@ -199,6 +208,16 @@ impl RunSubmission {
 pub struct ExperimentSubmission {
     #[schema(value_type = Object)]
     pub spec: ExperimentSpec,
+}
+
+impl ExperimentSubmission {
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let mut e = Errors::default();
+        if let Err(bad) = self.spec.validate() {
+            e.extend_prefixed("spec.", bad);
+        }
+        e.finish()
+    }
 }
 
 /// `POST /v1/runs/{id}/analyses`: analyse one registered checkpoint.

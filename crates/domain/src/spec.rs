@@ -901,10 +901,6 @@ impl Errors {
         self.0.is_empty()
     }
 
-    pub(crate) fn extend(&mut self, errors: SpecError) {
-        self.0.extend(errors.0);
-    }
-
     /// Adds `errors` of a nested spec with `prefix` before their field paths.
     pub(crate) fn extend_prefixed(&mut self, prefix: &str, errors: SpecError) {
         for mut err in errors.0 {

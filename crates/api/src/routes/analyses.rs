@@ -20,7 +20,7 @@ pub async fn request(
     body: JsonBody<AnalysisRequest>,
 ) -> ApiResult<Response> {
     let req = body.value;
-    req.spec.validate().map_err(ApiError::invalid)?;
+    req.validate().map_err(ApiError::invalid)?;
     let view = state
         .store
         .request_analysis(run, req.epoch, &req.spec, state.config.lease.max_attempts)

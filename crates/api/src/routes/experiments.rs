@@ -28,14 +28,8 @@ pub async fn submit(
     headers: HeaderMap,
     body: JsonBody<ExperimentSubmission>,
 ) -> ApiResult<Response> {
+    body.value.validate().map_err(ApiError::invalid)?;
     let spec = body.value.spec;
-    spec.validate().map_err(|e| {
-        let mut e = e;
-        for f in &mut e.0 {
-            f.field = format!("spec.{}", f.field);
-        }
-        ApiError::invalid(e)
-    })?;
     for (i, config) in spec.configs.iter().enumerate() {
         super::datasets::check(
             &state,
