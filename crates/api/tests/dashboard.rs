@@ -380,6 +380,16 @@ async fn pages_show_a_finished_run_and_escape_what_users_wrote(pool: PgPool) {
         &page(&app, "/runs/not-a-uuid", None).await,
         StatusCode::BAD_REQUEST,
     );
+    // Filters no run can match are answered as pages too, never reaching the database.
+    for uri in [
+        "/?arch=%00",
+        "/?tag=%00",
+        "/?colour=red",
+        "/partials/runs?arch=deep",
+    ] {
+        let reply = page(&app, uri, None).await;
+        assert_html(&reply, StatusCode::BAD_REQUEST);
+    }
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
