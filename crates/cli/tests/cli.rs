@@ -303,7 +303,21 @@ fn train_resume_and_evaluate() {
 
     // Training again into the same directory is refused; resuming extends it.
     let err = failed(&stepwise(dir.path(), &args));
-    assert!(err.contains("already holds a run"), "{err}");
+    assert!(
+        err.contains("already holds a run: resume it with `stepwise train --resume")
+            && err.contains("runs/a/checkpoints/epoch-0001.safetensors`"),
+        "{err}"
+    );
+    // One stopped before its first checkpoint (a full disk, a crash) has nothing to resume.
+    std::fs::create_dir_all(dir.path().join("runs/b")).unwrap();
+    std::fs::write(dir.path().join("runs/b/metrics.jsonl"), "").unwrap();
+    let mut into_b = args.clone();
+    into_b[4] = "runs/b";
+    let err = failed(&stepwise(dir.path(), &into_b));
+    assert!(
+        err.contains("runs/b already holds a run that wrote no checkpoint"),
+        "{err}"
+    );
     let err = failed(&stepwise(
         dir.path(),
         &["train", "--resume", &checkpoint, "--depth", "20"],

@@ -25,6 +25,43 @@ fn parse_name(name: &str) -> Option<(u32, u32)> {
     }
 }
 
+/// The checkpoints in `dir` (none where it does not exist), as (epoch, batch, file name),
+/// oldest first.
+pub fn list_checkpoints(dir: &Path) -> Result<Vec<(u32, u32, String)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(source) => {
+            return Err(TrainError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut out: Vec<_> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            parse_name(&name).map(|(ep, b)| (ep, b, name))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// The checkpoints in `dir` as candidates to resume from ([`newest_intact`]), newest
+/// first; unregistered, so each is checked by its tensors' own sha256.
+pub fn resume_candidates(dir: &Path) -> Result<Vec<ResumeCandidate>> {
+    Ok(list_checkpoints(dir)?
+        .into_iter()
+        .rev()
+        .map(|(_, _, name)| ResumeCandidate {
+            path: dir.join(name),
+            sha256: None,
+        })
+        .collect())
+}
+
 /// The checkpoint directory of one run (or one attempt of it).
 pub struct CheckpointStore {
     dir: PathBuf,
@@ -56,43 +93,6 @@ impl CheckpointStore {
     /// Whether the policy asks for a checkpoint after `epoch` completed epochs.
     pub fn due(&self, epoch: u32) -> bool {
         epoch == self.epochs || epoch.is_multiple_of(self.policy.every_epochs)
-    }
-
-    /// Checkpoints present, as (epoch, batch, file name), oldest first.
-    pub fn list(&self) -> Result<Vec<(u32, u32, String)>> {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(source) => {
-                return Err(TrainError::Io {
-                    path: self.dir.clone(),
-                    source,
-                })
-            }
-        };
-        let mut out: Vec<_> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                parse_name(&name).map(|(ep, b)| (ep, b, name))
-            })
-            .collect();
-        out.sort();
-        Ok(out)
-    }
-
-    /// The checkpoints present as candidates to resume from ([`newest_intact`]), newest
-    /// first; unregistered, so each is checked by its tensors' own sha256.
-    pub fn resume_candidates(&self) -> Result<Vec<ResumeCandidate>> {
-        Ok(self
-            .list()?
-            .into_iter()
-            .rev()
-            .map(|(_, _, name)| ResumeCandidate {
-                path: self.dir.join(name),
-                sha256: None,
-            })
-            .collect())
     }
 
     /// Writes the model, optimizer state, spec, train state and metric summary.
@@ -131,7 +131,7 @@ impl CheckpointStore {
         if self.policy.keep_last == 0 {
             return Ok(vec![]);
         }
-        let all = self.list()?;
+        let all = list_checkpoints(&self.dir)?;
         let newest = all.len().saturating_sub(self.policy.keep_last as usize);
         let mut removed = vec![];
         for (i, (epoch, batch, name)) in all.into_iter().enumerate() {
@@ -288,8 +288,7 @@ mod tests {
                 "epoch-0002-batch-00007.safetensors",
             ]
         );
-        let left: Vec<_> = store
-            .list()
+        let left: Vec<_> = list_checkpoints(dir.path())
             .unwrap()
             .into_iter()
             .map(|(e, b, _)| (e, b))
@@ -385,8 +384,7 @@ mod tests {
         let moved = resume.set_aside_damaged().unwrap();
         assert_eq!(moved.len(), 2);
         assert!(moved[0].ends_with("epoch-0003.safetensors.damaged") && moved[0].exists());
-        let store = CheckpointStore::new(dir.path(), CheckpointPolicy::default(), 3);
-        assert!(store.list().unwrap().is_empty());
+        assert!(list_checkpoints(dir.path()).unwrap().is_empty());
         // None there at all: the store is more likely unmounted than every file lost.
         let Err(err) = newest_intact(&candidates) else {
             panic!("no file there, and no error");

@@ -14,7 +14,8 @@ mod state;
 mod trainer;
 
 pub use checkpoints::{
-    checkpoint_name, newest_intact, CheckpointStore, ResumeCandidate, ResumePoint,
+    checkpoint_name, list_checkpoints, newest_intact, resume_candidates, CheckpointStore,
+    ResumeCandidate, ResumePoint,
 };
 pub use error::{Result, TrainError};
 pub use events::{EventSink, SinkError, TrainEvent};

@@ -5,7 +5,7 @@ use domain::{AnalysisRecord, MetricName, RunSpec, Split, SplitExamples, Stat};
 use resnet::candle_device;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use train::{CheckpointStore, META_SPEC};
+use train::META_SPEC;
 
 pub fn run(args: AnalyzeArgs, data_dir: &Path) -> Result<ExitCode> {
     let spec = args.analysis.spec();
@@ -62,9 +62,7 @@ fn run_dir_of(checkpoint: &Path) -> PathBuf {
 /// A run's epoch-boundary checkpoints, oldest first.
 fn epoch_checkpoints(run: &Path) -> Result<Vec<PathBuf>> {
     let dir = run.join("checkpoints");
-    let store = CheckpointStore::new(&dir, Default::default(), 0);
-    let found: Vec<PathBuf> = store
-        .list()?
+    let found: Vec<PathBuf> = train::list_checkpoints(&dir)?
         .into_iter()
         .filter(|(_, batch, _)| *batch == 0)
         .map(|(_, _, name)| dir.join(name))

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use train::{checkpoint_name, CheckpointStore, Outcome, Trainer, META_TRAIN_STATE};
+use train::{checkpoint_name, Outcome, Trainer, META_TRAIN_STATE};
 
 pub fn run(args: RunArgs, data_dir: &Path) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&args.spec)
@@ -118,8 +118,7 @@ fn train_to_end(
 ) -> Result<bool> {
     let epochs = run.spec.epochs();
     let ckpt_dir = dir.join("checkpoints");
-    let store = CheckpointStore::new(&ckpt_dir, Default::default(), epochs);
-    let resume = train::newest_intact(&store.resume_candidates()?)?;
+    let resume = train::newest_intact(&train::resume_candidates(&ckpt_dir)?)?;
     for warning in resume.warnings() {
         eprintln!("  {warning}");
     }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use train::{CheckpointStore, Outcome, Trainer, META_SPEC};
+use train::{Outcome, Trainer, META_SPEC};
 
 pub fn run(args: TrainArgs, data_dir: &Path) -> Result<ExitCode> {
     if args.print_spec {
@@ -203,10 +203,19 @@ fn fresh(
         ))
     });
     if run_dir.join("metrics.jsonl").exists() || run_dir.join("checkpoints").exists() {
-        bail!(
-            "{} already holds a run: resume it with --resume CHECKPOINT or choose another --out",
-            run_dir.display()
-        );
+        let newest = train::resume_candidates(&run_dir.join("checkpoints"))?;
+        match newest.first() {
+            Some(c) => bail!(
+                "{} already holds a run: resume it with `stepwise train --resume {}`, or choose another --out",
+                run_dir.display(),
+                c.path.display()
+            ),
+            None => bail!(
+                "{} already holds a run that wrote no checkpoint (it stopped before its first \
+                 epoch ended): delete the directory or choose another --out",
+                run_dir.display()
+            ),
+        }
     }
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     // The spec names the dataset; --data may instead give a directory, whose own identity
@@ -277,9 +286,7 @@ fn spec_from_args(args: &TrainArgs) -> Result<RunSpec> {
 fn intact_before(checkpoint: &Path) -> Option<PathBuf> {
     let dir = checkpoint.parent()?;
     let name = checkpoint.file_name()?.to_str()?;
-    let store = CheckpointStore::new(dir, Default::default(), 0);
-    let older: Vec<_> = store
-        .resume_candidates()
+    let older: Vec<_> = train::resume_candidates(dir)
         .ok()?
         .into_iter()
         .filter(|c| c.path.file_name().and_then(|n| n.to_str()) < Some(name))
