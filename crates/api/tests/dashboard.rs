@@ -134,7 +134,9 @@ async fn work(app: &TestApp) -> String {
         {"type": "epoch", "epoch": 1, "records": [
             {"name": "accuracy", "split": "test", "epoch": 1, "value": 0.625},
             {"name": "accuracy", "split": "train", "epoch": 1, "value": 0.5},
-            {"name": "loss", "split": "test", "epoch": 1, "value": 1.25}]},
+            {"name": "loss", "split": "test", "epoch": 1, "value": 1.25},
+            // Not finite (JSON's null): stored, served and drawn around, never an error.
+            {"name": "grad_norm_ratio", "split": "test", "epoch": 1, "value": null}]},
         {"type": "log", "level": "info", "message": format!("epoch 1 done {NASTY}")}]});
     let reply = app
         .post(&format!("/v1/worker/jobs/{job}/events"), events)
@@ -183,6 +185,9 @@ async fn work(app: &TestApp) -> String {
             ]
         })
         .collect();
+    let mut not_finite = record("drop_loss", 0, 0.0, None);
+    not_finite["value"] = Value::Null;
+    records.push(not_finite);
     // The analysed subset's accuracy (Table 1's train error).
     records.push(json!({"name": "accuracy", "split": "train", "epoch": 1, "value": 0.75, "n": 50}));
     let done = app
@@ -282,6 +287,24 @@ async fn login_sets_a_strict_http_only_cookie_that_only_reads_the_api(pool: PgPo
 async fn pages_show_a_finished_run_and_escape_what_users_wrote(pool: PgPool) {
     let app = spawn_app(pool, &[]);
     let run_id = finished_run(&app, NASTY).await;
+
+    let ratio = app
+        .get(&format!("/v1/runs/{run_id}/metrics?name=grad_norm_ratio"))
+        .await;
+    assert_eq!(ratio.json()[0]["value"], Value::Null, "{}", ratio.text());
+    let analyses = app.get(&format!("/v1/runs/{run_id}/analyses")).await.json();
+    let analysis = app
+        .get(&format!("/v1/analyses/{}", analyses[0]["id"].as_str().unwrap()))
+        .await
+        .json();
+    let drop_loss: Vec<&Value> = analysis["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["name"] == "drop_loss")
+        .collect();
+    assert_eq!(drop_loss.len(), 1);
+    assert_eq!(drop_loss[0]["value"], Value::Null);
 
     let home = page(&app, "/", None).await;
     assert_html(&home, StatusCode::OK);

@@ -260,6 +260,8 @@ pub struct AnalysisRecord {
     pub step: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stat: Option<Stat>,
+    /// `null` on the wire where not finite (as a metric's value).
+    #[serde(with = "crate::metric::number_or_null")]
     pub value: f64,
     /// Examples behind the value.
     pub n: u32,

@@ -122,7 +122,27 @@ pub struct MetricRecord {
     /// The block's 0-based global index, present whenever `block` is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_index: Option<u32>,
+    /// `null` on the wire where not finite ([`number_or_null`]).
+    #[serde(with = "number_or_null")]
     pub value: f64,
+}
+
+/// A value that may not be finite (a test loss that overflowed, a ratio of two zeros), as
+/// JSON carries it: JSON has no NaN or infinity, so such a value is written `null` and read
+/// back as NaN — a record that says "not a number" rather than one no reader can parse.
+pub(crate) mod number_or_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &f64, s: S) -> Result<S::Ok, S::Error> {
+        match value.is_finite() {
+            true => s.serialize_f64(*value),
+            false => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
 }
 
 impl MetricRecord {
@@ -147,6 +167,31 @@ impl MetricRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_that_is_not_finite_travels_as_null_and_reads_back_as_nan() {
+        let record = |value| MetricRecord::new(MetricName::Loss, Some(Split::Test), 3, value);
+        for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let json = serde_json::to_string(&record(value)).unwrap();
+            assert_eq!(
+                json,
+                r#"{"name":"loss","split":"test","epoch":3,"value":null}"#
+            );
+            let back: MetricRecord = serde_json::from_str(&json).unwrap();
+            assert!(back.value.is_nan());
+        }
+        let json = serde_json::to_string(&record(0.25)).unwrap();
+        assert_eq!(
+            serde_json::from_str::<MetricRecord>(&json).unwrap(),
+            record(0.25)
+        );
+        let analysis =
+            crate::AnalysisRecord::new(MetricName::UnrollLoss, Split::Train, 1, f64::NAN, 5);
+        let json = serde_json::to_string(&analysis).unwrap();
+        assert!(json.contains(r#""value":null"#), "{json}");
+        let back: crate::AnalysisRecord = serde_json::from_str(&json).unwrap();
+        assert!(back.value.is_nan() && back.n == 5);
+    }
 
     #[test]
     fn as_str_is_the_serde_name() {
