@@ -294,7 +294,10 @@ async fn pages_show_a_finished_run_and_escape_what_users_wrote(pool: PgPool) {
     assert_eq!(ratio.json()[0]["value"], Value::Null, "{}", ratio.text());
     let analyses = app.get(&format!("/v1/runs/{run_id}/analyses")).await.json();
     let analysis = app
-        .get(&format!("/v1/analyses/{}", analyses[0]["id"].as_str().unwrap()))
+        .get(&format!(
+            "/v1/analyses/{}",
+            analyses[0]["id"].as_str().unwrap()
+        ))
         .await
         .json();
     let drop_loss: Vec<&Value> = analysis["records"]

@@ -31,12 +31,17 @@ impl Manifest {
     fn read(dir: &Path) -> Result<Option<Self>> {
         let path = dir.join(MANIFEST);
         match fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| DataError::Malformed {
-                    path,
-                    reason: e.to_string(),
-                }),
+            Ok(text) => {
+                let manifest: Self =
+                    serde_json::from_str(&text).map_err(|e| DataError::Malformed {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                // Its name goes into every run's spec, which must stay valid to be read back.
+                domain::spec::check_dataset_name(&manifest.name)
+                    .map_err(|reason| DataError::Malformed { path, reason })?;
+                Ok(Some(manifest))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(DataError::io(path)(e)),
         }

@@ -18,6 +18,10 @@ pub struct ImportSummary {
 /// Imports `from` into the new directory `out` under the dataset name `name`. Classes are
 /// the sub-folders of `from/train`, in sorted order (CIFAR-10's official order is sorted).
 pub fn import(from: &Path, out: &Path, name: &str) -> Result<ImportSummary> {
+    domain::spec::check_dataset_name(name).map_err(|reason| DataError::Malformed {
+        path: out.to_path_buf(),
+        reason: format!("{reason}; give --name"),
+    })?;
     if out.exists() {
         return Err(DataError::Malformed {
             path: out.to_path_buf(),

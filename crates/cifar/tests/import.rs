@@ -51,6 +51,26 @@ fn imports_png_and_jpeg_class_folders() {
 
     let err = import(&from, &out, "again").unwrap_err();
     assert!(err.to_string().contains("already exists"), "{err}");
+
+    // The name goes into every run's spec, which must stay a valid spec to be read back.
+    let other = tmp.path().join("other");
+    let err = import(&from, &other, "My Images").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("\"My Images\" is not a dataset name"),
+        "{err}"
+    );
+    assert!(!other.exists());
+    // Nor is a dataset opened whose manifest was edited to such a name.
+    let manifest = out.join(cifar::dataset::MANIFEST);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("mine-q75", "Mine Q75")).unwrap();
+    let err = Dataset::open(&out, LabelKind::Fine).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("\"Mine Q75\" is not a dataset name"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -370,14 +370,8 @@ impl DataSpec {
     }
 
     fn check(&self, e: &mut Errors) {
-        if !is_name(&self.dataset) {
-            e.push(
-                "data.dataset",
-                format!(
-                    "{:?} is not a dataset name (1-64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit)",
-                    self.dataset
-                ),
-            );
+        if let Err(bad) = check_dataset_name(&self.dataset) {
+            e.push("data.dataset", bad);
         }
         if let Some(n) = &self.normalization {
             if n.std.iter().any(|&s| !(s.is_finite() && s > 0.0)) {
@@ -419,12 +413,23 @@ pub fn check_text(text: &str, max_chars: usize, multiline: bool) -> Result<(), S
     }
 }
 
-fn is_name(s: &str) -> bool {
+/// What a dataset may be named (a directory under the data directory, a spec's
+/// `data.dataset`, the name an imported dataset records with every run): 1-64 of a-z, 0-9,
+/// '.', '_', '-', starting with a letter or digit.
+pub fn check_dataset_name(name: &str) -> Result<(), String> {
     let ok = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    !s.is_empty()
-        && s.len() <= 64
-        && ok(s.as_bytes()[0])
-        && s.bytes().all(|c| ok(c) || matches!(c, b'.' | b'_' | b'-'))
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && ok(name.as_bytes()[0])
+        && name
+            .bytes()
+            .all(|c| ok(c) || matches!(c, b'.' | b'_' | b'-'));
+    match valid {
+        true => Ok(()),
+        false => Err(format!(
+            "{name:?} is not a dataset name (1-64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit)"
+        )),
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
