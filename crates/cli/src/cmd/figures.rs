@@ -30,17 +30,7 @@ pub fn read_run_spec(dir: &Path) -> Result<RunSpec> {
 /// The spec, training metrics and analyses of a run directory.
 pub fn read_run(dir: &Path) -> Result<RunData> {
     let spec = read_run_spec(dir)?;
-    let metrics = dir.join("metrics.jsonl");
-    let training = match std::fs::read_to_string(&metrics) {
-        Ok(text) => text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(serde_json::from_str)
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("parsing {}", metrics.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
-        Err(e) => return Err(e).with_context(|| format!("reading {}", metrics.display())),
-    };
+    let training = read_metrics(&dir.join("metrics.jsonl"))?;
     let mut analyses = analysis_files(dir)?
         .iter()
         .map(|path| {
@@ -69,6 +59,35 @@ pub fn read_run(dir: &Path) -> Result<RunData> {
         analysis,
         history,
     })
+}
+
+/// The records of a `metrics.jsonl` (none if it is absent). A last line cut short — no
+/// newline after it, as a crash or a full disk leaves an append — is left out with a
+/// warning (resuming the run drops it too); any other bad line is an error naming it.
+fn read_metrics(path: &Path) -> Result<Vec<MetricRecord>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let torn = !text.is_empty() && !text.ends_with('\n');
+    let lines: Vec<&str> = text.lines().collect();
+    let mut records = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line) {
+            Ok(record) => records.push(record),
+            Err(_) if torn && i + 1 == lines.len() => eprintln!(
+                "warning: {} ends in a cut-short line {}, left out",
+                path.display(),
+                i + 1
+            ),
+            Err(e) => return Err(e).with_context(|| format!("{} line {}", path.display(), i + 1)),
+        }
+    }
+    Ok(records)
 }
 
 /// Every `RUN/analysis/epoch-EEEE/analysis.json`, by epoch.
@@ -127,4 +146,28 @@ pub fn run(runs: &[PathBuf], out: &Path) -> Result<ExitCode> {
     let listing: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
     super::print_text(&listing.join("\n"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_metrics;
+
+    #[test]
+    fn a_cut_short_last_line_is_left_out_and_any_other_bad_line_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let good = r#"{"name":"loss","split":"test","epoch":1,"value":2.5}"#;
+        std::fs::write(&path, format!("{good}\n{good}\n{{\"name\":\"lo")).unwrap();
+        assert_eq!(read_metrics(&path).unwrap().len(), 2);
+        // Ended by its newline, the same line is not cut short but wrong.
+        std::fs::write(&path, format!("{good}\n{{\"name\":\"lo\n")).unwrap();
+        let err = format!("{:#}", read_metrics(&path).unwrap_err());
+        assert!(err.contains("metrics.jsonl line 2"), "{err}");
+        std::fs::write(&path, format!("{{bad\n{good}")).unwrap();
+        let err = format!("{:#}", read_metrics(&path).unwrap_err());
+        assert!(err.contains("metrics.jsonl line 1"), "{err}");
+        assert!(read_metrics(&dir.path().join("absent.jsonl"))
+            .unwrap()
+            .is_empty());
+    }
 }
