@@ -229,13 +229,16 @@ impl ModelSpec {
         if let Some(blocks) = &self.blocks {
             let stages = self.arch.stage_count();
             if blocks.len() != 1 && blocks.len() != stages {
-                e.push(
-                    "model.blocks",
-                    format!(
-                        "has {} entries; give 1 (for every stage) or {stages} (one per stage of {})",
-                        blocks.len(),
+                let allowed = match stages {
+                    1 => format!("give 1 ({} has one stage)", self.arch),
+                    _ => format!(
+                        "give 1 (for every stage) or {stages} (one per stage of {})",
                         self.arch
                     ),
+                };
+                e.push(
+                    "model.blocks",
+                    format!("has {} entries; {allowed}", blocks.len()),
                 );
             }
             for &b in blocks {
@@ -1007,6 +1010,22 @@ mod tests {
         .unwrap_err();
         let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["model.width", "model.blocks"]);
+        assert!(
+            err.0[1]
+                .message
+                .ends_with("give 1 (for every stage) or 3 (one per stage of avgpool)"),
+            "{err}"
+        );
+        let err = ModelSpec {
+            blocks: Some(vec![3, 3]),
+            ..ModelSpec::new(Arch::Single)
+        }
+        .layout()
+        .unwrap_err();
+        assert_eq!(
+            err.0[0].message,
+            "has 2 entries; give 1 (single has one stage)"
+        );
         let err = ModelSpec {
             sharing: Sharing::Naive,
             unshared_blocks: 5,
