@@ -92,7 +92,10 @@ pub fn channel_stats(images: &Images) -> Normalization {
     for c in 0..3 {
         let mean = sum[c] / n;
         out.mean[c] = mean as f32;
-        out.std[c] = ((sq[c] / n - mean * mean).max(1e-12)).sqrt() as f32;
+        // A channel that (almost) never varies in training would be scaled up without bound,
+        // turning a one-level difference in a test image into thousands of units: no
+        // channel's standard deviation counts as less than one intensity level.
+        out.std[c] = (sq[c] / n - mean * mean).max(0.0).sqrt().max(1.0 / 255.0) as f32;
     }
     out
 }
@@ -155,6 +158,6 @@ mod tests {
         images.push(&vec![51u8; IMAGE_BYTES], 0);
         let s = channel_stats(&images);
         assert!((s.mean[0] - 0.2).abs() < 1e-6);
-        assert!(s.std[0] < 1e-5);
+        assert_eq!(s.std[0], (1.0f64 / 255.0) as f32);
     }
 }
