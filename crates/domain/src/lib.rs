@@ -29,8 +29,8 @@ pub use spec::{
     Precision, RunSpec, Schedule, SchedulePreset, ScheduleSpec, Sharing, SpecError, TrainSpec,
 };
 
-/// The variant of `all` that `name` calls `s`, or an error listing the names there are
-/// (the one parser of every enum written as a plain word on the wire).
+/// The variant of `all` that `name` calls `s`, or an error listing the names there are: the
+/// `FromStr` of the enums that query strings and flags name.
 pub(crate) fn variant_named<T: Copy>(
     s: &str,
     all: &[T],

@@ -120,16 +120,6 @@ pub struct AnalysisPlan {
     pub spec: AnalysisSpec,
 }
 
-impl AnalysisRequest {
-    pub fn validate(&self) -> Result<(), SpecError> {
-        let mut e = Errors::default();
-        if let Err(bad) = self.spec.validate() {
-            e.extend_prefixed("spec.", bad);
-        }
-        e.finish()
-    }
-}
-
 impl AnalysisPlan {
     /// Whether the checkpoint at the end of `epoch` of a run of `epochs` is analysed.
     pub fn wants(&self, epoch: u32, epochs: u32) -> bool {
@@ -212,11 +202,7 @@ pub struct ExperimentSubmission {
 
 impl ExperimentSubmission {
     pub fn validate(&self) -> Result<(), SpecError> {
-        let mut e = Errors::default();
-        if let Err(bad) = self.spec.validate() {
-            e.extend_prefixed("spec.", bad);
-        }
-        e.finish()
+        self.spec.validate().map_err(|e| e.within("spec."))
     }
 }
 
@@ -230,6 +216,12 @@ pub struct AnalysisRequest {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub spec: AnalysisSpec,
+}
+
+impl AnalysisRequest {
+    pub fn validate(&self) -> Result<(), SpecError> {
+        self.spec.validate().map_err(|e| e.within("spec."))
+    }
 }
 
 /// A run as users see it.

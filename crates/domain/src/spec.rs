@@ -868,6 +868,15 @@ impl SpecError {
             message: message.into(),
         }])
     }
+
+    /// The same errors with `prefix` before each field path (`spec.` for a spec inside a
+    /// request body).
+    pub fn within(mut self, prefix: &str) -> Self {
+        for err in &mut self.0 {
+            err.field.insert_str(0, prefix);
+        }
+        self
+    }
 }
 
 impl fmt::Display for SpecError {
@@ -911,10 +920,7 @@ impl Errors {
 
     /// Adds `errors` of a nested spec with `prefix` before their field paths.
     pub(crate) fn extend_prefixed(&mut self, prefix: &str, errors: SpecError) {
-        for mut err in errors.0 {
-            err.field = format!("{prefix}{}", err.field);
-            self.0.push(err);
-        }
+        self.0.extend(errors.within(prefix).0);
     }
 
     pub(crate) fn finish(self) -> Result<(), SpecError> {
