@@ -719,8 +719,9 @@ pub struct RunArgs {
 pub struct SubmitArgs {
     /// A run spec (like experiments/*.toml) or an experiment spec (with [[configs]]).
     pub spec: PathBuf,
-    /// Which checkpoints of a run are analysed: final, every:K or epochs:A,B,…
-    /// (experiments analyse their final checkpoints).
+    /// Which checkpoints of a run are analysed besides the final one: final, every:K or
+    /// epochs:A,B,… (epoch 0: the initial weights). An experiment's runs follow its own
+    /// `analysis_checkpoints`.
     #[arg(long, default_value = "final", conflicts_with = "no_analysis")]
     pub analysis: String,
     /// Analyse no checkpoint of the run.

@@ -104,7 +104,7 @@ pub enum CheckpointSelection {
     Final,
     /// Every k epochs (and the final one).
     Every(u32),
-    /// These epochs (1-based).
+    /// These epochs (and the final one); 0 is the initial weights, before the first step.
     Epochs(Vec<u32>),
 }
 
@@ -125,15 +125,15 @@ impl AnalysisPlan {
     pub fn wants(&self, epoch: u32, epochs: u32) -> bool {
         let selected = match &self.checkpoints {
             CheckpointSelection::Final => false,
-            CheckpointSelection::Every(k) => epoch.is_multiple_of(*k),
+            CheckpointSelection::Every(k) => epoch >= 1 && epoch.is_multiple_of(*k),
             CheckpointSelection::Epochs(list) => list.contains(&epoch),
         };
         epoch == epochs || (selected && epoch <= epochs)
     }
 
-    /// The epochs analysed in a run of `epochs` epochs.
+    /// The epochs analysed in a run of `epochs` epochs (0: the initial weights).
     pub fn epochs(&self, epochs: u32) -> Vec<u32> {
-        (1..=epochs).filter(|&e| self.wants(e, epochs)).collect()
+        (0..=epochs).filter(|&e| self.wants(e, epochs)).collect()
     }
 
     pub fn validate(&self, epochs: u32) -> Result<(), SpecError> {
@@ -158,7 +158,7 @@ impl CheckpointSelection {
                     e.push(&field, "give 1 to 1000 epochs");
                 }
                 for &epoch in list {
-                    e.range(&field, epoch, 1, epochs);
+                    e.range(&field, epoch, 0, epochs);
                 }
             }
         }
@@ -683,6 +683,14 @@ mod tests {
         assert_eq!(listed.epochs(5), [2, 4, 5]);
         assert_eq!(AnalysisPlan::default().epochs(5), [5]);
         assert!(listed.validate(3).is_err());
+        // Epoch 0, the initial weights, only where listed.
+        let initial = AnalysisPlan {
+            checkpoints: CheckpointSelection::Epochs(vec![0, 3]),
+            ..Default::default()
+        };
+        assert_eq!(initial.epochs(5), [0, 3, 5]);
+        assert!(initial.validate(5).is_ok());
+        assert_eq!(every.epochs(4), [3, 4]);
     }
 
     #[test]

@@ -233,6 +233,42 @@ async fn a_run_is_claimed_trained_and_analysed_by_plan(pool: PgPool) {
 }
 
 /// A block's cosine (mean and median, test and train) and ℓ2 ratio (test mean) at `epoch`.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_plan_may_analyse_the_initial_weights_as_epoch_zero(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    let lease = lease(60_000);
+    let plan = AnalysisPlan {
+        checkpoints: CheckpointSelection::Epochs(vec![0]),
+        ..Default::default()
+    };
+    let run = submit(&store, 2, Some(plan), 3).await;
+    let claim = claim_training(&store, "w", &lease).await.unwrap();
+    // The trainer is told to keep (and so to write) the checkpoint before the first step.
+    assert_eq!(claim.keep_epochs, [0, 2]);
+    register_epochs(&store, &claim, &[0, 1, 2], &lease).await;
+    store
+        .complete(claim.job_id, claim.lease_token, None)
+        .await
+        .unwrap();
+    let mut epochs = vec![];
+    while let Some(job) = store
+        .claim(&[JobKind::Analyze], "a", CPU, &lease)
+        .await
+        .unwrap()
+    {
+        let epoch = job.analysis.as_ref().unwrap().checkpoint.epoch;
+        epochs.push(epoch);
+        complete_analysis(&store, &job, block_records(epoch, -0.1 * epoch as f64)).await;
+    }
+    assert_eq!(epochs, [0, 2]);
+    let history = store
+        .analysis_history(run.id, &[MetricName::Cosine])
+        .await
+        .unwrap();
+    let by_epoch: Vec<_> = history.iter().map(|r| (r.epoch, r.value)).collect();
+    assert_eq!(by_epoch, [(0, 0.0), (2, -0.2)]);
+}
+
 fn block_records(epoch: u32, cosine: f64) -> Vec<domain::AnalysisRecord> {
     use domain::{AnalysisRecord, BlockId, BlockKind, Stat};
     let at = |name, split, value, stat| {

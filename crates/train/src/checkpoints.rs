@@ -86,6 +86,11 @@ impl CheckpointStore {
         self.kept = epochs.to_vec();
     }
 
+    /// Whether the checkpoint after `epoch` is one [`Self::keep_epochs`] keeps.
+    pub fn keeps(&self, epoch: u32) -> bool {
+        self.kept.contains(&epoch)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -137,7 +142,7 @@ impl CheckpointStore {
         for (i, (epoch, batch, name)) in all.into_iter().enumerate() {
             let boundary = batch == 0;
             let keep = i >= newest
-                || (boundary && (epoch == self.epochs || self.kept.contains(&epoch)))
+                || (boundary && (epoch == self.epochs || self.keeps(epoch)))
                 || (boundary
                     && self.policy.keep_every > 0
                     && epoch.is_multiple_of(self.policy.keep_every));

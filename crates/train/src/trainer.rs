@@ -40,6 +40,9 @@ pub struct Trainer {
     plan: BatchPlan,
     state: TrainState,
     store: CheckpointStore,
+    /// Started from the initialisation rather than a checkpoint: the weights before the
+    /// first step are still to be checkpointed where kept (epoch 0).
+    fresh: bool,
     /// Full batches on CUDA run as a captured graph.
     #[cfg(feature = "cuda")]
     graph_steps: crate::graph_step::GraphSteps,
@@ -222,6 +225,7 @@ impl Trainer {
             plan,
             state,
             store,
+            fresh: checkpoint.is_none(),
             #[cfg(feature = "cuda")]
             graph_steps: crate::graph_step::GraphSteps::new(),
         })
@@ -258,6 +262,11 @@ impl Trainer {
             total_steps: epochs as u64 * per_epoch as u64,
         })?;
         let [(training, batch_size), (evaluation, eval_batch)] = memory_work(&self.spec);
+        // Where the analysis plan asks for epoch 0, the initial weights are its checkpoint:
+        // the start of the blocks' course over training.
+        if std::mem::take(&mut self.fresh) && self.store.keeps(0) {
+            self.checkpoint(sink, &[])?;
+        }
         while self.state.epoch < epochs {
             let epoch = self.state.epoch;
             let start = self.state.batch as usize;

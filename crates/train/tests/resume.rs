@@ -193,6 +193,55 @@ fn resume_at_an_epoch_boundary_is_bit_exact() {
 }
 
 #[test]
+fn the_initial_weights_are_checkpointed_where_kept_and_resume_bit_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let (full, full_records) = uninterrupted(dir.path(), spec(2));
+    assert!(!dir.path().join("full/epoch-0000.safetensors").exists());
+
+    let mut first = Trainer::new(
+        spec(2),
+        dataset(dir.path()),
+        &Device::Cpu,
+        dir.path().join("a"),
+    )
+    .unwrap();
+    first.keep_epochs(&[0]);
+    let mut rec = Recorder::default();
+    first.run(&mut rec, &AtomicBool::new(false)).unwrap();
+    // Kept through the retention policy, beside the final one; the run itself is unchanged.
+    assert!(dir.path().join("a/epoch-0002.safetensors").exists());
+    assert_eq!(bits(&full), bits(&first));
+    let ck = resnet::checkpoint::read(&dir.path().join("a/epoch-0000.safetensors")).unwrap();
+    let state: train::TrainState = ck.meta_json(train::META_TRAIN_STATE).unwrap();
+    assert_eq!((state.epoch, state.batch, state.step), (0, 0, 0));
+    let fresh = Trainer::new(
+        spec(2),
+        dataset(dir.path()),
+        &Device::Cpu,
+        dir.path().join("c"),
+    )
+    .unwrap();
+    let initial = Trainer::resume(
+        &ck,
+        None,
+        dataset(dir.path()),
+        &Device::Cpu,
+        dir.path().join("d"),
+    )
+    .unwrap();
+    assert_eq!(bits(&fresh), bits(&initial));
+
+    // Resumed from it, the run trains as if never stopped, and writes no second epoch 0.
+    let mut second = initial;
+    second.keep_epochs(&[0]);
+    let mut rec = Recorder::default();
+    second.run(&mut rec, &AtomicBool::new(false)).unwrap();
+    assert_eq!(bits(&full), bits(&second));
+    assert_eq!(deterministic(&full_records), deterministic(&rec.records));
+    assert!(!dir.path().join("d/epoch-0000.safetensors").exists());
+}
+
+#[test]
 fn stop_mid_epoch_then_resume_is_bit_exact() {
     let dir = tempfile::tempdir().unwrap();
     let (full, full_records) = uninterrupted(dir.path(), spec(3));
