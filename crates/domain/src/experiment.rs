@@ -242,7 +242,7 @@ model = { arch = "resnet", depth = 8, width = 4 }
         let listed = shorter.replace("{ every = 1 }", "{ epochs = [2] }");
         let err = ExperimentSpec::from_toml(&listed).unwrap_err().to_string();
         assert!(
-            err.contains("analysis_checkpoints.epochs: 2 is out of range 1..=1"),
+            err.contains("analysis_checkpoints.epochs: 2 is out of range 0..=1"),
             "{err}"
         );
     }
