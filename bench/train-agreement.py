@@ -14,8 +14,8 @@ Seeds cannot pair runs across the two (their generators differ), so the comparis
 distributions: means, standard deviations and the difference of the means.
 
 `--paired` compares the training itself, pair by pair: stepwise trains each seed keeping
-every epoch's checkpoint, and for each epoch after the first PyTorch trains that epoch from
-stepwise's checkpoint before it (weights, BatchNorm statistics, momentum buffers) on
+every epoch's checkpoint and the initial weights', and for each epoch PyTorch trains that
+epoch from stepwise's checkpoint before it (weights, BatchNorm statistics, momentum buffers) on
 stepwise's own batches (`stepwise data batches`: the same examples, crops, flips and
 learning rates). The two then differ only by floating-point rounding, amplified over the
 epoch's steps; a systematic difference in either's training shows as a mean paired
@@ -100,10 +100,11 @@ def paired(pairs):
 
 
 def paired_epochs(args, spec, summary, data, epochs, out, env):
-    """PyTorch's record of each of `epochs` but the first, trained from stepwise's checkpoint
-    of the epoch before on stepwise's batches of the epoch (run directory `out`)."""
-    records = [None]
-    for epoch in [e["epoch"] for e in epochs[1:]]:
+    """PyTorch's record of each of `epochs`, trained from stepwise's checkpoint of the epoch
+    before (epoch 0: the initial weights) on stepwise's batches of the epoch (run directory
+    `out`)."""
+    records = []
+    for epoch in [e["epoch"] for e in epochs]:
         stream = os.path.join(out, f"batches-{epoch}.jsonl")
         with open(stream, "w") as f:
             subprocess.run([args.stepwise, "data", "batches", "--run", out, "--epochs", str(epoch)],
@@ -115,16 +116,16 @@ def paired_epochs(args, spec, summary, data, epochs, out, env):
 
 
 def print_paired(args, spec, seeds, ours, theirs):
-    """Prints the paired comparison of every epoch after the first, and pooled; exits."""
+    """Prints the paired comparison of every epoch, and pooled; exits."""
     names = ["train_loss", "test_loss", "test_accuracy"]
     per_epoch = []
-    for i in range(1, len(ours[0])):
+    for i in range(len(ours[0])):
         row = {"epoch": ours[0][i]["epoch"], "learning_rate": ours[0][i]["learning_rate"]}
         for name in names:
             row[name] = paired([(run[i][name], other[i][name]) for run, other in zip(ours, theirs)])
         per_epoch.append(row)
     pooled = {name: paired([(run[i][name], other[i][name]) for run, other in zip(ours, theirs)
-                            for i in range(1, len(run))]) for name in names}
+                            for i in range(len(run))]) for name in names}
     loss = pooled["train_loss"]
     agree = abs(loss["mean_difference"]) <= args.sigmas * loss["standard_error"]
     print(json.dumps({"spec": args.spec, "dataset": spec["data"]["dataset"], "seeds": seeds,
@@ -160,13 +161,14 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         spec_file = args.spec
         if args.paired:
-            # Every epoch's checkpoint kept: PyTorch starts each epoch from one.
+            # Every epoch's checkpoint kept, and the initial weights: PyTorch starts each epoch
+            # from one.
             with open(args.spec, "rb") as f:
                 if "checkpoint" in tomllib.load(f).get("train", {}):
                     p.error("--paired sets train.checkpoint itself; give a spec without it")
             spec_file = os.path.join(tmp, "spec.toml")
             with open(spec_file, "w") as f:
-                f.write(open(args.spec).read() + "\n[train.checkpoint]\nkeep_last = 0\n")
+                f.write(open(args.spec).read() + "\n[train.checkpoint]\nkeep_last = 0\nkeep_epochs = [0]\n")
         summary = os.path.join(tmp, "summary.json")
         for seed in seeds:
             out = os.path.join(tmp, f"seed{seed}")

@@ -545,6 +545,10 @@ pub struct CheckpointPolicy {
     /// Also keep, forever, those whose epoch is a multiple of K (0: none).
     #[serde(default)]
     pub keep_every: u32,
+    /// Also write and keep, forever, the checkpoints after these epochs, whatever the
+    /// interval; 0 is the initial weights, written before the first step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep_epochs: Vec<u32>,
 }
 
 impl Default for CheckpointPolicy {
@@ -553,6 +557,7 @@ impl Default for CheckpointPolicy {
             every_epochs: 1,
             keep_last: 3,
             keep_every: 0,
+            keep_epochs: vec![],
         }
     }
 }
@@ -755,6 +760,12 @@ impl TrainSpec {
             1,
             10_000,
         );
+        if self.checkpoint.keep_epochs.len() > 1000 {
+            e.push("train.checkpoint.keep_epochs", "give at most 1000 epochs");
+        }
+        for &epoch in &self.checkpoint.keep_epochs {
+            e.range("train.checkpoint.keep_epochs", epoch, 0, epochs);
+        }
         e.range(
             "train.monitor.grad_norm_examples",
             self.monitor.grad_norm_examples,
@@ -1092,6 +1103,25 @@ mod tests {
             RunSpec::from_json(r#"{"model":{"arch":"resnet"},"data":{"dataset":"Bad Name"}}"#)
                 .unwrap_err();
         assert_eq!(err.0[0].field, "data.dataset");
+    }
+
+    #[test]
+    fn kept_checkpoint_epochs_lie_within_the_run() {
+        let spec = |keep: &str| {
+            RunSpec::from_toml(&format!(
+                "[model]\narch = \"resnet\"\n[data]\ndataset = \"x\"\n\
+                 [train]\nepochs = 10\n[train.checkpoint]\nkeep_epochs = {keep}\n"
+            ))
+        };
+        let kept = spec("[0, 5, 10]").unwrap();
+        assert_eq!(kept.train.checkpoint.keep_epochs, [0, 5, 10]);
+        assert_eq!(RunSpec::from_toml(&kept.to_toml()).unwrap(), kept);
+        assert_eq!(
+            spec("[3, 11]").unwrap_err().to_string(),
+            "train.checkpoint.keep_epochs: 11 is out of range 0..=10"
+        );
+        // An empty list is the default, and not written out.
+        assert!(!spec("[]").unwrap().to_toml().contains("keep_epochs"));
     }
 
     #[test]

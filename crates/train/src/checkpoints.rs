@@ -67,7 +67,8 @@ pub struct CheckpointStore {
     dir: PathBuf,
     policy: CheckpointPolicy,
     epochs: u32,
-    /// Epoch-boundary checkpoints never pruned.
+    /// Epoch-boundary checkpoints always written and never pruned: the policy's
+    /// `keep_epochs` and those added by [`Self::keep_epochs`].
     kept: Vec<u32>,
 }
 
@@ -75,19 +76,20 @@ impl CheckpointStore {
     pub fn new(dir: impl Into<PathBuf>, policy: CheckpointPolicy, epochs: u32) -> Self {
         Self {
             dir: dir.into(),
+            kept: policy.keep_epochs.clone(),
             policy,
             epochs,
-            kept: vec![],
         }
     }
 
-    /// Never prunes the epoch-boundary checkpoints after these epochs.
+    /// Also writes, and never prunes, the epoch-boundary checkpoints after these epochs.
     pub fn keep_epochs(&mut self, epochs: &[u32]) {
-        self.kept = epochs.to_vec();
+        self.kept.extend_from_slice(epochs);
     }
 
-    /// Whether the checkpoint after `epoch` is one [`Self::keep_epochs`] keeps.
-    pub fn keeps(&self, epoch: u32) -> bool {
+    /// Whether the checkpoint after `epoch` is one the policy's list or [`Self::keep_epochs`]
+    /// keeps.
+    fn keeps(&self, epoch: u32) -> bool {
         self.kept.contains(&epoch)
     }
 
@@ -95,9 +97,14 @@ impl CheckpointStore {
         &self.dir
     }
 
-    /// Whether the policy asks for a checkpoint after `epoch` completed epochs.
+    /// Whether a checkpoint is written after `epoch` completed epochs (0: the initial
+    /// weights): the final one, the policy's periodic ones, and those kept by
+    /// [`Self::keep_epochs`] whatever the policy's interval, since an analysis plan waits
+    /// for them.
     pub fn due(&self, epoch: u32) -> bool {
-        epoch == self.epochs || epoch.is_multiple_of(self.policy.every_epochs)
+        epoch == self.epochs
+            || self.keeps(epoch)
+            || (epoch > 0 && epoch.is_multiple_of(self.policy.every_epochs))
     }
 
     /// Writes the model, optimizer state, spec, train state and metric summary.
@@ -275,6 +282,7 @@ mod tests {
                 every_epochs: 1,
                 keep_last: 2,
                 keep_every: 4,
+                keep_epochs: vec![],
             },
             10,
         );
@@ -300,6 +308,28 @@ mod tests {
             .collect();
         assert_eq!(left, [(3, 0), (4, 0), (5, 0), (6, 0)]);
         assert!(dir.path().join("notes.txt").exists());
+    }
+
+    #[test]
+    fn kept_epochs_are_written_whatever_the_interval() {
+        let policy = CheckpointPolicy {
+            every_epochs: 5,
+            ..CheckpointPolicy::default()
+        };
+        let due = |store: &CheckpointStore| (0..=12).filter(|&e| store.due(e)).collect::<Vec<_>>();
+        let mut store = CheckpointStore::new("unused", policy.clone(), 12);
+        assert_eq!(due(&store), [5, 10, 12]);
+        store.keep_epochs(&[0, 3]);
+        assert_eq!(due(&store), [0, 3, 5, 10, 12]);
+        // The spec's own list, and an analysis plan's beside it.
+        let policy = CheckpointPolicy {
+            keep_epochs: vec![7],
+            ..policy
+        };
+        let mut store = CheckpointStore::new("unused", policy, 12);
+        assert_eq!(due(&store), [5, 7, 10, 12]);
+        store.keep_epochs(&[0]);
+        assert_eq!(due(&store), [0, 5, 7, 10, 12]);
     }
 
     /// Checkpoints `epoch-0001` … `epoch-0003` in `dir`, each registered with its sha256.

@@ -231,8 +231,8 @@ impl Trainer {
         })
     }
 
-    /// Keeps the checkpoints after these epochs whatever the retention policy says (those
-    /// an analysis plan still needs).
+    /// Also writes and keeps the checkpoints after these epochs, whatever the spec's policy
+    /// says (those an analysis plan needs).
     pub fn keep_epochs(&mut self, epochs: &[u32]) {
         self.store.keep_epochs(epochs);
     }
@@ -262,9 +262,9 @@ impl Trainer {
             total_steps: epochs as u64 * per_epoch as u64,
         })?;
         let [(training, batch_size), (evaluation, eval_batch)] = memory_work(&self.spec);
-        // Where the analysis plan asks for epoch 0, the initial weights are its checkpoint:
-        // the start of the blocks' course over training.
-        if std::mem::take(&mut self.fresh) && self.store.keeps(0) {
+        // Where the spec's policy or the analysis plan keeps epoch 0, the initial weights
+        // are its checkpoint: the start of the blocks' course over training.
+        if std::mem::take(&mut self.fresh) && self.store.due(0) {
             self.checkpoint(sink, &[])?;
         }
         while self.state.epoch < epochs {

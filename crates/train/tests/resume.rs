@@ -193,23 +193,33 @@ fn resume_at_an_epoch_boundary_is_bit_exact() {
 }
 
 #[test]
-fn the_initial_weights_are_checkpointed_where_kept_and_resume_bit_exact() {
+fn kept_epochs_and_the_initial_weights_are_checkpointed_and_resume_bit_exact() {
     let dir = tempfile::tempdir().unwrap();
     let (full, full_records) = uninterrupted(dir.path(), spec(2));
     assert!(!dir.path().join("full/epoch-0000.safetensors").exists());
 
+    // The policy's interval writes the final checkpoint only; the epochs its own list keeps
+    // (the initial weights here) and those added (as an analysis plan's) are written too.
+    let mut final_only = spec(2);
+    final_only.train.checkpoint.every_epochs = 2;
+    final_only.train.checkpoint.keep_epochs = vec![0];
     let mut first = Trainer::new(
-        spec(2),
+        final_only,
         dataset(dir.path()),
         &Device::Cpu,
         dir.path().join("a"),
     )
     .unwrap();
-    first.keep_epochs(&[0]);
+    first.keep_epochs(&[1]);
     let mut rec = Recorder::default();
     first.run(&mut rec, &AtomicBool::new(false)).unwrap();
     // Kept through the retention policy, beside the final one; the run itself is unchanged.
-    assert!(dir.path().join("a/epoch-0002.safetensors").exists());
+    for epoch in ["0001", "0002"] {
+        assert!(dir
+            .path()
+            .join(format!("a/epoch-{epoch}.safetensors"))
+            .exists());
+    }
     assert_eq!(bits(&full), bits(&first));
     let ck = resnet::checkpoint::read(&dir.path().join("a/epoch-0000.safetensors")).unwrap();
     let state: train::TrainState = ck.meta_json(train::META_TRAIN_STATE).unwrap();

@@ -183,8 +183,8 @@ fn analyse(
     }
     let checkpoint = dir.join("checkpoints").join(checkpoint_name(epoch, 0));
     if !checkpoint.exists() {
-        // Not kept (or, for epoch 0, not written) while an earlier version of the experiment
-        // did not select it.
+        // Not written, or not kept, while an earlier version of the experiment did not
+        // select it.
         eprintln!("  no checkpoint of epoch {epoch} to analyse (not kept when the run trained)");
         return Ok(true);
     }
