@@ -2,8 +2,8 @@
 //! DATABASE_URL with a role that may create databases; `scripts/postgres start` gives one).
 
 use domain::service::{
-    AnalysisPlan, AnalysisResult, CheckpointRegistration, CheckpointSelection, FailureKind,
-    JobKind, JobState, RunSubmission, WorkerCapacity, WorkerEvent,
+    AnalysisPlan, AnalysisResult, CheckpointRef, CheckpointRegistration, CheckpointSelection,
+    FailureKind, JobKind, JobState, RunSubmission, WorkerCapacity, WorkerEvent,
 };
 use domain::{
     Arch, DataSpec, ExperimentSpec, Memory, MetricName, MetricRecord, ModelSpec, RunSpec, Split,
@@ -174,17 +174,8 @@ async fn a_run_is_claimed_trained_and_analysed_by_plan(pool: PgPool) {
     assert_eq!(store.checkpoints(run.id).await.unwrap().len(), 3);
 
     // The plan asked for epochs 2 and 3: two analyze jobs.
-    let mut epochs = vec![];
-    while let Some(job) = store
-        .claim(&[JobKind::Analyze], "a", CPU, &lease)
-        .await
-        .unwrap()
-    {
-        let epoch = job.analysis.as_ref().unwrap().checkpoint.epoch;
-        epochs.push(epoch);
-        complete_analysis(&store, &job, block_records(epoch, -0.1)).await;
-    }
-    assert_eq!(epochs, [2, 3]);
+    let analysed = analyse_queued(&store, &lease, |_| -0.1).await;
+    assert_eq!(analysed.iter().map(|c| c.epoch).collect::<Vec<_>>(), [2, 3]);
     let latest = store.latest_analysis(run.id).await.unwrap().unwrap();
     assert_eq!(latest.epoch, 3);
     assert_eq!(latest.status, JobState::Succeeded);
@@ -232,7 +223,6 @@ async fn a_run_is_claimed_trained_and_analysed_by_plan(pool: PgPool) {
     );
 }
 
-/// A block's cosine (mean and median, test and train) and ℓ2 ratio (test mean) at `epoch`.
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn a_plan_may_analyse_the_initial_weights_as_epoch_zero(pool: PgPool) {
     let store = Store::from_pool(pool);
@@ -250,17 +240,8 @@ async fn a_plan_may_analyse_the_initial_weights_as_epoch_zero(pool: PgPool) {
         .complete(claim.job_id, claim.lease_token, None)
         .await
         .unwrap();
-    let mut epochs = vec![];
-    while let Some(job) = store
-        .claim(&[JobKind::Analyze], "a", CPU, &lease)
-        .await
-        .unwrap()
-    {
-        let epoch = job.analysis.as_ref().unwrap().checkpoint.epoch;
-        epochs.push(epoch);
-        complete_analysis(&store, &job, block_records(epoch, -0.1 * epoch as f64)).await;
-    }
-    assert_eq!(epochs, [0, 2]);
+    let analysed = analyse_queued(&store, &lease, |epoch| -0.1 * epoch as f64).await;
+    assert_eq!(analysed.iter().map(|c| c.epoch).collect::<Vec<_>>(), [0, 2]);
     let history = store
         .analysis_history(run.id, &[MetricName::Cosine])
         .await
@@ -269,6 +250,7 @@ async fn a_plan_may_analyse_the_initial_weights_as_epoch_zero(pool: PgPool) {
     assert_eq!(by_epoch, [(0, 0.0), (2, -0.2)]);
 }
 
+/// A block's cosine (mean and median, test and train) and ℓ2 ratio (test mean) at `epoch`.
 fn block_records(epoch: u32, cosine: f64) -> Vec<domain::AnalysisRecord> {
     use domain::{AnalysisRecord, BlockId, BlockKind, Stat};
     let at = |name, split, value, stat| {
@@ -282,6 +264,31 @@ fn block_records(epoch: u32, cosine: f64) -> Vec<domain::AnalysisRecord> {
         at(MetricName::Cosine, Split::Train, 0.0, Stat::Mean),
         at(MetricName::L2Ratio, Split::Test, 0.5, Stat::Mean),
     ]
+}
+
+/// Claims and completes every queued analysis, each with [`block_records`] of the cosine
+/// `cosine(epoch)`; returns the checkpoints analysed, in the order claimed.
+async fn analyse_queued(
+    store: &Store,
+    lease: &LeaseConfig,
+    cosine: impl Fn(u32) -> f64,
+) -> Vec<CheckpointRef> {
+    let mut analysed = vec![];
+    while let Some(job) = store
+        .claim(&[JobKind::Analyze], "a", CPU, lease)
+        .await
+        .unwrap()
+    {
+        let checkpoint = job.analysis.as_ref().unwrap().checkpoint.clone();
+        complete_analysis(
+            store,
+            &job,
+            block_records(checkpoint.epoch, cosine(checkpoint.epoch)),
+        )
+        .await;
+        analysed.push(checkpoint);
+    }
+    analysed
 }
 
 async fn complete_analysis(
@@ -423,17 +430,14 @@ async fn an_epoch_checkpoint_registered_again_serves_its_queued_analysis_and_rer
         .register_checkpoint(second.job_id, &middle, &lease)
         .await
         .unwrap();
-    let mut analysed = vec![];
-    while let Some(job) = store
-        .claim(&[JobKind::Analyze], "a", CPU, &lease)
+    let mut analysed: Vec<_> = analyse_queued(&store, &lease, |_| -0.1)
         .await
-        .unwrap()
-    {
-        let checkpoint = &job.analysis.as_ref().unwrap().checkpoint;
-        assert_eq!(checkpoint.batch, 0, "{checkpoint:?}");
-        analysed.push((checkpoint.epoch, checkpoint.directory.clone()));
-        complete_analysis(&store, &job, block_records(checkpoint.epoch, -0.1)).await;
-    }
+        .into_iter()
+        .map(|checkpoint| {
+            assert_eq!(checkpoint.batch, 0, "{checkpoint:?}");
+            (checkpoint.epoch, checkpoint.directory)
+        })
+        .collect();
     analysed.sort();
     let again = second.directory.clone();
     assert_eq!(analysed, [(1, again.clone()), (2, again)]);
