@@ -290,6 +290,13 @@ fn over_training(label: &str, seeds: &[&Run]) -> Option<Figure> {
     if epochs.len() < 2 {
         return None;
     }
+    let note = if epochs.contains(&0) {
+        // Inference-mode BatchNorm with the initial running statistics normalises nothing.
+        // Short enough to stay under its own panel.
+        "0: initial weights, BN stats unset; blue: first block … red: last; hollow: projection"
+    } else {
+        "blue: first block … red: last; hollow: projection blocks"
+    };
     let panel = |name: MetricName, title: &str, y_label: &str| {
         let series = block_curves(&blocks, |index| {
             let values = seeds
@@ -306,7 +313,7 @@ fn over_training(label: &str, seeds: &[&Run]) -> Option<Figure> {
             y_label: y_label.into(),
             series,
             reference_y: (name == MetricName::Cosine).then_some(0.0),
-            note: Some("blue: first block … red: last; hollow: projection blocks".into()),
+            note: Some(note.into()),
             ..Panel::default()
         }
     };
@@ -738,6 +745,16 @@ mod tests {
         let first_epoch: Vec<AnalysisRecord> =
             history.iter().filter(|r| r.epoch == 2).cloned().collect();
         assert!(over_training("r", &[&run(&first_epoch)]).is_none());
+        // Where the initial weights were analysed, the panels say what epoch 0 is.
+        assert!(!cosine.note.as_ref().unwrap().contains("initial weights"));
+        let mut from_initial = first_epoch.clone();
+        from_initial.extend(first_epoch.iter().map(|r| AnalysisRecord {
+            epoch: 0,
+            ..r.clone()
+        }));
+        let initial = over_training("r", &[&run(&from_initial)]).expect("a figure");
+        let note = initial.panels[0].note.as_ref().unwrap();
+        assert!(note.starts_with("0: initial weights"), "{note}");
         let names: Vec<String> = figures(&[all]).into_iter().map(|(n, _)| n).collect();
         assert!(
             names.contains(&"blocks_over_training_r".to_string()),
