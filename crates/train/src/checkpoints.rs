@@ -98,9 +98,9 @@ impl CheckpointStore {
     }
 
     /// Whether a checkpoint is written after `epoch` completed epochs (0: the initial
-    /// weights): the final one, the policy's periodic ones, and those kept by
-    /// [`Self::keep_epochs`] whatever the policy's interval, since an analysis plan waits
-    /// for them.
+    /// weights): the final one, the policy's periodic ones, and the kept ones whatever the
+    /// interval (the policy's `keep_epochs` and [`Self::keep_epochs`]'s, which an analysis
+    /// plan waits for).
     pub fn due(&self, epoch: u32) -> bool {
         epoch == self.epochs
             || self.keeps(epoch)
