@@ -152,15 +152,7 @@ impl CheckpointSelection {
         match self {
             Self::Final => {}
             Self::Every(k) => e.range(&format!("{field}.every"), *k, 1, epochs),
-            Self::Epochs(list) => {
-                let field = format!("{field}.epochs");
-                if list.is_empty() || list.len() > 1000 {
-                    e.push(&field, "give 1 to 1000 epochs");
-                }
-                for &epoch in list {
-                    e.range(&field, epoch, 0, epochs);
-                }
-            }
+            Self::Epochs(list) => e.epoch_list(&format!("{field}.epochs"), list, 1, epochs),
         }
     }
 }

@@ -760,12 +760,12 @@ impl TrainSpec {
             1,
             10_000,
         );
-        if self.checkpoint.keep_epochs.len() > 1000 {
-            e.push("train.checkpoint.keep_epochs", "give at most 1000 epochs");
-        }
-        for &epoch in &self.checkpoint.keep_epochs {
-            e.range("train.checkpoint.keep_epochs", epoch, 0, epochs);
-        }
+        e.epoch_list(
+            "train.checkpoint.keep_epochs",
+            &self.checkpoint.keep_epochs,
+            0,
+            epochs,
+        );
         e.range(
             "train.monitor.grad_norm_examples",
             self.monitor.grad_norm_examples,
@@ -911,6 +911,20 @@ impl Errors {
             field: field.to_string(),
             message: message.into(),
         });
+    }
+
+    /// A list of `min_len` to 1000 epochs of a run of `epochs` (0: the initial weights).
+    pub(crate) fn epoch_list(&mut self, field: &str, list: &[u32], min_len: usize, epochs: u32) {
+        if !(min_len..=1000).contains(&list.len()) {
+            let message = match min_len {
+                0 => "give at most 1000 epochs".to_string(),
+                _ => format!("give {min_len} to 1000 epochs"),
+            };
+            self.push(field, message);
+        }
+        for &epoch in list {
+            self.range(field, epoch, 0, epochs);
+        }
     }
 
     pub(crate) fn range(&mut self, field: &str, value: u32, min: u32, max: u32) {
