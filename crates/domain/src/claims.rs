@@ -150,11 +150,14 @@ fn is_cosine(r: &AnalysisRecord) -> bool {
     r.name == MetricName::Cosine && r.stat == Some(Stat::Mean) && r.split == Split::Test
 }
 
+/// The identity blocks of `rows`: a projection block's cosine is measured against its
+/// shortcut output, not the metric C1 and C2 are about.
+fn identity_blocks(rows: Vec<(u32, u32, bool, f64)>) -> Vec<(u32, u32, bool, f64)> {
+    rows.into_iter().filter(|r| !r.2).collect()
+}
+
 fn c1(c: &Config) -> Verdict {
-    let rows: Vec<_> = per_block(c, is_cosine)
-        .into_iter()
-        .filter(|r| !r.2)
-        .collect();
+    let rows = identity_blocks(per_block(c, is_cosine));
     if rows.is_empty() {
         return undecided("C1", c.label, "no cosine records");
     }
@@ -173,7 +176,7 @@ fn c1(c: &Config) -> Verdict {
 }
 
 fn c2(c: &Config) -> Verdict {
-    let rows = last_stage(&per_block(c, is_cosine));
+    let rows = identity_blocks(last_stage(&per_block(c, is_cosine)));
     let x: Vec<f64> = rows.iter().map(|r| r.0 as f64).collect();
     let y: Vec<f64> = rows.iter().map(|r| r.3).collect();
     match spearman(&x, &y) {
@@ -181,9 +184,13 @@ fn c2(c: &Config) -> Verdict {
             "C2",
             c.label,
             Some(rho < 0.0),
-            format!("ρ = {rho:.2} over {} last-stage blocks", x.len()),
+            format!("ρ = {rho:.2} over {} last-stage identity blocks", x.len()),
         ),
-        None => undecided("C2", c.label, "fewer than 3 last-stage blocks with cosines"),
+        None => undecided(
+            "C2",
+            c.label,
+            "fewer than 3 identity blocks with cosines in the last stage",
+        ),
     }
 }
 
@@ -394,7 +401,7 @@ fn c7(configs: &[&Config]) -> Vec<Verdict> {
 
 /// What each claim asserts, with its thresholds: the legend of every claim table.
 pub const LEGEND: &str = "C1 cosine < 0 for ≥ 80% of identity blocks · C2 Spearman \
-    ρ(block, cosine) < 0 over the last stage · C3 (single, avgpool) ℓ2 ratio of block 0 ≥ 2× \
+    ρ(block, cosine) < 0 over the last stage's identity blocks · C3 (single, avgpool) ℓ2 ratio of block 0 ≥ 2× \
     the median of the others · C4 dropping one block: block 0 costs ≥ 20 points more than \
     the median of blocks 2… (single, avgpool), no identity block costs ≥ 20 points (resnet, \
     wide) · C5 Spearman ρ(block, intermediate accuracy) > 0.8 over the last stage · C6 with \
@@ -423,8 +430,7 @@ pub fn short_schedule_note(runs: &[ExperimentRun]) -> Option<String> {
     })
 }
 
-/// Every claim that applies to the configurations.
-/// The verdicts over the configurations that have analysed seeds.
+/// Every claim that applies to the configurations that have analysed seeds.
 pub fn evaluate(configs: &[Config]) -> Vec<Verdict> {
     let analysed: Vec<&Config> = configs.iter().filter(|c| !c.seeds.is_empty()).collect();
     let mut out = vec![];
@@ -502,6 +508,44 @@ mod tests {
         };
         assert_eq!(c1(&c).holds, Some(false));
         assert_eq!(c6(&c).holds, None);
+    }
+
+    #[test]
+    fn a_projection_blocks_cosine_counts_in_neither_c1_nor_c2() {
+        // The last stage's identity blocks grow less negative with depth; only the
+        // projection block in front of them, far above, would make ρ negative (−0.2).
+        let mut projection = cosine(0, 2, 0.5);
+        projection.kind = Some(BlockKind::Projection);
+        let records = vec![
+            projection,
+            cosine(1, 2, -0.10),
+            cosine(2, 2, -0.05),
+            cosine(3, 2, -0.01),
+        ];
+        let model = crate::ModelSpec {
+            depth: Some(26),
+            ..crate::ModelSpec::new(Arch::Resnet)
+        };
+        let c = Config {
+            seeds: vec![(&records, None)],
+            ..Config::new("r", &model)
+        };
+        let v = c1(&c);
+        assert_eq!(v.holds, Some(true), "{}", v.measured);
+        assert!(v.measured.starts_with("3 of 3"), "{}", v.measured);
+        let v = c2(&c);
+        assert_eq!(v.holds, Some(false), "{}", v.measured);
+        assert!(
+            v.measured.contains("3 last-stage identity blocks"),
+            "{}",
+            v.measured
+        );
+        // Two identity blocks are too few to rank.
+        let c = Config {
+            seeds: vec![(&records[..3], None)],
+            ..c
+        };
+        assert_eq!(c2(&c).holds, None);
     }
 
     #[test]
