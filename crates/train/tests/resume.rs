@@ -116,8 +116,13 @@ fn bits(trainer: &Trainer) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// A trainer on the CPU starting `spec` afresh in `dir/run`, on the dataset in `dir`.
+fn fresh_trainer(spec: RunSpec, dir: &Path, run: &str) -> Trainer {
+    Trainer::new(spec, dataset(dir), &Device::Cpu, dir.join(run)).unwrap()
+}
+
 fn uninterrupted(dir: &Path, spec: RunSpec) -> (Trainer, Vec<MetricRecord>) {
-    let mut t = Trainer::new(spec, dataset(dir), &Device::Cpu, dir.join("full")).unwrap();
+    let mut t = fresh_trainer(spec, dir, "full");
     let mut rec = Recorder::default();
     let outcome = t.run(&mut rec, &AtomicBool::new(false)).unwrap();
     assert!(matches!(outcome, Outcome::Finished));
@@ -167,13 +172,7 @@ fn resume_at_an_epoch_boundary_is_bit_exact() {
     let dir = tempfile::tempdir().unwrap();
     let (full, full_records) = uninterrupted(dir.path(), spec(3));
 
-    let mut first = Trainer::new(
-        spec(1),
-        dataset(dir.path()),
-        &Device::Cpu,
-        dir.path().join("a"),
-    )
-    .unwrap();
+    let mut first = fresh_trainer(spec(1), dir.path(), "a");
     let mut rec = Recorder::default();
     first.run(&mut rec, &AtomicBool::new(false)).unwrap();
     let ck = resnet::checkpoint::read(&dir.path().join("a/epoch-0001.safetensors")).unwrap();
@@ -203,13 +202,7 @@ fn kept_epochs_and_the_initial_weights_are_checkpointed_and_resume_bit_exact() {
     let mut final_only = spec(2);
     final_only.train.checkpoint.every_epochs = 2;
     final_only.train.checkpoint.keep_epochs = vec![0];
-    let mut first = Trainer::new(
-        final_only,
-        dataset(dir.path()),
-        &Device::Cpu,
-        dir.path().join("a"),
-    )
-    .unwrap();
+    let mut first = fresh_trainer(final_only, dir.path(), "a");
     first.keep_epochs(&[1]);
     let mut rec = Recorder::default();
     first.run(&mut rec, &AtomicBool::new(false)).unwrap();
@@ -224,13 +217,7 @@ fn kept_epochs_and_the_initial_weights_are_checkpointed_and_resume_bit_exact() {
     let ck = resnet::checkpoint::read(&dir.path().join("a/epoch-0000.safetensors")).unwrap();
     let state: train::TrainState = ck.meta_json(train::META_TRAIN_STATE).unwrap();
     assert_eq!((state.epoch, state.batch, state.step), (0, 0, 0));
-    let fresh = Trainer::new(
-        spec(2),
-        dataset(dir.path()),
-        &Device::Cpu,
-        dir.path().join("c"),
-    )
-    .unwrap();
+    let fresh = fresh_trainer(spec(2), dir.path(), "c");
     let initial = Trainer::resume(
         &ck,
         None,
@@ -263,13 +250,7 @@ fn stop_mid_epoch_then_resume_is_bit_exact() {
     };
     let mut pruning = spec(3);
     pruning.train.checkpoint.keep_last = 2;
-    let mut first = Trainer::new(
-        pruning,
-        dataset(dir.path()),
-        &Device::Cpu,
-        dir.path().join("a"),
-    )
-    .unwrap();
+    let mut first = fresh_trainer(pruning, dir.path(), "a");
     let outcome = first.run(&mut rec, &stop).unwrap();
     let Outcome::Stopped { file_name, .. } = outcome else {
         panic!("expected a stop, got {outcome:?}");
@@ -388,7 +369,7 @@ fn a_checkpoint_whose_spec_or_tensors_do_not_hold_up_is_refused_naming_the_file(
 fn divergence_is_an_error_naming_epoch_and_step_and_keeps_the_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let mut good = Trainer::new(spec(1), dataset(dir.path()), &Device::Cpu, run.clone()).unwrap();
+    let mut good = fresh_trainer(spec(1), dir.path(), "run");
     good.run(&mut Recorder::default(), &AtomicBool::new(false))
         .unwrap();
     let kept = run.join("epoch-0001.safetensors");
@@ -401,7 +382,7 @@ fn divergence_is_an_error_naming_epoch_and_step_and_keeps_the_last_checkpoint() 
         mean: [1e30; 3],
         std: [1e-30; 3],
     });
-    let mut t = Trainer::new(poisoned, dataset(dir.path()), &Device::Cpu, run.clone()).unwrap();
+    let mut t = fresh_trainer(poisoned, dir.path(), "run");
     let err = t
         .run(&mut Recorder::default(), &AtomicBool::new(false))
         .unwrap_err();
