@@ -142,6 +142,31 @@ pub(crate) fn read_names(path: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// Writes the dataset directory `out` whole or not at all: `fill` writes into a hidden
+/// directory beside it, renamed into place once complete and removed on failure, so that no
+/// half-written dataset is ever found at `out`.
+pub(crate) fn write_whole(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = out
+        .file_name()
+        .map_or("dataset".into(), |n| n.to_string_lossy());
+    let tmp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = fs::create_dir_all(parent)
+        .map_err(DataError::io(parent))
+        .and_then(|()| fill(&tmp))
+        .and_then(|()| fs::rename(&tmp, out).map_err(DataError::io(out)));
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result.map_err(|e| DataError::Writing {
+        out: out.to_path_buf(),
+        source: Box::new(e),
+    })
+}
+
 /// Writes a dataset in the CIFAR-10 layout: the training split over `data_batch_1..5.bin`,
 /// the test split in `test_batch.bin`, class names in `batches.meta.txt`.
 pub fn write_cifar10(dir: &Path, train: &Images, test: &Images, names: &[String]) -> Result<()> {
@@ -170,4 +195,36 @@ pub fn write_cifar10(dir: &Path, train: &Images, test: &Images, names: &[String]
     write("test_batch.bin", test, 0..test.len())?;
     let meta = dir.join("batches.meta.txt");
     fs::write(&meta, names.join("\n") + "\n").map_err(DataError::io(meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dataset_that_fails_halfway_leaves_nothing_behind_and_names_its_destination() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("shapes");
+        let err = write_whole(&out, |tmp| {
+            fs::create_dir_all(tmp).map_err(DataError::io(tmp))?;
+            fs::write(tmp.join("data_batch_1.bin"), [0u8; 8]).map_err(DataError::io(tmp))?;
+            Err(DataError::Malformed {
+                path: tmp.join("test_batch.bin"),
+                reason: "the disk filled up".into(),
+            })
+        })
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!("{}: could not write the dataset: ", out.display()))
+                && msg.ends_with("the disk filled up"),
+            "{msg}"
+        );
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        write_whole(&out, |tmp| {
+            fs::create_dir_all(tmp).map_err(DataError::io(tmp))
+        })
+        .unwrap();
+        assert!(out.is_dir());
+    }
 }

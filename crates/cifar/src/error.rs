@@ -26,6 +26,11 @@ pub enum DataError {
     },
     #[error("{path}: {reason}")]
     Malformed { path: PathBuf, reason: String },
+    #[error("{}: could not write the dataset: {source}", .out.display())]
+    Writing {
+        out: PathBuf,
+        source: Box<DataError>,
+    },
     #[error("{dir}: no CIFAR binary dataset here (expected data_batch_1..5.bin and test_batch.bin, or train.bin and test.bin, directly or in cifar-10-batches-bin/ or cifar-100-binary/)")]
     NotADataset { dir: PathBuf },
     #[error("dataset {name:?} is not in {dir}: {hint}")]

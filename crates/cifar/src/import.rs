@@ -1,7 +1,7 @@
 //! Converts an image-folder tree (`train/<class>/*`, `test/<class>/*`, PNG or JPEG, 32×32)
 //! into the CIFAR-10 binary layout, class names in `batches.meta.txt`.
 
-use crate::binary::write_cifar10;
+use crate::binary::{write_cifar10, write_whole};
 use crate::dataset::Manifest;
 use crate::{DataError, Images, Result, IMAGE_BYTES, SIDE};
 use rayon::prelude::*;
@@ -45,26 +45,15 @@ pub fn import(from: &Path, out: &Path, name: &str) -> Result<ImportSummary> {
     }
     let train = read_split(&from.join("train"), &classes)?;
     let test = read_split(&from.join("test"), &classes)?;
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(parent).map_err(DataError::io(parent))?;
-    let tmp = parent.join(format!(".{name}.import.{}.tmp", std::process::id()));
-    let result = write_cifar10(&tmp, &train, &test, &classes)
-        .and_then(|()| {
-            Manifest {
-                name: name.to_string(),
-                source: Some(from.display().to_string()),
-                generator: None,
-            }
-            .write(&tmp)
-        })
-        .and_then(|()| fs::rename(&tmp, out).map_err(DataError::io(out)));
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&tmp);
-    }
-    result?;
+    write_whole(out, |tmp| {
+        write_cifar10(tmp, &train, &test, &classes)?;
+        Manifest {
+            name: name.to_string(),
+            source: Some(from.display().to_string()),
+            generator: None,
+        }
+        .write(tmp)
+    })?;
     Ok(ImportSummary {
         classes,
         train: train.len(),

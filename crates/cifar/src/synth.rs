@@ -3,7 +3,7 @@
 //! on a textured background (gradient plus stripes), with pixel noise. Image `i` of a split
 //! depends only on (seed, split, i), so any subset regenerates identically.
 
-use crate::binary::write_cifar10;
+use crate::binary::{write_cifar10, write_whole};
 use crate::dataset::Manifest;
 use crate::rng::{rng, Stream};
 use crate::{DataError, Images, Result, IMAGE_BYTES, SIDE};
@@ -12,7 +12,6 @@ use rand_distr::{Distribution, Normal};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::f64::consts::{PI, TAU};
-use std::fs;
 use std::path::Path;
 
 pub const NAME: &str = "shapes10";
@@ -63,22 +62,11 @@ pub fn generate(dir: &Path, config: &SynthConfig) -> Result<()> {
             reason: "already exists; remove it or choose another --out".into(),
         });
     }
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(parent).map_err(DataError::io(parent))?;
-    let tmp = parent.join(format!(
-        ".{}.{}.tmp",
-        dir.file_name()
-            .map_or("shapes10".into(), |n| n.to_string_lossy()),
-        std::process::id()
-    ));
-    let result = (|| {
+    write_whole(dir, |tmp| {
         let train = draw_split(config.seed, 0, config.train);
         let test = draw_split(config.seed, 1, config.test);
         let names: Vec<String> = CLASSES.iter().map(|s| s.to_string()).collect();
-        write_cifar10(&tmp, &train, &test, &names)?;
+        write_cifar10(tmp, &train, &test, &names)?;
         Manifest {
             name: NAME.to_string(),
             source: None,
@@ -90,13 +78,8 @@ pub fn generate(dir: &Path, config: &SynthConfig) -> Result<()> {
                 "seed": config.seed,
             })),
         }
-        .write(&tmp)?;
-        fs::rename(&tmp, dir).map_err(DataError::io(dir))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&tmp);
-    }
-    result
+        .write(tmp)
+    })
 }
 
 /// Split 0 = train, 1 = test. Labels cycle through the classes so they are balanced.
