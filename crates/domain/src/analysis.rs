@@ -309,9 +309,116 @@ impl AnalysisRecord {
     }
 }
 
+/// The unrolling step size of a configuration analysed over several seeds, each of which
+/// selected its own by paper.md's rule: the α most seeds selected, a tie going to the lower
+/// train loss after the last step, averaged over the seeds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SeedsAlpha {
+    pub alpha: f64,
+    /// Seeds that selected `alpha`, of `seeds` that selected one.
+    pub votes: usize,
+    pub seeds: usize,
+}
+
+impl SeedsAlpha {
+    /// Each seed's records and selected α; None when no seed selected one.
+    pub fn of<'a>(
+        seeds: impl IntoIterator<Item = (&'a [AnalysisRecord], Option<f64>)>,
+    ) -> Option<Self> {
+        let seeds: Vec<_> = seeds.into_iter().collect();
+        let mut votes: Vec<(f64, usize)> = vec![];
+        for alpha in seeds.iter().filter_map(|s| s.1) {
+            match votes.iter_mut().find(|v| v.0 == alpha) {
+                Some(v) => v.1 += 1,
+                None => votes.push((alpha, 1)),
+            }
+        }
+        let most = votes.iter().map(|v| v.1).max()?;
+        let final_loss = |alpha: f64| {
+            let losses: Vec<f64> = seeds
+                .iter()
+                .filter_map(|(records, _)| final_train_loss(records, alpha))
+                .collect();
+            crate::stats::mean(&losses)
+        };
+        let alpha = votes
+            .iter()
+            .filter(|v| v.1 == most)
+            .map(|v| (v.0, final_loss(v.0)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))?
+            .0;
+        Some(Self {
+            alpha,
+            votes: most,
+            seeds: votes.iter().map(|v| v.1).sum(),
+        })
+    }
+
+    /// `α = 0.1 (selected)`, with how many seeds selected it where not all did.
+    pub fn describe(&self) -> String {
+        if self.votes == self.seeds {
+            format!("α = {} (selected)", self.alpha)
+        } else {
+            format!(
+                "α = {} (selected by {} of {} seeds)",
+                self.alpha, self.votes, self.seeds
+            )
+        }
+    }
+}
+
+/// The train loss of all examples after the last unrolling step at `alpha`.
+fn final_train_loss(records: &[AnalysisRecord], alpha: f64) -> Option<f64> {
+    records
+        .iter()
+        .filter(|r| {
+            r.name == MetricName::UnrollLoss
+                && r.alpha == Some(alpha)
+                && r.group == Some(Group::All)
+                && r.split == Split::Train
+        })
+        .max_by_key(|r| r.step)
+        .map(|r| r.value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seeds_agree_on_the_step_size_most_of_them_selected() {
+        let unrolled = |alpha, loss| {
+            [0, 20].map(|step| {
+                AnalysisRecord::new(MetricName::UnrollLoss, Split::Train, 1, loss, 10)
+                    .with_group(Group::All)
+                    .at_step(alpha, step)
+            })
+        };
+        let seed = |losses: [(f64, f64); 2]| {
+            losses
+                .into_iter()
+                .flat_map(|(a, l)| unrolled(a, l))
+                .collect::<Vec<_>>()
+        };
+        let (a, b, c) = (
+            seed([(0.1, 0.5), (0.05, 0.6)]),
+            seed([(0.1, 0.9), (0.05, 0.4)]),
+            seed([(0.1, 0.2), (0.05, 0.3)]),
+        );
+        let of = |selected: &[(&Vec<AnalysisRecord>, Option<f64>)]| {
+            SeedsAlpha::of(selected.iter().map(|(r, s)| (&r[..], *s)))
+        };
+        // Two of three seeds chose 0.1.
+        let chosen = of(&[(&a, Some(0.1)), (&b, Some(0.05)), (&c, Some(0.1))]).unwrap();
+        assert_eq!((chosen.alpha, chosen.votes, chosen.seeds), (0.1, 2, 3));
+        assert_eq!(chosen.describe(), "α = 0.1 (selected by 2 of 3 seeds)");
+        // A tie goes to the lower mean final train loss: 0.05's (0.6 + 0.4) / 2 < 0.1's 0.7.
+        let tied = of(&[(&a, Some(0.1)), (&b, Some(0.05))]).unwrap();
+        assert_eq!((tied.alpha, tied.votes, tied.seeds), (0.05, 1, 2));
+        let one = of(&[(&a, Some(0.1)), (&b, None)]).unwrap();
+        assert_eq!(one.describe(), "α = 0.1 (selected)");
+        assert_eq!(of(&[(&a, None)]), None);
+    }
 
     #[test]
     fn defaults_follow_the_paper_and_validate() {

@@ -3,7 +3,8 @@
 
 use crate::stats::mean;
 use crate::{
-    AnalysisRecord, Arch, BlockKind, ExperimentRun, Group, MetricName, Sharing, Split, Stat,
+    AnalysisRecord, Arch, BlockKind, ExperimentRun, Group, MetricName, SeedsAlpha, Sharing, Split,
+    Stat,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -297,9 +298,10 @@ fn unroll(c: &Config, name: MetricName, group: Group, split: Split, alpha: f64) 
 }
 
 fn c6(c: &Config) -> Verdict {
-    let Some(alpha) = c.seeds.first().and_then(|s| s.1) else {
+    let Some(selected) = SeedsAlpha::of(c.seeds.iter().copied()) else {
         return undecided("C6", c.label, "no unrolling records");
     };
+    let alpha = selected.alpha;
     let cos = unroll(c, MetricName::UnrollCosine, Group::All, Split::Test, alpha);
     let acc = unroll(
         c,
@@ -339,7 +341,8 @@ fn c6(c: &Config) -> Verdict {
         c.label,
         Some(stays_negative && rises && alpha1_positive),
         format!(
-            "α = {alpha}: largest cosine {max_cos:.3}; borderline test accuracy {:.3} → {:.3}{train_loss}; α = 1 positive within 5 steps: {alpha1_positive}",
+            "{}: largest cosine {max_cos:.3}; borderline test accuracy {:.3} → {:.3}{train_loss}; α = 1 positive within 5 steps: {alpha1_positive}",
+            selected.describe(),
             acc[0],
             acc[acc.len() - 1]
         ),

@@ -16,7 +16,8 @@ pub mod spec;
 pub mod stats;
 
 pub use analysis::{
-    AnalysisKind, AnalysisRecord, AnalysisSpec, GradientKind, Group, SplitExamples, Stat,
+    AnalysisKind, AnalysisRecord, AnalysisSpec, GradientKind, Group, SeedsAlpha, SplitExamples,
+    Stat,
 };
 pub use block::BlockId;
 pub use dataset::{DatasetIdentity, Normalization};

@@ -3,7 +3,7 @@
 //! mean ± standard deviation.
 
 use crate::chart::{blue_to_red, palette, Figure, Panel, Point, Series};
-use domain::{AnalysisRecord, BlockKind, Group, MetricName, MetricRecord, Split, Stat};
+use domain::{AnalysisRecord, BlockKind, Group, MetricName, MetricRecord, SeedsAlpha, Split, Stat};
 use std::collections::BTreeMap;
 
 /// One trained run: its label (runs sharing a label are seeds), the analysis of its final
@@ -402,7 +402,7 @@ fn unrolling(label: &str, seeds: &[&Run]) -> Option<Figure> {
         return None;
     }
     alphas.sort_by(|a, b| b.total_cmp(a));
-    let selected = seeds.first().and_then(|r| r.selected_alpha);
+    let selected = SeedsAlpha::of(seeds.iter().map(|r| (r.analysis, r.selected_alpha)));
     // Losses of diverging step sizes run off the top, above 5× the (train) loss before
     // unrolling.
     let start_loss = seeds
@@ -421,10 +421,9 @@ fn unrolling(label: &str, seeds: &[&Run]) -> Option<Figure> {
             .iter()
             .enumerate()
             .map(|(i, &a)| Series {
-                label: if Some(a) == selected {
-                    format!("α = {a} (selected)")
-                } else {
-                    format!("α = {a}")
+                label: match selected {
+                    Some(s) if s.alpha == a => s.describe(),
+                    _ => format!("α = {a}"),
                 },
                 color: palette(i),
                 dashed: false,
