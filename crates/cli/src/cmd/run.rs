@@ -196,7 +196,12 @@ fn analyse(
         Err(AnalyzeError::Analysis(analysis::Error::Stopped)) => return Ok(false),
         result => result?,
     };
-    eprintln!("  analysed in {:.1} s", result.seconds);
+    let what = if epoch == 0 {
+        "the initial weights".to_string()
+    } else {
+        format!("epoch {epoch}")
+    };
+    eprintln!("  analysed {what} in {:.1} s", result.seconds);
     super::analyze::write(&out, &result)?;
     Ok(true)
 }
