@@ -9,7 +9,7 @@ paper.md (He-normal N(0, 2/fan_in) for conv and linear weights, zero biases, BN 
 
   reference.py eval  --summary S.json --checkpoint C.safetensors --data DIR [--split test]
   reference.py check --summary S.json --checkpoint C.safetensors --data DIR [--compare A.json]
-  reference.py train --summary S.json --data DIR --lr-per-epoch L1 L2 ... [--seed K] [--momentum ...]
+  reference.py train --summary S.json --data DIR --lr-per-epoch L1 L2 ... [--seed K] [--momentum ...] [--save W.pt]
   reference.py train --summary S.json --data DIR --from C.safetensors --batches B.jsonl [--momentum ...]
   reference.py step-check --summary S.json --before C1.safetensors --after C2.safetensors --data DIR
   reference.py drift --summary S.json --from C1.safetensors --to C2.safetensors --batches B.jsonl --data DIR
@@ -564,7 +564,9 @@ def cmd_train(args):
     flip, per-channel normalisation from the train split, one learning rate per epoch.
     `--from` starts from a stepwise checkpoint (weights, running statistics, momentum
     buffers, and its run's normalisation); `--batches` trains on stepwise's own batch
-    stream instead of drawing one. Prints one JSON line per epoch."""
+    stream instead of drawing one. Prints one JSON line per epoch. `--save` writes the
+    trained state dict (safetensors for a `.safetensors` name, else `torch.save`), which
+    `stepwise model import` makes a run of stepwise's."""
     if (args.lr_per_epoch is None) == (args.batches is None):
         sys.exit("train needs one of --lr-per-epoch (its own batches) and --batches (stepwise's)")
     torch.manual_seed(args.seed)
@@ -607,6 +609,13 @@ def cmd_train(args):
         print(json.dumps({"epoch": epoch, "learning_rate": lr, "train_loss": total / seen,
                           "train_accuracy": correct / seen, "test_loss": test_loss, "test_accuracy": test_acc,
                           "images_per_second": seen / (time.time() - start)}), flush=True)
+    if args.save:
+        state = net.state_dict()
+        if args.save.endswith(".safetensors"):
+            from safetensors.torch import save_file
+            save_file({k: v.contiguous() for k, v in state.items()}, args.save)
+        else:
+            torch.save(state, args.save)
 
 
 def cmd_drift(args):
@@ -933,6 +942,7 @@ def main():
     t.add_argument("--decay-on", default="weights", choices=["weights", "all"])
     t.add_argument("--no-augment", dest="augment", action="store_false")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--save", help="write the trained state dict here (.safetensors, else torch.save)")
     sc = sub.add_parser("step-check")
     sc.add_argument("--summary", required=True)
     sc.add_argument("--before", required=True, help="a checkpoint")

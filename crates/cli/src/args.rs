@@ -286,10 +286,54 @@ pub enum ModelCommand {
     Summary {
         #[command(flatten)]
         model: ModelArgs,
-        /// Print the summary as JSON.
+        /// Also list the tensors of its state dict: names (PyTorch's) and shapes.
+        #[arg(long)]
+        tensors: bool,
+        /// Print the summary as JSON (the tensors always included).
         #[arg(long)]
         json: bool,
     },
+    /// Make weights trained elsewhere a run directory that `eval`, `analyze` and `figures`
+    /// take: a checkpoint after the spec's last epoch, with the weights' test metrics. The
+    /// weights are a state dict under stepwise's tensor names (`model summary --tensors`),
+    /// as safetensors or as a `torch.save` file.
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// The weights: a safetensors file, or a `torch.save` file of a state dict.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// A TOML run spec saying what the weights are: the model, the data they were trained
+    /// on (with `data.normalization` where the inputs were not normalised by the train
+    /// split's per-channel mean and std) and the recipe; flags override its fields.
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Dataset name (looked up in the data directory) or a dataset directory (default: the
+    /// spec's).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Epochs the weights were trained for (default: the spec's).
+    #[arg(long)]
+    pub epochs: Option<u32>,
+    /// In a `torch.save` file of a dict holding the state dict, its key (e.g. `state_dict`).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// A prefix to strip from every tensor name (e.g. `module.` of `DataParallel`).
+    #[arg(long)]
+    pub strip_prefix: Option<String>,
+    /// The run directory to create: spec.toml, metrics.jsonl, checkpoints/.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Where to evaluate the weights: `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand)]

@@ -27,7 +27,7 @@ pub fn main() -> ExitCode {
         token: cli.token.clone(),
     };
     let result = match cli.command {
-        Command::Model(cmd) => cmd::model::run(cmd),
+        Command::Model(cmd) => cmd::model::run(cmd, &cli.data_dir),
         Command::Data(cmd) => cmd::data::run(cmd, &cli.data_dir),
         Command::Train(cmd) => cmd::train::run(*cmd, &cli.data_dir),
         Command::Eval(cmd) => cmd::eval::run(cmd, &cli.data_dir),

@@ -98,7 +98,12 @@ impl RunSink {
     }
 }
 
-fn find(records: &[MetricRecord], name: MetricName, split: Option<Split>) -> Option<f64> {
+/// The value of a whole-model record (no block) of an epoch's records.
+pub(crate) fn find(
+    records: &[MetricRecord],
+    name: MetricName,
+    split: Option<Split>,
+) -> Option<f64> {
     records
         .iter()
         .find(|r| r.name == name && r.split == split && r.block.is_none())

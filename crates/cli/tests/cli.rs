@@ -957,3 +957,94 @@ fn bench_analyze_times_the_block_pass() {
     ));
     assert!(err.contains("--examples"), "{err}");
 }
+
+#[test]
+fn weights_saved_by_pytorch_import_as_a_run_that_analyses() {
+    let dir = tempfile::tempdir().unwrap();
+    synth(dir.path());
+    // What the import expects: the model's state dict, by PyTorch's names.
+    let summary = json(&ok(&stepwise(
+        dir.path(),
+        &[
+            "model", "summary", "--arch", "resnet", "--depth", "8", "--width", "2", "--json",
+        ],
+    )));
+    let tensors = summary["tensors"].as_array().unwrap();
+    assert_eq!(tensors[0]["name"], "stem.weight");
+    assert_eq!(tensors[0]["shape"], serde_json::json!([2, 3, 3, 3]));
+    assert!(
+        tensors
+            .iter()
+            .any(|t| t["name"] == "head.bn.num_batches_tracked"
+                && t["shape"] == serde_json::json!([]))
+    );
+
+    // The resnet crate's fixture: a ResNet-8 of width 2 saved by `torch.save`.
+    let weights = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../resnet/tests/fixtures/resnet8-w2.pt")
+        .display()
+        .to_string();
+    let import = |out: &str, depth: &str, extra: &[&str]| {
+        let mut args = vec!["model", "import", "--weights", &weights, "--out", out];
+        args.extend(["--arch", "resnet", "--depth", depth, "--width", "2"]);
+        args.extend(extra);
+        stepwise(dir.path(), &args)
+    };
+    let done = json(&ok(&import(
+        "runs/torch",
+        "8",
+        &["--epochs", "3", "--json"],
+    )));
+    let accuracy = done["test_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&accuracy), "{done}");
+    assert_eq!(done["imported"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(done["spec"]["data"]["identity"]["name"], "shapes10");
+    let run = dir.path().join("runs/torch");
+    assert!(run.join("checkpoints/epoch-0003.safetensors").exists());
+    let spec = std::fs::read_to_string(run.join("spec.toml")).unwrap();
+    assert!(spec.contains("epochs = 3"), "{spec}");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(
+        metrics.contains(r#""name":"accuracy","split":"test","epoch":3"#),
+        "{metrics}"
+    );
+
+    // Evaluated and analysed as a run of stepwise's own.
+    let eval = json(&ok(&stepwise(
+        dir.path(),
+        &[
+            "eval",
+            "--checkpoint",
+            "runs/torch/checkpoints/epoch-0003.safetensors",
+            "--json",
+        ],
+    )));
+    assert_eq!(eval["accuracy"].as_f64(), Some(accuracy));
+    ok(&stepwise(
+        dir.path(),
+        &[
+            "analyze",
+            "--run",
+            "runs/torch",
+            "--metrics",
+            "cosine,l2",
+            "--max-examples",
+            "12",
+        ],
+    ));
+    assert!(run.join("analysis/epoch-0003/analysis.json").exists());
+
+    // Refusals leave nothing behind and touch no run.
+    let err = failed(&import("runs/deeper", "14", &[]));
+    assert!(
+        err.contains("resnet8-w2.pt: not the tensors of the model"),
+        "{err}"
+    );
+    assert!(
+        err.contains("missing 42 (stages.0.blocks.1.bn1.bias"),
+        "{err}"
+    );
+    assert!(!dir.path().join("runs/deeper").exists());
+    let err = failed(&import("runs/torch", "8", &[]));
+    assert!(err.contains("already holds a run"), "{err}");
+}

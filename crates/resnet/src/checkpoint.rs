@@ -197,6 +197,47 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     })
 }
 
+/// The tensors of a weights file written elsewhere, for `stepwise model import`: a
+/// safetensors file (`safetensors.torch.save_file(model.state_dict(), …)`) or what
+/// `torch.save` writes (its zip format, read by candle's unpickler, which builds no Python
+/// objects), told apart by the zip signature. `key` picks the state dict inside a saved
+/// dict such as `{"state_dict": …, "epoch": …}`. Tensors land on the CPU as stored.
+pub fn read_weights(path: &Path, key: Option<&str>) -> Result<HashMap<String, Tensor>> {
+    let bad = |reason: String| Error::BadWeights {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = fs::read(path).map_err(Error::io(path))?;
+    let tensors: HashMap<String, Tensor> = if bytes.starts_with(b"PK\x03\x04") {
+        candle_core::pickle::read_all_with_key(path, key)
+            .map_err(|e| {
+                bad(format!(
+                    "not a torch.save file of tensors stepwise reads: {e}"
+                ))
+            })?
+            .into_iter()
+            .collect()
+    } else if key.is_some() {
+        return Err(bad(
+            "a key applies to torch.save files only, and this is not one (no zip signature)".into(),
+        ));
+    } else {
+        candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
+            bad(format!(
+                "neither safetensors nor a torch.save file (zip) of a state dict: {e}"
+            ))
+        })?
+    };
+    if tensors.is_empty() {
+        let hint = match key {
+            Some(key) => format!("under the key {key:?}"),
+            None => "at the top level (a state dict saved inside a dict needs its key)".into(),
+        };
+        return Err(bad(format!("no tensors {hint}")));
+    }
+    Ok(tensors)
+}
+
 /// Writes `bytes` to `path` so that a crash leaves either the old file or the complete new
 /// one: temp file in the same directory, fsync, rename, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

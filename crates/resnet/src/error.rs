@@ -13,6 +13,8 @@ pub enum Error {
     },
     #[error("{path}: not a valid checkpoint: {reason}")]
     BadCheckpoint { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    BadWeights { path: PathBuf, reason: String },
     #[error("state dict: {0}")]
     StateDict(String),
     #[error("device {0}: this binary was built without CUDA (rebuild with --features cuda)")]

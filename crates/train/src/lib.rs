@@ -21,6 +21,10 @@ pub use error::{Result, TrainError};
 pub use events::{EventSink, SinkError, TrainEvent};
 pub use optim::{Sgd, SgdConfig};
 pub use state::{
-    RunningTotals, TrainState, META_CODE_VERSION, META_METRICS, META_SPEC, META_TRAIN_STATE,
+    ImportedWeights, RunningTotals, TrainState, META_CODE_VERSION, META_METRICS, META_SPEC,
+    META_TRAIN_STATE,
 };
-pub use trainer::{check_memory, load_model, load_model_to_measure, memory_work, Outcome, Trainer};
+pub use trainer::{
+    check_memory, import, load_model, load_model_to_measure, memory_work, Imported, Outcome,
+    Trainer,
+};

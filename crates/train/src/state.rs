@@ -26,6 +26,19 @@ pub struct TrainState {
     /// Training totals of the unfinished epoch, so its metrics stay exact across a resume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<RunningTotals>,
+    /// Where the run's weights came from when they were trained elsewhere
+    /// ([`crate::import`]); carried on by a run resumed from them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<ImportedWeights>,
+}
+
+/// A weights file trained elsewhere that a run started from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportedWeights {
+    /// The file as it was named to the import.
+    pub file: String,
+    /// The hex sha256 of the whole file.
+    pub sha256: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,7 +2,9 @@
 //! checkpoints by policy, a clean stop on request, exact resume.
 
 use crate::checkpoints::CheckpointStore;
-use crate::state::{RngState, RunningTotals, TrainState, META_SPEC, META_TRAIN_STATE};
+use crate::state::{
+    ImportedWeights, RngState, RunningTotals, TrainState, META_SPEC, META_TRAIN_STATE,
+};
 use crate::{EventSink, Result, Sgd, SgdConfig, TrainError, TrainEvent};
 use candle_core::{Device, Tensor};
 use cifar::augment::channel_stats;
@@ -15,6 +17,7 @@ use resnet::eval::{evaluate, grad_norm_ratio, scalar, to_device, Inputs};
 use resnet::loss::{correct, cross_entropy};
 use resnet::memory::Work;
 use resnet::{BnMode, Dtypes, ResNet, WrittenFile};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -152,7 +155,9 @@ impl Trainer {
             schedule: spec.train.schedule(spec.model.arch),
             rng: RngState::new(spec.train.seed),
             running: None,
+            imported: None,
         };
+        check_memory(&spec, model.layout(), model.dtypes(), model.device())?;
         Self::assemble(spec, model, None, state, dataset, checkpoint_dir)
     }
 
@@ -183,6 +188,7 @@ impl Trainer {
             });
         }
         bind_dataset(&mut spec, &dataset)?;
+        check_memory(&spec, model.layout(), model.dtypes(), model.device())?;
         Self::assemble(
             spec,
             model,
@@ -208,7 +214,6 @@ impl Trainer {
         dataset: Dataset,
         checkpoint_dir: PathBuf,
     ) -> Result<Self> {
-        check_memory(&spec, model.layout(), model.dtypes(), model.device())?;
         let mut optimizer = Sgd::new(model.parameters(), SgdConfig::from_spec(&spec.train))?;
         if let Some(ck) = checkpoint {
             optimizer.load_state(&ck.tensors)?;
@@ -386,8 +391,33 @@ impl Trainer {
         Ok((name, file))
     }
 
-    /// The metrics of a finished epoch (1-based).
+    /// The metrics of a finished epoch (1-based): the training figures of its steps, then
+    /// [`Self::evaluation_records`].
     fn epoch_records(&self, epoch: u32, totals: &RunningTotals) -> Result<Vec<MetricRecord>> {
+        let seen = totals.seen.max(1) as f64;
+        let record = |name, split, value| MetricRecord::new(name, split, epoch, value);
+        let mut records = vec![
+            record(M::Loss, Some(Split::Train), totals.loss_sum / seen),
+            record(
+                M::Accuracy,
+                Some(Split::Train),
+                totals.correct as f64 / seen,
+            ),
+        ];
+        records.extend(self.evaluation_records(epoch)?);
+        records.push(record(M::LearningRate, None, self.state.lr));
+        records.push(record(
+            M::ImagesPerSecond,
+            None,
+            totals.seen as f64 / totals.seconds.max(1e-9),
+        ));
+        records.push(record(M::EpochSeconds, None, totals.seconds));
+        Ok(records)
+    }
+
+    /// What the weights score after epoch `epoch`: test loss and accuracy, the head at
+    /// every block of the last stage, and the gradient-norm ratio where it is tracked.
+    fn evaluation_records(&self, epoch: u32) -> Result<Vec<MetricRecord>> {
         let monitor = &self.spec.train.monitor;
         let norm = self.plan.normalization;
         let eval_batch = monitor.eval_batch_size as usize;
@@ -405,15 +435,8 @@ impl Trainer {
         let inputs = Inputs::new(&norm, self.model.device())?;
         let batches = self.test.batches(eval_batch);
         let (test, at_blocks) = evaluate(&self.model, &inputs, batches, &taps)?;
-        let seen = totals.seen.max(1) as f64;
         let record = |name, split, value| MetricRecord::new(name, split, epoch, value);
         let mut records = vec![
-            record(M::Loss, Some(Split::Train), totals.loss_sum / seen),
-            record(
-                M::Accuracy,
-                Some(Split::Train),
-                totals.correct as f64 / seen,
-            ),
             record(M::Loss, Some(Split::Test), test.loss),
             record(M::Accuracy, Some(Split::Test), test.accuracy),
         ];
@@ -441,15 +464,118 @@ impl Trainer {
                 records.push(record(M::GradNormRatio, Some(split), ratio));
             }
         }
-        records.push(record(M::LearningRate, None, self.state.lr));
-        records.push(record(
-            M::ImagesPerSecond,
-            None,
-            totals.seen as f64 / totals.seconds.max(1e-9),
-        ));
-        records.push(record(M::EpochSeconds, None, totals.seconds));
         Ok(records)
     }
+}
+
+/// How many of `names` there are and the first few in order: "none", or
+/// "3 (a, b, c)", or "40 (a, b, c, …)".
+fn some_of<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let mut names: Vec<&str> = names.map(String::as_str).collect();
+    names.sort_unstable();
+    match names.len() {
+        0 => "none".into(),
+        n => {
+            let more = if n > 3 { ", …" } else { "" };
+            let shown = names[..n.min(3)].join(", ");
+            format!("{n} ({shown}{more})")
+        }
+    }
+}
+
+/// A run made of weights trained elsewhere ([`import`]).
+pub struct Imported {
+    /// The resolved spec (dataset identity and normalisation filled in).
+    pub spec: RunSpec,
+    pub file_name: String,
+    pub file: WrittenFile,
+    /// What the weights score: [`Trainer`]'s evaluation after an epoch.
+    pub records: Vec<MetricRecord>,
+}
+
+/// Weights trained elsewhere made a finished run of `spec` on `dataset`, so that `eval`,
+/// `analyze` and `figures` take them as they take a run of stepwise's own. The model the
+/// spec describes takes `weights` — every tensor under its PyTorch name and shape, and no
+/// other, as `load_state_dict(strict=True)` would — its train state is that after the
+/// spec's last epoch, with fresh momentum buffers, and `source` is recorded in it. The
+/// weights are evaluated as after an epoch (test loss and accuracy, the head at the last
+/// stage's blocks, the gradient-norm ratio where tracked; no training figures, there were
+/// no steps here) and checkpointed into `checkpoint_dir` with those records, which also go
+/// to `sink`.
+pub fn import(
+    mut spec: RunSpec,
+    dataset: Dataset,
+    weights: &HashMap<String, Tensor>,
+    source: ImportedWeights,
+    device: &Device,
+    checkpoint_dir: PathBuf,
+    sink: &mut dyn EventSink,
+) -> Result<Imported> {
+    spec.validate()?;
+    bind_dataset(&mut spec, &dataset)?;
+    let model = build_model(&spec, spec.model.dtype, device)?;
+    let not_the_model = |reason: String| resnet::Error::BadWeights {
+        path: PathBuf::from(&source.file),
+        reason: format!("not the tensors of the model the spec describes: {reason}"),
+    };
+    // As `load_state_dict(strict=True)`: every tensor of the model and no other (the
+    // model's own loader passes over names outside it, a checkpoint's optimizer state).
+    let expected: HashSet<String> = model.state_dict()?.into_iter().map(|(n, _)| n).collect();
+    let given: HashSet<String> = weights.keys().cloned().collect();
+    if expected != given {
+        let missing = some_of(expected.difference(&given));
+        let unexpected = some_of(given.difference(&expected));
+        return Err(not_the_model(format!(
+            "missing {missing}; unexpected {unexpected} (`stepwise model summary --tensors` \
+             lists the model's names and shapes)"
+        ))
+        .into());
+    }
+    model
+        .load_state_dict(weights)
+        .map_err(|e| not_the_model(e.to_string()))?;
+    let [_, (evaluation, eval_batch)] = memory_work(&spec);
+    resnet::memory::check(
+        evaluation,
+        model.layout(),
+        model.dtypes(),
+        eval_batch,
+        device,
+    )?;
+    let epochs = spec.epochs();
+    let plan = BatchPlan::of_run(&spec).expect("bound to the dataset");
+    let per_epoch = plan.batches_per_epoch(dataset.train.len());
+    let schedule = spec.train.schedule(spec.model.arch);
+    let state = TrainState {
+        epoch: epochs,
+        batch: 0,
+        step: epochs as u64 * per_epoch as u64,
+        lr: schedule.lr(
+            epochs.saturating_sub(1),
+            per_epoch.saturating_sub(1),
+            per_epoch,
+        ),
+        schedule,
+        rng: RngState::new(spec.train.seed),
+        running: None,
+        imported: Some(source),
+    };
+    let trainer = Trainer::assemble(spec, model, None, state, dataset, checkpoint_dir)?;
+    sink.event(&TrainEvent::Evaluating { epoch: epochs })?;
+    let records = trainer
+        .evaluation_records(epochs)
+        .map_err(|e| e.name_batch_if_out_of_memory(evaluation, eval_batch))?;
+    sink.event(&TrainEvent::Epoch {
+        epoch: epochs,
+        records: &records,
+    })?;
+    let (file_name, file) = trainer.checkpoint(sink, &records)?;
+    Ok(Imported {
+        spec: trainer.spec,
+        file_name,
+        file,
+        records,
+    })
 }
 
 /// What a run of `spec` computes at which batch size, each checked against the memory

@@ -1,17 +1,21 @@
 //! The training loop end to end on a tiny model: determinism, exact resume (at an epoch
-//! boundary and in the middle of an epoch), divergence, and dataset identity checks.
+//! boundary and in the middle of an epoch), divergence, dataset identity checks, and
+//! weights trained elsewhere imported as a finished run.
 
 use candle_core::{Device, Tensor};
 use cifar::synth::{generate, SynthConfig};
 use cifar::Dataset;
 use domain::{
     Arch, DataSpec, LabelKind, MetricName, MetricRecord, ModelSpec, RunSpec, SchedulePreset,
-    ScheduleSpec, Sharing,
+    ScheduleSpec, Sharing, Split,
 };
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use train::{EventSink, Outcome, SinkError, TrainError, TrainEvent, Trainer};
+use train::{
+    EventSink, ImportedWeights, Outcome, SinkError, TrainError, TrainEvent, TrainState, Trainer,
+};
 
 fn dataset(dir: &Path) -> Dataset {
     let path = dir.join("shapes");
@@ -508,4 +512,116 @@ fn sharing_runs_report_the_gradient_norm_ratio() {
         .collect();
     assert_eq!(ratios.len(), 2);
     assert!(ratios.iter().all(|r| r.value.is_finite() && r.value > 0.0));
+}
+
+/// Tensor values by name, for exact comparisons.
+fn values_of(tensors: &HashMap<String, Tensor>) -> BTreeMap<String, Vec<f64>> {
+    tensors
+        .iter()
+        .map(|(name, t)| {
+            let v = t.to_dtype(candle_core::DType::F64).unwrap();
+            (name.clone(), v.flatten_all().unwrap().to_vec1().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn weights_trained_elsewhere_become_a_finished_run_that_scores_as_they_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let (trained, records) = uninterrupted(dir.path(), spec(2));
+    // The weights alone, as PyTorch's state dict holds them: no optimizer state, no metadata.
+    let ck = resnet::checkpoint::read(&dir.path().join("full/epoch-0002.safetensors")).unwrap();
+    let weights: HashMap<String, Tensor> = ck
+        .tensors
+        .iter()
+        .filter(|(name, _)| !name.starts_with("optimizer."))
+        .map(|(name, t)| (name.clone(), t.clone()))
+        .collect();
+    let file = dir.path().join("weights.safetensors");
+    candle_core::safetensors::save(&weights, &file).unwrap();
+    let source = ImportedWeights {
+        file: file.display().to_string(),
+        sha256: resnet::checkpoint::sha256_file(&file).unwrap(),
+    };
+    let read = resnet::checkpoint::read_weights(&file, None).unwrap();
+    let into = |run: &str| dir.path().join(run);
+    let import = |weights: &HashMap<String, Tensor>, spec: RunSpec, run: &str| {
+        let data = dataset(dir.path());
+        train::import(
+            spec,
+            data,
+            weights,
+            source.clone(),
+            &Device::Cpu,
+            into(run),
+            &mut Recorder::default(),
+        )
+    };
+    let imported = import(&read, spec(2), "imported").unwrap();
+
+    // It scores as the run did after its last epoch: every evaluation record, exactly.
+    let evaluation: Vec<_> = records
+        .iter()
+        .filter(|r| r.epoch == 2 && r.split == Some(Split::Test))
+        .cloned()
+        .collect();
+    assert!(evaluation.len() >= 4, "{evaluation:?}");
+    assert_eq!(imported.records, evaluation);
+    assert_eq!(&imported.spec, trained.spec());
+
+    // A finished run's checkpoint: the weights as given, where the run stood, momentum fresh,
+    // and the file it came from.
+    assert_eq!(imported.file_name, "epoch-0002.safetensors");
+    let written = resnet::checkpoint::read(&into("imported").join(&imported.file_name)).unwrap();
+    let (model, momentum): (HashMap<_, _>, HashMap<_, _>) = written
+        .tensors
+        .into_iter()
+        .partition(|(name, _)| !name.starts_with("optimizer."));
+    assert_eq!(values_of(&model), values_of(&weights));
+    assert!(!momentum.is_empty());
+    assert!(values_of(&momentum).values().flatten().all(|&v| v == 0.0));
+    let state: TrainState = ck.meta_json(train::META_TRAIN_STATE).unwrap();
+    let imported_state: TrainState = resnet::checkpoint::read(&written.path)
+        .unwrap()
+        .meta_json(train::META_TRAIN_STATE)
+        .unwrap();
+    assert_eq!(imported_state.imported.as_ref(), Some(&source));
+    assert_eq!(
+        TrainState {
+            imported: None,
+            ..imported_state
+        },
+        state
+    );
+
+    // Not the model's tensors: refused, naming what differs, and nothing is written.
+    let message = |result: train::Result<train::Imported>| match result {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("imported"),
+    };
+    let mut short = read.clone();
+    short.remove("head.fc.bias");
+    let m = message(import(&short, spec(2), "short"));
+    assert!(m.contains("weights.safetensors"), "{m}");
+    assert!(
+        m.contains("missing 1 (head.fc.bias); unexpected none"),
+        "{m}"
+    );
+    let mut long = read.clone();
+    long.insert("head.fc2.weight".into(), read["head.fc.weight"].clone());
+    let m = message(import(&long, spec(2), "long"));
+    assert!(
+        m.contains("missing none; unexpected 1 (head.fc2.weight)"),
+        "{m}"
+    );
+    let mut wider = spec(2);
+    wider.model.width = Some(8);
+    let m = message(import(&read, wider, "wider"));
+    assert!(
+        m.contains("stem.weight: shape [4, 3, 3, 3], expected [8, 3, 3, 3]"),
+        "{m}"
+    );
+    for run in ["short", "long", "wider"] {
+        assert!(!into(run).exists(), "{run}");
+    }
 }

@@ -1,11 +1,16 @@
-use crate::args::ModelCommand;
-use anyhow::Result;
+use super::open_dataset;
+use super::train::{refuse_existing_run, spec_with_model};
+use crate::args::{ImportArgs, ModelCommand};
+use crate::progress::{find, RunSink};
+use anyhow::{Context, Result};
 use candle_core::Device;
 use cifar::rng::{rng, Stream};
-use domain::{BlockInfo, ModelSpec};
-use resnet::{Dtypes, ResNet};
+use domain::{BlockInfo, MetricName, ModelSpec, Split};
+use resnet::{candle_device, Dtypes, ResNet};
 use serde::Serialize;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use train::ImportedWeights;
 
 #[derive(Serialize)]
 struct Summary {
@@ -15,6 +20,14 @@ struct Summary {
     keras_params: usize,
     head_features: u32,
     blocks: Vec<BlockRow>,
+    /// The state dict: what a checkpoint holds and `model import` expects.
+    tensors: Vec<TensorRow>,
+}
+
+#[derive(Serialize)]
+struct TensorRow {
+    name: String,
+    shape: Vec<usize>,
 }
 
 /// A block with its stage spelled out, for readers of the JSON.
@@ -36,9 +49,18 @@ pub fn build(spec: &ModelSpec) -> Result<ResNet> {
     )?)
 }
 
-pub fn run(cmd: ModelCommand) -> Result<ExitCode> {
-    let ModelCommand::Summary { model, json } = cmd;
-    let spec = model.to_spec()?;
+pub fn run(cmd: ModelCommand, data_dir: &Path) -> Result<ExitCode> {
+    match cmd {
+        ModelCommand::Summary {
+            model,
+            tensors,
+            json,
+        } => summary(model.to_spec()?, tensors, json),
+        ModelCommand::Import(args) => import(args, data_dir),
+    }
+}
+
+fn summary(spec: ModelSpec, list_tensors: bool, json: bool) -> Result<ExitCode> {
     let layout = spec.layout()?;
     let net = build(&spec)?;
     let summary = Summary {
@@ -52,6 +74,14 @@ pub fn run(cmd: ModelCommand) -> Result<ExitCode> {
             .map(|info| BlockRow {
                 stage: info.id.stage,
                 info,
+            })
+            .collect(),
+        tensors: net
+            .state_dict()?
+            .into_iter()
+            .map(|(name, t)| TensorRow {
+                name,
+                shape: t.dims().to_vec(),
             })
             .collect(),
         model: spec,
@@ -87,6 +117,114 @@ pub fn run(cmd: ModelCommand) -> Result<ExitCode> {
             if b.shared { "yes" } else { "" },
             shape(b.in_shape),
             shape(b.out_shape)
+        );
+    }
+    if list_tensors {
+        println!();
+        println!("{:<44} shape", "tensor");
+        for t in &summary.tensors {
+            println!("{:<44} {:?}", t.name, t.shape);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `model import` prints with `--json`.
+#[derive(Serialize)]
+struct ImportSummary<'a> {
+    run_dir: &'a Path,
+    checkpoint: PathBuf,
+    imported: &'a ImportedWeights,
+    test_loss: Option<f64>,
+    test_accuracy: Option<f64>,
+    spec: &'a domain::RunSpec,
+}
+
+fn import(args: ImportArgs, data_dir: &Path) -> Result<ExitCode> {
+    let mut spec = spec_with_model(args.spec.as_deref(), &args.model)?;
+    if args.epochs.is_some() {
+        spec.train.epochs = args.epochs;
+    }
+    spec.validate().context("invalid spec")?;
+    let mut weights = resnet::checkpoint::read_weights(&args.weights, args.key.as_deref())?;
+    if let Some(prefix) = &args.strip_prefix {
+        weights = weights
+            .into_iter()
+            .map(|(name, t)| match name.strip_prefix(prefix.as_str()) {
+                Some(stripped) => (stripped.to_string(), t),
+                None => (name, t),
+            })
+            .collect();
+    }
+    let source = ImportedWeights {
+        file: args.weights.display().to_string(),
+        sha256: resnet::checkpoint::sha256_file(&args.weights)?,
+    };
+    let data = args.data.as_deref().unwrap_or(&spec.data.dataset);
+    let dataset = open_dataset(data, data_dir, spec.data.labels)?;
+    let device = candle_device(args.device)?;
+    refuse_existing_run(&args.out)?;
+    // A failed import leaves nothing behind but a directory that was there before.
+    let created = !args.out.exists();
+    let result = (|| {
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("creating {}", args.out.display()))?;
+        let mut sink = RunSink::open(&args.out, 0, spec.epochs(), true)?;
+        let run_dir = args.out.as_path();
+        let imported = train::import(
+            spec,
+            dataset,
+            &weights,
+            source.clone(),
+            &device,
+            run_dir.join("checkpoints"),
+            &mut sink,
+        )?;
+        let spec_path = run_dir.join("spec.toml");
+        resnet::checkpoint::write_atomic(&spec_path, imported.spec.to_toml().as_bytes())?;
+        anyhow::Ok(imported)
+    })();
+    let imported = match result {
+        Ok(imported) => imported,
+        Err(e) => {
+            if created {
+                let _ = std::fs::remove_dir_all(&args.out);
+            }
+            return Err(e);
+        }
+    };
+    let test = |name| find(&imported.records, name, Some(Split::Test));
+    let summary = ImportSummary {
+        run_dir: &args.out,
+        checkpoint: args.out.join("checkpoints").join(&imported.file_name),
+        imported: &source,
+        test_loss: test(MetricName::Loss),
+        test_accuracy: test(MetricName::Accuracy),
+        spec: &imported.spec,
+    };
+    if args.json {
+        super::print_json(&summary)?;
+    } else {
+        let id = imported
+            .spec
+            .data
+            .identity
+            .as_ref()
+            .expect("bound by the import");
+        eprintln!(
+            "imported {} as {} after {} epochs: test accuracy {:.2}%, loss {:.4} on {} ({} images)",
+            source.file,
+            imported.spec.model.label(),
+            imported.spec.epochs(),
+            100.0 * summary.test_accuracy.unwrap_or(f64::NAN),
+            summary.test_loss.unwrap_or(f64::NAN),
+            id.name,
+            id.test_examples,
+        );
+        eprintln!("checkpoint {}", summary.checkpoint.display());
+        eprintln!(
+            "block-wise metrics: stepwise analyze --run {}",
+            args.out.display()
         );
     }
     Ok(ExitCode::SUCCESS)

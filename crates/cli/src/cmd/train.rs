@@ -1,5 +1,5 @@
 use super::open_dataset;
-use crate::args::TrainArgs;
+use crate::args::{ModelArgs, TrainArgs};
 use crate::progress::RunSink;
 use anyhow::{bail, Context, Result};
 use domain::{DataSpec, DeviceSpec, MetricName, RunSpec, Split};
@@ -65,12 +65,7 @@ pub fn run(args: TrainArgs, data_dir: &Path) -> Result<ExitCode> {
         .last_checkpoint
         .as_ref()
         .map(|name| run_dir.join("checkpoints").join(name));
-    let value = |name, split| {
-        sink.last_records
-            .iter()
-            .find(|r| r.name == name && r.split == split && r.block.is_none())
-            .map(|r| r.value)
-    };
+    let value = |name, split| crate::progress::find(&sink.last_records, name, split);
     let summary = Summary {
         outcome: match outcome {
             Outcome::Finished => "finished",
@@ -202,6 +197,18 @@ fn fresh(
             spec.model.arch, spec.train.seed
         ))
     });
+    refuse_existing_run(&run_dir)?;
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    // The spec names the dataset; --data may instead give a directory, whose own identity
+    // then names it in the spec.
+    let data = args.data.as_deref().unwrap_or(&spec.data.dataset);
+    let dataset = open_dataset(data, data_dir, spec.data.labels)?;
+    let trainer = Trainer::new(spec, dataset, device, run_dir.join("checkpoints"))?;
+    Ok((trainer, run_dir))
+}
+
+/// Refuses a directory that already holds a run, saying how to go on with it.
+pub(crate) fn refuse_existing_run(run_dir: &Path) -> Result<()> {
     if run_dir.join("metrics.jsonl").exists() || run_dir.join("checkpoints").exists() {
         let newest = train::resume_candidates(&run_dir.join("checkpoints"))?;
         match newest.first() {
@@ -217,28 +224,28 @@ fn fresh(
             ),
         }
     }
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    // The spec names the dataset; --data may instead give a directory, whose own identity
-    // then names it in the spec.
-    let data = args.data.as_deref().unwrap_or(&spec.data.dataset);
-    let dataset = open_dataset(data, data_dir, spec.data.labels)?;
-    let trainer = Trainer::new(spec, dataset, device, run_dir.join("checkpoints"))?;
-    Ok((trainer, run_dir))
+    Ok(())
 }
 
-/// A run spec from `--spec` (if any) with every given flag applied on top.
-fn spec_from_args(args: &TrainArgs) -> Result<RunSpec> {
-    let mut spec = match &args.spec {
+/// The run spec of a spec file with the model flags applied on top, or of the model flags
+/// alone (on shapes10).
+pub(crate) fn spec_with_model(spec: Option<&Path>, model: &ModelArgs) -> Result<RunSpec> {
+    Ok(match spec {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
             let mut spec =
                 RunSpec::from_toml(&text).with_context(|| format!("spec {}", path.display()))?;
-            args.model.apply(&mut spec.model);
+            model.apply(&mut spec.model);
             spec
         }
-        None => RunSpec::new(args.model.to_spec()?, DataSpec::new(cifar::synth::NAME)),
-    };
+        None => RunSpec::new(model.to_spec()?, DataSpec::new(cifar::synth::NAME)),
+    })
+}
+
+/// A run spec from `--spec` (if any) with every given flag applied on top.
+fn spec_from_args(args: &TrainArgs) -> Result<RunSpec> {
+    let mut spec = spec_with_model(args.spec.as_deref(), &args.model)?;
     let t = &mut spec.train;
     if args.epochs.is_some() {
         t.epochs = args.epochs;
