@@ -61,7 +61,7 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Inspect a model: parameter counts and its blocks.
+    /// Inspect a model (parameter counts, blocks, tensors), or import weights trained elsewhere.
     #[command(subcommand)]
     Model(ModelCommand),
     /// Create, download or import datasets.
@@ -81,7 +81,8 @@ pub enum Command {
     Run(RunArgs),
     /// The paper's figures as SVG and PNG: of an experiment (or run) on the API, or from
     /// local run directories. Runs of one configuration are drawn as mean ± standard
-    /// deviation over seeds.
+    /// deviation over seeds (local runs whose specs differ only in the seed; other runs of
+    /// one model are labelled by their directory's name).
     Figures {
         /// An experiment (or a run) on the API: its id or its name.
         #[arg(required_unless_present = "run", conflicts_with = "run")]
