@@ -326,7 +326,7 @@ pub struct ImportArgs {
     /// A prefix to strip from every tensor name (e.g. `module.` of `DataParallel`).
     #[arg(long)]
     pub strip_prefix: Option<String>,
-    /// The run directory to create: spec.toml, metrics.jsonl, checkpoints/.
+    /// The run directory to create (new or empty): spec.toml, metrics.jsonl, checkpoints/.
     #[arg(long)]
     pub out: PathBuf,
     /// Where to evaluate the weights: `cpu`, `cuda` or `cuda:N`.

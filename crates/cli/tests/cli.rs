@@ -1044,7 +1044,20 @@ fn weights_saved_by_pytorch_import_as_a_run_that_analyses() {
         err.contains("missing 42 (stages.0.blocks.1.bn1.bias"),
         "{err}"
     );
-    assert!(!dir.path().join("runs/deeper").exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        ["torch"],
+        "nothing but the first run, no staging directory"
+    );
     let err = failed(&import("runs/torch", "8", &[]));
     assert!(err.contains("already holds a run"), "{err}");
+    std::fs::create_dir_all(dir.path().join("notes")).unwrap();
+    std::fs::write(dir.path().join("notes/todo.txt"), "keep").unwrap();
+    let err = failed(&import("notes", "8", &[]));
+    assert!(err.contains("notes is not empty"), "{err}");
+    assert!(dir.path().join("notes/todo.txt").exists());
 }

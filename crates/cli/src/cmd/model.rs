@@ -2,7 +2,7 @@ use super::open_dataset;
 use super::train::{refuse_existing_run, spec_with_model};
 use crate::args::{ImportArgs, ModelCommand};
 use crate::progress::{find, RunSink};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use cifar::rng::{rng, Stream};
 use domain::{BlockInfo, MetricName, ModelSpec, Split};
@@ -163,40 +163,54 @@ fn import(args: ImportArgs, data_dir: &Path) -> Result<ExitCode> {
     let data = args.data.as_deref().unwrap_or(&spec.data.dataset);
     let dataset = open_dataset(data, data_dir, spec.data.labels)?;
     let device = candle_device(args.device)?;
-    refuse_existing_run(&args.out)?;
-    // A failed import leaves nothing behind but a directory that was there before.
-    let created = !args.out.exists();
+    let out = &args.out;
+    refuse_existing_run(out)?;
+    let empty = |dir: &Path| std::fs::read_dir(dir).map(|mut d| d.next().is_none());
+    if out.exists() && !empty(out).with_context(|| format!("reading {}", out.display()))? {
+        bail!(
+            "{} is not empty: name a new directory with --out",
+            out.display()
+        );
+    }
+    // Written beside it and renamed into place (over an empty directory too), the run
+    // directory appears whole or not at all.
+    let name = out
+        .file_name()
+        .with_context(|| format!("{}: not a directory name", out.display()))?;
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+    let parent = parent.unwrap_or(Path::new("."));
+    let staging = parent.join(format!(
+        ".{}.import-{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| {
-        std::fs::create_dir_all(&args.out)
-            .with_context(|| format!("creating {}", args.out.display()))?;
-        let mut sink = RunSink::open(&args.out, 0, spec.epochs(), true)?;
-        let run_dir = args.out.as_path();
+        std::fs::create_dir_all(&staging)
+            .with_context(|| format!("creating {}", staging.display()))?;
+        let mut sink = RunSink::open(&staging, 0, spec.epochs(), true)?;
         let imported = train::import(
             spec,
             dataset,
             &weights,
             source.clone(),
             &device,
-            run_dir.join("checkpoints"),
+            staging.join("checkpoints"),
             &mut sink,
         )?;
-        let spec_path = run_dir.join("spec.toml");
+        let spec_path = staging.join("spec.toml");
         resnet::checkpoint::write_atomic(&spec_path, imported.spec.to_toml().as_bytes())?;
+        drop(sink);
+        std::fs::rename(&staging, out)
+            .with_context(|| format!("renaming {} to {}", staging.display(), out.display()))?;
         anyhow::Ok(imported)
     })();
-    let imported = match result {
-        Ok(imported) => imported,
-        Err(e) => {
-            if created {
-                let _ = std::fs::remove_dir_all(&args.out);
-            }
-            return Err(e);
-        }
-    };
+    let imported = result.inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&staging);
+    })?;
     let test = |name| find(&imported.records, name, Some(Split::Test));
     let summary = ImportSummary {
-        run_dir: &args.out,
-        checkpoint: args.out.join("checkpoints").join(&imported.file_name),
+        run_dir: out,
+        checkpoint: out.join("checkpoints").join(&imported.file_name),
         imported: &source,
         test_loss: test(MetricName::Loss),
         test_accuracy: test(MetricName::Accuracy),
@@ -224,7 +238,7 @@ fn import(args: ImportArgs, data_dir: &Path) -> Result<ExitCode> {
         eprintln!("checkpoint {}", summary.checkpoint.display());
         eprintln!(
             "block-wise metrics: stepwise analyze --run {}",
-            args.out.display()
+            out.display()
         );
     }
     Ok(ExitCode::SUCCESS)
