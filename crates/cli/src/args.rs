@@ -298,7 +298,7 @@ pub enum ModelCommand {
     /// take: a checkpoint after the spec's last epoch, with the weights' test metrics. The
     /// weights are a state dict under stepwise's tensor names (`model summary --tensors`),
     /// as safetensors or as a `torch.save` file.
-    Import(ImportArgs),
+    Import(Box<ImportArgs>),
 }
 
 #[derive(Args)]
@@ -313,12 +313,23 @@ pub struct ImportArgs {
     pub spec: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Instead of a spec, a run of this experiment (TOML): the weights become that run in
+    /// the experiment's output directory `--out` (`OUT/runs/<label>-seed<seed>`), where
+    /// `stepwise run` then analyses and reports them as a finished run.
+    #[arg(long, conflicts_with = "spec")]
+    pub experiment: Option<PathBuf>,
+    /// With --experiment: the configuration, by its label (default: the only one).
+    #[arg(long, requires = "experiment")]
+    pub config: Option<String>,
+    /// With --experiment: the seed of the run (default: the experiment's first).
+    #[arg(long, requires = "experiment")]
+    pub seed: Option<u64>,
     /// Dataset name (looked up in the data directory) or a dataset directory (default: the
     /// spec's).
     #[arg(long)]
     pub data: Option<String>,
     /// Epochs the weights were trained for (default: the spec's).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "experiment")]
     pub epochs: Option<u32>,
     /// In a `torch.save` file of a dict holding the state dict, its key (e.g. `state_dict`).
     #[arg(long)]
@@ -326,7 +337,8 @@ pub struct ImportArgs {
     /// A prefix to strip from every tensor name (e.g. `module.` of `DataParallel`).
     #[arg(long)]
     pub strip_prefix: Option<String>,
-    /// The run directory to create (new or empty): spec.toml, metrics.jsonl, checkpoints/.
+    /// The run directory to create (new or empty): spec.toml, metrics.jsonl, checkpoints/;
+    /// with --experiment, the experiment's output directory.
     #[arg(long)]
     pub out: PathBuf,
     /// Where to evaluate the weights: `cpu`, `cuda` or `cuda:N`.
@@ -452,6 +464,18 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// Whether any model flag is given.
+    pub fn any(&self) -> bool {
+        self.arch.is_some()
+            || self.depth.is_some()
+            || self.classes.is_some()
+            || self.width.is_some()
+            || self.blocks.is_some()
+            || self.sharing.is_some()
+            || self.unshared.is_some()
+            || self.dtype.is_some()
+    }
+
     /// Applies the flags to `spec` (which may come from a spec file).
     pub fn apply(&self, spec: &mut ModelSpec) {
         if let Some(a) = self.arch {

@@ -1060,4 +1060,57 @@ fn weights_saved_by_pytorch_import_as_a_run_that_analyses() {
     let err = failed(&import("notes", "8", &[]));
     assert!(err.contains("notes is not empty"), "{err}");
     assert!(dir.path().join("notes/todo.txt").exists());
+
+    // As a run of an experiment: `stepwise run` takes it as finished, analyses and reports it.
+    let experiment = r#"
+name = "imported"
+seeds = [0]
+
+[data]
+dataset = "shapes10"
+
+[train]
+epochs = 1
+
+[analysis]
+max_examples = 12
+unroll_steps = 2
+alphas = [1.0, 0.1]
+
+[[configs]]
+model = { arch = "resnet", depth = 8, width = 2 }
+"#;
+    std::fs::write(dir.path().join("imported.toml"), experiment).unwrap();
+    let into_experiment = |extra: &[&str]| {
+        let mut args = vec!["model", "import", "--weights", &weights];
+        args.extend(["--experiment", "imported.toml", "--out", "exp"]);
+        args.extend(extra);
+        stepwise(dir.path(), &args)
+    };
+    let err = failed(&into_experiment(&["--seed", "4"]));
+    assert!(
+        err.contains("no run of configuration \"resnet-8\" with seed 4"),
+        "{err}"
+    );
+    let err = failed(&into_experiment(&["--width", "4"]));
+    assert!(err.contains("the model is the configuration's"), "{err}");
+    ok(&into_experiment(&[]));
+    let out = command(dir.path())
+        .args(["run", "imported.toml", "--out", "exp"])
+        .output()
+        .unwrap();
+    ok(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("finished earlier"), "{log}");
+    let report = std::fs::read_to_string(dir.path().join("exp/report.md")).unwrap();
+    assert!(
+        report.contains("weights imported (`stepwise model import`): resnet-8 seed 0 from"),
+        "{report}"
+    );
+    let row = "| resnet-8 | 1438 | — | ";
+    assert!(report.contains(row), "{report}");
+    assert!(dir
+        .path()
+        .join("exp/runs/resnet-8-seed0/analysis/epoch-0001/analysis.json")
+        .exists());
 }

@@ -5,7 +5,7 @@ use crate::progress::{find, RunSink};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use cifar::rng::{rng, Stream};
-use domain::{BlockInfo, MetricName, ModelSpec, Split};
+use domain::{BlockInfo, ExperimentRun, ExperimentSpec, MetricName, ModelSpec, Split};
 use resnet::{candle_device, Dtypes, ResNet};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -56,7 +56,7 @@ pub fn run(cmd: ModelCommand, data_dir: &Path) -> Result<ExitCode> {
             tensors,
             json,
         } => summary(model.to_spec()?, tensors, json),
-        ModelCommand::Import(args) => import(args, data_dir),
+        ModelCommand::Import(args) => import(*args, data_dir),
     }
 }
 
@@ -140,11 +140,60 @@ struct ImportSummary<'a> {
     spec: &'a domain::RunSpec,
 }
 
-fn import(args: ImportArgs, data_dir: &Path) -> Result<ExitCode> {
-    let mut spec = spec_with_model(args.spec.as_deref(), &args.model)?;
-    if args.epochs.is_some() {
-        spec.train.epochs = args.epochs;
+/// The run of an experiment that `--config` and `--seed` pick.
+fn experiment_run(args: &ImportArgs, path: &Path) -> Result<ExperimentRun> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let experiment = ExperimentSpec::from_toml(&text)
+        .with_context(|| format!("experiment {}", path.display()))?;
+    let runs = experiment.runs();
+    let mut labels: Vec<String> = vec![];
+    for run in &runs {
+        if !labels.contains(&run.label) {
+            labels.push(run.label.clone());
+        }
     }
+    let label = match (&args.config, labels.as_slice()) {
+        (Some(label), _) => label.clone(),
+        (None, [only]) => only.clone(),
+        (None, _) => bail!(
+            "{} has {} configurations: name one with --config ({})",
+            path.display(),
+            labels.len(),
+            labels.join(", ")
+        ),
+    };
+    let seed = args.seed.unwrap_or(experiment.seeds[0]);
+    runs.into_iter()
+        .find(|r| r.label == label && r.seed == seed)
+        .with_context(|| {
+            format!(
+                "{} has no run of configuration {label:?} with seed {seed} (configurations: {}; \
+                 seeds: {:?})",
+                path.display(),
+                labels.join(", "),
+                experiment.seeds
+            )
+        })
+}
+
+fn import(args: ImportArgs, data_dir: &Path) -> Result<ExitCode> {
+    let (spec, out) = match &args.experiment {
+        Some(path) => {
+            if args.model.any() {
+                bail!("with --experiment the model is the configuration's: drop the model flags");
+            }
+            let run = experiment_run(&args, path)?;
+            (run.spec.clone(), args.out.join("runs").join(run.dir_name()))
+        }
+        None => {
+            let mut spec = spec_with_model(args.spec.as_deref(), &args.model)?;
+            if args.epochs.is_some() {
+                spec.train.epochs = args.epochs;
+            }
+            (spec, args.out.clone())
+        }
+    };
     spec.validate().context("invalid spec")?;
     let mut weights = resnet::checkpoint::read_weights(&args.weights, args.key.as_deref())?;
     if let Some(prefix) = &args.strip_prefix {
@@ -163,7 +212,7 @@ fn import(args: ImportArgs, data_dir: &Path) -> Result<ExitCode> {
     let data = args.data.as_deref().unwrap_or(&spec.data.dataset);
     let dataset = open_dataset(data, data_dir, spec.data.labels)?;
     let device = candle_device(args.device)?;
-    let out = &args.out;
+    let out = &out;
     refuse_existing_run(out)?;
     let empty = |dir: &Path| std::fs::read_dir(dir).map(|mut d| d.next().is_none());
     if out.exists() && !empty(out).with_context(|| format!("reading {}", out.display()))? {
@@ -236,10 +285,17 @@ fn import(args: ImportArgs, data_dir: &Path) -> Result<ExitCode> {
             id.test_examples,
         );
         eprintln!("checkpoint {}", summary.checkpoint.display());
-        eprintln!(
-            "block-wise metrics: stepwise analyze --run {}",
-            out.display()
-        );
+        match &args.experiment {
+            Some(experiment) => eprintln!(
+                "analysed and reported with the experiment's other runs: stepwise run {} --out {}",
+                experiment.display(),
+                args.out.display()
+            ),
+            None => eprintln!(
+                "block-wise metrics: stepwise analyze --run {}",
+                out.display()
+            ),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use train::{checkpoint_name, Outcome, Trainer, META_TRAIN_STATE};
+use train::{checkpoint_name, ImportedWeights, Outcome, Trainer, META_TRAIN_STATE};
 
 pub fn run(args: RunArgs, data_dir: &Path) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&args.spec)
@@ -39,13 +39,18 @@ pub fn run(args: RunArgs, data_dir: &Path) -> Result<ExitCode> {
     )?;
     let started = std::time::Instant::now();
     let plan = spec.analysis_plan();
+    let mut imported = vec![];
     for (k, run) in runs.iter().enumerate() {
         let dir = out.join("runs").join(run.dir_name());
         eprintln!("[{}/{}] {} seed {}", k + 1, runs.len(), run.label, run.seed);
         let analysed = plan.epochs(run.spec.epochs());
-        if !train_to_end(run, &analysed, &dir, data_dir, &device, &stop)? {
-            eprintln!("stopped; run the same command again to continue");
-            return Ok(ExitCode::from(130));
+        match train_to_end(run, &analysed, &dir, data_dir, &device, &stop)? {
+            Trained::Stopped => {
+                eprintln!("stopped; run the same command again to continue");
+                return Ok(ExitCode::from(130));
+            }
+            Trained::Finished { imported: Some(w) } => imported.push((run, w)),
+            Trained::Finished { imported: None } => {}
         }
         for epoch in analysed {
             if !analyse(&spec, epoch, &dir, data_dir, &device, &stop)? {
@@ -68,6 +73,7 @@ pub fn run(args: RunArgs, data_dir: &Path) -> Result<ExitCode> {
     let report = report(
         &spec,
         &runs,
+        &imported,
         &data,
         &figures,
         out,
@@ -105,9 +111,18 @@ fn check_memory(
     Ok(())
 }
 
+/// How [`train_to_end`] left a run.
+enum Trained {
+    Stopped,
+    /// At its last epoch; `imported` where its weights were trained elsewhere
+    /// (`stepwise model import --experiment`).
+    Finished {
+        imported: Option<ImportedWeights>,
+    },
+}
+
 /// Trains `run` into `dir` to its last epoch, keeping the checkpoints of the epochs
 /// `analysed`: fresh, resumed from the newest checkpoint, or not at all when finished.
-/// Returns false when stopped.
 fn train_to_end(
     run: &ExperimentRun,
     analysed: &[u32],
@@ -115,7 +130,7 @@ fn train_to_end(
     data_dir: &Path,
     device: &candle_core::Device,
     stop: &AtomicBool,
-) -> Result<bool> {
+) -> Result<Trained> {
     let epochs = run.spec.epochs();
     let ckpt_dir = dir.join("checkpoints");
     let resume = train::newest_intact(&train::resume_candidates(&ckpt_dir)?)?;
@@ -148,7 +163,15 @@ fn train_to_end(
             let state: train::TrainState = ck.meta_json(META_TRAIN_STATE)?;
             if state.epoch >= epochs && state.batch == 0 {
                 eprintln!("  finished earlier: {}", path.display());
-                return Ok(true);
+                if let Some(w) = &state.imported {
+                    eprintln!(
+                        "  its weights imported from {} (sha256 {})",
+                        w.file, w.sha256
+                    );
+                }
+                return Ok(Trained::Finished {
+                    imported: state.imported,
+                });
             }
             Trainer::resume(&ck, None, dataset, device, ckpt_dir.clone())?
         }
@@ -163,7 +186,12 @@ fn train_to_end(
     resnet::checkpoint::write_atomic(&spec_path, trainer.spec().to_toml().as_bytes())?;
     let outcome = trainer.run(&mut sink, stop);
     sink.finish();
-    Ok(matches!(outcome?, Outcome::Finished))
+    Ok(match outcome? {
+        Outcome::Finished => Trained::Finished {
+            imported: trainer.state().imported.clone(),
+        },
+        Outcome::Stopped { .. } => Trained::Stopped,
+    })
 }
 
 /// Analyses the checkpoint after `epoch` into `dir/analysis/epoch-EEEE/`, unless already
@@ -246,6 +274,7 @@ fn summary_csv(runs: &[ExperimentRun], data: &[RunData]) -> String {
 fn report(
     spec: &ExperimentSpec,
     runs: &[ExperimentRun],
+    imported: &[(&ExperimentRun, ImportedWeights)],
     data: &[RunData],
     figures: &[PathBuf],
     out: &Path,
@@ -266,6 +295,22 @@ fn report(
         domain::CODE_VERSION,
         seconds
     );
+    if !imported.is_empty() {
+        let each: Vec<String> = imported
+            .iter()
+            .map(|(run, w)| {
+                format!(
+                    "{} seed {} from `{}` (sha256 `{}`)",
+                    run.label, run.seed, w.file, w.sha256
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            md,
+            "Trained elsewhere, their weights imported (`stepwise model import`): {}.\n",
+            each.join("; ")
+        );
+    }
     if let Some(note) = domain::claims::short_schedule_note(runs) {
         let _ = writeln!(md, "{note}\n");
     }

@@ -307,16 +307,8 @@ fn resume(
     data_dir: &Path,
     device: &candle_core::Device,
 ) -> Result<(Trainer, PathBuf)> {
-    let m = &args.model;
     let changes_spec = args.spec.is_some()
-        || m.arch.is_some()
-        || m.depth.is_some()
-        || m.classes.is_some()
-        || m.width.is_some()
-        || m.blocks.is_some()
-        || m.sharing.is_some()
-        || m.unshared.is_some()
-        || m.dtype.is_some()
+        || args.model.any()
         || args.seed.is_some()
         || args.batch.is_some()
         || args.lr.is_some()
