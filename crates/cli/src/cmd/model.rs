@@ -129,6 +129,33 @@ fn summary(spec: ModelSpec, list_tensors: bool, json: bool) -> Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
+/// Creates the run directory `out` whole or not at all: `fill` writes into a hidden
+/// directory beside it, renamed into place once complete (over an empty directory too) and
+/// removed on failure. (`cifar`'s datasets are written the same way, with its own errors.)
+fn create_whole<T>(out: &Path, fill: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let name = out
+        .file_name()
+        .with_context(|| format!("{}: not a directory name", out.display()))?;
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+    let staging = parent.unwrap_or(Path::new(".")).join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = std::fs::create_dir_all(&staging)
+        .with_context(|| format!("creating {}", staging.display()))
+        .and_then(|()| fill(&staging))
+        .and_then(|value| {
+            std::fs::rename(&staging, out)
+                .with_context(|| format!("renaming {} to {}", staging.display(), out.display()))?;
+            Ok(value)
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
+}
+
 /// What `model import` prints with `--json`.
 #[derive(Serialize)]
 struct ImportSummary<'a> {
@@ -221,40 +248,21 @@ fn import(args: ImportArgs, data_dir: &Path) -> Result<ExitCode> {
             out.display()
         );
     }
-    // Written beside it and renamed into place (over an empty directory too), the run
-    // directory appears whole or not at all.
-    let name = out
-        .file_name()
-        .with_context(|| format!("{}: not a directory name", out.display()))?;
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
-    let parent = parent.unwrap_or(Path::new("."));
-    let staging = parent.join(format!(
-        ".{}.import-{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        std::fs::create_dir_all(&staging)
-            .with_context(|| format!("creating {}", staging.display()))?;
-        let mut sink = RunSink::open(&staging, 0, spec.epochs(), true)?;
+    let imported = create_whole(out, |staging| {
+        let mut sink = RunSink::open(staging, 0, spec.epochs(), true)?;
+        let checkpoints = staging.join("checkpoints");
         let imported = train::import(
             spec,
             dataset,
             &weights,
             source.clone(),
             &device,
-            staging.join("checkpoints"),
+            checkpoints,
             &mut sink,
         )?;
         let spec_path = staging.join("spec.toml");
         resnet::checkpoint::write_atomic(&spec_path, imported.spec.to_toml().as_bytes())?;
-        drop(sink);
-        std::fs::rename(&staging, out)
-            .with_context(|| format!("renaming {} to {}", staging.display(), out.display()))?;
-        anyhow::Ok(imported)
-    })();
-    let imported = result.inspect_err(|_| {
-        let _ = std::fs::remove_dir_all(&staging);
+        Ok(imported)
     })?;
     let test = |name| find(&imported.records, name, Some(Split::Test));
     let summary = ImportSummary {
