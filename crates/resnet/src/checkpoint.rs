@@ -199,16 +199,21 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
 
 /// The tensors of a weights file written elsewhere, for `stepwise model import`: a
 /// safetensors file (`safetensors.torch.save_file(model.state_dict(), …)`) or what
-/// `torch.save` writes (its zip format, read by candle's unpickler, which builds no Python
-/// objects), told apart by the zip signature. `key` picks the state dict inside a saved
+/// `torch.save` writes (its zip format, read by candle's unpickler, which interprets the
+/// pickle in Rust and runs no code from it), told apart by the zip signature. `key` picks the state dict inside a saved
 /// dict such as `{"state_dict": …, "epoch": …}`. Tensors land on the CPU as stored.
 pub fn read_weights(path: &Path, key: Option<&str>) -> Result<HashMap<String, Tensor>> {
     let bad = |reason: String| Error::BadWeights {
         path: path.to_path_buf(),
         reason,
     };
-    let bytes = fs::read(path).map_err(Error::io(path))?;
-    let tensors: HashMap<String, Tensor> = if bytes.starts_with(b"PK\x03\x04") {
+    let mut signature = [0u8; 4];
+    let zip = File::open(path)
+        .and_then(|mut f| f.read(&mut signature))
+        .map_err(Error::io(path))?
+        == 4
+        && signature == *b"PK\x03\x04";
+    let tensors: HashMap<String, Tensor> = if zip {
         candle_core::pickle::read_all_with_key(path, key)
             .map_err(|e| {
                 bad(format!(
@@ -222,6 +227,7 @@ pub fn read_weights(path: &Path, key: Option<&str>) -> Result<HashMap<String, Te
             "a key applies to torch.save files only, and this is not one (no zip signature)".into(),
         ));
     } else {
+        let bytes = fs::read(path).map_err(Error::io(path))?;
         candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
             bad(format!(
                 "neither safetensors nor a torch.save file (zip) of a state dict: {e}"
