@@ -43,6 +43,13 @@ pub struct ConfigSpec {
     pub train: Option<TrainSpec>,
 }
 
+impl ConfigSpec {
+    /// Its label: the given one, or the model's.
+    pub fn label(&self) -> String {
+        self.label.clone().unwrap_or_else(|| self.model.label())
+    }
+}
+
 fn default_seeds() -> Vec<u64> {
     vec![0]
 }
@@ -82,7 +89,7 @@ impl ExperimentSpec {
     pub fn runs(&self) -> Vec<ExperimentRun> {
         let mut out = vec![];
         for config in &self.configs {
-            let label = config.label.clone().unwrap_or_else(|| config.model.label());
+            let label = config.label();
             for &seed in &self.seeds {
                 let mut train = config.train.clone().unwrap_or_else(|| self.train.clone());
                 train.seed = seed;
@@ -101,6 +108,11 @@ impl ExperimentSpec {
             }
         }
         out
+    }
+
+    /// The configurations' labels, in order (distinct in a valid experiment).
+    pub fn labels(&self) -> Vec<String> {
+        self.configs.iter().map(ConfigSpec::label).collect()
     }
 
     /// Checks every field and every run, reporting all problems at once.
@@ -131,7 +143,7 @@ impl ExperimentSpec {
         }
         let mut labels: Vec<String> = vec![];
         for (i, config) in self.configs.iter().enumerate() {
-            let label = config.label.clone().unwrap_or_else(|| config.model.label());
+            let label = config.label();
             if label.is_empty() || label.len() > 64 || !label.chars().all(tag_char) {
                 e.push(
                     &format!("configs[{i}].label"),

@@ -173,13 +173,7 @@ fn experiment_run(args: &ImportArgs, path: &Path) -> Result<ExperimentRun> {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let experiment = ExperimentSpec::from_toml(&text)
         .with_context(|| format!("experiment {}", path.display()))?;
-    let runs = experiment.runs();
-    let mut labels: Vec<String> = vec![];
-    for run in &runs {
-        if !labels.contains(&run.label) {
-            labels.push(run.label.clone());
-        }
-    }
+    let labels = experiment.labels();
     let label = match (&args.config, labels.as_slice()) {
         (Some(label), _) => label.clone(),
         (None, [only]) => only.clone(),
@@ -191,7 +185,9 @@ fn experiment_run(args: &ImportArgs, path: &Path) -> Result<ExperimentRun> {
         ),
     };
     let seed = args.seed.unwrap_or(experiment.seeds[0]);
-    runs.into_iter()
+    experiment
+        .runs()
+        .into_iter()
         .find(|r| r.label == label && r.seed == seed)
         .with_context(|| {
             format!(

@@ -318,12 +318,7 @@ fn report(
     let _ = writeln!(md, "{}\n", paper::TABLE_NOTE);
     let _ = writeln!(md, "| {} |", paper::TABLE_HEADER.join(" | "));
     let _ = writeln!(md, "|---|---|---|---|---|---|");
-    let mut labels: Vec<&str> = vec![];
-    for r in runs {
-        if !labels.contains(&r.label.as_str()) {
-            labels.push(&r.label);
-        }
-    }
+    let labels = spec.labels();
     let mut configs = vec![];
     for label in &labels {
         let members: Vec<(&ExperimentRun, &RunData)> = runs
