@@ -31,6 +31,8 @@ pub struct Config {
     /// `STEPWISE_MAX_BODY_BYTES` (1 MiB): user request bodies; worker reports (analysis
     /// results) may be 64 times larger.
     pub max_body_bytes: usize,
+    /// `STEPWISE_MAX_UPLOAD_BYTES` (1 GiB): weights uploaded with `POST /v1/runs/import`.
+    pub max_upload_bytes: usize,
     /// `STEPWISE_SESSION_HOURS` (12): how long a dashboard login lasts.
     pub session_ttl: Duration,
 }
@@ -127,6 +129,11 @@ impl Config {
                 "STEPWISE_MAX_BODY_BYTES",
                 text("STEPWISE_MAX_BODY_BYTES"),
                 1 << 20,
+            )?,
+            max_upload_bytes: parsed(
+                "STEPWISE_MAX_UPLOAD_BYTES",
+                text("STEPWISE_MAX_UPLOAD_BYTES"),
+                1 << 30,
             )?,
             session_ttl,
         })

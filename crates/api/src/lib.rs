@@ -23,7 +23,9 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{middleware, Router};
 use error::ApiError;
-use routes::{analyses, checkpoints, datasets, experiments, figures, ops, runs, worker, workers};
+use routes::{
+    analyses, checkpoints, datasets, experiments, figures, import, ops, runs, worker, workers,
+};
 use std::time::Duration;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -72,6 +74,11 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/datasets", get(datasets::list))
         .route("/v1/workers", get(workers::list))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .merge(
+            Router::new()
+                .route("/v1/runs/import", post(import::import))
+                .layer(DefaultBodyLimit::max(config.max_upload_bytes)),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_user,

@@ -2,7 +2,7 @@
 
 use crate::error::Problem;
 use crate::routes::{
-    analyses, checkpoints, datasets, experiments, figures, ops, runs, worker, workers,
+    analyses, checkpoints, datasets, experiments, figures, import, ops, runs, worker, workers,
 };
 use domain::service::*;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -12,7 +12,7 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(title = "stepwise", description = "Training runs of the ResNet variants of \"Residual Connections Encourage Iterative Inference\" and their block-wise metrics. Users authenticate with STEPWISE_API_TOKEN, workers with STEPWISE_WORKER_TOKEN (bearer). Errors are RFC 9457 problem+json."),
     paths(
-        runs::submit, runs::list, runs::get, runs::cancel, runs::retry, runs::delete,
+        runs::submit, import::import, runs::list, runs::get, runs::cancel, runs::retry, runs::delete,
         runs::metrics, runs::logs, runs::attempts, runs::checkpoints, checkpoints::file,
         analyses::request, analyses::of_run, analyses::get,
         experiments::submit, experiments::list, experiments::get, experiments::claims,
@@ -24,7 +24,7 @@ use utoipa::{Modify, OpenApi};
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(
-        Problem, RunSubmission, RunView, Page<RunView>, CheckpointView, AnalysisView,
+        Problem, RunSubmission, ImportSubmission, import::ImportForm, UploadedWeights, RunView, Page<RunView>, CheckpointView, AnalysisView,
         AnalysisRequest, AnalysisPlan, CheckpointSelection, ExperimentSubmission,
         ExperimentView, ExperimentSummary, ClaimsView, Page<ExperimentSummary>, ConfigSummary, AttemptView, LogLine, DatasetView, JobState, JobKind, FailureKind,
         ClaimRequest, Claim, CheckpointRef, AnalysisTask, LeaseProof, HeartbeatReply,

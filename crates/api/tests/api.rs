@@ -822,6 +822,15 @@ async fn openapi_docs_metrics_and_datasets_are_served(pool: PgPool) {
             "{path} missing from the OpenAPI document"
         );
     }
+    // The upload is a form of a JSON part and a file, which Swagger UI offers to send.
+    let form = &doc["paths"]["/v1/runs/import"]["post"]["requestBody"]["content"]
+        ["multipart/form-data"]["schema"];
+    let form = match form.get("$ref").and_then(|r| r.as_str()) {
+        Some(r) => &doc["components"]["schemas"][r.rsplit('/').next().unwrap()],
+        None => form,
+    };
+    assert_eq!(form["properties"]["weights"]["format"], "binary", "{form}");
+    assert!(form["properties"]["submission"].is_object(), "{form}");
     let docs = app.get("/docs/").await;
     assert_eq!(docs.status, StatusCode::OK);
     assert!(docs.text().contains("swagger"), "{}", docs.text());
@@ -958,4 +967,189 @@ async fn an_experiment_is_deleted_with_its_runs_and_files_once_nothing_runs(pool
     );
     let runs = app.get(&format!("/v1/runs?experiment={id}")).await.json();
     assert_eq!(runs["items"], json!([]));
+}
+
+/// A `multipart/form-data` body of `parts` (name, file name, bytes) and its content type.
+fn form(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "stepwise-test-boundary";
+    let mut body = Vec::new();
+    for (name, file_name, bytes) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        let file = file_name.map_or(String::new(), |f| format!("; filename=\"{f}\""));
+        body.extend_from_slice(
+            format!("Content-Disposition: form-data; name=\"{name}\"{file}\r\n\r\n").as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// The files below `dir`, relative to it, sorted.
+fn files_below(dir: &std::path::Path) -> Vec<String> {
+    fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = vec![];
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn uploaded_weights_become_a_run_whose_train_job_imports_them(pool: PgPool) {
+    use sha2::Digest;
+    let app = spawn_app(pool, &[("STEPWISE_MAX_UPLOAD_BYTES", "4096")]);
+    let upload = |parts: &[(&str, Option<&str>, &[u8])], key: Option<&str>| {
+        let (content_type, body) = form(parts);
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/runs/import")
+            .header(header::CONTENT_TYPE, content_type);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        app.send(request.body(Body::from(body)).unwrap())
+    };
+    // The API checks only that the file begins as safetensors (or a zip) does: whether the
+    // tensors are the model's is the trainer's to find (tested in `trainer` and the CLI).
+    let mut weights = 20u64.to_le_bytes().to_vec();
+    weights.extend_from_slice(br#"{"__metadata__":{}}"#);
+    weights.extend_from_slice(&[0; 100]);
+    let mut submission = run_body(3);
+    submission["strip_prefix"] = json!("module.");
+    let text = submission.to_string();
+    let parts = [
+        ("submission", None, text.as_bytes()),
+        ("weights", Some("r8 (trained).safetensors"), &weights[..]),
+    ];
+
+    let created = upload(&parts, Some("import-1")).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let run = created.json();
+    let id = run["id"].as_str().unwrap();
+    let sha256 = hex::encode(sha2::Sha256::digest(&weights));
+    assert_eq!(
+        run["weights"],
+        json!({"file_name": "r8 (trained).safetensors", "path": format!("runs/{id}/weights"),
+               "sha256": sha256, "size": weights.len(), "key": null, "strip_prefix": "module."})
+    );
+    assert_eq!(
+        (run["status"].as_str(), run["epochs"].as_u64()),
+        (Some("queued"), Some(3))
+    );
+    let stored = app.checkpoints.path();
+    assert_eq!(
+        std::fs::read(stored.join(format!("runs/{id}/weights"))).unwrap(),
+        weights
+    );
+    let page = app.get(&format!("/runs/{id}")).await.text();
+    assert!(
+        page.contains("Made of uploaded weights: <code>r8 (trained).safetensors</code>"),
+        "{page}"
+    );
+    // Repeated with its key: the same run, and no second file.
+    let replayed = upload(&parts, Some("import-1")).await;
+    assert_eq!(replayed.status, StatusCode::OK, "{}", replayed.text());
+    assert_eq!(replayed.json()["id"], run["id"]);
+    assert_eq!(files_below(stored), [format!("runs/{id}/weights")]);
+
+    // Its train job's claim names the file; analyze claims do not.
+    let claim = app.claim("train", "w").await;
+    assert_eq!(claim["run_id"], run["id"]);
+    assert_eq!(claim["weights"], run["weights"]);
+
+    // Bad forms: refused, and nothing is left behind in the checkpoint store.
+    let json_body = app.post("/v1/runs/import", submission.clone()).await;
+    assert_problem(&json_body, StatusCode::UNSUPPORTED_MEDIA_TYPE, "JSON body");
+    let swapped = upload(&[parts[1], parts[0]], None).await;
+    assert_problem(&swapped, StatusCode::BAD_REQUEST, "weights first");
+    assert!(
+        swapped.text().contains("expected the part `submission`"),
+        "{}",
+        swapped.text()
+    );
+    let missing = upload(&parts[..1], None).await;
+    assert_problem(&missing, StatusCode::BAD_REQUEST, "no weights");
+    assert!(
+        missing.text().contains("`weights` is missing"),
+        "{}",
+        missing.text()
+    );
+    let extra = upload(&[parts[0], parts[1], ("notes", None, b"hi")], None).await;
+    assert_problem(&extra, StatusCode::BAD_REQUEST, "a third part");
+    let mut bad_spec = submission.clone();
+    bad_spec["spec"]["model"]["depth"] = json!(9);
+    bad_spec["analysis"]["checkpoints"] = json!({"every": 1});
+    let bad_text = bad_spec.to_string();
+    let invalid = upload(&[("submission", None, bad_text.as_bytes()), parts[1]], None).await;
+    assert_problem(
+        &invalid,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "bad spec and plan",
+    );
+    let problem = invalid.json();
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["spec.model.depth", "analysis.checkpoints"]);
+    let text_file = upload(
+        &[parts[0], ("weights", Some("notes.txt"), b"epoch 3: 91%")],
+        None,
+    )
+    .await;
+    assert_problem(&text_file, StatusCode::UNPROCESSABLE_ENTITY, "not weights");
+    assert!(
+        text_file.text().contains("neither safetensors nor"),
+        "{}",
+        text_file.text()
+    );
+    let large = [0u8; 5000];
+    let too_large = upload(&[parts[0], ("weights", Some("big.pt"), &large[..])], None).await;
+    assert_problem(
+        &too_large,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "over the upload limit",
+    );
+    let reused_key = upload(
+        &[parts[0], ("weights", Some("w"), &weights[..50])],
+        Some("import-1"),
+    )
+    .await;
+    assert_problem(
+        &reused_key,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the key of other weights",
+    );
+    assert_eq!(files_below(stored), [format!("runs/{id}/weights")]);
+    let runs = app.get("/v1/runs").await.json();
+    assert_eq!(runs["items"].as_array().unwrap().len(), 1);
+
+    // Deleted with its run once nothing runs.
+    let (job, token) = (
+        claim["job_id"].as_str().unwrap(),
+        claim["lease_token"].as_str().unwrap(),
+    );
+    app.post(&format!("/v1/runs/{id}/cancel"), json!({})).await;
+    app.post(
+        &format!("/v1/worker/jobs/{job}/release"),
+        json!({"lease_token": token}),
+    )
+    .await;
+    let deleted = app
+        .call(Method::DELETE, &format!("/v1/runs/{id}"), None)
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text());
+    assert!(files_below(stored).is_empty(), "{:?}", files_below(stored));
 }

@@ -331,12 +331,8 @@ pub struct ImportArgs {
     /// Epochs the weights were trained for (default: the spec's).
     #[arg(long, conflicts_with = "experiment")]
     pub epochs: Option<u32>,
-    /// In a `torch.save` file of a dict holding the state dict, its key (e.g. `state_dict`).
-    #[arg(long)]
-    pub key: Option<String>,
-    /// A prefix to strip from every tensor name (e.g. `module.` of `DataParallel`).
-    #[arg(long)]
-    pub strip_prefix: Option<String>,
+    #[command(flatten)]
+    pub reading: WeightsReading,
     /// The run directory to create (new or empty): spec.toml, metrics.jsonl, checkpoints/;
     /// with --experiment, the experiment's output directory.
     #[arg(long)]
@@ -347,6 +343,17 @@ pub struct ImportArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Where the state dict is in a weights file.
+#[derive(Args)]
+pub struct WeightsReading {
+    /// In a `torch.save` file of a dict holding the state dict, its key (e.g. `state_dict`).
+    #[arg(long, requires = "weights")]
+    pub key: Option<String>,
+    /// A prefix to strip from every tensor name (e.g. `module.` of `DataParallel`).
+    #[arg(long, requires = "weights")]
+    pub strip_prefix: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -802,6 +809,14 @@ pub struct SubmitArgs {
     /// Makes the submission safe to repeat: the same key never creates a second run.
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// Weights trained elsewhere (a state dict as safetensors or a `torch.save` file): the
+    /// run is made of them — checked here against the spec's model, uploaded with it, then
+    /// evaluated and checkpointed by a trainer as after the spec's epochs and analysed — as
+    /// `model import` does locally. A run spec only.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub reading: WeightsReading,
     /// Print the created run or experiment as JSON.
     #[arg(long)]
     pub json: bool,

@@ -9,10 +9,12 @@ pub mod worker;
 use domain::service::{
     AnalysisRequest, AnalysisResult, AnalysisView, CheckpointRegistration, CheckpointView, Claim,
     ClaimRequest, ClaimsView, Completion, EventBatch, ExperimentSubmission, ExperimentSummary,
-    ExperimentView, FailureKind, FailureReport, HeartbeatReply, JobKind, JobState, LeaseProof,
-    Page, Refusal, RunSubmission, RunView, WorkerCapacity, WorkerEvent, WorkerView,
+    ExperimentView, FailureKind, FailureReport, HeartbeatReply, ImportSubmission, JobKind,
+    JobState, LeaseProof, Page, Refusal, RunSubmission, RunView, WorkerCapacity, WorkerEvent,
+    WorkerView,
 };
 use domain::{ExperimentSpec, FieldError, MetricRecord};
+use reqwest::blocking::multipart::{Form, Part};
 use reqwest::blocking::{RequestBuilder, Response};
 pub use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -220,6 +222,34 @@ impl Client {
     pub fn submit_run(&self, submission: &RunSubmission, key: Option<&str>) -> Result<RunView> {
         json(self.send("/v1/runs", |u| {
             let r = self.http.post(u).json(submission);
+            match key {
+                Some(k) => r.header("Idempotency-Key", k),
+                None => r,
+            }
+        })?)
+    }
+
+    /// Submits a run made of weights trained elsewhere: `weights`, the bytes of the file
+    /// `file_name` (a state dict as safetensors or a `torch.save` file), are uploaded with
+    /// the submission. With a key, repeating the call makes no second run.
+    pub fn import_run(
+        &self,
+        submission: &ImportSubmission,
+        file_name: &str,
+        weights: &[u8],
+        key: Option<&str>,
+    ) -> Result<RunView> {
+        let text = serde_json::to_string(submission).map_err(|e| ClientError::Decode {
+            url: self.url("/v1/runs/import"),
+            message: format!("the submission does not serialise: {e}"),
+        })?;
+        json(self.send("/v1/runs/import", |u| {
+            // Built anew for each try: a form is consumed by sending it.
+            let form = Form::new().text("submission", text.clone()).part(
+                "weights",
+                Part::bytes(weights.to_vec()).file_name(file_name.to_string()),
+            );
+            let r = self.http.post(u).multipart(form);
             match key {
                 Some(k) => r.header("Idempotency-Key", k),
                 None => r,

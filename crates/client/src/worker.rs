@@ -463,6 +463,7 @@ mod tests {
             resume_from: vec![],
             keep_epochs: vec![],
             analysis: None,
+            weights: None,
         }
     }
 

@@ -171,16 +171,83 @@ pub struct RunSubmission {
 impl RunSubmission {
     pub fn validate(&self) -> Result<(), SpecError> {
         let mut e = Errors::default();
-        if let Err(bad) = self.spec.validate() {
-            e.extend_prefixed("spec.", bad);
+        check_run(&self.spec, self.analysis.as_ref(), &mut e);
+        e.finish()
+    }
+}
+
+fn check_run(spec: &RunSpec, analysis: Option<&AnalysisPlan>, e: &mut Errors) {
+    if let Err(bad) = spec.validate() {
+        e.extend_prefixed("spec.", bad);
+    }
+    if let Some(plan) = analysis {
+        if let Err(bad) = plan.validate(spec.epochs()) {
+            e.extend_prefixed("analysis.", bad);
         }
+    }
+}
+
+/// `POST /v1/runs/import`, its `submission` part: a run made of weights trained elsewhere
+/// (the `weights` part, a state dict under stepwise's tensor names as safetensors or a
+/// `torch.save` file). A trainer loads them into the model the spec describes, strictly,
+/// evaluates them as after the spec's last epoch and checkpoints them, as `stepwise model
+/// import` does; the plan then analyses that one checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportSubmission {
+    #[schema(value_type = Object)]
+    pub spec: RunSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisPlan>,
+    /// The state dict is this entry of a `torch.save`d dict (e.g. `state_dict`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Taken off the front of every tensor name (e.g. DataParallel's `module.`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strip_prefix: Option<String>,
+}
+
+impl ImportSubmission {
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let mut e = Errors::default();
+        check_run(&self.spec, self.analysis.as_ref(), &mut e);
+        let epochs = self.spec.epochs();
         if let Some(plan) = &self.analysis {
-            if let Err(bad) = plan.validate(self.spec.epochs()) {
-                e.extend_prefixed("analysis.", bad);
+            if plan.epochs(epochs) != [epochs] {
+                e.push(
+                    "analysis.checkpoints",
+                    format!(
+                        "an imported run has one checkpoint, after its last epoch ({epochs}): \
+                         use \"final\""
+                    ),
+                );
+            }
+        }
+        for (field, text) in [("key", &self.key), ("strip_prefix", &self.strip_prefix)] {
+            if let Some(Err(bad)) = text
+                .as_deref()
+                .map(|t| crate::spec::check_text(t, 200, false))
+            {
+                e.push(field, bad);
             }
         }
         e.finish()
     }
+}
+
+/// The weights a run was made of (`POST /v1/runs/import`), as the API stored them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UploadedWeights {
+    /// The file's name as uploaded.
+    pub file_name: String,
+    /// Where the API stored it, relative to the checkpoint store (`runs/<run>/weights`).
+    pub path: String,
+    /// The hex SHA-256 of the whole file; the trainer checks the file against it.
+    pub sha256: String,
+    pub size: u64,
+    /// As submitted ([`ImportSubmission`]).
+    pub key: Option<String>,
+    pub strip_prefix: Option<String>,
 }
 
 /// `POST /v1/experiments`: every configuration × seed becomes a run, analysed at its final
@@ -244,6 +311,9 @@ pub struct RunView {
     #[schema(value_type = Option<Object>)]
     pub resolved_spec: Option<RunSpec>,
     pub analysis: Option<AnalysisPlan>,
+    /// Runs made of uploaded weights (`POST /v1/runs/import`): the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<UploadedWeights>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -464,6 +534,9 @@ pub struct Claim {
     pub keep_epochs: Vec<u32>,
     /// Analyze jobs: what to analyse.
     pub analysis: Option<AnalysisTask>,
+    /// Train jobs of runs made of uploaded weights: import them rather than train.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<UploadedWeights>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -683,6 +756,36 @@ mod tests {
         assert_eq!(initial.epochs(5), [0, 3, 5]);
         assert!(initial.validate(5).is_ok());
         assert_eq!(every.epochs(4), [3, 4]);
+    }
+
+    #[test]
+    fn an_imported_run_analyses_its_one_checkpoint_and_names_its_state_dict_in_plain_text() {
+        let submission: ImportSubmission = parse_json(
+            br#"{"spec": {"model": {"arch": "resnet", "depth": 8},
+                          "data": {"dataset": "shapes10"}, "train": {"epochs": 4}},
+                 "analysis": {"checkpoints": {"epochs": [4]}}, "key": "state_dict"}"#,
+        )
+        .unwrap();
+        assert!(submission.validate().is_ok());
+        let fields = |s: &ImportSubmission| -> Vec<String> {
+            let errors = s.validate().unwrap_err().0;
+            errors.into_iter().map(|e| e.field).collect()
+        };
+        for checkpoints in [
+            CheckpointSelection::Every(2),
+            CheckpointSelection::Epochs(vec![0]),
+        ] {
+            let mut other = submission.clone();
+            other.analysis = Some(AnalysisPlan {
+                checkpoints,
+                ..Default::default()
+            });
+            assert_eq!(fields(&other), ["analysis.checkpoints"]);
+        }
+        let mut other = submission.clone();
+        other.strip_prefix = Some("module.\u{0}".into());
+        other.key = Some(String::new());
+        assert_eq!(fields(&other), ["key", "strip_prefix"]);
     }
 
     #[test]

@@ -200,9 +200,15 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
 /// The tensors of a weights file written elsewhere, for `stepwise model import`: a
 /// safetensors file (`safetensors.torch.save_file(model.state_dict(), …)`) or what
 /// `torch.save` writes (its zip format, read by candle's unpickler, which interprets the
-/// pickle in Rust and runs no code from it), told apart by the zip signature. `key` picks the state dict inside a saved
-/// dict such as `{"state_dict": …, "epoch": …}`. Tensors land on the CPU as stored.
-pub fn read_weights(path: &Path, key: Option<&str>) -> Result<HashMap<String, Tensor>> {
+/// pickle in Rust and runs no code from it), told apart by the zip signature. `key` picks
+/// the state dict inside a saved dict such as `{"state_dict": …, "epoch": …}`;
+/// `strip_prefix` is taken off the names that begin with it (DataParallel's `module.`).
+/// Tensors land on the CPU as stored.
+pub fn read_weights(
+    path: &Path,
+    key: Option<&str>,
+    strip_prefix: Option<&str>,
+) -> Result<HashMap<String, Tensor>> {
     let bad = |reason: String| Error::BadWeights {
         path: path.to_path_buf(),
         reason,
@@ -241,7 +247,16 @@ pub fn read_weights(path: &Path, key: Option<&str>) -> Result<HashMap<String, Te
         };
         return Err(bad(format!("no tensors {hint}")));
     }
-    Ok(tensors)
+    Ok(match strip_prefix {
+        Some(prefix) => tensors
+            .into_iter()
+            .map(|(name, t)| match name.strip_prefix(prefix) {
+                Some(stripped) => (stripped.to_string(), t),
+                None => (name, t),
+            })
+            .collect(),
+        None => tensors,
+    })
 }
 
 /// Writes `bytes` to `path` so that a crash leaves either the old file or the complete new

@@ -71,12 +71,12 @@ impl Error {
         matches!(self, Self::Io { .. })
     }
 
-    /// Whether a checkpoint file itself cannot serve — damaged, or not there — as opposed to
-    /// the store failing as a whole (unreadable, unmounted), where no other file would fare
-    /// better.
+    /// Whether a file to read — a checkpoint, or weights trained elsewhere — itself cannot
+    /// serve (damaged, not what the spec describes, or not there), as opposed to the store
+    /// failing as a whole (unreadable, unmounted), where no other file would fare better.
     pub fn is_unusable_checkpoint(&self) -> bool {
         match self {
-            Self::BadCheckpoint { .. } => true,
+            Self::BadCheckpoint { .. } | Self::BadWeights { .. } => true,
             Self::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
             _ => false,
         }

@@ -65,8 +65,8 @@ fn refusal(result: resnet::Result<HashMap<String, Tensor>>) -> String {
 
 #[test]
 fn a_torch_save_file_reads_as_the_safetensors_pytorch_wrote_and_loads_into_the_model() {
-    let saved = read_weights(&fixture("resnet8-w2.pt"), None).unwrap();
-    let safetensors = read_weights(&fixture("resnet8-w2.safetensors"), None).unwrap();
+    let saved = read_weights(&fixture("resnet8-w2.pt"), None, None).unwrap();
+    let safetensors = read_weights(&fixture("resnet8-w2.safetensors"), None, None).unwrap();
     same_tensors(&saved, &safetensors);
     assert_eq!(
         saved["head.bn.num_batches_tracked"]
@@ -86,19 +86,17 @@ fn a_torch_save_file_reads_as_the_safetensors_pytorch_wrote_and_loads_into_the_m
 #[test]
 fn a_state_dict_saved_inside_a_dict_is_read_under_its_key() {
     let wrapped = fixture("resnet8-w2-wrapped.pt");
-    let message = refusal(read_weights(&wrapped, None));
+    let message = refusal(read_weights(&wrapped, None, None));
     assert!(message.contains("resnet8-w2-wrapped.pt"), "{message}");
     assert!(message.contains("needs its key"), "{message}");
 
-    let under_key = read_weights(&wrapped, Some("state_dict")).unwrap();
-    let plain = read_weights(&fixture("resnet8-w2.pt"), None).unwrap();
-    let unprefixed: HashMap<String, Tensor> = under_key
-        .into_iter()
-        .map(|(name, t)| (name.strip_prefix("module.").unwrap().to_string(), t))
-        .collect();
+    let under_key = read_weights(&wrapped, Some("state_dict"), None).unwrap();
+    assert!(under_key.keys().all(|name| name.starts_with("module.")));
+    let unprefixed = read_weights(&wrapped, Some("state_dict"), Some("module.")).unwrap();
+    let plain = read_weights(&fixture("resnet8-w2.pt"), None, None).unwrap();
     same_tensors(&unprefixed, &plain);
 
-    let message = refusal(read_weights(&wrapped, Some("model")));
+    let message = refusal(read_weights(&wrapped, Some("model"), None));
     assert!(message.contains("model"), "{message}");
 }
 
@@ -111,18 +109,22 @@ fn a_file_of_neither_kind_is_refused_by_name() {
         "not weights at all, but long enough to have a header",
     )
     .unwrap();
-    let message = refusal(read_weights(&text, None));
+    let message = refusal(read_weights(&text, None, None));
     assert!(
         message.starts_with(&text.display().to_string()),
         "{message}"
     );
     assert!(message.contains("neither safetensors nor"), "{message}");
 
-    let message = refusal(read_weights(&fixture("resnet8-w2.safetensors"), Some("x")));
+    let message = refusal(read_weights(
+        &fixture("resnet8-w2.safetensors"),
+        Some("x"),
+        None,
+    ));
     assert!(message.contains("torch.save files only"), "{message}");
 
     let missing = dir.path().join("absent.pt");
-    match read_weights(&missing, None) {
+    match read_weights(&missing, None, None) {
         Err(Error::Io { path, .. }) => assert_eq!(path, missing),
         other => panic!("{:?}", other.map(|t| t.len())),
     }

@@ -11,7 +11,7 @@ use crate::{Result, Store, StoreError};
 use chrono::{DateTime, Utc};
 use domain::service::{
     AnalysisPlan, AnalysisResult, AnalysisTask, CheckpointRegistration, CheckpointView, Claim,
-    FailureKind, HeartbeatReply, JobKind, JobState, WorkerCapacity, WorkerEvent,
+    FailureKind, HeartbeatReply, JobKind, JobState, UploadedWeights, WorkerCapacity, WorkerEvent,
     WORKER_SEEN_WITHIN,
 };
 use domain::Memory;
@@ -134,8 +134,14 @@ impl Store {
             .parse()
             .map_err(|_| StoreError::Invalid(job.kind.clone()))?;
         let attempt = job.attempt as u32;
-        let (spec, plan, epochs): (Json<domain::RunSpec>, Option<Json<AnalysisPlan>>, i32) =
-            sqlx::query_as("SELECT spec, analysis_plan, epochs FROM runs WHERE id = $1")
+        type Run = (
+            Json<domain::RunSpec>,
+            Option<Json<AnalysisPlan>>,
+            i32,
+            Option<Json<UploadedWeights>>,
+        );
+        let (spec, plan, epochs, weights): Run =
+            sqlx::query_as("SELECT spec, analysis_plan, epochs, weights FROM runs WHERE id = $1")
                 .bind(job.run_id)
                 .fetch_one(&mut *tx)
                 .await?;
@@ -202,6 +208,7 @@ impl Store {
             spec: spec.0,
             resume_from,
             analysis,
+            weights: weights.filter(|_| kind == JobKind::Train).map(|w| w.0),
         }))
     }
 

@@ -14,7 +14,7 @@ pub(crate) const RUN_VIEW: &str = "
     SELECT r.id, r.experiment_id, r.label, r.name, r.tags, r.arch, r.dataset, r.status,
            r.epochs, r.epochs_done, r.step, r.total_steps, r.progress_at,
            r.attempt_started_at, r.attempt_start_step, r.spec, r.resolved_spec,
-           r.analysis_plan, r.created_at, r.updated_at,
+           r.analysis_plan, r.weights, r.created_at, r.updated_at,
            j.attempt, j.failure_kind, j.last_error,
            (SELECT max(m.value) FROM metrics m
              WHERE m.run_id = r.id AND m.name = 'accuracy' AND m.split = 'test'
@@ -41,6 +41,7 @@ pub(crate) struct RunRow {
     spec: Json<domain::RunSpec>,
     resolved_spec: Option<Json<domain::RunSpec>>,
     analysis_plan: Option<Json<domain::service::AnalysisPlan>>,
+    weights: Option<Json<domain::service::UploadedWeights>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     attempt: i32,
@@ -89,6 +90,7 @@ impl RunRow {
             spec: self.spec.0,
             resolved_spec: self.resolved_spec.map(|j| j.0),
             analysis: self.analysis_plan.map(|j| j.0),
+            weights: self.weights.map(|j| j.0),
             created_at: self.created_at,
             updated_at: self.updated_at,
         })

@@ -3,7 +3,8 @@
 use crate::rows::{ExperimentRow, RunRow, RUN_VIEW};
 use crate::{Result, Store, StoreError};
 use domain::service::{
-    ConfigSummary, ExperimentSummary, ExperimentView, JobState, Page, RunSubmission, RunView,
+    ConfigSummary, ExperimentSummary, ExperimentView, ImportSubmission, JobState, Page,
+    RunSubmission, RunView, UploadedWeights,
 };
 use domain::{AnalysisSpec, Arch, ExperimentSpec, RunSpec};
 use serde::de::DeserializeOwned;
@@ -85,20 +86,51 @@ impl Store {
         idempotency: Option<&Idempotency>,
         max_attempts: u32,
     ) -> Result<Submitted<RunView>> {
-        let route = "POST /v1/runs";
+        let run = NewRun {
+            id: Uuid::now_v7(),
+            spec: &submission.spec,
+            analysis: submission.analysis.as_ref(),
+            weights: None,
+        };
+        self.submit_one("POST /v1/runs", run, idempotency, max_attempts)
+            .await
+    }
+
+    /// Stores run `id` made of uploaded weights (`POST /v1/runs/import`); its train job
+    /// imports them. The API has put the file in place before this commits the run (with
+    /// the id it chose for the file's directory); a replayed request returns the first
+    /// run, whose file is the first request's.
+    pub async fn import_run(
+        &self,
+        id: Uuid,
+        submission: &ImportSubmission,
+        weights: &UploadedWeights,
+        idempotency: Option<&Idempotency>,
+        max_attempts: u32,
+    ) -> Result<Submitted<RunView>> {
+        let run = NewRun {
+            id,
+            spec: &submission.spec,
+            analysis: submission.analysis.as_ref(),
+            weights: Some(weights),
+        };
+        self.submit_one("POST /v1/runs/import", run, idempotency, max_attempts)
+            .await
+    }
+
+    async fn submit_one(
+        &self,
+        route: &str,
+        run: NewRun<'_>,
+        idempotency: Option<&Idempotency>,
+        max_attempts: u32,
+    ) -> Result<Submitted<RunView>> {
         let mut tx = match self.replay(route, idempotency).await? {
             Replay::Stored(view) => return Ok(Submitted::Replayed(view)),
             Replay::New(tx) => tx,
         };
-        let id = insert_run(
-            &mut tx,
-            None,
-            &submission.spec.model.label(),
-            &submission.spec,
-            submission.analysis.as_ref(),
-            max_attempts,
-        )
-        .await?;
+        let id = run.id;
+        insert_run(&mut tx, None, &run.spec.model.label(), run, max_attempts).await?;
         let view = run_in(&mut tx, id).await?;
         remember(tx, route, idempotency, &view).await?;
         Ok(Submitted::Created(view))
@@ -126,15 +158,13 @@ impl Store {
             .await?;
         let plan = spec.analysis_plan();
         for run in spec.runs() {
-            insert_run(
-                &mut tx,
-                Some(id),
-                &run.label,
-                &run.spec,
-                Some(&plan),
-                max_attempts,
-            )
-            .await?;
+            let new = NewRun {
+                id: Uuid::now_v7(),
+                spec: &run.spec,
+                analysis: Some(&plan),
+                weights: None,
+            };
+            insert_run(&mut tx, Some(id), &run.label, new, max_attempts).await?;
         }
         let view = experiment_in(&mut tx, id).await?;
         remember(tx, route, idempotency, &view).await?;
@@ -365,24 +395,43 @@ impl Store {
     }
 }
 
-/// A run's directory in the checkpoint store; attempts write below it.
-pub(crate) fn run_directory(run: Uuid) -> String {
+/// A run's directory, relative to the checkpoint store: its attempts' directories, and the
+/// weights of a run made of them.
+pub fn run_directory(run: Uuid) -> String {
     format!("runs/{run}")
+}
+
+/// Where the API stores the weights of a run made of them, relative to the checkpoint
+/// store: beside the attempts' directories, and removed with them.
+pub fn weights_path(run: Uuid) -> String {
+    format!("{}/weights", run_directory(run))
+}
+
+/// A run to store.
+struct NewRun<'a> {
+    id: Uuid,
+    spec: &'a RunSpec,
+    analysis: Option<&'a domain::service::AnalysisPlan>,
+    weights: Option<&'a UploadedWeights>,
 }
 
 async fn insert_run(
     tx: &mut Tx,
     experiment: Option<Uuid>,
     label: &str,
-    spec: &RunSpec,
-    plan: Option<&domain::service::AnalysisPlan>,
+    run: NewRun<'_>,
     max_attempts: u32,
-) -> Result<Uuid> {
-    let id = Uuid::now_v7();
+) -> Result<()> {
+    let NewRun {
+        id,
+        spec,
+        analysis,
+        weights,
+    } = run;
     sqlx::query(
         "INSERT INTO runs (id, experiment_id, label, name, tags, arch, dataset, spec,
-                           analysis_plan, status, epochs)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', $10)",
+                           analysis_plan, weights, status, epochs)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued', $11)",
     )
     .bind(id)
     .bind(experiment)
@@ -392,7 +441,8 @@ async fn insert_run(
     .bind(spec.model.arch.as_str())
     .bind(&spec.data.dataset)
     .bind(Json(spec))
-    .bind(plan.map(Json))
+    .bind(analysis.map(Json))
+    .bind(weights.map(Json))
     .bind(spec.epochs() as i32)
     .execute(&mut **tx)
     .await?;
@@ -405,7 +455,7 @@ async fn insert_run(
     .bind(max_attempts as i32)
     .execute(&mut **tx)
     .await?;
-    Ok(id)
+    Ok(())
 }
 
 pub(crate) async fn run_in(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<RunView> {

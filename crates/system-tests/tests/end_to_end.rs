@@ -418,3 +418,118 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
     let (ok, _, err) = stack.stepwise(&["experiment", "show", &experiment_id]);
     assert!(!ok && err.contains("404"), "{err}");
 }
+
+#[test]
+fn weights_trained_elsewhere_are_uploaded_imported_and_analysed() {
+    let _serial = serial();
+    let mut stack = Stack::start(Settings::default());
+    stack.synth("tiny10", 512, 128);
+    stack.spawn_worker("stepwise-trainer");
+    stack.spawn_worker("stepwise-analyzer");
+    let work = tempfile::tempdir().unwrap();
+    let spec = |width: u32| {
+        let path = work.path().join(format!("w{width}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[model]\narch = \"resnet\"\ndepth = 8\nwidth = {width}\n[data]\n\
+                 dataset = \"tiny10\"\n[train]\nepochs = 3\n"
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let (narrow, wide) = (spec(2), spec(4));
+    // PyTorch's ResNet-8 (width 2), saved inside a dict with DataParallel's names.
+    let weights = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../resnet/tests/fixtures/resnet8-w2-wrapped.pt"
+    );
+    let reading = ["--key", "state_dict", "--strip-prefix", "module."];
+
+    // What the weights score, imported locally.
+    let local = work.path().join("local");
+    let mut args = vec!["model", "import", "--weights", weights, "--spec", &narrow];
+    args.extend(reading);
+    args.extend(["--out", local.to_str().unwrap(), "--json"]);
+    let (ok, out, err) = stack.stepwise(&args);
+    assert!(ok, "{err}");
+    let local: serde_json::Value = serde_json::from_str(&out).unwrap();
+
+    // The same through the services: uploaded, imported by the trainer, analysed.
+    let mut args = vec!["submit", &narrow, "--weights", weights];
+    args.extend(reading);
+    args.extend(["--analysis-examples", "64", "--json"]);
+    let (ok, out, err) = stack.stepwise(&args);
+    assert!(ok, "{err}");
+    let run: domain::service::RunView = serde_json::from_str(&out).unwrap();
+    let (ok, out, err) = stack.stepwise(&["watch", &run.id.to_string(), "--every", "0.2"]);
+    assert!(ok, "watch: {out}\n{err}\n{}", stack.logs());
+    assert!(out.contains("imported rather than trained"), "{out}");
+    let client = stack.client();
+    let run = client.run(run.id).unwrap();
+    let uploaded = run.weights.as_ref().expect("the run names its weights");
+    let file = std::fs::read(weights).unwrap();
+    let sha256: String = sha2::Sha256::digest(&file)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(uploaded.sha256, sha256);
+    assert_eq!(
+        (uploaded.file_name.as_str(), uploaded.size),
+        ("resnet8-w2-wrapped.pt", file.len() as u64)
+    );
+    assert_eq!((run.status, run.epochs_done), (JobState::Succeeded, 3));
+    assert!(run.resolved_spec.is_some_and(|s| s.data.identity.is_some()));
+    let accuracy = client
+        .metrics(run.id, Some("accuracy"), Some("test"))
+        .unwrap();
+    assert_eq!(accuracy.len(), 1);
+    assert_eq!(accuracy[0].epoch, 3);
+    assert_eq!(accuracy[0].value, local["test_accuracy"].as_f64().unwrap());
+    let checkpoints = client.checkpoints(run.id).unwrap();
+    assert_eq!(checkpoints.iter().map(|c| c.epoch).collect::<Vec<_>>(), [3]);
+    let analyses = client.analyses(run.id).unwrap();
+    assert_eq!(
+        analyses
+            .iter()
+            .map(|a| (a.epoch, a.status))
+            .collect::<Vec<_>>(),
+        [(3, JobState::Succeeded)]
+    );
+    let logs = client.logs_text(run.id, 100).unwrap();
+    assert!(logs.contains("importing resnet8-w2-wrapped.pt"), "{logs}");
+
+    // Weights of another model: the CLI refuses them before uploading; uploaded anyway,
+    // the trainer fails the job as invalid, saying why.
+    let mut args = vec!["submit", &wide, "--weights", weights];
+    args.extend(reading);
+    let (ok, _, err) = stack.stepwise(&args);
+    assert!(!ok && err.contains("not the tensors of the model"), "{err}");
+    assert_eq!(
+        client.list_runs(&Default::default()).unwrap().items.len(),
+        1
+    );
+    let submission = domain::service::ImportSubmission {
+        spec: domain::RunSpec::from_toml(&std::fs::read_to_string(&wide).unwrap()).unwrap(),
+        analysis: None,
+        key: Some("state_dict".into()),
+        strip_prefix: Some("module.".into()),
+    };
+    let bad = client
+        .import_run(&submission, "resnet8-w2-wrapped.pt", &file, None)
+        .unwrap();
+    wait_for("the import to fail", Duration::from_secs(60), || {
+        client.run(bad.id).unwrap().status.is_final()
+    });
+    let bad = client.run(bad.id).unwrap();
+    assert_eq!(
+        (bad.status, bad.failure_kind),
+        (
+            JobState::Failed,
+            Some(domain::service::FailureKind::Invalid)
+        )
+    );
+    let error = bad.last_error.unwrap_or_default();
+    assert!(error.contains("not the tensors of the model"), "{error}");
+}

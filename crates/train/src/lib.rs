@@ -25,6 +25,6 @@ pub use state::{
     META_TRAIN_STATE,
 };
 pub use trainer::{
-    check_memory, import, load_model, load_model_to_measure, memory_work, Imported, Outcome,
-    Trainer,
+    check_memory, check_weights, import, load_model, load_model_to_measure, memory_work, Imported,
+    Outcome, Trainer,
 };

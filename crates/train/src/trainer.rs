@@ -483,6 +483,39 @@ fn some_of<'a>(names: impl Iterator<Item = &'a String>) -> String {
     }
 }
 
+/// Whether `weights` (read from `file`) are the tensors of the model `spec` describes, by
+/// name and shape, as [`import`] requires: for a client to check before it uploads them.
+pub fn check_weights(spec: &RunSpec, weights: &HashMap<String, Tensor>, file: &str) -> Result<()> {
+    spec.validate()?;
+    let model = build_model(spec, spec.model.dtype, &Device::Cpu)?;
+    load_strict(&model, weights, file)
+}
+
+/// Loads `weights` into `model` as `load_state_dict(strict=True)` does: every tensor of the
+/// model and no other (the model's own loader passes over names outside it, such as a
+/// checkpoint's optimizer state), each of its shape.
+fn load_strict(model: &ResNet, weights: &HashMap<String, Tensor>, file: &str) -> Result<()> {
+    let not_the_model = |reason: String| resnet::Error::BadWeights {
+        path: PathBuf::from(file),
+        reason: format!("not the tensors of the model the spec describes: {reason}"),
+    };
+    let expected: HashSet<String> = model.state_dict()?.into_iter().map(|(n, _)| n).collect();
+    let given: HashSet<String> = weights.keys().cloned().collect();
+    if expected != given {
+        let missing = some_of(expected.difference(&given));
+        let unexpected = some_of(given.difference(&expected));
+        return Err(not_the_model(format!(
+            "missing {missing}; unexpected {unexpected} (`stepwise model summary --tensors` \
+             lists the model's names and shapes)"
+        ))
+        .into());
+    }
+    model
+        .load_state_dict(weights)
+        .map_err(|e| not_the_model(e.to_string()))?;
+    Ok(())
+}
+
 /// A run made of weights trained elsewhere ([`import`]).
 pub struct Imported {
     /// The resolved spec (dataset identity and normalisation filled in).
@@ -514,26 +547,7 @@ pub fn import(
     spec.validate()?;
     bind_dataset(&mut spec, &dataset)?;
     let model = build_model(&spec, spec.model.dtype, device)?;
-    let not_the_model = |reason: String| resnet::Error::BadWeights {
-        path: PathBuf::from(&source.file),
-        reason: format!("not the tensors of the model the spec describes: {reason}"),
-    };
-    // As `load_state_dict(strict=True)`: every tensor of the model and no other (the
-    // model's own loader passes over names outside it, a checkpoint's optimizer state).
-    let expected: HashSet<String> = model.state_dict()?.into_iter().map(|(n, _)| n).collect();
-    let given: HashSet<String> = weights.keys().cloned().collect();
-    if expected != given {
-        let missing = some_of(expected.difference(&given));
-        let unexpected = some_of(given.difference(&expected));
-        return Err(not_the_model(format!(
-            "missing {missing}; unexpected {unexpected} (`stepwise model summary --tensors` \
-             lists the model's names and shapes)"
-        ))
-        .into());
-    }
-    model
-        .load_state_dict(weights)
-        .map_err(|e| not_the_model(e.to_string()))?;
+    load_strict(&model, weights, &source.file)?;
     let [_, (evaluation, eval_batch)] = memory_work(&spec);
     resnet::memory::check(
         evaluation,
@@ -560,7 +574,14 @@ pub fn import(
         running: None,
         imported: Some(source),
     };
+    let step = state.step;
     let trainer = Trainer::assemble(spec, model, None, state, dataset, checkpoint_dir)?;
+    sink.event(&TrainEvent::Started {
+        spec: &trainer.spec,
+        steps_per_epoch: per_epoch,
+        start_step: step,
+        total_steps: step,
+    })?;
     sink.event(&TrainEvent::Evaluating { epoch: epochs })?;
     let records = trainer
         .evaluation_records(epochs)

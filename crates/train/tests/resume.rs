@@ -543,7 +543,7 @@ fn weights_trained_elsewhere_become_a_finished_run_that_scores_as_they_did() {
         file: file.display().to_string(),
         sha256: resnet::checkpoint::sha256_file(&file).unwrap(),
     };
-    let read = resnet::checkpoint::read_weights(&file, None).unwrap();
+    let read = resnet::checkpoint::read_weights(&file, None, None).unwrap();
     let into = |run: &str| dir.path().join(run);
     let import = |weights: &HashMap<String, Tensor>, spec: RunSpec, run: &str| {
         let data = dataset(dir.path());

@@ -2,15 +2,22 @@
 //! reporting through [`ApiSink`]: the resolved spec, throttled progress, each epoch's
 //! metrics, and every checkpoint registered as soon as it is durable. Cancel (seen by the
 //! lease keeper's heartbeat) and SIGTERM stop at the next step with a checkpoint; a lost
-//! lease aborts before anything more is written.
+//! lease aborts before anything more is written. The train job of a run made of uploaded
+//! weights imports them (`train::import`) instead, reporting the same way.
 
+use candle_core::Device;
 use client::worker::{JobContext, JobEnd, LeaseKeeper};
 use client::Client;
-use domain::service::{CheckpointRegistration, FailureKind, WorkerEvent};
+use domain::service::{CheckpointRegistration, FailureKind, UploadedWeights, WorkerEvent};
 use domain::MetricName;
+use domain::RunSpec;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use train::{EventSink, Outcome, ResumeCandidate, SinkError, TrainError, TrainEvent, Trainer};
+use train::{
+    EventSink, ImportedWeights, Outcome, ResumeCandidate, SinkError, TrainError, TrainEvent,
+    Trainer,
+};
 
 /// How often progress is reported between epochs.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -28,6 +35,8 @@ pub struct ApiSink<'a> {
     shutdown: &'a AtomicBool,
     last_progress: Instant,
     total_steps: u64,
+    /// The run's uploaded weights, where it is made of them.
+    weights: Option<&'a UploadedWeights>,
 }
 
 impl ApiSink<'_> {
@@ -66,21 +75,30 @@ impl EventSink for ApiSink<'_> {
             } => {
                 self.total_steps = *total_steps;
                 let identity = spec.data.identity.as_ref();
+                let data = format!(
+                    "{} ({})",
+                    spec.data.dataset,
+                    identity.map_or("", |i| i.fingerprint.as_str())
+                );
+                let label = spec.model.label();
+                let message = match self.weights {
+                    Some(w) => format!(
+                        "importing {} (sha256 {}) as {label} after {} epochs on {data}",
+                        w.file_name,
+                        w.sha256,
+                        spec.epochs()
+                    ),
+                    None => format!(
+                        "training {label} on {data} from step {start_step} of {total_steps}"
+                    ),
+                };
                 self.send(vec![
                     WorkerEvent::Started {
                         resolved_spec: Box::new((*spec).clone()),
                         step: *start_step,
                         total_steps: *total_steps,
                     },
-                    log(
-                        "info",
-                        format!(
-                            "training {} on {} ({}) from step {start_step} of {total_steps}",
-                            spec.model.label(),
-                            spec.data.dataset,
-                            identity.map_or("", |i| i.fingerprint.as_str()),
-                        ),
-                    ),
+                    log("info", message),
                 ])
             }
             TrainEvent::Step { epoch, step, .. } => {
@@ -223,6 +241,7 @@ fn train_claim(job: &JobContext<'_>) -> Result<JobEnd, TrainError> {
         shutdown,
         last_progress: Instant::now(),
         total_steps: 0,
+        weights: claim.weights.as_ref(),
     };
     let resume = train::newest_intact(&candidates)?;
     let warnings = resume.warnings();
@@ -234,10 +253,19 @@ fn train_claim(job: &JobContext<'_>) -> Result<JobEnd, TrainError> {
     }
     let mut trainer = match resume.checkpoint {
         Some(checkpoint) => {
+            // Also a run made of weights whose import was checkpointed by an earlier
+            // attempt: resumed after its last epoch, it is finished.
             tracing::info!("resuming from {}", checkpoint.path.display());
             Trainer::resume(&checkpoint, None, dataset, &device, directory)?
         }
-        None => Trainer::new(spec.clone(), dataset, &device, directory)?,
+        None => match &claim.weights {
+            Some(weights) => {
+                let path = config.checkpoint_dir.join(&weights.path);
+                import(weights, &path, spec, dataset, &device, directory, &mut sink)?;
+                return Ok(JobEnd::Completed(None));
+            }
+            None => Trainer::new(spec.clone(), dataset, &device, directory)?,
+        },
     };
     trainer.keep_epochs(&claim.keep_epochs);
     Ok(match trainer.run(&mut sink, &stop)? {
@@ -247,6 +275,50 @@ fn train_claim(job: &JobContext<'_>) -> Result<JobEnd, TrainError> {
             JobEnd::Stopped
         }
     })
+}
+
+/// Imports uploaded weights at `path` (checked against the digest the API recorded) as a
+/// finished run of `spec`, checkpointed into `directory`.
+fn import(
+    weights: &UploadedWeights,
+    path: &Path,
+    spec: &RunSpec,
+    dataset: cifar::Dataset,
+    device: &Device,
+    directory: PathBuf,
+    sink: &mut ApiSink<'_>,
+) -> Result<(), TrainError> {
+    let sha256 = resnet::checkpoint::sha256_file(path)?;
+    if sha256 != weights.sha256 {
+        return Err(resnet::Error::BadWeights {
+            path: path.to_path_buf(),
+            reason: format!(
+                "its sha256 is {sha256}, not the {} uploaded: the file changed in the checkpoint \
+                 store",
+                weights.sha256
+            ),
+        }
+        .into());
+    }
+    let tensors = resnet::checkpoint::read_weights(
+        path,
+        weights.key.as_deref(),
+        weights.strip_prefix.as_deref(),
+    )?;
+    let source = ImportedWeights {
+        file: weights.file_name.clone(),
+        sha256,
+    };
+    train::import(
+        spec.clone(),
+        dataset,
+        &tensors,
+        source,
+        device,
+        directory,
+        sink,
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

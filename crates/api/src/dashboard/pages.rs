@@ -17,7 +17,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Extension;
 use chrono::{DateTime, Utc};
 use domain::claims;
-use domain::service::{AnalysisView, AttemptView, JobState, RunView};
+use domain::service::{AnalysisView, AttemptView, JobState, RunView, UploadedWeights};
 use domain::{AnalysisRecord, Arch, Group, MetricName, MetricRecord, Split, Stat};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -523,6 +523,8 @@ pub struct RunPage {
     schedule: String,
     identity: String,
     plan: String,
+    /// Where the run is made of uploaded weights.
+    weights: Option<UploadedWeights>,
     analyses: Vec<AnalysisSection>,
 }
 
@@ -653,6 +655,7 @@ pub async fn run(
             .describe(shown.epochs()),
         identity: shown.data.identity.as_ref().map(pretty).unwrap_or_default(),
         plan: run.analysis.as_ref().map(pretty).unwrap_or_default(),
+        weights: run.weights.clone(),
         analyses,
     })
 }

@@ -5,6 +5,7 @@ pub mod checkpoints;
 pub mod datasets;
 pub mod experiments;
 pub mod figures;
+pub mod import;
 pub mod ops;
 pub mod runs;
 pub mod worker;

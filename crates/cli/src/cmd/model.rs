@@ -1,13 +1,14 @@
 use super::open_dataset;
 use super::train::{refuse_existing_run, spec_with_model};
-use crate::args::{ImportArgs, ModelCommand};
+use crate::args::{ImportArgs, ModelCommand, WeightsReading};
 use crate::progress::{find, RunSink};
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use cifar::rng::{rng, Stream};
 use domain::{BlockInfo, ExperimentRun, ExperimentSpec, MetricName, ModelSpec, Split};
 use resnet::{candle_device, Dtypes, ResNet};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use train::ImportedWeights;
@@ -200,6 +201,18 @@ fn experiment_run(args: &ImportArgs, path: &Path) -> Result<ExperimentRun> {
         })
 }
 
+/// The tensors of a weights file, read as `reading` says.
+pub(crate) fn read_weights(
+    path: &Path,
+    reading: &WeightsReading,
+) -> resnet::Result<HashMap<String, Tensor>> {
+    resnet::checkpoint::read_weights(
+        path,
+        reading.key.as_deref(),
+        reading.strip_prefix.as_deref(),
+    )
+}
+
 fn import(args: ImportArgs, data_dir: &Path) -> Result<ExitCode> {
     let (spec, out) = match &args.experiment {
         Some(path) => {
@@ -218,16 +231,7 @@ fn import(args: ImportArgs, data_dir: &Path) -> Result<ExitCode> {
         }
     };
     spec.validate().context("invalid spec")?;
-    let mut weights = resnet::checkpoint::read_weights(&args.weights, args.key.as_deref())?;
-    if let Some(prefix) = &args.strip_prefix {
-        weights = weights
-            .into_iter()
-            .map(|(name, t)| match name.strip_prefix(prefix.as_str()) {
-                Some(stripped) => (stripped.to_string(), t),
-                None => (name, t),
-            })
-            .collect();
-    }
+    let weights = read_weights(&args.weights, &args.reading)?;
     let source = ImportedWeights {
         file: args.weights.display().to_string(),
         sha256: resnet::checkpoint::sha256_file(&args.weights)?,

@@ -10,7 +10,8 @@ use crate::args::{ListArgs, SubmitArgs};
 use anyhow::{bail, Context, Result};
 use client::{Client, RunQuery};
 use domain::service::{
-    AnalysisPlan, CheckpointSelection, ExperimentView, JobState, RunSubmission, RunView,
+    AnalysisPlan, CheckpointSelection, ExperimentView, ImportSubmission, JobState, RunSubmission,
+    RunView,
 };
 use domain::{ExperimentSpec, RunSpec};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -175,6 +176,9 @@ pub fn submit(api: &Api, args: SubmitArgs) -> Result<ExitCode> {
         .contains_key("configs");
     let key = args.idempotency_key.as_deref();
     if is_experiment {
+        if args.weights.is_some() {
+            bail!("--weights makes one run: give a run spec, not an experiment (`stepwise model import --experiment` makes a run of an experiment locally)");
+        }
         let mut spec =
             ExperimentSpec::from_toml(&text).with_context(|| format!("{}", args.spec.display()))?;
         if let Some(n) = args.analysis_examples {
@@ -212,7 +216,28 @@ pub fn submit(api: &Api, args: SubmitArgs) -> Result<ExitCode> {
         }
         Some(plan)
     };
-    let view = client.submit_run(&RunSubmission { spec, analysis }, key)?;
+    let view = match &args.weights {
+        Some(path) => {
+            let submission = ImportSubmission {
+                spec,
+                analysis,
+                key: args.reading.key.clone(),
+                strip_prefix: args.reading.strip_prefix.clone(),
+            };
+            // Checked here as the trainer will check them, so that weights of another
+            // model are refused before they are uploaded.
+            let tensors = super::model::read_weights(path, &args.reading)?;
+            train::check_weights(&submission.spec, &tensors, &path.display().to_string())?;
+            drop(tensors);
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let name = path
+                .file_name()
+                .map_or("weights".into(), |n| n.to_string_lossy());
+            client.import_run(&submission, &name, &bytes, key)?
+        }
+        None => client.submit_run(&RunSubmission { spec, analysis }, key)?,
+    };
     if args.json {
         return json(&view);
     }
@@ -326,6 +351,12 @@ fn describe(r: &RunView) -> String {
         ),
         format!("  attempts  {}", r.attempts),
     ];
+    if let Some(w) = &r.weights {
+        lines.push(format!(
+            "  weights   {} ({} bytes, sha256 {}), imported rather than trained",
+            w.file_name, w.size, w.sha256
+        ));
+    }
     if let Some(acc) = r.best_test_accuracy {
         lines.push(format!("  best test accuracy {:.2}%", 100.0 * acc));
     }

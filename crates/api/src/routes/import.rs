@@ -1,0 +1,245 @@
+//! `POST /v1/runs/import`: a run made of weights trained elsewhere. The form's `submission`
+//! part (JSON) is checked before the `weights` part is read; the file is streamed into the
+//! checkpoint store (hashed on the way, fsynced, renamed into the run's directory), and the
+//! run's row, committed last, names it. A trainer then imports the weights instead of
+//! training (see `trainer`).
+
+use super::{created, idempotency};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::AppState;
+use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
+use axum::extract::{Multipart, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use domain::service::{ImportSubmission, RunView, UploadedWeights};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use tempfile::NamedTempFile;
+use tokio::io::AsyncWriteExt;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// The form of `POST /v1/runs/import`, for the OpenAPI document (the handler reads the
+/// parts as they stream in).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ImportForm {
+    /// JSON: `spec`, and optionally `analysis` (its checkpoints "final"), `key` (the state
+    /// dict's entry in a `torch.save`d dict) and `strip_prefix` (e.g. `module.`). First.
+    #[schema(value_type = Object)]
+    submission: ImportSubmission,
+    /// The state dict under stepwise's tensor names (`stepwise model summary --tensors`):
+    /// safetensors, or a `torch.save` file. Second.
+    #[schema(value_type = String, format = Binary)]
+    weights: Vec<u8>,
+}
+
+#[utoipa::path(post, path = "/v1/runs/import", tag = "runs",
+    request_body(content = ImportForm, content_type = "multipart/form-data"),
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "the same key, submission and file replay the first response")),
+    responses((status = 201, body = RunView), (status = 200, description = "replayed", body = RunView),
+        (status = 400, body = Problem), (status = 413, body = Problem),
+        (status = 415, body = Problem), (status = 422, body = Problem)))]
+pub async fn import(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Multipart, MultipartRejection>,
+) -> ApiResult<Response> {
+    let mut form = form.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "send the body as multipart/form-data with the parts `submission` and `weights`: {}",
+                e.body_text()
+            ),
+        )
+    })?;
+    let text = next_part(&mut form, "submission")
+        .await?
+        .bytes()
+        .await
+        .map_err(part_error)?;
+    let submission: ImportSubmission = domain::service::parse_json(&text)?;
+    submission.validate().map_err(ApiError::invalid)?;
+    super::datasets::check(
+        &state,
+        &submission.spec.data,
+        submission.spec.model.classes,
+        "spec.",
+    )
+    .await?;
+    let field = next_part(&mut form, "weights").await?;
+    let file_name = field.file_name().unwrap_or("weights").to_string();
+    domain::spec::check_text(&file_name, 200, false)
+        .map_err(|bad| unprocessable(format!("the weights' file name {bad}")))?;
+    let upload = receive(&state.config.checkpoint_dir, field).await?;
+    if let Some(extra) = form.next_field().await.map_err(part_error)? {
+        return Err(ApiError::bad_request(format!(
+            "unexpected part {:?} after `weights`: the form has `submission`, then `weights`",
+            extra.name().unwrap_or("")
+        )));
+    }
+    let mut request = Sha256::new();
+    request.update(&text);
+    request.update(upload.sha256.as_bytes());
+    let idem = idempotency(&headers, &hex::encode(request.finalize()))?;
+
+    let id = Uuid::now_v7();
+    let weights = UploadedWeights {
+        file_name,
+        path: store::weights_path(id),
+        sha256: upload.sha256,
+        size: upload.size,
+        key: submission.key.clone(),
+        strip_prefix: submission.strip_prefix.clone(),
+    };
+    let target = state.config.checkpoint_dir.join(&weights.path);
+    tokio::task::spawn_blocking(move || place(upload.file, &target))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::internal(format!("storing uploaded weights: {e}")))?;
+    // The row is the commit point: where it is not written (or an earlier request's is
+    // replayed), the file just placed belongs to no run.
+    let submitted = state
+        .store
+        .import_run(
+            id,
+            &submission,
+            &weights,
+            idem.as_ref(),
+            state.config.lease.max_attempts,
+        )
+        .await;
+    if !matches!(submitted, Ok(store::Submitted::Created(_))) {
+        super::runs::remove_run_files(&state, &store::run_directory(id)).await;
+    }
+    Ok(created(submitted?, |r| format!("/v1/runs/{}", r.id)))
+}
+
+/// The next part of the form, which must be `name`.
+async fn next_part<'a>(form: &'a mut Multipart, name: &str) -> ApiResult<Field<'a>> {
+    match form.next_field().await.map_err(part_error)? {
+        Some(field) if field.name() == Some(name) => Ok(field),
+        Some(field) => Err(ApiError::bad_request(format!(
+            "expected the part `{name}`, found {:?}: the form has `submission`, then `weights`",
+            field.name().unwrap_or("")
+        ))),
+        None => Err(ApiError::bad_request(format!(
+            "the part `{name}` is missing: the form has `submission`, then `weights`"
+        ))),
+    }
+}
+
+/// A form that could not be read: 413 past the upload limit, else 400.
+fn part_error(e: MultipartError) -> ApiError {
+    ApiError::new(e.status(), e.body_text())
+}
+
+fn unprocessable(detail: String) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
+}
+
+/// An uploaded file in the checkpoint store's `uploads/`, removed when dropped unless placed.
+struct Upload {
+    file: NamedTempFile,
+    sha256: String,
+    size: u64,
+}
+
+/// Streams the `weights` part into a temporary file of the checkpoint store, hashing it and
+/// checking that it begins as a weights file can: safetensors (an 8-byte header length,
+/// then the JSON header) or `torch.save`'s zip. Whether it holds the spec's tensors only a
+/// trainer can tell (the API holds no tensor library); its job fails as `invalid` if not.
+async fn receive(store: &Path, mut field: Field<'_>) -> ApiResult<Upload> {
+    let uploads = store.join("uploads");
+    let file = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&uploads)?;
+        tempfile::Builder::new()
+            .prefix("weights-")
+            .tempfile_in(&uploads)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| ApiError::internal(format!("creating an upload file: {e}")))?;
+    let mut writer = tokio::fs::File::from_std(
+        file.as_file()
+            .try_clone()
+            .map_err(|e| ApiError::internal(format!("opening an upload file: {e}")))?,
+    );
+    let mut hasher = Sha256::new();
+    let mut head = Vec::with_capacity(9);
+    let mut size = 0u64;
+    while let Some(chunk) = field.chunk().await.map_err(part_error)? {
+        let wanted = 9usize.saturating_sub(head.len()).min(chunk.len());
+        head.extend_from_slice(&chunk[..wanted]);
+        hasher.update(&chunk);
+        size += chunk.len() as u64;
+        writer
+            .write_all(&chunk)
+            .await
+            .map_err(|e| ApiError::internal(format!("writing an upload file: {e}")))?;
+    }
+    check_signature(&head, size).map_err(unprocessable)?;
+    writer
+        .sync_all()
+        .await
+        .map_err(|e| ApiError::internal(format!("syncing an upload file: {e}")))?;
+    Ok(Upload {
+        file,
+        sha256: hex::encode(hasher.finalize()),
+        size,
+    })
+}
+
+/// Whether a file of `size` bytes beginning with `head` (its first 9 bytes, or all of a
+/// shorter one) can be a safetensors or `torch.save` file.
+fn check_signature(head: &[u8], size: u64) -> Result<(), String> {
+    if head.starts_with(b"PK\x03\x04") {
+        return Ok(());
+    }
+    if let [a, b, c, d, e, f, g, h, b'{'] = *head {
+        let header = u64::from_le_bytes([a, b, c, d, e, f, g, h]);
+        if header >= 2 && header <= size - 8 {
+            return Ok(());
+        }
+    }
+    Err(match size {
+        0 => "the weights part is empty".into(),
+        _ => format!(
+            "the weights ({size} bytes) are neither safetensors nor a torch.save file (zip): \
+             upload a state dict saved with safetensors.torch.save_file or torch.save"
+        ),
+    })
+}
+
+/// Renames an upload to `target` (creating its directory) and makes the rename durable.
+fn place(upload: NamedTempFile, target: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = target.parent().expect("a run's file");
+    std::fs::create_dir_all(dir)?;
+    // Readable by the workers, which may run as other users (a temp file is private).
+    upload
+        .as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    upload.persist(target).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_signature;
+
+    #[test]
+    fn weights_files_are_told_by_their_first_bytes() {
+        assert!(check_signature(b"PK\x03\x04\x14\x00\x00\x00\x08", 1000).is_ok());
+        let mut safetensors = 100u64.to_le_bytes().to_vec();
+        safetensors.push(b'{');
+        assert!(check_signature(&safetensors, 1000).is_ok());
+        // A header longer than the file, text, and nothing.
+        assert!(check_signature(&safetensors, 50).is_err());
+        assert!(check_signature(b"version 1", 9).is_err());
+        let empty = check_signature(b"", 0).unwrap_err();
+        assert!(empty.contains("empty"), "{empty}");
+    }
+}
