@@ -1007,7 +1007,13 @@ fn files_below(dir: &std::path::Path) -> Vec<String> {
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn uploaded_weights_become_a_run_whose_train_job_imports_them(pool: PgPool) {
     use sha2::Digest;
-    let app = spawn_app(pool, &[("STEPWISE_MAX_UPLOAD_BYTES", "4096")]);
+    let app = spawn_app(
+        pool,
+        &[
+            ("STEPWISE_MAX_UPLOAD_BYTES", "4096"),
+            ("STEPWISE_MAX_BODY_BYTES", "2048"),
+        ],
+    );
     let upload = |parts: &[(&str, Option<&str>, &[u8])], key: Option<&str>| {
         let (content_type, body) = form(parts);
         let mut request = Request::builder()
@@ -1115,12 +1121,20 @@ async fn uploaded_weights_become_a_run_whose_train_job_imports_them(pool: PgPool
         "{}",
         text_file.text()
     );
-    let large = [0u8; 5000];
+    let large = [b' '; 5000];
     let too_large = upload(&[parts[0], ("weights", Some("big.pt"), &large[..])], None).await;
     assert_problem(
         &too_large,
         StatusCode::PAYLOAD_TOO_LARGE,
         "over the upload limit",
+    );
+    // The submission is held in memory, within the limit of any JSON body.
+    let padded = format!("{text}{}", " ".repeat(3000));
+    let long = upload(&[("submission", None, padded.as_bytes()), parts[1]], None).await;
+    assert_problem(
+        &long,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "a submission over the body limit",
     );
     let reused_key = upload(
         &[parts[0], ("weights", Some("w"), &weights[..50])],

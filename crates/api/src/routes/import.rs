@@ -14,6 +14,7 @@ use axum::response::Response;
 use domain::service::{ImportSubmission, RunView, UploadedWeights};
 use sha2::{Digest, Sha256};
 use std::path::Path;
+use std::time::Duration;
 use tempfile::NamedTempFile;
 use tokio::io::AsyncWriteExt;
 use utoipa::ToSchema;
@@ -55,11 +56,11 @@ pub async fn import(
             ),
         )
     })?;
-    let text = next_part(&mut form, "submission")
-        .await?
-        .bytes()
-        .await
-        .map_err(part_error)?;
+    let text = read_small(
+        next_part(&mut form, "submission").await?,
+        state.config.max_body_bytes,
+    )
+    .await?;
     let submission: ImportSubmission = domain::service::parse_json(&text)?;
     submission.validate().map_err(ApiError::invalid)?;
     super::datasets::check(
@@ -70,7 +71,11 @@ pub async fn import(
     )
     .await?;
     let field = next_part(&mut form, "weights").await?;
-    let file_name = field.file_name().unwrap_or("weights").to_string();
+    let file_name = field
+        .file_name()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("weights")
+        .to_string();
     domain::spec::check_text(&file_name, 200, false)
         .map_err(|bad| unprocessable(format!("the weights' file name {bad}")))?;
     let upload = receive(&state.config.checkpoint_dir, field).await?;
@@ -129,6 +134,22 @@ async fn next_part<'a>(form: &'a mut Multipart, name: &str) -> ApiResult<Field<'
             "the part `{name}` is missing: the form has `submission`, then `weights`"
         ))),
     }
+}
+
+/// A part held in memory (the submission), up to `limit` bytes as any JSON body: the
+/// upload's own limit is for the file.
+async fn read_small(mut field: Field<'_>, limit: usize) -> ApiResult<Vec<u8>> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(part_error)? {
+        if bytes.len() + chunk.len() > limit {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the part `submission` is larger than {limit} bytes"),
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 /// A form that could not be read: 413 past the upload limit, else 400.
@@ -192,6 +213,31 @@ async fn receive(store: &Path, mut field: Field<'_>) -> ApiResult<Upload> {
     })
 }
 
+/// How long an upload in `uploads/` may go unwritten before [`sweep_uploads`] takes it for
+/// the leftover of a request that died.
+const UPLOAD_ABANDONED_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// Removes the files a killed API left in the store's `uploads/` (a temporary file is
+/// removed by its request, unless the process dies first); those written to within
+/// [`UPLOAD_ABANDONED_AFTER`] may be uploads in progress on another replica and stay.
+/// Returns how many were removed.
+pub fn sweep_uploads(store: &Path) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(store.join("uploads")) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        entries => entries?,
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let idle = entry.metadata()?.modified()?.elapsed().unwrap_or_default();
+        if entry.file_type()?.is_file() && idle > UPLOAD_ABANDONED_AFTER {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Whether a file of `size` bytes beginning with `head` (its first 9 bytes, or all of a
 /// shorter one) can be a safetensors or `torch.save` file.
 fn check_signature(head: &[u8], size: u64) -> Result<(), String> {
@@ -228,7 +274,23 @@ fn place(upload: NamedTempFile, target: &Path) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::check_signature;
+    use super::*;
+    use std::time::SystemTime;
+
+    #[test]
+    fn uploads_left_by_dead_requests_are_swept_and_those_in_progress_kept() {
+        let store = tempfile::tempdir().unwrap();
+        assert_eq!(sweep_uploads(store.path()).unwrap(), 0, "no uploads yet");
+        let uploads = store.path().join("uploads");
+        std::fs::create_dir_all(&uploads).unwrap();
+        let (old, recent) = (uploads.join("weights-old"), uploads.join("weights-new"));
+        std::fs::write(&recent, b"PK").unwrap();
+        let file = std::fs::File::create(&old).unwrap();
+        let two_days = Duration::from_secs(2 * 24 * 3600);
+        file.set_modified(SystemTime::now() - two_days).unwrap();
+        assert_eq!(sweep_uploads(store.path()).unwrap(), 1);
+        assert!(!old.exists() && recent.exists());
+    }
 
     #[test]
     fn weights_files_are_told_by_their_first_bytes() {
