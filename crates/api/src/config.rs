@@ -28,6 +28,8 @@ pub struct Config {
     pub reaper_interval: Duration,
     /// `STEPWISE_REQUEST_TIMEOUT_SECS` (30).
     pub request_timeout: Duration,
+    /// `STEPWISE_UPLOAD_TIMEOUT_SECS` (600): `POST /v1/runs/import`, whose file may be large.
+    pub upload_timeout: Duration,
     /// `STEPWISE_MAX_BODY_BYTES` (1 MiB): user request bodies; worker reports (analysis
     /// results) may be 64 times larger.
     pub max_body_bytes: usize,
@@ -125,6 +127,7 @@ impl Config {
             lease,
             reaper_interval: seconds("STEPWISE_REAPER_SECS", 5.0)?,
             request_timeout: seconds("STEPWISE_REQUEST_TIMEOUT_SECS", 30.0)?,
+            upload_timeout: seconds("STEPWISE_UPLOAD_TIMEOUT_SECS", 600.0)?,
             max_body_bytes: parsed(
                 "STEPWISE_MAX_BODY_BYTES",
                 text("STEPWISE_MAX_BODY_BYTES"),

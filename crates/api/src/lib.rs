@@ -74,11 +74,15 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/datasets", get(datasets::list))
         .route("/v1/workers", get(workers::list))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .merge(
-            Router::new()
-                .route("/v1/runs/import", post(import::import))
-                .layer(DefaultBodyLimit::max(config.max_upload_bytes)),
-        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_user,
+        ));
+    // Weights are uploaded under limits of their own: larger, and longer to arrive.
+    let uploads = Router::new()
+        .route("/v1/runs/import", post(import::import))
+        .layer(DefaultBodyLimit::max(config.max_upload_bytes))
+        .layer(timeout(config.upload_timeout))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_user,
@@ -113,6 +117,8 @@ pub fn app(state: AppState) -> Router {
         .merge(ops)
         .merge(dashboard::routes(state.clone()))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .layer(timeout(config.request_timeout))
+        .merge(uploads)
         .fallback(|| async { ApiError::not_found("no such endpoint (see /docs)") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
@@ -121,12 +127,13 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             telemetry::track,
         ))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            config.request_timeout,
-        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Answers 408 to a request not done within `limit`.
+fn timeout(limit: Duration) -> TimeoutLayer {
+    TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limit)
 }
 
 /// Connects, migrates, and serves until SIGTERM or Ctrl-C, reaping expired leases

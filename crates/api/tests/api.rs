@@ -459,6 +459,22 @@ async fn tokens_guard_users_and_workers_separately(pool: PgPool) {
         app.send(with("/v1/runs", Some("user-secret"))).await.status,
         StatusCode::OK
     );
+    // Uploads are routed apart (their own limits) behind the same token.
+    let upload = |token: &str| {
+        let mut request = with("/v1/runs/import", Some(token));
+        *request.method_mut() = Method::POST;
+        request
+    };
+    assert_problem(
+        &app.send(upload("worker-secret")).await,
+        StatusCode::UNAUTHORIZED,
+        "worker token for an upload",
+    );
+    assert_problem(
+        &app.send(upload("user-secret")).await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "the user's upload, without a form",
+    );
     let claim = |token: &str| {
         Request::builder()
             .method(Method::POST)

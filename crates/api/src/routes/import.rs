@@ -103,7 +103,7 @@ pub async fn import(
     tokio::task::spawn_blocking(move || place(upload.file, &target))
         .await
         .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::internal(format!("storing uploaded weights: {e}")))?;
+        .map_err(|e| store_failed("storing uploaded weights", e))?;
     // The row is the commit point: where it is not written (or an earlier request's is
     // replayed), the file just placed belongs to no run.
     let submitted = state
@@ -157,6 +157,18 @@ fn part_error(e: MultipartError) -> ApiError {
     ApiError::new(e.status(), e.body_text())
 }
 
+/// The checkpoint store failed `doing` something with an upload: 507 when it is full (the
+/// client may try again once there is room), else an internal error.
+fn store_failed(doing: &str, e: std::io::Error) -> ApiError {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        return ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!("{doing}: the checkpoint store is full"),
+        );
+    }
+    ApiError::internal(format!("{doing}: {e}"))
+}
+
 fn unprocessable(detail: String) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
 }
@@ -182,11 +194,11 @@ async fn receive(store: &Path, mut field: Field<'_>) -> ApiResult<Upload> {
     })
     .await
     .map_err(ApiError::internal)?
-    .map_err(|e| ApiError::internal(format!("creating an upload file: {e}")))?;
+    .map_err(|e| store_failed("creating an upload file", e))?;
     let mut writer = tokio::fs::File::from_std(
         file.as_file()
             .try_clone()
-            .map_err(|e| ApiError::internal(format!("opening an upload file: {e}")))?,
+            .map_err(|e| store_failed("opening an upload file", e))?,
     );
     let mut hasher = Sha256::new();
     let mut head = Vec::with_capacity(9);
@@ -199,13 +211,13 @@ async fn receive(store: &Path, mut field: Field<'_>) -> ApiResult<Upload> {
         writer
             .write_all(&chunk)
             .await
-            .map_err(|e| ApiError::internal(format!("writing an upload file: {e}")))?;
+            .map_err(|e| store_failed("writing an upload file", e))?;
     }
     check_signature(&head, size).map_err(unprocessable)?;
     writer
         .sync_all()
         .await
-        .map_err(|e| ApiError::internal(format!("syncing an upload file: {e}")))?;
+        .map_err(|e| store_failed("syncing an upload file", e))?;
     Ok(Upload {
         file,
         sha256: hex::encode(hasher.finalize()),
@@ -276,6 +288,15 @@ fn place(upload: NamedTempFile, target: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use std::time::SystemTime;
+
+    #[test]
+    fn a_full_checkpoint_store_is_507_and_other_failures_internal() {
+        let full = store_failed("writing", std::io::ErrorKind::StorageFull.into());
+        assert_eq!(full.status, StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(full.detail, "writing: the checkpoint store is full");
+        let other = store_failed("writing", std::io::ErrorKind::PermissionDenied.into());
+        assert_eq!(other.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
 
     #[test]
     fn uploads_left_by_dead_requests_are_swept_and_those_in_progress_kept() {
