@@ -424,7 +424,7 @@ fn weights_trained_elsewhere_are_uploaded_imported_and_analysed() {
     let _serial = serial();
     let mut stack = Stack::start(Settings::default());
     stack.synth("tiny10", 512, 128);
-    stack.spawn_worker("stepwise-trainer");
+    let trainer = stack.spawn_worker("stepwise-trainer");
     stack.spawn_worker("stepwise-analyzer");
     let work = tempfile::tempdir().unwrap();
     let spec = |width: u32| {
@@ -532,4 +532,32 @@ fn weights_trained_elsewhere_are_uploaded_imported_and_analysed() {
     );
     let error = bad.last_error.unwrap_or_default();
     assert!(error.contains("not the tensors of the model"), "{error}");
+
+    // A file that changed in the store after its upload is not imported.
+    stack.signal(trainer, "STOP");
+    let submission = domain::service::ImportSubmission {
+        spec: domain::RunSpec::from_toml(&std::fs::read_to_string(&narrow).unwrap()).unwrap(),
+        ..submission
+    };
+    let changed = client
+        .import_run(&submission, "resnet8-w2-wrapped.pt", &file, None)
+        .unwrap();
+    let stored = stack
+        .checkpoint_dir()
+        .join(&changed.weights.as_ref().unwrap().path);
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&stored, bytes).unwrap();
+    stack.signal(trainer, "CONT");
+    wait_for("the import to fail", Duration::from_secs(60), || {
+        client.run(changed.id).unwrap().status.is_final()
+    });
+    let changed = client.run(changed.id).unwrap();
+    assert_eq!(
+        changed.failure_kind,
+        Some(domain::service::FailureKind::Invalid)
+    );
+    let error = changed.last_error.unwrap_or_default();
+    assert!(error.contains("changed in the checkpoint store"), "{error}");
 }
