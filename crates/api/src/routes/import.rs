@@ -41,7 +41,8 @@ pub struct ImportForm {
         description = "the same key, submission and file replay the first response")),
     responses((status = 201, body = RunView), (status = 200, description = "replayed", body = RunView),
         (status = 400, body = Problem), (status = 413, body = Problem),
-        (status = 415, body = Problem), (status = 422, body = Problem)))]
+        (status = 415, body = Problem), (status = 422, body = Problem),
+        (status = 507, description = "the checkpoint store is full", body = Problem)))]
 pub async fn import(
     State(state): State<AppState>,
     headers: HeaderMap,
