@@ -81,6 +81,7 @@ pub fn app(state: AppState) -> Router {
     // Weights are uploaded under limits of their own: larger, and longer to arrive.
     let uploads = Router::new()
         .route("/v1/runs/import", post(import::import))
+        .route("/v1/experiments/import", post(import::import_experiment))
         .layer(DefaultBodyLimit::max(config.max_upload_bytes))
         .layer(timeout(config.upload_timeout))
         .route_layer(middleware::from_fn_with_state(

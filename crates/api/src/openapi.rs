@@ -15,7 +15,7 @@ use utoipa::{Modify, OpenApi};
         runs::submit, import::import, runs::list, runs::get, runs::cancel, runs::retry, runs::delete,
         runs::metrics, runs::logs, runs::attempts, runs::checkpoints, checkpoints::file,
         analyses::request, analyses::of_run, analyses::get,
-        experiments::submit, experiments::list, experiments::get, experiments::claims,
+        experiments::submit, import::import_experiment, experiments::list, experiments::get, experiments::claims,
         experiments::cancel, experiments::retry, experiments::delete,
         figures::run_list, figures::run_figure, figures::experiment_list, figures::experiment_figure,
         datasets::list, workers::list,
@@ -24,7 +24,8 @@ use utoipa::{Modify, OpenApi};
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(
-        Problem, RunSubmission, ImportSubmission, import::ImportForm, UploadedWeights, RunView, Page<RunView>, CheckpointView, AnalysisView,
+        Problem, RunSubmission, ImportSubmission, import::ImportForm, UploadedWeights,
+        ExperimentImport, import::ExperimentImportForm, RunView, Page<RunView>, CheckpointView, AnalysisView,
         AnalysisRequest, AnalysisPlan, CheckpointSelection, ExperimentSubmission,
         ExperimentView, ExperimentSummary, ClaimsView, Page<ExperimentSummary>, ConfigSummary, AttemptView, LogLine, DatasetView, JobState, JobKind, FailureKind,
         ClaimRequest, Claim, CheckpointRef, AnalysisTask, LeaseProof, HeartbeatReply,

@@ -1002,6 +1002,22 @@ fn form(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
+/// A POST of a form (its content type and body, from [`form`]) with an idempotency key.
+fn form_request(
+    uri: &str,
+    (content_type, body): (String, Vec<u8>),
+    key: Option<&str>,
+) -> Request<Body> {
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, content_type);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    request.body(Body::from(body)).unwrap()
+}
+
 /// The files below `dir`, relative to it, sorted.
 fn files_below(dir: &std::path::Path) -> Vec<String> {
     fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) {
@@ -1031,15 +1047,7 @@ async fn uploaded_weights_become_a_run_whose_train_job_imports_them(pool: PgPool
         ],
     );
     let upload = |parts: &[(&str, Option<&str>, &[u8])], key: Option<&str>| {
-        let (content_type, body) = form(parts);
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri("/v1/runs/import")
-            .header(header::CONTENT_TYPE, content_type);
-        if let Some(key) = key {
-            request = request.header("Idempotency-Key", key);
-        }
-        app.send(request.body(Body::from(body)).unwrap())
+        app.send(form_request("/v1/runs/import", form(parts), key))
     };
     // The API checks only that the file begins as safetensors (or a zip) does: whether the
     // tensors are the model's is the trainer's to find (tested in `trainer` and the CLI).
@@ -1182,4 +1190,61 @@ async fn uploaded_weights_become_a_run_whose_train_job_imports_them(pool: PgPool
         .await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text());
     assert!(files_below(stored).is_empty(), "{:?}", files_below(stored));
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn an_experiment_is_submitted_with_weights_for_some_of_its_runs(pool: PgPool) {
+    let app = spawn_app(pool, &[]);
+    let upload = |parts: &[(&str, Option<&str>, &[u8])], key: Option<&str>| {
+        app.send(form_request("/v1/experiments/import", form(parts), key))
+    };
+    let text = json!({"spec": {
+        "name": "mixed", "seeds": [0, 1], "data": {"dataset": "shapes10"},
+        "train": {"epochs": 2},
+        "configs": [{"model": {"arch": "resnet", "depth": 8, "width": 4}}]}})
+    .to_string();
+    let weights = b"PK\x03\x04 a torch.save file".to_vec();
+    let submission = ("submission", None, text.as_bytes());
+    let seed1 = ("weights/resnet-8/1", Some("seed1.pt"), &weights[..]);
+
+    let created = upload(&[submission, seed1], Some("mixed-1")).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let view = created.json();
+    let runs = view["runs"].as_array().unwrap();
+    assert_eq!(runs[0]["weights"], Value::Null, "seed 0 trains");
+    let run1 = runs[1]["id"].as_str().unwrap();
+    assert_eq!(runs[1]["name"], "mixed/resnet-8/seed1");
+    assert_eq!(runs[1]["weights"]["path"], format!("runs/{run1}/weights"));
+    assert_eq!(runs[1]["weights"]["file_name"], "seed1.pt");
+    let stored = app.checkpoints.path();
+    assert_eq!(files_below(stored), [format!("runs/{run1}/weights")]);
+    let replayed = upload(&[submission, seed1], Some("mixed-1")).await;
+    assert_eq!(replayed.status, StatusCode::OK, "{}", replayed.text());
+    assert_eq!(replayed.json()["id"], view["id"]);
+    // The train claims: the imported run's names its file.
+    let claims = [app.claim("train", "w").await, app.claim("train", "w").await];
+    let claimed: Vec<&Value> = claims.iter().map(|c| &c["weights"]).collect();
+    assert_eq!(claimed, [&Value::Null, &runs[1]["weights"]]);
+
+    let refused = [
+        (
+            vec![submission, ("weights/resnet-8/2", Some("w"), &weights[..])],
+            "names no run",
+        ),
+        (
+            vec![submission, ("weights/resnet-20/0", Some("w"), &weights[..])],
+            "names no run",
+        ),
+        (vec![submission, seed1, seed1], "two parts are named"),
+        (vec![submission], "no weights"),
+        (vec![seed1, submission], "expected the part `submission`"),
+    ];
+    for (parts, why) in refused {
+        let reply = upload(&parts, None).await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, why);
+        assert!(reply.text().contains(why), "{}", reply.text());
+    }
+    assert_eq!(files_below(stored), [format!("runs/{run1}/weights")]);
+    let experiments = app.get("/v1/experiments").await.json();
+    assert_eq!(experiments["items"].as_array().unwrap().len(), 1);
 }

@@ -809,12 +809,13 @@ pub struct SubmitArgs {
     /// Makes the submission safe to repeat: the same key never creates a second run.
     #[arg(long)]
     pub idempotency_key: Option<String>,
-    /// Weights trained elsewhere (a state dict as safetensors or a `torch.save` file): the
-    /// run is made of them — checked here against the spec's model, uploaded with it, then
-    /// evaluated and checkpointed by a trainer as after the spec's epochs and analysed — as
-    /// `model import` does locally. A run spec only.
+    /// Weights trained elsewhere (a state dict as safetensors or a `torch.save` file) to
+    /// make a run of — checked here against the spec's model, uploaded with it, then
+    /// evaluated and checkpointed by a trainer as after the spec's epochs and analysed, as
+    /// `model import` does locally. For a run spec, the file; for an experiment,
+    /// `LABEL/SEED=FILE` for each run made of weights (repeated; the others train).
     #[arg(long)]
-    pub weights: Option<PathBuf>,
+    pub weights: Vec<String>,
     #[command(flatten)]
     pub reading: WeightsReading,
     /// Print the created run or experiment as JSON.

@@ -8,10 +8,10 @@ pub mod worker;
 
 use domain::service::{
     AnalysisRequest, AnalysisResult, AnalysisView, CheckpointRegistration, CheckpointView, Claim,
-    ClaimRequest, ClaimsView, Completion, EventBatch, ExperimentSubmission, ExperimentSummary,
-    ExperimentView, FailureKind, FailureReport, HeartbeatReply, ImportSubmission, JobKind,
-    JobState, LeaseProof, Page, Refusal, RunSubmission, RunView, WorkerCapacity, WorkerEvent,
-    WorkerView,
+    ClaimRequest, ClaimsView, Completion, EventBatch, ExperimentImport, ExperimentSubmission,
+    ExperimentSummary, ExperimentView, FailureKind, FailureReport, HeartbeatReply,
+    ImportSubmission, JobKind, JobState, LeaseProof, Page, Refusal, RunSubmission, RunView,
+    WorkerCapacity, WorkerEvent, WorkerView,
 };
 use domain::{ExperimentSpec, FieldError, MetricRecord};
 use reqwest::blocking::multipart::{Form, Part};
@@ -19,6 +19,7 @@ use reqwest::blocking::{RequestBuilder, Response};
 pub use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -229,26 +230,59 @@ impl Client {
         })?)
     }
 
-    /// Submits a run made of weights trained elsewhere: `weights`, the bytes of the file
-    /// `file_name` (a state dict as safetensors or a `torch.save` file), are uploaded with
-    /// the submission. With a key, repeating the call makes no second run.
+    /// Submits a run made of weights trained elsewhere: the file `weights` (a state dict as
+    /// safetensors or a `torch.save` file) is uploaded with the submission. With a key,
+    /// repeating the call makes no second run.
     pub fn import_run(
         &self,
         submission: &ImportSubmission,
-        file_name: &str,
-        weights: &[u8],
+        weights: &Path,
         key: Option<&str>,
     ) -> Result<RunView> {
+        self.upload("/v1/runs/import", submission, &[("weights", weights)], key)
+    }
+
+    /// Submits an experiment some of whose runs are made of weights trained elsewhere:
+    /// `weights` names each such run's file by its part, `weights/<label>/<seed>`.
+    pub fn import_experiment(
+        &self,
+        submission: &ExperimentImport,
+        weights: &[(String, PathBuf)],
+        key: Option<&str>,
+    ) -> Result<ExperimentView> {
+        let parts: Vec<(&str, &Path)> = weights
+            .iter()
+            .map(|(part, path)| (part.as_str(), path.as_path()))
+            .collect();
+        self.upload("/v1/experiments/import", submission, &parts, key)
+    }
+
+    /// Posts a form of `submission` (JSON) and the files `parts`, streamed from disk.
+    fn upload<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        submission: &impl Serialize,
+        parts: &[(&str, &Path)],
+        key: Option<&str>,
+    ) -> Result<T> {
         let text = serde_json::to_string(submission).map_err(|e| ClientError::Decode {
-            url: self.url("/v1/runs/import"),
+            url: self.url(path),
             message: format!("the submission does not serialise: {e}"),
         })?;
-        json(self.send("/v1/runs/import", |u| {
-            // Built anew for each try: a form is consumed by sending it.
-            let form = Form::new().text("submission", text.clone()).part(
-                "weights",
-                Part::bytes(weights.to_vec()).file_name(file_name.to_string()),
-            );
+        json(self.send(path, |u| {
+            // Built anew for each try: a form is consumed by sending it. Part names go as
+            // they are (`weights/<label>/<seed>` is plain ASCII), as curl sends them:
+            // reqwest's default would send a name with '/' in RFC 2231's `name*=` form,
+            // which form parsers (multer among them) do not read.
+            let mut form = Form::new()
+                .percent_encode_noop()
+                .text("submission", text.clone());
+            for &(name, file) in parts {
+                // A file that cannot be opened (callers read it first) goes empty, which
+                // the API refuses naming the part.
+                let part = Part::file(file).unwrap_or_else(|_| Part::bytes(Vec::new()));
+                form = form.part(name.to_string(), part);
+            }
             let r = self.http.post(u).multipart(form);
             match key {
                 Some(k) => r.header("Idempotency-Key", k),

@@ -223,15 +223,20 @@ impl ImportSubmission {
                 );
             }
         }
-        for (field, text) in [("key", &self.key), ("strip_prefix", &self.strip_prefix)] {
-            if let Some(Err(bad)) = text
-                .as_deref()
-                .map(|t| crate::spec::check_text(t, 200, false))
-            {
-                e.push(field, bad);
-            }
-        }
+        check_reading(&self.key, &self.strip_prefix, &mut e);
         e.finish()
+    }
+}
+
+/// The fields saying where an uploaded file's state dict is: plain text.
+fn check_reading(key: &Option<String>, strip_prefix: &Option<String>, e: &mut Errors) {
+    for (field, text) in [("key", key), ("strip_prefix", strip_prefix)] {
+        if let Some(Err(bad)) = text
+            .as_deref()
+            .map(|t| crate::spec::check_text(t, 200, false))
+        {
+            e.push(field, bad);
+        }
     }
 }
 
@@ -262,6 +267,56 @@ pub struct ExperimentSubmission {
 impl ExperimentSubmission {
     pub fn validate(&self) -> Result<(), SpecError> {
         self.spec.validate().map_err(|e| e.within("spec."))
+    }
+}
+
+/// `POST /v1/experiments/import`, its `submission` part: an experiment some of whose runs
+/// are made of weights trained elsewhere, each uploaded in a part named
+/// `weights/<configuration label>/<seed>` and read as `key` and `strip_prefix` say (as in
+/// [`ImportSubmission`]); its other runs train as in `POST /v1/experiments`. A run made of
+/// weights has one checkpoint, after the last epoch, which the experiment's analysis takes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentImport {
+    #[schema(value_type = Object)]
+    pub spec: ExperimentSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strip_prefix: Option<String>,
+}
+
+impl ExperimentImport {
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let mut e = Errors::default();
+        if let Err(bad) = self.spec.validate() {
+            e.extend_prefixed("spec.", bad);
+        }
+        check_reading(&self.key, &self.strip_prefix, &mut e);
+        e.finish()
+    }
+
+    /// The run a weights part names (`weights/<configuration label>/<seed>`), as its index
+    /// in [`ExperimentSpec::runs`].
+    pub fn run_of_part(&self, name: &str) -> Result<usize, String> {
+        let labels = self.spec.labels();
+        let seeds = &self.spec.seeds;
+        let found = name
+            .strip_prefix("weights/")
+            .and_then(|run| run.rsplit_once('/'))
+            .and_then(|(label, seed)| {
+                let config = labels.iter().position(|l| l == label)?;
+                let seed: u64 = seed.parse().ok()?;
+                let seed = seeds.iter().position(|&s| s == seed)?;
+                Some(config * seeds.len() + seed)
+            });
+        found.ok_or_else(|| {
+            format!(
+                "the part {name:?} names no run of the experiment: weights/<label>/<seed> with \
+                 a label of {} and a seed of {seeds:?}",
+                labels.join(", ")
+            )
+        })
     }
 }
 
@@ -786,6 +841,40 @@ mod tests {
         other.strip_prefix = Some("module.\u{0}".into());
         other.key = Some(String::new());
         assert_eq!(fields(&other), ["key", "strip_prefix"]);
+    }
+
+    #[test]
+    fn an_experiments_weights_parts_name_its_runs() {
+        let import: ExperimentImport = parse_json(
+            br#"{"spec": {"name": "x", "seeds": [3, 7], "data": {"dataset": "shapes10"},
+                          "configs": [{"model": {"arch": "resnet", "depth": 8}},
+                                      {"label": "narrow", "model": {"arch": "resnet", "depth": 8, "width": 4}}]}}"#,
+        )
+        .unwrap();
+        assert!(import.validate().is_ok());
+        let runs = import.spec.runs();
+        for run in &runs {
+            let index = import
+                .run_of_part(&format!("weights/{}/{}", run.label, run.seed))
+                .unwrap();
+            assert_eq!(
+                (&runs[index].label, runs[index].seed),
+                (&run.label, run.seed)
+            );
+        }
+        for bad in [
+            "weights/narrow/4",
+            "weights/wide/3",
+            "narrow/3",
+            "weights/narrow",
+            "weights/narrow/x",
+        ] {
+            let message = import.run_of_part(bad).unwrap_err();
+            assert!(
+                message.contains("resnet-8, narrow") && message.contains("[3, 7]"),
+                "{message}"
+            );
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod runs;
 mod sessions;
 
 pub use queue::{LeaseConfig, LeasedJob};
-pub use runs::{run_directory, weights_path, Idempotency, RunFilter, Submitted};
+pub use runs::{run_directory, weights_path, Idempotency, ImportedRun, RunFilter, Submitted};
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::time::Duration;

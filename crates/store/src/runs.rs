@@ -144,7 +144,48 @@ impl Store {
         idempotency: Option<&Idempotency>,
         max_attempts: u32,
     ) -> Result<Submitted<ExperimentView>> {
+        let ids: Vec<Uuid> = spec.runs().iter().map(|_| Uuid::now_v7()).collect();
         let route = "POST /v1/experiments";
+        self.store_experiment(route, spec, &ids, &[], idempotency, max_attempts)
+            .await
+    }
+
+    /// [`Self::submit_experiment`] where some runs are made of uploaded weights
+    /// (`POST /v1/experiments/import`): their train jobs import them. The API chose the
+    /// runs' ids (`run_ids`, one per run of [`ExperimentSpec::runs`], in its order, as the
+    /// experiment lists its runs by id) to place the files in their directories before this
+    /// commits the runs, as for [`Self::import_run`].
+    pub async fn import_experiment(
+        &self,
+        spec: &ExperimentSpec,
+        run_ids: &[Uuid],
+        imported: &[ImportedRun],
+        idempotency: Option<&Idempotency>,
+        max_attempts: u32,
+    ) -> Result<Submitted<ExperimentView>> {
+        let route = "POST /v1/experiments/import";
+        self.store_experiment(route, spec, run_ids, imported, idempotency, max_attempts)
+            .await
+    }
+
+    async fn store_experiment(
+        &self,
+        route: &str,
+        spec: &ExperimentSpec,
+        run_ids: &[Uuid],
+        imported: &[ImportedRun],
+        idempotency: Option<&Idempotency>,
+        max_attempts: u32,
+    ) -> Result<Submitted<ExperimentView>> {
+        let runs = spec.runs();
+        if run_ids.len() != runs.len() {
+            return Err(StoreError::Invalid(format!(
+                "{} run ids for the {} runs of experiment {}",
+                run_ids.len(),
+                runs.len(),
+                spec.name
+            )));
+        }
         let mut tx = match self.replay(route, idempotency).await? {
             Replay::Stored(view) => return Ok(Submitted::Replayed(view)),
             Replay::New(tx) => tx,
@@ -157,12 +198,13 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let plan = spec.analysis_plan();
-        for run in spec.runs() {
+        for (index, (run, &run_id)) in runs.iter().zip(run_ids).enumerate() {
+            let imported = imported.iter().find(|r| r.index == index);
             let new = NewRun {
-                id: Uuid::now_v7(),
+                id: run_id,
                 spec: &run.spec,
                 analysis: Some(&plan),
-                weights: None,
+                weights: imported.map(|r| &r.weights),
             };
             insert_run(&mut tx, Some(id), &run.label, new, max_attempts).await?;
         }
@@ -405,6 +447,14 @@ pub fn run_directory(run: Uuid) -> String {
 /// store: beside the attempts' directories, and removed with them.
 pub fn weights_path(run: Uuid) -> String {
     format!("{}/weights", run_directory(run))
+}
+
+/// A run of an experiment made of uploaded weights.
+#[derive(Clone, Debug)]
+pub struct ImportedRun {
+    /// Its place in [`ExperimentSpec::runs`].
+    pub index: usize,
+    pub weights: UploadedWeights,
 }
 
 /// A run to store.

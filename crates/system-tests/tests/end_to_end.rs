@@ -5,6 +5,7 @@
 use domain::service::JobState;
 use domain::MetricName;
 use sha2::Digest;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 use system_tests::{serial, wait_for, Settings, Stack};
@@ -517,7 +518,7 @@ fn weights_trained_elsewhere_are_uploaded_imported_and_analysed() {
         strip_prefix: Some("module.".into()),
     };
     let bad = client
-        .import_run(&submission, "resnet8-w2-wrapped.pt", &file, None)
+        .import_run(&submission, Path::new(weights), None)
         .unwrap();
     wait_for("the import to fail", Duration::from_secs(60), || {
         client.run(bad.id).unwrap().status.is_final()
@@ -540,7 +541,7 @@ fn weights_trained_elsewhere_are_uploaded_imported_and_analysed() {
         ..submission
     };
     let changed = client
-        .import_run(&submission, "resnet8-w2-wrapped.pt", &file, None)
+        .import_run(&submission, Path::new(weights), None)
         .unwrap();
     let stored = stack
         .checkpoint_dir()
@@ -560,4 +561,47 @@ fn weights_trained_elsewhere_are_uploaded_imported_and_analysed() {
     );
     let error = changed.last_error.unwrap_or_default();
     assert!(error.contains("changed in the checkpoint store"), "{error}");
+
+    // An experiment whose seed 0 is made of the weights and whose seed 1 trains: both
+    // analysed, and the claims drawn over both.
+    let experiment = work.path().join("mixed.toml");
+    std::fs::write(
+        &experiment,
+        "name = \"mixed\"\nseeds = [0, 1]\n[data]\ndataset = \"tiny10\"\n\
+         [train]\nepochs = 3\nbatch_size = 64\n[analysis]\nmax_examples = 64\n\
+         [[configs]]\nmodel = { arch = \"resnet\", depth = 8, width = 2 }\n",
+    )
+    .unwrap();
+    let seed0 = format!("resnet-8/0={weights}");
+    let mut args = vec!["submit", experiment.to_str().unwrap(), "--weights", &seed0];
+    args.extend(reading);
+    let (ok, out, err) = stack.stepwise(&args);
+    assert!(ok, "{err}");
+    assert!(out.contains("mixed/resnet-8/seed0 (imported)"), "{out}");
+    let id = out.split_whitespace().nth(1).unwrap().to_string();
+    let (ok, out, err) = stack.stepwise(&["watch", &id, "--every", "0.2"]);
+    assert!(ok, "watch: {out}\n{err}\n{}", stack.logs());
+    let view = client.experiment(id.parse().unwrap()).unwrap();
+    let imported: Vec<bool> = view.runs.iter().map(|r| r.weights.is_some()).collect();
+    assert_eq!(imported, [true, false]);
+    let seed0 = client
+        .metrics(view.runs[0].id, Some("accuracy"), Some("test"))
+        .unwrap();
+    assert_eq!(seed0.iter().map(|m| m.epoch).collect::<Vec<_>>(), [3]);
+    assert_eq!(seed0[0].value, local["test_accuracy"].as_f64().unwrap());
+    let seed1 = client
+        .metrics(view.runs[1].id, Some("accuracy"), Some("test"))
+        .unwrap();
+    assert_eq!(seed1.iter().map(|m| m.epoch).collect::<Vec<_>>(), [1, 2, 3]);
+    let (ok, out, err) = stack.stepwise(&["experiment", "show", &id]);
+    assert!(ok, "{err}");
+    assert!(out.contains("C1"), "{out}");
+    // A part naming no run of the experiment is refused before anything is stored.
+    let wrong = "resnet-8/5=/dev/null".to_string();
+    let (ok, _, err) =
+        stack.stepwise(&["submit", experiment.to_str().unwrap(), "--weights", &wrong]);
+    assert!(
+        !ok && err.contains("names no run of the experiment"),
+        "{err}"
+    );
 }

@@ -1,8 +1,8 @@
-//! `POST /v1/runs/import`: a run made of weights trained elsewhere. The form's `submission`
-//! part (JSON) is checked before the `weights` part is read; the file is streamed into the
-//! checkpoint store (hashed on the way, fsynced, renamed into the run's directory), and the
-//! run's row, committed last, names it. A trainer then imports the weights instead of
-//! training (see `trainer`).
+//! `POST /v1/runs/import` and `POST /v1/experiments/import`: runs made of weights trained
+//! elsewhere. The form's `submission` part (JSON) is checked before any file is read; each
+//! file is streamed into the checkpoint store (hashed on the way, fsynced, renamed into its
+//! run's directory), and the rows, committed last, name them. A trainer then imports the
+//! weights instead of training (see `trainer`).
 
 use super::{created, idempotency};
 use crate::error::{ApiError, ApiResult, Problem};
@@ -11,10 +11,13 @@ use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
 use axum::extract::{Multipart, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use domain::service::{ImportSubmission, RunView, UploadedWeights};
+use domain::service::{
+    ExperimentImport, ExperimentView, ImportSubmission, RunView, UploadedWeights,
+};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::Duration;
+use store::{ImportedRun, StoreError};
 use tempfile::NamedTempFile;
 use tokio::io::AsyncWriteExt;
 use utoipa::ToSchema;
@@ -48,17 +51,9 @@ pub async fn import(
     headers: HeaderMap,
     form: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Response> {
-    let mut form = form.map_err(|e| {
-        ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "send the body as multipart/form-data with the parts `submission` and `weights`: {}",
-                e.body_text()
-            ),
-        )
-    })?;
+    let mut form = open_form(form, RUN_FORM)?;
     let text = read_small(
-        next_part(&mut form, "submission").await?,
+        next_part(&mut form, "submission", RUN_FORM).await?,
         state.config.max_body_bytes,
     )
     .await?;
@@ -71,42 +66,19 @@ pub async fn import(
         "spec.",
     )
     .await?;
-    let field = next_part(&mut form, "weights").await?;
-    let file_name = field
-        .file_name()
-        .filter(|n| !n.is_empty())
-        .unwrap_or("weights")
-        .to_string();
-    domain::spec::check_text(&file_name, 200, false)
-        .map_err(|bad| unprocessable(format!("the weights' file name {bad}")))?;
+    let field = next_part(&mut form, "weights", RUN_FORM).await?;
     let upload = receive(&state.config.checkpoint_dir, field).await?;
     if let Some(extra) = form.next_field().await.map_err(part_error)? {
         return Err(ApiError::bad_request(format!(
-            "unexpected part {:?} after `weights`: the form has `submission`, then `weights`",
+            "unexpected part {:?} after `weights`: {RUN_FORM}",
             extra.name().unwrap_or("")
         )));
     }
-    let mut request = Sha256::new();
-    request.update(&text);
-    request.update(upload.sha256.as_bytes());
-    let idem = idempotency(&headers, &hex::encode(request.finalize()))?;
-
+    let idem = idempotency(&headers, &request_digest(&text, [("weights", &upload)]))?;
     let id = Uuid::now_v7();
-    let weights = UploadedWeights {
-        file_name,
-        path: store::weights_path(id),
-        sha256: upload.sha256,
-        size: upload.size,
-        key: submission.key.clone(),
-        strip_prefix: submission.strip_prefix.clone(),
-    };
-    let target = state.config.checkpoint_dir.join(&weights.path);
-    tokio::task::spawn_blocking(move || place(upload.file, &target))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| store_failed("storing uploaded weights", e))?;
-    // The row is the commit point: where it is not written (or an earlier request's is
-    // replayed), the file just placed belongs to no run.
+    let weights = upload
+        .place(&state, id, &submission.key, &submission.strip_prefix)
+        .await?;
     let submitted = state
         .store
         .import_run(
@@ -117,22 +89,165 @@ pub async fn import(
             state.config.lease.max_attempts,
         )
         .await;
-    if !matches!(submitted, Ok(store::Submitted::Created(_))) {
-        super::runs::remove_run_files(&state, &store::run_directory(id)).await;
+    let submitted = settle(&state, &[id], submitted).await?;
+    Ok(created(submitted, |r| format!("/v1/runs/{}", r.id)))
+}
+
+/// The form of `POST /v1/experiments/import`, for the OpenAPI document.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ExperimentImportForm {
+    /// JSON: `spec` (an experiment spec), and optionally `key` and `strip_prefix` (as for a
+    /// run). First.
+    #[schema(value_type = Object)]
+    submission: ExperimentImport,
+    /// One part per run made of weights, named `weights/<configuration label>/<seed>`
+    /// (e.g. `weights/resnet-20/0`): its state dict.
+    #[serde(rename = "weights/<label>/<seed>")]
+    #[schema(value_type = String, format = Binary)]
+    weights: Vec<u8>,
+}
+
+#[utoipa::path(post, path = "/v1/experiments/import", tag = "experiments",
+    request_body(content = ExperimentImportForm, content_type = "multipart/form-data"),
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "the same key, submission and files replay the first response")),
+    responses((status = 201, body = ExperimentView), (status = 200, description = "replayed", body = ExperimentView),
+        (status = 400, body = Problem), (status = 413, body = Problem),
+        (status = 415, body = Problem), (status = 422, body = Problem),
+        (status = 507, description = "the checkpoint store is full", body = Problem)))]
+pub async fn import_experiment(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Multipart, MultipartRejection>,
+) -> ApiResult<Response> {
+    let mut form = open_form(form, EXPERIMENT_FORM)?;
+    let text = read_small(
+        next_part(&mut form, "submission", EXPERIMENT_FORM).await?,
+        state.config.max_body_bytes,
+    )
+    .await?;
+    let submission: ExperimentImport = domain::service::parse_json(&text)?;
+    submission.validate().map_err(ApiError::invalid)?;
+    super::experiments::check_datasets(&state, &submission.spec).await?;
+    let mut uploads: Vec<(usize, String, Upload)> = vec![];
+    while let Some(field) = form.next_field().await.map_err(part_error)? {
+        let name = field.name().unwrap_or("").to_string();
+        let index = submission
+            .run_of_part(&name)
+            .map_err(|bad| ApiError::bad_request(format!("{bad}; {EXPERIMENT_FORM}")))?;
+        if uploads.iter().any(|(i, ..)| *i == index) {
+            return Err(ApiError::bad_request(format!(
+                "two parts are named {name:?}: one file per run"
+            )));
+        }
+        let upload = receive(&state.config.checkpoint_dir, field).await?;
+        uploads.push((index, name, upload));
     }
-    Ok(created(submitted?, |r| format!("/v1/runs/{}", r.id)))
+    if uploads.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "no weights: {EXPERIMENT_FORM} (POST /v1/experiments trains every run)"
+        )));
+    }
+    let parts = uploads.iter().map(|(_, name, u)| (name.as_str(), u));
+    let idem = idempotency(&headers, &request_digest(&text, parts))?;
+    // Ids in the runs' order, which is the order the experiment lists them in.
+    let run_ids: Vec<Uuid> = (0..submission.spec.runs().len())
+        .map(|_| Uuid::now_v7())
+        .collect();
+    let mut imported = vec![];
+    let mut placed = vec![];
+    for (index, _, upload) in uploads {
+        let id = run_ids[index];
+        let key = (&submission.key, &submission.strip_prefix);
+        match upload.place(&state, id, key.0, key.1).await {
+            Ok(weights) => imported.push(ImportedRun { index, weights }),
+            Err(e) => {
+                remove_runs(&state, &placed).await;
+                return Err(e);
+            }
+        }
+        placed.push(id);
+    }
+    let submitted = state
+        .store
+        .import_experiment(
+            &submission.spec,
+            &run_ids,
+            &imported,
+            idem.as_ref(),
+            state.config.lease.max_attempts,
+        )
+        .await;
+    let submitted = settle(&state, &placed, submitted).await?;
+    Ok(created(submitted, |e| format!("/v1/experiments/{}", e.id)))
+}
+
+/// What the run form holds, for error messages.
+const RUN_FORM: &str = "the form has `submission`, then `weights`";
+/// What the experiment form holds.
+const EXPERIMENT_FORM: &str =
+    "the form has `submission`, then one part `weights/<label>/<seed>` per run made of weights";
+
+/// The form, or 415 saying what it should be.
+fn open_form(form: Result<Multipart, MultipartRejection>, holds: &str) -> ApiResult<Multipart> {
+    form.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "send the body as multipart/form-data ({holds}): {}",
+                e.body_text()
+            ),
+        )
+    })
+}
+
+/// What an `Idempotency-Key` is checked against: the submission and every file, by its
+/// part's name and digest.
+fn request_digest<'a>(
+    submission: &[u8],
+    parts: impl IntoIterator<Item = (&'a str, &'a Upload)>,
+) -> String {
+    let mut request = Sha256::new();
+    request.update(submission);
+    for (name, upload) in parts {
+        request.update(name.as_bytes());
+        request.update(upload.sha256.as_bytes());
+    }
+    hex::encode(request.finalize())
+}
+
+/// The submission's result; where it did not create what it named (an error, or an earlier
+/// request replayed), the files placed for the runs `ids` belong to no run and are removed:
+/// the row is the commit point.
+async fn settle<T>(
+    state: &AppState,
+    ids: &[Uuid],
+    submitted: Result<store::Submitted<T>, StoreError>,
+) -> ApiResult<store::Submitted<T>> {
+    if !matches!(submitted, Ok(store::Submitted::Created(_))) {
+        remove_runs(state, ids).await;
+    }
+    Ok(submitted?)
+}
+
+/// Removes the directories of runs `ids`, which no row names.
+async fn remove_runs(state: &AppState, ids: &[Uuid]) {
+    for &id in ids {
+        super::runs::remove_run_files(state, &store::run_directory(id)).await;
+    }
 }
 
 /// The next part of the form, which must be `name`.
-async fn next_part<'a>(form: &'a mut Multipart, name: &str) -> ApiResult<Field<'a>> {
+async fn next_part<'a>(form: &'a mut Multipart, name: &str, holds: &str) -> ApiResult<Field<'a>> {
     match form.next_field().await.map_err(part_error)? {
         Some(field) if field.name() == Some(name) => Ok(field),
         Some(field) => Err(ApiError::bad_request(format!(
-            "expected the part `{name}`, found {:?}: the form has `submission`, then `weights`",
+            "expected the part `{name}`, found {:?}: {holds}",
             field.name().unwrap_or("")
         ))),
         None => Err(ApiError::bad_request(format!(
-            "the part `{name}` is missing: the form has `submission`, then `weights`"
+            "the part `{name}` is missing: {holds}"
         ))),
     }
 }
@@ -177,15 +292,52 @@ fn unprocessable(detail: String) -> ApiError {
 /// An uploaded file in the checkpoint store's `uploads/`, removed when dropped unless placed.
 struct Upload {
     file: NamedTempFile,
+    /// As the client named it (`weights` if it did not).
+    file_name: String,
     sha256: String,
     size: u64,
 }
 
-/// Streams the `weights` part into a temporary file of the checkpoint store, hashing it and
+impl Upload {
+    /// Renames the file to the weights of run `id` (creating its directory), makes that
+    /// durable, and describes it, with where its state dict is.
+    async fn place(
+        self,
+        state: &AppState,
+        id: Uuid,
+        key: &Option<String>,
+        strip_prefix: &Option<String>,
+    ) -> ApiResult<UploadedWeights> {
+        let weights = UploadedWeights {
+            file_name: self.file_name,
+            path: store::weights_path(id),
+            sha256: self.sha256,
+            size: self.size,
+            key: key.clone(),
+            strip_prefix: strip_prefix.clone(),
+        };
+        let target = state.config.checkpoint_dir.join(&weights.path);
+        let file = self.file;
+        tokio::task::spawn_blocking(move || place(file, &target))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| store_failed("storing uploaded weights", e))?;
+        Ok(weights)
+    }
+}
+
+/// Streams a weights part into a temporary file of the checkpoint store, hashing it and
 /// checking that it begins as a weights file can: safetensors (an 8-byte header length,
 /// then the JSON header) or `torch.save`'s zip. Whether it holds the spec's tensors only a
 /// trainer can tell (the API holds no tensor library); its job fails as `invalid` if not.
 async fn receive(store: &Path, mut field: Field<'_>) -> ApiResult<Upload> {
+    let file_name = field
+        .file_name()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("weights")
+        .to_string();
+    domain::spec::check_text(&file_name, 200, false)
+        .map_err(|bad| unprocessable(format!("the weights' file name {bad}")))?;
     let uploads = store.join("uploads");
     let file = tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&uploads)?;
@@ -221,6 +373,7 @@ async fn receive(store: &Path, mut field: Field<'_>) -> ApiResult<Upload> {
         .map_err(|e| store_failed("syncing an upload file", e))?;
     Ok(Upload {
         file,
+        file_name,
         sha256: hex::encode(hasher.finalize()),
         size,
     })

@@ -6,16 +6,16 @@ pub mod analysis;
 pub mod checkpoint;
 pub mod experiment;
 
-use crate::args::{ListArgs, SubmitArgs};
+use crate::args::{ListArgs, SubmitArgs, WeightsReading};
 use anyhow::{bail, Context, Result};
 use client::{Client, RunQuery};
 use domain::service::{
-    AnalysisPlan, CheckpointSelection, ExperimentView, ImportSubmission, JobState, RunSubmission,
-    RunView,
+    AnalysisPlan, CheckpointSelection, ExperimentImport, ExperimentView, ImportSubmission,
+    JobState, RunSubmission, RunView,
 };
 use domain::{ExperimentSpec, RunSpec};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 use uuid::Uuid;
@@ -176,15 +176,33 @@ pub fn submit(api: &Api, args: SubmitArgs) -> Result<ExitCode> {
         .contains_key("configs");
     let key = args.idempotency_key.as_deref();
     if is_experiment {
-        if args.weights.is_some() {
-            bail!("--weights makes one run: give a run spec, not an experiment (`stepwise model import --experiment` makes a run of an experiment locally)");
-        }
         let mut spec =
             ExperimentSpec::from_toml(&text).with_context(|| format!("{}", args.spec.display()))?;
         if let Some(n) = args.analysis_examples {
             spec.analysis.max_examples = n;
         }
-        let view = client.submit_experiment(&spec, key)?;
+        let view = if args.weights.is_empty() {
+            client.submit_experiment(&spec, key)?
+        } else {
+            let submission = ExperimentImport {
+                spec,
+                key: args.reading.key.clone(),
+                strip_prefix: args.reading.strip_prefix.clone(),
+            };
+            let runs = submission.spec.runs();
+            let mut files = vec![];
+            for given in &args.weights {
+                let (run, file) = given.split_once('=').with_context(|| {
+                    format!("--weights {given}: an experiment's are LABEL/SEED=FILE")
+                })?;
+                let part = format!("weights/{run}");
+                let index = submission.run_of_part(&part).map_err(anyhow::Error::msg)?;
+                let file = PathBuf::from(file);
+                check_weights(&runs[index].spec, &file, &args.reading)?;
+                files.push((part, file));
+            }
+            client.import_experiment(&submission, &files, key)?
+        };
         if args.json {
             return json(&view);
         }
@@ -196,9 +214,14 @@ pub fn submit(api: &Api, args: SubmitArgs) -> Result<ExitCode> {
         ))?;
         for run in &view.runs {
             super::print_text(&format!(
-                "  run {} {}",
+                "  run {} {}{}",
                 run.id,
-                run.name.as_deref().unwrap_or("")
+                run.name.as_deref().unwrap_or(""),
+                if run.weights.is_some() {
+                    " (imported)"
+                } else {
+                    ""
+                }
             ))?;
         }
         return submitted(&client, args.watch, Target::Experiment(view.id));
@@ -216,33 +239,34 @@ pub fn submit(api: &Api, args: SubmitArgs) -> Result<ExitCode> {
         }
         Some(plan)
     };
-    let view = match &args.weights {
-        Some(path) => {
+    let view = match args.weights.as_slice() {
+        [] => client.submit_run(&RunSubmission { spec, analysis }, key)?,
+        [file] => {
+            let file = Path::new(file);
+            check_weights(&spec, file, &args.reading)?;
             let submission = ImportSubmission {
                 spec,
                 analysis,
                 key: args.reading.key.clone(),
                 strip_prefix: args.reading.strip_prefix.clone(),
             };
-            // Checked here as the trainer will check them, so that weights of another
-            // model are refused before they are uploaded.
-            let tensors = super::model::read_weights(path, &args.reading)?;
-            train::check_weights(&submission.spec, &tensors, &path.display().to_string())?;
-            drop(tensors);
-            let bytes =
-                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let name = path
-                .file_name()
-                .map_or("weights".into(), |n| n.to_string_lossy());
-            client.import_run(&submission, &name, &bytes, key)?
+            client.import_run(&submission, file, key)?
         }
-        None => client.submit_run(&RunSubmission { spec, analysis }, key)?,
+        _ => bail!("a run spec takes one --weights FILE"),
     };
     if args.json {
         return json(&view);
     }
     super::print_text(&format!("run {} ({}) {}", view.id, view.label, view.status))?;
     submitted(&client, args.watch, Target::Run(view.id))
+}
+
+/// Checks weights to upload as the trainer will, so that another model's are refused
+/// before they travel.
+fn check_weights(spec: &RunSpec, file: &Path, reading: &WeightsReading) -> Result<()> {
+    let tensors = super::model::read_weights(file, reading)?;
+    train::check_weights(spec, &tensors, &file.display().to_string())?;
+    Ok(())
 }
 
 /// After a submission: done, or with `--watch` following what was submitted.
