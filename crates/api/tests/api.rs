@@ -1218,6 +1218,15 @@ async fn an_experiment_is_submitted_with_weights_for_some_of_its_runs(pool: PgPo
     assert_eq!(runs[1]["weights"]["file_name"], "seed1.pt");
     let stored = app.checkpoints.path();
     assert_eq!(files_below(stored), [format!("runs/{run1}/weights")]);
+    let page = app
+        .get(&format!("/experiments/{}", view["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(
+        page.text().matches(">imported</span>").count(),
+        1,
+        "{}",
+        page.text()
+    );
     let replayed = upload(&[submission, seed1], Some("mixed-1")).await;
     assert_eq!(replayed.status, StatusCode::OK, "{}", replayed.text());
     assert_eq!(replayed.json()["id"], view["id"]);

@@ -109,6 +109,8 @@ pub struct RunItem {
     eta: String,
     best: String,
     created: String,
+    /// Made of uploaded weights rather than trained here.
+    imported: bool,
 }
 
 impl RunItem {
@@ -135,6 +137,7 @@ impl RunItem {
             },
             best: run.best_test_accuracy.map(percent).unwrap_or_default(),
             created: when(run.created_at),
+            imported: run.weights.is_some(),
         }
     }
 }
