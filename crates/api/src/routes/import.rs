@@ -159,8 +159,8 @@ pub async fn import_experiment(
     let mut placed = vec![];
     for (index, _, upload) in uploads {
         let id = run_ids[index];
-        let key = (&submission.key, &submission.strip_prefix);
-        match upload.place(&state, id, key.0, key.1).await {
+        let (key, prefix) = (&submission.key, &submission.strip_prefix);
+        match upload.place(&state, id, key, prefix).await {
             Ok(weights) => imported.push(ImportedRun { index, weights }),
             Err(e) => {
                 remove_runs(&state, &placed).await;
