@@ -189,6 +189,7 @@ pub fn submit(api: &Api, args: SubmitArgs) -> Result<ExitCode> {
                 key: args.reading.key.clone(),
                 strip_prefix: args.reading.strip_prefix.clone(),
             };
+            submission.validate().context("invalid submission")?;
             let runs = submission.spec.runs();
             let mut files = vec![];
             for given in &args.weights {
@@ -243,13 +244,15 @@ pub fn submit(api: &Api, args: SubmitArgs) -> Result<ExitCode> {
         [] => client.submit_run(&RunSubmission { spec, analysis }, key)?,
         [file] => {
             let file = Path::new(file);
-            check_weights(&spec, file, &args.reading)?;
             let submission = ImportSubmission {
                 spec,
                 analysis,
                 key: args.reading.key.clone(),
                 strip_prefix: args.reading.strip_prefix.clone(),
             };
+            // The submission first: reading weights can take a while.
+            submission.validate().context("invalid submission")?;
+            check_weights(&submission.spec, file, &args.reading)?;
             client.import_run(&submission, file, key)?
         }
         _ => bail!("a run spec takes one --weights FILE"),
