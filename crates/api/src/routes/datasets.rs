@@ -5,7 +5,7 @@ use crate::AppState;
 use axum::extract::State;
 use axum::Json;
 use domain::service::DatasetView;
-use domain::{DataSpec, FieldError, LabelKind, SpecError};
+use domain::{DataSpec, ExperimentSpec, FieldError, LabelKind, RunSpec, SpecError};
 use std::path::Path;
 
 /// Names workers can always resolve: `shapes10` is generated on first use, the CIFAR sets
@@ -51,8 +51,22 @@ fn present(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Checks that a run's dataset exists and fits its model's class count.
+pub async fn check_run(state: &AppState, spec: &RunSpec) -> Result<(), ApiError> {
+    check(state, &spec.data, spec.model.classes, "spec.").await
+}
+
+/// [`check_run`] for every configuration of an experiment.
+pub async fn check_experiment(state: &AppState, spec: &ExperimentSpec) -> Result<(), ApiError> {
+    for (i, config) in spec.configs.iter().enumerate() {
+        let prefix = format!("spec.configs[{i}].");
+        check(state, &spec.data, config.model.classes, &prefix).await?;
+    }
+    Ok(())
+}
+
 /// Checks that a submission's dataset exists and fits the model's class count.
-pub async fn check(
+async fn check(
     state: &AppState,
     data: &DataSpec,
     classes: u32,

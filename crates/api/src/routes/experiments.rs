@@ -15,7 +15,7 @@ use domain::paper::{self, TableRow};
 use domain::service::{
     ClaimsView, ExperimentSubmission, ExperimentSummary, ExperimentView, JobState, Page,
 };
-use domain::{ExperimentSpec, MetricName, Split};
+use domain::{MetricName, Split};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -30,27 +30,13 @@ pub async fn submit(
 ) -> ApiResult<Response> {
     body.value.validate().map_err(ApiError::invalid)?;
     let spec = body.value.spec;
-    check_datasets(&state, &spec).await?;
+    super::datasets::check_experiment(&state, &spec).await?;
     let idem = idempotency(&headers, &body.sha256)?;
     let submitted = state
         .store
         .submit_experiment(&spec, idem.as_ref(), state.config.lease.max_attempts)
         .await?;
     Ok(created(submitted, |e| format!("/v1/experiments/{}", e.id)))
-}
-
-/// That every configuration's model fits the experiment's dataset, which the API knows.
-pub(crate) async fn check_datasets(state: &AppState, spec: &ExperimentSpec) -> ApiResult<()> {
-    for (i, config) in spec.configs.iter().enumerate() {
-        super::datasets::check(
-            state,
-            &spec.data,
-            config.model.classes,
-            &format!("spec.configs[{i}]."),
-        )
-        .await?;
-    }
-    Ok(())
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]

@@ -59,13 +59,7 @@ pub async fn import(
     .await?;
     let submission: ImportSubmission = domain::service::parse_json(&text)?;
     submission.validate().map_err(ApiError::invalid)?;
-    super::datasets::check(
-        &state,
-        &submission.spec.data,
-        submission.spec.model.classes,
-        "spec.",
-    )
-    .await?;
+    super::datasets::check_run(&state, &submission.spec).await?;
     let field = next_part(&mut form, "weights", RUN_FORM).await?;
     let upload = receive(&state.config.checkpoint_dir, field).await?;
     if let Some(extra) = form.next_field().await.map_err(part_error)? {
@@ -129,7 +123,7 @@ pub async fn import_experiment(
     .await?;
     let submission: ExperimentImport = domain::service::parse_json(&text)?;
     submission.validate().map_err(ApiError::invalid)?;
-    super::experiments::check_datasets(&state, &submission.spec).await?;
+    super::datasets::check_experiment(&state, &submission.spec).await?;
     let mut uploads: Vec<(usize, String, Upload)> = vec![];
     while let Some(field) = form.next_field().await.map_err(part_error)? {
         let name = field.name().unwrap_or("").to_string();

@@ -29,13 +29,7 @@ pub async fn submit(
 ) -> ApiResult<Response> {
     let submission = body.value;
     submission.validate().map_err(ApiError::invalid)?;
-    super::datasets::check(
-        &state,
-        &submission.spec.data,
-        submission.spec.model.classes,
-        "spec.",
-    )
-    .await?;
+    super::datasets::check_run(&state, &submission.spec).await?;
     let idem = idempotency(&headers, &body.sha256)?;
     let submitted = state
         .store
