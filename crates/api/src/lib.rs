@@ -82,12 +82,13 @@ pub fn app(state: AppState) -> Router {
     let uploads = Router::new()
         .route("/v1/runs/import", post(import::import))
         .route("/v1/experiments/import", post(import::import_experiment))
-        .layer(DefaultBodyLimit::max(config.max_upload_bytes))
-        .layer(timeout(config.upload_timeout))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_user,
-        ));
+        ))
+        .merge(dashboard::submission(state.clone()))
+        .layer(DefaultBodyLimit::max(config.max_upload_bytes))
+        .layer(timeout(config.upload_timeout));
     let workers = Router::new()
         .route("/v1/worker/claim", post(worker::claim))
         .route("/v1/worker/jobs/{id}/heartbeat", post(worker::heartbeat))

@@ -5,7 +5,7 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use common::{run_statuses, spawn_app, Reply};
+use common::{files_below, multipart, run_statuses, spawn_app, Reply};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -985,23 +985,6 @@ async fn an_experiment_is_deleted_with_its_runs_and_files_once_nothing_runs(pool
     assert_eq!(runs["items"], json!([]));
 }
 
-/// A `multipart/form-data` body of `parts` (name, file name, bytes) and its content type.
-fn form(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
-    let boundary = "stepwise-test-boundary";
-    let mut body = Vec::new();
-    for (name, file_name, bytes) in parts {
-        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
-        let file = file_name.map_or(String::new(), |f| format!("; filename=\"{f}\""));
-        body.extend_from_slice(
-            format!("Content-Disposition: form-data; name=\"{name}\"{file}\r\n\r\n").as_bytes(),
-        );
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    (format!("multipart/form-data; boundary={boundary}"), body)
-}
-
 /// A POST of a form (its content type and body, from [`form`]) with an idempotency key.
 fn form_request(
     uri: &str,
@@ -1018,24 +1001,6 @@ fn form_request(
     request.body(Body::from(body)).unwrap()
 }
 
-/// The files below `dir`, relative to it, sorted.
-fn files_below(dir: &std::path::Path) -> Vec<String> {
-    fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                out.push(path.strip_prefix(root).unwrap().display().to_string());
-            }
-        }
-    }
-    let mut out = vec![];
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
-}
-
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn uploaded_weights_become_a_run_whose_train_job_imports_them(pool: PgPool) {
     use sha2::Digest;
@@ -1047,7 +1012,7 @@ async fn uploaded_weights_become_a_run_whose_train_job_imports_them(pool: PgPool
         ],
     );
     let upload = |parts: &[(&str, Option<&str>, &[u8])], key: Option<&str>| {
-        app.send(form_request("/v1/runs/import", form(parts), key))
+        app.send(form_request("/v1/runs/import", multipart(parts), key))
     };
     // The API checks only that the file begins as safetensors (or a zip) does: whether the
     // tensors are the model's is the trainer's to find (tested in `trainer` and the CLI).
@@ -1196,7 +1161,11 @@ async fn uploaded_weights_become_a_run_whose_train_job_imports_them(pool: PgPool
 async fn an_experiment_is_submitted_with_weights_for_some_of_its_runs(pool: PgPool) {
     let app = spawn_app(pool, &[]);
     let upload = |parts: &[(&str, Option<&str>, &[u8])], key: Option<&str>| {
-        app.send(form_request("/v1/experiments/import", form(parts), key))
+        app.send(form_request(
+            "/v1/experiments/import",
+            multipart(parts),
+            key,
+        ))
     };
     let text = json!({"spec": {
         "name": "mixed", "seeds": [0, 1], "data": {"dataset": "shapes10"},

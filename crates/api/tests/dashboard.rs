@@ -6,7 +6,7 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use common::{run_statuses, spawn_app, Reply, TestApp};
+use common::{files_below, multipart, run_statuses, spawn_app, Reply, TestApp};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -647,4 +647,298 @@ async fn an_experiment_s_runs_are_cancelled_and_retried_from_its_page(pool: PgPo
     let retried = press("retry", token).await;
     assert_eq!(retried.status, StatusCode::SEE_OTHER, "{}", retried.text());
     assert_eq!(statuses().await, ["queued", "queued"]);
+}
+
+const RUN_SPEC: &str = r#"name = "from the form"
+tags = ["form"]
+[model]
+arch = "resnet"
+depth = 8
+width = 4
+[data]
+dataset = "shapes10"
+[train]
+epochs = 2
+"#;
+
+const EXPERIMENT_SPEC: &str = r#"name = "two-widths"
+seeds = [0]
+[data]
+dataset = "shapes10"
+[train]
+epochs = 2
+[[configs]]
+model = { arch = "resnet", depth = 8, width = 4 }
+[[configs]]
+label = "wider"
+model = { arch = "resnet", depth = 8, width = 8 }
+"#;
+
+/// The start of a safetensors file (the API checks no more than that).
+fn safetensors_bytes() -> Vec<u8> {
+    let mut bytes = 20u64.to_le_bytes().to_vec();
+    bytes.extend_from_slice(br#"{"__metadata__":{}}"#);
+    bytes.extend_from_slice(&[0; 64]);
+    bytes
+}
+
+/// A session's cookie and CSRF token, from the submission page.
+async fn submit_page(app: &TestApp) -> (String, String, String) {
+    let reply = page(app, "/submit", None).await;
+    assert_html(&reply, StatusCode::OK);
+    let (cookie, _) = session_cookie(&reply).expect("a session for the open dashboard");
+    let html = reply.text();
+    (cookie, csrf(&html), html)
+}
+
+/// The submission form as a browser sends it: the text fields, then the file input (empty,
+/// without a file name, when no file was chosen).
+async fn submit(
+    app: &TestApp,
+    cookie: &str,
+    fields: &[(&str, &str)],
+    weights: (&str, &[u8]),
+) -> Reply {
+    let mut parts: Vec<(&str, Option<&str>, &[u8])> = fields
+        .iter()
+        .map(|(name, text)| (*name, None, text.as_bytes()))
+        .collect();
+    parts.push(("weights", Some(weights.0), weights.1));
+    let (content_type, body) = multipart(&parts);
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/submit")
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::COOKIE, cookie)
+        .body(Body::from(body))
+        .unwrap();
+    app.send(request).await
+}
+
+/// The id at the end of a redirect to a run's or an experiment's page.
+fn created_at(reply: &Reply, page: &str) -> String {
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text());
+    let to = location(reply);
+    to.strip_prefix(page)
+        .unwrap_or_else(|| panic!("{to} is not under {page}"))
+        .to_string()
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn runs_experiments_and_weights_are_submitted_from_the_submit_page(pool: PgPool) {
+    let app = spawn_app(pool, &[]);
+    let (cookie, token, html) = submit_page(&app).await;
+    // The form starts from the README's quick run and names the datasets.
+    assert!(html.contains("depth = 20") && html.contains("<code>shapes10</code>"));
+    assert!(
+        html.contains(r#"<a href="/submit">Submit</a>"#),
+        "in the header"
+    );
+
+    let run = submit(
+        &app,
+        &cookie,
+        &[
+            ("csrf", &token),
+            ("spec", RUN_SPEC),
+            ("analysis", "every:1"),
+            ("examples", "64"),
+        ],
+        ("", b""),
+    )
+    .await;
+    let id = created_at(&run, "/runs/");
+    let view = app.get(&format!("/v1/runs/{id}")).await.json();
+    assert_eq!(
+        (&view["name"], &view["status"], &view["weights"]),
+        (&json!("from the form"), &json!("queued"), &Value::Null)
+    );
+    assert_eq!(view["analysis"]["checkpoints"], json!({"every": 1}));
+    assert_eq!(view["analysis"]["spec"]["max_examples"], 64);
+    // `none`: no checkpoint is analysed.
+    let unanalysed = submit(
+        &app,
+        &cookie,
+        &[("csrf", &token), ("spec", RUN_SPEC), ("analysis", "none")],
+        ("", b""),
+    )
+    .await;
+    let id = created_at(&unanalysed, "/runs/");
+    assert_eq!(
+        app.get(&format!("/v1/runs/{id}")).await.json()["analysis"],
+        Value::Null
+    );
+
+    let experiment = submit(
+        &app,
+        &cookie,
+        &[
+            ("csrf", &token),
+            ("spec", EXPERIMENT_SPEC),
+            ("analysis", "final"),
+            ("examples", "32"),
+        ],
+        ("", b""),
+    )
+    .await;
+    let id = created_at(&experiment, "/experiments/");
+    let view = app.get(&format!("/v1/experiments/{id}")).await.json();
+    assert_eq!(view["name"], "two-widths");
+    assert_eq!(view["runs"].as_array().unwrap().len(), 2);
+    assert_eq!(view["spec"]["analysis"]["max_examples"], 32);
+
+    // A run made of weights: the file stored as the run's, its reading as given.
+    let weights = safetensors_bytes();
+    let imported = submit(
+        &app,
+        &cookie,
+        &[
+            ("csrf", &token),
+            ("spec", RUN_SPEC),
+            ("analysis", "final"),
+            ("key", "state_dict"),
+            ("strip_prefix", " "),
+        ],
+        ("r8.safetensors", &weights),
+    )
+    .await;
+    let id = created_at(&imported, "/runs/");
+    let view = app.get(&format!("/v1/runs/{id}")).await.json();
+    assert_eq!(view["weights"]["file_name"], "r8.safetensors");
+    assert_eq!(view["weights"]["key"], "state_dict");
+    assert_eq!(view["weights"]["strip_prefix"], Value::Null, "blank: none");
+    assert_eq!(
+        std::fs::read(app.checkpoints.path().join(format!("runs/{id}/weights"))).unwrap(),
+        weights
+    );
+    let page = page(&app, &format!("/runs/{id}"), Some(&cookie))
+        .await
+        .text();
+    assert!(page.contains("<code>r8.safetensors</code>"), "{page}");
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_refused_submission_comes_back_as_written_with_every_reason(pool: PgPool) {
+    let app = spawn_app(pool, &[("STEPWISE_MAX_UPLOAD_BYTES", "4096")]);
+    let (cookie, token, _) = submit_page(&app).await;
+    let weights = safetensors_bytes();
+    let bad_run = format!(
+        "# {NASTY}\n{}",
+        RUN_SPEC
+            .replace("depth = 8", "depth = 9")
+            .replace("width = 4", "width = 0")
+    );
+    let elsewhere = RUN_SPEC.replace("shapes10", "nowhere");
+    let too_large = [weights.as_slice(), &[0; 8192]].concat();
+    /// Text fields, the file (name, bytes), the status, and what the errors must say.
+    type Case<'a> = (
+        Vec<(&'a str, &'a str)>,
+        (&'a str, &'a [u8]),
+        StatusCode,
+        Vec<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            vec![("spec", &bad_run), ("examples", "many")],
+            ("", b""),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            vec!["examples: &#34;many&#34; is not a whole number"],
+        ),
+        (
+            vec![("spec", &bad_run)],
+            ("", b""),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            vec!["model.depth: ", "model.width: "],
+        ),
+        (
+            vec![("spec", "[model\n")],
+            ("", b""),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            vec!["spec: "],
+        ),
+        (
+            vec![("spec", &elsewhere)],
+            ("", b""),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            vec!["data.dataset: "],
+        ),
+        (
+            vec![("spec", RUN_SPEC), ("analysis", "sometimes")],
+            ("", b""),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            vec!["analysis: &#34;sometimes&#34;: expected final, every:K"],
+        ),
+        (
+            vec![("spec", RUN_SPEC), ("analysis", "every:1")],
+            ("r8.safetensors", &weights),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            vec!["analysis.checkpoints: an imported run has one checkpoint"],
+        ),
+        (
+            vec![("spec", RUN_SPEC)],
+            ("notes.txt", b"not weights at all"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            vec!["neither safetensors nor"],
+        ),
+        (
+            vec![("spec", EXPERIMENT_SPEC)],
+            ("r8.safetensors", &weights),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            vec!["weights: an experiment&#39;s runs take their weights from"],
+        ),
+        (
+            vec![("spec", EXPERIMENT_SPEC), ("analysis", "every:1")],
+            ("", b""),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            vec!["analysis: an experiment&#39;s runs are analysed as its"],
+        ),
+    ];
+    for (fields, file, status, reasons) in &cases {
+        let mut all = vec![("csrf", token.as_str())];
+        all.extend(fields);
+        let refused = submit(&app, &cookie, &all, *file).await;
+        assert_html(&refused, *status);
+        let html = refused.text();
+        assert!(html.contains(r#"id="submit-errors""#), "{html}");
+        for reason in reasons {
+            assert!(html.contains(reason), "{reason}: {html}");
+        }
+        // The spec comes back as written, escaped.
+        let spec = fields.iter().find(|(name, _)| *name == "spec").unwrap().1;
+        let first_line = spec.lines().next().unwrap();
+        let escaped = first_line
+            .replace('<', "&#60;")
+            .replace('>', "&#62;")
+            .replace('"', "&#34;");
+        assert!(html.contains(&escaped), "{escaped}: {html}");
+        assert!(!html.contains(NASTY));
+    }
+    // A form over the upload limit cannot be read: a page says so, and where the form is.
+    let large = submit(
+        &app,
+        &cookie,
+        &[("csrf", &token), ("spec", RUN_SPEC)],
+        ("big.safetensors", &too_large),
+    )
+    .await;
+    assert_html(&large, StatusCode::PAYLOAD_TOO_LARGE);
+    let html = large.text();
+    assert!(
+        html.contains("upload limit (STEPWISE_MAX_UPLOAD_BYTES)"),
+        "{html}"
+    );
+    assert!(html.contains("Back button returns to the form"), "{html}");
+    // Without the session's token nothing is read further.
+    let forged = submit(
+        &app,
+        &cookie,
+        &[("csrf", "forged"), ("spec", RUN_SPEC)],
+        ("", b""),
+    )
+    .await;
+    assert_html(&forged, StatusCode::FORBIDDEN);
+    // Nothing was created, and no file was left in the checkpoint store.
+    assert_eq!(app.get("/v1/runs").await.json()["items"], json!([]));
+    assert_eq!(app.get("/v1/experiments").await.json()["items"], json!([]));
+    assert_eq!(files_below(app.checkpoints.path()), Vec::<String>::new());
 }

@@ -69,6 +69,26 @@ impl ExperimentRun {
     }
 }
 
+/// A spec file as `stepwise submit` and the dashboard take it: an experiment when it has
+/// `configs`, else a run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SpecFile {
+    Run(RunSpec),
+    Experiment(ExperimentSpec),
+}
+
+impl SpecFile {
+    /// Parses and validates either kind, naming the field of any error.
+    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
+        let table: toml::Table = parse_toml(text, "spec")?;
+        if table.contains_key("configs") {
+            ExperimentSpec::from_toml(text).map(Self::Experiment)
+        } else {
+            RunSpec::from_toml(text).map(Self::Run)
+        }
+    }
+}
+
 impl ExperimentSpec {
     /// Parses a TOML experiment, naming the field of any error.
     pub fn from_toml(text: &str) -> Result<Self, SpecError> {
@@ -216,6 +236,25 @@ model = { arch = "resnet", depth = 8, width = 4 }
         assert_eq!(runs[1].spec.train.seed, 1);
         assert_eq!(runs[1].spec.train.epochs, Some(2));
         assert_eq!(runs[3].spec.model.width, Some(4));
+    }
+
+    #[test]
+    fn a_spec_file_is_an_experiment_when_it_has_configurations() {
+        let experiment = SpecFile::from_toml(QUICK).unwrap();
+        assert!(matches!(experiment, SpecFile::Experiment(e) if e.name == "demo"));
+        let run = "[model]\narch = \"resnet\"\ndepth = 8\n[data]\ndataset = \"shapes10\"\n";
+        assert!(
+            matches!(SpecFile::from_toml(run).unwrap(), SpecFile::Run(r) if r.model.depth == Some(8))
+        );
+        let err = SpecFile::from_toml("[model\n").unwrap_err().to_string();
+        assert!(err.starts_with("spec: "), "{err}");
+        let err = SpecFile::from_toml(&run.replace("depth = 8", "depth = 9")).unwrap_err();
+        assert!(err.to_string().contains("model.depth"), "{err}");
+        let err = SpecFile::from_toml(&QUICK.replace("width = 4", "width = 0"));
+        assert!(err
+            .unwrap_err()
+            .to_string()
+            .contains("configs[1].model.width"));
     }
 
     #[test]

@@ -146,6 +146,27 @@ impl AnalysisPlan {
     }
 }
 
+impl std::str::FromStr for CheckpointSelection {
+    type Err = String;
+
+    /// `final`, `every:K` or `epochs:A,B,…` (the command line's and the dashboard's
+    /// spelling of a selection).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?}: expected final, every:K or epochs:A,B,…");
+        match text.trim().split_once(':') {
+            None if text.trim() == "final" => Ok(Self::Final),
+            Some(("every", k)) => k.trim().parse().map(Self::Every).map_err(|_| bad()),
+            Some(("epochs", list)) => list
+                .split(',')
+                .map(|e| e.trim().parse())
+                .collect::<Result<_, _>>()
+                .map(Self::Epochs)
+                .map_err(|_| bad()),
+            _ => Err(bad()),
+        }
+    }
+}
+
 impl CheckpointSelection {
     /// Checks the selection against a run of `epochs` epochs, naming `field` in errors.
     pub(crate) fn check(&self, field: &str, epochs: u32, e: &mut Errors) {
@@ -811,6 +832,21 @@ mod tests {
         assert_eq!(initial.epochs(5), [0, 3, 5]);
         assert!(initial.validate(5).is_ok());
         assert_eq!(every.epochs(4), [3, 4]);
+    }
+
+    #[test]
+    fn selections_are_read_as_written_on_the_command_line() {
+        let read = |t: &str| t.parse::<CheckpointSelection>();
+        assert_eq!(read("final"), Ok(CheckpointSelection::Final));
+        assert_eq!(read(" every:5 "), Ok(CheckpointSelection::Every(5)));
+        assert_eq!(
+            read("epochs:0, 2,4"),
+            Ok(CheckpointSelection::Epochs(vec![0, 2, 4]))
+        );
+        for bad in ["", "last", "every:", "every:-1", "epochs:1,x", "final:1"] {
+            let err = read(bad).unwrap_err();
+            assert!(err.contains("expected final, every:K"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! The dashboard in a real browser: headless Chromium, driven over WebDriver
 //! (`chromedriver`, from Debian's `chromium-driver`; `system_tests::webdriver`), against
-//! the real API and workers
-//! with tokens set. It logs in, reads a finished run's and an experiment's pages (figures
-//! and tables rendered), cancels a running job with the button and watches the page's
-//! live part follow it to `cancelled`, and saves a screenshot of each page under
-//! `$STEPWISE_SCREENSHOTS` (default: `target/tmp/screenshots`).
+//! the real API and workers with tokens set. It logs in, reads a finished run's and an
+//! experiment's pages (figures and tables rendered), cancels a running job with the button
+//! and watches the page's live part follow it to `cancelled`, submits a spec from the form,
+//! and saves a screenshot of each page under `$STEPWISE_SCREENSHOTS` (default:
+//! `target/tmp/screenshots`).
 
 use domain::service::{ExperimentSubmission, JobState, RunSubmission};
 use serde_json::json;
@@ -200,6 +200,39 @@ fn the_dashboard_logs_in_shows_results_and_cancels_a_running_job() {
         "the status changed by the live update, not a reload"
     );
     save(&browser, "cancelled");
+
+    // A spec submitted from the form (the file input left empty): a bad one comes back
+    // with its reasons and its text, the mended one becomes a run.
+    browser.goto(&format!("{base}/submit"));
+    let spec = "name = \"from-the-browser\"\n[model]\narch = \"resnet\"\ndepth = 9\nwidth = 4\n\
+                [data]\ndataset = \"shapes10\"\n[train]\nepochs = 1\nbatch_size = 64\n";
+    let write_spec = |text: &str| {
+        browser.execute(&format!(
+            "document.querySelector('textarea[name=spec]').value = {};",
+            json!(text)
+        ));
+    };
+    write_spec(spec);
+    browser.submit("#submit button");
+    assert!(browser
+        .find("#submit-errors")
+        .text()
+        .is_some_and(|t| t.contains("model.depth")));
+    assert_eq!(
+        browser.execute("return document.querySelector('textarea[name=spec]').value;"),
+        json!(spec)
+    );
+    save(&browser, "submit");
+    write_spec(&spec.replace("depth = 9", "depth = 8"));
+    browser.submit("#submit button");
+    let path = browser.path();
+    let id: Uuid = path
+        .strip_prefix("/runs/")
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("not a run's page: {path}"));
+    let run = api.run(id).unwrap();
+    assert_eq!(run.name.as_deref(), Some("from-the-browser"));
+    assert!(run.weights.is_none() && run.analysis.is_some());
     drop(browser);
     assert_eq!(api.run(long.id).unwrap().status, JobState::Cancelled);
 }

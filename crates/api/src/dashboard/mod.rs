@@ -9,6 +9,7 @@
 
 mod pages;
 pub mod session;
+mod submit;
 
 use crate::error::PROBLEM_JSON;
 use crate::AppState;
@@ -25,6 +26,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
     let pages = Router::new()
         .route("/", get(pages::runs))
         .route("/partials/runs", get(pages::runs_partial))
+        .route("/submit", get(submit::page))
         .route("/runs/{id}", get(pages::run))
         .route("/partials/runs/{id}", get(pages::run_partial))
         .route(
@@ -61,6 +63,16 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/login", get(session::login_form).post(session::login))
         .route("/assets/dashboard.css", get(stylesheet))
         .route("/assets/dashboard.js", get(script))
+        .layer(middleware::from_fn(html_errors))
+        .layer(middleware::from_fn(security_headers))
+}
+
+/// The submission form's POST, apart from the pages: it carries a file, so the caller puts
+/// it under the upload limits instead of the request timeout and body limit.
+pub fn submission(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/submit", post(submit::submit))
+        .route_layer(middleware::from_fn_with_state(state, session::require))
         .layer(middleware::from_fn(html_errors))
         .layer(middleware::from_fn(security_headers))
 }

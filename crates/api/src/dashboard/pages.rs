@@ -33,7 +33,7 @@ pub struct Nav {
 }
 
 impl Nav {
-    fn of(session: &Session) -> Self {
+    pub fn of(session: &Session) -> Self {
         Self {
             csrf: session.login.then(|| session.csrf.clone()),
         }

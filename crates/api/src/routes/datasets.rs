@@ -15,6 +15,11 @@ const BUILT_IN: [(&str, u32); 3] = [("shapes10", 10), ("cifar10", 10), ("cifar10
 #[utoipa::path(get, path = "/v1/datasets", tag = "datasets",
     responses((status = 200, body = Vec<DatasetView>)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<DatasetView>>, ApiError> {
+    Ok(Json(available(&state).await?))
+}
+
+/// The built-in names, and every dataset the data directory holds.
+pub async fn available(state: &AppState) -> Result<Vec<DatasetView>, ApiError> {
     let dir = state.config.data_dir.clone();
     let names = tokio::task::spawn_blocking(move || present(&dir))
         .await
@@ -34,7 +39,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<DatasetView>
             });
         }
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
 /// Directory names under the data directory (an unreadable directory lists nothing).

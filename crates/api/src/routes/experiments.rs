@@ -17,6 +17,7 @@ use domain::service::{
 };
 use domain::{MetricName, Split};
 use serde::Deserialize;
+use store::{Idempotency, Submitted};
 use utoipa::IntoParams;
 
 #[utoipa::path(post, path = "/v1/experiments", tag = "experiments",
@@ -28,15 +29,29 @@ pub async fn submit(
     headers: HeaderMap,
     body: JsonBody<ExperimentSubmission>,
 ) -> ApiResult<Response> {
-    body.value.validate().map_err(ApiError::invalid)?;
-    let spec = body.value.spec;
-    super::datasets::check_experiment(&state, &spec).await?;
     let idem = idempotency(&headers, &body.sha256)?;
-    let submitted = state
-        .store
-        .submit_experiment(&spec, idem.as_ref(), state.config.lease.max_attempts)
-        .await?;
+    let submitted = create(&state, &body.value, idem).await?;
     Ok(created(submitted, |e| format!("/v1/experiments/{}", e.id)))
+}
+
+/// Checks an experiment's submission (its fields, then its dataset) and stores it with a
+/// run and `train` job per configuration and seed: the API's submission and the
+/// dashboard's.
+pub async fn create(
+    state: &AppState,
+    submission: &ExperimentSubmission,
+    idem: Option<Idempotency>,
+) -> ApiResult<Submitted<ExperimentView>> {
+    submission.validate().map_err(ApiError::invalid)?;
+    super::datasets::check_experiment(state, &submission.spec).await?;
+    Ok(state
+        .store
+        .submit_experiment(
+            &submission.spec,
+            idem.as_ref(),
+            state.config.lease.max_attempts,
+        )
+        .await?)
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]

@@ -17,7 +17,7 @@ use domain::service::{
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::Duration;
-use store::{ImportedRun, StoreError};
+use store::{Idempotency, ImportedRun, StoreError};
 use tempfile::NamedTempFile;
 use tokio::io::AsyncWriteExt;
 use utoipa::ToSchema;
@@ -58,8 +58,7 @@ pub async fn import(
     )
     .await?;
     let submission: ImportSubmission = domain::service::parse_json(&text)?;
-    submission.validate().map_err(ApiError::invalid)?;
-    super::datasets::check_run(&state, &submission.spec).await?;
+    check_run(&state, &submission).await?;
     let field = next_part(&mut form, "weights", RUN_FORM).await?;
     let upload = receive(&state.config.checkpoint_dir, field).await?;
     if let Some(extra) = form.next_field().await.map_err(part_error)? {
@@ -69,22 +68,41 @@ pub async fn import(
         )));
     }
     let idem = idempotency(&headers, &request_digest(&text, [("weights", &upload)]))?;
+    let submitted = create_run(&state, &submission, upload, idem).await?;
+    Ok(created(submitted, |r| format!("/v1/runs/{}", r.id)))
+}
+
+/// Checks the submission of a run made of weights before any file is read: its fields,
+/// then its dataset.
+pub async fn check_run(state: &AppState, submission: &ImportSubmission) -> ApiResult<()> {
+    submission.validate().map_err(ApiError::invalid)?;
+    super::datasets::check_run(state, &submission.spec).await
+}
+
+/// Places the uploaded weights as a new run's and stores the run with its `train` job (the
+/// row, committed last, is what makes the file a run's): the API's import and the
+/// dashboard's.
+pub async fn create_run(
+    state: &AppState,
+    submission: &ImportSubmission,
+    upload: Upload,
+    idem: Option<Idempotency>,
+) -> ApiResult<store::Submitted<RunView>> {
     let id = Uuid::now_v7();
     let weights = upload
-        .place(&state, id, &submission.key, &submission.strip_prefix)
+        .place(state, id, &submission.key, &submission.strip_prefix)
         .await?;
     let submitted = state
         .store
         .import_run(
             id,
-            &submission,
+            submission,
             &weights,
             idem.as_ref(),
             state.config.lease.max_attempts,
         )
         .await;
-    let submitted = settle(&state, &[id], submitted).await?;
-    Ok(created(submitted, |r| format!("/v1/runs/{}", r.id)))
+    settle(state, &[id], submitted).await
 }
 
 /// The form of `POST /v1/experiments/import`, for the OpenAPI document.
@@ -246,15 +264,16 @@ async fn next_part<'a>(form: &'a mut Multipart, name: &str, holds: &str) -> ApiR
     }
 }
 
-/// A part held in memory (the submission), up to `limit` bytes as any JSON body: the
-/// upload's own limit is for the file.
-async fn read_small(mut field: Field<'_>, limit: usize) -> ApiResult<Vec<u8>> {
+/// A part held in memory (the submission, a dashboard form's text), up to `limit` bytes as
+/// any JSON body: the upload's own limit is for the file.
+pub async fn read_small(mut field: Field<'_>, limit: usize) -> ApiResult<Vec<u8>> {
+    let name = field.name().unwrap_or("").to_string();
     let mut bytes = Vec::new();
     while let Some(chunk) = field.chunk().await.map_err(part_error)? {
         if bytes.len() + chunk.len() > limit {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the part `submission` is larger than {limit} bytes"),
+                format!("the part `{name}` is larger than {limit} bytes"),
             ));
         }
         bytes.extend_from_slice(&chunk);
@@ -263,8 +282,15 @@ async fn read_small(mut field: Field<'_>, limit: usize) -> ApiResult<Vec<u8>> {
 }
 
 /// A form that could not be read: 413 past the upload limit, else 400.
-fn part_error(e: MultipartError) -> ApiError {
-    ApiError::new(e.status(), e.body_text())
+pub fn part_error(e: MultipartError) -> ApiError {
+    let status = e.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(
+            status,
+            "the form is larger than the API's upload limit (STEPWISE_MAX_UPLOAD_BYTES)",
+        );
+    }
+    ApiError::new(status, e.body_text())
 }
 
 /// The checkpoint store failed `doing` something with an upload: 507 when it is full (the
@@ -284,7 +310,7 @@ fn unprocessable(detail: String) -> ApiError {
 }
 
 /// An uploaded file in the checkpoint store's `uploads/`, removed when dropped unless placed.
-struct Upload {
+pub struct Upload {
     file: NamedTempFile,
     /// As the client named it (`weights` if it did not).
     file_name: String,
@@ -324,7 +350,7 @@ impl Upload {
 /// checking that it begins as a weights file can: safetensors (an 8-byte header length,
 /// then the JSON header) or `torch.save`'s zip. Whether it holds the spec's tensors only a
 /// trainer can tell (the API holds no tensor library); its job fails as `invalid` if not.
-async fn receive(store: &Path, mut field: Field<'_>) -> ApiResult<Upload> {
+pub async fn receive(store: &Path, mut field: Field<'_>) -> ApiResult<Upload> {
     let file_name = field
         .file_name()
         .filter(|n| !n.is_empty())

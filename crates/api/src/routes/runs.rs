@@ -14,7 +14,7 @@ use domain::service::{
 };
 use domain::{Arch, MetricName, MetricRecord, Split};
 use serde::Deserialize;
-use store::RunFilter;
+use store::{Idempotency, RunFilter, Submitted};
 use utoipa::IntoParams;
 
 #[utoipa::path(post, path = "/v1/runs", tag = "runs", request_body = RunSubmission,
@@ -27,15 +27,24 @@ pub async fn submit(
     headers: HeaderMap,
     body: JsonBody<RunSubmission>,
 ) -> ApiResult<Response> {
-    let submission = body.value;
-    submission.validate().map_err(ApiError::invalid)?;
-    super::datasets::check_run(&state, &submission.spec).await?;
     let idem = idempotency(&headers, &body.sha256)?;
-    let submitted = state
-        .store
-        .submit_run(&submission, idem.as_ref(), state.config.lease.max_attempts)
-        .await?;
+    let submitted = create(&state, &body.value, idem).await?;
     Ok(created(submitted, |r| format!("/v1/runs/{}", r.id)))
+}
+
+/// Checks a run's submission (its fields, then its dataset) and stores it with its `train`
+/// job: the API's submission and the dashboard's.
+pub async fn create(
+    state: &AppState,
+    submission: &RunSubmission,
+    idem: Option<Idempotency>,
+) -> ApiResult<Submitted<RunView>> {
+    submission.validate().map_err(ApiError::invalid)?;
+    super::datasets::check_run(state, &submission.spec).await?;
+    Ok(state
+        .store
+        .submit_run(submission, idem.as_ref(), state.config.lease.max_attempts)
+        .await?)
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]

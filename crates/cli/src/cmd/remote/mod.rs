@@ -10,10 +10,10 @@ use crate::args::{ListArgs, SubmitArgs, WeightsReading};
 use anyhow::{bail, Context, Result};
 use client::{Client, RunQuery};
 use domain::service::{
-    AnalysisPlan, CheckpointSelection, ExperimentImport, ExperimentView, ImportSubmission,
-    JobState, RunSubmission, RunView,
+    AnalysisPlan, ExperimentImport, ExperimentView, ImportSubmission, JobState, RunSubmission,
+    RunView,
 };
-use domain::{ExperimentSpec, RunSpec};
+use domain::{ExperimentSpec, RunSpec, SpecFile};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -151,88 +151,82 @@ fn only_one(kind: Kind, name: &str, ids: &[Uuid]) -> Result<Uuid> {
     }
 }
 
-/// `final`, `every:K` or `epochs:A,B,…`.
-fn selection(text: &str) -> Result<CheckpointSelection> {
-    let bad = || format!("--analysis {text:?}: expected final, every:K or epochs:A,B,…");
-    match text.split_once(':') {
-        None if text == "final" => Ok(CheckpointSelection::Final),
-        Some(("every", k)) => Ok(CheckpointSelection::Every(k.parse().with_context(bad)?)),
-        Some(("epochs", list)) => Ok(CheckpointSelection::Epochs(
-            list.split(',')
-                .map(|e| e.trim().parse())
-                .collect::<Result<_, _>>()
-                .with_context(bad)?,
-        )),
-        _ => bail!(bad()),
-    }
-}
-
 pub fn submit(api: &Api, args: SubmitArgs) -> Result<ExitCode> {
     let client = api.client()?;
     let text = std::fs::read_to_string(&args.spec)
         .with_context(|| format!("reading {}", args.spec.display()))?;
-    let is_experiment = toml::from_str::<toml::Table>(&text)
-        .with_context(|| format!("{} is not TOML", args.spec.display()))?
-        .contains_key("configs");
-    let key = args.idempotency_key.as_deref();
-    if is_experiment {
-        let mut spec =
-            ExperimentSpec::from_toml(&text).with_context(|| format!("{}", args.spec.display()))?;
-        if let Some(n) = args.analysis_examples {
-            spec.analysis.max_examples = n;
-        }
-        let view = if args.weights.is_empty() {
-            client.submit_experiment(&spec, key)?
-        } else {
-            let submission = ExperimentImport {
-                spec,
-                key: args.reading.key.clone(),
-                strip_prefix: args.reading.strip_prefix.clone(),
-            };
-            submission.validate().context("invalid submission")?;
-            let runs = submission.spec.runs();
-            let mut files = vec![];
-            for given in &args.weights {
-                let (run, file) = given.split_once('=').with_context(|| {
-                    format!("--weights {given}: an experiment's are LABEL/SEED=FILE")
-                })?;
-                let part = format!("weights/{run}");
-                let index = submission.run_of_part(&part).map_err(anyhow::Error::msg)?;
-                let file = PathBuf::from(file);
-                check_weights(&runs[index].spec, &file, &args.reading)?;
-                files.push((part, file));
-            }
-            client.import_experiment(&submission, &files, key)?
-        };
-        if args.json {
-            return json(&view);
-        }
-        super::print_text(&format!(
-            "experiment {} ({}): {} runs",
-            view.id,
-            view.name,
-            view.runs.len()
-        ))?;
-        for run in &view.runs {
-            super::print_text(&format!(
-                "  run {} {}{}",
-                run.id,
-                run.name.as_deref().unwrap_or(""),
-                if run.weights.is_some() {
-                    " (imported)"
-                } else {
-                    ""
-                }
-            ))?;
-        }
-        return submitted(&client, args.watch, Target::Experiment(view.id));
+    match SpecFile::from_toml(&text).with_context(|| format!("{}", args.spec.display()))? {
+        SpecFile::Experiment(spec) => submit_experiment(&client, spec, &args),
+        SpecFile::Run(spec) => submit_run(&client, spec, &args),
     }
-    let spec = RunSpec::from_toml(&text).with_context(|| format!("{}", args.spec.display()))?;
+}
+
+fn submit_experiment(
+    client: &Client,
+    mut spec: ExperimentSpec,
+    args: &SubmitArgs,
+) -> Result<ExitCode> {
+    let key = args.idempotency_key.as_deref();
+    if let Some(n) = args.analysis_examples {
+        spec.analysis.max_examples = n;
+    }
+    let view = if args.weights.is_empty() {
+        client.submit_experiment(&spec, key)?
+    } else {
+        let submission = ExperimentImport {
+            spec,
+            key: args.reading.key.clone(),
+            strip_prefix: args.reading.strip_prefix.clone(),
+        };
+        submission.validate().context("invalid submission")?;
+        let runs = submission.spec.runs();
+        let mut files = vec![];
+        for given in &args.weights {
+            let (run, file) = given.split_once('=').with_context(|| {
+                format!("--weights {given}: an experiment's are LABEL/SEED=FILE")
+            })?;
+            let part = format!("weights/{run}");
+            let index = submission.run_of_part(&part).map_err(anyhow::Error::msg)?;
+            let file = PathBuf::from(file);
+            check_weights(&runs[index].spec, &file, &args.reading)?;
+            files.push((part, file));
+        }
+        client.import_experiment(&submission, &files, key)?
+    };
+    if args.json {
+        return json(&view);
+    }
+    super::print_text(&format!(
+        "experiment {} ({}): {} runs",
+        view.id,
+        view.name,
+        view.runs.len()
+    ))?;
+    for run in &view.runs {
+        super::print_text(&format!(
+            "  run {} {}{}",
+            run.id,
+            run.name.as_deref().unwrap_or(""),
+            if run.weights.is_some() {
+                " (imported)"
+            } else {
+                ""
+            }
+        ))?;
+    }
+    submitted(client, args.watch, Target::Experiment(view.id))
+}
+
+fn submit_run(client: &Client, spec: RunSpec, args: &SubmitArgs) -> Result<ExitCode> {
+    let key = args.idempotency_key.as_deref();
     let analysis = if args.no_analysis {
         None
     } else {
         let mut plan = AnalysisPlan {
-            checkpoints: selection(&args.analysis)?,
+            checkpoints: args
+                .analysis
+                .parse()
+                .map_err(|bad| anyhow::anyhow!("--analysis {bad}"))?,
             ..Default::default()
         };
         if let Some(n) = args.analysis_examples {
@@ -261,7 +255,7 @@ pub fn submit(api: &Api, args: SubmitArgs) -> Result<ExitCode> {
         return json(&view);
     }
     super::print_text(&format!("run {} ({}) {}", view.id, view.label, view.status))?;
-    submitted(&client, args.watch, Target::Run(view.id))
+    submitted(client, args.watch, Target::Run(view.id))
 }
 
 /// Checks weights to upload as the trainer will, so that another model's are refused

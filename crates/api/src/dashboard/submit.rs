@@ -1,0 +1,236 @@
+//! The dashboard's submission page: a spec file as `stepwise submit` takes it (a run, or an
+//! experiment when it has `configs`) written into a form, with a run's analysis plan and,
+//! for a run made of weights trained elsewhere, the file. It goes through the same checks
+//! and store calls as `POST /v1/runs`, `/v1/experiments` and `/v1/runs/import`; a refused
+//! submission comes back as the form, as it was written, with every reason.
+
+use super::pages::{render, Nav};
+use super::session::{check_csrf, Session};
+use crate::error::{ApiError, ApiResult};
+use crate::routes::{datasets, experiments, import, runs};
+use crate::AppState;
+use askama::Template;
+use axum::extract::multipart::{Field, MultipartRejection};
+use axum::extract::{Multipart, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::Extension;
+use domain::service::{
+    AnalysisPlan, CheckpointSelection, DatasetView, ExperimentSubmission, ImportSubmission,
+    RunSubmission,
+};
+use domain::{SpecError, SpecFile};
+
+/// The README's quick run, the spec a fresh form starts from.
+const QUICK_RUN: &str = include_str!("../../../../experiments/quick.toml");
+
+/// What the form holds besides the file: kept to be shown again when refused (a browser
+/// cannot be given the file back).
+#[derive(Debug, Default)]
+pub struct Fields {
+    /// TOML, a run's or an experiment's.
+    spec: String,
+    /// A run's analysed checkpoints: `final` (also when empty), `every:K`, `epochs:A,B,…`
+    /// or `none`.
+    analysis: String,
+    /// Examples per split analysed; empty: the analysis' default.
+    examples: String,
+    /// Where the uploaded file's state dict is (as `stepwise submit --key/--strip-prefix`).
+    key: String,
+    strip_prefix: String,
+}
+
+#[derive(Template)]
+#[template(path = "submit.html")]
+pub struct SubmitPage {
+    nav: Nav,
+    csrf: String,
+    fields: Fields,
+    /// Why the last submission was refused, one line per reason.
+    errors: Vec<String>,
+    datasets: Vec<DatasetView>,
+}
+
+pub async fn page(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+) -> ApiResult<Html<String>> {
+    let fields = Fields {
+        spec: QUICK_RUN.to_string(),
+        analysis: "final".to_string(),
+        ..Fields::default()
+    };
+    show(&state, &session, fields, vec![]).await
+}
+
+async fn show(
+    state: &AppState,
+    session: &Session,
+    fields: Fields,
+    errors: Vec<String>,
+) -> ApiResult<Html<String>> {
+    render(&SubmitPage {
+        nav: Nav::of(session),
+        csrf: session.csrf.clone(),
+        fields,
+        errors,
+        datasets: datasets::available(state).await?,
+    })
+}
+
+/// The form's parts, in the page's order: `csrf`, the text fields, then the file `weights`
+/// (which a browser sends empty, with no file name, when none was chosen).
+pub async fn submit(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    form: Result<Multipart, MultipartRejection>,
+) -> ApiResult<Response> {
+    let mut form = form.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("send the form as multipart/form-data: {}", e.body_text()),
+        )
+    })?;
+    let (mut csrf, mut fields, mut submitted) = (String::new(), Fields::default(), None);
+    // A form that cannot be read is shown nothing of: the browser's Back button has it.
+    let unread = |e| {
+        let mut e = import::part_error(e);
+        e.detail
+            .push_str("; your browser's Back button returns to the form");
+        e
+    };
+    while let Some(field) = form.next_field().await.map_err(unread)? {
+        let name = field.name().unwrap_or("").to_string();
+        if name == "weights" {
+            check_csrf(&session, &csrf)?;
+            let file = field.file_name().is_some_and(|n| !n.is_empty());
+            submitted = Some(create(&state, &fields, file.then_some(field)).await);
+            break;
+        }
+        let text = import::read_small(field, state.config.max_body_bytes).await?;
+        let text = String::from_utf8(text)
+            .map_err(|_| ApiError::bad_request(format!("the part `{name}` is not UTF-8")))?;
+        let slot = match name.as_str() {
+            "csrf" => &mut csrf,
+            "spec" => &mut fields.spec,
+            "analysis" => &mut fields.analysis,
+            "examples" => &mut fields.examples,
+            "key" => &mut fields.key,
+            "strip_prefix" => &mut fields.strip_prefix,
+            _ => return Err(ApiError::bad_request(format!("unexpected part {name:?}"))),
+        };
+        *slot = text;
+    }
+    let submitted = match submitted {
+        Some(submitted) => submitted,
+        None => {
+            check_csrf(&session, &csrf)?;
+            create(&state, &fields, None).await
+        }
+    };
+    match submitted {
+        Ok(page) => Ok(Redirect::to(&page).into_response()),
+        Err(refused) if refused.status.is_client_error() => {
+            let status = refused.status;
+            let page = show(&state, &session, fields, reasons(refused)).await?;
+            Ok((status, page).into_response())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Submits what the form holds; returns the page of what it created.
+async fn create(
+    state: &AppState,
+    fields: &Fields,
+    weights: Option<Field<'_>>,
+) -> ApiResult<String> {
+    let examples = match fields.examples.trim() {
+        "" => None,
+        n => Some(n.parse::<u32>().map_err(|_| {
+            invalid(
+                "examples",
+                format!("{n:?} is not a whole number of examples"),
+            )
+        })?),
+    };
+    match SpecFile::from_toml(&fields.spec).map_err(ApiError::invalid)? {
+        SpecFile::Run(spec) => {
+            let analysis = match fields.analysis.trim() {
+                "none" => None,
+                selection => {
+                    let checkpoints = match selection {
+                        "" => CheckpointSelection::Final,
+                        _ => selection.parse().map_err(|bad| invalid("analysis", bad))?,
+                    };
+                    let mut plan = AnalysisPlan {
+                        checkpoints,
+                        ..AnalysisPlan::default()
+                    };
+                    if let Some(n) = examples {
+                        plan.spec.max_examples = n;
+                    }
+                    Some(plan)
+                }
+            };
+            let Some(file) = weights else {
+                let submission = RunSubmission { spec, analysis };
+                let run = runs::create(state, &submission, None).await?;
+                return Ok(format!("/runs/{}", run.into_inner().id));
+            };
+            let text = |t: &str| Some(t.trim().to_string()).filter(|t| !t.is_empty());
+            let submission = ImportSubmission {
+                spec,
+                analysis,
+                key: text(&fields.key),
+                strip_prefix: text(&fields.strip_prefix),
+            };
+            import::check_run(state, &submission).await?;
+            let upload = import::receive(&state.config.checkpoint_dir, file).await?;
+            let run = import::create_run(state, &submission, upload, None).await?;
+            Ok(format!("/runs/{}", run.into_inner().id))
+        }
+        SpecFile::Experiment(mut spec) => {
+            if weights.is_some() {
+                return Err(invalid(
+                    "weights",
+                    "an experiment's runs take their weights from `stepwise submit SPEC \
+                     --weights LABEL/SEED=FILE` or POST /v1/experiments/import",
+                ));
+            }
+            if !matches!(fields.analysis.trim(), "" | "final") {
+                return Err(invalid(
+                    "analysis",
+                    "an experiment's runs are analysed as its `analysis_checkpoints` says: \
+                     leave this at final",
+                ));
+            }
+            if let Some(n) = examples {
+                spec.analysis.max_examples = n;
+            }
+            let submission = ExperimentSubmission { spec };
+            let experiment = experiments::create(state, &submission, None).await?;
+            Ok(format!("/experiments/{}", experiment.into_inner().id))
+        }
+    }
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::invalid(SpecError::one(field, message))
+}
+
+/// A refusal's reasons as the form shows them: each bad field by its path in the spec as
+/// written (the API's paths begin with `spec.`, the field of its request body).
+fn reasons(refused: ApiError) -> Vec<String> {
+    if refused.errors.is_empty() {
+        return vec![refused.detail];
+    }
+    refused
+        .errors
+        .into_iter()
+        .map(|e| {
+            let field = e.field.strip_prefix("spec.").unwrap_or(&e.field);
+            format!("{field}: {}", e.message)
+        })
+        .collect()
+}
