@@ -246,8 +246,12 @@ model = { arch = "resnet", depth = 8, width = 4 }
         assert!(
             matches!(SpecFile::from_toml(run).unwrap(), SpecFile::Run(r) if r.model.depth == Some(8))
         );
+        // Syntax and type errors say where they are in the text.
         let err = SpecFile::from_toml("[model\n").unwrap_err().to_string();
-        assert!(err.starts_with("spec: "), "{err}");
+        assert!(err.starts_with("spec: line 1, column 7: "), "{err}");
+        let err = SpecFile::from_toml(&run.replace("depth = 8", "depth = \"eight\""));
+        let err = err.unwrap_err().to_string();
+        assert!(err.starts_with("model.depth: line 3, column 9: "), "{err}");
         let err = SpecFile::from_toml(&run.replace("depth = 8", "depth = 9")).unwrap_err();
         assert!(err.to_string().contains("model.depth"), "{err}");
         let err = SpecFile::from_toml(&QUICK.replace("width = 4", "width = 0"));

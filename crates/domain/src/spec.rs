@@ -849,15 +849,28 @@ impl RunSpec {
     }
 }
 
-/// Deserialises TOML, naming the field of any error by its path (`root` for syntax errors).
+/// Deserialises TOML, naming the field of any error by its path (`root` for syntax errors)
+/// and, where the parser knows it, its line and column in `text`.
 pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
     text: &str,
     root: &str,
 ) -> Result<T, SpecError> {
-    let de = toml::Deserializer::parse(text)
-        .map_err(|e| SpecError::one(root, e.message().trim().to_string()))?;
+    let de =
+        toml::Deserializer::parse(text).map_err(|e| SpecError::one(root, located(text, &e)))?;
     serde_path_to_error::deserialize(de)
-        .map_err(|e| SpecError::one(e.path().to_string(), e.inner().message().trim().to_string()))
+        .map_err(|e| SpecError::one(e.path().to_string(), located(text, e.inner())))
+}
+
+/// A TOML error's message, after the 1-based line and column where it starts.
+fn located(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim();
+    let Some(start) = e.span().map(|s| s.start.min(text.len())) else {
+        return message.to_string();
+    };
+    let before = text.get(..start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    format!("line {line}, column {column}: {message}")
 }
 
 /// One invalid field and why.
