@@ -213,6 +213,11 @@ impl Element<'_> {
         self.browser.post(&self.path("click"), json!({}));
     }
 
+    /// Empties a text field (as a user would, so that a page's script sees the change).
+    pub fn clear(&self) {
+        self.browser.post(&self.path("clear"), json!({}));
+    }
+
     pub fn send_keys(&self, text: &str) {
         self.browser
             .post(&self.path("value"), json!({ "text": text }));

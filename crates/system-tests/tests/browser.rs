@@ -3,8 +3,8 @@
 //! the real API and workers with tokens set. It logs in, reads a finished run's and an
 //! experiment's pages (figures and tables rendered), cancels a running job with the button
 //! and watches the page's live part follow it to `cancelled`, submits a spec from the form,
-//! and saves a screenshot of each page under `$STEPWISE_SCREENSHOTS` (default:
-//! `target/tmp/screenshots`).
+//! uploads weights through Swagger UI's form, and saves a screenshot of each page under
+//! `$STEPWISE_SCREENSHOTS` (default: `target/tmp/screenshots`).
 
 use domain::service::{ExperimentSubmission, JobState, RunSubmission};
 use serde_json::json;
@@ -233,6 +233,69 @@ fn the_dashboard_logs_in_shows_results_and_cancels_a_running_job() {
     let run = api.run(id).unwrap();
     assert_eq!(run.name.as_deref(), Some("from-the-browser"));
     assert!(run.weights.is_none() && run.analysis.is_some());
+
+    // Swagger UI, from the vendored assets: every operation listed; authorised with the
+    // user token, its form of the weights upload sends a file that becomes a run.
+    browser.goto(&format!("{base}/docs/"));
+    wait_for(
+        "Swagger UI to list the operations",
+        Duration::from_secs(20),
+        || browser.count(".opblock") >= 30,
+    );
+    browser.find(".btn.authorize").click();
+    browser
+        .find(r#"input[aria-label="auth-bearer-value"]"#)
+        .send_keys("open-sesame");
+    browser.find(".auth-btn-wrapper .btn.authorize").click();
+    browser.find(".auth-btn-wrapper .btn-done").click();
+    let operation = "#operations-runs-import";
+    browser
+        .find(&format!("{operation} .opblock-summary"))
+        .click();
+    wait_for(
+        "the import operation to open",
+        Duration::from_secs(10),
+        || browser.count(&format!("{operation} .try-out__btn")) == 1,
+    );
+    browser.find(&format!("{operation} .try-out__btn")).click();
+    wait_for("the upload form", Duration::from_secs(10), || {
+        browser.count(&format!(r#"{operation} input[type="file"]"#)) == 1
+    });
+    let field = browser.find(&format!("{operation} .opblock-body textarea"));
+    field.clear();
+    field.send_keys(
+        &json!({"spec": {"name": "from-swagger", "model": model,
+                         "data": {"dataset": "shapes10"}, "train": {"epochs": 1}},
+                "analysis": {"checkpoints": "final"}})
+        .to_string(),
+    );
+    // The API checks only that the file begins as safetensors does; that these are not the
+    // model's tensors is the trainer's to find.
+    let weights = profile.path().join("weights.safetensors");
+    let header = br#"{"__metadata__":{}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    std::fs::write(&weights, bytes).unwrap();
+    browser
+        .find(&format!(r#"{operation} input[type="file"]"#))
+        .send_keys(&weights.display().to_string());
+    browser.find(&format!("{operation} .btn.execute")).click();
+    let response = format!("{operation} .live-responses-table tbody");
+    wait_for("the upload's response", Duration::from_secs(10), || {
+        browser.count(&format!("{response} .response-col_status")) == 1
+    });
+    let status = browser.find(&format!("{response} .response-col_status")).text();
+    let body = browser.find(&format!("{response} .response-col_description")).text();
+    assert_eq!(status.as_deref(), Some("201"), "{body:?}");
+    save(&browser, "docs");
+    let imported = api
+        .list_runs(&client::RunQuery {
+            name: Some("from-swagger".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let weights = imported.items[0].weights.as_ref().expect("made of weights");
+    assert_eq!(weights.file_name, "weights.safetensors");
     drop(browser);
     assert_eq!(api.run(long.id).unwrap().status, JobState::Cancelled);
 }
