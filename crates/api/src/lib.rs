@@ -185,11 +185,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         listener.local_addr()?
     );
     let reaper = tokio::spawn(reap(store.clone(), config.reaper_interval));
-    let checkpoints = config.checkpoint_dir.clone();
-    tokio::task::spawn_blocking(move || match import::sweep_uploads(&checkpoints) {
-        Ok(0) => {}
-        Ok(n) => tracing::info!("removed {n} upload(s) left by requests that died"),
-        Err(e) => tracing::warn!("sweeping uploads: {e}"),
+    let (swept, checkpoints) = (store.clone(), config.checkpoint_dir.clone());
+    tokio::spawn(async move {
+        match import::sweep_uploads(&swept, &checkpoints).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} upload(s) left by requests that died"),
+            Err(e) => tracing::warn!("sweeping uploads: {e}"),
+        }
     });
     let state = AppState::new(store, config);
     axum::serve(listener, app(state))

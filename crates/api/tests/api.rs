@@ -1158,6 +1158,74 @@ async fn uploaded_weights_become_a_run_whose_train_job_imports_them(pool: PgPool
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
+async fn weights_an_api_died_placing_are_kept_or_removed_by_whether_their_run_committed(
+    pool: PgPool,
+) {
+    let app = spawn_app(pool.clone(), &[]);
+    let store = store::Store::from_pool(pool);
+    let dir = app.checkpoints.path();
+    let mut weights = 19u64.to_le_bytes().to_vec();
+    weights.extend_from_slice(br#"{"__metadata__":{}}"#);
+    let text = run_body(3).to_string();
+    let parts = [
+        ("submission", None, text.as_bytes()),
+        ("weights", Some("w.safetensors"), &weights[..]),
+    ];
+    let created = app
+        .send(form_request("/v1/runs/import", multipart(&parts), None))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let committed = created.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        files_below(dir),
+        [format!("runs/{committed}/weights")],
+        "no marker once the row is committed"
+    );
+
+    // What an API killed while placing leaves: a marker in uploads/ and the run's weights,
+    // committed (the row exists) or not (it never will).
+    let marker = |id: &str, days: u64| {
+        let file = std::fs::File::create(dir.join(format!("uploads/placing-{id}"))).unwrap();
+        let age = std::time::Duration::from_secs(days * 24 * 3600);
+        file.set_modified(std::time::SystemTime::now() - age)
+            .unwrap();
+    };
+    let placed = |id: &str, also: &[&str]| {
+        for file in std::iter::once(&"weights").chain(also) {
+            let path = dir.join(format!("runs/{id}/{file}"));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, &weights).unwrap();
+        }
+    };
+    let [lost, odd, young] = [(); 3].map(|_| uuid::Uuid::now_v7().to_string());
+    marker(&committed, 2);
+    placed(&lost, &[]);
+    marker(&lost, 2);
+    // No row, but more than weights in its directory: not what a placement leaves; kept.
+    placed(&odd, &["attempt-1/epoch-0001.safetensors"]);
+    marker(&odd, 2);
+    // Less than a day old: maybe an upload in progress on another replica.
+    placed(&young, &[]);
+    marker(&young, 0);
+
+    let removed = api::routes::import::sweep_uploads(&store, dir)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    assert_eq!(
+        files_below(dir),
+        [
+            format!("runs/{committed}/weights"),
+            format!("runs/{odd}/attempt-1/epoch-0001.safetensors"),
+            format!("runs/{odd}/weights"),
+            format!("runs/{young}/weights"),
+            format!("uploads/placing-{odd}"),
+            format!("uploads/placing-{young}"),
+        ]
+    );
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
 async fn an_experiment_is_submitted_with_weights_for_some_of_its_runs(pool: PgPool) {
     let app = spawn_app(pool, &[]);
     let upload = |parts: &[(&str, Option<&str>, &[u8])], key: Option<&str>| {

@@ -284,8 +284,12 @@ fn the_dashboard_logs_in_shows_results_and_cancels_a_running_job() {
     wait_for("the upload's response", Duration::from_secs(10), || {
         browser.count(&format!("{response} .response-col_status")) == 1
     });
-    let status = browser.find(&format!("{response} .response-col_status")).text();
-    let body = browser.find(&format!("{response} .response-col_description")).text();
+    let status = browser
+        .find(&format!("{response} .response-col_status"))
+        .text();
+    let body = browser
+        .find(&format!("{response} .response-col_description"))
+        .text();
     assert_eq!(status.as_deref(), Some("201"), "{body:?}");
     save(&browser, "docs");
     let imported = api

@@ -89,9 +89,16 @@ pub async fn create_run(
     idem: Option<Idempotency>,
 ) -> ApiResult<store::Submitted<RunView>> {
     let id = Uuid::now_v7();
-    let weights = upload
+    let placed = upload
         .place(state, id, &submission.key, &submission.strip_prefix)
-        .await?;
+        .await;
+    let weights = match placed {
+        Ok(weights) => weights,
+        Err(e) => {
+            remove_runs(state, &[id]).await;
+            return Err(e);
+        }
+    };
     let submitted = state
         .store
         .import_run(
@@ -172,6 +179,7 @@ pub async fn import_experiment(
     for (index, _, upload) in uploads {
         let id = run_ids[index];
         let (key, prefix) = (&submission.key, &submission.strip_prefix);
+        placed.push(id);
         match upload.place(&state, id, key, prefix).await {
             Ok(weights) => imported.push(ImportedRun { index, weights }),
             Err(e) => {
@@ -179,7 +187,6 @@ pub async fn import_experiment(
                 return Err(e);
             }
         }
-        placed.push(id);
     }
     let submitted = state
         .store
@@ -231,22 +238,39 @@ fn request_digest<'a>(
 
 /// The submission's result; where it did not create what it named (an error, or an earlier
 /// request replayed), the files placed for the runs `ids` belong to no run and are removed:
-/// the row is the commit point.
+/// the row is the commit point. Either way their placement is over.
 async fn settle<T>(
     state: &AppState,
     ids: &[Uuid],
     submitted: Result<store::Submitted<T>, StoreError>,
 ) -> ApiResult<store::Submitted<T>> {
-    if !matches!(submitted, Ok(store::Submitted::Created(_))) {
+    if matches!(submitted, Ok(store::Submitted::Created(_))) {
+        end_placements(state, ids).await;
+    } else {
         remove_runs(state, ids).await;
     }
     Ok(submitted?)
 }
 
-/// Removes the directories of runs `ids`, which no row names.
+/// Removes the directories of runs `ids`, which no row names, then their placement markers.
 async fn remove_runs(state: &AppState, ids: &[Uuid]) {
     for &id in ids {
         super::runs::remove_run_files(state, &store::run_directory(id)).await;
+    }
+    end_placements(state, ids).await;
+}
+
+/// Removes the markers [`place`] left for runs `ids` (one a crash leaves behind is settled
+/// by [`sweep_uploads`]).
+async fn end_placements(state: &AppState, ids: &[Uuid]) {
+    for &id in ids {
+        let marker = placement_marker(&state.config.checkpoint_dir, id);
+        match tokio::fs::remove_file(&marker).await {
+            // A placement that failed before its marker.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("removing {}: {e}", marker.display()),
+            Ok(()) => {}
+        }
     }
 }
 
@@ -336,9 +360,8 @@ impl Upload {
             key: key.clone(),
             strip_prefix: strip_prefix.clone(),
         };
-        let target = state.config.checkpoint_dir.join(&weights.path);
-        let file = self.file;
-        tokio::task::spawn_blocking(move || place(file, &target))
+        let (file, store) = (self.file, state.config.checkpoint_dir.clone());
+        tokio::task::spawn_blocking(move || place(file, &store, id))
             .await
             .map_err(ApiError::internal)?
             .map_err(|e| store_failed("storing uploaded weights", e))?;
@@ -403,25 +426,100 @@ pub async fn receive(store: &Path, mut field: Field<'_>) -> ApiResult<Upload> {
 /// the leftover of a request that died.
 const UPLOAD_ABANDONED_AFTER: Duration = Duration::from_secs(24 * 3600);
 
-/// Removes the files a killed API left in the store's `uploads/` (a temporary file is
-/// removed by its request, unless the process dies first); those written to within
-/// [`UPLOAD_ABANDONED_AFTER`] may be uploads in progress on another replica and stay.
-/// Returns how many were removed.
-pub fn sweep_uploads(store: &Path) -> std::io::Result<usize> {
+/// Settles what a killed API left in the store's `uploads/`, once it is
+/// [`UPLOAD_ABANDONED_AFTER`] old (younger ones may be uploads in progress on another
+/// replica): temporary files are removed (a request removes its own unless the process
+/// dies first); a placement marker whose run has a row is removed, and one whose run has
+/// none — the API died between placing the file and committing the row — is removed with
+/// the run's directory, which then holds nothing but that file. Returns how many uploads
+/// were removed.
+pub async fn sweep_uploads(store: &store::Store, dir: &Path) -> std::io::Result<usize> {
+    let swept = dir.to_path_buf();
+    let (mut removed, placements) = tokio::task::spawn_blocking(move || sweep_files(&swept))
+        .await
+        .map_err(std::io::Error::other)??;
+    for id in placements {
+        let committed = match store.run(id).await {
+            Ok(_) => true,
+            Err(StoreError::NotFound { .. }) => false,
+            // Asked again at the next start.
+            Err(e) => {
+                tracing::warn!("sweeping uploads: run {id}: {e}");
+                continue;
+            }
+        };
+        let dir = dir.to_path_buf();
+        let unplaced = tokio::task::spawn_blocking(move || end_placement(&dir, id, committed))
+            .await
+            .map_err(std::io::Error::other)??;
+        removed += usize::from(unplaced);
+    }
+    Ok(removed)
+}
+
+/// Removes the abandoned temporary files of `uploads/`; returns how many, and the runs of
+/// the abandoned placement markers.
+fn sweep_files(store: &Path) -> std::io::Result<(usize, Vec<Uuid>)> {
     let entries = match std::fs::read_dir(store.join("uploads")) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, vec![])),
         entries => entries?,
     };
-    let mut removed = 0;
+    let (mut removed, mut placements) = (0, vec![]);
     for entry in entries {
         let entry = entry?;
         let idle = entry.metadata()?.modified()?.elapsed().unwrap_or_default();
-        if entry.file_type()?.is_file() && idle > UPLOAD_ABANDONED_AFTER {
-            std::fs::remove_file(entry.path())?;
-            removed += 1;
+        if !entry.file_type()?.is_file() || idle <= UPLOAD_ABANDONED_AFTER {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        match name.strip_prefix(PLACING).map(Uuid::parse_str) {
+            Some(Ok(id)) => placements.push(id),
+            _ => {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
         }
     }
+    Ok((removed, placements))
+}
+
+/// Ends the abandoned placement of run `id`'s weights: a `committed` run keeps them; else
+/// its directory goes, if it holds nothing but them (anything else is a run's work, kept and
+/// logged). Returns whether the weights were removed.
+fn end_placement(store: &Path, id: Uuid, committed: bool) -> std::io::Result<bool> {
+    let marker = placement_marker(store, id);
+    let run_dir = store.join(store::run_directory(id));
+    let mut removed = false;
+    if !committed {
+        let held: Vec<_> = match std::fs::read_dir(&run_dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+            entries => entries?
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<Result<_, _>>()?,
+        };
+        if held.iter().any(|name| name != "weights") {
+            tracing::warn!(
+                "{} has no run but holds more than uploaded weights: left as it is",
+                run_dir.display()
+            );
+            return Ok(false);
+        }
+        if !held.is_empty() {
+            std::fs::remove_dir_all(&run_dir)?;
+            removed = true;
+        }
+    }
+    std::fs::remove_file(marker)?;
     Ok(removed)
+}
+
+/// The name of a placement marker in `uploads/`, before the run's id.
+const PLACING: &str = "placing-";
+
+/// The file that says run `id`'s weights are being placed: it exists from before the file
+/// enters the run's directory until the run's row is committed or the file removed.
+fn placement_marker(store: &Path, id: Uuid) -> std::path::PathBuf {
+    store.join("uploads").join(format!("{PLACING}{id}"))
 }
 
 /// Whether a file of `size` bytes beginning with `head` (its first 9 bytes, or all of a
@@ -445,16 +543,22 @@ fn check_signature(head: &[u8], size: u64) -> Result<(), String> {
     })
 }
 
-/// Renames an upload to `target` (creating its directory) and makes the rename durable.
-fn place(upload: NamedTempFile, target: &Path) -> std::io::Result<()> {
+/// Renames an upload to run `id`'s weights (creating its directory) and makes the rename
+/// durable, after a durable placement marker: until the run's row is committed the file
+/// belongs to no run, and a crash in between must leave a trace ([`sweep_uploads`]).
+fn place(upload: NamedTempFile, store: &Path, id: Uuid) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    let marker = placement_marker(store, id);
+    std::fs::File::create(&marker)?;
+    std::fs::File::open(marker.parent().expect("in uploads/"))?.sync_all()?;
+    let target = store.join(store::weights_path(id));
     let dir = target.parent().expect("a run's file");
     std::fs::create_dir_all(dir)?;
     // Readable by the workers, which may run as other users (a temp file is private).
     upload
         .as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    upload.persist(target).map_err(|e| e.error)?;
+    upload.persist(&target).map_err(|e| e.error)?;
     std::fs::File::open(dir)?.sync_all()
 }
 
@@ -473,18 +577,33 @@ mod tests {
     }
 
     #[test]
-    fn uploads_left_by_dead_requests_are_swept_and_those_in_progress_kept() {
+    fn abandoned_temporary_files_are_removed_and_placements_listed() {
         let store = tempfile::tempdir().unwrap();
-        assert_eq!(sweep_uploads(store.path()).unwrap(), 0, "no uploads yet");
+        assert_eq!(
+            sweep_files(store.path()).unwrap(),
+            (0, vec![]),
+            "no uploads yet"
+        );
         let uploads = store.path().join("uploads");
         std::fs::create_dir_all(&uploads).unwrap();
-        let (old, recent) = (uploads.join("weights-old"), uploads.join("weights-new"));
-        std::fs::write(&recent, b"PK").unwrap();
-        let file = std::fs::File::create(&old).unwrap();
-        let two_days = Duration::from_secs(2 * 24 * 3600);
-        file.set_modified(SystemTime::now() - two_days).unwrap();
-        assert_eq!(sweep_uploads(store.path()).unwrap(), 1);
-        assert!(!old.exists() && recent.exists());
+        let id = Uuid::now_v7();
+        let old = |name: &str| {
+            let file = std::fs::File::create(uploads.join(name)).unwrap();
+            file.set_modified(SystemTime::now() - Duration::from_secs(2 * 24 * 3600))
+                .unwrap();
+        };
+        old("weights-old");
+        old(&format!("{PLACING}{id}"));
+        std::fs::write(uploads.join("weights-new"), b"PK").unwrap();
+        std::fs::write(placement_marker(store.path(), Uuid::now_v7()), b"").unwrap();
+        assert_eq!(sweep_files(store.path()).unwrap(), (1, vec![id]));
+        let mut left: Vec<_> = std::fs::read_dir(&uploads)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left.len(), 3, "the young files and the marker: {left:?}");
+        assert!(!left.contains(&"weights-old".to_string()));
     }
 
     #[test]
