@@ -667,6 +667,8 @@ seeds = [0]
 dataset = "shapes10"
 [train]
 epochs = 2
+[analysis]
+max_examples = 32
 [[configs]]
 model = { arch = "resnet", depth = 8, width = 4 }
 [[configs]]
@@ -742,7 +744,7 @@ async fn runs_experiments_and_weights_are_submitted_from_the_submit_page(pool: P
             ("csrf", &token),
             ("spec", RUN_SPEC),
             ("analysis", "every:1"),
-            ("examples", "64"),
+            ("settings", "max_examples = 64"),
         ],
         ("", b""),
     )
@@ -776,7 +778,7 @@ async fn runs_experiments_and_weights_are_submitted_from_the_submit_page(pool: P
             ("csrf", &token),
             ("spec", EXPERIMENT_SPEC),
             ("analysis", "final"),
-            ("examples", "32"),
+            ("settings", ""),
         ],
         ("", b""),
     )
@@ -839,10 +841,23 @@ async fn a_refused_submission_comes_back_as_written_with_every_reason(pool: PgPo
     );
     let cases: Vec<Case> = vec![
         (
-            vec![("spec", &bad_run), ("examples", "many")],
+            vec![("spec", &bad_run), ("settings", "max_examples = \"many\"")],
             ("", b""),
             StatusCode::UNPROCESSABLE_ENTITY,
-            vec!["examples: &#34;many&#34; is not a whole number"],
+            vec![
+                "model.depth: ",
+                "analysis.spec.max_examples: line 1, column 16: invalid type",
+            ],
+        ),
+        (
+            vec![
+                ("spec", RUN_SPEC),
+                ("analysis", "none"),
+                ("settings", "window = 3"),
+            ],
+            ("", b""),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            vec!["analysis.spec: settings of no analysis"],
         ),
         (
             vec![("spec", &bad_run)],
@@ -891,6 +906,12 @@ async fn a_refused_submission_comes_back_as_written_with_every_reason(pool: PgPo
             ("", b""),
             StatusCode::UNPROCESSABLE_ENTITY,
             vec!["analysis: an experiment&#39;s runs are analysed as its"],
+        ),
+        (
+            vec![("spec", EXPERIMENT_SPEC), ("settings", "max_examples = 5")],
+            ("", b""),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            vec!["leave the checkpoints at final and the settings empty"],
         ),
     ];
     for (fields, file, status, reasons) in &cases {
@@ -941,4 +962,114 @@ async fn a_refused_submission_comes_back_as_written_with_every_reason(pool: PgPo
     assert_eq!(app.get("/v1/runs").await.json()["items"], json!([]));
     assert_eq!(app.get("/v1/experiments").await.json()["items"], json!([]));
     assert_eq!(files_below(app.checkpoints.path()), Vec::<String>::new());
+}
+
+/// The text of the form's field `name` (an input's value or a textarea's content), as the
+/// browser would send it.
+fn field(html: &str, name: &str) -> String {
+    let textarea = format!(r#"<textarea name="{name}""#);
+    let raw = if let Some(at) = html.find(&textarea) {
+        let content = &html[at..];
+        let start = content.find('>').unwrap() + 1;
+        &content[start..content.find("</textarea>").unwrap()]
+    } else {
+        let input = format!(r#"name="{name}" value=""#);
+        let at = html
+            .find(&input)
+            .unwrap_or_else(|| panic!("no field {name}"))
+            + input.len();
+        html[at..].split('"').next().unwrap()
+    };
+    raw.replace("&#34;", "\"")
+        .replace("&#39;", "'")
+        .replace("&#60;", "<")
+        .replace("&#62;", ">")
+        .replace("&#38;", "&")
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_run_or_an_experiment_is_submitted_again_from_a_copy_of_its_form(pool: PgPool) {
+    let app = spawn_app(pool, &[]);
+    let (cookie, token, _) = submit_page(&app).await;
+    let sent = |fields: Vec<(&'static str, String)>, weights: (&'static str, Vec<u8>)| {
+        let app = &app;
+        let (cookie, token) = (cookie.clone(), token.clone());
+        async move {
+            let mut all = vec![("csrf", token)];
+            all.extend(fields);
+            let all: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            submit(app, &cookie, &all, (weights.0, &weights.1)).await
+        }
+    };
+    let form_of = |html: &str| -> Vec<(&'static str, String)> {
+        ["spec", "analysis", "settings", "key", "strip_prefix"]
+            .into_iter()
+            .map(|name| (name, field(html, name)))
+            .collect()
+    };
+
+    // A run made of weights, analysed on 64 test examples.
+    let original = sent(
+        vec![
+            ("spec", RUN_SPEC.to_string()),
+            ("analysis", "final".into()),
+            ("settings", "max_examples = 64\nsplits = [\"test\"]".into()),
+            ("key", "state_dict".into()),
+        ],
+        ("r8.safetensors", safetensors_bytes()),
+    )
+    .await;
+    let id = created_at(&original, "/runs/");
+    let run_page = page(&app, &format!("/runs/{id}"), Some(&cookie))
+        .await
+        .text();
+    assert!(run_page.contains(&format!(r#"<a href="/submit?run={id}" id="copy">"#)));
+    let copy = page(&app, &format!("/submit?run={id}"), Some(&cookie)).await;
+    assert_html(&copy, StatusCode::OK);
+    let html = copy.text();
+    assert!(html.contains(r#"id="copy-of""#) && html.contains("<code>r8.safetensors</code>"));
+    let form = form_of(&html);
+    assert_eq!(form[1], ("analysis", "final".to_string()));
+    assert_eq!(form[3], ("key", "state_dict".to_string()));
+    // Sent as it is, without the file: the same spec and plan, trained.
+    let again = sent(form, ("", vec![])).await;
+    let copied = created_at(&again, "/runs/");
+    assert_ne!(copied, id);
+    let (was, is) = (
+        app.get(&format!("/v1/runs/{id}")).await.json(),
+        app.get(&format!("/v1/runs/{copied}")).await.json(),
+    );
+    assert_eq!(
+        (&is["spec"], &is["analysis"]),
+        (&was["spec"], &was["analysis"])
+    );
+    assert_eq!(is["analysis"]["spec"]["splits"], json!(["test"]));
+    assert_eq!(is["weights"], Value::Null);
+
+    // An experiment, likewise.
+    let experiment = sent(vec![("spec", EXPERIMENT_SPEC.to_string())], ("", vec![])).await;
+    let id = created_at(&experiment, "/experiments/");
+    let experiment_page = page(&app, &format!("/experiments/{id}"), Some(&cookie)).await;
+    let link = format!(r#"<a href="/submit?experiment={id}" id="copy">"#);
+    assert!(experiment_page.text().contains(&link));
+    let copy = page(&app, &format!("/submit?experiment={id}"), Some(&cookie)).await;
+    let again = sent(form_of(&copy.text()), ("", vec![])).await;
+    let copied = created_at(&again, "/experiments/");
+    let (was, is) = (
+        app.get(&format!("/v1/experiments/{id}")).await.json(),
+        app.get(&format!("/v1/experiments/{copied}")).await.json(),
+    );
+    assert_eq!(is["spec"], was["spec"]);
+
+    // Only one at a time, and only what exists.
+    let both = format!("/submit?run={id}&experiment={id}");
+    assert_html(
+        &page(&app, &both, Some(&cookie)).await,
+        StatusCode::BAD_REQUEST,
+    );
+    let missing = format!("/submit?run={}", uuid::Uuid::now_v7());
+    assert_html(
+        &page(&app, &missing, Some(&cookie)).await,
+        StatusCode::NOT_FOUND,
+    );
 }

@@ -152,6 +152,29 @@ impl Default for AnalysisSpec {
 }
 
 impl AnalysisSpec {
+    /// Parses the fields given in TOML, the others taking their defaults, and checks them;
+    /// fields are named bare (a syntax error by no path), as in [`Self::validate`].
+    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
+        let spec: Self = crate::spec::parse_toml(text, "")?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// The fields that differ from the defaults, as TOML that [`Self::from_toml`] reads back
+    /// (empty when none do).
+    pub fn changes_toml(&self) -> String {
+        let table = |spec: &Self| match toml::Table::try_from(spec) {
+            Ok(table) => table,
+            Err(e) => unreachable!("an analysis spec serialises to TOML: {e}"),
+        };
+        let defaults = table(&Self::default());
+        let changed: toml::Table = table(self)
+            .into_iter()
+            .filter(|(field, value)| defaults.get(field) != Some(value))
+            .collect();
+        toml::to_string(&changed).expect("a TOML table serialises")
+    }
+
     /// Checks every field, naming each bare (`max_examples`): where the spec sits (an
     /// experiment's `analysis`, a plan's `spec`) is the caller's prefix.
     pub fn validate(&self) -> Result<(), SpecError> {
@@ -384,6 +407,35 @@ fn final_train_loss(records: &[AnalysisRecord], alpha: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_are_written_as_their_changes_and_read_back() {
+        assert_eq!(AnalysisSpec::default().changes_toml(), "");
+        assert_eq!(
+            AnalysisSpec::from_toml("").unwrap(),
+            AnalysisSpec::default()
+        );
+        let changed = AnalysisSpec {
+            max_examples: 64,
+            splits: vec![Split::Test],
+            gradient: GradientKind::Skip,
+            alphas: vec![0.5],
+            ..AnalysisSpec::default()
+        };
+        let text = changed.changes_toml();
+        assert_eq!(text.lines().count(), 4, "{text}");
+        assert_eq!(AnalysisSpec::from_toml(&text).unwrap(), changed);
+        let bad = AnalysisSpec::from_toml("max_examples = 0\nsplits = []").unwrap_err();
+        let fields: Vec<&str> = bad.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["splits", "max_examples"]);
+        let syntax = AnalysisSpec::from_toml("max_examples =").unwrap_err();
+        assert_eq!(syntax.0[0].field, "");
+        let within = syntax.within("analysis.spec.").to_string();
+        assert!(
+            within.starts_with("analysis.spec: line 1, column"),
+            "{within}"
+        );
+    }
 
     #[test]
     fn seeds_agree_on_the_step_size_most_of_them_selected() {

@@ -97,6 +97,10 @@ impl ExperimentSpec {
         Ok(spec)
     }
 
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("an experiment spec serialises to TOML")
+    }
+
     /// The analysis plan of every run.
     pub fn analysis_plan(&self) -> AnalysisPlan {
         AnalysisPlan {
@@ -259,6 +263,12 @@ model = { arch = "resnet", depth = 8, width = 4 }
             .unwrap_err()
             .to_string()
             .contains("configs[1].model.width"));
+    }
+
+    #[test]
+    fn an_experiment_is_written_as_toml_that_reads_back() {
+        let spec = ExperimentSpec::from_toml(QUICK).unwrap();
+        assert_eq!(ExperimentSpec::from_toml(&spec.to_toml()).unwrap(), spec);
     }
 
     #[test]

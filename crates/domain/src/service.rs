@@ -146,6 +146,20 @@ impl AnalysisPlan {
     }
 }
 
+/// As [`CheckpointSelection::from_str`] reads it.
+impl std::fmt::Display for CheckpointSelection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Final => f.write_str("final"),
+            Self::Every(k) => write!(f, "every:{k}"),
+            Self::Epochs(list) => {
+                let list: Vec<String> = list.iter().map(u32::to_string).collect();
+                write!(f, "epochs:{}", list.join(","))
+            }
+        }
+    }
+}
+
 impl std::str::FromStr for CheckpointSelection {
     type Err = String;
 
@@ -843,6 +857,13 @@ mod tests {
             read("epochs:0, 2,4"),
             Ok(CheckpointSelection::Epochs(vec![0, 2, 4]))
         );
+        for selection in [
+            CheckpointSelection::Final,
+            CheckpointSelection::Every(3),
+            CheckpointSelection::Epochs(vec![0, 5]),
+        ] {
+            assert_eq!(read(&selection.to_string()), Ok(selection));
+        }
         for bad in ["", "last", "every:", "every:-1", "epochs:1,x", "final:1"] {
             let err = read(bad).unwrap_err();
             assert!(err.contains("expected final, every:K"), "{bad}: {err}");

@@ -894,10 +894,13 @@ impl SpecError {
     }
 
     /// The same errors with `prefix` before each field path (`spec.` for a spec inside a
-    /// request body).
+    /// request body); an error of the whole value (no path) is named by the prefix itself.
     pub fn within(mut self, prefix: &str) -> Self {
         for err in &mut self.0 {
-            err.field.insert_str(0, prefix);
+            err.field = match err.field.as_str() {
+                "" => prefix.trim_end_matches('.').to_string(),
+                field => format!("{prefix}{field}"),
+            };
         }
         self
     }

@@ -7,6 +7,7 @@
 use super::pages::{render, Nav};
 use super::session::{check_csrf, Session};
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{parse_id, Query};
 use crate::routes::{datasets, experiments, import, runs};
 use crate::AppState;
 use askama::Template;
@@ -17,9 +18,10 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Extension;
 use domain::service::{
     AnalysisPlan, CheckpointSelection, DatasetView, ExperimentSubmission, ImportSubmission,
-    RunSubmission,
+    RunSubmission, UploadedWeights,
 };
-use domain::{SpecError, SpecFile};
+use domain::{AnalysisSpec, SpecError, SpecFile};
+use serde::Deserialize;
 
 /// The README's quick run, the spec a fresh form starts from.
 const QUICK_RUN: &str = include_str!("../../../../experiments/quick.toml");
@@ -33,8 +35,8 @@ pub struct Fields {
     /// A run's analysed checkpoints: `final` (also when empty), `every:K`, `epochs:A,B,…`
     /// or `none`.
     analysis: String,
-    /// Examples per split analysed; empty: the analysis' default.
-    examples: String,
+    /// A run's analysis settings (the plan's `spec`) that differ from the defaults, TOML.
+    settings: String,
     /// Where the uploaded file's state dict is (as `stepwise submit --key/--strip-prefix`).
     key: String,
     strip_prefix: String,
@@ -46,33 +48,102 @@ pub struct SubmitPage {
     nav: Nav,
     csrf: String,
     fields: Fields,
+    copy_of: Option<Copied>,
     /// Why the last submission was refused, one line per reason.
     errors: Vec<String>,
     datasets: Vec<DatasetView>,
 }
 
+/// What the form was filled from.
+pub struct Copied {
+    /// Its page, and what to call it.
+    page: String,
+    what: String,
+    /// The name of the file a run was made of.
+    weights: Option<String>,
+}
+
+/// `?run=ID` or `?experiment=ID`: the form filled with that submission, to change and send
+/// again.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyQuery {
+    run: Option<String>,
+    experiment: Option<String>,
+}
+
 pub async fn page(
     State(state): State<AppState>,
     Extension(session): Extension<Session>,
+    Query(copy): Query<CopyQuery>,
 ) -> ApiResult<Html<String>> {
-    let fields = Fields {
-        spec: QUICK_RUN.to_string(),
-        analysis: "final".to_string(),
-        ..Fields::default()
+    let (fields, copy_of) = match (copy.run, copy.experiment) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "copy a run or an experiment, not both",
+            ))
+        }
+        (Some(id), None) => {
+            let run = state.store.run(parse_id(&id)?).await?;
+            let plan = run.analysis.as_ref();
+            let reading = |part: fn(&UploadedWeights) -> &Option<String>| {
+                run.weights
+                    .as_ref()
+                    .and_then(|w| part(w).clone())
+                    .unwrap_or_default()
+            };
+            let fields = Fields {
+                spec: run.spec.to_toml(),
+                analysis: plan.map_or("none".into(), |p| p.checkpoints.to_string()),
+                settings: plan.map(|p| p.spec.changes_toml()).unwrap_or_default(),
+                key: reading(|w| &w.key),
+                strip_prefix: reading(|w| &w.strip_prefix),
+            };
+            let copied = Copied {
+                page: format!("/runs/{}", run.id),
+                what: format!("run {}", run.label),
+                weights: run.weights.as_ref().map(|w| w.file_name.clone()),
+            };
+            (fields, Some(copied))
+        }
+        (None, Some(id)) => {
+            let experiment = state.store.experiment(parse_id(&id)?).await?;
+            let fields = Fields {
+                spec: experiment.spec.to_toml(),
+                analysis: "final".into(),
+                ..Fields::default()
+            };
+            let copied = Copied {
+                page: format!("/experiments/{}", experiment.id),
+                what: format!("experiment {}", experiment.name),
+                weights: None,
+            };
+            (fields, Some(copied))
+        }
+        (None, None) => {
+            let fields = Fields {
+                spec: QUICK_RUN.to_string(),
+                analysis: "final".into(),
+                ..Fields::default()
+            };
+            (fields, None)
+        }
     };
-    show(&state, &session, fields, vec![]).await
+    show(&state, &session, fields, copy_of, vec![]).await
 }
 
 async fn show(
     state: &AppState,
     session: &Session,
     fields: Fields,
+    copy_of: Option<Copied>,
     errors: Vec<String>,
 ) -> ApiResult<Html<String>> {
     render(&SubmitPage {
         nav: Nav::of(session),
         csrf: session.csrf.clone(),
         fields,
+        copy_of,
         errors,
         datasets: datasets::available(state).await?,
     })
@@ -114,7 +185,7 @@ pub async fn submit(
             "csrf" => &mut csrf,
             "spec" => &mut fields.spec,
             "analysis" => &mut fields.analysis,
-            "examples" => &mut fields.examples,
+            "settings" => &mut fields.settings,
             "key" => &mut fields.key,
             "strip_prefix" => &mut fields.strip_prefix,
             _ => return Err(ApiError::bad_request(format!("unexpected part {name:?}"))),
@@ -132,7 +203,7 @@ pub async fn submit(
         Ok(page) => Ok(Redirect::to(&page).into_response()),
         Err(refused) if refused.status.is_client_error() => {
             let status = refused.status;
-            let page = show(&state, &session, fields, reasons(refused)).await?;
+            let page = show(&state, &session, fields, None, reasons(refused)).await?;
             Ok((status, page).into_response())
         }
         Err(e) => Err(e),
@@ -145,34 +216,19 @@ async fn create(
     fields: &Fields,
     weights: Option<Field<'_>>,
 ) -> ApiResult<String> {
-    let examples = match fields.examples.trim() {
-        "" => None,
-        n => Some(n.parse::<u32>().map_err(|_| {
-            invalid(
-                "examples",
-                format!("{n:?} is not a whole number of examples"),
-            )
-        })?),
+    // Every reason at once: the spec's and the plan's.
+    let (spec, plan) = match (SpecFile::from_toml(&fields.spec), plan(fields)) {
+        (Ok(spec), Ok(plan)) => (spec, plan),
+        (spec, plan) => {
+            let errors = [spec.err(), plan.err()].into_iter().flatten();
+            return Err(ApiError::invalid(SpecError(
+                errors.flat_map(|e| e.0).collect(),
+            )));
+        }
     };
-    match SpecFile::from_toml(&fields.spec).map_err(ApiError::invalid)? {
+    match spec {
         SpecFile::Run(spec) => {
-            let analysis = match fields.analysis.trim() {
-                "none" => None,
-                selection => {
-                    let checkpoints = match selection {
-                        "" => CheckpointSelection::Final,
-                        _ => selection.parse().map_err(|bad| invalid("analysis", bad))?,
-                    };
-                    let mut plan = AnalysisPlan {
-                        checkpoints,
-                        ..AnalysisPlan::default()
-                    };
-                    if let Some(n) = examples {
-                        plan.spec.max_examples = n;
-                    }
-                    Some(plan)
-                }
-            };
+            let analysis = plan;
             let Some(file) = weights else {
                 let submission = RunSubmission { spec, analysis };
                 let run = runs::create(state, &submission, None).await?;
@@ -190,7 +246,7 @@ async fn create(
             let run = import::create_run(state, &submission, upload, None).await?;
             Ok(format!("/runs/{}", run.into_inner().id))
         }
-        SpecFile::Experiment(mut spec) => {
+        SpecFile::Experiment(spec) => {
             if weights.is_some() {
                 return Err(invalid(
                     "weights",
@@ -198,20 +254,49 @@ async fn create(
                      --weights LABEL/SEED=FILE` or POST /v1/experiments/import",
                 ));
             }
-            if !matches!(fields.analysis.trim(), "" | "final") {
+            if !matches!(fields.analysis.trim(), "" | "final") || !fields.settings.trim().is_empty()
+            {
                 return Err(invalid(
                     "analysis",
-                    "an experiment's runs are analysed as its `analysis_checkpoints` says: \
-                     leave this at final",
+                    "an experiment's runs are analysed as its `analysis_checkpoints` and \
+                     `[analysis]` say: leave the checkpoints at final and the settings empty",
                 ));
-            }
-            if let Some(n) = examples {
-                spec.analysis.max_examples = n;
             }
             let submission = ExperimentSubmission { spec };
             let experiment = experiments::create(state, &submission, None).await?;
             Ok(format!("/experiments/{}", experiment.into_inner().id))
         }
+    }
+}
+
+/// A run's analysis plan as the form gives it: `none`, or the checkpoints and the settings.
+fn plan(fields: &Fields) -> Result<Option<AnalysisPlan>, SpecError> {
+    let selection = fields.analysis.trim();
+    if selection == "none" {
+        return match fields.settings.trim() {
+            "" => Ok(None),
+            _ => Err(SpecError::one(
+                "analysis.spec",
+                "settings of no analysis: empty them, or name the checkpoints to analyse",
+            )),
+        };
+    }
+    let checkpoints = match selection {
+        "" => Ok(CheckpointSelection::Final),
+        _ => selection
+            .parse()
+            .map_err(|bad| SpecError::one("analysis", bad)),
+    };
+    let spec = AnalysisSpec::from_toml(&fields.settings).map_err(|e| e.within("analysis.spec."));
+    match (checkpoints, spec) {
+        (Ok(checkpoints), Ok(spec)) => Ok(Some(AnalysisPlan { checkpoints, spec })),
+        (checkpoints, spec) => Err(SpecError(
+            [checkpoints.err(), spec.err()]
+                .into_iter()
+                .flatten()
+                .flat_map(|e| e.0)
+                .collect(),
+        )),
     }
 }
 
