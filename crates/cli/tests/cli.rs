@@ -168,6 +168,34 @@ fn bad_flags_and_specs_name_the_field_and_range() {
         "{err}"
     );
     assert!(!dir.path().join("r").join("checkpoints").exists());
+    // Refused before anything is sent (no API listens here): a spec file's line and
+    // column, a bad selection, and a run's analysis flag given with an experiment.
+    std::fs::write(dir.path().join("broken.toml"), "[model]\narch = resnet\n").unwrap();
+    let submit = |args: &[&str]| {
+        let mut all = vec!["--api-url", "http://127.0.0.1:9", "submit"];
+        all.extend(args);
+        failed(&stepwise(dir.path(), &all))
+    };
+    let err = submit(&["broken.toml"]);
+    assert!(
+        err.contains("broken.toml: spec: line 2, column 8: "),
+        "{err}"
+    );
+    let quick = concat!(env!("CARGO_MANIFEST_DIR"), "/../../experiments/quick.toml");
+    let err = submit(&[quick, "--analysis", "sometimes"]);
+    assert!(
+        err.contains("--analysis \"sometimes\": expected final"),
+        "{err}"
+    );
+    let experiment = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../experiments/quick/quick.toml"
+    );
+    let err = submit(&[experiment, "--analysis", "every:2"]);
+    assert!(
+        err.contains("analysed as its `analysis_checkpoints`"),
+        "{err}"
+    );
 }
 
 #[test]

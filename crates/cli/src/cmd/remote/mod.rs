@@ -166,6 +166,12 @@ fn submit_experiment(
     mut spec: ExperimentSpec,
     args: &SubmitArgs,
 ) -> Result<ExitCode> {
+    if args.no_analysis || args.analysis != "final" {
+        bail!(
+            "an experiment's runs are analysed as its `analysis_checkpoints` says: drop \
+             --analysis and --no-analysis"
+        );
+    }
     let key = args.idempotency_key.as_deref();
     if let Some(n) = args.analysis_examples {
         spec.analysis.max_examples = n;
