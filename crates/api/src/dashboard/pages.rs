@@ -724,8 +724,7 @@ pub async fn metrics_csv(
 ) -> ApiResult<Response> {
     let id = crate::extract::parse_id(&id)?;
     let records: Vec<MetricRecord> = state.store.metrics(id, None, None).await?;
-    Ok(download(
-        "text/csv; charset=utf-8",
+    Ok(csv_download(
         &format!("metrics-{id}.csv"),
         domain::csv::metrics_csv(&records),
     ))
@@ -737,16 +736,15 @@ pub async fn analysis_csv(
 ) -> ApiResult<Response> {
     let id = crate::extract::parse_id(&id)?;
     let analysis = state.store.analysis(id).await?;
-    Ok(download(
-        "text/csv; charset=utf-8",
+    Ok(csv_download(
         &format!("analysis-{id}.csv"),
         domain::csv::analysis_csv(&analysis.records),
     ))
 }
 
-/// A body the browser saves under `file` instead of showing it.
-fn download(content_type: &'static str, file: &str, body: String) -> Response {
-    let mut response = typed(content_type, body);
+/// A CSV table the browser saves under `file` instead of showing it.
+fn csv_download(file: &str, body: String) -> Response {
+    let mut response = typed("text/csv; charset=utf-8", body);
     if let Ok(v) = format!("attachment; filename=\"{file}\"").parse() {
         response
             .headers_mut()
@@ -849,8 +847,7 @@ pub async fn experiment_summary_csv(
 ) -> ApiResult<Response> {
     let id = crate::extract::parse_id(&id)?;
     let experiment = state.store.experiment(id).await?;
-    Ok(download(
-        "text/csv; charset=utf-8",
+    Ok(csv_download(
         &format!("summary-{id}.csv"),
         domain::csv::to_csv(&experiment.configs),
     ))
@@ -863,8 +860,7 @@ pub async fn experiment_claims_csv(
     let id = crate::extract::parse_id(&id)?;
     let experiment = state.store.experiment(id).await?;
     let results = experiment_results(&state, &experiment).await?;
-    Ok(download(
-        "text/csv; charset=utf-8",
+    Ok(csv_download(
         &format!("claims-{id}.csv"),
         domain::csv::to_csv(comparison(&experiment, &results).1),
     ))
