@@ -267,7 +267,14 @@ model = { arch = "resnet", depth = 8, width = 4 }
 
     #[test]
     fn an_experiment_is_written_as_toml_that_reads_back() {
-        let spec = ExperimentSpec::from_toml(QUICK).unwrap();
+        let mut spec = ExperimentSpec::from_toml(QUICK).unwrap();
+        assert_eq!(ExperimentSpec::from_toml(&spec.to_toml()).unwrap(), spec);
+        spec.analysis_checkpoints = CheckpointSelection::Epochs(vec![0, 1]);
+        spec.analysis.max_examples = 64;
+        spec.configs[0].train = Some(TrainSpec {
+            epochs: Some(1),
+            ..TrainSpec::default()
+        });
         assert_eq!(ExperimentSpec::from_toml(&spec.to_toml()).unwrap(), spec);
     }
 
