@@ -893,6 +893,20 @@ impl SpecError {
         }])
     }
 
+    /// Both values, or every error of either (a form checked in parts reports all at once).
+    pub fn both<A, B>(a: Result<A, Self>, b: Result<B, Self>) -> Result<(A, B), Self> {
+        match (a, b) {
+            (Ok(a), Ok(b)) => Ok((a, b)),
+            (a, b) => Err(Self(
+                [a.err(), b.err()]
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|e| e.0)
+                    .collect(),
+            )),
+        }
+    }
+
     /// The same errors with `prefix` before each field path (`spec.` for a spec inside a
     /// request body); an error of the whole value (no path) is named by the prefix itself.
     pub fn within(mut self, prefix: &str) -> Self {
@@ -1152,6 +1166,21 @@ mod tests {
         );
         // An empty list is the default, and not written out.
         assert!(!spec("[]").unwrap().to_toml().contains("keep_epochs"));
+    }
+
+    #[test]
+    fn errors_of_parts_are_reported_together_and_prefixed() {
+        let bad = |field: &str| Err::<(), _>(SpecError::one(field, "bad"));
+        assert_eq!(
+            SpecError::both(Ok::<_, SpecError>(1), Ok::<_, SpecError>(2)),
+            Ok((1, 2))
+        );
+        let both = SpecError::both(bad("a"), bad("b"))
+            .unwrap_err()
+            .within("x.");
+        assert_eq!(both.to_string(), "x.a: bad; x.b: bad");
+        let whole = SpecError::both(bad(""), Ok::<_, SpecError>(())).unwrap_err();
+        assert_eq!(whole.within("x.").to_string(), "x: bad");
     }
 
     #[test]

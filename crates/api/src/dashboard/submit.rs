@@ -217,18 +217,10 @@ async fn create(
     weights: Option<Field<'_>>,
 ) -> ApiResult<String> {
     // Every reason at once: the spec's and the plan's.
-    let (spec, plan) = match (SpecFile::from_toml(&fields.spec), plan(fields)) {
-        (Ok(spec), Ok(plan)) => (spec, plan),
-        (spec, plan) => {
-            let errors = [spec.err(), plan.err()].into_iter().flatten();
-            return Err(ApiError::invalid(SpecError(
-                errors.flat_map(|e| e.0).collect(),
-            )));
-        }
-    };
+    let (spec, analysis) = SpecError::both(SpecFile::from_toml(&fields.spec), plan(fields))
+        .map_err(ApiError::invalid)?;
     match spec {
         SpecFile::Run(spec) => {
-            let analysis = plan;
             let Some(file) = weights else {
                 let submission = RunSubmission { spec, analysis };
                 let run = runs::create(state, &submission, None).await?;
@@ -288,16 +280,8 @@ fn plan(fields: &Fields) -> Result<Option<AnalysisPlan>, SpecError> {
             .map_err(|bad| SpecError::one("analysis", bad)),
     };
     let spec = AnalysisSpec::from_toml(&fields.settings).map_err(|e| e.within("analysis.spec."));
-    match (checkpoints, spec) {
-        (Ok(checkpoints), Ok(spec)) => Ok(Some(AnalysisPlan { checkpoints, spec })),
-        (checkpoints, spec) => Err(SpecError(
-            [checkpoints.err(), spec.err()]
-                .into_iter()
-                .flatten()
-                .flat_map(|e| e.0)
-                .collect(),
-        )),
-    }
+    let (checkpoints, spec) = SpecError::both(checkpoints, spec)?;
+    Ok(Some(AnalysisPlan { checkpoints, spec }))
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> ApiError {
