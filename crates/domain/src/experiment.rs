@@ -205,6 +205,56 @@ impl ExperimentSpec {
     }
 }
 
+/// The labels runs are drawn under when figures put them together (local run directories,
+/// or runs on the API). Runs whose specs differ only in their seed (and name, tags and
+/// checkpoint policy) are seeds of one configuration, labelled by the model (`resnet-20`).
+/// Runs that repeat a seed are no set of seeds — the same run twice, or weights imported
+/// beside the run they came from — and stand apart. Where configurations that differ in
+/// more — the recipe, the data, the epochs — share a model label, each is labelled by its
+/// first run's own name (`runs`: each run's name and spec) instead, so that no two of them
+/// are averaged as if they were seeds.
+pub fn configuration_labels(runs: &[(&str, &RunSpec)]) -> Vec<String> {
+    let key = |spec: &RunSpec| {
+        let mut spec = spec.clone();
+        spec.train.seed = 0;
+        spec.name = None;
+        spec.tags.clear();
+        spec.train.checkpoint = Default::default();
+        serde_json::to_string(&spec).expect("a run spec serialises")
+    };
+    let mut groups: Vec<(String, Vec<usize>)> = vec![];
+    for (i, (_, spec)) in runs.iter().enumerate() {
+        let k = key(spec);
+        match groups.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((k, vec![i])),
+        }
+    }
+    let mut configs: Vec<Vec<usize>> = vec![];
+    for (_, members) in groups {
+        let seeds: std::collections::HashSet<u64> =
+            members.iter().map(|&i| runs[i].1.train.seed).collect();
+        if seeds.len() == members.len() {
+            configs.push(members);
+        } else {
+            configs.extend(members.into_iter().map(|i| vec![i]));
+        }
+    }
+    let model = |config: &[usize]| runs[config[0]].1.model.label();
+    let mut labels = vec![String::new(); runs.len()];
+    for config in &configs {
+        let shared = configs.iter().filter(|c| model(c) == model(config)).count() > 1;
+        let label = match runs[config[0]].0 {
+            name if shared && !name.is_empty() => name.to_string(),
+            _ => model(config),
+        };
+        for &i in config {
+            labels[i] = label.clone();
+        }
+    }
+    labels
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +272,48 @@ model = { arch = "resnet", depth = 8, width = 8 }
 label = "narrow"
 model = { arch = "resnet", depth = 8, width = 4 }
 "#;
+
+    #[test]
+    fn runs_are_seeds_of_one_configuration_only_where_their_specs_differ_in_the_seed_alone() {
+        let spec = |seed: u64| {
+            let mut s = RunSpec::new(
+                ModelSpec::new(crate::Arch::Resnet),
+                DataSpec::new("shapes10"),
+            );
+            s.model.depth = Some(20);
+            s.train.seed = seed;
+            s
+        };
+        let run = |name: &'static str, spec: RunSpec| (name, spec);
+        let labels = |runs: &[(&'static str, RunSpec)]| {
+            let runs: Vec<(&str, &RunSpec)> = runs.iter().map(|(n, s)| (*n, s)).collect();
+            configuration_labels(&runs)
+        };
+        let mut named = spec(1);
+        named.name = Some("second".into());
+        named.train.checkpoint.keep_last = 0;
+        let seeds = [run("a", spec(0)), run("b", named)];
+        assert_eq!(labels(&seeds), ["resnet-20", "resnet-20"]);
+
+        // Another learning rate is another configuration, even of the same model.
+        let mut slower = spec(0);
+        slower.train.schedule.lr = Some(0.05);
+        let mut wide = spec(0);
+        wide.model.arch = crate::Arch::Wide;
+        wide.model.depth = None;
+        let runs = [
+            seeds[0].clone(),
+            seeds[1].clone(),
+            run("lr-0.05", slower),
+            run("w", wide),
+        ];
+        assert_eq!(labels(&runs), ["a", "a", "lr-0.05", "wide"]);
+
+        // The same seed twice (weights imported beside the run they came from) is no pair
+        // of seeds.
+        let twice = [run("trained", spec(0)), run("imported", spec(0))];
+        assert_eq!(labels(&twice), ["trained", "imported"]);
+    }
 
     #[test]
     fn runs_are_configurations_times_seeds() {

@@ -22,7 +22,7 @@ pub use analysis::{
 pub use block::BlockId;
 pub use dataset::{DatasetIdentity, Normalization};
 pub use device::{DeviceSpec, Memory};
-pub use experiment::{ConfigSpec, ExperimentRun, ExperimentSpec, SpecFile};
+pub use experiment::{configuration_labels, ConfigSpec, ExperimentRun, ExperimentSpec, SpecFile};
 pub use layout::{BlockInfo, BlockKind, ModelLayout, StageLayout};
 pub use metric::{MetricName, MetricRecord, Split};
 pub use spec::{

@@ -1,12 +1,11 @@
 //! `stepwise figures`: the paper's figures from run directories — their training metrics
 //! and the analysis of their latest analysed epoch (`stepwise analyze`), and where several
 //! epochs were analysed, the blocks over training. Runs whose specs differ only in their
-//! seed are seeds of one configuration (see [`configuration_labels`]).
+//! seed are seeds of one configuration (see [`domain::configuration_labels`]).
 
 use analysis::Analysis;
 use anyhow::{bail, Context, Result};
 use domain::{AnalysisRecord, MetricRecord, RunSpec};
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -132,54 +131,6 @@ pub fn render(runs: &[RunData], out: &Path) -> Result<Vec<PathBuf>> {
     Ok(written)
 }
 
-/// The labels `figures --run` draws runs under. Runs whose specs differ only in their seed
-/// (and name, tags and checkpoint policy) are seeds of one configuration, labelled by the
-/// model (`resnet-20`). Runs that repeat a seed are no set of seeds — the same run twice, or
-/// weights imported beside the run they came from — and stand apart. Where configurations
-/// that differ in more — the recipe, the data, the epochs — share a model label, each is
-/// labelled by the name of its first run's directory instead, so that no two of them are
-/// averaged as if they were seeds.
-fn configuration_labels(runs: &[(PathBuf, RunSpec)]) -> Vec<String> {
-    let key = |spec: &RunSpec| {
-        let mut spec = spec.clone();
-        spec.train.seed = 0;
-        spec.name = None;
-        spec.tags.clear();
-        spec.train.checkpoint = Default::default();
-        serde_json::to_string(&spec).expect("a run spec serialises")
-    };
-    let mut groups: Vec<(String, Vec<usize>)> = vec![];
-    for (i, (_, spec)) in runs.iter().enumerate() {
-        let k = key(spec);
-        match groups.iter_mut().find(|(g, _)| *g == k) {
-            Some((_, members)) => members.push(i),
-            None => groups.push((k, vec![i])),
-        }
-    }
-    let mut configs: Vec<Vec<usize>> = vec![];
-    for (_, members) in groups {
-        let seeds: HashSet<u64> = members.iter().map(|&i| runs[i].1.train.seed).collect();
-        if seeds.len() == members.len() {
-            configs.push(members);
-        } else {
-            configs.extend(members.into_iter().map(|i| vec![i]));
-        }
-    }
-    let model = |config: &[usize]| runs[config[0]].1.model.label();
-    let mut labels = vec![String::new(); runs.len()];
-    for config in &configs {
-        let shared = configs.iter().filter(|c| model(c) == model(config)).count() > 1;
-        let label = match runs[config[0]].0.file_name() {
-            Some(name) if shared => name.to_string_lossy().into_owned(),
-            _ => model(config),
-        };
-        for &i in config {
-            labels[i] = label.clone();
-        }
-    }
-    labels
-}
-
 pub fn run(runs: &[PathBuf], out: &Path) -> Result<ExitCode> {
     if runs.is_empty() {
         bail!("give at least one --run");
@@ -188,7 +139,19 @@ pub fn run(runs: &[PathBuf], out: &Path) -> Result<ExitCode> {
         .iter()
         .map(|dir| Ok((dir.clone(), read_run_spec(dir)?)))
         .collect::<Result<Vec<_>>>()?;
-    let labels = configuration_labels(&specs);
+    let names: Vec<String> = runs
+        .iter()
+        .map(|dir| {
+            dir.file_name()
+                .map_or(String::new(), |n| n.to_string_lossy().into_owned())
+        })
+        .collect();
+    let labelled: Vec<(&str, &RunSpec)> = names
+        .iter()
+        .map(String::as_str)
+        .zip(specs.iter().map(|(_, s)| s))
+        .collect();
+    let labels = domain::configuration_labels(&labelled);
     let mut data = vec![];
     for (dir, label) in runs.iter().zip(&labels) {
         let mut d = read_run(dir)?;
@@ -221,44 +184,7 @@ pub fn run(runs: &[PathBuf], out: &Path) -> Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use super::{configuration_labels, read_metrics};
-    use domain::{Arch, DataSpec, ModelSpec, RunSpec};
-    use std::path::PathBuf;
-
-    #[test]
-    fn runs_are_seeds_of_one_configuration_only_where_their_specs_differ_in_the_seed_alone() {
-        let spec = |seed: u64| {
-            let mut s = RunSpec::new(ModelSpec::new(Arch::Resnet), DataSpec::new("shapes10"));
-            s.model.depth = Some(20);
-            s.train.seed = seed;
-            s
-        };
-        let run = |dir: &str, spec: RunSpec| (PathBuf::from("runs").join(dir), spec);
-        let mut named = spec(1);
-        named.name = Some("second".into());
-        named.train.checkpoint.keep_last = 0;
-        let seeds = [run("a", spec(0)), run("b", named)];
-        assert_eq!(configuration_labels(&seeds), ["resnet-20", "resnet-20"]);
-
-        // Another learning rate is another configuration, even of the same model.
-        let mut slower = spec(0);
-        slower.train.schedule.lr = Some(0.05);
-        let mut wide = spec(0);
-        wide.model.arch = Arch::Wide;
-        wide.model.depth = None;
-        let runs = [
-            seeds[0].clone(),
-            seeds[1].clone(),
-            run("lr-0.05", slower),
-            run("w", wide),
-        ];
-        assert_eq!(configuration_labels(&runs), ["a", "a", "lr-0.05", "wide"]);
-
-        // The same seed twice (weights imported beside the run they came from) is no pair
-        // of seeds.
-        let twice = [run("trained", spec(0)), run("imported", spec(0))];
-        assert_eq!(configuration_labels(&twice), ["trained", "imported"]);
-    }
+    use super::read_metrics;
 
     #[test]
     fn a_cut_short_last_line_is_left_out_and_any_other_bad_line_named() {
