@@ -71,6 +71,8 @@ pub fn app(state: AppState) -> Router {
             "/v1/experiments/{id}/figures/{name}",
             get(figures::experiment_figure),
         )
+        .route("/v1/figures", get(figures::runs_list))
+        .route("/v1/figures/{file}", get(figures::runs_figure))
         .route("/v1/datasets", get(datasets::list))
         .route("/v1/workers", get(workers::list))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))

@@ -18,6 +18,7 @@ use utoipa::{Modify, OpenApi};
         experiments::submit, import::import_experiment, experiments::list, experiments::get, experiments::claims,
         experiments::cancel, experiments::retry, experiments::delete,
         figures::run_list, figures::run_figure, figures::experiment_list, figures::experiment_figure,
+        figures::runs_list, figures::runs_figure,
         datasets::list, workers::list,
         worker::claim, worker::heartbeat, worker::events, worker::register_checkpoint,
         worker::complete, worker::fail, worker::refuse, worker::release,

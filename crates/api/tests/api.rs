@@ -821,6 +821,82 @@ async fn workers_register_only_verified_files_inside_their_directory(pool: PgPoo
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
+async fn runs_named_together_are_drawn_as_their_configurations(pool: PgPool) {
+    let app = spawn_app(pool, &[]);
+    // Two seeds of one recipe and the same model at another learning rate, each trained
+    // for an epoch by a worker that reports the head's accuracy at a last-stage block.
+    let mut ids = vec![];
+    for (name, seed, lr) in [("a", 0, 0.1), ("b", 1, 0.1), ("slow", 0, 0.05)] {
+        let mut body = run_body(1);
+        body["spec"]["name"] = json!(name);
+        body["spec"]["train"]["seed"] = json!(seed);
+        body["spec"]["train"]["schedule"] = json!({"lr": lr});
+        let run = app.post("/v1/runs", body).await;
+        assert_eq!(run.status, StatusCode::CREATED, "{}", run.text());
+        ids.push(run.json()["id"].as_str().unwrap().to_string());
+        let claim = app.claim("train", "w").await;
+        let events = json!({"lease_token": claim["lease_token"], "events": [
+            {"type": "epoch", "epoch": 1, "records": [
+                {"name": "accuracy", "split": "test", "epoch": 1, "value": 0.5},
+                {"name": "intermediate_accuracy", "split": "test", "epoch": 1,
+                 "block": "s2.b0", "block_index": 2, "value": 0.4 + seed as f64 / 10.0}]}]});
+        let job = claim["job_id"].as_str().unwrap();
+        let reply = app
+            .post(&format!("/v1/worker/jobs/{job}/events"), events)
+            .await;
+        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text());
+    }
+    let all = ids.join(",");
+    let listed = app.get(&format!("/v1/figures?runs={all}")).await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.text());
+    let names = listed.json()["figures"].clone();
+    // The seeds are one configuration, named by its first run; the other recipe apart.
+    for figure in ["curves", "fig5_intermediate_a", "fig5_intermediate_slow"] {
+        assert!(
+            names.as_array().unwrap().contains(&json!(figure)),
+            "{names}"
+        );
+    }
+    assert!(!names
+        .as_array()
+        .unwrap()
+        .contains(&json!("fig5_intermediate_b")));
+    let svg = app
+        .get(&format!("/v1/figures/fig5_intermediate_a.svg?runs={all}"))
+        .await;
+    assert_eq!(svg.content_type, "image/svg+xml");
+    assert!(svg.text().contains("a: head on each last-stage block"));
+    // One run alone is drawn as its own page draws it.
+    let one = app
+        .get(&format!("/v1/figures?runs={}", ids[2]))
+        .await
+        .json();
+    let alone = app
+        .get(&format!("/v1/runs/{}/figures", ids[2]))
+        .await
+        .json();
+    assert_eq!(one, alone);
+
+    for (query, status, what) in [
+        (String::new(), StatusCode::BAD_REQUEST, "no runs parameter"),
+        ("?runs=".into(), StatusCode::BAD_REQUEST, "no run"),
+        ("?runs=abc".into(), StatusCode::BAD_REQUEST, "not an id"),
+        (
+            format!("?runs={},{}", ids[0], ids[0]),
+            StatusCode::BAD_REQUEST,
+            "twice",
+        ),
+        (
+            format!("?runs={}", uuid::Uuid::now_v7()),
+            StatusCode::NOT_FOUND,
+            "no such run",
+        ),
+    ] {
+        assert_problem(&app.get(&format!("/v1/figures{query}")).await, status, what);
+    }
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
 async fn openapi_docs_metrics_and_datasets_are_served(pool: PgPool) {
     let app = spawn_app(pool, &[]);
     let doc = app.get("/openapi.json").await.json();
@@ -831,6 +907,7 @@ async fn openapi_docs_metrics_and_datasets_are_served(pool: PgPool) {
         "/v1/worker/claim",
         "/v1/worker/jobs/{id}/refuse",
         "/v1/experiments/{id}/figures/{file}",
+        "/v1/figures/{file}",
         "/v1/experiments/{id}/claims",
     ] {
         assert!(

@@ -1,17 +1,19 @@
 //! The paper's figures as SVG or PNG, drawn from stored results: a run's (its training
-//! metrics, its latest analysis and its blocks over the analysed epochs) or an
-//! experiment's (every run, seeds of a configuration as mean ± sd).
+//! metrics, its latest analysis and its blocks over the analysed epochs), an experiment's
+//! (every run, seeds of a configuration as mean ± sd), or those of runs named together
+//! (grouped into configurations as local run directories are).
 
 use super::typed;
 use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::Query;
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Json;
 use domain::service::{AnalysisView, ExperimentView};
 use domain::{AnalysisRecord, MetricRecord};
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 /// The stored results of one run that figures are drawn from.
@@ -184,6 +186,82 @@ pub(crate) async fn experiment_results(
         out.push(results(state, run.id, run.label.clone(), true).await?);
     }
     Ok(out)
+}
+
+/// The most runs drawn together.
+const MAX_RUNS: usize = 100;
+
+/// `?runs=ID,ID,…`: runs of any experiments, or of none.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RunsQuery {
+    /// Run ids, comma-separated (at most 100): runs whose specs differ only in the seed are
+    /// drawn as seeds of one configuration (mean ± sd); configurations of one model that
+    /// differ in more are labelled by their runs' names (or the ends of their ids)
+    runs: String,
+}
+
+/// The results of runs drawn together, labelled by [`domain::configuration_labels`].
+pub(crate) async fn runs_results(state: &AppState, raw: &str) -> ApiResult<Vec<RunResults>> {
+    let mut ids: Vec<Uuid> = vec![];
+    for id in raw.split(',').map(str::trim).filter(|id| !id.is_empty()) {
+        let id = crate::extract::parse_id(id)?;
+        if ids.contains(&id) {
+            return Err(ApiError::bad_request(format!("runs: {id} is listed twice")));
+        }
+        ids.push(id);
+    }
+    if ids.is_empty() || ids.len() > MAX_RUNS {
+        return Err(ApiError::bad_request(format!(
+            "runs: 1 to {MAX_RUNS} run ids, comma-separated"
+        )));
+    }
+    let mut runs = vec![];
+    for &id in &ids {
+        runs.push(state.store.run(id).await?);
+    }
+    // A run without a name goes by the end of its id, the random part of a UUIDv7.
+    let names: Vec<String> = runs
+        .iter()
+        .map(|r| match &r.name {
+            Some(name) => name.clone(),
+            None => r.id.simple().to_string()[24..].to_string(),
+        })
+        .collect();
+    let labelled: Vec<(&str, &domain::RunSpec)> = names
+        .iter()
+        .zip(&runs)
+        .map(|(name, run)| (name.as_str(), &run.spec))
+        .collect();
+    let mut out = vec![];
+    for (run, label) in runs.iter().zip(domain::configuration_labels(&labelled)) {
+        out.push(results(state, run.id, label, true).await?);
+    }
+    Ok(out)
+}
+
+#[utoipa::path(get, path = "/v1/figures", tag = "figures", params(RunsQuery),
+    responses((status = 200, body = FigureList), (status = 400, body = Problem),
+        (status = 404, body = Problem)))]
+pub async fn runs_list(
+    State(state): State<AppState>,
+    Query(q): Query<RunsQuery>,
+) -> ApiResult<Json<FigureList>> {
+    list(runs_results(&state, &q.runs).await?).await
+}
+
+#[utoipa::path(get, path = "/v1/figures/{file}", tag = "figures",
+    params(RunsQuery,
+        ("file" = String, Path, description = "a listed figure's name + `.svg` or `.png`")),
+    responses((status = 200, description = "the figure, by the file's extension",
+            content((String = "image/svg+xml"), (Vec<u8> = "image/png"))),
+        (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn runs_figure(
+    State(state): State<AppState>,
+    Path(file): Path<String>,
+    Query(q): Query<RunsQuery>,
+) -> ApiResult<Response> {
+    one(runs_results(&state, &q.runs).await?, &file).await
 }
 
 async fn experiment_of(state: &AppState, raw: &str) -> ApiResult<Vec<RunResults>> {
