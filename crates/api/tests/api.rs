@@ -826,7 +826,7 @@ async fn runs_named_together_are_drawn_as_their_configurations(pool: PgPool) {
     // Two seeds of one recipe and the same model at another learning rate, each trained
     // for an epoch by a worker that reports the head's accuracy at a last-stage block.
     let mut ids = vec![];
-    for (name, seed, lr) in [("a", 0, 0.1), ("b", 1, 0.1), ("slow", 0, 0.05)] {
+    for (name, seed, lr) in [("a", 0, 0.1), ("b", 1, 0.1), ("slow run/1", 0, 0.05)] {
         let mut body = run_body(1);
         body["spec"]["name"] = json!(name);
         body["spec"]["train"]["seed"] = json!(seed);
@@ -850,8 +850,9 @@ async fn runs_named_together_are_drawn_as_their_configurations(pool: PgPool) {
     let listed = app.get(&format!("/v1/figures?runs={all}")).await;
     assert_eq!(listed.status, StatusCode::OK, "{}", listed.text());
     let names = listed.json()["figures"].clone();
-    // The seeds are one configuration, named by its first run; the other recipe apart.
-    for figure in ["curves", "fig5_intermediate_a", "fig5_intermediate_slow"] {
+    // The seeds are one configuration, named by its first run; the other recipe apart, its
+    // name as a file's name can hold it.
+    for figure in ["curves", "fig5_intermediate_a", "fig5_intermediate_slow-run-1"] {
         assert!(
             names.as_array().unwrap().contains(&json!(figure)),
             "{names}"

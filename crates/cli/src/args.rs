@@ -84,9 +84,11 @@ pub enum Command {
     /// deviation over seeds (local runs whose specs differ only in the seed; other runs of
     /// one model are labelled by their directory's name).
     Figures {
-        /// An experiment (or a run) on the API: its id or its name.
+        /// Experiments or runs on the API, by id or name: one is drawn as its page draws
+        /// it; several together, every run of them (an experiment's all), runs of one
+        /// configuration as seeds (as local runs are).
         #[arg(required_unless_present = "run", conflicts_with = "run")]
-        experiment: Option<String>,
+        targets: Vec<String>,
         /// A local run directory (repeat for several runs).
         #[arg(long)]
         run: Vec<PathBuf>,

@@ -34,11 +34,9 @@ pub fn main() -> ExitCode {
         Command::Analyze(cmd) => cmd::analyze::run(*cmd, &cli.data_dir),
         Command::Bench(cmd) => cmd::bench::run(cmd),
         Command::Selftest { device, json } => cmd::selftest::run(device, json),
-        Command::Figures {
-            experiment: Some(id),
-            out,
-            ..
-        } => cmd::remote::figures(&api, &id, &out),
+        Command::Figures { targets, out, .. } if !targets.is_empty() => {
+            cmd::remote::figures(&api, &targets, &out)
+        }
         Command::Figures { run, out, .. } => cmd::figures::run(&run, &out),
         Command::Submit(args) => cmd::remote::submit(&api, args),
         Command::List(args) => cmd::remote::list(&api, args),

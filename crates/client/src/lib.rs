@@ -111,6 +111,29 @@ pub struct RunQuery {
     pub limit: Option<u32>,
 }
 
+/// What figures are drawn of: a run, an experiment, or runs together (as configurations).
+#[derive(Clone, Debug, PartialEq)]
+pub enum FiguresOf {
+    Run(Uuid),
+    Experiment(Uuid),
+    Runs(Vec<Uuid>),
+}
+
+impl FiguresOf {
+    /// The path of the list of figures, or of one figure's `file`.
+    fn path(&self, file: Option<&str>) -> String {
+        let file = file.map_or(String::new(), |f| format!("/{f}"));
+        match self {
+            Self::Run(id) => format!("/v1/runs/{id}/figures{file}"),
+            Self::Experiment(id) => format!("/v1/experiments/{id}/figures{file}"),
+            Self::Runs(ids) => {
+                let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+                format!("/v1/figures{file}?runs={}", ids.join(","))
+            }
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct StateReply {
     state: JobState,
@@ -453,19 +476,14 @@ impl Client {
         self.get(&format!("/v1/experiments/{id}/claims"))
     }
 
-    /// Names of the figures of a run or an experiment (`owner` is `runs` or `experiments`).
-    pub fn figure_names(&self, owner: &str, id: Uuid) -> Result<Vec<String>> {
-        Ok(self
-            .get::<FigureList>(&format!("/v1/{owner}/{id}/figures"))?
-            .figures)
+    /// Names of the figures drawn of `of`.
+    pub fn figure_names(&self, of: &FiguresOf) -> Result<Vec<String>> {
+        Ok(self.get::<FigureList>(&of.path(None))?.figures)
     }
 
-    /// A figure's file (`fig2_cosine.svg`, `fig2_cosine.png`) of a run or an experiment
-    /// (`owner`: `runs` or `experiments`).
-    pub fn figure(&self, owner: &str, id: Uuid, file: &str) -> Result<Vec<u8>> {
-        let response = self.send(&format!("/v1/{owner}/{id}/figures/{file}"), |u| {
-            self.http.get(u)
-        })?;
+    /// A figure's file (`fig2_cosine.svg`, `fig2_cosine.png`) drawn of `of`.
+    pub fn figure(&self, of: &FiguresOf, file: &str) -> Result<Vec<u8>> {
+        let response = self.send(&of.path(Some(file)), |u| self.http.get(u))?;
         let url = response.url().to_string();
         let bytes = response
             .bytes()

@@ -378,6 +378,18 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
     assert!(runs.contains(&seed1), "{out}");
     let (ok, out, err) = stack.stepwise(&["status", "cli/resnet-8/seed1"]);
     assert!(ok && out.contains(&format!("run {seed1} ")), "{out}\n{err}");
+    // Named together with one of its own runs: that run drawn once, both seeds as one
+    // configuration.
+    let together = specs.path().join("together");
+    let (ok, out, err) = stack.stepwise(&[
+        "figures",
+        "cli",
+        "cli/resnet-8/seed1",
+        "--out",
+        together.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("fig3_l2_ratio.svg"), "{out}");
     // A finished experiment has nothing to cancel or retry; the error says so.
     let (ok, _, err) = stack.stepwise(&["cancel", "cli"]);
     assert!(!ok && err.contains("no queued or running runs"), "{err}");

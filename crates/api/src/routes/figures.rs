@@ -10,7 +10,7 @@ use crate::AppState;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Json;
-use domain::service::{AnalysisView, ExperimentView};
+use domain::service::{AnalysisView, ExperimentView, RunView};
 use domain::{AnalysisRecord, MetricRecord};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -197,7 +197,8 @@ const MAX_RUNS: usize = 100;
 pub struct RunsQuery {
     /// Run ids, comma-separated (at most 100): runs whose specs differ only in the seed are
     /// drawn as seeds of one configuration (mean ± sd); configurations of one model that
-    /// differ in more are labelled by their runs' names (or the ends of their ids)
+    /// differ in more are labelled by their runs' names (an experiment's by experiment and
+    /// configuration; a run without a name by the end of its id)
     runs: String,
 }
 
@@ -220,14 +221,7 @@ pub(crate) async fn runs_results(state: &AppState, raw: &str) -> ApiResult<Vec<R
     for &id in &ids {
         runs.push(state.store.run(id).await?);
     }
-    // A run without a name goes by the end of its id, the random part of a UUIDv7.
-    let names: Vec<String> = runs
-        .iter()
-        .map(|r| match &r.name {
-            Some(name) => name.clone(),
-            None => r.id.simple().to_string()[24..].to_string(),
-        })
-        .collect();
+    let names: Vec<String> = runs.iter().map(own_label).collect();
     let labelled: Vec<(&str, &domain::RunSpec)> = names
         .iter()
         .zip(&runs)
@@ -238,6 +232,24 @@ pub(crate) async fn runs_results(state: &AppState, raw: &str) -> ApiResult<Vec<R
         out.push(results(state, run.id, label, true).await?);
     }
     Ok(out)
+}
+
+/// What a run is called where its configuration shares its model's label with another: an
+/// experiment's run by its experiment and configuration (`exp/resnet-20/seed1` →
+/// `exp-resnet-20`, which its seeds share), another by its name, or without one by the end
+/// of its id (the random part of a UUIDv7) — as a figure file's name can hold it.
+fn own_label(run: &RunView) -> String {
+    let name = match (&run.name, run.experiment_id) {
+        (Some(name), Some(_)) => name.rsplit_once('/').map_or(name.as_str(), |(c, _)| c),
+        (Some(name), None) => name.as_str(),
+        (None, _) => return run.id.simple().to_string()[24..].to_string(),
+    };
+    name.chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' => c,
+            _ => '-',
+        })
+        .collect()
 }
 
 #[utoipa::path(get, path = "/v1/figures", tag = "figures", params(RunsQuery),

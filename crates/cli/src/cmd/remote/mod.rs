@@ -8,7 +8,7 @@ pub mod experiment;
 
 use crate::args::{ListArgs, SubmitArgs, WeightsReading};
 use anyhow::{bail, Context, Result};
-use client::{Client, RunQuery};
+use client::{Client, FiguresOf, RunQuery};
 use domain::service::{
     AnalysisPlan, ExperimentImport, ExperimentView, ImportSubmission, JobState, RunSubmission,
     RunView,
@@ -587,15 +587,35 @@ pub fn logs(api: &Api, run: &str, limit: u32) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Every figure of an experiment (or of a run) as SVG and PNG files in `out`, as
-/// `stepwise figures --run` writes them locally.
-pub fn figures(api: &Api, raw: &str, out: &Path) -> Result<ExitCode> {
+/// Every figure of an experiment or a run, or of several together (all their runs), as SVG
+/// and PNG files in `out`, as `stepwise figures --run` writes them locally.
+pub fn figures(api: &Api, targets: &[String], out: &Path) -> Result<ExitCode> {
     let client = api.client()?;
-    let (owner, target) = match target(&client, raw)? {
-        Target::Experiment(id) => ("experiments", id),
-        Target::Run(id) => ("runs", id),
+    let of = match targets {
+        [one] => match target(&client, one)? {
+            Target::Experiment(id) => FiguresOf::Experiment(id),
+            Target::Run(id) => FiguresOf::Run(id),
+        },
+        several => {
+            let mut runs: Vec<Uuid> = vec![];
+            for raw in several {
+                let ids = match target(&client, raw)? {
+                    Target::Run(id) => vec![id],
+                    Target::Experiment(id) => {
+                        client.experiment(id)?.runs.iter().map(|r| r.id).collect()
+                    }
+                };
+                // An experiment named beside one of its runs draws that run once.
+                for id in ids {
+                    if !runs.contains(&id) {
+                        runs.push(id);
+                    }
+                }
+            }
+            FiguresOf::Runs(runs)
+        }
     };
-    let names = client.figure_names(owner, target)?;
+    let names = client.figure_names(&of)?;
     if names.is_empty() {
         bail!("no results to draw yet: the runs have no metrics or analyses");
     }
@@ -603,7 +623,7 @@ pub fn figures(api: &Api, raw: &str, out: &Path) -> Result<ExitCode> {
     let mut written = vec![];
     for name in names {
         for file in [format!("{name}.svg"), format!("{name}.png")] {
-            let bytes = client.figure(owner, target, &file)?;
+            let bytes = client.figure(&of, &file)?;
             let path = out.join(file);
             resnet::checkpoint::write_atomic(&path, &bytes)?;
             written.push(path.display().to_string());
