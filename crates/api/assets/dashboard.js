@@ -3,8 +3,17 @@
 // `data-live` (rendered by the server with the same template) and swaps it in. A
 // fragment marked `data-finished` (a run and its analyses ended) is not polled again;
 // when a fragment's `data-reload-on` changes (an analysis finished), the whole page is
-// reloaded, since the parts outside the fragment changed too.
+// reloaded, since the parts outside the fragment changed too. Ticked checkboxes are kept.
 "use strict";
+
+// Checkboxes ticked in a part (runs picked to compare) stay ticked in its fresh copy.
+function keepPicks(old, fresh) {
+  old.querySelectorAll("input[type=checkbox]:checked").forEach((box) => {
+    const selector = `input[type=checkbox][name="${CSS.escape(box.name)}"][value="${CSS.escape(box.value)}"]`;
+    const same = fresh.querySelector(selector);
+    if (same) same.checked = true;
+  });
+}
 
 function poll(el) {
   if (el.hasAttribute("data-finished")) return;
@@ -29,6 +38,7 @@ function poll(el) {
               location.reload();
               return;
             }
+            keepPicks(el, fresh);
             el.replaceWith(fresh);
             poll(fresh);
             return;

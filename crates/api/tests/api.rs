@@ -852,7 +852,11 @@ async fn runs_named_together_are_drawn_as_their_configurations(pool: PgPool) {
     let names = listed.json()["figures"].clone();
     // The seeds are one configuration, named by its first run; the other recipe apart, its
     // name as a file's name can hold it.
-    for figure in ["curves", "fig5_intermediate_a", "fig5_intermediate_slow-run-1"] {
+    for figure in [
+        "curves",
+        "fig5_intermediate_a",
+        "fig5_intermediate_slow-run-1",
+    ] {
         assert!(
             names.as_array().unwrap().contains(&json!(figure)),
             "{names}"

@@ -1073,3 +1073,56 @@ async fn a_run_or_an_experiment_is_submitted_again_from_a_copy_of_its_form(pool:
         StatusCode::NOT_FOUND,
     );
 }
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn runs_picked_in_the_table_are_drawn_together(pool: PgPool) {
+    let app = spawn_app(pool, &[]);
+    let first = finished_run(&app, "first").await;
+    let second = finished_run(&app, "second").await;
+    let front = page(&app, "/", None).await;
+    let (cookie, _) = session_cookie(&front).unwrap();
+    let html = front.text();
+    assert!(html.contains(r#"<form method="get" action="/compare" class="compare">"#));
+    for id in [&first, &second] {
+        let pick = format!(r#"<input type="checkbox" name="runs" value="{id}""#);
+        assert!(html.contains(&pick), "{html}");
+    }
+    // As the form sends the picks: one parameter per run.
+    let compared = page(
+        &app,
+        &format!("/compare?runs={first}&runs={second}"),
+        Some(&cookie),
+    )
+    .await;
+    assert_html(&compared, StatusCode::OK);
+    let html = compared.text();
+    // The same seed twice is no pair of seeds: each run is drawn under its own name.
+    for (id, label) in [(&first, "first"), (&second, "second")] {
+        let row = format!(r#"<a href="/runs/{id}">{label}</a>"#);
+        assert!(html.contains(&row), "{html}");
+        assert!(html.contains(&format!("<td>{label}</td>")), "{html}");
+    }
+    assert!(html.contains(r#"data-figure="fig2_cosine""#), "{html}");
+    assert!(html.contains(&format!(r#"href="/v1/figures?runs={first},{second}""#)));
+    let listed = app
+        .get(&format!("/v1/figures?runs={first},{second}"))
+        .await
+        .json();
+    let drawn = html.matches("<figure class=\"chart\"").count();
+    assert_eq!(drawn, listed["figures"].as_array().unwrap().len());
+
+    for (query, status) in [
+        ("", StatusCode::BAD_REQUEST),
+        ("?runs=", StatusCode::BAD_REQUEST),
+        ("?run=x", StatusCode::BAD_REQUEST),
+        ("?runs=not-an-id", StatusCode::BAD_REQUEST),
+    ] {
+        let reply = page(&app, &format!("/compare{query}"), Some(&cookie)).await;
+        assert_html(&reply, status);
+    }
+    let missing = format!("/compare?runs={}", uuid::Uuid::now_v7());
+    assert_html(
+        &page(&app, &missing, Some(&cookie)).await,
+        StatusCode::NOT_FOUND,
+    );
+}

@@ -1,10 +1,11 @@
 //! The dashboard in a real browser: headless Chromium, driven over WebDriver
 //! (`chromedriver`, from Debian's `chromium-driver`; `system_tests::webdriver`), against
 //! the real API and workers with tokens set. It logs in, reads a finished run's and an
-//! experiment's pages (figures and tables rendered), cancels a running job with the button
-//! and watches the page's live part follow it to `cancelled`, submits a spec from the form,
-//! uploads weights through Swagger UI's form, and saves a screenshot of each page under
-//! `$STEPWISE_SCREENSHOTS` (default: `target/tmp/screenshots`).
+//! experiment's pages (figures and tables rendered), compares runs picked in the runs
+//! table, cancels a running job with the button and watches the page's live part follow it
+//! to `cancelled`, submits a spec from the form, uploads weights through Swagger UI's form,
+//! and saves a screenshot of each page under `$STEPWISE_SCREENSHOTS` (default:
+//! `target/tmp/screenshots`).
 
 use domain::service::{ExperimentSubmission, JobState, RunSubmission};
 use serde_json::json;
@@ -144,6 +145,31 @@ fn the_dashboard_logs_in_shows_results_and_cancels_a_running_job() {
     assert_eq!(browser.count("table.runs tbody tr"), 4);
     assert!(browser.count(&format!(r#"a[href="/experiments/{}"]"#, experiment.id)) > 0);
     save(&browser, "runs");
+
+    // Two runs picked in the table stay picked when it refreshes itself, and are drawn
+    // together.
+    let pick = |id: Uuid| format!(r#"input[name="runs"][value="{id}"]"#);
+    browser.find(&pick(finished.id)).click();
+    browser.find(&pick(experiment.runs[0].id)).click();
+    let table = "document.querySelector('div.live[data-live^=\"/partials/runs\"]')";
+    browser.execute(&format!("{table}.stepwiseOld = true;"));
+    wait_for("the runs table to refresh", Duration::from_secs(10), || {
+        browser.try_execute(&format!("return {table}.stepwiseOld === undefined;"))
+            == Some(json!(true))
+    });
+    let picked = browser.execute(
+        "return [...document.querySelectorAll('input[name=runs]:checked')].map(b => b.value);",
+    );
+    let mut picked: Vec<Uuid> = serde_json::from_value(picked).unwrap();
+    picked.sort();
+    let mut wanted = vec![finished.id, experiment.runs[0].id];
+    wanted.sort();
+    assert_eq!(picked, wanted, "the picks survive the refresh");
+    browser.submit("#compare");
+    wait_path(&browser, "/compare");
+    assert_eq!(browser.count("table.compared tbody tr"), 2);
+    assert!(browser.count("figure.chart svg") >= 3);
+    save(&browser, "compare");
 
     // The finished run: training curves and the analysis' figures and block table.
     browser.goto(&format!("{base}/runs/{}", finished.id));

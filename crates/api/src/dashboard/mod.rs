@@ -27,6 +27,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/", get(pages::runs))
         .route("/partials/runs", get(pages::runs_partial))
         .route("/submit", get(submit::page))
+        .route("/compare", get(pages::compare))
         .route("/runs/{id}", get(pages::run))
         .route("/partials/runs/{id}", get(pages::run_partial))
         .route(

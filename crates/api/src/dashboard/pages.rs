@@ -7,12 +7,14 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::parse_cursor;
 use crate::extract::Query;
 use crate::routes::experiments::comparison;
-use crate::routes::figures::{draw_all, experiment_results, results, Drawn, RunResults};
+use crate::routes::figures::{
+    draw_all, experiment_results, results, run_ids, together, Drawn, RunResults,
+};
 use crate::routes::runs::run_filter;
 use crate::routes::typed;
 use crate::AppState;
 use askama::Template;
-use axum::extract::{Form, Path, State};
+use axum::extract::{Form, Path, RawQuery, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Extension;
 use chrono::{DateTime, Utc};
@@ -339,6 +341,59 @@ pub async fn runs_partial(
 ) -> ApiResult<Html<String>> {
     let table = runs_table(&state, &q.cleaned()).await?;
     render(&RunsPartial { table })
+}
+
+// ---------------------------------------------------------------- runs together
+
+/// A run on the compare page, with the label its figures draw it under.
+pub struct ComparedRun {
+    item: RunItem,
+    label: String,
+}
+
+#[derive(Template)]
+#[template(path = "compare.html")]
+pub struct ComparePage {
+    nav: Nav,
+    runs: Vec<ComparedRun>,
+    figures: Vec<FigureItem>,
+    /// The same figures' list on the API.
+    api_list: String,
+}
+
+/// `/compare?runs=ID&runs=ID…` (the runs table's checkboxes) or `?runs=ID,ID,…`: the runs'
+/// figures drawn together, as `GET /v1/figures?runs=` draws them.
+pub async fn compare(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Html<String>> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(format!("the query: {e}")))?;
+    if let Some((key, _)) = pairs.iter().find(|(k, _)| k != "runs") {
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter {key:?}: the page takes runs"
+        )));
+    }
+    let ids = run_ids(pairs.iter().map(|(_, v)| v.as_str()))?;
+    let (runs, results) = together(&state, &ids).await?;
+    let runs = runs
+        .iter()
+        .zip(&results)
+        .map(|(run, r)| ComparedRun {
+            item: RunItem::of(run),
+            label: r.label.clone(),
+        })
+        .collect();
+    let figures = draw_all(results).await?;
+    let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    render(&ComparePage {
+        nav: Nav::of(&session),
+        runs,
+        figures: figures.into_iter().map(FigureItem::from).collect(),
+        api_list: format!("/v1/figures?runs={}", ids.join(",")),
+    })
 }
 
 // ---------------------------------------------------------------- one run

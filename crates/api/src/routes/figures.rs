@@ -202,23 +202,33 @@ pub struct RunsQuery {
     runs: String,
 }
 
-/// The results of runs drawn together, labelled by [`domain::configuration_labels`].
-pub(crate) async fn runs_results(state: &AppState, raw: &str) -> ApiResult<Vec<RunResults>> {
+/// The runs of `?runs=` (each value a run id, or several comma-separated), in order.
+pub(crate) fn run_ids<'a>(values: impl IntoIterator<Item = &'a str>) -> ApiResult<Vec<Uuid>> {
     let mut ids: Vec<Uuid> = vec![];
-    for id in raw.split(',').map(str::trim).filter(|id| !id.is_empty()) {
-        let id = crate::extract::parse_id(id)?;
-        if ids.contains(&id) {
-            return Err(ApiError::bad_request(format!("runs: {id} is listed twice")));
+    for value in values {
+        for id in value.split(',').map(str::trim).filter(|id| !id.is_empty()) {
+            let id = crate::extract::parse_id(id)?;
+            if ids.contains(&id) {
+                return Err(ApiError::bad_request(format!("runs: {id} is listed twice")));
+            }
+            ids.push(id);
         }
-        ids.push(id);
     }
     if ids.is_empty() || ids.len() > MAX_RUNS {
         return Err(ApiError::bad_request(format!(
             "runs: 1 to {MAX_RUNS} run ids, comma-separated"
         )));
     }
+    Ok(ids)
+}
+
+/// Runs drawn together, and their results labelled by [`domain::configuration_labels`].
+pub(crate) async fn together(
+    state: &AppState,
+    ids: &[Uuid],
+) -> ApiResult<(Vec<RunView>, Vec<RunResults>)> {
     let mut runs = vec![];
-    for &id in &ids {
+    for &id in ids {
         runs.push(state.store.run(id).await?);
     }
     let names: Vec<String> = runs.iter().map(own_label).collect();
@@ -231,7 +241,11 @@ pub(crate) async fn runs_results(state: &AppState, raw: &str) -> ApiResult<Vec<R
     for (run, label) in runs.iter().zip(domain::configuration_labels(&labelled)) {
         out.push(results(state, run.id, label, true).await?);
     }
-    Ok(out)
+    Ok((runs, out))
+}
+
+async fn runs_results(state: &AppState, raw: &str) -> ApiResult<Vec<RunResults>> {
+    Ok(together(state, &run_ids([raw])?).await?.1)
 }
 
 /// What a run is called where its configuration shares its model's label with another: an
