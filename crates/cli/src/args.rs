@@ -79,10 +79,11 @@ pub enum Command {
     /// An experiment end to end: train every configuration × seed (resuming where a
     /// previous invocation stopped), analyse, draw the figures, write report.md.
     Run(RunArgs),
-    /// The paper's figures as SVG and PNG: of an experiment (or run) on the API, or from
-    /// local run directories. Runs of one configuration are drawn as mean ± standard
-    /// deviation over seeds (local runs whose specs differ only in the seed; other runs of
-    /// one model are labelled by their directory's name).
+    /// The paper's figures as SVG and PNG: of an experiment or a run on the API, of several
+    /// together, or from local run directories. Runs of one configuration are drawn as
+    /// mean ± standard deviation over seeds (runs whose specs differ only in the seed;
+    /// other configurations of one model are labelled by their runs' names, a local run's
+    /// being its directory's).
     Figures {
         /// Experiments or runs on the API, by id or name: one is drawn as its page draws
         /// it; several together, every run of them (an experiment's all), runs of one
