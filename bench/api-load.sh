@@ -3,7 +3,7 @@
 # history (300 epochs: loss and accuracy on both splits plus intermediate accuracy and loss
 # at 18 blocks = 40 rows per epoch, 12,000 rows) is reported through the worker endpoints
 # and copied to 50 other runs, then wrk requests its test-accuracy series and its whole
-# history.
+# history, and curl times the figures of all 51 drawn together.
 #   bench/api-load.sh [DURATION_SECONDS]   (needs wrk, jq, curl; a release stepwise-api)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,3 +52,11 @@ for query in "name=accuracy&split=test" ""; do
   wrk -t2 -c32 -d"${duration}s" --latency "$API/v1/runs/$run/metrics?$query" |
     grep -E "Requests/sec|Latency  |50%|99%|Non-2xx|Socket errors"
 done
+# Every run drawn together (51 histories of 12,000 rows, the most a page of runs shows and
+# then some): one request each, as a researcher comparing them would make.
+ids=$(curl -sf "$API/v1/runs?limit=51" | jq -r '[.items[].id] | join(",")')
+echo "== GET /v1/figures?runs=<51 runs> and one figure of them =="
+curl -sf -o /dev/null -w "list: %{time_total} s\n" "$API/v1/figures?runs=$ids"
+curl -sf -o /dev/null -w "curves.svg: %{time_total} s, %{size_download} bytes\n" \
+  "$API/v1/figures/curves.svg?runs=$ids"
+grep VmHWM "/proc/$api/status"
