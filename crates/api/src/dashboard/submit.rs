@@ -13,7 +13,6 @@ use crate::AppState;
 use askama::Template;
 use axum::extract::multipart::{Field, MultipartRejection};
 use axum::extract::{Multipart, State};
-use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Extension;
 use domain::service::{
@@ -156,12 +155,10 @@ pub async fn submit(
     Extension(session): Extension<Session>,
     form: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Response> {
-    let mut form = form.map_err(|e| {
-        ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("send the form as multipart/form-data: {}", e.body_text()),
-        )
-    })?;
+    let mut form = import::open_form(
+        form,
+        "the form has `csrf`, `spec`, the analysis fields, then `weights`",
+    )?;
     let (mut csrf, mut fields, mut submitted) = (String::new(), Fields::default(), None);
     // A form that cannot be read is shown nothing of: the browser's Back button has it.
     let unread = |e| {

@@ -209,7 +209,7 @@ const EXPERIMENT_FORM: &str =
     "the form has `submission`, then one part `weights/<label>/<seed>` per run made of weights";
 
 /// The form, or 415 saying what it should be.
-fn open_form(form: Result<Multipart, MultipartRejection>, holds: &str) -> ApiResult<Multipart> {
+pub fn open_form(form: Result<Multipart, MultipartRejection>, holds: &str) -> ApiResult<Multipart> {
     form.map_err(|e| {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -449,9 +449,10 @@ pub async fn sweep_uploads(store: &store::Store, dir: &Path) -> std::io::Result<
             }
         };
         let dir = dir.to_path_buf();
-        let unplaced = tokio::task::spawn_blocking(move || end_placement(&dir, id, committed))
-            .await
-            .map_err(std::io::Error::other)??;
+        let unplaced =
+            tokio::task::spawn_blocking(move || settle_leftover_placement(&dir, id, committed))
+                .await
+                .map_err(std::io::Error::other)??;
         removed += usize::from(unplaced);
     }
     Ok(removed)
@@ -483,10 +484,10 @@ fn sweep_files(store: &Path) -> std::io::Result<(usize, Vec<Uuid>)> {
     Ok((removed, placements))
 }
 
-/// Ends the abandoned placement of run `id`'s weights: a `committed` run keeps them; else
+/// Settles the abandoned placement of run `id`'s weights: a `committed` run keeps them; else
 /// its directory goes, if it holds nothing but them (anything else is a run's work, kept and
 /// logged). Returns whether the weights were removed.
-fn end_placement(store: &Path, id: Uuid, committed: bool) -> std::io::Result<bool> {
+fn settle_leftover_placement(store: &Path, id: Uuid, committed: bool) -> std::io::Result<bool> {
     let marker = placement_marker(store, id);
     let run_dir = store.join(store::run_directory(id));
     let mut removed = false;
