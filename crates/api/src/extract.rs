@@ -88,3 +88,41 @@ pub fn parse_cursor(raw: Option<&str>) -> Result<Option<Uuid>, ApiError> {
     })
     .transpose()
 }
+
+/// The most runs named together in `?runs=`.
+const MAX_RUNS: usize = 100;
+
+/// `?runs=ID,ID,…`, or `runs` repeated as a form's checkboxes send it: 1 to 100 distinct
+/// run ids, in order. Any other parameter is refused.
+pub struct RunIds(pub Vec<Uuid>);
+
+impl<S: Send + Sync> FromRequestParts<S> for RunIds {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(parts.uri.query().unwrap_or(""))
+                .map_err(|e| ApiError::bad_request(format!("the query: {e}")))?;
+        if let Some((key, _)) = pairs.iter().find(|(k, _)| k != "runs") {
+            return Err(ApiError::bad_request(format!(
+                "unknown parameter {key:?}: this takes runs"
+            )));
+        }
+        let mut ids: Vec<Uuid> = vec![];
+        for (_, value) in &pairs {
+            for id in value.split(',').map(str::trim).filter(|id| !id.is_empty()) {
+                let id = parse_id(id)?;
+                if ids.contains(&id) {
+                    return Err(ApiError::bad_request(format!("runs: {id} is listed twice")));
+                }
+                ids.push(id);
+            }
+        }
+        if ids.is_empty() || ids.len() > MAX_RUNS {
+            return Err(ApiError::bad_request(format!(
+                "runs: 1 to {MAX_RUNS} run ids, comma-separated"
+            )));
+        }
+        Ok(Self(ids))
+    }
+}

@@ -24,7 +24,8 @@ use axum::routing::{get, post};
 use axum::{middleware, Router};
 use error::ApiError;
 use routes::{
-    analyses, checkpoints, datasets, experiments, figures, import, ops, runs, worker, workers,
+    analyses, blocks, checkpoints, datasets, experiments, figures, import, ops, runs, worker,
+    workers,
 };
 use std::time::Duration;
 use tower_http::timeout::TimeoutLayer;
@@ -61,6 +62,7 @@ pub fn app(state: AppState) -> Router {
             get(experiments::get).delete(experiments::delete),
         )
         .route("/v1/experiments/{id}/claims", get(experiments::claims))
+        .route("/v1/experiments/{id}/blocks", get(blocks::of_experiment))
         .route("/v1/experiments/{id}/cancel", post(experiments::cancel))
         .route("/v1/experiments/{id}/retry", post(experiments::retry))
         .route(
@@ -73,6 +75,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/figures", get(figures::runs_list))
         .route("/v1/figures/{file}", get(figures::runs_figure))
+        .route("/v1/blocks", get(blocks::of_runs))
         .route("/v1/datasets", get(datasets::list))
         .route("/v1/workers", get(workers::list))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))

@@ -2,7 +2,8 @@
 
 use crate::error::Problem;
 use crate::routes::{
-    analyses, checkpoints, datasets, experiments, figures, import, ops, runs, worker, workers,
+    analyses, blocks, checkpoints, datasets, experiments, figures, import, ops, runs, worker,
+    workers,
 };
 use domain::service::*;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -18,7 +19,7 @@ use utoipa::{Modify, OpenApi};
         experiments::submit, import::import_experiment, experiments::list, experiments::get, experiments::claims,
         experiments::cancel, experiments::retry, experiments::delete,
         figures::run_list, figures::run_figure, figures::experiment_list, figures::experiment_figure,
-        figures::runs_list, figures::runs_figure,
+        figures::runs_list, figures::runs_figure, blocks::of_runs, blocks::of_experiment,
         datasets::list, workers::list,
         worker::claim, worker::heartbeat, worker::events, worker::register_checkpoint,
         worker::complete, worker::fail, worker::refuse, worker::release,
@@ -33,7 +34,7 @@ use utoipa::{Modify, OpenApi};
         WorkerEvent, EventBatch, CheckpointRegistration, AnalysisResult, Completion,
         FailureReport, Refusal, WorkerCapacity, domain::Memory, WorkerView, WorkerJob,
         worker::JobStateReply,
-        figures::FigureList,
+        figures::FigureList, domain::BlockSummary,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

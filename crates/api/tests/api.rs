@@ -902,6 +902,106 @@ async fn runs_named_together_are_drawn_as_their_configurations(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
+async fn blocks_are_summarised_over_the_seeds_of_each_configuration(pool: PgPool) {
+    let app = spawn_app(pool, &[]);
+    let experiment = app.submit_experiment("seeds", &[0, 1, 2]).await;
+    let block = |name: &str, split: &str, index: u32, value: f64| {
+        let kind = if index == 0 { "identity" } else { "projection" };
+        json!({"name": name, "split": split, "epoch": 1, "block": format!("s{index}.b0"),
+            "block_index": index, "kind": kind, "stat": "mean", "value": value, "n": 10})
+    };
+    let analysis = |cosine: f64| {
+        let mut median = block("cosine", "test", 0, 9.0);
+        median["stat"] = json!("median");
+        json!({"selected_alpha": null, "notes": [], "examples": [], "seconds": 1.0,
+            "records": [block("cosine", "test", 0, cosine), median,
+                block("cosine", "train", 0, -0.5), block("l2_ratio", "test", 1, 0.5)]})
+    };
+    // Two seeds analysed; the third is still queued and adds nothing.
+    let mut runs = vec![];
+    for cosine in [-0.1, -0.3] {
+        runs.push(app.train_and_analyse(json!([]), analysis(cosine)).await);
+    }
+    let rows = app
+        .get(&format!("/v1/experiments/{experiment}/blocks"))
+        .await
+        .json();
+    let brief: Vec<String> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {} {} {} {} {:.4} {:.4}",
+                r["configuration"].as_str().unwrap(),
+                r["name"].as_str().unwrap(),
+                r["split"].as_str().unwrap(),
+                r["block"].as_str().unwrap(),
+                r["kind"].as_str().unwrap(),
+                r["runs"],
+                r["mean"].as_f64().unwrap(),
+                r["sd"].as_f64().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        brief,
+        [
+            "resnet-8 cosine test s0.b0 identity 2 -0.2000 0.1414",
+            "resnet-8 cosine train s0.b0 identity 2 -0.5000 0.0000",
+            "resnet-8 l2_ratio test s1.b0 projection 2 0.5000 0.0000",
+        ]
+    );
+    // The same runs named together are one configuration's seeds, summarised alike, also
+    // with the parameter repeated.
+    for query in [
+        format!("runs={},{}", runs[0], runs[1]),
+        format!("runs={}&runs={}", runs[0], runs[1]),
+    ] {
+        let together = app.get(&format!("/v1/blocks?{query}")).await;
+        assert_eq!(together.status, StatusCode::OK, "{}", together.text());
+        assert_eq!(together.json(), rows, "{query}");
+    }
+    let csv = app
+        .send(
+            Request::get(format!("/v1/experiments/{experiment}/blocks"))
+                .header(header::ACCEPT, "text/csv")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(csv.content_type.starts_with("text/csv"));
+    let lines: Vec<String> = csv.text().lines().map(String::from).collect();
+    assert_eq!(
+        lines[0],
+        "configuration,name,split,block,block_index,kind,runs,mean,sd"
+    );
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(lines[3].starts_with("resnet-8,l2_ratio,test,s1.b0,1,projection,2,0.5,"));
+
+    for (uri, status, what) in [
+        ("/v1/blocks".to_string(), StatusCode::BAD_REQUEST, "no runs"),
+        (
+            format!("/v1/blocks?runs={}&name=cosine", runs[0]),
+            StatusCode::BAD_REQUEST,
+            "unknown parameter",
+        ),
+        (
+            format!("/v1/blocks?runs={}", uuid::Uuid::now_v7()),
+            StatusCode::NOT_FOUND,
+            "no such run",
+        ),
+        (
+            format!("/v1/experiments/{}/blocks", uuid::Uuid::now_v7()),
+            StatusCode::NOT_FOUND,
+            "no such experiment",
+        ),
+    ] {
+        assert_problem(&app.get(&uri).await, status, what);
+    }
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
 async fn openapi_docs_metrics_and_datasets_are_served(pool: PgPool) {
     let app = spawn_app(pool, &[]);
     let doc = app.get("/openapi.json").await.json();

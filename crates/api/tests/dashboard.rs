@@ -124,58 +124,14 @@ async fn finished_run(app: &TestApp, name: &str) -> String {
 /// Trains (one epoch) and analyses the oldest queued run the way the workers would, over
 /// the worker API; returns its id.
 async fn work(app: &TestApp) -> String {
-    let claim = app.claim("train", "gpu-7").await;
-    let run_id = claim["run_id"].as_str().unwrap().to_string();
-    let (job, token) = (
-        claim["job_id"].as_str().unwrap(),
-        claim["lease_token"].as_str().unwrap(),
-    );
-    let events = json!({"lease_token": token, "events": [
+    let events = json!([
         {"type": "epoch", "epoch": 1, "records": [
             {"name": "accuracy", "split": "test", "epoch": 1, "value": 0.625},
             {"name": "accuracy", "split": "train", "epoch": 1, "value": 0.5},
             {"name": "loss", "split": "test", "epoch": 1, "value": 1.25},
             // Not finite (JSON's null): stored, served and drawn around, never an error.
             {"name": "grad_norm_ratio", "split": "test", "epoch": 1, "value": null}]},
-        {"type": "log", "level": "info", "message": format!("epoch 1 done {NASTY}")}]});
-    let reply = app
-        .post(&format!("/v1/worker/jobs/{job}/events"), events)
-        .await;
-    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text());
-    let dir = app
-        .checkpoints
-        .path()
-        .join(claim["directory"].as_str().unwrap());
-    std::fs::create_dir_all(&dir).unwrap();
-    let content = b"weights";
-    std::fs::write(dir.join("epoch-0001.safetensors"), content).unwrap();
-    use sha2::Digest;
-    let registered = app
-        .post(
-            &format!("/v1/worker/jobs/{job}/checkpoints"),
-            json!({"lease_token": token, "file_name": "epoch-0001.safetensors", "epoch": 1,
-                   "batch": 0, "step": 10, "size": content.len(),
-                   "sha256": hex::encode(sha2::Sha256::digest(content))}),
-        )
-        .await;
-    assert_eq!(
-        registered.status,
-        StatusCode::CREATED,
-        "{}",
-        registered.text()
-    );
-    let done = app
-        .post(
-            &format!("/v1/worker/jobs/{job}/complete"),
-            json!({"lease_token": token}),
-        )
-        .await;
-    assert_eq!(done.json()["state"], "succeeded", "{}", done.text());
-    let claim = app.claim("analyze", "gpu-8").await;
-    let (job, token) = (
-        claim["job_id"].as_str().unwrap(),
-        claim["lease_token"].as_str().unwrap(),
-    );
+        {"type": "log", "level": "info", "message": format!("epoch 1 done {NASTY}")}]);
     let mut records: Vec<Value> = (0..3)
         .flat_map(|b| {
             [
@@ -190,16 +146,9 @@ async fn work(app: &TestApp) -> String {
     records.push(not_finite);
     // The analysed subset's accuracy (Table 1's train error).
     records.push(json!({"name": "accuracy", "split": "train", "epoch": 1, "value": 0.75, "n": 50}));
-    let done = app
-        .post(
-            &format!("/v1/worker/jobs/{job}/complete"),
-            json!({"lease_token": token, "analysis": {"selected_alpha": null,
-                "notes": [format!("a note {NASTY}")], "examples": [{"split": "test", "examples": 12}], "seconds": 1.5,
-                "records": records}}),
-        )
-        .await;
-    assert_eq!(done.json()["state"], "succeeded", "{}", done.text());
-    run_id
+    let analysis = json!({"selected_alpha": null, "notes": [format!("a note {NASTY}")],
+        "examples": [{"split": "test", "examples": 12}], "seconds": 1.5, "records": records});
+    app.train_and_analyse(events, analysis).await
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
@@ -569,7 +518,11 @@ async fn the_experiment_page_has_figures_claims_and_downloads(pool: PgPool) {
             "{expected:?} missing from the experiment page"
         );
     }
-    for download in ["summary.csv", "claims.csv"] {
+    assert!(
+        html.contains(r#"<details class="blocks" data-metric="l2_ratio" open>"#),
+        "{html}"
+    );
+    for download in ["summary.csv", "claims.csv", "blocks.csv"] {
         let reply = page(&app, &format!("/experiments/{id}/{download}"), None).await;
         assert_eq!(reply.status, StatusCode::OK, "{download}");
         assert!(reply.headers[header::CONTENT_DISPOSITION]
@@ -1110,6 +1063,50 @@ async fn runs_picked_in_the_table_are_drawn_together(pool: PgPool) {
         .json();
     let drawn = html.matches("<figure class=\"chart\"").count();
     assert_eq!(drawn, listed["figures"].as_array().unwrap().len());
+    // Their blocks side by side: a table per metric, a column per run (each its own
+    // configuration), the cosines unfolded and the values the analyses reported.
+    let table = html
+        .split(r#"<details class="blocks" data-metric="cosine" open>"#)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no cosine table: {html}"))
+        .split("</details>")
+        .next()
+        .unwrap();
+    assert!(table.contains("test split"), "{table}");
+    assert!(
+        table.contains(r#"<th class="num">first</th><th class="num">second</th>"#),
+        "{table}"
+    );
+    assert!(
+        table.contains(
+            r#"<td><code>s0.b2</code></td><td class="num">-0.3000</td><td class="num">-0.3000</td>"#
+        ),
+        "{table}"
+    );
+    assert!(html.contains(r#"data-metric="drop_loss""#), "{html}");
+    let csv_link = format!("/compare/blocks.csv?runs={first},{second}");
+    assert!(html.contains(&format!(r#"href="{csv_link}""#)), "{html}");
+    let csv = page(&app, &csv_link, Some(&cookie)).await;
+    assert_eq!(csv.status, StatusCode::OK);
+    assert!(csv.headers[header::CONTENT_DISPOSITION]
+        .to_str()
+        .unwrap()
+        .contains("blocks.csv"));
+    let csv = csv.text();
+    assert!(
+        csv.starts_with("configuration,name,split,block,block_index,kind,runs,mean,sd\n"),
+        "{csv}"
+    );
+    assert!(
+        csv.contains("\nsecond,l2_ratio,test,s0.b1,1,identity,1,0.25,0.0\n"),
+        "{csv}"
+    );
+    // The API takes the checkboxes' repeated parameter as it takes a list.
+    let repeated = app
+        .get(&format!("/v1/figures?runs={first}&runs={second}"))
+        .await
+        .json();
+    assert_eq!(repeated, listed);
 
     for (query, status) in [
         ("", StatusCode::BAD_REQUEST),

@@ -13,7 +13,7 @@ use domain::service::{
     ImportSubmission, JobKind, JobState, LeaseProof, Page, Refusal, RunSubmission, RunView,
     WorkerCapacity, WorkerEvent, WorkerView,
 };
-use domain::{ExperimentSpec, FieldError, MetricRecord};
+use domain::{BlockSummary, ExperimentSpec, FieldError, MetricRecord};
 use reqwest::blocking::multipart::{Form, Part};
 use reqwest::blocking::{RequestBuilder, Response};
 pub use reqwest::StatusCode;
@@ -126,11 +126,22 @@ impl FiguresOf {
         match self {
             Self::Run(id) => format!("/v1/runs/{id}/figures{file}"),
             Self::Experiment(id) => format!("/v1/experiments/{id}/figures{file}"),
-            Self::Runs(ids) => {
-                let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-                format!("/v1/figures{file}?runs={}", ids.join(","))
-            }
+            Self::Runs(ids) => format!("/v1/figures{file}?runs={}", Self::list(ids)),
         }
+    }
+
+    /// The path of the blocks side by side of the same runs.
+    fn blocks_path(&self) -> String {
+        match self {
+            Self::Run(id) => format!("/v1/blocks?runs={id}"),
+            Self::Experiment(id) => format!("/v1/experiments/{id}/blocks"),
+            Self::Runs(ids) => format!("/v1/blocks?runs={}", Self::list(ids)),
+        }
+    }
+
+    fn list(ids: &[Uuid]) -> String {
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        ids.join(",")
     }
 }
 
@@ -489,6 +500,12 @@ impl Client {
             .bytes()
             .map_err(|source| ClientError::Http { url, source })?;
         Ok(bytes.to_vec())
+    }
+
+    /// Every block's metrics of the runs of `of` side by side: per configuration, metric,
+    /// split and block, mean ± sd over seeds of their latest analyses.
+    pub fn block_summaries(&self, of: &FiguresOf) -> Result<Vec<BlockSummary>> {
+        self.get(&of.blocks_path())
     }
 
     // ---- workers ----

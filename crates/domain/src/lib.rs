@@ -4,6 +4,7 @@
 pub mod analysis;
 pub mod block;
 pub mod claims;
+pub mod compare;
 pub mod csv;
 pub mod dataset;
 pub mod device;
@@ -20,6 +21,7 @@ pub use analysis::{
     Stat,
 };
 pub use block::BlockId;
+pub use compare::{block_summaries, BlockSummary};
 pub use dataset::{DatasetIdentity, Normalization};
 pub use device::{DeviceSpec, Memory};
 pub use experiment::{configuration_labels, ConfigSpec, ExperimentRun, ExperimentSpec, SpecFile};

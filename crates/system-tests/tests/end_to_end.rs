@@ -59,6 +59,11 @@ fn a_submitted_run_trains_checkpoints_is_analysed_and_served() {
     assert!(svg.starts_with("<svg"), "{svg:.200}");
     let png = std::fs::read(work.path().join("fig2_cosine.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG"));
+    // The blocks behind it: the header, then the test cosine of every block, one seed.
+    assert!(
+        stdout.contains("configuration,name,split,block,block_index,kind,runs,mean,sd\nresnet-8,cosine,test,s0.b0,0,identity,1,"),
+        "{stdout}"
+    );
 
     // The same run through the typed client: every epoch once, checkpoints, analyses.
     let client = stack.client();
@@ -390,6 +395,12 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
     ]);
     assert!(ok, "{err}");
     assert!(out.contains("fig3_l2_ratio.svg"), "{out}");
+    // The numbers beside them: the experiment's two seeds as one configuration.
+    let blocks = std::fs::read_to_string(together.join("blocks.csv")).unwrap();
+    assert!(
+        blocks.contains("\nresnet-8,cosine,test,s0.b0,0,identity,2,"),
+        "{blocks}"
+    );
     // A finished experiment has nothing to cancel or retry; the error says so.
     let (ok, _, err) = stack.stepwise(&["cancel", "cli"]);
     assert!(!ok && err.contains("no queued or running runs"), "{err}");

@@ -28,6 +28,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/partials/runs", get(pages::runs_partial))
         .route("/submit", get(submit::page))
         .route("/compare", get(pages::compare))
+        .route("/compare/blocks.csv", get(pages::compare_blocks_csv))
         .route("/runs/{id}", get(pages::run))
         .route("/partials/runs/{id}", get(pages::run_partial))
         .route(
@@ -52,6 +53,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route(
             "/experiments/{id}/summary.csv",
             get(pages::experiment_summary_csv),
+        )
+        .route(
+            "/experiments/{id}/blocks.csv",
+            get(pages::experiment_blocks_csv),
         )
         .route(
             "/experiments/{id}/claims.csv",

@@ -4,23 +4,24 @@
 
 use super::session::{check_csrf, CsrfForm, Session};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::parse_cursor;
 use crate::extract::Query;
+use crate::extract::{parse_cursor, RunIds};
+use crate::routes::blocks;
 use crate::routes::experiments::comparison;
-use crate::routes::figures::{
-    draw_all, experiment_results, results, run_ids, together, Drawn, RunResults,
-};
+use crate::routes::figures::{draw_all, experiment_results, results, together, Drawn, RunResults};
 use crate::routes::runs::run_filter;
 use crate::routes::typed;
 use crate::AppState;
 use askama::Template;
-use axum::extract::{Form, Path, RawQuery, State};
+use axum::extract::{Form, Path, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Extension;
 use chrono::{DateTime, Utc};
 use domain::claims;
 use domain::service::{AnalysisView, AttemptView, JobState, RunView, UploadedWeights};
-use domain::{AnalysisRecord, Arch, Group, MetricName, MetricRecord, Split, Stat};
+use domain::{
+    AnalysisRecord, Arch, BlockId, BlockKind, BlockSummary, MetricName, MetricRecord, Split,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -359,6 +360,8 @@ pub struct ComparePage {
     figures: Vec<FigureItem>,
     /// The same figures' list on the API.
     api_list: String,
+    blocks: Vec<SideBySide>,
+    blocks_csv: String,
 }
 
 /// `/compare?runs=ID&runs=ID…` (the runs table's checkboxes) or `?runs=ID,ID,…`: the runs'
@@ -366,17 +369,8 @@ pub struct ComparePage {
 pub async fn compare(
     State(state): State<AppState>,
     Extension(session): Extension<Session>,
-    RawQuery(query): RawQuery,
+    RunIds(ids): RunIds,
 ) -> ApiResult<Html<String>> {
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-            .map_err(|e| ApiError::bad_request(format!("the query: {e}")))?;
-    if let Some((key, _)) = pairs.iter().find(|(k, _)| k != "runs") {
-        return Err(ApiError::bad_request(format!(
-            "unknown parameter {key:?}: the page takes runs"
-        )));
-    }
-    let ids = run_ids(pairs.iter().map(|(_, v)| v.as_str()))?;
     let (runs, results) = together(&state, &ids).await?;
     let runs = runs
         .iter()
@@ -386,14 +380,111 @@ pub async fn compare(
             label: r.label.clone(),
         })
         .collect();
+    let blocks = side_by_side(&blocks::of_results(&results));
     let figures = draw_all(results).await?;
-    let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    let ids = ids
+        .iter()
+        .map(Uuid::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     render(&ComparePage {
         nav: Nav::of(&session),
         runs,
         figures: figures.into_iter().map(FigureItem::from).collect(),
-        api_list: format!("/v1/figures?runs={}", ids.join(",")),
+        api_list: format!("/v1/figures?runs={ids}"),
+        blocks,
+        blocks_csv: format!("/compare/blocks.csv?runs={ids}"),
     })
+}
+
+/// `/compare/blocks.csv?runs=…`: the compare page's blocks side by side, every split.
+pub async fn compare_blocks_csv(
+    State(state): State<AppState>,
+    RunIds(ids): RunIds,
+) -> ApiResult<Response> {
+    let summaries = blocks::of_run_ids(&state, &ids).await?;
+    Ok(csv_download("blocks.csv", domain::csv::to_csv(&summaries)))
+}
+
+// ---------------------------------------------------------------- blocks side by side
+
+/// One metric's blocks side by side: a column per configuration, a row per block.
+pub struct SideBySide {
+    metric: &'static str,
+    split: &'static str,
+    /// Configurations, each with its seeds.
+    columns: Vec<String>,
+    rows: Vec<SideBySideRow>,
+    /// Shown unfolded: the metrics of the paper's Figures 2–4.
+    open: bool,
+}
+
+pub struct SideBySideRow {
+    block: String,
+    projection: bool,
+    cells: Vec<String>,
+}
+
+/// The summaries as one table per metric, on the test split where the metric has one.
+fn side_by_side(summaries: &[BlockSummary]) -> Vec<SideBySide> {
+    let mut metrics: Vec<MetricName> = summaries.iter().map(|s| s.name).collect();
+    metrics.sort();
+    metrics.dedup();
+    metrics
+        .into_iter()
+        .map(|metric| {
+            let of_metric = summaries.iter().filter(|s| s.name == metric);
+            let split = if of_metric.clone().any(|s| s.split == Split::Test) {
+                Split::Test
+            } else {
+                Split::Train
+            };
+            let chosen: Vec<&BlockSummary> = of_metric.filter(|s| s.split == split).collect();
+            let mut configurations: Vec<(&str, u32)> = vec![];
+            for s in &chosen {
+                match configurations
+                    .iter_mut()
+                    .find(|(l, _)| *l == s.configuration)
+                {
+                    Some((_, seeds)) => *seeds = (*seeds).max(s.runs),
+                    None => configurations.push((&s.configuration, s.runs)),
+                }
+            }
+            let mut rows: BTreeMap<BlockId, SideBySideRow> = BTreeMap::new();
+            for s in &chosen {
+                let row = rows.entry(s.block).or_insert_with(|| SideBySideRow {
+                    block: s.block.to_string(),
+                    projection: false,
+                    cells: vec![String::new(); configurations.len()],
+                });
+                row.projection |= s.kind == BlockKind::Projection;
+                let column = configurations
+                    .iter()
+                    .position(|(l, _)| *l == s.configuration)
+                    .expect("every configuration has a column");
+                row.cells[column] = match s.runs {
+                    1 => number(s.mean),
+                    _ => format!("{} ± {}", number(s.mean), number(s.sd)),
+                };
+            }
+            SideBySide {
+                metric: metric.as_str(),
+                split: split.as_str(),
+                columns: configurations
+                    .iter()
+                    .map(|(label, seeds)| match seeds {
+                        1 => label.to_string(),
+                        n => format!("{label} ({n} seeds)"),
+                    })
+                    .collect(),
+                rows: rows.into_values().collect(),
+                open: matches!(
+                    metric,
+                    MetricName::Cosine | MetricName::L2Ratio | MetricName::DropAccuracy
+                ),
+            }
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------- one run
@@ -510,13 +601,7 @@ pub struct BlockRow {
 /// The per-block values of an analysis: means over examples, all examples, no path
 /// position; the test split when analysed, else the train split.
 fn block_table(records: &[AnalysisRecord]) -> BlockTable {
-    let per_block = |r: &&AnalysisRecord| {
-        r.block_index.is_some()
-            && r.step.is_none()
-            && r.alpha.is_none()
-            && r.group.is_none_or(|g| g == Group::All)
-            && r.stat.is_none_or(|s| s == Stat::Mean)
-    };
+    let per_block = |r: &&AnalysisRecord| r.is_block_mean();
     let split = if records
         .iter()
         .filter(per_block)
@@ -832,6 +917,8 @@ pub struct ExperimentPage {
     paper_rows: Vec<[String; 6]>,
     paper_note: &'static str,
     claims: Vec<claims::Verdict>,
+    blocks: Vec<SideBySide>,
+    blocks_csv: String,
     /// When the runs are shorter than the paper's schedules.
     schedule_note: Option<String>,
     legend: &'static str,
@@ -850,6 +937,7 @@ pub async fn experiment(
     let experiment = state.store.experiment(id).await?;
     let results = experiment_results(&state, &experiment).await?;
     let (paper_table, claims) = comparison(&experiment, &results);
+    let blocks = side_by_side(&blocks::of_results(&results));
     let figures = draw_all(results)
         .await?
         .into_iter()
@@ -888,6 +976,8 @@ pub async fn experiment(
         paper_rows: paper_table.iter().map(|row| row.cells()).collect(),
         paper_note: domain::paper::TABLE_NOTE,
         claims,
+        blocks,
+        blocks_csv: format!("/experiments/{id}/blocks.csv"),
         schedule_note: domain::claims::short_schedule_note(&experiment.spec.runs()),
         legend: domain::claims::LEGEND,
         csrf: session.csrf.clone(),
@@ -905,6 +995,19 @@ pub async fn experiment_summary_csv(
     Ok(csv_download(
         &format!("summary-{id}.csv"),
         domain::csv::to_csv(&experiment.configs),
+    ))
+}
+
+pub async fn experiment_blocks_csv(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let id = crate::extract::parse_id(&id)?;
+    let experiment = state.store.experiment(id).await?;
+    let summaries = blocks::of_experiment_runs(&state, &experiment).await?;
+    Ok(csv_download(
+        &format!("blocks-{id}.csv"),
+        domain::csv::to_csv(&summaries),
     ))
 }
 
@@ -947,9 +1050,9 @@ mod tests {
             r
         };
         let mut cosine = rec(MetricName::Cosine, 0, -0.25);
-        cosine.stat = Some(Stat::Mean);
+        cosine.stat = Some(domain::Stat::Mean);
         let mut median = rec(MetricName::Cosine, 0, 9.0);
-        median.stat = Some(Stat::Median);
+        median.stat = Some(domain::Stat::Median);
         let mut unrolled = rec(MetricName::UnrollCosine, 1, 9.0);
         unrolled.step = Some(2);
         let records = vec![
@@ -965,5 +1068,70 @@ mod tests {
         assert_eq!(t.rows.len(), 2);
         assert_eq!(t.rows[0].cells, vec!["-0.2500", "0.7500"]);
         assert_eq!(t.rows[1].cells, vec!["", "0.5000"]);
+    }
+
+    #[test]
+    fn blocks_side_by_side_have_a_table_per_metric_and_a_column_per_configuration() {
+        let summary = |configuration: &str, name, split, block, runs, mean, sd| BlockSummary {
+            configuration: configuration.into(),
+            name,
+            split,
+            block: BlockId::new(block, 0),
+            block_index: block,
+            kind: if block == 1 {
+                BlockKind::Projection
+            } else {
+                BlockKind::Identity
+            },
+            runs,
+            mean,
+            sd,
+        };
+        let tables = side_by_side(&[
+            summary("a", MetricName::Cosine, Split::Test, 1, 2, -0.5, 0.25),
+            summary("a", MetricName::Cosine, Split::Test, 0, 2, -0.125, 0.0),
+            summary("a", MetricName::Cosine, Split::Train, 0, 2, 9.0, 0.0),
+            summary(
+                "a",
+                MetricName::ActivationNorm,
+                Split::Train,
+                0,
+                1,
+                3.0,
+                0.0,
+            ),
+            summary("b", MetricName::Cosine, Split::Test, 0, 1, 0.5, 0.0),
+        ]);
+        let cosine = &tables[0];
+        assert_eq!(
+            (cosine.metric, cosine.split, cosine.open),
+            ("cosine", "test", true)
+        );
+        assert_eq!(cosine.columns, ["a (2 seeds)", "b"]);
+        let rows: Vec<(&str, bool, Vec<&str>)> = cosine
+            .rows
+            .iter()
+            .map(|r| {
+                (
+                    r.block.as_str(),
+                    r.projection,
+                    r.cells.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("s0.b0", false, vec!["-0.1250 ± 0", "0.5000"]),
+                ("s1.b0", true, vec!["-0.5000 ± 0.2500", ""]),
+            ]
+        );
+        // A metric measured on the training split only is shown on it, folded.
+        let norms = &tables[1];
+        assert_eq!(
+            (norms.metric, norms.split, norms.open),
+            ("activation_norm", "train", false)
+        );
+        assert_eq!(norms.rows[0].cells, ["3.000"]);
     }
 }

@@ -5,14 +5,14 @@
 
 use super::typed;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::Query;
+use crate::extract::RunIds;
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Json;
 use domain::service::{AnalysisView, ExperimentView, RunView};
 use domain::{AnalysisRecord, MetricRecord};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -188,64 +188,50 @@ pub(crate) async fn experiment_results(
     Ok(out)
 }
 
-/// The most runs drawn together.
-const MAX_RUNS: usize = 100;
-
-/// `?runs=ID,ID,…`: runs of any experiments, or of none.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
+/// `?runs=ID,ID,…` as OpenAPI documents it; read by [`RunIds`], which also takes `runs`
+/// repeated.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
 pub struct RunsQuery {
     /// Run ids, comma-separated (at most 100): runs whose specs differ only in the seed are
-    /// drawn as seeds of one configuration (mean ± sd); configurations of one model that
-    /// differ in more are labelled by their runs' names (an experiment's by experiment and
+    /// seeds of one configuration (mean ± sd); configurations of one model that differ in
+    /// more are labelled by their runs' names (an experiment's by experiment and
     /// configuration; a run without a name by the end of its id)
     runs: String,
 }
 
-/// The runs of `?runs=` (each value a run id, or several comma-separated), in order.
-pub(crate) fn run_ids<'a>(values: impl IntoIterator<Item = &'a str>) -> ApiResult<Vec<Uuid>> {
-    let mut ids: Vec<Uuid> = vec![];
-    for value in values {
-        for id in value.split(',').map(str::trim).filter(|id| !id.is_empty()) {
-            let id = crate::extract::parse_id(id)?;
-            if ids.contains(&id) {
-                return Err(ApiError::bad_request(format!("runs: {id} is listed twice")));
-            }
-            ids.push(id);
-        }
-    }
-    if ids.is_empty() || ids.len() > MAX_RUNS {
-        return Err(ApiError::bad_request(format!(
-            "runs: 1 to {MAX_RUNS} run ids, comma-separated"
-        )));
-    }
-    Ok(ids)
-}
-
-/// Runs drawn together, and their results labelled by [`domain::configuration_labels`].
-pub(crate) async fn together(
+/// Runs named together, each with the label of its configuration
+/// ([`domain::configuration_labels`]).
+pub(crate) async fn labelled(
     state: &AppState,
     ids: &[Uuid],
-) -> ApiResult<(Vec<RunView>, Vec<RunResults>)> {
+) -> ApiResult<(Vec<RunView>, Vec<String>)> {
     let mut runs = vec![];
     for &id in ids {
         runs.push(state.store.run(id).await?);
     }
     let names: Vec<String> = runs.iter().map(own_label).collect();
-    let labelled: Vec<(&str, &domain::RunSpec)> = names
+    let specs: Vec<(&str, &domain::RunSpec)> = names
         .iter()
         .zip(&runs)
         .map(|(name, run)| (name.as_str(), &run.spec))
         .collect();
+    let labels = domain::configuration_labels(&specs);
+    Ok((runs, labels))
+}
+
+/// Runs drawn together: their results under their configurations' labels.
+pub(crate) async fn together(
+    state: &AppState,
+    ids: &[Uuid],
+) -> ApiResult<(Vec<RunView>, Vec<RunResults>)> {
+    let (runs, labels) = labelled(state, ids).await?;
     let mut out = vec![];
-    for (run, label) in runs.iter().zip(domain::configuration_labels(&labelled)) {
+    for (run, label) in runs.iter().zip(labels) {
         out.push(results(state, run.id, label, true).await?);
     }
     Ok((runs, out))
-}
-
-async fn runs_results(state: &AppState, raw: &str) -> ApiResult<Vec<RunResults>> {
-    Ok(together(state, &run_ids([raw])?).await?.1)
 }
 
 /// What a run is called where its configuration shares its model's label with another: an
@@ -271,9 +257,9 @@ fn own_label(run: &RunView) -> String {
         (status = 404, body = Problem)))]
 pub async fn runs_list(
     State(state): State<AppState>,
-    Query(q): Query<RunsQuery>,
+    RunIds(ids): RunIds,
 ) -> ApiResult<Json<FigureList>> {
-    list(runs_results(&state, &q.runs).await?).await
+    list(together(&state, &ids).await?.1).await
 }
 
 #[utoipa::path(get, path = "/v1/figures/{file}", tag = "figures",
@@ -285,9 +271,9 @@ pub async fn runs_list(
 pub async fn runs_figure(
     State(state): State<AppState>,
     Path(file): Path<String>,
-    Query(q): Query<RunsQuery>,
+    RunIds(ids): RunIds,
 ) -> ApiResult<Response> {
-    one(runs_results(&state, &q.runs).await?, &file).await
+    one(together(&state, &ids).await?.1, &file).await
 }
 
 async fn experiment_of(state: &AppState, raw: &str) -> ApiResult<Vec<RunResults>> {

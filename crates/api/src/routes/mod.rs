@@ -1,6 +1,7 @@
 //! One module per resource; each exposes its handlers, routed in `crate::app`.
 
 pub mod analyses;
+pub mod blocks;
 pub mod checkpoints;
 pub mod datasets;
 pub mod experiments;

@@ -117,6 +117,56 @@ impl TestApp {
         claim.json()
     }
 
+    /// Trains and analyses the oldest queued run as the workers would, over the worker API:
+    /// claims its training, sends `events`, registers a one-epoch checkpoint, completes;
+    /// then claims the analysis that queued and completes it with `analysis` (an
+    /// `AnalysisResult`). Returns the run's id.
+    pub async fn train_and_analyse(&self, events: Value, analysis: Value) -> String {
+        use sha2::Digest;
+        let claim = self.claim("train", "gpu-7").await;
+        let run_id = claim["run_id"].as_str().unwrap().to_string();
+        let (job, token) = (claim["job_id"].as_str().unwrap(), &claim["lease_token"]);
+        let body = serde_json::json!({"lease_token": token, "events": events});
+        let reply = self
+            .post(&format!("/v1/worker/jobs/{job}/events"), body)
+            .await;
+        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text());
+        let dir = self
+            .checkpoints
+            .path()
+            .join(claim["directory"].as_str().unwrap());
+        std::fs::create_dir_all(&dir).unwrap();
+        let content = b"weights";
+        std::fs::write(dir.join("epoch-0001.safetensors"), content).unwrap();
+        let registration = serde_json::json!({"lease_token": token,
+            "file_name": "epoch-0001.safetensors", "epoch": 1, "batch": 0, "step": 10,
+            "size": content.len(), "sha256": hex::encode(sha2::Sha256::digest(content))});
+        let registered = self
+            .post(&format!("/v1/worker/jobs/{job}/checkpoints"), registration)
+            .await;
+        assert_eq!(
+            registered.status,
+            StatusCode::CREATED,
+            "{}",
+            registered.text()
+        );
+        let done = self
+            .post(
+                &format!("/v1/worker/jobs/{job}/complete"),
+                serde_json::json!({"lease_token": token}),
+            )
+            .await;
+        assert_eq!(done.json()["state"], "succeeded", "{}", done.text());
+        let claim = self.claim("analyze", "gpu-8").await;
+        let job = claim["job_id"].as_str().unwrap();
+        let body = serde_json::json!({"lease_token": claim["lease_token"], "analysis": analysis});
+        let done = self
+            .post(&format!("/v1/worker/jobs/{job}/complete"), body)
+            .await;
+        assert_eq!(done.json()["state"], "succeeded", "{}", done.text());
+        run_id
+    }
+
     /// Submits an experiment of one narrow ResNet-8 configuration trained for one epoch on
     /// `seeds`; returns its id.
     pub async fn submit_experiment(&self, name: &str, seeds: &[u64]) -> String {

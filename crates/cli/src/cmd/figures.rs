@@ -5,7 +5,7 @@
 
 use analysis::Analysis;
 use anyhow::{bail, Context, Result};
-use domain::{AnalysisRecord, MetricRecord, RunSpec};
+use domain::{AnalysisRecord, BlockSummary, MetricRecord, RunSpec};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -131,6 +131,25 @@ pub fn render(runs: &[RunData], out: &Path) -> Result<Vec<PathBuf>> {
     Ok(written)
 }
 
+/// The runs' blocks side by side: [`domain::block_summaries`] of each latest analysis,
+/// seeds of a configuration as mean ± sd.
+pub fn blocks_of(runs: &[RunData]) -> Vec<BlockSummary> {
+    domain::block_summaries(
+        runs.iter()
+            .filter_map(|r| Some((r.label.as_str(), &r.analysis.as_ref()?.records[..]))),
+    )
+}
+
+/// Writes block summaries to `path` as CSV, as the API's `…/blocks` serves them; nothing
+/// when there are none (no run analysed). Returns the path written, if any.
+pub fn write_blocks_csv(summaries: &[BlockSummary], path: &Path) -> Result<Option<PathBuf>> {
+    if summaries.is_empty() {
+        return Ok(None);
+    }
+    resnet::checkpoint::write_atomic(path, domain::csv::to_csv(summaries).as_bytes())?;
+    Ok(Some(path.to_path_buf()))
+}
+
 pub fn run(runs: &[PathBuf], out: &Path) -> Result<ExitCode> {
     if runs.is_empty() {
         bail!("give at least one --run");
@@ -173,10 +192,14 @@ pub fn run(runs: &[PathBuf], out: &Path) -> Result<ExitCode> {
             );
         }
     }
-    let written = render(&data, out)?;
+    let mut written = render(&data, out)?;
     if written.is_empty() {
         bail!("the runs hold no metrics to draw (train them, then run stepwise analyze)");
     }
+    written.extend(write_blocks_csv(
+        &blocks_of(&data),
+        &out.join("blocks.csv"),
+    )?);
     let listing: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
     super::print_text(&listing.join("\n"))?;
     Ok(ExitCode::SUCCESS)

@@ -1,11 +1,11 @@
 //! `stepwise run`: an experiment end to end. Every configuration × seed is trained into
 //! `OUT/runs/<label>-seed<seed>` (a finished run is kept, an interrupted one resumed), its
 //! final checkpoint (and those `analysis_checkpoints` selects) analysed, then
-//! `OUT/figures/`, `OUT/summary.csv` and `OUT/report.md` (our numbers beside the paper's,
-//! and claims C1–C7) are written. Rerunning the command after a stop continues where it
-//! left off.
+//! `OUT/figures/`, `OUT/summary.csv`, `OUT/blocks.csv` (every block's metrics, mean ± sd over
+//! seeds) and `OUT/report.md` (our numbers beside the paper's, and claims C1–C7) are
+//! written. Rerunning the command after a stop continues where it left off.
 
-use super::figures::{read_run, render, RunData};
+use super::figures::{blocks_of, read_run, render, write_blocks_csv, RunData};
 use super::open_dataset;
 use crate::args::RunArgs;
 use crate::progress::RunSink;
@@ -67,7 +67,10 @@ pub fn run(args: RunArgs, data_dir: &Path) -> Result<ExitCode> {
         d.label = r.label.clone();
         data.push(d);
     }
-    let figures = render(&data, &out.join("figures"))?;
+    let written = Written {
+        figures: render(&data, &out.join("figures"))?,
+        blocks: write_blocks_csv(&blocks_of(&data), &out.join("blocks.csv"))?,
+    };
     let summary = summary_csv(&runs, &data);
     resnet::checkpoint::write_atomic(&out.join("summary.csv"), summary.as_bytes())?;
     let report = report(
@@ -75,7 +78,7 @@ pub fn run(args: RunArgs, data_dir: &Path) -> Result<ExitCode> {
         &runs,
         &imported,
         &data,
-        &figures,
+        &written,
         out,
         started.elapsed().as_secs_f64(),
     );
@@ -83,7 +86,7 @@ pub fn run(args: RunArgs, data_dir: &Path) -> Result<ExitCode> {
     eprintln!(
         "{} runs; {} figure files in {}; report {}",
         runs.len(),
-        figures.len(),
+        written.figures.len(),
         out.join("figures").display(),
         out.join("report.md").display()
     );
@@ -271,12 +274,19 @@ fn summary_csv(runs: &[ExperimentRun], data: &[RunData]) -> String {
     out
 }
 
+/// The files of the results that the report links to.
+struct Written {
+    figures: Vec<PathBuf>,
+    /// `blocks.csv`, where some run was analysed.
+    blocks: Option<PathBuf>,
+}
+
 fn report(
     spec: &ExperimentSpec,
     runs: &[ExperimentRun],
     imported: &[(&ExperimentRun, ImportedWeights)],
     data: &[RunData],
-    figures: &[PathBuf],
+    written: &Written,
     out: &Path,
     seconds: f64,
 ) -> String {
@@ -360,7 +370,17 @@ fn report(
     }
     let _ = writeln!(md, "\n{}\n", domain::claims::LEGEND);
     let _ = writeln!(md, "## Figures\n");
-    for f in figures
+    if let Some(blocks) = &written.blocks {
+        let rel = blocks.strip_prefix(out).unwrap_or(blocks);
+        let _ = writeln!(
+            md,
+            "The numbers behind the block-wise figures, every block of every configuration \
+             (mean ± sd over seeds, each metric and split): [{0}]({0}).\n",
+            rel.display()
+        );
+    }
+    for f in written
+        .figures
         .iter()
         .filter(|f| f.extension().is_some_and(|e| e == "svg"))
     {

@@ -629,6 +629,10 @@ pub fn figures(api: &Api, targets: &[String], out: &Path) -> Result<ExitCode> {
             written.push(path.display().to_string());
         }
     }
+    let blocks = client.block_summaries(&of)?;
+    if let Some(path) = super::figures::write_blocks_csv(&blocks, &out.join("blocks.csv"))? {
+        written.push(path.display().to_string());
+    }
     super::print_text(&written.join("\n"))?;
     Ok(ExitCode::SUCCESS)
 }
