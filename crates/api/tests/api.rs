@@ -917,11 +917,40 @@ async fn blocks_are_summarised_over_the_seeds_of_each_configuration(pool: PgPool
             "records": [block("cosine", "test", 0, cosine), median,
                 block("cosine", "train", 0, -0.5), block("l2_ratio", "test", 1, 0.5)]})
     };
-    // Two seeds analysed; the third is still queued and adds nothing.
+    // Two seeds trained and analysed; the third, still training, analysed at its initial
+    // weights (epoch 0): set aside until it catches up.
     let mut runs = vec![];
     for cosine in [-0.1, -0.3] {
         runs.push(app.train_and_analyse(json!([]), analysis(cosine)).await);
     }
+    let training = app.start_training(json!([])).await;
+    app.register_checkpoint(&training, 0).await;
+    let behind = training["run_id"].as_str().unwrap();
+    let requested = app
+        .post(&format!("/v1/runs/{behind}/analyses"), json!({"epoch": 0}))
+        .await;
+    assert_eq!(
+        requested.status,
+        StatusCode::CREATED,
+        "{}",
+        requested.text()
+    );
+    let analysing = app.claim("analyze", "gpu-8").await;
+    app.complete(&analysing, Some(analysis(5.0))).await;
+    let third = app.get(&format!("/v1/runs/{behind}/analyses")).await.json();
+    assert_eq!(third[0]["status"], "succeeded", "{third}");
+    // The claims pool the same seeds: counted in, its positive cosine would turn C1.
+    let claims = app
+        .get(&format!("/v1/experiments/{experiment}/claims"))
+        .await
+        .json();
+    let c1 = claims["claims"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["claim"] == "C1")
+        .unwrap_or_else(|| panic!("{claims}"));
+    assert_eq!(c1["holds"], true, "{claims}");
     let rows = app
         .get(&format!("/v1/experiments/{experiment}/blocks"))
         .await
@@ -932,8 +961,9 @@ async fn blocks_are_summarised_over_the_seeds_of_each_configuration(pool: PgPool
         .iter()
         .map(|r| {
             format!(
-                "{} {} {} {} {} {} {:.4} {:.4}",
+                "{} {} {} {} {} {} {} {:.4} {:.4}",
                 r["configuration"].as_str().unwrap(),
+                r["epoch"],
                 r["name"].as_str().unwrap(),
                 r["split"].as_str().unwrap(),
                 r["block"].as_str().unwrap(),
@@ -947,15 +977,15 @@ async fn blocks_are_summarised_over_the_seeds_of_each_configuration(pool: PgPool
     assert_eq!(
         brief,
         [
-            "resnet-8 cosine test s0.b0 identity 2 -0.2000 0.1414",
-            "resnet-8 cosine train s0.b0 identity 2 -0.5000 0.0000",
-            "resnet-8 l2_ratio test s1.b0 projection 2 0.5000 0.0000",
+            "resnet-8 1 cosine test s0.b0 identity 2 -0.2000 0.1414",
+            "resnet-8 1 cosine train s0.b0 identity 2 -0.5000 0.0000",
+            "resnet-8 1 l2_ratio test s1.b0 projection 2 0.5000 0.0000",
         ]
     );
     // The same runs named together are one configuration's seeds, summarised alike, also
-    // with the parameter repeated.
+    // with the parameter repeated; the one behind alone is its own latest.
     for query in [
-        format!("runs={},{}", runs[0], runs[1]),
+        format!("runs={},{},{behind}", runs[0], runs[1]),
         format!("runs={}&runs={}", runs[0], runs[1]),
     ] {
         let together = app.get(&format!("/v1/blocks?{query}")).await;
@@ -974,10 +1004,10 @@ async fn blocks_are_summarised_over_the_seeds_of_each_configuration(pool: PgPool
     let lines: Vec<String> = csv.text().lines().map(String::from).collect();
     assert_eq!(
         lines[0],
-        "configuration,name,split,block,block_index,kind,runs,mean,sd"
+        "configuration,epoch,name,split,block,block_index,kind,runs,mean,sd"
     );
     assert_eq!(lines.len(), 4, "{lines:?}");
-    assert!(lines[3].starts_with("resnet-8,l2_ratio,test,s1.b0,1,projection,2,0.5,"));
+    assert!(lines[3].starts_with("resnet-8,1,l2_ratio,test,s1.b0,1,projection,2,0.5,"));
 
     for (uri, status, what) in [
         ("/v1/blocks".to_string(), StatusCode::BAD_REQUEST, "no runs"),

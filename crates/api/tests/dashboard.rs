@@ -1074,7 +1074,9 @@ async fn runs_picked_in_the_table_are_drawn_together(pool: PgPool) {
         .unwrap();
     assert!(table.contains("test split"), "{table}");
     assert!(
-        table.contains(r#"<th class="num">first</th><th class="num">second</th>"#),
+        table.contains(
+            r#"<th class="num">first (epoch 1)</th><th class="num">second (epoch 1)</th>"#
+        ),
         "{table}"
     );
     assert!(
@@ -1094,11 +1096,11 @@ async fn runs_picked_in_the_table_are_drawn_together(pool: PgPool) {
         .contains("blocks.csv"));
     let csv = csv.text();
     assert!(
-        csv.starts_with("configuration,name,split,block,block_index,kind,runs,mean,sd\n"),
+        csv.starts_with("configuration,epoch,name,split,block,block_index,kind,runs,mean,sd\n"),
         "{csv}"
     );
     assert!(
-        csv.contains("\nsecond,l2_ratio,test,s0.b1,1,identity,1,0.25,0.0\n"),
+        csv.contains("\nsecond,1,l2_ratio,test,s0.b1,1,identity,1,0.25,0.0\n"),
         "{csv}"
     );
     // The API takes the checkboxes' repeated parameter as it takes a list.

@@ -609,14 +609,14 @@ fn analyze_a_run_writes_every_epoch_and_a_combined_table() {
     let blocks = std::fs::read_to_string(dir.path().join("figs/blocks.csv")).unwrap();
     let first = blocks
         .lines()
-        .find(|l| l.starts_with("resnet-8,cosine,test,s0.b0,0,identity,1,"))
+        .find(|l| l.starts_with("resnet-8,2,cosine,test,s0.b0,0,identity,1,"))
         .unwrap_or_else(|| panic!("{blocks}"));
     let epoch2 = table
         .lines()
         .find(|l| l.starts_with("cosine,test,2,s0.b0,0,identity,,,,mean,"))
         .unwrap_or_else(|| panic!("{table}"));
     let value = |line: &str, column: usize| line.split(',').nth(column).unwrap().to_string();
-    assert_eq!(value(first, 7), value(epoch2, 10), "{blocks}");
+    assert_eq!(value(first, 8), value(epoch2, 10), "{blocks}");
     // Epoch 2 analysed again with the skip gradient: epoch 1's full-gradient cosines are
     // another quantity, so there is no history left to draw.
     ok(&stepwise(
@@ -707,7 +707,7 @@ fn the_smoke_experiment_trains_analyses_draws_and_reports() {
     assert_eq!(summary.lines().count(), 3, "{summary}");
     let blocks = std::fs::read_to_string(out.join("blocks.csv")).unwrap();
     for configuration in ["resnet-8", "single-narrow"] {
-        let cosine = format!("\n{configuration},cosine,test,s0.b0,0,identity,1,");
+        let cosine = format!("\n{configuration},2,cosine,test,s0.b0,0,identity,1,");
         assert!(blocks.contains(&cosine), "{blocks}");
     }
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();

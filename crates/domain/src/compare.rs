@@ -1,7 +1,7 @@
 //! Every block's metrics of several configurations side by side — the numbers behind the
 //! block-wise figures: per configuration (runs sharing a label are its seeds), metric,
 //! split and block, the mean over seeds of each run's per-example mean, with the sample
-//! standard deviation.
+//! standard deviation; and which seeds' analyses are pooled at all ([`pool_latest_epochs`]).
 
 use crate::stats::mean_std;
 use crate::{AnalysisRecord, BlockId, BlockKind, Group, MetricName, Split, Stat};
@@ -14,6 +14,9 @@ use utoipa::ToSchema;
 pub struct BlockSummary {
     /// The configuration, as its figures label it.
     pub configuration: String,
+    /// The checkpoint epoch its seeds were analysed at: the latest of any of them
+    /// ([`pool_latest_epochs`]).
+    pub epoch: u32,
     /// `cosine`, `l2_ratio`, `drop_accuracy`, … (as in analysis records).
     #[schema(value_type = String)]
     pub name: MetricName,
@@ -50,21 +53,61 @@ impl AnalysisRecord {
     }
 }
 
-/// The block summaries of runs, each given as its configuration's label and its analysis
-/// records: configurations in order of first appearance, then by metric, split (test
-/// first) and block index.
+/// Which of several runs' analyses to pool, given each run's configuration label and the
+/// epoch its analysis is of (None: not analysed): per configuration only those of its
+/// latest analysed epoch. Seeds are so compared at one point of training, and a seed still
+/// training, analysed at an earlier epoch, is left out until it catches up.
+fn of_latest_epoch(runs: &[(&str, Option<u32>)]) -> Vec<bool> {
+    runs.iter()
+        .map(|&(label, epoch)| {
+            let latest = runs
+                .iter()
+                .filter(|(l, _)| *l == label)
+                .filter_map(|(_, e)| *e)
+                .max();
+            epoch.is_some() && epoch == latest
+        })
+        .collect()
+}
+
+/// Sets aside the analyses of `runs` that [`of_latest_epoch`] does not pool, for the figures
+/// and claims drawn from them: `of` gives a run's configuration label and analysed epoch,
+/// `set_aside` drops its analysis (its training metrics still count).
+pub fn pool_latest_epochs<T>(
+    runs: &mut [T],
+    of: fn(&T) -> (&str, Option<u32>),
+    set_aside: fn(&mut T),
+) {
+    let pooled = of_latest_epoch(&runs.iter().map(of).collect::<Vec<_>>());
+    for (run, pooled) in runs.iter_mut().zip(pooled) {
+        if !pooled {
+            set_aside(run);
+        }
+    }
+}
+
+/// The block summaries of runs, each given as its configuration's label and one analysis:
+/// the checkpoint epoch it is of and its records; pooled as [`pool_latest_epochs`] does.
+/// Configurations in order of first appearance, then by metric, split (test first) and
+/// block index.
 pub fn block_summaries<'a>(
-    runs: impl IntoIterator<Item = (&'a str, &'a [AnalysisRecord])>,
+    runs: impl IntoIterator<Item = (&'a str, u32, &'a [AnalysisRecord])>,
 ) -> Vec<BlockSummary> {
+    let mut runs: Vec<(&str, u32, &[AnalysisRecord])> = runs.into_iter().collect();
+    pool_latest_epochs(
+        &mut runs,
+        |&(label, epoch, _)| (label, Some(epoch)),
+        |r| r.2 = &[],
+    );
     // (metric, test before train, block index) → the block and each seed's value
     type Blocks =
         BTreeMap<(MetricName, std::cmp::Reverse<Split>, u32), (BlockId, BlockKind, Vec<f64>)>;
-    let mut configurations: Vec<(&str, Blocks)> = vec![];
-    for (label, records) in runs {
-        let at = match configurations.iter().position(|(l, _)| *l == label) {
+    let mut configurations: Vec<(&str, u32, Blocks)> = vec![];
+    for (label, epoch, records) in runs.into_iter().filter(|r| !r.2.is_empty()) {
+        let at = match configurations.iter().position(|(l, _, _)| *l == label) {
             Some(at) => at,
             None => {
-                configurations.push((label, BTreeMap::new()));
+                configurations.push((label, epoch, BTreeMap::new()));
                 configurations.len() - 1
             }
         };
@@ -73,7 +116,7 @@ pub fn block_summaries<'a>(
                 continue;
             };
             let entry = configurations[at]
-                .1
+                .2
                 .entry((r.name, std::cmp::Reverse(r.split), index))
                 .or_insert((block, r.kind.unwrap_or(BlockKind::Identity), vec![]));
             entry.2.push(r.value);
@@ -81,14 +124,13 @@ pub fn block_summaries<'a>(
     }
     configurations
         .into_iter()
-        .flat_map(|(label, blocks)| {
-            blocks
-                .into_iter()
-                .map(move |((name, split, block_index), (block, kind, values))| {
-                    let std::cmp::Reverse(split) = split;
+        .flat_map(|(label, epoch, blocks)| {
+            blocks.into_iter().map(
+                move |((name, std::cmp::Reverse(split), block_index), (block, kind, values))| {
                     let (mean, sd) = mean_std(&values);
                     BlockSummary {
                         configuration: label.to_string(),
+                        epoch,
                         name,
                         split,
                         block,
@@ -98,7 +140,8 @@ pub fn block_summaries<'a>(
                         mean,
                         sd,
                     }
-                })
+                },
+            )
         })
         .collect()
 }
@@ -144,7 +187,15 @@ mod tests {
         ]);
         let seed1 = [at(MetricName::Cosine, Split::Test, 0, -0.3), mean];
         let other = [at(MetricName::L2Ratio, Split::Test, 0, f64::NAN)];
-        let rows = block_summaries([("b", &seed0[..]), ("a", &other[..]), ("b", &seed1[..])]);
+        // A third seed still training, analysed at an earlier epoch: not pooled.
+        let behind = [at(MetricName::Cosine, Split::Test, 0, 5.0)];
+        let rows = block_summaries([
+            ("b", 6, &seed0[..]),
+            ("a", 6, &other[..]),
+            ("b", 4, &behind[..]),
+            ("b", 6, &seed1[..]),
+            ("c", 6, &[][..]),
+        ]);
         let brief: Vec<(&str, &str, &str, String, u32)> = rows
             .iter()
             .map(|r| {
@@ -166,6 +217,7 @@ mod tests {
                 ("a", "l2_ratio", "test", "s0.b0".into(), 1),
             ]
         );
+        assert!(rows.iter().all(|r| r.epoch == 6));
         assert!((rows[0].mean + 0.2).abs() < 1e-12);
         assert!((rows[0].sd - 0.02f64.sqrt()).abs() < 1e-12);
         assert_eq!(rows[1].kind, BlockKind::Projection);
@@ -174,5 +226,19 @@ mod tests {
         let json = serde_json::to_value(&rows[3]).unwrap();
         assert!(json["mean"].is_null(), "{json}");
         assert_eq!(json["block"], "s0.b0");
+    }
+
+    #[test]
+    fn seeds_are_pooled_at_their_configuration_s_latest_analysed_epoch() {
+        let mut runs = [
+            ("a", Some(4)),
+            ("a", Some(6)),
+            ("b", Some(2)),
+            ("a", None),
+            ("a", Some(6)),
+        ];
+        pool_latest_epochs(&mut runs, |&(l, e)| (l, e), |r| r.0 = "set aside");
+        let labels: Vec<&str> = runs.iter().map(|r| r.0).collect();
+        assert_eq!(labels, ["set aside", "a", "b", "set aside", "a"]);
     }
 }

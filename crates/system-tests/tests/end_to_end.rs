@@ -61,7 +61,7 @@ fn a_submitted_run_trains_checkpoints_is_analysed_and_served() {
     assert!(png.starts_with(b"\x89PNG"));
     // The blocks behind it: the header, then the test cosine of every block, one seed.
     assert!(
-        stdout.contains("configuration,name,split,block,block_index,kind,runs,mean,sd\nresnet-8,cosine,test,s0.b0,0,identity,1,"),
+        stdout.contains("configuration,epoch,name,split,block,block_index,kind,runs,mean,sd\nresnet-8,2,cosine,test,s0.b0,0,identity,1,"),
         "{stdout}"
     );
 
@@ -398,7 +398,7 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
     // The numbers beside them: the experiment's two seeds as one configuration.
     let blocks = std::fs::read_to_string(together.join("blocks.csv")).unwrap();
     assert!(
-        blocks.contains("\nresnet-8,cosine,test,s0.b0,0,identity,2,"),
+        blocks.contains("\nresnet-8,1,cosine,test,s0.b0,0,identity,2,"),
         "{blocks}"
     );
     // A finished experiment has nothing to cancel or retry; the error says so.

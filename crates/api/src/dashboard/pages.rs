@@ -440,14 +440,15 @@ fn side_by_side(summaries: &[BlockSummary]) -> Vec<SideBySide> {
                 Split::Train
             };
             let chosen: Vec<&BlockSummary> = of_metric.filter(|s| s.split == split).collect();
-            let mut configurations: Vec<(&str, u32)> = vec![];
+            // (label, epoch, seeds)
+            let mut configurations: Vec<(&str, u32, u32)> = vec![];
             for s in &chosen {
                 match configurations
                     .iter_mut()
-                    .find(|(l, _)| *l == s.configuration)
+                    .find(|(l, ..)| *l == s.configuration)
                 {
-                    Some((_, seeds)) => *seeds = (*seeds).max(s.runs),
-                    None => configurations.push((&s.configuration, s.runs)),
+                    Some((.., seeds)) => *seeds = (*seeds).max(s.runs),
+                    None => configurations.push((&s.configuration, s.epoch, s.runs)),
                 }
             }
             let mut rows: BTreeMap<BlockId, SideBySideRow> = BTreeMap::new();
@@ -460,7 +461,7 @@ fn side_by_side(summaries: &[BlockSummary]) -> Vec<SideBySide> {
                 row.projection |= s.kind == BlockKind::Projection;
                 let column = configurations
                     .iter()
-                    .position(|(l, _)| *l == s.configuration)
+                    .position(|(l, ..)| *l == s.configuration)
                     .expect("every configuration has a column");
                 row.cells[column] = match s.runs {
                     1 => number(s.mean),
@@ -472,9 +473,9 @@ fn side_by_side(summaries: &[BlockSummary]) -> Vec<SideBySide> {
                 split: split.as_str(),
                 columns: configurations
                     .iter()
-                    .map(|(label, seeds)| match seeds {
-                        1 => label.to_string(),
-                        n => format!("{label} ({n} seeds)"),
+                    .map(|(label, epoch, seeds)| match seeds {
+                        1 => format!("{label} (epoch {epoch})"),
+                        n => format!("{label} ({n} seeds, epoch {epoch})"),
                     })
                     .collect(),
                 rows: rows.into_values().collect(),
@@ -1074,6 +1075,7 @@ mod tests {
     fn blocks_side_by_side_have_a_table_per_metric_and_a_column_per_configuration() {
         let summary = |configuration: &str, name, split, block, runs, mean, sd| BlockSummary {
             configuration: configuration.into(),
+            epoch: 6,
             name,
             split,
             block: BlockId::new(block, 0),
@@ -1107,7 +1109,7 @@ mod tests {
             (cosine.metric, cosine.split, cosine.open),
             ("cosine", "test", true)
         );
-        assert_eq!(cosine.columns, ["a (2 seeds)", "b"]);
+        assert_eq!(cosine.columns, ["a (2 seeds, epoch 6)", "b (epoch 6)"]);
         let rows: Vec<(&str, bool, Vec<&str>)> = cosine
             .rows
             .iter()

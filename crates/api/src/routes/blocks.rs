@@ -21,11 +21,11 @@ async fn summaries(state: &AppState, runs: Vec<(Uuid, String)>) -> ApiResult<Vec
     let mut analysed = vec![];
     for (run, label) in runs {
         if let Some(analysis) = state.store.latest_analysis(run).await? {
-            analysed.push((label, analysis.records));
+            analysed.push((label, analysis.epoch, analysis.records));
         }
     }
     Ok(domain::block_summaries(
-        analysed.iter().map(|(l, r)| (l.as_str(), &r[..])),
+        analysed.iter().map(|(l, e, r)| (l.as_str(), *e, &r[..])),
     ))
 }
 
@@ -46,11 +46,10 @@ pub(crate) async fn of_experiment_runs(
 
 /// Of results already loaded for their figures.
 pub(crate) fn of_results(results: &[RunResults]) -> Vec<BlockSummary> {
-    domain::block_summaries(
-        results
-            .iter()
-            .filter_map(|r| Some((r.label.as_str(), &r.analysis.as_ref()?.records[..]))),
-    )
+    domain::block_summaries(results.iter().filter_map(|r| {
+        let analysis = r.analysis.as_ref()?;
+        Some((r.label.as_str(), analysis.epoch, &analysis.records[..]))
+    }))
 }
 
 /// JSON, or CSV with `Accept: text/csv`.

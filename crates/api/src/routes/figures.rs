@@ -48,6 +48,15 @@ pub(crate) async fn results(
     })
 }
 
+/// Seeds pooled at their configuration's latest analysed epoch.
+fn pool_latest_epochs(results: &mut [RunResults]) {
+    domain::compare::pool_latest_epochs(
+        results,
+        |r| (&r.label, r.analysis.as_ref().map(|a| a.epoch)),
+        |r| r.analysis = None,
+    );
+}
+
 /// Runs as the figures crate takes them.
 fn views(runs: &[RunResults]) -> Vec<figures::Run<'_>> {
     runs.iter()
@@ -176,7 +185,8 @@ async fn run_results(state: &AppState, raw: &str) -> ApiResult<Vec<RunResults>> 
     Ok(vec![results(state, id, run.label, true).await?])
 }
 
-/// Every run's results (training metrics and latest analysis), in the experiment's order.
+/// Every run's results (training metrics and latest analysis, seeds pooled at their
+/// configuration's latest analysed epoch), in the experiment's order.
 pub(crate) async fn experiment_results(
     state: &AppState,
     experiment: &ExperimentView,
@@ -185,6 +195,7 @@ pub(crate) async fn experiment_results(
     for run in &experiment.runs {
         out.push(results(state, run.id, run.label.clone(), true).await?);
     }
+    pool_latest_epochs(&mut out);
     Ok(out)
 }
 
@@ -221,7 +232,8 @@ pub(crate) async fn labelled(
     Ok((runs, labels))
 }
 
-/// Runs drawn together: their results under their configurations' labels.
+/// Runs drawn together: their results under their configurations' labels, seeds pooled at
+/// their configuration's latest analysed epoch.
 pub(crate) async fn together(
     state: &AppState,
     ids: &[Uuid],
@@ -231,6 +243,7 @@ pub(crate) async fn together(
     for (run, label) in runs.iter().zip(labels) {
         out.push(results(state, run.id, label, true).await?);
     }
+    pool_latest_epochs(&mut out);
     Ok((runs, out))
 }
 

@@ -117,30 +117,33 @@ impl TestApp {
         claim.json()
     }
 
-    /// Trains and analyses the oldest queued run as the workers would, over the worker API:
-    /// claims its training, sends `events`, registers a one-epoch checkpoint, completes;
-    /// then claims the analysis that queued and completes it with `analysis` (an
-    /// `AnalysisResult`). Returns the run's id.
-    pub async fn train_and_analyse(&self, events: Value, analysis: Value) -> String {
-        use sha2::Digest;
+    /// Claims the oldest queued training as a worker would and sends it `events`; the
+    /// claim's JSON.
+    pub async fn start_training(&self, events: Value) -> Value {
         let claim = self.claim("train", "gpu-7").await;
-        let run_id = claim["run_id"].as_str().unwrap().to_string();
-        let (job, token) = (claim["job_id"].as_str().unwrap(), &claim["lease_token"]);
-        let body = serde_json::json!({"lease_token": token, "events": events});
+        let job = claim["job_id"].as_str().unwrap();
+        let body = serde_json::json!({"lease_token": claim["lease_token"], "events": events});
         let reply = self
             .post(&format!("/v1/worker/jobs/{job}/events"), body)
             .await;
         assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text());
+        claim
+    }
+
+    /// Writes and registers the checkpoint of `epoch` in the claimed training's directory.
+    pub async fn register_checkpoint(&self, claim: &Value, epoch: u32) {
+        use sha2::Digest;
         let dir = self
             .checkpoints
             .path()
             .join(claim["directory"].as_str().unwrap());
         std::fs::create_dir_all(&dir).unwrap();
-        let content = b"weights";
-        std::fs::write(dir.join("epoch-0001.safetensors"), content).unwrap();
-        let registration = serde_json::json!({"lease_token": token,
-            "file_name": "epoch-0001.safetensors", "epoch": 1, "batch": 0, "step": 10,
+        let (file, content) = (format!("epoch-{epoch:04}.safetensors"), b"weights");
+        std::fs::write(dir.join(&file), content).unwrap();
+        let registration = serde_json::json!({"lease_token": claim["lease_token"],
+            "file_name": file, "epoch": epoch, "batch": 0, "step": 10 * epoch,
             "size": content.len(), "sha256": hex::encode(sha2::Sha256::digest(content))});
+        let job = claim["job_id"].as_str().unwrap();
         let registered = self
             .post(&format!("/v1/worker/jobs/{job}/checkpoints"), registration)
             .await;
@@ -150,21 +153,33 @@ impl TestApp {
             "{}",
             registered.text()
         );
-        let done = self
-            .post(
-                &format!("/v1/worker/jobs/{job}/complete"),
-                serde_json::json!({"lease_token": token}),
-            )
-            .await;
-        assert_eq!(done.json()["state"], "succeeded", "{}", done.text());
-        let claim = self.claim("analyze", "gpu-8").await;
+    }
+
+    /// Completes a claimed job (training, or an analysis with `analysis`, an
+    /// `AnalysisResult`) as succeeded.
+    pub async fn complete(&self, claim: &Value, analysis: Option<Value>) {
         let job = claim["job_id"].as_str().unwrap();
-        let body = serde_json::json!({"lease_token": claim["lease_token"], "analysis": analysis});
+        let mut body = serde_json::json!({"lease_token": claim["lease_token"]});
+        if let Some(analysis) = analysis {
+            body["analysis"] = analysis;
+        }
         let done = self
             .post(&format!("/v1/worker/jobs/{job}/complete"), body)
             .await;
         assert_eq!(done.json()["state"], "succeeded", "{}", done.text());
-        run_id
+    }
+
+    /// Trains and analyses the oldest queued run as the workers would, over the worker API:
+    /// claims its training, sends `events`, registers a one-epoch checkpoint, completes;
+    /// then claims the analysis that queued and completes it with `analysis` (an
+    /// `AnalysisResult`). Returns the run's id.
+    pub async fn train_and_analyse(&self, events: Value, analysis: Value) -> String {
+        let claim = self.start_training(events).await;
+        self.register_checkpoint(&claim, 1).await;
+        self.complete(&claim, None).await;
+        let analysing = self.claim("analyze", "gpu-8").await;
+        self.complete(&analysing, Some(analysis)).await;
+        claim["run_id"].as_str().unwrap().to_string()
     }
 
     /// Submits an experiment of one narrow ResNet-8 configuration trained for one epoch on

@@ -131,13 +131,23 @@ pub fn render(runs: &[RunData], out: &Path) -> Result<Vec<PathBuf>> {
     Ok(written)
 }
 
+/// Seeds pooled at their configuration's latest analysed epoch, for the figures, the claims
+/// and `blocks.csv`.
+pub fn pool_latest_epochs(runs: &mut [RunData]) {
+    domain::compare::pool_latest_epochs(
+        runs,
+        |r| (&r.label, r.analysis.as_ref().map(|a| a.epoch)),
+        |r| r.analysis = None,
+    );
+}
+
 /// The runs' blocks side by side: [`domain::block_summaries`] of each latest analysis,
 /// seeds of a configuration as mean ± sd.
 pub fn blocks_of(runs: &[RunData]) -> Vec<BlockSummary> {
-    domain::block_summaries(
-        runs.iter()
-            .filter_map(|r| Some((r.label.as_str(), &r.analysis.as_ref()?.records[..]))),
-    )
+    domain::block_summaries(runs.iter().filter_map(|r| {
+        let analysis = r.analysis.as_ref()?;
+        Some((r.label.as_str(), analysis.epoch, &analysis.records[..]))
+    }))
 }
 
 /// Writes block summaries to `path` as CSV, as the API's `…/blocks` serves them; nothing
@@ -177,6 +187,7 @@ pub fn run(runs: &[PathBuf], out: &Path) -> Result<ExitCode> {
         d.label = label.clone();
         data.push(d);
     }
+    pool_latest_epochs(&mut data);
     for label in labels.iter().collect::<std::collections::BTreeSet<_>>() {
         let seeds: Vec<String> = runs
             .iter()

@@ -5,7 +5,7 @@
 //! seeds) and `OUT/report.md` (our numbers beside the paper's, and claims C1–C7) are
 //! written. Rerunning the command after a stop continues where it left off.
 
-use super::figures::{blocks_of, read_run, render, write_blocks_csv, RunData};
+use super::figures::{blocks_of, pool_latest_epochs, read_run, render, write_blocks_csv, RunData};
 use super::open_dataset;
 use crate::args::RunArgs;
 use crate::progress::RunSink;
@@ -67,6 +67,7 @@ pub fn run(args: RunArgs, data_dir: &Path) -> Result<ExitCode> {
         d.label = r.label.clone();
         data.push(d);
     }
+    pool_latest_epochs(&mut data);
     let written = Written {
         figures: render(&data, &out.join("figures"))?,
         blocks: write_blocks_csv(&blocks_of(&data), &out.join("blocks.csv"))?,
