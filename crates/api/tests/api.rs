@@ -940,17 +940,8 @@ async fn blocks_are_summarised_over_the_seeds_of_each_configuration(pool: PgPool
     let third = app.get(&format!("/v1/runs/{behind}/analyses")).await.json();
     assert_eq!(third[0]["status"], "succeeded", "{third}");
     // The claims pool the same seeds: counted in, its positive cosine would turn C1.
-    let claims = app
-        .get(&format!("/v1/experiments/{experiment}/claims"))
-        .await
-        .json();
-    let c1 = claims["claims"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["claim"] == "C1")
-        .unwrap_or_else(|| panic!("{claims}"));
-    assert_eq!(c1["holds"], true, "{claims}");
+    let c1 = app.verdict(&experiment, "C1").await;
+    assert_eq!(c1["holds"], true, "{c1}");
     let rows = app
         .get(&format!("/v1/experiments/{experiment}/blocks"))
         .await

@@ -455,16 +455,11 @@ async fn the_experiment_page_has_figures_claims_and_downloads(pool: PgPool) {
     assert_eq!(claims["claims"], json!([]), "{claims}");
     work(&app).await;
     // The claims through the JSON API, as the CLI's `experiment show` reads them.
+    let c1 = app.verdict(&id, "C1").await;
     let claims = app
         .get(&format!("/v1/experiments/{id}/claims"))
         .await
         .json();
-    let c1 = claims["claims"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["claim"] == "C1")
-        .unwrap_or_else(|| panic!("no C1: {claims}"));
     assert_eq!(
         (&c1["subject"], &c1["holds"]),
         (&json!("resnet-8"), &json!(true))

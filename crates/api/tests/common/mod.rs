@@ -182,6 +182,23 @@ impl TestApp {
         claim["run_id"].as_str().unwrap().to_string()
     }
 
+    /// The verdict on `claim` (`C1`…) of an experiment's claims, as `experiment show` reads
+    /// them.
+    pub async fn verdict(&self, experiment: &str, claim: &str) -> Value {
+        let claims = self
+            .get(&format!("/v1/experiments/{experiment}/claims"))
+            .await
+            .json();
+        let found = claims["claims"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["claim"] == claim);
+        found
+            .cloned()
+            .unwrap_or_else(|| panic!("no {claim}: {claims}"))
+    }
+
     /// Submits an experiment of one narrow ResNet-8 configuration trained for one epoch on
     /// `seeds`; returns its id.
     pub async fn submit_experiment(&self, name: &str, seeds: &[u64]) -> String {
