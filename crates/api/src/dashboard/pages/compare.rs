@@ -1,0 +1,229 @@
+//! Runs drawn together (`/compare`), and blocks side by side, which an experiment's page
+//! shows too.
+
+use super::list::RunItem;
+use super::{csv_download, number, render, FigureItem, Nav};
+use crate::dashboard::session::Session;
+use crate::error::ApiResult;
+use crate::extract::RunIds;
+use crate::routes::blocks;
+use crate::routes::figures::{draw_all, together};
+use crate::AppState;
+use askama::Template;
+use axum::extract::State;
+use axum::response::{Html, Response};
+use axum::Extension;
+use domain::{BlockId, BlockKind, BlockSummary, MetricName, Split};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// A run on the compare page, with the label its figures draw it under.
+pub struct ComparedRun {
+    item: RunItem,
+    label: String,
+}
+
+#[derive(Template)]
+#[template(path = "compare.html")]
+pub struct ComparePage {
+    nav: Nav,
+    runs: Vec<ComparedRun>,
+    figures: Vec<FigureItem>,
+    /// The same figures' list on the API.
+    api_list: String,
+    blocks: Vec<SideBySide>,
+    blocks_csv: String,
+}
+
+/// `/compare?runs=ID&runs=ID…` (the runs table's checkboxes) or `?runs=ID,ID,…`: the runs'
+/// figures drawn together, as `GET /v1/figures?runs=` draws them.
+pub async fn compare(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    RunIds(ids): RunIds,
+) -> ApiResult<Html<String>> {
+    let (runs, results) = together(&state, &ids).await?;
+    let runs = runs
+        .iter()
+        .zip(&results)
+        .map(|(run, r)| ComparedRun {
+            item: RunItem::of(run),
+            label: r.label.clone(),
+        })
+        .collect();
+    let blocks = side_by_side(&blocks::of_results(&results));
+    let figures = draw_all(results).await?;
+    let ids = ids
+        .iter()
+        .map(Uuid::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    render(&ComparePage {
+        nav: Nav::of(&session),
+        runs,
+        figures: figures.into_iter().map(FigureItem::from).collect(),
+        api_list: format!("/v1/figures?runs={ids}"),
+        blocks,
+        blocks_csv: format!("/compare/blocks.csv?runs={ids}"),
+    })
+}
+
+/// `/compare/blocks.csv?runs=…`: the compare page's blocks side by side, every split.
+pub async fn compare_blocks_csv(
+    State(state): State<AppState>,
+    RunIds(ids): RunIds,
+) -> ApiResult<Response> {
+    let summaries = blocks::of_run_ids(&state, &ids).await?;
+    Ok(csv_download("blocks.csv", domain::csv::to_csv(&summaries)))
+}
+
+/// One metric's blocks side by side: a column per configuration, a row per block.
+pub struct SideBySide {
+    pub(super) metric: &'static str,
+    pub(super) split: &'static str,
+    /// Configurations, each with its seeds.
+    pub(super) columns: Vec<String>,
+    pub(super) rows: Vec<SideBySideRow>,
+    /// Shown unfolded: the metrics of the paper's Figures 2–4.
+    pub(super) open: bool,
+}
+
+pub struct SideBySideRow {
+    pub(super) block: String,
+    pub(super) projection: bool,
+    pub(super) cells: Vec<String>,
+}
+
+/// The summaries as one table per metric, on the test split where the metric has one.
+pub(super) fn side_by_side(summaries: &[BlockSummary]) -> Vec<SideBySide> {
+    let mut metrics: Vec<MetricName> = summaries.iter().map(|s| s.name).collect();
+    metrics.sort();
+    metrics.dedup();
+    metrics
+        .into_iter()
+        .map(|metric| {
+            let of_metric = summaries.iter().filter(|s| s.name == metric);
+            let split = if of_metric.clone().any(|s| s.split == Split::Test) {
+                Split::Test
+            } else {
+                Split::Train
+            };
+            let chosen: Vec<&BlockSummary> = of_metric.filter(|s| s.split == split).collect();
+            // (label, epoch, seeds)
+            let mut configurations: Vec<(&str, u32, u32)> = vec![];
+            for s in &chosen {
+                match configurations
+                    .iter_mut()
+                    .find(|(l, ..)| *l == s.configuration)
+                {
+                    Some((.., seeds)) => *seeds = (*seeds).max(s.runs),
+                    None => configurations.push((&s.configuration, s.epoch, s.runs)),
+                }
+            }
+            let mut rows: BTreeMap<BlockId, SideBySideRow> = BTreeMap::new();
+            for s in &chosen {
+                let row = rows.entry(s.block).or_insert_with(|| SideBySideRow {
+                    block: s.block.to_string(),
+                    projection: false,
+                    cells: vec![String::new(); configurations.len()],
+                });
+                row.projection |= s.kind == BlockKind::Projection;
+                let column = configurations
+                    .iter()
+                    .position(|(l, ..)| *l == s.configuration)
+                    .expect("every configuration has a column");
+                row.cells[column] = match s.runs {
+                    1 => number(s.mean),
+                    _ => format!("{} ± {}", number(s.mean), number(s.sd)),
+                };
+            }
+            SideBySide {
+                metric: metric.as_str(),
+                split: split.as_str(),
+                columns: configurations
+                    .iter()
+                    .map(|(label, epoch, seeds)| match seeds {
+                        1 => format!("{label} (epoch {epoch})"),
+                        n => format!("{label} ({n} seeds, epoch {epoch})"),
+                    })
+                    .collect(),
+                rows: rows.into_values().collect(),
+                open: matches!(
+                    metric,
+                    MetricName::Cosine | MetricName::L2Ratio | MetricName::DropAccuracy
+                ),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_side_by_side_have_a_table_per_metric_and_a_column_per_configuration() {
+        let summary = |configuration: &str, name, split, block, runs, mean, sd| BlockSummary {
+            configuration: configuration.into(),
+            epoch: 6,
+            name,
+            split,
+            block: BlockId::new(block, 0),
+            block_index: block,
+            kind: if block == 1 {
+                BlockKind::Projection
+            } else {
+                BlockKind::Identity
+            },
+            runs,
+            mean,
+            sd,
+        };
+        let tables = side_by_side(&[
+            summary("a", MetricName::Cosine, Split::Test, 1, 2, -0.5, 0.25),
+            summary("a", MetricName::Cosine, Split::Test, 0, 2, -0.125, 0.0),
+            summary("a", MetricName::Cosine, Split::Train, 0, 2, 9.0, 0.0),
+            summary(
+                "a",
+                MetricName::ActivationNorm,
+                Split::Train,
+                0,
+                1,
+                3.0,
+                0.0,
+            ),
+            summary("b", MetricName::Cosine, Split::Test, 0, 1, 0.5, 0.0),
+        ]);
+        let cosine = &tables[0];
+        assert_eq!(
+            (cosine.metric, cosine.split, cosine.open),
+            ("cosine", "test", true)
+        );
+        assert_eq!(cosine.columns, ["a (2 seeds, epoch 6)", "b (epoch 6)"]);
+        let rows: Vec<(&str, bool, Vec<&str>)> = cosine
+            .rows
+            .iter()
+            .map(|r| {
+                (
+                    r.block.as_str(),
+                    r.projection,
+                    r.cells.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("s0.b0", false, vec!["-0.1250 ± 0", "0.5000"]),
+                ("s1.b0", true, vec!["-0.5000 ± 0.2500", ""]),
+            ]
+        );
+        // A metric measured on the training split only is shown on it, folded.
+        let norms = &tables[1];
+        assert_eq!(
+            (norms.metric, norms.split, norms.open),
+            ("activation_norm", "train", false)
+        );
+        assert_eq!(norms.rows[0].cells, ["3.000"]);
+    }
+}

@@ -1,0 +1,386 @@
+//! One run's page (`/runs/{id}`): live progress, attempts, checkpoints, log, analyses.
+
+use super::list::RunItem;
+use super::{
+    can_cancel, can_retry, csv_download, duration, number, render, size, when, FigureItem, Nav,
+};
+use crate::dashboard::session::Session;
+use crate::error::ApiResult;
+use crate::routes::figures::{draw_all, results, RunResults};
+use crate::AppState;
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::response::{Html, Response};
+use axum::Extension;
+use domain::service::{AnalysisView, AttemptView, JobState, RunView, UploadedWeights};
+use domain::{AnalysisRecord, MetricName, MetricRecord, Split};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+pub struct AttemptItem {
+    what: String,
+    attempt: u32,
+    worker: String,
+    started: String,
+    took: String,
+    outcome: &'static str,
+    failure: String,
+    error: String,
+}
+
+impl AttemptItem {
+    fn of(a: &AttemptView) -> Self {
+        Self {
+            what: match a.epoch {
+                Some(e) => format!("{} (epoch {e})", a.kind),
+                None => a.kind.to_string(),
+            },
+            attempt: a.attempt,
+            worker: a.worker.clone(),
+            started: when(a.started_at),
+            took: a
+                .ended_at
+                .map(|e| duration((e - a.started_at).num_milliseconds() as f64 / 1000.0))
+                .unwrap_or_default(),
+            outcome: a.outcome.map_or("running", |o| match o {
+                JobState::Queued => "requeued",
+                o => o.as_str(),
+            }),
+            failure: a.failure_kind.map(|k| k.to_string()).unwrap_or_default(),
+            error: a.error.clone().unwrap_or_default(),
+        }
+    }
+}
+
+pub struct LogItem {
+    at: String,
+    attempt: String,
+    level: String,
+    message: String,
+}
+
+pub struct CheckpointItem {
+    id: Uuid,
+    file: String,
+    attempt: u32,
+    epoch: u32,
+    step: u64,
+    size: String,
+    sha256: String,
+    removed: bool,
+}
+
+/// What changes while a run trains; the run page refreshes it from `live_url`.
+pub struct RunLive {
+    live_url: String,
+    id: Uuid,
+    csrf: String,
+    finished: bool,
+    /// The analyses' states; when it changes the page reloads to show their results.
+    analyses: String,
+    status: &'static str,
+    item: RunItem,
+    step: String,
+    failure: String,
+    can_cancel: bool,
+    can_retry: bool,
+    attempts: Vec<AttemptItem>,
+    logs: Vec<LogItem>,
+    checkpoints: Vec<CheckpointItem>,
+    figures: Vec<FigureItem>,
+}
+
+#[derive(Template)]
+#[template(path = "run_live.html")]
+pub struct RunLivePartial {
+    live: RunLive,
+}
+
+/// One column per metric, one row per block.
+pub struct BlockTable {
+    split: &'static str,
+    columns: Vec<&'static str>,
+    rows: Vec<BlockRow>,
+}
+
+pub struct BlockRow {
+    index: u32,
+    block: String,
+    kind: &'static str,
+    cells: Vec<String>,
+}
+
+/// The per-block values of an analysis: means over examples, all examples, no path
+/// position; the test split when analysed, else the train split.
+fn block_table(records: &[AnalysisRecord]) -> BlockTable {
+    let per_block = |r: &&AnalysisRecord| r.is_block_mean();
+    let split = if records
+        .iter()
+        .filter(per_block)
+        .any(|r| r.split == Split::Test)
+    {
+        Split::Test
+    } else {
+        Split::Train
+    };
+    let chosen: Vec<&AnalysisRecord> = records
+        .iter()
+        .filter(per_block)
+        .filter(|r| r.split == split)
+        .collect();
+    let mut columns: Vec<MetricName> = chosen.iter().map(|r| r.name).collect();
+    columns.sort();
+    columns.dedup();
+    let mut rows: BTreeMap<u32, BlockRow> = BTreeMap::new();
+    for r in &chosen {
+        let index = r.block_index.unwrap_or_default();
+        let row = rows.entry(index).or_insert_with(|| BlockRow {
+            index,
+            block: r.block.map(|b| b.to_string()).unwrap_or_default(),
+            kind: r.kind.map_or("", |k| k.as_str()),
+            cells: vec![String::new(); columns.len()],
+        });
+        if let Some(c) = columns.iter().position(|n| *n == r.name) {
+            row.cells[c] = number(r.value);
+        }
+    }
+    BlockTable {
+        split: split.as_str(),
+        columns: columns.iter().map(|n| n.as_str()).collect(),
+        rows: rows.into_values().collect(),
+    }
+}
+
+pub struct AnalysisSection {
+    id: Uuid,
+    epoch: u32,
+    status: &'static str,
+    took: String,
+    /// "2000 train, 2000 test".
+    examples: String,
+    alpha: String,
+    notes: Vec<String>,
+    error: String,
+    figures: Vec<FigureItem>,
+    table: BlockTable,
+}
+
+#[derive(Template)]
+#[template(path = "run.html")]
+pub struct RunPage {
+    nav: Nav,
+    title: String,
+    run: RunItem,
+    tags: Vec<String>,
+    live: RunLive,
+    spec: String,
+    /// The learning rate of every epoch, as the spec resolves it.
+    schedule: String,
+    identity: String,
+    plan: String,
+    /// Where the run is made of uploaded weights.
+    weights: Option<UploadedWeights>,
+    analyses: Vec<AnalysisSection>,
+}
+
+fn pretty(value: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default()
+}
+
+async fn run_live(state: &AppState, run: &RunView, session: &Session) -> ApiResult<RunLive> {
+    let (attempts, logs, checkpoints, analyses) = (
+        state.store.attempts(run.id).await?,
+        state.store.logs(run.id, 40).await?,
+        state.store.checkpoints(run.id).await?,
+        state.store.analyses_of_run(run.id).await?,
+    );
+    let training = results(state, run.id, run.label.clone(), false).await?;
+    let figures = draw_all(vec![training])
+        .await?
+        .into_iter()
+        .map(FigureItem::from)
+        .collect();
+    Ok(RunLive {
+        live_url: format!("/partials/runs/{}", run.id),
+        id: run.id,
+        csrf: session.csrf.clone(),
+        finished: run.status.is_final() && analyses.iter().all(|a| a.status.is_final()),
+        analyses: analyses
+            .iter()
+            .map(|a| format!("{}:{}", a.epoch, a.status))
+            .collect::<Vec<_>>()
+            .join(" "),
+        status: run.status.as_str(),
+        item: RunItem::of(run),
+        step: format!("step {} of {}", run.step, run.total_steps),
+        failure: match (&run.failure_kind, &run.last_error) {
+            (Some(kind), Some(error)) => format!("{kind}: {error}"),
+            (Some(kind), None) => kind.to_string(),
+            (None, Some(error)) => error.clone(),
+            (None, None) => String::new(),
+        },
+        can_cancel: can_cancel(run.status),
+        can_retry: can_retry(run.status),
+        attempts: attempts.iter().map(AttemptItem::of).collect(),
+        logs: logs
+            .into_iter()
+            .map(|l| LogItem {
+                at: l.at.format("%H:%M:%S").to_string(),
+                attempt: l.attempt.map(|a| a.to_string()).unwrap_or_default(),
+                level: l.level,
+                message: l.message,
+            })
+            .collect(),
+        checkpoints: checkpoints
+            .into_iter()
+            .map(|c| CheckpointItem {
+                id: c.id,
+                file: c.file_name,
+                attempt: c.attempt,
+                epoch: c.epoch,
+                step: c.step,
+                size: size(c.size),
+                sha256: c.sha256.chars().take(12).collect(),
+                removed: c.removed,
+            })
+            .collect(),
+        figures,
+    })
+}
+
+async fn analysis_section(label: &str, analysis: AnalysisView) -> ApiResult<AnalysisSection> {
+    let table = block_table(&analysis.records);
+    let head = AnalysisSection {
+        id: analysis.id,
+        epoch: analysis.epoch,
+        status: analysis.status.as_str(),
+        took: analysis.seconds.map(duration).unwrap_or_default(),
+        examples: domain::SplitExamples::describe(&analysis.examples),
+        alpha: analysis
+            .selected_alpha
+            .map(|a| format!("{a}"))
+            .unwrap_or_default(),
+        notes: analysis.notes.clone(),
+        error: analysis.last_error.clone().unwrap_or_default(),
+        figures: vec![],
+        table,
+    };
+    let figures = draw_all(vec![RunResults {
+        label: label.to_string(),
+        training: vec![],
+        analysis: Some(analysis),
+        history: vec![],
+    }])
+    .await?
+    .into_iter()
+    .map(FigureItem::from)
+    .collect();
+    Ok(AnalysisSection { figures, ..head })
+}
+
+pub async fn run(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<String>,
+) -> ApiResult<Html<String>> {
+    let id = crate::extract::parse_id(&id)?;
+    let run = state.store.run(id).await?;
+    let live = run_live(&state, &run, &session).await?;
+    let mut analyses = vec![];
+    for listed in state.store.analyses_of_run(id).await? {
+        // The list comes without records; load those of finished analyses.
+        let analysis = if listed.status == JobState::Succeeded {
+            state.store.analysis(listed.id).await?
+        } else {
+            listed
+        };
+        analyses.push(analysis_section(&run.label, analysis).await?);
+    }
+    let shown = run.resolved_spec.as_ref().unwrap_or(&run.spec);
+    render(&RunPage {
+        nav: Nav::of(&session),
+        title: run.name.clone().unwrap_or_else(|| run.label.clone()),
+        run: RunItem::of(&run),
+        tags: run.tags.clone(),
+        live,
+        spec: pretty(shown),
+        schedule: shown
+            .train
+            .schedule(shown.model.arch)
+            .describe(shown.epochs()),
+        identity: shown.data.identity.as_ref().map(pretty).unwrap_or_default(),
+        plan: run.analysis.as_ref().map(pretty).unwrap_or_default(),
+        weights: run.weights.clone(),
+        analyses,
+    })
+}
+
+pub async fn run_partial(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<String>,
+) -> ApiResult<Html<String>> {
+    let id = crate::extract::parse_id(&id)?;
+    let run = state.store.run(id).await?;
+    let live = run_live(&state, &run, &session).await?;
+    render(&RunLivePartial { live })
+}
+
+pub async fn metrics_csv(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let id = crate::extract::parse_id(&id)?;
+    let records: Vec<MetricRecord> = state.store.metrics(id, None, None).await?;
+    Ok(csv_download(
+        &format!("metrics-{id}.csv"),
+        domain::csv::metrics_csv(&records),
+    ))
+}
+
+pub async fn analysis_csv(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let id = crate::extract::parse_id(&id)?;
+    let analysis = state.store.analysis(id).await?;
+    Ok(csv_download(
+        &format!("analysis-{id}.csv"),
+        domain::csv::analysis_csv(&analysis.records),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_block_table_has_a_column_per_metric_and_a_row_per_block() {
+        let rec = |name, block: u32, value| {
+            let mut r = AnalysisRecord::new(name, Split::Test, 1, value, 10);
+            r.block = Some(domain::BlockId::new(0, block));
+            r.block_index = Some(block);
+            r.kind = Some(domain::BlockKind::Identity);
+            r
+        };
+        let mut cosine = rec(MetricName::Cosine, 0, -0.25);
+        cosine.stat = Some(domain::Stat::Mean);
+        let mut median = rec(MetricName::Cosine, 0, 9.0);
+        median.stat = Some(domain::Stat::Median);
+        let mut unrolled = rec(MetricName::UnrollCosine, 1, 9.0);
+        unrolled.step = Some(2);
+        let records = vec![
+            cosine,
+            median,
+            unrolled,
+            rec(MetricName::DropAccuracy, 1, 0.5),
+            rec(MetricName::DropAccuracy, 0, 0.75),
+        ];
+        let t = block_table(&records);
+        assert_eq!(t.split, "test");
+        assert_eq!(t.columns, vec!["cosine", "drop_accuracy"]);
+        assert_eq!(t.rows.len(), 2);
+        assert_eq!(t.rows[0].cells, vec!["-0.2500", "0.7500"]);
+        assert_eq!(t.rows[1].cells, vec!["", "0.5000"]);
+    }
+}
