@@ -617,6 +617,38 @@ fn analyze_a_run_writes_every_epoch_and_a_combined_table() {
         .unwrap_or_else(|| panic!("{table}"));
     let value = |line: &str, column: usize| line.split(',').nth(column).unwrap().to_string();
     assert_eq!(value(first, 8), value(epoch2, 10), "{blocks}");
+    // Another seed, analysed only at epoch 1: a seed of the same configuration, left out of
+    // the blocks (and figures) of epoch 2 until it is analysed there.
+    let mut args = vec!["train", "--epochs", "2", "--out", "runs/d", "--seed", "1"];
+    args.extend(TINY);
+    ok(&stepwise(dir.path(), &args));
+    let epoch1 = "runs/d/checkpoints/epoch-0001.safetensors";
+    let analyse = [
+        "analyze",
+        "--checkpoint",
+        epoch1,
+        "--metrics",
+        "cosine",
+        "--max-examples",
+        "12",
+    ];
+    ok(&stepwise(dir.path(), &analyse));
+    let seeds = [
+        "figures", "--run", "runs/c", "--run", "runs/d", "--out", "seeds",
+    ];
+    let drawn = stepwise(dir.path(), &seeds);
+    ok(&drawn);
+    let said = String::from_utf8_lossy(&drawn.stderr);
+    assert!(
+        said.contains("runs/d: analysed only up to epoch 1, behind another seed of resnet-8"),
+        "{said}"
+    );
+    let blocks = std::fs::read_to_string(dir.path().join("seeds/blocks.csv")).unwrap();
+    let pooled = blocks
+        .lines()
+        .find(|l| l.starts_with("resnet-8,2,cosine,test,s0.b0,0,identity,"))
+        .unwrap_or_else(|| panic!("{blocks}"));
+    assert_eq!(value(pooled, 7), "1", "one seed at epoch 2: {blocks}");
     // Epoch 2 analysed again with the skip gradient: epoch 1's full-gradient cosines are
     // another quantity, so there is no history left to draw.
     ok(&stepwise(

@@ -187,7 +187,21 @@ pub fn run(runs: &[PathBuf], out: &Path) -> Result<ExitCode> {
         d.label = label.clone();
         data.push(d);
     }
+    let analysed: Vec<Option<u32>> = data
+        .iter()
+        .map(|d| d.analysis.as_ref().map(|a| a.epoch))
+        .collect();
     pool_latest_epochs(&mut data);
+    for ((dir, d), epoch) in runs.iter().zip(&data).zip(analysed) {
+        if let (Some(epoch), None) = (epoch, &d.analysis) {
+            eprintln!(
+                "{}: analysed only up to epoch {epoch}, behind another seed of {}: left out of \
+                 the block-wise figures and blocks.csv until analysed at that seed's epoch",
+                dir.display(),
+                d.label
+            );
+        }
+    }
     for label in labels.iter().collect::<std::collections::BTreeSet<_>>() {
         let seeds: Vec<String> = runs
             .iter()
