@@ -1120,3 +1120,137 @@ async fn runs_picked_in_the_table_are_drawn_together(pool: PgPool) {
         StatusCode::NOT_FOUND,
     );
 }
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn a_checkpoint_is_analysed_from_its_run_s_page(pool: PgPool) {
+    let app = spawn_app(pool, &[]);
+    let run = finished_run(&app, "analysed").await;
+    let uri = format!("/runs/{run}/analyses");
+    let shown = page(&app, &format!("/runs/{run}"), None).await;
+    let (cookie, _) = session_cookie(&shown).unwrap();
+    let html = shown.text();
+    let token = csrf(&html);
+    // Its one epoch checkpoint, and the settings of its plan to start from.
+    assert!(
+        html.contains(r#"<option value="1" selected>epoch 1</option>"#),
+        "{html}"
+    );
+    assert!(html.contains(">max_examples = 50\n</textarea>"), "{html}");
+    let listed = format!("/v1/runs/{run}/analyses");
+    let analyses = || async { app.get(&listed).await.json().as_array().unwrap().clone() };
+    assert_eq!(analyses().await.len(), 1);
+
+    // Refused with every reason at once, the form as it was written; nothing queued.
+    let reasons = |reply: &Reply| {
+        let html = reply.text();
+        let listed = html
+            .split(r#"id="analyse-errors""#)
+            .nth(1)
+            .unwrap_or_default();
+        listed.split("</ul>").next().unwrap().to_string()
+    };
+    let settings = "max_examples = 20\ngradient = \"sideways\"";
+    let refused = form(
+        &app,
+        &uri,
+        &[("csrf", &token), ("epoch", "one"), ("settings", settings)],
+        Some(&cookie),
+        &[],
+    )
+    .await;
+    assert_html(&refused, StatusCode::UNPROCESSABLE_ENTITY);
+    let said = reasons(&refused);
+    for reason in [
+        "<li>epoch: &#34;one&#34; is not a checkpoint&#39;s epoch</li>",
+        "<li>gradient: line 2, column 12: unknown variant `sideways`",
+    ] {
+        assert!(said.contains(reason), "{reason:?} missing: {said}");
+    }
+    let html = refused.text();
+    assert!(
+        html.contains(">max_examples = 20\ngradient = &#34;sideways&#34;</textarea>"),
+        "{html}"
+    );
+    // Settings that read but are out of range: refused as the API refuses them.
+    let out_of_range = form(
+        &app,
+        &uri,
+        &[
+            ("csrf", &token),
+            ("epoch", "1"),
+            ("settings", "alphas = [20.0]"),
+        ],
+        Some(&cookie),
+        &[],
+    )
+    .await;
+    assert_html(&out_of_range, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        reasons(&out_of_range).contains("alphas: 20 is out of range"),
+        "{}",
+        reasons(&out_of_range)
+    );
+    assert!(html.contains(r#"<details class="analyse" open>"#));
+    // A checkpoint the run does not have on disk: the store's refusal, on the form.
+    let missing = form(
+        &app,
+        &uri,
+        &[("csrf", &token), ("epoch", "7"), ("settings", "")],
+        Some(&cookie),
+        &[],
+    )
+    .await;
+    assert_html(&missing, StatusCode::CONFLICT);
+    assert!(missing
+        .text()
+        .contains("no checkpoint after epoch 7 on disk"));
+    // A forged token changes nothing.
+    let forged = form(
+        &app,
+        &uri,
+        &[("csrf", "forged"), ("epoch", "1"), ("settings", "")],
+        Some(&cookie),
+        &[],
+    )
+    .await;
+    assert_html(&forged, StatusCode::FORBIDDEN);
+    assert_eq!(analyses().await.len(), 1);
+
+    // Queued with the settings written, and the page goes to it.
+    let accepted = form(
+        &app,
+        &uri,
+        &[
+            ("csrf", &token),
+            ("epoch", "1"),
+            ("settings", "max_examples = 20\ngradient = \"skip\""),
+        ],
+        Some(&cookie),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        accepted.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        accepted.text()
+    );
+    let after = analyses().await;
+    assert_eq!(after.len(), 2);
+    let queued = after
+        .iter()
+        .find(|a| a["status"] == "queued")
+        .unwrap_or_else(|| panic!("{after:?}"));
+    assert_eq!(
+        location(&accepted),
+        format!("/runs/{run}#analysis-{}", queued["id"].as_str().unwrap())
+    );
+    assert_eq!(
+        (
+            &queued["epoch"],
+            &queued["spec"]["max_examples"],
+            &queued["spec"]["gradient"]
+        ),
+        (&json!(1), &json!(20), &json!("skip"))
+    );
+}

@@ -11,7 +11,7 @@ mod pages;
 pub mod session;
 mod submit;
 
-use crate::error::PROBLEM_JSON;
+use crate::error::{ApiError, PROBLEM_JSON};
 use crate::AppState;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -39,6 +39,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
             "/runs/{id}/retry",
             post(|s, e, p, f| Button::RetryRun.press(s, e, p, f)),
         )
+        .route("/runs/{id}/analyses", post(pages::analyse))
         .route("/runs/{id}/metrics.csv", get(pages::metrics_csv))
         .route("/analyses/{id}/records.csv", get(pages::analysis_csv))
         .route("/experiments/{id}", get(pages::experiment))
@@ -162,4 +163,20 @@ async fn html_errors(req: Request, next: Next) -> Response {
         Ok(html) => (status, html).into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
+}
+
+/// A refusal's reasons as a form shows them: each bad field by its path in the spec or
+/// settings as written (the API's paths begin with `spec.`, the field of its request body).
+fn reasons(refused: ApiError) -> Vec<String> {
+    if refused.errors.is_empty() {
+        return vec![refused.detail];
+    }
+    refused
+        .errors
+        .into_iter()
+        .map(|e| {
+            let field = e.field.strip_prefix("spec.").unwrap_or(&e.field);
+            format!("{field}: {}", e.message)
+        })
+        .collect()
 }

@@ -5,6 +5,7 @@
 //! submission comes back as the form, as it was written, with every reason.
 
 use super::pages::{render, Nav};
+use super::reasons;
 use super::session::{check_csrf, Session};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_id, Query};
@@ -283,20 +284,4 @@ fn plan(fields: &Fields) -> Result<Option<AnalysisPlan>, SpecError> {
 
 fn invalid(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::invalid(SpecError::one(field, message))
-}
-
-/// A refusal's reasons as the form shows them: each bad field by its path in the spec as
-/// written (the API's paths begin with `spec.`, the field of its request body).
-fn reasons(refused: ApiError) -> Vec<String> {
-    if refused.errors.is_empty() {
-        return vec![refused.detail];
-    }
-    refused
-        .errors
-        .into_iter()
-        .map(|e| {
-            let field = e.field.strip_prefix("spec.").unwrap_or(&e.field);
-            format!("{field}: {}", e.message)
-        })
-        .collect()
 }

@@ -9,6 +9,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::service::{AnalysisRequest, AnalysisView};
+use uuid::Uuid;
 
 #[utoipa::path(post, path = "/v1/runs/{id}/analyses", tag = "analyses",
     params(("id" = uuid::Uuid, Path)), request_body = AnalysisRequest,
@@ -19,12 +20,7 @@ pub async fn request(
     Id(run): Id,
     body: JsonBody<AnalysisRequest>,
 ) -> ApiResult<Response> {
-    let req = body.value;
-    req.validate().map_err(ApiError::invalid)?;
-    let view = state
-        .store
-        .request_analysis(run, req.epoch, &req.spec, state.config.lease.max_attempts)
-        .await?;
+    let view = create(&state, run, &body.value).await?;
     let location =
         HeaderValue::from_str(&format!("/v1/analyses/{}", view.id)).map_err(ApiError::internal)?;
     Ok((
@@ -33,6 +29,21 @@ pub async fn request(
         Json(view),
     )
         .into_response())
+}
+
+/// Queues an analysis of one of `run`'s checkpoints: what `POST /v1/runs/{id}/analyses` and
+/// the dashboard's form on a run's page ask for.
+pub(crate) async fn create(
+    state: &AppState,
+    run: Uuid,
+    req: &AnalysisRequest,
+) -> ApiResult<AnalysisView> {
+    req.validate().map_err(ApiError::invalid)?;
+    let attempts = state.config.lease.max_attempts;
+    Ok(state
+        .store
+        .request_analysis(run, req.epoch, &req.spec, attempts)
+        .await?)
 }
 
 #[utoipa::path(get, path = "/v1/runs/{id}/analyses", tag = "analyses",

@@ -27,7 +27,7 @@ pub use experiment::{
     experiment, experiment_blocks_csv, experiment_claims_csv, experiment_summary_csv,
 };
 pub use list::{runs, runs_partial};
-pub use run::{analysis_csv, metrics_csv, run, run_partial};
+pub use run::{analyse, analysis_csv, metrics_csv, run, run_partial};
 
 pub fn render(page: &impl Template) -> ApiResult<Html<String>> {
     page.render().map(Html).map_err(ApiError::internal)

@@ -4,16 +4,21 @@ use super::list::RunItem;
 use super::{
     can_cancel, can_retry, csv_download, duration, number, render, size, when, FigureItem, Nav,
 };
-use crate::dashboard::session::Session;
-use crate::error::ApiResult;
+use crate::dashboard::reasons;
+use crate::dashboard::session::{check_csrf, Session};
+use crate::error::{ApiError, ApiResult};
+use crate::routes::analyses;
 use crate::routes::figures::{draw_all, results, RunResults};
 use crate::AppState;
 use askama::Template;
-use axum::extract::{Path, State};
-use axum::response::{Html, Response};
+use axum::extract::{Form, Path, State};
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Extension;
-use domain::service::{AnalysisView, AttemptView, JobState, RunView, UploadedWeights};
-use domain::{AnalysisRecord, MetricName, MetricRecord, Split};
+use domain::service::{
+    AnalysisRequest, AnalysisView, AttemptView, JobState, RunView, UploadedWeights,
+};
+use domain::{AnalysisRecord, AnalysisSpec, MetricName, MetricRecord, SpecError, Split};
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -68,6 +73,8 @@ pub struct CheckpointItem {
     size: String,
     sha256: String,
     removed: bool,
+    /// On disk and at an epoch's end (not a stop inside one): one an analysis can take.
+    analysable: bool,
 }
 
 /// What changes while a run trains; the run page refreshes it from `live_url`.
@@ -181,6 +188,27 @@ pub struct RunPage {
     /// Where the run is made of uploaded weights.
     weights: Option<UploadedWeights>,
     analyses: Vec<AnalysisSection>,
+    /// Where the run has checkpoints on disk.
+    analyse: Option<AnalyseForm>,
+}
+
+/// The form that asks for an analysis of one of the run's checkpoints.
+pub struct AnalyseForm {
+    csrf: String,
+    /// The epochs of the run's checkpoints on disk, newest first.
+    epochs: Vec<u32>,
+    epoch: u32,
+    /// The analysis settings that differ from the defaults, TOML: at first the run's plan's.
+    settings: String,
+    /// Why the last request was refused, one line per reason.
+    errors: Vec<String>,
+}
+
+/// What a refused request asked for, shown again with why.
+struct Refused {
+    epoch: Option<u32>,
+    settings: String,
+    errors: Vec<String>,
 }
 
 fn pretty(value: &impl serde::Serialize) -> String {
@@ -242,6 +270,7 @@ async fn run_live(state: &AppState, run: &RunView, session: &Session) -> ApiResu
                 size: size(c.size),
                 sha256: c.sha256.chars().take(12).collect(),
                 removed: c.removed,
+                analysable: !c.removed && c.batch == 0,
             })
             .collect(),
         figures,
@@ -284,8 +313,17 @@ pub async fn run(
     Path(id): Path<String>,
 ) -> ApiResult<Html<String>> {
     let id = crate::extract::parse_id(&id)?;
+    render(&run_page(&state, &session, id, None).await?)
+}
+
+async fn run_page(
+    state: &AppState,
+    session: &Session,
+    id: Uuid,
+    refused: Option<Refused>,
+) -> ApiResult<RunPage> {
     let run = state.store.run(id).await?;
-    let live = run_live(&state, &run, &session).await?;
+    let live = run_live(state, &run, session).await?;
     let mut analyses = vec![];
     for listed in state.store.analyses_of_run(id).await? {
         // The list comes without records; load those of finished analyses.
@@ -296,9 +334,38 @@ pub async fn run(
         };
         analyses.push(analysis_section(&run.label, analysis).await?);
     }
+    let mut epochs: Vec<u32> = live
+        .checkpoints
+        .iter()
+        .filter(|c| c.analysable)
+        .map(|c| c.epoch)
+        .collect();
+    epochs.sort_unstable_by(|a, b| b.cmp(a));
+    epochs.dedup();
+    let analyse = epochs.first().map(|&newest| {
+        let refused = refused.unwrap_or_else(|| Refused {
+            epoch: None,
+            settings: run
+                .analysis
+                .as_ref()
+                .map(|p| p.spec.changes_toml())
+                .unwrap_or_default(),
+            errors: vec![],
+        });
+        AnalyseForm {
+            csrf: session.csrf.clone(),
+            epoch: refused
+                .epoch
+                .filter(|e| epochs.contains(e))
+                .unwrap_or(newest),
+            epochs: epochs.clone(),
+            settings: refused.settings,
+            errors: refused.errors,
+        }
+    });
     let shown = run.resolved_spec.as_ref().unwrap_or(&run.spec);
-    render(&RunPage {
-        nav: Nav::of(&session),
+    Ok(RunPage {
+        nav: Nav::of(session),
         title: run.name.clone().unwrap_or_else(|| run.label.clone()),
         run: RunItem::of(&run),
         tags: run.tags.clone(),
@@ -312,7 +379,64 @@ pub async fn run(
         plan: run.analysis.as_ref().map(pretty).unwrap_or_default(),
         weights: run.weights.clone(),
         analyses,
+        analyse,
     })
+}
+
+/// The run page's analysis form as sent.
+#[derive(Deserialize)]
+pub struct AnalyseFields {
+    csrf: String,
+    epoch: String,
+    settings: String,
+}
+
+/// Queues an analysis of the chosen checkpoint with the settings written (as `POST
+/// /v1/runs/{id}/analyses` does) and goes to it; a refused request comes back as the run's
+/// page with the form as it was written and every reason.
+pub async fn analyse(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<String>,
+    Form(form): Form<AnalyseFields>,
+) -> ApiResult<Response> {
+    check_csrf(&session, &form.csrf)?;
+    let id = crate::extract::parse_id(&id)?;
+    let epoch = form.epoch.trim().parse::<u32>().map_err(|_| {
+        SpecError::one(
+            "epoch",
+            format!("{:?} is not a checkpoint's epoch", form.epoch),
+        )
+    });
+    let refused = match SpecError::both(epoch, AnalysisSpec::from_toml(&form.settings)) {
+        Ok((epoch, spec)) => {
+            let request = AnalysisRequest {
+                epoch: Some(epoch),
+                spec,
+            };
+            match analyses::create(&state, id, &request).await {
+                Ok(view) => {
+                    let to = format!("/runs/{id}#analysis-{}", view.id);
+                    return Ok(Redirect::to(&to).into_response());
+                }
+                Err(refused) => refused,
+            }
+        }
+        Err(errors) => ApiError::invalid(errors),
+    };
+    let status = refused.status;
+    let page = run_page(
+        &state,
+        &session,
+        id,
+        Some(Refused {
+            epoch: form.epoch.trim().parse().ok(),
+            settings: form.settings,
+            errors: reasons(refused),
+        }),
+    )
+    .await?;
+    Ok((status, render(&page)?).into_response())
 }
 
 pub async fn run_partial(
