@@ -1,8 +1,8 @@
 //! The dashboard in a real browser: headless Chromium, driven over WebDriver
 //! (`chromedriver`, from Debian's `chromium-driver`; `system_tests::webdriver`), against
 //! the real API and workers with tokens set. It logs in, reads a finished run's and an
-//! experiment's pages (figures and tables rendered), compares runs picked in the runs
-//! table, cancels a running job with the button and watches the page's live part follow it
+//! experiment's pages (figures and tables rendered), asks for another analysis of the
+//! finished run's checkpoint from its page, compares runs picked in the runs table, cancels a running job with the button and watches the page's live part follow it
 //! to `cancelled`, submits a spec from the form, uploads weights through Swagger UI's form,
 //! and saves a screenshot of each page under `$STEPWISE_SCREENSHOTS` (default:
 //! `target/tmp/screenshots`).
@@ -201,6 +201,19 @@ fn the_dashboard_logs_in_shows_results_and_cancels_a_running_job() {
     browser.set_window_size(1280, 4200);
     save(&browser, "run");
     browser.set_window_size(1280, 2000);
+    // Analysed again from its page with other settings: queued, and on the page.
+    browser.find("details.analyse summary").click();
+    let settings = browser.find(r#"#analyse textarea[name="settings"]"#);
+    settings.clear();
+    settings.send_keys("max_examples = 30");
+    browser.submit("#analyse button");
+    wait_path(&browser, &format!("/runs/{}", finished.id));
+    assert_eq!(browser.count("section.analysis"), 2);
+    let analyses = api.analyses(finished.id).unwrap();
+    assert!(
+        analyses.iter().any(|a| a.spec.max_examples == 30),
+        "{analyses:?}"
+    );
 
     // The experiment: figures over seeds and the claim table.
     browser.goto(&format!("{base}/experiments/{}", experiment.id));
