@@ -1254,3 +1254,94 @@ async fn a_checkpoint_is_analysed_from_its_run_s_page(pool: PgPool) {
         (&json!(1), &json!(20), &json!("skip"))
     );
 }
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn runs_and_experiments_are_deleted_from_their_pages_after_asking(pool: PgPool) {
+    let app = spawn_app(pool, &[]);
+    let run = finished_run(&app, "doomed").await;
+    let shown = page(&app, &format!("/runs/{run}"), None).await;
+    let (cookie, _) = session_cookie(&shown).unwrap();
+    let link = format!(r#"<a href="/runs/{run}/delete" id="delete""#);
+    assert!(shown.text().contains(&link), "{}", shown.text());
+    // The button is behind a page that says what goes.
+    let asked = page(&app, &format!("/runs/{run}/delete"), Some(&cookie)).await;
+    assert_html(&asked, StatusCode::OK);
+    let html = asked.text();
+    assert!(
+        html.contains("the database: 1 checkpoint file (7 B), 1 analysis, its metrics"),
+        "{html}"
+    );
+    let token = csrf(&html);
+    let uri = format!("/runs/{run}/delete");
+    let forged = form(&app, &uri, &[("csrf", "forged")], Some(&cookie), &[]).await;
+    assert_html(&forged, StatusCode::FORBIDDEN);
+    let run_dir = app.checkpoints.path().join(format!("runs/{run}"));
+    assert!(run_dir.exists());
+    let deleted = form(&app, &uri, &[("csrf", &token)], Some(&cookie), &[]).await;
+    assert_eq!(deleted.status, StatusCode::SEE_OTHER, "{}", deleted.text());
+    assert_eq!(location(&deleted), "/");
+    assert_eq!(
+        app.get(&format!("/v1/runs/{run}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert!(!run_dir.exists());
+
+    // A run training has no delete link, and the button is refused with the reason.
+    let busy = app.post("/v1/runs", run_body(3, "busy")).await.json();
+    let busy = busy["id"].as_str().unwrap();
+    app.claim("train", "w").await;
+    assert!(!page(&app, &format!("/runs/{busy}"), Some(&cookie))
+        .await
+        .text()
+        .contains(r#"id="delete""#));
+    let uri = format!("/runs/{busy}/delete");
+    let refused = form(&app, &uri, &[("csrf", &token)], Some(&cookie), &[]).await;
+    assert_html(&refused, StatusCode::CONFLICT);
+    assert_eq!(
+        app.get(&format!("/v1/runs/{busy}")).await.json()["status"],
+        "running"
+    );
+
+    // An experiment, once none of its runs is queued or running.
+    let experiment = app.submit_experiment("gone", &[0]).await;
+    let its_page = format!("/experiments/{experiment}");
+    assert!(!page(&app, &its_page, Some(&cookie))
+        .await
+        .text()
+        .contains(r#"id="delete""#));
+    let cancelled = app
+        .call(
+            Method::POST,
+            &format!("/v1/experiments/{experiment}/cancel"),
+            None,
+        )
+        .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.text());
+    assert!(page(&app, &its_page, Some(&cookie))
+        .await
+        .text()
+        .contains(&format!(r#"<a href="{its_page}/delete" id="delete""#)));
+    let asked = page(&app, &format!("{its_page}/delete"), Some(&cookie)).await;
+    assert!(
+        asked
+            .text()
+            .contains("the database: its runs (1) with their"),
+        "{}",
+        asked.text()
+    );
+    let deleted = form(
+        &app,
+        &format!("{its_page}/delete"),
+        &[("csrf", &token)],
+        Some(&cookie),
+        &[],
+    )
+    .await;
+    assert_eq!(deleted.status, StatusCode::SEE_OTHER, "{}", deleted.text());
+    assert_eq!(
+        app.get(&format!("/v1/experiments/{experiment}"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}

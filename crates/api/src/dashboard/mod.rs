@@ -39,6 +39,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
             "/runs/{id}/retry",
             post(|s, e, p, f| Button::RetryRun.press(s, e, p, f)),
         )
+        .route(
+            "/runs/{id}/delete",
+            get(pages::delete_run).post(|s, e, p, f| Button::DeleteRun.press(s, e, p, f)),
+        )
         .route("/runs/{id}/analyses", post(pages::analyse))
         .route("/runs/{id}/metrics.csv", get(pages::metrics_csv))
         .route("/analyses/{id}/records.csv", get(pages::analysis_csv))
@@ -50,6 +54,11 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route(
             "/experiments/{id}/retry",
             post(|s, e, p, f| Button::RetryExperiment.press(s, e, p, f)),
+        )
+        .route(
+            "/experiments/{id}/delete",
+            get(pages::delete_experiment)
+                .post(|s, e, p, f| Button::DeleteExperiment.press(s, e, p, f)),
         )
         .route(
             "/experiments/{id}/summary.csv",

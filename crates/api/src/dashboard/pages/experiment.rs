@@ -3,7 +3,9 @@
 
 use super::compare::{side_by_side, SideBySide};
 use super::list::{runs_table, RunsQuery, RunsTable};
-use super::{can_cancel, can_retry, csv_download, percent, render, when, FigureItem, Nav};
+use super::{
+    can_cancel, can_delete, can_retry, csv_download, percent, render, when, FigureItem, Nav,
+};
 use crate::dashboard::session::Session;
 use crate::error::ApiResult;
 use crate::routes::blocks;
@@ -48,6 +50,8 @@ pub struct ExperimentPage {
     /// Whether some run is queued or running, and whether some failed or was cancelled.
     can_cancel: bool,
     can_retry: bool,
+    /// Whether every run has ended (the store refuses while a job runs).
+    can_delete: bool,
 }
 
 pub async fn experiment(
@@ -105,6 +109,7 @@ pub async fn experiment(
         csrf: session.csrf.clone(),
         can_cancel: experiment.runs.iter().any(|r| can_cancel(r.status)),
         can_retry: experiment.runs.iter().any(|r| can_retry(r.status)),
+        can_delete: experiment.runs.iter().all(|r| can_delete(r.status)),
     })
 }
 

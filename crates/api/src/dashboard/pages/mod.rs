@@ -8,6 +8,7 @@
 use super::session::{check_csrf, CsrfForm, Session};
 use crate::error::{ApiError, ApiResult};
 use crate::routes::figures::Drawn;
+use crate::routes::runs::remove_run_files;
 use crate::routes::typed;
 use crate::AppState;
 use askama::Template;
@@ -92,6 +93,14 @@ fn number(v: f64) -> String {
     format!("{v:.digits$}")
 }
 
+/// `1 analysis`, `2 analyses`.
+fn counted(n: usize, one: &str, many: &str) -> String {
+    match n {
+        1 => format!("1 {one}"),
+        n => format!("{n} {many}"),
+    }
+}
+
 fn size(bytes: u64) -> String {
     match bytes {
         0..=1023 => format!("{bytes} B"),
@@ -126,17 +135,26 @@ fn can_retry(status: JobState) -> bool {
     matches!(status, JobState::Failed | JobState::Cancelled)
 }
 
-/// The dashboard's cancel and retry buttons, of a run or of a whole experiment.
+/// Whether a run in `status` can be deleted: no job of it runs (the store refuses while one
+/// does, also an analysis of a finished run).
+fn can_delete(status: JobState) -> bool {
+    status.is_final()
+}
+
+/// The dashboard's cancel, retry and delete buttons, of a run or of a whole experiment.
 #[derive(Clone, Copy)]
 pub enum Button {
     CancelRun,
     RetryRun,
+    DeleteRun,
     CancelExperiment,
     RetryExperiment,
+    DeleteExperiment,
 }
 
 impl Button {
-    /// Does what the button says, then goes back to the page it is on.
+    /// Does what the button says, then goes back to the page it is on (after a delete, to
+    /// the runs page).
     pub async fn press(
         self,
         State(state): State<AppState>,
@@ -155,9 +173,94 @@ impl Button {
                 .retry_experiment(id, attempts)
                 .await
                 .map(|_| "experiments"),
+            Self::DeleteRun => {
+                let dir = store.delete_run(id).await?;
+                remove_run_files(&state, &dir).await;
+                return Ok(Redirect::to("/"));
+            }
+            Self::DeleteExperiment => {
+                for dir in store.delete_experiment(id).await? {
+                    remove_run_files(&state, &dir).await;
+                }
+                return Ok(Redirect::to("/"));
+            }
         }?;
         Ok(Redirect::to(&format!("/{page}/{id}")))
     }
+}
+
+/// The page that asks before a run or an experiment is deleted, saying what goes with it.
+#[derive(Template)]
+#[template(path = "delete.html")]
+pub struct DeletePage {
+    nav: Nav,
+    csrf: String,
+    /// "run" or "experiment".
+    what: &'static str,
+    name: String,
+    /// Its page, and where the delete button posts.
+    page: String,
+    /// What is removed with it.
+    consequences: String,
+}
+
+/// `GET /runs/{id}/delete`: what deleting the run removes, and the button.
+pub async fn delete_run(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<String>,
+) -> ApiResult<Html<String>> {
+    let id = crate::extract::parse_id(&id)?;
+    let run = state.store.run(id).await?;
+    let files: Vec<_> = state
+        .store
+        .checkpoints(id)
+        .await?
+        .into_iter()
+        .filter(|c| !c.removed)
+        .collect();
+    let bytes: u64 = files.iter().map(|c| c.size).sum();
+    let analyses = state.store.analyses_of_run(id).await?.len();
+    let weights = match &run.weights {
+        Some(w) => format!(", the uploaded weights {} ({})", w.file_name, size(w.size)),
+        None => String::new(),
+    };
+    render(&DeletePage {
+        nav: Nav::of(&session),
+        csrf: session.csrf.clone(),
+        what: "run",
+        name: run.name.clone().unwrap_or_else(|| run.label.clone()),
+        page: format!("/runs/{id}"),
+        consequences: format!(
+            "Removed with it, from the checkpoint store and the database: {} ({}){weights}, \
+             {}, its metrics, attempts and log.",
+            counted(files.len(), "checkpoint file", "checkpoint files"),
+            size(bytes),
+            counted(analyses, "analysis", "analyses"),
+        ),
+    })
+}
+
+/// `GET /experiments/{id}/delete`: what deleting the experiment removes, and the button.
+pub async fn delete_experiment(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<String>,
+) -> ApiResult<Html<String>> {
+    let id = crate::extract::parse_id(&id)?;
+    let experiment = state.store.experiment(id).await?;
+    render(&DeletePage {
+        nav: Nav::of(&session),
+        csrf: session.csrf.clone(),
+        what: "experiment",
+        name: experiment.name.clone(),
+        page: format!("/experiments/{id}"),
+        consequences: format!(
+            "Removed with it, from the checkpoint store and the database: its runs ({}) with \
+             their checkpoint files, analyses, metrics, attempts and logs.",
+            experiment.runs.len(),
+        ),
+    })
 }
 
 /// A CSV table the browser saves under `file` instead of showing it.

@@ -2,7 +2,8 @@
 
 use super::list::RunItem;
 use super::{
-    can_cancel, can_retry, csv_download, duration, number, render, size, when, FigureItem, Nav,
+    can_cancel, can_delete, can_retry, csv_download, duration, number, render, size, when,
+    FigureItem, Nav,
 };
 use crate::dashboard::reasons;
 use crate::dashboard::session::{check_csrf, Session};
@@ -91,6 +92,7 @@ pub struct RunLive {
     failure: String,
     can_cancel: bool,
     can_retry: bool,
+    can_delete: bool,
     attempts: Vec<AttemptItem>,
     logs: Vec<LogItem>,
     checkpoints: Vec<CheckpointItem>,
@@ -249,6 +251,7 @@ async fn run_live(state: &AppState, run: &RunView, session: &Session) -> ApiResu
         },
         can_cancel: can_cancel(run.status),
         can_retry: can_retry(run.status),
+        can_delete: can_delete(run.status),
         attempts: attempts.iter().map(AttemptItem::of).collect(),
         logs: logs
             .into_iter()
