@@ -3,7 +3,7 @@
 //! `figures`, whose text plotters escapes, is inserted as markup). A module per page —
 //! `list` (`/`), `run`, `experiment`, `compare` (with the blocks side by side that the
 //! experiment's page shows too) —; here what they share: the header, number formats, the
-//! cancel and retry buttons, CSV downloads.
+//! cancel, retry and delete buttons (and the page that asks before a delete), CSV downloads.
 
 use super::session::{check_csrf, CsrfForm, Session};
 use crate::error::{ApiError, ApiResult};
