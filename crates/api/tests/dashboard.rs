@@ -347,6 +347,21 @@ async fn pages_show_a_finished_run_and_escape_what_users_wrote(pool: PgPool) {
         "{}",
         csv.text()
     );
+    // The whole log as a file, as written (a text download, never a page).
+    let html = page(&app, &format!("/runs/{run_id}"), None).await.text();
+    assert!(html.contains(&format!(r#"<a href="/runs/{run_id}/log.txt">"#)));
+    let log = page(&app, &format!("/runs/{run_id}/log.txt"), None).await;
+    assert!(log.content_type.starts_with("text/plain"));
+    assert!(log.headers[header::CONTENT_DISPOSITION]
+        .to_str()
+        .unwrap()
+        .contains(&format!("log-{run_id}.txt")));
+    assert!(
+        log.text()
+            .contains(&format!(" info attempt 1: epoch 1 done {NASTY}\n")),
+        "{}",
+        log.text()
+    );
 
     let missing = page(&app, "/runs/0190b8d6-0000-7000-8000-000000000000", None).await;
     assert_html(&missing, StatusCode::NOT_FOUND);

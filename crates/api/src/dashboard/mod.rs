@@ -45,6 +45,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         )
         .route("/runs/{id}/analyses", post(pages::analyse))
         .route("/runs/{id}/metrics.csv", get(pages::metrics_csv))
+        .route("/runs/{id}/log.txt", get(pages::log_text))
         .route("/analyses/{id}/records.csv", get(pages::analysis_csv))
         .route("/experiments/{id}", get(pages::experiment))
         .route(

@@ -231,24 +231,31 @@ pub async fn logs(
 ) -> ApiResult<Response> {
     let lines = state
         .store
-        .logs(id, q.limit.unwrap_or(200).clamp(1, 10_000))
+        .logs(id, q.limit.unwrap_or(200).clamp(1, MAX_LOG_LINES))
         .await?;
     if wants(&headers, "text/plain") {
-        let text: String = lines
-            .iter()
-            .map(|l| {
-                let attempt = l.attempt.map_or(String::new(), |a| format!(" attempt {a}"));
-                format!(
-                    "{} {}{attempt}: {}\n",
-                    l.at.to_rfc3339(),
-                    l.level,
-                    l.message
-                )
-            })
-            .collect();
-        return Ok(typed("text/plain; charset=utf-8", text));
+        return Ok(typed("text/plain; charset=utf-8", log_text(&lines)));
     }
     Ok(Json(lines).into_response())
+}
+
+/// The most log lines one request returns.
+pub(crate) const MAX_LOG_LINES: u32 = 10_000;
+
+/// Log lines as text, a line each: time, level, attempt, message.
+pub(crate) fn log_text(lines: &[LogLine]) -> String {
+    lines
+        .iter()
+        .map(|l| {
+            let attempt = l.attempt.map_or(String::new(), |a| format!(" attempt {a}"));
+            format!(
+                "{} {}{attempt}: {}\n",
+                l.at.to_rfc3339(),
+                l.level,
+                l.message
+            )
+        })
+        .collect()
 }
 
 #[utoipa::path(get, path = "/v1/runs/{id}/attempts", tag = "runs",

@@ -28,7 +28,7 @@ pub use experiment::{
     experiment, experiment_blocks_csv, experiment_claims_csv, experiment_summary_csv,
 };
 pub use list::{runs, runs_partial};
-pub use run::{analyse, analysis_csv, metrics_csv, run, run_partial};
+pub use run::{analyse, analysis_csv, log_text, metrics_csv, run, run_partial};
 
 pub fn render(page: &impl Template) -> ApiResult<Html<String>> {
     page.render().map(Html).map_err(ApiError::internal)
@@ -265,7 +265,12 @@ pub async fn delete_experiment(
 
 /// A CSV table the browser saves under `file` instead of showing it.
 fn csv_download(file: &str, body: String) -> Response {
-    let mut response = typed("text/csv; charset=utf-8", body);
+    download("text/csv; charset=utf-8", file, body)
+}
+
+/// A body of `content_type` the browser saves under `file` instead of showing it.
+fn download(content_type: &'static str, file: &str, body: String) -> Response {
+    let mut response = typed(content_type, body);
     if let Ok(v) = format!("attachment; filename=\"{file}\"").parse() {
         response
             .headers_mut()

@@ -2,14 +2,14 @@
 
 use super::list::RunItem;
 use super::{
-    can_cancel, can_delete, can_retry, csv_download, duration, number, render, size, when,
-    FigureItem, Nav,
+    can_cancel, can_delete, can_retry, csv_download, download, duration, number, render, size,
+    when, FigureItem, Nav,
 };
 use crate::dashboard::reasons;
 use crate::dashboard::session::{check_csrf, Session};
 use crate::error::{ApiError, ApiResult};
-use crate::routes::analyses;
 use crate::routes::figures::{draw_all, results, RunResults};
+use crate::routes::{analyses, runs};
 use crate::AppState;
 use askama::Template;
 use axum::extract::{Form, Path, State};
@@ -451,6 +451,20 @@ pub async fn run_partial(
     let run = state.store.run(id).await?;
     let live = run_live(&state, &run, &session).await?;
     render(&RunLivePartial { live })
+}
+
+/// The run's whole log (its newest 10,000 lines) as a text file.
+pub async fn log_text(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let id = crate::extract::parse_id(&id)?;
+    let lines = state.store.logs(id, runs::MAX_LOG_LINES).await?;
+    Ok(download(
+        "text/plain; charset=utf-8",
+        &format!("log-{id}.txt"),
+        runs::log_text(&lines),
+    ))
 }
 
 pub async fn metrics_csv(
