@@ -1387,8 +1387,13 @@ async fn weights_an_api_died_placing_are_kept_or_removed_by_whether_their_run_co
 
     // What an API killed while placing leaves: a marker in uploads/ and the run's weights,
     // committed (the row exists) or not (it never will).
-    let marker = |id: &str, days: u64| {
-        let file = std::fs::File::create(dir.join(format!("uploads/placing-{id}"))).unwrap();
+    let database = store.identity().await.unwrap().to_string();
+    // `written_for`: the database the marker names (none, as markers written before they
+    // named one).
+    let marker = |id: &str, days: u64, written_for: &str| {
+        let path = dir.join(format!("uploads/placing-{id}"));
+        std::fs::write(&path, written_for).unwrap();
+        let file = std::fs::File::options().append(true).open(path).unwrap();
         let age = std::time::Duration::from_secs(days * 24 * 3600);
         file.set_modified(std::time::SystemTime::now() - age)
             .unwrap();
@@ -1400,32 +1405,38 @@ async fn weights_an_api_died_placing_are_kept_or_removed_by_whether_their_run_co
             std::fs::write(path, &weights).unwrap();
         }
     };
-    let [lost, odd, young] = [(); 3].map(|_| uuid::Uuid::now_v7().to_string());
-    marker(&committed, 2);
+    let [lost, unnamed, odd, young, foreign] = [(); 5].map(|_| uuid::Uuid::now_v7().to_string());
+    marker(&committed, 2, &database);
     placed(&lost, &[]);
-    marker(&lost, 2);
+    marker(&lost, 2, &database);
+    placed(&unnamed, &[]);
+    marker(&unnamed, 2, "");
     // No row, but more than weights in its directory: not what a placement leaves; kept.
     placed(&odd, &["attempt-1/epoch-0001.safetensors"]);
-    marker(&odd, 2);
+    marker(&odd, 2, &database);
     // Less than a day old: maybe an upload in progress on another replica.
     placed(&young, &[]);
-    marker(&young, 0);
+    marker(&young, 0, &database);
+    // Written for another database, where its row may well exist: not this API's to settle.
+    placed(&foreign, &[]);
+    marker(&foreign, 2, &uuid::Uuid::now_v7().to_string());
 
     let removed = api::routes::import::sweep_uploads(&store, dir)
         .await
         .unwrap();
-    assert_eq!(removed, 1);
-    assert_eq!(
-        files_below(dir),
-        [
-            format!("runs/{committed}/weights"),
-            format!("runs/{odd}/attempt-1/epoch-0001.safetensors"),
-            format!("runs/{odd}/weights"),
-            format!("runs/{young}/weights"),
-            format!("uploads/placing-{odd}"),
-            format!("uploads/placing-{young}"),
-        ]
-    );
+    assert_eq!(removed, 2, "the lost run's weights, named or not");
+    let mut kept = vec![
+        format!("runs/{committed}/weights"),
+        format!("runs/{odd}/attempt-1/epoch-0001.safetensors"),
+        format!("runs/{odd}/weights"),
+        format!("runs/{young}/weights"),
+        format!("runs/{foreign}/weights"),
+        format!("uploads/placing-{odd}"),
+        format!("uploads/placing-{young}"),
+        format!("uploads/placing-{foreign}"),
+    ];
+    kept.sort();
+    assert_eq!(files_below(dir), kept);
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]

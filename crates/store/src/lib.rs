@@ -18,6 +18,7 @@ pub use runs::{run_directory, weights_path, Idempotency, ImportedRun, RunFilter,
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::time::Duration;
+use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -79,6 +80,14 @@ impl Store {
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// This database's own id, random and fixed when its schema was made: tells the files
+    /// an API writes for it apart from those written for another.
+    pub async fn identity(&self) -> Result<Uuid> {
+        Ok(sqlx::query_scalar("SELECT id FROM store_identity")
+            .fetch_one(&self.pool)
+            .await?)
     }
 }
 

@@ -360,8 +360,9 @@ impl Upload {
             key: key.clone(),
             strip_prefix: strip_prefix.clone(),
         };
+        let database = state.store.identity().await?;
         let (file, store) = (self.file, state.config.checkpoint_dir.clone());
-        tokio::task::spawn_blocking(move || place(file, &store, id))
+        tokio::task::spawn_blocking(move || place(file, &store, id, database))
             .await
             .map_err(ApiError::internal)?
             .map_err(|e| store_failed("storing uploaded weights", e))?;
@@ -431,14 +432,34 @@ const UPLOAD_ABANDONED_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// replica): temporary files are removed (a request removes its own unless the process
 /// dies first); a placement marker whose run has a row is removed, and one whose run has
 /// none — the API died between placing the file and committing the row — is removed with
-/// the run's directory, which then holds nothing but that file. Returns how many uploads
-/// were removed.
+/// the run's directory, which then holds nothing but that file. A marker is settled only
+/// by an API of the database it names ([`store::Store::identity`]; one that names none was
+/// written before markers did, and is this database's): to another, its run's missing row
+/// says nothing. Returns how many uploads were removed.
 pub async fn sweep_uploads(store: &store::Store, dir: &Path) -> std::io::Result<usize> {
     let swept = dir.to_path_buf();
     let (mut removed, placements) = tokio::task::spawn_blocking(move || sweep_files(&swept))
         .await
         .map_err(std::io::Error::other)??;
-    for id in placements {
+    if placements.is_empty() {
+        return Ok(removed);
+    }
+    let database = match store.identity().await {
+        Ok(database) => database.to_string(),
+        // Asked again at the next start.
+        Err(e) => {
+            tracing::warn!("sweeping uploads: which database this is: {e}");
+            return Ok(removed);
+        }
+    };
+    for (id, written_for) in placements {
+        if !written_for.is_empty() && written_for != database {
+            tracing::warn!(
+                "uploads/{PLACING}{id} was written for database {written_for}, not this one \
+                 ({database}): left for an API of that database"
+            );
+            continue;
+        }
         let committed = match store.run(id).await {
             Ok(_) => true,
             Err(StoreError::NotFound { .. }) => false,
@@ -459,8 +480,8 @@ pub async fn sweep_uploads(store: &store::Store, dir: &Path) -> std::io::Result<
 }
 
 /// Removes the abandoned temporary files of `uploads/`; returns how many, and the runs of
-/// the abandoned placement markers.
-fn sweep_files(store: &Path) -> std::io::Result<(usize, Vec<Uuid>)> {
+/// the abandoned placement markers with the database each names (empty if none).
+fn sweep_files(store: &Path) -> std::io::Result<(usize, Vec<(Uuid, String)>)> {
     let entries = match std::fs::read_dir(store.join("uploads")) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, vec![])),
         entries => entries?,
@@ -474,7 +495,10 @@ fn sweep_files(store: &Path) -> std::io::Result<(usize, Vec<Uuid>)> {
         }
         let name = entry.file_name().to_string_lossy().into_owned();
         match name.strip_prefix(PLACING).map(Uuid::parse_str) {
-            Some(Ok(id)) => placements.push(id),
+            Some(Ok(id)) => {
+                let database = std::fs::read_to_string(entry.path())?;
+                placements.push((id, database.trim().to_string()));
+            }
             _ => {
                 std::fs::remove_file(entry.path())?;
                 removed += 1;
@@ -545,12 +569,16 @@ fn check_signature(head: &[u8], size: u64) -> Result<(), String> {
 }
 
 /// Renames an upload to run `id`'s weights (creating its directory) and makes the rename
-/// durable, after a durable placement marker: until the run's row is committed the file
-/// belongs to no run, and a crash in between must leave a trace ([`sweep_uploads`]).
-fn place(upload: NamedTempFile, store: &Path, id: Uuid) -> std::io::Result<()> {
+/// durable, after a durable placement marker naming the `database` the row goes to: until
+/// the run's row is committed the file belongs to no run, and a crash in between must leave
+/// a trace ([`sweep_uploads`]).
+fn place(upload: NamedTempFile, store: &Path, id: Uuid, database: Uuid) -> std::io::Result<()> {
+    use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     let marker = placement_marker(store, id);
-    std::fs::File::create(&marker)?;
+    let mut file = std::fs::File::create(&marker)?;
+    file.write_all(database.to_string().as_bytes())?;
+    file.sync_all()?;
     std::fs::File::open(marker.parent().expect("in uploads/"))?.sync_all()?;
     let target = store.join(store::weights_path(id));
     let dir = target.parent().expect("a run's file");
@@ -587,23 +615,36 @@ mod tests {
         );
         let uploads = store.path().join("uploads");
         std::fs::create_dir_all(&uploads).unwrap();
-        let id = Uuid::now_v7();
-        let old = |name: &str| {
-            let file = std::fs::File::create(uploads.join(name)).unwrap();
+        let age = |path: &Path| {
+            let file = std::fs::File::options().append(true).open(path).unwrap();
             file.set_modified(SystemTime::now() - Duration::from_secs(2 * 24 * 3600))
                 .unwrap();
         };
-        old("weights-old");
-        old(&format!("{PLACING}{id}"));
+        std::fs::write(uploads.join("weights-old"), b"PK").unwrap();
+        age(&uploads.join("weights-old"));
+        // A marker from before markers named their database, and one `place` wrote.
+        let (unnamed, placed, database) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        std::fs::write(placement_marker(store.path(), unnamed), b"").unwrap();
+        age(&placement_marker(store.path(), unnamed));
+        let upload = NamedTempFile::new_in(&uploads).unwrap();
+        place(upload, store.path(), placed, database).unwrap();
+        assert!(store.path().join(store::weights_path(placed)).exists());
+        age(&placement_marker(store.path(), placed));
         std::fs::write(uploads.join("weights-new"), b"PK").unwrap();
         std::fs::write(placement_marker(store.path(), Uuid::now_v7()), b"").unwrap();
-        assert_eq!(sweep_files(store.path()).unwrap(), (1, vec![id]));
+        let (removed, mut placements) = sweep_files(store.path()).unwrap();
+        placements.sort();
+        assert_eq!(removed, 1);
+        assert_eq!(
+            placements,
+            [(unnamed, String::new()), (placed, database.to_string())]
+        );
         let mut left: Vec<_> = std::fs::read_dir(&uploads)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left.len(), 3, "the young files and the marker: {left:?}");
+        assert_eq!(left.len(), 4, "the young files and the markers: {left:?}");
         assert!(!left.contains(&"weights-old".to_string()));
     }
 
