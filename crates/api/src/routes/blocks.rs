@@ -61,7 +61,7 @@ fn respond(rows: Vec<BlockSummary>, headers: &HeaderMap) -> Response {
 }
 
 #[utoipa::path(get, path = "/v1/blocks", tag = "figures", params(RunsQuery),
-    responses((status = 200, description = "per configuration, metric, split (test first) and block: mean ± sd over its seeds of each run's latest analysis; CSV with Accept: text/csv",
+    responses((status = 200, description = "per configuration, metric, split (test first) and block: mean ± sd over its seeds of each run's latest analysis, the seeds analysed at the configuration's latest analysed epoch; CSV with Accept: text/csv",
             body = Vec<BlockSummary>),
         (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn of_runs(
@@ -74,7 +74,7 @@ pub async fn of_runs(
 
 #[utoipa::path(get, path = "/v1/experiments/{id}/blocks", tag = "experiments",
     params(("id" = uuid::Uuid, Path)),
-    responses((status = 200, description = "per configuration, metric, split (test first) and block: mean ± sd over the seeds' latest analyses; CSV with Accept: text/csv",
+    responses((status = 200, description = "per configuration, metric, split (test first) and block: mean ± sd over the seeds' latest analyses, those at the configuration's latest analysed epoch; CSV with Accept: text/csv",
             body = Vec<BlockSummary>),
         (status = 404, body = Problem)))]
 pub async fn of_experiment(

@@ -205,10 +205,11 @@ pub(crate) async fn experiment_results(
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct RunsQuery {
-    /// Run ids, comma-separated (at most 100): runs whose specs differ only in the seed are
-    /// seeds of one configuration (mean ± sd); configurations of one model that differ in
-    /// more are labelled by their runs' names (an experiment's by experiment and
-    /// configuration; a run without a name by the end of its id)
+    /// Run ids, comma-separated or the parameter repeated (at most 100): runs whose specs
+    /// differ only in the seed are seeds of one configuration (mean ± sd, those analysed
+    /// at its latest analysed epoch); configurations of one model that differ in more are
+    /// labelled by their runs' names (an experiment's by experiment and configuration; a
+    /// run without a name by the end of its id)
     runs: String,
 }
 
