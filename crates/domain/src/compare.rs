@@ -70,8 +70,9 @@ fn of_latest_epoch(runs: &[(&str, Option<u32>)]) -> Vec<bool> {
         .collect()
 }
 
-/// Sets aside the analyses of `runs` that [`of_latest_epoch`] does not pool, for the figures
-/// and claims drawn from them: `of` gives a run's configuration label and analysed epoch,
+/// Sets aside the analyses of `runs` that are not pooled — per configuration only those of
+/// its latest analysed epoch are (`of_latest_epoch`) — for the figures and claims drawn
+/// from them: `of` gives a run's configuration label and analysed epoch,
 /// `set_aside` drops its analysis (its training metrics still count).
 pub fn pool_latest_epochs<T>(
     runs: &mut [T],

@@ -122,7 +122,7 @@ pub struct MetricRecord {
     /// The block's 0-based global index, present whenever `block` is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_index: Option<u32>,
-    /// `null` on the wire where not finite ([`number_or_null`]).
+    /// `null` on the wire where not finite (`number_or_null`).
     #[serde(with = "number_or_null")]
     pub value: f64,
 }

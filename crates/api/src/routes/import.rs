@@ -428,7 +428,7 @@ pub async fn receive(store: &Path, mut field: Field<'_>) -> ApiResult<Upload> {
 const UPLOAD_ABANDONED_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// Settles what a killed API left in the store's `uploads/`, once it is
-/// [`UPLOAD_ABANDONED_AFTER`] old (younger ones may be uploads in progress on another
+/// `UPLOAD_ABANDONED_AFTER` old (younger ones may be uploads in progress on another
 /// replica): temporary files are removed (a request removes its own unless the process
 /// dies first); a placement marker whose run has a row is removed, and one whose run has
 /// none — the API died between placing the file and committing the row — is removed with
