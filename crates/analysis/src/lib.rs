@@ -2,10 +2,10 @@
 //! inference mode, on fixed seeded subsets of the chosen splits, in batches that bound
 //! memory. Results are [`domain::AnalysisRecord`]s keyed by block id.
 //!
-//! - [`blocks`]: cosine and ℓ2 ratio per block, block dropping, intermediate accuracy,
+//! - `blocks`: cosine and ℓ2 ratio per block, block dropping, intermediate accuracy,
 //!   sharing diagnostics;
-//! - [`paths`]: borderline examples over the last blocks, unrolling the last block;
-//! - [`taylor`]: the first-order check of each last-stage block.
+//! - `paths`: borderline examples over the last blocks, unrolling the last block;
+//! - `taylor`: the first-order check of each last-stage block.
 
 pub mod bench;
 mod blocks;

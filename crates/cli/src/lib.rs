@@ -1,5 +1,5 @@
 //! The `stepwise` command line: local training, evaluation, benchmarks, datasets and model
-//! summaries, and the client commands of the API. Each sub-command lives in [`cmd`]; this file only parses and dispatches.
+//! summaries, and the client commands of the API. Each sub-command lives in `cmd`; this file only parses and dispatches.
 
 mod args;
 mod cmd;

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 /// Metadata key naming the container format; its value is [`FORMAT`].
 pub const FORMAT_KEY: &str = "format";
 pub const FORMAT: &str = "stepwise-checkpoint/1";
-/// Metadata key of [`tensors_sha256`]'s digest. Files without it (written before it
+/// Metadata key of `tensors_sha256`'s digest. Files without it (written before it
 /// existed) are read unchecked.
 pub const TENSORS_SHA256_KEY: &str = "tensors_sha256";
 

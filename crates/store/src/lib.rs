@@ -1,7 +1,7 @@
 //! The only crate with SQL. [`Store`] wraps a Postgres pool: the schema (`migrations/`,
-//! embedded and applied by [`Store::migrate`]), runs and experiments ([`runs`]), the job
-//! queue with leases ([`queue`]), the results workers report ([`results`]) and dashboard
-//! sessions ([`sessions`]). Every method returns the API's views (`domain::service`), so
+//! embedded and applied by [`Store::migrate`]), runs and experiments (`runs`), the job
+//! queue with leases (`queue`), the results workers report (`results`) and dashboard
+//! sessions (`sessions`). Every method returns the API's views (`domain::service`), so
 //! the server only routes.
 //!
 //! Queries are checked at run time (`sqlx::query_as`), not by the macros, so the crate

@@ -520,7 +520,7 @@ fn filter_on_grid<T: Real>(g: &ConvGeom, padded_hwc: &[T], dy_grid: &[T], dw: &m
 ///
 /// dW (Co, K) = Σₙ dyₙ (Co, P) · patchesₙ (P, K), the patches taken in (ky, kx, c) order
 /// from the image in padded HWC layout: for stride 1 straight from the image
-/// ([`filter_on_grid`]), otherwise written out as rows ([`patch_rows`]). The sum is
+/// (`filter_on_grid`), otherwise written out as rows (`patch_rows`). The sum is
 /// permuted to the weight's (c, ky, kx) order at the end.
 pub fn backward_filter<T: Real>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
     let (p, kk, co) = (g.p(), g.kk(), g.co);

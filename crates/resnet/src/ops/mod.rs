@@ -1,7 +1,7 @@
 //! Custom candle operations with fast kernels: convolution (forward, input gradient,
 //! weight and bias gradient) and BatchNorm fused with the ReLU that always follows it in
 //! these networks. They serve f32 and f64 tensors on the CPU and, with the `cuda` feature,
-//! f32 and bf16 on CUDA ([`cuda`]: cuDNN and stepwise's own kernels), there also in
+//! f32 and bf16 on CUDA (`cuda`: cuDNN and stepwise's own kernels), there also in
 //! channels-last memory ([`MemoryFormat`]); other dtypes use the reference compositions of
 //! candle ops in `layers`, against which they are tested.
 

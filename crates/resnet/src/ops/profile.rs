@@ -1,7 +1,7 @@
 //! Per-kernel timers, off unless a benchmark turns them on: they show where a training step
 //! or a pass goes (`stepwise bench train|eval|analyze --profile`). A CPU kernel runs to
 //! completion inside its op call, so the wall-clock time of the call is the kernel's. CUDA
-//! work runs asynchronously, so [`timed_cuda`] records an event on the stream before and
+//! work runs asynchronously, so `timed_cuda` records an event on the stream before and
 //! after the call and [`take`] adds up the GPU time between them: nothing is synchronised,
 //! so a profiled step keeps its overlap of host and device. While the GPU waits for the host
 //! (a launch-bound step), that wait falls between the events too and counts to the kernel.
