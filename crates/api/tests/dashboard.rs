@@ -407,6 +407,14 @@ async fn buttons_need_the_sessions_csrf_token(pool: PgPool) {
         let refused = form(&app, &uri, &[("csrf", token)], cookie, &[]).await;
         assert_html(&refused, StatusCode::FORBIDDEN);
     }
+    // A form without its fields (no browser sends one) is refused as a page too.
+    let malformed = form(&app, &uri, &[("nothing", "")], Some(&cookie), &[]).await;
+    assert_html(&malformed, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        malformed.text().contains("missing field `csrf`"),
+        "{}",
+        malformed.text()
+    );
     assert_eq!(
         app.get(&format!("/v1/runs/{run_id}")).await.json()["status"],
         "running"

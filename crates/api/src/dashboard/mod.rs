@@ -142,25 +142,34 @@ async fn security_headers(req: Request, next: Next) -> Response {
     response
 }
 
-/// Errors of the dashboard's routes come from the same `ApiError` as the API's; a browser
-/// gets them as a page instead of problem+json.
+/// Errors of the dashboard's routes come from the same `ApiError` as the API's, or are
+/// axum's own rejections of a malformed request (plain text); a browser gets either as a
+/// page instead.
 async fn html_errors(req: Request, next: Next) -> Response {
     let response = next.run(req).await;
-    let is_problem = response
-        .headers()
-        .get(header::CONTENT_TYPE)
+    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    let is_problem = content_type
+        .as_ref()
         .is_some_and(|v| v.as_bytes() == PROBLEM_JSON.as_bytes());
-    if !is_problem {
+    let is_rejection = (response.status().is_client_error() || response.status().is_server_error())
+        && content_type
+            .as_ref()
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !is_problem && !is_rejection {
         return response;
     }
     let status = response.status();
     let body = axum::body::to_bytes(response.into_body(), 1 << 20)
         .await
         .unwrap_or_default();
-    let detail = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["detail"].as_str().map(String::from))
-        .unwrap_or_default();
+    let detail = if is_problem {
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["detail"].as_str().map(String::from))
+            .unwrap_or_default()
+    } else {
+        String::from_utf8_lossy(&body).into_owned()
+    };
     let page = pages::ErrorPage {
         status: format!(
             "{} {}",
