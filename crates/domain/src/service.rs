@@ -431,6 +431,14 @@ pub struct CheckpointView {
     pub created_at: DateTime<Utc>,
 }
 
+impl CheckpointView {
+    /// Written at an epoch's end (not at a stop inside one) and not removed by the run's
+    /// retention policy: a checkpoint an analysis can be asked for.
+    pub fn is_epoch_end_on_disk(&self) -> bool {
+        self.batch == 0 && !self.removed
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AnalysisView {
     pub id: Uuid,

@@ -265,6 +265,7 @@ async fn run_live(state: &AppState, run: &RunView, session: &Session) -> ApiResu
         checkpoints: checkpoints
             .into_iter()
             .map(|c| CheckpointItem {
+                analysable: c.is_epoch_end_on_disk(),
                 id: c.id,
                 file: c.file_name,
                 attempt: c.attempt,
@@ -273,7 +274,6 @@ async fn run_live(state: &AppState, run: &RunView, session: &Session) -> ApiResu
                 size: size(c.size),
                 sha256: c.sha256.chars().take(12).collect(),
                 removed: c.removed,
-                analysable: !c.removed && c.batch == 0,
             })
             .collect(),
         figures,

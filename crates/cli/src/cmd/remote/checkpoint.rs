@@ -79,7 +79,7 @@ pub fn download(
 pub(super) fn epoch_ends_on_disk(
     checkpoints: &[CheckpointView],
 ) -> impl Iterator<Item = &CheckpointView> {
-    checkpoints.iter().filter(|c| c.batch == 0 && !c.removed)
+    checkpoints.iter().filter(|c| c.is_epoch_end_on_disk())
 }
 
 /// The checkpoint at the end of `epoch` (default: of the latest epoch) that is still on
