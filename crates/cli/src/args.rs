@@ -203,7 +203,13 @@ pub enum ExperimentCommand {
     Show {
         /// The experiment: its id or its name.
         experiment: String,
-        /// Print the experiment and its claims as JSON.
+        /// Also every block's mean cosine, ℓ2 ratio and accuracy with the block dropped, per
+        /// configuration as mean ± sd over its seeds (the numbers behind Figs. 2–4; every
+        /// metric and split: `stepwise figures`' blocks.csv).
+        #[arg(long)]
+        blocks: bool,
+        /// Print the experiment and its claims (and, with --blocks, its block summaries) as
+        /// JSON.
         #[arg(long)]
         json: bool,
     },

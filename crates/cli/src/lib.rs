@@ -56,9 +56,11 @@ pub fn main() -> ExitCode {
         Command::Experiment(ExperimentCommand::List { limit, json }) => {
             cmd::remote::experiment::list(&api, limit, json)
         }
-        Command::Experiment(ExperimentCommand::Show { experiment, json }) => {
-            cmd::remote::experiment::show(&api, &experiment, json)
-        }
+        Command::Experiment(ExperimentCommand::Show {
+            experiment,
+            blocks,
+            json,
+        }) => cmd::remote::experiment::show(&api, &experiment, blocks, json),
         Command::Analysis(AnalysisCommand::List { run, json }) => {
             cmd::remote::analysis::list(&api, &run, json)
         }

@@ -147,6 +147,97 @@ pub fn block_summaries<'a>(
         .collect()
 }
 
+/// One metric's block summaries laid out as a table: a column per configuration, a row per
+/// block — as the dashboard and `stepwise experiment show --blocks` show them.
+pub struct MetricTable<'a> {
+    pub name: MetricName,
+    pub split: Split,
+    pub columns: Vec<Column<'a>>,
+    /// By block id.
+    pub rows: Vec<MetricRow<'a>>,
+}
+
+/// A configuration's column of a [`MetricTable`].
+pub struct Column<'a> {
+    pub configuration: &'a str,
+    /// The epoch its seeds were analysed at.
+    pub epoch: u32,
+    /// The most seeds behind one of its values.
+    pub seeds: u32,
+}
+
+impl Column<'_> {
+    /// `resnet-20 (2 seeds, epoch 6)`, or `resnet-20 (epoch 6)` for one seed.
+    pub fn title(&self) -> String {
+        match self.seeds {
+            1 => format!("{} (epoch {})", self.configuration, self.epoch),
+            n => format!("{} ({n} seeds, epoch {})", self.configuration, self.epoch),
+        }
+    }
+}
+
+/// A block's row of a [`MetricTable`]: a value per column, where that configuration has it.
+pub struct MetricRow<'a> {
+    pub block: BlockId,
+    /// Whether a configuration's block of this id is a projection block.
+    pub projection: bool,
+    pub cells: Vec<Option<&'a BlockSummary>>,
+}
+
+/// The summaries as one table per metric (in [`MetricName`] order), each on the test split
+/// where the metric has one, else on the train split.
+pub fn metric_tables(summaries: &[BlockSummary]) -> Vec<MetricTable<'_>> {
+    let mut metrics: Vec<MetricName> = summaries.iter().map(|s| s.name).collect();
+    metrics.sort();
+    metrics.dedup();
+    metrics
+        .into_iter()
+        .map(|name| {
+            let of_metric = summaries.iter().filter(|s| s.name == name);
+            let split = if of_metric.clone().any(|s| s.split == Split::Test) {
+                Split::Test
+            } else {
+                Split::Train
+            };
+            let chosen: Vec<&BlockSummary> = of_metric.filter(|s| s.split == split).collect();
+            let mut columns: Vec<Column> = vec![];
+            for s in &chosen {
+                match columns
+                    .iter_mut()
+                    .find(|c| c.configuration == s.configuration)
+                {
+                    Some(column) => column.seeds = column.seeds.max(s.runs),
+                    None => columns.push(Column {
+                        configuration: &s.configuration,
+                        epoch: s.epoch,
+                        seeds: s.runs,
+                    }),
+                }
+            }
+            let mut rows: BTreeMap<BlockId, MetricRow> = BTreeMap::new();
+            for s in chosen {
+                let row = rows.entry(s.block).or_insert_with(|| MetricRow {
+                    block: s.block,
+                    projection: false,
+                    cells: vec![None; columns.len()],
+                });
+                row.projection |= s.kind == BlockKind::Projection;
+                let at = columns
+                    .iter()
+                    .position(|c| c.configuration == s.configuration)
+                    .expect("every configuration has a column");
+                row.cells[at] = Some(s);
+            }
+            MetricTable {
+                name,
+                split,
+                columns,
+                rows: rows.into_values().collect(),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,5 +332,52 @@ mod tests {
         pool_latest_epochs(&mut runs, |&(l, e)| (l, e), |r| r.0 = "set aside");
         let labels: Vec<&str> = runs.iter().map(|r| r.0).collect();
         assert_eq!(labels, ["set aside", "a", "b", "set aside", "a"]);
+    }
+
+    #[test]
+    fn tables_have_a_column_per_configuration_and_a_row_per_block() {
+        let summary = |configuration: &str, split, index: u32, runs| BlockSummary {
+            configuration: configuration.into(),
+            epoch: 6,
+            name: MetricName::Cosine,
+            split,
+            block: BlockId::new(index, 0),
+            block_index: index,
+            kind: if index == 1 {
+                BlockKind::Projection
+            } else {
+                BlockKind::Identity
+            },
+            runs,
+            mean: -0.1,
+            sd: 0.0,
+        };
+        let summaries = [
+            summary("a", Split::Test, 1, 2),
+            summary("a", Split::Test, 0, 3),
+            summary("a", Split::Train, 2, 3),
+            summary("b", Split::Test, 0, 1),
+        ];
+        let tables = metric_tables(&summaries);
+        assert_eq!(tables.len(), 1);
+        let t = &tables[0];
+        assert_eq!((t.name, t.split), (MetricName::Cosine, Split::Test));
+        let titles: Vec<String> = t.columns.iter().map(Column::title).collect();
+        assert_eq!(titles, ["a (3 seeds, epoch 6)", "b (epoch 6)"]);
+        let rows: Vec<(String, bool, Vec<bool>)> = t
+            .rows
+            .iter()
+            .map(|r| {
+                let present = r.cells.iter().map(Option::is_some).collect();
+                (r.block.to_string(), r.projection, present)
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("s0.b0".to_string(), false, vec![true, true]),
+                ("s1.b0".to_string(), true, vec![true, false]),
+            ]
+        );
     }
 }

@@ -419,6 +419,21 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
             .any(|l| l.trim_start().starts_with("C1  resnet-8")),
         "{out}"
     );
+    // With every block's values side by side: the two seeds as mean ± sd.
+    let (ok, out, err) = stack.stepwise(&["experiment", "show", "cli", "--blocks"]);
+    assert!(ok, "{err}");
+    let table = out
+        .split("cosine per block, test split:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{out}"));
+    let mut lines = table.lines();
+    let header = lines.next().unwrap();
+    assert!(header.contains("resnet-8 (2 seeds, epoch 1)"), "{out}");
+    let first = lines.next().unwrap();
+    assert!(
+        first.trim_start().starts_with("s0.b0") && first.contains(" ± "),
+        "{out}"
+    );
     assert!(out.contains("note: ") && out.contains("1 of 300"), "{out}");
     let table = out
         .lines()

@@ -13,8 +13,7 @@ use askama::Template;
 use axum::extract::State;
 use axum::response::{Html, Response};
 use axum::Extension;
-use domain::{BlockId, BlockKind, BlockSummary, MetricName, Split};
-use std::collections::BTreeMap;
+use domain::{BlockSummary, MetricName};
 use uuid::Uuid;
 
 /// A run on the compare page, with the label its figures draw it under.
@@ -96,70 +95,45 @@ pub struct SideBySideRow {
 
 /// The summaries as one table per metric, on the test split where the metric has one.
 pub(super) fn side_by_side(summaries: &[BlockSummary]) -> Vec<SideBySide> {
-    let mut metrics: Vec<MetricName> = summaries.iter().map(|s| s.name).collect();
-    metrics.sort();
-    metrics.dedup();
-    metrics
+    domain::compare::metric_tables(summaries)
         .into_iter()
-        .map(|metric| {
-            let of_metric = summaries.iter().filter(|s| s.name == metric);
-            let split = if of_metric.clone().any(|s| s.split == Split::Test) {
-                Split::Test
-            } else {
-                Split::Train
-            };
-            let chosen: Vec<&BlockSummary> = of_metric.filter(|s| s.split == split).collect();
-            // (label, epoch, seeds)
-            let mut configurations: Vec<(&str, u32, u32)> = vec![];
-            for s in &chosen {
-                match configurations
-                    .iter_mut()
-                    .find(|(l, ..)| *l == s.configuration)
-                {
-                    Some((.., seeds)) => *seeds = (*seeds).max(s.runs),
-                    None => configurations.push((&s.configuration, s.epoch, s.runs)),
-                }
-            }
-            let mut rows: BTreeMap<BlockId, SideBySideRow> = BTreeMap::new();
-            for s in &chosen {
-                let row = rows.entry(s.block).or_insert_with(|| SideBySideRow {
-                    block: s.block.to_string(),
-                    projection: false,
-                    cells: vec![String::new(); configurations.len()],
-                });
-                row.projection |= s.kind == BlockKind::Projection;
-                let column = configurations
-                    .iter()
-                    .position(|(l, ..)| *l == s.configuration)
-                    .expect("every configuration has a column");
-                row.cells[column] = match s.runs {
-                    1 => number(s.mean),
-                    _ => format!("{} ± {}", number(s.mean), number(s.sd)),
-                };
-            }
-            SideBySide {
-                metric: metric.as_str(),
-                split: split.as_str(),
-                columns: configurations
-                    .iter()
-                    .map(|(label, epoch, seeds)| match seeds {
-                        1 => format!("{label} (epoch {epoch})"),
-                        n => format!("{label} ({n} seeds, epoch {epoch})"),
-                    })
-                    .collect(),
-                rows: rows.into_values().collect(),
-                open: matches!(
-                    metric,
-                    MetricName::Cosine | MetricName::L2Ratio | MetricName::DropAccuracy
-                ),
-            }
+        .map(|table| SideBySide {
+            metric: table.name.as_str(),
+            split: table.split.as_str(),
+            columns: table.columns.iter().map(|c| c.title()).collect(),
+            rows: table
+                .rows
+                .iter()
+                .map(|row| SideBySideRow {
+                    block: row.block.to_string(),
+                    projection: row.projection,
+                    cells: row
+                        .cells
+                        .iter()
+                        .map(|cell| cell.map_or(String::new(), mean_sd))
+                        .collect(),
+                })
+                .collect(),
+            open: matches!(
+                table.name,
+                MetricName::Cosine | MetricName::L2Ratio | MetricName::DropAccuracy
+            ),
         })
         .collect()
+}
+
+/// `mean ± sd`, or the mean alone of one seed.
+fn mean_sd(s: &BlockSummary) -> String {
+    match s.runs {
+        1 => number(s.mean),
+        _ => format!("{} ± {}", number(s.mean), number(s.sd)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use domain::{BlockId, BlockKind, Split};
 
     #[test]
     fn blocks_side_by_side_have_a_table_per_metric_and_a_column_per_configuration() {

@@ -5,7 +5,9 @@ use super::{await_analyses, experiment_id, json, run_bar, show_progress, succeed
 use crate::cmd::print_text;
 use anyhow::Result;
 use client::Client;
+use client::FiguresOf;
 use domain::service::{ClaimsView, ExperimentView};
+use domain::{BlockSummary, MetricName};
 use indicatif::MultiProgress;
 use serde::Serialize;
 use std::process::ExitCode;
@@ -42,20 +44,80 @@ pub fn list(api: &Api, limit: u32, as_json: bool) -> Result<ExitCode> {
 struct Shown {
     experiment: ExperimentView,
     claims: ClaimsView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blocks: Option<Vec<BlockSummary>>,
 }
 
-pub fn show(api: &Api, experiment: &str, as_json: bool) -> Result<ExitCode> {
+pub fn show(api: &Api, experiment: &str, blocks: bool, as_json: bool) -> Result<ExitCode> {
     let client = api.client()?;
     let experiment = experiment_id(&client, experiment)?;
     let shown = Shown {
         claims: client.experiment_claims(experiment)?,
         experiment: client.experiment(experiment)?,
+        blocks: blocks
+            .then(|| client.block_summaries(&FiguresOf::Experiment(experiment)))
+            .transpose()?,
     };
     if as_json {
         return json(&shown);
     }
-    print_text(&describe(&shown))?;
+    let mut text = describe(&shown);
+    if let Some(summaries) = &shown.blocks {
+        text.push('\n');
+        text.push_str(&side_by_side(summaries));
+    }
+    print_text(&text)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The blocks of Figs. 2–4 side by side, as the experiment's page shows them: per metric a
+/// table of every block, a column per configuration (mean ± sd over its seeds).
+fn side_by_side(summaries: &[BlockSummary]) -> String {
+    let drawn = [
+        MetricName::Cosine,
+        MetricName::L2Ratio,
+        MetricName::DropAccuracy,
+    ];
+    let mut lines = vec![];
+    for table in domain::compare::metric_tables(summaries) {
+        if !drawn.contains(&table.name) {
+            continue;
+        }
+        let cell = |s: &BlockSummary| match s.runs {
+            1 => format!("{:.4}", s.mean),
+            _ => format!("{:.4} ± {:.4}", s.mean, s.sd),
+        };
+        let mut rows = vec![std::iter::once("block".to_string())
+            .chain(table.columns.iter().map(|c| c.title()))
+            .collect::<Vec<_>>()];
+        for row in &table.rows {
+            let block = format!("{}{}", row.block, if row.projection { " (P)" } else { "" });
+            let cells = row.cells.iter().map(|c| c.map_or("-".into(), cell));
+            rows.push(std::iter::once(block).chain(cells).collect());
+        }
+        let widths: Vec<usize> = (0..rows[0].len())
+            .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+            .collect();
+        lines.push(String::new());
+        lines.push(format!("{} per block, {} split:", table.name, table.split));
+        for row in rows {
+            let padded: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(i, (text, &width))| match i {
+                    0 => format!("{text:<width$}"),
+                    _ => format!("{text:>width$}"),
+                })
+                .collect();
+            lines.push(format!("  {}", padded.join("  ")));
+        }
+    }
+    if !lines.is_empty() {
+        lines.push(String::new());
+        lines.push("(P): a projection block, measured against its shortcut's output".into());
+    }
+    lines.join("\n")
 }
 
 /// `stepwise watch` of an experiment: a bar per run until every run's training has ended,
@@ -86,13 +148,18 @@ pub fn watch(client: &Client, experiment: Uuid, every: Duration) -> Result<ExitC
     let shown = Shown {
         claims: client.experiment_claims(experiment)?,
         experiment: view,
+        blocks: None,
     };
     print_text(&describe(&shown))?;
     Ok(code)
 }
 
 /// The configurations' table, then the claims' (as the dashboard and `report.md` give them).
-fn describe(Shown { experiment, claims }: &Shown) -> String {
+fn describe(
+    Shown {
+        experiment, claims, ..
+    }: &Shown,
+) -> String {
     let e = experiment;
     let mut lines = vec![format!(
         "experiment {} ({}), submitted {}: {} runs",
