@@ -95,23 +95,9 @@ fn side_by_side(summaries: &[BlockSummary]) -> String {
             let cells = row.cells.iter().map(|c| c.map_or("-".into(), cell));
             rows.push(std::iter::once(block).chain(cells).collect());
         }
-        let widths: Vec<usize> = (0..rows[0].len())
-            .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-            .collect();
         lines.push(String::new());
         lines.push(format!("{} per block, {} split:", table.name, table.split));
-        for row in rows {
-            let padded: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .enumerate()
-                .map(|(i, (text, &width))| match i {
-                    0 => format!("{text:<width$}"),
-                    _ => format!("{text:>width$}"),
-                })
-                .collect();
-            lines.push(format!("  {}", padded.join("  ")));
-        }
+        lines.extend(aligned(&rows));
     }
     if !lines.is_empty() {
         lines.push(String::new());
@@ -154,6 +140,33 @@ pub fn watch(client: &Client, experiment: Uuid, every: Duration) -> Result<ExitC
     Ok(code)
 }
 
+/// Rows of cells as indented lines, each column as wide as its widest cell: the first
+/// left-aligned (a name), the others right-aligned (numbers).
+fn aligned<R: AsRef<[String]>>(rows: &[R]) -> Vec<String> {
+    let columns = rows.first().map_or(0, |r| r.as_ref().len());
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            let cells = rows.iter().map(|r| r.as_ref()[i].chars().count());
+            cells.max().unwrap_or(0)
+        })
+        .collect();
+    rows.iter()
+        .map(|row| {
+            let cells: Vec<String> = row
+                .as_ref()
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(i, (cell, &width))| match i {
+                    0 => format!("{cell:<width$}"),
+                    _ => format!("{cell:>width$}"),
+                })
+                .collect();
+            format!("  {}", cells.join("  "))
+        })
+        .collect()
+}
+
 /// The configurations' table, then the claims' (as the dashboard and `report.md` give them).
 fn describe(
     Shown {
@@ -193,27 +206,10 @@ fn describe(
     }
     lines.push("Table 1 (paper.md):".into());
     let header = domain::paper::TABLE_HEADER.map(String::from);
-    let rows: Vec<[String; 6]> = claims.table.iter().map(|row| row.cells()).collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            let cells = std::iter::once(&header)
-                .chain(&rows)
-                .map(|r| r[i].chars().count());
-            cells.max().unwrap_or(0)
-        })
+    let rows: Vec<[String; 6]> = std::iter::once(header)
+        .chain(claims.table.iter().map(|row| row.cells()))
         .collect();
-    for row in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(i, (cell, &width))| match i {
-                0 => format!("{cell:<width$}"),
-                _ => format!("{cell:>width$}"),
-            })
-            .collect();
-        lines.push(format!("  {}", cells.join("  ")));
-    }
+    lines.extend(aligned(&rows));
     lines.push(format!("  {}", domain::paper::TABLE_NOTE));
     if claims.claims.is_empty() {
         lines.push("claims: no analysed run yet".into());
