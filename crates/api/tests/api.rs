@@ -1000,6 +1000,32 @@ async fn blocks_are_summarised_over_the_seeds_of_each_configuration(pool: PgPool
     assert_eq!(lines.len(), 4, "{lines:?}");
     assert!(lines[3].starts_with("resnet-8,1,l2_ratio,test,s1.b0,1,projection,2,0.5,"));
 
+    // The second seed analysed again at the same epoch with the `skip` gradient — another
+    // cosine — is not averaged with the first seed's: one seed each way, the first listed
+    // decides. Its positive cosine would otherwise make C1 fail.
+    let requested = app
+        .post(
+            &format!("/v1/runs/{}/analyses", runs[1]),
+            json!({"epoch": 1, "spec": {"gradient": "skip"}}),
+        )
+        .await;
+    assert_eq!(
+        requested.status,
+        StatusCode::CREATED,
+        "{}",
+        requested.text()
+    );
+    let analysing = app.claim("analyze", "gpu-8").await;
+    app.complete(&analysing, Some(analysis(0.9))).await;
+    let rows = app
+        .get(&format!("/v1/experiments/{experiment}/blocks"))
+        .await
+        .json();
+    assert_eq!(rows[0]["runs"], 1, "{rows}");
+    assert_eq!(rows[0]["mean"], -0.1, "{rows}");
+    let c1 = app.verdict(&experiment, "C1").await;
+    assert_eq!(c1["holds"], true, "{c1}");
+
     for (uri, status, what) in [
         ("/v1/blocks".to_string(), StatusCode::BAD_REQUEST, "no runs"),
         (

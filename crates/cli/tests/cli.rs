@@ -640,7 +640,10 @@ fn analyze_a_run_writes_every_epoch_and_a_combined_table() {
     ok(&drawn);
     let said = String::from_utf8_lossy(&drawn.stderr);
     assert!(
-        said.contains("runs/d: analysed only up to epoch 1, behind another seed of resnet-8"),
+        said.contains(
+            "runs/d: left out of resnet-8's block-wise figures, claims and blocks.csv: \
+             analysed only up to epoch 1, behind another seed's epoch 2"
+        ),
         "{said}"
     );
     let blocks = std::fs::read_to_string(dir.path().join("seeds/blocks.csv")).unwrap();
@@ -672,6 +675,42 @@ fn analyze_a_run_writes_every_epoch_and_a_combined_table() {
         &["figures", "--run", "runs/c", "--out", "figs-skip"],
     ));
     assert!(!listing.contains("blocks_over_training_"), "{listing}");
+    // The other seed analysed at epoch 2 too, with the full gradient: one seed each way, the
+    // first listed decides, and the other is left out as measuring another cosine.
+    ok(&stepwise(
+        dir.path(),
+        &[
+            "analyze",
+            "--checkpoint",
+            "runs/d/checkpoints/epoch-0002.safetensors",
+            "--metrics",
+            "cosine",
+            "--max-examples",
+            "12",
+        ],
+    ));
+    let seeds = [
+        "figures",
+        "--run",
+        "runs/c",
+        "--run",
+        "runs/d",
+        "--out",
+        "seeds-skip",
+    ];
+    let drawn = stepwise(dir.path(), &seeds);
+    ok(&drawn);
+    let said = String::from_utf8_lossy(&drawn.stderr);
+    assert!(
+        said.contains("runs/d: left out of resnet-8's block-wise figures, claims and blocks.csv: analysed with other settings"),
+        "{said}"
+    );
+    let blocks = std::fs::read_to_string(dir.path().join("seeds-skip/blocks.csv")).unwrap();
+    let pooled = blocks
+        .lines()
+        .find(|l| l.starts_with("resnet-8,2,cosine,test,s0.b0,0,identity,"))
+        .unwrap_or_else(|| panic!("{blocks}"));
+    assert_eq!(value(pooled, 7), "1", "the skip seed alone: {blocks}");
     let err = failed(&stepwise(
         dir.path(),
         &["analyze", "--run", "runs/c", "--metrics", "cosin"],

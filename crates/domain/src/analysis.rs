@@ -152,6 +152,19 @@ impl Default for AnalysisSpec {
 }
 
 impl AnalysisSpec {
+    /// Whether analyses with these settings and `other`'s measure the same quantities, so
+    /// that seeds analysed with them may be averaged: the same gradient, borderline window
+    /// and margin, and unrolling steps and step sizes. Which metrics and splits, how many
+    /// examples, which subset and how many per pass may differ: they choose what is
+    /// measured and how precisely, not what a metric is.
+    pub fn measures_like(&self, other: &Self) -> bool {
+        self.gradient == other.gradient
+            && self.window == other.window
+            && self.margin == other.margin
+            && self.unroll_steps == other.unroll_steps
+            && self.alphas == other.alphas
+    }
+
     /// Parses the fields given in TOML, the others taking their defaults, and checks them;
     /// fields are named bare (a syntax error by no path), as in [`Self::validate`].
     pub fn from_toml(text: &str) -> Result<Self, SpecError> {

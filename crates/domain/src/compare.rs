@@ -1,10 +1,10 @@
 //! Every block's metrics of several configurations side by side — the numbers behind the
 //! block-wise figures: per configuration (runs sharing a label are its seeds), metric,
 //! split and block, the mean over seeds of each run's per-example mean, with the sample
-//! standard deviation; and which seeds' analyses are pooled at all ([`pool_latest_epochs`]).
+//! standard deviation; and which seeds' analyses are pooled at all ([`pool_seeds`]).
 
 use crate::stats::mean_std;
-use crate::{AnalysisRecord, BlockId, BlockKind, Group, MetricName, Split, Stat};
+use crate::{AnalysisRecord, AnalysisSpec, BlockId, BlockKind, Group, MetricName, Split, Stat};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -15,7 +15,7 @@ pub struct BlockSummary {
     /// The configuration, as its figures label it.
     pub configuration: String,
     /// The checkpoint epoch its seeds were analysed at: the latest of any of them
-    /// ([`pool_latest_epochs`]).
+    /// ([`pool_seeds`]).
     pub epoch: u32,
     /// `cosine`, `l2_ratio`, `drop_accuracy`, … (as in analysis records).
     #[schema(value_type = String)]
@@ -53,62 +53,114 @@ impl AnalysisRecord {
     }
 }
 
-/// Which of several runs' analyses to pool, given each run's configuration label and the
-/// epoch its analysis is of (None: not analysed): per configuration only those of its
-/// latest analysed epoch. Seeds are so compared at one point of training, and a seed still
-/// training, analysed at an earlier epoch, is left out until it catches up.
-fn of_latest_epoch(runs: &[(&str, Option<u32>)]) -> Vec<bool> {
+/// What decides whether two seeds' analyses may be averaged: the checkpoint epoch they are
+/// of and the settings that define the quantities measured
+/// ([`AnalysisSpec::measures_like`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Analysed<'a> {
+    pub epoch: u32,
+    pub spec: &'a AnalysisSpec,
+}
+
+/// Why a seed's analysis is left out of its configuration's pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetAside {
+    /// Analysed at `epoch`, before the configuration's latest analysed epoch `latest`: a
+    /// seed still training is left out until it catches up.
+    Behind { epoch: u32, latest: u32 },
+    /// Analysed at the latest epoch, but with settings that measure something else (say the
+    /// `skip` gradient) than most of its seeds there.
+    OtherSettings,
+}
+
+/// Which of several runs' analyses to pool, given each run's configuration label and its
+/// analysis (None: not analysed): per configuration those of its latest analysed epoch,
+/// measured as most of them there were (ties: as the first listed). Seeds are so compared
+/// at one point of training and on one definition of every metric.
+fn pooled(runs: &[(&str, Option<Analysed>)]) -> Vec<Result<(), SetAside>> {
     runs.iter()
-        .map(|&(label, epoch)| {
-            let latest = runs
+        .map(|&(label, analysed)| {
+            let Some(analysed) = analysed else {
+                return Ok(());
+            };
+            let seeds: Vec<Analysed> = runs
                 .iter()
                 .filter(|(l, _)| *l == label)
-                .filter_map(|(_, e)| *e)
-                .max();
-            epoch.is_some() && epoch == latest
+                .filter_map(|(_, a)| *a)
+                .collect();
+            let latest = seeds
+                .iter()
+                .map(|s| s.epoch)
+                .max()
+                .unwrap_or(analysed.epoch);
+            if analysed.epoch < latest {
+                return Err(SetAside::Behind {
+                    epoch: analysed.epoch,
+                    latest,
+                });
+            }
+            let at_latest: Vec<&AnalysisSpec> = seeds
+                .iter()
+                .filter(|s| s.epoch == latest)
+                .map(|s| s.spec)
+                .collect();
+            let alike =
+                |spec: &AnalysisSpec| at_latest.iter().filter(|s| s.measures_like(spec)).count();
+            let most = at_latest
+                .iter()
+                .enumerate()
+                .max_by_key(|&(at, spec)| (alike(spec), std::cmp::Reverse(at)))
+                .map(|(_, spec)| *spec);
+            match most {
+                Some(most) if !analysed.spec.measures_like(most) => Err(SetAside::OtherSettings),
+                _ => Ok(()),
+            }
         })
         .collect()
 }
 
 /// Sets aside the analyses of `runs` that are not pooled — per configuration only those of
-/// its latest analysed epoch are (`of_latest_epoch`) — for the figures and claims drawn
-/// from them: `of` gives a run's configuration label and analysed epoch,
-/// `set_aside` drops its analysis (its training metrics still count).
-pub fn pool_latest_epochs<T>(
+/// its latest analysed epoch, measured alike, are (`pooled`) — for the figures, claims and
+/// block summaries drawn from them: `of` gives a run's configuration label and analysis,
+/// `set_aside` drops its analysis (its training metrics still count). Returns, by
+/// position in `runs`, why each analysis set aside was.
+pub fn pool_seeds<T>(
     runs: &mut [T],
-    of: fn(&T) -> (&str, Option<u32>),
+    of: fn(&T) -> (&str, Option<Analysed<'_>>),
     set_aside: fn(&mut T),
-) {
-    let pooled = of_latest_epoch(&runs.iter().map(of).collect::<Vec<_>>());
-    for (run, pooled) in runs.iter_mut().zip(pooled) {
-        if !pooled {
+) -> Vec<(usize, SetAside)> {
+    let pooled = pooled(&runs.iter().map(of).collect::<Vec<_>>());
+    let mut reasons = vec![];
+    for (at, (run, pooled)) in runs.iter_mut().zip(pooled).enumerate() {
+        if let Err(reason) = pooled {
             set_aside(run);
+            reasons.push((at, reason));
         }
     }
+    reasons
 }
 
 /// The block summaries of runs, each given as its configuration's label and one analysis:
-/// the checkpoint epoch it is of and its records; pooled as [`pool_latest_epochs`] does.
-/// Configurations in order of first appearance, then by metric, split (test first) and
-/// block index.
+/// its epoch and settings, and its records; pooled as [`pool_seeds`] does. Configurations
+/// in order of first appearance, then by metric, split (test first) and block index.
 pub fn block_summaries<'a>(
-    runs: impl IntoIterator<Item = (&'a str, u32, &'a [AnalysisRecord])>,
+    runs: impl IntoIterator<Item = (&'a str, Analysed<'a>, &'a [AnalysisRecord])>,
 ) -> Vec<BlockSummary> {
-    let mut runs: Vec<(&str, u32, &[AnalysisRecord])> = runs.into_iter().collect();
-    pool_latest_epochs(
+    let mut runs: Vec<(&str, Analysed, &[AnalysisRecord])> = runs.into_iter().collect();
+    pool_seeds(
         &mut runs,
-        |&(label, epoch, _)| (label, Some(epoch)),
+        |&(label, analysed, _)| (label, Some(analysed)),
         |r| r.2 = &[],
     );
     // (metric, test before train, block index) → the block and each seed's value
     type Blocks =
         BTreeMap<(MetricName, std::cmp::Reverse<Split>, u32), (BlockId, BlockKind, Vec<f64>)>;
     let mut configurations: Vec<(&str, u32, Blocks)> = vec![];
-    for (label, epoch, records) in runs.into_iter().filter(|r| !r.2.is_empty()) {
+    for (label, analysed, records) in runs.into_iter().filter(|r| !r.2.is_empty()) {
         let at = match configurations.iter().position(|(l, _, _)| *l == label) {
             Some(at) => at,
             None => {
-                configurations.push((label, epoch, BTreeMap::new()));
+                configurations.push((label, analysed.epoch, BTreeMap::new()));
                 configurations.len() - 1
             }
         };
@@ -241,6 +293,7 @@ pub fn metric_tables(summaries: &[BlockSummary]) -> Vec<MetricTable<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::GradientKind;
 
     fn at(name: MetricName, split: Split, index: u32, value: f64) -> AnalysisRecord {
         let kind = if index == 1 {
@@ -281,12 +334,14 @@ mod tests {
         let other = [at(MetricName::L2Ratio, Split::Test, 0, f64::NAN)];
         // A third seed still training, analysed at an earlier epoch: not pooled.
         let behind = [at(MetricName::Cosine, Split::Test, 0, 5.0)];
+        let spec = AnalysisSpec::default();
+        let at = |epoch| Analysed { epoch, spec: &spec };
         let rows = block_summaries([
-            ("b", 6, &seed0[..]),
-            ("a", 6, &other[..]),
-            ("b", 4, &behind[..]),
-            ("b", 6, &seed1[..]),
-            ("c", 6, &[][..]),
+            ("b", at(6), &seed0[..]),
+            ("a", at(6), &other[..]),
+            ("b", at(4), &behind[..]),
+            ("b", at(6), &seed1[..]),
+            ("c", at(6), &[][..]),
         ]);
         let brief: Vec<(&str, &str, &str, String, u32)> = rows
             .iter()
@@ -321,17 +376,59 @@ mod tests {
     }
 
     #[test]
-    fn seeds_are_pooled_at_their_configuration_s_latest_analysed_epoch() {
+    fn seeds_are_pooled_at_their_configuration_s_latest_epoch_measured_alike() {
+        let full = AnalysisSpec::default();
+        let skip = AnalysisSpec {
+            gradient: GradientKind::Skip,
+            ..full.clone()
+        };
+        // Fewer examples, another subset: the same quantities, less precisely.
+        let fewer = AnalysisSpec {
+            max_examples: 10,
+            seed: 3,
+            ..full.clone()
+        };
+        let at = |epoch, spec| Some(Analysed { epoch, spec });
         let mut runs = [
-            ("a", Some(4)),
-            ("a", Some(6)),
-            ("b", Some(2)),
+            ("a", at(4, &full)),
+            ("a", at(6, &skip)),
+            ("b", at(2, &skip)),
             ("a", None),
-            ("a", Some(6)),
+            ("a", at(6, &full)),
+            ("a", at(6, &fewer)),
+            // One seed each way: the first listed decides.
+            ("c", at(1, &skip)),
+            ("c", at(1, &full)),
         ];
-        pool_latest_epochs(&mut runs, |&(l, e)| (l, e), |r| r.0 = "set aside");
+        let set_aside = pool_seeds(&mut runs, |&(l, a)| (l, a), |r| r.0 = "set aside");
         let labels: Vec<&str> = runs.iter().map(|r| r.0).collect();
-        assert_eq!(labels, ["set aside", "a", "b", "set aside", "a"]);
+        assert_eq!(
+            labels,
+            [
+                "set aside",
+                "set aside",
+                "b",
+                "a",
+                "a",
+                "a",
+                "c",
+                "set aside"
+            ]
+        );
+        assert_eq!(
+            set_aside,
+            [
+                (
+                    0,
+                    SetAside::Behind {
+                        epoch: 4,
+                        latest: 6
+                    }
+                ),
+                (1, SetAside::OtherSettings),
+                (7, SetAside::OtherSettings),
+            ]
+        );
     }
 
     #[test]

@@ -463,6 +463,16 @@ pub struct AnalysisView {
     pub records: Vec<AnalysisRecord>,
 }
 
+impl AnalysisView {
+    /// What decides whether it is pooled with its seeds' analyses.
+    pub fn analysed(&self) -> crate::compare::Analysed<'_> {
+        crate::compare::Analysed {
+            epoch: self.epoch,
+            spec: &self.spec,
+        }
+    }
+}
+
 /// One configuration of an experiment, over its seeds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ConfigSummary {

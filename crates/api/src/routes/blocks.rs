@@ -21,11 +21,13 @@ async fn summaries(state: &AppState, runs: Vec<(Uuid, String)>) -> ApiResult<Vec
     let mut analysed = vec![];
     for (run, label) in runs {
         if let Some(analysis) = state.store.latest_analysis(run).await? {
-            analysed.push((label, analysis.epoch, analysis.records));
+            analysed.push((label, analysis));
         }
     }
     Ok(domain::block_summaries(
-        analysed.iter().map(|(l, e, r)| (l.as_str(), *e, &r[..])),
+        analysed
+            .iter()
+            .map(|(l, a)| (l.as_str(), a.analysed(), &a.records[..])),
     ))
 }
 
@@ -48,7 +50,7 @@ pub(crate) async fn of_experiment_runs(
 pub(crate) fn of_results(results: &[RunResults]) -> Vec<BlockSummary> {
     domain::block_summaries(results.iter().filter_map(|r| {
         let analysis = r.analysis.as_ref()?;
-        Some((r.label.as_str(), analysis.epoch, &analysis.records[..]))
+        Some((r.label.as_str(), analysis.analysed(), &analysis.records[..]))
     }))
 }
 
@@ -61,7 +63,7 @@ fn respond(rows: Vec<BlockSummary>, headers: &HeaderMap) -> Response {
 }
 
 #[utoipa::path(get, path = "/v1/blocks", tag = "figures", params(RunsQuery),
-    responses((status = 200, description = "per configuration, metric, split (test first) and block: mean ± sd over its seeds of each run's latest analysis, the seeds analysed at the configuration's latest analysed epoch; CSV with Accept: text/csv",
+    responses((status = 200, description = "per configuration, metric, split (test first) and block: mean ± sd over its seeds of each run's latest analysis, the seeds analysed at the configuration's latest analysed epoch, measured alike; CSV with Accept: text/csv",
             body = Vec<BlockSummary>),
         (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn of_runs(
@@ -74,7 +76,7 @@ pub async fn of_runs(
 
 #[utoipa::path(get, path = "/v1/experiments/{id}/blocks", tag = "experiments",
     params(("id" = uuid::Uuid, Path)),
-    responses((status = 200, description = "per configuration, metric, split (test first) and block: mean ± sd over the seeds' latest analyses, those at the configuration's latest analysed epoch; CSV with Accept: text/csv",
+    responses((status = 200, description = "per configuration, metric, split (test first) and block: mean ± sd over the seeds' latest analyses, those at the configuration's latest analysed epoch, measured alike; CSV with Accept: text/csv",
             body = Vec<BlockSummary>),
         (status = 404, body = Problem)))]
 pub async fn of_experiment(

@@ -48,11 +48,12 @@ pub(crate) async fn results(
     })
 }
 
-/// Seeds pooled at their configuration's latest analysed epoch.
-fn pool_latest_epochs(results: &mut [RunResults]) {
-    domain::compare::pool_latest_epochs(
+/// Seeds pooled at their configuration's latest analysed epoch, measured alike
+/// ([`domain::compare::pool_seeds`]).
+fn pool_seeds(results: &mut [RunResults]) {
+    domain::compare::pool_seeds(
         results,
-        |r| (&r.label, r.analysis.as_ref().map(|a| a.epoch)),
+        |r| (&r.label, r.analysis.as_ref().map(AnalysisView::analysed)),
         |r| r.analysis = None,
     );
 }
@@ -186,7 +187,7 @@ async fn run_results(state: &AppState, raw: &str) -> ApiResult<Vec<RunResults>> 
 }
 
 /// Every run's results (training metrics and latest analysis, seeds pooled at their
-/// configuration's latest analysed epoch), in the experiment's order.
+/// configuration's latest analysed epoch, measured alike), in the experiment's order.
 pub(crate) async fn experiment_results(
     state: &AppState,
     experiment: &ExperimentView,
@@ -195,7 +196,7 @@ pub(crate) async fn experiment_results(
     for run in &experiment.runs {
         out.push(results(state, run.id, run.label.clone(), true).await?);
     }
-    pool_latest_epochs(&mut out);
+    pool_seeds(&mut out);
     Ok(out)
 }
 
@@ -207,8 +208,8 @@ pub(crate) async fn experiment_results(
 pub struct RunsQuery {
     /// Run ids, comma-separated or the parameter repeated (at most 100): runs whose specs
     /// differ only in the seed are seeds of one configuration (mean ± sd, those analysed
-    /// at its latest analysed epoch); configurations of one model that differ in more are
-    /// labelled by their runs' names (an experiment's by experiment and configuration; a
+    /// at its latest analysed epoch, measured alike); configurations of one model that
+    /// differ in more are labelled by their runs' names (an experiment's by experiment and configuration; a
     /// run without a name by the end of its id)
     runs: String,
 }
@@ -234,7 +235,7 @@ pub(crate) async fn labelled(
 }
 
 /// Runs drawn together: their results under their configurations' labels, seeds pooled at
-/// their configuration's latest analysed epoch.
+/// their configuration's latest analysed epoch, measured alike.
 pub(crate) async fn together(
     state: &AppState,
     ids: &[Uuid],
@@ -244,7 +245,7 @@ pub(crate) async fn together(
     for (run, label) in runs.iter().zip(labels) {
         out.push(results(state, run.id, label, true).await?);
     }
-    pool_latest_epochs(&mut out);
+    pool_seeds(&mut out);
     Ok((runs, out))
 }
 

@@ -5,6 +5,7 @@
 
 use analysis::Analysis;
 use anyhow::{bail, Context, Result};
+use domain::compare::{Analysed, SetAside};
 use domain::{AnalysisRecord, BlockSummary, MetricRecord, RunSpec};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -131,14 +132,37 @@ pub fn render(runs: &[RunData], out: &Path) -> Result<Vec<PathBuf>> {
     Ok(written)
 }
 
-/// Seeds pooled at their configuration's latest analysed epoch, for the figures, the claims
-/// and `blocks.csv`.
-pub fn pool_latest_epochs(runs: &mut [RunData]) {
-    domain::compare::pool_latest_epochs(
+/// What decides whether a run's analysis is pooled with its seeds'.
+fn analysed(analysis: &Analysis) -> Analysed<'_> {
+    Analysed {
+        epoch: analysis.epoch,
+        spec: &analysis.spec,
+    }
+}
+
+/// Seeds pooled at their configuration's latest analysed epoch, measured alike, for the
+/// figures, the claims and `blocks.csv`; says on stderr which seed is left out and why.
+pub fn pool_seeds(runs: &mut [RunData], dirs: &[PathBuf]) {
+    let set_aside = domain::compare::pool_seeds(
         runs,
-        |r| (&r.label, r.analysis.as_ref().map(|a| a.epoch)),
+        |r| (&r.label, r.analysis.as_ref().map(analysed)),
         |r| r.analysis = None,
     );
+    for (at, reason) in set_aside {
+        let why = match reason {
+            SetAside::Behind { epoch, latest } => {
+                format!("analysed only up to epoch {epoch}, behind another seed's epoch {latest}")
+            }
+            SetAside::OtherSettings => "analysed with other settings (gradient, window, \
+                                        margin or unrolling) than most seeds at its epoch"
+                .to_string(),
+        };
+        eprintln!(
+            "{}: left out of {}'s block-wise figures, claims and blocks.csv: {why}",
+            dirs[at].display(),
+            runs[at].label
+        );
+    }
 }
 
 /// The runs' blocks side by side: [`domain::block_summaries`] of each latest analysis,
@@ -146,7 +170,7 @@ pub fn pool_latest_epochs(runs: &mut [RunData]) {
 pub fn blocks_of(runs: &[RunData]) -> Vec<BlockSummary> {
     domain::block_summaries(runs.iter().filter_map(|r| {
         let analysis = r.analysis.as_ref()?;
-        Some((r.label.as_str(), analysis.epoch, &analysis.records[..]))
+        Some((r.label.as_str(), analysed(analysis), &analysis.records[..]))
     }))
 }
 
@@ -187,21 +211,7 @@ pub fn run(runs: &[PathBuf], out: &Path) -> Result<ExitCode> {
         d.label = label.clone();
         data.push(d);
     }
-    let analysed: Vec<Option<u32>> = data
-        .iter()
-        .map(|d| d.analysis.as_ref().map(|a| a.epoch))
-        .collect();
-    pool_latest_epochs(&mut data);
-    for ((dir, d), epoch) in runs.iter().zip(&data).zip(analysed) {
-        if let (Some(epoch), None) = (epoch, &d.analysis) {
-            eprintln!(
-                "{}: analysed only up to epoch {epoch}, behind another seed of {}: left out of \
-                 the block-wise figures and blocks.csv until analysed at that seed's epoch",
-                dir.display(),
-                d.label
-            );
-        }
-    }
+    pool_seeds(&mut data, runs);
     for label in labels.iter().collect::<std::collections::BTreeSet<_>>() {
         let seeds: Vec<String> = runs
             .iter()

@@ -5,7 +5,7 @@
 //! seeds) and `OUT/report.md` (our numbers beside the paper's, and claims C1–C7) are
 //! written. Rerunning the command after a stop continues where it left off.
 
-use super::figures::{blocks_of, pool_latest_epochs, read_run, render, write_blocks_csv, RunData};
+use super::figures::{blocks_of, pool_seeds, read_run, render, write_blocks_csv, RunData};
 use super::open_dataset;
 use crate::args::RunArgs;
 use crate::progress::RunSink;
@@ -62,12 +62,16 @@ pub fn run(args: RunArgs, data_dir: &Path) -> Result<ExitCode> {
     // Written once every run matches it (a different experiment is refused above).
     resnet::checkpoint::write_atomic(&out.join("experiment.toml"), text.as_bytes())?;
     let mut data = vec![];
-    for r in &runs {
-        let mut d = read_run(&out.join("runs").join(r.dir_name()))?;
+    let dirs: Vec<PathBuf> = runs
+        .iter()
+        .map(|r| out.join("runs").join(r.dir_name()))
+        .collect();
+    for (r, dir) in runs.iter().zip(&dirs) {
+        let mut d = read_run(dir)?;
         d.label = r.label.clone();
         data.push(d);
     }
-    pool_latest_epochs(&mut data);
+    pool_seeds(&mut data, &dirs);
     let written = Written {
         figures: render(&data, &out.join("figures"))?,
         blocks: write_blocks_csv(&blocks_of(&data), &out.join("blocks.csv"))?,
