@@ -926,17 +926,8 @@ async fn blocks_are_summarised_over_the_seeds_of_each_configuration(pool: PgPool
     let training = app.start_training(json!([])).await;
     app.register_checkpoint(&training, 0).await;
     let behind = training["run_id"].as_str().unwrap();
-    let requested = app
-        .post(&format!("/v1/runs/{behind}/analyses"), json!({"epoch": 0}))
+    app.analyse(behind, json!({"epoch": 0}), analysis(5.0))
         .await;
-    assert_eq!(
-        requested.status,
-        StatusCode::CREATED,
-        "{}",
-        requested.text()
-    );
-    let analysing = app.claim("analyze", "gpu-8").await;
-    app.complete(&analysing, Some(analysis(5.0))).await;
     let third = app.get(&format!("/v1/runs/{behind}/analyses")).await.json();
     assert_eq!(third[0]["status"], "succeeded", "{third}");
     // The claims pool the same seeds: counted in, its positive cosine would turn C1.
@@ -1003,20 +994,8 @@ async fn blocks_are_summarised_over_the_seeds_of_each_configuration(pool: PgPool
     // The second seed analysed again at the same epoch with the `skip` gradient — another
     // cosine — is not averaged with the first seed's: one seed each way, the first listed
     // decides. Its positive cosine would otherwise make C1 fail.
-    let requested = app
-        .post(
-            &format!("/v1/runs/{}/analyses", runs[1]),
-            json!({"epoch": 1, "spec": {"gradient": "skip"}}),
-        )
-        .await;
-    assert_eq!(
-        requested.status,
-        StatusCode::CREATED,
-        "{}",
-        requested.text()
-    );
-    let analysing = app.claim("analyze", "gpu-8").await;
-    app.complete(&analysing, Some(analysis(0.9))).await;
+    let skip = json!({"epoch": 1, "spec": {"gradient": "skip"}});
+    app.analyse(&runs[1], skip, analysis(0.9)).await;
     let rows = app
         .get(&format!("/v1/experiments/{experiment}/blocks"))
         .await

@@ -182,6 +182,22 @@ impl TestApp {
         claim["run_id"].as_str().unwrap().to_string()
     }
 
+    /// Requests an analysis of `run` (`request`, an `AnalysisRequest`) and performs it as an
+    /// analyzer would, completing it with `analysis` (an `AnalysisResult`).
+    pub async fn analyse(&self, run: &str, request: Value, analysis: Value) {
+        let requested = self
+            .post(&format!("/v1/runs/{run}/analyses"), request)
+            .await;
+        assert_eq!(
+            requested.status,
+            StatusCode::CREATED,
+            "{}",
+            requested.text()
+        );
+        let analysing = self.claim("analyze", "gpu-8").await;
+        self.complete(&analysing, Some(analysis)).await;
+    }
+
     /// The verdict on `claim` (`C1`…) of an experiment's claims, as `experiment show` reads
     /// them.
     pub async fn verdict(&self, experiment: &str, claim: &str) -> Value {
