@@ -390,7 +390,7 @@ pub enum DataCommand {
         /// The release to fetch.
         #[arg(value_enum)]
         dataset: FetchName,
-        /// Default: DATA_DIR/<dataset>.
+        /// Default: `DATA_DIR/<dataset>`.
         #[arg(long)]
         out: Option<PathBuf>,
         /// A mirror of the same archive (it must still match the published size and MD5).
@@ -416,9 +416,9 @@ pub enum DataCommand {
         #[arg(long, value_delimiter = ',')]
         epochs: Vec<u32>,
     },
-    /// Convert image folders (train/<class>/*, test/<class>/*; PNG or JPEG, 32×32).
+    /// Convert image folders (`train/<class>/*`, `test/<class>/*`; PNG or JPEG, 32×32).
     Import {
-        /// Folder holding train/<class>/ and test/<class>/ image folders.
+        /// Folder holding `train/<class>/` and `test/<class>/` image folders.
         #[arg(long)]
         from: PathBuf,
         /// Dataset directory to create.
@@ -598,7 +598,7 @@ pub struct TrainArgs {
     /// A tag recorded in the spec (repeat for several).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
-    /// Run directory: checkpoints/, metrics.jsonl, spec.toml. Default: runs/<arch><depth>-seed<seed>,
+    /// Run directory: checkpoints/, metrics.jsonl, spec.toml. Default: `runs/<arch><depth>-seed<seed>`,
     /// or the run directory of --resume.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -802,7 +802,7 @@ pub struct RunArgs {
 
 #[derive(Args)]
 pub struct SubmitArgs {
-    /// A run spec (like experiments/*.toml) or an experiment spec (with [[configs]]).
+    /// A run spec (like experiments/*.toml) or an experiment spec (with `[[configs]]`).
     pub spec: PathBuf,
     /// Which checkpoints of a run are analysed besides the final one: final, every:K or
     /// epochs:A,B,… (epoch 0: the initial weights). An experiment's runs follow its own
