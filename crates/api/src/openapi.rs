@@ -29,7 +29,7 @@ use utoipa::{Modify, OpenApi};
         Problem, RunSubmission, ImportSubmission, import::ImportForm, UploadedWeights,
         ExperimentImport, import::ExperimentImportForm, RunView, Page<RunView>, CheckpointView, AnalysisView,
         AnalysisRequest, AnalysisPlan, CheckpointSelection, ExperimentSubmission,
-        ExperimentView, ExperimentSummary, ClaimsView, Page<ExperimentSummary>, ConfigSummary, AttemptView, LogLine, DatasetView, JobState, JobKind, FailureKind,
+        ExperimentView, ExperimentSummary, ClaimsView, LeftOut, Page<ExperimentSummary>, ConfigSummary, AttemptView, LogLine, DatasetView, JobState, JobKind, FailureKind,
         ClaimRequest, Claim, CheckpointRef, AnalysisTask, LeaseProof, HeartbeatReply,
         WorkerEvent, EventBatch, CheckpointRegistration, AnalysisResult, Completion,
         FailureReport, Refusal, WorkerCapacity, domain::Memory, WorkerView, WorkerJob,

@@ -933,6 +933,12 @@ async fn blocks_are_summarised_over_the_seeds_of_each_configuration(pool: PgPool
     // The claims pool the same seeds: counted in, its positive cosine would turn C1.
     let c1 = app.verdict(&experiment, "C1").await;
     assert_eq!(c1["holds"], true, "{c1}");
+    let claims = app
+        .get(&format!("/v1/experiments/{experiment}/claims"))
+        .await
+        .json();
+    assert_eq!(claims["left_out"][0]["run_id"], behind, "{claims}");
+    assert_eq!(claims["left_out"].as_array().unwrap().len(), 1, "{claims}");
     let rows = app
         .get(&format!("/v1/experiments/{experiment}/blocks"))
         .await
@@ -1004,6 +1010,45 @@ async fn blocks_are_summarised_over_the_seeds_of_each_configuration(pool: PgPool
     assert_eq!(rows[0]["mean"], -0.1, "{rows}");
     let c1 = app.verdict(&experiment, "C1").await;
     assert_eq!(c1["holds"], true, "{c1}");
+    // Which seeds are left out, and why: in the claims (as `experiment show` prints them)
+    // and on the experiment's page.
+    let claims = app
+        .get(&format!("/v1/experiments/{experiment}/claims"))
+        .await
+        .json();
+    let left_out: Vec<(&str, &str, &str)> = claims["left_out"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["run_id"].as_str().unwrap(),
+                l["configuration"].as_str().unwrap(),
+                l["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let other = "analysed with other settings (gradient, window, margin or unrolling) than \
+                 most seeds at its epoch";
+    assert_eq!(
+        left_out,
+        [
+            (runs[1].as_str(), "resnet-8", other),
+            (
+                behind,
+                "resnet-8",
+                "analysed only up to epoch 0, behind another seed's epoch 1"
+            ),
+        ],
+        "{claims}"
+    );
+    let html = app.get(&format!("/experiments/{experiment}")).await.text();
+    assert!(
+        html.contains(&format!(
+            r#"<a href="/runs/{behind}">seeds/resnet-8/seed2</a>: analysed only up to epoch 0"#
+        )),
+        "{html}"
+    );
 
     for (uri, status, what) in [
         ("/v1/blocks".to_string(), StatusCode::BAD_REQUEST, "no runs"),

@@ -119,25 +119,36 @@ fn pooled(runs: &[(&str, Option<Analysed>)]) -> Vec<Result<(), SetAside>> {
         .collect()
 }
 
+impl std::fmt::Display for SetAside {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Behind { epoch, latest } => write!(
+                f,
+                "analysed only up to epoch {epoch}, behind another seed's epoch {latest}"
+            ),
+            Self::OtherSettings => f.write_str(
+                "analysed with other settings (gradient, window, margin or unrolling) than \
+                 most seeds at its epoch",
+            ),
+        }
+    }
+}
+
 /// Sets aside the analyses of `runs` that are not pooled — per configuration only those of
 /// its latest analysed epoch, measured alike, are (`pooled`) — for the figures, claims and
 /// block summaries drawn from them: `of` gives a run's configuration label and analysis,
-/// `set_aside` drops its analysis (its training metrics still count). Returns, by
-/// position in `runs`, why each analysis set aside was.
+/// `set_aside` drops its analysis, told why (its training metrics still count).
 pub fn pool_seeds<T>(
     runs: &mut [T],
     of: fn(&T) -> (&str, Option<Analysed<'_>>),
-    set_aside: fn(&mut T),
-) -> Vec<(usize, SetAside)> {
+    set_aside: fn(&mut T, SetAside),
+) {
     let pooled = pooled(&runs.iter().map(of).collect::<Vec<_>>());
-    let mut reasons = vec![];
-    for (at, (run, pooled)) in runs.iter_mut().zip(pooled).enumerate() {
+    for (run, pooled) in runs.iter_mut().zip(pooled) {
         if let Err(reason) = pooled {
-            set_aside(run);
-            reasons.push((at, reason));
+            set_aside(run, reason);
         }
     }
-    reasons
 }
 
 /// The block summaries of runs, each given as its configuration's label and one analysis:
@@ -150,7 +161,7 @@ pub fn block_summaries<'a>(
     pool_seeds(
         &mut runs,
         |&(label, analysed, _)| (label, Some(analysed)),
-        |r| r.2 = &[],
+        |r, _| r.2 = &[],
     );
     // (metric, test before train, block index) → the block and each seed's value
     type Blocks =
@@ -390,44 +401,43 @@ mod tests {
         };
         let at = |epoch, spec| Some(Analysed { epoch, spec });
         let mut runs = [
-            ("a", at(4, &full)),
-            ("a", at(6, &skip)),
-            ("b", at(2, &skip)),
-            ("a", None),
-            ("a", at(6, &full)),
-            ("a", at(6, &fewer)),
+            ("a", at(4, &full), None),
+            ("a", at(6, &skip), None),
+            ("b", at(2, &skip), None),
+            ("a", None, None),
+            ("a", at(6, &full), None),
+            ("a", at(6, &fewer), None),
             // One seed each way: the first listed decides.
-            ("c", at(1, &skip)),
-            ("c", at(1, &full)),
+            ("c", at(1, &skip), None),
+            ("c", at(1, &full), None),
         ];
-        let set_aside = pool_seeds(&mut runs, |&(l, a)| (l, a), |r| r.0 = "set aside");
-        let labels: Vec<&str> = runs.iter().map(|r| r.0).collect();
+        pool_seeds(
+            &mut runs,
+            |&(l, a, _)| (l, a),
+            |r, reason| (r.0, r.2) = ("set aside", Some(reason)),
+        );
+        let pooled: Vec<(&str, Option<SetAside>)> = runs.iter().map(|r| (r.0, r.2)).collect();
+        let behind = SetAside::Behind {
+            epoch: 4,
+            latest: 6,
+        };
+        let other = SetAside::OtherSettings;
         assert_eq!(
-            labels,
+            pooled,
             [
-                "set aside",
-                "set aside",
-                "b",
-                "a",
-                "a",
-                "a",
-                "c",
-                "set aside"
+                ("set aside", Some(behind)),
+                ("set aside", Some(other)),
+                ("b", None),
+                ("a", None),
+                ("a", None),
+                ("a", None),
+                ("c", None),
+                ("set aside", Some(other)),
             ]
         );
         assert_eq!(
-            set_aside,
-            [
-                (
-                    0,
-                    SetAside::Behind {
-                        epoch: 4,
-                        latest: 6
-                    }
-                ),
-                (1, SetAside::OtherSettings),
-                (7, SetAside::OtherSettings),
-            ]
+            behind.to_string(),
+            "analysed only up to epoch 4, behind another seed's epoch 6"
         );
     }
 

@@ -510,6 +510,22 @@ pub struct ClaimsView {
     pub claims: Vec<crate::claims::Verdict>,
     /// What each claim tests, with its threshold.
     pub legend: String,
+    /// Seeds whose latest analysis Table 1's analysed train errors and the claims leave out
+    /// (as the figures and block summaries do): behind their configuration's latest
+    /// analysed epoch, or measured otherwise than most seeds there.
+    #[serde(default)]
+    pub left_out: Vec<LeftOut>,
+}
+
+/// A seed whose analysis is not pooled with its configuration's others
+/// ([`crate::compare::pool_seeds`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LeftOut {
+    pub run_id: Uuid,
+    pub name: Option<String>,
+    pub configuration: String,
+    /// Why, in words.
+    pub reason: String,
 }
 
 /// An experiment in the list of experiments: its progress over runs.

@@ -444,6 +444,27 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
         table.trim_start().starts_with("resnet-8") && table.contains("(n=2)"),
         "two seeds' test errors in Table 1: {out}"
     );
+    // The second seed analysed again with the skip gradient: one seed each way, the first
+    // listed (seed 0) decides, and `experiment show` says which seed is left out and why.
+    let (ok, out, err) = stack.stepwise(&[
+        "analysis",
+        "request",
+        "cli/resnet-8/seed1",
+        "--gradient",
+        "skip",
+        "--metrics",
+        "cosine",
+        "--max-examples",
+        "20",
+        "--wait",
+    ]);
+    assert!(ok, "{out}\n{err}");
+    let (ok, out, err) = stack.stepwise(&["experiment", "show", "cli"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("left out: cli/resnet-8/seed1 (resnet-8): analysed with other settings"),
+        "{out}"
+    );
     let client = stack.client();
     let summary = client.experiment(experiment_id.parse().unwrap()).unwrap();
     assert_eq!(summary.configs[0].succeeded, 2);

@@ -1,7 +1,7 @@
 //! `/v1/experiments`: configurations × seeds submitted at once, listed, read with
 //! aggregates.
 
-use super::figures::{experiment_results, RunResults};
+use super::figures::{experiment_results, left_out, RunResults};
 use super::{created, idempotency, typed, wants};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{Id, JsonBody, Query};
@@ -145,6 +145,7 @@ pub async fn claims(
         table,
         claims: verdicts,
         legend: claims::LEGEND.to_string(),
+        left_out: left_out(&experiment.runs, &results),
     })
     .into_response())
 }

@@ -10,7 +10,8 @@ use crate::AppState;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Json;
-use domain::service::{AnalysisView, ExperimentView, RunView};
+use domain::compare::SetAside;
+use domain::service::{AnalysisView, ExperimentView, LeftOut, RunView};
 use domain::{AnalysisRecord, MetricRecord};
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
@@ -23,6 +24,8 @@ pub(crate) struct RunResults {
     pub analysis: Option<AnalysisView>,
     /// [`figures::Run::history`].
     pub history: Vec<AnalysisRecord>,
+    /// Why its latest analysis is not pooled with its seeds', if it is not.
+    pub left_out: Option<SetAside>,
 }
 
 /// A run's training metrics, its blocks over the analysed epochs and, when
@@ -45,6 +48,7 @@ pub(crate) async fn results(
             .store
             .analysis_history(run, &figures::OVER_TRAINING)
             .await?,
+        left_out: None,
     })
 }
 
@@ -54,8 +58,23 @@ fn pool_seeds(results: &mut [RunResults]) {
     domain::compare::pool_seeds(
         results,
         |r| (&r.label, r.analysis.as_ref().map(AnalysisView::analysed)),
-        |r| r.analysis = None,
+        |r, why| (r.analysis, r.left_out) = (None, Some(why)),
     );
+}
+
+/// The runs whose analyses [`pool_seeds`] left out of `results`, and why.
+pub(crate) fn left_out(runs: &[RunView], results: &[RunResults]) -> Vec<LeftOut> {
+    runs.iter()
+        .zip(results)
+        .filter_map(|(run, result)| {
+            Some(LeftOut {
+                run_id: run.id,
+                name: run.name.clone(),
+                configuration: result.label.clone(),
+                reason: result.left_out?.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Runs as the figures crate takes them.

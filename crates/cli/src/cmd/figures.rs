@@ -18,6 +18,8 @@ pub struct RunData {
     pub analysis: Option<Analysis>,
     /// [`figures::Run::history`]: the analysed epochs' block records.
     pub history: Vec<AnalysisRecord>,
+    /// Why its latest analysis is not pooled with its seeds' ([`pool_seeds`]), if it is not.
+    pub left_out: Option<SetAside>,
 }
 
 /// The resolved spec of a run directory (`spec.toml`, written when training starts).
@@ -59,6 +61,7 @@ pub fn read_run(dir: &Path) -> Result<RunData> {
         training,
         analysis,
         history,
+        left_out: None,
     })
 }
 
@@ -143,25 +146,19 @@ fn analysed(analysis: &Analysis) -> Analysed<'_> {
 /// Seeds pooled at their configuration's latest analysed epoch, measured alike, for the
 /// figures, the claims and `blocks.csv`; says on stderr which seed is left out and why.
 pub fn pool_seeds(runs: &mut [RunData], dirs: &[PathBuf]) {
-    let set_aside = domain::compare::pool_seeds(
+    domain::compare::pool_seeds(
         runs,
         |r| (&r.label, r.analysis.as_ref().map(analysed)),
-        |r| r.analysis = None,
+        |r, why| (r.analysis, r.left_out) = (None, Some(why)),
     );
-    for (at, reason) in set_aside {
-        let why = match reason {
-            SetAside::Behind { epoch, latest } => {
-                format!("analysed only up to epoch {epoch}, behind another seed's epoch {latest}")
-            }
-            SetAside::OtherSettings => "analysed with other settings (gradient, window, \
-                                        margin or unrolling) than most seeds at its epoch"
-                .to_string(),
-        };
-        eprintln!(
-            "{}: left out of {}'s block-wise figures, claims and blocks.csv: {why}",
-            dirs[at].display(),
-            runs[at].label
-        );
+    for (run, dir) in runs.iter().zip(dirs) {
+        if let Some(why) = run.left_out {
+            eprintln!(
+                "{}: left out of {}'s block-wise figures, claims and blocks.csv: {why}",
+                dir.display(),
+                run.label
+            );
+        }
     }
 }
 

@@ -329,6 +329,18 @@ fn report(
     if let Some(note) = domain::claims::short_schedule_note(runs) {
         let _ = writeln!(md, "{note}\n");
     }
+    for (run, why) in runs
+        .iter()
+        .zip(data)
+        .filter_map(|(r, d)| Some((r, d.left_out?)))
+    {
+        let _ = writeln!(
+            md,
+            "Left out of the analysed train errors, the claims and the block-wise figures: \
+             {} seed {}, {why}.\n",
+            run.label, run.seed
+        );
+    }
     let _ = writeln!(md, "## Table 1: parameters and errors\n");
     let _ = writeln!(md, "{}\n", paper::TABLE_NOTE);
     let _ = writeln!(md, "| {} |", paper::TABLE_HEADER.join(" | "));
@@ -393,4 +405,49 @@ fn report(
         let _ = writeln!(md, "![{}]({})", rel.display(), rel.display());
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::compare::SetAside;
+
+    #[test]
+    fn the_report_names_the_seeds_left_out_and_why() {
+        let spec = ExperimentSpec::from_toml(
+            "name = \"e\"\nseeds = [0, 1]\n[data]\ndataset = \"shapes10\"\n\
+             [[configs]]\nmodel = { arch = \"resnet\", depth = 8, width = 4 }\n",
+        )
+        .unwrap();
+        let runs = spec.runs();
+        let data: Vec<RunData> = [
+            None,
+            Some(SetAside::Behind {
+                epoch: 1,
+                latest: 2,
+            }),
+        ]
+        .into_iter()
+        .map(|left_out| RunData {
+            label: "resnet-8".into(),
+            training: vec![],
+            analysis: None,
+            history: vec![],
+            left_out,
+        })
+        .collect();
+        let written = Written {
+            figures: vec![],
+            blocks: None,
+        };
+        let md = report(&spec, &runs, &[], &data, &written, Path::new("out"), 1.0);
+        assert!(
+            md.contains(
+                "Left out of the analysed train errors, the claims and the block-wise figures: \
+                 resnet-8 seed 1, analysed only up to epoch 1, behind another seed's epoch 2.\n"
+            ),
+            "{md}"
+        );
+        assert_eq!(md.matches("Left out").count(), 1, "{md}");
+    }
 }

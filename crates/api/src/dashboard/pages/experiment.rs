@@ -10,13 +10,14 @@ use crate::dashboard::session::Session;
 use crate::error::ApiResult;
 use crate::routes::blocks;
 use crate::routes::experiments::comparison;
-use crate::routes::figures::{draw_all, experiment_results};
+use crate::routes::figures::{draw_all, experiment_results, left_out};
 use crate::AppState;
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::response::{Html, Response};
 use axum::Extension;
 use domain::claims;
+use domain::service::LeftOut;
 use uuid::Uuid;
 
 pub struct ConfigItem {
@@ -45,6 +46,8 @@ pub struct ExperimentPage {
     blocks_csv: String,
     /// When the runs are shorter than the paper's schedules.
     schedule_note: Option<String>,
+    /// Seeds whose analyses the table, claims, figures and blocks leave out, and why.
+    left_out: Vec<LeftOut>,
     legend: &'static str,
     csrf: String,
     /// Whether some run is queued or running, and whether some failed or was cancelled.
@@ -63,6 +66,7 @@ pub async fn experiment(
     let experiment = state.store.experiment(id).await?;
     let results = experiment_results(&state, &experiment).await?;
     let (paper_table, claims) = comparison(&experiment, &results);
+    let left_out = left_out(&experiment.runs, &results);
     let blocks = side_by_side(&blocks::of_results(&results));
     let figures = draw_all(results)
         .await?
@@ -105,6 +109,7 @@ pub async fn experiment(
         blocks,
         blocks_csv: format!("/experiments/{id}/blocks.csv"),
         schedule_note: domain::claims::short_schedule_note(&experiment.spec.runs()),
+        left_out,
         legend: domain::claims::LEGEND,
         csrf: session.csrf.clone(),
         can_cancel: experiment.runs.iter().any(|r| can_cancel(r.status)),

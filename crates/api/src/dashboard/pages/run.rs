@@ -302,6 +302,7 @@ async fn analysis_section(label: &str, analysis: AnalysisView) -> ApiResult<Anal
         training: vec![],
         analysis: Some(analysis),
         history: vec![],
+        left_out: None,
     }])
     .await?
     .into_iter()

@@ -234,5 +234,12 @@ fn describe(
     if let Some(note) = &claims.note {
         lines.push(format!("note: {note}"));
     }
+    for l in &claims.left_out {
+        let run = l.name.clone().unwrap_or_else(|| l.run_id.to_string());
+        lines.push(format!(
+            "left out: {run} ({}): {}",
+            l.configuration, l.reason
+        ));
+    }
     lines.join("\n")
 }
