@@ -672,11 +672,25 @@ async fn submit(
     fields: &[(&str, &str)],
     weights: (&str, &[u8]),
 ) -> Reply {
+    submit_files(app, cookie, fields, &[weights]).await
+}
+
+/// [`submit`] with several files chosen, each (file name, bytes).
+async fn submit_files(
+    app: &TestApp,
+    cookie: &str,
+    fields: &[(&str, &str)],
+    files: &[(&str, &[u8])],
+) -> Reply {
     let mut parts: Vec<(&str, Option<&str>, &[u8])> = fields
         .iter()
         .map(|(name, text)| (*name, None, text.as_bytes()))
         .collect();
-    parts.push(("weights", Some(weights.0), weights.1));
+    parts.extend(
+        files
+            .iter()
+            .map(|(name, bytes)| ("weights", Some(*name), *bytes)),
+    );
     let (content_type, body) = multipart(&parts);
     let request = Request::builder()
         .method(Method::POST)
@@ -788,6 +802,37 @@ async fn runs_experiments_and_weights_are_submitted_from_the_submit_page(pool: P
         .await
         .text();
     assert!(page.contains("<code>r8.safetensors</code>"), "{page}");
+
+    // An experiment with one of its runs made of weights, the file named after it (with
+    // the browser's empty part of no file among them); the other run trains.
+    let imported = submit_files(
+        &app,
+        &cookie,
+        &[
+            ("csrf", &token),
+            ("spec", EXPERIMENT_SPEC),
+            ("key", "state_dict"),
+        ],
+        &[("", b""), ("wider-seed0.safetensors", &weights)],
+    )
+    .await;
+    let id = created_at(&imported, "/experiments/");
+    let view = app.get(&format!("/v1/experiments/{id}")).await.json();
+    let runs: Vec<(&str, &Value)> = view["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["label"].as_str().unwrap(), &r["weights"]))
+        .collect();
+    assert_eq!(runs[0], ("resnet-8", &Value::Null), "{view}");
+    assert_eq!(runs[1].0, "wider", "{view}");
+    assert_eq!(runs[1].1["file_name"], "wider-seed0.safetensors", "{view}");
+    assert_eq!(runs[1].1["key"], "state_dict", "{view}");
+    let wider = view["runs"][1]["id"].as_str().unwrap();
+    assert_eq!(
+        std::fs::read(app.checkpoints.path().join(format!("runs/{wider}/weights"))).unwrap(),
+        weights
+    );
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
@@ -803,17 +848,17 @@ async fn a_refused_submission_comes_back_as_written_with_every_reason(pool: PgPo
     );
     let elsewhere = RUN_SPEC.replace("shapes10", "nowhere");
     let too_large = [weights.as_slice(), &[0; 8192]].concat();
-    /// Text fields, the file (name, bytes), the status, and what the errors must say.
+    /// Text fields, the files (name, bytes), the status, and what the errors must say.
     type Case<'a> = (
         Vec<(&'a str, &'a str)>,
-        (&'a str, &'a [u8]),
+        Vec<(&'a str, &'a [u8])>,
         StatusCode,
         Vec<&'a str>,
     );
     let cases: Vec<Case> = vec![
         (
             vec![("spec", &bad_run), ("settings", "max_examples = \"many\"")],
-            ("", b""),
+            vec![("", b"")],
             StatusCode::UNPROCESSABLE_ENTITY,
             vec![
                 "model.depth: ",
@@ -826,69 +871,93 @@ async fn a_refused_submission_comes_back_as_written_with_every_reason(pool: PgPo
                 ("analysis", "none"),
                 ("settings", "window = 3"),
             ],
-            ("", b""),
+            vec![("", b"")],
             StatusCode::UNPROCESSABLE_ENTITY,
             vec!["analysis.spec: settings of no analysis"],
         ),
         (
             vec![("spec", &bad_run)],
-            ("", b""),
+            vec![("", b"")],
             StatusCode::UNPROCESSABLE_ENTITY,
             vec!["model.depth: ", "model.width: "],
         ),
         (
             vec![("spec", "[model\n")],
-            ("", b""),
+            vec![("", b"")],
             StatusCode::UNPROCESSABLE_ENTITY,
             vec!["spec: "],
         ),
         (
             vec![("spec", &elsewhere)],
-            ("", b""),
+            vec![("", b"")],
             StatusCode::UNPROCESSABLE_ENTITY,
             vec!["data.dataset: "],
         ),
         (
             vec![("spec", RUN_SPEC), ("analysis", "sometimes")],
-            ("", b""),
+            vec![("", b"")],
             StatusCode::UNPROCESSABLE_ENTITY,
             vec!["analysis: &#34;sometimes&#34;: expected final, every:K"],
         ),
         (
             vec![("spec", RUN_SPEC), ("analysis", "every:1")],
-            ("r8.safetensors", &weights),
+            vec![("r8.safetensors", &weights)],
             StatusCode::UNPROCESSABLE_ENTITY,
             vec!["analysis.checkpoints: an imported run has one checkpoint"],
         ),
         (
             vec![("spec", RUN_SPEC)],
-            ("notes.txt", b"not weights at all"),
+            vec![("notes.txt", b"not weights at all")],
             StatusCode::UNPROCESSABLE_ENTITY,
             vec!["neither safetensors nor"],
         ),
         (
             vec![("spec", EXPERIMENT_SPEC)],
-            ("r8.safetensors", &weights),
+            vec![
+                ("wider-seed0.safetensors", &weights),
+                ("r8.safetensors", &weights),
+            ],
             StatusCode::UNPROCESSABLE_ENTITY,
-            vec!["weights: an experiment&#39;s runs take their weights from"],
+            vec![
+                "weights: the file &#34;r8.safetensors&#34; is named after no run of the \
+                 experiment: name each file after its run, resnet-8-seed0, wider-seed0,",
+            ],
+        ),
+        (
+            vec![("spec", EXPERIMENT_SPEC)],
+            vec![
+                ("wider-seed0.pt", &weights),
+                ("wider-seed0.safetensors", &weights),
+            ],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            vec!["weights: two files are named after wider-seed0: one per run"],
+        ),
+        (
+            vec![("spec", RUN_SPEC)],
+            vec![
+                ("r8.safetensors", &weights),
+                ("again.safetensors", &weights),
+            ],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            vec!["weights: a run is made of one file: choose one"],
         ),
         (
             vec![("spec", EXPERIMENT_SPEC), ("analysis", "every:1")],
-            ("", b""),
+            vec![("", b"")],
             StatusCode::UNPROCESSABLE_ENTITY,
             vec!["analysis: an experiment&#39;s runs are analysed as its"],
         ),
         (
             vec![("spec", EXPERIMENT_SPEC), ("settings", "max_examples = 5")],
-            ("", b""),
+            vec![("", b"")],
             StatusCode::UNPROCESSABLE_ENTITY,
             vec!["leave the checkpoints at final and the settings empty"],
         ),
     ];
-    for (fields, file, status, reasons) in &cases {
+    for (fields, files, status, reasons) in &cases {
         let mut all = vec![("csrf", token.as_str())];
         all.extend(fields);
-        let refused = submit(&app, &cookie, &all, *file).await;
+        let refused = submit_files(&app, &cookie, &all, files).await;
         assert_html(&refused, *status);
         let html = refused.text();
         assert!(html.contains(r#"id="submit-errors""#), "{html}");

@@ -353,6 +353,28 @@ impl ExperimentImport {
             )
         })
     }
+
+    /// The run an uploaded file is named after — its directory name
+    /// ([`crate::ExperimentRun::dir_name`], `<label>-seed<seed>`) and an extension, e.g.
+    /// `resnet-20-seed0.safetensors` — as its index in [`ExperimentSpec::runs`]: how the
+    /// dashboard's form, which sends files under one field, tells them apart.
+    pub fn run_of_file(&self, file_name: &str) -> Result<usize, String> {
+        let runs = self.spec.runs();
+        runs.iter()
+            .position(|run| {
+                file_name
+                    .strip_prefix(&run.dir_name())
+                    .is_some_and(|extension| extension.starts_with('.'))
+            })
+            .ok_or_else(|| {
+                let names: Vec<String> = runs.iter().map(|r| r.dir_name()).collect();
+                format!(
+                    "the file {file_name:?} is named after no run of the experiment: name each \
+                     file after its run, {}, and an extension (e.g. .safetensors)",
+                    names.join(", ")
+                )
+            })
+    }
 }
 
 /// `POST /v1/runs/{id}/analyses`: analyse one registered checkpoint.
@@ -951,6 +973,25 @@ mod tests {
             assert_eq!(
                 (&runs[index].label, runs[index].seed),
                 (&run.label, run.seed)
+            );
+        }
+        // The dashboard's files, named after the runs' directories.
+        for (at, run) in runs.iter().enumerate() {
+            for extension in [".safetensors", ".pt", ".tar.gz"] {
+                let file = format!("{}{extension}", run.dir_name());
+                assert_eq!(import.run_of_file(&file), Ok(at), "{file}");
+            }
+        }
+        for bad in [
+            "narrow-seed3",
+            "narrow-seed4.pt",
+            "narrow-seed3-final.pt",
+            "x.pt",
+        ] {
+            let message = import.run_of_file(bad).unwrap_err();
+            assert!(
+                message.contains("resnet-8-seed3, resnet-8-seed7, narrow-seed3, narrow-seed7"),
+                "{message}"
             );
         }
         for bad in [

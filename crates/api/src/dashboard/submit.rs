@@ -1,24 +1,26 @@
 //! The dashboard's submission page: a spec file as `stepwise submit` takes it (a run, or an
 //! experiment when it has `configs`) written into a form, with a run's analysis plan and,
-//! for a run made of weights trained elsewhere, the file. It goes through the same checks
-//! and store calls as `POST /v1/runs`, `/v1/experiments` and `/v1/runs/import`; a refused
-//! submission comes back as the form, as it was written, with every reason.
+//! for runs made of weights trained elsewhere, their files (an experiment's named after
+//! their runs). It goes through the same checks and store calls as `POST /v1/runs`,
+//! `/v1/experiments`, `/v1/runs/import` and `/v1/experiments/import`; a refused submission
+//! comes back as the form, as it was written, with every reason.
 
 use super::pages::{render, Nav};
 use super::reasons;
 use super::session::{check_csrf, Session};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_id, Query};
+use crate::routes::import::Upload;
 use crate::routes::{datasets, experiments, import, runs};
 use crate::AppState;
 use askama::Template;
-use axum::extract::multipart::{Field, MultipartRejection};
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Extension;
 use domain::service::{
-    AnalysisPlan, CheckpointSelection, DatasetView, ExperimentSubmission, ImportSubmission,
-    RunSubmission, UploadedWeights,
+    AnalysisPlan, CheckpointSelection, DatasetView, ExperimentImport, ExperimentSubmission,
+    ImportSubmission, RunSubmission, UploadedWeights,
 };
 use domain::{AnalysisSpec, SpecError, SpecFile};
 use serde::Deserialize;
@@ -149,8 +151,8 @@ async fn show(
     })
 }
 
-/// The form's parts, in the page's order: `csrf`, the text fields, then the file `weights`
-/// (which a browser sends empty, with no file name, when none was chosen).
+/// The form's parts, in the page's order: `csrf`, the text fields, then the files
+/// `weights` (a browser sends the field empty, with no file name, when none was chosen).
 pub async fn submit(
     State(state): State<AppState>,
     Extension(session): Extension<Session>,
@@ -160,7 +162,11 @@ pub async fn submit(
         form,
         "the form has `csrf`, `spec`, the analysis fields, then `weights`",
     )?;
-    let (mut csrf, mut fields, mut submitted) = (String::new(), Fields::default(), None);
+    let (mut csrf, mut fields) = (String::new(), Fields::default());
+    // Parsed and checked when the first file comes, before it is received: a refused
+    // submission costs no upload.
+    let mut parsed: Option<ApiResult<Parsed>> = None;
+    let mut uploads: Vec<(usize, Upload)> = vec![];
     // A form that cannot be read is shown nothing of: the browser's Back button has it.
     let unread = |e| {
         let mut e = import::part_error(e);
@@ -172,9 +178,27 @@ pub async fn submit(
         let name = field.name().unwrap_or("").to_string();
         if name == "weights" {
             check_csrf(&session, &csrf)?;
-            let file = field.file_name().is_some_and(|n| !n.is_empty());
-            submitted = Some(create(&state, &fields, file.then_some(field)).await);
-            break;
+            let Some(file_name) = field.file_name().filter(|n| !n.is_empty()) else {
+                continue;
+            };
+            let file_name = file_name.to_string();
+            if parsed.is_none() {
+                parsed = Some(Parsed::checked_for_files(&state, &fields).await);
+            }
+            let received = match &parsed {
+                Some(Ok(submission)) => match submission.run_of_file(&file_name, &uploads) {
+                    Ok(index) => import::receive(&state.config.checkpoint_dir, field)
+                        .await
+                        .map(|upload| uploads.push((index, upload))),
+                    Err(e) => Err(e),
+                },
+                _ => break,
+            };
+            if let Err(e) = received {
+                parsed = Some(Err(e));
+                break;
+            }
+            continue;
         }
         let text = import::read_small(field, state.config.max_body_bytes).await?;
         let text = String::from_utf8(text)
@@ -190,12 +214,10 @@ pub async fn submit(
         };
         *slot = text;
     }
-    let submitted = match submitted {
-        Some(submitted) => submitted,
-        None => {
-            check_csrf(&session, &csrf)?;
-            create(&state, &fields, None).await
-        }
+    check_csrf(&session, &csrf)?;
+    let submitted = match parsed.unwrap_or_else(|| Parsed::of(&fields)) {
+        Ok(submission) => submission.create(&state, uploads).await,
+        Err(refused) => Err(refused),
     };
     match submitted {
         Ok(page) => Ok(Redirect::to(&page).into_response()),
@@ -208,53 +230,111 @@ pub async fn submit(
     }
 }
 
-/// Submits what the form holds; returns the page of what it created.
-async fn create(
-    state: &AppState,
-    fields: &Fields,
-    weights: Option<Field<'_>>,
-) -> ApiResult<String> {
-    // Every reason at once: the spec's and the plan's.
-    let (spec, analysis) = SpecError::both(SpecFile::from_toml(&fields.spec), plan(fields))
-        .map_err(ApiError::invalid)?;
-    match spec {
-        SpecFile::Run(spec) => {
-            let Some(file) = weights else {
-                let submission = RunSubmission { spec, analysis };
-                let run = runs::create(state, &submission, None).await?;
-                return Ok(format!("/runs/{}", run.into_inner().id));
-            };
-            let text = |t: &str| Some(t.trim().to_string()).filter(|t| !t.is_empty());
-            let submission = ImportSubmission {
+/// What the form submits, its text parsed: a run (made of one uploaded file or trained), or
+/// an experiment (its runs made of files named after them, the others trained).
+enum Parsed {
+    Run(ImportSubmission),
+    Experiment(ExperimentImport),
+}
+
+impl Parsed {
+    /// Every reason the text is refused for at once: the spec's and the plan's.
+    fn of(fields: &Fields) -> ApiResult<Self> {
+        let (spec, analysis) = SpecError::both(SpecFile::from_toml(&fields.spec), plan(fields))
+            .map_err(ApiError::invalid)?;
+        let text = |t: &str| Some(t.trim().to_string()).filter(|t| !t.is_empty());
+        let (key, strip_prefix) = (text(&fields.key), text(&fields.strip_prefix));
+        Ok(match spec {
+            SpecFile::Run(spec) => Self::Run(ImportSubmission {
                 spec,
                 analysis,
-                key: text(&fields.key),
-                strip_prefix: text(&fields.strip_prefix),
-            };
-            import::check_run(state, &submission).await?;
-            let upload = import::receive(&state.config.checkpoint_dir, file).await?;
-            let run = import::create_run(state, &submission, upload, None).await?;
-            Ok(format!("/runs/{}", run.into_inner().id))
+                key,
+                strip_prefix,
+            }),
+            SpecFile::Experiment(spec) => {
+                if !matches!(fields.analysis.trim(), "" | "final")
+                    || !fields.settings.trim().is_empty()
+                {
+                    return Err(invalid(
+                        "analysis",
+                        "an experiment's runs are analysed as its `analysis_checkpoints` and \
+                         `[analysis]` say: leave the checkpoints at final and the settings empty",
+                    ));
+                }
+                Self::Experiment(ExperimentImport {
+                    spec,
+                    key,
+                    strip_prefix,
+                })
+            }
+        })
+    }
+
+    /// Parsed, then checked as an import of uploaded weights is: what reads the files and
+    /// the datasets.
+    async fn checked_for_files(state: &AppState, fields: &Fields) -> ApiResult<Self> {
+        let parsed = Self::of(fields)?;
+        match &parsed {
+            Self::Run(submission) => import::check_run(state, submission).await?,
+            Self::Experiment(submission) => {
+                submission.validate().map_err(ApiError::invalid)?;
+                datasets::check_experiment(state, &submission.spec).await?;
+            }
         }
-        SpecFile::Experiment(spec) => {
-            if weights.is_some() {
-                return Err(invalid(
-                    "weights",
-                    "an experiment's runs take their weights from `stepwise submit SPEC \
-                     --weights LABEL/SEED=FILE` or POST /v1/experiments/import",
-                ));
+        Ok(parsed)
+    }
+
+    /// The run the file `file_name` is for, as its index in the experiment's runs, given
+    /// the files received so far: a run takes one file, an experiment one per run, named
+    /// after it (`ExperimentImport::run_of_file`).
+    fn run_of_file(&self, file_name: &str, received: &[(usize, Upload)]) -> ApiResult<usize> {
+        match self {
+            Self::Run(_) if received.is_empty() => Ok(0),
+            Self::Run(_) => Err(invalid("weights", "a run is made of one file: choose one")),
+            Self::Experiment(submission) => {
+                let index = submission
+                    .run_of_file(file_name)
+                    .map_err(|e| invalid("weights", e))?;
+                if received.iter().any(|(i, _)| *i == index) {
+                    let run = &submission.spec.runs()[index];
+                    return Err(invalid(
+                        "weights",
+                        format!("two files are named after {}: one per run", run.dir_name()),
+                    ));
+                }
+                Ok(index)
             }
-            if !matches!(fields.analysis.trim(), "" | "final") || !fields.settings.trim().is_empty()
-            {
-                return Err(invalid(
-                    "analysis",
-                    "an experiment's runs are analysed as its `analysis_checkpoints` and \
-                     `[analysis]` say: leave the checkpoints at final and the settings empty",
-                ));
+        }
+    }
+
+    /// Submits it, with the files received for it; returns the page of what it created.
+    async fn create(
+        self,
+        state: &AppState,
+        mut uploads: Vec<(usize, Upload)>,
+    ) -> ApiResult<String> {
+        match self {
+            Self::Run(submission) => {
+                let run = match uploads.pop() {
+                    Some((_, upload)) => {
+                        import::create_run(state, &submission, upload, None).await?
+                    }
+                    None => {
+                        let ImportSubmission { spec, analysis, .. } = submission;
+                        runs::create(state, &RunSubmission { spec, analysis }, None).await?
+                    }
+                };
+                Ok(format!("/runs/{}", run.into_inner().id))
             }
-            let submission = ExperimentSubmission { spec };
-            let experiment = experiments::create(state, &submission, None).await?;
-            Ok(format!("/experiments/{}", experiment.into_inner().id))
+            Self::Experiment(submission) => {
+                let experiment = if uploads.is_empty() {
+                    let spec = submission.spec;
+                    experiments::create(state, &ExperimentSubmission { spec }, None).await?
+                } else {
+                    import::create_experiment(state, &submission, uploads, None).await?
+                };
+                Ok(format!("/experiments/{}", experiment.into_inner().id))
+            }
         }
     }
 }

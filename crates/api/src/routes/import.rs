@@ -170,20 +170,38 @@ pub async fn import_experiment(
     }
     let parts = uploads.iter().map(|(_, name, u)| (name.as_str(), u));
     let idem = idempotency(&headers, &request_digest(&text, parts))?;
+    let uploads = uploads
+        .into_iter()
+        .map(|(index, _, u)| (index, u))
+        .collect();
+    let submitted = create_experiment(&state, &submission, uploads, idem).await?;
+    Ok(created(submitted, |e| format!("/v1/experiments/{}", e.id)))
+}
+
+/// Places each upload as the weights of the run at its index in the experiment's runs and
+/// stores the experiment, the runs of weights with their `train` jobs that import them, the
+/// others to train (the rows, committed last, are what make the files runs'): the API's
+/// import and the dashboard's.
+pub async fn create_experiment(
+    state: &AppState,
+    submission: &ExperimentImport,
+    uploads: Vec<(usize, Upload)>,
+    idem: Option<Idempotency>,
+) -> ApiResult<store::Submitted<ExperimentView>> {
     // Ids in the runs' order, which is the order the experiment lists them in.
     let run_ids: Vec<Uuid> = (0..submission.spec.runs().len())
         .map(|_| Uuid::now_v7())
         .collect();
     let mut imported = vec![];
     let mut placed = vec![];
-    for (index, _, upload) in uploads {
+    for (index, upload) in uploads {
         let id = run_ids[index];
         let (key, prefix) = (&submission.key, &submission.strip_prefix);
         placed.push(id);
-        match upload.place(&state, id, key, prefix).await {
+        match upload.place(state, id, key, prefix).await {
             Ok(weights) => imported.push(ImportedRun { index, weights }),
             Err(e) => {
-                remove_runs(&state, &placed).await;
+                remove_runs(state, &placed).await;
                 return Err(e);
             }
         }
@@ -198,8 +216,7 @@ pub async fn import_experiment(
             state.config.lease.max_attempts,
         )
         .await;
-    let submitted = settle(&state, &placed, submitted).await?;
-    Ok(created(submitted, |e| format!("/v1/experiments/{}", e.id)))
+    settle(state, &placed, submitted).await
 }
 
 /// What the run form holds, for error messages.
