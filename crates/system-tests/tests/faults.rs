@@ -1,8 +1,12 @@
 //! Faults with real processes: workers killed, paused past their lease, told to stop, runs
 //! cancelled, diverging or too large for the worker's memory.
 
-use domain::service::{AnalysisPlan, CheckpointSelection, FailureKind, JobState, RunView};
-use domain::{AnalysisSpec, Split};
+use domain::service::{
+    AnalysisPlan, CheckpointRegistration, CheckpointSelection, FailureKind, JobKind, JobState,
+    RunView, WorkerCapacity,
+};
+use domain::{AnalysisSpec, Memory, Split};
+use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use system_tests::{psql, serial, tiny_run, wait_for, Settings, Stack};
@@ -181,6 +185,75 @@ fn a_trainer_paused_past_its_lease_writes_nothing_when_it_wakes() {
     assert!(new.is_empty(), "files written after waking: {new:?}");
     let metrics = client.metrics(run, Some("accuracy"), Some("test")).unwrap();
     assert_eq!(metrics.len(), 10);
+}
+
+#[test]
+fn a_run_whose_last_checkpoint_was_registered_before_its_trainer_died_finishes() {
+    let _serial = serial();
+    let mut stack = Stack::start(Settings::default());
+    stack.synth("tiny10", 256, 64);
+    let client = stack.client();
+    let submission = tiny_run("tiny10", 1);
+    // The run's last checkpoint, as a trainer writes it: the same spec trained locally.
+    let local = tempfile::tempdir().unwrap();
+    let spec = local.path().join("spec.toml");
+    std::fs::write(&spec, submission.spec.to_toml()).unwrap();
+    let out = local.path().join("run");
+    let (ok, _, err) = stack.stepwise(&[
+        "train",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let last = out.join("checkpoints/epoch-0001.safetensors");
+    // A worker claims the job, writes and registers that checkpoint, and dies before
+    // completing the job: its lease runs out and the job is queued again.
+    let run = client.submit_run(&submission, None).unwrap().id;
+    let worker = stack.worker_client();
+    let capacity = WorkerCapacity {
+        memory: Memory::Host,
+        budget_mib: 1024,
+    };
+    let claim = worker
+        .claim(&[JobKind::Train], "dies-at-the-end", capacity)
+        .unwrap()
+        .expect("the run's job");
+    let dir = stack.checkpoint_dir().join(&claim.directory);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file_name = "epoch-0001.safetensors";
+    std::fs::copy(&last, dir.join(file_name)).unwrap();
+    let bytes = std::fs::read(&last).unwrap();
+    let registration = CheckpointRegistration {
+        lease_token: claim.lease_token,
+        file_name: file_name.into(),
+        epoch: 1,
+        batch: 0,
+        step: 4,
+        sha256: format!("{:x}", Sha256::digest(&bytes)),
+        size: bytes.len() as u64,
+    };
+    worker
+        .register_checkpoint(claim.job_id, &registration)
+        .unwrap();
+    // The next trainer finds the run at its end: finished, with nothing trained again.
+    let trainer = stack.spawn_worker("stepwise-trainer");
+    let view = succeeded(&stack, run, MINUTE);
+    assert_eq!(view.attempts, 2, "{view:?}");
+    assert!(
+        files(&stack, run, 2).is_empty(),
+        "{:?}",
+        files(&stack, run, 2)
+    );
+    let checkpoints = client.checkpoints(run).unwrap();
+    assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
+    let log = client.logs_text(run, 1000).unwrap();
+    assert!(
+        log.contains("ends the run (an earlier attempt wrote it): finished"),
+        "{log}\n{}",
+        stack.worker_log(trainer)
+    );
 }
 
 #[test]

@@ -32,6 +32,14 @@ pub struct TrainState {
     pub imported: Option<ImportedWeights>,
 }
 
+impl TrainState {
+    /// Whether a run of `epochs` epochs has nothing left to train from here: it stands at
+    /// the end of its last epoch (as an import of weights does).
+    pub fn ends(&self, epochs: u32) -> bool {
+        self.epoch >= epochs && self.batch == 0
+    }
+}
+
 /// A weights file trained elsewhere that a run started from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImportedWeights {

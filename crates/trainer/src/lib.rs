@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use train::{
     EventSink, ImportedWeights, Outcome, ResumeCandidate, SinkError, TrainError, TrainEvent,
-    Trainer,
+    TrainState, Trainer, META_TRAIN_STATE,
 };
 
 /// How often progress is reported between epochs.
@@ -253,8 +253,19 @@ fn train_claim(job: &JobContext<'_>) -> Result<JobEnd, TrainError> {
     }
     let mut trainer = match resume.checkpoint {
         Some(checkpoint) => {
-            // Also a run made of weights whose import was checkpointed by an earlier
-            // attempt: resumed after its last epoch, it is finished.
+            // A trainer that died (or lost its lease) after registering the run's last
+            // checkpoint — its last epoch's, or an import's — before completing the job has
+            // left nothing to do: its metrics went before the checkpoint.
+            let state: TrainState = checkpoint.meta_json(META_TRAIN_STATE)?;
+            if state.ends(spec.epochs()) {
+                let message = format!(
+                    "{} ends the run (an earlier attempt wrote it): finished",
+                    checkpoint.path.display()
+                );
+                tracing::info!("{message}");
+                sink.send(vec![log("info", message)])?;
+                return Ok(JobEnd::Completed(None));
+            }
             tracing::info!("resuming from {}", checkpoint.path.display());
             Trainer::resume(&checkpoint, None, dataset, &device, directory)?
         }

@@ -169,7 +169,7 @@ fn train_to_end(
                 );
             }
             let state: train::TrainState = ck.meta_json(META_TRAIN_STATE)?;
-            if state.epoch >= epochs && state.batch == 0 {
+            if state.ends(epochs) {
                 eprintln!("  finished earlier: {}", path.display());
                 if let Some(w) = &state.imported {
                     eprintln!(
