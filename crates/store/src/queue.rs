@@ -315,6 +315,7 @@ impl Store {
                     .bind(file_name)
                     .execute(&mut *tx)
                     .await?;
+                    fail_analyses_of_removed(&mut tx, &leased, file_name).await?;
                 }
             }
         }
@@ -657,6 +658,50 @@ async fn retry_state(conn: &mut PgConnection, job: Uuid) -> Result<JobState> {
 
 /// Ends the job's lease in `state`, recording on the job and its attempt why: a failure's
 /// kind and error, or only an error (a refusal that leaves it queued).
+/// Fails the queued analyses of a checkpoint its training just pruned (one a user asked for
+/// of an epoch the plan does not keep): no analyzer could read it, and retrying would not
+/// bring it back. Analyses already running read the whole file when they began.
+async fn fail_analyses_of_removed(
+    conn: &mut PgConnection,
+    training: &LeasedJob,
+    file_name: &str,
+) -> Result<()> {
+    let error = format!(
+        "its checkpoint {file_name} was pruned by training (the spec's keep_last) before an \
+         analyzer took it: ask again for a checkpoint still on disk, or plan the epoch's \
+         analysis with the run (analysis_checkpoints) so that training keeps it"
+    );
+    let failed: Vec<(Uuid, i32)> = sqlx::query_as(
+        "UPDATE jobs SET state = 'failed', failure_kind = 'invalid', last_error = $3,
+                updated_at = now()
+          WHERE kind = 'analyze' AND state = 'queued' AND analysis_id IN (
+                SELECT a.id FROM analyses a JOIN checkpoints c ON c.id = a.checkpoint_id
+                 WHERE c.directory = $1 AND c.file_name = $2)
+          RETURNING id, attempt",
+    )
+    .bind(&training.directory)
+    .bind(file_name)
+    .bind(&error)
+    .fetch_all(&mut *conn)
+    .await?;
+    if failed.is_empty() {
+        return Ok(());
+    }
+    for (job, attempt) in failed {
+        let message = format!("analyze job failed (invalid): {error}");
+        log(
+            conn,
+            training.run_id,
+            job,
+            attempt as u32,
+            "error",
+            &message,
+        )
+        .await?;
+    }
+    sync_statuses(conn, training.run_id).await
+}
+
 async fn end_job(
     conn: &mut PgConnection,
     job: &LeasedJob,

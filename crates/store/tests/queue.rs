@@ -459,6 +459,60 @@ async fn an_epoch_checkpoint_registered_again_serves_its_queued_analysis_and_rer
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
+async fn an_analysis_asked_of_a_checkpoint_training_then_prunes_fails_as_invalid(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    let lease = lease(60_000);
+    let run = submit(&store, 5, None, 3).await;
+    let training = claim_training(&store, "w1", &lease).await.unwrap();
+    register_epochs(&store, &training, &[1, 2], &lease).await;
+    // A user asks for the analyses of epochs 1 and 2; before an analyzer takes them,
+    // training prunes epoch 1's checkpoint (its keep_last).
+    let spec = domain::AnalysisSpec::default();
+    for epoch in [1, 2] {
+        store
+            .request_analysis(run.id, Some(epoch), &spec, 3)
+            .await
+            .unwrap();
+    }
+    let pruned = WorkerEvent::CheckpointRemoved {
+        file_name: "epoch-0001.safetensors".into(),
+    };
+    store
+        .record_events(training.job_id, training.lease_token, &[pruned])
+        .await
+        .unwrap();
+    let analyses = store.analyses_of_run(run.id).await.unwrap();
+    let statuses: Vec<_> = analyses.iter().map(|a| (a.epoch, a.status)).collect();
+    assert_eq!(statuses, [(1, JobState::Failed), (2, JobState::Queued)]);
+    let failed = &analyses[0];
+    assert_eq!(failed.failure_kind, Some(FailureKind::Invalid));
+    let error = failed.last_error.as_deref().unwrap();
+    assert!(
+        error.contains("epoch-0001.safetensors was pruned by training"),
+        "{error}"
+    );
+    let logs = store.logs(run.id, 100).await.unwrap();
+    assert!(
+        logs.iter()
+            .any(|l| l.level == "error" && l.message.contains(error)),
+        "{logs:?}"
+    );
+    // The other is served; the training goes on.
+    let analyse = store
+        .claim(&[JobKind::Analyze], "a", CPU, &lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(analyse.analysis.unwrap().checkpoint.epoch, 2);
+    assert!(store
+        .claim(&[JobKind::Analyze], "a", CPU, &lease)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(store.run(run.id).await.unwrap().status, JobState::Running);
+}
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
 async fn divergence_fails_at_once_and_release_does_not_count(pool: PgPool) {
     let store = Store::from_pool(pool);
     let lease = lease(60_000);
