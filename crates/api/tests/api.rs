@@ -1036,6 +1036,16 @@ async fn blocks_are_summarised_over_the_seeds_of_each_configuration(pool: PgPool
             (behind.to_string(), behind_epoch.to_string()),
         ]
     );
+    let compare = format!("/compare?runs={},{},{behind}", runs[0], runs[1]);
+    let html = app.get(&compare).await.text();
+    assert_eq!(
+        html.matches("its analysis left out of the block-wise figures and tables: ")
+            .count(),
+        2,
+        "{html}"
+    );
+    let escaped = behind_epoch.replace('\'', "&#39;");
+    assert!(html.contains(&escaped), "{html}");
     let html = app.get(&format!("/experiments/{experiment}")).await.text();
     assert!(
         html.contains(&format!(

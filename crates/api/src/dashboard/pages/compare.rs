@@ -16,10 +16,12 @@ use axum::Extension;
 use domain::{BlockSummary, MetricName};
 use uuid::Uuid;
 
-/// A run on the compare page, with the label its figures draw it under.
+/// A run on the compare page, with the label its figures draw it under and why its analysis
+/// is left out of them, if it is.
 pub struct ComparedRun {
     item: RunItem,
     label: String,
+    left_out: Option<String>,
 }
 
 #[derive(Template)]
@@ -48,6 +50,7 @@ pub async fn compare(
         .map(|(run, r)| ComparedRun {
             item: RunItem::of(run),
             label: r.label.clone(),
+            left_out: r.left_out.map(|why| why.to_string()),
         })
         .collect();
     let blocks = side_by_side(&blocks::of_results(&results));
