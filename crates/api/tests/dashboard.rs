@@ -998,6 +998,29 @@ async fn a_refused_submission_comes_back_as_written_with_every_reason(pool: PgPo
     )
     .await;
     assert_html(&forged, StatusCode::FORBIDDEN);
+    // A part after the files (no browser sends one) is refused: what was checked before
+    // the files were received is what would be submitted.
+    let (content_type, body) = multipart(&[
+        ("csrf", None, token.as_bytes()),
+        ("spec", None, RUN_SPEC.as_bytes()),
+        ("weights", Some("r8.safetensors"), &weights),
+        ("spec", None, b"[model]"),
+    ]);
+    let late = app
+        .send(
+            Request::post("/submit")
+                .header(header::CONTENT_TYPE, content_type)
+                .header(header::COOKIE, &cookie)
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await;
+    assert_html(&late, StatusCode::BAD_REQUEST);
+    assert!(
+        late.text().contains("comes after the files"),
+        "{}",
+        late.text()
+    );
     // Nothing was created, and no file was left in the checkpoint store.
     assert_eq!(app.get("/v1/runs").await.json()["items"], json!([]));
     assert_eq!(app.get("/v1/experiments").await.json()["items"], json!([]));

@@ -200,6 +200,11 @@ pub async fn submit(
             }
             continue;
         }
+        if parsed.is_some() {
+            return Err(ApiError::bad_request(format!(
+                "the part `{name}` comes after the files: the form's files come last"
+            )));
+        }
         let text = import::read_small(field, state.config.max_body_bytes).await?;
         let text = String::from_utf8(text)
             .map_err(|_| ApiError::bad_request(format!("the part `{name}` is not UTF-8")))?;
