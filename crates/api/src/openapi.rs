@@ -34,7 +34,7 @@ use utoipa::{Modify, OpenApi};
         WorkerEvent, EventBatch, CheckpointRegistration, AnalysisResult, Completion,
         FailureReport, Refusal, WorkerCapacity, domain::Memory, WorkerView, WorkerJob,
         worker::JobStateReply,
-        figures::FigureList, domain::BlockSummary,
+        FigureList, domain::BlockSummary,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -1036,6 +1036,21 @@ async fn blocks_are_summarised_over_the_seeds_of_each_configuration(pool: PgPool
             (behind.to_string(), behind_epoch.to_string()),
         ]
     );
+    // And in the figures' lists, which `stepwise figures` reads.
+    for figures in [
+        format!("/v1/experiments/{experiment}/figures"),
+        format!("/v1/figures?runs={},{},{behind}", runs[0], runs[1]),
+    ] {
+        let listed = app.get(&figures).await.json();
+        let reasons: Vec<&str> = listed["left_out"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["reason"].as_str().unwrap())
+            .collect();
+        assert_eq!(reasons, [other, behind_epoch], "{figures}: {listed}");
+        assert!(!listed["figures"].as_array().unwrap().is_empty());
+    }
     let compare = format!("/compare?runs={},{},{behind}", runs[0], runs[1]);
     let html = app.get(&compare).await.text();
     assert_eq!(

@@ -9,7 +9,7 @@ pub mod worker;
 use domain::service::{
     AnalysisRequest, AnalysisResult, AnalysisView, CheckpointRegistration, CheckpointView, Claim,
     ClaimRequest, ClaimsView, Completion, EventBatch, ExperimentImport, ExperimentSubmission,
-    ExperimentSummary, ExperimentView, FailureKind, FailureReport, HeartbeatReply,
+    ExperimentSummary, ExperimentView, FailureKind, FailureReport, FigureList, HeartbeatReply,
     ImportSubmission, JobKind, JobState, LeaseProof, Page, Refusal, RunSubmission, RunView,
     WorkerCapacity, WorkerEvent, WorkerView,
 };
@@ -148,11 +148,6 @@ impl FiguresOf {
 #[derive(Deserialize)]
 struct StateReply {
     state: JobState,
-}
-
-#[derive(Deserialize)]
-struct FigureList {
-    figures: Vec<String>,
 }
 
 /// The API at one base URL with one bearer token.
@@ -487,9 +482,9 @@ impl Client {
         self.get(&format!("/v1/experiments/{id}/claims"))
     }
 
-    /// Names of the figures drawn of `of`.
-    pub fn figure_names(&self, of: &FiguresOf) -> Result<Vec<String>> {
-        Ok(self.get::<FigureList>(&of.path(None))?.figures)
+    /// The figures drawn of `of`, and the seeds whose analyses they leave out.
+    pub fn figure_list(&self, of: &FiguresOf) -> Result<FigureList> {
+        self.get(&of.path(None))
     }
 
     /// A figure's file (`fig2_cosine.svg`, `fig2_cosine.png`) drawn of `of`.

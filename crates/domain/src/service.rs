@@ -539,6 +539,16 @@ pub struct ClaimsView {
     pub left_out: Vec<LeftOut>,
 }
 
+/// The figures drawn of some runs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FigureList {
+    /// Names to fetch as `…/figures/{name}.svg` or `…/figures/{name}.png`.
+    pub figures: Vec<String>,
+    /// Seeds whose analyses the block-wise figures leave out, with why.
+    #[serde(default)]
+    pub left_out: Vec<LeftOut>,
+}
+
 /// A seed whose analysis is not pooled with its configuration's others
 /// ([`crate::compare::pool_seeds`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -465,6 +465,15 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
         out.contains("left out: cli/resnet-8/seed1 (resnet-8): analysed with other settings"),
         "{out}"
     );
+    let drawn = specs.path().join("drawn");
+    let (ok, _, err) = stack.stepwise(&["figures", "cli", "--out", drawn.to_str().unwrap()]);
+    assert!(
+        ok && err.contains(
+            "cli/resnet-8/seed1: left out of resnet-8's block-wise figures and blocks.csv: \
+             analysed with other settings"
+        ),
+        "{err}"
+    );
     let client = stack.client();
     let summary = client.experiment(experiment_id.parse().unwrap()).unwrap();
     assert_eq!(summary.configs[0].succeeded, 2);

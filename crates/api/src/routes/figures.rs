@@ -11,10 +11,9 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Json;
 use domain::compare::SetAside;
-use domain::service::{AnalysisView, ExperimentView, LeftOut, RunView};
+use domain::service::{AnalysisView, ExperimentView, FigureList, LeftOut, RunView};
 use domain::{AnalysisRecord, MetricRecord};
-use serde::Serialize;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 /// The stored results of one run that figures are drawn from.
@@ -172,19 +171,19 @@ pub(crate) async fn draw_all(runs: Vec<RunResults>) -> ApiResult<Vec<Drawn>> {
     .map_err(ApiError::internal)?
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct FigureList {
-    /// Names to fetch as `…/figures/{name}.svg` or `…/figures/{name}.png`.
-    pub figures: Vec<String>,
-}
-
-async fn list(runs: Vec<RunResults>) -> ApiResult<Json<FigureList>> {
-    let names = draw(runs, None)
+/// The figures of `runs` (views of them and their results), and which seeds' analyses they
+/// leave out.
+async fn list(runs: &[RunView], results: Vec<RunResults>) -> ApiResult<Json<FigureList>> {
+    let left_out = left_out(runs, &results);
+    let names = draw(results, None)
         .await?
         .into_iter()
         .map(|(n, _)| n)
         .collect();
-    Ok(Json(FigureList { figures: names }))
+    Ok(Json(FigureList {
+        figures: names,
+        left_out,
+    }))
 }
 
 async fn one(runs: Vec<RunResults>, file: &str) -> ApiResult<Response> {
@@ -199,10 +198,11 @@ async fn one(runs: Vec<RunResults>, file: &str) -> ApiResult<Response> {
     }
 }
 
-async fn run_results(state: &AppState, raw: &str) -> ApiResult<Vec<RunResults>> {
+async fn run_results(state: &AppState, raw: &str) -> ApiResult<(Vec<RunView>, Vec<RunResults>)> {
     let id = crate::extract::parse_id(raw)?;
     let run = state.store.run(id).await?;
-    Ok(vec![results(state, id, run.label, true).await?])
+    let results = vec![results(state, id, run.label.clone(), true).await?];
+    Ok((vec![run], results))
 }
 
 /// Every run's results (training metrics and latest analysis, seeds pooled at their
@@ -293,7 +293,8 @@ pub async fn runs_list(
     State(state): State<AppState>,
     RunIds(ids): RunIds,
 ) -> ApiResult<Json<FigureList>> {
-    list(together(&state, &ids).await?.1).await
+    let (runs, results) = together(&state, &ids).await?;
+    list(&runs, results).await
 }
 
 #[utoipa::path(get, path = "/v1/figures/{file}", tag = "figures",
@@ -310,12 +311,13 @@ pub async fn runs_figure(
     one(together(&state, &ids).await?.1, &file).await
 }
 
-async fn experiment_of(state: &AppState, raw: &str) -> ApiResult<Vec<RunResults>> {
+async fn experiment_of(state: &AppState, raw: &str) -> ApiResult<(Vec<RunView>, Vec<RunResults>)> {
     let experiment = state
         .store
         .experiment(crate::extract::parse_id(raw)?)
         .await?;
-    experiment_results(state, &experiment).await
+    let results = experiment_results(state, &experiment).await?;
+    Ok((experiment.runs, results))
 }
 
 #[utoipa::path(get, path = "/v1/runs/{id}/figures", tag = "figures",
@@ -324,7 +326,8 @@ pub async fn run_list(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<FigureList>> {
-    list(run_results(&state, &id).await?).await
+    let (runs, results) = run_results(&state, &id).await?;
+    list(&runs, results).await
 }
 
 #[utoipa::path(get, path = "/v1/runs/{id}/figures/{file}", tag = "figures",
@@ -337,7 +340,7 @@ pub async fn run_figure(
     State(state): State<AppState>,
     Path((id, file)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    one(run_results(&state, &id).await?, &file).await
+    one(run_results(&state, &id).await?.1, &file).await
 }
 
 #[utoipa::path(get, path = "/v1/experiments/{id}/figures", tag = "figures",
@@ -346,7 +349,8 @@ pub async fn experiment_list(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<FigureList>> {
-    list(experiment_of(&state, &id).await?).await
+    let (runs, results) = experiment_of(&state, &id).await?;
+    list(&runs, results).await
 }
 
 #[utoipa::path(get, path = "/v1/experiments/{id}/figures/{file}", tag = "figures",
@@ -359,5 +363,5 @@ pub async fn experiment_figure(
     State(state): State<AppState>,
     Path((id, file)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    one(experiment_of(&state, &id).await?, &file).await
+    one(experiment_of(&state, &id).await?.1, &file).await
 }

@@ -10,8 +10,8 @@ use crate::args::{ListArgs, SubmitArgs, WeightsReading};
 use anyhow::{bail, Context, Result};
 use client::{Client, FiguresOf, RunQuery};
 use domain::service::{
-    AnalysisPlan, ExperimentImport, ExperimentView, ImportSubmission, JobState, RunSubmission,
-    RunView,
+    AnalysisPlan, ExperimentImport, ExperimentView, FigureList, ImportSubmission, JobState,
+    RunSubmission, RunView,
 };
 use domain::{ExperimentSpec, RunSpec, SpecFile};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -615,13 +615,20 @@ pub fn figures(api: &Api, targets: &[String], out: &Path) -> Result<ExitCode> {
             FiguresOf::Runs(runs)
         }
     };
-    let names = client.figure_names(&of)?;
-    if names.is_empty() {
+    let FigureList { figures, left_out } = client.figure_list(&of)?;
+    if figures.is_empty() {
         bail!("no results to draw yet: the runs have no metrics or analyses");
+    }
+    for l in &left_out {
+        let run = l.name.clone().unwrap_or_else(|| l.run_id.to_string());
+        eprintln!(
+            "{run}: left out of {}'s block-wise figures and blocks.csv: {}",
+            l.configuration, l.reason
+        );
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut written = vec![];
-    for name in names {
+    for name in figures {
         for file in [format!("{name}.svg"), format!("{name}.png")] {
             let bytes = client.figure(&of, &file)?;
             let path = out.join(file);
