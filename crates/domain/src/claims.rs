@@ -329,6 +329,14 @@ fn c6(c: &Config) -> Verdict {
     let rises = acc[acc.len() - 1] > acc[0];
     let alpha1_positive = cos1[1..cos1.len().min(6)].iter().any(|v| *v > 0.0);
     let max_cos = cos[1..].iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    // Where the cosine stops being negative, if it does: how far the refinement carries.
+    let course = match cos[1..].iter().position(|v| *v >= 0.0) {
+        Some(at) => format!("non-negative from step {} (largest {max_cos:.3})", at + 1),
+        None => format!(
+            "negative for all {} steps (largest {max_cos:.3})",
+            cos.len() - 1
+        ),
+    };
     // α was selected by this loss; whether unrolling lowered it at all is the paper's third
     // expectation, shown beside the verdict (not part of C6's predicate).
     let train_loss = match unroll(c, MetricName::UnrollLoss, Group::All, Split::Train, alpha)[..] {
@@ -340,8 +348,9 @@ fn c6(c: &Config) -> Verdict {
         c.label,
         Some(stays_negative && rises && alpha1_positive),
         format!(
-            "{}: largest cosine {max_cos:.3}; borderline test accuracy {:.3} → {:.3}{train_loss}; α = 1 positive within 5 steps: {alpha1_positive}",
+            "{}: cosine {:.3} before unrolling, {course}; borderline test accuracy {:.3} → {:.3}{train_loss}; α = 1 positive within 5 steps: {alpha1_positive}",
             selected.describe(),
+            cos[0],
             acc[0],
             acc[acc.len() - 1]
         ),
@@ -592,6 +601,13 @@ mod tests {
         let v = c6_of(&records);
         assert_eq!(v.holds, Some(false), "{}", v.measured);
         assert!(v.measured.contains("0.400 → 0.600"), "{}", v.measured);
+        assert!(
+            v.measured.contains(
+                "cosine -0.100 before unrolling, negative for all 2 steps (largest -0.100)"
+            ),
+            "{}",
+            v.measured
+        );
         assert!(!v.measured.contains("train loss"), "{}", v.measured);
         // The train loss the α was selected by, before and after unrolling.
         for step in 0..3 {
@@ -602,6 +618,19 @@ mod tests {
         let v = c6_of(&records);
         assert!(
             v.measured.contains("train loss 0.500 → 0.300"),
+            "{}",
+            v.measured
+        );
+        // The selected α's cosine turning at step 2.
+        let turned = records.iter_mut().find(|r| {
+            r.name == MetricName::UnrollCosine && r.alpha == Some(0.1) && r.step == Some(2)
+        });
+        turned.unwrap().value = 0.05;
+        let v = c6_of(&records);
+        assert!(
+            v.measured.contains(
+                "cosine -0.100 before unrolling, non-negative from step 2 (largest 0.050)"
+            ),
             "{}",
             v.measured
         );
