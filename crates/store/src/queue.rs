@@ -656,8 +656,6 @@ async fn retry_state(conn: &mut PgConnection, job: Uuid) -> Result<JobState> {
     })
 }
 
-/// Ends the job's lease in `state`, recording on the job and its attempt why: a failure's
-/// kind and error, or only an error (a refusal that leaves it queued).
 /// Fails the queued analyses of a checkpoint its training just pruned (one a user asked for
 /// of an epoch the plan does not keep): no analyzer could read it, and retrying would not
 /// bring it back. Analyses already running read the whole file when they began.
@@ -702,6 +700,8 @@ async fn fail_analyses_of_removed(
     sync_statuses(conn, training.run_id).await
 }
 
+/// Ends the job's lease in `state`, recording on the job and its attempt why: a failure's
+/// kind and error, or only an error (a refusal that leaves it queued).
 async fn end_job(
     conn: &mut PgConnection,
     job: &LeasedJob,
