@@ -1028,7 +1028,7 @@ async fn blocks_are_summarised_over_the_seeds_of_each_configuration(pool: PgPool
     // Which seeds are left out, and why: in the claims (as `experiment show` prints them)
     // and on the experiment's page.
     let other = "analysed with other settings (gradient, window, margin or unrolling) than \
-                 most seeds at its epoch";
+                 most seeds at the latest analysed epoch";
     assert_eq!(
         left_out(&app, &experiment).await,
         [

@@ -699,12 +699,15 @@ fn analyze_a_run_writes_every_epoch_and_a_combined_table() {
         "seeds-skip",
     ];
     let drawn = stepwise(dir.path(), &seeds);
-    ok(&drawn);
+    let listing = ok(&drawn);
     let said = String::from_utf8_lossy(&drawn.stderr);
     assert!(
         said.contains("runs/d: left out of resnet-8's block-wise figures, claims and blocks.csv: analysed with other settings"),
         "{said}"
     );
+    // Nor are its full-gradient cosines of epochs 1 and 2 drawn over training beside the
+    // skip seed's one epoch.
+    assert!(!listing.contains("blocks_over_training_"), "{listing}");
     let blocks = std::fs::read_to_string(dir.path().join("seeds-skip/blocks.csv")).unwrap();
     let pooled = blocks
         .lines()

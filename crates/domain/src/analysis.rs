@@ -153,16 +153,19 @@ impl Default for AnalysisSpec {
 
 impl AnalysisSpec {
     /// Whether analyses with these settings and `other`'s measure the same quantities, so
-    /// that seeds analysed with them may be averaged: the same gradient, borderline window
-    /// and margin, and unrolling steps and step sizes. Which metrics and splits, how many
-    /// examples, which subset and how many per pass may differ: they choose what is
+    /// that seeds analysed with them may be averaged: where both measure the cosine, with
+    /// the same gradient; the borderline examples, with the same window and margin; the
+    /// unrolling, with the same steps, step sizes and margin. Which metrics and splits, how
+    /// many examples, which subset and how many per pass may differ: they choose what is
     /// measured and how precisely, not what a metric is.
     pub fn measures_like(&self, other: &Self) -> bool {
-        self.gradient == other.gradient
-            && self.window == other.window
-            && self.margin == other.margin
-            && self.unroll_steps == other.unroll_steps
-            && self.alphas == other.alphas
+        let both = |kind| self.metrics.contains(&kind) && other.metrics.contains(&kind);
+        (!both(AnalysisKind::Cosine) || self.gradient == other.gradient)
+            && (!both(AnalysisKind::Borderline)
+                || (self.window, self.margin) == (other.window, other.margin))
+            && (!both(AnalysisKind::Unroll)
+                || (self.unroll_steps, &self.alphas, self.margin)
+                    == (other.unroll_steps, &other.alphas, other.margin))
     }
 
     /// Parses the fields given in TOML, the others taking their defaults, and checks them;
@@ -420,6 +423,37 @@ fn final_train_loss(records: &[AnalysisRecord], alpha: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_measure_alike_where_both_measure_what_they_define() {
+        let all = AnalysisSpec::default();
+        let short = AnalysisSpec {
+            unroll_steps: 2,
+            ..all.clone()
+        };
+        let cosine = AnalysisSpec {
+            metrics: vec![AnalysisKind::Cosine],
+            max_examples: 12,
+            ..all.clone()
+        };
+        let skip = AnalysisSpec {
+            gradient: GradientKind::Skip,
+            ..cosine.clone()
+        };
+        let narrow = AnalysisSpec {
+            window: 3,
+            ..all.clone()
+        };
+        assert!(!all.measures_like(&short), "both unroll, for other steps");
+        assert!(short.measures_like(&cosine) && cosine.measures_like(&short));
+        assert!(!cosine.measures_like(&skip) && !all.measures_like(&skip));
+        assert!(!all.measures_like(&narrow), "both follow borderline examples");
+        let without_borderline = AnalysisSpec {
+            metrics: vec![AnalysisKind::Cosine, AnalysisKind::Unroll],
+            ..narrow.clone()
+        };
+        assert!(all.measures_like(&without_borderline));
+    }
 
     #[test]
     fn settings_are_written_as_their_changes_and_read_back() {

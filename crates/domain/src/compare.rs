@@ -65,12 +65,21 @@ pub struct Analysed<'a> {
 /// Why a seed's analysis is left out of its configuration's pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SetAside {
-    /// Analysed at `epoch`, before the configuration's latest analysed epoch `latest`: a
-    /// seed still training is left out until it catches up.
+    /// Analysed at `epoch`, before the configuration's latest analysed epoch `latest`, as
+    /// most seeds there were: a seed still training is left out until it catches up.
     Behind { epoch: u32, latest: u32 },
-    /// Analysed at the latest epoch, but with settings that measure something else (say the
-    /// `skip` gradient) than most of its seeds there.
+    /// Analysed with settings that measure something else (say the `skip` gradient) than
+    /// most seeds at the configuration's latest analysed epoch.
     OtherSettings,
+}
+
+impl SetAside {
+    /// Whether the seed's analyses over training (of its latest analysis' gradient) may
+    /// still be drawn with its configuration's: they measure the same where it is only
+    /// behind.
+    pub fn keeps_history(self) -> bool {
+        matches!(self, Self::Behind { .. })
+    }
 }
 
 /// Which of several runs' analyses to pool, given each run's configuration label and its
@@ -93,12 +102,6 @@ fn pooled(runs: &[(&str, Option<Analysed>)]) -> Vec<Result<(), SetAside>> {
                 .map(|s| s.epoch)
                 .max()
                 .unwrap_or(analysed.epoch);
-            if analysed.epoch < latest {
-                return Err(SetAside::Behind {
-                    epoch: analysed.epoch,
-                    latest,
-                });
-            }
             let at_latest: Vec<&AnalysisSpec> = seeds
                 .iter()
                 .filter(|s| s.epoch == latest)
@@ -111,10 +114,16 @@ fn pooled(runs: &[(&str, Option<Analysed>)]) -> Vec<Result<(), SetAside>> {
                 .enumerate()
                 .max_by_key(|&(at, spec)| (alike(spec), std::cmp::Reverse(at)))
                 .map(|(_, spec)| *spec);
-            match most {
-                Some(most) if !analysed.spec.measures_like(most) => Err(SetAside::OtherSettings),
-                _ => Ok(()),
+            if most.is_some_and(|most| !analysed.spec.measures_like(most)) {
+                return Err(SetAside::OtherSettings);
             }
+            if analysed.epoch < latest {
+                return Err(SetAside::Behind {
+                    epoch: analysed.epoch,
+                    latest,
+                });
+            }
+            Ok(())
         })
         .collect()
 }
@@ -128,7 +137,7 @@ impl std::fmt::Display for SetAside {
             ),
             Self::OtherSettings => f.write_str(
                 "analysed with other settings (gradient, window, margin or unrolling) than \
-                 most seeds at its epoch",
+                 most seeds at the latest analysed epoch",
             ),
         }
     }
@@ -410,6 +419,8 @@ mod tests {
             // One seed each way: the first listed decides.
             ("c", at(1, &skip), None),
             ("c", at(1, &full), None),
+            // Behind, and measured otherwise: the settings say more.
+            ("a", at(5, &skip), None),
         ];
         pool_seeds(
             &mut runs,
@@ -433,8 +444,10 @@ mod tests {
                 ("a", None),
                 ("c", None),
                 ("set aside", Some(other)),
+                ("set aside", Some(other)),
             ]
         );
+        assert!(behind.keeps_history() && !other.keeps_history());
         assert_eq!(
             behind.to_string(),
             "analysed only up to epoch 4, behind another seed's epoch 6"

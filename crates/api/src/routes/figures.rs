@@ -57,7 +57,12 @@ fn pool_seeds(results: &mut [RunResults]) {
     domain::compare::pool_seeds(
         results,
         |r| (&r.label, r.analysis.as_ref().map(AnalysisView::analysed)),
-        |r, why| (r.analysis, r.left_out) = (None, Some(why)),
+        |r, why| {
+            (r.analysis, r.left_out) = (None, Some(why));
+            if !why.keeps_history() {
+                r.history.clear();
+            }
+        },
     );
 }
 
