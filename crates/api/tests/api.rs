@@ -1173,7 +1173,7 @@ async fn experiments_aggregate_their_runs(pool: PgPool) {
         .get(&format!("/v1/experiments/{id}/figures"))
         .await
         .json();
-    assert_eq!(figures, json!({"figures": []}));
+    assert_eq!(figures, json!({"figures": [], "left_out": []}));
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
