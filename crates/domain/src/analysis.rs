@@ -447,7 +447,10 @@ mod tests {
         assert!(!all.measures_like(&short), "both unroll, for other steps");
         assert!(short.measures_like(&cosine) && cosine.measures_like(&short));
         assert!(!cosine.measures_like(&skip) && !all.measures_like(&skip));
-        assert!(!all.measures_like(&narrow), "both follow borderline examples");
+        assert!(
+            !all.measures_like(&narrow),
+            "both follow borderline examples"
+        );
         let without_borderline = AnalysisSpec {
             metrics: vec![AnalysisKind::Cosine, AnalysisKind::Unroll],
             ..narrow.clone()
