@@ -107,6 +107,9 @@ impl Store {
         .bind(mib(capacity.budget_mib))
         .execute(&mut *tx)
         .await?;
+        if kinds.contains(&JobKind::Analyze.as_str()) {
+            fail_analyses_of_pruned(&mut tx, None).await?;
+        }
         let token = Uuid::new_v4();
         let row: Option<JobRow> = sqlx::query_as(
             "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = $2,
@@ -315,7 +318,7 @@ impl Store {
                     .bind(file_name)
                     .execute(&mut *tx)
                     .await?;
-                    fail_analyses_of_removed(&mut tx, &leased, file_name).await?;
+                    fail_analyses_of_pruned(&mut tx, Some(run)).await?;
                 }
             }
         }
@@ -656,48 +659,38 @@ async fn retry_state(conn: &mut PgConnection, job: Uuid) -> Result<JobState> {
     })
 }
 
-/// Fails the queued analyses of a checkpoint its training just pruned (one a user asked for
-/// of an epoch the plan does not keep): no analyzer could read it, and retrying would not
-/// bring it back. Analyses already running read the whole file when they began.
-async fn fail_analyses_of_removed(
-    conn: &mut PgConnection,
-    training: &LeasedJob,
-    file_name: &str,
-) -> Result<()> {
-    let error = format!(
-        "its checkpoint {file_name} was pruned by training (the spec's keep_last) before an \
-         analyzer took it: ask again for a checkpoint still on disk, or plan the epoch's \
-         analysis with the run (analysis_checkpoints) so that training keeps it"
-    );
-    let failed: Vec<(Uuid, i32)> = sqlx::query_as(
-        "UPDATE jobs SET state = 'failed', failure_kind = 'invalid', last_error = $3,
-                updated_at = now()
-          WHERE kind = 'analyze' AND state = 'queued' AND analysis_id IN (
-                SELECT a.id FROM analyses a JOIN checkpoints c ON c.id = a.checkpoint_id
-                 WHERE c.directory = $1 AND c.file_name = $2)
-          RETURNING id, attempt",
+/// Fails the queued analyses whose checkpoint training has pruned (one a user asked for of
+/// an epoch the plan does not keep), of `run` or of every run: no analyzer could read it,
+/// and retrying would not bring it back. Called when a trainer reports a removal, and
+/// before an analyzer claims (an analysis queued again after its analyzer was lost may
+/// have lost its file since). Analyses running read the whole file when they began.
+async fn fail_analyses_of_pruned(conn: &mut PgConnection, run: Option<Uuid>) -> Result<()> {
+    let failed: Vec<(Uuid, Uuid, i32, String)> = sqlx::query_as(
+        "UPDATE jobs j SET state = 'failed', failure_kind = 'invalid', updated_at = now(),
+                last_error = 'its checkpoint ' || c.file_name || ' was pruned by training (the \
+                 spec''s keep_last) before an analyzer took it: ask again for a checkpoint \
+                 still on disk, or plan the epoch''s analysis with the run \
+                 (analysis_checkpoints) so that training keeps it'
+           FROM analyses a JOIN checkpoints c ON c.id = a.checkpoint_id
+          WHERE j.kind = 'analyze' AND j.state = 'queued' AND a.id = j.analysis_id
+            AND c.removed AND ($1::uuid IS NULL OR j.run_id = $1)
+          RETURNING j.id, j.run_id, j.attempt, j.last_error",
     )
-    .bind(&training.directory)
-    .bind(file_name)
-    .bind(&error)
+    .bind(run)
     .fetch_all(&mut *conn)
     .await?;
-    if failed.is_empty() {
-        return Ok(());
-    }
-    for (job, attempt) in failed {
+    let mut runs = vec![];
+    for (job, run, attempt, error) in failed {
         let message = format!("analyze job failed (invalid): {error}");
-        log(
-            conn,
-            training.run_id,
-            job,
-            attempt as u32,
-            "error",
-            &message,
-        )
-        .await?;
+        log(conn, run, job, attempt as u32, "error", &message).await?;
+        if !runs.contains(&run) {
+            runs.push(run);
+        }
     }
-    sync_statuses(conn, training.run_id).await
+    for run in runs {
+        sync_statuses(conn, run).await?;
+    }
+    Ok(())
 }
 
 /// Ends the job's lease in `state`, recording on the job and its attempt why: a failure's

@@ -497,18 +497,45 @@ async fn an_analysis_asked_of_a_checkpoint_training_then_prunes_fails_as_invalid
             .any(|l| l.level == "error" && l.message.contains(error)),
         "{logs:?}"
     );
-    // The other is served; the training goes on.
+    // The other is served. Training prunes its checkpoint while it runs (the analyzer has
+    // read it), and the analyzer is lost: queued again, it fails before the next claim.
     let analyse = store
         .claim(&[JobKind::Analyze], "a", CPU, &lease)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(analyse.analysis.unwrap().checkpoint.epoch, 2);
+    assert_eq!(analyse.analysis.as_ref().unwrap().checkpoint.epoch, 2);
+    let pruned = WorkerEvent::CheckpointRemoved {
+        file_name: "epoch-0002.safetensors".into(),
+    };
+    store
+        .record_events(training.job_id, training.lease_token, &[pruned])
+        .await
+        .unwrap();
+    let lost = "the lease expired: the worker was lost or stalled";
+    let requeued = store
+        .fail(
+            analyse.job_id,
+            analyse.lease_token,
+            FailureKind::Infrastructure,
+            lost,
+        )
+        .await
+        .unwrap();
+    assert_eq!(requeued, JobState::Queued);
     assert!(store
         .claim(&[JobKind::Analyze], "a", CPU, &lease)
         .await
         .unwrap()
         .is_none());
+    let analyses = store.analyses_of_run(run.id).await.unwrap();
+    assert_eq!(analyses[1].status, JobState::Failed);
+    let error = analyses[1].last_error.as_deref().unwrap();
+    assert!(
+        error.contains("epoch-0002.safetensors was pruned by training (the spec's keep_last)"),
+        "{error}"
+    );
+    // The training goes on.
     assert_eq!(store.run(run.id).await.unwrap().status, JobState::Running);
 }
 
