@@ -285,6 +285,9 @@ struct Shared {
     /// plus the TTL. A worker that was stalled (SIGSTOP, a long GC-like pause) sees this
     /// pass before it can ask the API, and stops writing at once.
     valid_until: Mutex<Instant>,
+    /// [`HeartbeatReply::keep_epochs`](domain::service::HeartbeatReply::keep_epochs) of the
+    /// last good heartbeat.
+    keep_epochs: Mutex<Vec<u32>>,
     stopping: Mutex<bool>,
     wake: Condvar,
 }
@@ -307,6 +310,7 @@ impl LeaseKeeper {
             cancel: AtomicBool::new(false),
             lost: AtomicBool::new(false),
             valid_until: Mutex::new(asked + ttl),
+            keep_epochs: Mutex::new(vec![]),
             stopping: Mutex::new(false),
             wake: Condvar::new(),
         });
@@ -332,6 +336,7 @@ impl LeaseKeeper {
                     match client.heartbeat(job, token) {
                         Ok(reply) => {
                             *shared.valid_until.lock().expect("lease mutex") = sent + ttl;
+                            *shared.keep_epochs.lock().expect("lease mutex") = reply.keep_epochs;
                             if reply.cancel {
                                 shared.cancel.store(true, Ordering::SeqCst);
                             }
@@ -357,6 +362,12 @@ impl LeaseKeeper {
     /// The user asked to cancel the job.
     pub fn cancelled(&self) -> bool {
         self.shared.cancel.load(Ordering::SeqCst)
+    }
+
+    /// Epochs whose checkpoints analyses wait for, as of the last heartbeat: not to be
+    /// pruned now.
+    pub fn keep_epochs(&self) -> Vec<u32> {
+        self.shared.keep_epochs.lock().expect("lease mutex").clone()
     }
 
     /// The lease is gone, or may be: the API said so, or its time ran out unrenewed.

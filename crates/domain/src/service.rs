@@ -714,6 +714,10 @@ pub struct HeartbeatReply {
     /// The user cancelled the job: checkpoint, stop, and complete it.
     pub cancel: bool,
     pub lease_expires_at: DateTime<Utc>,
+    /// A train job's epochs whose checkpoints in its attempt's directory analyses wait for
+    /// (asked of epochs its plan does not keep): training keeps them from pruning meanwhile.
+    #[serde(default)]
+    pub keep_epochs: Vec<u32>,
 }
 
 /// Something a worker reports while it works.

@@ -245,10 +245,24 @@ impl Store {
         .bind(job)
         .execute(&mut *tx)
         .await?;
+        let keep_epochs: Vec<i32> = if leased.kind == JobKind::Train {
+            sqlx::query_scalar(
+                "SELECT DISTINCT c.epoch FROM analyses a JOIN checkpoints c ON c.id = a.checkpoint_id
+                  WHERE c.directory = $1 AND c.batch = 0 AND NOT c.removed
+                    AND a.status IN ('queued', 'running')
+                  ORDER BY c.epoch",
+            )
+            .bind(&leased.directory)
+            .fetch_all(&mut *tx)
+            .await?
+        } else {
+            vec![]
+        };
         tx.commit().await?;
         Ok(HeartbeatReply {
             cancel: leased.state == JobState::Cancelling,
             lease_expires_at: expires,
+            keep_epochs: keep_epochs.into_iter().map(|e| e as u32).collect(),
         })
     }
 

@@ -459,7 +459,9 @@ async fn an_epoch_checkpoint_registered_again_serves_its_queued_analysis_and_rer
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]
-async fn an_analysis_asked_of_a_checkpoint_training_then_prunes_fails_as_invalid(pool: PgPool) {
+async fn a_checkpoint_analyses_wait_for_is_kept_from_pruning_or_fails_them_once_pruned(
+    pool: PgPool,
+) {
     let store = Store::from_pool(pool);
     let lease = lease(60_000);
     let run = submit(&store, 5, None, 3).await;
@@ -474,6 +476,16 @@ async fn an_analysis_asked_of_a_checkpoint_training_then_prunes_fails_as_invalid
             .await
             .unwrap();
     }
+    // Training is told to keep their checkpoints while they wait; a trainer that pruned
+    // before its next heartbeat had not been told.
+    let keep = || async {
+        store
+            .heartbeat(training.job_id, training.lease_token, &lease)
+            .await
+            .unwrap()
+            .keep_epochs
+    };
+    assert_eq!(keep().await, [1, 2]);
     let pruned = WorkerEvent::CheckpointRemoved {
         file_name: "epoch-0001.safetensors".into(),
     };
@@ -484,6 +496,7 @@ async fn an_analysis_asked_of_a_checkpoint_training_then_prunes_fails_as_invalid
     let analyses = store.analyses_of_run(run.id).await.unwrap();
     let statuses: Vec<_> = analyses.iter().map(|a| (a.epoch, a.status)).collect();
     assert_eq!(statuses, [(1, JobState::Failed), (2, JobState::Queued)]);
+    assert_eq!(keep().await, [2]);
     let failed = &analyses[0];
     assert_eq!(failed.failure_kind, Some(FailureKind::Invalid));
     let error = failed.last_error.as_deref().unwrap();
@@ -505,6 +518,12 @@ async fn an_analysis_asked_of_a_checkpoint_training_then_prunes_fails_as_invalid
         .unwrap()
         .unwrap();
     assert_eq!(analyse.analysis.as_ref().unwrap().checkpoint.epoch, 2);
+    assert_eq!(keep().await, [2], "kept while it runs");
+    let beat = store
+        .heartbeat(analyse.job_id, analyse.lease_token, &lease)
+        .await
+        .unwrap();
+    assert!(beat.keep_epochs.is_empty(), "an analyze job keeps nothing");
     let pruned = WorkerEvent::CheckpointRemoved {
         file_name: "epoch-0002.safetensors".into(),
     };

@@ -2,10 +2,10 @@
 //! cancelled, diverging or too large for the worker's memory.
 
 use domain::service::{
-    AnalysisPlan, CheckpointRegistration, CheckpointSelection, FailureKind, JobKind, JobState,
-    RunView, WorkerCapacity,
+    AnalysisPlan, AnalysisRequest, CheckpointRegistration, CheckpointSelection, FailureKind,
+    JobKind, JobState, RunView, WorkerCapacity,
 };
-use domain::{AnalysisSpec, Memory, Split};
+use domain::{AnalysisKind, AnalysisSpec, Memory, Split};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -254,6 +254,57 @@ fn a_run_whose_last_checkpoint_was_registered_before_its_trainer_died_finishes()
         "{log}\n{}",
         stack.worker_log(trainer)
     );
+}
+
+#[test]
+fn a_checkpoint_an_analysis_waits_for_is_kept_from_pruning() {
+    let _serial = serial();
+    let mut stack = Stack::start(Settings::default());
+    // A large test set: each epoch's evaluation takes seconds, many heartbeats.
+    stack.synth("tiny10", 256, 20_000);
+    let client = stack.client();
+    let mut submission = tiny_run("tiny10", 3);
+    submission.spec.train.checkpoint.keep_last = 1;
+    let run = client.submit_run(&submission, None).unwrap().id;
+    stack.spawn_worker("stepwise-trainer");
+    let registered = |epoch| {
+        client
+            .checkpoints(run)
+            .unwrap()
+            .into_iter()
+            .find(|c| c.epoch == epoch && c.batch == 0)
+    };
+    wait_for("epoch 1's checkpoint", MINUTE, || registered(1).is_some());
+    // Asked of an epoch the run does not keep, with no analyzer running yet.
+    let request = AnalysisRequest {
+        epoch: Some(1),
+        spec: AnalysisSpec {
+            metrics: vec![AnalysisKind::Cosine],
+            splits: vec![Split::Test],
+            max_examples: 32,
+            ..AnalysisSpec::default()
+        },
+    };
+    client.request_analysis(run, &request).unwrap();
+    succeeded(&stack, run, 3 * MINUTE);
+    // keep_last = 1 pruned epoch 2's checkpoint, not the one the analysis waits for.
+    assert!(
+        registered(2).unwrap().removed,
+        "{:?}",
+        client.checkpoints(run)
+    );
+    assert!(
+        !registered(1).unwrap().removed,
+        "{:?}",
+        client.checkpoints(run)
+    );
+    stack.spawn_worker("stepwise-analyzer");
+    wait_for("the analysis", MINUTE, || {
+        client.analyses(run).unwrap()[0].status.is_final()
+    });
+    let analysis = &client.analyses(run).unwrap()[0];
+    assert_eq!(analysis.status, JobState::Succeeded, "{analysis:?}");
+    assert_eq!(analysis.epoch, 1);
 }
 
 #[test]

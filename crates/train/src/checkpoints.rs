@@ -138,8 +138,8 @@ impl CheckpointStore {
 
     /// Deletes what the policy no longer keeps: beyond the newest `keep_last`, except
     /// epoch-boundary checkpoints at multiples of `keep_every`, those kept by
-    /// [`Self::keep_epochs`] and the final one.
-    pub fn prune(&self) -> Result<Vec<String>> {
+    /// [`Self::keep_epochs`] or `also` (for now), and the final one.
+    pub fn prune(&self, also: &[u32]) -> Result<Vec<String>> {
         if self.policy.keep_last == 0 {
             return Ok(vec![]);
         }
@@ -149,7 +149,8 @@ impl CheckpointStore {
         for (i, (epoch, batch, name)) in all.into_iter().enumerate() {
             let boundary = batch == 0;
             let keep = i >= newest
-                || (boundary && (epoch == self.epochs || self.keeps(epoch)))
+                || (boundary
+                    && (epoch == self.epochs || self.keeps(epoch) || also.contains(&epoch)))
                 || (boundary
                     && self.policy.keep_every > 0
                     && epoch.is_multiple_of(self.policy.keep_every));
@@ -292,21 +293,26 @@ mod tests {
         std::fs::write(dir.path().join("notes.txt"), b"x").unwrap();
         let mut store = store;
         store.keep_epochs(&[3]);
-        let removed = store.prune().unwrap();
+        // Epoch 2's boundary checkpoint kept for now as well (an analysis waits for it).
+        let removed = store.prune(&[2]).unwrap();
         assert_eq!(
             removed,
             [
                 "epoch-0001.safetensors",
-                "epoch-0002.safetensors",
                 "epoch-0002-batch-00007.safetensors",
             ]
         );
-        let left: Vec<_> = list_checkpoints(dir.path())
-            .unwrap()
-            .into_iter()
-            .map(|(e, b, _)| (e, b))
-            .collect();
-        assert_eq!(left, [(3, 0), (4, 0), (5, 0), (6, 0)]);
+        let left = || -> Vec<_> {
+            list_checkpoints(dir.path())
+                .unwrap()
+                .into_iter()
+                .map(|(e, b, _)| (e, b))
+                .collect()
+        };
+        assert_eq!(left(), [(2, 0), (3, 0), (4, 0), (5, 0), (6, 0)]);
+        // Once it is analysed, it goes.
+        assert_eq!(store.prune(&[]).unwrap(), ["epoch-0002.safetensors"]);
+        assert_eq!(left(), [(3, 0), (4, 0), (5, 0), (6, 0)]);
         assert!(dir.path().join("notes.txt").exists());
     }
 

@@ -46,6 +46,12 @@ pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
 /// Receives training events; an error aborts the run.
 pub trait EventSink {
     fn event(&mut self, event: &TrainEvent<'_>) -> Result<(), SinkError>;
+
+    /// Epochs whose checkpoints are not to be pruned now, beside those the policy and the
+    /// plan keep: the service's, where analyses wait for them.
+    fn keep_epochs(&self) -> Vec<u32> {
+        Vec::new()
+    }
 }
 
 /// A sink that ignores everything.

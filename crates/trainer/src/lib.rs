@@ -169,6 +169,11 @@ impl EventSink for ApiSink<'_> {
             }
         }
     }
+
+    /// The epochs whose checkpoints analyses wait for, as the last heartbeat said.
+    fn keep_epochs(&self) -> Vec<u32> {
+        self.keeper.keep_epochs()
+    }
 }
 
 fn log(level: &str, message: String) -> WorkerEvent {
