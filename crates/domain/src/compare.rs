@@ -80,6 +80,21 @@ impl SetAside {
     pub fn keeps_history(self) -> bool {
         matches!(self, Self::Behind { .. })
     }
+
+    /// Leaves a seed's results out, as the API and the CLI hold them: its latest analysis
+    /// dropped and this reason recorded, and its analyses over training dropped too unless
+    /// [`Self::keeps_history`].
+    pub fn apply<A>(
+        self,
+        analysis: &mut Option<A>,
+        history: &mut Vec<AnalysisRecord>,
+        left_out: &mut Option<SetAside>,
+    ) {
+        (*analysis, *left_out) = (None, Some(self));
+        if !self.keeps_history() {
+            history.clear();
+        }
+    }
 }
 
 /// Which of several runs' analyses to pool, given each run's configuration label and its
@@ -448,6 +463,13 @@ mod tests {
             ]
         );
         assert!(behind.keeps_history() && !other.keeps_history());
+        for (why, history_left) in [(behind, 1), (other, 0)] {
+            let (mut analysis, mut left_out) = (Some(()), None);
+            let mut history = vec![self::at(MetricName::Cosine, Split::Test, 0, -0.1)];
+            why.apply(&mut analysis, &mut history, &mut left_out);
+            assert_eq!((analysis, left_out), (None, Some(why)));
+            assert_eq!(history.len(), history_left, "{why:?}");
+        }
         assert_eq!(
             behind.to_string(),
             "analysed only up to epoch 4, behind another seed's epoch 6"

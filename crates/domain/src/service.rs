@@ -560,6 +560,13 @@ pub struct LeftOut {
     pub reason: String,
 }
 
+impl LeftOut {
+    /// The run as a terminal names it: by its name, else its id.
+    pub fn run(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.run_id.to_string())
+    }
+}
+
 /// An experiment in the list of experiments: its progress over runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ExperimentSummary {

@@ -57,12 +57,7 @@ fn pool_seeds(results: &mut [RunResults]) {
     domain::compare::pool_seeds(
         results,
         |r| (&r.label, r.analysis.as_ref().map(AnalysisView::analysed)),
-        |r, why| {
-            (r.analysis, r.left_out) = (None, Some(why));
-            if !why.keeps_history() {
-                r.history.clear();
-            }
-        },
+        |r, why| why.apply(&mut r.analysis, &mut r.history, &mut r.left_out),
     );
 }
 
@@ -233,8 +228,8 @@ pub struct RunsQuery {
     /// Run ids, comma-separated or the parameter repeated (at most 100): runs whose specs
     /// differ only in the seed are seeds of one configuration (mean ± sd, those analysed
     /// at its latest analysed epoch, measured alike); configurations of one model that
-    /// differ in more are labelled by their runs' names (an experiment's by experiment and configuration; a
-    /// run without a name by the end of its id)
+    /// differ in more are labelled by their runs' names (an experiment's by experiment and
+    /// configuration; a run without a name by the end of its id)
     runs: String,
 }
 

@@ -149,12 +149,7 @@ pub fn pool_seeds(runs: &mut [RunData], dirs: &[PathBuf]) {
     domain::compare::pool_seeds(
         runs,
         |r| (&r.label, r.analysis.as_ref().map(analysed)),
-        |r, why| {
-            (r.analysis, r.left_out) = (None, Some(why));
-            if !why.keeps_history() {
-                r.history.clear();
-            }
-        },
+        |r, why| why.apply(&mut r.analysis, &mut r.history, &mut r.left_out),
     );
     for (run, dir) in runs.iter().zip(dirs) {
         if let Some(why) = run.left_out {

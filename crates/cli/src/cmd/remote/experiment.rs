@@ -235,7 +235,7 @@ fn describe(
         lines.push(format!("note: {note}"));
     }
     for l in &claims.left_out {
-        let run = l.name.clone().unwrap_or_else(|| l.run_id.to_string());
+        let run = l.run();
         lines.push(format!(
             "left out: {run} ({}): {}",
             l.configuration, l.reason

@@ -620,7 +620,7 @@ pub fn figures(api: &Api, targets: &[String], out: &Path) -> Result<ExitCode> {
         bail!("no results to draw yet: the runs have no metrics or analyses");
     }
     for l in &left_out {
-        let run = l.name.clone().unwrap_or_else(|| l.run_id.to_string());
+        let run = l.run();
         eprintln!(
             "{run}: left out of {}'s block-wise figures and blocks.csv: {}",
             l.configuration, l.reason
