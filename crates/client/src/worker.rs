@@ -292,11 +292,46 @@ struct Shared {
     wake: Condvar,
 }
 
+impl Shared {
+    /// One heartbeat, its reply taken in. Returns the epochs analyses wait for (after a
+    /// failure that may be transient, the last good reply's), or `None` once the lease is
+    /// lost.
+    fn beat(&self, client: &Client, job: Uuid, token: Uuid, ttl: Duration) -> Option<Vec<u32>> {
+        let sent = Instant::now();
+        match client.heartbeat(job, token) {
+            Ok(reply) => {
+                {
+                    // The lease thread and `LeaseKeeper::keep_epochs` both beat.
+                    let mut valid_until = self.valid_until.lock().expect("lease mutex");
+                    *valid_until = (*valid_until).max(sent + ttl);
+                }
+                *self.keep_epochs.lock().expect("lease mutex") = reply.keep_epochs.clone();
+                if reply.cancel {
+                    self.cancel.store(true, Ordering::SeqCst);
+                }
+                Some(reply.keep_epochs)
+            }
+            Err(e) if e.is_lease_lost() => {
+                tracing::warn!("job {job}: {e}");
+                self.lost.store(true, Ordering::SeqCst);
+                None
+            }
+            Err(e) => {
+                tracing::warn!("job {job}: heartbeat: {e}");
+                Some(self.keep_epochs.lock().expect("lease mutex").clone())
+            }
+        }
+    }
+}
+
 /// Heartbeats a job's lease on its own thread; tells the work whether to cancel and
 /// whether the lease is still held.
 pub struct LeaseKeeper {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// The heartbeats' client, patient for one heartbeat interval.
+    client: Client,
+    ttl: Duration,
     pub job: Uuid,
     pub lease_token: Uuid,
 }
@@ -318,7 +353,7 @@ impl LeaseKeeper {
         // A heartbeat must not outlive the lease it tries to extend.
         let client = client.with_patience(every);
         let thread = {
-            let shared = shared.clone();
+            let (shared, client) = (shared.clone(), client.clone());
             std::thread::Builder::new()
                 .name(format!("lease-{job}"))
                 .spawn(move || loop {
@@ -332,21 +367,8 @@ impl LeaseKeeper {
                             return;
                         }
                     }
-                    let sent = Instant::now();
-                    match client.heartbeat(job, token) {
-                        Ok(reply) => {
-                            *shared.valid_until.lock().expect("lease mutex") = sent + ttl;
-                            *shared.keep_epochs.lock().expect("lease mutex") = reply.keep_epochs;
-                            if reply.cancel {
-                                shared.cancel.store(true, Ordering::SeqCst);
-                            }
-                        }
-                        Err(e) if e.is_lease_lost() => {
-                            tracing::warn!("job {job}: {e}");
-                            shared.lost.store(true, Ordering::SeqCst);
-                            return;
-                        }
-                        Err(e) => tracing::warn!("job {job}: heartbeat: {e}"),
+                    if shared.beat(&client, job, token, ttl).is_none() {
+                        return;
                     }
                 })
                 .expect("spawning the lease thread")
@@ -354,6 +376,8 @@ impl LeaseKeeper {
         Self {
             shared,
             thread: Some(thread),
+            client,
+            ttl,
             job,
             lease_token: token,
         }
@@ -364,10 +388,13 @@ impl LeaseKeeper {
         self.shared.cancel.load(Ordering::SeqCst)
     }
 
-    /// Epochs whose checkpoints analyses wait for, as of the last heartbeat: not to be
-    /// pruned now.
+    /// Epochs whose checkpoints analyses wait for, not to be pruned now: asked by a
+    /// heartbeat sent now, on the caller's thread, so that an analysis requested since the
+    /// last one is seen (where the API does not answer, the last good heartbeat's list).
     pub fn keep_epochs(&self) -> Vec<u32> {
-        self.shared.keep_epochs.lock().expect("lease mutex").clone()
+        self.shared
+            .beat(&self.client, self.job, self.lease_token, self.ttl)
+            .unwrap_or_default()
     }
 
     /// The lease is gone, or may be: the API said so, or its time ran out unrenewed.

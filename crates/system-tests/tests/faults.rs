@@ -259,8 +259,14 @@ fn a_run_whose_last_checkpoint_was_registered_before_its_trainer_died_finishes()
 #[test]
 fn a_checkpoint_an_analysis_waits_for_is_kept_from_pruning() {
     let _serial = serial();
-    let mut stack = Stack::start(Settings::default());
-    // A large test set: each epoch's evaluation takes seconds, many heartbeats.
+    // No heartbeat of the lease thread while training: the trainer asks for the epochs to
+    // keep when it prunes.
+    let mut stack = Stack::start(Settings {
+        lease_ttl_secs: 600.0,
+        heartbeat_secs: 200.0,
+        ..Settings::default()
+    });
+    // A large test set: each epoch's evaluation takes seconds, time to ask for an analysis.
     stack.synth("tiny10", 256, 20_000);
     let client = stack.client();
     let mut submission = tiny_run("tiny10", 3);

@@ -170,7 +170,7 @@ impl EventSink for ApiSink<'_> {
         }
     }
 
-    /// The epochs whose checkpoints analyses wait for, as the last heartbeat said.
+    /// The epochs whose checkpoints analyses wait for, asked of the API by a heartbeat now.
     fn keep_epochs(&self) -> Vec<u32> {
         self.keeper.keep_epochs()
     }
