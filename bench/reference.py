@@ -54,9 +54,15 @@ class Block(nn.Module):
     def part(self, name):
         return self._shared[name] if self._shared is not None and name in self._shared else getattr(self, name)
 
-    def residual(self, h):
-        a = self.part("conv1")(F.relu(self.part("bn1")(h)))
-        return self.part("conv2")(F.relu(self.part("bn2")(a)))
+    def residual(self, h, batch_stats=False):
+        a = self.part("conv1")(F.relu(self.norm("bn1", h, batch_stats)))
+        return self.part("conv2")(F.relu(self.norm("bn2", a, batch_stats)))
+
+    def norm(self, name, t, batch_stats):
+        bn = self.part(name)
+        if batch_stats:  # this batch's statistics, the running ones untouched
+            return F.batch_norm(t, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+        return bn(t)
 
     def forward(self, h):
         s = self.shortcut(h) if hasattr(self, "shortcut") else h
@@ -365,7 +371,8 @@ def unroll_rows(net, x, y, args):
     `--steps` times, h ← h + α·F(h); per α and step the head's loss, accuracy and entropy for
     all, borderline (|m| < margin) and already-correct (m ≥ margin) examples, grouped by the
     margin before unrolling; the mean cosine between F(h) and ∂CE(head(h))/∂h and the mean
-    ‖F(h)‖/‖h‖. An α is followed while every hidden state is finite."""
+    ‖F(h)‖/‖h‖. An α is followed while every hidden state is finite. With `--unroll-bn
+    batch` the block normalises with each batch's statistics (stepwise's `unroll_bn`)."""
     blocks = flat_blocks(net)
     last = blocks[-1][1]
     if hasattr(last, "shortcut"):
@@ -389,7 +396,7 @@ def unroll_rows(net, x, y, args):
                     break
                 with torch.no_grad():
                     stats = head_stats(net.head(h), yb)
-                    f = last.residual(h)
+                    f = last.residual(h, batch_stats=args.unroll_bn == "batch")
                 for g, mask in members.items():
                     s = sums.setdefault((alpha, step, g), [0.0, 0.0, 0.0, 0])
                     for i, name in enumerate(["loss", "accuracy", "entropy"]):
@@ -430,6 +437,10 @@ def cmd_check(args):
     `--max-examples` at least the split's size) checks every record of those metrics
     against these and exits non-zero when one differs by more than the tolerance."""
     net, x, y = load_checkpoint(args)
+    if args.unroll_bn == "batch" and args.batch < len(y):
+        # stepwise batches a shuffled subset: only statistics of the whole split agree.
+        sys.exit(f"--unroll-bn batch normalises with each batch's statistics: compare one batch "
+                 f"of the whole split (--batch {len(y)} here, stepwise's --eval-batch {len(y)})")
     for p in net.parameters():
         p.requires_grad_(False)
     summary = json.load(open(args.summary))
@@ -452,7 +463,15 @@ def compare(rows, examples, args):
     the softmax of the other classes underflows and in diverging unrolled states. Returns
     the counts, the worst error relative to the tolerance per metric and the first 20
     mismatches."""
-    records = [r for r in json.load(open(args.compare))["records"] if r["split"] == args.split]
+    analysis = json.load(open(args.compare))
+    settings = analysis.get("spec", {})
+    if settings.get("unroll_bn", "running") != args.unroll_bn:
+        sys.exit(f"stepwise's unrolling used unroll_bn = {settings.get('unroll_bn', 'running')}: "
+                 f"pass --unroll-bn to match")
+    if args.unroll_bn == "batch" and settings.get("eval_batch", 0) < examples:
+        sys.exit(f"stepwise's batches of {settings.get('eval_batch')} have statistics of their own: "
+                 f"analyse with --eval-batch {examples} to compare")
+    records = [r for r in analysis["records"] if r["split"] == args.split]
     names = {r["name"] for r in rows} & {r["name"] for r in records}
     theirs = {record_key(r): r for r in records if r["name"] in names}
     analysed = theirs.get(record_key({"name": "accuracy"}), {}).get("n", examples)
@@ -924,6 +943,8 @@ def main():
     c.add_argument("--steps", type=int, default=20)
     c.add_argument("--alphas", type=float, nargs="+", default=[1.0, 0.5, 0.25, 0.1, 0.05])
     c.add_argument("--margin", type=float, default=0.1)
+    c.add_argument("--unroll-bn", choices=["running", "batch"], default="running",
+                   help="statistics of the unrolling's re-applied block")
     c.add_argument("--window", type=int, default=5)
     c.add_argument("--compare", help="stepwise's analysis.json of the same checkpoint and split")
     c.add_argument("--rtol", type=float, default=1e-3)

@@ -5,7 +5,7 @@
 use crate::blocks::head_direction;
 use crate::stats::{cosines, head_stats, host, mean_median, norms, ratios, HeadStats};
 use crate::{is_projection, Ctx, Result};
-use domain::{BlockId, Group, MetricName as M};
+use domain::{BlockId, Group, MetricName as M, UnrollBn};
 use resnet::{BnMode, ProbeOptions};
 use std::collections::BTreeMap;
 
@@ -127,7 +127,9 @@ pub(crate) type FinalLosses = Vec<(f64, f64, bool)>;
 /// Applies the last block again `unroll_steps` times, h ← h + α·F(h), for every α; per
 /// step the head's loss, accuracy and entropy per group (by the margin before unrolling),
 /// the cosine between F(h) and the gradient of the head's loss at h, and ‖F(h)‖/‖h‖.
-/// An α whose hidden states stop being finite is recorded up to the last finite step.
+/// The block's BatchNorm takes the statistics `unroll_bn` names (each batch's, or the
+/// running ones); the head's stays in inference mode, which keeps examples independent for
+/// the per-example gradients. An α whose hidden states stop being finite is recorded up to the last finite step.
 pub(crate) fn unroll(ctx: &mut Ctx) -> Result<Option<FinalLosses>> {
     let last = ctx.blocks.len() - 1;
     if is_projection(&ctx.blocks[last]) {
@@ -138,6 +140,10 @@ pub(crate) fn unroll(ctx: &mut Ctx) -> Result<Option<FinalLosses>> {
         return Ok(None);
     }
     let block = ctx.model.block(last).expect("the layout's block");
+    let bn = match ctx.spec.unroll_bn {
+        UnrollBn::Running => BnMode::Eval,
+        UnrollBn::Batch => BnMode::BatchStats,
+    };
     let steps = ctx.spec.unroll_steps;
     let alphas = ctx.spec.alphas.clone();
     let mut sums: Vec<GroupSums> = alphas.iter().map(|_| GroupSums::default()).collect();
@@ -162,7 +168,7 @@ pub(crate) fn unroll(ctx: &mut Ctx) -> Result<Option<FinalLosses>> {
                     &margins,
                     ctx.spec.margin,
                 );
-                let f = block.residual(&h, BnMode::Eval)?.detach();
+                let f = block.residual(&h, bn)?.detach();
                 let g = head_direction(ctx.model, &h, &y)?;
                 cos[a]
                     .entry(step)

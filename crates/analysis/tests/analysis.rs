@@ -9,7 +9,7 @@ use cifar::synth::{draw, CLASSES};
 use cifar::Images;
 use domain::{
     AnalysisKind, AnalysisRecord, AnalysisSpec, Arch, BlockKind, DataSpec, GradientKind, Group,
-    MetricName as M, ModelSpec, Normalization, RunSpec, Split, Stat,
+    MetricName as M, ModelSpec, Normalization, RunSpec, Split, Stat, UnrollBn,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -243,6 +243,82 @@ fn unrolling_with_alpha_zero_is_plain_inference() {
         assert_eq!(cosines.len(), 8);
     }
     assert!(result.selected_alpha.is_some());
+}
+
+/// With `unroll_bn = "batch"` the re-applied block normalises with each batch's statistics:
+/// the head's readout before unrolling is the same, the block's ℓ2 ratio there is that of
+/// F computed so over the batch (one batch of the whole split here), and the running
+/// statistics are left as they were.
+#[test]
+fn unrolling_with_batch_statistics_normalises_each_batch_and_keeps_the_running_ones() {
+    let fixture = Fixture::new(narrow_single(), DType::F32, 20, 3);
+    let m = &fixture.model;
+    let input = fixture.input(2);
+    let running = AnalysisSpec {
+        splits: vec![Split::Test],
+        eval_batch: 20,
+        ..spec(&[AnalysisKind::Unroll])
+    };
+    let batch = AnalysisSpec {
+        unroll_bn: UnrollBn::Batch,
+        ..running.clone()
+    };
+    let before = running_stats(m);
+    let (with_running, with_batch) = (
+        analyze(&input, &running).unwrap(),
+        analyze(&input, &batch).unwrap(),
+    );
+    assert_eq!(before, running_stats(m));
+    let at_start = |result: &analysis::Analysis, name| {
+        find(&result.records, |r| {
+            r.name == name
+                && r.step == Some(0)
+                && r.alpha == Some(1.0)
+                && r.group == Some(Group::All)
+        })[0]
+            .value
+    };
+    assert_eq!(
+        at_start(&with_running, M::UnrollLoss),
+        at_start(&with_batch, M::UnrollLoss)
+    );
+    let x = Inputs::new(&NORM, &Device::Cpu)
+        .unwrap()
+        .upload(fixture.test.batches(20).next().unwrap())
+        .unwrap()
+        .0;
+    let last = m.blocks().count() - 1;
+    let h = m.infer_tapped(&x, &[last]).unwrap().1.remove(0);
+    let mean_ratio = |mode| {
+        let f = m.block(last).unwrap().residual(&h, mode).unwrap();
+        let per_example = |t: &Tensor| {
+            t.flatten_from(1)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum(1)
+                .unwrap()
+                .sqrt()
+                .unwrap()
+        };
+        (per_example(&f) / per_example(&h))
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    };
+    for (result, mode) in [
+        (&with_running, BnMode::Eval),
+        (&with_batch, BnMode::BatchStats),
+    ] {
+        let ratio = at_start(result, M::UnrollL2Ratio);
+        assert!((ratio - mean_ratio(mode)).abs() < 1e-5, "{mode:?}: {ratio}");
+    }
+    assert!(
+        (at_start(&with_running, M::UnrollL2Ratio) - at_start(&with_batch, M::UnrollL2Ratio)).abs()
+            > 1e-3
+    );
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use domain::{
     service::JobState, AnalysisKind, AnalysisSpec, Arch, DeviceSpec, GradientKind, ModelSpec,
-    Precision, SchedulePreset, Sharing, Split,
+    Precision, SchedulePreset, Sharing, Split, UnrollBn,
 };
 use resnet::ops::MemoryFormat;
 use std::path::PathBuf;
@@ -549,6 +549,7 @@ value_enum!(DtypeArg => Precision { F32, Tf32, Bf16 });
 value_enum!(ScheduleArg => SchedulePreset { Paper, Scaled, Constant });
 value_enum!(SplitArg => Split { Train, Test });
 value_enum!(GradientArg => GradientKind { Full, Skip });
+value_enum!(UnrollBnArg => UnrollBn { Running, Batch });
 value_enum!(MemoryFormatArg => MemoryFormat { Nchw, ChannelsLast });
 
 #[derive(Args)]
@@ -759,6 +760,10 @@ pub struct AnalysisSpecArgs {
     /// Step sizes α of the unrolling (h ← h + α·F(h)), comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = AnalysisSpec::default().alphas)]
     pub alphas: Vec<f64>,
+    /// BatchNorm statistics of the re-applied block: the running ones (inference mode, as
+    /// every other metric), or each batch's at the unrolled state.
+    #[arg(long, value_enum, default_value_t = UnrollBnArg::Running)]
+    pub unroll_bn: UnrollBnArg,
     /// Borderline margin threshold: |p_y − max other p| below it is borderline.
     #[arg(long, default_value_t = AnalysisSpec::default().margin)]
     pub margin: f64,
@@ -782,6 +787,7 @@ impl AnalysisSpecArgs {
             window: self.window,
             unroll_steps: self.unroll_steps,
             alphas: self.alphas.clone(),
+            unroll_bn: self.unroll_bn.into(),
             margin: self.margin,
             seed: self.seed,
         }
@@ -888,8 +894,11 @@ mod tests {
             "3",
             "--metrics",
             "cosine,l2",
+            "--unroll-bn",
+            "batch",
         ]);
         assert_eq!(spec.splits, [Split::Test]);
+        assert_eq!(spec.unroll_bn, UnrollBn::Batch);
         assert_eq!(spec.alphas, [0.5, 0.1]);
         assert_eq!(spec.gradient, GradientKind::Skip);
         assert_eq!(spec.window, 3);

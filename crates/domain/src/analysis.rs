@@ -79,6 +79,19 @@ pub enum GradientKind {
     Skip,
 }
 
+/// The statistics the unrolling's re-applied block normalises with (paper.md is silent;
+/// every other metric uses the running ones).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnrollBn {
+    /// The running statistics training left (inference mode), as everywhere else.
+    #[default]
+    Running,
+    /// Each batch's own statistics at the unrolled state (the running ones untouched): the
+    /// block sees its input normalised as in training, however far the unrolling moved it.
+    Batch,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AnalysisSpec {
@@ -101,6 +114,8 @@ pub struct AnalysisSpec {
     pub unroll_steps: u32,
     #[serde(default = "alphas")]
     pub alphas: Vec<f64>,
+    #[serde(default)]
+    pub unroll_bn: UnrollBn,
     /// |margin| below this is borderline; at least this is already correct.
     #[serde(default = "margin")]
     pub margin: f64,
@@ -145,6 +160,7 @@ impl Default for AnalysisSpec {
             window: window(),
             unroll_steps: unroll_steps(),
             alphas: alphas(),
+            unroll_bn: UnrollBn::Running,
             margin: margin(),
             seed: 0,
         }
@@ -155,7 +171,7 @@ impl AnalysisSpec {
     /// Whether analyses with these settings and `other`'s measure the same quantities, so
     /// that seeds analysed with them may be averaged: where both measure the cosine, with
     /// the same gradient; the borderline examples, with the same window and margin; the
-    /// unrolling, with the same steps, step sizes and margin. Which metrics and splits, how
+    /// unrolling, with the same steps, step sizes, BatchNorm statistics and margin. Which metrics and splits, how
     /// many examples, which subset and how many per pass may differ: they choose what is
     /// measured and how precisely, not what a metric is.
     pub fn measures_like(&self, other: &Self) -> bool {
@@ -164,8 +180,13 @@ impl AnalysisSpec {
             && (!both(AnalysisKind::Borderline)
                 || (self.window, self.margin) == (other.window, other.margin))
             && (!both(AnalysisKind::Unroll)
-                || (self.unroll_steps, &self.alphas, self.margin)
-                    == (other.unroll_steps, &other.alphas, other.margin))
+                || (self.unroll_steps, &self.alphas, self.unroll_bn, self.margin)
+                    == (
+                        other.unroll_steps,
+                        &other.alphas,
+                        other.unroll_bn,
+                        other.margin,
+                    ))
     }
 
     /// Parses the fields given in TOML, the others taking their defaults, and checks them;
@@ -456,6 +477,12 @@ mod tests {
             ..narrow.clone()
         };
         assert!(all.measures_like(&without_borderline));
+        let batch_statistics = AnalysisSpec {
+            unroll_bn: UnrollBn::Batch,
+            ..all.clone()
+        };
+        assert!(!all.measures_like(&batch_statistics), "both unroll");
+        assert!(cosine.measures_like(&batch_statistics));
     }
 
     #[test]
@@ -470,10 +497,12 @@ mod tests {
             splits: vec![Split::Test],
             gradient: GradientKind::Skip,
             alphas: vec![0.5],
+            unroll_bn: UnrollBn::Batch,
             ..AnalysisSpec::default()
         };
         let text = changed.changes_toml();
-        assert_eq!(text.lines().count(), 4, "{text}");
+        assert_eq!(text.lines().count(), 5, "{text}");
+        assert!(text.contains("unroll_bn = \"batch\""), "{text}");
         assert_eq!(AnalysisSpec::from_toml(&text).unwrap(), changed);
         let bad = AnalysisSpec::from_toml("max_examples = 0\nsplits = []").unwrap_err();
         let fields: Vec<&str> = bad.0.iter().map(|e| e.field.as_str()).collect();

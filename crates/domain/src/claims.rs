@@ -4,7 +4,7 @@
 use crate::stats::mean;
 use crate::{
     AnalysisRecord, Arch, BlockKind, ExperimentRun, Group, MetricName, SeedsAlpha, Sharing, Split,
-    Stat,
+    Stat, UnrollBn,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -24,6 +24,9 @@ pub struct Config<'a> {
     pub parameters: Option<u64>,
     /// What paper.md gives for the model.
     pub reference: crate::paper::Reference,
+    /// The statistics the seeds' unrolling normalised the re-applied block with (pooled
+    /// seeds measure alike).
+    pub unroll_bn: UnrollBn,
 }
 
 impl<'a> Config<'a> {
@@ -41,6 +44,7 @@ impl<'a> Config<'a> {
                 .as_ref()
                 .map(crate::ModelLayout::trainable_parameters),
             reference: crate::paper::reference(model),
+            unroll_bn: UnrollBn::Running,
         }
     }
 }
@@ -343,12 +347,17 @@ fn c6(c: &Config) -> Verdict {
         [first, .., last] => format!("; train loss {first:.3} → {last:.3}"),
         _ => String::new(),
     };
+    // Not paper.md's inference mode: said, as the values differ with it.
+    let statistics = match c.unroll_bn {
+        UnrollBn::Running => "",
+        UnrollBn::Batch => ", the block on batch statistics",
+    };
     verdict(
         "C6",
         c.label,
         Some(stays_negative && rises && alpha1_positive),
         format!(
-            "{}: cosine {:.3} before unrolling, {course}; borderline test accuracy {:.3} → {:.3}{train_loss}; α = 1 positive within 5 steps: {alpha1_positive}",
+            "{}{statistics}: cosine {:.3} before unrolling, {course}; borderline test accuracy {:.3} → {:.3}{train_loss}; α = 1 positive within 5 steps: {alpha1_positive}",
             selected.describe(),
             cos[0],
             acc[0],
@@ -631,6 +640,18 @@ mod tests {
             v.measured.contains(
                 "cosine -0.100 before unrolling, non-negative from step 2 (largest 0.050)"
             ),
+            "{}",
+            v.measured
+        );
+        assert!(!v.measured.contains("batch statistics"), "{}", v.measured);
+        let v = c6(&Config {
+            seeds: vec![(&records, Some(0.1))],
+            unroll_bn: UnrollBn::Batch,
+            ..Config::new("r", &model)
+        });
+        assert!(
+            v.measured
+                .starts_with("α = 0.1 (selected), the block on batch statistics: cosine -0.100"),
             "{}",
             v.measured
         );

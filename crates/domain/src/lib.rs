@@ -18,7 +18,7 @@ pub mod stats;
 
 pub use analysis::{
     AnalysisKind, AnalysisRecord, AnalysisSpec, GradientKind, Group, SeedsAlpha, SplitExamples,
-    Stat,
+    Stat, UnrollBn,
 };
 pub use block::BlockId;
 pub use compare::{block_summaries, BlockSummary};

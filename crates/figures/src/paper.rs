@@ -3,7 +3,9 @@
 //! mean ± standard deviation.
 
 use crate::chart::{blue_to_red, palette, Figure, Panel, Point, Series};
-use domain::{AnalysisRecord, BlockKind, Group, MetricName, MetricRecord, SeedsAlpha, Split, Stat};
+use domain::{
+    AnalysisRecord, BlockKind, Group, MetricName, MetricRecord, SeedsAlpha, Split, Stat, UnrollBn,
+};
 use std::collections::BTreeMap;
 
 /// One trained run: its label (runs sharing a label are seeds), the analysis of its final
@@ -14,6 +16,8 @@ pub struct Run<'a> {
     pub training: &'a [MetricRecord],
     /// The unrolling step size selected by paper.md's rule, if unrolling was analysed.
     pub selected_alpha: Option<f64>,
+    /// The statistics the unrolling's re-applied block normalised with.
+    pub unroll_bn: UnrollBn,
     /// Records of [`OVER_TRAINING`] from one analysis per analysed epoch, all with the
     /// gradient of `analysis` (a `skip` cosine is another quantity), for the figure over
     /// training; empty, or of one epoch, where there is nothing to follow.
@@ -403,6 +407,11 @@ fn unrolling(label: &str, seeds: &[&Run]) -> Option<Figure> {
     }
     alphas.sort_by(|a, b| b.total_cmp(a));
     let selected = SeedsAlpha::of(seeds.iter().map(|r| (r.analysis, r.selected_alpha)));
+    // Pooled seeds measured alike: the first one's statistics are all of theirs.
+    let statistics = match seeds[0].unroll_bn {
+        UnrollBn::Running => "",
+        UnrollBn::Batch => "; block BN on batch statistics",
+    };
     // Losses of diverging step sizes run off the top, above 5× the (train) loss before
     // unrolling.
     let start_loss = seeds
@@ -437,7 +446,7 @@ fn unrolling(label: &str, seeds: &[&Run]) -> Option<Figure> {
             .filter(|s| !s.points.is_empty())
             .collect();
         Panel {
-            title: format!("{label}: {title} (Fig. 7)"),
+            title: format!("{label}: {title} (Fig. 7{statistics})"),
             x_label: "unrolling step k".into(),
             y_label: y.into(),
             reference_y: (name == MetricName::UnrollCosine).then_some(0.0),
@@ -628,6 +637,7 @@ mod tests {
             analysis: &[],
             training: &training,
             selected_alpha: None,
+            unroll_bn: UnrollBn::Running,
             history: &[],
         };
         let figure = intermediate("r", &[&run]).expect("a figure");
@@ -678,6 +688,7 @@ mod tests {
             analysis: &analysis,
             training: &[],
             selected_alpha: Some(0.1),
+            unroll_bn: UnrollBn::Running,
             history: &[],
         };
         let fig6 = borderline("r", &[&run]).expect("Fig. 6");
@@ -685,6 +696,16 @@ mod tests {
         let fig7 = unrolling("r", &[&run]).expect("Fig. 7");
         assert_eq!(notes(&fig7), [None, Some("no borderline examples"), None]);
         assert!(fig7.panels[1].series.is_empty());
+        assert_eq!(fig7.panels[2].title, "r: cosine (Fig. 7)");
+        let batch = Run {
+            unroll_bn: UnrollBn::Batch,
+            ..run
+        };
+        let fig7 = unrolling("r", &[&batch]).expect("Fig. 7");
+        assert_eq!(
+            fig7.panels[2].title,
+            "r: cosine (Fig. 7; block BN on batch statistics)"
+        );
     }
 
     #[test]
@@ -721,6 +742,7 @@ mod tests {
             analysis: &[],
             training: &[],
             selected_alpha: None,
+            unroll_bn: UnrollBn::Running,
             history,
         };
         let all = run(&history);

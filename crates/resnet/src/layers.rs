@@ -42,12 +42,16 @@ fn host(v: &Var) -> Result<Vec<f64>> {
     Ok(ops::host_f64(v.as_tensor())?)
 }
 
-/// Whether BatchNorm normalises with batch statistics (and updates its running ones) or
-/// with its running statistics.
+/// Which statistics BatchNorm normalises with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BnMode {
+    /// The batch's, updating the running ones (training).
     Train,
+    /// The running ones (inference).
     Eval,
+    /// The batch's, leaving the running ones as they are: an analysis asking how a block
+    /// acts on inputs normalised as in training, wherever they lie.
+    BatchStats,
 }
 
 /// `t` in `dtype`, without a copy when it already is (bf16 compute, f32 GEMMs on the CPU).
@@ -293,18 +297,20 @@ impl BatchNorm {
     fn fused_relu(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
         let (w, b) = (&parameter(&self.weight), &parameter(&self.bias));
         match mode {
-            BnMode::Train => {
+            BnMode::Train | BnMode::BatchStats => {
                 let (y, stats) = ops::batch_norm_relu_train(x, w, b, BN_EPS)?;
-                let (n, _, h, wd) = x.dims4()?;
-                let per_channel = |v: Vec<f64>| -> Result<Tensor> {
-                    Ok(Tensor::from_vec(v, self.channels(), x.device())?
-                        .to_dtype(self.weight.dtype())?)
-                };
-                self.update_running(
-                    &per_channel(stats.mean)?,
-                    &per_channel(stats.var)?,
-                    (n * h * wd) as f64,
-                )?;
+                if mode == BnMode::Train {
+                    let (n, _, h, wd) = x.dims4()?;
+                    let per_channel = |v: Vec<f64>| -> Result<Tensor> {
+                        Ok(Tensor::from_vec(v, self.channels(), x.device())?
+                            .to_dtype(self.weight.dtype())?)
+                    };
+                    self.update_running(
+                        &per_channel(stats.mean)?,
+                        &per_channel(stats.var)?,
+                        (n * h * wd) as f64,
+                    )?;
+                }
                 Ok(y)
             }
             BnMode::Eval => {
@@ -333,15 +339,21 @@ impl BatchNorm {
     /// normalisation with ReLU in another, all on the device.
     #[cfg(feature = "cuda")]
     fn fused_relu_cuda(&self, format: MemoryFormat, x: &Tensor, mode: BnMode) -> Result<Tensor> {
-        let train = mode == BnMode::Train;
+        let running = (self.running_mean.as_tensor(), self.running_var.as_tensor());
+        // The statistics kernel updates the running averages it is given: copies of them
+        // take the update where it is not to be kept.
+        let copies = match mode {
+            BnMode::BatchStats => Some((running.0.copy()?, running.1.copy()?)),
+            _ => None,
+        };
         let y = ops::cuda::batch_norm_relu(
             x,
             (&parameter(&self.weight), &parameter(&self.bias)),
-            (self.running_mean.as_tensor(), self.running_var.as_tensor()),
-            train,
+            copies.as_ref().map_or(running, |(m, v)| (m, v)),
+            mode != BnMode::Eval,
             format,
         )?;
-        if train {
+        if mode == BnMode::Train {
             self.num_batches_tracked.fetch_add(1, Ordering::Relaxed);
         }
         Ok(y)
@@ -354,13 +366,15 @@ impl BatchNorm {
         let x = cast(x, self.weight.dtype())?;
         let per_channel = |t: &Tensor| t.reshape((1, (), 1, 1));
         let normalised = match mode {
-            BnMode::Train => {
+            BnMode::Train | BnMode::BatchStats => {
                 let (n, _, h, w) = x.dims4()?;
                 let count = (n * h * w) as f64;
                 let mean = x.mean_keepdim((0, 2, 3))?;
                 let centred = x.broadcast_sub(&mean)?;
                 let var = centred.sqr()?.mean_keepdim((0, 2, 3))?;
-                self.update_running(&mean, &var, count)?;
+                if mode == BnMode::Train {
+                    self.update_running(&mean, &var, count)?;
+                }
                 centred.broadcast_div(&(var + BN_EPS)?.sqrt()?)?
             }
             BnMode::Eval => {

@@ -465,7 +465,7 @@ impl ResNet {
                 residuals.push(None);
                 block.forward_skipped(&h)?
             } else {
-                let f = if opts.gradients || opts.mode == BnMode::Train {
+                let f = if opts.gradients || opts.mode != BnMode::Eval {
                     block.residual(&h, opts.mode)?
                 } else {
                     block.infer_residual(&h)?

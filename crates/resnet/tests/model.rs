@@ -317,6 +317,40 @@ fn inference_mode_leaves_running_statistics_unchanged() {
     assert_ne!(before, running_stats(&model));
 }
 
+/// Batch statistics without the update: the output training mode gives, the running
+/// statistics as they were — in the stepwise kernels (f32) and candle's ops (bf16 on the
+/// CPU).
+#[test]
+fn batch_statistics_normalise_as_training_does_and_keep_the_running_ones() {
+    for dtype in [DType::F32, DType::BF16] {
+        let model = tiny(Arch::Resnet, Dtypes::uniform(dtype));
+        warm(&model, dtype);
+        let before = running_stats(&model);
+        let (x, _) = input(3, dtype);
+        let h = model.stem(&x).unwrap();
+        let block = model.block(0).unwrap();
+        let batch = block.residual(&h, BnMode::BatchStats).unwrap();
+        assert_eq!(before, running_stats(&model), "{dtype:?}");
+        let eval = block.residual(&h, BnMode::Eval).unwrap();
+        let train = block.residual(&h, BnMode::Train).unwrap();
+        assert_ne!(before, running_stats(&model), "{dtype:?}");
+        let diff = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        assert_eq!(diff(&batch, &train), 0.0, "{dtype:?}");
+        assert!(diff(&batch, &eval) > 1e-3, "{dtype:?}");
+    }
+}
+
 /// running ← 0.9·running + 0.1·batch with the unbiased variance; one count per call.
 #[test]
 fn batchnorm_updates_running_statistics_like_pytorch() {

@@ -204,10 +204,11 @@ fn conv_checks_in(
     Ok(())
 }
 
-/// BatchNorm+ReLU in both modes, at a small shape, at one whose per-channel reductions
+/// BatchNorm+ReLU in each mode, at a small shape, at one whose per-channel reductions
 /// are split over several blocks and at one of more channels than a channels-last kernel
-/// block serves (32): output, gradients, running statistics; with f32 and bf16 activations
-/// (parameters f32), in each memory format of the device.
+/// block serves (32): output, gradients, running statistics (left as they were by batch
+/// statistics without the update); with f32 and bf16 activations (parameters f32), in each
+/// memory format of the device.
 fn batch_norm_checks(device: &Device, out: &mut Vec<Check>) -> Result<()> {
     for format in op_formats(device) {
         for (precision, tolerance) in [
@@ -233,6 +234,8 @@ fn batch_norm_checks_in(
         ([64, 8, 32, 32], BnMode::Eval),
         ([8, 40, 8, 8], BnMode::Train),
         ([8, 40, 8, 8], BnMode::Eval),
+        ([4, 8, 8, 8], BnMode::BatchStats),
+        ([8, 40, 8, 8], BnMode::BatchStats),
     ] {
         let c = shape[1];
         let run = |dev: &Device, reference: bool| -> Result<Vec<Tensor>> {

@@ -172,6 +172,7 @@ pub(crate) fn comparison(
             .filter(|a| a.status == JobState::Succeeded)
         {
             config.seeds.push((&a.records, a.selected_alpha));
+            config.unroll_bn = a.spec.unroll_bn;
         }
         let last_epoch = result
             .training

@@ -84,6 +84,10 @@ fn views(runs: &[RunResults]) -> Vec<figures::Run<'_>> {
             analysis: r.analysis.as_ref().map_or(&[][..], |a| &a.records[..]),
             training: &r.training,
             selected_alpha: r.analysis.as_ref().and_then(|a| a.selected_alpha),
+            unroll_bn: r
+                .analysis
+                .as_ref()
+                .map_or_else(Default::default, |a| a.spec.unroll_bn),
             history: &r.history,
         })
         .collect()

@@ -125,6 +125,10 @@ pub fn render(runs: &[RunData], out: &Path) -> Result<Vec<PathBuf>> {
             analysis: r.analysis.as_ref().map_or(&[][..], |a| &a.records[..]),
             training: &r.training,
             selected_alpha: r.analysis.as_ref().and_then(|a| a.selected_alpha),
+            unroll_bn: r
+                .analysis
+                .as_ref()
+                .map_or_else(Default::default, |a| a.spec.unroll_bn),
             history: &r.history,
         })
         .collect();

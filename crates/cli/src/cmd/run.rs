@@ -359,6 +359,10 @@ fn report(
                 .filter_map(|(_, d)| d.analysis.as_ref())
                 .map(|a| (&a.records[..], a.selected_alpha))
                 .collect(),
+            unroll_bn: members
+                .iter()
+                .find_map(|(_, d)| d.analysis.as_ref())
+                .map_or_else(Default::default, |a| a.spec.unroll_bn),
             test_errors: members
                 .iter()
                 .filter_map(|(_, d)| {
