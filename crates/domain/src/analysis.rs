@@ -92,6 +92,16 @@ pub enum UnrollBn {
     Batch,
 }
 
+impl UnrollBn {
+    /// What results of this setting say of it: nothing for paper.md's inference mode.
+    pub fn note(self) -> Option<&'static str> {
+        match self {
+            Self::Running => None,
+            Self::Batch => Some("the block on batch statistics"),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AnalysisSpec {

@@ -348,10 +348,10 @@ fn c6(c: &Config) -> Verdict {
         _ => String::new(),
     };
     // Not paper.md's inference mode: said, as the values differ with it.
-    let statistics = match c.unroll_bn {
-        UnrollBn::Running => "",
-        UnrollBn::Batch => ", the block on batch statistics",
-    };
+    let statistics = c
+        .unroll_bn
+        .note()
+        .map_or(String::new(), |n| format!(", {n}"));
     verdict(
         "C6",
         c.label,

@@ -408,10 +408,10 @@ fn unrolling(label: &str, seeds: &[&Run]) -> Option<Figure> {
     alphas.sort_by(|a, b| b.total_cmp(a));
     let selected = SeedsAlpha::of(seeds.iter().map(|r| (r.analysis, r.selected_alpha)));
     // Pooled seeds measured alike: the first one's statistics are all of theirs.
-    let statistics = match seeds[0].unroll_bn {
-        UnrollBn::Running => "",
-        UnrollBn::Batch => "; block BN on batch statistics",
-    };
+    let statistics = seeds[0]
+        .unroll_bn
+        .note()
+        .map_or(String::new(), |n| format!("; {n}"));
     // Losses of diverging step sizes run off the top, above 5× the (train) loss before
     // unrolling.
     let start_loss = seeds
@@ -704,7 +704,7 @@ mod tests {
         let fig7 = unrolling("r", &[&batch]).expect("Fig. 7");
         assert_eq!(
             fig7.panels[2].title,
-            "r: cosine (Fig. 7; block BN on batch statistics)"
+            "r: cosine (Fig. 7; the block on batch statistics)"
         );
     }
 

@@ -1,7 +1,7 @@
 use crate::args::AnalyzeArgs;
 use analysis::Analysis;
 use anyhow::{bail, Context, Result};
-use domain::{AnalysisRecord, MetricName, RunSpec, Split, SplitExamples, Stat};
+use domain::{AnalysisRecord, AnalysisSpec, MetricName, RunSpec, Split, SplitExamples, Stat};
 use resnet::candle_device;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -105,7 +105,7 @@ fn report(checkpoint: &Path, dir: &Path, a: &Analysis) {
         eprintln!("  {line}");
     }
     if let Some(alpha) = a.selected_alpha {
-        eprintln!("  unrolling: selected α = {alpha}");
+        eprintln!("  {}", unrolling_line(alpha, &a.spec));
     }
     for note in &a.notes {
         eprintln!("  note: {note}");
@@ -114,6 +114,16 @@ fn report(checkpoint: &Path, dir: &Path, a: &Analysis) {
 
 /// Per block of `split`: its kind, mean cosine, mean ℓ2 ratio and the accuracy with the
 /// block dropped ("-" where not analysed), under a header line.
+/// The unrolling's selected step size, and the block's statistics where they are not the
+/// running ones.
+pub(crate) fn unrolling_line(alpha: f64, spec: &AnalysisSpec) -> String {
+    let statistics = spec
+        .unroll_bn
+        .note()
+        .map_or(String::new(), |n| format!(" ({n})"));
+    format!("unrolling: selected α = {alpha}{statistics}")
+}
+
 pub(crate) fn block_table(records: &[AnalysisRecord], split: Split) -> Vec<String> {
     let value = |name: MetricName, index: u32| {
         records

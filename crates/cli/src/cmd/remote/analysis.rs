@@ -4,7 +4,7 @@
 use super::checkpoint::epoch_ends_on_disk;
 use super::{id, json, run_id, Api};
 use crate::args::AnalysisRequestArgs;
-use crate::cmd::analyze::block_table;
+use crate::cmd::analyze::{block_table, unrolling_line};
 use crate::cmd::print_text;
 use anyhow::Result;
 use domain::service::{AnalysisRequest, AnalysisView, JobState};
@@ -134,7 +134,7 @@ fn describe(a: &AnalysisView) -> String {
         }
     }
     if let Some(alpha) = a.selected_alpha {
-        lines.push(format!("  unrolling: selected α = {alpha}"));
+        lines.push(format!("  {}", unrolling_line(alpha, &a.spec)));
     }
     lines.extend(a.notes.iter().map(|note| format!("  note: {note}")));
     lines.join("\n")
