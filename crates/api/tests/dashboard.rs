@@ -1338,7 +1338,10 @@ async fn a_checkpoint_is_analysed_from_its_run_s_page(pool: PgPool) {
         &[
             ("csrf", &token),
             ("epoch", "1"),
-            ("settings", "max_examples = 20\ngradient = \"skip\""),
+            (
+                "settings",
+                "max_examples = 20\ngradient = \"skip\"\nunroll_bn = \"batch\"",
+            ),
         ],
         Some(&cookie),
         &[],
@@ -1364,9 +1367,10 @@ async fn a_checkpoint_is_analysed_from_its_run_s_page(pool: PgPool) {
         (
             &queued["epoch"],
             &queued["spec"]["max_examples"],
-            &queued["spec"]["gradient"]
+            &queued["spec"]["gradient"],
+            &queued["spec"]["unroll_bn"]
         ),
-        (&json!(1), &json!(20), &json!("skip"))
+        (&json!(1), &json!(20), &json!("skip"), &json!("batch"))
     );
 }
 
