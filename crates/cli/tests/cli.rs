@@ -555,6 +555,57 @@ fn work_over_the_cpu_memory_budget_is_refused_before_it_starts() {
     ok(&evaluate("64"));
 }
 
+/// The unrolling on batch statistics is said where its results are shown: the analysis'
+/// printout and settings, and Figure 7.
+#[test]
+fn unrolling_on_batch_statistics_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    synth(dir.path());
+    let model = [
+        "--arch", "resnet", "--width", "4", "--blocks", "2", "--batch", "16",
+    ];
+    let mut args = vec!["train", "--epochs", "1", "--out", "runs/u"];
+    args.extend(model);
+    ok(&stepwise(dir.path(), &args));
+    let analysed = stepwise(
+        dir.path(),
+        &[
+            "analyze",
+            "--run",
+            "runs/u",
+            "--metrics",
+            "unroll",
+            "--max-examples",
+            "12",
+            "--eval-batch",
+            "6",
+            "--unroll-steps",
+            "2",
+            "--unroll-bn",
+            "batch",
+        ],
+    );
+    ok(&analysed);
+    let stderr = String::from_utf8_lossy(&analysed.stderr);
+    assert!(
+        stderr.contains("(the block on batch statistics)"),
+        "{stderr}"
+    );
+    let written = dir.path().join("runs/u/analysis/epoch-0001/analysis.json");
+    let analysis = json(&std::fs::read_to_string(written).unwrap());
+    assert_eq!(analysis["spec"]["unroll_bn"], "batch");
+    let listing = ok(&stepwise(
+        dir.path(),
+        &["figures", "--run", "runs/u", "--out", "figs"],
+    ));
+    let fig7 = listing
+        .lines()
+        .find(|l| l.contains("fig7_unrolling_") && l.ends_with(".svg"))
+        .unwrap_or_else(|| panic!("no Figure 7 in {listing}"));
+    let svg = std::fs::read_to_string(dir.path().join(fig7)).unwrap();
+    assert!(svg.contains("Fig. 7; the block on batch statistics"));
+}
+
 #[test]
 fn analyze_a_run_writes_every_epoch_and_a_combined_table() {
     let dir = tempfile::tempdir().unwrap();
