@@ -1372,6 +1372,16 @@ async fn a_checkpoint_is_analysed_from_its_run_s_page(pool: PgPool) {
         ),
         (&json!(1), &json!(20), &json!("skip"), &json!("batch"))
     );
+    // The run's page tells its two analyses of epoch 1 apart by their settings.
+    let shown = page(&app, &format!("/runs/{run}"), Some(&cookie))
+        .await
+        .text();
+    for settings in [
+        r#"settings <code class="settings">max_examples = 50</code>"#,
+        r#"settings <code class="settings">gradient = &#34;skip&#34;; max_examples = 20; unroll_bn = &#34;batch&#34;</code>"#,
+    ] {
+        assert_eq!(shown.matches(settings).count(), 1, "{shown}");
+    }
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]

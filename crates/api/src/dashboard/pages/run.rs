@@ -168,6 +168,9 @@ pub struct AnalysisSection {
     /// "2000 train, 2000 test".
     examples: String,
     alpha: String,
+    /// The settings that differ from the defaults (`gradient = "skip"; …`): what tells two
+    /// analyses of one checkpoint apart.
+    settings: String,
     notes: Vec<String>,
     error: String,
     figures: Vec<FigureItem>,
@@ -292,6 +295,12 @@ async fn analysis_section(label: &str, analysis: AnalysisView) -> ApiResult<Anal
             .selected_alpha
             .map(|a| format!("{a}"))
             .unwrap_or_default(),
+        settings: analysis
+            .spec
+            .changes_toml()
+            .lines()
+            .collect::<Vec<_>>()
+            .join("; "),
         notes: analysis.notes.clone(),
         error: analysis.last_error.clone().unwrap_or_default(),
         figures: vec![],
