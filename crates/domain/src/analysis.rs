@@ -222,6 +222,12 @@ impl AnalysisSpec {
         toml::to_string(&changed).expect("a TOML table serialises")
     }
 
+    /// [`Self::changes_toml`] on one line (`gradient = "skip"; max_examples = 20`), as
+    /// listings show an analysis' settings; empty for the defaults.
+    pub fn changes_inline(&self) -> String {
+        self.changes_toml().lines().collect::<Vec<_>>().join("; ")
+    }
+
     /// Checks every field, naming each bare (`max_examples`): where the spec sits (an
     /// experiment's `analysis`, a plan's `spec`) is the caller's prefix.
     pub fn validate(&self) -> Result<(), SpecError> {
@@ -512,6 +518,12 @@ mod tests {
         };
         let text = changed.changes_toml();
         assert_eq!(text.lines().count(), 5, "{text}");
+        assert_eq!(
+            changed.changes_inline(),
+            "alphas = [0.5]; gradient = \"skip\"; max_examples = 64; splits = [\"test\"]; \
+             unroll_bn = \"batch\""
+        );
+        assert_eq!(AnalysisSpec::default().changes_inline(), "");
         assert!(text.contains("unroll_bn = \"batch\""), "{text}");
         assert_eq!(AnalysisSpec::from_toml(&text).unwrap(), changed);
         let bad = AnalysisSpec::from_toml("max_examples = 0\nsplits = []").unwrap_err();

@@ -222,6 +222,16 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
         out.contains("32 test examples") && !out.contains("train split:"),
         "{out}"
     );
+    assert!(
+        out.contains(
+            "settings: max_examples = 32; metrics = [\"cosine\", \"l2\"]; splits = [\"test\"]"
+        ),
+        "{out}"
+    );
+    // The list tells the two analyses of epoch 1 apart by their settings.
+    let (ok, out, err) = stack.stepwise(&["analysis", "list", &id]);
+    assert!(ok, "{err}");
+    assert_eq!(out.matches("splits = [\"test\"]").count(), 1, "{out}");
     let (ok, _, err) = stack.stepwise(&["analysis", "request", &id, "--epoch", "9"]);
     assert!(!ok && err.contains("no checkpoint after epoch 9"), "{err}");
     // One per epoch checkpoint, for how a metric evolves over training.

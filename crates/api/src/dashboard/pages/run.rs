@@ -295,12 +295,7 @@ async fn analysis_section(label: &str, analysis: AnalysisView) -> ApiResult<Anal
             .selected_alpha
             .map(|a| format!("{a}"))
             .unwrap_or_default(),
-        settings: analysis
-            .spec
-            .changes_toml()
-            .lines()
-            .collect::<Vec<_>>()
-            .join("; "),
+        settings: analysis.spec.changes_inline(),
         notes: analysis.notes.clone(),
         error: analysis.last_error.clone().unwrap_or_default(),
         figures: vec![],

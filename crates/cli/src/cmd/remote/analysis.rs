@@ -18,17 +18,26 @@ pub fn list(api: &Api, run: &str, as_json: bool) -> Result<ExitCode> {
     if as_json {
         return json(&analyses);
     }
-    let row = |id: &str, epoch: &str, status: &str, seconds: &str, examples: &str| {
-        format!("{id:<36}  {epoch:>5} {status:<10} {seconds:>8}  {examples}")
-    };
-    let mut lines = vec![row("id", "epoch", "status", "seconds", "examples")];
+    let row =
+        |id: &str, epoch: &str, status: &str, seconds: &str, examples: &str, settings: &str| {
+            format!("{id:<36}  {epoch:>5} {status:<10} {seconds:>8}  {examples:<22} {settings}")
+        };
+    let mut lines = vec![row(
+        "id", "epoch", "status", "seconds", "examples", "settings",
+    )];
     for a in &analyses {
+        let settings = a.spec.changes_inline();
         lines.push(row(
             &a.id.to_string(),
             &a.epoch.to_string(),
             a.status.as_str(),
             &a.seconds.map_or("-".into(), |s| format!("{s:.1}")),
             &SplitExamples::describe(&a.examples),
+            if settings.is_empty() {
+                "default"
+            } else {
+                &settings
+            },
         ));
     }
     print_text(&lines.join("\n"))?;
@@ -121,6 +130,10 @@ fn describe(a: &AnalysisView) -> String {
             "  {} examples in {seconds:.1} s",
             SplitExamples::describe(&a.examples)
         ));
+    }
+    let settings = a.spec.changes_inline();
+    if !settings.is_empty() {
+        lines.push(format!("  settings: {settings}"));
     }
     if let (Some(kind), Some(error)) = (a.failure_kind, &a.last_error) {
         lines.push(format!("  last failure ({kind}): {error}"));
