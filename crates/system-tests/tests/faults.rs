@@ -187,6 +187,65 @@ fn a_trainer_paused_past_its_lease_writes_nothing_when_it_wakes() {
     assert_eq!(metrics.len(), 10);
 }
 
+/// A trainer killed while it imports uploaded weights (evaluating them, before their
+/// checkpoint): the next trainer imports them again into its own attempt's directory and
+/// the run ends as a run of those weights, its one checkpoint the second attempt's.
+#[test]
+fn a_trainer_killed_while_importing_leaves_the_import_to_the_next() {
+    let _serial = serial();
+    let mut stack = Stack::start(Settings::default());
+    // A large test set: evaluating the weights takes seconds, the window for the kill.
+    stack.synth("tiny10", 256, 20_000);
+    let client = stack.client();
+    let weights = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../resnet/tests/fixtures/resnet8-w2-wrapped.pt"
+    );
+    let spec = "[model]\narch = \"resnet\"\ndepth = 8\nwidth = 2\n[data]\n\
+                dataset = \"tiny10\"\n[train]\nepochs = 3\n";
+    let submission = domain::service::ImportSubmission {
+        spec: domain::RunSpec::from_toml(spec).unwrap(),
+        analysis: None,
+        key: Some("state_dict".into()),
+        strip_prefix: Some("module.".into()),
+    };
+    let run = client
+        .import_run(&submission, std::path::Path::new(weights), None)
+        .unwrap()
+        .id;
+    let first = stack.spawn_worker("stepwise-trainer");
+    wait_for("the import to start", MINUTE, || {
+        client
+            .logs_text(run, 100)
+            .unwrap()
+            .contains("importing resnet8-w2-wrapped.pt")
+    });
+    stack.signal(first, "KILL");
+    assert!(
+        client.checkpoints(run).unwrap().is_empty(),
+        "killed before the import's checkpoint"
+    );
+    stack.spawn_worker("stepwise-trainer");
+    let view = succeeded(&stack, run, 2 * MINUTE);
+    assert_eq!((view.attempts, view.epochs_done), (2, 3));
+    let checkpoints = client.checkpoints(run).unwrap();
+    assert_eq!(
+        checkpoints
+            .iter()
+            .map(|c| (c.attempt, c.epoch))
+            .collect::<Vec<_>>(),
+        [(2, 3)]
+    );
+    let accuracy = client.metrics(run, Some("accuracy"), Some("test")).unwrap();
+    assert_eq!(accuracy.len(), 1, "{accuracy:?}");
+    let log = client.logs_text(run, 1000).unwrap();
+    assert_eq!(
+        log.matches("importing resnet8-w2-wrapped.pt").count(),
+        2,
+        "{log}"
+    );
+}
+
 #[test]
 fn a_run_whose_last_checkpoint_was_registered_before_its_trainer_died_finishes() {
     let _serial = serial();
