@@ -138,27 +138,40 @@ impl CheckpointStore {
 
     /// Deletes what the policy no longer keeps: beyond the newest `keep_last`, except
     /// epoch-boundary checkpoints at multiples of `keep_every`, those kept by
-    /// [`Self::keep_epochs`] or `also` (for now), and the final one.
-    pub fn prune(&self, also: &[u32]) -> Result<Vec<String>> {
+    /// [`Self::keep_epochs`] or by `also` (epochs kept for now, asked only when something
+    /// else would go: it may ask a service), and the final one.
+    pub fn prune(&self, also: impl FnOnce() -> Vec<u32>) -> Result<Vec<String>> {
         if self.policy.keep_last == 0 {
             return Ok(vec![]);
         }
         let all = list_checkpoints(&self.dir)?;
         let newest = all.len().saturating_sub(self.policy.keep_last as usize);
+        let candidates: Vec<(u32, u32, String)> = all
+            .into_iter()
+            .enumerate()
+            .filter(|&(i, (epoch, batch, _))| {
+                let boundary = batch == 0;
+                let keep = i >= newest
+                    || (boundary && (epoch == self.epochs || self.keeps(epoch)))
+                    || (boundary
+                        && self.policy.keep_every > 0
+                        && epoch.is_multiple_of(self.policy.keep_every));
+                !keep
+            })
+            .map(|(_, checkpoint)| checkpoint)
+            .collect();
+        if candidates.is_empty() {
+            return Ok(vec![]);
+        }
+        let also = also();
         let mut removed = vec![];
-        for (i, (epoch, batch, name)) in all.into_iter().enumerate() {
-            let boundary = batch == 0;
-            let keep = i >= newest
-                || (boundary
-                    && (epoch == self.epochs || self.keeps(epoch) || also.contains(&epoch)))
-                || (boundary
-                    && self.policy.keep_every > 0
-                    && epoch.is_multiple_of(self.policy.keep_every));
-            if !keep {
-                let path = self.dir.join(&name);
-                std::fs::remove_file(&path).map_err(|source| TrainError::Io { path, source })?;
-                removed.push(name);
+        for (epoch, batch, name) in candidates {
+            if batch == 0 && also.contains(&epoch) {
+                continue;
             }
+            let path = self.dir.join(&name);
+            std::fs::remove_file(&path).map_err(|source| TrainError::Io { path, source })?;
+            removed.push(name);
         }
         Ok(removed)
     }
@@ -294,7 +307,7 @@ mod tests {
         let mut store = store;
         store.keep_epochs(&[3]);
         // Epoch 2's boundary checkpoint kept for now as well (an analysis waits for it).
-        let removed = store.prune(&[2]).unwrap();
+        let removed = store.prune(|| vec![2]).unwrap();
         assert_eq!(
             removed,
             [
@@ -311,8 +324,15 @@ mod tests {
         };
         assert_eq!(left(), [(2, 0), (3, 0), (4, 0), (5, 0), (6, 0)]);
         // Once it is analysed, it goes.
-        assert_eq!(store.prune(&[]).unwrap(), ["epoch-0002.safetensors"]);
+        assert_eq!(store.prune(Vec::new).unwrap(), ["epoch-0002.safetensors"]);
         assert_eq!(left(), [(3, 0), (4, 0), (5, 0), (6, 0)]);
+        // Nothing else would go: the epochs kept for now are not asked for.
+        let asked = std::cell::Cell::new(false);
+        let removed = store.prune(|| {
+            asked.set(true);
+            vec![]
+        });
+        assert!(removed.unwrap().is_empty() && !asked.get());
         assert!(dir.path().join("notes.txt").exists());
     }
 

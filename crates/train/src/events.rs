@@ -48,7 +48,8 @@ pub trait EventSink {
     fn event(&mut self, event: &TrainEvent<'_>) -> Result<(), SinkError>;
 
     /// Epochs whose checkpoints are not to be pruned now, beside those the policy and the
-    /// plan keep: the service's, where analyses wait for them.
+    /// plan keep: the service's, where analyses wait for them. Asked only when pruning
+    /// would remove a checkpoint.
     fn keep_epochs(&self) -> Vec<u32> {
         Vec::new()
     }
