@@ -591,6 +591,13 @@ fn unrolling_on_batch_statistics_says_so() {
         stderr.contains("(the block on batch statistics)"),
         "{stderr}"
     );
+    assert!(
+        stderr.contains(
+            "settings: eval_batch = 6; max_examples = 12; metrics = [\"unroll\"]; \
+             unroll_bn = \"batch\"; unroll_steps = 2"
+        ),
+        "{stderr}"
+    );
     let written = dir.path().join("runs/u/analysis/epoch-0001/analysis.json");
     let analysis = json(&std::fs::read_to_string(written).unwrap());
     assert_eq!(analysis["spec"]["unroll_bn"], "batch");

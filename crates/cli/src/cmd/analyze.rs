@@ -100,6 +100,10 @@ fn report(checkpoint: &Path, dir: &Path, a: &Analysis) {
         a.seconds,
         dir.display()
     );
+    let settings = a.spec.changes_inline();
+    if !settings.is_empty() {
+        eprintln!("  settings: {settings}");
+    }
     eprintln!("  {split} split:");
     for line in block_table(&a.records, split) {
         eprintln!("  {line}");
@@ -112,8 +116,6 @@ fn report(checkpoint: &Path, dir: &Path, a: &Analysis) {
     }
 }
 
-/// Per block of `split`: its kind, mean cosine, mean ℓ2 ratio and the accuracy with the
-/// block dropped ("-" where not analysed), under a header line.
 /// The unrolling's selected step size, and the block's statistics where they are not the
 /// running ones.
 pub(crate) fn unrolling_line(alpha: f64, spec: &AnalysisSpec) -> String {
@@ -124,6 +126,8 @@ pub(crate) fn unrolling_line(alpha: f64, spec: &AnalysisSpec) -> String {
     format!("unrolling: selected α = {alpha}{statistics}")
 }
 
+/// Per block of `split`: its kind, mean cosine, mean ℓ2 ratio and the accuracy with the
+/// block dropped ("-" where not analysed), under a header line.
 pub(crate) fn block_table(records: &[AnalysisRecord], split: Split) -> Vec<String> {
     let value = |name: MetricName, index: u32| {
         records
