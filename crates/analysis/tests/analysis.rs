@@ -1,6 +1,7 @@
 //! The analysis against independent computations: block dropping against a model rebuilt
-//! without the block, unrolling with α = 0 against plain inference, the `skip` gradient
-//! against finite differences, and BatchNorm statistics untouched.
+//! without the block, unrolling with α = 0 against plain inference and on batch statistics
+//! against the block so computed, the `skip` gradient against finite differences, and
+//! BatchNorm statistics untouched.
 
 use analysis::{analyze, Input};
 use candle_core::{DType, Device, Tensor};
