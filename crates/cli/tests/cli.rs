@@ -555,6 +555,15 @@ fn work_over_the_cpu_memory_budget_is_refused_before_it_starts() {
     ok(&evaluate("64"));
 }
 
+/// The SVG of the figure named `name…` that `stepwise figures` listed.
+fn listed_svg(dir: &Path, listing: &str, name: &str) -> String {
+    let file = listing
+        .lines()
+        .find(|l| l.contains(name) && l.ends_with(".svg"))
+        .unwrap_or_else(|| panic!("no {name}… in {listing}"));
+    std::fs::read_to_string(dir.join(file)).unwrap()
+}
+
 /// The unrolling on batch statistics is said where its results are shown: the analysis'
 /// printout and settings, and Figure 7.
 #[test]
@@ -605,11 +614,7 @@ fn unrolling_on_batch_statistics_says_so() {
         dir.path(),
         &["figures", "--run", "runs/u", "--out", "figs"],
     ));
-    let fig7 = listing
-        .lines()
-        .find(|l| l.contains("fig7_unrolling_") && l.ends_with(".svg"))
-        .unwrap_or_else(|| panic!("no Figure 7 in {listing}"));
-    let svg = std::fs::read_to_string(dir.path().join(fig7)).unwrap();
+    let svg = listed_svg(dir.path(), &listing, "fig7_unrolling_");
     assert!(svg.contains("Fig. 7; the block on batch statistics"));
 }
 
@@ -655,11 +660,7 @@ fn analyze_a_run_writes_every_epoch_and_a_combined_table() {
         dir.path(),
         &["figures", "--run", "runs/c", "--out", "figs"],
     ));
-    let over_training = listing
-        .lines()
-        .find(|l| l.contains("blocks_over_training_") && l.ends_with(".svg"))
-        .unwrap_or_else(|| panic!("no figure over training in {listing}"));
-    let svg = std::fs::read_to_string(dir.path().join(over_training)).unwrap();
+    let svg = listed_svg(dir.path(), &listing, "blocks_over_training_");
     assert!(svg.contains("cosine loss per block over training"));
     // Beside the figures, the numbers of their blocks: the latest analysis (epoch 2), one
     // run of one seed.
