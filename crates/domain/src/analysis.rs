@@ -181,22 +181,26 @@ impl AnalysisSpec {
     /// Whether analyses with these settings and `other`'s measure the same quantities, so
     /// that seeds analysed with them may be averaged: where both measure the cosine, with
     /// the same gradient; the borderline examples, with the same window and margin; the
-    /// unrolling, with the same steps, step sizes, BatchNorm statistics and margin. Which metrics and splits, how
-    /// many examples, which subset and how many per pass may differ: they choose what is
-    /// measured and how precisely, not what a metric is.
+    /// unrolling, with the same steps, step sizes, BatchNorm statistics and margin (and, on
+    /// batch statistics, batches of the same size, whose statistics they are). Which
+    /// metrics and splits, how many examples, which subset and otherwise how many per pass
+    /// may differ: they choose what is measured and how precisely, not what a metric is.
     pub fn measures_like(&self, other: &Self) -> bool {
         let both = |kind| self.metrics.contains(&kind) && other.metrics.contains(&kind);
+        let unrolling = |s: &Self| {
+            let batch = (s.unroll_bn == UnrollBn::Batch).then_some(s.eval_batch);
+            (
+                s.unroll_steps,
+                s.alphas.clone(),
+                s.unroll_bn,
+                batch,
+                s.margin,
+            )
+        };
         (!both(AnalysisKind::Cosine) || self.gradient == other.gradient)
             && (!both(AnalysisKind::Borderline)
                 || (self.window, self.margin) == (other.window, other.margin))
-            && (!both(AnalysisKind::Unroll)
-                || (self.unroll_steps, &self.alphas, self.unroll_bn, self.margin)
-                    == (
-                        other.unroll_steps,
-                        &other.alphas,
-                        other.unroll_bn,
-                        other.margin,
-                    ))
+            && (!both(AnalysisKind::Unroll) || unrolling(self) == unrolling(other))
     }
 
     /// Parses the fields given in TOML, the others taking their defaults, and checks them;
@@ -499,6 +503,13 @@ mod tests {
         };
         assert!(!all.measures_like(&batch_statistics), "both unroll");
         assert!(cosine.measures_like(&batch_statistics));
+        // Batches of another size: other statistics on batch statistics only.
+        let other_batches = |spec: &AnalysisSpec| AnalysisSpec {
+            eval_batch: 50,
+            ..spec.clone()
+        };
+        assert!(!batch_statistics.measures_like(&other_batches(&batch_statistics)));
+        assert!(all.measures_like(&other_batches(&all)));
     }
 
     #[test]
