@@ -139,8 +139,8 @@ impl CheckpointStore {
     /// Deletes what the policy no longer keeps: beyond the newest `keep_last`, except
     /// epoch-boundary checkpoints at multiples of `keep_every`, those kept by
     /// [`Self::keep_epochs`] or by `also` (epochs kept for now, asked only when something
-    /// else would go: it may ask a service), and the final one.
-    pub fn prune(&self, also: impl FnOnce() -> Vec<u32>) -> Result<Vec<String>> {
+    /// else would go: it may ask a service; its error deletes nothing), and the final one.
+    pub fn prune(&self, also: impl FnOnce() -> Result<Vec<u32>>) -> Result<Vec<String>> {
         if self.policy.keep_last == 0 {
             return Ok(vec![]);
         }
@@ -163,7 +163,7 @@ impl CheckpointStore {
         if candidates.is_empty() {
             return Ok(vec![]);
         }
-        let also = also();
+        let also = also()?;
         let mut removed = vec![];
         for (epoch, batch, name) in candidates {
             if batch == 0 && also.contains(&epoch) {
@@ -307,7 +307,7 @@ mod tests {
         let mut store = store;
         store.keep_epochs(&[3]);
         // Epoch 2's boundary checkpoint kept for now as well (an analysis waits for it).
-        let removed = store.prune(|| vec![2]).unwrap();
+        let removed = store.prune(|| Ok(vec![2])).unwrap();
         assert_eq!(
             removed,
             [
@@ -323,14 +323,21 @@ mod tests {
                 .collect()
         };
         assert_eq!(left(), [(2, 0), (3, 0), (4, 0), (5, 0), (6, 0)]);
+        // Unless the keep list cannot be had (a worker that lost its job): nothing goes.
+        let lost = || Err(TrainError::Sink("the lease is gone".into()));
+        assert!(store.prune(lost).is_err());
+        assert_eq!(left(), [(2, 0), (3, 0), (4, 0), (5, 0), (6, 0)]);
         // Once it is analysed, it goes.
-        assert_eq!(store.prune(Vec::new).unwrap(), ["epoch-0002.safetensors"]);
+        assert_eq!(
+            store.prune(|| Ok(vec![])).unwrap(),
+            ["epoch-0002.safetensors"]
+        );
         assert_eq!(left(), [(3, 0), (4, 0), (5, 0), (6, 0)]);
         // Nothing else would go: the epochs kept for now are not asked for.
         let asked = std::cell::Cell::new(false);
         let removed = store.prune(|| {
             asked.set(true);
-            vec![]
+            Ok(vec![])
         });
         assert!(removed.unwrap().is_empty() && !asked.get());
         assert!(dir.path().join("notes.txt").exists());

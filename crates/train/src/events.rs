@@ -49,9 +49,10 @@ pub trait EventSink {
 
     /// Epochs whose checkpoints are not to be pruned now, beside those the policy and the
     /// plan keep: the service's, where analyses wait for them. Asked only when pruning
-    /// would remove a checkpoint.
-    fn keep_epochs(&self) -> Vec<u32> {
-        Vec::new()
+    /// would remove a checkpoint; an error leaves every checkpoint (a worker that lost its
+    /// job deletes nothing).
+    fn keep_epochs(&self) -> Result<Vec<u32>, SinkError> {
+        Ok(Vec::new())
     }
 }
 

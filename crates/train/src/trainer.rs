@@ -383,7 +383,7 @@ impl Trainer {
             file_name: &name,
             file: &file,
         })?;
-        for removed in self.store.prune(|| sink.keep_epochs())? {
+        for removed in self.store.prune(|| Ok(sink.keep_epochs()?))? {
             sink.event(&TrainEvent::CheckpointRemoved {
                 file_name: &removed,
             })?;

@@ -170,9 +170,14 @@ impl EventSink for ApiSink<'_> {
         }
     }
 
-    /// The epochs whose checkpoints analyses wait for, asked of the API by a heartbeat now.
-    fn keep_epochs(&self) -> Vec<u32> {
-        self.keeper.keep_epochs()
+    /// The epochs whose checkpoints analyses wait for, asked of the API by a heartbeat now;
+    /// once the lease is gone, an error: a successor may resume from these files.
+    fn keep_epochs(&self) -> Result<Vec<u32>, SinkError> {
+        let keep = self.keeper.keep_epochs();
+        if self.keeper.lost() {
+            return Err(Box::new(LeaseLost));
+        }
+        Ok(keep)
     }
 }
 
