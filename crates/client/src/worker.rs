@@ -391,10 +391,12 @@ impl LeaseKeeper {
     /// Epochs whose checkpoints analyses wait for, not to be pruned now: asked by a
     /// heartbeat sent now, on the caller's thread, so that an analysis requested since the
     /// last one is seen (where the API does not answer, the last good heartbeat's list).
-    pub fn keep_epochs(&self) -> Vec<u32> {
-        self.shared
-            .beat(&self.client, self.job, self.lease_token, self.ttl)
-            .unwrap_or_default()
+    /// `None` once the lease is gone or may be ([`Self::lost`]): nothing is to be pruned.
+    pub fn keep_epochs(&self) -> Option<Vec<u32>> {
+        let keep = self
+            .shared
+            .beat(&self.client, self.job, self.lease_token, self.ttl)?;
+        (!self.lost()).then_some(keep)
     }
 
     /// The lease is gone, or may be: the API said so, or its time ran out unrenewed.

@@ -173,11 +173,9 @@ impl EventSink for ApiSink<'_> {
     /// The epochs whose checkpoints analyses wait for, asked of the API by a heartbeat now;
     /// once the lease is gone, an error: a successor may resume from these files.
     fn keep_epochs(&self) -> Result<Vec<u32>, SinkError> {
-        let keep = self.keeper.keep_epochs();
-        if self.keeper.lost() {
-            return Err(Box::new(LeaseLost));
-        }
-        Ok(keep)
+        self.keeper
+            .keep_epochs()
+            .ok_or_else(|| Box::new(LeaseLost) as SinkError)
     }
 }
 
