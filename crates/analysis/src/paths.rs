@@ -129,7 +129,8 @@ pub(crate) type FinalLosses = Vec<(f64, f64, bool)>;
 /// the cosine between F(h) and the gradient of the head's loss at h, and ‖F(h)‖/‖h‖.
 /// The block's BatchNorm takes the statistics `unroll_bn` names (each batch's, or the
 /// running ones); the head's stays in inference mode, which keeps examples independent for
-/// the per-example gradients. An α whose hidden states stop being finite is recorded up to the last finite step.
+/// the per-example gradients. An α whose hidden states stop being finite is recorded up to
+/// the last finite step.
 pub(crate) fn unroll(ctx: &mut Ctx) -> Result<Option<FinalLosses>> {
     let last = ctx.blocks.len() - 1;
     if is_projection(&ctx.blocks[last]) {

@@ -486,13 +486,19 @@ async fn a_checkpoint_analyses_wait_for_is_kept_from_pruning_or_fails_them_once_
             .keep_epochs
     };
     assert_eq!(keep().await, [1, 2]);
-    let pruned = WorkerEvent::CheckpointRemoved {
-        file_name: "epoch-0001.safetensors".into(),
+    // What the trainer reports when it prunes a checkpoint.
+    let pruned = |file: &str| {
+        let removed = WorkerEvent::CheckpointRemoved {
+            file_name: file.into(),
+        };
+        async {
+            store
+                .record_events(training.job_id, training.lease_token, &[removed])
+                .await
+                .unwrap()
+        }
     };
-    store
-        .record_events(training.job_id, training.lease_token, &[pruned])
-        .await
-        .unwrap();
+    pruned("epoch-0001.safetensors").await;
     let analyses = store.analyses_of_run(run.id).await.unwrap();
     let statuses: Vec<_> = analyses.iter().map(|a| (a.epoch, a.status)).collect();
     assert_eq!(statuses, [(1, JobState::Failed), (2, JobState::Queued)]);
@@ -524,13 +530,7 @@ async fn a_checkpoint_analyses_wait_for_is_kept_from_pruning_or_fails_them_once_
         .await
         .unwrap();
     assert!(beat.keep_epochs.is_empty(), "an analyze job keeps nothing");
-    let pruned = WorkerEvent::CheckpointRemoved {
-        file_name: "epoch-0002.safetensors".into(),
-    };
-    store
-        .record_events(training.job_id, training.lease_token, &[pruned])
-        .await
-        .unwrap();
+    pruned("epoch-0002.safetensors").await;
     let lost = "the lease expired: the worker was lost or stalled";
     let requeued = store
         .fail(
