@@ -370,8 +370,8 @@ def unroll_rows(net, x, y, args):
     """stepwise's unrolling records (paper.md, metric 6): the last block applied again
     `--steps` times, h ← h + α·F(h); per α and step the head's loss, accuracy and entropy for
     all, borderline (|m| < margin) and already-correct (m ≥ margin) examples, grouped by the
-    margin before unrolling; the mean cosine between F(h) and ∂CE(head(h))/∂h and the mean
-    ‖F(h)‖/‖h‖. An α is followed while every hidden state is finite. With `--unroll-bn
+    margin before unrolling; the mean cosine between F(h) and ∂CE(head(h))/∂h, the mean
+    ‖F(h)‖/‖h‖ and, for the steps taken, the mean α·⟨F(h), ∂CE/∂h⟩. An α is followed while every hidden state is finite. With `--unroll-bn
     batch` the block normalises with each batch's statistics (stepwise's `unroll_bn`)."""
     blocks = flat_blocks(net)
     last = blocks[-1][1]
@@ -381,8 +381,8 @@ def unroll_rows(net, x, y, args):
               "borderline": lambda m: m.abs() < args.margin,
               "correct": lambda m: m >= args.margin}
     # sums[(alpha, step, group)] = [loss, accuracy, entropy, n]; per (alpha, step) the
-    # cosines and ℓ2 ratios of every example.
-    sums, cosines, ratios = {}, {}, {}
+    # cosines, ℓ2 ratios and first-order loss changes of every example.
+    sums, cosines, ratios, first_order = {}, {}, {}, {}
     for b in range(0, len(y), args.batch):
         xb, yb = x[b:b + args.batch], y[b:b + args.batch]
         with torch.no_grad():
@@ -404,10 +404,15 @@ def unroll_rows(net, x, y, args):
                     s[3] += int(mask.sum())
                 hg = h.detach().requires_grad_(True)
                 logits = net.head(hg)
-                grad, = torch.autograd.grad(logits, hg, grad_outputs=logit_gradient(logits, yb, unit=True))
+                grad, = torch.autograd.grad(logits, hg, grad_outputs=logit_gradient(logits, yb, unit=True),
+                                            retain_graph=step < args.steps)
                 cos = cosine(f, grad)
                 cosines.setdefault((alpha, step), []).extend(cos[torch.isfinite(cos)].tolist())
                 ratios.setdefault((alpha, step), []).extend((f.flatten(1).norm(dim=1) / h.flatten(1).norm(dim=1)).tolist())
+                if step < args.steps:
+                    loss_grad, = torch.autograd.grad(logits, hg, grad_outputs=logit_gradient(logits, yb))
+                    predicted = alpha * dot(f, loss_grad)
+                    first_order.setdefault((alpha, step), []).extend(predicted[torch.isfinite(predicted)].tolist())
                 with torch.no_grad():
                     h = h + alpha * f
     rows = []
@@ -415,7 +420,8 @@ def unroll_rows(net, x, y, args):
         if n:
             rows += [{"name": f"unroll_{m}", "alpha": alpha, "step": step, "group": g, "value": v / n, "n": n}
                      for m, v in [("loss", loss), ("accuracy", acc), ("entropy", entropy)]]
-    for name, series in [("unroll_cosine", cosines), ("unroll_l2_ratio", ratios)]:
+    for name, series in [("unroll_cosine", cosines), ("unroll_l2_ratio", ratios),
+                         ("unroll_first_order", first_order)]:
         for (alpha, step), values in sorted(series.items()):
             if values:
                 rows.append({"name": name, "alpha": alpha, "step": step, "group": "all",

@@ -254,11 +254,25 @@ pub(crate) fn head_loss_and_gradient(
     Ok((host(&per_example)?, gradient))
 }
 
-/// The gradient of the head's [`direction_loss`] at hidden state `h`: per example along its
-/// cross-entropy's, for cosines.
-pub(crate) fn head_direction(model: &ResNet, h: &Tensor, labels: &Tensor) -> Result<Tensor> {
+/// The head at a hidden state: its logits, and two gradients there from one forward pass.
+pub(crate) struct HeadAt {
+    pub logits: Tensor,
+    /// Of the summed cross-entropy: example n's ∇ℓ_n, whose inner product with a step is the
+    /// first-order change of its loss.
+    pub loss_gradient: Tensor,
+    /// Of [`direction_loss`]: per example along ∇ℓ_n at any logit gap, for cosines.
+    pub direction: Tensor,
+}
+
+pub(crate) fn head_gradients(model: &ResNet, h: &Tensor, labels: &Tensor) -> Result<HeadAt> {
     let (z, logits) = head_at(model, h)?;
-    gradient_at(&direction_loss(&logits, labels)?, &z)
+    let loss_gradient = gradient_at(&cross_entropy_per_example(&logits, labels)?.sum_all()?, &z)?;
+    let direction = gradient_at(&direction_loss(&logits, labels)?, &z)?;
+    Ok(HeadAt {
+        logits: logits.detach(),
+        loss_gradient,
+        direction,
+    })
 }
 
 #[cfg(test)]

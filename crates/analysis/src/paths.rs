@@ -2,8 +2,8 @@
 //! and through repeated applications of the last block (unrolling). Examples are grouped
 //! once, by the head's margin at the path's start.
 
-use crate::blocks::head_direction;
-use crate::stats::{cosines, head_stats, host, mean_median, norms, ratios, HeadStats};
+use crate::blocks::head_gradients;
+use crate::stats::{cosines, dots, head_stats, host, mean_median, norms, ratios, HeadStats};
 use crate::{is_projection, Ctx, Result};
 use domain::{BlockId, Group, MetricName as M, UnrollBn};
 use resnet::{BnMode, ProbeOptions};
@@ -126,7 +126,8 @@ pub(crate) type FinalLosses = Vec<(f64, f64, bool)>;
 
 /// Applies the last block again `unroll_steps` times, h ← h + α·F(h), for every α; per
 /// step the head's loss, accuracy and entropy per group (by the margin before unrolling),
-/// the cosine between F(h) and the gradient of the head's loss at h, and ‖F(h)‖/‖h‖.
+/// the cosine between F(h) and the gradient of the head's loss at h, ‖F(h)‖/‖h‖, and (for
+/// the steps taken) α·⟨F(h), ∇ℓ(h)⟩, the first-order change of each example's loss.
 /// The block's BatchNorm takes the statistics `unroll_bn` names (each batch's, or the
 /// running ones); the head's stays in inference mode, which keeps examples independent for
 /// the per-example gradients. An α whose hidden states stop being finite is recorded up to
@@ -150,6 +151,7 @@ pub(crate) fn unroll(ctx: &mut Ctx) -> Result<Option<FinalLosses>> {
     let mut sums: Vec<GroupSums> = alphas.iter().map(|_| GroupSums::default()).collect();
     let mut cos: Vec<BTreeMap<u32, Vec<f64>>> = vec![BTreeMap::new(); alphas.len()];
     let mut l2: Vec<BTreeMap<u32, Vec<f64>>> = vec![BTreeMap::new(); alphas.len()];
+    let mut first_order: Vec<BTreeMap<u32, Vec<f64>>> = vec![BTreeMap::new(); alphas.len()];
     let mut finite = vec![true; alphas.len()];
     for batch in &ctx.batches {
         let (x, y) = ctx.to_device(batch)?;
@@ -162,22 +164,26 @@ pub(crate) fn unroll(ctx: &mut Ctx) -> Result<Option<FinalLosses>> {
                     finite[a] = false;
                     break;
                 }
-                let logits = ctx.model.head().forward(&h, BnMode::Eval)?.detach();
+                let head = head_gradients(ctx.model, &h, &y)?;
                 sums[a].add(
                     step,
-                    &head_stats(&logits, batch.1)?,
+                    &head_stats(&head.logits, batch.1)?,
                     &margins,
                     ctx.spec.margin,
                 );
                 let f = block.residual(&h, bn)?.detach();
-                let g = head_direction(ctx.model, &h, &y)?;
                 cos[a]
                     .entry(step)
                     .or_default()
-                    .extend(host(&cosines(&f, &g)?)?);
+                    .extend(host(&cosines(&f, &head.direction)?)?);
                 let l2_ratios = ratios(&norms(&f)?, &norms(&h)?)?;
                 l2[a].entry(step).or_default().extend(host(&l2_ratios)?);
                 if step < steps {
+                    let predicted = (dots(&f, &head.loss_gradient)? * alpha)?;
+                    first_order[a]
+                        .entry(step)
+                        .or_default()
+                        .extend(host(&predicted)?);
                     h = (h + (f * alpha)?)?.detach();
                 }
             }
@@ -206,7 +212,11 @@ pub(crate) fn unroll(ctx: &mut Ctx) -> Result<Option<FinalLosses>> {
                 final_loss = loss;
             }
         }
-        for (name, series) in [(M::UnrollCosine, &cos[a]), (M::UnrollL2Ratio, &l2[a])] {
+        for (name, series) in [
+            (M::UnrollCosine, &cos[a]),
+            (M::UnrollL2Ratio, &l2[a]),
+            (M::UnrollFirstOrder, &first_order[a]),
+        ] {
             for (&step, values) in series {
                 if let Some((mean, _, n)) = mean_median(values) {
                     let r = ctx

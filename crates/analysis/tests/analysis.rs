@@ -246,6 +246,40 @@ fn unrolling_with_alpha_zero_is_plain_inference() {
     assert!(result.selected_alpha.is_some());
 }
 
+/// For a short step the mean train loss's change over each unrolling step is its
+/// first-order prediction α·⟨F(h), ∇ℓ(h)⟩, up to O(α²); none is recorded after the last step.
+#[test]
+fn the_unrollings_first_order_predicts_a_short_steps_loss_change() {
+    let fixture = Fixture::new(narrow_single(), DType::F64, 20, 3);
+    let input = fixture.input(2);
+    let alpha = 1e-3;
+    let mut s = spec(&[AnalysisKind::Unroll]);
+    s.alphas = vec![alpha];
+    let result = analyze(&input, &s).unwrap();
+    for split in [Split::Train, Split::Test] {
+        let series = |name| -> Vec<f64> {
+            let mut records = find(&result.records, |r| {
+                r.name == name && r.split == split && r.group == Some(Group::All)
+            });
+            records.sort_by_key(|r| r.step);
+            records.iter().map(|r| r.value).collect()
+        };
+        let (loss, predicted) = (series(M::UnrollLoss), series(M::UnrollFirstOrder));
+        assert_eq!((loss.len(), predicted.len()), (4, 3), "{split}");
+        for (k, p) in predicted.iter().enumerate() {
+            let actual = loss[k + 1] - loss[k];
+            assert!(
+                p.abs() > 1e-7,
+                "{split} step {k}: a prediction of {p} says nothing"
+            );
+            assert!(
+                (actual - p).abs() < 0.01 * p.abs(),
+                "{split} step {k}: actual {actual} vs first-order {p}"
+            );
+        }
+    }
+}
+
 /// With `unroll_bn = "batch"` the re-applied block normalises with each batch's statistics:
 /// the head's readout before unrolling is the same, the block's ℓ2 ratio there is that of
 /// F computed so over the batch (one batch of the whole split here), and the running
@@ -437,6 +471,7 @@ fn every_analysis_runs_and_leaves_batchnorm_statistics_unchanged() {
         M::IntermediateAccuracy,
         M::BorderlineEntropy,
         M::UnrollL2Ratio,
+        M::UnrollFirstOrder,
         M::GradNormRatio,
         M::ActivationNorm,
         M::TaylorPredicted,

@@ -300,6 +300,25 @@ fn unroll(c: &Config, name: MetricName, group: Group, split: Split, alpha: f64) 
     m.into_values().map(|v| mean(&v)).collect()
 }
 
+/// The train loss's change over the unrolling as its first order predicts it (the sum over
+/// the steps of the mean α·⟨F(h), ∇ℓ(h)⟩), to set beside the change measured: where the
+/// mean cosine is negative yet the prediction rises, examples with large gradients point
+/// uphill; where the prediction falls yet the loss rises, the steps are too long for the
+/// first order. Empty for analyses without these records.
+fn first_order(c: &Config, alpha: f64) -> String {
+    match unroll(
+        c,
+        MetricName::UnrollFirstOrder,
+        Group::All,
+        Split::Train,
+        alpha,
+    )[..]
+    {
+        [] => String::new(),
+        ref steps => format!(" (first order {:+.3})", steps.iter().sum::<f64>()),
+    }
+}
+
 fn c6(c: &Config) -> Verdict {
     let Some(selected) = SeedsAlpha::of(c.seeds.iter().copied()) else {
         return undecided("C6", c.label, "no unrolling records");
@@ -344,7 +363,10 @@ fn c6(c: &Config) -> Verdict {
     // α was selected by this loss; whether unrolling lowered it at all is the paper's third
     // expectation, shown beside the verdict (not part of C6's predicate).
     let train_loss = match unroll(c, MetricName::UnrollLoss, Group::All, Split::Train, alpha)[..] {
-        [first, .., last] => format!("; train loss {first:.3} → {last:.3}"),
+        [first, .., last] => format!(
+            "; train loss {first:.3} → {last:.3}{}",
+            first_order(c, alpha)
+        ),
         _ => String::new(),
     };
     // Not paper.md's inference mode: said, as the values differ with it.
@@ -626,7 +648,19 @@ mod tests {
         }
         let v = c6_of(&records);
         assert!(
-            v.measured.contains("train loss 0.500 → 0.300"),
+            v.measured.contains("train loss 0.500 → 0.300;"),
+            "{}",
+            v.measured
+        );
+        // Its first-order prediction, summed over the steps taken (of the selected α only).
+        for (alpha, step, value) in [(0.1, 0, -0.05), (0.1, 1, 0.2), (1.0, 0, 9.0)] {
+            let r = AnalysisRecord::new(MetricName::UnrollFirstOrder, Split::Train, 1, value, 10);
+            records.push(r.with_group(Group::All).at_step(alpha, step));
+        }
+        let v = c6_of(&records);
+        assert!(
+            v.measured
+                .contains("train loss 0.500 → 0.300 (first order +0.150);"),
             "{}",
             v.measured
         );

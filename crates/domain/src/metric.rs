@@ -40,6 +40,10 @@ pub enum MetricName {
     UnrollEntropy,
     UnrollCosine,
     UnrollL2Ratio,
+    /// α·⟨F(h), ∇ℓ(h)⟩ per example at step k: the first-order prediction of the change of
+    /// the head's loss ℓ over the step from k to k + 1. Its mean weighs each example by
+    /// ‖F(h)‖·‖∇ℓ(h)‖, where the mean cosine weighs all alike.
+    UnrollFirstOrder,
     /// ‖h_i‖ per example in a freshly initialised model.
     ActivationNorm,
     /// ℓ(h_{i+1}) − ℓ(h_i) with ℓ the head's loss, and its first-order prediction
@@ -73,6 +77,7 @@ impl MetricName {
             Self::UnrollEntropy => "unroll_entropy",
             Self::UnrollCosine => "unroll_cosine",
             Self::UnrollL2Ratio => "unroll_l2_ratio",
+            Self::UnrollFirstOrder => "unroll_first_order",
             Self::ActivationNorm => "activation_norm",
             Self::TaylorActual => "taylor_actual",
             Self::TaylorPredicted => "taylor_predicted",

@@ -458,30 +458,85 @@ fn unrolling(label: &str, seeds: &[&Run]) -> Option<Figure> {
             series,
         }
     };
-    Some(Figure {
-        panels: vec![
-            panel(
-                MetricName::UnrollLoss,
-                Group::All,
-                Split::Train,
-                "train loss",
-                "loss",
-            ),
-            panel(
-                MetricName::UnrollAccuracy,
-                Group::Borderline,
-                Split::Test,
-                "borderline test accuracy",
-                "accuracy",
-            ),
-            panel(
-                MetricName::UnrollCosine,
-                Group::All,
-                Split::Test,
-                "cosine",
-                "mean cosine",
-            ),
-        ],
+    let mut panels = vec![
+        panel(
+            MetricName::UnrollLoss,
+            Group::All,
+            Split::Train,
+            "train loss",
+            "loss",
+        ),
+        panel(
+            MetricName::UnrollAccuracy,
+            Group::Borderline,
+            Split::Test,
+            "borderline test accuracy",
+            "accuracy",
+        ),
+        panel(
+            MetricName::UnrollCosine,
+            Group::All,
+            Split::Test,
+            "cosine",
+            "mean cosine",
+        ),
+    ];
+    panels.extend(selected.and_then(|s| loss_steps(label, seeds, s.alpha, &statistics)));
+    Some(Figure { panels })
+}
+
+/// Ours, beside Fig. 7: at step size `alpha`, the mean train loss's change over each step
+/// against its first-order prediction α·⟨F(h), ∇ℓ(h)⟩ — where they part, the step is too
+/// long for the first order; where the prediction rises while the mean cosine is negative,
+/// examples with large gradients point uphill. None without first-order records (analyses
+/// made before they were recorded).
+fn loss_steps(label: &str, seeds: &[&Run], alpha: f64, statistics: &str) -> Option<Panel> {
+    let train_all = |r: &AnalysisRecord, name| {
+        r.name == name
+            && r.alpha == Some(alpha)
+            && r.group == Some(Group::All)
+            && r.split == Split::Train
+    };
+    let predicted = per_step(seeds, |r| train_all(r, MetricName::UnrollFirstOrder));
+    if predicted.is_empty() {
+        return None;
+    }
+    // Each seed's change from step k to k + 1, at k.
+    let mut actual = Collected::new();
+    for run in seeds {
+        let losses: BTreeMap<u32, f64> = run
+            .analysis
+            .iter()
+            .filter(|r| train_all(r, MetricName::UnrollLoss))
+            .filter_map(|r| Some((r.step?, r.value)))
+            .collect();
+        for (&k, &loss) in &losses {
+            if let Some(next) = losses.get(&(k + 1)) {
+                let e = actual.entry(k as i64).or_insert((k as f64, vec![], false));
+                e.1.push(next - loss);
+            }
+        }
+    }
+    let series = [
+        ("actual", false, points(actual)),
+        ("first-order α⟨F(h), ∇ℓ(h)⟩", true, predicted),
+    ];
+    Some(Panel {
+        title: format!("{label}: train-loss change per step at α = {alpha} (ours{statistics})"),
+        x_label: "unrolling step k".into(),
+        y_label: "mean ℓ(k + 1) − ℓ(k)".into(),
+        reference_y: Some(0.0),
+        series: series
+            .into_iter()
+            .enumerate()
+            .map(|(i, (what, dashed, points))| Series {
+                label: what.into(),
+                color: palette(i),
+                dashed,
+                points,
+            })
+            .collect(),
+        ..Panel::default()
     })
 }
 
@@ -706,6 +761,71 @@ mod tests {
             fig7.panels[2].title,
             "r: cosine (Fig. 7; the block on batch statistics)"
         );
+    }
+
+    #[test]
+    fn fig_7_sets_each_steps_train_loss_change_beside_its_first_order_prediction() {
+        // Two seeds at α = 0.1 (selected) and α = 1: seed s's train loss at step k is
+        // 1 + s + k²/10, its first-order prediction at k is s - 0.1 (steps 0 and 1 of 2).
+        let seed = |s: f64| {
+            let mut records = vec![];
+            for alpha in [0.1, 1.0] {
+                for step in 0..3u32 {
+                    let train = |name, value| {
+                        AnalysisRecord::new(name, Split::Train, 6, value, 10)
+                            .with_group(Group::All)
+                            .at_step(alpha, step)
+                    };
+                    let k = f64::from(step);
+                    records.push(train(MetricName::UnrollLoss, 1.0 + s + k * k / 10.0));
+                    if step < 2 {
+                        records.push(train(MetricName::UnrollFirstOrder, s - 0.1));
+                    }
+                }
+            }
+            records
+        };
+        let (first, second) = (seed(0.0), seed(1.0));
+        let run = |analysis| Run {
+            label: "r",
+            analysis,
+            training: &[],
+            selected_alpha: Some(0.1),
+            unroll_bn: UnrollBn::Running,
+            history: &[],
+        };
+        let (a, b) = (run(&first), run(&second));
+        let fig7 = unrolling("r", &[&a, &b]).expect("Fig. 7");
+        let panel = &fig7.panels[3];
+        assert_eq!(
+            panel.title,
+            "r: train-loss change per step at α = 0.1 (ours)"
+        );
+        let values = |i: usize| -> Vec<(f64, Vec<f64>)> {
+            let points = &panel.series[i].points;
+            points.iter().map(|p| (p.x, p.values.clone())).collect()
+        };
+        let close = |got: Vec<(f64, Vec<f64>)>, want: [(f64, [f64; 2]); 2]| {
+            assert_eq!(got.len(), 2, "{got:?}");
+            for ((x, v), (wx, wv)) in got.iter().zip(want) {
+                assert_eq!(*x, wx);
+                assert!(
+                    v.iter().zip(wv).all(|(a, b)| (a - b).abs() < 1e-12),
+                    "{got:?}"
+                );
+            }
+        };
+        // Actual: (k + 1)²/10 − k²/10 per seed.
+        close(values(0), [(0.0, [0.1, 0.1]), (1.0, [0.3, 0.3])]);
+        close(values(1), [(0.0, [-0.1, 0.9]), (1.0, [-0.1, 0.9])]);
+        assert!(panel.series[1].dashed && !panel.series[0].dashed);
+        // Without first-order records (older analyses), the three panels of the paper only.
+        let losses: Vec<AnalysisRecord> = first
+            .iter()
+            .filter(|r| r.name != MetricName::UnrollFirstOrder)
+            .cloned()
+            .collect();
+        assert_eq!(unrolling("r", &[&run(&losses)]).unwrap().panels.len(), 3);
     }
 
     #[test]
