@@ -596,9 +596,16 @@ fn unrolling_on_batch_statistics_says_so() {
     );
     ok(&analysed);
     let stderr = String::from_utf8_lossy(&analysed.stderr);
+    // The selected α's train loss before and after, beside its first order.
+    let unrolling = stderr
+        .lines()
+        .find(|l| l.contains("unrolling: selected α = "))
+        .unwrap_or_else(|| panic!("{stderr}"));
     assert!(
-        stderr.contains("(the block on batch statistics)"),
-        "{stderr}"
+        unrolling.contains("(the block on batch statistics): train loss ")
+            && unrolling.contains(" (first order ")
+            && unrolling.ends_with(") over 2 steps"),
+        "{unrolling}"
     );
     assert!(
         stderr.contains(
@@ -616,6 +623,10 @@ fn unrolling_on_batch_statistics_says_so() {
     ));
     let svg = listed_svg(dir.path(), &listing, "fig7_unrolling_");
     assert!(svg.contains("Fig. 7; the block on batch statistics"));
+    // The fourth panel: the selected α's loss change per step against its first order.
+    let alpha = analysis["selected_alpha"].as_f64().unwrap();
+    let panel = format!("train-loss change per step at α = {alpha} (ours; the block on batch");
+    assert!(svg.contains(&panel), "{panel}");
 }
 
 #[test]

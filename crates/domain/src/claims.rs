@@ -1,6 +1,7 @@
 //! paper.md's claims C1–C7 as predicates over analysis records, evaluated with the
 //! thresholds fixed there (never tuned). Values of several seeds are averaged first.
 
+use crate::analysis::{unroll_means, unroll_train_loss};
 use crate::stats::mean;
 use crate::{
     AnalysisRecord, Arch, BlockKind, ExperimentRun, Group, MetricName, SeedsAlpha, Sharing, Split,
@@ -46,6 +47,11 @@ impl<'a> Config<'a> {
             reference: crate::paper::reference(model),
             unroll_bn: UnrollBn::Running,
         }
+    }
+
+    /// Every seed's records, one after another.
+    fn records(&self) -> impl Iterator<Item = &'a AnalysisRecord> + Clone + '_ {
+        self.seeds.iter().flat_map(|(records, _)| records.iter())
     }
 }
 
@@ -283,40 +289,7 @@ fn c5(c: &Config) -> Verdict {
 
 /// Mean over seeds of an unrolling series (per step) at step size `alpha`.
 fn unroll(c: &Config, name: MetricName, group: Group, split: Split, alpha: f64) -> Vec<f64> {
-    let mut m: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
-    for (records, _) in &c.seeds {
-        for r in records.iter() {
-            if r.name == name
-                && r.group == Some(group)
-                && r.split == split
-                && r.alpha == Some(alpha)
-            {
-                if let Some(s) = r.step {
-                    m.entry(s).or_default().push(r.value);
-                }
-            }
-        }
-    }
-    m.into_values().map(|v| mean(&v)).collect()
-}
-
-/// The train loss's change over the unrolling as its first order predicts it (the sum over
-/// the steps of the mean α·⟨F(h), ∇ℓ(h)⟩), to set beside the change measured: where the
-/// mean cosine is negative yet the prediction rises, examples with large gradients point
-/// uphill; where the prediction falls yet the loss rises, the steps are too long for the
-/// first order. Empty for analyses without these records.
-fn first_order(c: &Config, alpha: f64) -> String {
-    match unroll(
-        c,
-        MetricName::UnrollFirstOrder,
-        Group::All,
-        Split::Train,
-        alpha,
-    )[..]
-    {
-        [] => String::new(),
-        ref steps => format!(" (first order {:+.3})", steps.iter().sum::<f64>()),
-    }
+    unroll_means(c.records(), name, group, split, alpha)
 }
 
 fn c6(c: &Config) -> Verdict {
@@ -362,13 +335,8 @@ fn c6(c: &Config) -> Verdict {
     };
     // α was selected by this loss; whether unrolling lowered it at all is the paper's third
     // expectation, shown beside the verdict (not part of C6's predicate).
-    let train_loss = match unroll(c, MetricName::UnrollLoss, Group::All, Split::Train, alpha)[..] {
-        [first, .., last] => format!(
-            "; train loss {first:.3} → {last:.3}{}",
-            first_order(c, alpha)
-        ),
-        _ => String::new(),
-    };
+    let train_loss =
+        unroll_train_loss(c.records(), alpha).map_or(String::new(), |t| format!("; {t}"));
     // Not paper.md's inference mode: said, as the values differ with it.
     let statistics = c
         .unroll_bn

@@ -109,21 +109,28 @@ fn report(checkpoint: &Path, dir: &Path, a: &Analysis) {
         eprintln!("  {line}");
     }
     if let Some(alpha) = a.selected_alpha {
-        eprintln!("  {}", unrolling_line(alpha, &a.spec));
+        eprintln!("  {}", unrolling_line(alpha, &a.spec, &a.records));
     }
     for note in &a.notes {
         eprintln!("  note: {note}");
     }
 }
 
-/// The unrolling's selected step size, and the block's statistics where they are not the
-/// running ones.
-pub(crate) fn unrolling_line(alpha: f64, spec: &AnalysisSpec) -> String {
+/// The unrolling's selected step size, the block's statistics where they are not the running
+/// ones, and at that α the train loss before and after the steps beside its first order.
+pub(crate) fn unrolling_line(
+    alpha: f64,
+    spec: &AnalysisSpec,
+    records: &[AnalysisRecord],
+) -> String {
     let statistics = spec
         .unroll_bn
         .note()
         .map_or(String::new(), |n| format!(" ({n})"));
-    format!("unrolling: selected α = {alpha}{statistics}")
+    let train_loss = domain::unroll_train_loss(records, alpha).map_or(String::new(), |t| {
+        format!(": {t} over {} steps", spec.unroll_steps)
+    });
+    format!("unrolling: selected α = {alpha}{statistics}{train_loss}")
 }
 
 /// Per block of `split`: its kind, mean cosine, mean ℓ2 ratio and the accuracy with the

@@ -147,7 +147,7 @@ fn describe(a: &AnalysisView) -> String {
         }
     }
     if let Some(alpha) = a.selected_alpha {
-        lines.push(format!("  {}", unrolling_line(alpha, &a.spec)));
+        lines.push(format!("  {}", unrolling_line(alpha, &a.spec, &a.records)));
     }
     lines.extend(a.notes.iter().map(|note| format!("  note: {note}")));
     lines.join("\n")
