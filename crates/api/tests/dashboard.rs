@@ -146,7 +146,17 @@ async fn work(app: &TestApp) -> String {
     records.push(not_finite);
     // The analysed subset's accuracy (Table 1's train error).
     records.push(json!({"name": "accuracy", "split": "train", "epoch": 1, "value": 0.75, "n": 50}));
-    let analysis = json!({"selected_alpha": null, "notes": [format!("a note {NASTY}")],
+    // The unrolling at its selected step size: the train loss over one step, and its first order.
+    let unrolled = |name, step, value| {
+        json!({"name": name, "split": "train", "epoch": 1, "group": "all", "alpha": 0.05,
+               "step": step, "value": value, "n": 50})
+    };
+    records.extend([
+        unrolled("unroll_loss", 0, 0.5),
+        unrolled("unroll_loss", 1, 0.6),
+        unrolled("unroll_first_order", 0, 0.08),
+    ]);
+    let analysis = json!({"selected_alpha": 0.05, "notes": [format!("a note {NASTY}")],
         "examples": [{"split": "test", "examples": 12}], "seconds": 1.5, "records": records});
     app.train_and_analyse(events, analysis).await
 }
@@ -297,6 +307,8 @@ async fn pages_show_a_finished_run_and_escape_what_users_wrote(pool: PgPool) {
         "-0.3000",
         "12 test examples", // analysed, and how long it took
         "in 1.5 s",
+        "selected unrolling α = 0.05 (train loss 0.500 → 0.600 (first order +0.080))",
+        r#"data-figure="fig7_unrolling_"#,
         "Run spec",
         "&#34;depth&#34;: 8",
         "learning rate 0.1 for epoch 1.", // the schedule, resolved

@@ -293,7 +293,10 @@ async fn analysis_section(label: &str, analysis: AnalysisView) -> ApiResult<Anal
         examples: domain::SplitExamples::describe(&analysis.examples),
         alpha: analysis
             .selected_alpha
-            .map(|a| format!("{a}"))
+            .map(|a| match domain::unroll_train_loss(&analysis.records, a) {
+                Some(train_loss) => format!("{a} ({train_loss})"),
+                None => format!("{a}"),
+            })
             .unwrap_or_default(),
         settings: analysis.spec.changes_inline(),
         notes: analysis.notes.clone(),
