@@ -264,6 +264,7 @@ pub(crate) struct HeadAt {
     pub direction: Tensor,
 }
 
+/// The head plugged in at hidden state `h`, with both gradients there.
 pub(crate) fn head_gradients(model: &ResNet, h: &Tensor, labels: &Tensor) -> Result<HeadAt> {
     let (z, logits) = head_at(model, h)?;
     let loss_gradient = gradient_at(&cross_entropy_per_example(&logits, labels)?.sum_all()?, &z)?;

@@ -493,16 +493,14 @@ pub fn unroll_train_loss<'a>(
 
 /// The train loss of all examples after the last unrolling step at `alpha`.
 fn final_train_loss(records: &[AnalysisRecord], alpha: f64) -> Option<f64> {
-    records
-        .iter()
-        .filter(|r| {
-            r.name == MetricName::UnrollLoss
-                && r.alpha == Some(alpha)
-                && r.group == Some(Group::All)
-                && r.split == Split::Train
-        })
-        .max_by_key(|r| r.step)
-        .map(|r| r.value)
+    let losses = unroll_means(
+        records,
+        MetricName::UnrollLoss,
+        Group::All,
+        Split::Train,
+        alpha,
+    );
+    losses.last().copied()
 }
 
 #[cfg(test)]
