@@ -4,7 +4,8 @@
 
 use crate::chart::{blue_to_red, palette, Figure, Panel, Point, Series};
 use domain::{
-    AnalysisRecord, BlockKind, Group, MetricName, MetricRecord, SeedsAlpha, Split, Stat, UnrollBn,
+    AnalysisRecord, AnalysisSpec, BlockKind, Group, MetricName, MetricRecord, SeedsAlpha, Split,
+    Stat, UnrollBn,
 };
 use std::collections::BTreeMap;
 
@@ -22,6 +23,34 @@ pub struct Run<'a> {
     /// gradient of `analysis` (a `skip` cosine is another quantity), for the figure over
     /// training; empty, or of one epoch, where there is nothing to follow.
     pub history: &'a [AnalysisRecord],
+}
+
+/// What the figures take of one analysis: its records, the unrolling's selected step size and
+/// the analysis' settings.
+pub type Analysed<'a> = (&'a [AnalysisRecord], Option<f64>, &'a AnalysisSpec);
+
+impl<'a> Run<'a> {
+    /// A run with its training records, its figure-over-training `history` and the analysis
+    /// drawn (none: its training alone).
+    pub fn new(
+        label: &'a str,
+        training: &'a [MetricRecord],
+        history: &'a [AnalysisRecord],
+        analysis: Option<Analysed<'a>>,
+    ) -> Self {
+        let (records, selected_alpha, unroll_bn) = match analysis {
+            Some((records, alpha, spec)) => (records, alpha, spec.unroll_bn),
+            None => (&[][..], None, UnrollBn::default()),
+        };
+        Self {
+            label,
+            analysis: records,
+            training,
+            selected_alpha,
+            unroll_bn,
+            history,
+        }
+    }
 }
 
 /// The block metrics drawn over training, where a run was analysed at several epochs.

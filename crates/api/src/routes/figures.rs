@@ -79,16 +79,10 @@ pub(crate) fn left_out(runs: &[RunView], results: &[RunResults]) -> Vec<LeftOut>
 /// Runs as the figures crate takes them.
 fn views(runs: &[RunResults]) -> Vec<figures::Run<'_>> {
     runs.iter()
-        .map(|r| figures::Run {
-            label: &r.label,
-            analysis: r.analysis.as_ref().map_or(&[][..], |a| &a.records[..]),
-            training: &r.training,
-            selected_alpha: r.analysis.as_ref().and_then(|a| a.selected_alpha),
-            unroll_bn: r
-                .analysis
-                .as_ref()
-                .map_or_else(Default::default, |a| a.spec.unroll_bn),
-            history: &r.history,
+        .map(|r| {
+            let analysis = r.analysis.as_ref();
+            let analysed = analysis.map(|a| (&a.records[..], a.selected_alpha, &a.spec));
+            figures::Run::new(&r.label, &r.training, &r.history, analysed)
         })
         .collect()
 }
