@@ -607,6 +607,19 @@ fn unrolling_on_batch_statistics_says_so() {
             && unrolling.ends_with(") over 2 steps"),
         "{unrolling}"
     );
+    // Under it, every α of the sweep with the course of its train loss and test cosine.
+    let table: Vec<&str> = stderr
+        .lines()
+        .skip_while(|l| !l.contains("first order   "))
+        .take_while(|l| l.ends_with(" of 2 steps") || l.contains("negative for"))
+        .collect();
+    assert_eq!(table.len(), 6, "{stderr}");
+    for (row, alpha) in table[1..]
+        .iter()
+        .zip(["1 ", "0.5 ", "0.25 ", "0.1 ", "0.05 "])
+    {
+        assert!(row.trim_start().starts_with(alpha), "{row}");
+    }
     assert!(
         stderr.contains(
             "settings: eval_batch = 6; max_examples = 12; metrics = [\"unroll\"]; \

@@ -1,7 +1,10 @@
 use crate::args::AnalyzeArgs;
 use analysis::Analysis;
 use anyhow::{bail, Context, Result};
-use domain::{AnalysisRecord, AnalysisSpec, MetricName, RunSpec, Split, SplitExamples, Stat};
+use domain::analysis::unroll_means;
+use domain::{
+    AnalysisRecord, AnalysisSpec, Group, MetricName, RunSpec, Split, SplitExamples, Stat,
+};
 use resnet::candle_device;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -84,14 +87,18 @@ pub(crate) fn write(dir: &Path, result: &Analysis) -> Result<()> {
     Ok(())
 }
 
+/// The split a summary shows: the test split when analysed, else the first.
+pub(crate) fn shown_split(spec: &AnalysisSpec) -> Split {
+    match spec.splits.contains(&Split::Test) {
+        true => Split::Test,
+        false => spec.splits[0],
+    }
+}
+
 /// A per-block summary on stderr: mean cosine and ℓ2 ratio, accuracy with the block
 /// dropped, on the test split when analysed (else the first split).
 fn report(checkpoint: &Path, dir: &Path, a: &Analysis) {
-    let split = if a.spec.splits.contains(&Split::Test) {
-        Split::Test
-    } else {
-        a.spec.splits[0]
-    };
+    let split = shown_split(&a.spec);
     eprintln!(
         "{} (epoch {}): {} in {:.1} s → {}",
         checkpoint.display(),
@@ -104,12 +111,19 @@ fn report(checkpoint: &Path, dir: &Path, a: &Analysis) {
     if !settings.is_empty() {
         eprintln!("  settings: {settings}");
     }
-    eprintln!("  {split} split:");
-    for line in block_table(&a.records, split) {
-        eprintln!("  {line}");
+    let table = block_table(&a.records, split);
+    // A header alone: no block-wise metric was asked for.
+    if table.len() > 1 {
+        eprintln!("  {split} split:");
+        for line in table {
+            eprintln!("  {line}");
+        }
     }
     if let Some(alpha) = a.selected_alpha {
         eprintln!("  {}", unrolling_line(alpha, &a.spec, &a.records));
+    }
+    for line in unrolling_table(&a.records, split) {
+        eprintln!("  {line}");
     }
     for note in &a.notes {
         eprintln!("  note: {note}");
@@ -168,4 +182,116 @@ pub(crate) fn block_table(records: &[AnalysisRecord], split: Split) -> Vec<Strin
         ));
     }
     lines
+}
+
+/// Per α of the unrolling, largest first: the train loss before → after the steps and its
+/// first order summed over them, and `split`'s mean cosine before → after with the steps it
+/// stayed negative — Fig. 7 in numbers. Empty without unrolling records.
+pub(crate) fn unrolling_table(records: &[AnalysisRecord], split: Split) -> Vec<String> {
+    let mut alphas: Vec<f64> = records
+        .iter()
+        .filter(|r| r.name == MetricName::UnrollCosine)
+        .filter_map(|r| r.alpha)
+        .collect();
+    alphas.sort_by(|a, b| b.total_cmp(a));
+    alphas.dedup();
+    // Diverging step sizes reach 1e11 and beyond.
+    let number = |v: f64| match v.abs() {
+        a if a != 0.0 && !(1e-3..1e4).contains(&a) => format!("{v:.3e}"),
+        _ => format!("{v:.3}"),
+    };
+    let from_to = |series: &[f64], format: &dyn Fn(f64) -> String| match series {
+        [first, .., last] => format!("{} → {}", format(*first), format(*last)),
+        _ => "-".into(),
+    };
+    let row = |alpha: &str, loss: &str, first_order: &str, cosine: &str, negative: &str| {
+        format!("{alpha:<6} {loss:>22} {first_order:>12} {cosine:>18} {negative:>15}")
+    };
+    let mut lines = vec![row(
+        "α",
+        "train loss",
+        "first order",
+        &format!("{split} cosine"),
+        "negative for",
+    )];
+    for alpha in alphas {
+        let series = |name, split| unroll_means(records, name, Group::All, split, alpha);
+        let first_order = series(MetricName::UnrollFirstOrder, Split::Train);
+        let cosine = series(MetricName::UnrollCosine, split);
+        // Step 0 is before unrolling: the steps after it that kept the cosine negative.
+        let steps = cosine.len().saturating_sub(1);
+        let negative = cosine.iter().skip(1).take_while(|v| **v < 0.0).count();
+        lines.push(row(
+            &alpha.to_string(),
+            &from_to(&series(MetricName::UnrollLoss, Split::Train), &number),
+            &match first_order.iter().sum::<f64>() {
+                _ if first_order.is_empty() => "-".into(),
+                sum if sum >= 0.0 => format!("+{}", number(sum)),
+                sum => number(sum),
+            },
+            &from_to(&cosine, &|v| format!("{v:+.3}")),
+            &format!("{negative} of {steps} steps"),
+        ));
+    }
+    match lines.len() {
+        1 => vec![],
+        _ => lines,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unrolling_table_gives_each_step_sizes_course() {
+        let mut records = vec![];
+        let mut add = |name, split, alpha, values: &[f64]| {
+            for (step, &value) in (0..).zip(values) {
+                let r = AnalysisRecord::new(name, split, 3, value, 10);
+                records.push(r.with_group(Group::All).at_step(alpha, step));
+            }
+        };
+        // α = 1 diverges; α = 0.1 lowers the loss, its cosine negative for both steps.
+        add(MetricName::UnrollLoss, Split::Train, 1.0, &[0.5, 40.0, 2e5]);
+        add(MetricName::UnrollFirstOrder, Split::Train, 1.0, &[1.0, 1e5]);
+        add(
+            MetricName::UnrollCosine,
+            Split::Test,
+            1.0,
+            &[-0.1, 0.2, 0.3],
+        );
+        add(MetricName::UnrollLoss, Split::Train, 0.1, &[0.5, 0.45, 0.4]);
+        add(
+            MetricName::UnrollFirstOrder,
+            Split::Train,
+            0.1,
+            &[-0.05, -0.04],
+        );
+        add(
+            MetricName::UnrollCosine,
+            Split::Test,
+            0.1,
+            &[-0.1, -0.05, -0.01],
+        );
+        // Another split's cosines are not the table's.
+        add(
+            MetricName::UnrollCosine,
+            Split::Train,
+            0.1,
+            &[0.9, 0.9, 0.9],
+        );
+        let table = unrolling_table(&records, Split::Test);
+        let cells = |line: &str| line.split_whitespace().collect::<Vec<_>>().join(" ");
+        let rows: Vec<String> = table.iter().map(|l| cells(l)).collect();
+        assert_eq!(
+            rows,
+            [
+                "α train loss first order test cosine negative for",
+                "1 0.500 → 2.000e5 +1.000e5 -0.100 → +0.300 0 of 2 steps",
+                "0.1 0.500 → 0.400 -0.090 -0.100 → -0.010 2 of 2 steps",
+            ]
+        );
+        assert!(unrolling_table(&records[..0], Split::Test).is_empty());
+    }
 }

@@ -4,7 +4,7 @@
 use super::checkpoint::epoch_ends_on_disk;
 use super::{id, json, run_id, Api};
 use crate::args::AnalysisRequestArgs;
-use crate::cmd::analyze::{block_table, unrolling_line};
+use crate::cmd::analyze::{block_table, shown_split, unrolling_line, unrolling_table};
 use crate::cmd::print_text;
 use anyhow::Result;
 use domain::service::{AnalysisRequest, AnalysisView, JobState};
@@ -149,6 +149,8 @@ fn describe(a: &AnalysisView) -> String {
     if let Some(alpha) = a.selected_alpha {
         lines.push(format!("  {}", unrolling_line(alpha, &a.spec, &a.records)));
     }
+    let unrolling = unrolling_table(&a.records, shown_split(&a.spec));
+    lines.extend(unrolling.iter().map(|line| format!("  {line}")));
     lines.extend(a.notes.iter().map(|note| format!("  note: {note}")));
     lines.join("\n")
 }
