@@ -9,6 +9,7 @@ paper.md (He-normal N(0, 2/fan_in) for conv and linear weights, zero biases, BN 
 
   reference.py eval  --summary S.json --checkpoint C.safetensors --data DIR [--split test]
   reference.py check --summary S.json --checkpoint C.safetensors --data DIR [--compare A.json]
+  reference.py first-order --summary S.json --checkpoint C.safetensors --data DIR [--split train] [--examples 5000]
   reference.py train --summary S.json --data DIR --lr-per-epoch L1 L2 ... [--seed K] [--momentum ...] [--save W.pt]
   reference.py train --summary S.json --data DIR --from C.safetensors --batches B.jsonl [--momentum ...]
   reference.py step-check --summary S.json --before C1.safetensors --after C2.safetensors --data DIR
@@ -427,6 +428,50 @@ def unroll_rows(net, x, y, args):
                 rows.append({"name": name, "alpha": alpha, "step": step, "group": "all",
                              "stat": "mean", "value": sum(values) / len(values), "n": len(values)})
     return rows
+
+
+def cmd_first_order(args):
+    """Who carries the unrolling's first-order loss change at its first step: the last block
+    re-applied to its own output h_L, per group of the head's margin there (misclassified
+    m ≤ −margin, borderline |m| < margin, correct m ≥ margin), each group's share of
+    Σ_n ⟨F(h_n), ∂CE_n/∂h_n⟩, its mean cosine (stepwise's unit logit gradient), the fraction
+    of positive cosines and the mean norms ‖∂CE_n/∂h_n‖ and ‖F(h_n)‖. `--examples` drawn at
+    random (`--seed`): imported splits are ordered by class. BatchNorm as `--unroll-bn`."""
+    net, x, y = load_checkpoint(args)
+    pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(args.seed))[:args.examples]
+    x, y = x[pick], y[pick]
+    for p in net.parameters():
+        p.requires_grad_(False)
+    last = flat_blocks(net)[-1][1]
+    if hasattr(last, "shortcut"):
+        sys.exit("the last block is a projection block: it cannot be re-applied")
+    columns = []
+    for b in range(0, len(y), args.batch):
+        xb, yb = x[b:b + args.batch], y[b:b + args.batch]
+        with torch.no_grad():
+            h = probe(net, xb)[3][-1]
+            f = last.residual(h, batch_stats=args.unroll_bn == "batch")
+        hg = h.detach().requires_grad_(True)
+        logits = net.head(hg)
+        g, = torch.autograd.grad(logits, hg, grad_outputs=logit_gradient(logits, yb), retain_graph=True)
+        u, = torch.autograd.grad(logits, hg, grad_outputs=logit_gradient(logits, yb, unit=True))
+        columns.append(torch.stack([head_stats(logits.detach(), yb)["margin"], dot(f, g),
+                                    cosine(f, u).double(), f.flatten(1).norm(dim=1).double(),
+                                    g.flatten(1).norm(dim=1).double()], 1))
+    margin, first, cos, f_norm, g_norm = torch.cat(columns).unbind(1)
+    total = first.sum().item()
+    groups = {"misclassified": margin <= -args.margin, "borderline": margin.abs() < args.margin,
+              "correct": margin >= args.margin}
+    out = {"split": args.split, "examples": len(y), "unroll_bn": args.unroll_bn,
+           "first_order_sum": total, "mean_cosine": cos[cos.isfinite()].mean().item(), "groups": {}}
+    for name, mask in groups.items():
+        c = cos[mask & cos.isfinite()]
+        if mask.any():
+            out["groups"][name] = {"n": int(mask.sum()), "share_of_first_order": first[mask].sum().item() / total,
+                                   "mean_cosine": c.mean().item(), "positive_cosines": (c > 0).double().mean().item(),
+                                   "mean_gradient_norm": g_norm[mask].mean().item(),
+                                   "mean_residual_norm": f_norm[mask].mean().item()}
+    print(json.dumps(out))
 
 
 def record_key(r):
@@ -955,6 +1000,15 @@ def main():
     c.add_argument("--compare", help="stepwise's analysis.json of the same checkpoint and split")
     c.add_argument("--rtol", type=float, default=1e-3)
     c.add_argument("--atol", type=float, default=1e-4)
+    fo = sub.add_parser("first-order")
+    for flag in ["--summary", "--checkpoint", "--data"]:
+        fo.add_argument(flag, required=True)
+    fo.add_argument("--split", default="train", choices=["train", "test"])
+    fo.add_argument("--examples", type=int, default=5000)
+    fo.add_argument("--seed", type=int, default=0)
+    fo.add_argument("--batch", type=int, default=500)
+    fo.add_argument("--margin", type=float, default=0.1)
+    fo.add_argument("--unroll-bn", choices=["running", "batch"], default="running")
     t = sub.add_parser("train")
     t.add_argument("--summary", required=True)
     t.add_argument("--data", required=True)
@@ -1004,7 +1058,7 @@ def main():
         a.add_argument("--precision", default="default", choices=["default", "fp32"])
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", torch.get_num_threads())))
-    return {"eval": cmd_eval, "check": cmd_check, "train": cmd_train, "step-check": cmd_step_check, "drift": cmd_drift,
+    return {"eval": cmd_eval, "check": cmd_check, "first-order": cmd_first_order, "train": cmd_train, "step-check": cmd_step_check, "drift": cmd_drift,
             "bench": cmd_bench, "bench-analysis": cmd_bench_analysis, "bench-eval": cmd_bench_eval}[args.cmd](args)
 
 
