@@ -3,6 +3,7 @@
 //! mean ± standard deviation.
 
 use crate::chart::{blue_to_red, palette, Figure, Panel, Point, Series};
+use domain::analysis::unroll_means;
 use domain::{
     AnalysisRecord, AnalysisSpec, BlockKind, Group, MetricName, MetricRecord, SeedsAlpha, Split,
     Stat, UnrollBn,
@@ -520,30 +521,29 @@ fn unrolling(label: &str, seeds: &[&Run]) -> Option<Figure> {
 /// examples with large gradients point uphill. None without first-order records (analyses
 /// made before they were recorded).
 fn loss_steps(label: &str, seeds: &[&Run], alpha: f64, statistics: &str) -> Option<Panel> {
-    let train_all = |r: &AnalysisRecord, name| {
-        r.name == name
+    let predicted = per_step(seeds, |r| {
+        r.name == MetricName::UnrollFirstOrder
             && r.alpha == Some(alpha)
             && r.group == Some(Group::All)
             && r.split == Split::Train
-    };
-    let predicted = per_step(seeds, |r| train_all(r, MetricName::UnrollFirstOrder));
+    });
     if predicted.is_empty() {
         return None;
     }
-    // Each seed's change from step k to k + 1, at k.
+    // Each seed's change from step k to k + 1, at k (its losses are recorded from step 0 to
+    // the last finite one).
     let mut actual = Collected::new();
     for run in seeds {
-        let losses: BTreeMap<u32, f64> = run
-            .analysis
-            .iter()
-            .filter(|r| train_all(r, MetricName::UnrollLoss))
-            .filter_map(|r| Some((r.step?, r.value)))
-            .collect();
-        for (&k, &loss) in &losses {
-            if let Some(next) = losses.get(&(k + 1)) {
-                let e = actual.entry(k as i64).or_insert((k as f64, vec![], false));
-                e.1.push(next - loss);
-            }
+        let losses = unroll_means(
+            run.analysis,
+            MetricName::UnrollLoss,
+            Group::All,
+            Split::Train,
+            alpha,
+        );
+        for (k, pair) in losses.windows(2).enumerate() {
+            let e = actual.entry(k as i64).or_insert((k as f64, vec![], false));
+            e.1.push(pair[1] - pair[0]);
         }
     }
     let series = [

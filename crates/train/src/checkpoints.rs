@@ -151,11 +151,12 @@ impl CheckpointStore {
             .enumerate()
             .filter(|&(i, (epoch, batch, _))| {
                 let boundary = batch == 0;
+                let every = self.policy.keep_every;
                 let keep = i >= newest
-                    || (boundary && (epoch == self.epochs || self.keeps(epoch)))
                     || (boundary
-                        && self.policy.keep_every > 0
-                        && epoch.is_multiple_of(self.policy.keep_every));
+                        && (epoch == self.epochs
+                            || self.keeps(epoch)
+                            || (every > 0 && epoch.is_multiple_of(every))));
                 !keep
             })
             .map(|(_, checkpoint)| checkpoint)
