@@ -201,6 +201,13 @@ def head_stats(logits, y):
             "margin": p_y - p.scatter(1, y[:, None], -1.0).max(1).values}
 
 
+def margin_groups(margin, threshold):
+    """stepwise's groups of examples by the head's margin: all, borderline (|m| < threshold),
+    already correct (m ≥ threshold) and misclassified (m ≤ −threshold), as masks."""
+    return {"all": torch.ones_like(margin, dtype=torch.bool), "borderline": margin.abs() < threshold,
+            "correct": margin >= threshold, "misclassified": margin <= -threshold}
+
+
 def logit_gradient(logits, y, unit=False):
     """∂ΣCE/∂logits = p − onehot per example, computed in float64 with the label's entry
     written −Σ_{c≠y} p_c: for a confidently classified example p_y − 1 cancels to 0 in
@@ -319,8 +326,7 @@ def head_rows(net, summary, x, y, args):
             if window:
                 path = [inputs[window[0]]] + [outputs[i] for i in window]
                 margin = head_stats(net.head(path[0]), yb)["margin"]
-                groups = {"all": torch.ones_like(margin, dtype=torch.bool),
-                          "borderline": margin.abs() < args.margin, "correct": margin >= args.margin}
+                groups = margin_groups(margin, args.margin)
                 for step, h in enumerate(path):
                     stats = head_stats(net.head(h), yb)
                     block = blocks[window[step - 1]]["id"] if step else None
@@ -369,27 +375,25 @@ def head_rows(net, summary, x, y, args):
 
 def unroll_rows(net, x, y, args):
     """stepwise's unrolling records (paper.md, metric 6): the last block applied again
-    `--steps` times, h ← h + α·F(h); per α and step the head's loss, accuracy and entropy for
-    all, borderline (|m| < margin) and already-correct (m ≥ margin) examples, grouped by the
-    margin before unrolling; the mean cosine between F(h) and ∂CE(head(h))/∂h, the mean
-    ‖F(h)‖/‖h‖ and, for the steps taken, the mean α·⟨F(h), ∂CE/∂h⟩. An α is followed while every hidden state is finite. With `--unroll-bn
-    batch` the block normalises with each batch's statistics (stepwise's `unroll_bn`)."""
+    `--steps` times, h ← h + α·F(h); per α, step and group of the margin before unrolling
+    (`margin_groups`) the head's mean loss, accuracy and entropy, the mean cosine between F(h)
+    and ∂CE(head(h))/∂h, the mean ‖F(h)‖/‖h‖ and, for the steps taken, the mean
+    α·⟨F(h), ∂CE/∂h⟩. An α is followed while every hidden state is finite. With
+    `--unroll-bn batch` the block normalises with each batch's statistics (stepwise's
+    `unroll_bn`)."""
     blocks = flat_blocks(net)
     last = blocks[-1][1]
     if hasattr(last, "shortcut"):
         return []
-    groups = {"all": lambda m: torch.ones_like(m, dtype=torch.bool),
-              "borderline": lambda m: m.abs() < args.margin,
-              "correct": lambda m: m >= args.margin}
-    # sums[(alpha, step, group)] = [loss, accuracy, entropy, n]; per (alpha, step) the
-    # cosines, ℓ2 ratios and first-order loss changes of every example.
+    # sums[(alpha, step, group)] = [loss, accuracy, entropy, n]; per (alpha, step, group) the
+    # cosines, ℓ2 ratios and first-order loss changes of its examples.
     sums, cosines, ratios, first_order = {}, {}, {}, {}
     for b in range(0, len(y), args.batch):
         xb, yb = x[b:b + args.batch], y[b:b + args.batch]
         with torch.no_grad():
             start = probe(net, xb)[3][-1]
             margin = head_stats(net.head(start), yb)["margin"]
-        members = {g: rule(margin) for g, rule in groups.items()}
+        members = margin_groups(margin, args.margin)
         for alpha in args.alphas:
             h = start
             for step in range(args.steps + 1):
@@ -407,13 +411,15 @@ def unroll_rows(net, x, y, args):
                 logits = net.head(hg)
                 grad, = torch.autograd.grad(logits, hg, grad_outputs=logit_gradient(logits, yb, unit=True),
                                             retain_graph=step < args.steps)
-                cos = cosine(f, grad)
-                cosines.setdefault((alpha, step), []).extend(cos[torch.isfinite(cos)].tolist())
-                ratios.setdefault((alpha, step), []).extend((f.flatten(1).norm(dim=1) / h.flatten(1).norm(dim=1)).tolist())
+                def extend(series, values):
+                    for g, mask in members.items():
+                        kept = values[mask]
+                        series.setdefault((alpha, step, g), []).extend(kept[torch.isfinite(kept)].tolist())
+                extend(cosines, cosine(f, grad))
+                extend(ratios, f.flatten(1).norm(dim=1) / h.flatten(1).norm(dim=1))
                 if step < args.steps:
                     loss_grad, = torch.autograd.grad(logits, hg, grad_outputs=logit_gradient(logits, yb))
-                    predicted = alpha * dot(f, loss_grad)
-                    first_order.setdefault((alpha, step), []).extend(predicted[torch.isfinite(predicted)].tolist())
+                    extend(first_order, alpha * dot(f, loss_grad))
                 with torch.no_grad():
                     h = h + alpha * f
     rows = []
@@ -423,9 +429,9 @@ def unroll_rows(net, x, y, args):
                      for m, v in [("loss", loss), ("accuracy", acc), ("entropy", entropy)]]
     for name, series in [("unroll_cosine", cosines), ("unroll_l2_ratio", ratios),
                          ("unroll_first_order", first_order)]:
-        for (alpha, step), values in sorted(series.items()):
+        for (alpha, step, g), values in sorted(series.items()):
             if values:
-                rows.append({"name": name, "alpha": alpha, "step": step, "group": "all",
+                rows.append({"name": name, "alpha": alpha, "step": step, "group": g,
                              "stat": "mean", "value": sum(values) / len(values), "n": len(values)})
     return rows
 
@@ -460,8 +466,8 @@ def cmd_first_order(args):
                                     g.flatten(1).norm(dim=1).double()], 1))
     margin, first, cos, f_norm, g_norm = torch.cat(columns).unbind(1)
     total = first.sum().item()
-    groups = {"misclassified": margin <= -args.margin, "borderline": margin.abs() < args.margin,
-              "correct": margin >= args.margin}
+    groups = margin_groups(margin, args.margin)
+    del groups["all"]
     out = {"split": args.split, "examples": len(y), "unroll_bn": args.unroll_bn,
            "first_order_sum": total, "mean_cosine": cos[cos.isfinite()].mean().item(), "groups": {}}
     for name, mask in groups.items():

@@ -9,17 +9,20 @@ use domain::{BlockId, Group, MetricName as M, UnrollBn};
 use resnet::{BnMode, ProbeOptions};
 use std::collections::BTreeMap;
 
-const GROUPS: [Group; 3] = [Group::All, Group::Borderline, Group::Correct];
-
-/// Which groups an example with head margin `m` at the path's start belongs to.
+/// Which groups an example with head margin `m` at the path's start belongs to: all, and
+/// the one of borderline, correct and misclassified its margin names (none if it is not
+/// finite).
 fn groups_of(m: f64, threshold: f64) -> impl Iterator<Item = Group> {
-    let borderline = m.abs() < threshold;
-    let correct = m >= threshold;
-    GROUPS.into_iter().filter(move |g| match g {
-        Group::All => true,
-        Group::Borderline => borderline,
-        Group::Correct => correct,
-    })
+    let own = if m.abs() < threshold {
+        Some(Group::Borderline)
+    } else if m >= threshold {
+        Some(Group::Correct)
+    } else if m <= -threshold {
+        Some(Group::Misclassified)
+    } else {
+        None
+    };
+    std::iter::once(Group::All).chain(own)
 }
 
 /// Loss, accuracy and entropy sums per (position, group).
@@ -41,7 +44,7 @@ impl GroupSums {
 
     /// The groups no example fell in at the path's start: they have no records.
     fn empty_groups(&self) -> impl Iterator<Item = Group> + '_ {
-        [Group::Borderline, Group::Correct]
+        [Group::Borderline, Group::Correct, Group::Misclassified]
             .into_iter()
             .filter(|&g| !self.0.contains_key(&(0, g)))
     }
@@ -54,6 +57,20 @@ impl GroupSums {
     }
 }
 
+/// Per-example values of one series by (step, group), the groups fixed at the path's start.
+#[derive(Clone, Default)]
+struct GroupValues(BTreeMap<(u32, Group), Vec<f64>>);
+
+impl GroupValues {
+    fn extend(&mut self, step: u32, values: Vec<f64>, margins: &[f64], threshold: f64) {
+        for (v, &m) in values.into_iter().zip(margins) {
+            for g in groups_of(m, threshold) {
+                self.0.entry((step, g)).or_default().push(v);
+            }
+        }
+    }
+}
+
 /// Says which of `sums`' groups are empty on this split, so that a figure without them is
 /// explained (a briefly trained head is often confidently right or wrong on every example).
 fn note_empty_groups(ctx: &mut Ctx, path: &str, start: &str, sums: &GroupSums) {
@@ -61,6 +78,7 @@ fn note_empty_groups(ctx: &mut Ctx, path: &str, start: &str, sums: &GroupSums) {
     for group in sums.empty_groups() {
         let which = match group {
             Group::Borderline => format!("borderline (|margin| < {margin})"),
+            Group::Misclassified => format!("misclassified (margin ≤ −{margin})"),
             _ => format!("already correct (margin ≥ {margin})"),
         };
         ctx.notes.push(format!(
@@ -125,7 +143,7 @@ pub(crate) fn borderline(ctx: &mut Ctx) -> Result<Vec<BlockId>> {
 pub(crate) type FinalLosses = Vec<(f64, f64, bool)>;
 
 /// Applies the last block again `unroll_steps` times, h ← h + α·F(h), for every α; per
-/// step the head's loss, accuracy and entropy per group (by the margin before unrolling),
+/// step and group (by the margin before unrolling) the head's loss, accuracy and entropy,
 /// the cosine between F(h) and the gradient of the head's loss at h, ‖F(h)‖/‖h‖, and (for
 /// the steps taken) α·⟨F(h), ∇ℓ(h)⟩, the first-order change of each example's loss.
 /// The block's BatchNorm takes the statistics `unroll_bn` names (each batch's, or the
@@ -149,9 +167,10 @@ pub(crate) fn unroll(ctx: &mut Ctx) -> Result<Option<FinalLosses>> {
     let steps = ctx.spec.unroll_steps;
     let alphas = ctx.spec.alphas.clone();
     let mut sums: Vec<GroupSums> = alphas.iter().map(|_| GroupSums::default()).collect();
-    let mut cos: Vec<BTreeMap<u32, Vec<f64>>> = vec![BTreeMap::new(); alphas.len()];
-    let mut l2: Vec<BTreeMap<u32, Vec<f64>>> = vec![BTreeMap::new(); alphas.len()];
-    let mut first_order: Vec<BTreeMap<u32, Vec<f64>>> = vec![BTreeMap::new(); alphas.len()];
+    let mut cos = vec![GroupValues::default(); alphas.len()];
+    let mut l2 = vec![GroupValues::default(); alphas.len()];
+    let mut first_order = vec![GroupValues::default(); alphas.len()];
+    let threshold = ctx.spec.margin;
     let mut finite = vec![true; alphas.len()];
     for batch in &ctx.batches {
         let (x, y) = ctx.to_device(batch)?;
@@ -165,25 +184,16 @@ pub(crate) fn unroll(ctx: &mut Ctx) -> Result<Option<FinalLosses>> {
                     break;
                 }
                 let head = head_gradients(ctx.model, &h, &y)?;
-                sums[a].add(
-                    step,
-                    &head_stats(&head.logits, batch.1)?,
-                    &margins,
-                    ctx.spec.margin,
-                );
+                let stats = head_stats(&head.logits, batch.1)?;
+                sums[a].add(step, &stats, &margins, threshold);
                 let f = block.residual(&h, bn)?.detach();
-                cos[a]
-                    .entry(step)
-                    .or_default()
-                    .extend(host(&cosines(&f, &head.direction)?)?);
-                let l2_ratios = ratios(&norms(&f)?, &norms(&h)?)?;
-                l2[a].entry(step).or_default().extend(host(&l2_ratios)?);
+                let cosines = host(&cosines(&f, &head.direction)?)?;
+                cos[a].extend(step, cosines, &margins, threshold);
+                let l2_ratios = host(&ratios(&norms(&f)?, &norms(&h)?)?)?;
+                l2[a].extend(step, l2_ratios, &margins, threshold);
                 if step < steps {
-                    let predicted = (dots(&f, &head.loss_gradient)? * alpha)?;
-                    first_order[a]
-                        .entry(step)
-                        .or_default()
-                        .extend(host(&predicted)?);
+                    let predicted = host(&(dots(&f, &head.loss_gradient)? * alpha)?)?;
+                    first_order[a].extend(step, predicted, &margins, threshold);
                     h = (h + (f * alpha)?)?.detach();
                 }
             }
@@ -217,11 +227,11 @@ pub(crate) fn unroll(ctx: &mut Ctx) -> Result<Option<FinalLosses>> {
             (M::UnrollL2Ratio, &l2[a]),
             (M::UnrollFirstOrder, &first_order[a]),
         ] {
-            for (&step, values) in series {
+            for (&(step, group), values) in &series.0 {
                 if let Some((mean, _, n)) = mean_median(values) {
                     let r = ctx
                         .record(name, mean, n)
-                        .with_group(Group::All)
+                        .with_group(group)
                         .at_step(alpha, step);
                     ctx.records.push(r.with_stat(domain::Stat::Mean));
                 }
@@ -256,7 +266,9 @@ mod tests {
         assert_eq!(g(0.05), [Group::All, Group::Borderline]);
         assert_eq!(g(-0.05), [Group::All, Group::Borderline]);
         assert_eq!(g(0.1), [Group::All, Group::Correct]);
-        assert_eq!(g(-0.5), [Group::All]);
+        assert_eq!(g(-0.1), [Group::All, Group::Misclassified]);
+        assert_eq!(g(-0.5), [Group::All, Group::Misclassified]);
+        assert_eq!(g(f64::NAN), [Group::All]);
     }
 
     #[test]

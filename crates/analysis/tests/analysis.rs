@@ -239,7 +239,7 @@ fn unrolling_with_alpha_zero_is_plain_inference() {
             );
         }
         let cosines = find(&result.records, |r| {
-            r.name == M::UnrollCosine && r.split == split
+            r.name == M::UnrollCosine && r.split == split && r.group == Some(Group::All)
         });
         assert_eq!(cosines.len(), 8);
     }
@@ -248,6 +248,7 @@ fn unrolling_with_alpha_zero_is_plain_inference() {
 
 /// For a short step the mean train loss's change over each unrolling step is its
 /// first-order prediction α·⟨F(h), ∇ℓ(h)⟩, up to O(α²); none is recorded after the last step.
+/// The groups' predictions, weighted by their sizes, add up to all examples'.
 #[test]
 fn the_unrollings_first_order_predicts_a_short_steps_loss_change() {
     let fixture = Fixture::new(narrow_single(), DType::F64, 20, 3);
@@ -275,6 +276,27 @@ fn the_unrollings_first_order_predicts_a_short_steps_loss_change() {
             assert!(
                 (actual - p).abs() < 0.01 * p.abs(),
                 "{split} step {k}: actual {actual} vs first-order {p}"
+            );
+            let at_step = |group| {
+                find(&result.records, |r| {
+                    r.name == M::UnrollFirstOrder
+                        && r.split == split
+                        && r.step == Some(k as u32)
+                        && r.group == Some(group)
+                })
+            };
+            let all = at_step(Group::All);
+            let parts: Vec<_> = [Group::Misclassified, Group::Borderline, Group::Correct]
+                .into_iter()
+                .flat_map(at_step)
+                .collect();
+            assert!(parts.len() >= 2, "{split} step {k}: {parts:?}");
+            let n: u32 = parts.iter().map(|r| r.n).sum();
+            let sum: f64 = parts.iter().map(|r| r.value * r.n as f64).sum();
+            assert_eq!(n, all[0].n);
+            assert!(
+                (sum / n as f64 - p).abs() < 1e-9 * p.abs(),
+                "{split} step {k}"
             );
         }
     }
@@ -481,7 +503,7 @@ fn every_analysis_runs_and_leaves_batchnorm_statistics_unchanged() {
             "{name} missing"
         );
     }
-    // Groups partition nothing away: all = at least borderline + correct.
+    // Borderline, correct and misclassified examples partition all of them.
     let size = |g| {
         find(&result.records, |r| {
             r.name == M::BorderlineLoss
@@ -492,7 +514,10 @@ fn every_analysis_runs_and_leaves_batchnorm_statistics_unchanged() {
         .first()
         .map_or(0, |r| r.n)
     };
-    assert!(size(Group::All) >= size(Group::Borderline) + size(Group::Correct));
+    assert_eq!(
+        size(Group::All),
+        size(Group::Borderline) + size(Group::Correct) + size(Group::Misclassified)
+    );
     assert_eq!(size(Group::All), 24);
     let csv = domain::csv::analysis_csv(&result.records);
     assert!(

@@ -271,6 +271,10 @@ pub enum Group {
     Borderline,
     /// Margin at least the threshold.
     Correct,
+    /// Margin at most minus the threshold: confidently wrong. Not one of the paper's
+    /// groups; with borderline and correct it partitions all examples, so that the
+    /// groups' shares of a mean add up to it.
+    Misclassified,
 }
 
 impl Group {
@@ -279,6 +283,7 @@ impl Group {
             Self::All => "all",
             Self::Borderline => "borderline",
             Self::Correct => "correct",
+            Self::Misclassified => "misclassified",
         }
     }
 }
@@ -471,11 +476,55 @@ pub fn unroll_means<'a>(
         .collect()
 }
 
+/// The groups that partition all examples, in the order their shares are told.
+const SHARE_GROUPS: [Group; 3] = [Group::Misclassified, Group::Borderline, Group::Correct];
+
+/// Per step, each group's share of an unrolling series' mean over all examples at step size
+/// `alpha`: the sum over the group's records of value·n over the sum of the all-examples
+/// records' n, so that several seeds' records pool their examples. Misclassified, borderline
+/// and correct examples partition all of them, so the shares add up to the mean. Groups
+/// without records are left out.
+pub fn unroll_shares<'a>(
+    records: impl IntoIterator<Item = &'a AnalysisRecord>,
+    name: MetricName,
+    split: Split,
+    alpha: f64,
+) -> Vec<(Group, BTreeMap<u32, f64>)> {
+    let mut sums: BTreeMap<(Group, u32), f64> = BTreeMap::new();
+    let mut examples: BTreeMap<u32, f64> = BTreeMap::new();
+    for r in records {
+        if r.name != name || r.split != split || r.alpha != Some(alpha) {
+            continue;
+        }
+        let (Some(group), Some(step)) = (r.group, r.step) else {
+            continue;
+        };
+        if group == Group::All {
+            *examples.entry(step).or_default() += r.n as f64;
+        } else {
+            *sums.entry((group, step)).or_default() += r.value * r.n as f64;
+        }
+    }
+    SHARE_GROUPS
+        .into_iter()
+        .map(|group| {
+            let shares: BTreeMap<u32, f64> = sums
+                .range((group, 0)..=(group, u32::MAX))
+                .filter_map(|(&(_, step), sum)| Some((step, sum / examples.get(&step)?)))
+                .collect();
+            (group, shares)
+        })
+        .filter(|(_, shares)| !shares.is_empty())
+        .collect()
+}
+
 /// The train loss before and after unrolling at `alpha` and, where recorded, the sum of its
-/// first-order predictions over the steps: `train loss 0.397 → 0.766 (first order +0.512)`.
-/// Set side by side, a prediction that rises with the loss while the mean cosine is negative
-/// says examples with large gradients point uphill; one that falls while the loss rises says
-/// the steps are too long for the first order. None without train-loss records.
+/// first-order predictions over the steps, with each group's share of that sum:
+/// `train loss 0.397 → 0.766 (first order +0.512: misclassified +2.051, borderline +0.040,
+/// correct −1.579)`. Set side by side, a prediction that rises with the loss while the mean
+/// cosine is negative says examples with large gradients point uphill, and the shares say
+/// which; one that falls while the loss rises says the steps are too long for the first
+/// order. None without train-loss records.
 pub fn unroll_train_loss<'a>(
     records: impl IntoIterator<Item = &'a AnalysisRecord> + Clone,
     alpha: f64,
@@ -486,7 +535,20 @@ pub fn unroll_train_loss<'a>(
     };
     let first_order = match train(MetricName::UnrollFirstOrder)[..] {
         [] => String::new(),
-        ref steps => format!(" (first order {:+.3})", steps.iter().sum::<f64>()),
+        ref steps => {
+            let shares: Vec<String> =
+                unroll_shares(records, MetricName::UnrollFirstOrder, Split::Train, alpha)
+                    .into_iter()
+                    .map(|(group, per_step)| {
+                        format!("{} {:+.3}", group.as_str(), per_step.values().sum::<f64>())
+                    })
+                    .collect();
+            let shares = match &shares[..] {
+                [] => String::new(),
+                _ => format!(": {}", shares.join(", ")),
+            };
+            format!(" (first order {:+.3}{shares})", steps.iter().sum::<f64>())
+        }
     };
     Some(format!("train loss {first:.3} → {last:.3}{first_order}"))
 }
@@ -589,6 +651,44 @@ mod tests {
             within.starts_with("analysis.spec: line 1, column"),
             "{within}"
         );
+    }
+
+    #[test]
+    fn group_shares_pool_the_seeds_examples_and_add_up_to_the_mean() {
+        let at = |group, alpha, step, value, n| {
+            AnalysisRecord::new(MetricName::UnrollFirstOrder, Split::Train, 1, value, n)
+                .with_group(group)
+                .at_step(alpha, step)
+        };
+        use Group::{All, Correct, Misclassified};
+        let records = [
+            // One seed: 2 misclassified and 8 correct of 10 examples, two steps.
+            at(All, 0.1, 0, 0.12, 10),
+            at(Misclassified, 0.1, 0, 1.0, 2),
+            at(Correct, 0.1, 0, -0.1, 8),
+            at(All, 0.1, 1, 0.5, 10),
+            at(Misclassified, 0.1, 1, 2.0, 2),
+            at(Correct, 0.1, 1, 0.125, 8),
+            // Another: 3 misclassified and 27 correct of 30, its first step only.
+            at(All, 0.1, 0, 0.02, 30),
+            at(Misclassified, 0.1, 0, 2.0, 3),
+            at(Correct, 0.1, 0, -0.2, 27),
+            // Another step size, and the test split: not counted.
+            at(Misclassified, 0.5, 0, 9.0, 2),
+            AnalysisRecord::new(MetricName::UnrollFirstOrder, Split::Test, 1, 9.0, 2)
+                .with_group(Misclassified)
+                .at_step(0.1, 0),
+        ];
+        let shares = unroll_shares(&records, MetricName::UnrollFirstOrder, Split::Train, 0.1);
+        let groups: Vec<Group> = shares.iter().map(|(g, _)| *g).collect();
+        assert_eq!(groups, [Misclassified, Correct], "no borderline records");
+        let share = |i: usize, step| shares[i].1[&step];
+        // Step 0 pools 40 examples: (2·1.0 + 3·2.0) / 40 and (8·−0.1 + 27·−0.2) / 40.
+        assert!((share(0, 0) - 0.2).abs() < 1e-12, "{shares:?}");
+        assert!((share(1, 0) + 0.155).abs() < 1e-12, "{shares:?}");
+        // They add up to the pooled mean, (10·0.12 + 30·0.02) / 40.
+        assert!((share(0, 0) + share(1, 0) - 0.045).abs() < 1e-12);
+        assert!((share(0, 1) - 0.4).abs() < 1e-12 && (share(1, 1) - 0.1).abs() < 1e-12);
     }
 
     #[test]

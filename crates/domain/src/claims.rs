@@ -632,6 +632,26 @@ mod tests {
             "{}",
             v.measured
         );
+        // Who carries it: each group's share of the sum (2 misclassified and 8 correct of 10).
+        for (group, n, values) in [
+            (Group::Misclassified, 2, [0.25, 0.6]),
+            (Group::Correct, 8, [-0.125, 0.1]),
+        ] {
+            for (step, value) in (0..).zip(values) {
+                let r =
+                    AnalysisRecord::new(MetricName::UnrollFirstOrder, Split::Train, 1, value, n);
+                records.push(r.with_group(group).at_step(0.1, step));
+            }
+        }
+        let v = c6_of(&records);
+        assert!(
+            v.measured.contains(
+                "train loss 0.500 → 0.300 (first order +0.150: misclassified +0.170, \
+                 correct -0.020);"
+            ),
+            "{}",
+            v.measured
+        );
         // The selected α's cosine turning at step 2.
         let turned = records.iter_mut().find(|r| {
             r.name == MetricName::UnrollCosine && r.alpha == Some(0.1) && r.step == Some(2)

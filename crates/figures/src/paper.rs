@@ -3,11 +3,12 @@
 //! mean ± standard deviation.
 
 use crate::chart::{blue_to_red, palette, Figure, Panel, Point, Series};
-use domain::analysis::unroll_means;
+use domain::analysis::{unroll_means, unroll_shares};
 use domain::{
     AnalysisRecord, AnalysisSpec, BlockKind, Group, MetricName, MetricRecord, SeedsAlpha, Split,
     Stat, UnrollBn,
 };
+use plotters::style::RGBColor;
 use std::collections::BTreeMap;
 
 /// One trained run: its label (runs sharing a label are seeds), the analysis of its final
@@ -163,7 +164,18 @@ fn group_name(group: Group) -> &'static str {
         Group::All => "all",
         Group::Borderline => "borderline",
         Group::Correct => "already correct",
+        Group::Misclassified => "misclassified",
     }
+}
+
+/// One colour per group, the same in every figure.
+fn group_color(group: Group) -> RGBColor {
+    palette(match group {
+        Group::Borderline => 0,
+        Group::Correct => 1,
+        Group::All => 2,
+        Group::Misclassified => 3,
+    })
 }
 
 const PROJECTION_NOTE: &str = "hollow: projection blocks, against the shortcut P(h)";
@@ -379,10 +391,7 @@ fn borderline(label: &str, seeds: &[&Run]) -> Option<Figure> {
         let mut series = vec![];
         // Groups no example fell in (the analysis notes them), said under the axis.
         let mut empty = vec![];
-        for (gi, group) in [Group::Borderline, Group::Correct, Group::All]
-            .into_iter()
-            .enumerate()
-        {
+        for group in [Group::Borderline, Group::Correct, Group::All] {
             let before = series.len();
             for split in [Split::Test, Split::Train] {
                 let pts = per_step(seeds, |r| {
@@ -393,7 +402,7 @@ fn borderline(label: &str, seeds: &[&Run]) -> Option<Figure> {
                 }
                 series.push(Series {
                     label: format!("{} ({})", group_name(group), split_name(split)),
-                    color: palette(gi),
+                    color: group_color(group),
                     dashed: split == Split::Train,
                     points: pts,
                 });
@@ -511,7 +520,10 @@ fn unrolling(label: &str, seeds: &[&Run]) -> Option<Figure> {
             "mean cosine",
         ),
     ];
-    panels.extend(selected.and_then(|s| loss_steps(label, seeds, s.alpha, &statistics)));
+    if let Some(s) = selected {
+        panels.extend(loss_steps(label, seeds, s.alpha, &statistics));
+        panels.extend(first_order_shares(label, seeds, s.alpha, &statistics));
+    }
     Some(Figure { panels })
 }
 
@@ -563,6 +575,52 @@ fn loss_steps(label: &str, seeds: &[&Run], alpha: f64, statistics: &str) -> Opti
                 color: palette(i),
                 dashed,
                 points,
+            })
+            .collect(),
+        ..Panel::default()
+    })
+}
+
+/// Ours, beside Fig. 7: who carries the first-order change of the train loss at step size
+/// `alpha` — per step, the share of misclassified, borderline and already-correct examples
+/// (grouped before unrolling) in the mean over all of them, which they add up to. None
+/// without per-group first-order records (analyses made before they were recorded).
+fn first_order_shares(label: &str, seeds: &[&Run], alpha: f64, statistics: &str) -> Option<Panel> {
+    let mut by_group: BTreeMap<Group, Collected> = BTreeMap::new();
+    for run in seeds {
+        let shares = unroll_shares(
+            run.analysis,
+            MetricName::UnrollFirstOrder,
+            Split::Train,
+            alpha,
+        );
+        for (group, per_step) in shares {
+            let collected = by_group.entry(group).or_default();
+            for (step, share) in per_step {
+                let e = collected
+                    .entry(step as i64)
+                    .or_insert((step as f64, vec![], false));
+                e.1.push(share);
+            }
+        }
+    }
+    if by_group.is_empty() {
+        return None;
+    }
+    Some(Panel {
+        title: format!(
+            "{label}: first-order change per step by group at α = {alpha} (ours{statistics})"
+        ),
+        x_label: "unrolling step k".into(),
+        y_label: "share of mean α⟨F(h), ∇ℓ(h)⟩".into(),
+        reference_y: Some(0.0),
+        series: by_group
+            .into_iter()
+            .map(|(group, collected)| Series {
+                label: format!("{} (train)", group_name(group)),
+                color: group_color(group),
+                dashed: false,
+                points: points(collected),
             })
             .collect(),
         ..Panel::default()
@@ -795,7 +853,9 @@ mod tests {
     #[test]
     fn fig_7_sets_each_steps_train_loss_change_beside_its_first_order_prediction() {
         // Two seeds at α = 0.1 (selected) and α = 1: seed s's train loss at step k is
-        // 1 + s + k²/10, its first-order prediction at k is s - 0.1 (steps 0 and 1 of 2).
+        // 1 + s + k²/10, its first-order prediction at k is s - 0.1 (steps 0 and 1 of 2), of
+        // which its 2 misclassified examples (of 10) carry the share 0.1 + s/2 and its 8
+        // correct ones s/2 − 0.2.
         let seed = |s: f64| {
             let mut records = vec![];
             for alpha in [0.1, 1.0] {
@@ -809,6 +869,19 @@ mod tests {
                     records.push(train(MetricName::UnrollLoss, 1.0 + s + k * k / 10.0));
                     if step < 2 {
                         records.push(train(MetricName::UnrollFirstOrder, s - 0.1));
+                        for (group, n, value) in [
+                            (Group::Misclassified, 2, (0.1 + s / 2.0) * 10.0 / 2.0),
+                            (Group::Correct, 8, (s / 2.0 - 0.2) * 10.0 / 8.0),
+                        ] {
+                            let r = AnalysisRecord::new(
+                                MetricName::UnrollFirstOrder,
+                                Split::Train,
+                                6,
+                                value,
+                                n,
+                            );
+                            records.push(r.with_group(group).at_step(alpha, step));
+                        }
                     }
                 }
             }
@@ -830,7 +903,7 @@ mod tests {
             panel.title,
             "r: train-loss change per step at α = 0.1 (ours)"
         );
-        let values = |i: usize| -> Vec<(f64, Vec<f64>)> {
+        let values = |panel: &Panel, i: usize| -> Vec<(f64, Vec<f64>)> {
             let points = &panel.series[i].points;
             points.iter().map(|p| (p.x, p.values.clone())).collect()
         };
@@ -845,15 +918,30 @@ mod tests {
             }
         };
         // Actual: (k + 1)²/10 − k²/10 per seed.
-        close(values(0), [(0.0, [0.1, 0.1]), (1.0, [0.3, 0.3])]);
-        close(values(1), [(0.0, [-0.1, 0.9]), (1.0, [-0.1, 0.9])]);
+        close(values(panel, 0), [(0.0, [0.1, 0.1]), (1.0, [0.3, 0.3])]);
+        close(values(panel, 1), [(0.0, [-0.1, 0.9]), (1.0, [-0.1, 0.9])]);
         assert!(panel.series[1].dashed && !panel.series[0].dashed);
-        // Without first-order records (older analyses), the three panels of the paper only.
-        let losses: Vec<AnalysisRecord> = first
-            .iter()
-            .filter(|r| r.name != MetricName::UnrollFirstOrder)
-            .cloned()
-            .collect();
+        // The fifth: each group's share of the first order, per seed.
+        let panel = &fig7.panels[4];
+        assert_eq!(
+            panel.title,
+            "r: first-order change per step by group at α = 0.1 (ours)"
+        );
+        let labels: Vec<&str> = panel.series.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(labels, ["already correct (train)", "misclassified (train)"]);
+        close(values(panel, 0), [(0.0, [-0.2, 0.3]), (1.0, [-0.2, 0.3])]);
+        close(values(panel, 1), [(0.0, [0.1, 0.6]), (1.0, [0.1, 0.6])]);
+        // Without group records, the fourth panel; without first-order records (older
+        // analyses), the three panels of the paper only.
+        let without = |keep: fn(&AnalysisRecord) -> bool| -> Vec<AnalysisRecord> {
+            first.iter().filter(|r| keep(r)).cloned().collect()
+        };
+        let all_examples = without(|r| r.group == Some(Group::All));
+        assert_eq!(
+            unrolling("r", &[&run(&all_examples)]).unwrap().panels.len(),
+            4
+        );
+        let losses = without(|r| r.name != MetricName::UnrollFirstOrder);
         assert_eq!(unrolling("r", &[&run(&losses)]).unwrap().panels.len(), 3);
     }
 
