@@ -46,16 +46,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// A query string; a bad one is a 400 naming the parameter.
+/// A query string; a bad one is a 400 naming the parameter (`group: unknown variant …`),
+/// which axum's own extractor does not.
 pub struct Query<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        axum::extract::Query::try_from_uri(&parts.uri)
-            .map(|q| Self(q.0))
-            .map_err(|e| ApiError::bad_request(e.body_text()))
+        let query = parts.uri.query().unwrap_or("").as_bytes();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query));
+        serde_path_to_error::deserialize(de)
+            .map(Self)
+            .map_err(|e| match e.path().to_string() {
+                root if root == "." => ApiError::bad_request(e.inner().to_string()),
+                field => ApiError::bad_request(format!("{field}: {}", e.inner())),
+            })
     }
 }
 

@@ -1577,3 +1577,78 @@ async fn an_experiment_is_submitted_with_weights_for_some_of_its_runs(pool: PgPo
     let experiments = app.get("/v1/experiments").await.json();
     assert_eq!(experiments["items"].as_array().unwrap().len(), 1);
 }
+
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn an_analysis_serves_the_records_its_query_names(pool: PgPool) {
+    let app = spawn_app(pool, &[]);
+    app.submit_experiment("filtered", &[0]).await;
+    let unrolled = |group: &str, step: u32, value: f64, n: u32| {
+        json!({"name": "unroll_first_order", "split": "train", "epoch": 1, "group": group,
+            "alpha": 0.05, "step": step, "stat": "mean", "value": value, "n": n})
+    };
+    let cosine = |stat: &str, value: f64| {
+        json!({"name": "cosine", "split": "test", "epoch": 1, "block": "s0.b0",
+            "block_index": 0, "kind": "identity", "stat": stat, "value": value, "n": 10})
+    };
+    let records = json!([
+        cosine("mean", -0.1),
+        cosine("median", -0.2),
+        unrolled("all", 0, 0.1, 10),
+        unrolled("misclassified", 0, 0.4, 2),
+        unrolled("misclassified", 1, 0.6, 2),
+        unrolled("correct", 0, 0.025, 8)
+    ]);
+    let run = app
+        .train_and_analyse(
+            json!([]),
+            json!({"selected_alpha": 0.05, "notes": [], "examples": [], "seconds": 1.0,
+                "records": records}),
+        )
+        .await;
+    let analyses = app.get(&format!("/v1/runs/{run}/analyses")).await.json();
+    let uri = format!("/v1/analyses/{}", analyses[0]["id"].as_str().unwrap());
+    let kept = |reply: Reply| reply.json()["records"].as_array().unwrap().clone();
+    assert_eq!(
+        kept(app.get(&uri).await),
+        records.as_array().unwrap().clone()
+    );
+    let misclassified = app
+        .get(&format!(
+            "{uri}?name=unroll_first_order&group=misclassified&alpha=0.05&step=1"
+        ))
+        .await;
+    assert_eq!(kept(misclassified), [records[4].clone()]);
+    let csv = app
+        .send(
+            Request::get(format!("{uri}?block=s0.b0&stat=median&split=test"))
+                .header(header::ACCEPT, "text/csv")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        csv.text(),
+        "name,split,epoch,block,block_index,kind,group,alpha,step,stat,value,n\n\
+         cosine,test,1,s0.b0,0,identity,,,,median,-0.2,10\n"
+    );
+    // A field of the query is named where it is wrong.
+    for (query, detail) in [
+        ("group=sideways", "group: unknown variant `sideways`"),
+        ("step=-1", "step: invalid digit"),
+        ("block=stage2", "block: "),
+        (
+            "colour=red",
+            "colour: unknown field `colour`, expected one of `name`",
+        ),
+    ] {
+        let reply = app.get(&format!("{uri}?{query}")).await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, query);
+        let problem = reply.json();
+        let text = problem["detail"].as_str().unwrap();
+        assert!(text.starts_with(detail), "{query}: {text}");
+    }
+    let metric = app.get(&format!("/v1/runs/{run}/metrics?name=speed")).await;
+    assert_problem(&metric, StatusCode::BAD_REQUEST, "unknown metric");
+    let text = metric.json()["detail"].as_str().unwrap().to_string();
+    assert!(text.starts_with("name: unknown variant `speed`"), "{text}");
+}

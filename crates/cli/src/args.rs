@@ -3,8 +3,8 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use domain::{
-    service::JobState, AnalysisKind, AnalysisSpec, Arch, DeviceSpec, GradientKind, ModelSpec,
-    Precision, SchedulePreset, Sharing, Split, UnrollBn,
+    service::JobState, AnalysisKind, AnalysisSpec, Arch, BlockId, DeviceSpec, GradientKind, Group,
+    MetricName, ModelSpec, Precision, RecordFilter, SchedulePreset, Sharing, Split, Stat, UnrollBn,
 };
 use resnet::ops::MemoryFormat;
 use std::path::PathBuf;
@@ -226,7 +226,9 @@ pub enum AnalysisCommand {
         json: bool,
     },
     /// One analysis: per block of each analysed split the mean cosine, ℓ2 ratio and the
-    /// accuracy with the block dropped, then its notes; or every record with --csv.
+    /// accuracy with the block dropped, then its notes; or every record with --csv. With a
+    /// filter flag (--name, --group, …), the records every given flag matches, as CSV (or
+    /// JSON with --json).
     Show {
         /// The analysis's id.
         analysis: String,
@@ -236,9 +238,51 @@ pub enum AnalysisCommand {
         /// Print the analysis with its records as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        filter: RecordFilterArgs,
     },
     /// Ask for an analysis of one of a run's epoch checkpoints; an analyzer computes it.
     Request(Box<AnalysisRequestArgs>),
+}
+
+/// Which of an analysis' records to show: each flag given must match.
+#[derive(Args)]
+pub struct RecordFilterArgs {
+    /// Only this metric's records: cosine, l2_ratio, drop_accuracy, unroll_first_order, …
+    #[arg(long)]
+    pub name: Option<MetricName>,
+    /// Only this split's records.
+    #[arg(long, value_enum)]
+    pub split: Option<SplitArg>,
+    /// Only this block's records, such as s2.b1.
+    #[arg(long)]
+    pub block: Option<BlockId>,
+    /// Only this group's records (of the margin at a path's start).
+    #[arg(long, value_enum)]
+    pub group: Option<GroupArg>,
+    /// Only the records of this unrolling step size.
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Only the records at this position along a path (0 = its start).
+    #[arg(long)]
+    pub step: Option<u32>,
+    /// Only this summary's records.
+    #[arg(long, value_enum)]
+    pub stat: Option<StatArg>,
+}
+
+impl RecordFilterArgs {
+    pub fn filter(&self) -> RecordFilter {
+        RecordFilter {
+            name: self.name,
+            split: self.split.map(Into::into),
+            block: self.block,
+            group: self.group.map(Into::into),
+            alpha: self.alpha,
+            step: self.step,
+            stat: self.stat.map(Into::into),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -548,6 +592,8 @@ value_enum!(SharingArg => Sharing { None, Naive, Ubn });
 value_enum!(DtypeArg => Precision { F32, Tf32, Bf16 });
 value_enum!(ScheduleArg => SchedulePreset { Paper, Scaled, Constant });
 value_enum!(SplitArg => Split { Train, Test });
+value_enum!(GroupArg => Group { All, Borderline, Correct, Misclassified });
+value_enum!(StatArg => Stat { Mean, Median });
 value_enum!(GradientArg => GradientKind { Full, Skip });
 value_enum!(UnrollBnArg => UnrollBn { Running, Batch });
 value_enum!(MemoryFormatArg => MemoryFormat { Nchw, ChannelsLast });

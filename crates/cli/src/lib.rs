@@ -68,7 +68,8 @@ pub fn main() -> ExitCode {
             analysis,
             csv,
             json,
-        }) => cmd::remote::analysis::show(&api, &analysis, csv, json),
+            filter,
+        }) => cmd::remote::analysis::show(&api, &analysis, csv, json, &filter.filter()),
         Command::Analysis(AnalysisCommand::Request(args)) => {
             cmd::remote::analysis::request(&api, *args)
         }

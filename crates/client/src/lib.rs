@@ -13,7 +13,7 @@ use domain::service::{
     ImportSubmission, JobKind, JobState, LeaseProof, Page, Refusal, RunSubmission, RunView,
     WorkerCapacity, WorkerEvent, WorkerView,
 };
-use domain::{BlockSummary, ExperimentSpec, FieldError, MetricRecord};
+use domain::{BlockSummary, ExperimentSpec, FieldError, MetricRecord, RecordFilter};
 use reqwest::blocking::multipart::{Form, Part};
 use reqwest::blocking::{RequestBuilder, Response};
 pub use reqwest::StatusCode;
@@ -437,18 +437,14 @@ impl Client {
         self.post(&format!("/v1/runs/{run}/analyses"), request)
     }
 
-    /// An analysis with its per-block records.
-    pub fn analysis(&self, id: Uuid) -> Result<AnalysisView> {
-        self.get(&format!("/v1/analyses/{id}"))
+    /// An analysis with its records, those `filter` keeps.
+    pub fn analysis(&self, id: Uuid, filter: &RecordFilter) -> Result<AnalysisView> {
+        json(self.get_accepting(&format!("/v1/analyses/{id}"), filter, "application/json")?)
     }
 
-    /// An analysis's records as CSV.
-    pub fn analysis_csv(&self, id: Uuid) -> Result<String> {
-        text(self.get_accepting(
-            &format!("/v1/analyses/{id}"),
-            &[] as &[(&str, &str)],
-            "text/csv",
-        )?)
+    /// An analysis's records `filter` keeps, as CSV.
+    pub fn analysis_csv(&self, id: Uuid, filter: &RecordFilter) -> Result<String> {
+        text(self.get_accepting(&format!("/v1/analyses/{id}"), filter, "text/csv")?)
     }
 
     /// The newest `limit` experiments.

@@ -395,6 +395,55 @@ impl AnalysisRecord {
     }
 }
 
+/// Which of an analysis' records to keep: every field given must match (the query of
+/// `GET /v1/analyses/{id}`, the filter flags of `stepwise analysis show`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RecordFilter {
+    /// cosine, l2_ratio, drop_accuracy, unroll_first_order, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<String>)]
+    pub name: Option<MetricName>,
+    /// train or test
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<String>)]
+    pub split: Option<Split>,
+    /// A block, s2.b1
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<String>)]
+    pub block: Option<BlockId>,
+    /// all, borderline, correct or misclassified
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<String>)]
+    pub group: Option<Group>,
+    /// An unrolling step size, as the analysis' alphas give it
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    /// A position along a path (0 = its start)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u32>,
+    /// mean or median
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<String>)]
+    pub stat: Option<Stat>,
+}
+
+impl RecordFilter {
+    pub fn keeps(&self, r: &AnalysisRecord) -> bool {
+        fn given<T: PartialEq>(wanted: Option<T>, has: Option<T>) -> bool {
+            wanted.is_none() || wanted == has
+        }
+        given(self.name, Some(r.name))
+            && given(self.split, Some(r.split))
+            && given(self.block, r.block)
+            && given(self.group, r.group)
+            && given(self.alpha, r.alpha)
+            && given(self.step, r.step)
+            && given(self.stat, r.stat)
+    }
+}
+
 /// The unrolling step size of a configuration analysed over several seeds, each of which
 /// selected its own by paper.md's rule: the α most seeds selected, a tie going to the lower
 /// train loss after the last step, averaged over the seeds.
@@ -651,6 +700,37 @@ mod tests {
             within.starts_with("analysis.spec: line 1, column"),
             "{within}"
         );
+    }
+
+    #[test]
+    fn a_filter_keeps_the_records_every_given_field_matches() {
+        let cosine = AnalysisRecord::new(MetricName::Cosine, Split::Test, 1, -0.1, 10)
+            .at_block(BlockId::new(2, 1), 7, BlockKind::Identity)
+            .with_stat(Stat::Mean);
+        let unrolled = AnalysisRecord::new(MetricName::UnrollFirstOrder, Split::Train, 1, 0.2, 3)
+            .with_group(Group::Misclassified)
+            .at_step(0.05, 4);
+        let keeps = |filter: &RecordFilter| [filter.keeps(&cosine), filter.keeps(&unrolled)];
+        assert_eq!(keeps(&RecordFilter::default()), [true, true]);
+        let misclassified = RecordFilter {
+            name: Some(MetricName::UnrollFirstOrder),
+            group: Some(Group::Misclassified),
+            alpha: Some(0.05),
+            ..RecordFilter::default()
+        };
+        assert_eq!(keeps(&misclassified), [false, true]);
+        let other_step = RecordFilter {
+            step: Some(5),
+            ..misclassified
+        };
+        assert_eq!(keeps(&other_step), [false, false]);
+        let block = RecordFilter {
+            block: Some(BlockId::new(2, 1)),
+            split: Some(Split::Test),
+            stat: Some(Stat::Mean),
+            ..RecordFilter::default()
+        };
+        assert_eq!(keeps(&block), [true, false]);
     }
 
     #[test]

@@ -17,8 +17,8 @@ pub mod spec;
 pub mod stats;
 
 pub use analysis::{
-    unroll_train_loss, AnalysisKind, AnalysisRecord, AnalysisSpec, GradientKind, Group, SeedsAlpha,
-    SplitExamples, Stat, UnrollBn,
+    unroll_train_loss, AnalysisKind, AnalysisRecord, AnalysisSpec, GradientKind, Group,
+    RecordFilter, SeedsAlpha, SplitExamples, Stat, UnrollBn,
 };
 pub use block::BlockId;
 pub use compare::{block_summaries, BlockSummary};

@@ -1,8 +1,10 @@
 //! Metric records: one name per metric everywhere (metrics.jsonl, database, API, CSV).
 
 use crate::BlockId;
+use serde::de::IntoDeserializer;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::str::FromStr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -93,6 +95,16 @@ impl fmt::Display for MetricName {
     }
 }
 
+impl FromStr for MetricName {
+    type Err = String;
+
+    /// The metric its wire name names (serde's, the one `as_str` gives), for flags: an
+    /// unknown one is an error listing them all.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::deserialize(s.into_deserializer()).map_err(|e: serde::de::value::Error| e.to_string())
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Split {
@@ -172,6 +184,23 @@ impl MetricRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_metric_is_read_by_its_wire_name() {
+        assert_eq!(
+            "unroll_first_order".parse::<MetricName>(),
+            Ok(MetricName::UnrollFirstOrder)
+        );
+        assert_eq!(
+            MetricName::TaylorSignAgreement.as_str().parse(),
+            Ok(MetricName::TaylorSignAgreement)
+        );
+        let unknown = "speed".parse::<MetricName>().unwrap_err();
+        assert!(
+            unknown.starts_with("unknown variant `speed`, expected one of `loss`"),
+            "{unknown}"
+        );
+    }
 
     #[test]
     fn a_value_that_is_not_finite_travels_as_null_and_reads_back_as_nan() {

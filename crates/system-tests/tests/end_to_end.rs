@@ -59,6 +59,22 @@ fn a_submitted_run_trains_checkpoints_is_analysed_and_served() {
     assert!(svg.starts_with("<svg"), "{svg:.200}");
     let png = std::fs::read(work.path().join("fig2_cosine.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG"));
+    // The analysis' records the query names: the test split's mean cosines only.
+    let records = stdout
+        .split_once("name,split,epoch,block,block_index,kind,group,alpha,step,stat,value,n\n")
+        .expect("the analysis' records as CSV")
+        .1;
+    let cosines: Vec<&str> = records
+        .lines()
+        .take_while(|l| l.starts_with("cosine,"))
+        .collect();
+    assert!(!cosines.is_empty(), "{stdout}");
+    assert!(
+        cosines
+            .iter()
+            .all(|l| l.starts_with("cosine,test,") && l.contains(",mean,")),
+        "{records}"
+    );
     // The blocks behind it: the header, then the test cosine of every block, one seed.
     assert!(
         stdout.contains("configuration,epoch,name,split,block,block_index,kind,runs,mean,sd\nresnet-8,2,cosine,test,s0.b0,0,identity,1,"),
@@ -199,6 +215,22 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
     );
     let (ok, out, _) = stack.stepwise(&["analysis", "show", &last, "--csv"]);
     assert!(ok && out.starts_with("name,split,epoch,"), "{out}");
+    // Some of them: a block's test cosines, its mean and median.
+    let (ok, out, err) = stack.stepwise(&[
+        "analysis", "show", &last, "--name", "cosine", "--block", "s0.b0", "--split", "test",
+    ]);
+    assert!(ok, "{err}");
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(
+        rows.iter().all(|r| r.starts_with("cosine,test,2,s0.b0,")),
+        "{out}"
+    );
+    let (ok, _, err) = stack.stepwise(&["analysis", "show", &last, "--name", "speed"]);
+    assert!(
+        !ok && err.contains("unknown variant `speed`, expected one of `loss`"),
+        "{err}"
+    );
     // Another analysis of epoch 1's checkpoint, on the test split only, waited for.
     let (ok, out, err) = stack.stepwise(&[
         "analysis",

@@ -1,14 +1,16 @@
-//! Analyses of checkpoints: ask for one, list a run's, read one (CSV with `Accept: text/csv`).
+//! Analyses of checkpoints: ask for one, list a run's, read one or some of its records (CSV
+//! with `Accept: text/csv`).
 
 use super::{typed, wants};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{Id, JsonBody};
+use crate::extract::{Id, JsonBody, Query};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::service::{AnalysisRequest, AnalysisView};
+use domain::RecordFilter;
 use uuid::Uuid;
 
 #[utoipa::path(post, path = "/v1/runs/{id}/analyses", tag = "analyses",
@@ -57,15 +59,18 @@ pub async fn of_run(
 }
 
 #[utoipa::path(get, path = "/v1/analyses/{id}", tag = "analyses",
-    params(("id" = uuid::Uuid, Path)),
-    responses((status = 200, description = "with its per-block records; CSV of the records with Accept: text/csv",
-        body = AnalysisView), (status = 404, body = Problem)))]
+    params(("id" = uuid::Uuid, Path), RecordFilter),
+    responses((status = 200, description = "with its records, those the query's fields match \
+        (all without a query); CSV of them with Accept: text/csv",
+        body = AnalysisView), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn get(
     State(state): State<AppState>,
     Id(id): Id,
+    Query(filter): Query<RecordFilter>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let view = state.store.analysis(id).await?;
+    let mut view = state.store.analysis(id).await?;
+    view.records.retain(|r| filter.keeps(r));
     if wants(&headers, "text/csv") {
         return Ok(typed(
             "text/csv; charset=utf-8",

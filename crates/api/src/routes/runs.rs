@@ -171,9 +171,11 @@ pub(crate) async fn remove_run_files(state: &AppState, dir: &str) {
 #[serde(deny_unknown_fields)]
 pub struct MetricsQuery {
     /// loss, accuracy, intermediate_accuracy, grad_norm_ratio, …
-    name: Option<String>,
+    #[param(value_type = Option<String>)]
+    name: Option<MetricName>,
     /// train or test
-    split: Option<String>,
+    #[param(value_type = Option<String>)]
+    split: Option<Split>,
 }
 
 #[utoipa::path(get, path = "/v1/runs/{id}/metrics", tag = "runs",
@@ -186,24 +188,7 @@ pub async fn metrics(
     Query(q): Query<MetricsQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let name: Option<MetricName> = q
-        .name
-        .as_deref()
-        .map(|n| serde_json::from_value(serde_json::Value::String(n.into())))
-        .transpose()
-        .map_err(|_| {
-            ApiError::bad_request(format!(
-                "name: unknown metric {:?}",
-                q.name.unwrap_or_default()
-            ))
-        })?;
-    let split: Option<Split> = q
-        .split
-        .as_deref()
-        .map(|s| serde_json::from_value(serde_json::Value::String(s.into())))
-        .transpose()
-        .map_err(|_| ApiError::bad_request("split: train or test"))?;
-    let records: Vec<MetricRecord> = state.store.metrics(id, name, split).await?;
+    let records: Vec<MetricRecord> = state.store.metrics(id, q.name, q.split).await?;
     if wants(&headers, "text/csv") {
         return Ok(typed(
             "text/csv; charset=utf-8",

@@ -8,7 +8,7 @@ use crate::cmd::analyze::{block_table, shown_split, unrolling_line, unrolling_ta
 use crate::cmd::print_text;
 use anyhow::Result;
 use domain::service::{AnalysisRequest, AnalysisView, JobState};
-use domain::SplitExamples;
+use domain::{RecordFilter, SplitExamples};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -44,14 +44,23 @@ pub fn list(api: &Api, run: &str, as_json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn show(api: &Api, analysis: &str, csv: bool, as_json: bool) -> Result<ExitCode> {
+/// An analysis as text, or its records `filter` keeps as CSV or JSON; a filter without
+/// --json gives CSV, as the text's tables do not show every record.
+pub fn show(
+    api: &Api,
+    analysis: &str,
+    csv: bool,
+    as_json: bool,
+    filter: &RecordFilter,
+) -> Result<ExitCode> {
     let client = api.client()?;
     let analysis = id(analysis)?;
-    if csv {
-        print_text(client.analysis_csv(analysis)?.trim_end())?;
+    let filtered = *filter != RecordFilter::default();
+    if csv || (filtered && !as_json) {
+        print_text(client.analysis_csv(analysis, filter)?.trim_end())?;
         return Ok(ExitCode::SUCCESS);
     }
-    let view = client.analysis(analysis)?;
+    let view = client.analysis(analysis, filter)?;
     if as_json {
         return json(&view);
     }
@@ -93,7 +102,7 @@ pub fn request(api: &Api, args: AnalysisRequestArgs) -> Result<ExitCode> {
         for view in &mut views {
             while !view.status.is_final() {
                 std::thread::sleep(every);
-                *view = client.analysis(view.id)?;
+                *view = client.analysis(view.id, &RecordFilter::default())?;
             }
         }
     }
