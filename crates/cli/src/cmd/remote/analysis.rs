@@ -163,3 +163,105 @@ fn describe(a: &AnalysisView) -> String {
     lines.extend(a.notes.iter().map(|note| format!("  note: {note}")));
     lines.join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::{AnalysisRecord, AnalysisSpec, BlockId, BlockKind, Group, MetricName, Split};
+    use domain::{Stat, UnrollBn};
+
+    /// What `analysis show` prints of a finished analysis: its blocks, the unrolling's
+    /// selected α with the groups' shares of its first order, the sweep, the notes.
+    #[test]
+    fn an_analysis_is_described_block_by_block_then_its_unrolling() {
+        let mut records = vec![
+            AnalysisRecord::new(MetricName::Cosine, Split::Test, 3, -0.25, 8)
+                .at_block(BlockId::new(0, 0), 0, BlockKind::Identity)
+                .with_stat(Stat::Mean),
+        ];
+        let mut add = |name, split, group, n, values: &[f64]| {
+            for (step, &value) in (0..).zip(values) {
+                let r = AnalysisRecord::new(name, split, 3, value, n);
+                records.push(r.with_group(group).at_step(0.1, step));
+            }
+        };
+        add(
+            MetricName::UnrollLoss,
+            Split::Train,
+            Group::All,
+            10,
+            &[0.5, 0.45, 0.4],
+        );
+        add(
+            MetricName::UnrollFirstOrder,
+            Split::Train,
+            Group::All,
+            10,
+            &[-0.05, -0.04],
+        );
+        add(
+            MetricName::UnrollFirstOrder,
+            Split::Train,
+            Group::Misclassified,
+            2,
+            &[0.05, 0.0],
+        );
+        add(
+            MetricName::UnrollFirstOrder,
+            Split::Train,
+            Group::Correct,
+            8,
+            &[-0.075, -0.05],
+        );
+        add(
+            MetricName::UnrollCosine,
+            Split::Test,
+            Group::All,
+            10,
+            &[-0.1, -0.05, 0.01],
+        );
+        let id = uuid::Uuid::nil();
+        let view = AnalysisView {
+            id,
+            run_id: id,
+            checkpoint_id: id,
+            epoch: 3,
+            status: JobState::Succeeded,
+            spec: AnalysisSpec {
+                unroll_steps: 2,
+                unroll_bn: UnrollBn::Batch,
+                ..AnalysisSpec::default()
+            },
+            failure_kind: None,
+            last_error: None,
+            selected_alpha: Some(0.1),
+            notes: vec!["unroll: no test example is borderline".into()],
+            examples: vec![],
+            seconds: None,
+            created_at: chrono::DateTime::UNIX_EPOCH,
+            finished_at: None,
+            records,
+        };
+        let text = describe(&view);
+        let lines: Vec<String> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                format!("analysis {id} of run {id}, checkpoint after epoch 3: succeeded"),
+                "settings: unroll_bn = \"batch\"; unroll_steps = 2".into(),
+                "test split:".into(),
+                "block kind cosine l2 ratio drop acc".into(),
+                "s0.b0 identity -0.2500 - -".into(),
+                "unrolling: selected α = 0.1 (the block on batch statistics): train loss 0.500 → \
+                 0.400 (first order -0.090: misclassified +0.010, correct -0.100) over 2 steps"
+                    .into(),
+                "α train loss first order test cosine negative for".into(),
+                "0.1 0.500 → 0.400 -0.090 -0.100 → +0.010 1 of 2 steps".into(),
+                "note: unroll: no test example is borderline".into(),
+            ]
+        );
+    }
+}
