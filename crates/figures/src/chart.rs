@@ -103,8 +103,20 @@ fn tick(v: f64, span: f64) -> String {
 const PANEL_WIDTH: u32 = 640;
 const HEIGHT: u32 = 480;
 
+/// The most panels side by side: more go on further rows, so that a figure of many panels
+/// keeps a shape a page or a screen can show.
+const PANELS_PER_ROW: usize = 3;
+
+/// Rows and columns of the figure's panels.
+fn grid(figure: &Figure) -> (usize, usize) {
+    let n = figure.panels.len().max(1);
+    let columns = n.min(PANELS_PER_ROW);
+    (n.div_ceil(columns), columns)
+}
+
 fn size(figure: &Figure) -> (u32, u32) {
-    (PANEL_WIDTH * figure.panels.len().max(1) as u32, HEIGHT)
+    let (rows, columns) = grid(figure);
+    (PANEL_WIDTH * columns as u32, HEIGHT * rows as u32)
 }
 
 /// The figure as an SVG document.
@@ -162,7 +174,7 @@ where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let areas = root.split_evenly((1, figure.panels.len().max(1)));
+    let areas = root.split_evenly(grid(figure));
     for (panel, area) in figure.panels.iter().zip(areas) {
         draw_panel(&area, panel).map_err(|e| e.to_string())?;
     }
@@ -435,7 +447,7 @@ mod tests {
             ..Panel::default()
         };
         let figure = Figure {
-            panels: vec![panel.clone(), panel],
+            panels: vec![panel.clone(), panel.clone()],
         };
         let dir = tempfile::tempdir().unwrap();
         let files = write(&figure, dir.path(), "f").unwrap();
@@ -447,6 +459,22 @@ mod tests {
             .filter(|p| (p[0], p[1], p[2]) == series_colour)
             .count();
         assert!(drawn > 100, "{drawn} pixels of the series' colour");
+        // Five panels: three on the first row, two on the second, the sixth place blank.
+        let five = Figure {
+            panels: vec![panel; 5],
+        };
+        let grid = image::load_from_memory(&super::png(&five).unwrap())
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(grid.dimensions(), (3 * PANEL_WIDTH, 2 * HEIGHT));
+        let inside = |column: u32, row: u32| {
+            let (x, y) = (
+                column * PANEL_WIDTH + PANEL_WIDTH / 2,
+                row * HEIGHT + HEIGHT / 2,
+            );
+            (0..40).any(|dx| grid.get_pixel(x + dx, y).0 != [255, 255, 255])
+        };
+        assert!(inside(1, 1) && !inside(2, 1));
     }
 
     #[test]
