@@ -396,35 +396,29 @@ impl AnalysisRecord {
 }
 
 /// Which of an analysis' records to keep: every field given must match (the query of
-/// `GET /v1/analyses/{id}`, the filter flags of `stepwise analysis show`).
+/// `GET /v1/analyses/{id}`, the filter flags of `stepwise analysis show`). A query string
+/// leaves out the fields not given.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct RecordFilter {
     /// cosine, l2_ratio, drop_accuracy, unroll_first_order, …
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[param(value_type = Option<String>)]
     pub name: Option<MetricName>,
     /// train or test
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[param(value_type = Option<String>)]
     pub split: Option<Split>,
     /// A block, s2.b1
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[param(value_type = Option<String>)]
     pub block: Option<BlockId>,
     /// all, borderline, correct or misclassified
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[param(value_type = Option<String>)]
     pub group: Option<Group>,
     /// An unrolling step size, as the analysis' alphas give it
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alpha: Option<f64>,
     /// A position along a path (0 = its start)
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<u32>,
     /// mean or median
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[param(value_type = Option<String>)]
     pub stat: Option<Stat>,
 }
