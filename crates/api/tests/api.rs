@@ -1119,6 +1119,16 @@ async fn openapi_docs_metrics_and_datasets_are_served(pool: PgPool) {
     };
     assert_eq!(form["properties"]["weights"]["format"], "binary", "{form}");
     assert!(form["properties"]["submission"].is_object(), "{form}");
+    // An analysis' records are sliced by query parameters Swagger UI offers.
+    let params = doc["paths"]["/v1/analyses/{id}"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let names: Vec<&str> = params.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["id", "name", "split", "block", "group", "alpha", "step", "stat"]
+    );
+    assert!(params[1..].iter().all(|p| p["in"] == "query"), "{params:?}");
     let docs = app.get("/docs/").await;
     assert_eq!(docs.status, StatusCode::OK);
     assert!(docs.text().contains("swagger"), "{}", docs.text());
