@@ -96,8 +96,8 @@ fn window(ctx: &Ctx) -> Vec<usize> {
 }
 
 /// Loss, accuracy and entropy of the head at the window's input (position 0) and after
-/// each window block (position s), for all, borderline and already-correct examples
-/// (grouped by the margin at position 0). Returns the window.
+/// each window block (position s), for all, borderline, already-correct and misclassified
+/// examples (grouped by the margin at position 0). Returns the window.
 pub(crate) fn borderline(ctx: &mut Ctx) -> Result<Vec<BlockId>> {
     let blocks = window(ctx);
     if blocks.is_empty() {

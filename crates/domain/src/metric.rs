@@ -32,7 +32,8 @@ pub enum MetricName {
     /// Accuracy and loss of the network with block i's residual branch skipped.
     DropAccuracy,
     DropLoss,
-    /// The head along the last blocks, for borderline / correct / all examples.
+    /// The head along the last blocks, per group of examples (all, borderline, correct,
+    /// misclassified).
     BorderlineLoss,
     BorderlineAccuracy,
     BorderlineEntropy,
