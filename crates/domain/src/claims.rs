@@ -1,8 +1,8 @@
 //! paper.md's claims C1–C7 as predicates over analysis records, evaluated with the
 //! thresholds fixed there (never tuned). Values of several seeds are averaged first.
 
-use crate::analysis::{unroll_means, unroll_train_loss};
 use crate::stats::mean;
+use crate::unrolling::{unroll_means, unroll_train_loss};
 use crate::{
     AnalysisRecord, Arch, BlockKind, ExperimentRun, Group, MetricName, SeedsAlpha, Sharing, Split,
     Stat, UnrollBn,

@@ -15,10 +15,11 @@ pub mod paper;
 pub mod service;
 pub mod spec;
 pub mod stats;
+pub mod unrolling;
 
 pub use analysis::{
-    unroll_train_loss, AnalysisKind, AnalysisRecord, AnalysisSpec, GradientKind, Group,
-    RecordFilter, SeedsAlpha, SplitExamples, Stat, UnrollBn,
+    AnalysisKind, AnalysisRecord, AnalysisSpec, GradientKind, Group, RecordFilter, SplitExamples,
+    Stat, UnrollBn,
 };
 pub use block::BlockId;
 pub use compare::{block_summaries, BlockSummary};
@@ -31,6 +32,7 @@ pub use spec::{
     Arch, CheckpointPolicy, DataSpec, DecayScope, FieldError, LabelKind, ModelSpec, MonitorSpec,
     Precision, RunSpec, Schedule, SchedulePreset, ScheduleSpec, Sharing, SpecError, TrainSpec,
 };
+pub use unrolling::{unroll_train_loss, SeedsAlpha};
 
 /// The variant of `all` that `name` calls `s`, or an error listing the names there are: the
 /// `FromStr` of the enums that query strings and flags name.

@@ -3,7 +3,7 @@
 //! mean ± standard deviation.
 
 use crate::chart::{blue_to_red, palette, Figure, Panel, Point, Series};
-use domain::analysis::{unroll_means, unroll_shares};
+use domain::unrolling::{unroll_means, unroll_shares};
 use domain::{
     AnalysisRecord, AnalysisSpec, BlockKind, Group, MetricName, MetricRecord, SeedsAlpha, Split,
     Stat, UnrollBn,

@@ -1,7 +1,7 @@
 use crate::args::AnalyzeArgs;
 use analysis::Analysis;
 use anyhow::{bail, Context, Result};
-use domain::analysis::unroll_means;
+use domain::unrolling::unroll_means;
 use domain::{
     AnalysisRecord, AnalysisSpec, Group, MetricName, RunSpec, Split, SplitExamples, Stat,
 };
