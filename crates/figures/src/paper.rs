@@ -70,43 +70,47 @@ fn by_label<'r, 'a>(runs: &'r [Run<'a>]) -> Vec<(&'a str, Vec<&'r Run<'a>>)> {
     out
 }
 
-/// Per x (ordered), the values of every seed, and whether the point is a projection block.
-type Collected = BTreeMap<i64, (f64, Vec<f64>, bool)>;
+/// (x, value, of a projection block) as points, one per x in order with every seed's value
+/// there, hollow where it is a projection block's.
+fn points(values: impl IntoIterator<Item = (u32, f64, bool)>) -> Vec<Point> {
+    let mut by_x: BTreeMap<u32, Point> = BTreeMap::new();
+    for (x, value, projection) in values {
+        let point = by_x.entry(x).or_insert_with(|| Point {
+            x: f64::from(x),
+            values: vec![],
+            hollow: false,
+        });
+        point.values.push(value);
+        point.hollow |= projection;
+    }
+    by_x.into_values().collect()
+}
 
-fn points(collected: Collected) -> Vec<Point> {
-    collected
-        .into_values()
-        .map(|(x, values, hollow)| Point { x, values, hollow })
-        .collect()
+/// The analysis records of `seeds` matching `keep`.
+fn matching<'r>(
+    seeds: &'r [&Run],
+    keep: impl Fn(&AnalysisRecord) -> bool + 'r,
+) -> impl Iterator<Item = &'r AnalysisRecord> + 'r {
+    seeds
+        .iter()
+        .flat_map(|run| run.analysis.iter())
+        .filter(move |r| keep(r))
 }
 
 /// Values of analysis records matching `keep`, per block index.
 fn per_block(seeds: &[&Run], keep: impl Fn(&AnalysisRecord) -> bool) -> Vec<Point> {
-    let mut c = Collected::new();
-    for run in seeds {
-        for r in run.analysis.iter().filter(|r| keep(r)) {
-            let Some(i) = r.block_index else { continue };
-            let e = c.entry(i as i64).or_insert((i as f64, vec![], false));
-            e.1.push(r.value);
-            e.2 |= r.kind == Some(BlockKind::Projection);
-        }
-    }
-    points(c)
+    points(matching(seeds, keep).filter_map(|r| {
+        Some((
+            r.block_index?,
+            r.value,
+            r.kind == Some(BlockKind::Projection),
+        ))
+    }))
 }
 
 /// Values of analysis records matching `keep`, per path step.
 fn per_step(seeds: &[&Run], keep: impl Fn(&AnalysisRecord) -> bool) -> Vec<Point> {
-    let mut c = Collected::new();
-    for run in seeds {
-        for r in run.analysis.iter().filter(|r| keep(r)) {
-            let Some(s) = r.step else { continue };
-            c.entry(s as i64)
-                .or_insert((s as f64, vec![], false))
-                .1
-                .push(r.value);
-        }
-    }
-    points(c)
+    points(matching(seeds, keep).filter_map(|r| Some((r.step?, r.value, false))))
 }
 
 /// Values of training records matching `keep`, per epoch.
@@ -115,20 +119,7 @@ fn per_epoch(seeds: &[&Run], keep: impl Fn(&MetricRecord) -> bool) -> Vec<Point>
         .iter()
         .flat_map(|run| run.training.iter().filter(|r| keep(r)))
         .map(|r| (r.epoch, r.value, false));
-    by_epoch(values)
-}
-
-/// (epoch, value, of a projection block) as points, one per epoch with every seed's value.
-fn by_epoch(values: impl Iterator<Item = (u32, f64, bool)>) -> Vec<Point> {
-    let mut c = Collected::new();
-    for (epoch, value, projection) in values {
-        let e = c
-            .entry(epoch as i64)
-            .or_insert((epoch as f64, vec![], false));
-        e.1.push(value);
-        e.2 |= projection;
-    }
-    points(c)
+    points(values)
 }
 
 /// One curve per block of `blocks` (global index → id), coloured from blue (the first) to
@@ -351,7 +342,7 @@ fn over_training(label: &str, seeds: &[&Run]) -> Option<Figure> {
                 .filter(test_means)
                 .filter(|r| r.name == name && r.block_index == Some(index))
                 .map(|r| (r.epoch, r.value, r.kind == Some(BlockKind::Projection)));
-            by_epoch(values)
+            points(values)
         });
         Panel {
             title: format!("{label}: {title}"),
@@ -427,24 +418,14 @@ fn borderline(label: &str, seeds: &[&Run]) -> Option<Figure> {
 
 /// Unrolling the last block: loss, borderline accuracy and cosine per step, per α.
 fn unrolling(label: &str, seeds: &[&Run]) -> Option<Figure> {
-    let mut alphas: Vec<f64> = vec![];
-    for run in seeds {
-        for r in run
-            .analysis
-            .iter()
-            .filter(|r| r.name == MetricName::UnrollLoss)
-        {
-            if let Some(a) = r.alpha {
-                if !alphas.contains(&a) {
-                    alphas.push(a);
-                }
-            }
-        }
-    }
+    let mut alphas: Vec<f64> = matching(seeds, |r| r.name == MetricName::UnrollLoss)
+        .filter_map(|r| r.alpha)
+        .collect();
     if alphas.is_empty() {
         return None;
     }
     alphas.sort_by(|a, b| b.total_cmp(a));
+    alphas.dedup();
     let selected = SeedsAlpha::of(seeds.iter().map(|r| (r.analysis, r.selected_alpha)));
     // Pooled seeds measured alike: the first one's statistics are all of theirs.
     let statistics = seeds[0]
@@ -453,17 +434,14 @@ fn unrolling(label: &str, seeds: &[&Run]) -> Option<Figure> {
         .map_or(String::new(), |n| format!("; {n}"));
     // Losses of diverging step sizes run off the top, above 5× the (train) loss before
     // unrolling.
-    let start_loss = seeds
-        .iter()
-        .flat_map(|r| r.analysis.iter())
-        .filter(|r| {
-            r.name == MetricName::UnrollLoss
-                && r.step == Some(0)
-                && r.group == Some(Group::All)
-                && r.split == Split::Train
-        })
-        .map(|r| r.value)
-        .fold(f64::NEG_INFINITY, f64::max);
+    let start_loss = matching(seeds, |r| {
+        r.name == MetricName::UnrollLoss
+            && r.step == Some(0)
+            && r.group == Some(Group::All)
+            && r.split == Split::Train
+    })
+    .map(|r| r.value)
+    .fold(f64::NEG_INFINITY, f64::max);
     let panel = |name: MetricName, group: Group, split: Split, title: &str, y: &str| {
         let series: Vec<Series> = alphas
             .iter()
@@ -544,7 +522,7 @@ fn loss_steps(label: &str, seeds: &[&Run], alpha: f64, statistics: &str) -> Opti
     }
     // Each seed's change from step k to k + 1, at k (its losses are recorded from step 0 to
     // the last finite one).
-    let mut actual = Collected::new();
+    let mut actual = vec![];
     for run in seeds {
         let losses = unroll_means(
             run.analysis,
@@ -553,10 +531,11 @@ fn loss_steps(label: &str, seeds: &[&Run], alpha: f64, statistics: &str) -> Opti
             Split::Train,
             alpha,
         );
-        for (k, pair) in losses.windows(2).enumerate() {
-            let e = actual.entry(k as i64).or_insert((k as f64, vec![], false));
-            e.1.push(pair[1] - pair[0]);
-        }
+        actual.extend(
+            (0..)
+                .zip(losses.windows(2))
+                .map(|(k, pair)| (k, pair[1] - pair[0], false)),
+        );
     }
     let series = [
         ("actual", false, points(actual)),
@@ -586,7 +565,7 @@ fn loss_steps(label: &str, seeds: &[&Run], alpha: f64, statistics: &str) -> Opti
 /// (grouped before unrolling) in the mean over all of them, which they add up to. None
 /// without per-group first-order records (analyses made before they were recorded).
 fn first_order_shares(label: &str, seeds: &[&Run], alpha: f64, statistics: &str) -> Option<Panel> {
-    let mut by_group: BTreeMap<Group, Collected> = BTreeMap::new();
+    let mut by_group: BTreeMap<Group, Vec<(u32, f64, bool)>> = BTreeMap::new();
     for run in seeds {
         let shares = unroll_shares(
             run.analysis,
@@ -595,13 +574,12 @@ fn first_order_shares(label: &str, seeds: &[&Run], alpha: f64, statistics: &str)
             alpha,
         );
         for (group, per_step) in shares {
-            let collected = by_group.entry(group).or_default();
-            for (step, share) in per_step {
-                let e = collected
-                    .entry(step as i64)
-                    .or_insert((step as f64, vec![], false));
-                e.1.push(share);
-            }
+            let values = by_group.entry(group).or_default();
+            values.extend(
+                per_step
+                    .into_iter()
+                    .map(|(step, share)| (step, share, false)),
+            );
         }
     }
     if by_group.is_empty() {
@@ -616,11 +594,11 @@ fn first_order_shares(label: &str, seeds: &[&Run], alpha: f64, statistics: &str)
         reference_y: Some(0.0),
         series: by_group
             .into_iter()
-            .map(|(group, collected)| Series {
+            .map(|(group, values)| Series {
                 label: format!("{} (train)", group_name(group)),
                 color: group_color(group),
                 dashed: false,
-                points: points(collected),
+                points: points(values),
             })
             .collect(),
         ..Panel::default()
