@@ -370,7 +370,9 @@ fn over_training(label: &str, seeds: &[&Run]) -> Option<Figure> {
     })
 }
 
-/// Loss, accuracy and entropy along the last blocks for borderline / correct / all.
+/// Loss, accuracy and entropy along the last blocks for borderline / correct / all examples
+/// and, ours, the misclassified ones (drawn where recorded: analyses made before the group
+/// have none, so its absence is not noted).
 fn borderline(label: &str, seeds: &[&Run]) -> Option<Figure> {
     let metrics = [
         (MetricName::BorderlineLoss, "loss"),
@@ -382,7 +384,12 @@ fn borderline(label: &str, seeds: &[&Run]) -> Option<Figure> {
         let mut series = vec![];
         // Groups no example fell in (the analysis notes them), said under the axis.
         let mut empty = vec![];
-        for group in [Group::Borderline, Group::Correct, Group::All] {
+        for group in [
+            Group::Borderline,
+            Group::Correct,
+            Group::Misclassified,
+            Group::All,
+        ] {
             let before = series.len();
             for split in [Split::Test, Split::Train] {
                 let pts = per_step(seeds, |r| {
@@ -398,7 +405,7 @@ fn borderline(label: &str, seeds: &[&Run]) -> Option<Figure> {
                     points: pts,
                 });
             }
-            if series.len() == before {
+            if series.len() == before && group != Group::Misclassified {
                 empty.push(group_name(group));
             }
         }
@@ -813,6 +820,32 @@ mod tests {
         };
         let fig6 = borderline("r", &[&run]).expect("Fig. 6");
         assert_eq!(notes(&fig6), [Some("no borderline examples"); 3]);
+        // The misclassified group (ours) is drawn where recorded, and its absence (analyses
+        // made before it) is not noted.
+        let mut with_misclassified = analysis.clone();
+        for step in 0..3 {
+            let mut r = AnalysisRecord::new(MetricName::BorderlineLoss, Split::Test, 6, 2.0, 3)
+                .with_group(Group::Misclassified);
+            r.step = Some(step);
+            with_misclassified.push(r);
+        }
+        let run_misclassified = Run {
+            analysis: &with_misclassified,
+            ..Run::new("r", &[], &[], None)
+        };
+        let loss = &borderline("r", &[&run_misclassified]).unwrap().panels[0];
+        let labels: Vec<&str> = loss.series.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "already correct (test)",
+                "already correct (train)",
+                "misclassified (test)",
+                "all (test)",
+                "all (train)"
+            ]
+        );
+        assert_eq!(loss.note.as_deref(), Some("no borderline examples"));
         let fig7 = unrolling("r", &[&run]).expect("Fig. 7");
         assert_eq!(notes(&fig7), [None, Some("no borderline examples"), None]);
         assert!(fig7.panels[1].series.is_empty());
