@@ -6,6 +6,7 @@ use domain::{
     AnalysisRecord, AnalysisSpec, Group, MetricName, RunSpec, Split, SplitExamples, Stat,
 };
 use resnet::candle_device;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use train::META_SPEC;
@@ -119,6 +120,9 @@ fn report(checkpoint: &Path, dir: &Path, a: &Analysis) {
             eprintln!("  {line}");
         }
     }
+    for line in window_table(&a.records, split) {
+        eprintln!("  {line}");
+    }
     if let Some(alpha) = a.selected_alpha {
         eprintln!("  {}", unrolling_line(alpha, &a.spec, &a.records));
     }
@@ -161,9 +165,16 @@ pub(crate) fn block_table(records: &[AnalysisRecord], split: Split) -> Vec<Strin
             })
             .map_or("-".to_string(), |r| format!("{:.4}", r.value))
     };
+    let columns = [
+        MetricName::Cosine,
+        MetricName::L2Ratio,
+        MetricName::DropAccuracy,
+    ];
+    // The blocks with a value in some column (the borderline window's records name blocks
+    // too).
     let mut blocks: Vec<_> = records
         .iter()
-        .filter(|r| r.split == split)
+        .filter(|r| r.split == split && columns.contains(&r.name))
         .filter_map(|r| Some((r.block_index?, r.block?, r.kind?)))
         .collect();
     blocks.sort();
@@ -173,13 +184,61 @@ pub(crate) fn block_table(records: &[AnalysisRecord], split: Split) -> Vec<Strin
     };
     let mut lines = vec![row("block", "kind", "cosine", "l2 ratio", "drop acc")];
     for (index, id, kind) in blocks {
-        lines.push(row(
-            &id.to_string(),
-            kind.as_str(),
-            &value(MetricName::Cosine, index),
-            &value(MetricName::L2Ratio, index),
-            &value(MetricName::DropAccuracy, index),
-        ));
+        let [cosine, l2, drop] = columns.map(|name| value(name, index));
+        lines.push(row(&id.to_string(), kind.as_str(), &cosine, &l2, &drop));
+    }
+    lines
+}
+
+/// The head's accuracy along the borderline window on `split`, per group of the margin at
+/// its input (with the group's size): at the input, then after each of its blocks — Fig. 6
+/// in numbers. Empty without window records.
+pub(crate) fn window_table(records: &[AnalysisRecord], split: Split) -> Vec<String> {
+    let accuracy: Vec<&AnalysisRecord> = records
+        .iter()
+        .filter(|r| r.name == MetricName::BorderlineAccuracy && r.split == split)
+        .collect();
+    // Each position's label: the window's input, then the block that led there.
+    let mut positions: BTreeMap<u32, String> = BTreeMap::new();
+    for r in &accuracy {
+        if let Some(step) = r.step {
+            let label = r.block.map_or("input".into(), |b| b.to_string());
+            positions.entry(step).or_insert(label);
+        }
+    }
+    if positions.is_empty() {
+        return vec![];
+    }
+    let row = |group: &str, n: &str, values: Vec<String>| {
+        let cells: String = values.iter().map(|v| format!(" {v:>8}")).collect();
+        format!("{group:<14} {n:>5}{cells}")
+    };
+    let mut lines = vec![row(
+        &format!("{split} accuracy"),
+        "n",
+        positions.values().cloned().collect(),
+    )];
+    for group in [
+        Group::Borderline,
+        Group::Correct,
+        Group::Misclassified,
+        Group::All,
+    ] {
+        let of_group: Vec<&&AnalysisRecord> =
+            accuracy.iter().filter(|r| r.group == Some(group)).collect();
+        let Some(start) = of_group.iter().find(|r| r.step == Some(0)) else {
+            continue;
+        };
+        let values = positions
+            .keys()
+            .map(|&step| {
+                of_group
+                    .iter()
+                    .find(|r| r.step == Some(step))
+                    .map_or("-".into(), |r| format!("{:.3}", r.value))
+            })
+            .collect();
+        lines.push(row(group.as_str(), &start.n.to_string(), values));
     }
     lines
 }
@@ -242,6 +301,88 @@ pub(crate) fn unrolling_table(records: &[AnalysisRecord], split: Split) -> Vec<S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use domain::{BlockId, BlockKind};
+
+    #[test]
+    fn the_block_table_lists_the_blocks_with_a_value_in_a_column() {
+        let block = |b| BlockId::new(2, b);
+        let cosine = AnalysisRecord::new(MetricName::Cosine, Split::Test, 3, -0.25, 8)
+            .at_block(block(0), 6, BlockKind::Identity)
+            .with_stat(Stat::Mean);
+        // The borderline window's records name their blocks too.
+        let mut window =
+            AnalysisRecord::new(MetricName::BorderlineAccuracy, Split::Test, 3, 0.5, 8)
+                .with_group(Group::All);
+        (window.block, window.block_index, window.kind) =
+            (Some(block(1)), Some(7), Some(BlockKind::Identity));
+        let cells = |line: &String| line.split_whitespace().collect::<Vec<_>>().join(" ");
+        let rows: Vec<String> = block_table(&[cosine.clone(), window.clone()], Split::Test)
+            .iter()
+            .map(cells)
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                "block kind cosine l2 ratio drop acc",
+                "s2.b0 identity -0.2500 - -"
+            ]
+        );
+        assert_eq!(
+            block_table(&[window], Split::Test).len(),
+            1,
+            "a header alone"
+        );
+    }
+
+    #[test]
+    fn the_window_table_gives_each_groups_accuracy_along_the_last_blocks() {
+        let mut records = vec![];
+        for (group, n, values) in [
+            (Group::All, 10, [0.3, 0.4, 0.8]),
+            (Group::Borderline, 2, [0.5, 0.5, 1.0]),
+            (Group::Correct, 5, [1.0, 0.8, 0.8]),
+        ] {
+            for (step, value) in (0u32..).zip(values) {
+                let mut r =
+                    AnalysisRecord::new(MetricName::BorderlineAccuracy, Split::Test, 3, value, n)
+                        .with_group(group);
+                r.step = Some(step);
+                if step > 0 {
+                    r.block = Some(BlockId::new(2, step));
+                }
+                records.push(r);
+            }
+        }
+        // Another split's and another metric's records are not the table's.
+        let mut train =
+            AnalysisRecord::new(MetricName::BorderlineAccuracy, Split::Train, 3, 0.9, 10)
+                .with_group(Group::Misclassified);
+        train.step = Some(0);
+        records.push(train);
+        let mut loss = AnalysisRecord::new(MetricName::BorderlineLoss, Split::Test, 3, 2.0, 10)
+            .with_group(Group::Misclassified);
+        loss.step = Some(0);
+        records.push(loss);
+        let cells = |line: &String| line.split_whitespace().collect::<Vec<_>>().join(" ");
+        let rows: Vec<String> = window_table(&records, Split::Test)
+            .iter()
+            .map(cells)
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                "test accuracy n input s2.b1 s2.b2",
+                "borderline 2 0.500 0.500 1.000",
+                "correct 5 1.000 0.800 0.800",
+                "all 10 0.300 0.400 0.800",
+            ]
+        );
+        assert!(
+            window_table(&records, Split::Train).len() == 2,
+            "its one train row"
+        );
+        assert!(window_table(&records[..0], Split::Test).is_empty());
+    }
 
     #[test]
     fn the_unrolling_table_gives_each_step_sizes_course() {

@@ -4,7 +4,9 @@
 use super::checkpoint::epoch_ends_on_disk;
 use super::{id, json, run_id, Api};
 use crate::args::AnalysisRequestArgs;
-use crate::cmd::analyze::{block_table, shown_split, unrolling_line, unrolling_table};
+use crate::cmd::analyze::{
+    block_table, shown_split, unrolling_line, unrolling_table, window_table,
+};
 use crate::cmd::print_text;
 use anyhow::Result;
 use domain::service::{AnalysisRequest, AnalysisView, JobState};
@@ -128,7 +130,7 @@ pub fn request(api: &Api, args: AnalysisRequestArgs) -> Result<ExitCode> {
 }
 
 /// The analysis's state, then per analysed split the block table `stepwise analyze`
-/// prints, then the unrolling's α and the notes.
+/// prints, then the borderline window, the unrolling and the notes.
 fn describe(a: &AnalysisView) -> String {
     let mut lines = vec![format!(
         "analysis {} of run {}, checkpoint after epoch {}: {}",
@@ -155,6 +157,8 @@ fn describe(a: &AnalysisView) -> String {
             lines.extend(table.iter().map(|line| format!("  {line}")));
         }
     }
+    let window = window_table(&a.records, shown_split(&a.spec));
+    lines.extend(window.iter().map(|line| format!("  {line}")));
     if let Some(alpha) = a.selected_alpha {
         lines.push(format!("  {}", unrolling_line(alpha, &a.spec, &a.records)));
     }
