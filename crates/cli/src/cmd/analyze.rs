@@ -89,15 +89,15 @@ pub(crate) fn write(dir: &Path, result: &Analysis) -> Result<()> {
 }
 
 /// The split a summary shows: the test split when analysed, else the first.
-pub(crate) fn shown_split(spec: &AnalysisSpec) -> Split {
+fn shown_split(spec: &AnalysisSpec) -> Split {
     match spec.splits.contains(&Split::Test) {
         true => Split::Test,
         false => spec.splits[0],
     }
 }
 
-/// A per-block summary on stderr: mean cosine and ℓ2 ratio, accuracy with the block
-/// dropped, on the test split when analysed (else the first split).
+/// A summary on stderr ([`result_lines`]), its block table of the test split when analysed
+/// (else the first split).
 fn report(checkpoint: &Path, dir: &Path, a: &Analysis) {
     let split = shown_split(&a.spec);
     eprintln!(
@@ -112,35 +112,44 @@ fn report(checkpoint: &Path, dir: &Path, a: &Analysis) {
     if !settings.is_empty() {
         eprintln!("  settings: {settings}");
     }
-    let table = block_table(&a.records, split);
-    // A header alone: no block-wise metric was asked for.
-    if table.len() > 1 {
-        eprintln!("  {split} split:");
-        for line in table {
-            eprintln!("  {line}");
+    let results = result_lines(&a.spec, &a.records, a.selected_alpha, &a.notes, &[split]);
+    for line in results {
+        eprintln!("  {line}");
+    }
+}
+
+/// What `stepwise analyze` and `analysis show` print of an analysis' results: the block
+/// table of each of `splits` that has block-wise records, then on the shown split the
+/// borderline window and the unrolling (its selected α and the sweep), then the notes.
+pub(crate) fn result_lines(
+    spec: &AnalysisSpec,
+    records: &[AnalysisRecord],
+    selected_alpha: Option<f64>,
+    notes: &[String],
+    splits: &[Split],
+) -> Vec<String> {
+    let mut lines = vec![];
+    for &split in splits {
+        let table = block_table(records, split);
+        // A header alone: no block-wise records of this split (none asked for, or not yet).
+        if table.len() > 1 {
+            lines.push(format!("{split} split:"));
+            lines.extend(table);
         }
     }
-    for line in window_table(&a.records, split) {
-        eprintln!("  {line}");
+    let shown = shown_split(spec);
+    lines.extend(window_table(records, shown));
+    if let Some(alpha) = selected_alpha {
+        lines.push(unrolling_line(alpha, spec, records));
     }
-    if let Some(alpha) = a.selected_alpha {
-        eprintln!("  {}", unrolling_line(alpha, &a.spec, &a.records));
-    }
-    for line in unrolling_table(&a.records, split) {
-        eprintln!("  {line}");
-    }
-    for note in &a.notes {
-        eprintln!("  note: {note}");
-    }
+    lines.extend(unrolling_table(records, shown));
+    lines.extend(notes.iter().map(|note| format!("note: {note}")));
+    lines
 }
 
 /// The unrolling's selected step size, the block's statistics where they are not the running
 /// ones, and at that α the train loss before and after the steps beside its first order.
-pub(crate) fn unrolling_line(
-    alpha: f64,
-    spec: &AnalysisSpec,
-    records: &[AnalysisRecord],
-) -> String {
+fn unrolling_line(alpha: f64, spec: &AnalysisSpec, records: &[AnalysisRecord]) -> String {
     let statistics = spec
         .unroll_bn
         .note()
@@ -153,7 +162,7 @@ pub(crate) fn unrolling_line(
 
 /// Per block of `split`: its kind, mean cosine, mean ℓ2 ratio and the accuracy with the
 /// block dropped ("-" where not analysed), under a header line.
-pub(crate) fn block_table(records: &[AnalysisRecord], split: Split) -> Vec<String> {
+fn block_table(records: &[AnalysisRecord], split: Split) -> Vec<String> {
     let value = |name: MetricName, index: u32| {
         records
             .iter()
@@ -193,7 +202,7 @@ pub(crate) fn block_table(records: &[AnalysisRecord], split: Split) -> Vec<Strin
 /// The head's accuracy along the borderline window on `split`, per group of the margin at
 /// its input (with the group's size): at the input, then after each of its blocks — Fig. 6
 /// in numbers. Empty without window records.
-pub(crate) fn window_table(records: &[AnalysisRecord], split: Split) -> Vec<String> {
+fn window_table(records: &[AnalysisRecord], split: Split) -> Vec<String> {
     let accuracy: Vec<&AnalysisRecord> = records
         .iter()
         .filter(|r| r.name == MetricName::BorderlineAccuracy && r.split == split)
@@ -246,7 +255,7 @@ pub(crate) fn window_table(records: &[AnalysisRecord], split: Split) -> Vec<Stri
 /// Per α of the unrolling, largest first: the train loss before → after the steps and its
 /// first order summed over them, and `split`'s mean cosine before → after with the steps it
 /// stayed negative — Fig. 7 in numbers. Empty without unrolling records.
-pub(crate) fn unrolling_table(records: &[AnalysisRecord], split: Split) -> Vec<String> {
+fn unrolling_table(records: &[AnalysisRecord], split: Split) -> Vec<String> {
     let mut alphas: Vec<f64> = records
         .iter()
         .filter(|r| r.name == MetricName::UnrollCosine)

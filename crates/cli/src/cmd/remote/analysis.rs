@@ -4,9 +4,7 @@
 use super::checkpoint::epoch_ends_on_disk;
 use super::{id, json, run_id, Api};
 use crate::args::AnalysisRequestArgs;
-use crate::cmd::analyze::{
-    block_table, shown_split, unrolling_line, unrolling_table, window_table,
-};
+use crate::cmd::analyze::result_lines;
 use crate::cmd::print_text;
 use anyhow::Result;
 use domain::service::{AnalysisRequest, AnalysisView, JobState};
@@ -129,8 +127,8 @@ pub fn request(api: &Api, args: AnalysisRequestArgs) -> Result<ExitCode> {
     })
 }
 
-/// The analysis's state, then per analysed split the block table `stepwise analyze`
-/// prints, then the borderline window, the unrolling and the notes.
+/// The analysis's state, then what `stepwise analyze` prints of its results, with a block
+/// table per analysed split.
 fn describe(a: &AnalysisView) -> String {
     let mut lines = vec![format!(
         "analysis {} of run {}, checkpoint after epoch {}: {}",
@@ -149,22 +147,14 @@ fn describe(a: &AnalysisView) -> String {
     if let (Some(kind), Some(error)) = (a.failure_kind, &a.last_error) {
         lines.push(format!("  last failure ({kind}): {error}"));
     }
-    for &split in &a.spec.splits {
-        let table = block_table(&a.records, split);
-        // A header alone: no block-wise records of this split (yet).
-        if table.len() > 1 {
-            lines.push(format!("  {split} split:"));
-            lines.extend(table.iter().map(|line| format!("  {line}")));
-        }
-    }
-    let window = window_table(&a.records, shown_split(&a.spec));
-    lines.extend(window.iter().map(|line| format!("  {line}")));
-    if let Some(alpha) = a.selected_alpha {
-        lines.push(format!("  {}", unrolling_line(alpha, &a.spec, &a.records)));
-    }
-    let unrolling = unrolling_table(&a.records, shown_split(&a.spec));
-    lines.extend(unrolling.iter().map(|line| format!("  {line}")));
-    lines.extend(a.notes.iter().map(|note| format!("  note: {note}")));
+    let results = result_lines(
+        &a.spec,
+        &a.records,
+        a.selected_alpha,
+        &a.notes,
+        &a.spec.splits,
+    );
+    lines.extend(results.iter().map(|line| format!("  {line}")));
     lines.join("\n")
 }
 
