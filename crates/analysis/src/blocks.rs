@@ -1,7 +1,7 @@
 //! Metrics with one value per block: cosine and ℓ2 ratio, block dropping, intermediate
 //! accuracy, and the sharing diagnostics.
 
-use crate::stats::{cosines, host, norms, ratios, Series};
+use crate::stats::{cosines, norms, ratios, Series};
 use crate::{is_projection, Ctx, Error, Result};
 use candle_core::{DType, Tensor, Var, D};
 use cifar::rng::{rng, Stream};
@@ -242,16 +242,16 @@ fn head_at(model: &ResNet, h: &Tensor) -> Result<(Var, Tensor)> {
     Ok((z, logits))
 }
 
-/// Per-example cross-entropy of the head at hidden state `h`, and its gradient there.
+/// Per-example cross-entropy of the head at hidden state `h` (N,), and its gradient there.
 pub(crate) fn head_loss_and_gradient(
     model: &ResNet,
     h: &Tensor,
     labels: &Tensor,
-) -> Result<(Vec<f64>, Tensor)> {
+) -> Result<(Tensor, Tensor)> {
     let (z, logits) = head_at(model, h)?;
     let per_example = cross_entropy_per_example(&logits, labels)?;
     let gradient = gradient_at(&per_example.sum_all()?, &z)?;
-    Ok((host(&per_example)?, gradient))
+    Ok((per_example.detach(), gradient))
 }
 
 /// The head at a hidden state: its logits, and two gradients there from one forward pass.
@@ -279,7 +279,7 @@ pub(crate) fn head_gradients(model: &ResNet, h: &Tensor, labels: &Tensor) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::cosines;
+    use crate::stats::{cosines, host};
     use candle_core::Device;
 
     /// Logit gaps of 120 and 1,000: in f32 every other class's probability is 0 beyond a gap

@@ -120,6 +120,15 @@ impl Ctx<'_> {
         Ok(self.inputs.upload(*batch)?)
     }
 
+    /// The labels of every batch, in order: those of a [`stats::Series`] of per-batch
+    /// values.
+    pub fn labels(&self) -> Vec<u32> {
+        self.batches
+            .iter()
+            .flat_map(|b| b.1.iter().copied())
+            .collect()
+    }
+
     /// [`Error::Stopped`] once [`Input::stop`] is set.
     pub fn unless_stopped(&self) -> Result<()> {
         match self.stop {

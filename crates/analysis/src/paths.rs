@@ -3,10 +3,13 @@
 //! once, by the head's margin at the path's start.
 
 use crate::blocks::head_gradients;
-use crate::stats::{cosines, dots, head_stats, host, mean_median, norms, ratios, HeadStats};
+use crate::stats::{
+    cosines, dots, head_stats, host, mean_median, norms, ratios, HeadStats, Series,
+};
 use crate::{is_projection, Ctx, Result};
+use candle_core::Tensor;
 use domain::{BlockId, Group, MetricName as M, UnrollBn};
-use resnet::{BnMode, ProbeOptions};
+use resnet::{Block, BnMode, ProbeOptions, ResNet};
 use std::collections::BTreeMap;
 
 /// Which groups an example with head margin `m` at the path's start belongs to: all, and
@@ -62,8 +65,8 @@ impl GroupSums {
 struct GroupValues(BTreeMap<(u32, Group), Vec<f64>>);
 
 impl GroupValues {
-    fn extend(&mut self, step: u32, values: Vec<f64>, margins: &[f64], threshold: f64) {
-        for (v, &m) in values.into_iter().zip(margins) {
+    fn extend(&mut self, step: u32, values: &[f64], margins: &[f64], threshold: f64) {
+        for (&v, &m) in values.iter().zip(margins) {
             for g in groups_of(m, threshold) {
                 self.0.entry((step, g)).or_default().push(v);
             }
@@ -105,21 +108,26 @@ pub(crate) fn borderline(ctx: &mut Ctx) -> Result<Vec<BlockId>> {
             .push("borderline: no block of the last stage takes the head's input shape".into());
         return Ok(vec![]);
     }
-    let mut sums = GroupSums::default();
+    // The head's logits at each position, of every batch, read back at once.
+    let mut logits = Series::new(blocks.len() + 1);
     for batch in &ctx.batches {
         let (x, _) = ctx.to_device(batch)?;
         let probed = ctx.model.forward_probed(&x, &ProbeOptions::eval())?;
         let mut path = vec![&probed.inputs[blocks[0]]];
         path.extend(blocks.iter().map(|&i| &probed.outputs[i]));
-        let mut margins = vec![];
         for (position, h) in path.into_iter().enumerate() {
-            let logits = ctx.model.head().forward(h, BnMode::Eval)?;
-            let stats = head_stats(&logits, batch.1)?;
-            if position == 0 {
-                margins = stats.margin.clone();
-            }
-            sums.add(position as u32, &stats, &margins, ctx.spec.margin);
+            logits.push(position, ctx.model.head().forward(h, BnMode::Eval)?);
         }
+    }
+    let (labels, classes) = (ctx.labels(), ctx.model.layout().classes as usize);
+    let stats: Vec<HeadStats> = logits
+        .read()?
+        .iter()
+        .map(|values| head_stats(values, classes, &labels))
+        .collect();
+    let mut sums = GroupSums::default();
+    for (position, at) in stats.iter().enumerate() {
+        sums.add(position as u32, at, &stats[0].margin, ctx.spec.margin);
     }
     note_empty_groups(ctx, "borderline", "at the window's input", &sums);
     for (position, group, [loss, acc, entropy], n) in sums.means() {
@@ -171,30 +179,25 @@ pub(crate) fn unroll(ctx: &mut Ctx) -> Result<Option<FinalLosses>> {
     let mut l2 = vec![GroupValues::default(); alphas.len()];
     let mut first_order = vec![GroupValues::default(); alphas.len()];
     let threshold = ctx.spec.margin;
+    let classes = ctx.model.layout().classes as usize;
     let mut finite = vec![true; alphas.len()];
     for batch in &ctx.batches {
         let (x, y) = ctx.to_device(batch)?;
         let start = ctx.model.infer_tapped(&x, &[last])?.1.remove(0);
-        let margins = head_stats(&ctx.model.head().forward(&start, BnMode::Eval)?, batch.1)?.margin;
+        let logits = host(&ctx.model.head().forward(&start, BnMode::Eval)?)?;
+        let margins = head_stats(&logits, classes, batch.1).margin;
         for (a, &alpha) in alphas.iter().enumerate() {
-            let mut h = start.clone();
-            for step in 0..=steps {
-                if !host(&norms(&h)?)?.iter().all(|v| v.is_finite()) {
-                    finite[a] = false;
-                    break;
-                }
-                let head = head_gradients(ctx.model, &h, &y)?;
-                let stats = head_stats(&head.logits, batch.1)?;
+            let path = Unrolled::compute(ctx.model, block, bn, &start, &y, alpha, steps)?;
+            let kept = path.finite_states();
+            finite[a] &= kept > steps as usize;
+            for k in 0..kept {
+                let step = k as u32;
+                let stats = head_stats(&path.logits[k], classes, batch.1);
                 sums[a].add(step, &stats, &margins, threshold);
-                let f = block.residual(&h, bn)?.detach();
-                let cosines = host(&cosines(&f, &head.direction)?)?;
-                cos[a].extend(step, cosines, &margins, threshold);
-                let l2_ratios = host(&ratios(&norms(&f)?, &norms(&h)?)?)?;
-                l2[a].extend(step, l2_ratios, &margins, threshold);
-                if step < steps {
-                    let predicted = host(&(dots(&f, &head.loss_gradient)? * alpha)?)?;
-                    first_order[a].extend(step, predicted, &margins, threshold);
-                    h = (h + (f * alpha)?)?.detach();
+                cos[a].extend(step, &path.cosines[k], &margins, threshold);
+                l2[a].extend(step, &path.ratios[k], &margins, threshold);
+                if let Some(change) = path.first_order.get(k) {
+                    first_order[a].extend(step, change, &margins, threshold);
                 }
             }
         }
@@ -245,6 +248,74 @@ pub(crate) fn unroll(ctx: &mut Ctx) -> Result<Option<FinalLosses>> {
         finals.push((alpha, final_loss, finite[a] && final_loss.is_finite()));
     }
     Ok(Some(finals))
+}
+
+/// One α's unrolling of one batch, h_{k+1} = h_k + α·F(h_k) for k < steps, computed on the
+/// device and read back at once: on a GPU every read waits for the work before it, and the
+/// unrolling has five series per step. Each field holds its values per state (per example
+/// within); past a state that overflowed they are not finite, and the reader stops there.
+struct Unrolled {
+    /// The head's logits, (N, C) row by row.
+    logits: Vec<Vec<f64>>,
+    /// ‖h‖.
+    norms: Vec<Vec<f64>>,
+    /// cos(F(h), ∇ℓ(h)).
+    cosines: Vec<Vec<f64>>,
+    /// ‖F(h)‖/‖h‖.
+    ratios: Vec<Vec<f64>>,
+    /// α·⟨F(h), ∇ℓ(h)⟩, the first-order change of the loss over the step from h: one state
+    /// fewer.
+    first_order: Vec<Vec<f64>>,
+}
+
+impl Unrolled {
+    fn compute(
+        model: &ResNet,
+        block: &Block,
+        bn: BnMode,
+        start: &Tensor,
+        labels: &Tensor,
+        alpha: f64,
+        steps: u32,
+    ) -> Result<Self> {
+        let mut series = Series::new(5);
+        let mut h = start.clone();
+        for step in 0..=steps {
+            let head = head_gradients(model, &h, labels)?;
+            series.push(0, head.logits);
+            let f = block.residual(&h, bn)?.detach();
+            let h_norms = norms(&h)?;
+            series.push(1, h_norms.clone());
+            series.push(2, cosines(&f, &head.direction)?);
+            series.push(3, ratios(&norms(&f)?, &h_norms)?);
+            if step < steps {
+                series.push(4, (dots(&f, &head.loss_gradient)? * alpha)?);
+                h = (h + (f * alpha)?)?.detach();
+            }
+        }
+        let n = start.dim(0)?;
+        let classes = model.layout().classes as usize;
+        let per_state = |values: Vec<f64>, size: usize| -> Vec<Vec<f64>> {
+            values.chunks(size).map(<[f64]>::to_vec).collect()
+        };
+        let [logits, norms, cosines, ratios, first_order]: [Vec<f64>; 5] =
+            series.read()?.try_into().expect("five series");
+        Ok(Self {
+            logits: per_state(logits, n * classes),
+            norms: per_state(norms, n),
+            cosines: per_state(cosines, n),
+            ratios: per_state(ratios, n),
+            first_order: per_state(first_order, n),
+        })
+    }
+
+    /// How many states, from the start, have finite norms: those the unrolling records.
+    fn finite_states(&self) -> usize {
+        self.norms
+            .iter()
+            .take_while(|norms| norms.iter().all(|v| v.is_finite()))
+            .count()
+    }
 }
 
 /// The α with the lowest final train loss among those that stayed finite.

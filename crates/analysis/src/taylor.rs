@@ -3,7 +3,7 @@
 //! prediction ⟨F_i(h_i), ∇ℓ(h_i)⟩, per example.
 
 use crate::blocks::head_loss_and_gradient;
-use crate::stats::{dots, head_stats, host, pearson};
+use crate::stats::{dots, head_stats, pearson, Series};
 use crate::{Ctx, Result};
 use domain::MetricName as M;
 use resnet::{BnMode, ProbeOptions};
@@ -15,23 +15,37 @@ pub(crate) fn taylor(ctx: &mut Ctx) -> Result<()> {
             .push("taylor: no block of the last stage takes the head's input shape".into());
         return Ok(());
     }
-    let mut actual = vec![vec![]; blocks.len()];
-    let mut predicted = vec![vec![]; blocks.len()];
+    // Per block: the loss before it, the logits after it, the prediction; read back at once.
+    let (mut before, mut after, mut predicted) = (
+        Series::new(blocks.len()),
+        Series::new(blocks.len()),
+        Series::new(blocks.len()),
+    );
     for batch in &ctx.batches {
         let (x, y) = ctx.to_device(batch)?;
         let probed = ctx.model.forward_probed(&x, &ProbeOptions::eval())?;
         for (k, &i) in blocks.iter().enumerate() {
             let f = probed.residuals[i].as_ref().expect("no block is skipped");
-            let (before, grad) = head_loss_and_gradient(ctx.model, &probed.inputs[i], &y)?;
-            let after = head_stats(
-                &ctx.model.head().forward(&probed.outputs[i], BnMode::Eval)?,
-                batch.1,
-            )?
-            .loss;
-            actual[k].extend(after.iter().zip(&before).map(|(a, b)| a - b));
-            predicted[k].extend(host(&dots(f, &grad)?)?);
+            let (loss, grad) = head_loss_and_gradient(ctx.model, &probed.inputs[i], &y)?;
+            before.push(k, loss);
+            after.push(
+                k,
+                ctx.model.head().forward(&probed.outputs[i], BnMode::Eval)?,
+            );
+            predicted.push(k, dots(f, &grad)?);
         }
     }
+    let (labels, classes) = (ctx.labels(), ctx.model.layout().classes as usize);
+    let predicted = predicted.read()?;
+    let actual: Vec<Vec<f64>> = before
+        .read()?
+        .iter()
+        .zip(after.read()?)
+        .map(|(before, after)| {
+            let after = head_stats(&after, classes, &labels).loss;
+            after.iter().zip(before).map(|(a, b)| a - b).collect()
+        })
+        .collect();
     for (k, &i) in blocks.iter().enumerate() {
         ctx.summarise(M::TaylorActual, i, &actual[k]);
         ctx.summarise(M::TaylorPredicted, i, &predicted[k]);

@@ -551,6 +551,63 @@ fn a_projection_last_block_is_noted_not_unrolled() {
     assert!(result.records.is_empty());
 }
 
+/// A last block whose convolutions are scaled by 10 grows the unrolled hidden state ~40× per
+/// step of α = 1 until it overflows: that α is recorded up to its last finite state (the
+/// first-order change of each step taken from one, too) and noted, its final loss keeps it
+/// out of the selection, and α = 0 beside it keeps every step.
+#[test]
+fn an_unrolling_that_overflows_is_recorded_up_to_its_last_finite_step() {
+    let fixture = Fixture::new(small(3), DType::F32, 20, 5);
+    let weights: HashMap<String, Tensor> = fixture
+        .model
+        .state_dict()
+        .unwrap()
+        .into_iter()
+        .map(|(name, t)| {
+            let scaled = name.starts_with("stages.2.blocks.2.conv") && name.ends_with("weight");
+            let t = if scaled { t * 10.0 } else { t.copy() };
+            (name, t.unwrap())
+        })
+        .collect();
+    fixture.model.load_state_dict(&weights).unwrap();
+    let input = fixture.input(1);
+    let mut s = spec(&[AnalysisKind::Unroll]);
+    s.alphas = vec![1.0, 0.0];
+    s.unroll_steps = 30;
+    let result = analyze(&input, &s).unwrap();
+    for split in [Split::Train, Split::Test] {
+        let steps = |name, alpha| -> Vec<u32> {
+            let mut steps: Vec<u32> = find(&result.records, |r| {
+                r.name == name
+                    && r.split == split
+                    && r.alpha == Some(alpha)
+                    && r.group == Some(Group::All)
+            })
+            .iter()
+            .map(|r| r.step.unwrap())
+            .collect();
+            steps.sort();
+            steps
+        };
+        let kept = steps(M::UnrollLoss, 1.0);
+        let last = *kept.last().expect("step 0 is finite");
+        assert!(last < 30, "{split}: α = 1 never overflowed");
+        assert_eq!(kept, (0..=last).collect::<Vec<_>>(), "{split}");
+        // The step from the last finite state was taken (it overflowed).
+        assert_eq!(steps(M::UnrollFirstOrder, 1.0), kept, "{split}");
+        // ‖F(h)‖ may overflow one step before h does: its cosine is then not recorded.
+        let cosines = steps(M::UnrollCosine, 1.0);
+        assert!(
+            cosines == kept || cosines == kept[..kept.len() - 1],
+            "{split}: {cosines:?}"
+        );
+        assert_eq!(steps(M::UnrollLoss, 0.0), (0..=30).collect::<Vec<_>>());
+    }
+    let note = "unroll: with α = 1 the hidden state stopped being finite";
+    assert!(result.notes.iter().any(|n| n == note), "{:?}", result.notes);
+    assert_eq!(result.selected_alpha, Some(0.0));
+}
+
 /// A margin of 0 leaves the borderline group (|m| < 0) empty on both paths: no records of
 /// it, and a note per path and split that says so.
 #[test]
