@@ -17,8 +17,8 @@ use candle_core::Tensor;
 use cifar::batch::fixed_subset;
 use cifar::Images;
 use domain::{
-    AnalysisKind, AnalysisRecord, AnalysisSpec, BlockId, BlockInfo, BlockKind, MetricName, RunSpec,
-    Split, SplitExamples, Stat,
+    AnalysisKind, AnalysisRecord, AnalysisSpec, BlockId, BlockInfo, BlockKind, MetricName,
+    PassTime, RunSpec, Split, SplitExamples, Stat,
 };
 use resnet::eval::{HostBatch, Inputs};
 use resnet::memory::{is_out_of_memory, name_batch_if_out_of_memory, Work};
@@ -73,6 +73,9 @@ pub struct Analysis {
     /// What could not be computed for this model, and why.
     pub notes: Vec<String>,
     pub seconds: f64,
+    /// Each pass's share of `seconds`, summed over the splits, in the order they ran.
+    #[serde(default)]
+    pub passes: Vec<PassTime>,
     pub records: Vec<AnalysisRecord>,
 }
 
@@ -178,6 +181,7 @@ fn analyze_frozen(input: &Input, spec: &AnalysisSpec) -> Result<Analysis> {
         selected_alpha: None,
         notes: vec![],
         seconds: 0.0,
+        passes: vec![],
         records: vec![],
     };
     let mut final_train_losses = None;
@@ -203,35 +207,52 @@ fn analyze_frozen(input: &Input, spec: &AnalysisSpec) -> Result<Analysis> {
             notes: vec![],
             stop: input.stop,
         };
-        let mut drops = spec
-            .wants(AnalysisKind::Drop)
-            .then(|| blocks::Drops::new(ctx.blocks.len()));
-        if spec.wants(AnalysisKind::Cosine) || spec.wants(AnalysisKind::L2) {
-            // Dropping rides on this pass's probed forward.
-            blocks::cosine_and_l2(&mut ctx, drops.as_mut())?;
-            if let Some(drops) = drops {
-                drops.record(&mut ctx)?;
-            }
-        } else if let Some(drops) = drops {
-            drops.measure(&mut ctx)?;
+        let passes = &mut out.passes;
+        let first: Vec<AnalysisKind> = [AnalysisKind::Cosine, AnalysisKind::L2, AnalysisKind::Drop]
+            .into_iter()
+            .filter(|&m| spec.wants(m))
+            .collect();
+        if !first.is_empty() {
+            timed(passes, first, || {
+                let mut drops = spec
+                    .wants(AnalysisKind::Drop)
+                    .then(|| blocks::Drops::new(ctx.blocks.len()));
+                if spec.wants(AnalysisKind::Cosine) || spec.wants(AnalysisKind::L2) {
+                    // Dropping rides on this pass's probed forward.
+                    blocks::cosine_and_l2(&mut ctx, drops.as_mut())?;
+                    drops.map_or(Ok(()), |drops| drops.record(&mut ctx))
+                } else {
+                    drops.map_or(Ok(()), |drops| drops.measure(&mut ctx))
+                }
+            })?;
         }
         if spec.wants(AnalysisKind::Intermediate) {
-            blocks::intermediate(&mut ctx)?;
+            timed(passes, vec![AnalysisKind::Intermediate], || {
+                blocks::intermediate(&mut ctx)
+            })?;
         }
         if spec.wants(AnalysisKind::Borderline) {
-            out.window = paths::borderline(&mut ctx)?;
+            out.window = timed(passes, vec![AnalysisKind::Borderline], || {
+                paths::borderline(&mut ctx)
+            })?;
         }
         if spec.wants(AnalysisKind::Unroll) {
-            let losses = paths::unroll(&mut ctx)?;
+            let losses = timed(passes, vec![AnalysisKind::Unroll], || {
+                paths::unroll(&mut ctx)
+            })?;
             if split == Split::Train {
                 final_train_losses = losses;
             }
         }
         if spec.wants(AnalysisKind::Sharing) {
-            blocks::sharing(&mut ctx, input.run)?;
+            timed(passes, vec![AnalysisKind::Sharing], || {
+                blocks::sharing(&mut ctx, input.run)
+            })?;
         }
         if spec.wants(AnalysisKind::Taylor) {
-            taylor::taylor(&mut ctx)?;
+            timed(passes, vec![AnalysisKind::Taylor], || {
+                taylor::taylor(&mut ctx)
+            })?;
         }
         out.records.append(&mut ctx.records);
         for note in ctx.notes {
@@ -246,6 +267,23 @@ fn analyze_frozen(input: &Input, spec: &AnalysisSpec) -> Result<Analysis> {
             .push("unroll: no α selected, the rule needs the train split".into());
     }
     out.seconds = started.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+/// Runs the pass that computes `metrics` and adds its time to theirs in `passes` (appended
+/// on the first split, summed over the others).
+fn timed<T>(
+    passes: &mut Vec<PassTime>,
+    metrics: Vec<AnalysisKind>,
+    pass: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let started = Instant::now();
+    let out = pass()?;
+    let seconds = started.elapsed().as_secs_f64();
+    match passes.iter_mut().find(|p| p.metrics == metrics) {
+        Some(p) => p.seconds += seconds,
+        None => passes.push(PassTime { metrics, seconds }),
+    }
     Ok(out)
 }
 

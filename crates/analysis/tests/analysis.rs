@@ -476,6 +476,37 @@ fn every_analysis_runs_and_leaves_batchnorm_statistics_unchanged() {
         .all(|r| r.value.is_finite() && r.epoch == 4));
     assert_eq!(result.examples.len(), 2);
     assert_eq!(result.examples[0].examples, 24);
+    // One timed pass per family of metrics (cosine, ℓ2 and dropping share one), both splits
+    // in each, in the order they ran, together within the whole.
+    let passes: Vec<String> = result
+        .passes
+        .iter()
+        .map(|p| {
+            let names: Vec<&str> = p.metrics.iter().map(|m| m.as_str()).collect();
+            names.join("+")
+        })
+        .collect();
+    assert_eq!(
+        passes,
+        [
+            "cosine+l2+drop",
+            "intermediate",
+            "borderline",
+            "unroll",
+            "sharing",
+            "taylor"
+        ]
+    );
+    let timed: f64 = result.passes.iter().map(|p| p.seconds).sum();
+    assert!(
+        result.passes.iter().all(|p| p.seconds > 0.0) && timed <= result.seconds,
+        "{:?} within {}",
+        result.passes,
+        result.seconds
+    );
+    let dropping = analyze(&input, &spec(&[AnalysisKind::Drop])).unwrap();
+    assert_eq!(dropping.passes.len(), 1);
+    assert_eq!(dropping.passes[0].metrics, [AnalysisKind::Drop]);
     // Projection blocks are reported, marked as such.
     let projection_cos = find(&result.records, |r| {
         r.name == M::Cosine && r.kind == Some(BlockKind::Projection)

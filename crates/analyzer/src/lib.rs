@@ -116,6 +116,7 @@ pub fn run_job(job: &JobContext<'_>) -> JobEnd {
                         notes: analysis.notes,
                         examples: analysis.examples,
                         seconds: analysis.seconds,
+                        passes: analysis.passes,
                         records: analysis.records,
                     }))),
                     Err(e) => {

@@ -946,6 +946,8 @@ async fn blocks_are_summarised_over_the_seeds_of_each_configuration(pool: PgPool
         .await;
     let third = app.get(&format!("/v1/runs/{behind}/analyses")).await.json();
     assert_eq!(third[0]["status"], "succeeded", "{third}");
+    // An analyzer that sends no passes' times (one older than them) is taken.
+    assert_eq!(third[0]["passes"], json!([]), "{third}");
     // The claims pool the same seeds: counted in, its positive cosine would turn C1.
     let c1 = app.verdict(&experiment, "C1").await;
     assert_eq!(c1["holds"], true, "{c1}");
@@ -1600,6 +1602,8 @@ async fn an_analysis_serves_the_records_its_query_names(pool: PgPool) {
         json!({"name": "cosine", "split": "test", "epoch": 1, "block": "s0.b0",
             "block_index": 0, "kind": "identity", "stat": stat, "value": value, "n": 10})
     };
+    let passes = json!([{"metrics": ["cosine"], "seconds": 0.25},
+        {"metrics": ["unroll"], "seconds": 0.5}]);
     let records = json!([
         cosine("mean", -0.1),
         cosine("median", -0.2),
@@ -1612,11 +1616,13 @@ async fn an_analysis_serves_the_records_its_query_names(pool: PgPool) {
         .train_and_analyse(
             json!([]),
             json!({"selected_alpha": 0.05, "notes": [], "examples": [], "seconds": 1.0,
-                "records": records}),
+                "passes": passes, "records": records}),
         )
         .await;
     let analyses = app.get(&format!("/v1/runs/{run}/analyses")).await.json();
     let uri = format!("/v1/analyses/{}", analyses[0]["id"].as_str().unwrap());
+    // With its passes' times.
+    assert_eq!(app.get(&uri).await.json()["passes"], passes);
     let kept = |reply: Reply| reply.json()["records"].as_array().unwrap().clone();
     assert_eq!(
         kept(app.get(&uri).await),

@@ -157,7 +157,10 @@ async fn work(app: &TestApp) -> String {
         unrolled("unroll_first_order", 0, 0.08),
     ]);
     let analysis = json!({"selected_alpha": 0.05, "notes": [format!("a note {NASTY}")],
-        "examples": [{"split": "test", "examples": 12}], "seconds": 1.5, "records": records});
+        "examples": [{"split": "test", "examples": 12}], "seconds": 1.5,
+        "passes": [{"metrics": ["cosine", "drop"], "seconds": 0.5},
+            {"metrics": ["unroll"], "seconds": 0.7}],
+        "records": records});
     app.train_and_analyse(events, analysis).await
 }
 
@@ -306,7 +309,7 @@ async fn pages_show_a_finished_run_and_escape_what_users_wrote(pool: PgPool) {
         "<th>cosine</th>", // per-block table
         "-0.3000",
         "12 test examples", // analysed, and how long it took
-        "in 1.5 s",
+        "in 1.5 s (cosine+drop 0.5 s, unroll 0.7 s)", // and in which passes
         "selected unrolling α = 0.05 (train loss 0.500 → 0.600 (first order +0.080))",
         r#"data-figure="fig7_unrolling_"#,
         "Run spec",

@@ -4,7 +4,8 @@
 
 use crate::spec::{Errors, SpecError};
 use crate::{
-    AnalysisRecord, AnalysisSpec, ExperimentSpec, MetricRecord, RunSpec, Split, SplitExamples,
+    AnalysisRecord, AnalysisSpec, ExperimentSpec, MetricRecord, PassTime, RunSpec, Split,
+    SplitExamples,
 };
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -478,6 +479,10 @@ pub struct AnalysisView {
     #[schema(value_type = Vec<Object>)]
     pub examples: Vec<SplitExamples>,
     pub seconds: Option<f64>,
+    /// How long each pass took (empty until the analysis succeeded, and for analyses made
+    /// before passes were timed).
+    #[schema(value_type = Vec<Object>)]
+    pub passes: Vec<PassTime>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     /// Per-block results (empty until the analysis succeeded).
@@ -790,6 +795,10 @@ pub struct AnalysisResult {
     #[schema(value_type = Vec<Object>)]
     pub examples: Vec<SplitExamples>,
     pub seconds: f64,
+    /// Each pass's share of `seconds` (none from an analyzer older than this field).
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub passes: Vec<PassTime>,
     #[schema(value_type = Vec<Object>)]
     pub records: Vec<AnalysisRecord>,
 }

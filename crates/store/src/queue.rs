@@ -844,7 +844,8 @@ async fn insert_metrics(
 
 async fn store_analysis(conn: &mut PgConnection, id: Uuid, result: &AnalysisResult) -> Result<()> {
     sqlx::query(
-        "UPDATE analyses SET selected_alpha = $2, notes = $3, examples = $4, seconds = $5
+        "UPDATE analyses SET selected_alpha = $2, notes = $3, examples = $4, seconds = $5,
+                passes = $6
           WHERE id = $1",
     )
     .bind(id)
@@ -852,6 +853,7 @@ async fn store_analysis(conn: &mut PgConnection, id: Uuid, result: &AnalysisResu
     .bind(Json(&result.notes))
     .bind(Json(&result.examples))
     .bind(result.seconds)
+    .bind(Json(&result.passes))
     .execute(&mut *conn)
     .await?;
     sqlx::query("DELETE FROM analysis_records WHERE analysis_id = $1")

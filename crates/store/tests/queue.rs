@@ -301,6 +301,7 @@ async fn complete_analysis(
         notes: vec![],
         examples: vec![],
         seconds: 1.0,
+        passes: vec![],
         records,
     };
     store

@@ -18,7 +18,7 @@ use axum::Extension;
 use domain::service::{
     AnalysisRequest, AnalysisView, AttemptView, JobState, RunView, UploadedWeights,
 };
-use domain::{AnalysisRecord, AnalysisSpec, MetricName, MetricRecord, SpecError, Split};
+use domain::{AnalysisRecord, AnalysisSpec, MetricName, MetricRecord, PassTime, SpecError, Split};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -289,7 +289,11 @@ async fn analysis_section(label: &str, analysis: AnalysisView) -> ApiResult<Anal
         id: analysis.id,
         epoch: analysis.epoch,
         status: analysis.status.as_str(),
-        took: analysis.seconds.map(duration).unwrap_or_default(),
+        took: match (analysis.seconds, analysis.passes.as_slice()) {
+            (None, _) => String::new(),
+            (Some(s), []) => duration(s),
+            (Some(s), passes) => format!("{} ({})", duration(s), PassTime::describe(passes)),
+        },
         examples: domain::SplitExamples::describe(&analysis.examples),
         alpha: analysis
             .selected_alpha

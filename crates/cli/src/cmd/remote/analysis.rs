@@ -4,7 +4,7 @@
 use super::checkpoint::epoch_ends_on_disk;
 use super::{id, json, run_id, Api};
 use crate::args::AnalysisRequestArgs;
-use crate::cmd::analyze::result_lines;
+use crate::cmd::analyze::{result_lines, took};
 use crate::cmd::print_text;
 use anyhow::Result;
 use domain::service::{AnalysisRequest, AnalysisView, JobState};
@@ -136,8 +136,9 @@ fn describe(a: &AnalysisView) -> String {
     )];
     if let Some(seconds) = a.seconds {
         lines.push(format!(
-            "  {} examples in {seconds:.1} s",
-            SplitExamples::describe(&a.examples)
+            "  {} examples {}",
+            SplitExamples::describe(&a.examples),
+            took(seconds, &a.passes)
         ));
     }
     let settings = a.spec.changes_inline();
@@ -161,8 +162,8 @@ fn describe(a: &AnalysisView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use domain::{AnalysisKind, PassTime, Stat, UnrollBn};
     use domain::{AnalysisRecord, AnalysisSpec, BlockId, BlockKind, Group, MetricName, Split};
-    use domain::{Stat, UnrollBn};
 
     /// What `analysis show` prints of a finished analysis: its blocks, the unrolling's
     /// selected α with the groups' shares of its first order, the sweep, the notes.
@@ -230,8 +231,21 @@ mod tests {
             last_error: None,
             selected_alpha: Some(0.1),
             notes: vec!["unroll: no test example is borderline".into()],
-            examples: vec![],
-            seconds: None,
+            examples: vec![SplitExamples {
+                split: Split::Test,
+                examples: 10,
+            }],
+            seconds: Some(4.25),
+            passes: vec![
+                PassTime {
+                    metrics: vec![AnalysisKind::Cosine, AnalysisKind::Drop],
+                    seconds: 1.0,
+                },
+                PassTime {
+                    metrics: vec![AnalysisKind::Unroll],
+                    seconds: 3.0,
+                },
+            ],
             created_at: chrono::DateTime::UNIX_EPOCH,
             finished_at: None,
             records,
@@ -245,6 +259,7 @@ mod tests {
             lines,
             [
                 format!("analysis {id} of run {id}, checkpoint after epoch 3: succeeded"),
+                "10 test examples in 4.2 s (cosine+drop 1.0 s, unroll 3.0 s)".into(),
                 "settings: unroll_bn = \"batch\"; unroll_steps = 2".into(),
                 "test split:".into(),
                 "block kind cosine l2 ratio drop acc".into(),
