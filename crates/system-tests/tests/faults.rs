@@ -58,7 +58,9 @@ fn trainers_killed_and_a_damaged_checkpoint_leave_the_run_as_if_uninterrupted() 
     let mut stack = Stack::start(Settings::default());
     stack.synth("tiny10", 1024, 256);
     let client = stack.client();
-    let epochs = 8;
+    // An epoch takes ~0.2 s here: enough of them after the second kill (at 5) that a fast
+    // machine cannot finish the run between the poll that sees epoch 5 and the kill.
+    let epochs = 12;
     let run = client
         .submit_run(&tiny_run("tiny10", epochs), None)
         .unwrap()
