@@ -250,10 +250,14 @@ pub(crate) fn unroll(ctx: &mut Ctx) -> Result<Option<FinalLosses>> {
     Ok(Some(finals))
 }
 
+/// Steps between the unrolling's checks that its hidden state is still finite.
+const FINITE_CHECK_EVERY: u32 = 5;
+
 /// One α's unrolling of one batch, h_{k+1} = h_k + α·F(h_k) for k < steps, computed on the
 /// device and read back at once: on a GPU every read waits for the work before it, and the
 /// unrolling has five series per step. Each field holds its values per state (per example
-/// within); past a state that overflowed they are not finite, and the reader stops there.
+/// within), up to a few states past the first that overflowed (whose values are not
+/// finite: the reader stops there).
 struct Unrolled {
     /// The head's logits, (N, C) row by row.
     logits: Vec<Vec<f64>>,
@@ -281,10 +285,18 @@ impl Unrolled {
         let mut series = Series::new(5);
         let mut h = start.clone();
         for step in 0..=steps {
+            let h_norms = norms(&h)?;
+            // Past an overflow every step is wasted work, but each read waits for the device:
+            // whether h is still finite is read only every few steps.
+            if step % FINITE_CHECK_EVERY == 0
+                && step > 0
+                && !host(&h_norms)?.iter().all(|v| v.is_finite())
+            {
+                break;
+            }
             let head = head_gradients(model, &h, labels)?;
             series.push(0, head.logits);
             let f = block.residual(&h, bn)?.detach();
-            let h_norms = norms(&h)?;
             series.push(1, h_norms.clone());
             series.push(2, cosines(&f, &head.direction)?);
             series.push(3, ratios(&norms(&f)?, &h_norms)?);
