@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Side-by-side CPU throughput of training (`stepwise bench train`) and of the per-block
+"""Side-by-side CPU throughput of training (`stepwise bench train`), of the per-block
 analysis (`stepwise bench analyze`: cosine and ℓ2 ratio with the full gradient, block
-dropping) against the PyTorch reference (bench/reference.py) on the same models, batch sizes
-and thread count, in one run. Prints one JSON document: machine, per-model results of both
-and their ratios (`--analysis-examples 0` skips the analysis).
+dropping) and of the unrolling (`stepwise bench analyze --metrics unroll`: 20 steps of 5 step
+sizes) against the PyTorch reference (bench/reference.py) on the same models, batch sizes and
+thread count, in one run. Prints one JSON document: machine, per-model results of both and
+their ratios (`--analysis-examples 0` skips the analysis, `--unroll-examples 0` the
+unrolling).
 
   python3 bench/cpu.py [--stepwise target/release/stepwise] [--threads 2] [--steps 10]
                        [--models resnet-20,resnet-56] [--batch 128] [--repeats 3]
                        [--analysis-examples 1000] [--analysis-batch 250]
+                       [--unroll-examples 500]
 
 Each side runs `--repeats` times, alternating, and reports its median run: shared machines
 drift by 20% within minutes, so one run of each can land in different conditions.
@@ -63,6 +66,7 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--analysis-examples", type=int, default=1000)
     p.add_argument("--analysis-batch", type=int, default=250)
+    p.add_argument("--unroll-examples", type=int, default=500, help="in batches of --analysis-batch")
     args = p.parse_args()
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), THREADS=str(args.threads),
                OMP_NUM_THREADS=str(args.threads))
@@ -89,15 +93,18 @@ def main():
                             "runs_ms_per_step": torch_ms, "version": torch["torch"]},
                 "ratio": ours["images_per_second"] / torch["images_per_second"],
             }
-            if args.analysis_examples > 0:
-                sizes = ["--examples", str(args.analysis_examples), "--batch", str(args.analysis_batch),
-                         "--repeats", "1"]
+            for name, examples, metrics in [("analysis", args.analysis_examples, "cosine,l2,drop"),
+                                            ("unroll", args.unroll_examples, "unroll")]:
+                if examples <= 0:
+                    continue
+                sizes = ["--examples", str(examples), "--batch", str(args.analysis_batch), "--repeats", "1",
+                         "--metrics", metrics]
                 (ours, ours_s), (torch, torch_s) = alternate(
                     args.repeats,
                     [args.stepwise, "bench", "analyze", *flags, *sizes, "--json"],
                     [*reference, "bench-analysis", "--summary", summary.name, *sizes], env, "seconds")
-                result["analysis"] = {
-                    "examples": args.analysis_examples, "batch": args.analysis_batch,
+                result[name] = {
+                    "examples": examples, "batch": args.analysis_batch,
                     "stepwise": {"examples_per_second": ours["examples_per_second"], "runs_seconds": ours_s},
                     "pytorch": {"examples_per_second": torch["examples_per_second"], "runs_seconds": torch_s},
                     "ratio": ours["examples_per_second"] / torch["examples_per_second"],

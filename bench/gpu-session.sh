@@ -4,7 +4,7 @@
 # and out-of-memory errors, the side-by-side training table against PyTorch, the training
 # step before/after and as a CUDA graph and the evaluation and analysis passes
 # before/after, per-kernel profiles of a step in stepwise and in PyTorch, the side-by-side
-# evaluation and analysis, a few epochs of the paper's ResNet-110 schedule on real images,
+# evaluation, analysis and unrolling, a few epochs of the paper's ResNet-110 schedule on real images,
 # the quick run trained and analysed on the GPU, and whether two processes train to the
 # same weights. Expects dist/stepwise.xz (a stripped `--features cuda` release build),
 # optionally dist/stepwise-before.xz (the previous build, for the before/after rows) and
@@ -12,7 +12,8 @@
 # returns a limited number): session.log with every phase's output,
 # gpu-bench-train.{json,log} and gpu-bench-passes.{json,log}.
 #   [PHASES="selftest stepcheck memory train ab profile passes schedule quick determinism"]
-#   [SCHEDULE_EPOCHS=4] [SCHEDULE_DTYPE=f32] [TRAIN_MODELS=...] [PASS_MODELS=...] [STEPS=10]
+#   [SCHEDULE_EPOCHS=4] [SCHEDULE_DTYPE=f32] [TRAIN_MODELS=...] [PASS_MODELS=...]
+#   [UNROLL_MODELS=resnet-110] [STEPS=10]
 #   bash bench/gpu-session.sh
 set -uo pipefail
 OUT=${OUT:-out}
@@ -28,6 +29,7 @@ fi
 PHASES=${PHASES:-selftest stepcheck memory train ab profile passes schedule quick determinism}
 TRAIN_MODELS=${TRAIN_MODELS:-resnet-56:128,resnet-110:128,wide:128:bf16,wide:128:f32,resnet-56:512,resnet-110:512}
 PASS_MODELS=${PASS_MODELS:-resnet-56,resnet-110}
+UNROLL_MODELS=${UNROLL_MODELS:-resnet-110}
 STEPS=${STEPS:-10}
 phase() { echo "== $1 ($(date +%T))"; }
 # Runs a command under a time limit, its output and exit status into the log.
@@ -135,8 +137,9 @@ for o in r["ops"]:
 }
 
 passes() {
-  timeout 200 python3 bench/gpu.py --stepwise $S --timeout 60 --models '' \
+  timeout 240 python3 bench/gpu.py --stepwise $S --timeout 60 --models '' \
     --eval-models "$PASS_MODELS" --analysis-models "$PASS_MODELS" --examples 10000 \
+    --unroll-models "$UNROLL_MODELS" --unroll-examples 2000 \
     > "$OUT/gpu-bench-passes.json" 2> "$OUT/gpu-bench-passes.log"
   echo "exit $?"
   summary "$OUT/gpu-bench-passes.log"

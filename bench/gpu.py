@@ -22,7 +22,11 @@ what the autograd graph keeps alive (`graph_mib`).
   python3 bench/gpu.py --stepwise dist/stepwise [--steps 20] [--warmup 5]
       [--models resnet-56:128,resnet-110:512,wide:128:bf16,...]
       [--eval-models resnet-56,resnet-110] [--analysis-models resnet-56,resnet-110]
-      [--examples 10000] > gpu-bench.json
+      [--unroll-models resnet-110] [--examples 10000] [--unroll-examples 2000] > gpu-bench.json
+
+The unrolling rows time `stepwise bench analyze --metrics unroll` (20 steps of 5 step sizes
+on the last block) against `reference.py bench-analysis --metrics unroll`, which does the
+same work.
 """
 import argparse
 import json
@@ -112,7 +116,9 @@ def main():
     p.add_argument("--models", default=DEFAULT_MODELS, help="training: arch[-depth]:batch[:f32|bf16], comma-separated ('' for none)")
     p.add_argument("--eval-models", default="resnet-56,resnet-110", help="evaluation ('' for none)")
     p.add_argument("--analysis-models", default="resnet-56,resnet-110", help="analysis ('' for none)")
+    p.add_argument("--unroll-models", default="resnet-110", help="the unrolling ('' for none)")
     p.add_argument("--examples", type=int, default=10000, help="images per evaluation or analysis pass")
+    p.add_argument("--unroll-examples", type=int, default=2000, help="images per unrolling pass")
     p.add_argument("--eval-batch", type=int, default=1000)
     p.add_argument("--analysis-batch", type=int, default=500)
     p.add_argument("--repeats", type=int, default=1, help="timed evaluation/analysis passes (median)")
@@ -158,22 +164,24 @@ def main():
         emit({"pass": "train", "model": model, "batch": batch, "dtype": dtype, "stepwise": ours, "pytorch": theirs,
               **compare(ours, theirs, "images_per_second")})
 
-    for name, models, batch in [("eval", args.eval_models, args.eval_batch),
-                                ("analysis", args.analysis_models, args.analysis_batch)]:
-        sizes = ["--examples", str(args.examples), "--batch", str(batch), "--repeats", str(args.repeats)]
+    for name, models, batch, examples, metrics in [
+            ("eval", args.eval_models, args.eval_batch, args.examples, []),
+            ("analysis", args.analysis_models, args.analysis_batch, args.examples, []),
+            ("unroll", args.unroll_models, args.analysis_batch, args.unroll_examples, ["--metrics", "unroll"])]:
+        sizes = ["--examples", str(examples), "--batch", str(batch), "--repeats", str(args.repeats), *metrics]
         for model in filter(None, models.split(",")):
             def passes(summary):
-                command = "analyze" if name == "analysis" else "eval"
+                command, script = ("eval", "bench-eval") if name == "eval" else ("analyze", "bench-analysis")
                 ours = {d: run_measured([args.stepwise, "bench", command, *model_flags(model, d), *sizes,
                                          "--device", args.device, "--json"], args.timeout)
                         for d in ["f32", "tf32"]}
-                theirs = {prec: run_measured([*reference, f"bench-{name}", "--summary", summary, *sizes,
+                theirs = {prec: run_measured([*reference, script, "--summary", summary, *sizes,
                                               "--device", args.device, "--precision", prec], args.timeout)
                           for prec in ["default", "fp32"]}
                 return ours, theirs
 
             ours, theirs = with_summary(model, "f32", passes)
-            emit({"pass": name, "model": model, "batch": batch, "examples": args.examples, "stepwise": ours,
+            emit({"pass": name, "model": model, "batch": batch, "examples": examples, "stepwise": ours,
                   "pytorch": theirs, **compare(ours, theirs, "examples_per_second")})
 
     print(json.dumps({"card": card[0], "driver": card[1], "memory_total_mib": card[2],

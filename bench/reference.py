@@ -926,6 +926,58 @@ def analysis_pass(net, x, y):
     return cos, l2, drops
 
 
+UNROLL_ALPHAS = [1.0, 0.5, 0.25, 0.1, 0.05]  # stepwise's AnalysisSpec defaults
+UNROLL_STEPS = 20
+FINITE_CHECK_EVERY = 5
+
+
+def unroll_pass(net, x, y, margin=0.1):
+    """stepwise's unrolling of one batch as `stepwise bench analyze --metrics unroll` times it
+    (its defaults: 20 steps of each α in UNROLL_ALPHAS, the block's BatchNorm on running
+    statistics): per α and state the head's logits and both gradients there (the unit one for
+    the cosine, the loss's for the first-order change), F(h), cos(F, ∇), ‖F‖/‖h‖ and α·⟨F, ∇ℓ⟩,
+    kept on the device and read back once per α, whether h is still finite read every 5
+    steps; then on the host the head's statistics per state and the means per group of the
+    margin before unrolling. Returns the means so nothing is optimised away."""
+    last = flat_blocks(net)[-1][1]
+    with torch.no_grad():
+        h = net.stem(x)
+        for pool, block in flat_blocks(net):
+            h = block(F.avg_pool2d(h, 2) if pool else h)
+        start = h
+        groups = margin_groups(head_stats(net.head(start), y)["margin"].cpu(), margin)
+    y_host, n, means = y.cpu(), len(y), []
+    for alpha in UNROLL_ALPHAS:
+        h, states = start, []
+        for step in range(UNROLL_STEPS + 1):
+            h_norm = norm(h)
+            if step and step % FINITE_CHECK_EVERY == 0 and not torch.isfinite(h_norm).all():
+                break
+            hg = h.detach().requires_grad_(True)
+            logits = net.head(hg)
+            direction, = torch.autograd.grad(logits, hg, grad_outputs=logit_gradient(logits, y, unit=True),
+                                             retain_graph=True)
+            loss_grad, = torch.autograd.grad(logits, hg, grad_outputs=logit_gradient(logits, y))
+            with torch.no_grad():
+                f = last.residual(h)
+                first_order = alpha * dot(f, loss_grad) if step < UNROLL_STEPS else torch.zeros_like(h_norm)
+                states.append(torch.cat([logits.double().flatten(), h_norm, cosine(f, direction).double(),
+                                         norm(f) / h_norm, first_order]))
+                h = h + alpha * f
+        values = torch.stack(states).cpu()
+        count = len(values)
+        rest = values[:, -4 * n:].reshape(count, 4, n)
+        kept = int(torch.isfinite(rest[:, 0]).all(1).cumprod(0).sum())  # up to the first overflow
+        stats = head_stats(values[:, :-4 * n].reshape(count * n, -1), y_host.repeat(count))
+        series = torch.stack([stats[k].view(count, n) for k in ("loss", "accuracy", "entropy")]
+                             + [rest[:, 1], rest[:, 2], rest[:, 3]], 1)[:kept]
+        for mask in groups.values():
+            v = series[:, :, mask]
+            finite = torch.isfinite(v)
+            means.append(torch.where(finite, v, 0.0).sum(2) / finite.sum(2))
+    return means
+
+
 def print_pass(args, times):
     """The JSON line of an evaluation or analysis benchmark: the median of `times`."""
     times.sort()
@@ -937,9 +989,12 @@ def print_pass(args, times):
 
 
 def cmd_bench_analysis(args):
-    """Median time of the cosine/ℓ2/drop analysis of `--examples` random images through a
-    fresh model in inference mode, as `stepwise bench analyze` measures it (uint8 images
-    normalised batch by batch)."""
+    """Median time of the analysis of `--examples` random images through a fresh model in
+    inference mode, as `stepwise bench analyze` measures it (uint8 images normalised batch by
+    batch): `--metrics cosine,l2,drop` (its default) or `unroll`."""
+    passes = {"cosine,l2,drop": analysis_pass, "unroll": unroll_pass}
+    if args.metrics not in passes:
+        sys.exit(f"--metrics: one of {', '.join(passes)}")
     device = setup(args)
     summary = json.load(open(args.summary))
     net = Net(summary).to(device).eval()
@@ -953,7 +1008,7 @@ def cmd_bench_analysis(args):
         start = time.perf_counter()
         for b in range(0, args.examples, args.batch):
             x = ((images[b:b + args.batch].float() - 127.5) / 64.0).to(device).requires_grad_(True)
-            analysis_pass(net, x, labels[b:b + args.batch].to(device))
+            passes[args.metrics](net, x, labels[b:b + args.batch].to(device))
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i > 0:
@@ -1062,6 +1117,8 @@ def main():
         a.add_argument("--repeats", type=int, default=3)
         a.add_argument("--device", default="cpu")
         a.add_argument("--precision", default="default", choices=["default", "fp32"])
+        if name == "bench-analysis":
+            a.add_argument("--metrics", default="cosine,l2,drop")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", torch.get_num_threads())))
     return {"eval": cmd_eval, "check": cmd_check, "first-order": cmd_first_order, "train": cmd_train, "step-check": cmd_step_check, "drift": cmd_drift,

@@ -1,7 +1,7 @@
 //! Inference throughput on random images through a freshly initialised model, as
-//! `bench/reference.py` times the same passes in PyTorch: the per-block analysis (cosine and
-//! ℓ2 ratio with the full gradient, then block dropping), and evaluation (loss and accuracy,
-//! as the trainer evaluates every epoch).
+//! `bench/reference.py` times the same passes in PyTorch: the analysis (by default the
+//! per-block pass: cosine and ℓ2 ratio with the full gradient, then block dropping; or the
+//! unrolling), and evaluation (loss and accuracy, as the trainer evaluates every epoch).
 
 use crate::{analyze, Error, Input, Result};
 use candle_core::Device;
@@ -31,6 +31,9 @@ pub struct PassBench {
     pub seconds: f64,
     pub examples_per_second: f64,
     pub repeats: usize,
+    /// The analysis' metrics (not for evaluation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Vec<AnalysisKind>>,
     /// What the autograd graph of one batch's probed pass keeps alive for its backward pass
     /// ([`resnet::memory::graph_bytes`], counted the same on every device); evaluation keeps
     /// no graph.
@@ -63,16 +66,17 @@ const NORMALIZATION: Normalization = Normalization {
 };
 
 /// Times `pass` over `examples` random images `repeats` times after one untimed warm-up,
-/// the timed ones profiled if asked; `pass` returns the seconds it took. With
-/// `probed_graph` (the analysis), also counts what the graph of its probed pass keeps.
+/// the timed ones profiled if asked; `pass` returns the seconds it took. An analysis names
+/// its `metrics`; with the cosine, it also counts what the graph of its probed pass keeps.
 fn bench_pass(
     name: &'static str,
     model: &ModelSpec,
     settings: PassSettings,
     device: &Device,
     pass: impl Fn(&ResNet, &Images) -> Result<f64>,
-    probed_graph: bool,
+    metrics: Option<&[AnalysisKind]>,
 ) -> Result<PassBench> {
+    let probed_graph = metrics.is_some_and(|m| m.contains(&AnalysisKind::Cosine));
     let PassSettings {
         examples,
         batch,
@@ -121,11 +125,12 @@ fn bench_pass(
         seconds,
         examples_per_second: examples as f64 / seconds,
         repeats,
+        metrics: metrics.map(<[AnalysisKind]>::to_vec),
         graph_mib: probed_graph
             .then(|| probed_graph_mib(&net, &images, batch))
             .transpose()?,
         estimated_peak_mib: {
-            let work = if probed_graph {
+            let work = if metrics.is_some() {
                 Work::Analysis
             } else {
                 Work::Evaluation
@@ -147,9 +152,15 @@ fn probed_graph_mib(net: &ResNet, images: &Images, batch: usize) -> Result<f64> 
     Ok(graph_bytes(&probed.logits) as f64 / (1 << 20) as f64)
 }
 
-/// Times the cosine/ℓ2/drop analysis of random images.
+/// The analysis `stepwise bench analyze` times unless told otherwise: the per-block pass.
+pub const BLOCK_PASS: [AnalysisKind; 3] =
+    [AnalysisKind::Cosine, AnalysisKind::L2, AnalysisKind::Drop];
+
+/// Times the analysis of random images computing `metrics` (the spec's defaults otherwise:
+/// the unrolling's 20 steps of 5 step sizes on running statistics), on the test split only.
 pub fn bench_analysis(
     model: &ModelSpec,
+    metrics: &[AnalysisKind],
     settings: PassSettings,
     device: &Device,
 ) -> Result<PassBench> {
@@ -159,7 +170,7 @@ pub fn bench_analysis(
     let mut run = RunSpec::new(model.clone(), DataSpec::new("random"));
     run.data.normalization = Some(NORMALIZATION);
     let spec = AnalysisSpec {
-        metrics: vec![AnalysisKind::Cosine, AnalysisKind::L2, AnalysisKind::Drop],
+        metrics: metrics.to_vec(),
         splits: vec![Split::Test],
         max_examples: examples as u32,
         eval_batch: batch as u32,
@@ -185,7 +196,7 @@ pub fn bench_analysis(
             })?;
             Ok(analysis.seconds)
         },
-        true,
+        Some(metrics),
     )
 }
 
@@ -206,6 +217,6 @@ pub fn bench_eval(model: &ModelSpec, settings: PassSettings, device: &Device) ->
             synchronize(device)?;
             Ok(started.elapsed().as_secs_f64())
         },
-        false,
+        None,
     )
 }

@@ -1,6 +1,7 @@
 //! Command-line arguments. Every model and training flag maps onto one field of the run
 //! spec (domain::RunSpec); ranges are checked by the spec's validation, which names the field.
 
+use analysis::bench::BLOCK_PASS;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use domain::{
     service::JobState, AnalysisKind, AnalysisSpec, Arch, BlockId, DeviceSpec, GradientKind, Group,
@@ -721,9 +722,15 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Examples per second of the per-block analysis (cosine and ℓ2 ratio with the full
-    /// gradient, block dropping) on random images through a fresh model.
-    Analyze(PassBenchArgs),
+    /// Examples per second of an analysis on random images through a fresh model: by default
+    /// the per-block pass (cosine and ℓ2 ratio with the full gradient, block dropping).
+    Analyze {
+        #[command(flatten)]
+        pass: PassBenchArgs,
+        /// The metrics to compute, e.g. `unroll` (its default 20 steps of 5 step sizes).
+        #[arg(long, value_delimiter = ',', default_values_t = BLOCK_PASS)]
+        metrics: Vec<AnalysisKind>,
+    },
     /// Examples per second of evaluation (loss and accuracy in inference mode; each batch's
     /// bytes copied to the device and normalised there, as in training's per-epoch
     /// evaluation) on random images.

@@ -1156,7 +1156,7 @@ fn bench_eval_profiles_the_kernels_of_a_pass() {
 }
 
 #[test]
-fn bench_analyze_times_the_block_pass() {
+fn bench_analyze_times_the_block_pass_or_the_metrics_it_is_given() {
     let (out, r) = bench_tiny_pass("analyze", &["--repeats", "1"]);
     assert_eq!(r["examples"], 6, "{out}");
     assert_eq!(r["batch"], 4);
@@ -1169,6 +1169,13 @@ fn bench_analyze_times_the_block_pass() {
         seconds > 0.0 && (rate * seconds - 6.0).abs() < 1e-6,
         "{out}"
     );
+    assert_eq!(r["metrics"], serde_json::json!(["cosine", "l2", "drop"]));
+    assert!(r["graph_mib"].as_f64().unwrap() > 0.0, "{out}");
+    // The unrolling on its own: no probed pass, so no graph of one.
+    let (out, r) = bench_tiny_pass("analyze", &["--repeats", "1", "--metrics", "unroll"]);
+    assert_eq!(r["metrics"], serde_json::json!(["unroll"]), "{out}");
+    assert!(r["seconds"].as_f64().unwrap() > 0.0, "{out}");
+    assert!(r.get("graph_mib").is_none(), "{out}");
     let dir = tempfile::tempdir().unwrap();
     let err = failed(&stepwise(
         dir.path(),

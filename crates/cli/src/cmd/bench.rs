@@ -53,18 +53,27 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             );
             super::print_text(&text)?;
         }
-        BenchCommand::Analyze(args) => {
-            bench_pass(args, bench_analysis, "analysis (cosine, l2, drop)")?
+        BenchCommand::Analyze { pass, metrics } => {
+            let names: Vec<&str> = metrics.iter().map(|m| m.as_str()).collect();
+            let what = format!("analysis ({})", names.join(", "));
+            bench_pass(pass, &what, |model, settings, device| {
+                bench_analysis(model, &metrics, settings, device)
+            })?
         }
-        BenchCommand::Eval(args) => bench_pass(args, bench_eval, "evaluation")?,
+        BenchCommand::Eval(args) => bench_pass(args, "evaluation", bench_eval)?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
-type PassFn =
-    fn(&domain::ModelSpec, PassSettings, &candle_core::Device) -> analysis::Result<PassBench>;
-
-fn bench_pass(args: PassBenchArgs, pass: PassFn, what: &str) -> Result<()> {
+fn bench_pass(
+    args: PassBenchArgs,
+    what: &str,
+    pass: impl FnOnce(
+        &domain::ModelSpec,
+        PassSettings,
+        &candle_core::Device,
+    ) -> analysis::Result<PassBench>,
+) -> Result<()> {
     let PassBenchArgs {
         model,
         examples,
