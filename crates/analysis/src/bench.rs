@@ -189,6 +189,7 @@ pub fn bench_analysis(
                 train: images,
                 test: images,
                 stop: None,
+                progress: None,
             };
             let analysis = analyze(&input, &spec).map_err(|e| match e {
                 Error::Model(e) => Error::Model(e.naming_batch("--batch")),

@@ -24,6 +24,7 @@ use resnet::eval::{HostBatch, Inputs};
 use resnet::memory::{is_out_of_memory, name_batch_if_out_of_memory, Work};
 use resnet::ResNet;
 use serde::{Deserialize, Serialize};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -58,6 +59,20 @@ pub struct Input<'a> {
     /// [`Error::Stopped`]: a cancelled job or a worker shutting down need not wait for the
     /// whole analysis.
     pub stop: Option<&'a AtomicBool>,
+    /// Told at the start of every pass and at every batch a pass uploads, for a progress
+    /// display (an analysis of thousands of examples takes minutes on a CPU).
+    pub progress: Option<&'a (dyn Fn(&Progress) + Sync)>,
+}
+
+/// Where an analysis is: the split, the pass (the metrics it computes), and the batches the
+/// pass has uploaded of the split's (0 at its start; passes that run the network through
+/// their own loop report only their start).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Progress {
+    pub split: Split,
+    pub pass: Vec<AnalysisKind>,
+    pub batch: usize,
+    pub batches: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -91,6 +106,10 @@ pub(crate) struct Ctx<'a> {
     pub records: Vec<AnalysisRecord>,
     pub notes: Vec<String>,
     pub stop: Option<&'a AtomicBool>,
+    pub progress: Option<&'a (dyn Fn(&Progress) + Sync)>,
+    /// The pass running, and the batches it has uploaded.
+    pub pass: Vec<AnalysisKind>,
+    pub uploaded: Cell<usize>,
 }
 
 impl Ctx<'_> {
@@ -120,7 +139,21 @@ impl Ctx<'_> {
     /// so this is where a stop is seen.
     pub fn to_device(&self, batch: &HostBatch) -> Result<(Tensor, Tensor)> {
         self.unless_stopped()?;
+        self.uploaded.set(self.uploaded.get() + 1);
+        self.report();
         Ok(self.inputs.upload(*batch)?)
+    }
+
+    /// Tells [`Input::progress`] where the analysis is.
+    fn report(&self) {
+        if let Some(progress) = self.progress {
+            progress(&Progress {
+                split: self.split,
+                pass: self.pass.clone(),
+                batch: self.uploaded.get(),
+                batches: self.batches.len(),
+            });
+        }
     }
 
     /// The labels of every batch, in order: those of a [`stats::Series`] of per-batch
@@ -206,6 +239,9 @@ fn analyze_frozen(input: &Input, spec: &AnalysisSpec) -> Result<Analysis> {
             records: vec![],
             notes: vec![],
             stop: input.stop,
+            progress: input.progress,
+            pass: vec![],
+            uploaded: Cell::new(0),
         };
         let passes = &mut out.passes;
         let first: Vec<AnalysisKind> = [AnalysisKind::Cosine, AnalysisKind::L2, AnalysisKind::Drop]
@@ -213,46 +249,40 @@ fn analyze_frozen(input: &Input, spec: &AnalysisSpec) -> Result<Analysis> {
             .filter(|&m| spec.wants(m))
             .collect();
         if !first.is_empty() {
-            timed(passes, first, || {
+            timed(passes, first, &mut ctx, |ctx| {
                 let mut drops = spec
                     .wants(AnalysisKind::Drop)
                     .then(|| blocks::Drops::new(ctx.blocks.len()));
                 if spec.wants(AnalysisKind::Cosine) || spec.wants(AnalysisKind::L2) {
                     // Dropping rides on this pass's probed forward.
-                    blocks::cosine_and_l2(&mut ctx, drops.as_mut())?;
-                    drops.map_or(Ok(()), |drops| drops.record(&mut ctx))
+                    blocks::cosine_and_l2(ctx, drops.as_mut())?;
+                    drops.map_or(Ok(()), |drops| drops.record(ctx))
                 } else {
-                    drops.map_or(Ok(()), |drops| drops.measure(&mut ctx))
+                    drops.map_or(Ok(()), |drops| drops.measure(ctx))
                 }
             })?;
         }
         if spec.wants(AnalysisKind::Intermediate) {
-            timed(passes, vec![AnalysisKind::Intermediate], || {
-                blocks::intermediate(&mut ctx)
-            })?;
+            let intermediate = vec![AnalysisKind::Intermediate];
+            timed(passes, intermediate, &mut ctx, blocks::intermediate)?;
         }
         if spec.wants(AnalysisKind::Borderline) {
-            out.window = timed(passes, vec![AnalysisKind::Borderline], || {
-                paths::borderline(&mut ctx)
-            })?;
+            let borderline = vec![AnalysisKind::Borderline];
+            out.window = timed(passes, borderline, &mut ctx, paths::borderline)?;
         }
         if spec.wants(AnalysisKind::Unroll) {
-            let losses = timed(passes, vec![AnalysisKind::Unroll], || {
-                paths::unroll(&mut ctx)
-            })?;
+            let losses = timed(passes, vec![AnalysisKind::Unroll], &mut ctx, paths::unroll)?;
             if split == Split::Train {
                 final_train_losses = losses;
             }
         }
         if spec.wants(AnalysisKind::Sharing) {
-            timed(passes, vec![AnalysisKind::Sharing], || {
-                blocks::sharing(&mut ctx, input.run)
+            timed(passes, vec![AnalysisKind::Sharing], &mut ctx, |ctx| {
+                blocks::sharing(ctx, input.run)
             })?;
         }
         if spec.wants(AnalysisKind::Taylor) {
-            timed(passes, vec![AnalysisKind::Taylor], || {
-                taylor::taylor(&mut ctx)
-            })?;
+            timed(passes, vec![AnalysisKind::Taylor], &mut ctx, taylor::taylor)?;
         }
         out.records.append(&mut ctx.records);
         for note in ctx.notes {
@@ -270,15 +300,19 @@ fn analyze_frozen(input: &Input, spec: &AnalysisSpec) -> Result<Analysis> {
     Ok(out)
 }
 
-/// Runs the pass that computes `metrics` and adds its time to theirs in `passes` (appended
-/// on the first split, summed over the others).
-fn timed<T>(
+/// Runs the pass that computes `metrics` on `ctx`'s split, reporting its start, and adds its
+/// time to theirs in `passes` (appended on the first split, summed over the others).
+fn timed<'a, T>(
     passes: &mut Vec<PassTime>,
     metrics: Vec<AnalysisKind>,
-    pass: impl FnOnce() -> Result<T>,
+    ctx: &mut Ctx<'a>,
+    pass: impl FnOnce(&mut Ctx<'a>) -> Result<T>,
 ) -> Result<T> {
+    ctx.pass.clone_from(&metrics);
+    ctx.uploaded.set(0);
+    ctx.report();
     let started = Instant::now();
-    let out = pass()?;
+    let out = pass(ctx)?;
     let seconds = started.elapsed().as_secs_f64();
     match passes.iter_mut().find(|p| p.metrics == metrics) {
         Some(p) => p.seconds += seconds,

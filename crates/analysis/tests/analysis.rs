@@ -93,6 +93,7 @@ impl Fixture {
             train: &self.train,
             test: &self.test,
             stop: None,
+            progress: None,
         }
     }
 }
@@ -660,6 +661,38 @@ fn an_empty_borderline_group_is_noted() {
             );
         }
     }
+}
+
+/// The progress hook hears each pass start and each batch it uploads, split by split; a pass
+/// that runs the network through its own loop (intermediate) only its start.
+#[test]
+fn progress_follows_the_passes_and_their_batches() {
+    let fixture = Fixture::new(small(2), DType::F32, 24, 3);
+    let heard = std::sync::Mutex::new(vec![]);
+    let hear = |p: &analysis::Progress| {
+        let pass: Vec<&str> = p.pass.iter().map(|m| m.as_str()).collect();
+        let line = format!("{} {} {}/{}", p.split, pass.join("+"), p.batch, p.batches);
+        heard.lock().unwrap().push(line);
+    };
+    let input = Input {
+        progress: Some(&hear),
+        ..fixture.input(1)
+    };
+    let metrics = [
+        AnalysisKind::Cosine,
+        AnalysisKind::Intermediate,
+        AnalysisKind::Unroll,
+    ];
+    analyze(&input, &spec(&metrics)).unwrap();
+    let mut expected = vec![];
+    for split in ["train", "test"] {
+        for (pass, batches) in [("cosine", 3), ("intermediate", 0), ("unroll", 3)] {
+            for batch in 0..=batches {
+                expected.push(format!("{split} {pass} {batch}/3"));
+            }
+        }
+    }
+    assert_eq!(*heard.lock().unwrap(), expected);
 }
 
 /// Every metric sees a stop before its passes over the data, and the analysis ends with

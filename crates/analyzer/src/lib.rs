@@ -2,7 +2,7 @@
 //! of the named checkpoint with `analysis::analyze`, and completes the job with the
 //! records. [`analyse_checkpoint`] is also what `stepwise analyze` and `stepwise run` use.
 
-use analysis::{analyze, Analysis, Input};
+use analysis::{analyze, Analysis, Input, Progress};
 use candle_core::Device;
 use client::worker::{JobContext, JobEnd, WorkerConfig};
 use domain::service::{AnalysisResult, CheckpointRef, FailureKind};
@@ -49,14 +49,15 @@ impl AnalyzeError {
     }
 }
 
-/// The analysis of a checkpoint's model on `data`; `stop` ends it early (see
-/// [`analysis::Input::stop`]).
+/// The analysis of a checkpoint's model on `data`; `stop` ends it early, `progress` hears
+/// where it is (see [`analysis::Input`]).
 pub fn analyse_checkpoint(
     checkpoint: &resnet::Checkpoint,
     data: &cifar::Dataset,
     spec: &AnalysisSpec,
     device: &Device,
     stop: Option<&AtomicBool>,
+    progress: Option<&(dyn Fn(&Progress) + Sync)>,
 ) -> Result<Analysis, AnalyzeError> {
     let (model, run) = train::load_model_to_measure(checkpoint, device)?;
     let state: train::TrainState = checkpoint.meta_json(train::META_TRAIN_STATE)?;
@@ -67,6 +68,7 @@ pub fn analyse_checkpoint(
         train: &data.train,
         test: &data.test,
         stop,
+        progress,
     };
     Ok(analyze(&input, spec)?)
 }
@@ -156,7 +158,7 @@ fn analyse_task(
         &config.data_dir,
         run.data.labels,
     )?;
-    analyse_checkpoint(&checkpoint, &data, spec, &device, Some(stop))
+    analyse_checkpoint(&checkpoint, &data, spec, &device, Some(stop), None)
 }
 
 #[cfg(test)]

@@ -22,6 +22,51 @@ pub fn bytes(total: u64, label: &str) -> ProgressBar {
     bar
 }
 
+/// A spinner while an analysis runs: `label`, then its split, pass and batch (hidden when
+/// stderr is not a terminal or `quiet`). Cleared when dropped.
+pub struct AnalysisBar {
+    bar: ProgressBar,
+    label: String,
+}
+
+impl AnalysisBar {
+    pub fn new(label: impl Into<String>, quiet: bool) -> Self {
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new_spinner()
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg} · {elapsed}").expect("a valid template"),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        let label = label.into();
+        bar.set_message(label.clone());
+        Self { bar, label }
+    }
+
+    pub fn show(&self, progress: &analysis::Progress) {
+        self.bar
+            .set_message(format!("{} · {}", self.label, describe(progress)));
+    }
+}
+
+impl Drop for AnalysisBar {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// "test split · cosine+l2+drop · batch 3 of 20" (no batch at a pass's start).
+fn describe(p: &analysis::Progress) -> String {
+    let pass: Vec<&str> = p.pass.iter().map(|m| m.as_str()).collect();
+    let at = format!("{} split · {}", p.split, pass.join("+"));
+    match p.batch {
+        0 => at,
+        batch => format!("{at} · batch {batch} of {}", p.batches),
+    }
+}
+
 /// Console progress plus `metrics.jsonl` (one metric record per line), holding the run
 /// directory's lock.
 pub struct RunSink {
@@ -173,5 +218,24 @@ impl EventSink for RunSink {
             TrainEvent::Checkpointing { .. } => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::AnalysisKind;
+
+    #[test]
+    fn an_analysis_says_its_split_pass_and_batch() {
+        let mut p = analysis::Progress {
+            split: Split::Test,
+            pass: vec![AnalysisKind::Cosine, AnalysisKind::Drop],
+            batch: 0,
+            batches: 20,
+        };
+        assert_eq!(describe(&p), "test split · cosine+drop");
+        p.batch = 3;
+        assert_eq!(describe(&p), "test split · cosine+drop · batch 3 of 20");
     }
 }

@@ -1,4 +1,5 @@
 use crate::args::AnalyzeArgs;
+use crate::progress::AnalysisBar;
 use analysis::Analysis;
 use anyhow::{bail, Context, Result};
 use domain::unrolling::unroll_means;
@@ -31,7 +32,11 @@ pub fn run(args: AnalyzeArgs, data_dir: &Path) -> Result<ExitCode> {
             dataset = Some(super::data_for(&run, args.data.as_deref(), data_dir)?.0);
         }
         let data = dataset.as_ref().expect("opened above");
-        let result = analyzer::analyse_checkpoint(&ck, data, &spec, &device, None)?;
+        let name = path.file_name().unwrap_or(path.as_os_str());
+        let bar = AnalysisBar::new(name.to_string_lossy(), args.json);
+        let show = |p: &analysis::Progress| bar.show(p);
+        let result = analyzer::analyse_checkpoint(&ck, data, &spec, &device, None, Some(&show))?;
+        drop(bar);
         let dir = out.join(format!("epoch-{:04}", result.epoch));
         write(&dir, &result)?;
         if !args.json {

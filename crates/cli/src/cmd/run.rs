@@ -8,7 +8,7 @@
 use super::figures::{blocks_of, pool_seeds, read_run, render, write_blocks_csv, RunData};
 use super::open_dataset;
 use crate::args::RunArgs;
-use crate::progress::RunSink;
+use crate::progress::{AnalysisBar, RunSink};
 use analyzer::AnalyzeError;
 use anyhow::{bail, Context, Result};
 use domain::{claims, paper};
@@ -227,17 +227,24 @@ fn analyse(
     let ck = resnet::checkpoint::read(&checkpoint)?;
     let run: domain::RunSpec = ck.meta_json(train::META_SPEC)?;
     let (data, _) = super::data_for(&run, None, data_dir)?;
-    let result = match analyzer::analyse_checkpoint(&ck, &data, &spec.analysis, device, Some(stop))
-    {
-        Err(AnalyzeError::Analysis(analysis::Error::Stopped)) => return Ok(false),
-        result => result?,
-    };
     let what = if epoch == 0 {
         "the initial weights".to_string()
     } else {
         format!("epoch {epoch}")
     };
-    eprintln!("  analysed {what} in {:.1} s", result.seconds);
+    let bar = AnalysisBar::new(format!("  analysing {what}"), false);
+    let show = |p: &analysis::Progress| bar.show(p);
+    let analysed =
+        analyzer::analyse_checkpoint(&ck, &data, &spec.analysis, device, Some(stop), Some(&show));
+    drop(bar);
+    let result = match analysed {
+        Err(AnalyzeError::Analysis(analysis::Error::Stopped)) => return Ok(false),
+        result => result?,
+    };
+    eprintln!(
+        "  analysed {what} {}",
+        super::analyze::took(result.seconds, &result.passes)
+    );
     super::analyze::write(&out, &result)?;
     Ok(true)
 }
