@@ -934,8 +934,8 @@ FINITE_CHECK_EVERY = 5
 def unroll_pass(net, x, y, margin=0.1):
     """stepwise's unrolling of one batch as `stepwise bench analyze --metrics unroll` times it
     (its defaults: 20 steps of each α in UNROLL_ALPHAS, the block's BatchNorm on running
-    statistics): per α and state the head's logits and both gradients there (the unit one for
-    the cosine, the loss's for the first-order change), F(h), cos(F, ∇), ‖F‖/‖h‖ and α·⟨F, ∇ℓ⟩,
+    statistics): per α and state the head's logits and its unit gradient there (one backward
+    pass; the loss's is that times ‖∂CE/∂z‖), F(h), cos(F, ∇), ‖F‖/‖h‖ and α·⟨F, ∇ℓ⟩,
     kept on the device and read back once per α, whether h is still finite read every 5
     steps; then on the host the head's statistics per state and the means per group of the
     margin before unrolling. Returns the means so nothing is optimised away."""
@@ -955,14 +955,17 @@ def unroll_pass(net, x, y, margin=0.1):
                 break
             hg = h.detach().requires_grad_(True)
             logits = net.head(hg)
-            direction, = torch.autograd.grad(logits, hg, grad_outputs=logit_gradient(logits, y, unit=True),
-                                             retain_graph=True)
-            loss_grad, = torch.autograd.grad(logits, hg, grad_outputs=logit_gradient(logits, y))
+            direction, = torch.autograd.grad(logits, hg, grad_outputs=logit_gradient(logits, y, unit=True))
             with torch.no_grad():
+                # ∇ℓ_n = ‖∂CE_n/∂z_n‖·direction_n (the head in inference mode is linear in each
+                # example's logit gradient), as stepwise takes it: one backward pass per state.
+                gradient_norm = logit_gradient(logits.double(), y).norm(dim=1)
                 f = last.residual(h)
-                first_order = alpha * dot(f, loss_grad) if step < UNROLL_STEPS else torch.zeros_like(h_norm)
-                states.append(torch.cat([logits.double().flatten(), h_norm, cosine(f, direction).double(),
-                                         norm(f) / h_norm, first_order]))
+                along, f_norm = dot(f, direction), norm(f)
+                first_order = (alpha * along * gradient_norm if step < UNROLL_STEPS
+                               else torch.zeros_like(h_norm))
+                states.append(torch.cat([logits.double().flatten(), h_norm, along / (f_norm * norm(direction)),
+                                         f_norm / h_norm, first_order]))
                 h = h + alpha * f
         values = torch.stack(states).cpu()
         count = len(values)

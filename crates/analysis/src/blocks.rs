@@ -18,28 +18,38 @@ use resnet::{BnMode, ProbeOptions, Probed, ResNet};
 /// below f32's range, and through a softmax it is zero once the other classes' probabilities
 /// underflow (a logit gap beyond ~104 in f32, ~745 in f64, as unrolled states reach).
 fn direction_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    let u = unit_logit_gradient(logits, labels)?;
+    let (u, _) = logit_gradient(logits, labels)?;
     Ok((logits * u)?.sum_all()?)
 }
 
-/// ∂CE_n/∂z_n / ‖∂CE_n/∂z_n‖ per example, (N, C) in the logits' dtype, exact at any logit
-/// gap. ∂CE/∂z = p − e_y has the label's entry −Σ_{c≠y} p_c, so every entry is a multiple of
-/// the other classes' probabilities, p_c ∝ exp(z_c − m) with m = max_{c≠y} z_c: computed so
-/// (in f64), the largest entry is 1 and nothing underflows to a zero vector, where the
-/// probabilities themselves would. Only non-finite logits give a non-finite direction.
-fn unit_logit_gradient(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+/// ∂CE_n/∂z_n per example as its unit vector, (N, C) in the logits' dtype, exact at any logit
+/// gap, and its norm, (N,) in f64. ∂CE/∂z = p − e_y has the label's entry −Σ_{c≠y} p_c, so
+/// every entry is a multiple of the other classes' probabilities, p_c = exp(z_c − m)·
+/// exp(m − lse) with m = max_{c≠y} z_c and lse = log Σ_c exp(z_c): the unit vector from the
+/// first factors (in f64; the largest is 1, and nothing underflows to a zero vector where the
+/// probabilities themselves would), the norm with the second (0 beyond a logit gap of ~745,
+/// where f64 underflows). Only non-finite logits give a non-finite direction.
+fn logit_gradient(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor)> {
     let z = logits.detach().to_dtype(DType::F64)?;
     let classes = Tensor::arange(0u32, z.dim(1)? as u32, z.device())?;
     let at_label = classes.broadcast_eq(&labels.unsqueeze(1)?)?;
     let excluded = Tensor::full(f64::NEG_INFINITY, z.shape(), z.device())?;
     let others = at_label.where_cond(&excluded, &z)?;
-    let scaled = others
-        .broadcast_sub(&others.max_keepdim(D::Minus1)?)?
-        .exp()?;
+    let m = others.max_keepdim(D::Minus1)?;
+    let scaled = others.broadcast_sub(&m)?.exp()?;
     let label_entry = scaled.sum_keepdim(D::Minus1)?.neg()?;
     let g = at_label.where_cond(&label_entry.broadcast_as(z.shape())?, &scaled)?;
     let norm = g.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
-    Ok(g.broadcast_div(&norm)?.to_dtype(logits.dtype())?)
+    let top = z.max_keepdim(D::Minus1)?;
+    let lse = (z
+        .broadcast_sub(&top)?
+        .exp()?
+        .sum_keepdim(D::Minus1)?
+        .log()?
+        + top)?;
+    let gradient_norm = ((m - lse)?.exp()? * &norm)?.squeeze(1)?;
+    let unit = g.broadcast_div(&norm)?.to_dtype(logits.dtype())?;
+    Ok((unit, gradient_norm))
 }
 
 /// The gradient of `loss` at `at` (zeros when `loss` does not depend on it).
@@ -254,25 +264,28 @@ pub(crate) fn head_loss_and_gradient(
     Ok((per_example.detach(), gradient))
 }
 
-/// The head at a hidden state: its logits, and two gradients there from one forward pass.
+/// The head at a hidden state: its logits, and the gradient of each example's loss there
+/// from one backward pass.
 pub(crate) struct HeadAt {
     pub logits: Tensor,
-    /// Of the summed cross-entropy: example n's ∇ℓ_n, whose inner product with a step is the
-    /// first-order change of its loss.
-    pub loss_gradient: Tensor,
     /// Of [`direction_loss`]: per example along ∇ℓ_n at any logit gap, for cosines.
     pub direction: Tensor,
+    /// ‖∂CE_n/∂z_n‖ per example, (N,) in f64: ∇ℓ_n = this × `direction`_n, as the head in
+    /// inference mode is linear in each example's logit gradient alone. So the inner
+    /// product of a step with ∇ℓ_n, the first-order change of its loss, needs no second
+    /// backward pass, and stays exact where ∇ℓ_n's entries underflow f32.
+    pub gradient_norm: Tensor,
 }
 
-/// The head plugged in at hidden state `h`, with both gradients there.
+/// The head plugged in at hidden state `h`, with the gradient there.
 pub(crate) fn head_gradients(model: &ResNet, h: &Tensor, labels: &Tensor) -> Result<HeadAt> {
     let (z, logits) = head_at(model, h)?;
-    let loss_gradient = gradient_at(&cross_entropy_per_example(&logits, labels)?.sum_all()?, &z)?;
+    let (_, gradient_norm) = logit_gradient(&logits, labels)?;
     let direction = gradient_at(&direction_loss(&logits, labels)?, &z)?;
     Ok(HeadAt {
         logits: logits.detach(),
-        loss_gradient,
         direction,
+        gradient_norm,
     })
 }
 
@@ -303,16 +316,16 @@ mod tests {
         }
     }
 
-    /// Moderate logits, where the softmax is exact: the unit gradient is (p − e_y)/‖p − e_y‖.
+    /// Moderate logits, where the softmax is exact: the unit gradient is (p − e_y)/‖p − e_y‖,
+    /// and the norm ‖p − e_y‖.
     #[test]
     fn the_unit_gradient_is_the_normalised_cross_entropy_gradient() {
         let dev = &Device::Cpu;
         let z = Tensor::new(&[[1.5f32, -0.5, 0.25, 2.0], [0.0, 3.0, -1.0, 0.5]], dev).unwrap();
         let labels = Tensor::new(&[2u32, 1], dev).unwrap();
-        let u = unit_logit_gradient(&z, &labels)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
+        let (u, gradient_norm) = logit_gradient(&z, &labels).unwrap();
+        let u = u.to_vec2::<f32>().unwrap();
+        let gradient_norm = gradient_norm.to_vec1::<f64>().unwrap();
         let z = z.to_vec2::<f32>().unwrap();
         for (n, label) in [2usize, 1].into_iter().enumerate() {
             let e: Vec<f64> = z[n].iter().map(|&v| (v as f64).exp()).collect();
@@ -321,6 +334,7 @@ mod tests {
                 .map(|c| e[c] / total - if c == label { 1.0 } else { 0.0 })
                 .collect();
             let norm = g.iter().map(|v| v * v).sum::<f64>().sqrt();
+            assert!((gradient_norm[n] - norm).abs() < 1e-12, "{n}");
             for c in 0..4 {
                 assert!((u[n][c] as f64 - g[c] / norm).abs() < 1e-6, "{n} {c}");
             }

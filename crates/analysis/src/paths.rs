@@ -3,9 +3,7 @@
 //! once, by the head's margin at the path's start.
 
 use crate::blocks::head_gradients;
-use crate::stats::{
-    cosines, dots, head_stats, host, mean_median, norms, ratios, HeadStats, Series,
-};
+use crate::stats::{dots, head_stats, host, mean_median, norms, ratios, HeadStats, Series};
 use crate::{is_projection, Ctx, Result};
 use candle_core::Tensor;
 use domain::{BlockId, Group, MetricName as M, UnrollBn};
@@ -297,11 +295,12 @@ impl Unrolled {
             let head = head_gradients(model, &h, labels)?;
             series.push(0, head.logits);
             let f = block.residual(&h, bn)?.detach();
+            let (along, f_norms) = (dots(&f, &head.direction)?, norms(&f)?);
             series.push(1, h_norms.clone());
-            series.push(2, cosines(&f, &head.direction)?);
-            series.push(3, ratios(&norms(&f)?, &h_norms)?);
+            series.push(2, ratios(&along, &(&f_norms * norms(&head.direction)?)?)?);
+            series.push(3, ratios(&f_norms, &h_norms)?);
             if step < steps {
-                series.push(4, (dots(&f, &head.loss_gradient)? * alpha)?);
+                series.push(4, ((along * head.gradient_norm)? * alpha)?);
                 h = (h + (f * alpha)?)?.detach();
             }
         }
