@@ -182,10 +182,13 @@ pub(crate) fn unroll(ctx: &mut Ctx) -> Result<Option<FinalLosses>> {
     for batch in &ctx.batches {
         let (x, y) = ctx.to_device(batch)?;
         let start = ctx.model.infer_tapped(&x, &[last])?.1.remove(0);
-        let logits = host(&ctx.model.head().forward(&start, BnMode::Eval)?)?;
-        let margins = head_stats(&logits, classes, batch.1).margin;
-        for (a, &alpha) in alphas.iter().enumerate() {
-            let path = Unrolled::compute(ctx.model, block, bn, &start, &y, alpha, steps)?;
+        let paths = alphas
+            .iter()
+            .map(|&alpha| Unrolled::compute(ctx.model, block, bn, &start, &y, alpha, steps))
+            .collect::<Result<Vec<_>>>()?;
+        // The head at the start, which every α's path begins with.
+        let margins = head_stats(&paths[0].logits[0], classes, batch.1).margin;
+        for (a, path) in paths.iter().enumerate() {
             let kept = path.finite_states();
             finite[a] &= kept > steps as usize;
             for k in 0..kept {

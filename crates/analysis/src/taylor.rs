@@ -15,32 +15,29 @@ pub(crate) fn taylor(ctx: &mut Ctx) -> Result<()> {
             .push("taylor: no block of the last stage takes the head's input shape".into());
         return Ok(());
     }
-    // Per block: the loss before it, the logits after it, the prediction; read back at once.
-    let (mut before, mut after, mut predicted) = (
-        Series::new(blocks.len()),
-        Series::new(blocks.len()),
-        Series::new(blocks.len()),
-    );
+    // Per block k: the loss before it (series k), the logits after it (n + k) and the
+    // prediction (2n + k), read back at once.
+    let n = blocks.len();
+    let mut kept = Series::new(3 * n);
     for batch in &ctx.batches {
         let (x, y) = ctx.to_device(batch)?;
         let probed = ctx.model.forward_probed(&x, &ProbeOptions::eval())?;
         for (k, &i) in blocks.iter().enumerate() {
             let f = probed.residuals[i].as_ref().expect("no block is skipped");
             let (loss, grad) = head_loss_and_gradient(ctx.model, &probed.inputs[i], &y)?;
-            before.push(k, loss);
-            after.push(
-                k,
-                ctx.model.head().forward(&probed.outputs[i], BnMode::Eval)?,
-            );
-            predicted.push(k, dots(f, &grad)?);
+            kept.push(k, loss);
+            let after = ctx.model.head().forward(&probed.outputs[i], BnMode::Eval)?;
+            kept.push(n + k, after);
+            kept.push(2 * n + k, dots(f, &grad)?);
         }
     }
     let (labels, classes) = (ctx.labels(), ctx.model.layout().classes as usize);
-    let predicted = predicted.read()?;
+    let mut before = kept.read()?;
+    let predicted = before.split_off(2 * n);
+    let after = before.split_off(n);
     let actual: Vec<Vec<f64>> = before
-        .read()?
         .iter()
-        .zip(after.read()?)
+        .zip(after)
         .map(|(before, after)| {
             let after = head_stats(&after, classes, &labels).loss;
             after.iter().zip(before).map(|(a, b)| a - b).collect()
