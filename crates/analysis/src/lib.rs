@@ -17,8 +17,8 @@ use candle_core::Tensor;
 use cifar::batch::fixed_subset;
 use cifar::Images;
 use domain::{
-    AnalysisKind, AnalysisRecord, AnalysisSpec, BlockId, BlockInfo, BlockKind, MetricName,
-    PassTime, RunSpec, Split, SplitExamples, Stat,
+    AnalysisKind, AnalysisProgress, AnalysisRecord, AnalysisSpec, BlockId, BlockInfo, BlockKind,
+    MetricName, PassTime, RunSpec, Split, SplitExamples, Stat,
 };
 use resnet::eval::{HostBatch, Inputs};
 use resnet::memory::{is_out_of_memory, name_batch_if_out_of_memory, Work};
@@ -61,18 +61,7 @@ pub struct Input<'a> {
     pub stop: Option<&'a AtomicBool>,
     /// Told at the start of every pass and at every batch a pass uploads, for a progress
     /// display (an analysis of thousands of examples takes minutes on a CPU).
-    pub progress: Option<&'a (dyn Fn(&Progress) + Sync)>,
-}
-
-/// Where an analysis is: the split, the pass (the metrics it computes), and the batches the
-/// pass has uploaded of the split's (0 at its start; passes that run the network through
-/// their own loop report only their start).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Progress {
-    pub split: Split,
-    pub pass: Vec<AnalysisKind>,
-    pub batch: usize,
-    pub batches: usize,
+    pub progress: Option<&'a (dyn Fn(&AnalysisProgress) + Sync)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -106,7 +95,7 @@ pub(crate) struct Ctx<'a> {
     pub records: Vec<AnalysisRecord>,
     pub notes: Vec<String>,
     pub stop: Option<&'a AtomicBool>,
-    pub progress: Option<&'a (dyn Fn(&Progress) + Sync)>,
+    pub progress: Option<&'a (dyn Fn(&AnalysisProgress) + Sync)>,
     /// The pass running, and the batches it has uploaded.
     pub pass: Vec<AnalysisKind>,
     pub uploaded: Cell<usize>,
@@ -147,11 +136,11 @@ impl Ctx<'_> {
     /// Tells [`Input::progress`] where the analysis is.
     fn report(&self) {
         if let Some(progress) = self.progress {
-            progress(&Progress {
+            progress(&AnalysisProgress {
                 split: self.split,
                 pass: self.pass.clone(),
-                batch: self.uploaded.get(),
-                batches: self.batches.len(),
+                batch: self.uploaded.get() as u32,
+                batches: self.batches.len() as u32,
             });
         }
     }

@@ -669,7 +669,7 @@ fn an_empty_borderline_group_is_noted() {
 fn progress_follows_the_passes_and_their_batches() {
     let fixture = Fixture::new(small(2), DType::F32, 24, 3);
     let heard = std::sync::Mutex::new(vec![]);
-    let hear = |p: &analysis::Progress| {
+    let hear = |p: &domain::AnalysisProgress| {
         let pass: Vec<&str> = p.pass.iter().map(|m| m.as_str()).collect();
         let line = format!("{} {} {}/{}", p.split, pass.join("+"), p.batch, p.batches);
         heard.lock().unwrap().push(line);

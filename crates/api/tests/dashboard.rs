@@ -164,6 +164,49 @@ async fn work(app: &TestApp) -> String {
     app.train_and_analyse(events, analysis).await
 }
 
+/// While an analyzer works, the run's live part says where the analysis is, as the API's
+/// JSON does (from the analyzer's reports); once the analysis ended, neither says it.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn the_live_run_page_says_where_a_running_analysis_is(pool: PgPool) {
+    let app = spawn_app(pool, &[]);
+    let run = app.post("/v1/runs", run_body(1, "live")).await;
+    let run_id = run.json()["id"].as_str().unwrap().to_string();
+    let training = app.start_training(json!([])).await;
+    app.register_checkpoint(&training, 1).await;
+    app.complete(&training, None).await;
+    let analysing = app.claim("analyze", "gpu-8").await;
+    let progress = json!({"split": "test", "pass": ["unroll"], "batch": 3, "batches": 8});
+    let job = analysing["job_id"].as_str().unwrap();
+    let report = app
+        .post(
+            &format!("/v1/worker/jobs/{job}/events"),
+            json!({"lease_token": analysing["lease_token"],
+                "events": [{"type": "analysing", "progress": progress}]}),
+        )
+        .await;
+    assert_eq!(report.status, StatusCode::NO_CONTENT, "{}", report.text());
+    let analysis_uri = format!(
+        "/v1/analyses/{}",
+        analysing["analysis"]["analysis_id"].as_str().unwrap()
+    );
+    let listed = app.get(&format!("/v1/runs/{run_id}/analyses")).await.json();
+    assert_eq!(listed[0]["progress"], progress);
+    assert_eq!(app.get(&analysis_uri).await.json()["progress"], progress);
+    let live = || async {
+        page(&app, &format!("/partials/runs/{run_id}"), None)
+            .await
+            .text()
+    };
+    let line = "Analysing the checkpoint of epoch 1: test split · unroll · batch 3 of 8";
+    assert!(live().await.contains(line), "{}", live().await);
+
+    let result = json!({"selected_alpha": null, "notes": [], "examples": [], "seconds": 1.0,
+        "records": []});
+    app.complete(&analysing, Some(result)).await;
+    assert_eq!(app.get(&analysis_uri).await.json()["progress"], Value::Null);
+    assert!(!live().await.contains("Analysing the checkpoint"));
+}
+
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn login_sets_a_strict_http_only_cookie_that_only_reads_the_api(pool: PgPool) {
     let app = spawn_app(pool, &[("STEPWISE_API_TOKEN", "sesame")]);

@@ -3,7 +3,7 @@
 
 use crate::lock::{lock_dir, DirLock};
 use anyhow::{Context, Result};
-use domain::{MetricName, MetricRecord, Split};
+use domain::{AnalysisProgress, MetricName, MetricRecord, Split};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -45,25 +45,15 @@ impl AnalysisBar {
         Self { bar, label }
     }
 
-    pub fn show(&self, progress: &analysis::Progress) {
+    pub fn show(&self, progress: &AnalysisProgress) {
         self.bar
-            .set_message(format!("{} · {}", self.label, describe(progress)));
+            .set_message(format!("{} · {}", self.label, progress.describe()));
     }
 }
 
 impl Drop for AnalysisBar {
     fn drop(&mut self) {
         self.bar.finish_and_clear();
-    }
-}
-
-/// "test split · cosine+l2+drop · batch 3 of 20" (no batch at a pass's start).
-fn describe(p: &analysis::Progress) -> String {
-    let pass: Vec<&str> = p.pass.iter().map(|m| m.as_str()).collect();
-    let at = format!("{} split · {}", p.split, pass.join("+"));
-    match p.batch {
-        0 => at,
-        batch => format!("{at} · batch {batch} of {}", p.batches),
     }
 }
 
@@ -218,24 +208,5 @@ impl EventSink for RunSink {
             TrainEvent::Checkpointing { .. } => {}
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use domain::AnalysisKind;
-
-    #[test]
-    fn an_analysis_says_its_split_pass_and_batch() {
-        let mut p = analysis::Progress {
-            split: Split::Test,
-            pass: vec![AnalysisKind::Cosine, AnalysisKind::Drop],
-            batch: 0,
-            batches: 20,
-        };
-        assert_eq!(describe(&p), "test split · cosine+drop");
-        p.batch = 3;
-        assert_eq!(describe(&p), "test split · cosine+drop · batch 3 of 20");
     }
 }

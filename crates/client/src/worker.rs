@@ -12,6 +12,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+/// How often a worker reports where its job is: often enough for a live page, seldom
+/// enough to leave the API's database alone.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
 /// A worker's settings (documented in the README).
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {

@@ -345,6 +345,30 @@ impl PassTime {
     }
 }
 
+/// Where a running analysis is: the split, the pass (the metrics it computes), and the
+/// batches the pass has uploaded of the split's (0 at its start; passes that run the network
+/// through their own loop report only their start).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisProgress {
+    pub split: Split,
+    pub pass: Vec<AnalysisKind>,
+    pub batch: u32,
+    pub batches: u32,
+}
+
+impl AnalysisProgress {
+    /// "test split · cosine+l2+drop · batch 3 of 20" (no batch at a pass's start).
+    pub fn describe(&self) -> String {
+        let pass: Vec<&str> = self.pass.iter().map(|m| m.as_str()).collect();
+        let at = format!("{} split · {}", self.split, pass.join("+"));
+        match self.batch {
+            0 => at,
+            batch => format!("{at} · batch {batch} of {}", self.batches),
+        }
+    }
+}
+
 /// One value of a block-wise analysis of the checkpoint after `epoch` epochs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AnalysisRecord {
@@ -463,6 +487,19 @@ impl RecordFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_analysis_says_its_split_pass_and_batch() {
+        let mut p = AnalysisProgress {
+            split: Split::Test,
+            pass: vec![AnalysisKind::Cosine, AnalysisKind::Drop],
+            batch: 0,
+            batches: 20,
+        };
+        assert_eq!(p.describe(), "test split · cosine+drop");
+        p.batch = 3;
+        assert_eq!(p.describe(), "test split · cosine+drop · batch 3 of 20");
+    }
 
     #[test]
     fn settings_measure_alike_where_both_measure_what_they_define() {

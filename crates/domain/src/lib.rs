@@ -18,8 +18,8 @@ pub mod stats;
 pub mod unrolling;
 
 pub use analysis::{
-    AnalysisKind, AnalysisRecord, AnalysisSpec, GradientKind, Group, PassTime, RecordFilter,
-    SplitExamples, Stat, UnrollBn,
+    AnalysisKind, AnalysisProgress, AnalysisRecord, AnalysisSpec, GradientKind, Group, PassTime,
+    RecordFilter, SplitExamples, Stat, UnrollBn,
 };
 pub use block::BlockId;
 pub use compare::{block_summaries, BlockSummary};

@@ -4,8 +4,8 @@
 
 use crate::spec::{Errors, SpecError};
 use crate::{
-    AnalysisRecord, AnalysisSpec, ExperimentSpec, MetricRecord, PassTime, RunSpec, Split,
-    SplitExamples,
+    AnalysisProgress, AnalysisRecord, AnalysisSpec, ExperimentSpec, MetricRecord, PassTime,
+    RunSpec, Split, SplitExamples,
 };
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -483,6 +483,11 @@ pub struct AnalysisView {
     /// before passes were timed).
     #[schema(value_type = Vec<Object>)]
     pub passes: Vec<PassTime>,
+    /// Where the analysis is while it runs (null before its analyzer's first report and once
+    /// it ended).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub progress: Option<AnalysisProgress>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     /// Per-block results (empty until the analysis succeeded).
@@ -761,6 +766,11 @@ pub enum WorkerEvent {
     /// The retention policy deleted a checkpoint of this attempt.
     CheckpointRemoved {
         file_name: String,
+    },
+    /// Where an analyze job's analysis is (sent every few seconds while it runs).
+    Analysing {
+        #[schema(value_type = Object)]
+        progress: AnalysisProgress,
     },
 }
 

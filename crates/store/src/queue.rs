@@ -334,6 +334,21 @@ impl Store {
                     .await?;
                     fail_analyses_of_pruned(&mut tx, Some(run)).await?;
                 }
+                WorkerEvent::Analysing { progress } => {
+                    let analysis = leased.analysis_id.ok_or_else(|| {
+                        StoreError::Invalid("only analyze jobs report an analysis' progress".into())
+                    })?;
+                    if progress.pass.is_empty() || progress.batch > progress.batches {
+                        return Err(StoreError::Invalid(format!(
+                            "an analysis' progress names its pass and a batch within its split's: {progress:?}"
+                        )));
+                    }
+                    sqlx::query("UPDATE analyses SET progress = $2 WHERE id = $1")
+                        .bind(analysis)
+                        .bind(Json(progress))
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
         }
         tx.commit().await?;

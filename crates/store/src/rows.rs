@@ -147,7 +147,7 @@ impl CheckpointRow {
 
 pub(crate) const ANALYSIS_VIEW: &str = "
     SELECT a.id, a.run_id, a.checkpoint_id, a.epoch, a.spec, a.status, a.selected_alpha,
-           a.notes, a.examples, a.seconds, a.passes, a.created_at, a.finished_at,
+           a.notes, a.examples, a.seconds, a.passes, a.progress, a.created_at, a.finished_at,
            j.failure_kind, j.last_error
       FROM analyses a JOIN jobs j ON j.analysis_id = a.id";
 
@@ -164,6 +164,7 @@ pub(crate) struct AnalysisRow {
     examples: Option<Json<Vec<domain::SplitExamples>>>,
     seconds: Option<f64>,
     passes: Option<Json<Vec<domain::PassTime>>>,
+    progress: Option<Json<domain::AnalysisProgress>>,
     created_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
     failure_kind: Option<String>,
@@ -186,6 +187,7 @@ impl AnalysisRow {
             examples: self.examples.map(|j| j.0).unwrap_or_default(),
             seconds: self.seconds,
             passes: self.passes.map(|j| j.0).unwrap_or_default(),
+            progress: self.progress.map(|j| j.0),
             created_at: self.created_at,
             finished_at: self.finished_at,
             records,

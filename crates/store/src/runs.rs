@@ -707,7 +707,9 @@ pub(crate) async fn sync_statuses(conn: &mut sqlx::PgConnection, run: Uuid) -> R
     sqlx::query(
         "UPDATE analyses a SET status = j.state,
                 finished_at = CASE WHEN j.state IN ('succeeded', 'failed', 'cancelled')
-                                   THEN coalesce(a.finished_at, now()) END
+                                   THEN coalesce(a.finished_at, now()) END,
+                -- A new claim starts from nothing; a cancelling one is still at work.
+                progress = CASE WHEN j.state = 'cancelling' THEN a.progress END
            FROM jobs j WHERE j.analysis_id = a.id AND a.run_id = $1 AND a.status <> j.state",
     )
     .bind(run)

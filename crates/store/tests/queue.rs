@@ -310,6 +310,76 @@ async fn complete_analysis(
         .unwrap();
 }
 
+/// An analyze job reports where its analysis is; the view shows it while the job runs and
+/// forgets it when the lease expires (the next claim starts afresh) and when the job ends.
+/// Only analyze jobs report it, and only a pass with a batch within its split's.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn an_analysis_shows_where_it_is_only_while_it_runs(pool: PgPool) {
+    use domain::{AnalysisKind, AnalysisProgress};
+    let store = Store::from_pool(pool);
+    let (long, short) = (lease(60_000), lease(200));
+    let (run, training) = every_epoch_analysed(&store, &long).await;
+    register_epochs(&store, &training, &[1], &long).await;
+    let at = |batch| AnalysisProgress {
+        split: Split::Train,
+        pass: vec![AnalysisKind::Unroll],
+        batch,
+        batches: 8,
+    };
+    let report = |job: &domain::service::Claim, progress| {
+        let events = [WorkerEvent::Analysing { progress }];
+        let (store, job) = (store.clone(), job.clone());
+        async move {
+            store
+                .record_events(job.job_id, job.lease_token, &events)
+                .await
+        }
+    };
+    let progress = || async {
+        let analyses = store.analyses_of_run(run.id).await.unwrap();
+        assert_eq!(analyses.len(), 1);
+        let view = store.analysis(analyses[0].id).await.unwrap();
+        assert_eq!(view.progress, analyses[0].progress);
+        view.progress
+    };
+    let err = report(&training, at(3)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+
+    let first = store
+        .claim(&[JobKind::Analyze], "a1", CPU, &short)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(progress().await, None);
+    report(&first, at(3)).await.unwrap();
+    assert_eq!(progress().await, Some(at(3)));
+    for bad in [
+        at(9),
+        AnalysisProgress {
+            pass: vec![],
+            ..at(1)
+        },
+    ] {
+        let err = report(&first, bad).await.unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    }
+    assert_eq!(progress().await, Some(at(3)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(store.reap_expired().await.unwrap(), 1);
+    assert_eq!(progress().await, None);
+
+    let second = store
+        .claim(&[JobKind::Analyze], "a2", CPU, &long)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.attempt, 2);
+    report(&second, at(1)).await.unwrap();
+    assert_eq!(progress().await, Some(at(1)));
+    complete_analysis(&store, &second, block_records(1, 0.5)).await;
+    assert_eq!(progress().await, None);
+}
+
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn an_expired_lease_is_refused_reaped_and_resumed_until_attempts_run_out(pool: PgPool) {
     let store = Store::from_pool(pool);

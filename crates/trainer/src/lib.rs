@@ -6,21 +6,18 @@
 //! weights imports them (`train::import`) instead, reporting the same way.
 
 use candle_core::Device;
-use client::worker::{JobContext, JobEnd, LeaseKeeper};
+use client::worker::{JobContext, JobEnd, LeaseKeeper, PROGRESS_EVERY};
 use client::Client;
 use domain::service::{CheckpointRegistration, FailureKind, UploadedWeights, WorkerEvent};
 use domain::MetricName;
 use domain::RunSpec;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use train::{
     EventSink, ImportedWeights, Outcome, ResumeCandidate, SinkError, TrainError, TrainEvent,
     TrainState, Trainer, META_TRAIN_STATE,
 };
-
-/// How often progress is reported between epochs.
-const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 #[error("the lease is lost; stopping without further writes")]

@@ -34,7 +34,7 @@ pub fn run(args: AnalyzeArgs, data_dir: &Path) -> Result<ExitCode> {
         let data = dataset.as_ref().expect("opened above");
         let name = path.file_name().unwrap_or(path.as_os_str());
         let bar = AnalysisBar::new(name.to_string_lossy(), args.json);
-        let show = |p: &analysis::Progress| bar.show(p);
+        let show = |p: &domain::AnalysisProgress| bar.show(p);
         let result = analyzer::analyse_checkpoint(&ck, data, &spec, &device, None, Some(&show))?;
         drop(bar);
         let dir = out.join(format!("epoch-{:04}", result.epoch));

@@ -233,7 +233,7 @@ fn analyse(
         format!("epoch {epoch}")
     };
     let bar = AnalysisBar::new(format!("  analysing {what}"), false);
-    let show = |p: &analysis::Progress| bar.show(p);
+    let show = |p: &domain::AnalysisProgress| bar.show(p);
     let analysed =
         analyzer::analyse_checkpoint(&ck, &data, &spec.analysis, device, Some(stop), Some(&show));
     drop(bar);

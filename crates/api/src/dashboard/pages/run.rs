@@ -86,6 +86,8 @@ pub struct RunLive {
     finished: bool,
     /// The analyses' states; when it changes the page reloads to show their results.
     analyses: String,
+    /// Where each running analysis is: its epoch and what it computes now.
+    analysing: Vec<(u32, String)>,
     status: &'static str,
     item: RunItem,
     step: String,
@@ -243,6 +245,10 @@ async fn run_live(state: &AppState, run: &RunView, session: &Session) -> ApiResu
             .map(|a| format!("{}:{}", a.epoch, a.status))
             .collect::<Vec<_>>()
             .join(" "),
+        analysing: analyses
+            .iter()
+            .filter_map(|a| Some((a.epoch, a.progress.as_ref()?.describe())))
+            .collect(),
         status: run.status.as_str(),
         item: RunItem::of(run),
         step: format!("step {} of {}", run.step, run.total_steps),

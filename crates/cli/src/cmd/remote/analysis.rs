@@ -6,6 +6,7 @@ use super::{id, json, run_id, Api};
 use crate::args::AnalysisRequestArgs;
 use crate::cmd::analyze::{result_lines, took};
 use crate::cmd::print_text;
+use crate::progress::AnalysisBar;
 use anyhow::Result;
 use domain::service::{AnalysisRequest, AnalysisView, JobState};
 use domain::{RecordFilter, SplitExamples};
@@ -100,9 +101,13 @@ pub fn request(api: &Api, args: AnalysisRequestArgs) -> Result<ExitCode> {
     if args.wait {
         let every = Duration::from_secs_f64(args.every.clamp(0.1, 60.0));
         for view in &mut views {
+            let bar = AnalysisBar::new(format!("analysis of epoch {}", view.epoch), args.json);
             while !view.status.is_final() {
                 std::thread::sleep(every);
                 *view = client.analysis(view.id, &RecordFilter::default())?;
+                if let Some(progress) = &view.progress {
+                    bar.show(progress);
+                }
             }
         }
     }
@@ -134,6 +139,9 @@ fn describe(a: &AnalysisView) -> String {
         "analysis {} of run {}, checkpoint after epoch {}: {}",
         a.id, a.run_id, a.epoch, a.status
     )];
+    if let Some(progress) = &a.progress {
+        lines.push(format!("  at {}", progress.describe()));
+    }
     if let Some(seconds) = a.seconds {
         lines.push(format!(
             "  {} examples {}",
@@ -162,7 +170,7 @@ fn describe(a: &AnalysisView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use domain::{AnalysisKind, PassTime, Stat, UnrollBn};
+    use domain::{AnalysisKind, AnalysisProgress, PassTime, Stat, UnrollBn};
     use domain::{AnalysisRecord, AnalysisSpec, BlockId, BlockKind, Group, MetricName, Split};
 
     /// What `analysis show` prints of a finished analysis: its blocks, the unrolling's
@@ -246,10 +254,31 @@ mod tests {
                     seconds: 3.0,
                 },
             ],
+            progress: None,
             created_at: chrono::DateTime::UNIX_EPOCH,
             finished_at: None,
             records,
         };
+        let running = AnalysisView {
+            status: JobState::Running,
+            seconds: None,
+            passes: vec![],
+            records: vec![],
+            progress: Some(AnalysisProgress {
+                split: Split::Train,
+                pass: vec![AnalysisKind::Unroll],
+                batch: 3,
+                batches: 8,
+            }),
+            ..view.clone()
+        };
+        assert_eq!(
+            describe(&running).lines().take(2).collect::<Vec<_>>(),
+            [
+                format!("analysis {id} of run {id}, checkpoint after epoch 3: running").as_str(),
+                "  at train split · unroll · batch 3 of 8",
+            ]
+        );
         let text = describe(&view);
         let lines: Vec<String> = text
             .lines()

@@ -485,7 +485,17 @@ fn await_analyses(
             }
             return Ok(());
         }
-        bar.set_message(format!("{pending} analyses pending"));
+        let at: Vec<String> = analyses
+            .iter()
+            .filter_map(|a| {
+                let progress = a.progress.as_ref()?;
+                Some(format!("epoch {}: {}", a.epoch, progress.describe()))
+            })
+            .collect();
+        bar.set_message(match at.as_slice() {
+            [] => format!("{pending} analyses pending"),
+            _ => format!("{pending} analyses pending · {}", at.join("; ")),
+        });
         std::thread::sleep(every);
     }
 }
