@@ -10,7 +10,7 @@ use domain::{AnalysisSpec, Arch, ExperimentSpec, RunSpec};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::types::Json;
-use sqlx::{Postgres, Transaction};
+use sqlx::{Postgres, QueryBuilder, Transaction};
 use uuid::Uuid;
 
 /// An `Idempotency-Key` and a digest of the request it came with.
@@ -258,26 +258,32 @@ impl Store {
         cursor: Option<Uuid>,
         limit: u32,
     ) -> Result<Page<RunView>> {
-        let rows: Vec<RunRow> = sqlx::query_as(&format!(
-            "{RUN_VIEW}
-              WHERE ($1::uuid IS NULL OR r.id < $1)
-                AND ($2::text IS NULL OR r.status = $2)
-                AND ($3::text IS NULL OR r.arch = $3)
-                AND ($4::text IS NULL OR $4 = ANY (r.tags))
-                AND ($5::uuid IS NULL OR r.experiment_id = $5)
-                AND ($6::text IS NULL OR r.name = $6)
-              ORDER BY r.id DESC
-              LIMIT $7"
-        ))
-        .bind(cursor)
-        .bind(filter.status.map(|s| s.as_str()))
-        .bind(filter.arch.map(Arch::as_str))
-        .bind(&filter.tag)
-        .bind(filter.experiment)
-        .bind(&filter.name)
-        .bind(limit as i64 + 1)
-        .fetch_all(&self.pool)
-        .await?;
+        // Only the filters given are in the statement (as in `metrics`): with `$1 IS NULL OR
+        // …` for each, the generic plan Postgres settles on after a few calls joins every
+        // run and sorts them, where this reads the newest off the primary key.
+        let mut query = QueryBuilder::new(format!("{RUN_VIEW} WHERE true"));
+        if let Some(cursor) = cursor {
+            query.push(" AND r.id < ").push_bind(cursor);
+        }
+        if let Some(status) = filter.status {
+            query.push(" AND r.status = ").push_bind(status.as_str());
+        }
+        if let Some(arch) = filter.arch {
+            query.push(" AND r.arch = ").push_bind(arch.as_str());
+        }
+        if let Some(tag) = &filter.tag {
+            query.push(" AND ").push_bind(tag).push(" = ANY (r.tags)");
+        }
+        if let Some(experiment) = filter.experiment {
+            query.push(" AND r.experiment_id = ").push_bind(experiment);
+        }
+        if let Some(name) = &filter.name {
+            query.push(" AND r.name = ").push_bind(name);
+        }
+        query
+            .push(" ORDER BY r.id DESC LIMIT ")
+            .push_bind(limit as i64 + 1);
+        let rows: Vec<RunRow> = query.build_query_as().fetch_all(&self.pool).await?;
         let more = rows.len() > limit as usize;
         let items = rows
             .into_iter()

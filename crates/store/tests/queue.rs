@@ -1092,6 +1092,78 @@ async fn concurrent_claims_never_share_a_job_and_pages_cover_every_run(pool: PgP
         .is_empty());
 }
 
+/// Each filter of the run list keeps the runs it names, alone and together, newest first,
+/// and the cursor pages through what they keep.
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn the_run_list_keeps_what_each_filter_names(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    let submit_as = |arch: Arch, tags: &[&str], name: &str| {
+        let mut run = submission(1, None);
+        run.spec.model = ModelSpec::new(arch);
+        run.spec.tags = tags.iter().map(|t| t.to_string()).collect();
+        run.spec.name = Some(name.into());
+        let store = store.clone();
+        async move {
+            store
+                .submit_run(&run, None, 3)
+                .await
+                .unwrap()
+                .into_inner()
+                .id
+        }
+    };
+    let a = submit_as(Arch::Resnet, &["baseline"], "a").await;
+    let b = submit_as(Arch::Wide, &["baseline", "wide"], "b").await;
+    let c = submit_as(Arch::Wide, &[], "c").await;
+    let d = submit_as(Arch::Resnet, &["wide"], "a").await;
+    store.cancel_run(c).await.unwrap();
+    let listed = |filter: RunFilter, cursor: Option<uuid::Uuid>, limit: u32| {
+        let store = store.clone();
+        async move {
+            let page = store.list_runs(&filter, cursor, limit).await.unwrap();
+            let ids: Vec<_> = page.items.iter().map(|r| r.id).collect();
+            (
+                ids,
+                page.next_cursor.map(|c| c.parse::<uuid::Uuid>().unwrap()),
+            )
+        }
+    };
+    let arch = |arch| RunFilter {
+        arch: Some(arch),
+        ..Default::default()
+    };
+    let tag = |tag: &str| RunFilter {
+        tag: Some(tag.into()),
+        ..Default::default()
+    };
+    assert_eq!(listed(RunFilter::default(), None, 10).await.0, [d, c, b, a]);
+    assert_eq!(listed(arch(Arch::Wide), None, 10).await.0, [c, b]);
+    assert_eq!(listed(tag("wide"), None, 10).await.0, [d, b]);
+    assert_eq!(listed(tag("baseline"), None, 10).await.0, [b, a]);
+    let named = RunFilter {
+        name: Some("a".into()),
+        ..Default::default()
+    };
+    assert_eq!(listed(named, None, 10).await.0, [d, a]);
+    let cancelled = RunFilter {
+        status: Some(JobState::Cancelled),
+        ..Default::default()
+    };
+    assert_eq!(listed(cancelled, None, 10).await.0, [c]);
+    let both = RunFilter {
+        arch: Some(Arch::Wide),
+        tag: Some("wide".into()),
+        status: Some(JobState::Queued),
+        ..Default::default()
+    };
+    assert_eq!(listed(both, None, 10).await.0, [b]);
+    assert!(listed(arch(Arch::Single), None, 10).await.0.is_empty());
+    // Pages of one through the wide-tagged runs, then nothing after the last.
+    let (first, cursor) = listed(tag("wide"), None, 1).await;
+    assert_eq!((first, cursor), (vec![d], Some(d)));
+    assert_eq!(listed(tag("wide"), Some(d), 1).await, (vec![b], None));
+}
+
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn an_experiment_is_configurations_times_seeds(pool: PgPool) {
     let store = Store::from_pool(pool);

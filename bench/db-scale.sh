@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# The API's latency over a database that has served a research group for a while: RUNS
+# finished runs (default 1,000) of 300 epochs, each with 100 epoch checkpoints, 50 of them
+# analysed (40 records each), 300 log lines of training and 4 per analysis, and the metrics
+# of every epoch — copied in SQL from one run submitted through the API, so that every
+# stored spec is one the API wrote. Then curl times each request REPEATS times (default 30)
+# and prints the median and the slowest: the run list (as the dashboard's home page polls
+# it), one run, its analyses, one analysis, the Prometheus scrape, and deleting a run.
+#   bench/db-scale.sh [RUNS] [REPEATS]   (needs jq, curl, psql; API_BIN, default a release
+#   stepwise-api, built if missing: name another build to compare)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-1000}
+repeats=${2:-30}
+api_bin=${API_BIN:-target/release/stepwise-api}
+[ -x "$api_bin" ] || cargo build --release -p api
+eval "$(scripts/postgres start)"
+db="stepwise_scale_$$"
+psql "$DATABASE_URL" -qc "CREATE DATABASE $db" >/dev/null
+url="${DATABASE_URL%/*}/$db"
+port=18182
+work=$(mktemp -d)
+DATABASE_URL=$url STEPWISE_BIND=127.0.0.1:$port STEPWISE_CHECKPOINT_DIR=$work \
+    STEPWISE_DATA_DIR=$work RUST_LOG=warn "$api_bin" 2>"$work/api.log" &
+api=$!
+trap 'kill $api 2>/dev/null; wait $api 2>/dev/null; psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null; rm -rf "$work"' EXIT
+API=http://127.0.0.1:$port
+until curl -sf "$API/readyz" >/dev/null; do sleep 0.2; done
+
+template=$(curl -sf -X POST "$API/v1/runs" -H 'Content-Type: application/json' -d '{"spec":
+  {"model": {"arch": "resnet", "depth": 20}, "data": {"dataset": "cifar10"}, "train": {"epochs": 300}},
+  "analysis": {"checkpoints": {"every": 2}}}' | jq -r .id)
+psql "$url" -q -v ON_ERROR_STOP=1 -v template="$template" -v runs="$runs" <<'SQL'
+CREATE TEMP TABLE made AS
+  SELECT gen_random_uuid() AS id, now() - (n || ' minutes')::interval AS at
+    FROM generate_series(1, :runs) n;
+INSERT INTO runs (id, label, name, tags, arch, dataset, spec, resolved_spec, analysis_plan,
+                  status, epochs, epochs_done, step, total_steps, created_at, updated_at)
+  SELECT m.id, t.label, t.name, t.tags, t.arch, t.dataset, t.spec, t.spec, t.analysis_plan,
+         'succeeded', 300, 300, 117300, 117300, m.at, m.at
+    FROM made m, runs t WHERE t.id = :'template';
+INSERT INTO jobs (id, kind, run_id, state, attempt, max_attempts, created_at)
+  SELECT gen_random_uuid(), 'train', id, 'succeeded', 1, 3, at FROM made;
+INSERT INTO checkpoints (id, run_id, attempt, directory, file_name, epoch, batch, step, sha256, size)
+  SELECT gen_random_uuid(), m.id, 1, 'runs/' || m.id || '/attempt-1',
+         format('epoch-%s.safetensors', lpad(e::text, 4, '0')), e, 0, e * 391, repeat('0', 64), 1100000
+    FROM made m, generate_series(3, 300, 3) e;
+INSERT INTO analyses (id, run_id, checkpoint_id, epoch, spec, status, selected_alpha, notes,
+                      examples, seconds, finished_at)
+  SELECT gen_random_uuid(), c.run_id, c.id, c.epoch, t.analysis_plan -> 'spec', 'succeeded',
+         0.1, '[]', '[{"split": "test", "examples": 2000}]', 60, now()
+    FROM checkpoints c, runs t WHERE t.id = :'template' AND c.epoch % 2 = 0;
+INSERT INTO jobs (id, kind, run_id, analysis_id, state, attempt, max_attempts)
+  SELECT gen_random_uuid(), 'analyze', run_id, id, 'succeeded', 1, 3 FROM analyses;
+INSERT INTO attempts (job_id, attempt, worker, ended_at, outcome)
+  SELECT id, 1, 'worker-1', now(), 'succeeded' FROM jobs WHERE state = 'succeeded';
+INSERT INTO logs (run_id, job_id, attempt, level, message)
+  SELECT j.run_id, j.id, 1, 'info', format('epoch %s: train loss 0.1234, test loss 0.3456, test accuracy 0.9123', e)
+    FROM jobs j, generate_series(1, 300) e WHERE j.kind = 'train' AND j.state = 'succeeded';
+INSERT INTO logs (run_id, job_id, attempt, level, message)
+  SELECT j.run_id, j.id, 1, 'info', 'analyze job claimed by worker-1'
+    FROM jobs j, generate_series(1, 4) WHERE j.kind = 'analyze';
+INSERT INTO analysis_records (analysis_id, seq, record)
+  SELECT a.id, s, jsonb_build_object('name', 'cosine', 'split', 'test', 'epoch', a.epoch,
+         'block', format('s%s.b%s', s / 14, s % 14), 'block_index', s, 'kind', 'identity',
+         'stat', 'mean', 'value', -0.1, 'n', 2000)
+    FROM analyses a, generate_series(0, 39) s;
+INSERT INTO metrics (run_id, name, split, epoch, value)
+  SELECT m.id, n, s, e, 0.5 + e / 1000.0
+    FROM made m, unnest(array['loss', 'accuracy']) n, unnest(array['train', 'test']) s,
+         generate_series(1, 300) e;
+VACUUM ANALYZE runs, jobs, checkpoints, analyses, attempts, logs, analysis_records, metrics;
+SQL
+count() { psql "$url" -tAc "SELECT count(*) FROM $1"; }
+echo "$(count runs) runs, $(count jobs) jobs, $(count analyses) analyses, $(count logs) log lines," \
+  "$(count analysis_records) analysis records, $(count metrics) metric rows; $(nproc) cores; $api_bin"
+
+run=$(psql "$url" -tAc "SELECT id FROM runs WHERE id <> '$template' ORDER BY created_at DESC LIMIT 1")
+analysis=$(psql "$url" -tAc "SELECT id FROM analyses WHERE run_id = '$run' ORDER BY epoch DESC LIMIT 1")
+# "LABEL median …, slowest …" of the lines "HTTP_CODE SECONDS" on stdin, in milliseconds.
+summary() {
+  sort -k2 -g | awk -v label="$1" '
+    $1 !~ /^2/ { bad++ } { t[NR] = $2 * 1000 }
+    END { printf "%-40s median %8.2f ms, slowest %8.2f ms%s\n", label,
+          t[int((NR + 1) / 2)], t[NR], bad ? " (" bad " not 2xx)" : "" }'
+}
+# `repeats` requests of one kind.
+timed() {
+  local label=$1 method=$2 path=$3
+  for _ in $(seq 1 "$repeats"); do
+    curl -s -o /dev/null -X "$method" -w '%{http_code} %{time_total}\n' "$API$path"
+  done | summary "$label"
+}
+timed "GET /v1/runs?limit=50" GET "/v1/runs?limit=50"
+timed "GET /v1/runs?status=succeeded&limit=50" GET "/v1/runs?status=succeeded&limit=50"
+timed "GET /partials/runs (the home page)" GET "/partials/runs"
+timed "GET /v1/runs/{id}" GET "/v1/runs/$run"
+timed "GET /v1/runs/{id}/analyses" GET "/v1/runs/$run/analyses"
+timed "GET /v1/analyses/{id}" GET "/v1/analyses/$analysis"
+timed "GET /metrics (Prometheus)" GET "/metrics"
+# Deleting: a different run each time, the oldest first.
+for id in $(psql "$url" -tAc "SELECT id FROM runs WHERE id <> '$template' ORDER BY created_at LIMIT $repeats"); do
+  curl -s -o /dev/null -X DELETE -w '%{http_code} %{time_total}\n' "$API/v1/runs/$id"
+done | summary "DELETE /v1/runs/{id}"
