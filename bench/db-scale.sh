@@ -6,8 +6,10 @@
 # stored spec is one the API wrote. Then curl times each request REPEATS times (default 30)
 # and prints the median and the slowest: the run list (as the dashboard's home page polls
 # it), one run, its analyses, one analysis, the Prometheus scrape, and deleting a run.
-#   bench/db-scale.sh [RUNS] [REPEATS]   (needs jq, curl, psql; API_BIN, default a release
-#   stepwise-api, built if missing: name another build to compare)
+# With ANALYSIS_JSON (an `analysis.json` of `stepwise analyze`), the timed run's 50 analyses
+# carry its records instead: what its page draws.
+#   bench/db-scale.sh [RUNS] [REPEATS]   (needs jq, curl, psql, python3; API_BIN, default a
+#   release stepwise-api, built if missing: name another build to compare)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-1000}
@@ -77,18 +79,34 @@ echo "$(count runs) runs, $(count jobs) jobs, $(count analyses) analyses, $(coun
 
 run=$(psql "$url" -tAc "SELECT id FROM runs WHERE id <> '$template' ORDER BY created_at DESC LIMIT 1")
 analysis=$(psql "$url" -tAc "SELECT id FROM analyses WHERE run_id = '$run' ORDER BY epoch DESC LIMIT 1")
-# "LABEL median …, slowest …" of the lines "HTTP_CODE SECONDS" on stdin, in milliseconds.
+if [ -n "${ANALYSIS_JSON:-}" ]; then
+  # One record a line, as COPY's text format reads it (its backslashes doubled).
+  python3 -c 'import json, sys
+for seq, r in enumerate(json.load(open(sys.argv[1]))["records"]):
+    print(seq, json.dumps(r).replace("\\", "\\\\"), sep="\t")' "$ANALYSIS_JSON" >"$work/records.tsv"
+  psql "$url" -q -v ON_ERROR_STOP=1 -v run="$run" <<SQL
+CREATE TEMP TABLE given (seq integer, record jsonb);
+\copy given FROM '$work/records.tsv'
+DELETE FROM analysis_records WHERE analysis_id IN (SELECT id FROM analyses WHERE run_id = :'run');
+INSERT INTO analysis_records (analysis_id, seq, record)
+  SELECT a.id, g.seq, g.record || jsonb_build_object('epoch', a.epoch)
+    FROM analyses a, given g WHERE a.run_id = :'run';
+VACUUM ANALYZE analysis_records;
+SQL
+  echo "the timed run's analyses: $(wc -l <"$work/records.tsv") records each, from $ANALYSIS_JSON"
+fi
+# "LABEL median …, slowest … ms, … bytes" of the lines "HTTP_CODE SECONDS BYTES" on stdin.
 summary() {
   sort -k2 -g | awk -v label="$1" '
-    $1 !~ /^2/ { bad++ } { t[NR] = $2 * 1000 }
-    END { printf "%-40s median %8.2f ms, slowest %8.2f ms%s\n", label,
-          t[int((NR + 1) / 2)], t[NR], bad ? " (" bad " not 2xx)" : "" }'
+    $1 !~ /^2/ { bad++ } { t[NR] = $2 * 1000; if ($3 > size) size = $3 }
+    END { printf "%-40s median %8.2f ms, slowest %8.2f ms, %9d bytes%s\n", label,
+          t[int((NR + 1) / 2)], t[NR], size, bad ? " (" bad " not 2xx)" : "" }'
 }
 # `repeats` requests of one kind.
 timed() {
   local label=$1 method=$2 path=$3
   for _ in $(seq 1 "$repeats"); do
-    curl -s -o /dev/null -X "$method" -w '%{http_code} %{time_total}\n' "$API$path"
+    curl -s -o /dev/null -X "$method" -w '%{http_code} %{time_total} %{size_download}\n' "$API$path"
   done | summary "$label"
 }
 timed "GET /v1/runs?limit=50" GET "/v1/runs?limit=50"
@@ -98,7 +116,11 @@ timed "GET /v1/runs/{id}" GET "/v1/runs/$run"
 timed "GET /v1/runs/{id}/analyses" GET "/v1/runs/$run/analyses"
 timed "GET /v1/analyses/{id}" GET "/v1/analyses/$analysis"
 timed "GET /metrics (Prometheus)" GET "/metrics"
+timed "GET /runs/{id} (its page)" GET "/runs/$run"
+timed "GET /partials/runs/{id} (its live part)" GET "/partials/runs/$run"
+timed "GET /v1/runs/{id}/figures" GET "/v1/runs/$run/figures"
+timed "GET /v1/runs/{id}/logs" GET "/v1/runs/$run/logs"
 # Deleting: a different run each time, the oldest first.
 for id in $(psql "$url" -tAc "SELECT id FROM runs WHERE id <> '$template' ORDER BY created_at LIMIT $repeats"); do
-  curl -s -o /dev/null -X DELETE -w '%{http_code} %{time_total}\n' "$API/v1/runs/$id"
+  curl -s -o /dev/null -X DELETE -w '%{http_code} %{time_total} %{size_download}\n' "$API/v1/runs/$id"
 done | summary "DELETE /v1/runs/{id}"

@@ -15,3 +15,8 @@ CREATE UNIQUE INDEX jobs_train_of_run ON jobs (run_id) WHERE kind = 'train';
 -- row (a page of 50 runs of 300 epochs: 10 ms to 0.2 ms).
 CREATE INDEX metrics_test_accuracy ON metrics (run_id, value)
     WHERE name = 'accuracy' AND split = 'test' AND block = '';
+
+-- An analysis' records by metric name: a run's blocks over training, which its page and
+-- figures draw from two names among each analysis' thousands of records (50 analyses of
+-- the quick ResNet-20's 2,732 records: 83 ms to 2.7 ms).
+CREATE INDEX analysis_records_name ON analysis_records (analysis_id, (record ->> 'name'));

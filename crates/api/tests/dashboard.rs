@@ -1417,9 +1417,10 @@ async fn a_checkpoint_is_analysed_from_its_run_s_page(pool: PgPool) {
         .iter()
         .find(|a| a["status"] == "queued")
         .unwrap_or_else(|| panic!("{after:?}"));
+    let queued_id = queued["id"].as_str().unwrap();
     assert_eq!(
         location(&accepted),
-        format!("/runs/{run}#analysis-{}", queued["id"].as_str().unwrap())
+        format!("/runs/{run}?analysis={queued_id}#analysis-{queued_id}")
     );
     assert_eq!(
         (
@@ -1430,16 +1431,39 @@ async fn a_checkpoint_is_analysed_from_its_run_s_page(pool: PgPool) {
         ),
         (&json!(1), &json!(20), &json!("skip"), &json!("batch"))
     );
-    // The run's page tells its two analyses of epoch 1 apart by their settings.
+    // The run's page lists its two analyses of epoch 1, told apart by their settings, and
+    // shows one in full: the one that succeeded, or the one asked for.
+    let planned = r#"<code class="settings">max_examples = 50</code>"#;
+    let asked = r#"<code class="settings">gradient = &#34;skip&#34;; max_examples = 20; unroll_bn = &#34;batch&#34;</code>"#;
+    // As the full section says it (the list's cell has no "settings " before it).
+    let full = |settings: &str| format!("settings {settings}");
     let shown = page(&app, &format!("/runs/{run}"), Some(&cookie))
         .await
         .text();
-    for settings in [
-        r#"settings <code class="settings">max_examples = 50</code>"#,
-        r#"settings <code class="settings">gradient = &#34;skip&#34;; max_examples = 20; unroll_bn = &#34;batch&#34;</code>"#,
-    ] {
-        assert_eq!(shown.matches(settings).count(), 1, "{shown}");
+    assert_eq!(shown.matches(r#"<section class="analysis""#).count(), 1);
+    for (settings, in_full) in [(planned, true), (asked, false)] {
+        assert!(shown.contains(&format!("<td>{settings}</td>")), "{shown}");
+        assert_eq!(shown.contains(&full(settings)), in_full, "{shown}");
     }
+    let to_queued = page(&app, &location(&accepted), Some(&cookie)).await;
+    assert_html(&to_queued, StatusCode::OK);
+    let shown = to_queued.text();
+    assert!(shown.contains(&format!(
+        r#"<section class="analysis" id="analysis-{queued_id}">"#
+    )));
+    assert!(shown.contains(&full(asked)) && !shown.contains(&full(planned)));
+    // An analysis of another run, or no id at all, is refused.
+    let other = app.post("/v1/runs", run_body(1, "other")).await.json()["id"].clone();
+    let other = other.as_str().unwrap();
+    let elsewhere = page(
+        &app,
+        &format!("/runs/{other}?analysis={queued_id}"),
+        Some(&cookie),
+    )
+    .await;
+    assert_html(&elsewhere, StatusCode::NOT_FOUND);
+    let garbled = page(&app, &format!("/runs/{run}?analysis=zzz"), Some(&cookie)).await;
+    assert_html(&garbled, StatusCode::BAD_REQUEST);
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]

@@ -208,12 +208,14 @@ fn the_dashboard_logs_in_shows_results_and_cancels_a_running_job() {
     settings.send_keys("max_examples = 30");
     browser.submit("#analyse button");
     wait_path(&browser, &format!("/runs/{}", finished.id));
-    assert_eq!(browser.count("section.analysis"), 2);
+    // Both listed; the new one shown in full.
+    assert_eq!(browser.count("table.analyses tbody tr"), 2);
     let analyses = api.analyses(finished.id).unwrap();
-    assert!(
-        analyses.iter().any(|a| a.spec.max_examples == 30),
-        "{analyses:?}"
-    );
+    let asked = analyses.iter().find(|a| a.spec.max_examples == 30);
+    let asked = asked.unwrap_or_else(|| panic!("{analyses:?}"));
+    assert_eq!(browser.count("section.analysis"), 1);
+    assert_eq!(browser.count(&format!("section#analysis-{}", asked.id)), 1);
+    save(&browser, "run-analyses");
 
     // The experiment: figures over seeds and the claim table.
     browser.goto(&format!("{base}/experiments/{}", experiment.id));

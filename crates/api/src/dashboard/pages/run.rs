@@ -8,6 +8,7 @@ use super::{
 use crate::dashboard::reasons;
 use crate::dashboard::session::{check_csrf, Session};
 use crate::error::{ApiError, ApiResult};
+use crate::extract::Query;
 use crate::routes::figures::{draw_all, results, RunResults};
 use crate::routes::{analyses, runs};
 use crate::AppState;
@@ -162,10 +163,14 @@ fn block_table(records: &[AnalysisRecord]) -> BlockTable {
     }
 }
 
-pub struct AnalysisSection {
+/// What the run page says of every analysis, in its list and atop the one shown in full.
+pub struct AnalysisItem {
     id: Uuid,
     epoch: u32,
     status: &'static str,
+    /// The whole time, as the list gives it.
+    duration: String,
+    /// The whole time and each pass's.
     took: String,
     /// "2000 train, 2000 test".
     examples: String,
@@ -173,8 +178,43 @@ pub struct AnalysisSection {
     /// The settings that differ from the defaults (`gradient = "skip"; …`): what tells two
     /// analyses of one checkpoint apart.
     settings: String,
-    notes: Vec<String>,
     error: String,
+    /// The one the page shows in full.
+    shown: bool,
+}
+
+impl AnalysisItem {
+    fn of(analysis: &AnalysisView, shown: bool) -> Self {
+        Self {
+            id: analysis.id,
+            epoch: analysis.epoch,
+            status: analysis.status.as_str(),
+            duration: analysis.seconds.map(duration).unwrap_or_default(),
+            took: match (analysis.seconds, analysis.passes.as_slice()) {
+                (None, _) => String::new(),
+                (Some(s), []) => duration(s),
+                (Some(s), passes) => format!("{} ({})", duration(s), PassTime::describe(passes)),
+            },
+            examples: domain::SplitExamples::describe(&analysis.examples),
+            // With the train loss it ends at, where the records are at hand.
+            alpha: analysis
+                .selected_alpha
+                .map(|a| match domain::unroll_train_loss(&analysis.records, a) {
+                    Some(train_loss) => format!("{a} ({train_loss})"),
+                    None => format!("{a}"),
+                })
+                .unwrap_or_default(),
+            settings: analysis.spec.changes_inline(),
+            error: analysis.last_error.clone().unwrap_or_default(),
+            shown,
+        }
+    }
+}
+
+/// The analysis the run page shows in full: its figures and per-block table.
+pub struct AnalysisSection {
+    head: AnalysisItem,
+    notes: Vec<String>,
     figures: Vec<FigureItem>,
     table: BlockTable,
 }
@@ -194,7 +234,11 @@ pub struct RunPage {
     plan: String,
     /// Where the run is made of uploaded weights.
     weights: Option<UploadedWeights>,
-    analyses: Vec<AnalysisSection>,
+    /// Every analysis of the run, by epoch.
+    analyses: Vec<AnalysisItem>,
+    /// The one asked for, else the newest that succeeded, else the newest: one in full,
+    /// as a run analysed at every few epochs of 300 would make a page of many megabytes.
+    analysis: Option<AnalysisSection>,
     /// Where the run has checkpoints on disk.
     analyse: Option<AnalyseForm>,
 }
@@ -290,29 +334,11 @@ async fn run_live(state: &AppState, run: &RunView, session: &Session) -> ApiResu
 }
 
 async fn analysis_section(label: &str, analysis: AnalysisView) -> ApiResult<AnalysisSection> {
-    let table = block_table(&analysis.records);
     let head = AnalysisSection {
-        id: analysis.id,
-        epoch: analysis.epoch,
-        status: analysis.status.as_str(),
-        took: match (analysis.seconds, analysis.passes.as_slice()) {
-            (None, _) => String::new(),
-            (Some(s), []) => duration(s),
-            (Some(s), passes) => format!("{} ({})", duration(s), PassTime::describe(passes)),
-        },
-        examples: domain::SplitExamples::describe(&analysis.examples),
-        alpha: analysis
-            .selected_alpha
-            .map(|a| match domain::unroll_train_loss(&analysis.records, a) {
-                Some(train_loss) => format!("{a} ({train_loss})"),
-                None => format!("{a}"),
-            })
-            .unwrap_or_default(),
-        settings: analysis.spec.changes_inline(),
+        head: AnalysisItem::of(&analysis, true),
         notes: analysis.notes.clone(),
-        error: analysis.last_error.clone().unwrap_or_default(),
         figures: vec![],
-        table,
+        table: block_table(&analysis.records),
     };
     let figures = draw_all(vec![RunResults {
         label: label.to_string(),
@@ -328,33 +354,63 @@ async fn analysis_section(label: &str, analysis: AnalysisView) -> ApiResult<Anal
     Ok(AnalysisSection { figures, ..head })
 }
 
+/// The run page's query: which analysis to show in full.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunPageQuery {
+    analysis: Option<String>,
+}
+
 pub async fn run(
     State(state): State<AppState>,
     Extension(session): Extension<Session>,
     Path(id): Path<String>,
+    Query(query): Query<RunPageQuery>,
 ) -> ApiResult<Html<String>> {
     let id = crate::extract::parse_id(&id)?;
-    render(&run_page(&state, &session, id, None).await?)
+    let shown = query
+        .analysis
+        .as_deref()
+        .map(crate::extract::parse_id)
+        .transpose()?;
+    render(&run_page(&state, &session, id, shown, None).await?)
 }
 
+/// The run's page, showing analysis `shown` in full (see [`RunPage::analysis`]).
 async fn run_page(
     state: &AppState,
     session: &Session,
     id: Uuid,
+    shown: Option<Uuid>,
     refused: Option<Refused>,
 ) -> ApiResult<RunPage> {
     let run = state.store.run(id).await?;
     let live = run_live(state, &run, session).await?;
-    let mut analyses = vec![];
-    for listed in state.store.analyses_of_run(id).await? {
-        // The list comes without records; load those of finished analyses.
-        let analysis = if listed.status == JobState::Succeeded {
-            state.store.analysis(listed.id).await?
-        } else {
-            listed
-        };
-        analyses.push(analysis_section(&run.label, analysis).await?);
-    }
+    let listed = state.store.analyses_of_run(id).await?;
+    let chosen = match shown {
+        Some(shown) => Some(listed.iter().find(|a| a.id == shown).ok_or_else(|| {
+            ApiError::not_found(format!("analysis {shown} is not one of run {id}'s"))
+        })?),
+        None => listed
+            .iter()
+            .rev()
+            .find(|a| a.status == JobState::Succeeded)
+            .or(listed.last()),
+    };
+    let analysis = match chosen {
+        // The list comes without records; a finished analysis is read with them.
+        Some(a) if a.status == JobState::Succeeded => {
+            let full = state.store.analysis(a.id).await?;
+            Some(analysis_section(&run.label, full).await?)
+        }
+        Some(a) => Some(analysis_section(&run.label, a.clone()).await?),
+        None => None,
+    };
+    let chosen = chosen.map(|a| a.id);
+    let analyses = listed
+        .iter()
+        .map(|a| AnalysisItem::of(a, Some(a.id) == chosen))
+        .collect();
     let mut epochs: Vec<u32> = live
         .checkpoints
         .iter()
@@ -400,6 +456,7 @@ async fn run_page(
         plan: run.analysis.as_ref().map(pretty).unwrap_or_default(),
         weights: run.weights.clone(),
         analyses,
+        analysis,
         analyse,
     })
 }
@@ -437,7 +494,7 @@ pub async fn analyse(
             };
             match analyses::create(&state, id, &request).await {
                 Ok(view) => {
-                    let to = format!("/runs/{id}#analysis-{}", view.id);
+                    let to = format!("/runs/{id}?analysis={0}#analysis-{0}", view.id);
                     return Ok(Redirect::to(&to).into_response());
                 }
                 Err(refused) => refused,
@@ -450,6 +507,7 @@ pub async fn analyse(
         &state,
         &session,
         id,
+        None,
         Some(Refused {
             epoch: form.epoch.trim().parse().ok(),
             settings: form.settings,
