@@ -492,9 +492,13 @@ fn await_analyses(
                 Some(format!("epoch {}: {}", a.epoch, progress.describe()))
             })
             .collect();
+        let pending = match pending {
+            1 => "1 analysis pending".to_string(),
+            n => format!("{n} analyses pending"),
+        };
         bar.set_message(match at.as_slice() {
-            [] => format!("{pending} analyses pending"),
-            _ => format!("{pending} analyses pending · {}", at.join("; ")),
+            [] => pending,
+            _ => format!("{pending} · {}", at.join("; ")),
         });
         std::thread::sleep(every);
     }
