@@ -13,6 +13,7 @@ use axum::Json;
 use domain::compare::SetAside;
 use domain::service::{AnalysisView, ExperimentView, FigureList, LeftOut, RunView};
 use domain::{AnalysisRecord, MetricRecord};
+use futures_util::{StreamExt, TryStreamExt};
 use utoipa::IntoParams;
 use uuid::Uuid;
 
@@ -35,20 +36,45 @@ pub(crate) async fn results(
     label: String,
     with_analysis: bool,
 ) -> ApiResult<RunResults> {
+    let store = &state.store;
+    let analysis = async {
+        match with_analysis {
+            true => store.latest_analysis(run).await,
+            false => Ok(None),
+        }
+    };
+    let (training, analysis, history) = tokio::try_join!(
+        store.metrics(run, None, None),
+        analysis,
+        store.analysis_history(run, &figures::OVER_TRAINING)
+    )?;
     Ok(RunResults {
         label,
-        training: state.store.metrics(run, None, None).await?,
-        analysis: if with_analysis {
-            state.store.latest_analysis(run).await?
-        } else {
-            None
-        },
-        history: state
-            .store
-            .analysis_history(run, &figures::OVER_TRAINING)
-            .await?,
+        training,
+        analysis,
+        history,
         left_out: None,
     })
+}
+
+/// How many runs' results are read at once: most of a figure's time is the database's
+/// (reading and decoding each run's records), which a few connections share out over its
+/// cores, while the pool keeps connections for other requests.
+const READ_AT_ONCE: usize = 4;
+
+/// [`results`] of each run (id and label), with its latest analysis, in their order.
+async fn results_of(state: &AppState, runs: Vec<(Uuid, String)>) -> ApiResult<Vec<RunResults>> {
+    // Each future owns its state: a stream of futures borrowing one trips the compiler's
+    // proof that the handler's future is `Send`.
+    let read = |(run, label): (Uuid, String)| {
+        let state = state.clone();
+        async move { results(&state, run, label, true).await }
+    };
+    futures_util::stream::iter(runs)
+        .map(read)
+        .buffered(READ_AT_ONCE)
+        .try_collect()
+        .await
 }
 
 /// Seeds pooled at their configuration's latest analysed epoch, measured alike
@@ -209,10 +235,8 @@ pub(crate) async fn experiment_results(
     state: &AppState,
     experiment: &ExperimentView,
 ) -> ApiResult<Vec<RunResults>> {
-    let mut out = vec![];
-    for run in &experiment.runs {
-        out.push(results(state, run.id, run.label.clone(), true).await?);
-    }
+    let runs = experiment.runs.iter().map(|r| (r.id, r.label.clone()));
+    let mut out = results_of(state, runs.collect()).await?;
     pool_seeds(&mut out);
     Ok(out)
 }
@@ -258,10 +282,8 @@ pub(crate) async fn together(
     ids: &[Uuid],
 ) -> ApiResult<(Vec<RunView>, Vec<RunResults>)> {
     let (runs, labels) = labelled(state, ids).await?;
-    let mut out = vec![];
-    for (run, label) in runs.iter().zip(labels) {
-        out.push(results(state, run.id, label, true).await?);
-    }
+    let ids = runs.iter().map(|r| r.id).zip(labels).collect();
+    let mut out = results_of(state, ids).await?;
     pool_seeds(&mut out);
     Ok((runs, out))
 }
