@@ -6,10 +6,13 @@
 # stored spec is one the API wrote. Then curl times each request REPEATS times (default 30)
 # and prints the median and the slowest: the run list (as the dashboard's home page polls
 # it), one run, its analyses, one analysis, the Prometheus scrape, and deleting a run.
-# With ANALYSIS_JSON (an `analysis.json` of `stepwise analyze`), the timed run's 50 analyses
-# carry its records instead: what its page draws.
+# With QUICK_OUT (the output directory of `scripts/quick-run`), the timed run's 50 analyses
+# carry the quick ResNet-20's records of epoch 6 (what its page draws), and the quick
+# experiment is added over SEEDS seeds (default 10), each run with its quick model's metrics
+# and its four analyses' records, and its pages timed.
 #   bench/db-scale.sh [RUNS] [REPEATS]   (needs jq, curl, psql, python3; API_BIN, default a
-#   release stepwise-api, built if missing: name another build to compare)
+#   release stepwise-api, built if missing: name another build to compare; with QUICK_OUT a
+#   release stepwise for the submission)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-1000}
@@ -79,21 +82,74 @@ echo "$(count runs) runs, $(count jobs) jobs, $(count analyses) analyses, $(coun
 
 run=$(psql "$url" -tAc "SELECT id FROM runs WHERE id <> '$template' ORDER BY created_at DESC LIMIT 1")
 analysis=$(psql "$url" -tAc "SELECT id FROM analyses WHERE run_id = '$run' ORDER BY epoch DESC LIMIT 1")
-if [ -n "${ANALYSIS_JSON:-}" ]; then
-  # One record a line, as COPY's text format reads it (its backslashes doubled).
-  python3 -c 'import json, sys
-for seq, r in enumerate(json.load(open(sys.argv[1]))["records"]):
-    print(seq, json.dumps(r).replace("\\", "\\\\"), sep="\t")' "$ANALYSIS_JSON" >"$work/records.tsv"
-  psql "$url" -q -v ON_ERROR_STOP=1 -v run="$run" <<SQL
-CREATE TEMP TABLE given (seq integer, record jsonb);
+if [ -n "${QUICK_OUT:-}" ]; then
+  [ -x target/release/stepwise ] || cargo build --release -p cli
+  seeds=${SEEDS:-10}
+  sed "s/^seeds = \[0\]/seeds = [$(seq -s, 0 $((seeds - 1)))]/" experiments/quick/quick.toml >"$work/quick.toml"
+  experiment=$(target/release/stepwise submit "$work/quick.toml" --api-url "$API" --json | jq -r .id)
+  # Each quick model's records and metrics, a line each as COPY's text format reads it (its
+  # backslashes doubled), keyed by the model's label.
+  python3 - "$QUICK_OUT/runs" "$work" <<'PY'
+import json, os, sys
+runs, work = sys.argv[1:]
+def line(*fields):
+    return "\t".join("\\N" if f is None else str(f).replace("\\", "\\\\") for f in fields) + "\n"
+with open(f"{work}/records.tsv", "w") as records, open(f"{work}/metrics.tsv", "w") as metrics:
+    for run in sorted(os.listdir(runs)):
+        label = run.rsplit("-seed", 1)[0]
+        for m in map(json.loads, open(f"{runs}/{run}/metrics.jsonl")):
+            if m.get("value") is not None:
+                metrics.write(line(label, m["name"], m.get("split") or "", m["epoch"],
+                                   m.get("block") or "", m.get("block_index"), m["value"]))
+        for epoch in sorted(os.listdir(f"{runs}/{run}/analysis")):
+            analysis = json.load(open(f"{runs}/{run}/analysis/{epoch}/analysis.json"))
+            for seq, r in enumerate(analysis["records"]):
+                records.write(line(label, analysis["epoch"], seq, json.dumps(r)))
+PY
+  psql "$url" -q -v ON_ERROR_STOP=1 -v run="$run" -v experiment="$experiment" <<SQL
+CREATE TEMP TABLE given (label text, epoch integer, seq integer, record jsonb);
 \copy given FROM '$work/records.tsv'
+CREATE TEMP TABLE trained (label text, name text, split text, epoch integer, block text,
+                           block_index integer, value float8);
+\copy trained FROM '$work/metrics.tsv'
+-- The timed run: the ResNet-20's records of its last analysed epoch at each of its epochs.
 DELETE FROM analysis_records WHERE analysis_id IN (SELECT id FROM analyses WHERE run_id = :'run');
 INSERT INTO analysis_records (analysis_id, seq, record)
   SELECT a.id, g.seq, g.record || jsonb_build_object('epoch', a.epoch)
-    FROM analyses a, given g WHERE a.run_id = :'run';
-VACUUM ANALYZE analysis_records;
+    FROM analyses a, given g
+   WHERE a.run_id = :'run' AND g.label = 'resnet-20'
+     AND g.epoch = (SELECT max(epoch) FROM given WHERE label = 'resnet-20');
+-- The experiment: every run trained and analysed as its quick model was.
+UPDATE runs SET status = 'succeeded', epochs_done = epochs, resolved_spec = spec
+ WHERE experiment_id = :'experiment';
+UPDATE jobs SET state = 'succeeded', attempt = 1
+ WHERE run_id IN (SELECT id FROM runs WHERE experiment_id = :'experiment');
+INSERT INTO metrics (run_id, name, split, epoch, block, block_index, value)
+  SELECT r.id, t.name, t.split, t.epoch, t.block, t.block_index, t.value
+    FROM runs r JOIN trained t ON t.label = r.label WHERE r.experiment_id = :'experiment';
+INSERT INTO checkpoints (id, run_id, attempt, directory, file_name, epoch, batch, step, sha256, size)
+  SELECT DISTINCT ON (r.id, g.epoch) gen_random_uuid(), r.id, 1, 'runs/' || r.id || '/attempt-1',
+         format('epoch-%s.safetensors', lpad(g.epoch::text, 4, '0')), g.epoch, 0, g.epoch * 79,
+         repeat('0', 64), 300000
+    FROM runs r JOIN given g ON g.label = r.label WHERE r.experiment_id = :'experiment';
+INSERT INTO analyses (id, run_id, checkpoint_id, epoch, spec, status, selected_alpha, notes,
+                      examples, seconds, finished_at)
+  SELECT gen_random_uuid(), c.run_id, c.id, c.epoch, r.analysis_plan -> 'spec', 'succeeded',
+         0.1, '[]', '[{"split": "test", "examples": 500}]', 7, now()
+    FROM checkpoints c JOIN runs r ON r.id = c.run_id WHERE r.experiment_id = :'experiment';
+INSERT INTO jobs (id, kind, run_id, analysis_id, state, attempt, max_attempts)
+  SELECT gen_random_uuid(), 'analyze', a.run_id, a.id, 'succeeded', 1, 3
+    FROM analyses a JOIN runs r ON r.id = a.run_id WHERE r.experiment_id = :'experiment';
+INSERT INTO analysis_records (analysis_id, seq, record)
+  SELECT a.id, g.seq, g.record
+    FROM analyses a JOIN runs r ON r.id = a.run_id JOIN given g ON g.label = r.label AND g.epoch = a.epoch
+   WHERE r.experiment_id = :'experiment';
+VACUUM ANALYZE runs, jobs, checkpoints, analyses, analysis_records, metrics;
 SQL
-  echo "the timed run's analyses: $(wc -l <"$work/records.tsv") records each, from $ANALYSIS_JSON"
+  echo "with $QUICK_OUT: the timed run's analyses the quick ResNet-20's records; the quick" \
+    "experiment over $seeds seeds: $(psql "$url" -tAc "SELECT count(*) FROM analysis_records r
+      JOIN analyses a ON a.id = r.analysis_id JOIN runs u ON u.id = a.run_id
+     WHERE u.experiment_id = '$experiment'") analysis records"
 fi
 # "LABEL median …, slowest … ms, … bytes" of the lines "HTTP_CODE SECONDS BYTES" on stdin.
 summary() {
@@ -120,6 +176,11 @@ timed "GET /runs/{id} (its page)" GET "/runs/$run"
 timed "GET /partials/runs/{id} (its live part)" GET "/partials/runs/$run"
 timed "GET /v1/runs/{id}/figures" GET "/v1/runs/$run/figures"
 timed "GET /v1/runs/{id}/logs" GET "/v1/runs/$run/logs"
+if [ -n "${QUICK_OUT:-}" ]; then
+  timed "GET /experiments/{id} (its page)" GET "/experiments/$experiment"
+  timed "GET /v1/experiments/{id}/claims" GET "/v1/experiments/$experiment/claims"
+  timed "GET /v1/experiments/{id}/figures/fig2…svg" GET "/v1/experiments/$experiment/figures/fig2_cosine.svg"
+fi
 # Deleting: a different run each time, the oldest first.
 for id in $(psql "$url" -tAc "SELECT id FROM runs WHERE id <> '$template' ORDER BY created_at LIMIT $repeats"); do
   curl -s -o /dev/null -X DELETE -w '%{http_code} %{time_total} %{size_download}\n' "$API/v1/runs/$id"
