@@ -199,12 +199,21 @@ async fn the_live_run_page_says_where_a_running_analysis_is(pool: PgPool) {
     };
     let line = "Analysing the checkpoint of epoch 1: test split · unroll · batch 3 of 8";
     assert!(live().await.contains(line), "{}", live().await);
+    // The runs list says the run is still being analysed.
+    let listed = || async { page(&app, "/partials/runs", None).await.text() };
+    let list = listed().await;
+    assert!(list.contains("epochs · 1 analysis pending"), "{list}");
+    assert_eq!(
+        app.get(&format!("/v1/runs/{run_id}")).await.json()["analyses_pending"],
+        1
+    );
 
     let result = json!({"selected_alpha": null, "notes": [], "examples": [], "seconds": 1.0,
         "records": []});
     app.complete(&analysing, Some(result)).await;
     assert_eq!(app.get(&analysis_uri).await.json()["progress"], Value::Null);
     assert!(!live().await.contains("Analysing the checkpoint"));
+    assert!(!listed().await.contains("pending"));
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]

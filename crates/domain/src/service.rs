@@ -414,6 +414,10 @@ pub struct RunView {
     /// Seconds to the end of training at the recent pace, while running.
     pub eta_seconds: Option<f64>,
     pub best_test_accuracy: Option<f64>,
+    /// Its analyses queued or running: a run whose training succeeded may still be being
+    /// analysed.
+    #[serde(default)]
+    pub analyses_pending: u32,
     /// Claims of the train job so far.
     pub attempts: u32,
     pub failure_kind: Option<FailureKind>,
@@ -429,6 +433,14 @@ pub struct RunView {
     pub weights: Option<UploadedWeights>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// "1 analysis pending", "3 analyses pending".
+pub fn analyses_pending(n: usize) -> String {
+    match n {
+        1 => "1 analysis pending".into(),
+        n => format!("{n} analyses pending"),
+    }
 }
 
 /// One page of a list, newest first; pass `next_cursor` as `cursor` for the next.

@@ -18,7 +18,10 @@ pub(crate) const RUN_VIEW: &str = "
            j.attempt, j.failure_kind, j.last_error,
            (SELECT max(m.value) FROM metrics m
              WHERE m.run_id = r.id AND m.name = 'accuracy' AND m.split = 'test'
-               AND m.block = '') AS best_test_accuracy
+               AND m.block = '') AS best_test_accuracy,
+           (SELECT count(*) FROM analyses a
+             WHERE a.run_id = r.id AND a.status IN ('queued', 'running', 'cancelling'))
+             AS analyses_pending
       FROM runs r JOIN jobs j ON j.run_id = r.id AND j.kind = 'train'";
 
 #[derive(sqlx::FromRow)]
@@ -48,6 +51,7 @@ pub(crate) struct RunRow {
     failure_kind: Option<String>,
     last_error: Option<String>,
     best_test_accuracy: Option<f64>,
+    analyses_pending: i64,
 }
 
 impl RunRow {
@@ -84,6 +88,7 @@ impl RunRow {
             total_steps: self.total_steps as u64,
             eta_seconds,
             best_test_accuracy: self.best_test_accuracy,
+            analyses_pending: self.analyses_pending as u32,
             attempts: self.attempt as u32,
             failure_kind: self.failure_kind.as_deref().map(failure).transpose()?,
             last_error: self.last_error,

@@ -344,6 +344,8 @@ async fn an_analysis_shows_where_it_is_only_while_it_runs(pool: PgPool) {
     };
     let err = report(&training, at(3)).await.unwrap_err();
     assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    let pending = || async { store.run(run.id).await.unwrap().analyses_pending };
+    assert_eq!(pending().await, 1, "queued");
 
     let first = store
         .claim(&[JobKind::Analyze], "a1", CPU, &short)
@@ -376,8 +378,10 @@ async fn an_analysis_shows_where_it_is_only_while_it_runs(pool: PgPool) {
     assert_eq!(second.attempt, 2);
     report(&second, at(1)).await.unwrap();
     assert_eq!(progress().await, Some(at(1)));
+    assert_eq!(pending().await, 1, "running");
     complete_analysis(&store, &second, block_records(1, 0.5)).await;
     assert_eq!(progress().await, None);
+    assert_eq!(pending().await, 0, "done");
 }
 
 #[sqlx::test(migrator = "store::MIGRATOR")]

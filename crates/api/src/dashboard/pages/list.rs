@@ -48,7 +48,15 @@ impl RunItem {
             status: run.status.as_str(),
             arch: run.arch.clone(),
             dataset: run.dataset.clone(),
-            progress: format!("{}/{} epochs", run.epochs_done, run.epochs),
+            progress: match run.analyses_pending {
+                0 => format!("{}/{} epochs", run.epochs_done, run.epochs),
+                n => format!(
+                    "{}/{} epochs · {}",
+                    run.epochs_done,
+                    run.epochs,
+                    domain::service::analyses_pending(n as usize)
+                ),
+            },
             percent: (100.0 * fraction).round().clamp(0.0, 100.0) as u32,
             eta: match (run.status, run.eta_seconds) {
                 (JobState::Running, Some(s)) => duration(s),

@@ -378,6 +378,10 @@ fn describe(r: &RunView) -> String {
         ),
         format!("  attempts  {}", r.attempts),
     ];
+    if r.analyses_pending > 0 {
+        let pending = domain::service::analyses_pending(r.analyses_pending as usize);
+        lines.push(format!("  analyses  {pending}"));
+    }
     if let Some(w) = &r.weights {
         lines.push(format!(
             "  weights   {} ({} bytes, sha256 {}), imported rather than trained",
@@ -492,10 +496,7 @@ fn await_analyses(
                 Some(format!("epoch {}: {}", a.epoch, progress.describe()))
             })
             .collect();
-        let pending = match pending {
-            1 => "1 analysis pending".to_string(),
-            n => format!("{n} analyses pending"),
-        };
+        let pending = domain::service::analyses_pending(pending);
         bar.set_message(match at.as_slice() {
             [] => pending,
             _ => format!("{pending} · {}", at.join("; ")),
