@@ -1337,3 +1337,27 @@ async fn a_runs_metrics_come_by_name_split_block_index_and_epoch_filtered_as_ask
         .unwrap();
     assert_eq!(listed(one), ["loss train  1", "loss train  2"]);
 }
+
+/// Every foreign key has an index that leads with its columns (not a partial one): without
+/// it, each delete of a referenced row scans the referencing table, and joins along it scan
+/// too (bench/db-scale.sh: deleting a run took 1.5 s at 1,000 runs).
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn every_foreign_key_is_indexed_on_its_referencing_side(pool: PgPool) {
+    let unindexed: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.conrelid::regclass::text, c.conname FROM pg_constraint c
+          WHERE c.contype = 'f'
+            AND NOT EXISTS (SELECT 1 FROM pg_index i
+                             WHERE i.indrelid = c.conrelid AND i.indpred IS NULL
+                               AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1] = c.conkey)
+          ORDER BY 1, 2",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(unindexed, []);
+    let checked: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_constraint WHERE contype = 'f'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(checked >= 11, "the schema's foreign keys: {checked}");
+}
