@@ -8,20 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-20}
-api_bin=target/release/stepwise-api
-[ -x "$api_bin" ] || cargo build --release -p api
-eval "$(scripts/postgres start)"
-db="stepwise_load_$$"
-psql "$DATABASE_URL" -qc "CREATE DATABASE $db" >/dev/null
-url="${DATABASE_URL%/*}/$db"
-port=18181
-work=$(mktemp -d)
-DATABASE_URL=$url STEPWISE_BIND=127.0.0.1:$port STEPWISE_CHECKPOINT_DIR=$work \
-    STEPWISE_DATA_DIR=$work RUST_LOG=warn "$api_bin" 2>"$work/api.log" &
-api=$!
-trap 'kill $api 2>/dev/null; wait $api 2>/dev/null; psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null; rm -rf "$work"' EXIT
-API=http://127.0.0.1:$port
-until curl -sf "$API/readyz" >/dev/null; do sleep 0.2; done
+source bench/api-stack.sh 18181
 
 run=$(curl -sf -X POST "$API/v1/runs" -H 'Content-Type: application/json' -d '{"spec":
   {"model": {"arch": "resnet", "depth": 110}, "data": {"dataset": "shapes10"}, "train": {"epochs": 300}}}' | jq -r .id)

@@ -17,20 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-1000}
 repeats=${2:-30}
-api_bin=${API_BIN:-target/release/stepwise-api}
-[ -x "$api_bin" ] || cargo build --release -p api
-eval "$(scripts/postgres start)"
-db="stepwise_scale_$$"
-psql "$DATABASE_URL" -qc "CREATE DATABASE $db" >/dev/null
-url="${DATABASE_URL%/*}/$db"
-port=18182
-work=$(mktemp -d)
-DATABASE_URL=$url STEPWISE_BIND=127.0.0.1:$port STEPWISE_CHECKPOINT_DIR=$work \
-    STEPWISE_DATA_DIR=$work RUST_LOG=warn "$api_bin" 2>"$work/api.log" &
-api=$!
-trap 'kill $api 2>/dev/null; wait $api 2>/dev/null; psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null; rm -rf "$work"' EXIT
-API=http://127.0.0.1:$port
-until curl -sf "$API/readyz" >/dev/null; do sleep 0.2; done
+source bench/api-stack.sh 18182
 
 template=$(curl -sf -X POST "$API/v1/runs" -H 'Content-Type: application/json' -d '{"spec":
   {"model": {"arch": "resnet", "depth": 20}, "data": {"dataset": "cifar10"}, "train": {"epochs": 300}},
