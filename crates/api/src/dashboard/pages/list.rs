@@ -10,7 +10,7 @@ use askama::Template;
 use axum::extract::State;
 use axum::response::Html;
 use axum::Extension;
-use domain::service::{JobState, RunView};
+use domain::service::{analyses_pending, JobState, RunView};
 use domain::Arch;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -41,6 +41,7 @@ impl RunItem {
         } else {
             0.0
         };
+        let epochs = format!("{}/{} epochs", run.epochs_done, run.epochs);
         Self {
             id: run.id,
             title: run.name.clone().unwrap_or_else(|| run.label.clone()),
@@ -49,13 +50,8 @@ impl RunItem {
             arch: run.arch.clone(),
             dataset: run.dataset.clone(),
             progress: match run.analyses_pending {
-                0 => format!("{}/{} epochs", run.epochs_done, run.epochs),
-                n => format!(
-                    "{}/{} epochs · {}",
-                    run.epochs_done,
-                    run.epochs,
-                    domain::service::analyses_pending(n as usize)
-                ),
+                0 => epochs,
+                n => format!("{epochs} · {}", analyses_pending(n as usize)),
             },
             percent: (100.0 * fraction).round().clamp(0.0, 100.0) as u32,
             eta: match (run.status, run.eta_seconds) {
