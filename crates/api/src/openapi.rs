@@ -32,7 +32,7 @@ use utoipa::{Modify, OpenApi};
         ExperimentView, ExperimentSummary, ClaimsView, LeftOut, Page<ExperimentSummary>, ConfigSummary, AttemptView, LogLine, DatasetView, JobState, JobKind, FailureKind,
         ClaimRequest, Claim, CheckpointRef, AnalysisTask, LeaseProof, HeartbeatReply,
         WorkerEvent, EventBatch, CheckpointRegistration, AnalysisResult, Completion,
-        FailureReport, Refusal, WorkerCapacity, domain::Memory, WorkerView, WorkerJob,
+        FailureReport, Refusal, WorkerCapacity, domain::Memory, WorkerView, WorkerJob, WorkerAnalysis,
         worker::JobStateReply,
         FigureList, domain::BlockSummary,
     )),

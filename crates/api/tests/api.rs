@@ -582,7 +582,13 @@ async fn a_job_refused_for_memory_fails_as_invalid_when_no_worker_seen_has_more(
     let workers = app.get("/v1/workers").await.json();
     assert_eq!(workers[0]["name"], "w");
     assert_eq!(workers[0]["capacity"], capacity);
-    assert_eq!(workers[0]["job"]["run_id"], run_id.as_str());
+    let held = &workers[0]["job"];
+    assert_eq!(held["run_id"], run_id.as_str());
+    assert_eq!(
+        (&held["epochs_done"], &held["epochs"]),
+        (&json!(0), &json!(2))
+    );
+    assert_eq!(held["analysis"], Value::Null, "a train job");
     let uri = format!(
         "/v1/worker/jobs/{}/refuse",
         claim["job_id"].as_str().unwrap()

@@ -197,12 +197,20 @@ async fn the_live_run_page_says_where_a_running_analysis_is(pool: PgPool) {
             .await
             .text()
     };
-    let line = "Analysing the checkpoint of epoch 1: test split · unroll · batch 3 of 8";
-    assert!(live().await.contains(line), "{}", live().await);
-    // The runs list says the run is still being analysed.
+    let at = "test split · unroll · batch 3 of 8";
+    let line = format!("Analysing the checkpoint of epoch 1: {at}");
+    assert!(live().await.contains(&line), "{}", live().await);
+    // The runs list says the run is still being analysed, and the workers' table where.
     let listed = || async { page(&app, "/partials/runs", None).await.text() };
     let list = listed().await;
     assert!(list.contains("epochs · 1 analysis pending"), "{list}");
+    let workers = app.get("/v1/workers").await.json();
+    let held = &workers[0]["job"];
+    assert_eq!(held["analysis"]["epoch"], 1);
+    assert_eq!(held["analysis"]["progress"], progress);
+    let home = page(&app, "/", None).await.text();
+    let doing = format!("run {run_id}</a> · the checkpoint of epoch 1: {at}");
+    assert!(home.contains(&doing), "{home}");
     assert_eq!(
         app.get(&format!("/v1/runs/{run_id}")).await.json()["analyses_pending"],
         1

@@ -872,11 +872,44 @@ impl WorkerView {
     }
 }
 
+/// The job a worker holds, and how far it is.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct WorkerJob {
     pub job_id: Uuid,
     pub kind: JobKind,
     pub run_id: Uuid,
+    /// The run's epochs trained so far, of `epochs` (a train job's progress).
+    pub epochs_done: u32,
+    pub epochs: u32,
+    /// Of an analyze job: the analysis, and where it is.
+    pub analysis: Option<WorkerAnalysis>,
+}
+
+/// The analysis an analyze job computes: its id, the epoch of the checkpoint it analyses,
+/// and where it is (null before the analyzer's first report).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerAnalysis {
+    pub id: Uuid,
+    pub epoch: u32,
+    #[schema(value_type = Option<Object>)]
+    pub progress: Option<AnalysisProgress>,
+}
+
+impl WorkerJob {
+    /// What the job is doing, as the CLI and the dashboard say it after the run's id:
+    /// "3/6 epochs", "the checkpoint of epoch 6: test split · unroll · batch 3 of 8".
+    pub fn doing(&self) -> String {
+        match &self.analysis {
+            None => format!("{}/{} epochs", self.epochs_done, self.epochs),
+            Some(a) => {
+                let at = format!("the checkpoint of epoch {}", a.epoch);
+                match &a.progress {
+                    Some(p) => format!("{at}: {}", p.describe()),
+                    None => at,
+                }
+            }
+        }
+    }
 }
 
 /// A claimed job that does not fit the worker: it needs `need_mib` of `memory`, more than
@@ -1105,5 +1138,39 @@ mod tests {
             parse_json::<RunSubmission>(unknown),
             Err(JsonError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_workers_job_says_how_far_it_is() {
+        let training = WorkerJob {
+            job_id: Uuid::nil(),
+            kind: JobKind::Train,
+            run_id: Uuid::nil(),
+            epochs_done: 3,
+            epochs: 6,
+            analysis: None,
+        };
+        assert_eq!(training.doing(), "3/6 epochs");
+        let mut analysis = WorkerAnalysis {
+            id: Uuid::nil(),
+            epoch: 6,
+            progress: None,
+        };
+        let analysing = |analysis: &WorkerAnalysis| WorkerJob {
+            kind: JobKind::Analyze,
+            analysis: Some(analysis.clone()),
+            ..training.clone()
+        };
+        assert_eq!(analysing(&analysis).doing(), "the checkpoint of epoch 6");
+        analysis.progress = Some(AnalysisProgress {
+            split: crate::Split::Test,
+            pass: vec![crate::AnalysisKind::Unroll],
+            batch: 3,
+            batches: 8,
+        });
+        assert_eq!(
+            analysing(&analysis).doing(),
+            "the checkpoint of epoch 6: test split · unroll · batch 3 of 8"
+        );
     }
 }

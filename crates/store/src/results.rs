@@ -100,15 +100,18 @@ impl Store {
     }
 
     /// The workers seen in the last week, the most recently seen first, with the job each
-    /// holds a lease on.
+    /// holds a lease on and how far it is.
     pub async fn workers(&self) -> Result<Vec<WorkerView>> {
         let rows: Vec<WorkerRow> = sqlx::query_as(
             "SELECT DISTINCT ON (w.seen_at, w.name) w.name, w.kinds, w.memory, w.budget_mib,
                     w.seen_at, w.seen_at > now() - $1 * interval '1 second' AS live,
-                    j.id AS job_id, j.kind AS job_kind, j.run_id
+                    j.id AS job_id, j.kind AS job_kind, j.run_id, r.epochs_done, r.epochs,
+                    a.id AS analysis_id, a.epoch AS analysis_epoch, a.progress
                FROM workers w
                LEFT JOIN jobs j ON j.worker = w.name AND j.state IN ('running', 'cancelling')
                                AND j.lease_expires_at > now()
+               LEFT JOIN runs r ON r.id = j.run_id
+               LEFT JOIN analyses a ON a.id = j.analysis_id
               ORDER BY w.seen_at DESC, w.name, j.updated_at DESC",
         )
         .bind(domain::service::WORKER_SEEN_WITHIN.as_secs_f64())

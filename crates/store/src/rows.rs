@@ -4,7 +4,7 @@ use crate::Result;
 use chrono::{DateTime, Utc};
 use domain::service::{
     AnalysisView, AttemptView, CheckpointRef, CheckpointView, ExperimentSummary, FailureKind,
-    JobKind, JobState, LogLine, RunView, WorkerCapacity, WorkerJob, WorkerView,
+    JobKind, JobState, LogLine, RunView, WorkerAnalysis, WorkerCapacity, WorkerJob, WorkerView,
 };
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -286,15 +286,31 @@ pub(crate) struct WorkerRow {
     job_id: Option<Uuid>,
     job_kind: Option<String>,
     run_id: Option<Uuid>,
+    epochs_done: Option<i32>,
+    epochs: Option<i32>,
+    analysis_id: Option<Uuid>,
+    analysis_epoch: Option<i32>,
+    progress: Option<Json<domain::AnalysisProgress>>,
 }
 
 impl WorkerRow {
     pub(crate) fn view(self) -> Result<WorkerView> {
+        let analysis = match (self.analysis_id, self.analysis_epoch) {
+            (Some(id), Some(epoch)) => Some(WorkerAnalysis {
+                id,
+                epoch: epoch as u32,
+                progress: self.progress.map(|p| p.0),
+            }),
+            _ => None,
+        };
         let job = match (self.job_id, self.job_kind, self.run_id) {
             (Some(job_id), Some(kind), Some(run_id)) => Some(WorkerJob {
                 job_id,
                 kind: job_kind(&kind)?,
                 run_id,
+                epochs_done: self.epochs_done.unwrap_or_default() as u32,
+                epochs: self.epochs.unwrap_or_default() as u32,
+                analysis,
             }),
             _ => None,
         };

@@ -169,8 +169,8 @@ pub struct WorkerItem {
     takes: String,
     budget: String,
     seen: String,
-    /// The run it works on, and on what.
-    job: Option<(Uuid, String)>,
+    /// The run it works on, the job's kind and how far it is.
+    job: Option<(Uuid, String, String)>,
     /// Without a job: idle, or not seen lately.
     presence: String,
 }
@@ -187,7 +187,10 @@ impl WorkerItem {
                 .join(", "),
             budget: w.capacity.to_string(),
             seen: when(w.seen_at),
-            job: w.job.as_ref().map(|j| (j.run_id, j.kind.to_string())),
+            job: w
+                .job
+                .as_ref()
+                .map(|j| (j.run_id, j.kind.to_string(), j.doing())),
             presence: w.presence(),
         }
     }

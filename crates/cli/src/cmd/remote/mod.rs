@@ -304,20 +304,25 @@ pub fn list(api: &Api, args: ListArgs) -> Result<ExitCode> {
         return json(&page);
     }
     let mut lines = vec![format!(
-        "{:<36}  {:<28} {:<10} {:<11} {:>9} {:>9}",
-        "id", "name", "dataset", "status", "epochs", "best acc"
+        "{:<36}  {:<28} {:<10} {:<11} {:>9} {:>9}  {}",
+        "id", "name", "dataset", "status", "epochs", "best acc", "analyses"
     )];
     for r in &page.items {
-        lines.push(format!(
-            "{:<36}  {:<28} {:<10} {:<11} {:>9} {:>9}",
+        let line = format!(
+            "{:<36}  {:<28} {:<10} {:<11} {:>9} {:>9}  {}",
             r.id,
             r.name.clone().unwrap_or_else(|| format!("({})", r.label)),
             r.dataset,
             r.status.as_str(),
             format!("{}/{}", r.epochs_done, r.epochs),
             r.best_test_accuracy
-                .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a))
-        ));
+                .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a)),
+            match r.analyses_pending {
+                0 => String::new(),
+                n => domain::service::analyses_pending(n as usize),
+            }
+        );
+        lines.push(line.trim_end().to_string());
     }
     if page.next_cursor.is_some() {
         lines.push(format!("(more: raise --limit above {})", args.limit));
@@ -348,7 +353,7 @@ pub fn workers(api: &Api, as_json: bool) -> Result<ExitCode> {
             w.capacity.to_string(),
             format!("{} ago", indicatif::HumanDuration(ago)),
             match &w.job {
-                Some(job) => format!("{} job of run {}", job.kind, job.run_id),
+                Some(job) => format!("{} job of run {} · {}", job.kind, job.run_id, job.doing()),
                 None => w.presence(),
             }
         ));
