@@ -332,16 +332,25 @@ pub struct PassTime {
 }
 
 impl PassTime {
-    /// "cosine+l2+drop 3.5 s, unroll 10.9 s".
-    pub fn describe(passes: &[PassTime]) -> String {
-        passes
+    /// "18 s (cosine+l2+drop 3.5 s, unroll 11 s)": an analysis' time and its passes', as
+    /// the CLI and the dashboard say it.
+    pub fn took(seconds: f64, passes: &[PassTime]) -> String {
+        let total = crate::service::duration(seconds);
+        if passes.is_empty() {
+            return total;
+        }
+        let passes: Vec<String> = passes
             .iter()
             .map(|p| {
                 let metrics: Vec<&str> = p.metrics.iter().map(|m| m.as_str()).collect();
-                format!("{} {:.1} s", metrics.join("+"), p.seconds)
+                format!(
+                    "{} {}",
+                    metrics.join("+"),
+                    crate::service::duration(p.seconds)
+                )
             })
-            .collect::<Vec<_>>()
-            .join(", ")
+            .collect();
+        format!("{total} ({})", passes.join(", "))
     }
 }
 

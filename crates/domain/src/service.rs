@@ -435,6 +435,20 @@ pub struct RunView {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A time span as people read it: "0.4 s", "42 s", "3 min", "1 h 2 min".
+pub fn duration(seconds: f64) -> String {
+    let seconds = seconds.max(0.0);
+    if seconds < 9.95 {
+        return format!("{seconds:.1} s");
+    }
+    let s = seconds.round() as u64;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min", (s + 30) / 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
 /// "1 analysis pending", "3 analyses pending".
 pub fn analyses_pending(n: usize) -> String {
     match n {
@@ -1138,6 +1152,29 @@ mod tests {
             parse_json::<RunSubmission>(unknown),
             Err(JsonError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn durations_read_as_people_say_them() {
+        assert_eq!(duration(0.42), "0.4 s");
+        assert_eq!(duration(42.0), "42 s");
+        assert_eq!(duration(150.0), "3 min");
+        assert_eq!(duration(3720.0), "1 h 2 min");
+        let passes = [
+            PassTime {
+                metrics: vec![crate::AnalysisKind::Cosine, crate::AnalysisKind::Drop],
+                seconds: 3.5,
+            },
+            PassTime {
+                metrics: vec![crate::AnalysisKind::Unroll],
+                seconds: 130.0,
+            },
+        ];
+        assert_eq!(PassTime::took(133.5, &[]), "2 min");
+        assert_eq!(
+            PassTime::took(133.5, &passes),
+            "2 min (cosine+drop 3.5 s, unroll 2 min)"
+        );
     }
 
     #[test]

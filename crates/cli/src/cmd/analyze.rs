@@ -106,11 +106,11 @@ fn shown_split(spec: &AnalysisSpec) -> Split {
 fn report(checkpoint: &Path, dir: &Path, a: &Analysis) {
     let split = shown_split(&a.spec);
     eprintln!(
-        "{} (epoch {}): {} {} → {}",
+        "{} (epoch {}): {} in {} → {}",
         checkpoint.display(),
         a.epoch,
         SplitExamples::describe(&a.examples),
-        took(a.seconds, &a.passes),
+        PassTime::took(a.seconds, &a.passes),
         dir.display()
     );
     let settings = a.spec.changes_inline();
@@ -120,14 +120,6 @@ fn report(checkpoint: &Path, dir: &Path, a: &Analysis) {
     let results = result_lines(&a.spec, &a.records, a.selected_alpha, &a.notes, &[split]);
     for line in results {
         eprintln!("  {line}");
-    }
-}
-
-/// "in 18.3 s (cosine+l2+drop 3.5 s, unroll 10.9 s, …)": an analysis' time and its passes'.
-pub(crate) fn took(seconds: f64, passes: &[PassTime]) -> String {
-    match passes {
-        [] => format!("in {seconds:.1} s"),
-        _ => format!("in {seconds:.1} s ({})", PassTime::describe(passes)),
     }
 }
 

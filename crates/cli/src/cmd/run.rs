@@ -12,7 +12,7 @@ use crate::progress::{AnalysisBar, RunSink};
 use analyzer::AnalyzeError;
 use anyhow::{bail, Context, Result};
 use domain::{claims, paper};
-use domain::{ExperimentRun, ExperimentSpec, MetricName, Split};
+use domain::{ExperimentRun, ExperimentSpec, MetricName, PassTime, Split};
 use resnet::memory::Work;
 use resnet::{candle_device, Dtypes};
 use std::fmt::Write as _;
@@ -242,8 +242,8 @@ fn analyse(
         result => result?,
     };
     eprintln!(
-        "  analysed {what} {}",
-        super::analyze::took(result.seconds, &result.passes)
+        "  analysed {what} in {}",
+        PassTime::took(result.seconds, &result.passes)
     );
     super::analyze::write(&out, &result)?;
     Ok(true)

@@ -16,7 +16,7 @@ use axum::extract::{Form, Path, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Extension;
 use chrono::{DateTime, Utc};
-use domain::service::JobState;
+use domain::service::{duration, JobState};
 
 mod compare;
 mod experiment;
@@ -65,19 +65,6 @@ pub struct ErrorPage {
 
 fn when(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M UTC").to_string()
-}
-
-fn duration(seconds: f64) -> String {
-    let seconds = seconds.max(0.0);
-    if seconds < 9.95 {
-        return format!("{seconds:.1} s");
-    }
-    let s = seconds.round() as u64;
-    match s {
-        0..=59 => format!("{s} s"),
-        60..=3599 => format!("{} min", (s + 30) / 60),
-        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
-    }
 }
 
 fn percent(fraction: f64) -> String {
@@ -289,9 +276,5 @@ mod tests {
         assert_eq!(number(-0.0012341), "-0.001234");
         assert_eq!(number(12.3456), "12.35");
         assert_eq!(number(0.0), "0");
-        assert_eq!(duration(0.42), "0.4 s");
-        assert_eq!(duration(42.0), "42 s");
-        assert_eq!(duration(150.0), "3 min");
-        assert_eq!(duration(3720.0), "1 h 2 min");
     }
 }

@@ -190,11 +190,10 @@ impl AnalysisItem {
             epoch: analysis.epoch,
             status: analysis.status.as_str(),
             duration: analysis.seconds.map(duration).unwrap_or_default(),
-            took: match (analysis.seconds, analysis.passes.as_slice()) {
-                (None, _) => String::new(),
-                (Some(s), []) => duration(s),
-                (Some(s), passes) => format!("{} ({})", duration(s), PassTime::describe(passes)),
-            },
+            took: analysis
+                .seconds
+                .map(|s| PassTime::took(s, &analysis.passes))
+                .unwrap_or_default(),
             examples: domain::SplitExamples::describe(&analysis.examples),
             // With the train loss it ends at, where the records are at hand.
             alpha: analysis

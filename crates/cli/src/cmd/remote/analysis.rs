@@ -4,12 +4,12 @@
 use super::checkpoint::epoch_ends_on_disk;
 use super::{id, json, run_id, Api};
 use crate::args::AnalysisRequestArgs;
-use crate::cmd::analyze::{result_lines, took};
+use crate::cmd::analyze::result_lines;
 use crate::cmd::print_text;
 use crate::progress::AnalysisBar;
 use anyhow::Result;
 use domain::service::{AnalysisRequest, AnalysisView, JobState};
-use domain::{RecordFilter, SplitExamples};
+use domain::{PassTime, RecordFilter, SplitExamples};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -144,9 +144,9 @@ fn describe(a: &AnalysisView) -> String {
     }
     if let Some(seconds) = a.seconds {
         lines.push(format!(
-            "  {} examples {}",
+            "  {} examples in {}",
             SplitExamples::describe(&a.examples),
-            took(seconds, &a.passes)
+            PassTime::took(seconds, &a.passes)
         ));
     }
     let settings = a.spec.changes_inline();
@@ -170,7 +170,7 @@ fn describe(a: &AnalysisView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use domain::{AnalysisKind, AnalysisProgress, PassTime, Stat, UnrollBn};
+    use domain::{AnalysisKind, AnalysisProgress, Stat, UnrollBn};
     use domain::{AnalysisRecord, AnalysisSpec, BlockId, BlockKind, Group, MetricName, Split};
 
     /// What `analysis show` prints of a finished analysis: its blocks, the unrolling's
