@@ -101,7 +101,8 @@ pub enum Command {
     /// Submit a run or an experiment (a TOML spec file) to the API.
     Submit(SubmitArgs),
     /// List runs on the API, newest first: id, name (an unnamed run's label in parentheses;
-    /// such a run goes by its id), dataset, state, progress and best test accuracy.
+    /// such a run goes by its id), dataset, state, progress, best test accuracy and the
+    /// analyses still pending.
     List(ListArgs),
     /// A run's state on the API.
     Status {
@@ -161,7 +162,7 @@ pub enum Command {
         limit: u32,
     },
     /// The workers the API has seen in the last week: the jobs they take, their memory
-    /// budget, when they last claimed or heartbeat, and the run each is working on.
+    /// budget, when they last claimed or heartbeat, and the job each holds and how far it is.
     Workers {
         /// Print them as JSON.
         #[arg(long)]
