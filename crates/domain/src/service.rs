@@ -875,13 +875,27 @@ pub struct WorkerView {
     pub job: Option<WorkerJob>,
 }
 
+/// How recently a worker without a job must have claimed to be called idle: an idle worker
+/// asks for a job every `STEPWISE_POLL_SECS` (2 s unless set), so one quiet for longer has
+/// most likely stopped, though it still counts as live for a while.
+pub const WORKER_IDLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl WorkerView {
-    /// How a worker without a job stands, as the CLI and the dashboard say it.
-    pub fn presence(&self) -> String {
-        if self.live {
+    /// How a worker without a job stands at `now`, as the CLI and the dashboard say it.
+    pub fn presence(&self, now: DateTime<Utc>) -> String {
+        let quiet = (now - self.seen_at).to_std().unwrap_or_default();
+        if quiet <= WORKER_IDLE_WITHIN {
             "idle".into()
+        } else if self.live {
+            format!(
+                "quiet for {} min (stopped, or polling slowly)",
+                quiet.as_secs() / 60
+            )
         } else {
-            format!("not seen for {} minutes", WORKER_SEEN_WITHIN.as_secs() / 60)
+            format!(
+                "not seen for over {} min",
+                WORKER_SEEN_WITHIN.as_secs() / 60
+            )
         }
     }
 }
@@ -1175,6 +1189,28 @@ mod tests {
             PassTime::took(133.5, &passes),
             "2 min (cosine+drop 3.5 s, unroll 2 min)"
         );
+    }
+
+    #[test]
+    fn a_worker_without_a_job_is_idle_only_while_it_polls() {
+        let now = Utc::now();
+        let worker = |quiet_secs: i64, live: bool| WorkerView {
+            name: "w".into(),
+            kinds: vec![JobKind::Train],
+            capacity: WorkerCapacity {
+                memory: crate::Memory::Host,
+                budget_mib: 1000,
+            },
+            seen_at: now - chrono::Duration::seconds(quiet_secs),
+            live,
+            job: None,
+        };
+        assert_eq!(worker(5, true).presence(now), "idle");
+        assert_eq!(
+            worker(250, true).presence(now),
+            "quiet for 4 min (stopped, or polling slowly)"
+        );
+        assert_eq!(worker(700, false).presence(now), "not seen for over 10 min");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use askama::Template;
 use axum::extract::State;
 use axum::response::Html;
 use axum::Extension;
+use chrono::Utc;
 use domain::service::{analyses_pending, JobState, RunView};
 use domain::Arch;
 use serde::Deserialize;
@@ -191,7 +192,7 @@ impl WorkerItem {
                 .job
                 .as_ref()
                 .map(|j| (j.run_id, j.kind.to_string(), j.doing())),
-            presence: w.presence(),
+            presence: w.presence(Utc::now()),
         }
     }
 }

@@ -354,7 +354,7 @@ pub fn workers(api: &Api, as_json: bool) -> Result<ExitCode> {
             format!("{} ago", indicatif::HumanDuration(ago)),
             match &w.job {
                 Some(job) => format!("{} job of run {} · {}", job.kind, job.run_id, job.doing()),
-                None => w.presence(),
+                None => w.presence(now),
             }
         ));
     }
