@@ -68,7 +68,8 @@ pub struct Stack {
     admin_url: String,
     database: String,
     pub settings: Settings,
-    api: Option<Child>,
+    /// The API processes: the first serves `api_url`, others come from [`Self::add_api`].
+    apis: Vec<Child>,
     workers: Vec<Child>,
     worker_logs: Vec<PathBuf>,
     logs: Vec<PathBuf>,
@@ -127,12 +128,12 @@ impl Stack {
             admin_url,
             database,
             settings,
-            api: None,
+            apis: vec![],
             workers: vec![],
             worker_logs: vec![],
             logs: vec![],
         };
-        stack.start_api();
+        stack.api_url = stack.start_api();
         stack
     }
 
@@ -154,7 +155,13 @@ impl Stack {
         std::fs::File::create(path).unwrap()
     }
 
-    fn start_api(&mut self) {
+    /// Another API process over the same database and checkpoint store (Kubernetes runs
+    /// the API as a Deployment of two replicas); returns its URL.
+    pub fn add_api(&mut self) -> String {
+        self.start_api()
+    }
+
+    fn start_api(&mut self) -> String {
         let port = free_port();
         let log = self.log_file("api");
         let s = &self.settings;
@@ -181,12 +188,13 @@ impl Stack {
             .stderr(log)
             .spawn()
             .expect("starting stepwise-api");
-        self.api = Some(child);
-        self.api_url = format!("http://127.0.0.1:{port}");
-        let ready = format!("{}/readyz", self.api_url);
+        self.apis.push(child);
+        let url = format!("http://127.0.0.1:{port}");
+        let ready = format!("{url}/readyz");
         wait_for("the API to be ready", Duration::from_secs(60), || {
             reqwest::blocking::get(&ready).is_ok_and(|r| r.status().is_success())
         });
+        url
     }
 
     /// A client with the users' token.
@@ -321,7 +329,7 @@ pub fn signal_pid(pid: u32, signal: &str) {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for child in self.workers.iter_mut().chain(self.api.iter_mut()) {
+        for child in self.workers.iter_mut().chain(self.apis.iter_mut()) {
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -1,5 +1,6 @@
-//! Many workers, many requests: concurrent claims, concurrent duplicate submissions, bad
-//! requests over a real socket, and the database restarted under load.
+//! Many workers, many requests: concurrent claims and concurrent duplicate submissions
+//! through two API replicas over one database, bad requests over a real socket, and the
+//! database restarted under load.
 
 use client::ClientError;
 use domain::service::JobState;
@@ -31,17 +32,25 @@ fn all_runs(stack: &Stack) -> Vec<domain::service::RunView> {
     }
 }
 
+/// Two API replicas over one database, as the Kubernetes base runs them: runs submitted to
+/// either, four workers claiming from each.
 #[test]
-fn two_hundred_jobs_claimed_by_eight_workers_run_once_each() {
+fn two_hundred_jobs_claimed_by_eight_workers_through_two_apis_run_once_each() {
     let _serial = serial();
     let mut stack = Stack::start(Settings::default());
+    let second = stack.add_api();
     stack.synth("micro10", 64, 32);
-    let client = stack.client();
+    let clients = [stack.client(), client::Client::new(&second, None).unwrap()];
     let ids: Vec<Uuid> = (0..200)
-        .map(|_| client.submit_run(&tiny_run("micro10", 1), None).unwrap().id)
+        .map(|i| {
+            let client = &clients[i % 2];
+            client.submit_run(&tiny_run("micro10", 1), None).unwrap().id
+        })
         .collect();
-    for _ in 0..8 {
-        stack.spawn_worker("stepwise-trainer");
+    for i in 0..8 {
+        let api = if i % 2 == 0 { &stack.api_url } else { &second };
+        let api = api.clone();
+        stack.spawn_worker_with("stepwise-trainer", &[("STEPWISE_API_URL", &api)]);
     }
     wait_for("200 runs to finish", 5 * MINUTE, || {
         all_runs(&stack).iter().all(|r| r.status.is_final())
@@ -66,20 +75,35 @@ fn two_hundred_jobs_claimed_by_eight_workers_run_once_each() {
         by_worker.values().filter(|&&n| n > 0).count() >= 4,
         "{by_worker:?}"
     );
+    let through = |api: usize| {
+        (api..8)
+            .step_by(2)
+            .map(|i| by_worker[&format!("worker {i}")])
+    };
+    assert!(
+        through(0).sum::<usize>() > 0 && through(1).sum::<usize>() > 0,
+        "both APIs served claims: {by_worker:?}"
+    );
 }
 
+/// The duplicates go to two API replicas: the key holds across them, as does a dashboard
+/// session.
 #[test]
-fn fifty_concurrent_submissions_with_one_key_make_one_run_and_bad_requests_get_4xx() {
+fn fifty_concurrent_submissions_with_one_key_to_two_apis_make_one_run_and_bad_requests_get_4xx() {
     let _serial = serial();
-    let stack = Stack::start(Settings {
+    let mut stack = Stack::start(Settings {
         api_token: Some("user-token".into()),
         worker_token: Some("worker-token".into()),
         ..Settings::default()
     });
+    let second = stack.add_api();
     let submission = tiny_run("shapes10", 1);
     let threads: Vec<_> = (0..50)
-        .map(|_| {
-            let client = stack.client();
+        .map(|i| {
+            let client = match i % 2 {
+                0 => stack.client(),
+                _ => client::Client::new(&second, stack.settings.api_token.clone()).unwrap(),
+            };
             let submission = submission.clone();
             std::thread::spawn(move || client.submit_run(&submission, Some("one-key")).unwrap().id)
         })
@@ -142,6 +166,30 @@ fn fifty_concurrent_submissions_with_one_key_make_one_run_and_bad_requests_get_4
         .unwrap()
         .status()
         .is_success());
+
+    // A dashboard session begun at one replica holds at the other.
+    let browser = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = browser
+        .post(format!("{}/login", stack.api_url))
+        .form(&[("token", "user-token"), ("next", "/")])
+        .send()
+        .unwrap();
+    assert_eq!(login.status().as_u16(), 303);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let home = |cookie: Option<&str>| {
+        let request = browser.get(format!("{second}/"));
+        let request = match cookie {
+            Some(c) => request.header("cookie", c),
+            None => request,
+        };
+        request.send().unwrap().status().as_u16()
+    };
+    assert_eq!(home(None), 303, "to the login form");
+    assert_eq!(home(Some(&cookie)), 200, "{cookie}");
 }
 
 /// A PostgreSQL cluster of the test's own (scripts/postgres on another port and folder).
