@@ -84,7 +84,8 @@ pub enum Command {
     /// together, or from local run directories. Runs of one configuration are drawn as
     /// mean ± standard deviation over seeds (runs whose specs differ only in the seed;
     /// other configurations of one model are labelled by their runs' names, a local run's
-    /// being its directory's).
+    /// being its directory's). Beside them blocks.csv, and of one experiment on the API its
+    /// report.md (Table 1, the claims, the figures), as `run` writes it.
     Figures {
         /// Experiments or runs on the API, by id or name: one is drawn as its page draws
         /// it; several together, every run of them (an experiment's all), runs of one

@@ -408,6 +408,19 @@ fn the_cli_client_commands_drive_runs_and_experiments() {
     );
     let png = std::fs::read(figures.join("fig3_l2_ratio.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG"));
+    // With the experiment's report, as `stepwise run` writes one of local runs.
+    let report = std::fs::read_to_string(figures.join("report.md")).unwrap();
+    for expected in [
+        "# Experiment `cli`",
+        &format!("from experiment {experiment_id} on {}", stack.api_url),
+        "2 of 2 runs succeeded",
+        "| resnet-8 | ",                           // Table 1
+        "| C1 | resnet-8 | ",                      // the claims
+        "![fig3_l2_ratio.svg](fig3_l2_ratio.svg)", // the figures, linked
+        "[blocks.csv](blocks.csv)",
+    ] {
+        assert!(report.contains(expected), "{expected}: {report}");
+    }
     let (ok, out, err) = stack.stepwise(&["experiment", "list"]);
     assert!(
         ok && out.contains(&format!("{experiment_id}  cli")),

@@ -7,6 +7,7 @@
 
 use super::figures::{blocks_of, pool_seeds, read_run, render, write_blocks_csv, RunData};
 use super::open_dataset;
+use super::report::Report;
 use crate::args::RunArgs;
 use crate::progress::{AnalysisBar, RunSink};
 use analyzer::AnalyzeError;
@@ -293,6 +294,7 @@ struct Written {
     blocks: Option<PathBuf>,
 }
 
+/// `report.md` of the runs in `data`.
 fn report(
     spec: &ExperimentSpec,
     runs: &[ExperimentRun],
@@ -302,56 +304,6 @@ fn report(
     out: &Path,
     seconds: f64,
 ) -> String {
-    let mut md = String::new();
-    let _ = writeln!(md, "# Experiment `{}`\n", spec.name);
-    if let Some(d) = &spec.description {
-        let _ = writeln!(md, "{d}\n");
-    }
-    let dataset = &spec.data.dataset;
-    let _ = writeln!(
-        md,
-        "Data: `{dataset}`. Seeds: {:?}. Written by {} in {:.0} s (this invocation; runs \
-         finished earlier are not retrained). The paper's numbers are for CIFAR; on other \
-         data only the parameter counts are comparable.\n",
-        spec.seeds,
-        domain::CODE_VERSION,
-        seconds
-    );
-    if !imported.is_empty() {
-        let each: Vec<String> = imported
-            .iter()
-            .map(|(run, w)| {
-                format!(
-                    "{} seed {} from `{}` (sha256 `{}`)",
-                    run.label, run.seed, w.file, w.sha256
-                )
-            })
-            .collect();
-        let _ = writeln!(
-            md,
-            "Trained elsewhere, their weights imported (`stepwise model import`): {}.\n",
-            each.join("; ")
-        );
-    }
-    if let Some(note) = domain::claims::short_schedule_note(runs) {
-        let _ = writeln!(md, "{note}\n");
-    }
-    for (run, why) in runs
-        .iter()
-        .zip(data)
-        .filter_map(|(r, d)| Some((r, d.left_out?)))
-    {
-        let _ = writeln!(
-            md,
-            "Left out of the analysed train errors, the claims and the block-wise figures: \
-             {} seed {}, {why}.\n",
-            run.label, run.seed
-        );
-    }
-    let _ = writeln!(md, "## Table 1: parameters and errors\n");
-    let _ = writeln!(md, "{}\n", paper::TABLE_NOTE);
-    let _ = writeln!(md, "| {} |", paper::TABLE_HEADER.join(" | "));
-    let _ = writeln!(md, "|---|---|---|---|---|---|");
     let labels = spec.labels();
     let mut configs = vec![];
     for label in &labels {
@@ -379,43 +331,34 @@ fn report(
             ..claims::Config::new(label, &members[0].0.spec.model)
         });
     }
-    for row in paper::table(&configs) {
-        let _ = writeln!(md, "| {} |", row.cells().join(" | "));
+    Report {
+        spec,
+        provenance: format!(
+            "Written by {} in {seconds:.0} s (this invocation; runs finished earlier are not \
+             retrained).",
+            domain::CODE_VERSION
+        ),
+        imported: imported
+            .iter()
+            .map(|(run, w)| {
+                format!(
+                    "{} seed {} from `{}` (sha256 `{}`, `stepwise model import`)",
+                    run.label, run.seed, w.file, w.sha256
+                )
+            })
+            .collect(),
+        note: claims::short_schedule_note(runs),
+        left_out: runs
+            .iter()
+            .zip(data)
+            .filter_map(|(r, d)| Some(format!("{} seed {}, {}", r.label, r.seed, d.left_out?)))
+            .collect(),
+        table: paper::table(&configs),
+        claims: claims::evaluate(&configs),
+        figures: &written.figures,
+        blocks: written.blocks.as_deref(),
     }
-    let _ = writeln!(md, "\n## Claims (paper.md, thresholds fixed in advance)\n");
-    let _ = writeln!(md, "| claim | configuration | holds | measured |");
-    let _ = writeln!(md, "|---|---|---|---|");
-    for v in claims::evaluate(&configs) {
-        let holds = match v.holds {
-            Some(false) => format!("**{}**", v.holds_text()),
-            _ => v.holds_text().to_string(),
-        };
-        let _ = writeln!(
-            md,
-            "| {} | {} | {holds} | {} |",
-            v.claim, v.subject, v.measured
-        );
-    }
-    let _ = writeln!(md, "\n{}\n", domain::claims::LEGEND);
-    let _ = writeln!(md, "## Figures\n");
-    if let Some(blocks) = &written.blocks {
-        let rel = blocks.strip_prefix(out).unwrap_or(blocks);
-        let _ = writeln!(
-            md,
-            "The numbers behind the block-wise figures, every block of every configuration \
-             (mean ± sd over seeds, each metric and split): [{0}]({0}).\n",
-            rel.display()
-        );
-    }
-    for f in written
-        .figures
-        .iter()
-        .filter(|f| f.extension().is_some_and(|e| e == "svg"))
-    {
-        let rel = f.strip_prefix(out).unwrap_or(f);
-        let _ = writeln!(md, "![{}]({})", rel.display(), rel.display());
-    }
-    md
+    .markdown(out)
 }
 
 #[cfg(test)]

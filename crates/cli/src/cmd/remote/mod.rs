@@ -608,7 +608,8 @@ pub fn logs(api: &Api, run: &str, limit: u32) -> Result<ExitCode> {
 }
 
 /// Every figure of an experiment or a run, or of several together (all their runs), as SVG
-/// and PNG files in `out`, as `stepwise figures --run` writes them locally.
+/// and PNG files in `out`, as `stepwise figures --run` writes them locally; `blocks.csv`;
+/// and of one experiment `report.md`, as `stepwise run` writes it.
 pub fn figures(api: &Api, targets: &[String], out: &Path) -> Result<ExitCode> {
     let client = api.client()?;
     let of = match targets {
@@ -653,15 +654,73 @@ pub fn figures(api: &Api, targets: &[String], out: &Path) -> Result<ExitCode> {
             let bytes = client.figure(&of, &file)?;
             let path = out.join(file);
             resnet::checkpoint::write_atomic(&path, &bytes)?;
-            written.push(path.display().to_string());
+            written.push(path);
         }
     }
     let blocks = client.block_summaries(&of)?;
-    if let Some(path) = super::figures::write_blocks_csv(&blocks, &out.join("blocks.csv"))? {
-        written.push(path.display().to_string());
+    let blocks = super::figures::write_blocks_csv(&blocks, &out.join("blocks.csv"))?;
+    let mut listed: Vec<PathBuf> = written.iter().chain(&blocks).cloned().collect();
+    if let FiguresOf::Experiment(id) = of {
+        let report = experiment_report(api, &client, id, &written, blocks.as_deref(), out)?;
+        let path = out.join("report.md");
+        resnet::checkpoint::write_atomic(&path, report.as_bytes())?;
+        listed.push(path);
     }
-    super::print_text(&written.join("\n"))?;
+    let listed: Vec<String> = listed.iter().map(|p| p.display().to_string()).collect();
+    super::print_text(&listed.join("\n"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `report.md` of an experiment on the API, as `stepwise run` writes one of local runs, its
+/// figures and `blocks.csv` (written in `out`) linked.
+fn experiment_report(
+    api: &Api,
+    client: &Client,
+    id: Uuid,
+    figures: &[PathBuf],
+    blocks: Option<&Path>,
+    out: &Path,
+) -> Result<String> {
+    let experiment = client.experiment(id)?;
+    let claims = client.experiment_claims(id)?;
+    let succeeded = experiment
+        .runs
+        .iter()
+        .filter(|r| r.status == JobState::Succeeded)
+        .count();
+    let provenance = format!(
+        "Drawn by {} from experiment {id} on {} at {}: {succeeded} of {} runs succeeded.",
+        domain::CODE_VERSION,
+        api.url,
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        experiment.runs.len()
+    );
+    Ok(super::report::Report {
+        spec: &experiment.spec,
+        provenance,
+        imported: experiment
+            .runs
+            .iter()
+            .filter_map(|r| {
+                let w = r.weights.as_ref()?;
+                Some(format!(
+                    "{} seed {} from `{}` (sha256 `{}`)",
+                    r.label, r.spec.train.seed, w.file_name, w.sha256
+                ))
+            })
+            .collect(),
+        note: claims.note,
+        left_out: claims
+            .left_out
+            .iter()
+            .map(|l| format!("run {} of {}, {}", l.run(), l.configuration, l.reason))
+            .collect(),
+        table: claims.table,
+        claims: claims.claims,
+        figures,
+        blocks,
+    }
+    .markdown(out))
 }
 
 #[cfg(test)]
