@@ -224,6 +224,37 @@ async fn the_live_run_page_says_where_a_running_analysis_is(pool: PgPool) {
     assert!(!listed().await.contains("pending"));
 }
 
+/// Workers seen lately are listed; those seen only earlier in the week are folded away
+/// (pods restarted under new names would otherwise fill the table).
+#[sqlx::test(migrator = "store::MIGRATOR")]
+async fn workers_not_seen_lately_are_folded_away(pool: PgPool) {
+    let app = spawn_app(pool.clone(), &[]);
+    app.post("/v1/runs", run_body(1, "held")).await;
+    app.claim("train", "gpu-live").await;
+    let idle = json!({"kinds": ["analyze"], "worker": "gpu-gone",
+        "capacity": {"memory": "gpu", "budget_mib": 1000}});
+    let nothing = app.post("/v1/worker/claim", idle).await;
+    assert_eq!(nothing.status, StatusCode::NO_CONTENT, "{}", nothing.text());
+    let home = || async { page(&app, "/", None).await.text() };
+    assert!(!home().await.contains("seen earlier this week"));
+    sqlx::query("UPDATE workers SET seen_at = now() - interval '1 hour' WHERE name = 'gpu-gone'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let home = home().await;
+    let (listed, folded) = home
+        .split_once("1 seen earlier this week, not in the last 10 minutes")
+        .unwrap_or_else(|| panic!("{home}"));
+    assert!(
+        listed.contains("gpu-live") && !listed.contains("gpu-gone"),
+        "{home}"
+    );
+    assert!(
+        folded.contains("gpu-gone") && folded.contains("not seen for over 10 min"),
+        "{home}"
+    );
+}
+
 #[sqlx::test(migrator = "store::MIGRATOR")]
 async fn login_sets_a_strict_http_only_cookie_that_only_reads_the_api(pool: PgPool) {
     let app = spawn_app(pool, &[("STEPWISE_API_TOKEN", "sesame")]);

@@ -209,7 +209,9 @@ pub struct RunsPage {
     table: RunsTable,
     experiments: Vec<ExperimentItem>,
     older_experiments: Option<String>,
+    /// Seen within `WORKER_SEEN_WITHIN`, and those seen only before.
     workers: Vec<WorkerItem>,
+    gone: Vec<WorkerItem>,
 }
 
 pub async fn runs(
@@ -240,6 +242,18 @@ pub async fn runs(
             active: e.active,
         })
         .collect();
+    // Workers not seen lately are folded away: pods restarted under new names would
+    // otherwise fill the table for a week.
+    let (live, gone): (Vec<_>, Vec<_>) = state
+        .store
+        .workers()
+        .await?
+        .into_iter()
+        .partition(|w| w.live);
+    let (workers, gone) = (
+        live.iter().map(WorkerItem::of).collect(),
+        gone.iter().map(WorkerItem::of).collect(),
+    );
     render(&RunsPage {
         nav: Nav::of(&session),
         status: q.status.clone().unwrap_or_default(),
@@ -250,13 +264,8 @@ pub async fn runs(
         table,
         experiments,
         older_experiments,
-        workers: state
-            .store
-            .workers()
-            .await?
-            .iter()
-            .map(WorkerItem::of)
-            .collect(),
+        workers,
+        gone,
     })
 }
 
