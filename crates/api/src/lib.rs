@@ -62,6 +62,7 @@ pub fn app(state: AppState) -> Router {
             get(experiments::get).delete(experiments::delete),
         )
         .route("/v1/experiments/{id}/claims", get(experiments::claims))
+        .route("/v1/experiments/{id}/report.md", get(experiments::report))
         .route("/v1/experiments/{id}/blocks", get(blocks::of_experiment))
         .route("/v1/experiments/{id}/cancel", post(experiments::cancel))
         .route("/v1/experiments/{id}/retry", post(experiments::retry))

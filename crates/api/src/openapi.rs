@@ -16,7 +16,7 @@ use utoipa::{Modify, OpenApi};
         runs::submit, import::import, runs::list, runs::get, runs::cancel, runs::retry, runs::delete,
         runs::metrics, runs::logs, runs::attempts, runs::checkpoints, checkpoints::file,
         analyses::request, analyses::of_run, analyses::get,
-        experiments::submit, import::import_experiment, experiments::list, experiments::get, experiments::claims,
+        experiments::submit, import::import_experiment, experiments::list, experiments::get, experiments::claims, experiments::report,
         experiments::cancel, experiments::retry, experiments::delete,
         figures::run_list, figures::run_figure, figures::experiment_list, figures::experiment_figure,
         figures::runs_list, figures::runs_figure, blocks::of_runs, blocks::of_experiment,

@@ -962,6 +962,24 @@ async fn blocks_are_summarised_over_the_seeds_of_each_configuration(pool: PgPool
         left_out(&app, &experiment).await,
         [(behind.to_string(), behind_epoch.to_string())]
     );
+    // The report says as much, as `stepwise run` writes one.
+    let report = app
+        .get(&format!("/v1/experiments/{experiment}/report.md"))
+        .await;
+    assert_eq!(report.content_type, "text/markdown; charset=utf-8");
+    let report = report.text();
+    for expected in [
+        "# Experiment `seeds`",
+        &format!("from experiment {experiment} at "),
+        "2 of 3 runs succeeded",
+        "| resnet-8 | ",
+        "| C1 | resnet-8 | yes | 1 of 1 identity blocks negative",
+        &format!("figures: run seeds/resnet-8/seed2 of resnet-8, {behind_epoch}."),
+        "](figures/fig2_cosine.svg)", // relative to the report: the experiment's figures
+        "[blocks](blocks)",
+    ] {
+        assert!(report.contains(expected), "{expected}\n{report}");
+    }
     let rows = app
         .get(&format!("/v1/experiments/{experiment}/blocks"))
         .await
@@ -1112,6 +1130,7 @@ async fn openapi_docs_metrics_and_datasets_are_served(pool: PgPool) {
         "/v1/experiments/{id}/figures/{file}",
         "/v1/figures/{file}",
         "/v1/experiments/{id}/claims",
+        "/v1/experiments/{id}/report.md",
     ] {
         assert!(
             doc["paths"].get(path).is_some(),

@@ -12,6 +12,7 @@ pub mod experiment;
 pub mod layout;
 pub mod metric;
 pub mod paper;
+pub mod report;
 pub mod service;
 pub mod spec;
 pub mod stats;

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::claims::{self, Verdict};
 use domain::paper::{self, TableRow};
+use domain::report::Report;
 use domain::service::{
     ClaimsView, ExperimentSubmission, ExperimentSummary, ExperimentView, JobState, Page,
 };
@@ -133,21 +134,45 @@ pub async fn claims(
 ) -> ApiResult<Response> {
     let experiment = state.store.experiment(id).await?;
     let results = experiment_results(&state, &experiment).await?;
-    let (table, verdicts) = comparison(&experiment, &results);
+    let view = claims_view(&experiment, &results);
     if wants(&headers, "text/csv") {
         return Ok(typed(
             "text/csv; charset=utf-8",
-            domain::csv::to_csv(&verdicts),
+            domain::csv::to_csv(&view.claims),
         ));
     }
-    Ok(Json(ClaimsView {
+    Ok(Json(view).into_response())
+}
+
+fn claims_view(experiment: &ExperimentView, results: &[RunResults]) -> ClaimsView {
+    let (table, verdicts) = comparison(experiment, results);
+    ClaimsView {
         note: claims::short_schedule_note(&experiment.spec.runs()),
         table,
         claims: verdicts,
         legend: claims::LEGEND.to_string(),
-        left_out: left_out(&experiment.runs, &results),
-    })
-    .into_response())
+        left_out: left_out(&experiment.runs, results),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/experiments/{id}/report.md", tag = "experiments",
+    params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, description = "report.md, as `stepwise run` writes one of local runs: Table 1 and claims C1–C7 beside paper.md's, the figures linked (relative to this document)",
+            content_type = "text/markdown", body = String),
+        (status = 404, body = Problem)))]
+pub async fn report(State(state): State<AppState>, Id(id): Id) -> ApiResult<Response> {
+    let experiment = state.store.experiment(id).await?;
+    let results = experiment_results(&state, &experiment).await?;
+    let view = claims_view(&experiment, &results);
+    let figures = super::figures::names(results)
+        .await?
+        .into_iter()
+        .map(|name| format!("figures/{name}.svg"))
+        .collect();
+    // The numbers behind the figures: JSON here, CSV with `Accept: text/csv`.
+    let blocks = Some("blocks".to_string());
+    let report = Report::of_experiment(&experiment, view, None, figures, blocks);
+    Ok(typed("text/markdown; charset=utf-8", report.markdown()))
 }
 
 /// paper.md's Table 1 and claims over the experiment's runs, configurations by label: each

@@ -199,15 +199,16 @@ pub(crate) async fn draw_all(runs: Vec<RunResults>) -> ApiResult<Vec<Drawn>> {
 /// leave out.
 async fn list(runs: &[RunView], results: Vec<RunResults>) -> ApiResult<Json<FigureList>> {
     let left_out = left_out(runs, &results);
-    let names = draw(results, None)
-        .await?
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
     Ok(Json(FigureList {
-        figures: names,
+        figures: names(results).await?,
         left_out,
     }))
+}
+
+/// The names of the figures drawn of `results`.
+pub(crate) async fn names(results: Vec<RunResults>) -> ApiResult<Vec<String>> {
+    let drawn = draw(results, None).await?;
+    Ok(drawn.into_iter().map(|(n, _)| n).collect())
 }
 
 async fn one(runs: Vec<RunResults>, file: &str) -> ApiResult<Response> {

@@ -235,6 +235,20 @@ pub fn run(runs: &[PathBuf], out: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A link to `path` from a file in `dir` (`report.md`'s to its figures and `blocks.csv`).
+pub(crate) fn link(path: &Path, dir: &Path) -> String {
+    path.strip_prefix(dir).unwrap_or(path).display().to_string()
+}
+
+/// Links from a file in `dir` to the SVGs among `files`.
+pub(crate) fn svg_links(files: &[PathBuf], dir: &Path) -> Vec<String> {
+    files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "svg"))
+        .map(|f| link(f, dir))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::read_metrics;

@@ -5,7 +5,6 @@ pub mod eval;
 pub mod figures;
 pub mod model;
 pub mod remote;
-pub(crate) mod report;
 pub mod run;
 pub mod selftest;
 pub mod train;

@@ -7,7 +7,6 @@
 
 use super::figures::{blocks_of, pool_seeds, read_run, render, write_blocks_csv, RunData};
 use super::open_dataset;
-use super::report::Report;
 use crate::args::RunArgs;
 use crate::progress::{AnalysisBar, RunSink};
 use analyzer::AnalyzeError;
@@ -331,7 +330,7 @@ fn report(
             ..claims::Config::new(label, &members[0].0.spec.model)
         });
     }
-    Report {
+    domain::report::Report {
         spec,
         provenance: format!(
             "Written by {} in {seconds:.0} s (this invocation; runs finished earlier are not \
@@ -355,10 +354,13 @@ fn report(
             .collect(),
         table: paper::table(&configs),
         claims: claims::evaluate(&configs),
-        figures: &written.figures,
-        blocks: written.blocks.as_deref(),
+        figures: super::figures::svg_links(&written.figures, out),
+        blocks: written
+            .blocks
+            .as_deref()
+            .map(|b| super::figures::link(b, out)),
     }
-    .markdown(out)
+    .markdown()
 }
 
 #[cfg(test)]

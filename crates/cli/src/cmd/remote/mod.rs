@@ -9,6 +9,7 @@ pub mod experiment;
 use crate::args::{ListArgs, SubmitArgs, WeightsReading};
 use anyhow::{bail, Context, Result};
 use client::{Client, FiguresOf, RunQuery};
+use domain::report::Report;
 use domain::service::{
     AnalysisPlan, ExperimentImport, ExperimentView, FigureList, ImportSubmission, JobState,
     RunSubmission, RunView,
@@ -683,44 +684,10 @@ fn experiment_report(
 ) -> Result<String> {
     let experiment = client.experiment(id)?;
     let claims = client.experiment_claims(id)?;
-    let succeeded = experiment
-        .runs
-        .iter()
-        .filter(|r| r.status == JobState::Succeeded)
-        .count();
-    let provenance = format!(
-        "Drawn by {} from experiment {id} on {} at {}: {succeeded} of {} runs succeeded.",
-        domain::CODE_VERSION,
-        api.url,
-        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
-        experiment.runs.len()
-    );
-    Ok(super::report::Report {
-        spec: &experiment.spec,
-        provenance,
-        imported: experiment
-            .runs
-            .iter()
-            .filter_map(|r| {
-                let w = r.weights.as_ref()?;
-                Some(format!(
-                    "{} seed {} from `{}` (sha256 `{}`)",
-                    r.label, r.spec.train.seed, w.file_name, w.sha256
-                ))
-            })
-            .collect(),
-        note: claims.note,
-        left_out: claims
-            .left_out
-            .iter()
-            .map(|l| format!("run {} of {}, {}", l.run(), l.configuration, l.reason))
-            .collect(),
-        table: claims.table,
-        claims: claims.claims,
-        figures,
-        blocks,
-    }
-    .markdown(out))
+    let figures = super::figures::svg_links(figures, out);
+    let blocks = blocks.map(|b| super::figures::link(b, out));
+    let report = Report::of_experiment(&experiment, claims, Some(&api.url), figures, blocks);
+    Ok(report.markdown())
 }
 
 #[cfg(test)]

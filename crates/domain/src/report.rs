@@ -1,15 +1,16 @@
 //! `report.md`: an experiment's numbers beside the paper's — Table 1, claims C1–C7 and the
-//! figures — as `stepwise run` writes it of local runs and `stepwise figures EXPERIMENT` of
-//! an experiment on the API.
+//! figures — as `stepwise run` writes it of local runs, `stepwise figures EXPERIMENT` of an
+//! experiment on the API, and the API serves it (`GET /v1/experiments/{id}/report.md`).
 
-use domain::claims::Verdict;
-use domain::paper::{self, TableRow};
-use domain::ExperimentSpec;
+use crate::claims::Verdict;
+use crate::paper::{self, TableRow};
+use crate::service::{ClaimsView, ExperimentView, JobState};
+use crate::ExperimentSpec;
+use chrono::Utc;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 
 /// What the report says, however the results were gathered.
-pub(crate) struct Report<'a> {
+pub struct Report<'a> {
     pub spec: &'a ExperimentSpec,
     /// Who wrote the report from what, and when or how fast: one sentence.
     pub provenance: String,
@@ -22,14 +23,62 @@ pub(crate) struct Report<'a> {
     pub left_out: Vec<String>,
     pub table: Vec<TableRow>,
     pub claims: Vec<Verdict>,
-    /// The figure files (the SVGs are linked) and `blocks.csv`, where written.
-    pub figures: &'a [PathBuf],
-    pub blocks: Option<&'a Path>,
+    /// Links to the figures (SVG), and to the numbers behind them (`blocks.csv`).
+    pub figures: Vec<String>,
+    pub blocks: Option<String>,
 }
 
-impl Report<'_> {
-    /// The Markdown, its links relative to `out` (the directory it is written in).
-    pub fn markdown(&self, out: &Path) -> String {
+impl<'a> Report<'a> {
+    /// The report of an experiment on the API, from its view and its claims, drawn now (by
+    /// the API itself, or from `api_url` by a client).
+    pub fn of_experiment(
+        experiment: &'a ExperimentView,
+        claims: ClaimsView,
+        api_url: Option<&str>,
+        figures: Vec<String>,
+        blocks: Option<String>,
+    ) -> Self {
+        let succeeded = experiment
+            .runs
+            .iter()
+            .filter(|r| r.status == JobState::Succeeded)
+            .count();
+        let provenance = format!(
+            "Drawn by {} from experiment {}{} at {}: {succeeded} of {} runs succeeded.",
+            crate::CODE_VERSION,
+            experiment.id,
+            api_url.map_or(String::new(), |url| format!(" on {url}")),
+            Utc::now().format("%Y-%m-%d %H:%M UTC"),
+            experiment.runs.len()
+        );
+        Self {
+            spec: &experiment.spec,
+            provenance,
+            imported: experiment
+                .runs
+                .iter()
+                .filter_map(|r| {
+                    let w = r.weights.as_ref()?;
+                    Some(format!(
+                        "{} seed {} from `{}` (sha256 `{}`)",
+                        r.label, r.spec.train.seed, w.file_name, w.sha256
+                    ))
+                })
+                .collect(),
+            note: claims.note,
+            left_out: claims
+                .left_out
+                .iter()
+                .map(|l| format!("run {} of {}, {}", l.run(), l.configuration, l.reason))
+                .collect(),
+            table: claims.table,
+            claims: claims.claims,
+            figures,
+            blocks,
+        }
+    }
+
+    pub fn markdown(&self) -> String {
         let mut md = String::new();
         let spec = self.spec;
         let _ = writeln!(md, "# Experiment `{}`\n", spec.name);
@@ -84,24 +133,17 @@ impl Report<'_> {
                 v.claim, v.subject, v.measured
             );
         }
-        let _ = writeln!(md, "\n{}\n", domain::claims::LEGEND);
+        let _ = writeln!(md, "\n{}\n", crate::claims::LEGEND);
         let _ = writeln!(md, "## Figures\n");
-        if let Some(blocks) = self.blocks {
-            let rel = blocks.strip_prefix(out).unwrap_or(blocks);
+        if let Some(blocks) = &self.blocks {
             let _ = writeln!(
                 md,
                 "The numbers behind the block-wise figures, every block of every configuration \
-                 (mean ± sd over seeds, each metric and split): [{0}]({0}).\n",
-                rel.display()
+                 (mean ± sd over seeds, each metric and split): [{blocks}]({blocks}).\n"
             );
         }
-        for f in self
-            .figures
-            .iter()
-            .filter(|f| f.extension().is_some_and(|e| e == "svg"))
-        {
-            let rel = f.strip_prefix(out).unwrap_or(f);
-            let _ = writeln!(md, "![{}]({})", rel.display(), rel.display());
+        for f in &self.figures {
+            let _ = writeln!(md, "![{f}]({f})");
         }
         md
     }
