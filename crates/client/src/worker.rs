@@ -42,6 +42,9 @@ pub struct WorkerConfig {
     pub name: String,
     /// `STEPWISE_POLL_SECS` (default 2): the wait between claims when nothing is queued.
     pub poll: Duration,
+    /// `STEPWISE_IDLE_EXIT_SECS` (default: never): exit once no job has been claimed for
+    /// this long, so that a batch allocation (Slurm) is given back when the queue drains.
+    pub idle_exit: Option<Duration>,
 }
 
 impl WorkerConfig {
@@ -59,17 +62,21 @@ impl WorkerConfig {
                 })
                 .transpose()
         };
-        let poll = match var("STEPWISE_POLL_SECS") {
-            Some(p) => p
-                .parse::<f64>()
-                .ok()
-                .filter(|s| s.is_finite() && *s > 0.0 && *s < 3600.0)
-                .map(Duration::from_secs_f64)
-                .ok_or(format!(
-                    "STEPWISE_POLL_SECS: {p:?} is not a number of seconds"
-                ))?,
-            None => Duration::from_secs(2),
+        let seconds = |name: &str, most: f64| {
+            var(name)
+                .map(|p| {
+                    p.parse::<f64>()
+                        .ok()
+                        .filter(|s| s.is_finite() && *s > 0.0 && *s <= most)
+                        .map(Duration::from_secs_f64)
+                        .ok_or(format!(
+                            "{name}: {p:?} is not a number of seconds (above 0, at most {most})"
+                        ))
+                })
+                .transpose()
         };
+        let poll = seconds("STEPWISE_POLL_SECS", 3600.0)?.unwrap_or(Duration::from_secs(2));
+        let idle_exit = seconds("STEPWISE_IDLE_EXIT_SECS", 1e9)?;
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "worker".into());
@@ -85,6 +92,7 @@ impl WorkerConfig {
             name: var("STEPWISE_WORKER_NAME")
                 .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
             poll,
+            idle_exit,
         })
     }
 }
@@ -203,16 +211,23 @@ pub fn claim_loop(
             .join("/"),
         client.base()
     );
+    // Since the last job ended, or the start: an API out of reach counts as no job.
+    let mut idle_since = Instant::now();
     while !shutdown.load(Ordering::SeqCst) {
         let asked = Instant::now();
         let claim = match client.claim(kinds, &config.name, capacity) {
             Ok(Some(claim)) => claim,
-            Ok(None) => {
-                sleep_unless(shutdown, config.poll);
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!("claim: {e}");
+            no_job => {
+                if let Err(e) = no_job {
+                    tracing::warn!("claim: {e}");
+                }
+                if let Some(limit) = config.idle_exit.filter(|l| idle_since.elapsed() >= *l) {
+                    tracing::info!(
+                        "no job for {} s (STEPWISE_IDLE_EXIT_SECS): exiting",
+                        limit.as_secs_f64()
+                    );
+                    break;
+                }
                 sleep_unless(shutdown, config.poll);
                 continue;
             }
@@ -229,6 +244,7 @@ pub fn claim_loop(
         let reporter = keeper.lease_bound(client);
         keeper.stop();
         report(&reporter, &claim, end);
+        idle_since = Instant::now();
     }
     tracing::info!("{} stopping", config.name);
 }

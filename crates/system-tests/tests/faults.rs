@@ -1,5 +1,6 @@
-//! Faults with real processes: workers killed, paused past their lease, told to stop, runs
-//! cancelled, diverging or too large for the worker's memory.
+//! Faults with real processes: workers killed, paused past their lease, told to stop (and a
+//! Slurm batch job's workers ending as the queue drains), runs cancelled, diverging or too
+//! large for the worker's memory.
 
 use domain::service::{
     AnalysisPlan, AnalysisRequest, CheckpointRegistration, CheckpointSelection, FailureKind,
@@ -8,6 +9,8 @@ use domain::service::{
 use domain::{AnalysisKind, AnalysisSpec, Memory, Split};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 use system_tests::{psql, serial, tiny_run, wait_for, Settings, Stack};
 use uuid::Uuid;
@@ -375,6 +378,82 @@ fn a_checkpoint_an_analysis_waits_for_is_kept_from_pruning() {
     let analysis = &client.analyses(run).unwrap()[0];
     assert_eq!(analysis.status, JobState::Succeeded, "{analysis:?}");
     assert_eq!(analysis.epoch, 1);
+}
+
+/// `deploy/slurm/stepwise-workers.sbatch` run as Slurm would run it (its `srun` a stand-in
+/// that starts `SLURM_NTASKS` tasks with their `SLURM_PROCID`): its two trainers, named by
+/// job and task, take every queued run, each running longer than the idle limit, and exit
+/// once none came for it — and with them the batch job, successfully.
+#[test]
+fn the_slurm_batch_script_runs_workers_until_the_queue_drains() {
+    let _serial = serial();
+    let stack = Stack::start(Settings::default());
+    stack.synth("tiny10", 1024, 256);
+    let client = stack.client();
+    // An epoch takes ~0.2 s here: each run outlasts the limit of 1 s.
+    let runs: Vec<Uuid> = (0..3)
+        .map(|_| client.submit_run(&tiny_run("tiny10", 12), None).unwrap().id)
+        .collect();
+    let stand_in = stack.dir.path().join("bin");
+    std::fs::create_dir_all(&stand_in).unwrap();
+    let srun = stand_in.join("srun");
+    std::fs::write(
+        &srun,
+        "#!/usr/bin/env bash\nshift  # --kill-on-bad-exit=0\n\
+         for ((i = 0; i < SLURM_NTASKS; i++)); do SLURM_PROCID=$i \"$@\" & done\nwait\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&srun, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/slurm/stepwise-workers.sbatch");
+    let path = format!("{}:{}", stand_in.display(), std::env::var("PATH").unwrap());
+    let log = std::fs::File::create(stack.dir.path().join("logs/slurm.log")).unwrap();
+    let mut job = Command::new("bash")
+        .arg(script)
+        .env_clear()
+        .env("PATH", path)
+        .env("SLURM_JOB_ID", "42")
+        .env("SLURM_NTASKS", "2")
+        .env("STEPWISE_API_URL", &stack.api_url)
+        .env("STEPWISE_CHECKPOINT_DIR", stack.checkpoint_dir())
+        .env("STEPWISE_DATA_DIR", stack.data_dir())
+        .env("STEPWISE_BIN", system_tests::binary("stepwise-trainer"))
+        .env("STEPWISE_DEVICE", "cpu")
+        .env("STEPWISE_IDLE_EXIT_SECS", "1")
+        .env("STEPWISE_POLL_SECS", "0.2")
+        .env("RAYON_NUM_THREADS", "1")
+        .stderr(log.try_clone().unwrap())
+        .stdout(log)
+        .spawn()
+        .unwrap();
+    let mut exited = None;
+    wait_for("the batch job to end", 2 * MINUTE, || {
+        exited = job.try_wait().unwrap();
+        exited.is_some()
+    });
+    let log = std::fs::read_to_string(stack.dir.path().join("logs/slurm.log")).unwrap();
+    assert!(exited.unwrap().success(), "{log}");
+    for run in runs {
+        assert_eq!(
+            client.run(run).unwrap().status,
+            JobState::Succeeded,
+            "{log}"
+        );
+    }
+    assert_eq!(
+        log.matches("no job for 1 s (STEPWISE_IDLE_EXIT_SECS): exiting")
+            .count(),
+        2,
+        "{log}"
+    );
+    let mut names: Vec<String> = client
+        .workers()
+        .unwrap()
+        .into_iter()
+        .map(|w| w.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["slurm-42-0", "slurm-42-1"]);
 }
 
 #[test]
