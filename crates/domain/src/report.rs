@@ -15,8 +15,9 @@ pub struct Report<'a> {
     /// Who wrote the report from what, and when or how fast: one sentence.
     pub provenance: String,
     /// The runs made of weights trained elsewhere: "resnet-20 seed 0 from `r20.pt` (sha256
-    /// `…`)".
+    /// `…`)", and how they came ("`stepwise model import`").
     pub imported: Vec<String>,
+    pub imported_by: &'static str,
     /// A caution when the runs are shorter than the paper's schedules.
     pub note: Option<String>,
     /// The seeds the claims and block-wise figures leave out: "resnet-20 seed 1, why".
@@ -65,6 +66,7 @@ impl<'a> Report<'a> {
                     ))
                 })
                 .collect(),
+            imported_by: "uploaded to the API",
             note: claims.note,
             left_out: claims
                 .left_out
@@ -94,7 +96,8 @@ impl<'a> Report<'a> {
         if !self.imported.is_empty() {
             let _ = writeln!(
                 md,
-                "Trained elsewhere, their weights imported: {}.\n",
+                "Trained elsewhere, their weights imported ({}): {}.\n",
+                self.imported_by,
                 self.imported.join("; ")
             );
         }

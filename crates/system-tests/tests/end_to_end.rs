@@ -719,6 +719,15 @@ fn weights_trained_elsewhere_are_uploaded_imported_and_analysed() {
     let (ok, out, err) = stack.stepwise(&["experiment", "show", &id]);
     assert!(ok, "{err}");
     assert!(out.contains("C1"), "{out}");
+    // Its report names the run made of the upload.
+    let report = reqwest::blocking::get(format!("{}/v1/experiments/{id}/report.md", stack.api_url))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        report.contains("their weights imported (uploaded to the API): resnet-8 seed 0 from `"),
+        "{report}"
+    );
     // A part naming no run of the experiment is refused before anything is stored.
     let wrong = "resnet-8/5=/dev/null".to_string();
     let (ok, _, err) =

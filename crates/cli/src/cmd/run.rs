@@ -341,11 +341,12 @@ fn report(
             .iter()
             .map(|(run, w)| {
                 format!(
-                    "{} seed {} from `{}` (sha256 `{}`, `stepwise model import`)",
+                    "{} seed {} from `{}` (sha256 `{}`)",
                     run.label, run.seed, w.file, w.sha256
                 )
             })
             .collect(),
+        imported_by: "`stepwise model import`",
         note: claims::short_schedule_note(runs),
         left_out: runs
             .iter()
