@@ -400,7 +400,8 @@ fn the_slurm_batch_script_runs_workers_until_the_queue_drains() {
     std::fs::write(
         &srun,
         "#!/usr/bin/env bash\nshift  # --kill-on-bad-exit=0\n\
-         for ((i = 0; i < SLURM_NTASKS; i++)); do SLURM_PROCID=$i \"$@\" & done\nwait\n",
+         for ((i = 0; i < SLURM_NTASKS; i++)); do SLURM_PROCID=$i SLURM_LOCALID=$i \"$@\" & done\n\
+         wait\n",
     )
     .unwrap();
     std::fs::set_permissions(&srun, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -409,9 +410,9 @@ fn the_slurm_batch_script_runs_workers_until_the_queue_drains() {
     let path = format!("{}:{}", stand_in.display(), std::env::var("PATH").unwrap());
     let log = std::fs::File::create(stack.dir.path().join("logs/slurm.log")).unwrap();
     let mut job = Command::new("bash")
-        .arg(script)
+        .arg(&script)
         .env_clear()
-        .env("PATH", path)
+        .env("PATH", &path)
         .env("SLURM_JOB_ID", "42")
         .env("SLURM_NTASKS", "2")
         .env("STEPWISE_API_URL", &stack.api_url)
@@ -454,6 +455,53 @@ fn the_slurm_batch_script_runs_workers_until_the_queue_drains() {
         .collect();
     names.sort();
     assert_eq!(names, ["slurm-42-0", "slurm-42-1"]);
+
+    // On a node whose tasks each see all its GPUs, a task takes the one at its index; bound
+    // to one, it keeps `cuda` (the stand-in worker prints what it was given).
+    let worker = stand_in.join("worker");
+    std::fs::write(
+        &worker,
+        "#!/usr/bin/env bash\necho \"$STEPWISE_WORKER_NAME $STEPWISE_DEVICE\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&worker, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let devices = |visible: &str| {
+        let out = Command::new("bash")
+            .arg(&script)
+            .env_clear()
+            .env("PATH", &path)
+            .env("SLURM_JOB_ID", "7")
+            .env("SLURM_NTASKS", "2")
+            .env("STEPWISE_API_URL", "http://api")
+            .env("STEPWISE_CHECKPOINT_DIR", "/shared/checkpoints")
+            .env("STEPWISE_DATA_DIR", "/shared/data")
+            .env("STEPWISE_BIN", &worker)
+            .env("CUDA_VISIBLE_DEVICES", visible)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let mut lines: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(devices("0,1"), ["slurm-7-0 cuda:0", "slurm-7-1 cuda:1"]);
+    assert_eq!(devices("3"), ["slurm-7-0 cuda", "slurm-7-1 cuda"]);
+    // Without the API's address it starts nothing and says what is missing.
+    let out = Command::new("bash")
+        .arg(&script)
+        .env_clear()
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("STEPWISE_API_URL: the address of the API"),
+        "{err}"
+    );
 }
 
 #[test]
