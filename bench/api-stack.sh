@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the API benchmarks: a release stepwise-api (API_BIN, default
 # target/release/stepwise-api, built if missing) on 127.0.0.1:$1 over a fresh database of
 # the throw-away cluster of scripts/postgres, with an empty checkpoint store; both go when

@@ -218,4 +218,4 @@ for p in $PHASES; do
   phase "$p"
   $p
 done 2>&1 | tee "$LOG"
-phase done | tee -a "$LOG"
+phase "done" | tee -a "$LOG"
