@@ -1,6 +1,7 @@
 //! Prometheus metrics of the API: requests by route and status, their latency, the jobs by
-//! kind and state, and the workers seen lately by job kind and memory (both read from the
-//! database at each scrape).
+//! kind and state, how long the queue of each kind has kept its oldest job waiting, and the
+//! workers seen lately by job kind and memory (those three read from the database at each
+//! scrape).
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
@@ -11,6 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -33,16 +35,23 @@ pub struct JobLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WorkerLabels {
     pub kind: String,
     pub memory: String,
 }
 
-/// What a scrape reads from the database: (kind, state, count) of jobs and (kind, memory,
-/// count) of the workers seen lately.
+/// What a scrape reads from the database: (kind, state, count) of jobs, (kind, seconds)
+/// the longest-waiting queued job of each kind has waited, and (kind, memory, count) of the
+/// workers seen lately.
 #[derive(Default)]
 pub struct Counts {
     pub jobs: Vec<(String, String, i64)>,
+    pub queue_waits: Vec<(String, f64)>,
     pub workers: Vec<(String, String, i64)>,
 }
 
@@ -51,6 +60,7 @@ pub struct Telemetry {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     jobs: Family<JobLabels, Gauge>,
+    queue_waits: Family<KindLabels, Gauge<f64, AtomicU64>>,
     workers: Family<WorkerLabels, Gauge>,
 }
 
@@ -73,6 +83,12 @@ impl Telemetry {
             latency.clone(),
         );
         registry.register("jobs", "Jobs by kind and state", jobs.clone());
+        let queue_waits = Family::<KindLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "queue_wait_seconds",
+            "Seconds the longest-waiting queued job of each kind has waited (absent: none queued)",
+            queue_waits.clone(),
+        );
         let workers = Family::<WorkerLabels, Gauge>::default();
         registry.register(
             "workers_live",
@@ -87,6 +103,7 @@ impl Telemetry {
             requests,
             latency,
             jobs,
+            queue_waits,
             workers,
         }
     }
@@ -101,6 +118,12 @@ impl Telemetry {
                     state: state.clone(),
                 })
                 .set(*count);
+        }
+        self.queue_waits.clear();
+        for (kind, seconds) in &counts.queue_waits {
+            self.queue_waits
+                .get_or_create(&KindLabels { kind: kind.clone() })
+                .set(*seconds);
         }
         self.workers.clear();
         for (kind, memory, count) in &counts.workers {

@@ -1173,6 +1173,18 @@ async fn openapi_docs_metrics_and_datasets_are_served(pool: PgPool) {
         metrics.contains(r#"stepwise_workers_live{kind="train",memory="host"} 1"#),
         "{metrics}"
     );
+    // How long the queue has kept its oldest job: of train jobs only (no analysis queued).
+    let waited: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"stepwise_queue_wait_seconds{kind="train"} "#))
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap();
+    assert!((0.0..60.0).contains(&waited), "{metrics}");
+    assert!(
+        !metrics.contains(r#"queue_wait_seconds{kind="analyze"}"#),
+        "{metrics}"
+    );
     assert!(metrics.contains(r#"route="/v1/runs""#), "{metrics}");
 }
 

@@ -429,6 +429,17 @@ impl Store {
         .await?)
     }
 
+    /// Per job kind with queued jobs, the seconds since the longest-waiting one was queued
+    /// (its last change of state): the signal to add workers of that kind, for `/metrics`.
+    pub async fn queue_waits(&self) -> Result<Vec<(String, f64)>> {
+        Ok(sqlx::query_as(
+            "SELECT kind, extract(epoch FROM now() - min(updated_at))::float8 FROM jobs
+              WHERE state = 'queued' GROUP BY kind ORDER BY kind",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Counts of the workers seen lately (as a refused job counts them), by the job kind
     /// they take and the memory they compute in, for `/metrics`.
     pub async fn live_worker_counts(&self) -> Result<Vec<(String, String, i64)>> {

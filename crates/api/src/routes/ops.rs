@@ -28,6 +28,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     // Without the database the request metrics are still worth serving.
     let counts = crate::telemetry::Counts {
         jobs: state.store.job_counts().await.unwrap_or_default(),
+        queue_waits: state.store.queue_waits().await.unwrap_or_default(),
         workers: state.store.live_worker_counts().await.unwrap_or_default(),
     };
     Ok(super::typed(
