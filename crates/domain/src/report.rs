@@ -80,6 +80,7 @@ impl<'a> Report<'a> {
         }
     }
 
+    /// The Markdown: title, provenance and cautions, Table 1, the claims, the figures.
     pub fn markdown(&self) -> String {
         let mut md = String::new();
         let spec = self.spec;
@@ -149,5 +150,43 @@ impl<'a> Report<'a> {
             let _ = writeln!(md, "![{f}]({f})");
         }
         md
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_says_where_its_runs_came_from_and_links_what_is_drawn() {
+        let spec = ExperimentSpec::from_toml(
+            "name = \"e\"\ndescription = \"Two seeds.\"\nseeds = [0, 1]\n[data]\n\
+             dataset = \"shapes10\"\n[[configs]]\nmodel = { arch = \"resnet\", depth = 8 }\n",
+        )
+        .unwrap();
+        let report = Report {
+            spec: &spec,
+            provenance: "Written by a test.".into(),
+            imported: vec!["resnet-8 seed 0 from `w.pt` (sha256 `ab`)".into()],
+            imported_by: "`stepwise model import`",
+            note: None,
+            left_out: vec![],
+            table: vec![],
+            claims: vec![],
+            figures: vec!["figures/fig2_cosine.svg".into()],
+            blocks: Some("blocks.csv".into()),
+        };
+        let md = report.markdown();
+        for expected in [
+            "# Experiment `e`\n\nTwo seeds.\n",
+            "Data: `shapes10`. Seeds: [0, 1]. Written by a test. The paper's numbers",
+            "weights imported (`stepwise model import`): resnet-8 seed 0 from `w.pt` (sha256 `ab`).",
+            "## Claims (paper.md, thresholds fixed in advance)\n\nNo analysed run yet.\n",
+            "[blocks.csv](blocks.csv)",
+            "![figures/fig2_cosine.svg](figures/fig2_cosine.svg)\n",
+        ] {
+            assert!(md.contains(expected), "{expected}\n{md}");
+        }
+        assert!(!md.contains("Left out"), "{md}");
     }
 }
