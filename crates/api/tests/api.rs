@@ -589,6 +589,8 @@ async fn a_job_refused_for_memory_fails_as_invalid_when_no_worker_seen_has_more(
         (&json!(0), &json!(2))
     );
     assert_eq!(held["analysis"], Value::Null, "a train job");
+    assert_eq!(held["run_name"], Value::Null);
+    assert_eq!(held["run_label"], "resnet-8");
     let uri = format!(
         "/v1/worker/jobs/{}/refuse",
         claim["job_id"].as_str().unwrap()

@@ -209,7 +209,7 @@ async fn the_live_run_page_says_where_a_running_analysis_is(pool: PgPool) {
     assert_eq!(held["analysis"]["epoch"], 1);
     assert_eq!(held["analysis"]["progress"], progress);
     let home = page(&app, "/", None).await.text();
-    let doing = format!("run {run_id}</a> · the checkpoint of epoch 1: {at}");
+    let doing = format!("/runs/{run_id}\">live</a> · the checkpoint of epoch 1: {at}");
     assert!(home.contains(&doing), "{home}");
     assert_eq!(
         app.get(&format!("/v1/runs/{run_id}")).await.json()["analyses_pending"],

@@ -906,6 +906,9 @@ pub struct WorkerJob {
     pub job_id: Uuid,
     pub kind: JobKind,
     pub run_id: Uuid,
+    /// The run's name, if it has one, and its configuration's label.
+    pub run_name: Option<String>,
+    pub run_label: String,
     /// The run's epochs trained so far, of `epochs` (a train job's progress).
     pub epochs_done: u32,
     pub epochs: u32,
@@ -924,6 +927,13 @@ pub struct WorkerAnalysis {
 }
 
 impl WorkerJob {
+    /// The run as the runs list names it: its name, else its label in parentheses.
+    pub fn run(&self) -> String {
+        self.run_name
+            .clone()
+            .unwrap_or_else(|| format!("({})", self.run_label))
+    }
+
     /// What the job is doing, as the CLI and the dashboard say it after the run's id:
     /// "3/6 epochs", "the checkpoint of epoch 6: test split · unroll · batch 3 of 8".
     pub fn doing(&self) -> String {
@@ -1219,11 +1229,14 @@ mod tests {
             job_id: Uuid::nil(),
             kind: JobKind::Train,
             run_id: Uuid::nil(),
+            run_name: None,
+            run_label: "resnet-8".into(),
             epochs_done: 3,
             epochs: 6,
             analysis: None,
         };
         assert_eq!(training.doing(), "3/6 epochs");
+        assert_eq!(training.run(), "(resnet-8)");
         let mut analysis = WorkerAnalysis {
             id: Uuid::nil(),
             epoch: 6,

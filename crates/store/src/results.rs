@@ -105,7 +105,8 @@ impl Store {
         let rows: Vec<WorkerRow> = sqlx::query_as(
             "SELECT DISTINCT ON (w.seen_at, w.name) w.name, w.kinds, w.memory, w.budget_mib,
                     w.seen_at, w.seen_at > now() - $1 * interval '1 second' AS live,
-                    j.id AS job_id, j.kind AS job_kind, j.run_id, r.epochs_done, r.epochs,
+                    j.id AS job_id, j.kind AS job_kind, j.run_id, r.name AS run_name,
+                    r.label AS run_label, r.epochs_done, r.epochs,
                     a.id AS analysis_id, a.epoch AS analysis_epoch, a.progress
                FROM workers w
                LEFT JOIN jobs j ON j.worker = w.name AND j.state IN ('running', 'cancelling')

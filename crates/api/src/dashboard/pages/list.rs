@@ -170,8 +170,8 @@ pub struct WorkerItem {
     takes: String,
     budget: String,
     seen: String,
-    /// The run it works on, the job's kind and how far it is.
-    job: Option<(Uuid, String, String)>,
+    /// The run it works on (id and name), the job's kind and how far it is.
+    job: Option<(Uuid, String, String, String)>,
     /// Without a job: idle, or not seen lately.
     presence: String,
 }
@@ -191,7 +191,7 @@ impl WorkerItem {
             job: w
                 .job
                 .as_ref()
-                .map(|j| (j.run_id, j.kind.to_string(), j.doing())),
+                .map(|j| (j.run_id, j.run(), j.kind.to_string(), j.doing())),
             presence: w.presence(Utc::now()),
         }
     }

@@ -354,7 +354,13 @@ pub fn workers(api: &Api, as_json: bool) -> Result<ExitCode> {
             w.capacity.to_string(),
             format!("{} ago", indicatif::HumanDuration(ago)),
             match &w.job {
-                Some(job) => format!("{} job of run {} · {}", job.kind, job.run_id, job.doing()),
+                Some(job) => format!(
+                    "{} job of run {} {} · {}",
+                    job.kind,
+                    job.run_id,
+                    job.run(),
+                    job.doing()
+                ),
                 None => w.presence(now),
             }
         ));
