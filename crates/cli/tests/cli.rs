@@ -916,17 +916,17 @@ fn the_smoke_experiment_trains_analyses_draws_and_reports() {
     assert!(err.contains("different spec"), "{err}");
 }
 
-/// Sends `child` SIGINT once `ready` holds (within two minutes) and waits for it to exit
-/// with 130; its stderr.
+/// Sends `child` `signal` (`INT`, `TERM`) once `ready` holds (within two minutes) and waits
+/// for it to exit with 130; its stderr.
 #[cfg(unix)]
-fn interrupted_when(child: std::process::Child, ready: impl Fn() -> bool) -> String {
+fn interrupted_when(child: std::process::Child, signal: &str, ready: impl Fn() -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(120);
     while !ready() {
         assert!(Instant::now() < deadline, "not ready in time");
         std::thread::sleep(Duration::from_millis(50));
     }
     let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -953,7 +953,7 @@ fn ctrl_c_checkpoints_and_the_run_resumes() {
         .unwrap();
     let metrics = dir.path().join("runs/b/metrics.jsonl");
     // Once an epoch finished.
-    let stderr = interrupted_when(child, || {
+    let stderr = interrupted_when(child, "INT", || {
         std::fs::read_to_string(&metrics).is_ok_and(|m| !m.is_empty())
     });
     let checkpoint = stderr
@@ -985,11 +985,11 @@ fn ctrl_c_checkpoints_and_the_run_resumes() {
     assert_eq!(done["epochs_completed"], saved + 2);
 }
 
-/// Ctrl-C during an experiment's analysis ends it at the next batch, writing nothing, where
-/// it would otherwise run for half a minute.
+/// SIGTERM (a batch system's time limit, as Ctrl-C does) during an experiment's analysis ends
+/// it at the next batch, writing nothing, where it would otherwise run for half a minute.
 #[cfg(unix)]
 #[test]
-fn ctrl_c_stops_an_experiments_analysis() {
+fn sigterm_stops_an_experiments_analysis_as_ctrl_c_does() {
     let dir = tempfile::tempdir().unwrap();
     ok(&stepwise(
         dir.path(),
@@ -1020,7 +1020,7 @@ fn ctrl_c_stops_an_experiments_analysis() {
         .unwrap();
     let run = dir.path().join("exp/runs/resnet-8-seed0");
     // Once training is done (the analysis starts right after).
-    let stderr = interrupted_when(child, || {
+    let stderr = interrupted_when(child, "TERM", || {
         run.join("checkpoints/epoch-0001.safetensors").exists()
     });
     assert!(
@@ -1028,6 +1028,45 @@ fn ctrl_c_stops_an_experiments_analysis() {
         "{stderr}"
     );
     assert!(!run.join("analysis").exists(), "{stderr}");
+}
+
+/// `deploy/slurm/stepwise-run.sbatch`, run as Slurm runs a batch script (it becomes
+/// `stepwise run` itself, which a time limit's SIGTERM stops as above): an experiment to its
+/// report; without its spec it starts nothing and says what is missing.
+#[test]
+fn the_slurm_run_script_runs_an_experiment_to_its_report() {
+    let dir = tempfile::tempdir().unwrap();
+    synth(dir.path());
+    std::fs::write(
+        dir.path().join("tiny.toml"),
+        "name = \"tiny\"\nseeds = [0]\n[data]\ndataset = \"shapes10\"\n\
+         [train]\nepochs = 1\nbatch_size = 16\n[analysis]\nmax_examples = 20\n\
+         [[configs]]\nmodel = { arch = \"resnet\", depth = 8, width = 4 }\n",
+    )
+    .unwrap();
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/slurm/stepwise-run.sbatch");
+    let job = |spec: Option<&str>| {
+        let mut job = Command::new("bash");
+        job.arg(&script)
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("OUT", "exp")
+            .env("STEPWISE_BIN", env!("CARGO_BIN_EXE_stepwise"))
+            .env("STEPWISE_DEVICE", "cpu")
+            .env("STEPWISE_DATA_DIR", dir.path().join("data"));
+        if let Some(spec) = spec {
+            job.env("SPEC", spec);
+        }
+        job.output().unwrap()
+    };
+    ok(&job(Some("tiny.toml")));
+    let report = std::fs::read_to_string(dir.path().join("exp/report.md")).unwrap();
+    assert!(report.starts_with("# Experiment `tiny`"), "{report}");
+    assert!(report.contains("| C1 | resnet-8 |"), "{report}");
+    let err = failed(&job(None));
+    assert!(err.contains("SPEC: the experiment spec file"), "{err}");
 }
 
 #[test]

@@ -166,8 +166,8 @@ fn resolved_spec(mut spec: RunSpec, device: DeviceSpec) -> Result<String> {
     Ok(out)
 }
 
-/// Ctrl-C sets `stop` (and prints `notice`, what the work does then); a second one exits
-/// at once.
+/// Ctrl-C — or SIGTERM or SIGHUP: a batch system's time limit, `kill`, a closed terminal —
+/// sets `stop` (and prints `notice`, what the work does then); a second one exits at once.
 pub(crate) fn install_interrupt(stop: Arc<AtomicBool>, notice: Option<&'static str>) -> Result<()> {
     ctrlc::set_handler(move || {
         if stop.swap(true, Ordering::SeqCst) {
@@ -177,7 +177,7 @@ pub(crate) fn install_interrupt(stop: Arc<AtomicBool>, notice: Option<&'static s
             eprintln!("\ninterrupted: {notice} (Ctrl-C again to quit now)");
         }
     })
-    .context("installing the Ctrl-C handler")
+    .context("installing the Ctrl-C and SIGTERM handler")
 }
 
 fn fresh(
