@@ -768,7 +768,8 @@ pub struct AnalyzeArgs {
     /// One checkpoint.
     #[arg(long, required_unless_present = "run", conflicts_with = "run")]
     pub checkpoint: Option<PathBuf>,
-    /// Every epoch checkpoint of a run directory, in order.
+    /// Every epoch checkpoint of a run directory, in order (those analysed before with the
+    /// same settings kept).
     #[arg(long)]
     pub run: Option<PathBuf>,
     /// Dataset name or directory (default: the one the model was trained on).

@@ -1069,6 +1069,43 @@ fn the_slurm_run_script_runs_an_experiment_to_its_report() {
     assert!(err.contains("SPEC: the experiment spec file"), "{err}");
 }
 
+/// `analyze --run` keeps the epochs analysed before with the same settings (a stopped one
+/// continues), and analyses again those made with others.
+#[test]
+fn analyze_run_keeps_the_epochs_analysed_with_the_same_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    synth(dir.path());
+    let mut args = vec!["train", "--epochs", "2", "--out", "runs/k"];
+    args.extend(TINY);
+    ok(&stepwise(dir.path(), &args));
+    let analyse = |examples: &str| {
+        let out = stepwise(
+            dir.path(),
+            &[
+                "analyze",
+                "--run",
+                "runs/k",
+                "--metrics",
+                "cosine",
+                "--max-examples",
+                examples,
+            ],
+        );
+        ok(&out);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let kept = "analysed earlier with these settings, kept";
+    assert!(!analyse("12").contains(kept));
+    let all = dir.path().join("runs/k/analysis/analysis.csv");
+    let first = std::fs::read_to_string(&all).unwrap();
+    let again = analyse("12");
+    assert_eq!(again.matches(kept).count(), 2, "{again}");
+    assert_eq!(std::fs::read_to_string(&all).unwrap(), first);
+    let other = analyse("10");
+    assert!(!other.contains(kept), "{other}");
+    assert_ne!(std::fs::read_to_string(&all).unwrap(), first);
+}
+
 #[test]
 fn a_failed_download_reports_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();

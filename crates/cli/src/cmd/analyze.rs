@@ -1,6 +1,7 @@
 use crate::args::AnalyzeArgs;
 use crate::progress::AnalysisBar;
 use analysis::Analysis;
+use analyzer::AnalyzeError;
 use anyhow::{bail, Context, Result};
 use domain::unrolling::unroll_means;
 use domain::{
@@ -10,21 +11,46 @@ use resnet::candle_device;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use train::META_SPEC;
 
 pub fn run(args: AnalyzeArgs, data_dir: &Path) -> Result<ExitCode> {
     let spec = args.analysis.spec();
     spec.validate().context("invalid analysis")?;
     let device = candle_device(args.device)?;
+    // A run's epochs are known from their file names; one checkpoint's only once read.
     let (checkpoints, run_dir) = match (&args.checkpoint, &args.run) {
-        (Some(c), _) => (vec![c.clone()], run_dir_of(c)),
+        (Some(c), _) => (vec![(None, c.clone())], run_dir_of(c)),
         (None, Some(run)) => (epoch_checkpoints(run)?, run.clone()),
         (None, None) => bail!("give --checkpoint or --run"),
     };
     let out = args.out.clone().unwrap_or_else(|| run_dir.join("analysis"));
+    let stop = Arc::new(AtomicBool::new(false));
+    super::train::install_interrupt(
+        stop.clone(),
+        Some("stopping the analysis at its next batch, writing nothing of it"),
+    )?;
     let mut dataset = None;
     let mut analyses = vec![];
-    for path in &checkpoints {
+    for (epoch, path) in &checkpoints {
+        // A run's epoch analysed before with these settings is kept: a stopped `--run`
+        // continues where it stopped.
+        if let Some(done) = epoch
+            .map(|e| analysed_earlier(&out, e, &spec))
+            .transpose()?
+            .flatten()
+        {
+            if !args.json {
+                eprintln!(
+                    "{}: analysed earlier with these settings, kept ({})",
+                    path.display(),
+                    out.join(format!("epoch-{:04}", done.epoch)).display()
+                );
+            }
+            analyses.push(done);
+            continue;
+        }
         let ck = resnet::checkpoint::read(path)?;
         let run: RunSpec = ck.meta_json(META_SPEC)?;
         // The checkpoints of one run share their data: open it once.
@@ -35,8 +61,16 @@ pub fn run(args: AnalyzeArgs, data_dir: &Path) -> Result<ExitCode> {
         let name = path.file_name().unwrap_or(path.as_os_str());
         let bar = AnalysisBar::new(name.to_string_lossy(), args.json);
         let show = |p: &domain::AnalysisProgress| bar.show(p);
-        let result = analyzer::analyse_checkpoint(&ck, data, &spec, &device, None, Some(&show))?;
+        let analysed =
+            analyzer::analyse_checkpoint(&ck, data, &spec, &device, Some(&stop), Some(&show));
         drop(bar);
+        let result = match analysed {
+            Err(AnalyzeError::Analysis(analysis::Error::Stopped)) => {
+                eprintln!("stopped; run the same command again to continue");
+                return Ok(ExitCode::from(130));
+            }
+            result => result?,
+        };
         let dir = out.join(format!("epoch-{:04}", result.epoch));
         write(&dir, &result)?;
         if !args.json {
@@ -58,6 +92,19 @@ pub fn run(args: AnalyzeArgs, data_dir: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The analysis of `epoch` written under `out` before, if it was made with `spec`.
+fn analysed_earlier(out: &Path, epoch: u32, spec: &AnalysisSpec) -> Result<Option<Analysis>> {
+    let path = out.join(format!("epoch-{epoch:04}")).join("analysis.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    // One written by another version, or damaged, is analysed again.
+    let earlier: Option<Analysis> = serde_json::from_str(&text).ok();
+    Ok(earlier.filter(|a| a.epoch == epoch && a.spec == *spec))
+}
+
 /// The run directory a checkpoint belongs to (`RUN/checkpoints/x.safetensors` → `RUN`).
 fn run_dir_of(checkpoint: &Path) -> PathBuf {
     let parent = checkpoint.parent().unwrap_or(Path::new("."));
@@ -68,13 +115,13 @@ fn run_dir_of(checkpoint: &Path) -> PathBuf {
     }
 }
 
-/// A run's epoch-boundary checkpoints, oldest first.
-fn epoch_checkpoints(run: &Path) -> Result<Vec<PathBuf>> {
+/// A run's epoch-boundary checkpoints with their epochs, oldest first.
+fn epoch_checkpoints(run: &Path) -> Result<Vec<(Option<u32>, PathBuf)>> {
     let dir = run.join("checkpoints");
-    let found: Vec<PathBuf> = train::list_checkpoints(&dir)?
+    let found: Vec<_> = train::list_checkpoints(&dir)?
         .into_iter()
         .filter(|(_, batch, _)| *batch == 0)
-        .map(|(_, _, name)| dir.join(name))
+        .map(|(epoch, _, name)| (Some(epoch), dir.join(name)))
         .collect();
     if found.is_empty() {
         bail!("{} holds no epoch checkpoints", dir.display());
