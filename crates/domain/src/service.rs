@@ -926,12 +926,16 @@ pub struct WorkerAnalysis {
     pub progress: Option<AnalysisProgress>,
 }
 
+/// A run as `stepwise list` and the workers name it: its name, else its configuration's label
+/// in parentheses.
+pub fn run_title(name: Option<&str>, label: &str) -> String {
+    name.map_or_else(|| format!("({label})"), str::to_string)
+}
+
 impl WorkerJob {
-    /// The run as the runs list names it: its name, else its label in parentheses.
+    /// The run, named as the runs list names it ([`run_title`]).
     pub fn run(&self) -> String {
-        self.run_name
-            .clone()
-            .unwrap_or_else(|| format!("({})", self.run_label))
+        run_title(self.run_name.as_deref(), &self.run_label)
     }
 
     /// What the job is doing, as the CLI and the dashboard say it after the run's id:

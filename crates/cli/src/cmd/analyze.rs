@@ -66,7 +66,7 @@ pub fn run(args: AnalyzeArgs, data_dir: &Path) -> Result<ExitCode> {
         drop(bar);
         let result = match analysed {
             Err(AnalyzeError::Analysis(analysis::Error::Stopped)) => {
-                eprintln!("stopped; run the same command again to continue");
+                eprintln!("{}", super::STOPPED);
                 return Ok(ExitCode::from(130));
             }
             result => result?,

@@ -9,6 +9,9 @@ pub mod run;
 pub mod selftest;
 pub mod train;
 
+/// What `stepwise run` and `analyze` say when a signal stopped them before the end.
+pub(crate) const STOPPED: &str = "stopped; run the same command again to continue";
+
 /// Pretty JSON on stdout, for `--json`.
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     print_text(&serde_json::to_string_pretty(value)?)

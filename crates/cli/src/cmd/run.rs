@@ -46,7 +46,7 @@ pub fn run(args: RunArgs, data_dir: &Path) -> Result<ExitCode> {
         let analysed = plan.epochs(run.spec.epochs());
         match train_to_end(run, &analysed, &dir, data_dir, &device, &stop)? {
             Trained::Stopped => {
-                eprintln!("stopped; run the same command again to continue");
+                eprintln!("{}", super::STOPPED);
                 return Ok(ExitCode::from(130));
             }
             Trained::Finished { imported: Some(w) } => imported.push((run, w)),
@@ -54,7 +54,7 @@ pub fn run(args: RunArgs, data_dir: &Path) -> Result<ExitCode> {
         }
         for epoch in analysed {
             if !analyse(&spec, epoch, &dir, data_dir, &device, &stop)? {
-                eprintln!("stopped; run the same command again to continue");
+                eprintln!("{}", super::STOPPED);
                 return Ok(ExitCode::from(130));
             }
         }

@@ -312,7 +312,7 @@ pub fn list(api: &Api, args: ListArgs) -> Result<ExitCode> {
         let line = format!(
             "{:<36}  {:<28} {:<10} {:<11} {:>9} {:>9}  {}",
             r.id,
-            r.name.clone().unwrap_or_else(|| format!("({})", r.label)),
+            domain::service::run_title(r.name.as_deref(), &r.label),
             r.dataset,
             r.status.as_str(),
             format!("{}/{}", r.epochs_done, r.epochs),
